@@ -1,0 +1,45 @@
+import { Tensor } from "./tensor.js";
+import { UsageError } from "../errors.js";
+
+/**
+ * The matrix products models and quantizers use. Everything else (element-wise ops,
+ * norms, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
+ * `OrtEngine` is the fast path and is tested against it.
+ */
+export interface Engine {
+  readonly name: string;
+  /** x [M, K] times w [N, K] transposed: [M, N] (a Linear layer without bias). */
+  linear(x: Tensor, w: Tensor): Promise<Tensor>;
+  /** a [..., M, K] times b [..., K, N] with equal batch dimensions: [..., M, N]. */
+  matmul(a: Tensor, b: Tensor): Promise<Tensor>;
+  /** x [M, K] transposed times x: [K, K]. */
+  gram(x: Tensor): Promise<Tensor>;
+}
+
+export interface MatmulShape {
+  batch: number[];
+  m: number;
+  k: number;
+  n: number;
+}
+
+export function checkLinear(x: Tensor, w: Tensor): { m: number; k: number; n: number } {
+  if (x.shape.length !== 2 || w.shape.length !== 2 || x.dim(1) !== w.dim(1)) {
+    throw new UsageError(`linear: x [${x.shape.join(", ")}] and weight [${w.shape.join(", ")}] do not fit`);
+  }
+  return { m: x.dim(0), k: x.dim(1), n: w.dim(0) };
+}
+
+export function checkMatmul(a: Tensor, b: Tensor): MatmulShape {
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  const batch = a.shape.slice(0, ra - 2);
+  const same = ra === rb && ra >= 2 && batch.every((d, i) => d === b.shape[i]) && a.dim(-1) === b.dim(-2);
+  if (!same) throw new UsageError(`matmul: [${a.shape.join(", ")}] and [${b.shape.join(", ")}] do not fit`);
+  return { batch, m: a.dim(-2), k: a.dim(-1), n: b.dim(-1) };
+}
+
+export function checkGram(x: Tensor): { m: number; k: number } {
+  if (x.shape.length !== 2) throw new UsageError(`gram: expected a 2-D input, got [${x.shape.join(", ")}]`);
+  return { m: x.dim(0), k: x.dim(1) };
+}

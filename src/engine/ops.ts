@@ -1,0 +1,188 @@
+import { Tensor } from "./tensor.js";
+import { UsageError } from "../errors.js";
+
+/** Element-wise and row-wise operations in plain TypeScript (float32 storage, float64 arithmetic). */
+
+export function sigmoidScalar(x: number): number {
+  return 1 / (1 + Math.exp(-x));
+}
+
+export function silu(x: Tensor): Tensor {
+  const out = new Float32Array(x.size);
+  for (let i = 0; i < out.length; i++) {
+    const v = x.data[i] as number;
+    out[i] = v / (1 + Math.exp(-v));
+  }
+  return new Tensor(out, x.shape);
+}
+
+export function sigmoid(x: Tensor): Tensor {
+  const out = new Float32Array(x.size);
+  for (let i = 0; i < out.length; i++) out[i] = sigmoidScalar(x.data[i] as number);
+  return new Tensor(out, x.shape);
+}
+
+function sameShape(a: Tensor, b: Tensor, op: string): void {
+  if (a.size !== b.size) throw new UsageError(`${op}: shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] differ`);
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  sameShape(a, b, "add");
+  const out = new Float32Array(a.size);
+  for (let i = 0; i < out.length; i++) out[i] = (a.data[i] as number) + (b.data[i] as number);
+  return new Tensor(out, a.shape);
+}
+
+export function addInPlace(a: Tensor, b: Tensor): void {
+  sameShape(a, b, "addInPlace");
+  for (let i = 0; i < a.size; i++) a.data[i] = (a.data[i] as number) + (b.data[i] as number);
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  sameShape(a, b, "mul");
+  const out = new Float32Array(a.size);
+  for (let i = 0; i < out.length; i++) out[i] = (a.data[i] as number) * (b.data[i] as number);
+  return new Tensor(out, a.shape);
+}
+
+/** silu(gate) * up, fused. */
+export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  sameShape(gate, up, "swiglu");
+  const out = new Float32Array(gate.size);
+  for (let i = 0; i < out.length; i++) {
+    const g = gate.data[i] as number;
+    out[i] = (g / (1 + Math.exp(-g))) * (up.data[i] as number);
+  }
+  return new Tensor(out, gate.shape);
+}
+
+export function scale(x: Tensor, s: number): Tensor {
+  const out = new Float32Array(x.size);
+  for (let i = 0; i < out.length; i++) out[i] = (x.data[i] as number) * s;
+  return new Tensor(out, x.shape);
+}
+
+/** Softmax over the last dimension, in place on a float32 row buffer. */
+export function softmaxRowInPlace(row: Float32Array, start: number, len: number): void {
+  let max = -Infinity;
+  for (let i = 0; i < len; i++) max = Math.max(max, row[start + i] as number);
+  let sum = 0;
+  for (let i = 0; i < len; i++) {
+    const e = Math.exp((row[start + i] as number) - max);
+    row[start + i] = e;
+    sum += e;
+  }
+  for (let i = 0; i < len; i++) row[start + i] = (row[start + i] as number) / sum;
+}
+
+export function softmax(x: Tensor): Tensor {
+  const out = new Float32Array(x.data);
+  const n = x.dim(-1);
+  for (let r = 0; r < out.length / n; r++) softmaxRowInPlace(out, r * n, n);
+  return new Tensor(out, x.shape);
+}
+
+/**
+ * Top-k over the last dimension, descending; equal values keep the lower index first.
+ * Returns indices [rows, k].
+ */
+export function topkIndices(x: Tensor, k: number): Int32Array {
+  const n = x.dim(-1);
+  if (k > n) throw new UsageError(`topk: k=${k} exceeds dimension ${n}`);
+  const rows = x.size / n;
+  const out = new Int32Array(rows * k);
+  const order = new Int32Array(n);
+  for (let r = 0; r < rows; r++) {
+    const base = r * n;
+    for (let i = 0; i < n; i++) order[i] = i;
+    // partial selection sort: k is small
+    for (let j = 0; j < k; j++) {
+      let best = j;
+      for (let i = j + 1; i < n; i++) {
+        const vi = x.data[base + (order[i] as number)] as number;
+        const vb = x.data[base + (order[best] as number)] as number;
+        if (vi > vb || (vi === vb && (order[i] as number) < (order[best] as number))) best = i;
+      }
+      const t = order[j] as number;
+      order[j] = order[best] as number;
+      order[best] = t;
+      out[r * k + j] = order[j] as number;
+    }
+  }
+  return out;
+}
+
+/** RMSNorm over the last dimension: x * rsqrt(mean(x^2) + eps) * weight. */
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  const n = weight.size;
+  if (x.dim(-1) !== n) throw new UsageError(`rmsNorm: last dimension ${x.dim(-1)} != weight size ${n}`);
+  const out = new Float32Array(x.size);
+  for (let r = 0; r < x.size / n; r++) {
+    const base = r * n;
+    let ss = 0;
+    for (let i = 0; i < n; i++) {
+      const v = x.data[base + i] as number;
+      ss += v * v;
+    }
+    const inv = 1 / Math.sqrt(Math.fround(ss / n) + eps);
+    for (let i = 0; i < n; i++) out[base + i] = Math.fround((x.data[base + i] as number) * inv) * (weight.data[i] as number);
+  }
+  return new Tensor(out, x.shape);
+}
+
+/**
+ * NeoX rotate-half RoPE in place on x viewed as [B, S, heads, D]; position of (b, s) is s.
+ * inv_freq = 1 / theta^(2i / D), angle = pos * inv_freq, emb = cat(angle, angle).
+ */
+export function applyRopeInPlace(x: Float32Array, b: number, s: number, heads: number, d: number, theta: number): void {
+  const half = d / 2;
+  const cos = new Float32Array(s * half);
+  const sin = new Float32Array(s * half);
+  for (let i = 0; i < half; i++) {
+    const invFreq = Math.fround(1 / Math.pow(theta, (2 * i) / d));
+    for (let p = 0; p < s; p++) {
+      const angle = Math.fround(p * invFreq);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  for (let bi = 0; bi < b; bi++) {
+    for (let p = 0; p < s; p++) {
+      for (let h = 0; h < heads; h++) {
+        const base = ((bi * s + p) * heads + h) * d;
+        for (let i = 0; i < half; i++) {
+          const x1 = x[base + i] as number;
+          const x2 = x[base + i + half] as number;
+          const c = cos[p * half + i] as number;
+          const sn = sin[p * half + i] as number;
+          x[base + i] = x1 * c - x2 * sn;
+          x[base + i + half] = x2 * c + x1 * sn;
+        }
+      }
+    }
+  }
+}
+
+/** Rows of x [T, H] at the given indices: [n, H]. */
+export function gatherRows(x: Tensor, rows: ArrayLike<number>): Tensor {
+  const h = x.dim(-1);
+  const out = new Float32Array(rows.length * h);
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i] as number;
+    out.set(x.data.subarray(r * h, (r + 1) * h), i * h);
+  }
+  return new Tensor(out, [rows.length, h]);
+}
+
+/** target[rows[i]] += src[i] * weights[i] for src [n, H] (index_add_ with per-row weights). */
+export function indexAddWeighted(target: Tensor, rows: ArrayLike<number>, src: Tensor, weights: ArrayLike<number>): void {
+  const h = target.dim(-1);
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i] as number;
+    const w = weights[i] as number;
+    for (let j = 0; j < h; j++) {
+      const v = Math.fround((src.data[i * h + j] as number) * w);
+      target.data[r * h + j] = (target.data[r * h + j] as number) + v;
+    }
+  }
+}

@@ -1,0 +1,58 @@
+import { Engine, checkGram, checkLinear, checkMatmul } from "./engine.js";
+import { Tensor, numel } from "./tensor.js";
+
+/**
+ * Plain TypeScript matrix products, accumulated in float64 per output. Slow (5-10 GFLOP/s)
+ * but obviously right: the reference every fast path is tested against.
+ */
+export class ReferenceEngine implements Engine {
+  readonly name = "reference";
+
+  async linear(x: Tensor, w: Tensor): Promise<Tensor> {
+    const { m, k, n } = checkLinear(x, w);
+    const out = new Float32Array(m * n);
+    const xd = x.data;
+    const wd = w.data;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) s += (xd[i * k + p] as number) * (wd[j * k + p] as number);
+        out[i * n + j] = s;
+      }
+    }
+    return new Tensor(out, [m, n]);
+  }
+
+  async matmul(a: Tensor, b: Tensor): Promise<Tensor> {
+    const { batch, m, k, n } = checkMatmul(a, b);
+    const nb = numel(batch);
+    const out = new Float32Array(nb * m * n);
+    for (let bi = 0; bi < nb; bi++) {
+      const ao = bi * m * k;
+      const bo = bi * k * n;
+      const oo = bi * m * n;
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let p = 0; p < k; p++) s += (a.data[ao + i * k + p] as number) * (b.data[bo + p * n + j] as number);
+          out[oo + i * n + j] = s;
+        }
+      }
+    }
+    return new Tensor(out, [...batch, m, n]);
+  }
+
+  async gram(x: Tensor): Promise<Tensor> {
+    const { m, k } = checkGram(x);
+    const out = new Float32Array(k * k);
+    for (let i = 0; i < k; i++) {
+      for (let j = i; j < k; j++) {
+        let s = 0;
+        for (let r = 0; r < m; r++) s += (x.data[r * k + i] as number) * (x.data[r * k + j] as number);
+        out[i * k + j] = s;
+        out[j * k + i] = s;
+      }
+    }
+    return new Tensor(out, [k, k]);
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * The one error family of moecal. Every failure a user can cause surfaces as a
+ * MoecalError subclass with a stable `code`; the CLI prints `message` and exits non-zero.
+ */
+export class MoecalError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A file on disk (safetensors, index.json) is malformed or inconsistent. */
+export class CheckpointFormatError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_CHECKPOINT_FORMAT", message, options);
+  }
+}
+
+/** config.json (or another configuration) has a missing, invalid or inconsistent field. */
+export class ConfigError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_CONFIG", message, options);
+  }
+}
+
+/** Checkpoint tensors do not match what the model expects (missing, unexpected, wrong shape). */
+export class WeightMappingError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_WEIGHT_MAPPING", message, options);
+  }
+}
+
+/** NaN/Inf, failed factorisations and other numerical problems. */
+export class NumericalError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_NUMERICAL", message, options);
+  }
+}
+
+/** Wrong use of the API or CLI: bad option values, missing files, existing outputs. */
+export class UsageError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_USAGE", message, options);
+  }
+}

@@ -1,0 +1,177 @@
+import fs from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+import { ConfigError } from "../../errors.js";
+
+/** Largest config.json we read. */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
+export type LayerType = "sliding_attention" | "full_attention";
+
+/** AFMoE configuration (config.json), with defaults as in the Hugging Face remote code. */
+export interface AfmoeConfig {
+  modelType: "afmoe";
+  hiddenSize: number;
+  intermediateSize: number;
+  moeIntermediateSize: number;
+  numHiddenLayers: number;
+  /** layers with index < numDenseLayers use a dense MLP, the rest MoE (default 0) */
+  numDenseLayers: number;
+  numAttentionHeads: number;
+  /** null in config.json means = numAttentionHeads */
+  numKeyValueHeads: number;
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  numExperts: number;
+  numExpertsPerTok: number;
+  numSharedExperts: number;
+  /** default "sigmoid" */
+  scoreFunc: "sigmoid" | "softmax";
+  /** default true */
+  routeNorm: boolean;
+  /** default 1.0 */
+  routeScale: number;
+  slidingWindow: number;
+  layerTypes: LayerType[];
+  /** default false */
+  mupEnabled: boolean;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+  /** the parsed JSON, kept so that writers can copy it unchanged */
+  raw: Record<string, unknown>;
+}
+
+const posInt = z.number().int().positive();
+const nonNegInt = z.number().int().nonnegative();
+
+const schema = z.object({
+  model_type: z.literal("afmoe"),
+  hidden_size: posInt,
+  intermediate_size: posInt,
+  moe_intermediate_size: posInt,
+  num_hidden_layers: posInt,
+  num_dense_layers: nonNegInt.default(0),
+  num_attention_heads: posInt,
+  num_key_value_heads: posInt.nullable().optional(),
+  head_dim: posInt,
+  vocab_size: posInt,
+  rms_norm_eps: z.number().positive(),
+  rope_theta: z.number().positive().default(10000),
+  rope_scaling: z.null().optional(),
+  max_position_embeddings: posInt,
+  tie_word_embeddings: z.boolean().default(false),
+  num_experts: posInt,
+  num_experts_per_tok: posInt,
+  num_shared_experts: nonNegInt.default(0),
+  score_func: z.enum(["sigmoid", "softmax"]).default("sigmoid"),
+  route_norm: z.boolean().default(true),
+  route_scale: z.number().positive().default(1.0),
+  n_group: posInt.default(1),
+  topk_group: posInt.default(1),
+  sliding_window: posInt,
+  layer_types: z.array(z.enum(["sliding_attention", "full_attention"])).optional(),
+  global_attn_every_n_layers: posInt.optional(),
+  mup_enabled: z.boolean().default(false),
+  hidden_act: z.literal("silu").default("silu"),
+  bos_token_id: nonNegInt.nullable().optional(),
+  eos_token_id: z.union([nonNegInt, z.array(nonNegInt)]).nullable().optional(),
+});
+
+/** Validate a parsed config.json. `where` names the file in errors. */
+export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeConfig {
+  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new ConfigError(`${where}: not a JSON object`);
+  const mt = (json as { model_type?: unknown }).model_type;
+  if (mt !== "afmoe") {
+    throw new ConfigError(`${where}: unsupported model_type ${JSON.stringify(mt)} (moecal supports "afmoe")`);
+  }
+  const r = schema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const field = issue?.path.join(".") || "(root)";
+    throw new ConfigError(`${where}: field "${field}": ${issue?.message ?? "invalid"}`);
+  }
+  const c = r.data;
+  const fail = (field: string, msg: string): never => {
+    throw new ConfigError(`${where}: field "${field}": ${msg}`);
+  };
+  const nKV = c.num_key_value_heads ?? c.num_attention_heads;
+  if (c.num_attention_heads % nKV !== 0) {
+    fail("num_key_value_heads", `${nKV} does not divide num_attention_heads ${c.num_attention_heads}`);
+  }
+  if (c.head_dim % 2 !== 0) fail("head_dim", `${c.head_dim} must be even for RoPE`);
+  if (c.num_experts_per_tok > c.num_experts) {
+    fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds num_experts ${c.num_experts}`);
+  }
+  if (c.num_dense_layers > c.num_hidden_layers) {
+    fail("num_dense_layers", `${c.num_dense_layers} exceeds num_hidden_layers ${c.num_hidden_layers}`);
+  }
+  if (c.n_group !== 1 || c.topk_group !== 1) fail("n_group", "grouped expert selection (n_group > 1) is not supported");
+  let layerTypes: LayerType[];
+  if (c.layer_types) {
+    if (c.layer_types.length !== c.num_hidden_layers) {
+      fail("layer_types", `has ${c.layer_types.length} entries but num_hidden_layers is ${c.num_hidden_layers}`);
+    }
+    layerTypes = c.layer_types;
+  } else {
+    const every = c.global_attn_every_n_layers ?? fail("layer_types", "missing, and global_attn_every_n_layers is not set either");
+    layerTypes = Array.from({ length: c.num_hidden_layers }, (_, i) => ((i + 1) % every ? "sliding_attention" : "full_attention"));
+  }
+  const eos = Array.isArray(c.eos_token_id) ? (c.eos_token_id[0] ?? null) : (c.eos_token_id ?? null);
+  return {
+    modelType: "afmoe",
+    hiddenSize: c.hidden_size,
+    intermediateSize: c.intermediate_size,
+    moeIntermediateSize: c.moe_intermediate_size,
+    numHiddenLayers: c.num_hidden_layers,
+    numDenseLayers: c.num_dense_layers,
+    numAttentionHeads: c.num_attention_heads,
+    numKeyValueHeads: nKV,
+    headDim: c.head_dim,
+    vocabSize: c.vocab_size,
+    rmsNormEps: c.rms_norm_eps,
+    ropeTheta: c.rope_theta,
+    maxPositionEmbeddings: c.max_position_embeddings,
+    tieWordEmbeddings: c.tie_word_embeddings,
+    numExperts: c.num_experts,
+    numExpertsPerTok: c.num_experts_per_tok,
+    numSharedExperts: c.num_shared_experts,
+    scoreFunc: c.score_func,
+    routeNorm: c.route_norm,
+    routeScale: c.route_scale,
+    slidingWindow: c.sliding_window,
+    layerTypes,
+    mupEnabled: c.mup_enabled,
+    bosTokenId: c.bos_token_id ?? null,
+    eosTokenId: eos,
+    raw: json as Record<string, unknown>,
+  };
+}
+
+/** Read and validate `<dir>/config.json`. */
+export function readAfmoeConfig(dir: string): AfmoeConfig {
+  const file = path.join(dir, "config.json");
+  let text: string;
+  try {
+    const size = fs.statSync(file).size;
+    if (size > MAX_CONFIG_BYTES) throw new ConfigError(`${file}: ${size} bytes exceeds the limit of ${MAX_CONFIG_BYTES}`);
+    text = fs.readFileSync(file, "utf8");
+  } catch (cause) {
+    if (cause instanceof ConfigError) throw cause;
+    throw new ConfigError(`${file}: cannot read (${(cause as Error).message})`, { cause });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (cause) {
+    throw new ConfigError(`${file}: not valid JSON (${(cause as Error).message})`, { cause });
+  }
+  return parseAfmoeConfig(json, file);
+}
+
+export function isMoeLayer(config: AfmoeConfig, layer: number): boolean {
+  return layer >= config.numDenseLayers;
+}

@@ -1,0 +1,330 @@
+/**
+ * AFMoE (Arcee Trinity), module by module, as the Hugging Face remote code names them.
+ * Exact semantics: ../../../docs/afmoe.md (copied from the project spec).
+ */
+import { Tensor } from "../../engine/tensor.js";
+import { getEngine } from "../../engine/index.js";
+import { add, applyRopeInPlace, gatherRows, indexAddWeighted, rmsNorm, sigmoidScalar, softmaxRowInPlace, swiglu, topkIndices } from "../../engine/ops.js";
+import { AnyModule, Module, ModuleList } from "../../nn/module.js";
+import { Embedding, Linear, RMSNorm, TokenIds } from "../../nn/layers.js";
+import { AfmoeConfig, isMoeLayer } from "./config.js";
+
+/** SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, experts and the shared expert. */
+export class AfmoeMLP extends Module {
+  readonly className = "AfmoeMLP";
+
+  constructor(hidden: number, intermediate: number) {
+    super();
+    this.addModule("gate_proj", new Linear(hidden, intermediate));
+    this.addModule("up_proj", new Linear(hidden, intermediate));
+    this.addModule("down_proj", new Linear(intermediate, hidden));
+  }
+
+  get gate_proj(): Linear { return this.child("gate_proj"); }
+  get up_proj(): Linear { return this.child("up_proj"); }
+  get down_proj(): Linear { return this.child("down_proj"); }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    const [g, u] = [await this.gate_proj.call(x), await this.up_proj.call(x)];
+    return this.down_proj.call(swiglu(g, u));
+  }
+}
+
+export interface RouterInput {
+  /** [B, S, H] */
+  hidden: Tensor;
+  /** [E] or null: used only to select experts */
+  expertBias: Tensor | null;
+}
+
+export interface RouterOutput {
+  /** [T, K] float32, unbiased scores of the selected experts, normalised and scaled */
+  topScores: Tensor;
+  /** [T, K] expert indices, best first */
+  selectedExperts: Int32Array;
+}
+
+/** Token-choice top-K router with sigmoid (or softmax) scores. */
+export class AfmoeTokenChoiceRouter extends Module<RouterInput, RouterOutput> {
+  readonly className = "AfmoeTokenChoiceRouter";
+
+  constructor(private readonly config: AfmoeConfig) {
+    super();
+    this.addModule("gate", new Linear(config.hiddenSize, config.numExperts));
+  }
+
+  get gate(): Linear { return this.child("gate"); }
+
+  async forward({ hidden, expertBias }: RouterInput): Promise<RouterOutput> {
+    const c = this.config;
+    const E = c.numExperts;
+    const K = c.numExpertsPerTok;
+    const x = hidden.reshape([hidden.size / c.hiddenSize, c.hiddenSize]);
+    const T = x.dim(0);
+    const logits = await this.gate.call(x);
+    const scores = new Float32Array(logits.data);
+    if (c.scoreFunc === "sigmoid") for (let i = 0; i < scores.length; i++) scores[i] = sigmoidScalar(scores[i] as number);
+    else for (let t = 0; t < T; t++) softmaxRowInPlace(scores, t * E, E);
+    let forSelection = scores;
+    if (expertBias) {
+      forSelection = new Float32Array(scores.length);
+      for (let i = 0; i < scores.length; i++) forSelection[i] = (scores[i] as number) + (expertBias.data[i % E] as number);
+    }
+    const selected = topkIndices(new Tensor(forSelection, [T, E]), K);
+    const top = new Float32Array(T * K);
+    for (let t = 0; t < T; t++) {
+      let sum = 0;
+      for (let k = 0; k < K; k++) {
+        const v = scores[t * E + (selected[t * K + k] as number)] as number;
+        top[t * K + k] = v;
+        sum = Math.fround(sum + v);
+      }
+      const norm = c.scoreFunc === "sigmoid" && c.routeNorm;
+      const denom = Math.fround(sum + 1e-20);
+      for (let k = 0; k < K; k++) {
+        let v = top[t * K + k] as number;
+        if (norm) v = Math.fround(v / denom);
+        top[t * K + k] = Math.fround(v * c.routeScale);
+      }
+    }
+    return { topScores: new Tensor(top, [T, K]), selectedExperts: selected };
+  }
+}
+
+/**
+ * For expert e: the (slot, token) pairs that selected it, slot-major then token order
+ * (torch.where over the [K, T] one-hot mask, as the seed does).
+ */
+export function routedPairs(selected: Int32Array, T: number, K: number, expert: number): { tokens: Int32Array; slots: Int32Array } {
+  const tokens: number[] = [];
+  const slots: number[] = [];
+  for (let k = 0; k < K; k++) {
+    for (let t = 0; t < T; t++) {
+      if (selected[t * K + k] === expert) {
+        tokens.push(t);
+        slots.push(k);
+      }
+    }
+  }
+  return { tokens: Int32Array.from(tokens), slots: Int32Array.from(slots) };
+}
+
+export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32Array): Float32Array {
+  const K = topScores.dim(1);
+  return Float32Array.from(tokens, (t, i) => topScores.data[t * K + (slots[i] as number)] as number);
+}
+
+/** The MoE block: shared expert on every token plus the router-weighted top-K routed experts. */
+export class AfmoeMoE extends Module {
+  readonly className: string = "AfmoeMoE";
+
+  constructor(readonly config: AfmoeConfig) {
+    super();
+    this.addModule("router", new AfmoeTokenChoiceRouter(config));
+    const experts = Array.from({ length: config.numExperts }, () => new AfmoeMLP(config.hiddenSize, config.moeIntermediateSize));
+    this.addModule("experts", new ModuleList(experts));
+    if (config.numSharedExperts > 0) {
+      this.addModule("shared_experts", new AfmoeMLP(config.hiddenSize, config.moeIntermediateSize * config.numSharedExperts));
+    }
+    this.declareParam("expert_bias", [config.numExperts]);
+  }
+
+  get router(): AfmoeTokenChoiceRouter { return this.child("router"); }
+  get experts(): ModuleList<AfmoeMLP> { return this.child("experts"); }
+  get shared_experts(): AfmoeMLP | null { return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null; }
+  get expert_bias(): Tensor { return this.param("expert_bias"); }
+
+  async forward(hidden: Tensor): Promise<Tensor> {
+    const H = this.config.hiddenSize;
+    const K = this.config.numExpertsPerTok;
+    const flat = hidden.reshape([hidden.size / H, H]);
+    const T = flat.dim(0);
+    const { topScores, selectedExperts } = await this.router.call({ hidden, expertBias: this.expert_bias });
+    const shared = this.shared_experts ? await this.shared_experts.call(flat) : Tensor.zeros([T, H]);
+    const routed = Tensor.zeros([T, H]);
+    const experts = this.experts.items();
+    for (let e = 0; e < experts.length; e++) {
+      const { tokens, slots } = routedPairs(selectedExperts, T, K, e);
+      if (tokens.length === 0) continue;
+      const out = await (experts[e] as AfmoeMLP).call(gatherRows(flat, tokens));
+      indexAddWeighted(routed, tokens, out, routeWeights(topScores, tokens, slots));
+    }
+    return add(shared, routed).reshape(hidden.shape);
+  }
+}
+
+/** Grouped-query attention with q/k RMSNorm, RoPE on sliding layers only, and a sigmoid output gate. */
+export class AfmoeAttention extends Module {
+  readonly className = "AfmoeAttention";
+  readonly sliding: boolean;
+
+  constructor(readonly config: AfmoeConfig, layer: number) {
+    super();
+    const { hiddenSize: H, numAttentionHeads: nH, numKeyValueHeads: nKV, headDim: D } = config;
+    this.sliding = config.layerTypes[layer] === "sliding_attention";
+    this.addModule("q_proj", new Linear(H, nH * D));
+    this.addModule("k_proj", new Linear(H, nKV * D));
+    this.addModule("v_proj", new Linear(H, nKV * D));
+    this.addModule("o_proj", new Linear(nH * D, H));
+    this.addModule("gate_proj", new Linear(H, nH * D));
+    this.addModule("q_norm", new RMSNorm(D, config.rmsNormEps));
+    this.addModule("k_norm", new RMSNorm(D, config.rmsNormEps));
+  }
+
+  private lin(name: string): Linear { return this.child(name); }
+  private norm(name: string): RMSNorm { return this.child(name); }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    const c = this.config;
+    const [B, S] = [x.dim(0), x.dim(1)];
+    const { numAttentionHeads: nH, numKeyValueHeads: nKV, headDim: D } = c;
+    const q = rmsNorm((await this.lin("q_proj").call(x)).reshape([B * S * nH, D]), this.norm("q_norm").param("weight"), c.rmsNormEps);
+    const k = rmsNorm((await this.lin("k_proj").call(x)).reshape([B * S * nKV, D]), this.norm("k_norm").param("weight"), c.rmsNormEps);
+    const v = await this.lin("v_proj").call(x);
+    if (this.sliding) {
+      applyRopeInPlace(q.data, B, S, nH, D, c.ropeTheta);
+      applyRopeInPlace(k.data, B, S, nKV, D, c.ropeTheta);
+    }
+    // [B, S, heads, D] -> qh [B*nH, S, D], kT [B*nH, D, S], vh [B*nH, S, D] (GQA: head h reads kv head h / (nH/nKV))
+    const group = nH / nKV;
+    const qh = new Float32Array(B * nH * S * D);
+    const kT = new Float32Array(B * nH * D * S);
+    const vh = new Float32Array(B * nH * S * D);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < nH; h++) {
+        const kv = Math.floor(h / group);
+        const bh = b * nH + h;
+        for (let s = 0; s < S; s++) {
+          const qo = ((b * S + s) * nH + h) * D;
+          const ko = ((b * S + s) * nKV + kv) * D;
+          for (let d = 0; d < D; d++) {
+            qh[(bh * S + s) * D + d] = q.data[qo + d] as number;
+            kT[(bh * D + d) * S + s] = k.data[ko + d] as number;
+            vh[(bh * S + s) * D + d] = v.data[ko + d] as number;
+          }
+        }
+      }
+    }
+    const engine = getEngine();
+    const scores = await engine.matmul(new Tensor(qh, [B * nH, S, D]), new Tensor(kT, [B * nH, D, S]));
+    const inv = 1 / Math.sqrt(D);
+    const window = c.slidingWindow;
+    const sd = scores.data;
+    for (let bh = 0; bh < B * nH; bh++) {
+      for (let i = 0; i < S; i++) {
+        const row = (bh * S + i) * S;
+        const lo = this.sliding ? Math.max(0, i - window + 1) : 0;
+        for (let j = 0; j < S; j++) sd[row + j] = j < lo || j > i ? -Infinity : (sd[row + j] as number) * inv;
+        softmaxRowInPlace(sd, row, S);
+      }
+    }
+    const ctx = await engine.matmul(scores, new Tensor(vh, [B * nH, S, D]));
+    const gate = await this.lin("gate_proj").call(x);
+    const o = new Float32Array(B * S * nH * D);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < nH; h++) {
+        const bh = b * nH + h;
+        for (let s = 0; s < S; s++) {
+          const oo = ((b * S + s) * nH + h) * D;
+          for (let d = 0; d < D; d++) {
+            o[oo + d] = (ctx.data[(bh * S + s) * D + d] as number) * sigmoidScalar(gate.data[oo + d] as number);
+          }
+        }
+      }
+    }
+    return this.lin("o_proj").call(new Tensor(o, [B, S, nH * D]));
+  }
+}
+
+/** Decoder layer with sandwich norms around attention and MLP. */
+export class AfmoeDecoderLayer extends Module {
+  readonly className = "AfmoeDecoderLayer";
+
+  constructor(readonly config: AfmoeConfig, readonly layerIndex: number) {
+    super();
+    const H = config.hiddenSize;
+    this.addModule("self_attn", new AfmoeAttention(config, layerIndex));
+    this.addModule("mlp", isMoeLayer(config, layerIndex) ? new AfmoeMoE(config) : new AfmoeMLP(H, config.intermediateSize));
+    for (const n of ["input_layernorm", "post_attention_layernorm", "pre_mlp_layernorm", "post_mlp_layernorm"]) {
+      this.addModule(n, new RMSNorm(H, config.rmsNormEps));
+    }
+  }
+
+  get mlp(): AnyModule { return this.child("mlp"); }
+
+  private sub(name: string): Module { return this.child(name); }
+
+  async forward(h: Tensor): Promise<Tensor> {
+    const attn = await this.sub("self_attn").call(await this.sub("input_layernorm").call(h));
+    const h1 = add(h, await this.sub("post_attention_layernorm").call(attn));
+    const mlp = await this.child<Module>("mlp").call(await this.sub("pre_mlp_layernorm").call(h1));
+    return add(h1, await this.sub("post_mlp_layernorm").call(mlp));
+  }
+}
+
+export interface CausalLMInput {
+  ids: TokenIds;
+  outputHiddenStates?: boolean;
+}
+
+export interface CausalLMOutput {
+  /** [B, S, V] */
+  logits: Tensor;
+  /** hiddenStates[0] = scaled embeddings, [i] = output of layer i-1 (when requested) */
+  hiddenStates: Tensor[];
+}
+
+export class AfmoeModel extends Module<TokenIds, Tensor> {
+  readonly className = "AfmoeModel";
+
+  constructor(readonly config: AfmoeConfig) {
+    super();
+    this.addModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize));
+    this.addModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new AfmoeDecoderLayer(config, i))));
+    this.addModule("norm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
+  }
+
+  get embed_tokens(): Embedding { return this.child("embed_tokens"); }
+  get layers(): ModuleList<AfmoeDecoderLayer> { return this.child("layers"); }
+  get norm(): RMSNorm { return this.child("norm"); }
+
+  /** Scaled embeddings: the input of layer 0. */
+  async embed(ids: TokenIds): Promise<Tensor> {
+    const h = await this.embed_tokens.call(ids);
+    if (!this.config.mupEnabled) return h;
+    const s = Math.fround(Math.sqrt(this.config.hiddenSize));
+    for (let i = 0; i < h.size; i++) h.data[i] = (h.data[i] as number) * s;
+    return h;
+  }
+
+  async forward(ids: TokenIds): Promise<Tensor> {
+    let h = await this.embed(ids);
+    for (const layer of this.layers.items()) h = await layer.call(h);
+    return this.norm.call(h);
+  }
+}
+
+export class AfmoeForCausalLM extends Module<CausalLMInput, CausalLMOutput> {
+  readonly className = "AfmoeForCausalLM";
+
+  constructor(readonly config: AfmoeConfig) {
+    super();
+    this.addModule("model", new AfmoeModel(config));
+    this.addModule("lm_head", new Linear(config.hiddenSize, config.vocabSize));
+  }
+
+  get model(): AfmoeModel { return this.child("model"); }
+  get lm_head(): Linear { return this.child("lm_head"); }
+
+  async forward({ ids, outputHiddenStates = false }: CausalLMInput): Promise<CausalLMOutput> {
+    const hiddenStates: Tensor[] = [];
+    let h = await this.model.embed(ids);
+    if (outputHiddenStates) hiddenStates.push(h);
+    for (const layer of this.model.layers.items()) {
+      h = await layer.call(h);
+      if (outputHiddenStates) hiddenStates.push(h);
+    }
+    const logits = await this.lm_head.call(await this.model.norm.call(h));
+    return { logits, hiddenStates };
+  }
+}

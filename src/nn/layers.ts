@@ -1,0 +1,70 @@
+import { Tensor } from "../engine/tensor.js";
+import { getEngine } from "../engine/index.js";
+import { rmsNorm } from "../engine/ops.js";
+import { UsageError } from "../errors.js";
+import { Module } from "./module.js";
+
+/** y = x W^T (no bias). Input [..., in], output [..., out]. Parameter `weight` [out, in]. */
+export class Linear extends Module {
+  readonly className: string = "Linear";
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+
+  constructor(inFeatures: number, outFeatures: number) {
+    super();
+    this.inFeatures = inFeatures;
+    this.outFeatures = outFeatures;
+    this.declareParam("weight", [outFeatures, inFeatures]);
+  }
+
+  get weight(): Tensor {
+    return this.param("weight");
+  }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    const k = x.dim(-1);
+    if (k !== this.inFeatures) throw new UsageError(`Linear: input has ${k} features, expected ${this.inFeatures}`);
+    const rows = x.size / k;
+    const y = await getEngine().linear(x.reshape([rows, k]), this.weight);
+    return y.reshape([...x.shape.slice(0, -1), this.outFeatures]);
+  }
+}
+
+/** RMSNorm over the last dimension, in float32. Parameter `weight` [dim]. */
+export class RMSNorm extends Module {
+  readonly className = "RMSNorm";
+
+  constructor(readonly dim: number, readonly eps: number) {
+    super();
+    this.declareParam("weight", [dim]);
+  }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    return rmsNorm(x, this.param("weight"), this.eps);
+  }
+}
+
+/** Token ids to rows of `weight` [vocab, dim]. Input: ids with their batch shape. */
+export interface TokenIds {
+  ids: Int32Array;
+  shape: readonly number[];
+}
+
+export class Embedding extends Module<TokenIds, Tensor> {
+  readonly className = "Embedding";
+
+  constructor(readonly vocab: number, readonly dim: number) {
+    super();
+    this.declareParam("weight", [vocab, dim]);
+  }
+
+  async forward(input: TokenIds): Promise<Tensor> {
+    const w = this.param("weight");
+    const out = new Float32Array(input.ids.length * this.dim);
+    input.ids.forEach((id, i) => {
+      if (id < 0 || id >= this.vocab) throw new UsageError(`token id ${id} at position ${i} is outside the vocabulary of ${this.vocab}`);
+      out.set(w.data.subarray(id * this.dim, (id + 1) * this.dim), i * this.dim);
+    });
+    return new Tensor(out, [...input.shape, this.dim]);
+  }
+}

@@ -1,0 +1,71 @@
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import assert from "node:assert/strict";
+import { Tensor } from "../src/engine/tensor.js";
+import { SafetensorsFile, rawToInts } from "../src/io/safetensors.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** Repository root (tests run from dist/test). */
+export const ROOT = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? "../.." : "..");
+export const TINY = path.join(ROOT, "models", "tiny-afmoe");
+export const GOLDEN = path.join(ROOT, "test", "fixtures", "golden");
+export const TEXT = path.join(ROOT, "test", "fixtures", "text");
+
+export function golden(name: string): SafetensorsFile {
+  return SafetensorsFile.open(path.join(GOLDEN, name));
+}
+
+export function goldenInts(file: SafetensorsFile, name: string): number[] {
+  return rawToInts(file.readRaw(name), name);
+}
+
+/** Relative error ||a - b|| / ||b||. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    const d = (a[i] as number) - (b[i] as number);
+    num += d * d;
+    den += (b[i] as number) ** 2;
+  }
+  return Math.sqrt(num) / Math.sqrt(den || 1);
+}
+
+/**
+ * Assert relative error <= tol; on failure the message names the tensor, its first
+ * differing values and the max difference.
+ */
+export function assertClose(name: string, actual: Tensor | ArrayLike<number>, expected: Tensor | ArrayLike<number>, tol: number): number {
+  const a = actual instanceof Tensor ? actual.data : actual;
+  const e = expected instanceof Tensor ? expected.data : expected;
+  assert.equal(a.length, e.length, `${name}: ${a.length} values, expected ${e.length}`);
+  const err = relErr(a, e);
+  if (!(err <= tol)) {
+    let maxDiff = 0;
+    let maxAt = 0;
+    const firsts: string[] = [];
+    for (let i = 0; i < e.length; i++) {
+      const d = Math.abs((a[i] as number) - (e[i] as number));
+      if (!(d <= maxDiff)) {
+        maxDiff = d;
+        maxAt = i;
+      }
+      if (firsts.length < 5 && d > tol * Math.abs(e[i] as number) + 1e-12) firsts.push(`[${i}] ${a[i]} vs ${e[i]}`);
+    }
+    assert.fail(`${name}: relative error ${err.toExponential(3)} > ${tol}; first differences ${firsts.join(", ")}; max |diff| ${maxDiff} at ${maxAt}`);
+  }
+  return err;
+}
+
+export function assertIntsEqual(name: string, actual: ArrayLike<number>, expected: ArrayLike<number>): void {
+  assert.equal(actual.length, expected.length, `${name}: ${actual.length} values, expected ${expected.length}`);
+  const diffs: string[] = [];
+  let count = 0;
+  for (let i = 0; i < expected.length; i++) {
+    if (actual[i] !== expected[i]) {
+      count++;
+      if (diffs.length < 5) diffs.push(`[${i}] ${actual[i]} vs ${expected[i]}`);
+    }
+  }
+  if (count) assert.fail(`${name}: ${count} of ${expected.length} values differ; first ${diffs.join(", ")}`);
+}
