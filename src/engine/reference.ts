@@ -27,16 +27,19 @@ export class ReferenceEngine implements Engine {
     const { batch, m, k, n } = checkMatmul(a, b);
     const nb = numel(batch);
     const out = new Float32Array(nb * m * n);
+    const acc = new Float64Array(n);
     for (let bi = 0; bi < nb; bi++) {
       const ao = bi * m * k;
       const bo = bi * k * n;
       const oo = bi * m * n;
       for (let i = 0; i < m; i++) {
-        for (let j = 0; j < n; j++) {
-          let s = 0;
-          for (let p = 0; p < k; p++) s += (a.data[ao + i * k + p] as number) * (b.data[bo + p * n + j] as number);
-          out[oo + i * n + j] = s;
+        acc.fill(0);
+        for (let p = 0; p < k; p++) {
+          const av = a.data[ao + i * k + p] as number;
+          const brow = bo + p * n;
+          for (let j = 0; j < n; j++) acc[j] = (acc[j] as number) + av * (b.data[brow + j] as number);
         }
+        for (let j = 0; j < n; j++) out[oo + i * n + j] = acc[j] as number;
       }
     }
     return new Tensor(out, [...batch, m, n]);

@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from "commander";
+import { MoecalError } from "../errors.js";
+import { registerForward } from "./forward.js";
+import { registerOneshot } from "./oneshot.js";
+
+/** Build the `moecal` program. Commands only parse options and call library functions. */
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("moecal")
+    .description("Compress Mixture-of-Experts models (AFMoE) with every expert calibrated")
+    .version("0.1.0")
+    .exitOverride()
+    .showHelpAfterError();
+  registerForward(program);
+  registerOneshot(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    if (e instanceof MoecalError) {
+      process.stderr.write(`moecal: error [${e.code}]: ${e.message}\n`);
+      return e.code === "E_USAGE" ? 2 : 1;
+    }
+    process.stderr.write(`moecal: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
+    return 70;
+  }
+}
+
+process.exitCode = await main(process.argv);

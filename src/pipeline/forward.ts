@@ -1,0 +1,34 @@
+import { Tensor } from "../engine/tensor.js";
+import { SafetensorsFile, rawToInts } from "../io/safetensors.js";
+import { writeSafetensors, NamedRaw } from "../io/writer.js";
+import { writeFileAtomic } from "../io/atomic.js";
+import { UsageError } from "../errors.js";
+import { openAfmoe } from "../models/afmoe/index.js";
+
+export interface ForwardFileOptions {
+  model: string;
+  inputIds: string;
+  output: string;
+}
+
+function f32Raw(name: string, t: Tensor): NamedRaw {
+  return { name, dtype: "F32", shape: [...t.shape], bytes: new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength) };
+}
+
+/** Read `input_ids` [B, S] from a safetensors file, run the model, write logits and hidden states (F32). */
+export async function forwardFile(opts: ForwardFileOptions): Promise<{ batch: number; seq: number; layers: number }> {
+  const f = SafetensorsFile.open(opts.inputIds);
+  if (!f.tensors.has("input_ids")) throw new UsageError(`${opts.inputIds}: no tensor named "input_ids"`);
+  const info = f.info("input_ids");
+  if (info.shape.length !== 2) throw new UsageError(`${opts.inputIds}: "input_ids" must be [batch, seq], got [${info.shape.join(", ")}]`);
+  const ids = rawToInts(f.readRaw("input_ids"), `${opts.inputIds}: "input_ids"`);
+  const [B, S] = info.shape as [number, number];
+  const { model, config } = openAfmoe(opts.model);
+  if (S > config.maxPositionEmbeddings) {
+    throw new UsageError(`${opts.inputIds}: sequence length ${S} exceeds max_position_embeddings ${config.maxPositionEmbeddings}`);
+  }
+  const out = await model.call({ ids: { ids: Int32Array.from(ids), shape: [B, S] }, outputHiddenStates: true });
+  const tensors = [f32Raw("logits", out.logits), ...out.hiddenStates.map((h, i) => f32Raw(`hidden_states.${i}`, h))];
+  writeFileAtomic(opts.output, (tmp) => writeSafetensors(tmp, tensors, { format: "pt" }));
+  return { batch: B, seq: S, layers: config.numHiddenLayers };
+}

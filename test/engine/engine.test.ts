@@ -1,0 +1,41 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { OrtEngine, ReferenceEngine } from "../../src/engine/index.js";
+import { randn } from "../rand.js";
+import { assertClose } from "../helpers.js";
+
+const ort = new OrtEngine();
+const ref = new ReferenceEngine();
+
+test("onnxruntime linear matches the TypeScript reference on several shapes (one session serves all)", async () => {
+  for (const [m, k, n] of [[1, 1, 1], [7, 13, 5], [64, 128, 33], [3, 257, 129]] as const) {
+    const x = randn([m, k], m * 31 + k);
+    const w = randn([n, k], n * 17 + k);
+    assertClose(`linear ${m}x${k}x${n}`, await ort.linear(x, w), await ref.linear(x, w), 1e-6);
+  }
+});
+
+test("onnxruntime batched matmul (rank 3) and gram match the reference", async () => {
+  const a = randn([3, 9, 17], 1);
+  const b = randn([3, 17, 11], 2);
+  const y = await ort.matmul(a, b);
+  assert.deepEqual(y.shape, [3, 9, 11]);
+  assertClose("matmul", y, await ref.matmul(a, b), 1e-6);
+  const x = randn([50, 23], 3);
+  assertClose("gram", await ort.gram(x), await ref.gram(x), 1e-6);
+  const a2 = randn([6, 4], 4);
+  const b2 = randn([4, 5], 5);
+  assertClose("matmul rank 2", await ort.matmul(a2, b2), await ref.matmul(a2, b2), 1e-6);
+});
+
+test("empty batches give empty or zero results", async () => {
+  const y = await ort.linear(randn([0, 8], 1), randn([4, 8], 2));
+  assert.deepEqual(y.shape, [0, 4]);
+  const g = await ort.gram(randn([0, 5], 1));
+  assert.deepEqual([...g.data], new Array(25).fill(0));
+});
+
+test("shape mismatches are usage errors", async () => {
+  await assert.rejects(ort.linear(randn([2, 3], 1), randn([4, 5], 2)), /do not fit/);
+  await assert.rejects(ort.matmul(randn([2, 3], 1), randn([4, 5], 2)), /do not fit/);
+});

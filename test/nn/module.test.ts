@@ -1,0 +1,47 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Tensor } from "../../src/engine/tensor.js";
+import { Linear } from "../../src/nn/layers.js";
+import { openAfmoe } from "../../src/models/afmoe/index.js";
+import { TINY } from "../helpers.js";
+
+test("dotted names and class names follow the Hugging Face module tree", () => {
+  const { model } = openAfmoe(TINY, { load: false });
+  const names = new Map(model.namedModules());
+  assert.equal(names.get("model.layers.1.mlp")?.className, "AfmoeMoE");
+  assert.equal(names.get("model.layers.1.mlp.router")?.className, "AfmoeTokenChoiceRouter");
+  assert.equal(names.get("model.layers.1.mlp.router.gate")?.className, "Linear");
+  assert.equal(names.get("model.layers.1.mlp.experts.3.gate_proj")?.className, "Linear");
+  assert.equal(names.get("model.layers.1.mlp.shared_experts")?.className, "AfmoeMLP");
+  assert.equal(names.get("model.layers.0.mlp")?.className, "AfmoeMLP");
+  const params = model.namedParameters().map(([n]) => n);
+  assert.ok(params.includes("model.layers.1.mlp.expert_bias"));
+  assert.ok(params.includes("lm_head.weight"));
+});
+
+test("pre-hooks replace inputs, post-hooks replace outputs, removers remove", async () => {
+  const lin = new Linear(2, 2);
+  lin.namedParameters()[0]![1].value = new Tensor(new Float32Array([1, 0, 0, 1]), [2, 2]);
+  const seen: number[][] = [];
+  const removePre = lin.registerForwardPreHook((_m, x) => new Tensor(x.data.map((v) => v * 2), x.shape));
+  const removePost = lin.registerForwardHook((_m, x, y) => {
+    seen.push([...x.data]);
+    return new Tensor(y.data.map((v) => v + 1), y.shape);
+  });
+  const y = await lin.call(new Tensor(new Float32Array([1, 2]), [1, 2]));
+  assert.deepEqual([...y.data], [3, 5]);
+  assert.deepEqual(seen, [[2, 4]]);
+  removePre();
+  removePost();
+  assert.equal(lin.hookCount, 0);
+  assert.deepEqual([...(await lin.call(new Tensor(new Float32Array([1, 2]), [1, 2]))).data], [1, 2]);
+});
+
+test("setSubmodule replaces by dotted name and returns the original", () => {
+  const { model } = openAfmoe(TINY, { load: false });
+  const original = model.getSubmodule("model.layers.2.mlp.experts.5.up_proj");
+  const replacement = new Linear(128, 64);
+  assert.equal(model.setSubmodule("model.layers.2.mlp.experts.5.up_proj", replacement), original);
+  assert.equal(model.getSubmodule("model.layers.2.mlp.experts.5.up_proj"), replacement);
+  assert.throws(() => model.setSubmodule("model.layers.9.mlp", replacement), /no submodule/);
+});
