@@ -73,6 +73,18 @@ export abstract class Module<I = Tensor, O = Tensor> {
     this._params.set(name, { shape, value: null });
   }
 
+  /** Hold another module's Parameter object itself (shared, not copied). */
+  protected adoptParam(name: string, param: Parameter): void {
+    this._params.set(name, param);
+  }
+
+  /** The Parameter object (shape and value) of a direct parameter. */
+  parameter(name: string): Parameter {
+    const p = this._params.get(name);
+    if (!p) throw new UsageError(`${this.className} has no parameter "${name}"`);
+    return p;
+  }
+
   /** A child by attribute name; typed by the caller. */
   child<M extends AnyModule>(name: string): M {
     const m = this._children.get(name);

@@ -1,0 +1,69 @@
+import { Tensor } from "../engine/tensor.js";
+import { add, gatherRows, indexAddWeighted } from "../engine/ops.js";
+import { AnyModule, Module, ModuleList } from "../nn/module.js";
+import { UsageError } from "../errors.js";
+import { AfmoeConfig } from "../models/afmoe/config.js";
+import { AfmoeMLP, AfmoeMoE, AfmoeTokenChoiceRouter, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
+import { CalibrationOptions, MoECalibrationModule } from "./module.js";
+
+/**
+ * Calibration version of AfmoeMoE (llm-compressor's CalibrationAfmoeMoE). With
+ * calibrateAllExperts every expert runs on all tokens, so every expert Linear sees the whole
+ * calibration set; only the routed rows, weighted by the router, are summed, so the block's
+ * output is unchanged. Without it, experts run on their routed tokens only (and are still
+ * called, with an empty batch, when they have none).
+ */
+export class CalibrationAfmoeMoE extends Module implements MoECalibrationModule {
+  readonly className = "CalibrationAfmoeMoE";
+  readonly isPermanent = false;
+  readonly calibrateAllExperts: boolean;
+
+  constructor(original: AnyModule, readonly config: AfmoeConfig, options: CalibrationOptions) {
+    super();
+    if (!(original instanceof AfmoeMoE)) throw new UsageError(`CalibrationAfmoeMoE replaces AfmoeMoE, not ${original.className}`);
+    this.calibrateAllExperts = options.calibrateAllExperts;
+    this.addModule("router", original.router);
+    this.addModule("experts", original.experts);
+    if (original.shared_experts) this.addModule("shared_experts", original.shared_experts);
+    this.adoptParam("expert_bias", original.parameter("expert_bias"));
+  }
+
+  get router(): AfmoeTokenChoiceRouter { return this.child("router"); }
+  get experts(): ModuleList<AfmoeMLP> { return this.child("experts"); }
+  get shared_experts(): AfmoeMLP | null { return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null; }
+  get expert_bias(): Tensor { return this.param("expert_bias"); }
+
+  async forward(hidden: Tensor): Promise<Tensor> {
+    const H = this.config.hiddenSize;
+    const K = this.config.numExpertsPerTok;
+    const flat = hidden.reshape([hidden.size / H, H]);
+    const T = flat.dim(0);
+    // Step 1: routing decisions
+    const { topScores, selectedExperts } = await this.router.call({ hidden, expertBias: this.expert_bias });
+    // Step 2: shared experts on every token
+    const shared = this.shared_experts ? await this.shared_experts.call(flat) : Tensor.zeros([T, H]);
+    // Steps 3-4: every expert, in order
+    const routed = Tensor.zeros([T, H]);
+    const experts = this.experts.items();
+    for (let e = 0; e < experts.length; e++) {
+      const expert = experts[e] as AfmoeMLP;
+      const { tokens, slots } = routedPairs(selectedExperts, T, K, e);
+      const out = this.calibrateAllExperts
+        ? gatherRows(await expert.call(flat), tokens)
+        : await expert.call(gatherRows(flat, tokens));
+      if (tokens.length > 0) indexAddWeighted(routed, tokens, out, routeWeights(topScores, tokens, slots));
+    }
+    // Step 5: shared + routed
+    return add(shared, routed).reshape(hidden.shape);
+  }
+
+  restore(original: AnyModule): AnyModule {
+    return original;
+  }
+}
+
+export function buildCalibrationAfmoeMoE(original: AnyModule, config: unknown, options: CalibrationOptions): MoECalibrationModule {
+  const c = (config ?? (original as { config?: unknown }).config) as AfmoeConfig | undefined;
+  if (!c || typeof c !== "object" || !("numExpertsPerTok" in c)) throw new UsageError("CalibrationAfmoeMoE needs the AFMoE model config");
+  return new CalibrationAfmoeMoE(original, c, options);
+}

@@ -1,0 +1,19 @@
+import { CalibrationModuleFactory } from "./module.js";
+import { buildCalibrationAfmoeMoE } from "./afmoe.js";
+
+/** Registry key of a class name: lower case, `_` and spaces to `-` (`AfmoeMoE` -> `afmoemoe`). */
+export function standardizeClassName(name: string): string {
+  return name.toLowerCase().replace(/[_\s]/g, "-");
+}
+
+/**
+ * MoE blocks with a calibration replacement, keyed by the standardised class name of the
+ * original. Adding an architecture: one file with its calibration class, one line here.
+ */
+export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFactory> = new Map([
+  [standardizeClassName("AfmoeMoE"), buildCalibrationAfmoeMoE],
+]);
+
+export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {
+  return MOE_CALIBRATION_REGISTRY.get(standardizeClassName(className));
+}
