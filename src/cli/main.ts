@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { MoecalError } from "../errors.js";
 import { registerForward } from "./forward.js";
 import { registerOneshot } from "./oneshot.js";
+import { registerCoverage } from "./coverage.js";
 
 /** Build the `moecal` program. Commands only parse options and call library functions. */
 export function buildProgram(): Command {
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerForward(program);
   registerOneshot(program);
+  registerCoverage(program);
   return program;
 }
 

@@ -1,0 +1,18 @@
+import { InvalidArgumentError } from "commander";
+
+/** Parser for an integer option (>= min), with the option named in the error. */
+export function intOption(name: string, min = 1): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got "${value}"`);
+    return n;
+  };
+}
+
+export function boolOption(name: string): (value: string) => boolean {
+  return (value) => {
+    if (value === "true") return true;
+    if (value === "false") return false;
+    throw new InvalidArgumentError(`${name} must be true or false, got "${value}"`);
+  };
+}
