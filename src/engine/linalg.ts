@@ -1,0 +1,63 @@
+import { NumericalError } from "../errors.js";
+
+/**
+ * Dense linear algebra for GPTQ, in float64 (inputs and outputs float64 row-major n x n).
+ * O(n^3) but n is a Linear's input size (<= a few thousand).
+ */
+
+/** Lower Cholesky factor L (A = L L^T) in place; throws NumericalError if A is not positive definite. */
+export function choleskyLowerInPlace(A: Float64Array, n: number, what = "matrix"): void {
+  for (let j = 0; j < n; j++) {
+    let d = A[j * n + j] as number;
+    const rj = j * n;
+    for (let k = 0; k < j; k++) d -= (A[rj + k] as number) ** 2;
+    if (!(d > 0)) throw new NumericalError(`${what}: not positive definite (pivot ${j} is ${d})`);
+    const ljj = Math.sqrt(d);
+    A[rj + j] = ljj;
+    for (let i = j + 1; i < n; i++) {
+      const ri = i * n;
+      let s = A[ri + j] as number;
+      for (let k = 0; k < j; k++) s -= (A[ri + k] as number) * (A[rj + k] as number);
+      A[ri + j] = s / ljj;
+    }
+    for (let k = j + 1; k < n; k++) A[rj + k] = 0;
+  }
+}
+
+/** Inverse of a lower-triangular L, in place. */
+export function invertLowerInPlace(L: Float64Array, n: number): void {
+  for (let j = 0; j < n; j++) {
+    L[j * n + j] = 1 / (L[j * n + j] as number);
+    for (let i = j + 1; i < n; i++) {
+      let s = 0;
+      for (let k = j; k < i; k++) s += (L[i * n + k] as number) * (L[k * n + j] as number);
+      L[i * n + j] = -s / (L[i * n + i] as number);
+    }
+  }
+}
+
+/**
+ * GPTQ's Hinv: the upper Cholesky factor U of inverse(A) (inverse(A) = U^T U), for a
+ * symmetric positive definite A. Throws NumericalError when A is not positive definite.
+ */
+export function upperCholeskyOfInverse(A: Float64Array, n: number, what = "Hessian"): Float64Array {
+  const L = new Float64Array(A);
+  choleskyLowerInPlace(L, n, what);
+  invertLowerInPlace(L, n); // L^-1, lower
+  // inverse(A) = L^-T L^-1
+  const Li = L;
+  const inv = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    for (let j = i; j < n; j++) {
+      let s = 0;
+      for (let k = j; k < n; k++) s += (Li[k * n + i] as number) * (Li[k * n + j] as number);
+      inv[i * n + j] = s;
+      inv[j * n + i] = s;
+    }
+  }
+  choleskyLowerInPlace(inv, n, `${what} inverse`);
+  // U = L'^T
+  const U = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) U[i * n + j] = inv[j * n + i] as number;
+  return U;
+}

@@ -1,0 +1,158 @@
+import { FP8_E4M3_MAX, f16BitsToF32, f32ToF16Bits, f32ToFp8e4m3, fp8e4m3ToF32, roundToBf16 } from "../engine/dtype.js";
+import { NumericalError, UsageError } from "../errors.js";
+import { QuantArgs } from "./scheme.js";
+
+/** float32 machine epsilon: the scale used where a group is all zeros. */
+export const F32_EPS = 1.1920928955078125e-7;
+
+/** dtype in which scales are stored (the checkpoint's). */
+export type ScaleDType = "BF16" | "F16" | "F32";
+
+/** Round a float32 value to the storage dtype of scales. */
+export function roundScale(x: number, dtype: ScaleDType): number {
+  if (dtype === "BF16") return roundToBf16(x);
+  if (dtype === "F16") return f16BitsToF32(f32ToF16Bits(x));
+  return Math.fround(x);
+}
+
+/** Round half to even, as torch.round. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+export function intRange(bits: number): { qmin: number; qmax: number } {
+  return { qmin: -(2 ** (bits - 1)), qmax: 2 ** (bits - 1) - 1 };
+}
+
+/** Scales and zero points of one weight: [out, groups] each (groups = 1 per channel / tensor). */
+export interface QParams {
+  groups: number;
+  /** columns per group (in for per channel and per tensor) */
+  groupSize: number;
+  scale: Float32Array;
+  zeroPoint: Int32Array | null;
+}
+
+export function groupLayout(args: QuantArgs, out: number, inF: number, name: string): { groups: number; groupSize: number } {
+  if (args.strategy === "group") {
+    const g = args.groupSize ?? inF;
+    if (inF % g !== 0) throw new UsageError(`${name}: group size ${g} does not divide the input size ${inF}`);
+    return { groups: inF / g, groupSize: g };
+  }
+  if (args.strategy === "channel" || args.strategy === "tensor") return { groups: 1, groupSize: inF };
+  throw new UsageError(`${name}: weights cannot be quantized per ${args.strategy}`);
+}
+
+/**
+ * Min-max quantization parameters of W [out, in] (float32), scales rounded to `dtype` (the
+ * stored, rounded value is the one used to quantize). Per tensor: one scale repeated per row.
+ */
+export function computeQParams(W: Float32Array, out: number, inF: number, args: QuantArgs, dtype: ScaleDType, name: string): QParams {
+  const { groups, groupSize } = groupLayout(args, out, inF, name);
+  const scale = new Float32Array(out * groups);
+  const zeroPoint = args.type === "int" && !args.symmetric ? new Int32Array(out * groups) : null;
+  const mins = new Float64Array(out * groups);
+  const maxs = new Float64Array(out * groups);
+  for (let r = 0; r < out; r++) {
+    for (let g = 0; g < groups; g++) {
+      let mn = 0;
+      let mx = 0; // min clamped to <= 0, max to >= 0
+      const base = r * inF + g * groupSize;
+      for (let c = 0; c < groupSize; c++) {
+        const v = W[base + c] as number;
+        if (v < mn) mn = v;
+        if (v > mx) mx = v;
+      }
+      mins[r * groups + g] = mn;
+      maxs[r * groups + g] = mx;
+    }
+  }
+  if (args.strategy === "tensor") {
+    let mn = 0;
+    let mx = 0;
+    for (let i = 0; i < mins.length; i++) {
+      mn = Math.min(mn, mins[i] as number);
+      mx = Math.max(mx, maxs[i] as number);
+    }
+    mins.fill(mn);
+    maxs.fill(mx);
+  }
+  for (let i = 0; i < scale.length; i++) {
+    const mn = mins[i] as number;
+    const mx = maxs[i] as number;
+    let s: number;
+    if (args.type === "float") {
+      s = Math.fround(Math.max(-mn, mx) / FP8_E4M3_MAX);
+    } else {
+      const { qmin, qmax } = intRange(args.numBits);
+      s = args.symmetric ? Math.fround(Math.max(-mn, mx) / ((qmax - qmin) / 2)) : Math.fround((mx - mn) / (qmax - qmin));
+    }
+    if (s === 0) s = F32_EPS;
+    s = roundScale(s, dtype);
+    if (!(s > 0) || !Number.isFinite(s)) throw new NumericalError(`${name}: invalid scale ${s} for group ${i} (min ${mn}, max ${mx})`);
+    scale[i] = s;
+    if (zeroPoint) {
+      const { qmin, qmax } = intRange(args.numBits);
+      zeroPoint[i] = Math.min(qmax, Math.max(qmin, roundHalfEven(qmin - mn / s)));
+    }
+  }
+  return { groups, groupSize, scale, zeroPoint };
+}
+
+/** Integer code of w with (scale, zero point): clamp(round(w / s) + zp, qmin, qmax). */
+export function quantizeInt(w: number, s: number, zp: number, qmin: number, qmax: number): number {
+  return Math.min(qmax, Math.max(qmin, roundHalfEven(Math.fround(w / s)) + zp));
+}
+
+/** FP8 code of w with scale s: e4m3fn(clamp(w / s, -448, 448)). */
+export function quantizeFp8(w: number, s: number): number {
+  return f32ToFp8e4m3(Math.max(-FP8_E4M3_MAX, Math.min(FP8_E4M3_MAX, Math.fround(w / s))));
+}
+
+/** Fake-quantize one value: quantize, then dequantize (float32). */
+export function fakeQuantize(w: number, args: QuantArgs, s: number, zp: number): number {
+  if (args.type === "float") return Math.fround(fp8e4m3ToF32(quantizeFp8(w, s)) * s);
+  const { qmin, qmax } = intRange(args.numBits);
+  return Math.fround((quantizeInt(w, s, zp, qmin, qmax) - zp) * s);
+}
+
+/** A quantized weight: codes (int values or fp8 bytes) and parameters. */
+export interface QuantizedWeight {
+  args: QuantArgs;
+  out: number;
+  inF: number;
+  /** int: values in [qmin, qmax]; float: e4m3fn bytes */
+  codes: Int8Array | Uint8Array;
+  params: QParams;
+}
+
+/** Quantize W with fixed parameters (round to nearest): the codes. */
+export function quantizeWithParams(W: Float32Array, out: number, inF: number, args: QuantArgs, p: QParams): Int8Array | Uint8Array {
+  const codes = args.type === "float" ? new Uint8Array(out * inF) : new Int8Array(out * inF);
+  const { qmin, qmax } = intRange(args.numBits);
+  for (let r = 0; r < out; r++) {
+    for (let c = 0; c < inF; c++) {
+      const gi = r * p.groups + Math.floor(c / p.groupSize);
+      const s = p.scale[gi] as number;
+      const w = W[r * inF + c] as number;
+      codes[r * inF + c] = args.type === "float" ? quantizeFp8(w, s) : quantizeInt(w, s, p.zeroPoint ? (p.zeroPoint[gi] as number) : 0, qmin, qmax);
+    }
+  }
+  return codes;
+}
+
+/** Dequantized float32 weight [out, in]. */
+export function dequantize(q: QuantizedWeight): Float32Array {
+  const { out, inF, params: p, codes } = q;
+  const W = new Float32Array(out * inF);
+  for (let r = 0; r < out; r++) {
+    for (let c = 0; c < inF; c++) {
+      const gi = r * p.groups + Math.floor(c / p.groupSize);
+      const s = p.scale[gi] as number;
+      const code = codes[r * inF + c] as number;
+      W[r * inF + c] = q.args.type === "float" ? Math.fround(fp8e4m3ToF32(code) * s) : Math.fround((code - (p.zeroPoint ? (p.zeroPoint[gi] as number) : 0)) * s);
+    }
+  }
+  return W;
+}

@@ -1,0 +1,145 @@
+import { UsageError } from "../errors.js";
+
+export type QuantType = "int" | "float";
+export type QuantStrategy = "group" | "channel" | "tensor" | "token";
+export type ActOrder = "static" | null;
+export type QuantFormat = "pack-quantized" | "int-quantized" | "float-quantized";
+
+/** Quantization arguments, as compressed-tensors' QuantizationArgs. */
+export interface QuantArgs {
+  numBits: number;
+  type: QuantType;
+  symmetric: boolean;
+  strategy: QuantStrategy;
+  groupSize: number | null;
+  dynamic: boolean;
+  /** GPTQ column order (weights only) */
+  actorder: ActOrder;
+}
+
+export interface Scheme {
+  name: SchemeName;
+  weights: QuantArgs;
+  inputActivations: QuantArgs | null;
+  format: QuantFormat;
+}
+
+export const SCHEME_NAMES = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8"] as const;
+export type SchemeName = (typeof SCHEME_NAMES)[number];
+
+const intGroup = (bits: number, symmetric: boolean): QuantArgs => ({
+  numBits: bits, type: "int", symmetric, strategy: "group", groupSize: 128, dynamic: false, actorder: "static",
+});
+
+const PRESETS: Record<SchemeName, Omit<Scheme, "name">> = {
+  W4A16: { weights: intGroup(4, true), inputActivations: null, format: "pack-quantized" },
+  W4A16_ASYM: { weights: intGroup(4, false), inputActivations: null, format: "pack-quantized" },
+  W8A16: { weights: intGroup(8, true), inputActivations: null, format: "pack-quantized" },
+  W8A8: {
+    weights: { numBits: 8, type: "int", symmetric: true, strategy: "channel", groupSize: null, dynamic: false, actorder: null },
+    inputActivations: { numBits: 8, type: "int", symmetric: true, strategy: "token", groupSize: null, dynamic: true, actorder: null },
+    format: "int-quantized",
+  },
+  FP8_DYNAMIC: {
+    weights: { numBits: 8, type: "float", symmetric: true, strategy: "channel", groupSize: null, dynamic: false, actorder: null },
+    inputActivations: { numBits: 8, type: "float", symmetric: true, strategy: "token", groupSize: null, dynamic: true, actorder: null },
+    format: "float-quantized",
+  },
+  FP8: {
+    weights: { numBits: 8, type: "float", symmetric: true, strategy: "tensor", groupSize: null, dynamic: false, actorder: null },
+    inputActivations: { numBits: 8, type: "float", symmetric: true, strategy: "tensor", groupSize: null, dynamic: false, actorder: null },
+    format: "float-quantized",
+  },
+};
+
+export interface SchemeOverrides {
+  /** group size for group-strategy schemes */
+  groupSize?: number;
+  /** GPTQ activation order for group/channel weights ("static" default, or null) */
+  actorder?: ActOrder;
+}
+
+/** A preset by llm-compressor's name, with overrides. */
+export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Scheme {
+  const key = name.toUpperCase() as SchemeName;
+  const preset = PRESETS[key];
+  if (!preset) throw new UsageError(`unknown scheme "${name}" (known: ${SCHEME_NAMES.join(", ")})`);
+  const weights = { ...preset.weights };
+  if (overrides.groupSize !== undefined) {
+    if (weights.strategy !== "group") throw new UsageError(`scheme ${key} quantizes weights per ${weights.strategy}; a group size does not apply`);
+    if (!Number.isInteger(overrides.groupSize) || overrides.groupSize < 1) throw new UsageError(`group size must be a positive integer, got ${overrides.groupSize}`);
+    weights.groupSize = overrides.groupSize;
+  }
+  if (overrides.actorder !== undefined && weights.type === "int") weights.actorder = overrides.actorder;
+  return { name: key, weights, inputActivations: preset.inputActivations ? { ...preset.inputActivations } : null, format: preset.format };
+}
+
+/**
+ * llm-compressor's matching: a plain entry matches the full name; "re:PATTERN" matches when
+ * PATTERN matches at the start of the name (Python's re.match).
+ */
+export function matchesAny(name: string, patterns: readonly string[]): boolean {
+  return patterns.some((p) => {
+    if (!p.startsWith("re:")) return p === name;
+    return new RegExp(`^(?:${p.slice(3)})`).test(name);
+  });
+}
+
+export function validatePatterns(patterns: readonly string[]): void {
+  for (const p of patterns) {
+    if (!p.startsWith("re:")) continue;
+    try {
+      new RegExp(p.slice(3));
+    } catch (cause) {
+      throw new UsageError(`ignore pattern "${p}" is not a valid regular expression (${(cause as Error).message})`, { cause });
+    }
+  }
+}
+
+function argsJson(a: QuantArgs, isWeight: boolean): Record<string, unknown> {
+  const j: Record<string, unknown> = {
+    actorder: isWeight ? a.actorder : null,
+    block_structure: null,
+    dynamic: a.dynamic,
+    group_size: a.groupSize,
+    num_bits: a.numBits,
+    observer: a.dynamic ? null : "minmax",
+    observer_kwargs: {},
+    strategy: a.strategy,
+    symmetric: a.symmetric,
+    type: a.type,
+  };
+  return j;
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === "object") {
+    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  }
+  return v;
+}
+
+/** The `quantization_config` block of config.json (keys sorted). */
+export function quantizationConfig(scheme: Scheme, ignore: string[], actorderUsed: ActOrder): Record<string, unknown> {
+  return sortKeys({
+    config_groups: {
+      group_0: {
+        format: scheme.format,
+        input_activations: scheme.inputActivations ? argsJson(scheme.inputActivations, false) : null,
+        output_activations: null,
+        targets: ["Linear"],
+        weights: { ...argsJson(scheme.weights, true), actorder: scheme.weights.type === "int" ? actorderUsed : null },
+      },
+    },
+    format: scheme.format,
+    global_compression_ratio: null,
+    ignore,
+    kv_cache_scheme: null,
+    quant_method: "compressed-tensors",
+    quantization_status: "compressed",
+    sparsity_config: {},
+    transform_config: {},
+    version: "0.13.0",
+  }) as Record<string, unknown>;
+}
