@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from "commander";
 import { MoecalError } from "../errors.js";
+import { removeActiveTempDirs } from "../export/output.js";
 import { registerForward } from "./forward.js";
 import { registerOneshot } from "./oneshot.js";
 import { registerCoverage } from "./coverage.js";
+import { registerEval } from "./eval.js";
 
 /** Build the `moecal` program. Commands only parse options and call library functions. */
 export function buildProgram(): Command {
@@ -17,6 +19,7 @@ export function buildProgram(): Command {
   registerForward(program);
   registerOneshot(program);
   registerCoverage(program);
+  registerEval(program);
   return program;
 }
 
@@ -33,6 +36,14 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`moecal: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
     return 70;
   }
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    removeActiveTempDirs();
+    process.stderr.write(`\nmoecal: interrupted (${signal}); no output was written\n`);
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  });
 }
 
 process.exitCode = await main(process.argv);

@@ -1,12 +1,53 @@
-import { Command } from "commander";
-import { UsageError } from "../errors.js";
+import { Command, Option } from "commander";
+import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
+import { oneshot } from "../pipeline/oneshot.js";
+import { formatSummary } from "../pipeline/report.js";
+import { SCHEME_NAMES } from "../quantization/scheme.js";
+import { boolOption, intOption } from "./options.js";
+import { progressPrinter } from "./progress.js";
+
+interface OneshotCliOptions {
+  model: string;
+  dataset: string;
+  scheme: string;
+  method: "gptq" | "rtn";
+  groupSize?: number;
+  numSamples: number;
+  maxSeqLength?: number;
+  calibrateAllExperts: boolean;
+  ignore: string[];
+  seed: number;
+  output?: string;
+  overwrite?: boolean;
+  actorder: string;
+  quiet?: boolean;
+}
 
 export function registerOneshot(program: Command): void {
   program
     .command("oneshot")
-    .description("calibrate and quantize a model (not implemented yet)")
-    .allowUnknownOption(true)
-    .action(async () => {
-      throw new UsageError("oneshot is not implemented yet; see the README's status section");
+    .description("calibrate (every expert) and quantize a model; write a compressed-tensors checkpoint")
+    .option("--model <dir>", "Hugging Face AFMoE checkpoint folder", BUNDLED_MODEL)
+    .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt", BUNDLED_DATASET)
+    .addOption(new Option("--scheme <name>", "quantization scheme").choices([...SCHEME_NAMES]).default("W4A16"))
+    .addOption(new Option("--method <method>", "weight quantization").choices(["gptq", "rtn"]).default("gptq"))
+    .option("--group-size <n>", "group size for group schemes (default 128)", intOption("--group-size"))
+    .option("--num-samples <n>", "calibration samples (or all there are)", intOption("--num-samples"), 512)
+    .option("--max-seq-length <n>", "tokens per sample (default 2048, at most max_position_embeddings)", intOption("--max-seq-length", 2))
+    .option("--calibrate-all-experts <bool>", "run every expert on every calibration token", boolOption("--calibrate-all-experts"), true)
+    .option("--ignore <name>", "Linear to leave unquantized: NAME or re:PATTERN (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option("--seed <n>", "dataset shuffling seed", intOption("--seed", 0), 42)
+    .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
+    .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
+    .option("--overwrite", "replace an existing output folder")
+    .option("--quiet", "no progress output")
+    .action(async (o: OneshotCliOptions) => {
+      const { output, report } = await oneshot({
+        ...o,
+        actorder: o.actorder === "none" ? null : "static",
+        onProgress: o.quiet ? undefined : progressPrinter(process.stderr),
+        warn: (m) => process.stderr.write(`warning: ${m}\n`),
+      });
+      process.stdout.write(formatSummary(report, output) + "\n");
     });
 }

@@ -1,4 +1,6 @@
 import { Checkpoint } from "../../io/checkpoint.js";
+import { compressedTensorsSource, groupFor, parseQuantizationConfig } from "../../export/compressed-tensors.js";
+import { attachActivationQuantization } from "../../quantization/activations.js";
 import { AfmoeConfig, readAfmoeConfig } from "./config.js";
 import { AfmoeForCausalLM } from "./modeling.js";
 import { TensorSource, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, WeightMapping } from "./weights.js";
@@ -18,8 +20,16 @@ export interface LoadedAfmoe {
 /** Build the model for a checkpoint folder and check every weight is there; `load` reads them all now. */
 export function openAfmoe(dir: string, opts: { load?: boolean; source?: TensorSource } = {}): LoadedAfmoe {
   const config = readAfmoeConfig(dir);
-  const source = opts.source ?? checkpointSource(Checkpoint.open(dir));
+  const qc = config.raw.quantization_config;
+  const ck = opts.source ? null : Checkpoint.open(dir);
+  const parsed = qc && ck ? parseQuantizationConfig(qc, `${dir}/config.json`) : null;
+  const ctSource = parsed && ck ? compressedTensorsSource(ck, parsed) : null;
+  const source = opts.source ?? ctSource ?? checkpointSource(ck as Checkpoint);
   const model = new AfmoeForCausalLM(config);
+  if (parsed && ctSource) {
+    // serve as vLLM would: quantized input activations where the scheme says so
+    attachActivationQuantization(model, (n) => groupFor(parsed, n)?.inputActivations ?? null, (n) => ctSource.inputScale(n));
+  }
   const expected = model.namedParameters().map(([n, p]) => [n, p.shape] as const);
   const available = new Map(source.names().map((n) => [n, source.shapeOf(n)] as const));
   const mapping = mapAfmoeWeights(config, expected, available);

@@ -1,0 +1,76 @@
+import { loadTokenizer } from "../io/tokenizer.js";
+import { openAfmoe } from "../models/afmoe/index.js";
+import { UsageError } from "../errors.js";
+import { loadTokenizedSamples } from "./dataset.js";
+
+export interface EvalOptions {
+  model: string;
+  /** compare against this model: mean per-token KL(reference || model) */
+  reference?: string;
+  dataset: string;
+  numSamples?: number;
+  maxSeqLength?: number;
+}
+
+export interface EvalResult {
+  /** mean negative log-likelihood per predicted token (nats) */
+  nll: number;
+  ppl: number;
+  /** mean per-token KL(reference || model), null without a reference */
+  kl: number | null;
+  /** predicted tokens (each sample of length S predicts S - 1) */
+  tokens: number;
+}
+
+/** log-softmax of one row, in float64. */
+function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
+  let max = -Infinity;
+  for (let v = 0; v < V; v++) max = Math.max(max, row[start + v] as number);
+  let sum = 0;
+  for (let v = 0; v < V; v++) sum += Math.exp((row[start + v] as number) - max);
+  const lse = max + Math.log(sum);
+  const out = new Float64Array(V);
+  for (let v = 0; v < V; v++) out[v] = (row[start + v] as number) - lse;
+  return out;
+}
+
+/**
+ * Perplexity of `model` on the first N samples of a dataset (file order, each sample alone:
+ * BOS + text truncated to L), and with a reference the mean KL divergence per token.
+ */
+export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
+  const m = openAfmoe(opts.model);
+  const ref = opts.reference ? openAfmoe(opts.reference) : null;
+  if (ref && ref.config.vocabSize !== m.config.vocabSize) {
+    throw new UsageError(`reference vocabulary ${ref.config.vocabSize} differs from the model's ${m.config.vocabSize}`);
+  }
+  const tok = loadTokenizer(opts.model);
+  const samples = loadTokenizedSamples(opts.dataset, tok, {
+    numSamples: opts.numSamples,
+    maxSeqLength: opts.maxSeqLength ?? Math.min(2048, m.config.maxPositionEmbeddings),
+    shuffleSeed: null,
+  });
+  const V = m.config.vocabSize;
+  let nll = 0;
+  let kl = 0;
+  let n = 0;
+  for (const ids of samples) {
+    if (ids.length < 2) continue;
+    const input = { ids: { ids: Int32Array.from(ids), shape: [1, ids.length] } };
+    const logits = (await m.model.call(input)).logits.data;
+    const refLogits = ref ? (await ref.model.call(input)).logits.data : null;
+    for (let t = 0; t < ids.length - 1; t++) {
+      const lp = logSoftmax(logits, t * V, V);
+      nll -= lp[ids[t + 1] as number] as number;
+      if (refLogits) {
+        const lq = logSoftmax(refLogits, t * V, V);
+        let k = 0;
+        for (let v = 0; v < V; v++) k += Math.exp(lq[v] as number) * ((lq[v] as number) - (lp[v] as number));
+        kl += k;
+      }
+      n++;
+    }
+  }
+  if (n === 0) throw new UsageError(`dataset ${opts.dataset}: no sample has two or more tokens to evaluate`);
+  return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n };
+}

@@ -1,0 +1,245 @@
+import path from "node:path";
+import fs from "node:fs";
+import { Tensor } from "../engine/tensor.js";
+import { UsageError } from "../errors.js";
+import { withMoeCalibration } from "../calibration/context.js";
+import { attachHessianObservers } from "../calibration/observers.js";
+import { trackCoverage, LayerCoverage } from "../calibration/coverage.js";
+import { Checkpoint } from "../io/checkpoint.js";
+import { ShardedWriter } from "../io/writer.js";
+import { loadTokenizer } from "../io/tokenizer.js";
+import { Linear } from "../nn/layers.js";
+import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
+import { quantizedLinearTensors } from "../export/compressed-tensors.js";
+import { OutputFolder } from "../export/output.js";
+import { ScaleDType } from "../quantization/params.js";
+import { Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
+import { AnyModule } from "../nn/module.js";
+import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
+import { loadTokenizedSamples } from "./dataset.js";
+import { Fallback, LayerTargets, Method, quantizeLayerLinears } from "./quantize-layer.js";
+import { LayerReport, OneshotReport, layerSummary, writeReportFiles } from "./report.js";
+
+export interface OneshotOptions {
+  model?: string;
+  dataset?: string;
+  scheme?: string;
+  method?: Method;
+  groupSize?: number;
+  numSamples?: number;
+  maxSeqLength?: number;
+  calibrateAllExperts?: boolean;
+  /** added to the default ignore list (lm_head and every router gate) */
+  ignore?: string[];
+  seed?: number;
+  output?: string;
+  overwrite?: boolean;
+  actorder?: "static" | null;
+  dampening?: number;
+  /** max bytes per output shard */
+  maxShardBytes?: number;
+  onProgress?: (e: ProgressEvent) => void;
+  warn?: (message: string) => void;
+}
+
+export type ProgressEvent =
+  | { kind: "start"; layers: number; samples: number; tokens: number }
+  | { kind: "layer"; layer: number; layers: number }
+  | { kind: "samples"; layer: number; phase: "calibrate" | "propagate"; done: number; total: number }
+  | { kind: "layer-done"; layer: number; summary: LayerReport };
+
+export interface OneshotResult {
+  output: string;
+  report: OneshotReport;
+}
+
+function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {
+  const d = ck.info(name).dtype;
+  return d === "BF16" || d === "F16" ? d : "F32";
+}
+
+/**
+ * Check the group size against every target Linear's input size before any work. Without an
+ * explicit --group-size, the preset's size is halved until it divides them all (with a note).
+ */
+export function fitGroupSize(scheme: Scheme, model: AnyModule, isTarget: (n: string) => boolean, explicit: boolean, warn: (m: string) => void): Scheme {
+  const g0 = scheme.weights.groupSize;
+  if (scheme.weights.strategy !== "group" || g0 === null) return scheme;
+  const inputs = model.namedModules().filter(([n, m]) => m instanceof Linear && isTarget(n)).map(([n, m]) => [n, (m as Linear).inFeatures] as const);
+  const bad = (g: number): (readonly [string, number]) | undefined => inputs.find(([, k]) => k % g !== 0);
+  const first = bad(g0);
+  if (!first) return scheme;
+  if (explicit) throw new UsageError(`--group-size ${g0} does not divide the input size ${first[1]} of ${first[0]}`);
+  let g = g0;
+  while (g > 1 && bad(g)) g = g / 2;
+  if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);
+  warn(`group size ${g0} does not divide the input size ${first[1]} of ${first[0]}; using group size ${g}`);
+  return { ...scheme, weights: { ...scheme.weights, groupSize: g } };
+}
+
+export function defaultOutput(modelDir: string, scheme: string): string {
+  return path.resolve(`${path.basename(path.resolve(modelDir))}-${scheme.toUpperCase()}`);
+}
+
+/**
+ * Calibrate and quantize an AFMoE checkpoint layer by layer (llm-compressor's sequential
+ * pipeline), every MoE block swapped for its calibration module while statistics are
+ * collected, and write a compressed-tensors checkpoint atomically.
+ */
+export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult> {
+  const t0 = performance.now();
+  const modelDir = opts.model ?? BUNDLED_MODEL;
+  const datasetFile = opts.dataset ?? BUNDLED_DATASET;
+  const method: Method = opts.method ?? "gptq";
+  if (method !== "gptq" && method !== "rtn") throw new UsageError(`unknown method "${String(method)}" (gptq or rtn)`);
+  let scheme = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
+  const calibrateAllExperts = opts.calibrateAllExperts ?? true;
+  const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
+  const ignore = [...AFMOE_DEFAULT_IGNORE, ...(opts.ignore ?? [])];
+  validatePatterns(ignore);
+
+  const config = readAfmoeConfig(modelDir);
+  if (config.raw.quantization_config) throw new UsageError(`${modelDir} is already quantized (config.json has quantization_config)`);
+  const maxSeqLength = opts.maxSeqLength ?? Math.min(2048, config.maxPositionEmbeddings);
+  if (maxSeqLength > config.maxPositionEmbeddings) {
+    throw new UsageError(`--max-seq-length ${maxSeqLength} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`);
+  }
+  const ck = Checkpoint.open(modelDir);
+  const source = checkpointSource(ck);
+  const model = new AfmoeForCausalLM(config);
+  const mapping = mapAfmoeWeights(config, model.namedParameters().map(([n, p]) => [n, p.shape] as const), new Map(ck.names().map((n) => [n, ck.info(n).shape])));
+  assertMappingComplete(mapping, modelDir);
+  const tokenizer = loadTokenizer(modelDir);
+  const samples = loadTokenizedSamples(datasetFile, tokenizer, { numSamples: opts.numSamples ?? 512, maxSeqLength, shuffleSeed: opts.seed ?? 42 });
+  const tokens = samples.reduce((a, s) => a + s.length, 0);
+
+  const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n);
+  const ignored = allLinears.filter((n) => matchesAny(n, ignore));
+  const isTarget = (n: string): boolean => !matchesAny(n, ignore);
+  const firstTarget = allLinears.find(isTarget);
+  scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
+  const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
+
+  const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, scheme.name), { overwrite: opts.overwrite });
+  try {
+    const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
+    const written = new Set<string>();
+    const copyRaw = (param: string): void => {
+      const src = mapping.sources.get(param) ?? param;
+      if (written.has(src)) return;
+      written.add(src);
+      writer.add({ name: src, ...ck.readRaw(src) });
+    };
+    opts.onProgress?.({ kind: "start", layers: config.numHiddenLayers, samples: samples.length, tokens });
+
+    const embedName = "model.embed_tokens.weight";
+    loadParameters(model, source, mapping, (n) => n === embedName);
+    let hidden: Tensor[] = [];
+    for (const ids of samples) hidden.push(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
+    copyRaw(embedName);
+    unloadParameters(model, (n) => n === embedName);
+
+    const layerReports: LayerReport[] = [];
+    const coverage: Record<string, LayerCoverage> = {};
+    const fallbacks: Fallback[] = [];
+    for (let i = 0; i < config.numHiddenLayers; i++) {
+      opts.onProgress?.({ kind: "layer", layer: i, layers: config.numHiddenLayers });
+      const prefix = `model.layers.${i}`;
+      const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
+      loadParameters(model, source, mapping, inLayer);
+      const layer = model.model.layers.at(i);
+      const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map() };
+      for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
+      const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix) : null;
+      const removeAbsMax: (() => void)[] = [];
+      if (scheme.inputActivations && !scheme.inputActivations.dynamic) {
+        for (const [n, lin] of targets.linears) {
+          const s = { absmax: 0, rows: 0 };
+          targets.inputAbsMax.set(n, s);
+          removeAbsMax.push(lin.registerForwardPreHook((_m, x) => {
+            for (const v of x.data) s.absmax = Math.max(s.absmax, Math.abs(v));
+            s.rows += x.size / lin.inFeatures;
+          }));
+        }
+      }
+      const tracker = trackCoverage(layer, prefix);
+      try {
+        await withMoeCalibration(layer, { calibrateAllExperts, config }, async (l) => {
+          for (let s = 0; s < hidden.length; s++) {
+            await l.call(hidden[s] as Tensor);
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: hidden.length });
+          }
+        });
+      } finally {
+        tracker.remove();
+        observers?.remove();
+        removeAbsMax.forEach((r) => r());
+      }
+      if (observers) targets.hessians = observers.stats;
+      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
+        dampening: opts.dampening ?? 0.01,
+        blockSize: 128,
+        warn,
+        layerLabel: `layer ${i}`,
+      });
+      fallbacks.push(...fb);
+      targets.hessians.clear();
+      const next: Tensor[] = [];
+      for (let s = 0; s < hidden.length; s++) {
+        next.push(await layer.call(hidden[s] as Tensor));
+        opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length });
+      }
+      hidden = next;
+      const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
+      for (const [n] of model.namedParameters()) {
+        if (!inLayer(n)) continue;
+        const q = quantizedByWeight.get(n);
+        if (q) {
+          for (const t of quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale)) writer.add(t);
+        } else copyRaw(n);
+      }
+      unloadParameters(model, inLayer);
+      const cov = tracker.coverage.layers[String(i)] ?? null;
+      if (cov) coverage[String(i)] = cov;
+      const summary = layerSummary(i, cov, results, fb);
+      layerReports.push(summary);
+      opts.onProgress?.({ kind: "layer-done", layer: i, summary });
+    }
+    hidden = [];
+    copyRaw("model.norm.weight");
+    copyRaw("lm_head.weight");
+    for (const n of mapping.unexpected) copyRaw(n);
+    writer.finish();
+
+    const qc = quantizationConfig(scheme, ignored, method === "gptq" ? scheme.weights.actorder : null);
+    out.writeFile("config.json", JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2) + "\n");
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja"]) {
+      if (fs.existsSync(path.join(modelDir, f))) out.copyFrom(path.join(modelDir, f));
+    }
+    const report: OneshotReport = {
+      moecal_version: "0.1.0",
+      model: path.resolve(modelDir),
+      scheme: scheme.name,
+      method,
+      group_size: scheme.weights.groupSize,
+      actorder: method === "gptq" ? scheme.weights.actorder : null,
+      dataset: path.resolve(datasetFile),
+      num_samples: samples.length,
+      tokens,
+      max_seq_length: maxSeqLength,
+      calibrate_all_experts: calibrateAllExperts,
+      seed: opts.seed ?? 42,
+      ignore,
+      coverage: { layers: coverage },
+      fallbacks,
+      layers: layerReports,
+      wall_seconds: (performance.now() - t0) / 1000,
+      peak_rss_mb: process.resourceUsage().maxRSS / 1024,
+    };
+    await writeReportFiles(out, report);
+    return { output: out.commit(), report };
+  } catch (e) {
+    out.abort();
+    throw e;
+  }
+}

@@ -1,0 +1,92 @@
+import { Tensor } from "../engine/tensor.js";
+import { NumericalError } from "../errors.js";
+import { HessianStats } from "../calibration/observers.js";
+import { Linear } from "../nn/layers.js";
+import { gptqQuantize, rtnQuantize } from "../quantization/gptq.js";
+import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
+import { Scheme } from "../quantization/scheme.js";
+import { FP8_E4M3_MAX } from "../engine/dtype.js";
+import { roundScale } from "../quantization/params.js";
+
+export type Method = "gptq" | "rtn";
+
+export interface Fallback {
+  module: string;
+  reason: "no-calibration-rows" | "cholesky-failed" | "no-activation-rows";
+  /** what was done instead */
+  action: string;
+}
+
+export interface QuantizedLinear {
+  name: string;
+  weight: QuantizedWeight;
+  /** static input scale (FP8 static), else null */
+  inputScale: number | null;
+  /** GPTQ loss estimate (0 for RTN) */
+  loss: number;
+  rows: number;
+}
+
+export interface LayerTargets {
+  /** dotted name -> Linear */
+  linears: Map<string, Linear>;
+  hessians: Map<string, HessianStats>;
+  /** dotted name -> max |x| over calibration rows (static activation schemes) */
+  inputAbsMax: Map<string, { absmax: number; rows: number }>;
+}
+
+/**
+ * Quantize every target Linear of a layer and replace its weight by the dequantized values
+ * (so the next layer's inputs carry this layer's quantization error). A Linear that saw no
+ * calibration rows falls back to round-to-nearest (GPTQ) or to its siblings' largest input
+ * scale (static activations); every fallback is returned, and warned once per layer.
+ */
+export async function quantizeLayerLinears(
+  t: LayerTargets,
+  scheme: Scheme,
+  method: Method,
+  scaleDType: ScaleDType,
+  opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string },
+): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
+  const results: QuantizedLinear[] = [];
+  const fallbacks: Fallback[] = [];
+  const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
+  const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
+  for (const [name, lin] of t.linears) {
+    const W = lin.weight;
+    const [out, inF] = [lin.outFeatures, lin.inFeatures];
+    let weight: QuantizedWeight;
+    let loss = 0;
+    const stats = t.hessians.get(name);
+    const rows = stats?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
+    if (method === "gptq" && stats && stats.rows > 0) {
+      try {
+        const r = await gptqQuantize(W.data, out, inF, stats.H, scheme.weights, scaleDType, name, opts);
+        weight = r.weight;
+        loss = r.loss;
+      } catch (e) {
+        if (!(e instanceof NumericalError)) throw e;
+        fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
+        weight = rtnQuantize(W.data, out, inF, scheme.weights, scaleDType, name);
+      }
+    } else {
+      if (method === "gptq") fallbacks.push({ module: name, reason: "no-calibration-rows", action: "round-to-nearest" });
+      weight = rtnQuantize(W.data, out, inF, scheme.weights, scaleDType, name);
+    }
+    let inputScale: number | null = null;
+    if (staticInput) {
+      const a = t.inputAbsMax.get(name);
+      let absmax = a && a.rows > 0 ? a.absmax : siblingMax;
+      if (!a || a.rows === 0) fallbacks.push({ module: name, reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" });
+      if (!(absmax > 0)) absmax = 1;
+      inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
+    }
+    lin.parameter("weight").value = new Tensor(dequantize(weight), [out, inF]);
+    results.push({ name, weight, inputScale, loss, rows });
+  }
+  if (fallbacks.length > 0) {
+    const names = fallbacks.map((f) => f.module);
+    opts.warn(`${opts.layerLabel}: ${fallbacks.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`);
+  }
+  return { results, fallbacks };
+}

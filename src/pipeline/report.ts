@@ -1,0 +1,86 @@
+import { LayerCoverage } from "../calibration/coverage.js";
+import { OutputFolder } from "../export/output.js";
+import { Fallback, QuantizedLinear } from "./quantize-layer.js";
+import { coverageSvg } from "./coverage-svg.js";
+
+export interface LayerReport {
+  layer: number;
+  /** routed tokens per expert: min and median (MoE layers) */
+  min_routed: number | null;
+  median_routed: number | null;
+  /** experts whose Linear layers saw no calibration row */
+  experts_without_rows: number;
+  quantized_linears: number;
+  fallbacks: number;
+  /** sum of GPTQ loss estimates over the layer's Linears */
+  gptq_loss: number;
+}
+
+/** moecal.json: what was done, on what, and what every expert saw. */
+export interface OneshotReport {
+  moecal_version: string;
+  model: string;
+  scheme: string;
+  method: string;
+  group_size: number | null;
+  actorder: string | null;
+  dataset: string;
+  num_samples: number;
+  tokens: number;
+  max_seq_length: number;
+  calibrate_all_experts: boolean;
+  seed: number;
+  ignore: string[];
+  coverage: { layers: Record<string, LayerCoverage> };
+  fallbacks: Fallback[];
+  layers: LayerReport[];
+  wall_seconds: number;
+  peak_rss_mb: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+export function layerSummary(layer: number, cov: LayerCoverage | null, results: QuantizedLinear[], fallbacks: Fallback[]): LayerReport {
+  return {
+    layer,
+    min_routed: cov ? Math.min(...cov.routed) : null,
+    median_routed: cov ? median(cov.routed) : null,
+    experts_without_rows: cov ? cov.seen.filter((n) => n === 0).length : 0,
+    quantized_linears: results.length,
+    fallbacks: fallbacks.length,
+    gptq_loss: results.reduce((a, r) => a + r.loss, 0),
+  };
+}
+
+/** Experts with fewer routed tokens than this are marked in coverage.svg: 1% of a uniform share. */
+export function starvedThreshold(tokens: number, layers: Record<string, LayerCoverage>): number {
+  const first = Object.values(layers)[0];
+  const E = first?.routed.length ?? 1;
+  const K = first ? first.routed.reduce((a, b) => a + b, 0) / Math.max(1, tokens) : 1;
+  return Math.max(1, Math.round((0.01 * tokens * K) / E));
+}
+
+export async function writeReportFiles(out: OutputFolder, report: OneshotReport): Promise<void> {
+  out.writeFile("moecal.json", JSON.stringify(report, null, 2) + "\n");
+  const layers = report.coverage.layers;
+  if (Object.keys(layers).length > 0) out.writeFile("coverage.svg", await coverageSvg(layers, { threshold: starvedThreshold(report.tokens, layers) }));
+}
+
+/** The final summary, as plain text lines. */
+export function formatSummary(report: OneshotReport, output: string): string {
+  const lines = [
+    `wrote ${output} (${report.scheme}, ${report.method}, ${report.num_samples} samples / ${report.tokens} tokens, calibrate all experts: ${report.calibrate_all_experts})`,
+    `wall time ${report.wall_seconds.toFixed(1)} s, peak RSS ${report.peak_rss_mb.toFixed(0)} MB`,
+    "layer  min/median routed tokens per expert  experts without rows  fallbacks  GPTQ loss",
+  ];
+  for (const l of report.layers) {
+    const routed = l.min_routed === null ? "dense" : `${l.min_routed} / ${l.median_routed}`;
+    lines.push(`${String(l.layer).padStart(5)}  ${routed.padStart(35)}  ${String(l.experts_without_rows).padStart(20)}  ${String(l.fallbacks).padStart(9)}  ${l.gptq_loss.toExponential(3)}`);
+  }
+  if (report.fallbacks.length) lines.push(`fallbacks: ${report.fallbacks.map((f) => `${f.module} (${f.reason})`).join(", ")}`);
+  return lines.join("\n");
+}

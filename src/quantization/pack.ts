@@ -1,0 +1,65 @@
+import { UsageError } from "../errors.js";
+
+/**
+ * compressed-tensors int packing: values shifted to unsigned (u = q + 2^(b-1)); element i of
+ * a packed line occupies bits i*b .. i*b+b-1 of a little-endian stream of 32-bit words,
+ * stored as signed int32. Lines are padded with zeros to whole words.
+ */
+function checkBits(bits: number): number {
+  if (![2, 4, 8].includes(bits)) throw new UsageError(`cannot pack ${bits}-bit values (2, 4 or 8)`);
+  return 32 / bits;
+}
+
+/** Pack q [rows, cols] along dim 1: [rows, ceil(cols * bits / 32)]. */
+export function packRows(q: ArrayLike<number>, rows: number, cols: number, bits: number): Int32Array {
+  const per = checkBits(bits);
+  const words = Math.ceil(cols / per);
+  const out = new Int32Array(rows * words);
+  const off = 2 ** (bits - 1);
+  const mask = 2 ** bits - 1;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const u = ((q[r * cols + c] as number) + off) & mask;
+      const w = r * words + Math.floor(c / per);
+      out[w] = (out[w] as number) | (u << ((c % per) * bits));
+    }
+  }
+  return out;
+}
+
+export function unpackRows(packed: Int32Array, rows: number, cols: number, bits: number): Int8Array {
+  const per = checkBits(bits);
+  const words = Math.ceil(cols / per);
+  if (packed.length !== rows * words) throw new UsageError(`packed array has ${packed.length} words, [${rows}, ${cols}] at ${bits} bits needs ${rows * words}`);
+  const out = new Int8Array(rows * cols);
+  const off = 2 ** (bits - 1);
+  const mask = 2 ** bits - 1;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const word = packed[r * words + Math.floor(c / per)] as number;
+      out[r * cols + c] = ((word >>> ((c % per) * bits)) & mask) - off;
+    }
+  }
+  return out;
+}
+
+/** Pack q [rows, cols] along dim 0 (zero points): [ceil(rows * bits / 32), cols]. */
+export function packColumns(q: ArrayLike<number>, rows: number, cols: number, bits: number): Int32Array {
+  const t = new Int32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = q[r * cols + c] as number;
+  const packedT = packRows(t, cols, rows, bits); // [cols, words]
+  const words = Math.ceil(rows / (32 / bits));
+  const out = new Int32Array(words * cols);
+  for (let c = 0; c < cols; c++) for (let w = 0; w < words; w++) out[w * cols + c] = packedT[c * words + w] as number;
+  return out;
+}
+
+export function unpackColumns(packed: Int32Array, rows: number, cols: number, bits: number): Int8Array {
+  const words = Math.ceil(rows / (32 / bits));
+  const t = new Int32Array(cols * words);
+  for (let w = 0; w < words; w++) for (let c = 0; c < cols; c++) t[c * words + w] = packed[w * cols + c] as number;
+  const unT = unpackRows(t, cols, rows, bits); // [cols, rows]
+  const out = new Int8Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = unT[c * rows + r] as number;
+  return out;
+}
