@@ -1,0 +1,47 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { oneshot } from "../../src/pipeline/oneshot.js";
+import { OneshotReport } from "../../src/pipeline/report.js";
+import { TEXT } from "../helpers.js";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-oneshot-"));
+const ROUTED_EXPERTS_ONLY = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.layers\\.0\\.mlp\\..*"];
+
+test("routed-only calibration: experts without tokens fall back to RTN, are warned once per layer and recorded; all-experts needs none", async () => {
+  const warnings: string[] = [];
+  const common = { scheme: "W4A16", groupSize: 32, numSamples: 2, maxSeqLength: 32, dataset: path.join(TEXT, "eval-arith.jsonl"), ignore: ROUTED_EXPERTS_ONLY };
+  const routed = await oneshot({ ...common, calibrateAllExperts: false, output: path.join(tmp, "routed"), warn: (m) => warnings.push(m) });
+  const starved = Object.entries(routed.report.coverage.layers).flatMap(([l, c]) => c.seen.flatMap((n, e) => (n === 0 ? [`model.layers.${l}.mlp.experts.${e}`] : [])));
+  assert.ok(starved.length > 0, "64 arithmetic tokens leave some expert without a token");
+  const expected = starved.flatMap((p) => ["gate_proj", "up_proj", "down_proj"].map((x) => `${p}.${x}`)).sort();
+  assert.deepEqual(routed.report.fallbacks.map((f) => f.module).sort(), expected);
+  assert.ok(routed.report.fallbacks.every((f) => f.reason === "no-calibration-rows" && f.action === "round-to-nearest"));
+  const layersWithFallback = new Set(starved.map((p) => p.split(".")[2]));
+  assert.equal(warnings.length, layersWithFallback.size, warnings.join("\n"));
+  const saved = JSON.parse(fs.readFileSync(path.join(tmp, "routed", "moecal.json"), "utf8")) as OneshotReport;
+  assert.deepEqual(saved.fallbacks, routed.report.fallbacks);
+  assert.equal(saved.calibrate_all_experts, false);
+  assert.equal(saved.num_samples, 2);
+  assert.equal(saved.method, "gptq");
+  // the starved experts are still quantized (packed), not zeroed
+  assert.ok(fs.existsSync(path.join(tmp, "routed", "model.safetensors.index.json")));
+
+  const all = await oneshot({ ...common, calibrateAllExperts: true, output: path.join(tmp, "all"), warn: (m) => warnings.push(m) });
+  assert.deepEqual(all.report.fallbacks, []);
+  for (const c of Object.values(all.report.coverage.layers)) assert.ok(c.seen.every((n) => n === all.report.tokens));
+});
+
+test("an explicit group size that does not divide an input size is refused before any work", async () => {
+  await assert.rejects(oneshot({ scheme: "W4A16", groupSize: 48, numSamples: 1, maxSeqLength: 8, output: path.join(tmp, "bad") }), /--group-size 48 does not divide the input size 128 of model.layers.0.self_attn.q_proj/);
+  assert.equal(fs.existsSync(path.join(tmp, "bad")), false);
+});
+
+test("the default group size is halved to fit the bundled model, with a warning", async () => {
+  const warnings: string[] = [];
+  const r = await oneshot({ method: "rtn", numSamples: 1, maxSeqLength: 8, output: path.join(tmp, "default"), warn: (m) => warnings.push(m) });
+  assert.equal(r.report.group_size, 64);
+  assert.match(warnings[0] ?? "", /group size 128 does not divide the input size 64 .* using group size 64/);
+});
