@@ -6,6 +6,7 @@ import { registerForward } from "./forward.js";
 import { registerOneshot } from "./oneshot.js";
 import { registerCoverage } from "./coverage.js";
 import { registerEval } from "./eval.js";
+import { registerRandomModel } from "./random-model.js";
 
 /** Build the `moecal` program. Commands only parse options and call library functions. */
 export function buildProgram(): Command {
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   registerOneshot(program);
   registerCoverage(program);
   registerEval(program);
+  registerRandomModel(program);
   return program;
 }
 

@@ -48,14 +48,26 @@ function writeAll(fd: number, buf: Buffer, file: string): void {
   }
 }
 
+/** Bytes copied at a time when a shard is assembled. */
+const COPY_CHUNK = 16 * 1024 * 1024;
+
+interface PendingEntry {
+  name: string;
+  dtype: NamedRaw["dtype"];
+  shape: number[];
+  length: number;
+}
+
 /**
  * Writes tensors as they come into shards of at most `maxShardBytes` (a single larger tensor
  * gets its own shard), then names them model-0000i-of-0000N.safetensors and writes the index.
- * Only one shard's tensors are held in memory at a time.
+ * Tensor data goes to disk at once (a scratch file per shard, prefixed with the header when
+ * the shard is complete), so memory does not grow with the model.
  */
 export class ShardedWriter {
-  private pending: NamedRaw[] = [];
+  private pending: PendingEntry[] = [];
   private pendingBytes = 0;
+  private scratchFd: number | null = null;
   private shards: { tmp: string; names: string[] }[] = [];
   private totalBytes = 0;
   private readonly seen = new Set<string>();
@@ -66,19 +78,59 @@ export class ShardedWriter {
     private readonly metadata: Record<string, string> = { format: "pt" },
   ) {}
 
+  private get scratchPath(): string {
+    return path.join(this.dir, `.shard-${this.shards.length}.data.tmp`);
+  }
+
   add(t: NamedRaw): void {
     if (this.seen.has(t.name)) throw new UsageError(`tensor "${t.name}" written twice`);
+    const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
+    if (t.bytes.byteLength !== expected) {
+      throw new UsageError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+    }
     this.seen.add(t.name);
     if (this.pendingBytes > 0 && this.pendingBytes + t.bytes.byteLength > this.maxShardBytes) this.flush();
-    this.pending.push(t);
+    if (this.scratchFd === null) this.scratchFd = fs.openSync(this.scratchPath, "w");
+    writeAll(this.scratchFd, Buffer.from(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength), this.scratchPath);
+    this.pending.push({ name: t.name, dtype: t.dtype, shape: [...t.shape], length: t.bytes.byteLength });
     this.pendingBytes += t.bytes.byteLength;
     this.totalBytes += t.bytes.byteLength;
   }
 
   private flush(): void {
-    if (this.pending.length === 0) return;
+    if (this.pending.length === 0 || this.scratchFd === null) return;
+    const scratch = this.scratchPath;
+    fs.closeSync(this.scratchFd);
+    this.scratchFd = null;
+    const header: Record<string, unknown> = { __metadata__: this.metadata };
+    let offset = 0;
+    for (const t of this.pending) {
+      header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.length] };
+      offset += t.length;
+    }
+    let json = JSON.stringify(header);
+    while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
     const tmp = path.join(this.dir, `.shard-${this.shards.length}.tmp`);
-    writeSafetensors(tmp, this.pending, this.metadata);
+    const out = fs.openSync(tmp, "w");
+    const inp = fs.openSync(scratch, "r");
+    try {
+      writeAll(out, len, tmp);
+      writeAll(out, Buffer.from(json, "utf8"), tmp);
+      const buf = Buffer.alloc(Math.min(COPY_CHUNK, Math.max(1, this.pendingBytes)));
+      let pos = 0;
+      while (pos < this.pendingBytes) {
+        const n = fs.readSync(inp, buf, 0, buf.length, pos);
+        if (n === 0) throw new MoecalError("E_IO", `${scratch}: ended early while assembling the shard`);
+        writeAll(out, buf.subarray(0, n), tmp);
+        pos += n;
+      }
+    } finally {
+      fs.closeSync(inp);
+      fs.closeSync(out);
+    }
+    fs.rmSync(scratch, { force: true });
     this.shards.push({ tmp, names: this.pending.map((t) => t.name) });
     this.pending = [];
     this.pendingBytes = 0;

@@ -1,0 +1,19 @@
+import { Command } from "commander";
+import { randomModel } from "../pipeline/random-model.js";
+import { intOption } from "./options.js";
+
+export function registerRandomModel(program: Command): void {
+  program
+    .command("random-model")
+    .description("write a random-weight AFMoE checkpoint shaped like a config, for tests and benchmarks")
+    .requiredOption("--output <dir>", "output folder")
+    .option("--like <dir>", "take config and tokenizer from this model (default: the bundled one)")
+    .option("--set <key=value>", "override a config.json field (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option("--layers <n>", "number of layers", intOption("--layers"))
+    .option("--seed <n>", "random seed", intOption("--seed", 0), 0)
+    .option("--overwrite", "replace an existing output folder")
+    .action((o: { output: string; like?: string; set: string[]; layers?: number; seed: number; overwrite?: boolean }) => {
+      const r = randomModel(o);
+      process.stdout.write(`wrote ${r.output} (${(r.parameters / 1e6).toFixed(1)} M parameters)\n`);
+    });
+}

@@ -1,0 +1,89 @@
+import fs from "node:fs";
+import path from "node:path";
+import { f32ToBf16 } from "../engine/dtype.js";
+import { ConfigError, UsageError } from "../errors.js";
+import { ShardedWriter } from "../io/writer.js";
+import { AfmoeForCausalLM, parseAfmoeConfig } from "../models/afmoe/index.js";
+import { OutputFolder } from "../export/output.js";
+import { BUNDLED_MODEL } from "../paths.js";
+import { fillNormal, rng } from "../util/random.js";
+
+export interface RandomModelOptions {
+  output: string;
+  /** config to start from (default: the bundled model's) */
+  like?: string;
+  /** config.json overrides, values parsed as JSON where they parse (`hidden_size=1024`) */
+  set?: string[];
+  layers?: number;
+  seed?: number;
+  overwrite?: boolean;
+  maxShardBytes?: number;
+}
+
+function parseSet(entries: string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const e of entries) {
+    const i = e.indexOf("=");
+    if (i <= 0) throw new UsageError(`--set expects key=value, got "${e}"`);
+    const v = e.slice(i + 1);
+    try {
+      out[e.slice(0, i)] = JSON.parse(v);
+    } catch {
+      out[e.slice(0, i)] = v;
+    }
+  }
+  return out;
+}
+
+/**
+ * Write a random-weight AFMoE checkpoint (BF16; expert_bias F32) shaped like `like` with
+ * overrides, plus its tokenizer. Tensors are generated one at a time and written in shards,
+ * so memory stays bounded by one shard whatever the model size.
+ */
+export function randomModel(opts: RandomModelOptions): { output: string; parameters: number } {
+  const like = opts.like ?? BUNDLED_MODEL;
+  const raw = JSON.parse(fs.readFileSync(path.join(like, "config.json"), "utf8")) as Record<string, unknown>;
+  delete raw.quantization_config;
+  Object.assign(raw, parseSet(opts.set ?? []));
+  if (opts.layers !== undefined) raw.num_hidden_layers = opts.layers;
+  const n = raw.num_hidden_layers;
+  if (Array.isArray(raw.layer_types) && typeof n === "number" && raw.layer_types.length !== n) {
+    const every = typeof raw.global_attn_every_n_layers === "number" ? raw.global_attn_every_n_layers : 4;
+    raw.layer_types = Array.from({ length: n }, (_, i) => ((i + 1) % every ? "sliding_attention" : "full_attention"));
+  }
+  const config = parseAfmoeConfig(raw, "random-model config");
+  if (typeof raw.vocab_size === "number" && fs.existsSync(path.join(like, "tokenizer.json"))) {
+    const tj = JSON.parse(fs.readFileSync(path.join(like, "tokenizer.json"), "utf8")) as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
+    const ids = [...Object.values(tj.model?.vocab ?? {}), ...(tj.added_tokens ?? []).map((t) => t.id)];
+    const size = ids.reduce((a, b) => Math.max(a, b + 1), 0);
+    if (size > config.vocabSize) throw new ConfigError(`vocab_size ${config.vocabSize} is smaller than the tokenizer's ${size} tokens`);
+  }
+  const out = new OutputFolder(opts.output, { overwrite: opts.overwrite });
+  try {
+    const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 512 * 1024 ** 2);
+    const next = rng(opts.seed ?? 0);
+    let parameters = 0;
+    for (const [name, p] of new AfmoeForCausalLM(config).namedParameters()) {
+      const numel = p.shape.reduce((a, b) => a * b, 1);
+      parameters += numel;
+      if (name.endsWith("expert_bias")) {
+        const bias = fillNormal(new Float32Array(numel), next, 1e-3);
+        writer.add({ name, dtype: "F32", shape: p.shape, bytes: new Uint8Array(bias.buffer) });
+        continue;
+      }
+      const isNorm = name.endsWith("norm.weight") || name.endsWith("layernorm.weight");
+      const v = isNorm ? new Float32Array(numel).fill(1) : fillNormal(new Float32Array(numel), next, 0.02);
+      writer.add({ name, dtype: "BF16", shape: p.shape, bytes: new Uint8Array(f32ToBf16(v).buffer) });
+    }
+    writer.finish();
+    out.writeFile("config.json", JSON.stringify({ ...raw, torch_dtype: "bfloat16" }, null, 2) + "\n");
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]) {
+      const src = fs.existsSync(path.join(like, f)) ? path.join(like, f) : path.join(BUNDLED_MODEL, f);
+      if (fs.existsSync(src)) out.copyFrom(src, f);
+    }
+    return { output: out.commit(), parameters };
+  } catch (e) {
+    out.abort();
+    throw e;
+  }
+}

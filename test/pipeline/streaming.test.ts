@@ -1,0 +1,69 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawn, spawnSync } from "node:child_process";
+import { ROOT } from "../helpers.js";
+
+const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-stream-"));
+/** A layer shape whose float32 weights (~53 MB a layer) dominate the process's baseline memory. */
+const SHAPE = ["--set", "hidden_size=512", "--set", "num_experts=32", "--set", "moe_intermediate_size=256", "--set", "intermediate_size=1024"];
+
+function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
+}
+
+function makeModel(layers: number): string {
+  const dir = path.join(tmp, `random-${layers}`);
+  const r = run(["random-model", "--output", dir, "--layers", String(layers), ...SHAPE]);
+  assert.equal(r.status, 0, r.stderr);
+  return dir;
+}
+
+/** Peak RSS (MB) of a oneshot child process, from moecal.json. */
+function oneshotPeak(model: string, out: string): number {
+  const r = run(["oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out, "--quiet"]);
+  assert.equal(r.status, 0, r.stderr);
+  return (JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { peak_rss_mb: number }).peak_rss_mb;
+}
+
+test("random-model writes a loadable sharded BF16 checkpoint with the requested shape", () => {
+  const dir = makeModel(2);
+  const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+  assert.equal(cfg.hidden_size, 512);
+  assert.equal(cfg.num_hidden_layers, 2);
+  assert.equal((cfg.layer_types as string[]).length, 2);
+  assert.ok(fs.existsSync(path.join(dir, "model.safetensors.index.json")));
+  assert.ok(fs.existsSync(path.join(dir, "tokenizer.json")));
+});
+
+test("oneshot streams layers: peak memory with 8 layers is within 1.5x of 2 layers (same layer shape)", () => {
+  const two = oneshotPeak(path.join(tmp, "random-2"), path.join(tmp, "q2"));
+  const eight = oneshotPeak(makeModel(8), path.join(tmp, "q8"));
+  // holding every layer's float32 weights would add about 6 x 53 MB to the 8-layer run
+  assert.ok(eight <= 1.5 * two, `peak RSS ${eight.toFixed(0)} MB with 8 layers vs ${two.toFixed(0)} MB with 2`);
+});
+
+test("interrupting oneshot (SIGINT) leaves no output folder and no temporary folder behind", async () => {
+  const out = path.join(tmp, "interrupted");
+  const child = spawn(process.execPath, [cli, "oneshot", "--model", path.join(tmp, "random-8"), "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  const code = await new Promise<number | null>((resolve) => {
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+      // interrupt once layer 3 of 8 has started: shards and temporary files exist by then
+      if (/layer 3\/8/.test(stderr) && !child.killed) child.kill("SIGINT");
+    });
+    child.on("exit", (c) => resolve(c));
+  });
+  assert.equal(code, 130, stderr);
+  assert.match(stderr, /interrupted \(SIGINT\); no output was written/);
+  assert.equal(fs.existsSync(out), false);
+  assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith(".interrupted")), []);
+  // rerunning succeeds
+  const r = run(["oneshot", "--model", path.join(tmp, "random-2"), "--method", "rtn", "--num-samples", "2", "--max-seq-length", "16", "--output", out, "--quiet"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(fs.existsSync(path.join(out, "config.json")));
+});
