@@ -7,6 +7,7 @@ import { registerOneshot } from "./oneshot.js";
 import { registerCoverage } from "./coverage.js";
 import { registerEval } from "./eval.js";
 import { registerRandomModel } from "./random-model.js";
+import { registerInspect } from "./inspect.js";
 
 /** Build the `moecal` program. Commands only parse options and call library functions. */
 export function buildProgram(): Command {
@@ -22,13 +23,14 @@ export function buildProgram(): Command {
   registerCoverage(program);
   registerEval(program);
   registerRandomModel(program);
+  registerInspect(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
   try {
     await buildProgram().parseAsync(argv);
-    return 0;
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     if (e instanceof MoecalError) {

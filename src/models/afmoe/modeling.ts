@@ -1,6 +1,6 @@
 /**
  * AFMoE (Arcee Trinity), module by module, as the Hugging Face remote code names them.
- * Exact semantics: ../../../docs/afmoe.md (copied from the project spec).
+ * Exact semantics: docs/afmoe.md.
  */
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";

@@ -1,0 +1,144 @@
+import path from "node:path";
+import { Checkpoint } from "../io/checkpoint.js";
+import { DType, rawToF32 } from "../io/safetensors.js";
+import { readAfmoeConfig } from "../models/afmoe/config.js";
+import { MoecalError } from "../errors.js";
+import { QuantFormat, matchesAny } from "../quantization/scheme.js";
+import { compressedTensorsSource, groupFor, parseQuantizationConfig } from "./compressed-tensors.js";
+
+/** Scales outside [MIN, MAX] are flagged as extreme. */
+export const EXTREME_SCALE = { min: 1e-10, max: 1e4 } as const;
+
+export interface InspectReport {
+  dir: string;
+  /** quantized modules per format */
+  formats: Record<string, number>;
+  quantized: number;
+  ignored: number;
+  tensors: number;
+  problems: string[];
+}
+
+const SCALE_DTYPES: DType[] = ["BF16", "F16", "F32"];
+
+function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
+  if (ck.has(`${p}.weight_packed`)) return "pack-quantized";
+  if (!ck.has(`${p}.weight`)) return null;
+  const d = ck.info(`${p}.weight`).dtype;
+  return d === "I8" ? "int-quantized" : d === "F8_E4M3" ? "float-quantized" : null;
+}
+
+/**
+ * Audit a compressed-tensors checkpoint (ours or another tool's): every quantized module's
+ * tensors present with the shapes and dtypes its config group implies; scales finite, positive
+ * and not extreme; no weight all zeros; no NaN or Inf anywhere; Linear weights left in float
+ * named in `ignore`. Problems are collected, not thrown.
+ */
+export function inspectCheckpoint(dir: string): InspectReport {
+  const problems: string[] = [];
+  const config = readAfmoeConfig(dir);
+  const ck = Checkpoint.open(dir);
+  const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: ck.names().length, problems };
+  const qc = config.raw.quantization_config;
+  if (!qc) {
+    problems.push("config.json has no quantization_config: not a compressed-tensors checkpoint");
+    return report;
+  }
+  const cfg = parseQuantizationConfig(qc, path.join(dir, "config.json"));
+  const modules = new Set(ck.names().filter((n) => n.endsWith(".weight_scale")).map((n) => n.slice(0, -".weight_scale".length)));
+  for (const p of modules) {
+    const group = groupFor(cfg, p);
+    const format = formatOf(ck, p);
+    if (!group) {
+      problems.push(`${p}: quantized tensors present but the module is ignored or matches no config group`);
+      continue;
+    }
+    if (!format) {
+      problems.push(`${p}: has weight_scale but neither weight_packed nor an I8 / F8_E4M3 weight`);
+      continue;
+    }
+    if (format !== group.format) problems.push(`${p}: stored as ${format} but its config group says ${group.format}`);
+    report.formats[format] = (report.formats[format] ?? 0) + 1;
+    report.quantized++;
+    const w = group.weights;
+    const need = format === "pack-quantized" ? ["weight_packed", "weight_scale", "weight_shape"] : ["weight", "weight_scale"];
+    if (format === "pack-quantized" && !w.symmetric) need.push("weight_zero_point");
+    if (group.inputActivations && !group.inputActivations.dynamic) need.push("input_scale");
+    const missing = need.filter((s) => !ck.has(`${p}.${s}`));
+    if (missing.length) {
+      problems.push(`${p}: missing ${missing.join(", ")}`);
+      continue;
+    }
+    const scaleInfo = ck.info(`${p}.weight_scale`);
+    if (!SCALE_DTYPES.includes(scaleInfo.dtype)) problems.push(`${p}.weight_scale: dtype ${scaleInfo.dtype} is not a float type`);
+    let out: number;
+    let inF: number;
+    try {
+      [out, inF] = compressedTensorsSource(ck, cfg).shapeOf(`${p}.weight`) as [number, number];
+    } catch (e) {
+      problems.push(`${p}: cannot read its shape (${(e as Error).message})`);
+      continue;
+    }
+    if (format === "pack-quantized") {
+      const packed = ck.info(`${p}.weight_packed`);
+      const words = Math.ceil((inF * w.numBits) / 32);
+      if (packed.dtype !== "I32" || packed.shape[0] !== out || packed.shape[1] !== words) {
+        problems.push(`${p}.weight_packed: ${packed.dtype} [${packed.shape.join(", ")}], expected I32 [${out}, ${words}]`);
+      }
+      if (ck.info(`${p}.weight_shape`).dtype !== "I64") problems.push(`${p}.weight_shape: dtype ${ck.info(`${p}.weight_shape`).dtype}, expected I64`);
+    }
+    const groups = w.strategy === "group" ? inF / (w.groupSize ?? inF) : 1;
+    const expectedScale = w.strategy === "tensor" ? [1] : [out, groups];
+    if (scaleInfo.shape.join(",") !== expectedScale.join(",")) {
+      problems.push(`${p}.weight_scale: shape [${scaleInfo.shape.join(", ")}], expected [${expectedScale.join(", ")}]`);
+    }
+    for (const s of ["weight_scale", "input_scale"]) {
+      if (!ck.has(`${p}.${s}`)) continue;
+      const v = ck.readF32(`${p}.${s}`).data;
+      const bad = v.findIndex((x) => !Number.isFinite(x));
+      if (bad >= 0) problems.push(`${p}.${s}: non-finite value ${v[bad]} at index ${bad}`);
+      const nonPos = v.findIndex((x) => x <= 0);
+      if (nonPos >= 0) problems.push(`${p}.${s}: zero or negative value ${v[nonPos]} at index ${nonPos}`);
+      const extreme = v.findIndex((x) => Number.isFinite(x) && x > 0 && (x < EXTREME_SCALE.min || x > EXTREME_SCALE.max));
+      if (extreme >= 0) problems.push(`${p}.${s}: extreme value ${v[extreme]} at index ${extreme}`);
+    }
+  }
+  const src = (() => {
+    try {
+      return compressedTensorsSource(ck, cfg);
+    } catch (e) {
+      if (e instanceof MoecalError) problems.push(e.message);
+      else throw e;
+      return null;
+    }
+  })();
+  for (const name of src?.names() ?? []) {
+    const p = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
+    let values: Float32Array;
+    try {
+      values = src?.readF32(name).data ?? new Float32Array();
+    } catch (e) {
+      if (!(e instanceof MoecalError)) throw e;
+      problems.push(`${name}: ${e.message}`);
+      continue;
+    }
+    const bad = values.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) problems.push(`${name}: non-finite value ${values[bad]} at flat index ${bad}`);
+    if (p && modules.has(p) && values.every((x) => x === 0)) problems.push(`${p}: every weight is zero`);
+    const isLinear = p !== null && /(_proj|\.gate|lm_head)$/.test(p);
+    if (isLinear && !modules.has(p)) {
+      report.ignored++;
+      if (!matchesAny(p, cfg.ignore)) problems.push(`${p}: Linear left unquantized but not named in quantization_config.ignore`);
+      if (ck.has(`${p}.weight`) && values.every((x) => x === 0)) problems.push(`${p}: every weight is zero`);
+    }
+  }
+  return report;
+}
+
+export function formatInspect(r: InspectReport): string {
+  const lines = [`${r.dir}: ${r.tensors} tensors, ${r.quantized} quantized modules (${Object.entries(r.formats).map(([f, n]) => `${f}: ${n}`).join(", ") || "none"}), ${r.ignored} Linear layers unquantized`];
+  if (r.problems.length === 0) lines.push("no problems found");
+  else lines.push(`${r.problems.length} problem(s):`, ...r.problems.map((p) => `  - ${p}`));
+  return lines.join("\n");
+}
+
