@@ -32,7 +32,8 @@ export async function main(argv: string[]): Promise<number> {
     await buildProgram().parseAsync(argv);
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode;
+    // commander printed its message; a bad option or argument is a usage error (2)
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (e instanceof MoecalError) {
       process.stderr.write(`moecal: error [${e.code}]: ${e.message}\n`);
       return e.code === "E_USAGE" ? 2 : 1;

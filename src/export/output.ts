@@ -10,6 +10,25 @@ export function removeActiveTempDirs(): void {
   active.clear();
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Temporary folders left by a killed run (their process is gone) are removed before a new run. */
+function removeStaleTempDirs(parent: string, base: string): void {
+  const prefix = `.${base}.tmp-`;
+  for (const f of fs.readdirSync(parent)) {
+    if (!f.startsWith(prefix)) continue;
+    const pid = Number(f.slice(prefix.length).split("-")[0]);
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid)) fs.rmSync(path.join(parent, f), { recursive: true, force: true });
+  }
+}
+
 function isNonEmptyDir(p: string): boolean {
   try {
     return fs.statSync(p).isDirectory() ? fs.readdirSync(p).length > 0 : true;
@@ -35,7 +54,8 @@ export class OutputFolder {
     const parent = path.dirname(this.target);
     try {
       fs.mkdirSync(parent, { recursive: true });
-      this.tmp = fs.mkdtempSync(path.join(parent, `.${path.basename(this.target)}.tmp-`));
+      removeStaleTempDirs(parent, path.basename(this.target));
+      this.tmp = fs.mkdtempSync(path.join(parent, `.${path.basename(this.target)}.tmp-${process.pid}-`));
     } catch (cause) {
       throw new MoecalError("E_IO", `cannot create a temporary folder beside ${this.target} (${(cause as Error).message})`, { cause });
     }

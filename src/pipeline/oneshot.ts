@@ -1,7 +1,7 @@
 import path from "node:path";
 import fs from "node:fs";
 import { Tensor } from "../engine/tensor.js";
-import { UsageError } from "../errors.js";
+import { NumericalError, UsageError } from "../errors.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { attachHessianObservers } from "../calibration/observers.js";
 import { trackCoverage, LayerCoverage } from "../calibration/coverage.js";
@@ -9,7 +9,7 @@ import { Checkpoint } from "../io/checkpoint.js";
 import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { Linear } from "../nn/layers.js";
-import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
+import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
 import { ScaleDType } from "../quantization/params.js";
@@ -75,6 +75,15 @@ export function fitGroupSize(scheme: Scheme, model: AnyModule, isTarget: (n: str
   if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);
   warn(`group size ${g0} does not divide the input size ${first[1]} of ${first[0]}; using group size ${g}`);
   return { ...scheme, weights: { ...scheme.weights, groupSize: g } };
+}
+
+/** Every quantized Linear must carry the tensors its format needs. */
+function assertComplete(name: string, present: string[], scheme: Scheme): void {
+  const need = scheme.format === "pack-quantized" ? ["weight_packed", "weight_scale", "weight_shape"] : ["weight", "weight_scale"];
+  if (scheme.format === "pack-quantized" && !scheme.weights.symmetric) need.push("weight_zero_point");
+  if (scheme.inputActivations && !scheme.inputActivations.dynamic) need.push("input_scale");
+  const missing = need.filter((s) => !present.includes(`${name}.${s}`));
+  if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
 }
 
 export function defaultOutput(modelDir: string, scheme: string): string {
@@ -189,13 +198,16 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         next.push(await layer.call(hidden[s] as Tensor));
         opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length });
       }
+      for (const h of next) assertFinite(h, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
       hidden = next;
       const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
       for (const [n] of model.namedParameters()) {
         if (!inLayer(n)) continue;
         const q = quantizedByWeight.get(n);
         if (q) {
-          for (const t of quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale)) writer.add(t);
+          const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale);
+          assertComplete(q.name, tensors.map((t) => t.name), scheme);
+          for (const t of tensors) writer.add(t);
         } else copyRaw(n);
       }
       unloadParameters(model, inLayer);

@@ -59,6 +59,7 @@ export async function quantizeLayerLinears(
     let loss = 0;
     const stats = t.hessians.get(name);
     const rows = stats?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
+    if (stats) assertFiniteStats(stats.H, `${opts.layerLabel}: ${name}: calibration Hessian`);
     if (method === "gptq" && stats && stats.rows > 0) {
       try {
         const r = await gptqQuantize(W.data, out, inF, stats.H, scheme.weights, scaleDType, name, opts);
@@ -81,6 +82,7 @@ export async function quantizeLayerLinears(
       if (!(absmax > 0)) absmax = 1;
       inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
     }
+    assertValidQParams(weight, `${opts.layerLabel}: ${name}`);
     lin.parameter("weight").value = new Tensor(dequantize(weight), [out, inF]);
     results.push({ name, weight, inputScale, loss, rows });
   }
@@ -89,4 +91,26 @@ export async function quantizeLayerLinears(
     opts.warn(`${opts.layerLabel}: ${fallbacks.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`);
   }
   return { results, fallbacks };
+}
+
+function assertFiniteStats(values: Float32Array, where: string): void {
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i] as number)) throw new NumericalError(`${where} has a non-finite value ${values[i]} at flat index ${i}; refusing to quantize`);
+  }
+}
+
+/** Scales finite and positive, zero points in range: checked before anything is written. */
+export function assertValidQParams(q: QuantizedWeight, where: string): void {
+  const { scale, zeroPoint } = q.params;
+  for (let i = 0; i < scale.length; i++) {
+    const s = scale[i] as number;
+    if (!Number.isFinite(s) || s <= 0) throw new NumericalError(`${where}: invalid weight scale ${s} at index ${i}`);
+  }
+  if (zeroPoint) {
+    const lim = 2 ** (q.args.numBits - 1);
+    for (let i = 0; i < zeroPoint.length; i++) {
+      const z = zeroPoint[i] as number;
+      if (!(z >= -lim && z < lim)) throw new NumericalError(`${where}: zero point ${z} at index ${i} outside the ${q.args.numBits}-bit range`);
+    }
+  }
 }

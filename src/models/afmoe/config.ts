@@ -92,7 +92,9 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
   if (!r.success) {
     const issue = r.error.issues[0];
     const field = issue?.path.join(".") || "(root)";
-    throw new ConfigError(`${where}: field "${field}": ${issue?.message ?? "invalid"}`);
+    const top = issue?.path[0];
+    const absent = typeof top === "string" && !(top in (json as Record<string, unknown>));
+    throw new ConfigError(`${where}: field "${field}": ${absent ? "missing (required)" : (issue?.message ?? "invalid")}`);
   }
   const c = r.data;
   const fail = (field: string, msg: string): never => {

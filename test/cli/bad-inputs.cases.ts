@@ -1,0 +1,140 @@
+/**
+ * Every bad input we try, what the user runs, and what they must get. The test runs each case;
+ * `npm run doc:bad-inputs` prints the README table from real runs of the same cases.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { NamedRaw, ShardedWriter } from "../../src/io/writer.js";
+import { f32ToBf16 } from "../../src/engine/dtype.js";
+import { ROOT, TINY } from "../helpers.js";
+
+export const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
+
+export interface BadInputCase {
+  name: string;
+  /** prepares the input inside `dir`; returns the moecal arguments */
+  setup(dir: string): string[];
+  exitCode: number;
+  message: RegExp;
+  /** runs only where this returns true (with the reason otherwise) */
+  available?: () => string | null;
+}
+
+const SHARD1 = "model-00001-of-00002.safetensors";
+
+/** A copy of the bundled model in `dir/model`, optionally with its config or shard 1 changed. */
+function modelCopy(dir: string, opts: { config?: (c: Record<string, unknown>) => void; shard1?: (b: Buffer) => Buffer; tensors?: (t: Map<string, NamedRaw>) => void } = {}): string {
+  const m = path.join(dir, "model");
+  fs.mkdirSync(m, { recursive: true });
+  for (const f of fs.readdirSync(TINY)) fs.copyFileSync(path.join(TINY, f), path.join(m, f));
+  if (opts.config) {
+    const c = JSON.parse(fs.readFileSync(path.join(m, "config.json"), "utf8")) as Record<string, unknown>;
+    opts.config(c);
+    fs.writeFileSync(path.join(m, "config.json"), JSON.stringify(c));
+  }
+  if (opts.shard1) fs.writeFileSync(path.join(m, SHARD1), opts.shard1(fs.readFileSync(path.join(m, SHARD1))));
+  if (opts.tensors) {
+    const ck = Checkpoint.open(TINY);
+    const t = new Map(ck.names().map((n) => [n, { name: n, ...ck.readRaw(n) }]));
+    opts.tensors(t);
+    for (const f of fs.readdirSync(m)) if (f.endsWith(".safetensors") || f.endsWith(".index.json")) fs.rmSync(path.join(m, f));
+    const w = new ShardedWriter(m);
+    for (const x of t.values()) w.add(x);
+    w.finish();
+  }
+  return m;
+}
+
+/** Rewrite the JSON header of a safetensors buffer. */
+function withHeader(b: Buffer, edit: (h: Record<string, Record<string, unknown>>) => void): Buffer {
+  const n = Number(b.readBigUInt64LE(0));
+  const h = JSON.parse(b.subarray(8, 8 + n).toString("utf8")) as Record<string, Record<string, unknown>>;
+  edit(h);
+  const json = Buffer.from(JSON.stringify(h));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([len, json, b.subarray(8 + n)]);
+}
+
+function dataset(dir: string, content: string, name = "data.jsonl"): string {
+  const f = path.join(dir, name);
+  fs.writeFileSync(f, content);
+  return f;
+}
+
+const quick = (model: string, dir: string, extra: string[] = []): string[] => ["oneshot", "--model", model, "--method", "rtn", "--num-samples", "1", "--max-seq-length", "8", "--output", path.join(dir, "out"), ...extra];
+
+export const BAD_INPUTS: BadInputCase[] = [
+  { name: "truncated safetensors file", setup: (d) => quick(modelCopy(d, { shard1: (b) => b.subarray(0, b.length - 1000) }), d), exitCode: 1, message: /model-00001-of-00002.safetensors: tensor "[^"]+": data_offsets \[\d+, \d+\] outside the data section/ },
+  {
+    name: "header length larger than the file",
+    setup: (d) => quick(modelCopy(d, { shard1: (b) => { const c = Buffer.from(b); c.writeBigUInt64LE(BigInt(b.length * 2), 0); return c; } }), d),
+    exitCode: 1, message: /model-00001-of-00002.safetensors: header length \d+ is beyond the end of the \d+-byte file/,
+  },
+  { name: "header that is not JSON", setup: (d) => quick(modelCopy(d, { shard1: (b) => { const c = Buffer.from(b); c.write("#", 8); return c; } }), d), exitCode: 1, message: /model-00001-of-00002.safetensors: header is not valid JSON/ },
+  { name: "unknown dtype", setup: (d) => quick(modelCopy(d, { shard1: (b) => withHeader(b, (h) => { (h["model.layers.0.input_layernorm.weight"] ?? {}).dtype = "F12"; }) }), d), exitCode: 1, message: /tensor "model.layers.0.input_layernorm.weight": unknown dtype "F12"/ },
+  {
+    name: "overlapping offsets",
+    setup: (d) => quick(modelCopy(d, { shard1: (b) => withHeader(b, (h) => { const a = h["model.layers.0.input_layernorm.weight"] as { data_offsets: number[] }; const e = h["model.embed_tokens.weight"] as { data_offsets: number[] }; const size = (a.data_offsets[1] as number) - (a.data_offsets[0] as number); a.data_offsets = [e.data_offsets[0] as number, (e.data_offsets[0] as number) + size]; }) }), d),
+    exitCode: 1, message: /overlaps tensor/,
+  },
+  {
+    name: "out-of-range offsets",
+    setup: (d) => quick(modelCopy(d, { shard1: (b) => withHeader(b, (h) => { const a = h["model.layers.0.input_layernorm.weight"] as { data_offsets: number[] }; a.data_offsets = [b.length * 2, b.length * 2 + 256]; }) }), d),
+    exitCode: 1, message: /tensor "model.layers.0.input_layernorm.weight": data_offsets \[\d+, \d+\] outside the data section/,
+  },
+  { name: "tensor missing that the config needs", setup: (d) => quick(modelCopy(d, { tensors: (t) => void t.delete("model.layers.2.mlp.experts.3.up_proj.weight") }), d), exitCode: 1, message: /missing tensors: model.layers.2.mlp.experts.3.up_proj.weight/ },
+  {
+    name: "tensor with the wrong shape",
+    setup: (d) => quick(modelCopy(d, { tensors: (t) => { const x = t.get("model.layers.1.self_attn.q_proj.weight") as NamedRaw; t.set(x.name, { ...x, shape: [64, 256] }); } }), d),
+    exitCode: 1, message: /wrong shapes: model.layers.1.self_attn.q_proj.weight: checkpoint \[64, 256\] vs model \[128, 128\]/,
+  },
+  {
+    name: "index.json naming a missing shard",
+    setup: (d) => { const m = modelCopy(d); fs.rmSync(path.join(m, "model-00002-of-00002.safetensors")); return quick(m, d); },
+    exitCode: 1, message: /model.safetensors.index.json: shard "model-00002-of-00002.safetensors" \(holding "[^"]+"\) does not exist/,
+  },
+  { name: "config.json: missing field", setup: (d) => quick(modelCopy(d, { config: (c) => void delete c.num_experts }), d), exitCode: 1, message: /config.json: field "num_experts": missing \(required\)/ },
+  { name: "config.json: negative field", setup: (d) => quick(modelCopy(d, { config: (c) => void (c.hidden_size = -128) }), d), exitCode: 1, message: /config.json: field "hidden_size"/ },
+  { name: "config.json: top-k larger than the number of experts", setup: (d) => quick(modelCopy(d, { config: (c) => void (c.num_experts_per_tok = 32) }), d), exitCode: 1, message: /field "num_experts_per_tok": 32 exceeds num_experts 16/ },
+  { name: "config.json: head counts that do not divide", setup: (d) => quick(modelCopy(d, { config: (c) => void (c.num_key_value_heads = 3) }), d), exitCode: 1, message: /field "num_key_value_heads": 3 does not divide num_attention_heads 4/ },
+  { name: "config.json: layer_types of the wrong length", setup: (d) => quick(modelCopy(d, { config: (c) => void (c.layer_types = ["full_attention"]) }), d), exitCode: 1, message: /field "layer_types": has 1 entries but num_hidden_layers is 4/ },
+  { name: "unsupported model_type", setup: (d) => quick(modelCopy(d, { config: (c) => void (c.model_type = "mixtral") }), d), exitCode: 1, message: /unsupported model_type "mixtral"/ },
+  {
+    name: "NaN or Inf in a weight",
+    setup: (d) => quick(modelCopy(d, { tensors: (t) => { const x = t.get("model.layers.2.mlp.experts.9.down_proj.weight") as NamedRaw; const v = new Float32Array(x.bytes.byteLength / 2).fill(0.01); v[77] = NaN; t.set(x.name, { ...x, bytes: new Uint8Array(f32ToBf16(v).buffer) }); } }), d),
+    exitCode: 1, message: /tensor "model.layers.2.mlp.experts.9.down_proj.weight": value NaN at flat index 77/,
+  },
+  { name: "empty dataset", setup: (d) => quick(TINY, d, ["--dataset", dataset(d, "")]), exitCode: 2, message: /data.jsonl: no usable sample \(0 records/ },
+  { name: "dataset with only empty samples", setup: (d) => quick(TINY, d, ["--dataset", dataset(d, '{"text": ""}\n{"text": "   "}\n')]), exitCode: 2, message: /no usable sample \(2 records, all empty\)/ },
+  { name: "malformed JSON line", setup: (d) => quick(TINY, d, ["--dataset", dataset(d, '{"text": "ok"}\n\n{"text": "broken}\n')]), exitCode: 2, message: /data.jsonl, line 3: not valid JSON/ },
+  { name: "samples longer than the model's maximum positions", setup: (d) => [...quick(TINY, d).slice(0, -2), "--max-seq-length", "4096", "--output", path.join(d, "out")], exitCode: 2, message: /--max-seq-length 4096 exceeds the model's max_position_embeddings 2048/ },
+  { name: "unknown scheme", setup: (d) => quick(TINY, d, ["--scheme", "W3A16"]), exitCode: 2, message: /option '--scheme <name>' argument 'W3A16' is invalid/ },
+  { name: "group size that does not divide the input size", setup: (d) => quick(TINY, d, ["--group-size", "48"]), exitCode: 2, message: /--group-size 48 does not divide the input size 128 of model.layers.0.self_attn.q_proj/ },
+  { name: "output folder exists", setup: (d) => { fs.mkdirSync(path.join(d, "out")); fs.writeFileSync(path.join(d, "out", "x"), "x"); return quick(TINY, d); }, exitCode: 2, message: /out exists and is not empty \(use --overwrite to replace it\)/ },
+  {
+    name: "output disk full (256 KiB tmpfs)",
+    setup: (d) => {
+      const mnt = path.join(d, "small");
+      fs.mkdirSync(mnt);
+      const r = spawnSync("mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt]);
+      if (r.status !== 0) throw new Error("mount failed");
+      return [...quick(TINY, d).slice(0, -2), "--output", path.join(mnt, "out")];
+    },
+    exitCode: 1, message: /write failed \(ENOSPC/,
+    available: () => (process.getuid?.() === 0 ? null : "needs root to mount a small tmpfs"),
+  },
+];
+
+/** Unmount anything a case mounted under `dir`. */
+export function cleanupCase(dir: string): void {
+  const mnt = path.join(dir, "small");
+  if (fs.existsSync(mnt)) spawnSync("umount", [mnt]);
+}
+
+export function runCase(c: BadInputCase, dir: string): { status: number | null; stderr: string; stdout: string } {
+  const args = c.setup(dir);
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8" });
+}

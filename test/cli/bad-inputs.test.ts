@@ -1,0 +1,32 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { BAD_INPUTS, cleanupCase, runCase } from "./bad-inputs.cases.js";
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bad-"));
+
+for (const [i, c] of BAD_INPUTS.entries()) {
+  const skip = c.available?.() ?? false;
+  test(`bad input: ${c.name} -> exit ${c.exitCode}, clear message, nothing written`, { skip }, () => {
+    const dir = path.join(root, String(i));
+    fs.mkdirSync(dir);
+    try {
+      const r = runCase(c, dir);
+      assert.equal(r.status, c.exitCode, `exit code; stderr: ${r.stderr}`);
+      assert.match(r.stderr, c.message);
+      assert.doesNotMatch(r.stderr, /\n\s+at .+:\d+:\d+/, "no stack trace");
+      const outs = [path.join(dir, "out"), path.join(dir, "small", "out")];
+      for (const o of outs) {
+        if (c.name === "output folder exists" && o === outs[0]) continue;
+        assert.equal(fs.existsSync(o), false, `${o} must not exist`);
+      }
+      for (const parent of [dir, path.join(dir, "small")]) {
+        if (fs.existsSync(parent)) assert.deepEqual(fs.readdirSync(parent).filter((f) => f.includes(".tmp")), [], "no temporary folder left");
+      }
+    } finally {
+      cleanupCase(dir);
+    }
+  });
+}
