@@ -5,6 +5,7 @@ import { UsageError } from "../errors.js";
 import { AfmoeConfig } from "../models/afmoe/config.js";
 import { AfmoeMLP, AfmoeMoE, AfmoeTokenChoiceRouter, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
 import { CalibrationOptions, MoECalibrationModule } from "./module.js";
+import { FastState, allExpertsFast, fastPlan } from "./afmoe-fast.js";
 
 /**
  * Calibration version of AfmoeMoE (llm-compressor's CalibrationAfmoeMoE). With
@@ -17,11 +18,15 @@ export class CalibrationAfmoeMoE extends Module implements MoECalibrationModule 
   readonly className = "CalibrationAfmoeMoE";
   readonly isPermanent = false;
   readonly calibrateAllExperts: boolean;
+  /** use the all-experts fast path when no user hook watches an expert (default true) */
+  readonly fastPath: boolean;
+  private readonly fastState: FastState = { stacked: null, sharedGateUp: null };
 
   constructor(original: AnyModule, readonly config: AfmoeConfig, options: CalibrationOptions) {
     super();
     if (!(original instanceof AfmoeMoE)) throw new UsageError(`CalibrationAfmoeMoE replaces AfmoeMoE, not ${original.className}`);
     this.calibrateAllExperts = options.calibrateAllExperts;
+    this.fastPath = options.fastPath ?? true;
     this.addModule("router", original.router);
     this.addModule("experts", original.experts);
     if (original.shared_experts) this.addModule("shared_experts", original.shared_experts);
@@ -45,6 +50,11 @@ export class CalibrationAfmoeMoE extends Module implements MoECalibrationModule 
     // Steps 3-4: every expert, in order
     const routed = Tensor.zeros([T, H]);
     const experts = this.experts.items();
+    const plan = this.calibrateAllExperts && this.fastPath ? fastPlan(experts) : null;
+    if (plan) {
+      await allExpertsFast(flat, topScores, selectedExperts, experts, plan, this.fastState, routed);
+      return add(shared, routed).reshape(hidden.shape);
+    }
     for (let e = 0; e < experts.length; e++) {
       const expert = experts[e] as AfmoeMLP;
       const { tokens, slots } = routedPairs(selectedExperts, T, K, e);

@@ -4,6 +4,8 @@ import { MOE_CALIBRATION_REGISTRY, standardizeClassName } from "./registry.js";
 
 export interface MoeCalibrationContextOptions {
   calibrateAllExperts?: boolean;
+  /** allow the all-experts fast path (default true) */
+  fastPath?: boolean;
   /** the model config handed to calibration modules (default: `model.config`) */
   config?: unknown;
   /** registry to use (default: MOE_CALIBRATION_REGISTRY) */
@@ -28,7 +30,7 @@ export async function withMoeCalibration<M extends AnyModule, T>(
 ): Promise<T> {
   const registry = options.registry ?? MOE_CALIBRATION_REGISTRY;
   const config = options.config ?? (model as { config?: unknown }).config;
-  const calibration: CalibrationOptions = { calibrateAllExperts: options.calibrateAllExperts ?? true };
+  const calibration: CalibrationOptions = { calibrateAllExperts: options.calibrateAllExperts ?? true, fastPath: options.fastPath ?? true };
   const swaps: Swap[] = [];
   try {
     for (const [name, module] of model.namedModules()) {

@@ -1,4 +1,5 @@
 import { AnyModule } from "../nn/module.js";
+import { registerFastAwareHook } from "./observers.js";
 import { Tensor } from "../engine/tensor.js";
 import { AfmoeMoE, AfmoeTokenChoiceRouter, RouterInput, RouterOutput } from "../models/afmoe/modeling.js";
 
@@ -40,9 +41,14 @@ export function trackCoverage(model: AnyModule, prefix = ""): CoverageTracker {
       }),
     );
     m.experts.items().forEach((expert, e) => {
+      const saw = (n: number): void => {
+        layer.seen[e] = (layer.seen[e] as number) + n;
+      };
       removers.push(
-        expert.gate_proj.registerForwardPreHook((_l: AnyModule, x: Tensor) => {
-          layer.seen[e] = (layer.seen[e] as number) + x.size / expert.gate_proj.inFeatures;
+        registerFastAwareHook(expert.gate_proj, (x: Tensor) => saw(x.size / expert.gate_proj.inFeatures), {
+          wantsGram: false,
+          rows: (n) => saw(n),
+          shareWith: () => undefined,
         }),
       );
     });

@@ -3,6 +3,8 @@ import { AnyModule } from "../nn/module.js";
 export interface CalibrationOptions {
   /** run every expert on every token (default true) */
   calibrateAllExperts: boolean;
+  /** allow a module's fast path for calibrate-all-experts (default true); false forces the per-expert path */
+  fastPath?: boolean;
 }
 
 /**

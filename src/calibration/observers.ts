@@ -3,27 +3,114 @@ import { getEngine } from "../engine/index.js";
 import { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
 
-/** GPTQ statistics of one Linear: H = sum over its input rows x of 2 x x^T (float32), and the row count. */
-export interface HessianStats {
-  /** [in, in], row-major */
-  H: Float32Array;
-  inFeatures: number;
-  rows: number;
+/** x^T x summed over rows, in float32, with the row count: one Linear's (or a group's) input statistics. */
+export class GramAccumulator {
+  readonly G: Float32Array;
+  rows = 0;
+  constructor(readonly inFeatures: number) {
+    this.G = new Float32Array(inFeatures * inFeatures);
+  }
+
+  addGram(g: Float32Array, rows: number): void {
+    const G = this.G;
+    for (let i = 0; i < G.length; i++) G[i] = (G[i] as number) + (g[i] as number);
+    this.rows += rows;
+  }
+
+  /** Add the rows of x [n, in] (the Gram product through the engine). */
+  async add(x: Tensor): Promise<void> {
+    const rows = x.size / this.inFeatures;
+    if (rows === 0) return;
+    const g = await getEngine().gram(x.reshape([rows, this.inFeatures]));
+    this.addGram(g.data, rows);
+  }
 }
 
-export function emptyHessian(inFeatures: number): HessianStats {
-  return { H: new Float32Array(inFeatures * inFeatures), inFeatures, rows: 0 };
+/**
+ * GPTQ statistics of one Linear: H = sum over its input rows x of 2 x x^T (float32), and the
+ * row count. Rows may come through its own hook, or from an accumulator shared with other
+ * Linears that saw exactly the same rows (the all-experts fast path: every expert's gate and up
+ * projection read the same tokens). When all rows are shared, `H` is the shared array itself.
+ */
+export class HessianStats {
+  readonly own: GramAccumulator;
+  private readonly shared = new Set<GramAccumulator>();
+  private cache: { H: Float32Array; rows: number } | null = null;
+
+  constructor(readonly inFeatures: number) {
+    this.own = new GramAccumulator(inFeatures);
+  }
+
+  shareWith(acc: GramAccumulator): void {
+    this.shared.add(acc);
+    this.cache = null;
+  }
+
+  get rows(): number {
+    let n = this.own.rows;
+    for (const s of this.shared) n += s.rows;
+    return n;
+  }
+
+  /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
+  get H(): Float32Array {
+    const rows = this.rows;
+    if (this.cache && this.cache.rows === rows) return this.cache.H;
+    const parts = [this.own, ...this.shared].filter((a) => a.rows > 0);
+    let H: Float32Array;
+    if (parts.length === 1 && parts[0] !== this.own) H = doubledView(parts[0] as GramAccumulator);
+    else {
+      H = new Float32Array(this.inFeatures * this.inFeatures);
+      for (const p of parts) for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (p.G[i] as number);
+    }
+    this.cache = { H, rows };
+    return H;
+  }
 }
 
-/** Add the rows of x [n, in] to the statistics: H += 2 x^T x (the Gram product through the engine). */
-export async function accumulateHessian(stats: HessianStats, x: Tensor): Promise<void> {
-  const k = stats.inFeatures;
-  const rows = x.size / k;
-  if (rows === 0) return;
-  const g = await getEngine().gram(x.reshape([rows, k]));
-  const H = stats.H;
-  for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (g.data[i] as number);
-  stats.rows += rows;
+/** One doubled copy per accumulator and row count, shared by every Linear that reads it. */
+const doubled = new WeakMap<GramAccumulator, { rows: number; H: Float32Array }>();
+function doubledView(acc: GramAccumulator): Float32Array {
+  const d = doubled.get(acc);
+  if (d && d.rows === acc.rows) return d.H;
+  const H = acc.G.map((v) => 2 * v);
+  doubled.set(acc, { rows: acc.rows, H });
+  return H;
+}
+
+/**
+ * An observer a fast path can feed without calling the Linear: it says whether it needs the
+ * Gram product of the rows, and takes rows (and the Gram product) or a shared accumulator.
+ */
+export interface FastPathObserver {
+  readonly wantsGram: boolean;
+  /** `n` rows reached the Linear; `gram` is their x^T x when wantsGram */
+  rows(n: number, gram: Float32Array | null): void;
+  /** the rows' statistics go to an accumulator shared with other Linears of the block */
+  shareWith(acc: GramAccumulator): void;
+}
+
+const fastObservers = new WeakMap<Linear, Set<FastPathObserver>>();
+
+/** Register a hook together with its fast-path twin; returns the remover of both. */
+export function registerFastAwareHook(lin: Linear, hook: (x: Tensor) => void | Promise<void>, fast: FastPathObserver): () => void {
+  const removeHook = lin.registerForwardPreHook(async (_m, x) => {
+    await hook(x);
+  });
+  let set = fastObservers.get(lin);
+  if (!set) fastObservers.set(lin, (set = new Set()));
+  set.add(fast);
+  return () => {
+    removeHook();
+    set?.delete(fast);
+  };
+}
+
+/** The fast-path observers of a Linear, or null when it also has hooks a fast path cannot feed. */
+export function fastObserversOf(lin: Linear): FastPathObserver[] | null {
+  const set = fastObservers.get(lin);
+  const n = set?.size ?? 0;
+  return lin.hookCount === n ? [...(set ?? [])] : null;
 }
 
 export interface HessianObservers {
@@ -33,18 +120,31 @@ export interface HessianObservers {
 }
 
 /**
- * Attach a pre-hook to every Linear of `root` whose dotted name passes `filter`, accumulating
- * its input statistics. Hooks stay with the Linear objects, so they keep observing while an
- * MoE block is swapped for its calibration module.
+ * Observe every Linear of `root` whose dotted name passes `filter`: its input statistics for
+ * GPTQ. Hooks stay with the Linear objects, so they keep observing while an MoE block is
+ * swapped for its calibration module, whose fast path feeds them directly.
  */
 export function attachHessianObservers(root: AnyModule, filter: (name: string, module: Linear) => boolean, prefix = ""): HessianObservers {
   const stats = new Map<string, HessianStats>();
   const removers: (() => void)[] = [];
   for (const [name, m] of root.namedModules(prefix)) {
     if (!(m instanceof Linear) || !filter(name, m)) continue;
-    const s = emptyHessian(m.inFeatures);
+    const s = new HessianStats(m.inFeatures);
     stats.set(name, s);
-    removers.push(m.registerForwardPreHook(async (_mod, x) => accumulateHessian(s, x)));
+    removers.push(
+      registerFastAwareHook(m, (x) => s.own.add(x), {
+        wantsGram: true,
+        rows: (n, gram) => {
+          if (gram) s.own.addGram(gram, n);
+        },
+        shareWith: (acc) => s.shareWith(acc),
+      }),
+    );
   }
   return { stats, remove: () => removers.forEach((r) => r()) };
+}
+
+/** Convenience for tests and simple uses: H += 2 x^T x into a plain stats object. */
+export async function accumulateHessian(stats: HessianStats, x: Tensor): Promise<void> {
+  await stats.own.add(x);
 }

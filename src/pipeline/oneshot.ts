@@ -29,6 +29,8 @@ export interface OneshotOptions {
   numSamples?: number;
   maxSeqLength?: number;
   calibrateAllExperts?: boolean;
+  /** use the all-experts fast path (default true; false forces the per-expert path) */
+  fastPath?: boolean;
   /** added to the default ignore list (lm_head and every router gate) */
   ignore?: string[];
   seed?: number;
@@ -173,7 +175,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       }
       const tracker = trackCoverage(layer, prefix);
       try {
-        await withMoeCalibration(layer, { calibrateAllExperts, config }, async (l) => {
+        await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
           for (let s = 0; s < hidden.length; s++) {
             await l.call(hidden[s] as Tensor);
             opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: hidden.length });

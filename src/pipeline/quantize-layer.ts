@@ -2,7 +2,7 @@ import { Tensor } from "../engine/tensor.js";
 import { NumericalError } from "../errors.js";
 import { HessianStats } from "../calibration/observers.js";
 import { Linear } from "../nn/layers.js";
-import { gptqQuantize, rtnQuantize } from "../quantization/gptq.js";
+import { GptqPrep, gptqWithPrep, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
 import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
 import { Scheme } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
@@ -51,6 +51,9 @@ export async function quantizeLayerLinears(
   const results: QuantizedLinear[] = [];
   const fallbacks: Fallback[] = [];
   const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
+  // Linears whose Hessian is the same array (the all-experts fast path's shared gate/up
+  // statistics) share one damped Cholesky
+  const preps = new Map<Float32Array, GptqPrep | NumericalError>();
   const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
   for (const [name, lin] of t.linears) {
     const W = lin.weight;
@@ -62,7 +65,19 @@ export async function quantizeLayerLinears(
     if (stats) assertFiniteStats(stats.H, `${opts.layerLabel}: ${name}: calibration Hessian`);
     if (method === "gptq" && stats && stats.rows > 0) {
       try {
-        const r = await gptqQuantize(W.data, out, inF, stats.H, scheme.weights, scaleDType, name, opts);
+        const H = stats.H;
+        let prep = preps.get(H);
+        if (!prep) {
+          try {
+            prep = prepareGptq(H, inF, scheme.weights.actorder, name, opts.dampening);
+          } catch (e) {
+            if (!(e instanceof NumericalError)) throw e;
+            prep = e;
+          }
+          preps.set(H, prep);
+        }
+        if (prep instanceof NumericalError) throw prep;
+        const r = await gptqWithPrep(W.data, out, prep, scheme.weights, scaleDType, name, opts.blockSize);
         weight = r.weight;
         loss = r.loss;
       } catch (e) {

@@ -24,9 +24,9 @@ test("original AfmoeMoE block reproduces out_original (rel err <= 1e-6)", async 
   assertClose("out_original", await moe.call(x), g.readF32("out_original"), 1e-6);
 });
 
-for (const mode of ["all", "routed"] as const) {
-  test(`CalibrationAfmoeMoE (${mode}): output and every expert Linear's Hessian and row count match the seed`, async () => {
-    const calib = new CalibrationAfmoeMoE(moe, config, { calibrateAllExperts: mode === "all" });
+for (const [mode, fastPath] of [["all", true], ["all", false], ["routed", false]] as const) {
+  test(`CalibrationAfmoeMoE (${mode}${mode === "all" ? (fastPath ? ", fast path" : ", per-expert path") : ""}): output and every expert Linear's Hessian and row count match the seed`, async () => {
+    const calib = new CalibrationAfmoeMoE(moe, config, { calibrateAllExperts: mode === "all", fastPath });
     const obs = attachHessianObservers(calib, (name) => /^experts\.\d+\.(gate_proj|up_proj|down_proj)$/.test(name));
     try {
       const out = await calib.call(x);

@@ -212,10 +212,13 @@ export class AfmoeAttention extends Module {
     const sd = scores.data;
     for (let bh = 0; bh < B * nH; bh++) {
       for (let i = 0; i < S; i++) {
+        // keys lo..i are visible (causal; sliding layers also drop keys at or before i - window)
         const row = (bh * S + i) * S;
         const lo = this.sliding ? Math.max(0, i - window + 1) : 0;
-        for (let j = 0; j < S; j++) sd[row + j] = j < lo || j > i ? -Infinity : (sd[row + j] as number) * inv;
-        softmaxRowInPlace(sd, row, S);
+        for (let j = lo; j <= i; j++) sd[row + j] = (sd[row + j] as number) * inv;
+        softmaxRowInPlace(sd, row + lo, i - lo + 1);
+        sd.fill(0, row, row + lo);
+        sd.fill(0, row + i + 1, row + S);
       }
     }
     const ctx = await engine.matmul(scores, new Tensor(vh, [B * nH, S, D]));
