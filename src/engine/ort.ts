@@ -43,6 +43,8 @@ export class OrtEngine implements Engine {
         intraOpNumThreads: this.threads,
         interOpNumThreads: 1,
         graphOptimizationLevel: "all",
+        // idle pool threads sleep instead of spinning: the JavaScript thread needs the core between calls
+        extra: { session: { intra_op: { allow_spinning: "0" } } },
       });
       this.sessions.set(key, s);
     }

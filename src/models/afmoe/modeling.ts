@@ -185,43 +185,36 @@ export class AfmoeAttention extends Module {
       applyRopeInPlace(q.data, B, S, nH, D, c.ropeTheta);
       applyRopeInPlace(k.data, B, S, nKV, D, c.ropeTheta);
     }
-    // [B, S, heads, D] -> qh [B*nH, S, D], kT [B*nH, D, S], vh [B*nH, S, D] (GQA: head h reads kv head h / (nH/nKV))
-    const group = nH / nKV;
-    const qh = new Float32Array(B * nH * S * D);
-    const kT = new Float32Array(B * nH * D * S);
-    const vh = new Float32Array(B * nH * S * D);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < nH; h++) {
-        const kv = Math.floor(h / group);
-        const bh = b * nH + h;
-        for (let s = 0; s < S; s++) {
-          const qo = ((b * S + s) * nH + h) * D;
-          const ko = ((b * S + s) * nKV + kv) * D;
-          for (let d = 0; d < D; d++) {
-            qh[(bh * S + s) * D + d] = q.data[qo + d] as number;
-            kT[(bh * D + d) * S + s] = k.data[ko + d] as number;
-            vh[(bh * S + s) * D + d] = v.data[ko + d] as number;
-          }
-        }
-      }
-    }
+    // per head contiguous: qh [B*nH, S, D]; kh, vh [B*nKV, S, D]
+    const qh = toHeads(q.data, B, S, nH, D);
+    const kh = toHeads(k.data, B, S, nKV, D);
+    const vh = toHeads(v.data, B, S, nKV, D);
     const engine = getEngine();
-    const scores = await engine.matmul(new Tensor(qh, [B * nH, S, D]), new Tensor(kT, [B * nH, D, S]));
+    const group = nH / nKV; // GQA: query head h reads key/value head floor(h / group)
     const inv = 1 / Math.sqrt(D);
     const window = c.slidingWindow;
-    const sd = scores.data;
-    for (let bh = 0; bh < B * nH; bh++) {
-      for (let i = 0; i < S; i++) {
-        // keys lo..i are visible (causal; sliding layers also drop keys at or before i - window)
-        const row = (bh * S + i) * S;
-        const lo = this.sliding ? Math.max(0, i - window + 1) : 0;
-        for (let j = lo; j <= i; j++) sd[row + j] = (sd[row + j] as number) * inv;
-        softmaxRowInPlace(sd, row + lo, i - lo + 1);
-        sd.fill(0, row, row + lo);
-        sd.fill(0, row + i + 1, row + S);
+    const ctx = new Float32Array(B * nH * S * D);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < nH; h++) {
+        const bh = b * nH + h;
+        const kv = b * nKV + Math.floor(h / group);
+        const head = (a: Float32Array, i: number): Tensor => new Tensor(a.subarray(i * S * D, (i + 1) * S * D), [S, D]);
+        // scores = q k^T (one Gemm per head: faster in onnxruntime than a batched MatMul with K = D)
+        const scores = await engine.linear(head(qh, bh), head(kh, kv));
+        const sd = scores.data;
+        for (let i = 0; i < S; i++) {
+          // keys lo..i are visible (causal; sliding layers also drop keys at or before i - window)
+          const row = i * S;
+          const lo = this.sliding ? Math.max(0, i - window + 1) : 0;
+          for (let j = lo; j <= i; j++) sd[row + j] = (sd[row + j] as number) * inv;
+          softmaxRowInPlace(sd, row + lo, i - lo + 1);
+          sd.fill(0, row, row + lo);
+          sd.fill(0, row + i + 1, row + S);
+        }
+        const o = await engine.matmul(scores, head(vh, kv));
+        ctx.set(o.data, bh * S * D);
       }
     }
-    const ctx = await engine.matmul(scores, new Tensor(vh, [B * nH, S, D]));
     const gate = await this.lin("gate_proj").call(x);
     const o = new Float32Array(B * S * nH * D);
     for (let b = 0; b < B; b++) {
@@ -230,13 +223,27 @@ export class AfmoeAttention extends Module {
         for (let s = 0; s < S; s++) {
           const oo = ((b * S + s) * nH + h) * D;
           for (let d = 0; d < D; d++) {
-            o[oo + d] = (ctx.data[(bh * S + s) * D + d] as number) * sigmoidScalar(gate.data[oo + d] as number);
+            o[oo + d] = (ctx[(bh * S + s) * D + d] as number) * sigmoidScalar(gate.data[oo + d] as number);
           }
         }
       }
     }
     return this.lin("o_proj").call(new Tensor(o, [B, S, nH * D]));
   }
+}
+
+/** [B, S, heads, D] (token-major) to [B * heads, S, D] (head-major). */
+function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
+  const out = new Float32Array(B * heads * S * D);
+  for (let b = 0; b < B; b++) {
+    for (let s = 0; s < S; s++) {
+      for (let h = 0; h < heads; h++) {
+        const src = ((b * S + s) * heads + h) * D;
+        out.set(x.subarray(src, src + D), ((b * heads + h) * S + s) * D);
+      }
+    }
+  }
+  return out;
 }
 
 /** Decoder layer with sandwich norms around attention and MLP. */
