@@ -196,7 +196,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       fallbacks.push(...fb);
       targets.hessians.clear();
       const next: Tensor[] = [];
-      for (let s = 0; s < hidden.length; s++) {
+      // the last layer's outputs feed only unquantized modules (norm, lm_head): no propagation needed
+      const propagate = i < config.numHiddenLayers - 1;
+      for (let s = 0; propagate && s < hidden.length; s++) {
         next.push(await layer.call(hidden[s] as Tensor));
         opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length });
       }
