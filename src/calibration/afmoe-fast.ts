@@ -5,8 +5,9 @@ import { Linear } from "../nn/layers.js";
 import { AfmoeMLP, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
 import { FastPathObserver, GramAccumulator, fastObserversOf } from "./observers.js";
 
-/** Floats in one chunk of the stacked gate/up output ([2*E*Im, tokens]): 128 MB. */
-export const FAST_CHUNK_FLOATS = 32 * 1024 * 1024;
+/** Tokens per chunk, and rows of the stacked gate/up weight per product (a group of experts). */
+export const FAST_TOKENS_PER_CHUNK = 2048;
+export const FAST_ROWS_PER_PRODUCT = 1024;
 
 /** What the fast path needs: each expert's Linears and the observers it must feed instead of hooks. */
 export interface FastPlan {
@@ -81,42 +82,52 @@ export async function allExpertsFast(
   if (wantShared && !state.sharedGateUp) state.sharedGateUp = new GramAccumulator(H);
   if (state.sharedGateUp) for (const o of plan.gateUp) o.shareWith(state.sharedGateUp);
   const pairs = experts.map((_, e) => routedPairs(selected, T, K, e));
-  const chunk = Math.max(1, Math.floor(FAST_CHUNK_FLOATS / (2 * E * Im)));
+  // experts per product: their gate/up rows [G*2*Im, H] times the chunk, into one reused buffer
+  const G = Math.max(1, Math.floor(FAST_ROWS_PER_PRODUCT / (2 * Im)));
+  const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
+  const scratch = new Float32Array(G * 2 * Im * chunk);
   for (let c0 = 0; c0 < T; c0 += chunk) {
     const c1 = Math.min(T, c0 + chunk);
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
     if (state.sharedGateUp) await state.sharedGateUp.add(Xc);
     for (const o of plan.gateUp) o.rows(Tc, null);
-    const GU = await engine.linear(W, Xc); // [2*E*Im, Tc]
-    const gu = GU.data;
-    for (let e = 0; e < E; e++) {
-      // swiglu of expert e, in place over its gate rows: A_e [Im, Tc]
-      const g0 = 2 * e * Im * Tc;
-      const u0 = g0 + Im * Tc;
-      for (let i = 0; i < Im * Tc; i++) {
-        const g = gu[g0 + i] as number;
-        gu[g0 + i] = (g / (1 + Math.exp(-g))) * (gu[u0 + i] as number);
+    for (let e0 = 0; e0 < E; e0 += G) {
+      const e1 = Math.min(E, e0 + G);
+      const rows = (e1 - e0) * 2 * Im;
+      const Wg = new Tensor(W.data.subarray(e0 * 2 * Im * H, e1 * 2 * Im * H), [rows, H]);
+      const gu = (await engine.linear(Wg, Xc, scratch.subarray(0, rows * Tc))).data; // [rows, Tc]
+      for (let e = e0; e < e1; e++) {
+        await expertFromGateUp(e, gu.subarray((e - e0) * 2 * Im * Tc, (e - e0 + 1) * 2 * Im * Tc), Tc, c0, c1);
       }
-      const A = new Tensor(gu.subarray(g0, g0 + Im * Tc), [Im, Tc]);
-      const obs = plan.down[e] as FastPathObserver[];
-      const gram = obs.some((o) => o.wantsGram) ? (await engine.linear(A, A)).data : null;
-      for (const o of obs) o.rows(Tc, o.wantsGram ? gram : null);
-      // routed rows of this chunk: gather A's columns, down_proj, weight, add
-      const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
-      const sel: number[] = [];
-      for (let i = 0; i < tokens.length; i++) if ((tokens[i] as number) >= c0 && (tokens[i] as number) < c1) sel.push(i);
-      if (sel.length === 0) continue;
-      const rows = new Float32Array(sel.length * Im);
-      sel.forEach((pi, r) => {
-        const t = (tokens[pi] as number) - c0;
-        for (let i = 0; i < Im; i++) rows[r * Im + i] = A.data[i * Tc + t] as number;
-      });
-      const down: Linear = (experts[e] as AfmoeMLP).down_proj;
-      const out = await engine.linear(new Tensor(rows, [sel.length, Im]), down.weight);
-      const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
-      const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
-      indexAddWeighted(routed, tk, out, routeWeights(topScores, tk, sl));
     }
+  }
+
+  /** swiglu of expert e from its [gate; up] rows (in place), its down statistics and routed rows. */
+  async function expertFromGateUp(e: number, gu: Float32Array, Tc: number, c0: number, c1: number): Promise<void> {
+    const n = Im * Tc;
+    for (let i = 0; i < n; i++) {
+      const g = gu[i] as number;
+      gu[i] = (g / (1 + Math.exp(-g))) * (gu[n + i] as number);
+    }
+    const A = new Tensor(gu.subarray(0, n), [Im, Tc]); // expert e's down_proj inputs, feature-major
+    const obs = plan.down[e] as FastPathObserver[];
+    const gram = obs.some((o) => o.wantsGram) ? (await engine.linear(A, A)).data : null;
+    for (const o of obs) o.rows(Tc, o.wantsGram ? gram : null);
+    // routed rows of this chunk: gather A's columns, down_proj, weight, add
+    const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
+    const sel: number[] = [];
+    for (let i = 0; i < tokens.length; i++) if ((tokens[i] as number) >= c0 && (tokens[i] as number) < c1) sel.push(i);
+    if (sel.length === 0) return;
+    const rows = new Float32Array(sel.length * Im);
+    sel.forEach((pi, r) => {
+      const t = (tokens[pi] as number) - c0;
+      for (let i = 0; i < Im; i++) rows[r * Im + i] = A.data[i * Tc + t] as number;
+    });
+    const down: Linear = (experts[e] as AfmoeMLP).down_proj;
+    const out = await engine.linear(new Tensor(rows, [sel.length, Im]), down.weight);
+    const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
+    const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
+    indexAddWeighted(routed, tk, out, routeWeights(topScores, tk, sl));
   }
 }

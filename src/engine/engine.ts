@@ -8,8 +8,11 @@ import { UsageError } from "../errors.js";
  */
 export interface Engine {
   readonly name: string;
-  /** x [M, K] times w [N, K] transposed: [M, N] (a Linear layer without bias). */
-  linear(x: Tensor, w: Tensor): Promise<Tensor>;
+  /**
+   * x [M, K] times w [N, K] transposed: [M, N] (a Linear layer without bias). `out`, when given,
+   * receives the result (M * N floats): reusing a buffer avoids the page faults of a fresh one.
+   */
+  linear(x: Tensor, w: Tensor, out?: Float32Array): Promise<Tensor>;
   /** a [..., M, K] times b [..., K, N] with equal batch dimensions: [..., M, N]. */
   matmul(a: Tensor, b: Tensor): Promise<Tensor>;
   /** x [M, K] transposed times x: [K, K]. */
@@ -42,4 +45,11 @@ export function checkMatmul(a: Tensor, b: Tensor): MatmulShape {
 export function checkGram(x: Tensor): { m: number; k: number } {
   if (x.shape.length !== 2) throw new UsageError(`gram: expected a 2-D input, got [${x.shape.join(", ")}]`);
   return { m: x.dim(0), k: x.dim(1) };
+}
+
+/** The caller's output buffer (checked for size) or a new one. */
+export function checkOut(out: Float32Array | undefined, size: number): Float32Array {
+  if (!out) return new Float32Array(size);
+  if (out.length !== size) throw new UsageError(`output buffer has ${out.length} floats, the result needs ${size}`);
+  return out;
 }

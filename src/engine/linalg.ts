@@ -37,27 +37,18 @@ export function invertLowerInPlace(L: Float64Array, n: number): void {
 }
 
 /**
- * GPTQ's Hinv: the upper Cholesky factor U of inverse(A) (inverse(A) = U^T U), for a
- * symmetric positive definite A. Throws NumericalError when A is not positive definite.
+ * GPTQ's Hinv: the upper triangular U with U^T U = inverse(A), for a symmetric positive
+ * definite A (what torch computes as cholesky(cholesky_inverse(cholesky(A)), upper=True)).
+ * Computed as U = J L^-1 J where J A J = L L^T (the Cholesky factor of A with rows and columns
+ * reversed): A = V V^T with V = J L J upper, so inverse(A) = V^-T V^-1 and U = V^-1.
+ * One factorization and one triangular inverse. Throws NumericalError when A is not positive definite.
  */
 export function upperCholeskyOfInverse(A: Float64Array, n: number, what = "Hessian"): Float64Array {
-  const L = new Float64Array(A);
-  choleskyLowerInPlace(L, n, what);
-  invertLowerInPlace(L, n); // L^-1, lower
-  // inverse(A) = L^-T L^-1
-  const Li = L;
-  const inv = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = i; j < n; j++) {
-      let s = 0;
-      for (let k = j; k < n; k++) s += (Li[k * n + i] as number) * (Li[k * n + j] as number);
-      inv[i * n + j] = s;
-      inv[j * n + i] = s;
-    }
-  }
-  choleskyLowerInPlace(inv, n, `${what} inverse`);
-  // U = L'^T
+  const R = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) R[i * n + j] = A[(n - 1 - i) * n + (n - 1 - j)] as number;
+  choleskyLowerInPlace(R, n, what);
+  invertLowerInPlace(R, n);
   const U = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) U[i * n + j] = inv[j * n + i] as number;
+  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) U[i * n + j] = R[(n - 1 - i) * n + (n - 1 - j)] as number;
   return U;
 }

@@ -1,6 +1,6 @@
 import os from "node:os";
 import * as ort from "onnxruntime-node";
-import { Engine, checkGram, checkLinear, checkMatmul } from "./engine.js";
+import { Engine, checkGram, checkLinear, checkMatmul, checkOut } from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
 import { NodeSpec, ValueSpec, encodeSingleNodeModel } from "./onnx-proto.js";
 
@@ -9,6 +9,9 @@ export function engineThreads(): number {
   const env = Number(process.env.MOECAL_THREADS);
   return Number.isInteger(env) && env > 0 ? env : os.availableParallelism();
 }
+
+/** Rows of the left operand per onnxruntime call for 2-D products. */
+export const ROW_CHUNK = 1024;
 
 interface OpSpec {
   node: NodeSpec;
@@ -51,17 +54,32 @@ export class OrtEngine implements Engine {
     return s;
   }
 
-  private async run(session: ort.InferenceSession, feeds: Record<string, Tensor>, outShape: number[]): Promise<Tensor> {
-    const out = new Float32Array(numel(outShape));
+  private async run(session: ort.InferenceSession, feeds: Record<string, Tensor>, outShape: number[], out: Float32Array = new Float32Array(numel(outShape))): Promise<Tensor> {
     const ortFeeds: Record<string, ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor("float32", t.data, [...t.shape]);
     await session.run(ortFeeds, { Y: new ort.Tensor("float32", out, outShape) });
     return new Tensor(out, outShape);
   }
 
-  async linear(x: Tensor, w: Tensor): Promise<Tensor> {
+  /**
+   * Row-chunked 2-D product: MLAS runs far below peak on very tall operands (measured here:
+   * 80 GFLOP/s for 65536 x 1024 x 512 in one call, 280 in row chunks of 1024), so tall left
+   * operands go through in chunks that write straight into their rows of the output.
+   */
+  private async rowChunked(session: ort.InferenceSession, x: Tensor, other: { name: string; t: Tensor }, m: number, n: number, into?: Float32Array): Promise<Tensor> {
+    const k = x.dim(1);
+    const out = checkOut(into, m * n);
+    for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
+      const r1 = Math.min(m, r0 + ROW_CHUNK);
+      const xc = new Tensor(x.data.subarray(r0 * k, r1 * k), [r1 - r0, k]);
+      await this.run(session, { X: xc, [other.name]: other.t }, [r1 - r0, n], out.subarray(r0 * n, r1 * n));
+    }
+    return new Tensor(out, [m, n]);
+  }
+
+  async linear(x: Tensor, w: Tensor, into?: Float32Array): Promise<Tensor> {
     const { m, n } = checkLinear(x, w);
-    if (m === 0 || n === 0 || x.dim(1) === 0) return Tensor.zeros([m, n]);
+    if (m === 0 || n === 0 || x.dim(1) === 0) return new Tensor(checkOut(into, m * n).fill(0), [m, n]);
     const s = await this.session("linear", () => ({
       node: { opType: "Gemm", inputs: ["X", "W"], outputs: ["Y"], intAttributes: { transB: 1 } },
       inputs: [
@@ -70,7 +88,7 @@ export class OrtEngine implements Engine {
       ],
       outputs: [{ name: "Y", dims: ["m", "n"] }],
     }));
-    return this.run(s, { X: x, W: w }, [m, n]);
+    return this.rowChunked(s, x, { name: "W", t: w }, m, n, into);
   }
 
   async matmul(a: Tensor, b: Tensor): Promise<Tensor> {
@@ -89,6 +107,14 @@ export class OrtEngine implements Engine {
         outputs: [{ name: "Y", dims: [...bd, "m", "n"] }],
       };
     });
+    if (rank === 2 && m > ROW_CHUNK) {
+      const out = new Float32Array(m * n);
+      for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
+        const r1 = Math.min(m, r0 + ROW_CHUNK);
+        await this.run(s, { A: new Tensor(a.data.subarray(r0 * k, r1 * k), [r1 - r0, k]), B: b }, [r1 - r0, n], out.subarray(r0 * n, r1 * n));
+      }
+      return new Tensor(out, outShape);
+    }
     return this.run(s, { A: a, B: b }, outShape);
   }
 

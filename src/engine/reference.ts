@@ -1,4 +1,4 @@
-import { Engine, checkGram, checkLinear, checkMatmul } from "./engine.js";
+import { Engine, checkGram, checkLinear, checkMatmul, checkOut } from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
 
 /**
@@ -8,9 +8,9 @@ import { Tensor, numel } from "./tensor.js";
 export class ReferenceEngine implements Engine {
   readonly name = "reference";
 
-  async linear(x: Tensor, w: Tensor): Promise<Tensor> {
+  async linear(x: Tensor, w: Tensor, into?: Float32Array): Promise<Tensor> {
     const { m, k, n } = checkLinear(x, w);
-    const out = new Float32Array(m * n);
+    const out = checkOut(into, m * n);
     const xd = x.data;
     const wd = w.data;
     for (let i = 0; i < m; i++) {

@@ -2,7 +2,7 @@ import { Tensor } from "../engine/tensor.js";
 import { NumericalError } from "../errors.js";
 import { HessianStats } from "../calibration/observers.js";
 import { Linear } from "../nn/layers.js";
-import { GptqPrep, gptqWithPrep, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
+import { GptqPrep, GptqResult, gptqWithPrep, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
 import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
 import { Scheme } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
@@ -35,11 +35,45 @@ export interface LayerTargets {
   inputAbsMax: Map<string, { absmax: number; rows: number }>;
 }
 
+/** Rows of Linears sharing one Hessian quantized together in one GPTQ pass. */
+export const GPTQ_STACK_ROWS = 2048;
+
+interface Quantized {
+  weight: QuantizedWeight;
+  dequantized: Float32Array | null;
+  loss: number;
+}
+
+/** Split a stacked GPTQ result into its members' rows. */
+function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
+  const { inF, params, args } = r.weight;
+  const g = params.groups;
+  return {
+    weight: {
+      args,
+      out: rows,
+      inF,
+      codes: r.weight.codes.slice(rowStart * inF, (rowStart + rows) * inF),
+      params: {
+        groups: g,
+        groupSize: params.groupSize,
+        scale: params.scale.slice(rowStart * g, (rowStart + rows) * g),
+        zeroPoint: params.zeroPoint ? params.zeroPoint.slice(rowStart * g, (rowStart + rows) * g) : null,
+      },
+    },
+    dequantized: r.dequantized.slice(rowStart * inF, (rowStart + rows) * inF),
+    loss: r.rowLoss.subarray(rowStart, rowStart + rows).reduce((x, y) => x + y, 0),
+  };
+}
+
 /**
  * Quantize every target Linear of a layer and replace its weight by the dequantized values
- * (so the next layer's inputs carry this layer's quantization error). A Linear that saw no
- * calibration rows falls back to round-to-nearest (GPTQ) or to its siblings' largest input
- * scale (static activations); every fallback is returned, and warned once per layer.
+ * (so the next layer's inputs carry this layer's quantization error). Linears whose Hessian
+ * is the same array (the all-experts fast path's shared gate/up statistics) share one damped
+ * Cholesky and are quantized stacked, GPTQ_STACK_ROWS rows at a time (rows are independent
+ * given the Hessian). A Linear that saw no calibration rows falls back to round-to-nearest
+ * (GPTQ) or to its siblings' largest input scale (static activations); every fallback is
+ * returned, and warned once per layer.
  */
 export async function quantizeLayerLinears(
   t: LayerTargets,
@@ -48,47 +82,67 @@ export async function quantizeLayerLinears(
   scaleDType: ScaleDType,
   opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
-  const results: QuantizedLinear[] = [];
   const fallbacks: Fallback[] = [];
-  const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
-  // Linears whose Hessian is the same array (the all-experts fast path's shared gate/up
-  // statistics) share one damped Cholesky
-  const preps = new Map<Float32Array, GptqPrep | NumericalError>();
-  const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
+  const done = new Map<string, Quantized>();
+  const rtn = (name: string, lin: Linear): Quantized => ({ weight: rtnQuantize(lin.weight.data, lin.outFeatures, lin.inFeatures, scheme.weights, scaleDType, name), dequantized: null, loss: 0 });
+  // GPTQ groups: Linears sharing one Hessian array
+  const groups = new Map<Float32Array, [string, Linear][]>();
   for (const [name, lin] of t.linears) {
-    const W = lin.weight;
-    const [out, inF] = [lin.outFeatures, lin.inFeatures];
-    let weight: QuantizedWeight;
-    let loss = 0;
     const stats = t.hessians.get(name);
-    const rows = stats?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
-    if (stats) assertFiniteStats(stats.H, `${opts.layerLabel}: ${name}: calibration Hessian`);
-    if (method === "gptq" && stats && stats.rows > 0) {
-      try {
-        const H = stats.H;
-        let prep = preps.get(H);
-        if (!prep) {
-          try {
-            prep = prepareGptq(H, inF, scheme.weights.actorder, name, opts.dampening);
-          } catch (e) {
-            if (!(e instanceof NumericalError)) throw e;
-            prep = e;
-          }
-          preps.set(H, prep);
-        }
-        if (prep instanceof NumericalError) throw prep;
-        const r = await gptqWithPrep(W.data, out, prep, scheme.weights, scaleDType, name, opts.blockSize);
-        weight = r.weight;
-        loss = r.loss;
-      } catch (e) {
-        if (!(e instanceof NumericalError)) throw e;
-        fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
-        weight = rtnQuantize(W.data, out, inF, scheme.weights, scaleDType, name);
-      }
-    } else {
-      if (method === "gptq") fallbacks.push({ module: name, reason: "no-calibration-rows", action: "round-to-nearest" });
-      weight = rtnQuantize(W.data, out, inF, scheme.weights, scaleDType, name);
+    if (method !== "gptq") continue;
+    if (!stats || stats.rows === 0) {
+      fallbacks.push({ module: name, reason: "no-calibration-rows", action: "round-to-nearest" });
+      done.set(name, rtn(name, lin));
+      continue;
     }
+    const H = stats.H;
+    const g = groups.get(H);
+    if (g) g.push([name, lin]);
+    else groups.set(H, [[name, lin]]);
+  }
+  for (const [H, members] of groups) {
+    const [first, firstLin] = members[0] as [string, Linear];
+    assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
+    let prep: GptqPrep;
+    try {
+      prep = prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
+    } catch (e) {
+      if (!(e instanceof NumericalError)) throw e;
+      for (const [name, lin] of members) {
+        fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
+        done.set(name, rtn(name, lin));
+      }
+      continue;
+    }
+    for (let i = 0; i < members.length; ) {
+      const batch: [string, Linear][] = [];
+      let rows = 0;
+      while (i < members.length && (batch.length === 0 || rows + (members[i] as [string, Linear])[1].outFeatures <= GPTQ_STACK_ROWS)) {
+        const m = members[i++] as [string, Linear];
+        batch.push(m);
+        rows += m[1].outFeatures;
+      }
+      const stacked = new Float32Array(rows * prep.inF);
+      let off = 0;
+      for (const [, lin] of batch) {
+        stacked.set(lin.weight.data, off);
+        off += lin.weight.size;
+      }
+      const label = batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
+      const r = await gptqWithPrep(stacked, rows, prep, scheme.weights, scaleDType, label, opts.blockSize);
+      let r0 = 0;
+      for (const [name, lin] of batch) {
+        done.set(name, sliceResult(r, r0, lin.outFeatures));
+        r0 += lin.outFeatures;
+      }
+    }
+  }
+  const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
+  const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
+  const results: QuantizedLinear[] = [];
+  for (const [name, lin] of t.linears) {
+    const q = done.get(name) ?? rtn(name, lin);
+    const rows = t.hessians.get(name)?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
     let inputScale: number | null = null;
     if (staticInput) {
       const a = t.inputAbsMax.get(name);
@@ -97,13 +151,13 @@ export async function quantizeLayerLinears(
       if (!(absmax > 0)) absmax = 1;
       inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
     }
-    assertValidQParams(weight, `${opts.layerLabel}: ${name}`);
-    lin.parameter("weight").value = new Tensor(dequantize(weight), [out, inF]);
-    results.push({ name, weight, inputScale, loss, rows });
+    assertValidQParams(q.weight, `${opts.layerLabel}: ${name}`);
+    lin.parameter("weight").value = new Tensor(q.dequantized ?? dequantize(q.weight), [lin.outFeatures, lin.inFeatures]);
+    results.push({ name, weight: q.weight, inputScale, loss: q.loss, rows });
   }
   if (fallbacks.length > 0) {
-    const names = fallbacks.map((f) => f.module);
-    opts.warn(`${opts.layerLabel}: ${fallbacks.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`);
+    const names = [...new Set(fallbacks.map((f) => f.module))];
+    opts.warn(`${opts.layerLabel}: ${names.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`);
   }
   return { results, fallbacks };
 }

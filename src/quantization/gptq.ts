@@ -3,7 +3,7 @@ import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverse } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
 import { QuantArgs } from "./scheme.js";
-import { QParams, QuantizedWeight, ScaleDType, computeQParams, fakeQuantize, quantizeWithParams } from "./params.js";
+import { QParams, QuantizedWeight, ScaleDType, codeQuantizer, computeQParams, quantizeWithParams } from "./params.js";
 
 export interface GptqOptions {
   /** fraction of mean(diag(H)) added to the diagonal (default 0.01) */
@@ -14,9 +14,16 @@ export interface GptqOptions {
 
 export interface GptqResult {
   weight: QuantizedWeight;
+  /** the dequantized weight [out, in] (what the layer computes with from now on) */
+  dequantized: Float32Array;
   /** sum over rows of (w - q)^2 / Hinv_ii^2 / 2: GPTQ's own loss estimate */
   loss: number;
+  /** the same, per row */
+  rowLoss: Float64Array;
 }
+
+/** Columns whose updates are applied one by one before a matrix product takes over. */
+const SUB = 16;
 
 /** What GPTQ derives from a Hessian alone: shared by every Linear with the same H. */
 export interface GptqPrep {
@@ -27,6 +34,8 @@ export interface GptqPrep {
   perm: Int32Array;
   /** upper Cholesky factor of inverse(damped permuted H), float32 [inF, inF] */
   Hinv: Float32Array;
+  /** its transpose (rows of HinvT are columns of Hinv), for the block updates */
+  HinvT: Float32Array;
 }
 
 /**
@@ -55,7 +64,9 @@ export function prepareGptq(hessian: Float32Array, inF: number, actorder: QuantA
   mean = Math.fround(mean / inF);
   for (let i = 0; i < inF; i++) Hp[i * inF + i] = Math.fround((Hp[i * inF + i] as number) + dampening * mean);
   const Hinv = Float32Array.from(upperCholeskyOfInverse(Hp, inF, `${name}: damped Hessian`));
-  return { inF, dead, perm, Hinv };
+  const HinvT = new Float32Array(inF * inF);
+  for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
+  return { inF, dead, perm, Hinv, HinvT };
 }
 
 /**
@@ -74,57 +85,85 @@ export async function gptqWithPrep(
   name: string,
   blockSize = 128,
 ): Promise<GptqResult> {
-  const { inF, dead, perm, Hinv } = prep;
+  const { inF, dead, perm, Hinv, HinvT } = prep;
   const params: QParams = computeQParams(weight, out, inF, args, dtype, name);
-  const Wp = new Float32Array(out * inF);
-  for (let r = 0; r < out; r++) {
-    for (let c = 0; c < inF; c++) {
-      const src = perm[c] as number;
-      Wp[r * inF + c] = dead[src] ? 0 : (weight[r * inF + src] as number);
-    }
+  // column-major permuted weight Wt [inF, out]: a column's values are contiguous
+  const Wt = new Float32Array(inF * out);
+  for (let c = 0; c < inF; c++) {
+    const src = perm[c] as number;
+    if (dead[src]) continue;
+    for (let r = 0; r < out; r++) Wt[c * out + r] = weight[r * inF + src] as number;
   }
-  const Q = new Float32Array(out * inF);
-  let loss = 0;
-  const zp = (gi: number): number => (params.zeroPoint ? (params.zeroPoint[gi] as number) : 0);
+  const Qt = new Float32Array(inF * out);
+  const err = new Float32Array(out);
+  const scaleCol = new Float32Array(out);
+  const zpCol = new Float32Array(out);
+  const rowLoss = new Float64Array(out);
+  const { code: toCode, dequant } = codeQuantizer(args);
+  const codesT = args.type === "float" ? new Uint8Array(inF * out) : new Int8Array(inF * out);
+  const engine = getEngine();
+  /** W[:, from:to] -= Err[:, cols] @ Hinv[cols, from:to], through the engine (transposed). */
+  const update = async (ErrT: Float32Array, c0: number, count: number, from: number, to: number): Promise<void> => {
+    if (to <= from) return;
+    const rest = to - from;
+    const HT = new Float32Array(rest * count); // Hinv[c0:c0+count, from:to] transposed
+    for (let j = 0; j < rest; j++) HT.set(HinvT.subarray((from + j) * inF + c0, (from + j) * inF + c0 + count), j * count);
+    const u = (await engine.matmul(new Tensor(HT, [rest, count]), new Tensor(ErrT, [count, out]))).data;
+    const base = from * out;
+    for (let i = 0; i < rest * out; i++) Wt[base + i] = (Wt[base + i] as number) - (u[i] as number);
+  };
   for (let i1 = 0; i1 < inF; i1 += blockSize) {
     const i2 = Math.min(i1 + blockSize, inF);
     const count = i2 - i1;
-    const Err = new Float32Array(out * count);
-    for (let i = 0; i < count; i++) {
-      const col = i1 + i;
-      const d = Hinv[col * inF + col] as number;
-      const group = Math.floor((perm[col] as number) / params.groupSize);
-      const hrow = col * inF;
-      for (let r = 0; r < out; r++) {
-        const wrow = r * inF;
-        const w = Wp[wrow + col] as number;
-        const gi = r * params.groups + group;
-        const q = fakeQuantize(w, args, params.scale[gi] as number, zp(gi));
-        Q[wrow + col] = q;
-        const err = Math.fround(Math.fround(w - q) / d);
-        loss += ((w - q) * (w - q)) / (d * d) / 2;
-        Err[r * count + i] = err;
-        // W1[:, i:] -= err * Hinv1[i, i:]
-        for (let j = col + 1; j < i2; j++) Wp[wrow + j] = Math.fround((Wp[wrow + j] as number) - Math.fround(err * (Hinv[hrow + j] as number)));
+    const ErrBlock = new Float32Array(count * out); // [count, out]
+    // lazy sub-blocks: column-by-column updates stay inside SUB columns; the rest of the block
+    // and the later columns get their update as matrix products
+    for (let s1 = i1; s1 < i2; s1 += SUB) {
+      const s2 = Math.min(s1 + SUB, i2);
+      for (let col = s1; col < s2; col++) {
+        const d = Hinv[col * inF + col] as number;
+        const group = Math.floor((perm[col] as number) / params.groupSize);
+        for (let r = 0; r < out; r++) {
+          const gi = r * params.groups + group;
+          scaleCol[r] = params.scale[gi] as number;
+          zpCol[r] = params.zeroPoint ? (params.zeroPoint[gi] as number) : 0;
+        }
+        const wc = col * out;
+        for (let r = 0; r < out; r++) {
+          const w = Wt[wc + r] as number;
+          const c = toCode(w, scaleCol[r] as number, zpCol[r] as number);
+          codesT[wc + r] = c;
+          const q = dequant(c, scaleCol[r] as number, zpCol[r] as number);
+          Qt[wc + r] = q;
+          const e = Math.fround(Math.fround(w - q) / d);
+          rowLoss[r] = (rowLoss[r] as number) + ((w - q) * (w - q)) / (d * d) / 2;
+          err[r] = e;
+        }
+        ErrBlock.set(err, (col - i1) * out);
+        const hrow = col * inF;
+        for (let j = col + 1; j < s2; j++) {
+          const h = Hinv[hrow + j] as number;
+          const wj = j * out;
+          for (let r = 0; r < out; r++) Wt[wj + r] = (Wt[wj + r] as number) - (err[r] as number) * h;
+        }
       }
+      await update(ErrBlock.subarray((s1 - i1) * out, (s2 - i1) * out), s1, s2 - s1, s2, i2);
     }
-    if (i2 < inF) {
-      // W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-      const rest = inF - i2;
-      const Hblock = new Float32Array(count * rest);
-      for (let i = 0; i < count; i++) Hblock.set(Hinv.subarray((i1 + i) * inF + i2, (i1 + i + 1) * inF), i * rest);
-      const upd = await getEngine().matmul(new Tensor(Err, [out, count]), new Tensor(Hblock, [count, rest]));
-      for (let r = 0; r < out; r++) {
-        for (let j = 0; j < rest; j++) Wp[r * inF + i2 + j] = Math.fround((Wp[r * inF + i2 + j] as number) - (upd.data[r * rest + j] as number));
-      }
+    await update(ErrBlock, i1, count, i2, inF);
+  }
+  const loss = rowLoss.reduce((a, b) => a + b, 0);
+  if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
+  // back to row-major and the original column order
+  const Wq = new Float32Array(out * inF);
+  const codes = args.type === "float" ? new Uint8Array(out * inF) : new Int8Array(out * inF);
+  for (let c = 0; c < inF; c++) {
+    const dst = perm[c] as number;
+    for (let r = 0; r < out; r++) {
+      Wq[r * inF + dst] = Qt[c * out + r] as number;
+      codes[r * inF + dst] = codesT[c * out + r] as number;
     }
   }
-  if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
-  // back to the original column order; codes from the fake-quantized values with the same parameters
-  const Wq = new Float32Array(out * inF);
-  for (let r = 0; r < out; r++) for (let c = 0; c < inF; c++) Wq[r * inF + (perm[c] as number)] = Q[r * inF + c] as number;
-  const codes = quantizeWithParams(Wq, out, inF, args, params);
-  return { weight: { args, out, inF, codes, params }, loss };
+  return { weight: { args, out, inF, codes, params }, dequantized: Wq, loss, rowLoss };
 }
 
 /** GPTQ of one Linear from its Hessian (prepare + quantize). */

@@ -1,0 +1,127 @@
+/**
+ * `npm run bench` (not part of npm test): engine GEMM against the machine's measured fp32 peak;
+ * the all-experts calibration pass of a Trinity-Nano-shaped MoE block (fast path, per-expert
+ * path, and the seed's PyTorch code on the same weights and input); GPTQ of all its expert
+ * Linear layers (ours vs per-expert PyTorch); oneshot end to end on a 4-layer Nano-shaped model.
+ * Prints a table and writes bench/results.json (null where a peer could not run).
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { OrtEngine, Tensor } from "../src/engine/index.js";
+import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
+import { HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
+import { quantizeLayerLinears } from "../src/pipeline/quantize-layer.js";
+import { resolveScheme } from "../src/quantization/scheme.js";
+import { Linear } from "../src/nn/layers.js";
+import { PACKAGE_ROOT } from "../src/paths.js";
+import { MoecalError } from "../src/errors.js";
+import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
+import { nanoBlock, writeBlock } from "./nano-block.js";
+
+const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-"));
+const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
+
+function measuredPeak(): number | null {
+  const exe = path.join(work, "peak");
+  const cc = spawnSync("gcc", ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", path.join(PACKAGE_ROOT, "bench", "peak.c"), "-o", exe], { encoding: "utf8" });
+  if (cc.status !== 0) return null;
+  const r = spawnSync(exe, [], { encoding: "utf8", env: { ...process.env, OMP_NUM_THREADS: String(os.availableParallelism()) } });
+  const v = Number(r.stdout.trim());
+  return r.status === 0 && v > 0 ? v : null;
+}
+
+/** Python with torch (Debian's python3-torch), run with OpenBLAS free to pick its own kernel. */
+function torchPeer(manifest: string): { calib_seconds: number; gptq_seconds: number; torch: string } | null {
+  for (const py of ["/usr/bin/python3", "python3"]) {
+    const env = { ...process.env };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    const r = spawnSync(py, [path.join(PACKAGE_ROOT, "bench", "torch_seed.py"), manifest], { encoding: "utf8", env, maxBuffer: 1 << 20 });
+    if (r.status === 0) return JSON.parse(r.stdout.trim().split("\n").pop() as string) as { calib_seconds: number; gptq_seconds: number; torch: string };
+  }
+  return null;
+}
+
+async function main(): Promise<void> {
+  const results: Record<string, unknown> = { date: new Date().toISOString(), cpu: os.cpus()[0]?.model ?? null, threads: os.availableParallelism() };
+  const peak = measuredPeak();
+  results.machine_peak_gflops = peak;
+  const engine = new OrtEngine();
+  const shapes: Record<string, number> = {};
+  for (const [m, k, n] of GEMM_SHAPES) {
+    let best = 0;
+    for (let rep = 0; rep < 3; rep++) best = Math.max(best, await gemmGflops(engine, m, k, n, 1.5));
+    shapes[`${m}x${k}x${n}`] = best;
+  }
+  const large = Math.max(shapes["2048x1024x512"] ?? 0, shapes["512x2048x768"] ?? 0);
+  results.gemm = { gflops: large, fraction_of_peak: peak ? large / peak : null, shapes };
+
+  // calibration pass of one Nano-shaped block, all experts, with every expert Linear's Hessian
+  const { config, block, x } = nanoBlock(TOKENS);
+  const tps: Record<string, number | null> = {};
+  let fastStats: { calib: CalibrationAfmoeMoE; stats: Map<string, HessianStats> } | null = null;
+  for (const fastPath of [true, false]) {
+    // warm-up on 64 tokens with a throw-away module: onnxruntime sessions exist before timing
+    await new CalibrationAfmoeMoE(block, config, { calibrateAllExperts: true, fastPath }).call(new Tensor(x.data.subarray(0, 64 * 1024), [1, 64, 1024]));
+    const calib = new CalibrationAfmoeMoE(block, config, { calibrateAllExperts: true, fastPath });
+    const obs = attachHessianObservers(calib, (n) => n.startsWith("experts."));
+    const t0 = performance.now(); // includes stacking the gate/up weights (once per layer in a real run)
+    await calib.call(x);
+    tps[fastPath ? "fast" : "per_expert"] = TOKENS / ((performance.now() - t0) / 1000);
+    obs.remove();
+    if (fastPath) fastStats = { calib, stats: obs.stats };
+  }
+  const manifest = writeBlock(path.join(work, "block"), block, x);
+  const torch = torchPeer(manifest);
+  tps.torch_seed = torch ? TOKENS / torch.calib_seconds : null;
+  results.calib_forward = { tokens: TOKENS, tokens_per_s: tps, torch: torch?.torch ?? null };
+
+  // GPTQ of every expert Linear of the block (W4A16, group 128, actorder static)
+  if (!fastStats) throw new MoecalError("E_BENCH", "the fast-path run recorded no statistics");
+  const { calib, stats } = fastStats;
+  const linears = new Map(calib.namedModules().filter(([n, m]) => m instanceof Linear && n.startsWith("experts.")).map(([n, m]) => [n, m as Linear]));
+  const t1 = performance.now();
+  await quantizeLayerLinears({ linears, hessians: stats, inputAbsMax: new Map() }, resolveScheme("W4A16"), "gptq", "F32", { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "bench" });
+  results.gptq_block = { linears: linears.size, seconds: { ours: (performance.now() - t1) / 1000, torch_per_expert: torch?.gptq_seconds ?? null } };
+
+  // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens
+  const model = path.join(work, "nano4");
+  const nano = ["--set", "hidden_size=1024", "--set", "num_experts=128", "--set", "num_experts_per_tok=8", "--set", "moe_intermediate_size=256", "--set", "intermediate_size=3072", "--set", "num_attention_heads=8", "--set", "num_key_value_heads=2", "--set", "head_dim=128"];
+  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "4", ...nano], { encoding: "utf8" });
+  const texts = fs.readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8").trim().split("\n").map((l) => (JSON.parse(l) as { text: string }).text);
+  const long: string[] = [];
+  for (let i = 0; long.length < 64; i++) {
+    let t = "";
+    for (let j = i; Buffer.byteLength(t) < 600; j++) t += (t ? " " : "") + texts[j % texts.length];
+    long.push(JSON.stringify({ text: t }));
+  }
+  const data = path.join(work, "long.jsonl");
+  fs.writeFileSync(data, long.join("\n") + "\n");
+  const out = path.join(work, "nano4-w4a16");
+  const run = gen.status === 0 ? spawnSync(process.execPath, [cli, "oneshot", "--model", model, "--dataset", data, "--num-samples", "64", "--max-seq-length", "512", "--output", out, "--quiet"], { encoding: "utf8" }) : null;
+  if (run?.status === 0) {
+    const rep = JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { wall_seconds: number; peak_rss_mb: number; tokens: number };
+    results.oneshot_nano4 = { seconds: rep.wall_seconds, peak_rss_mb: rep.peak_rss_mb, tokens_per_s: rep.tokens / rep.wall_seconds, tokens: rep.tokens };
+  } else results.oneshot_nano4 = { seconds: null, peak_rss_mb: null, tokens_per_s: null, error: (run ?? gen).stderr.slice(-500) };
+
+  fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "results.json"), JSON.stringify(results, null, 2) + "\n");
+  const f = (v: number | null | undefined, d = 1): string => (v === null || v === undefined ? "n/a" : v.toFixed(d));
+  const gp = results.gptq_block as { seconds: { ours: number; torch_per_expert: number | null } };
+  const o = results.oneshot_nano4 as { seconds: number | null; peak_rss_mb: number | null; tokens_per_s: number | null };
+  console.log("| measurement | value | ratio |");
+  console.log("|---|---:|---:|");
+  console.log(`| measured fp32 peak (FMA loop, ${os.availableParallelism()} threads) | ${f(peak)} GFLOP/s | |`);
+  for (const [s, v] of Object.entries(shapes)) console.log(`| engine GEMM ${s} | ${f(v)} GFLOP/s | ${peak ? f(v / peak, 2) + " of peak" : ""} |`);
+  console.log(`| calibration pass, Nano block, ${TOKENS} tokens, all experts + Hessians: fast path | ${f(tps.fast)} tokens/s | |`);
+  console.log(`| same, our per-expert path | ${f(tps.per_expert)} tokens/s | fast ${f((tps.fast as number) / (tps.per_expert as number))}x |`);
+  console.log(`| same, seed's PyTorch code (${torch?.torch ?? "not run"}) | ${f(tps.torch_seed, 2)} tokens/s | fast ${tps.torch_seed ? f((tps.fast as number) / tps.torch_seed) + "x" : "n/a"} |`);
+  console.log(`| GPTQ of the block's ${linears.size} expert Linears (W4A16 g128): ours | ${f(gp.seconds.ours)} s | |`);
+  console.log(`| same, per-expert PyTorch | ${f(gp.seconds.torch_per_expert)} s | ours ${gp.seconds.torch_per_expert ? f(gp.seconds.torch_per_expert / gp.seconds.ours) + "x faster" : "n/a"} |`);
+  console.log(`| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s |`);
+  fs.rmSync(work, { recursive: true, force: true });
+}
+
+await main();

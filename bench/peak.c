@@ -1,0 +1,36 @@
+/* Measured fp32 peak of this machine: independent FMA chains on every core (OpenMP).
+   Built and run by bench/index.ts; prints GFLOP/s. */
+#include <stdio.h>
+#include <omp.h>
+
+#define CHAINS 16
+#define WIDTH 16
+
+int main(void) {
+  const long iters = 20000000;
+  double best = 0;
+  for (int rep = 0; rep < 3; rep++) {
+    double t0 = omp_get_wtime();
+    float sink = 0;
+#pragma omp parallel reduction(+ : sink)
+    {
+      float acc[CHAINS][WIDTH];
+      for (int c = 0; c < CHAINS; c++)
+        for (int w = 0; w < WIDTH; w++) acc[c][w] = 1.0f + 1e-7f * (float)(c * WIDTH + w);
+      const float m = 0.999999f, a = 1e-7f;
+      for (long i = 0; i < iters / CHAINS; i++)
+        for (int c = 0; c < CHAINS; c++)
+#pragma omp simd
+          for (int w = 0; w < WIDTH; w++) acc[c][w] = acc[c][w] * m + a;
+      for (int c = 0; c < CHAINS; c++)
+        for (int w = 0; w < WIDTH; w++) sink += acc[c][w];
+    }
+    double dt = omp_get_wtime() - t0;
+    double flops = 2.0 * (double)(iters / CHAINS) * CHAINS * WIDTH * omp_get_max_threads();
+    double g = flops / dt / 1e9;
+    if (g > best) best = g;
+    if (sink == 12345.0f) printf("!");
+  }
+  printf("%.1f\n", best);
+  return 0;
+}
