@@ -17,6 +17,8 @@ export interface Engine {
   matmul(a: Tensor, b: Tensor): Promise<Tensor>;
   /** x [M, K] transposed times x: [K, K]. */
   gram(x: Tensor): Promise<Tensor>;
+  /** c [M, N] -= a [M, K] times b [K, N], in place. */
+  subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void>;
 }
 
 export interface MatmulShape {
@@ -52,4 +54,12 @@ export function checkOut(out: Float32Array | undefined, size: number): Float32Ar
   if (!out) return new Float32Array(size);
   if (out.length !== size) throw new UsageError(`output buffer has ${out.length} floats, the result needs ${size}`);
   return out;
+}
+
+export function checkSubtractProduct(c: Tensor, a: Tensor, b: Tensor): { m: number; k: number; n: number } {
+  const { batch, m, k, n } = checkMatmul(a, b);
+  if (batch.length !== 0 || c.shape.length !== 2 || c.dim(0) !== m || c.dim(1) !== n) {
+    throw new UsageError(`subtractProduct: c [${c.shape.join(", ")}] does not fit a [${a.shape.join(", ")}] x b [${b.shape.join(", ")}]`);
+  }
+  return { m, k, n };
 }

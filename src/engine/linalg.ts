@@ -24,16 +24,24 @@ export function choleskyLowerInPlace(A: Float64Array, n: number, what = "matrix"
   }
 }
 
-/** Inverse of a lower-triangular L, in place. */
+/** Inverse of a lower-triangular L, in place (row by row; each step is a row axpy, cache-friendly). */
 export function invertLowerInPlace(L: Float64Array, n: number): void {
-  for (let j = 0; j < n; j++) {
-    L[j * n + j] = 1 / (L[j * n + j] as number);
-    for (let i = j + 1; i < n; i++) {
-      let s = 0;
-      for (let k = j; k < i; k++) s += (L[i * n + k] as number) * (L[k * n + j] as number);
-      L[i * n + j] = -s / (L[i * n + i] as number);
+  const X = new Float64Array(n * n);
+  const v = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    // v[0:i] = L[i, 0:i] X[0:i, 0:i]
+    v.fill(0, 0, i);
+    for (let k = 0; k < i; k++) {
+      const l = L[i * n + k] as number;
+      if (l === 0) continue;
+      const xk = k * n;
+      for (let j = 0; j <= k; j++) v[j] = (v[j] as number) + l * (X[xk + j] as number);
     }
+    const inv = 1 / (L[i * n + i] as number);
+    for (let j = 0; j < i; j++) X[i * n + j] = -(v[j] as number) * inv;
+    X[i * n + i] = inv;
   }
+  L.set(X);
 }
 
 /**

@@ -25,6 +25,13 @@ class ProtoWriter {
     return this.tag(field, 0).varint(value);
   }
 
+  float(field: number, value: number): this {
+    this.tag(field, 5);
+    const b = new Uint8Array(new Float32Array([value]).buffer);
+    for (const x of b) this.bytes.push(x);
+    return this;
+  }
+
   bytesField(field: number, data: Uint8Array | number[]): this {
     this.tag(field, 2).varint(data.length);
     for (const b of data) this.bytes.push(b);
@@ -60,6 +67,7 @@ export interface NodeSpec {
   inputs: string[];
   outputs: string[];
   intAttributes?: Record<string, number>;
+  floatAttributes?: Record<string, number>;
 }
 
 function valueInfo(w: ProtoWriter, v: ValueSpec): void {
@@ -90,6 +98,9 @@ export function encodeSingleNodeModel(node: NodeSpec, inputs: ValueSpec[], outpu
       n.string(4, node.opType);
       for (const [name, value] of Object.entries(node.intAttributes ?? {})) {
         n.message(5, (a) => a.string(1, name).int(3, value).int(20, 2)); // AttributeProto INT
+      }
+      for (const [name, value] of Object.entries(node.floatAttributes ?? {})) {
+        n.message(5, (a) => a.string(1, name).float(2, value).int(20, 1)); // AttributeProto FLOAT
       }
     });
     graph.string(2, `moecal_${node.opType}`);

@@ -1,6 +1,6 @@
 import os from "node:os";
 import * as ort from "onnxruntime-node";
-import { Engine, checkGram, checkLinear, checkMatmul, checkOut } from "./engine.js";
+import { Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct } from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
 import { NodeSpec, ValueSpec, encodeSingleNodeModel } from "./onnx-proto.js";
 
@@ -116,6 +116,31 @@ export class OrtEngine implements Engine {
       return new Tensor(out, outShape);
     }
     return this.run(s, { A: a, B: b }, outShape);
+  }
+
+  /** c -= a b as one Gemm (alpha -1, beta 1, C = c); the result is copied back into c. */
+  async subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void> {
+    const { m, k, n } = checkSubtractProduct(c, a, b);
+    if (m === 0 || n === 0 || k === 0) return;
+    const s = await this.session("subtractProduct", () => ({
+      node: { opType: "Gemm", inputs: ["A", "B", "C"], outputs: ["Y"], floatAttributes: { alpha: -1, beta: 1 } },
+      inputs: [
+        { name: "A", dims: ["m", "k"] },
+        { name: "B", dims: ["k", "n"] },
+        { name: "C", dims: ["m", "n"] },
+      ],
+      outputs: [{ name: "Y", dims: ["m", "n"] }],
+    }));
+    const y = await this.run(s, { A: a, B: b, C: c }, [m, n], this.scratch(m * n));
+    c.data.set(y.data);
+  }
+
+  private scratchBuffer = new Float32Array(0);
+
+  /** A reused output buffer (fresh large buffers cost page faults). */
+  private scratch(size: number): Float32Array {
+    if (this.scratchBuffer.length < size) this.scratchBuffer = new Float32Array(size);
+    return this.scratchBuffer.subarray(0, size);
   }
 
   async gram(x: Tensor): Promise<Tensor> {

@@ -1,4 +1,4 @@
-import { Engine, checkGram, checkLinear, checkMatmul, checkOut } from "./engine.js";
+import { Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct } from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
 
 /**
@@ -43,6 +43,12 @@ export class ReferenceEngine implements Engine {
       }
     }
     return new Tensor(out, [...batch, m, n]);
+  }
+
+  async subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void> {
+    const { m, n } = checkSubtractProduct(c, a, b);
+    const p = await this.matmul(a, b);
+    for (let i = 0; i < m * n; i++) c.data[i] = (c.data[i] as number) - (p.data[i] as number);
   }
 
   async gram(x: Tensor): Promise<Tensor> {

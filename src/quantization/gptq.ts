@@ -3,7 +3,7 @@ import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverse } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
 import { QuantArgs } from "./scheme.js";
-import { QParams, QuantizedWeight, ScaleDType, codeQuantizer, computeQParams, quantizeWithParams } from "./params.js";
+import { QParams, QuantizedWeight, ScaleDType, codeQuantizer, computeQParams, intRange, quantizeWithParams } from "./params.js";
 
 export interface GptqOptions {
   /** fraction of mean(diag(H)) added to the diagonal (default 0.01) */
@@ -24,6 +24,8 @@ export interface GptqResult {
 
 /** Columns whose updates are applied one by one before a matrix product takes over. */
 const SUB = 16;
+/** Rows per tile when transposing between row- and column-major. */
+const TILE = 64;
 
 /** What GPTQ derives from a Hessian alone: shared by every Linear with the same H. */
 export interface GptqPrep {
@@ -89,10 +91,13 @@ export async function gptqWithPrep(
   const params: QParams = computeQParams(weight, out, inF, args, dtype, name);
   // column-major permuted weight Wt [inF, out]: a column's values are contiguous
   const Wt = new Float32Array(inF * out);
-  for (let c = 0; c < inF; c++) {
-    const src = perm[c] as number;
-    if (dead[src]) continue;
-    for (let r = 0; r < out; r++) Wt[c * out + r] = weight[r * inF + src] as number;
+  for (let r0 = 0; r0 < out; r0 += TILE) {
+    const r1 = Math.min(out, r0 + TILE);
+    for (let c = 0; c < inF; c++) {
+      const src = perm[c] as number;
+      if (dead[src]) continue;
+      for (let r = r0; r < r1; r++) Wt[c * out + r] = weight[r * inF + src] as number;
+    }
   }
   const Qt = new Float32Array(inF * out);
   const err = new Float32Array(out);
@@ -100,6 +105,8 @@ export async function gptqWithPrep(
   const zpCol = new Float32Array(out);
   const rowLoss = new Float64Array(out);
   const { code: toCode, dequant } = codeQuantizer(args);
+  const isInt = args.type === "int";
+  const { qmin, qmax } = intRange(args.numBits);
   const codesT = args.type === "float" ? new Uint8Array(inF * out) : new Int8Array(inF * out);
   const engine = getEngine();
   /** W[:, from:to] -= Err[:, cols] @ Hinv[cols, from:to], through the engine (transposed). */
@@ -108,9 +115,7 @@ export async function gptqWithPrep(
     const rest = to - from;
     const HT = new Float32Array(rest * count); // Hinv[c0:c0+count, from:to] transposed
     for (let j = 0; j < rest; j++) HT.set(HinvT.subarray((from + j) * inF + c0, (from + j) * inF + c0 + count), j * count);
-    const u = (await engine.matmul(new Tensor(HT, [rest, count]), new Tensor(ErrT, [count, out]))).data;
-    const base = from * out;
-    for (let i = 0; i < rest * out; i++) Wt[base + i] = (Wt[base + i] as number) - (u[i] as number);
+    await engine.subtractProduct(new Tensor(Wt.subarray(from * out, to * out), [rest, out]), new Tensor(HT, [rest, count]), new Tensor(ErrT, [count, out]));
   };
   for (let i1 = 0; i1 < inF; i1 += blockSize) {
     const i2 = Math.min(i1 + blockSize, inF);
@@ -129,23 +134,21 @@ export async function gptqWithPrep(
           zpCol[r] = params.zeroPoint ? (params.zeroPoint[gi] as number) : 0;
         }
         const wc = col * out;
-        for (let r = 0; r < out; r++) {
-          const w = Wt[wc + r] as number;
-          const c = toCode(w, scaleCol[r] as number, zpCol[r] as number);
-          codesT[wc + r] = c;
-          const q = dequant(c, scaleCol[r] as number, zpCol[r] as number);
-          Qt[wc + r] = q;
-          const e = Math.fround(Math.fround(w - q) / d);
-          rowLoss[r] = (rowLoss[r] as number) + ((w - q) * (w - q)) / (d * d) / 2;
-          err[r] = e;
+        if (isInt) {
+          quantizeColumnInt(Wt, Qt, codesT, err, rowLoss, scaleCol, zpCol, wc, out, d, qmin, qmax);
+        } else {
+          for (let r = 0; r < out; r++) {
+            const w = Wt[wc + r] as number;
+            const c = toCode(w, scaleCol[r] as number, zpCol[r] as number);
+            codesT[wc + r] = c;
+            const q = dequant(c, scaleCol[r] as number, zpCol[r] as number);
+            Qt[wc + r] = q;
+            err[r] = Math.fround(Math.fround(w - q) / d);
+            rowLoss[r] = (rowLoss[r] as number) + ((w - q) * (w - q)) / (d * d) / 2;
+          }
         }
         ErrBlock.set(err, (col - i1) * out);
-        const hrow = col * inF;
-        for (let j = col + 1; j < s2; j++) {
-          const h = Hinv[hrow + j] as number;
-          const wj = j * out;
-          for (let r = 0; r < out; r++) Wt[wj + r] = (Wt[wj + r] as number) - (err[r] as number) * h;
-        }
+        spreadError(Wt, err, out, Hinv, col * inF, col + 1, s2);
       }
       await update(ErrBlock.subarray((s1 - i1) * out, (s2 - i1) * out), s1, s2 - s1, s2, i2);
     }
@@ -156,11 +159,14 @@ export async function gptqWithPrep(
   // back to row-major and the original column order
   const Wq = new Float32Array(out * inF);
   const codes = args.type === "float" ? new Uint8Array(out * inF) : new Int8Array(out * inF);
-  for (let c = 0; c < inF; c++) {
-    const dst = perm[c] as number;
-    for (let r = 0; r < out; r++) {
-      Wq[r * inF + dst] = Qt[c * out + r] as number;
-      codes[r * inF + dst] = codesT[c * out + r] as number;
+  for (let r0 = 0; r0 < out; r0 += TILE) {
+    const r1 = Math.min(out, r0 + TILE);
+    for (let c = 0; c < inF; c++) {
+      const dst = perm[c] as number;
+      for (let r = r0; r < r1; r++) {
+        Wq[r * inF + dst] = Qt[c * out + r] as number;
+        codes[r * inF + dst] = codesT[c * out + r] as number;
+      }
     }
   }
   return { weight: { args, out, inF, codes, params }, dequantized: Wq, loss, rowLoss };
@@ -185,4 +191,45 @@ export async function gptqQuantize(
 export function rtnQuantize(weight: Float32Array, out: number, inF: number, args: QuantArgs, dtype: ScaleDType, name: string): QuantizedWeight {
   const params = computeQParams(weight, out, inF, args, dtype, name);
   return { args, out, inF, codes: quantizeWithParams(weight, out, inF, args, params), params };
+}
+
+/** W[:, j] -= err * Hinv[col, j] for j in [from, to) (column-major W): the error of one column spread over the next. */
+function spreadError(Wt: Float32Array, err: Float32Array, out: number, Hinv: Float32Array, hrow: number, from: number, to: number): void {
+  for (let j = from; j < to; j++) {
+    const h = Hinv[hrow + j] as number;
+    const wj = j * out;
+    for (let r = 0; r < out; r++) Wt[wj + r] = (Wt[wj + r] as number) - (err[r] as number) * h;
+  }
+}
+
+/** Quantize column `wc` (int): codes, dequantized values, the scaled error and the loss, per row. */
+function quantizeColumnInt(
+  Wt: Float32Array,
+  Qt: Float32Array,
+  codesT: Int8Array | Uint8Array,
+  err: Float32Array,
+  rowLoss: Float64Array,
+  scaleCol: Float32Array,
+  zpCol: Float32Array,
+  wc: number,
+  out: number,
+  d: number,
+  qmin: number,
+  qmax: number,
+): void {
+  for (let r = 0; r < out; r++) {
+    const w = Wt[wc + r] as number;
+    const sc = scaleCol[r] as number;
+    const zp = zpCol[r] as number;
+    const x = Math.fround(w / sc);
+    let c = Math.round(x); // halves go up; make them even
+    if (c - x === 0.5 && c % 2 !== 0) c -= 1;
+    c += zp;
+    c = c < qmin ? qmin : c > qmax ? qmax : c;
+    codesT[wc + r] = c;
+    const q = Math.fround((c - zp) * sc);
+    Qt[wc + r] = q;
+    err[r] = Math.fround(Math.fround(w - q) / d);
+    rowLoss[r] = (rowLoss[r] as number) + ((w - q) * (w - q)) / (d * d) / 2;
+  }
 }
