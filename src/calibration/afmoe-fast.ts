@@ -5,9 +5,8 @@ import { Linear } from "../nn/layers.js";
 import { AfmoeMLP, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
 import { FastPathObserver, GramAccumulator, fastObserversOf } from "./observers.js";
 
-/** Tokens per chunk, and rows of the stacked gate/up weight per product (a group of experts). */
+/** Tokens per chunk of the all-experts fast path. */
 export const FAST_TOKENS_PER_CHUNK = 2048;
-export const FAST_ROWS_PER_PRODUCT = 1024;
 
 /** What the fast path needs: each expert's Linears and the observers it must feed instead of hooks. */
 export interface FastPlan {
@@ -34,34 +33,20 @@ export function fastPlan(experts: AfmoeMLP[]): FastPlan | null {
   return { gateUp, down };
 }
 
-/** Per calibration module: the stacked gate/up weights and the shared input statistics. */
+/** Per calibration module: the input statistics shared by every gate/up projection. */
 export interface FastState {
-  stacked: { sources: Tensor[]; W: Tensor } | null;
   sharedGateUp: GramAccumulator | null;
 }
 
-/** [gate_0; up_0; gate_1; up_1; ...] as one [2*E*Im, H] matrix, rebuilt only when a weight changes. */
-function stackedGateUp(experts: AfmoeMLP[], state: FastState): Tensor {
-  const sources = experts.flatMap((e) => [e.gate_proj.weight, e.up_proj.weight]);
-  if (state.stacked && state.stacked.sources.every((s, i) => s === sources[i])) return state.stacked.W;
-  const H = (sources[0] as Tensor).dim(1);
-  const rows = sources.reduce((a, s) => a + s.dim(0), 0);
-  const W = new Float32Array(rows * H);
-  let off = 0;
-  for (const s of sources) {
-    W.set(s.data, off);
-    off += s.size;
-  }
-  state.stacked = { sources, W: new Tensor(W, [rows, H]) };
-  return state.stacked.W;
-}
-
 /**
- * All experts on all tokens, fast: per chunk of tokens, ONE product [2*E*Im, H] x [H, Tc] for
- * every expert's gate and up projection, ONE Gram product of the chunk for all gate/up
- * Hessians (their inputs are the same tokens), a Gram product per expert for down_proj
- * (its inputs differ), and down_proj outputs only for the routed rows. Adds the weighted
- * routed outputs into `routed` in the seed's order (experts in order, slot-major pairs).
+ * All experts on all tokens, fast: per chunk of tokens, the gate and up projections of every
+ * expert as products [Im, H] x [H, Tc] into one reused buffer (the stacked product
+ * [2*E*Im, H] x [H, Tc], taken in row blocks: onnxruntime's GEMM runs at about a third of its
+ * speed on one very tall operand, and a stacked copy of the weights would cost memory);
+ * ONE Gram product of the chunk for all gate/up Hessians (their inputs are the same tokens);
+ * a Gram product per expert for down_proj (its inputs differ); down_proj outputs only for the
+ * routed rows. Adds the weighted routed outputs into `routed` in the seed's order (experts in
+ * order, slot-major pairs).
  */
 export async function allExpertsFast(
   flat: Tensor,
@@ -77,29 +62,24 @@ export async function allExpertsFast(
   const K = topScores.dim(1);
   const E = experts.length;
   const Im = (experts[0] as AfmoeMLP).gate_proj.outFeatures;
-  const W = stackedGateUp(experts, state);
   const wantShared = plan.gateUp.some((o) => o.wantsGram);
   if (wantShared && !state.sharedGateUp) state.sharedGateUp = new GramAccumulator(H);
   if (state.sharedGateUp) for (const o of plan.gateUp) o.shareWith(state.sharedGateUp);
   const pairs = experts.map((_, e) => routedPairs(selected, T, K, e));
-  // experts per product: their gate/up rows [G*2*Im, H] times the chunk, into one reused buffer
-  const G = Math.max(1, Math.floor(FAST_ROWS_PER_PRODUCT / (2 * Im)));
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
-  const scratch = new Float32Array(G * 2 * Im * chunk);
+  const scratch = new Float32Array(2 * Im * chunk);
   for (let c0 = 0; c0 < T; c0 += chunk) {
     const c1 = Math.min(T, c0 + chunk);
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
     if (state.sharedGateUp) await state.sharedGateUp.add(Xc);
     for (const o of plan.gateUp) o.rows(Tc, null);
-    for (let e0 = 0; e0 < E; e0 += G) {
-      const e1 = Math.min(E, e0 + G);
-      const rows = (e1 - e0) * 2 * Im;
-      const Wg = new Tensor(W.data.subarray(e0 * 2 * Im * H, e1 * 2 * Im * H), [rows, H]);
-      const gu = (await engine.linear(Wg, Xc, scratch.subarray(0, rows * Tc))).data; // [rows, Tc]
-      for (let e = e0; e < e1; e++) {
-        await expertFromGateUp(e, gu.subarray((e - e0) * 2 * Im * Tc, (e - e0 + 1) * 2 * Im * Tc), Tc, c0, c1);
-      }
+    const gu = scratch.subarray(0, 2 * Im * Tc);
+    for (let e = 0; e < E; e++) {
+      const ex = experts[e] as AfmoeMLP;
+      await engine.linear(ex.gate_proj.weight, Xc, gu.subarray(0, Im * Tc)); // [Im, Tc]
+      await engine.linear(ex.up_proj.weight, Xc, gu.subarray(Im * Tc)); // [Im, Tc]
+      await expertFromGateUp(e, gu, Tc, c0, c1);
     }
   }
 

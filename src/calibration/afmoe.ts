@@ -20,7 +20,7 @@ export class CalibrationAfmoeMoE extends Module implements MoECalibrationModule 
   readonly calibrateAllExperts: boolean;
   /** use the all-experts fast path when no user hook watches an expert (default true) */
   readonly fastPath: boolean;
-  private readonly fastState: FastState = { stacked: null, sharedGateUp: null };
+  private readonly fastState: FastState = { sharedGateUp: null };
 
   constructor(original: AnyModule, readonly config: AfmoeConfig, options: CalibrationOptions) {
     super();

@@ -28,6 +28,24 @@ test("onnxruntime batched matmul (rank 3) and gram match the reference", async (
   assertClose("matmul rank 2", await ort.matmul(a2, b2), await ref.matmul(a2, b2), 1e-6);
 });
 
+test("subtractProduct (one Gemm with alpha -1, beta 1) matches the reference, and linear writes into a given buffer", async () => {
+  const a = randn([37, 19], 6);
+  const b = randn([19, 23], 7);
+  const c1 = randn([37, 23], 8);
+  const c2 = c1.clone();
+  await ort.subtractProduct(c1, a, b);
+  await ref.subtractProduct(c2, a, b);
+  assertClose("subtractProduct", c1, c2, 1e-6);
+  // tall operands go through in row chunks into the caller's buffer
+  const x = randn([2500, 16], 9);
+  const w = randn([8, 16], 10);
+  const buf = new Float32Array(2500 * 8);
+  const y = await ort.linear(x, w, buf);
+  assert.equal(y.data, buf);
+  assertClose("linear (row-chunked, into buffer)", y, await ref.linear(x, w), 1e-6);
+  await assert.rejects(ort.linear(x, w, new Float32Array(3)), /output buffer has 3 floats/);
+});
+
 test("empty batches give empty or zero results", async () => {
   const y = await ort.linear(randn([0, 8], 1), randn([4, 8], 2));
   assert.deepEqual(y.shape, [0, 4]);
