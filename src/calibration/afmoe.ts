@@ -1,9 +1,9 @@
 import { Tensor } from "../engine/tensor.js";
 import { add, gatherRows, indexAddWeighted } from "../engine/ops.js";
-import { AnyModule, Module, ModuleList } from "../nn/module.js";
+import { AnyModule } from "../nn/module.js";
 import { UsageError } from "../errors.js";
 import { AfmoeConfig } from "../models/afmoe/config.js";
-import { AfmoeMLP, AfmoeMoE, AfmoeTokenChoiceRouter, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
+import { AfmoeMLP, AfmoeMoE, AfmoeMoEBlock, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
 import { CalibrationOptions, MoECalibrationModule } from "./module.js";
 import { FastState, allExpertsFast, fastPlan } from "./afmoe-fast.js";
 
@@ -14,7 +14,7 @@ import { FastState, allExpertsFast, fastPlan } from "./afmoe-fast.js";
  * output is unchanged. Without it, experts run on their routed tokens only (and are still
  * called, with an empty batch, when they have none).
  */
-export class CalibrationAfmoeMoE extends Module implements MoECalibrationModule {
+export class CalibrationAfmoeMoE extends AfmoeMoEBlock implements MoECalibrationModule {
   readonly className = "CalibrationAfmoeMoE";
   readonly isPermanent = false;
   readonly calibrateAllExperts: boolean;
@@ -33,22 +33,11 @@ export class CalibrationAfmoeMoE extends Module implements MoECalibrationModule 
     this.adoptParam("expert_bias", original.parameter("expert_bias"));
   }
 
-  get router(): AfmoeTokenChoiceRouter { return this.child("router"); }
-  get experts(): ModuleList<AfmoeMLP> { return this.child("experts"); }
-  get shared_experts(): AfmoeMLP | null { return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null; }
-  get expert_bias(): Tensor { return this.param("expert_bias"); }
-
   async forward(hidden: Tensor): Promise<Tensor> {
-    const H = this.config.hiddenSize;
     const K = this.config.numExpertsPerTok;
-    const flat = hidden.reshape([hidden.size / H, H]);
-    const T = flat.dim(0);
-    // Step 1: routing decisions
-    const { topScores, selectedExperts } = await this.router.call({ hidden, expertBias: this.expert_bias });
-    // Step 2: shared experts on every token
-    const shared = this.shared_experts ? await this.shared_experts.call(flat) : Tensor.zeros([T, H]);
+    // Steps 1-2: routing decisions; shared experts on every token
+    const { flat, T, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
     // Steps 3-4: every expert, in order
-    const routed = Tensor.zeros([T, H]);
     const experts = this.experts.items();
     const plan = this.calibrateAllExperts && this.fastPath ? fastPlan(experts) : null;
     if (plan) {

@@ -114,8 +114,31 @@ export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32
   return Float32Array.from(tokens, (t, i) => topScores.data[t * K + (slots[i] as number)] as number);
 }
 
+/**
+ * What an AFMoE MoE block and its calibration module share: the children (router, experts,
+ * shared_experts) and expert_bias, by the checkpoint's names, and the first steps of forward.
+ */
+export abstract class AfmoeMoEBlock extends Module {
+  abstract readonly config: AfmoeConfig;
+
+  get router(): AfmoeTokenChoiceRouter { return this.child("router"); }
+  get experts(): ModuleList<AfmoeMLP> { return this.child("experts"); }
+  get shared_experts(): AfmoeMLP | null { return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null; }
+  get expert_bias(): Tensor { return this.param("expert_bias"); }
+
+  /** Route the [B, S, H] input, run the shared expert (zeros without one), and a zero routed sum. */
+  protected async routeAndShare(hidden: Tensor): Promise<{ flat: Tensor; T: number; topScores: Tensor; selectedExperts: Int32Array; shared: Tensor; routed: Tensor }> {
+    const H = this.config.hiddenSize;
+    const flat = hidden.reshape([hidden.size / H, H]);
+    const T = flat.dim(0);
+    const { topScores, selectedExperts } = await this.router.call({ hidden, expertBias: this.expert_bias });
+    const shared = this.shared_experts ? await this.shared_experts.call(flat) : Tensor.zeros([T, H]);
+    return { flat, T, topScores, selectedExperts, shared, routed: Tensor.zeros([T, H]) };
+  }
+}
+
 /** The MoE block: shared expert on every token plus the router-weighted top-K routed experts. */
-export class AfmoeMoE extends Module {
+export class AfmoeMoE extends AfmoeMoEBlock {
   readonly className: string = "AfmoeMoE";
 
   constructor(readonly config: AfmoeConfig) {
@@ -129,19 +152,9 @@ export class AfmoeMoE extends Module {
     this.declareParam("expert_bias", [config.numExperts]);
   }
 
-  get router(): AfmoeTokenChoiceRouter { return this.child("router"); }
-  get experts(): ModuleList<AfmoeMLP> { return this.child("experts"); }
-  get shared_experts(): AfmoeMLP | null { return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null; }
-  get expert_bias(): Tensor { return this.param("expert_bias"); }
-
   async forward(hidden: Tensor): Promise<Tensor> {
-    const H = this.config.hiddenSize;
     const K = this.config.numExpertsPerTok;
-    const flat = hidden.reshape([hidden.size / H, H]);
-    const T = flat.dim(0);
-    const { topScores, selectedExperts } = await this.router.call({ hidden, expertBias: this.expert_bias });
-    const shared = this.shared_experts ? await this.shared_experts.call(flat) : Tensor.zeros([T, H]);
-    const routed = Tensor.zeros([T, H]);
+    const { flat, T, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
     const experts = this.experts.items();
     for (let e = 0; e < experts.length; e++) {
       const { tokens, slots } = routedPairs(selectedExperts, T, K, e);
