@@ -143,8 +143,3 @@ export function attachHessianObservers(root: AnyModule, filter: (name: string, m
   }
   return { stats, remove: () => removers.forEach((r) => r()) };
 }
-
-/** Convenience for tests and simple uses: H += 2 x^T x into a plain stats object. */
-export async function accumulateHessian(stats: HessianStats, x: Tensor): Promise<void> {
-  await stats.own.add(x);
-}

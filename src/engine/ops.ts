@@ -33,17 +33,7 @@ export function add(a: Tensor, b: Tensor): Tensor {
   return new Tensor(out, a.shape);
 }
 
-export function addInPlace(a: Tensor, b: Tensor): void {
-  sameShape(a, b, "addInPlace");
-  for (let i = 0; i < a.size; i++) a.data[i] = (a.data[i] as number) + (b.data[i] as number);
-}
 
-export function mul(a: Tensor, b: Tensor): Tensor {
-  sameShape(a, b, "mul");
-  const out = new Float32Array(a.size);
-  for (let i = 0; i < out.length; i++) out[i] = (a.data[i] as number) * (b.data[i] as number);
-  return new Tensor(out, a.shape);
-}
 
 /** silu(gate) * up, fused. */
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
@@ -56,11 +46,6 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
   return new Tensor(out, gate.shape);
 }
 
-export function scale(x: Tensor, s: number): Tensor {
-  const out = new Float32Array(x.size);
-  for (let i = 0; i < out.length; i++) out[i] = (x.data[i] as number) * s;
-  return new Tensor(out, x.shape);
-}
 
 /** Softmax over the last dimension, in place on a float32 row buffer. */
 export function softmaxRowInPlace(row: Float32Array, start: number, len: number): void {

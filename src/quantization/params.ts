@@ -111,16 +111,6 @@ export function quantizeFp8(w: number, s: number): number {
 }
 
 /**
- * A fake-quantizer for one set of arguments: quantize then dequantize one value (float32).
- * Built once per weight, so the hot loops of GPTQ allocate nothing.
- */
-export function fakeQuantizer(args: QuantArgs): (w: number, s: number, zp: number) => number {
-  if (args.type === "float") return (w, s) => Math.fround(fp8e4m3ToF32(quantizeFp8(w, s)) * s);
-  const { qmin, qmax } = intRange(args.numBits);
-  return (w, s, zp) => Math.fround((quantizeInt(w, s, zp, qmin, qmax) - zp) * s);
-}
-
-/**
  * A quantizer returning the code (int value, or e4m3fn byte) of one value; `dequant` maps a
  * code back (float32). Built once per weight.
  */
@@ -128,11 +118,6 @@ export function codeQuantizer(args: QuantArgs): { code: (w: number, s: number, z
   if (args.type === "float") return { code: (w, s) => quantizeFp8(w, s), dequant: (c, s) => Math.fround(fp8e4m3ToF32(c) * s) };
   const { qmin, qmax } = intRange(args.numBits);
   return { code: (w, s, zp) => quantizeInt(w, s, zp, qmin, qmax), dequant: (c, s, zp) => Math.fround((c - zp) * s) };
-}
-
-/** Fake-quantize one value: quantize, then dequantize (float32). */
-export function fakeQuantize(w: number, args: QuantArgs, s: number, zp: number): number {
-  return fakeQuantizer(args)(w, s, zp);
 }
 
 /** A quantized weight: codes (int values or fp8 bytes) and parameters. */
