@@ -2,7 +2,8 @@ import { Tensor } from "../engine/tensor.js";
 import { NumericalError } from "../errors.js";
 import { HessianStats } from "../calibration/observers.js";
 import { Linear } from "../nn/layers.js";
-import { GptqPrep, GptqResult, gptqWithPrep, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
+import { GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
+import { GptqJob, GptqPool, gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
 import { Scheme } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
@@ -34,6 +35,9 @@ export interface LayerTargets {
   /** dotted name -> max |x| over calibration rows (static activation schemes) */
   inputAbsMax: Map<string, { absmax: number; rows: number }>;
 }
+
+/** Layers with fewer GPTQ weights than this are quantized on the main thread (workers cost ~0.2 s to start). */
+export const GPTQ_WORKER_MIN_WEIGHTS = 4 * 1024 * 1024;
 
 /** Rows of Linears sharing one Hessian quantized together in one GPTQ pass. */
 export const GPTQ_STACK_ROWS = 2048;
@@ -100,19 +104,27 @@ export async function quantizeLayerLinears(
     if (g) g.push([name, lin]);
     else groups.set(H, [[name, lin]]);
   }
+  // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
+  let work = 0;
+  for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
+  const pool = new GptqPool(work >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0);
+  const jobs: Promise<void>[] = [];
   for (const [H, members] of groups) {
     const [first, firstLin] = members[0] as [string, Linear];
     assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
-    let prep: GptqPrep;
-    try {
-      prep = prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
-    } catch (e) {
-      if (!(e instanceof NumericalError)) throw e;
-      for (const [name, lin] of members) {
-        fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
-        done.set(name, rtn(name, lin));
+    // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
+    let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
+    if (members.length > 1) {
+      try {
+        prep = prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
+      } catch (e) {
+        if (!(e instanceof NumericalError)) throw e;
+        for (const [name, lin] of members) {
+          fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
+          done.set(name, rtn(name, lin));
+        }
+        continue;
       }
-      continue;
     }
     for (let i = 0; i < members.length; ) {
       const batch: [string, Linear][] = [];
@@ -122,20 +134,42 @@ export async function quantizeLayerLinears(
         batch.push(m);
         rows += m[1].outFeatures;
       }
-      const stacked = new Float32Array(rows * prep.inF);
-      let off = 0;
-      for (const [, lin] of batch) {
-        stacked.set(lin.weight.data, off);
-        off += lin.weight.size;
-      }
       const label = batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
-      const r = await gptqWithPrep(stacked, rows, prep, scheme.weights, scaleDType, label, opts.blockSize);
-      let r0 = 0;
-      for (const [name, lin] of batch) {
-        done.set(name, sliceResult(r, r0, lin.outFeatures));
-        r0 += lin.outFeatures;
-      }
+      const jobPrep = prep;
+      // the stacked copy is made only when a worker is free to take it
+      const job = await pool.submit(() => {
+        const stacked = new Float32Array(rows * firstLin.inFeatures);
+        let off = 0;
+        for (const [, lin] of batch) {
+          stacked.set(lin.weight.data, off);
+          off += lin.weight.size;
+        }
+        return { weight: stacked, out: rows, prep: jobPrep, args: scheme.weights, dtype: scaleDType, name: label, blockSize: opts.blockSize };
+      });
+      jobs.push(
+        job.result.then(
+          (r) => {
+            let r0 = 0;
+            for (const [name, lin] of batch) {
+              done.set(name, sliceResult(r, r0, lin.outFeatures));
+              r0 += lin.outFeatures;
+            }
+          },
+          (e: unknown) => {
+            if (!(e instanceof NumericalError)) throw e;
+            for (const [name, lin] of batch) {
+              fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
+              done.set(name, rtn(name, lin));
+            }
+          },
+        ),
+      );
     }
+  }
+  try {
+    await Promise.all(jobs);
+  } finally {
+    await pool.close();
   }
   const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
   const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));

@@ -1,0 +1,101 @@
+import os from "node:os";
+import { Worker } from "node:worker_threads";
+import { MoecalError, NumericalError } from "../errors.js";
+import { GptqPrep, GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
+import { ScaleDType } from "./params.js";
+import { QuantArgs } from "./scheme.js";
+
+export interface GptqJob {
+  id: number;
+  weight: Float32Array;
+  out: number;
+  /** a prepared Hessian (shared by several jobs), or the Hessian to prepare in the worker */
+  prep: GptqPrep | { hessian: Float32Array; inF: number; dampening: number };
+  args: QuantArgs;
+  dtype: ScaleDType;
+  name: string;
+  blockSize: number;
+}
+
+export type GptqJobReply = { id: number; result: GptqResult } | { id: number; error: { name: string; code: string; message: string } };
+
+/** GPTQ worker threads: MOECAL_GPTQ_WORKERS, else one per core; 0 runs GPTQ on the main thread. */
+export function gptqWorkerCount(): number {
+  const env = process.env.MOECAL_GPTQ_WORKERS;
+  const n = env === undefined || env === "" ? NaN : Number(env);
+  return Number.isInteger(n) && n >= 0 ? n : os.availableParallelism();
+}
+
+/**
+ * Runs GPTQ jobs on worker threads (GPTQ's column loop is single-threaded JavaScript; rows of
+ * different Linears are independent). At most one job per worker is in flight; `submit`
+ * resolves when a worker is free to take the next job, so callers build inputs lazily.
+ */
+export class GptqPool {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly waiting: ((w: Worker) => void)[] = [];
+  private readonly pending = new Map<number, { resolve: (r: GptqResult) => void; reject: (e: Error) => void }>();
+  private nextId = 0;
+
+  constructor(readonly size = gptqWorkerCount()) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(new URL("./gptq-worker.js", import.meta.url));
+      w.on("message", (reply: GptqJobReply) => this.onReply(w, reply));
+      w.on("error", (e) => this.failAll(new MoecalError("E_INTERNAL", `GPTQ worker failed: ${e.message}`, { cause: e })));
+      this.workers.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  private onReply(w: Worker, reply: GptqJobReply): void {
+    const p = this.pending.get(reply.id);
+    this.pending.delete(reply.id);
+    const next = this.waiting.shift();
+    if (next) next(w);
+    else this.idle.push(w);
+    if (!p) return;
+    if ("result" in reply) p.resolve(reply.result);
+    else p.reject(reply.error.code === "E_NUMERICAL" ? new NumericalError(reply.error.message) : new MoecalError(reply.error.code, reply.error.message));
+  }
+
+  private failAll(e: Error): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
+
+  private acquire(): Promise<Worker> {
+    const w = this.idle.pop();
+    return w ? Promise.resolve(w) : new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  /**
+   * Wait for a free worker, then start `make()`'s job on it. Returns the job's result promise
+   * (wrapped, so awaiting `submit` does not wait for the job). Without workers the job runs here, now.
+   */
+  async submit(make: () => Omit<GptqJob, "id">): Promise<{ result: Promise<GptqResult> }> {
+    if (this.size === 0) {
+      const result = runGptqJob({ ...make(), id: -1 });
+      result.catch(() => undefined);
+      return { result };
+    }
+    const w = await this.acquire();
+    const job: GptqJob = { ...make(), id: this.nextId++ };
+    const result = new Promise<GptqResult>((resolve, reject) => {
+      this.pending.set(job.id, { resolve, reject });
+      w.postMessage(job, [job.weight.buffer as ArrayBuffer, ...("hessian" in job.prep ? [job.prep.hessian.buffer as ArrayBuffer] : [])]);
+    });
+    result.catch(() => undefined); // the caller awaits it later; an early failure is not "unhandled"
+    return { result };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** Run one job where we are (main thread or worker): prepare its Hessian if needed, then GPTQ. */
+export async function runGptqJob(j: GptqJob): Promise<GptqResult> {
+  const prep = "hessian" in j.prep ? prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening) : j.prep;
+  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize);
+}
