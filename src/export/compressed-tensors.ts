@@ -55,6 +55,14 @@ export function quantizedLinearTensors(
   return [{ name: `${name}.weight`, dtype, shape: [out, inF], bytes: bytesOf(q.codes) }, scale, ...extra];
 }
 
+/** Tensor suffixes a quantized Linear carries in `format` (after `P.`), as the spec lists them. */
+export function requiredSuffixes(format: QuantFormat, weights: QuantArgs, inputActivations: QuantArgs | null): string[] {
+  const need = format === "pack-quantized" ? ["weight_packed", "weight_scale", "weight_shape"] : ["weight", "weight_scale"];
+  if (format === "pack-quantized" && !weights.symmetric) need.push("weight_zero_point");
+  if (inputActivations && !inputActivations.dynamic) need.push("input_scale");
+  return need;
+}
+
 /** The parts of `quantization_config` the loader needs. */
 export interface QuantConfigGroup {
   targets: string[];

@@ -4,7 +4,7 @@ import { DType, rawToF32 } from "../io/safetensors.js";
 import { readAfmoeConfig } from "../models/afmoe/config.js";
 import { MoecalError } from "../errors.js";
 import { QuantFormat, matchesAny } from "../quantization/scheme.js";
-import { compressedTensorsSource, groupFor, parseQuantizationConfig } from "./compressed-tensors.js";
+import { compressedTensorsSource, groupFor, parseQuantizationConfig, requiredSuffixes } from "./compressed-tensors.js";
 
 /** Scales outside [MIN, MAX] are flagged as extreme. */
 export const EXTREME_SCALE = { min: 1e-10, max: 1e4 } as const;
@@ -61,10 +61,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     report.formats[format] = (report.formats[format] ?? 0) + 1;
     report.quantized++;
     const w = group.weights;
-    const need = format === "pack-quantized" ? ["weight_packed", "weight_scale", "weight_shape"] : ["weight", "weight_scale"];
-    if (format === "pack-quantized" && !w.symmetric) need.push("weight_zero_point");
-    if (group.inputActivations && !group.inputActivations.dynamic) need.push("input_scale");
-    const missing = need.filter((s) => !ck.has(`${p}.${s}`));
+    const missing = requiredSuffixes(format, w, group.inputActivations).filter((s) => !ck.has(`${p}.${s}`));
     if (missing.length) {
       problems.push(`${p}: missing ${missing.join(", ")}`);
       continue;

@@ -10,7 +10,7 @@ import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { Linear } from "../nn/layers.js";
 import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
-import { quantizedLinearTensors } from "../export/compressed-tensors.js";
+import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
 import { ScaleDType } from "../quantization/params.js";
 import { Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
@@ -81,10 +81,7 @@ export function fitGroupSize(scheme: Scheme, model: AnyModule, isTarget: (n: str
 
 /** Every quantized Linear must carry the tensors its format needs. */
 function assertComplete(name: string, present: string[], scheme: Scheme): void {
-  const need = scheme.format === "pack-quantized" ? ["weight_packed", "weight_scale", "weight_shape"] : ["weight", "weight_scale"];
-  if (scheme.format === "pack-quantized" && !scheme.weights.symmetric) need.push("weight_zero_point");
-  if (scheme.inputActivations && !scheme.inputActivations.dynamic) need.push("input_scale");
-  const missing = need.filter((s) => !present.includes(`${name}.${s}`));
+  const missing = requiredSuffixes(scheme.format, scheme.weights, scheme.inputActivations).filter((s) => !present.includes(`${name}.${s}`));
   if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
 }
 
