@@ -3,6 +3,7 @@
  * `npm run doc:bad-inputs` prints the README table from real runs of the same cases.
  */
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -124,9 +125,19 @@ export const BAD_INPUTS: BadInputCase[] = [
       return [...quick(TINY, d).slice(0, -2), "--output", path.join(mnt, "out")];
     },
     exitCode: 1, message: /write failed \(ENOSPC/,
-    available: () => (process.getuid?.() === 0 ? null : "needs root to mount a small tmpfs"),
+    available: canMountTmpfs,
   },
 ];
+
+/** Whether this machine lets us mount a small tmpfs (root, and a sandbox that allows it). */
+function canMountTmpfs(): string | null {
+  if (process.getuid?.() !== 0) return "needs root to mount a small tmpfs";
+  const probe = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-mount-"));
+  const r = spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", probe]);
+  if (r.status === 0) spawnSync("umount", [probe]);
+  fs.rmSync(probe, { recursive: true, force: true });
+  return r.status === 0 ? null : "mounting a tmpfs is not allowed here";
+}
 
 /** Unmount anything a case mounted under `dir`. */
 export function cleanupCase(dir: string): void {
