@@ -66,13 +66,13 @@ export class OrtEngine implements Engine {
    * 80 GFLOP/s for 65536 x 1024 x 512 in one call, 280 in row chunks of 1024), so tall left
    * operands go through in chunks that write straight into their rows of the output.
    */
-  private async rowChunked(session: ort.InferenceSession, x: Tensor, other: { name: string; t: Tensor }, m: number, n: number, into?: Float32Array): Promise<Tensor> {
-    const k = x.dim(1);
+  private async rowChunked(session: ort.InferenceSession, left: { name: string; t: Tensor }, right: { name: string; t: Tensor }, n: number, into?: Float32Array): Promise<Tensor> {
+    const [m, k] = [left.t.dim(0), left.t.dim(1)];
     const out = checkOut(into, m * n);
     for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
       const r1 = Math.min(m, r0 + ROW_CHUNK);
-      const xc = new Tensor(x.data.subarray(r0 * k, r1 * k), [r1 - r0, k]);
-      await this.run(session, { X: xc, [other.name]: other.t }, [r1 - r0, n], out.subarray(r0 * n, r1 * n));
+      const chunk = new Tensor(left.t.data.subarray(r0 * k, r1 * k), [r1 - r0, k]);
+      await this.run(session, { [left.name]: chunk, [right.name]: right.t }, [r1 - r0, n], out.subarray(r0 * n, r1 * n));
     }
     return new Tensor(out, [m, n]);
   }
@@ -88,7 +88,7 @@ export class OrtEngine implements Engine {
       ],
       outputs: [{ name: "Y", dims: ["m", "n"] }],
     }));
-    return this.rowChunked(s, x, { name: "W", t: w }, m, n, into);
+    return this.rowChunked(s, { name: "X", t: x }, { name: "W", t: w }, n, into);
   }
 
   async matmul(a: Tensor, b: Tensor): Promise<Tensor> {
@@ -107,14 +107,7 @@ export class OrtEngine implements Engine {
         outputs: [{ name: "Y", dims: [...bd, "m", "n"] }],
       };
     });
-    if (rank === 2 && m > ROW_CHUNK) {
-      const out = new Float32Array(m * n);
-      for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
-        const r1 = Math.min(m, r0 + ROW_CHUNK);
-        await this.run(s, { A: new Tensor(a.data.subarray(r0 * k, r1 * k), [r1 - r0, k]), B: b }, [r1 - r0, n], out.subarray(r0 * n, r1 * n));
-      }
-      return new Tensor(out, outShape);
-    }
+    if (rank === 2) return this.rowChunked(s, { name: "A", t: a }, { name: "B", t: b }, n);
     return this.run(s, { A: a, B: b }, outShape);
   }
 
@@ -131,17 +124,19 @@ export class OrtEngine implements Engine {
       ],
       outputs: [{ name: "Y", dims: ["m", "n"] }],
     }));
-    const y = await this.run(s, { A: a, B: b, C: c }, [m, n], this.scratch(m * n));
-    c.data.set(y.data);
+    // a reused output buffer (fresh large buffers cost page faults), taken while in use so that
+    // overlapping calls never share it
+    const buf = this.scratchBuffer.length >= m * n ? this.scratchBuffer : new Float32Array(m * n);
+    this.scratchBuffer = new Float32Array(0);
+    try {
+      const y = await this.run(s, { A: a, B: b, C: c }, [m, n], buf.subarray(0, m * n));
+      c.data.set(y.data);
+    } finally {
+      if (buf.length > this.scratchBuffer.length) this.scratchBuffer = buf;
+    }
   }
 
   private scratchBuffer = new Float32Array(0);
-
-  /** A reused output buffer (fresh large buffers cost page faults). */
-  private scratch(size: number): Float32Array {
-    if (this.scratchBuffer.length < size) this.scratchBuffer = new Float32Array(size);
-    return this.scratchBuffer.subarray(0, size);
-  }
 
   async gram(x: Tensor): Promise<Tensor> {
     const { m, k } = checkGram(x);

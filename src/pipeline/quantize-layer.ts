@@ -4,10 +4,9 @@ import { HessianStats } from "../calibration/observers.js";
 import { Linear } from "../nn/layers.js";
 import { GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
 import { GptqJob, GptqPool, gptqWorkerCount } from "../quantization/gptq-pool.js";
-import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
+import { QuantizedWeight, ScaleDType, dequantize, roundScale } from "../quantization/params.js";
 import { Scheme } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
-import { roundScale } from "../quantization/params.js";
 
 export type Method = "gptq" | "rtn";
 
