@@ -18,7 +18,7 @@ import { Linear } from "../src/nn/layers.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
-import { nanoBlock, writeBlock } from "./nano-block.js";
+import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
 
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-"));
@@ -31,18 +31,6 @@ function measuredPeak(): number | null {
   const r = spawnSync(exe, [], { encoding: "utf8", env: { ...process.env, OMP_NUM_THREADS: String(os.availableParallelism()) } });
   const v = Number(r.stdout.trim());
   return r.status === 0 && v > 0 ? v : null;
-}
-
-/** Python with torch (Debian's python3-torch), run with OpenBLAS free to pick its own kernel. */
-function torchPeer(manifest: string): { calib_seconds: number; gptq_seconds: number; torch: string } | null {
-  for (const py of ["/usr/bin/python3", "python3"]) {
-    const env = { ...process.env };
-    delete env.OPENBLAS_CORETYPE;
-    delete env.OPENBLAS_L2_SIZE;
-    const r = spawnSync(py, [path.join(PACKAGE_ROOT, "bench", "torch_seed.py"), manifest], { encoding: "utf8", env, maxBuffer: 1 << 20 });
-    if (r.status === 0) return JSON.parse(r.stdout.trim().split("\n").pop() as string) as { calib_seconds: number; gptq_seconds: number; torch: string };
-  }
-  return null;
 }
 
 async function main(): Promise<void> {

@@ -5,9 +5,10 @@
  */
 import fs from "node:fs";
 import path from "node:path";
+import { spawnSync } from "node:child_process";
 import { Tensor } from "../src/engine/tensor.js";
 import { AfmoeMoE, parseAfmoeConfig, AfmoeConfig } from "../src/models/afmoe/index.js";
-import { BUNDLED_MODEL } from "../src/paths.js";
+import { BUNDLED_MODEL, PACKAGE_ROOT } from "../src/paths.js";
 import { fillNormal, rng } from "../src/util/random.js";
 
 export const NANO = { hidden: 1024, experts: 128, topk: 8, im: 256, shared: 1 } as const;
@@ -47,4 +48,20 @@ export function writeBlock(dir: string, block: AfmoeMoE, x: Tensor): string {
   const m = path.join(dir, "manifest.json");
   fs.writeFileSync(m, JSON.stringify({ config: { hidden: NANO.hidden, experts: NANO.experts, topk: NANO.topk, im: NANO.im, route_scale: block.config.routeScale }, tensors: manifest }));
   return m;
+}
+
+/**
+ * bench/torch_seed.py on a block written by writeBlock: the seed's calibration pass and a
+ * per-expert GPTQ in PyTorch (Debian's python3-torch), OpenBLAS free to pick its own kernel.
+ * null when no Python with torch runs it.
+ */
+export function torchPeer(manifest: string): { calib_seconds: number; gptq_seconds: number; torch: string } | null {
+  for (const py of ["/usr/bin/python3", "python3"]) {
+    const env = { ...process.env };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    const r = spawnSync(py, [path.join(PACKAGE_ROOT, "bench", "torch_seed.py"), manifest], { encoding: "utf8", env, maxBuffer: 1 << 20 });
+    if (r.status === 0) return JSON.parse(r.stdout.trim().split("\n").pop() as string) as { calib_seconds: number; gptq_seconds: number; torch: string };
+  }
+  return null;
 }

@@ -47,7 +47,7 @@ interface Quantized {
   loss: number;
 }
 
-/** Split a stacked GPTQ result into its members' rows. */
+/** Split a stacked GPTQ result into its members' rows (views of the stacked arrays, not copies). */
 function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
   const { inF, params, args } = r.weight;
   const g = params.groups;
@@ -56,7 +56,7 @@ function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
       args,
       out: rows,
       inF,
-      codes: r.weight.codes.slice(rowStart * inF, (rowStart + rows) * inF),
+      codes: r.weight.codes.subarray(rowStart * inF, (rowStart + rows) * inF),
       params: {
         groups: g,
         groupSize: params.groupSize,
@@ -64,7 +64,7 @@ function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
         zeroPoint: params.zeroPoint ? params.zeroPoint.slice(rowStart * g, (rowStart + rows) * g) : null,
       },
     },
-    dequantized: r.dequantized.slice(rowStart * inF, (rowStart + rows) * inF),
+    dequantized: r.dequantized.subarray(rowStart * inF, (rowStart + rows) * inF),
     loss: r.rowLoss.subarray(rowStart, rowStart + rows).reduce((x, y) => x + y, 0),
   };
 }

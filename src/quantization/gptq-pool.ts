@@ -37,6 +37,7 @@ export class GptqPool {
   private readonly waiting: ((w: Worker) => void)[] = [];
   private readonly pending = new Map<number, { resolve: (r: GptqResult) => void; reject: (e: Error) => void }>();
   private nextId = 0;
+  private previous: Promise<void> = Promise.resolve();
 
   constructor(readonly size = gptqWorkerCount()) {
     for (let i = 0; i < size; i++) {
@@ -75,8 +76,13 @@ export class GptqPool {
    */
   async submit(make: () => Omit<GptqJob, "id">): Promise<{ result: Promise<GptqResult> }> {
     if (this.size === 0) {
+      // one job at a time: overlapping jobs would hold all their working arrays at once
+      await this.previous;
       const result = runGptqJob({ ...make(), id: -1 });
-      result.catch(() => undefined);
+      this.previous = result.then(
+        () => undefined,
+        () => undefined,
+      );
       return { result };
     }
     const w = await this.acquire();
@@ -94,8 +100,11 @@ export class GptqPool {
   }
 }
 
-/** Run one job where we are (main thread or worker): prepare its Hessian if needed, then GPTQ. */
+/**
+ * Run one job where we are (main thread or worker): prepare its Hessian if needed, then GPTQ.
+ * The job owns its weight array: the dequantized result is written over it.
+ */
 export async function runGptqJob(j: GptqJob): Promise<GptqResult> {
   const prep = "hessian" in j.prep ? prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening) : j.prep;
-  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize);
+  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize, j.weight);
 }

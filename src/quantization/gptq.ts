@@ -3,7 +3,8 @@ import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverse } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
 import { QuantArgs } from "./scheme.js";
-import { QParams, QuantizedWeight, ScaleDType, codeQuantizer, computeQParams, intRange, quantizeWithParams } from "./params.js";
+import { QParams, QuantizedWeight, ScaleDType, computeQParams, quantizeFp8, quantizeWithParams } from "./params.js";
+import { fp8e4m3ToF32 } from "../engine/dtype.js";
 
 export interface GptqOptions {
   /** fraction of mean(diag(H)) added to the diagonal (default 0.01) */
@@ -24,8 +25,8 @@ export interface GptqResult {
 
 /** Columns whose updates are applied one by one before a matrix product takes over. */
 const SUB = 16;
-/** Rows per tile when transposing between row- and column-major. */
-const TILE = 64;
+/** Rows and columns per tile when transposing between row- and column-major. */
+const TILE = 32;
 
 /** What GPTQ derives from a Hessian alone: shared by every Linear with the same H. */
 export interface GptqPrep {
@@ -46,7 +47,7 @@ export interface GptqPrep {
  * Throws NumericalError when the damped H is not positive definite.
  */
 export function prepareGptq(hessian: Float32Array, inF: number, actorder: QuantArgs["actorder"], name: string, dampening = 0.01): GptqPrep {
-  const H = Float64Array.from(hessian);
+  const H = new Float64Array(hessian);
   const dead = new Uint8Array(inF);
   for (let i = 0; i < inF; i++) {
     if (H[i * inF + i] === 0) {
@@ -65,10 +66,24 @@ export function prepareGptq(hessian: Float32Array, inF: number, actorder: QuantA
   for (let i = 0; i < inF; i++) mean += Hp[i * inF + i] as number;
   mean = Math.fround(mean / inF);
   for (let i = 0; i < inF; i++) Hp[i * inF + i] = Math.fround((Hp[i * inF + i] as number) + dampening * mean);
-  const Hinv = Float32Array.from(upperCholeskyOfInverse(Hp, inF, `${name}: damped Hessian`));
+  const Hinv = new Float32Array(upperCholeskyOfInverse(Hp, inF, `${name}: damped Hessian`));
   const HinvT = new Float32Array(inF * inF);
   for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
   return { inF, dead, perm, Hinv, HinvT };
+}
+
+/**
+ * Reusable scratch memory (fresh large typed arrays cost page faults on first touch, about as
+ * much as GPTQ's arithmetic here). A buffer is taken while in use, so overlapping calls never share one.
+ */
+const freeBuffers: ArrayBuffer[] = [];
+function takeBuffer(bytes: number): ArrayBuffer {
+  const i = freeBuffers.findIndex((b) => b.byteLength >= bytes);
+  return i >= 0 ? (freeBuffers.splice(i, 1)[0] as ArrayBuffer) : new ArrayBuffer(bytes);
+}
+function giveBuffer(b: ArrayBufferLike): void {
+  freeBuffers.push(b as ArrayBuffer);
+  if (freeBuffers.length > 8) freeBuffers.shift();
 }
 
 /**
@@ -77,6 +92,9 @@ export function prepareGptq(hessian: Float32Array, inF: number, actorder: QuantA
  * the rest of its block, and the block's error over all later columns with one matrix product
  * through the engine. Each column keeps the group of its original index. Rows are independent
  * given `prep`, so Linears sharing a Hessian share one `prep`.
+ *
+ * The dequantized weight is written to `into` (a fresh array when not given; `weight` itself is
+ * allowed, as it is read in full before anything is written).
  */
 export async function gptqWithPrep(
   weight: Float32Array,
@@ -86,90 +104,97 @@ export async function gptqWithPrep(
   dtype: ScaleDType,
   name: string,
   blockSize = 128,
+  into?: Float32Array,
 ): Promise<GptqResult> {
   const { inF, dead, perm, Hinv, HinvT } = prep;
   const params: QParams = computeQParams(weight, out, inF, args, dtype, name);
-  // column-major permuted weight Wt [inF, out]: a column's values are contiguous
-  const Wt = new Float32Array(inF * out);
+  const { groups, groupSize } = params;
+  // column-major permuted weight Wt [inF, out]: a column's values are contiguous; each column
+  // is replaced by its dequantized values once it is quantized
+  const Wt = new Float32Array(takeBuffer(4 * inF * out), 0, inF * out);
+  const pos = new Int32Array(inF); // pos[j]: where original column j is processed
+  for (let c = 0; c < inF; c++) pos[perm[c] as number] = c;
+  // blocked transposes: a tile's reads and writes stay within a few cache lines per row
   for (let r0 = 0; r0 < out; r0 += TILE) {
     const r1 = Math.min(out, r0 + TILE);
-    for (let c = 0; c < inF; c++) {
-      const src = perm[c] as number;
-      if (dead[src]) continue;
-      for (let r = r0; r < r1; r++) Wt[c * out + r] = weight[r * inF + src] as number;
+    for (let j0 = 0; j0 < inF; j0 += TILE) {
+      const j1 = Math.min(inF, j0 + TILE);
+      for (let j = j0; j < j1; j++) {
+        const wc = (pos[j] as number) * out;
+        if (dead[j]) Wt.fill(0, wc + r0, wc + r1);
+        else for (let r = r0; r < r1; r++) Wt[wc + r] = weight[r * inF + j] as number;
+      }
     }
   }
-  const Qt = new Float32Array(inF * out);
-  const err = new Float32Array(out);
-  const scaleCol = new Float32Array(out);
-  const zpCol = new Float32Array(out);
-  const rowLoss = new Float64Array(out);
-  const { code: toCode, dequant } = codeQuantizer(args);
+  // scales and zero points by group, transposed: [groups, out]
+  const scaleT = new Float32Array(groups * out);
+  const zpT = new Float32Array(groups * out);
+  for (let r = 0; r < out; r++) {
+    for (let g = 0; g < groups; g++) {
+      scaleT[g * out + r] = params.scale[r * groups + g] as number;
+      zpT[g * out + r] = params.zeroPoint ? (params.zeroPoint[r * groups + g] as number) : 0;
+    }
+  }
   const isInt = args.type === "int";
-  const { qmin, qmax } = intRange(args.numBits);
-  const codesT = args.type === "float" ? new Uint8Array(inF * out) : new Int8Array(inF * out);
+  const codesT = isInt ? new Int8Array(takeBuffer(inF * out), 0, inF * out) : new Uint8Array(takeBuffer(inF * out), 0, inF * out);
+  const err = new Float32Array(out);
+  const rowLoss = new Float64Array(out);
+  const ErrBlock = new Float32Array(takeBuffer(4 * Math.min(blockSize, inF) * out), 0, Math.min(blockSize, inF) * out); // [count, out]
+  const HT = new Float32Array(takeBuffer(4 * inF * Math.min(blockSize, inF)), 0, inF * Math.min(blockSize, inF));
   const engine = getEngine();
   /** W[:, from:to] -= Err[:, cols] @ Hinv[cols, from:to], through the engine (transposed). */
   const update = async (ErrT: Float32Array, c0: number, count: number, from: number, to: number): Promise<void> => {
     if (to <= from) return;
     const rest = to - from;
-    const HT = new Float32Array(rest * count); // Hinv[c0:c0+count, from:to] transposed
+    // Hinv[c0:c0+count, from:to] transposed
     for (let j = 0; j < rest; j++) HT.set(HinvT.subarray((from + j) * inF + c0, (from + j) * inF + c0 + count), j * count);
-    await engine.subtractProduct(new Tensor(Wt.subarray(from * out, to * out), [rest, out]), new Tensor(HT, [rest, count]), new Tensor(ErrT, [count, out]));
+    await engine.subtractProduct(new Tensor(Wt.subarray(from * out, to * out), [rest, out]), new Tensor(HT.subarray(0, rest * count), [rest, count]), new Tensor(ErrT, [count, out]));
   };
-  for (let i1 = 0; i1 < inF; i1 += blockSize) {
-    const i2 = Math.min(i1 + blockSize, inF);
-    const count = i2 - i1;
-    const ErrBlock = new Float32Array(count * out); // [count, out]
-    // lazy sub-blocks: column-by-column updates stay inside SUB columns; the rest of the block
-    // and the later columns get their update as matrix products
-    for (let s1 = i1; s1 < i2; s1 += SUB) {
-      const s2 = Math.min(s1 + SUB, i2);
-      for (let col = s1; col < s2; col++) {
-        const d = Hinv[col * inF + col] as number;
-        const group = Math.floor((perm[col] as number) / params.groupSize);
-        for (let r = 0; r < out; r++) {
-          const gi = r * params.groups + group;
-          scaleCol[r] = params.scale[gi] as number;
-          zpCol[r] = params.zeroPoint ? (params.zeroPoint[gi] as number) : 0;
+  try {
+    for (let i1 = 0; i1 < inF; i1 += blockSize) {
+      const i2 = Math.min(i1 + blockSize, inF);
+      const count = i2 - i1;
+      // lazy sub-blocks: column-by-column updates stay inside SUB columns; the rest of the block
+      // and the later columns get their update as matrix products
+      for (let s1 = i1; s1 < i2; s1 += SUB) {
+        const s2 = Math.min(s1 + SUB, i2);
+        for (let col = s1; col < s2; col++) {
+          const d = Hinv[col * inF + col] as number;
+          const g = Math.floor((perm[col] as number) / groupSize) * out;
+          const sc = scaleT.subarray(g, g + out);
+          const zp = zpT.subarray(g, g + out);
+          if (isInt) quantizeColumnInt(Wt, codesT as Int8Array, err, rowLoss, sc, zp, col * out, out, d, args.numBits);
+          else quantizeColumnFp8(Wt, codesT as Uint8Array, err, rowLoss, sc, col * out, out, d);
+          ErrBlock.set(err, (col - i1) * out);
+          spreadError(Wt, err, out, Hinv, col * inF, col + 1, s2);
         }
-        const wc = col * out;
-        if (isInt) {
-          quantizeColumnInt(Wt, Qt, codesT, err, rowLoss, scaleCol, zpCol, wc, out, d, qmin, qmax);
-        } else {
-          for (let r = 0; r < out; r++) {
-            const w = Wt[wc + r] as number;
-            const c = toCode(w, scaleCol[r] as number, zpCol[r] as number);
-            codesT[wc + r] = c;
-            const q = dequant(c, scaleCol[r] as number, zpCol[r] as number);
-            Qt[wc + r] = q;
-            err[r] = Math.fround(Math.fround(w - q) / d);
-            rowLoss[r] = (rowLoss[r] as number) + ((w - q) * (w - q)) / (d * d) / 2;
+        await update(ErrBlock.subarray((s1 - i1) * out, (s2 - i1) * out), s1, s2 - s1, s2, i2);
+      }
+      await update(ErrBlock.subarray(0, count * out), i1, count, i2, inF);
+    }
+    let loss = 0;
+    for (let r = 0; r < out; r++) loss += rowLoss[r] as number;
+    if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
+    // back to row-major and the original column order
+    const Wq = into ?? new Float32Array(out * inF);
+    const codes = isInt ? new Int8Array(out * inF) : new Uint8Array(out * inF);
+    for (let r0 = 0; r0 < out; r0 += TILE) {
+      const r1 = Math.min(out, r0 + TILE);
+      for (let j0 = 0; j0 < inF; j0 += TILE) {
+        const j1 = Math.min(inF, j0 + TILE);
+        for (let r = r0; r < r1; r++) {
+          for (let j = j0; j < j1; j++) {
+            const i = (pos[j] as number) * out + r;
+            Wq[r * inF + j] = Wt[i] as number;
+            codes[r * inF + j] = codesT[i] as number;
           }
         }
-        ErrBlock.set(err, (col - i1) * out);
-        spreadError(Wt, err, out, Hinv, col * inF, col + 1, s2);
-      }
-      await update(ErrBlock.subarray((s1 - i1) * out, (s2 - i1) * out), s1, s2 - s1, s2, i2);
-    }
-    await update(ErrBlock, i1, count, i2, inF);
-  }
-  const loss = rowLoss.reduce((a, b) => a + b, 0);
-  if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
-  // back to row-major and the original column order
-  const Wq = new Float32Array(out * inF);
-  const codes = args.type === "float" ? new Uint8Array(out * inF) : new Int8Array(out * inF);
-  for (let r0 = 0; r0 < out; r0 += TILE) {
-    const r1 = Math.min(out, r0 + TILE);
-    for (let c = 0; c < inF; c++) {
-      const dst = perm[c] as number;
-      for (let r = r0; r < r1; r++) {
-        Wq[r * inF + dst] = Qt[c * out + r] as number;
-        codes[r * inF + dst] = codesT[c * out + r] as number;
       }
     }
+    return { weight: { args, out, inF, codes, params }, dequantized: Wq, loss, rowLoss };
+  } finally {
+    for (const a of [Wt, ErrBlock, HT, codesT]) giveBuffer(a.buffer);
   }
-  return { weight: { args, out, inF, codes, params }, dequantized: Wq, loss, rowLoss };
 }
 
 /** GPTQ of one Linear from its Hessian (prepare + quantize). */
@@ -202,34 +227,45 @@ function spreadError(Wt: Float32Array, err: Float32Array, out: number, Hinv: Flo
   }
 }
 
-/** Quantize column `wc` (int): codes, dequantized values, the scaled error and the loss, per row. */
-function quantizeColumnInt(
-  Wt: Float32Array,
-  Qt: Float32Array,
-  codesT: Int8Array | Uint8Array,
-  err: Float32Array,
-  rowLoss: Float64Array,
-  scaleCol: Float32Array,
-  zpCol: Float32Array,
-  wc: number,
-  out: number,
-  d: number,
-  qmin: number,
-  qmax: number,
-): void {
+/**
+ * Quantize column `wc` (int) in place: codes, dequantized values, the error scaled by 1/d and
+ * the loss (w - q)^2 / d^2 / 2, per row. Rounding half to even, as torch.round.
+ */
+function quantizeColumnInt(Wt: Float32Array, codesT: Int8Array, err: Float32Array, rowLoss: Float64Array, scale: Float32Array, zp: Float32Array, wc: number, out: number, d: number, bits: number): void {
+  // small integers (a ** b is a double in V8, and slows the whole loop ~4x)
+  const qmin = -(1 << (bits - 1));
+  const qmax = (1 << (bits - 1)) - 1;
+  const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
     const w = Wt[wc + r] as number;
-    const sc = scaleCol[r] as number;
-    const zp = zpCol[r] as number;
-    const x = Math.fround(w / sc);
+    const s = scale[r] as number;
+    const z = zp[r] as number;
+    const x = Math.fround(w / s);
     let c = Math.round(x); // halves go up; make them even
-    if (c - x === 0.5 && c % 2 !== 0) c -= 1;
-    c += zp;
+    if (c - x === 0.5 && (c & 1) !== 0) c -= 1;
+    c += z;
     c = c < qmin ? qmin : c > qmax ? qmax : c;
     codesT[wc + r] = c;
-    const q = Math.fround((c - zp) * sc);
-    Qt[wc + r] = q;
-    err[r] = Math.fround(Math.fround(w - q) / d);
-    rowLoss[r] = (rowLoss[r] as number) + ((w - q) * (w - q)) / (d * d) / 2;
+    const q = Math.fround((c - z) * s);
+    Wt[wc + r] = q;
+    const e = w - q;
+    err[r] = Math.fround(Math.fround(e) / d);
+    rowLoss[r] = (rowLoss[r] as number) + (e * e) / d2;
+  }
+}
+
+/** The same for FP8 (e4m3fn codes). */
+function quantizeColumnFp8(Wt: Float32Array, codesT: Uint8Array, err: Float32Array, rowLoss: Float64Array, scale: Float32Array, wc: number, out: number, d: number): void {
+  const d2 = 2 * d * d;
+  for (let r = 0; r < out; r++) {
+    const w = Wt[wc + r] as number;
+    const s = scale[r] as number;
+    const c = quantizeFp8(w, s);
+    codesT[wc + r] = c;
+    const q = Math.fround(fp8e4m3ToF32(c) * s);
+    Wt[wc + r] = q;
+    const e = w - q;
+    err[r] = Math.fround(Math.fround(e) / d);
+    rowLoss[r] = (rowLoss[r] as number) + (e * e) / d2;
   }
 }
