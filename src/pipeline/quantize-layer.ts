@@ -115,7 +115,7 @@ export async function quantizeLayerLinears(
     let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
     if (members.length > 1) {
       try {
-        prep = prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
+        prep = await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
       } catch (e) {
         if (!(e instanceof NumericalError)) throw e;
         for (const [name, lin] of members) {

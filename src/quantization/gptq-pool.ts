@@ -105,6 +105,6 @@ export class GptqPool {
  * The job owns its weight array: the dequantized result is written over it.
  */
 export async function runGptqJob(j: GptqJob): Promise<GptqResult> {
-  const prep = "hessian" in j.prep ? prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening) : j.prep;
+  const prep = "hessian" in j.prep ? await prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening) : j.prep;
   return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize, j.weight);
 }

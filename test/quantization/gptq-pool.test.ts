@@ -16,7 +16,7 @@ test("GPTQ on worker threads gives the main thread's codes and scales; failures 
   const local = await runGptqJob({ ...job({ hessian: H.slice(), inF: 128, dampening: 0.01 }), id: 0 });
   const pool = new GptqPool(2);
   try {
-    const shared = prepareGptq(H, 128, args.actorder, "gate_proj");
+    const shared = await prepareGptq(H, 128, args.actorder, "gate_proj");
     const a = await pool.submit(() => job(shared));
     const b = await pool.submit(() => job({ hessian: H.slice(), inF: 128, dampening: 0.01 }));
     const bad = await pool.submit(() => job({ hessian: new Float32Array(128 * 128).map((_, i) => (i % 129 === 0 ? -1 : 0)), inF: 128, dampening: 0.01 }));

@@ -1,8 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { gptqQuantize, rtnQuantize } from "../../src/quantization/gptq.js";
+import { gptqQuantize, gptqWithPrep, prepareGptq, rtnQuantize } from "../../src/quantization/gptq.js";
+import { upperCholeskyOfInverse } from "../../src/engine/linalg.js";
+import { randn } from "../rand.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
-import { golden, goldenInts, assertIntsEqual } from "../helpers.js";
+import { golden, goldenInts, assertClose, assertIntsEqual } from "../helpers.js";
 import { rawToInts } from "../../src/io/safetensors.js";
 
 const g = golden("gptq-layer1-expert0-gate_proj.safetensors");
@@ -31,3 +33,31 @@ for (const actorder of ["none", "static"] as const) {
     assert.ok(r.loss > 0 && Number.isFinite(r.loss));
   });
 }
+
+test("GPTQ above the blocked-factorization size: codes equal those from a float64 Hinv (>= 99.9%)", async () => {
+  const n = 320; // > LINALG_BLOCK: Hinv comes from the blocked float32 factorization
+  const rows = 48;
+  const X = randn([2 * n, n], 11).data;
+  const Hn = new Float32Array(n * n);
+  for (let t = 0; t < 2 * n; t++) for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) Hn[i * n + j] = (Hn[i * n + j] as number) + 2 * (X[t * n + i] as number) * (X[t * n + j] as number);
+  const Wn = randn([rows, n], 12, 0.02).data;
+  const args = resolveScheme("W4A16", { groupSize: 32 }).weights;
+  const prep = await prepareGptq(Hn, n, args.actorder, "big");
+  // the same preparation with Hinv from the float64 reference
+  const Hp = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) Hp[i * n + j] = Hn[(prep.perm[i] as number) * n + (prep.perm[j] as number)] as number;
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += Hp[i * n + i] as number;
+  mean = Math.fround(mean / n);
+  for (let i = 0; i < n; i++) Hp[i * n + i] = Math.fround((Hp[i * n + i] as number) + 0.01 * mean);
+  const Hinv = new Float32Array(upperCholeskyOfInverse(Hp, n));
+  assertClose("Hinv (blocked vs float64)", prep.Hinv, Hinv, 1e-5);
+  const HinvT = new Float32Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) HinvT[j * n + i] = Hinv[i * n + j] as number;
+  const a = await gptqWithPrep(Wn, rows, prep, args, "BF16", "big");
+  const b = await gptqWithPrep(Wn, rows, { ...prep, Hinv, HinvT }, args, "BF16", "big");
+  let same = 0;
+  a.weight.codes.forEach((v, i) => (same += v === b.weight.codes[i] ? 1 : 0));
+  assert.ok(same / a.weight.codes.length >= 0.999, `only ${same} of ${a.weight.codes.length} codes match`);
+  assertIntsEqual("scales", a.weight.params.scale, b.weight.params.scale);
+});
