@@ -18,6 +18,7 @@ import { AnyModule } from "../nn/module.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import { Fallback, LayerTargets, Method, quantizeLayerLinears } from "./quantize-layer.js";
+import { closeSharedGptqPool } from "../quantization/gptq-pool.js";
 import { LayerReport, OneshotReport, layerSummary, writeReportFiles } from "./report.js";
 
 export interface OneshotOptions {
@@ -254,5 +255,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   } catch (e) {
     out.abort();
     throw e;
+  } finally {
+    await closeSharedGptqPool();
   }
 }

@@ -3,7 +3,7 @@ import { NumericalError } from "../errors.js";
 import { HessianStats } from "../calibration/observers.js";
 import { Linear } from "../nn/layers.js";
 import { GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
-import { GptqJob, GptqPool, gptqWorkerCount } from "../quantization/gptq-pool.js";
+import { GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { QuantizedWeight, ScaleDType, dequantize, roundScale } from "../quantization/params.js";
 import { Scheme } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
@@ -106,7 +106,7 @@ export async function quantizeLayerLinears(
   // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
   let work = 0;
   for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
-  const pool = new GptqPool(work >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0);
+  const pool = await sharedGptqPool(work >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0);
   const jobs: Promise<void>[] = [];
   for (const [H, members] of groups) {
     const [first, firstLin] = members[0] as [string, Linear];
@@ -167,8 +167,9 @@ export async function quantizeLayerLinears(
   }
   try {
     await Promise.all(jobs);
-  } finally {
-    await pool.close();
+  } catch (e) {
+    await closeSharedGptqPool(); // jobs may still run there; the next layer starts a fresh pool
+    throw e;
   }
   const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
   const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));

@@ -44,12 +44,14 @@ export class GptqPool {
       const w = new Worker(new URL("./gptq-worker.js", import.meta.url));
       w.on("message", (reply: GptqJobReply) => this.onReply(w, reply));
       w.on("error", (e) => this.failAll(new MoecalError("E_INTERNAL", `GPTQ worker failed: ${e.message}`, { cause: e })));
+      w.unref(); // an idle worker does not keep the process alive; a busy one does (ref in submit)
       this.workers.push(w);
       this.idle.push(w);
     }
   }
 
   private onReply(w: Worker, reply: GptqJobReply): void {
+    w.unref();
     const p = this.pending.get(reply.id);
     this.pending.delete(reply.id);
     const next = this.waiting.shift();
@@ -89,6 +91,7 @@ export class GptqPool {
     const job: GptqJob = { ...make(), id: this.nextId++ };
     const result = new Promise<GptqResult>((resolve, reject) => {
       this.pending.set(job.id, { resolve, reject });
+      w.ref();
       w.postMessage(job, [job.weight.buffer as ArrayBuffer, ...("hessian" in job.prep ? [job.prep.hessian.buffer as ArrayBuffer] : [])]);
     });
     result.catch(() => undefined); // the caller awaits it later; an early failure is not "unhandled"
@@ -98,6 +101,27 @@ export class GptqPool {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+let shared: GptqPool | null = null;
+
+/**
+ * The process's pool of `size` workers, kept between calls (oneshot quantizes layer after layer:
+ * workers start once and stay warm). A different size replaces it; size 0 is a pool without workers.
+ */
+export async function sharedGptqPool(size: number): Promise<GptqPool> {
+  if (size === 0) return new GptqPool(0);
+  if (shared?.size === size) return shared;
+  await closeSharedGptqPool();
+  shared = new GptqPool(size);
+  return shared;
+}
+
+/** Stop the shared pool's workers (idle workers do not hold the process open, so this is tidiness). */
+export async function closeSharedGptqPool(): Promise<void> {
+  const p = shared;
+  shared = null;
+  if (p) await p.close();
 }
 
 /**
