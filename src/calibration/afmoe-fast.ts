@@ -68,6 +68,7 @@ export async function allExpertsFast(
   const pairs = experts.map((_, e) => routedPairs(selected, T, K, e));
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
   const scratch = new Float32Array(2 * Im * chunk);
+  const act = new Float32Array(Im * chunk);
   for (let c0 = 0; c0 < T; c0 += chunk) {
     const c1 = Math.min(T, c0 + chunk);
     const Tc = c1 - c0;
@@ -83,14 +84,11 @@ export async function allExpertsFast(
     }
   }
 
-  /** swiglu of expert e from its [gate; up] rows (in place), its down statistics and routed rows. */
+  /** swiglu of expert e from its [gate; up] rows, its down statistics and routed rows. */
   async function expertFromGateUp(e: number, gu: Float32Array, Tc: number, c0: number, c1: number): Promise<void> {
     const n = Im * Tc;
-    for (let i = 0; i < n; i++) {
-      const g = gu[i] as number;
-      gu[i] = (g / (1 + Math.exp(-g))) * (gu[n + i] as number);
-    }
-    const A = new Tensor(gu.subarray(0, n), [Im, Tc]); // expert e's down_proj inputs, feature-major
+    // expert e's down_proj inputs, feature-major
+    const A = await engine.swiglu(new Tensor(gu.subarray(0, n), [Im, Tc]), new Tensor(gu.subarray(n, 2 * n), [Im, Tc]), act.subarray(0, n));
     const obs = plan.down[e] as FastPathObserver[];
     const gram = obs.some((o) => o.wantsGram) ? (await engine.linear(A, A)).data : null;
     for (const o of obs) o.rows(Tc, o.wantsGram ? gram : null);

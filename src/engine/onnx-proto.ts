@@ -84,28 +84,35 @@ function valueInfo(w: ProtoWriter, v: ValueSpec): void {
   );
 }
 
-/** Encode a single-node float32 model (IR version 8, default opset 17). */
-export function encodeSingleNodeModel(node: NodeSpec, inputs: ValueSpec[], outputs: ValueSpec[]): Uint8Array {
+/** Encode a float32 model of `nodes` in order (IR version 8, default opset 17). */
+export function encodeModel(name: string, nodes: NodeSpec[], inputs: ValueSpec[], outputs: ValueSpec[]): Uint8Array {
   const w = new ProtoWriter();
   w.int(1, 8); // ir_version
   w.string(2, "moecal"); // producer_name
   w.message(8, (op) => op.string(1, "").int(2, 17)); // opset_import
   w.message(7, (graph) => {
-    graph.message(1, (n) => {
-      for (const i of node.inputs) n.string(1, i);
-      for (const o of node.outputs) n.string(2, o);
-      n.string(3, `${node.opType}_0`);
-      n.string(4, node.opType);
-      for (const [name, value] of Object.entries(node.intAttributes ?? {})) {
-        n.message(5, (a) => a.string(1, name).int(3, value).int(20, 2)); // AttributeProto INT
-      }
-      for (const [name, value] of Object.entries(node.floatAttributes ?? {})) {
-        n.message(5, (a) => a.string(1, name).float(2, value).int(20, 1)); // AttributeProto FLOAT
-      }
-    });
-    graph.string(2, `moecal_${node.opType}`);
+    nodes.forEach((node, k) =>
+      graph.message(1, (n) => {
+        for (const i of node.inputs) n.string(1, i);
+        for (const o of node.outputs) n.string(2, o);
+        n.string(3, `${node.opType}_${k}`);
+        n.string(4, node.opType);
+        for (const [attr, value] of Object.entries(node.intAttributes ?? {})) {
+          n.message(5, (a) => a.string(1, attr).int(3, value).int(20, 2)); // AttributeProto INT
+        }
+        for (const [attr, value] of Object.entries(node.floatAttributes ?? {})) {
+          n.message(5, (a) => a.string(1, attr).float(2, value).int(20, 1)); // AttributeProto FLOAT
+        }
+      }),
+    );
+    graph.string(2, `moecal_${name}`);
     for (const v of inputs) graph.message(11, (vi) => valueInfo(vi, v));
     for (const v of outputs) graph.message(12, (vi) => valueInfo(vi, v));
   });
   return w.finish();
+}
+
+/** Encode a single-node float32 model. */
+export function encodeSingleNodeModel(node: NodeSpec, inputs: ValueSpec[], outputs: ValueSpec[]): Uint8Array {
+  return encodeModel(node.opType, [node], inputs, outputs);
 }

@@ -1,4 +1,5 @@
-import { Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct } from "./engine.js";
+import { Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
+import { swiglu } from "./ops.js";
 import { Tensor, numel } from "./tensor.js";
 
 /**
@@ -43,6 +44,12 @@ export class ReferenceEngine implements Engine {
       }
     }
     return new Tensor(out, [...batch, m, n]);
+  }
+
+  async swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Promise<Tensor> {
+    const out = checkOut(into, checkSwiglu(gate, up));
+    out.set(swiglu(gate, up).data);
+    return new Tensor(out, gate.shape);
   }
 
   async subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void> {

@@ -57,3 +57,24 @@ test("shape mismatches are usage errors", async () => {
   await assert.rejects(ort.linear(randn([2, 3], 1), randn([4, 5], 2)), /do not fit/);
   await assert.rejects(ort.matmul(randn([2, 3], 1), randn([4, 5], 2)), /do not fit/);
 });
+
+test("onnxruntime swiglu matches the TypeScript reference, also far into both tails and into a given buffer", async () => {
+  const g = randn([4, 1000], 11, 4);
+  g.data.set([-100, -30, -17, -5, 0, 5, 17, 30, 100, -0.0], 0);
+  const u = randn([4, 1000], 12);
+  const buf = new Float32Array(4000);
+  const y = await ort.swiglu(g, u, buf);
+  assert.equal(y.data, buf);
+  assert.deepEqual(y.shape, [4, 1000]);
+  const r = await ref.swiglu(g, u);
+  assertClose("swiglu", y, r, 1e-6);
+  // element by element, tails included (where silu is tiny): within a few float32 roundings
+  let worst = 0;
+  let at = 0;
+  for (let i = 0; i < 4000; i++) {
+    const e = Math.abs((y.data[i] as number) - (r.data[i] as number)) / Math.max(Math.abs(r.data[i] as number), 1e-30);
+    if (e > worst) [worst, at] = [e, i];
+  }
+  assert.ok(worst <= 1e-6, `swiglu: relative error ${worst} at [${at}] (gate ${g.data[at]}): ${y.data[at]} vs ${r.data[at]}`);
+  await assert.rejects(ort.swiglu(g, randn([3], 1)), /swiglu: gate \[4, 1000\] and up \[3\] differ/);
+});
