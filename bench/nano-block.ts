@@ -55,13 +55,13 @@ export function writeBlock(dir: string, block: AfmoeMoE, x: Tensor): string {
  * per-expert GPTQ in PyTorch (Debian's python3-torch), OpenBLAS free to pick its own kernel.
  * null when no Python with torch runs it.
  */
-export function torchPeer(manifest: string): { calib_seconds: number; gptq_seconds: number; torch: string } | null {
+export function torchPeer(manifest: string): { calib_seconds: number; calib_seconds_cold?: number; gptq_seconds: number; torch: string } | null {
   for (const py of ["/usr/bin/python3", "python3"]) {
     const env = { ...process.env };
     delete env.OPENBLAS_CORETYPE;
     delete env.OPENBLAS_L2_SIZE;
     const r = spawnSync(py, [path.join(PACKAGE_ROOT, "bench", "torch_seed.py"), manifest], { encoding: "utf8", env, maxBuffer: 1 << 20 });
-    if (r.status === 0) return JSON.parse(r.stdout.trim().split("\n").pop() as string) as { calib_seconds: number; gptq_seconds: number; torch: string };
+    if (r.status === 0) return JSON.parse(r.stdout.trim().split("\n").pop() as string) as { calib_seconds: number; calib_seconds_cold?: number; gptq_seconds: number; torch: string };
   }
   return null;
 }
