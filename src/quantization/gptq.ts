@@ -26,8 +26,9 @@ export interface GptqResult {
 /** Columns whose updates are applied one by one before a matrix product takes over. */
 const SUB = 16;
 /**
- * Columns per engine call in the block updates: MLAS ran these products at half speed once the
- * updated slice passed ~4 MB (measured: 896 x 2048 at 70 GFLOP/s, 448 x 2048 at 143).
+ * Columns per engine call in the block updates. Measured alone, MLAS ran [896, 128] x [128, 2048]
+ * at 70 GFLOP/s and [448, 128] x [128, 2048] at 143 (2026-11-26); inside GPTQ the difference was
+ * within this machine's noise.
  */
 const UPDATE_COLUMNS = 256;
 /** Rows and columns per tile when transposing between row- and column-major. */
