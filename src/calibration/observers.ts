@@ -33,12 +33,16 @@ export class GramAccumulator {
  * projection read the same tokens). When all rows are shared, `H` is the shared array itself.
  */
 export class HessianStats {
-  readonly own: GramAccumulator;
+  /** rows through the Linear's own hook; created on first use (the fast path's gate/up projections never need one: 2E x in^2 floats) */
+  private ownAcc: GramAccumulator | null = null;
   private readonly shared = new Set<GramAccumulator>();
   private cache: { H: Float32Array; rows: number } | null = null;
 
-  constructor(readonly inFeatures: number) {
-    this.own = new GramAccumulator(inFeatures);
+  constructor(readonly inFeatures: number) {}
+
+  get own(): GramAccumulator {
+    this.ownAcc ??= new GramAccumulator(this.inFeatures);
+    return this.ownAcc;
   }
 
   shareWith(acc: GramAccumulator): void {
@@ -47,7 +51,7 @@ export class HessianStats {
   }
 
   get rows(): number {
-    let n = this.own.rows;
+    let n = this.ownAcc?.rows ?? 0;
     for (const s of this.shared) n += s.rows;
     return n;
   }
@@ -56,9 +60,9 @@ export class HessianStats {
   get H(): Float32Array {
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
-    const parts = [this.own, ...this.shared].filter((a) => a.rows > 0);
+    const parts = [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);
     let H: Float32Array;
-    if (parts.length === 1 && parts[0] !== this.own) H = doubledView(parts[0] as GramAccumulator);
+    if (parts.length === 1 && parts[0] !== this.ownAcc) H = doubledView(parts[0] as GramAccumulator);
     else {
       H = new Float32Array(this.inFeatures * this.inFeatures);
       for (const p of parts) for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (p.G[i] as number);

@@ -4,8 +4,9 @@ import { getEngine } from "./index.js";
 import { Tensor } from "./tensor.js";
 
 /**
- * Dense linear algebra for GPTQ, in float64 (inputs and outputs float64 row-major n x n).
- * O(n^3) but n is a Linear's input size (<= a few thousand).
+ * Dense linear algebra for GPTQ (row-major n x n). O(n^3), n a Linear's input size (<= a few
+ * thousand). The float64 TypeScript functions are the reference; upperCholeskyOfInverseFast
+ * does the same blockwise with its products through the engine.
  */
 
 /** Lower Cholesky factor L (A = L L^T) in place; throws NumericalError if A is not positive definite. */

@@ -111,8 +111,3 @@ export function encodeModel(name: string, nodes: NodeSpec[], inputs: ValueSpec[]
   });
   return w.finish();
 }
-
-/** Encode a single-node float32 model. */
-export function encodeSingleNodeModel(node: NodeSpec, inputs: ValueSpec[], outputs: ValueSpec[]): Uint8Array {
-  return encodeModel(node.opType, [node], inputs, outputs);
-}

@@ -3,7 +3,7 @@ import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverseFast } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
 import { QuantArgs } from "./scheme.js";
-import { QParams, QuantizedWeight, ScaleDType, computeQParams, quantizeFp8, quantizeWithParams } from "./params.js";
+import { QParams, QuantizedWeight, ScaleDType, computeQParams, intRange, quantizeFp8, quantizeWithParams } from "./params.js";
 import { fp8e4m3ToF32 } from "../engine/dtype.js";
 
 export interface GptqOptions {
@@ -243,9 +243,7 @@ function spreadError(Wt: Float32Array, err: Float32Array, out: number, Hinv: Flo
  * the loss (w - q)^2 / d^2 / 2, per row. Rounding half to even, as torch.round.
  */
 function quantizeColumnInt(Wt: Float32Array, codesT: Int8Array, err: Float32Array, rowLoss: Float64Array, scale: Float32Array, zp: Float32Array, wc: number, out: number, d: number, bits: number): void {
-  // small integers (a ** b is a double in V8, and slows the whole loop ~4x)
-  const qmin = -(1 << (bits - 1));
-  const qmax = (1 << (bits - 1)) - 1;
+  const { qmin, qmax } = intRange(bits);
   const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
     const w = Wt[wc + r] as number;
