@@ -108,6 +108,8 @@ export async function quantizeLayerLinears(
   for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
   const pool = await sharedGptqPool(work >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0);
   const jobs: Promise<void>[] = [];
+  // stacking buffers, recycled between jobs: fresh ones cost page faults (~400 MB per Nano layer)
+  const freeStacks: Float32Array[] = [];
   for (const [H, members] of groups) {
     const [first, firstLin] = members[0] as [string, Linear];
     assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
@@ -135,9 +137,11 @@ export async function quantizeLayerLinears(
       }
       const label = batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
       const jobPrep = prep;
-      // the stacked copy is made only when a worker is free to take it
+      // the stacked copy is made only when a worker is free to take it, in a recycled buffer
       const job = await pool.submit(() => {
-        const stacked = new Float32Array(rows * firstLin.inFeatures);
+        const n = rows * firstLin.inFeatures;
+        const k = freeStacks.findIndex((b) => b.length === n);
+        const stacked = k >= 0 ? (freeStacks.splice(k, 1)[0] as Float32Array) : new Float32Array(n);
         let off = 0;
         for (const [, lin] of batch) {
           stacked.set(lin.weight.data, off);
@@ -150,9 +154,13 @@ export async function quantizeLayerLinears(
           (r) => {
             let r0 = 0;
             for (const [name, lin] of batch) {
-              done.set(name, sliceResult(r, r0, lin.outFeatures));
+              // the dequantized rows go back into the Linear's own array; the stack is reused
+              const q = sliceResult(r, r0, lin.outFeatures);
+              lin.weight.data.set(q.dequantized as Float32Array);
+              done.set(name, { ...q, dequantized: lin.weight.data });
               r0 += lin.outFeatures;
             }
+            freeStacks.push(r.dequantized);
           },
           (e: unknown) => {
             if (!(e instanceof NumericalError)) throw e;
