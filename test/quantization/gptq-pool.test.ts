@@ -1,6 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { GptqPool, runGptqJob } from "../../src/quantization/gptq-pool.js";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { GptqPool, closeSharedGptqPool, runGptqJob, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { prepareGptq } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { NumericalError } from "../../src/errors.js";
@@ -30,4 +34,34 @@ test("GPTQ on worker threads gives the main thread's codes and scales; failures 
   } finally {
     await pool.close();
   }
+});
+
+test("the shared pool is kept between calls, and its idle workers do not keep the process alive", async () => {
+  const a = await sharedGptqPool(2);
+  assert.equal(await sharedGptqPool(2), a, "same size: the same pool");
+  const b = await sharedGptqPool(1);
+  assert.notEqual(b, a, "another size replaces it");
+  assert.equal((await sharedGptqPool(0)).size, 0);
+  await closeSharedGptqPool();
+  // a child quantizes on the shared pool and never closes it: it must still exit by itself
+  const poolModule = new URL("../../src/quantization/gptq-pool.js", import.meta.url).href;
+  const script = `
+    const { sharedGptqPool } = await import(${JSON.stringify(poolModule)});
+    const pool = await sharedGptqPool(2);
+    const n = 64, out = 32;
+    const hessian = new Float32Array(n * n).map((_, i) => (i % (n + 1) === 0 ? 2 : 0));
+    const weight = new Float32Array(out * n).map((_, i) => Math.sin(i));
+    const args = { numBits: 4, type: "int", symmetric: true, strategy: "group", groupSize: 32, dynamic: false, actorder: null };
+    const job = await pool.submit(() => ({ weight, out, prep: { hessian, inF: n, dampening: 0.01 }, args, dtype: "F32", name: "x", blockSize: 128 }));
+    const r = await job.result;
+    console.log("codes", r.weight.codes.length);
+  `;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-pool-"));
+  const file = path.join(dir, "child.mjs");
+  fs.writeFileSync(file, script);
+  const child = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 60_000 });
+  fs.rmSync(dir, { recursive: true, force: true });
+  assert.equal(child.signal, null, `the child was killed (${child.signal}): it did not exit by itself; stderr: ${child.stderr}`);
+  assert.equal(child.status, 0, child.stderr);
+  assert.match(child.stdout, /codes 2048/);
 });
