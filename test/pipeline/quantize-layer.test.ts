@@ -1,0 +1,74 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Linear } from "../../src/nn/layers.js";
+import { Tensor } from "../../src/engine/tensor.js";
+import { HessianStats, GramAccumulator } from "../../src/calibration/observers.js";
+import { GPTQ_WORKER_MIN_WEIGHTS, QuantizedLinear, quantizeLayerLinears } from "../../src/pipeline/quantize-layer.js";
+import { closeSharedGptqPool } from "../../src/quantization/gptq-pool.js";
+import { dequantize } from "../../src/quantization/params.js";
+import { resolveScheme } from "../../src/quantization/scheme.js";
+import { randn } from "../rand.js";
+
+/** 8 Linears [512, 1024] sharing one Hessian (4M weights: large enough for worker threads) and one [256, 256] with its own. */
+async function layer(): Promise<{ linears: Map<string, Linear>; hessians: Map<string, HessianStats> }> {
+  const linears = new Map<string, Linear>();
+  const hessians = new Map<string, HessianStats>();
+  const shared = new GramAccumulator(1024);
+  await shared.add(randn([600, 1024], 1));
+  for (let e = 0; e < 8; e++) {
+    const lin = new Linear(1024, 512);
+    lin.parameter("weight").value = randn([512, 1024], 10 + e, 0.02);
+    const s = new HessianStats(1024);
+    s.shareWith(shared);
+    linears.set(`experts.${e}.gate_proj`, lin);
+    hessians.set(`experts.${e}.gate_proj`, s);
+  }
+  const down = new Linear(256, 256);
+  down.parameter("weight").value = randn([256, 256], 30, 0.02);
+  const s = new HessianStats(256);
+  await s.own.add(randn([300, 256], 31));
+  linears.set("experts.0.down_proj", down);
+  hessians.set("experts.0.down_proj", s);
+  return { linears, hessians };
+}
+
+async function run(workers: string): Promise<{ results: QuantizedLinear[]; linears: Map<string, Linear> }> {
+  const before = process.env.MOECAL_GPTQ_WORKERS;
+  process.env.MOECAL_GPTQ_WORKERS = workers;
+  try {
+    const { linears, hessians } = await layer();
+    let total = 0;
+    for (const l of linears.values()) total += l.weight.size;
+    assert.ok(total >= GPTQ_WORKER_MIN_WEIGHTS, "the layer must be large enough for the worker path");
+    const { results, fallbacks } = await quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, resolveScheme("W4A16"), "gptq", "BF16", { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" });
+    assert.deepEqual(fallbacks, []);
+    return { results, linears };
+  } finally {
+    if (before === undefined) delete process.env.MOECAL_GPTQ_WORKERS;
+    else process.env.MOECAL_GPTQ_WORKERS = before;
+    await closeSharedGptqPool();
+  }
+}
+
+test("a layer's GPTQ on worker threads equals the main thread's; every Linear ends with its own dequantized weights", async () => {
+  const threaded = await run("2");
+  const local = await run("0");
+  for (const { results, linears } of [threaded, local]) {
+    for (const r of results) {
+      const w = (linears.get(r.name) as Linear).weight.data;
+      assert.equal(w.byteLength, w.buffer.byteLength, `${r.name}: weight is a view into a larger buffer`);
+      const dq = dequantize(r.weight);
+      let diff = 0;
+      for (let i = 0; i < dq.length; i++) diff = Math.max(diff, Math.abs((dq[i] as number) - (w[i] as number)));
+      assert.equal(diff, 0, `${r.name}: weight differs from dequantize(codes) by up to ${diff}`);
+    }
+  }
+  for (const [i, a] of threaded.results.entries()) {
+    const b = local.results[i] as QuantizedLinear;
+    assert.equal(a.name, b.name);
+    assert.deepEqual(a.weight.params.scale, b.weight.params.scale, `${a.name}: scales`);
+    let same = 0;
+    a.weight.codes.forEach((c, k) => (same += c === b.weight.codes[k] ? 1 : 0));
+    assert.ok(same / a.weight.codes.length >= 0.999, `${a.name}: only ${same} of ${a.weight.codes.length} codes equal`);
+  }
+});
