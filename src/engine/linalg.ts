@@ -56,13 +56,10 @@ export function invertLowerInPlace(L: Float64Array, n: number): void {
  * One factorization and one triangular inverse. Throws NumericalError when A is not positive definite.
  */
 export function upperCholeskyOfInverse(A: Float64Array, n: number, what = "Hessian"): Float64Array {
-  const R = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) R[i * n + j] = A[(n - 1 - i) * n + (n - 1 - j)] as number;
+  const R = A.slice(0, n * n).reverse(); // J A J: rows and columns reversed is the flat array reversed
   choleskyLowerInPlace(R, n, what);
   invertLowerInPlace(R, n);
-  const U = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) U[i * n + j] = R[(n - 1 - i) * n + (n - 1 - j)] as number;
-  return U;
+  return R.reverse(); // J L^-1 J: L^-1 is lower triangular, so this is upper triangular
 }
 
 /** Below this size the factorizations run in float64 TypeScript; above, they recurse through the engine. */
@@ -124,10 +121,6 @@ async function cholInvBlocked(A: Float32Array, n: number, what: string, engine: 
  * computed blockwise (cholInvBlocked). Agrees with the float64 reference to float32 accuracy.
  */
 export async function upperCholeskyOfInverseFast(A: Float32Array, n: number, what = "Hessian", engine: Engine = getEngine()): Promise<Float32Array> {
-  const R = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) R[i * n + j] = A[(n - 1 - i) * n + (n - 1 - j)] as number;
-  const X = await cholInvBlocked(R, n, what, engine);
-  const U = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) U[i * n + j] = X[(n - 1 - i) * n + (n - 1 - j)] as number;
-  return U;
+  const X = await cholInvBlocked(A.slice(0, n * n).reverse(), n, what, engine);
+  return X.reverse();
 }

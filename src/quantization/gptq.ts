@@ -145,8 +145,9 @@ export async function gptqWithPrep(
   const codesT = isInt ? new Int8Array(takeBuffer(inF * out), 0, inF * out) : new Uint8Array(takeBuffer(inF * out), 0, inF * out);
   const err = new Float32Array(out);
   const rowLoss = new Float64Array(out);
-  const ErrBlock = new Float32Array(takeBuffer(4 * Math.min(blockSize, inF) * out), 0, Math.min(blockSize, inF) * out); // [count, out]
-  const HT = new Float32Array(takeBuffer(4 * inF * Math.min(blockSize, inF)), 0, inF * Math.min(blockSize, inF));
+  const bs = Math.min(blockSize, inF);
+  const ErrBlock = new Float32Array(takeBuffer(4 * bs * out), 0, bs * out); // [count, out]
+  const HT = new Float32Array(takeBuffer(4 * inF * bs), 0, inF * bs);
   const engine = getEngine();
   /** W[:, from:to] -= Err[:, cols] @ Hinv[cols, from:to], through the engine (transposed). */
   const update = async (ErrT: Float32Array, c0: number, count: number, from: number, to: number): Promise<void> => {
