@@ -35,10 +35,10 @@ export function add(a: Tensor, b: Tensor): Tensor {
 
 
 
-/** silu(gate) * up, fused. */
-export function swiglu(gate: Tensor, up: Tensor): Tensor {
+/** silu(gate) * up, fused; into `into` when given (gate.size floats). */
+export function swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Tensor {
   sameShape(gate, up, "swiglu");
-  const out = new Float32Array(gate.size);
+  const out = into ?? new Float32Array(gate.size);
   for (let i = 0; i < out.length; i++) {
     const g = gate.data[i] as number;
     out[i] = (g / (1 + Math.exp(-g))) * (up.data[i] as number);

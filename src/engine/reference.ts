@@ -47,9 +47,7 @@ export class ReferenceEngine implements Engine {
   }
 
   async swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Promise<Tensor> {
-    const out = checkOut(into, checkSwiglu(gate, up));
-    out.set(swiglu(gate, up).data);
-    return new Tensor(out, gate.shape);
+    return swiglu(gate, up, checkOut(into, checkSwiglu(gate, up)));
   }
 
   async subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void> {
