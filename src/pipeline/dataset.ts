@@ -3,7 +3,7 @@ import path from "node:path";
 import { Template } from "@huggingface/jinja";
 import { UsageError } from "../errors.js";
 import { LoadedTokenizer } from "../io/tokenizer.js";
-import { shuffled } from "../util/random.js";
+import { hfShuffled } from "../util/numpy-random.js";
 
 /** Largest dataset file read into memory. */
 export const MAX_DATASET_BYTES = 2 * 1024 ** 3;
@@ -54,7 +54,7 @@ export interface SampleOptions {
   numSamples?: number;
   /** truncate each sample to this many tokens, BOS included */
   maxSeqLength: number;
-  /** shuffle with this seed before taking samples; null keeps file order */
+  /** shuffle with this seed before taking samples, as Hugging Face `Dataset.shuffle(seed)` does; null keeps file order */
   shuffleSeed?: number | null;
 }
 
@@ -85,7 +85,7 @@ export function loadTokenizedSamples(file: string, tokenizer: LoadedTokenizer, o
     throw new UsageError(`number of samples must be a positive integer, got ${opts.numSamples}`);
   }
   let raw = readRawSamples(file);
-  if (opts.shuffleSeed !== undefined && opts.shuffleSeed !== null) raw = shuffled(raw, opts.shuffleSeed);
+  if (opts.shuffleSeed !== undefined && opts.shuffleSeed !== null) raw = hfShuffled(raw, opts.shuffleSeed);
   const out: number[][] = [];
   for (const s of raw) {
     if (opts.numSamples !== undefined && out.length >= opts.numSamples) break;

@@ -18,14 +18,3 @@ export function fillNormal(out: Float32Array, next: () => number, std = 1): Floa
   }
   return out;
 }
-
-/** Fisher-Yates shuffle of a copy. */
-export function shuffled<T>(items: readonly T[], seed: number): T[] {
-  const out = [...items];
-  const next = rng(seed);
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(next() * (i + 1));
-    [out[i], out[j]] = [out[j] as T, out[i] as T];
-  }
-  return out;
-}

@@ -47,6 +47,13 @@ test("shuffling is deterministic in the seed", () => {
   assert.notDeepEqual(a, loadTokenizedSamples(f, tok, { maxSeqLength: 8, shuffleSeed: null }));
 });
 
+test("the seed draws the samples Hugging Face `ds.shuffle(seed=1).select(range(5))` draws", () => {
+  const f = file("d.jsonl", Array.from({ length: 20 }, (_, i) => JSON.stringify({ text: `s${i}` })).join("\n"));
+  const got = loadTokenizedSamples(f, tok, { maxSeqLength: 8, shuffleSeed: 1, numSamples: 5 }).map((ids) => tok.decode(ids));
+  // np.random.default_rng(1).permutation(20) = [1, 10, 18, 16, 7, 11, ...]
+  assert.deepEqual(got, ["s1", "s10", "s18", "s16", "s7"].map((s) => `<|bos|>${s}`));
+});
+
 test("errors: malformed line (with its number), missing fields, empty dataset, only empty samples", () => {
   assert.throws(() => loadTokenizedSamples(file("e.jsonl", '{"text": "a"}\n{"text": oops}\n'), tok, { maxSeqLength: 8 }), (e: unknown) => e instanceof UsageError && /line 2: not valid JSON/.test(e.message));
   assert.throws(() => loadTokenizedSamples(file("f.jsonl", '{"prompt": "a"}\n'), tok, { maxSeqLength: 8 }), /line 1: expected an object with a "text"/);
