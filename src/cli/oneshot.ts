@@ -16,6 +16,7 @@ interface OneshotCliOptions {
   maxSeqLength?: number;
   calibrateAllExperts: boolean;
   ignore: string[];
+  vllmCheck: boolean;
   seed: number;
   output?: string;
   overwrite?: boolean;
@@ -36,7 +37,8 @@ export function registerOneshot(program: Command): void {
     .option("--max-seq-length <n>", "tokens per sample (default 2048, at most max_position_embeddings)", intOption("--max-seq-length", 2))
     .option("--calibrate-all-experts <bool>", "run every expert on every calibration token", boolOption("--calibrate-all-experts"), true)
     .option("--ignore <name>", "Linear to leave unquantized: NAME or re:PATTERN (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option("--seed <n>", "dataset shuffling seed", intOption("--seed", 0), 42)
+    .option("--no-vllm-check", "allow an ignore list that splits a module vLLM fuses (q/k/v, gate/up, a layer's experts)")
+    .option("--seed <n>", "dataset shuffling seed (same draw as Hugging Face datasets' shuffle(seed))", intOption("--seed", 0), 42)
     .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")

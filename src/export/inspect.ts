@@ -2,6 +2,7 @@ import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
 import { DType, rawToF32 } from "../io/safetensors.js";
 import { readAfmoeConfig } from "../models/afmoe/config.js";
+import { afmoeFusedGroups, fusedSchemeConflicts } from "../models/afmoe/quant-defaults.js";
 import { MoecalError } from "../errors.js";
 import { QuantFormat, matchesAny } from "../quantization/scheme.js";
 import { compressedTensorsSource, groupFor, parseQuantizationConfig, requiredSuffixes } from "./compressed-tensors.js";
@@ -32,7 +33,8 @@ function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
  * Audit a compressed-tensors checkpoint (ours or another tool's): every quantized module's
  * tensors present with the shapes and dtypes its config group implies; scales finite, positive
  * and not extreme; no weight all zeros; no NaN or Inf anywhere; Linear weights left in float
- * named in `ignore`. Problems are collected, not thrown.
+ * named in `ignore`; the members of each module vLLM fuses (q/k/v, gate/up, a layer's routed
+ * experts) under one scheme. Problems are collected, not thrown.
  */
 export function inspectCheckpoint(dir: string): InspectReport {
   const problems: string[] = [];
@@ -100,6 +102,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
       if (extreme >= 0) problems.push(`${p}.${s}: extreme value ${v[extreme]} at index ${extreme}`);
     }
   }
+  const unquantized: string[] = [];
   const src = (() => {
     try {
       return compressedTensorsSource(ck, cfg);
@@ -125,10 +128,17 @@ export function inspectCheckpoint(dir: string): InspectReport {
     const isLinear = p !== null && /(_proj|\.gate|lm_head)$/.test(p);
     if (isLinear && !modules.has(p)) {
       report.ignored++;
+      unquantized.push(p);
       if (!matchesAny(p, cfg.ignore)) problems.push(`${p}: Linear left unquantized but not named in quantization_config.ignore`);
       if (ck.has(`${p}.weight`) && values.every((x) => x === 0)) problems.push(`${p}: every weight is zero`);
     }
   }
+  // vLLM compares the config dicts of a fused module's members; a group's index names its dict
+  const schemeOf = (n: string): string => {
+    const g = modules.has(n) ? groupFor(cfg, n) : null;
+    return g ? `config group ${cfg.groups.indexOf(g)}` : "unquantized";
+  };
+  problems.push(...fusedSchemeConflicts(afmoeFusedGroups([...modules, ...unquantized]), schemeOf));
   return report;
 }
 

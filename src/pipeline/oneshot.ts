@@ -9,7 +9,7 @@ import { Checkpoint } from "../io/checkpoint.js";
 import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { Linear } from "../nn/layers.js";
-import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
+import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, afmoeFusedGroups, fusedSchemeConflicts, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
 import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
 import { ScaleDType } from "../quantization/params.js";
@@ -34,6 +34,11 @@ export interface OneshotOptions {
   fastPath?: boolean;
   /** added to the default ignore list (lm_head and every router gate) */
   ignore?: string[];
+  /**
+   * refuse an ignore list that splits a module vLLM fuses (q/k/v, gate/up, a layer's routed
+   * experts) between quantized and unquantized, since vLLM cannot load that (default true)
+   */
+  vllmCheck?: boolean;
   seed?: number;
   output?: string;
   overwrite?: boolean;
@@ -125,6 +130,13 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n);
   const ignored = allLinears.filter((n) => matchesAny(n, ignore));
   const isTarget = (n: string): boolean => !matchesAny(n, ignore);
+  if (opts.vllmCheck ?? true) {
+    const conflicts = fusedSchemeConflicts(afmoeFusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
+    if (conflicts.length) {
+      const rest = conflicts.slice(1, 4).map((c) => `\n  ${c}`).join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
+      throw new UsageError(`the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`);
+    }
+  }
   const firstTarget = allLinears.find(isTarget);
   scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
   const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";

@@ -114,6 +114,7 @@ export const BAD_INPUTS: BadInputCase[] = [
   { name: "samples longer than the model's maximum positions", setup: (d) => [...quick(TINY, d).slice(0, -2), "--max-seq-length", "4096", "--output", path.join(d, "out")], exitCode: 2, message: /--max-seq-length 4096 exceeds the model's max_position_embeddings 2048/ },
   { name: "unknown scheme", setup: (d) => quick(TINY, d, ["--scheme", "W3A16"]), exitCode: 2, message: /option '--scheme <name>' argument 'W3A16' is invalid/ },
   { name: "group size that does not divide the input size", setup: (d) => quick(TINY, d, ["--group-size", "48"]), exitCode: 2, message: /--group-size 48 does not divide the input size 128 of model.layers.0.self_attn.q_proj/ },
+  { name: "--ignore splitting a module vLLM fuses", setup: (d) => quick(TINY, d, ["--ignore", "model.layers.1.self_attn.k_proj"]), exitCode: 2, message: /splits 1 module\(s\) that vLLM fuses.*model.layers.1.self_attn.qkv_proj: vLLM fuses q_proj, k_proj, v_proj into one module with one quantization scheme, but W4A16: q_proj, v_proj; unquantized: k_proj/ },
   { name: "output folder exists", setup: (d) => { fs.mkdirSync(path.join(d, "out")); fs.writeFileSync(path.join(d, "out", "x"), "x"); return quick(TINY, d); }, exitCode: 2, message: /out exists and is not empty \(use --overwrite to replace it\)/ },
   {
     name: "output disk full (256 KiB tmpfs)",

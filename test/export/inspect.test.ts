@@ -78,6 +78,14 @@ const cases: [string, (t: Map<string, NamedRaw>) => void, RegExp][] = [
     },
     new RegExp(`${E}: Linear left unquantized but not named in quantization_config.ignore`),
   ],
+  [
+    "split-experts",
+    (t) => {
+      for (const s of ["weight_packed", "weight_scale", "weight_shape"]) t.delete(`${E}.${s}`);
+      t.set(`${E}.weight`, { name: `${E}.weight`, ...Checkpoint.open(TINY).readRaw(`${E}.weight`) });
+    },
+    /^model\.layers\.2\.mlp\.experts: vLLM runs its 48 routed-expert Linear layers as one fused MoE module with one quantization scheme, but config group 0: .*; unquantized: experts\.5\.gate_proj$/,
+  ],
 ];
 
 for (const [name, mutate, expected] of cases) {

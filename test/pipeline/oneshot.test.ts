@@ -6,6 +6,8 @@ import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { OneshotReport } from "../../src/pipeline/report.js";
 import { TEXT } from "../helpers.js";
+import { UsageError } from "../../src/errors.js";
+import { inspectCheckpoint } from "../../src/export/inspect.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-oneshot-"));
 const ROUTED_EXPERTS_ONLY = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.layers\\.0\\.mlp\\..*"];
@@ -37,6 +39,22 @@ test("routed-only calibration: experts without tokens fall back to RTN, are warn
 test("an explicit group size that does not divide an input size is refused before any work", async () => {
   await assert.rejects(oneshot({ scheme: "W4A16", groupSize: 48, numSamples: 1, maxSeqLength: 8, output: path.join(tmp, "bad") }), /--group-size 48 does not divide the input size 128 of model.layers.0.self_attn.q_proj/);
   assert.equal(fs.existsSync(path.join(tmp, "bad")), false);
+});
+
+test("an ignore list that splits a module vLLM fuses is refused before any work, unless vllmCheck is off; inspect flags the result", async () => {
+  const common = { method: "rtn" as const, numSamples: 1, maxSeqLength: 8, warn: () => undefined };
+  const out = path.join(tmp, "split");
+  await assert.rejects(
+    oneshot({ ...common, ignore: ["model.layers.1.self_attn.q_proj", "model.layers.3.mlp.experts.4.up_proj"], output: out }),
+    (e: Error) => e instanceof UsageError && /model\.layers\.1\.self_attn\.qkv_proj: vLLM fuses q_proj, k_proj, v_proj/.test(e.message) && /model\.layers\.3\.mlp\.experts: vLLM runs its 48 routed-expert/.test(e.message),
+  );
+  assert.equal(fs.existsSync(out), false);
+  await oneshot({ ...common, ignore: ["model.layers.1.self_attn.q_proj"], vllmCheck: false, output: out });
+  const problems = inspectCheckpoint(out).problems;
+  assert.deepEqual(problems, ["model.layers.1.self_attn.qkv_proj: vLLM fuses q_proj, k_proj, v_proj into one module with one quantization scheme, but unquantized: q_proj; config group 0: k_proj, v_proj"]);
+  // whole groups ignored are fine
+  await oneshot({ ...common, ignore: ["re:.*self_attn\\.[qkv]_proj$", "re:.*layers\\.2\\.mlp\\.experts\\..*"], output: path.join(tmp, "whole"), overwrite: true });
+  assert.deepEqual(inspectCheckpoint(path.join(tmp, "whole")).problems, []);
 });
 
 test("the default group size is halved to fit the bundled model, with a warning", async () => {

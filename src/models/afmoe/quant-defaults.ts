@@ -1,5 +1,81 @@
 /**
- * Quantization defaults for AFMoE: the Linear layers never quantized. vLLM keeps the router
- * gate in float32; lm_head stays in the checkpoint dtype, as in published Trinity quantizations.
+ * Quantization defaults for AFMoE: the Linear layers never quantized, and the groups of Linear
+ * layers that vLLM runs as one module.
  */
+
+/** Never quantized: vLLM keeps the router gate in float32; lm_head stays in the checkpoint dtype, as in published Trinity quantizations. */
 export const AFMOE_DEFAULT_IGNORE: readonly string[] = ["lm_head", "re:.*mlp\\.router\\.gate$"];
+
+/** Linear layers that vLLM loads into one module, which holds one quantization scheme. */
+export interface FusedGroup {
+  /** vLLM's name for the fused module */
+  module: string;
+  /** the checkpoint's Linear names it is made of */
+  members: string[];
+}
+
+/**
+ * vLLM's AFMoE (`AfmoeForCausalLM`) fuses q/k/v into `qkv_proj`, a dense MLP's and the shared
+ * expert's gate/up into `gate_up_proj`, and all routed experts of a layer into one fused MoE module
+ * whose scheme it reads from expert 0. The attention output gate (`self_attn.gate_proj`), `o_proj`
+ * and the down projections stay separate modules.
+ */
+export function afmoeFusedGroups(linearNames: readonly string[]): FusedGroup[] {
+  const groups = new Map<string, string[]>();
+  const add = (module: string, member: string): void => {
+    const g = groups.get(module);
+    if (g) g.push(member);
+    else groups.set(module, [member]);
+  };
+  for (const n of linearNames) {
+    let m: RegExpMatchArray | null;
+    if ((m = n.match(/^(.*\.self_attn)\.[qkv]_proj$/))) add(`${m[1]}.qkv_proj`, n);
+    else if ((m = n.match(/^(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$/))) add(m[1] as string, n);
+    else if ((m = n.match(/^(.*\.mlp(\.shared_experts)?)\.(gate|up)_proj$/))) add(`${m[1]}.gate_up_proj`, n);
+  }
+  return [...groups].filter(([, members]) => members.length > 1).map(([module, members]) => ({ module, members: members.sort(byShardOrder) }));
+}
+
+const PROJ_ORDER = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"];
+/** vLLM's shard order: q, k, v; gate, up; experts by index, then gate, up, down. */
+function byShardOrder(a: string, b: string): number {
+  const key = (n: string): [number, number] => {
+    const m = n.match(/\.(\d+)\.[a-z]+_proj$/);
+    return [m ? Number(m[1]) : -1, PROJ_ORDER.indexOf(n.slice(n.lastIndexOf(".") + 1))];
+  };
+  const [ea, pa] = key(a);
+  const [eb, pb] = key(b);
+  return ea - eb || pa - pb;
+}
+
+/** Short member names within a group's parent: "k_proj", "experts.3.down_proj". */
+function shortName(group: FusedGroup, member: string): string {
+  const parent = group.module.replace(/\.(qkv_proj|gate_up_proj)$/, "");
+  const rel = member.startsWith(`${parent}.`) ? member.slice(parent.length + 1) : member;
+  return group.module.endsWith(".experts") ? `experts.${rel}` : rel;
+}
+
+function listSome(names: string[], max = 4): string {
+  return names.length <= max ? names.join(", ") : `${names.slice(0, max).join(", ")} and ${names.length - max} more`;
+}
+
+/**
+ * The fused groups whose members would not share one scheme, each as a message naming the module
+ * and which members carry which scheme. `schemeOf` names a Linear's scheme ("unquantized" for an
+ * ignored one); an empty result means vLLM can load the layout.
+ */
+export function fusedSchemeConflicts(groups: readonly FusedGroup[], schemeOf: (linear: string) => string): string[] {
+  const out: string[] = [];
+  for (const g of groups) {
+    const byScheme = new Map<string, string[]>();
+    for (const m of g.members) {
+      const s = schemeOf(m);
+      byScheme.set(s, [...(byScheme.get(s) ?? []), shortName(g, m)]);
+    }
+    if (byScheme.size < 2) continue;
+    const what = g.module.endsWith(".experts") ? `runs its ${g.members.length} routed-expert Linear layers as one fused MoE module` : `fuses ${g.members.map((m) => shortName(g, m)).join(", ")} into one module`;
+    const parts = [...byScheme].map(([s, names]) => `${s}: ${listSome(names)}`);
+    out.push(`${g.module}: vLLM ${what} with one quantization scheme, but ${parts.join("; ")}`);
+  }
+  return out;
+}
