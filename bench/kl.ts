@@ -72,7 +72,7 @@ async function main(): Promise<void> {
           return kl;
         };
         const row = (label: string, kl: Record<string, number>): void => {
-          rows.push({ scheme, seed, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, kl });
+          rows.push({ scheme, seed, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, fallback_modules: report.fallbacks.map((f) => f.module), kl });
           console.log(`| ${scheme} | ${seed} | ${label} | ${report.fallbacks.length} | ${SETS.map((s) => (kl[s] as number).toExponential(2)).join(" | ")} |`);
         };
         row(all ? "all" : "routed only", await klOf());
