@@ -76,6 +76,7 @@ export class OutputFolder {
 
   copyFrom(src: string, name = path.basename(src)): void {
     try {
+      fs.mkdirSync(path.dirname(this.file(name)), { recursive: true });
       fs.copyFileSync(src, this.file(name));
       fs.chmodSync(this.file(name), 0o644);
     } catch (cause) {

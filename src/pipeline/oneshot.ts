@@ -8,6 +8,7 @@ import { trackCoverage, LayerCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
+import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
 import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, afmoeFusedGroups, fusedSchemeConflicts, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
 import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-tensors.js";
@@ -239,9 +240,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
 
     const qc = quantizationConfig(scheme, ignored, method === "gptq" ? scheme.weights.actorder : null);
     out.writeFile("config.json", JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2) + "\n");
-    for (const f of ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "chat_template.jinja"]) {
-      if (fs.existsSync(path.join(modelDir, f))) out.copyFrom(path.join(modelDir, f));
-    }
+    const companions = modelFiles(modelDir, config.raw);
+    if (companions.missing.length) warn(`${modelDir}: auto_map names remote code that is not in the folder (${companions.missing.join(", ")}); the output lacks it too`);
+    for (const f of companions.files) out.copyFrom(path.join(modelDir, f), f);
     const report: OneshotReport = {
       moecal_version: "0.1.0",
       model: path.resolve(modelDir),

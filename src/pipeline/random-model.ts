@@ -7,6 +7,7 @@ import { AfmoeForCausalLM, parseAfmoeConfig } from "../models/afmoe/index.js";
 import { OutputFolder } from "../export/output.js";
 import { BUNDLED_MODEL } from "../paths.js";
 import { fillNormal, rng } from "../util/random.js";
+import { modelFiles } from "../io/model-files.js";
 
 export interface RandomModelOptions {
   output: string;
@@ -77,9 +78,11 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
     }
     writer.finish();
     out.writeFile("config.json", JSON.stringify({ ...raw, torch_dtype: "bfloat16" }, null, 2) + "\n");
+    // the like-folder's tokenizer, generation config and remote code; the bundled tokenizer where it has none
+    const { files } = modelFiles(like, raw);
+    for (const f of files) out.copyFrom(path.join(like, f), f);
     for (const f of ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]) {
-      const src = fs.existsSync(path.join(like, f)) ? path.join(like, f) : path.join(BUNDLED_MODEL, f);
-      if (fs.existsSync(src)) out.copyFrom(src, f);
+      if (!files.includes(f) && fs.existsSync(path.join(BUNDLED_MODEL, f))) out.copyFrom(path.join(BUNDLED_MODEL, f), f);
     }
     return { output: out.commit(), parameters };
   } catch (e) {
