@@ -45,6 +45,9 @@ export interface AfmoeConfig {
   raw: Record<string, unknown>;
 }
 
+/** rope_theta when config.json gives neither rope_theta nor rope_parameters (the remote code's default). */
+export const DEFAULT_ROPE_THETA = 10000;
+
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
 
@@ -60,7 +63,9 @@ const schema = z.object({
   head_dim: posInt,
   vocab_size: posInt,
   rms_norm_eps: z.number().positive(),
-  rope_theta: z.number().positive().default(10000),
+  rope_theta: z.number().positive().optional(),
+  /** transformers >= 5 writes RoPE settings here instead of rope_theta */
+  rope_parameters: z.object({ rope_type: z.string().optional(), rope_theta: z.number().positive() }).passthrough().nullable().optional(),
   rope_scaling: z.null().optional(),
   max_position_embeddings: posInt,
   tie_word_embeddings: z.boolean().default(false),
@@ -111,6 +116,13 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
   if (c.num_dense_layers > c.num_hidden_layers) {
     fail("num_dense_layers", `${c.num_dense_layers} exceeds num_hidden_layers ${c.num_hidden_layers}`);
   }
+  let ropeTheta = c.rope_theta ?? DEFAULT_ROPE_THETA;
+  if (c.rope_parameters) {
+    const rp = c.rope_parameters;
+    if ((rp.rope_type ?? "default") !== "default") fail("rope_parameters.rope_type", `"${rp.rope_type}" is not supported (only "default" RoPE)`);
+    if (c.rope_theta !== undefined && c.rope_theta !== rp.rope_theta) fail("rope_parameters.rope_theta", `${rp.rope_theta} disagrees with rope_theta ${c.rope_theta}`);
+    ropeTheta = rp.rope_theta;
+  }
   if (c.n_group !== 1 || c.topk_group !== 1) fail("n_group", "grouped expert selection (n_group > 1) is not supported");
   let layerTypes: LayerType[];
   if (c.layer_types) {
@@ -135,7 +147,7 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
     headDim: c.head_dim,
     vocabSize: c.vocab_size,
     rmsNormEps: c.rms_norm_eps,
-    ropeTheta: c.rope_theta,
+    ropeTheta,
     maxPositionEmbeddings: c.max_position_embeddings,
     tieWordEmbeddings: c.tie_word_embeddings,
     numExperts: c.num_experts,

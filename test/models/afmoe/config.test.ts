@@ -41,3 +41,16 @@ test("head counts that do not divide", () => bad({ num_key_value_heads: 3 }, /"n
 test("layer_types of the wrong length", () => bad({ layer_types: ["full_attention"] }, /"layer_types": has 1 entries but num_hidden_layers is 4/));
 test("unsupported model_type", () => bad({ model_type: "llama" }, /unsupported model_type "llama"/));
 test("unknown score_func", () => bad({ score_func: "relu" }, /field "score_func"/));
+
+test("RoPE theta: rope_theta, or transformers 5's rope_parameters, or the default; disagreement and other RoPE types are errors", () => {
+  assert.equal(parseAfmoeConfig({ ...base, rope_theta: 50000 }).ropeTheta, 50000);
+  const v5: Record<string, unknown> = { ...base, rope_parameters: { rope_type: "default", rope_theta: 123456 } };
+  delete v5.rope_theta;
+  assert.equal(parseAfmoeConfig(v5).ropeTheta, 123456);
+  assert.equal(parseAfmoeConfig({ ...base, rope_theta: 123456, rope_parameters: { rope_type: "default", rope_theta: 123456 } }).ropeTheta, 123456);
+  const none: Record<string, unknown> = { ...base };
+  delete none.rope_theta;
+  assert.equal(parseAfmoeConfig(none).ropeTheta, 10000);
+  bad({ rope_parameters: { rope_type: "default", rope_theta: 20000 } }, /"rope_parameters.rope_theta": 20000 disagrees with rope_theta 10000/);
+  bad({ rope_parameters: { rope_type: "yarn", rope_theta: 10000, factor: 4 } }, /"rope_parameters.rope_type": "yarn" is not supported/);
+});
