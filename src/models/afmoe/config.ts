@@ -66,7 +66,7 @@ const schema = z.object({
   rope_theta: z.number().positive().optional(),
   /** transformers >= 5 writes RoPE settings here instead of rope_theta */
   rope_parameters: z.object({ rope_type: z.string().optional(), rope_theta: z.number().positive() }).passthrough().nullable().optional(),
-  rope_scaling: z.null().optional(),
+  rope_scaling: z.object({ rope_type: z.string().optional(), type: z.string().optional() }).passthrough().nullable().optional(),
   max_position_embeddings: posInt,
   tie_word_embeddings: z.boolean().default(false),
   num_experts: posInt,
@@ -116,6 +116,8 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
   if (c.num_dense_layers > c.num_hidden_layers) {
     fail("num_dense_layers", `${c.num_dense_layers} exceeds num_hidden_layers ${c.num_hidden_layers}`);
   }
+  const scaling = c.rope_scaling?.rope_type ?? c.rope_scaling?.type ?? "default";
+  if (scaling !== "default") fail("rope_scaling", `"${scaling}" RoPE scaling is not supported (only plain RoPE)`);
   let ropeTheta = c.rope_theta ?? DEFAULT_ROPE_THETA;
   if (c.rope_parameters) {
     const rp = c.rope_parameters;

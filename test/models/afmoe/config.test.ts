@@ -53,4 +53,6 @@ test("RoPE theta: rope_theta, or transformers 5's rope_parameters, or the defaul
   assert.equal(parseAfmoeConfig(none).ropeTheta, 10000);
   bad({ rope_parameters: { rope_type: "default", rope_theta: 20000 } }, /"rope_parameters.rope_theta": 20000 disagrees with rope_theta 10000/);
   bad({ rope_parameters: { rope_type: "yarn", rope_theta: 10000, factor: 4 } }, /"rope_parameters.rope_type": "yarn" is not supported/);
+  bad({ rope_scaling: { type: "yarn", factor: 4 } }, /"rope_scaling": "yarn" RoPE scaling is not supported/);
+  assert.equal(parseAfmoeConfig({ ...base, rope_scaling: { rope_type: "default" } }).ropeTheta, 10000);
 });
