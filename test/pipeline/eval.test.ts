@@ -1,0 +1,80 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { evaluate } from "../../src/pipeline/eval.js";
+import { oneshot } from "../../src/pipeline/oneshot.js";
+import { openAfmoe } from "../../src/models/afmoe/index.js";
+import { loadTokenizer } from "../../src/io/tokenizer.js";
+import { rawToF32 } from "../../src/io/safetensors.js";
+import { ROOT, TEXT, TINY, golden, goldenInts } from "../helpers.js";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-eval-"));
+const fwd = golden("forward.safetensors");
+const ids = goldenInts(fwd, "input_ids"); // [2, 96]: BOS + bytes
+const S = 96;
+const V = 260;
+
+/** Float64 log-softmax of row r of a flat [rows, V] array. */
+function logSoftmax(x: ArrayLike<number>, r: number): number[] {
+  let max = -Infinity;
+  for (let v = 0; v < V; v++) max = Math.max(max, x[r * V + v] as number);
+  let sum = 0;
+  for (let v = 0; v < V; v++) sum += Math.exp((x[r * V + v] as number) - max);
+  return Array.from({ length: V }, (_, v) => (x[r * V + v] as number) - max - Math.log(sum));
+}
+
+/** The golden samples as a dataset file (their bytes after BOS, as text). */
+const dataset = path.join(tmp, "golden.jsonl");
+const texts = [0, 1].map((b) => Buffer.from(ids.slice(b * S + 1, (b + 1) * S)).toString("utf8"));
+fs.writeFileSync(dataset, texts.map((text) => JSON.stringify({ text })).join("\n") + "\n");
+
+test("eval NLL equals the one computed from the reference implementation's golden logits", async () => {
+  const tok = loadTokenizer(TINY);
+  texts.forEach((t, b) => assert.deepEqual(tok.encode(t), ids.slice(b * S, (b + 1) * S), `sample ${b} round-trips through the tokenizer`));
+  const logits = rawToF32(fwd.readRaw("logits"), "logits").data;
+  let nll = 0;
+  for (let b = 0; b < 2; b++) for (let t = 0; t < S - 1; t++) nll -= logSoftmax(logits, b * S + t)[ids[b * S + t + 1] as number] as number;
+  nll /= 2 * (S - 1);
+  const r = await evaluate({ model: TINY, dataset, maxSeqLength: S });
+  assert.equal(r.tokens, 2 * (S - 1));
+  assert.equal(r.kl, null);
+  assert.ok(Math.abs(r.nll - nll) <= 1e-5 * nll, `nll ${r.nll} vs golden ${nll}`);
+  assert.ok(Math.abs(r.ppl - Math.exp(r.nll)) <= 1e-12 * r.ppl);
+});
+
+test("eval KL: zero for a model against itself; for a quantized model equal to KL computed from whole-model forwards", async () => {
+  const self = await evaluate({ model: TINY, reference: TINY, dataset, maxSeqLength: S });
+  assert.equal(self.kl, 0);
+  const q = path.join(tmp, "rtn");
+  await oneshot({ method: "rtn", scheme: "W4A16", groupSize: 32, numSamples: 1, maxSeqLength: 8, output: q, warn: () => undefined });
+  const r = await evaluate({ model: q, reference: TINY, dataset, maxSeqLength: S });
+  // independent: each model whole in memory, one forward per batch, KL summed in float64 here
+  const input = { ids: { ids: Int32Array.from(ids), shape: [2, S] } };
+  const lp = (await openAfmoe(q).model.call(input)).logits.data;
+  const lq = (await openAfmoe(TINY).model.call(input)).logits.data;
+  let kl = 0;
+  for (let b = 0; b < 2; b++) {
+    for (let t = 0; t < S - 1; t++) {
+      const p = logSoftmax(lp, b * S + t);
+      const qq = logSoftmax(lq, b * S + t);
+      for (let v = 0; v < V; v++) kl += Math.exp(qq[v] as number) * ((qq[v] as number) - (p[v] as number));
+    }
+  }
+  kl /= 2 * (S - 1);
+  assert.ok(kl > 0);
+  // batch 2 vs one sample at a time changes float32 summation order in the products (logits agree to ~1e-6)
+  assert.ok(Math.abs((r.kl as number) - kl) <= 1e-5 * kl, `streamed KL ${r.kl} vs whole-model ${kl}`);
+});
+
+test("moecal eval --json prints nll, ppl, kl and tokens", () => {
+  const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+  const r = spawnSync(process.execPath, [cli, "eval", "--model", TINY, "--reference", TINY, "--dataset", path.join(TEXT, "eval-json.jsonl"), "--num-samples", "2", "--max-seq-length", "16", "--json"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as Record<string, number>;
+  assert.deepEqual(Object.keys(j).sort(), ["kl", "nll", "ppl", "tokens"]);
+  assert.equal(j.tokens, 2 * 15);
+  assert.equal(j.kl, 0);
+});
