@@ -1,3 +1,4 @@
+import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
@@ -68,4 +69,18 @@ export function assertIntsEqual(name: string, actual: ArrayLike<number>, expecte
     }
   }
   if (count) assert.fail(`${name}: ${count} of ${expected.length} values differ; first ${diffs.join(", ")}`);
+}
+
+/**
+ * The golden forward inputs (forward.safetensors: input_ids [2, 96], BOS + bytes) written as a
+ * JSON-lines dataset in `dir`; returns the file and the ids.
+ */
+export function goldenDataset(dir: string): { file: string; ids: number[]; batch: number; seq: number } {
+  const f = golden("forward.safetensors");
+  const ids = goldenInts(f, "input_ids");
+  const [batch, seq] = f.info("input_ids").shape as [number, number];
+  const texts = Array.from({ length: batch }, (_, b) => Buffer.from(ids.slice(b * seq + 1, (b + 1) * seq)).toString("utf8"));
+  const file = path.join(dir, "golden.jsonl");
+  fs.writeFileSync(file, texts.map((text) => JSON.stringify({ text })).join("\n") + "\n");
+  return { file, ids, batch, seq };
 }

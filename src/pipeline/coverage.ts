@@ -3,6 +3,7 @@ import { Coverage, trackCoverage } from "../calibration/coverage.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { openAfmoe } from "../models/afmoe/index.js";
 import { loadTokenizedSamples } from "./dataset.js";
+import { streamedHidden } from "./stream.js";
 
 export interface CoverageOptions {
   model: string;
@@ -14,17 +15,17 @@ export interface CoverageOptions {
 
 /**
  * Expert coverage of a dataset: the first N samples in file order, each tokenized alone and
- * run through the whole model (one forward per sample) inside the calibration context.
+ * run through the model layer by layer (one layer's weights in memory) inside the calibration
+ * context.
  */
 export async function measureCoverage(opts: CoverageOptions): Promise<Coverage & { samples: number; tokens: number }> {
-  const { model } = openAfmoe(opts.model);
+  const m = openAfmoe(opts.model, { load: false });
   const tok = loadTokenizer(opts.model);
   const samples = loadTokenizedSamples(opts.dataset, tok, { numSamples: opts.numSamples, maxSeqLength: opts.maxSeqLength, shuffleSeed: null });
-  const tracker = trackCoverage(model);
+  const tracker = trackCoverage(m.model);
   try {
-    await withMoeCalibration(model, { calibrateAllExperts: opts.calibrateAllExperts ?? true }, async (m) => {
-      for (const ids of samples) await m.call({ ids: { ids: Int32Array.from(ids), shape: [1, ids.length] } });
-    });
+    const calibration = { calibrateAllExperts: opts.calibrateAllExperts ?? true, config: m.config };
+    await streamedHidden(m, samples, { finalNorm: false, around: (layer, _i, body) => withMoeCalibration(layer, calibration, body) });
   } finally {
     tracker.remove();
   }

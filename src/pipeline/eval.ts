@@ -1,6 +1,7 @@
 import { loadTokenizer } from "../io/tokenizer.js";
 import { Tensor } from "../engine/tensor.js";
-import { LoadedAfmoe, loadParameters, openAfmoe, unloadParameters } from "../models/afmoe/index.js";
+import { openAfmoe } from "../models/afmoe/index.js";
+import { streamedHidden, withParameters } from "./stream.js";
 import { UsageError } from "../errors.js";
 import { loadTokenizedSamples } from "./dataset.js";
 
@@ -36,34 +37,9 @@ function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
 }
 
 /**
- * Each sample's final-norm hidden states, computed one layer at a time over all samples, so only
- * one layer's weights are in memory at once (as in oneshot): memory does not grow with depth.
- */
-export async function streamedFinalHidden(m: LoadedAfmoe, samples: number[][]): Promise<Tensor[]> {
-  const { model, source, mapping, config } = m;
-  const only = (prefix: string) => (n: string): boolean => n === prefix || n.startsWith(`${prefix}.`);
-  const stage = async (prefix: string, run: (h: Tensor, ids: number[]) => Promise<Tensor>, hidden: Tensor[]): Promise<Tensor[]> => {
-    loadParameters(model, source, mapping, only(prefix));
-    try {
-      const next: Tensor[] = [];
-      for (let s = 0; s < samples.length; s++) next.push(await run(hidden[s] as Tensor, samples[s] as number[]));
-      return next;
-    } finally {
-      unloadParameters(model, only(prefix));
-    }
-  };
-  let hidden = await stage("model.embed_tokens", (_h, ids) => model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }), []);
-  for (let i = 0; i < config.numHiddenLayers; i++) {
-    const layer = model.model.layers.at(i);
-    hidden = await stage(`model.layers.${i}`, (h) => layer.call(h), hidden);
-  }
-  return stage("model.norm", (h) => model.model.norm.call(h), hidden);
-}
-
-/**
  * Perplexity of `model` on the first N samples of a dataset (file order, each sample alone:
  * BOS + text truncated to L), and with a reference the mean KL divergence per token. Both models
- * run layer by layer (`streamedFinalHidden`); only the two lm_heads are held together at the end.
+ * run layer by layer (`streamedHidden`); only the two lm_heads are held together at the end.
  */
 export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   const m = openAfmoe(opts.model, { load: false });
@@ -79,29 +55,29 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   }).filter((ids) => ids.length >= 2);
   if (samples.length === 0) throw new UsageError(`dataset ${opts.dataset}: no sample has two or more tokens to evaluate`);
   const V = m.config.vocabSize;
-  const hidden = await streamedFinalHidden(m, samples);
-  const refHidden = ref ? await streamedFinalHidden(ref, samples) : null;
-  const head = (x: LoadedAfmoe): void => void loadParameters(x.model, x.source, x.mapping, (n) => n === "lm_head.weight");
-  head(m);
-  if (ref) head(ref);
-  let nll = 0;
-  let kl = 0;
-  let n = 0;
-  for (let s = 0; s < samples.length; s++) {
-    const ids = samples[s] as number[];
-    const logits = (await m.model.lm_head.call(hidden[s] as Tensor)).data;
-    const refLogits = ref && refHidden ? (await ref.model.lm_head.call(refHidden[s] as Tensor)).data : null;
-    for (let t = 0; t < ids.length - 1; t++) {
-      const lp = logSoftmax(logits, t * V, V);
-      nll -= lp[ids[t + 1] as number] as number;
-      if (refLogits) {
-        const lq = logSoftmax(refLogits, t * V, V);
-        let k = 0;
-        for (let v = 0; v < V; v++) k += Math.exp(lq[v] as number) * ((lq[v] as number) - (lp[v] as number));
-        kl += k;
+  const hidden = await streamedHidden(m, samples);
+  const refHidden = ref ? await streamedHidden(ref, samples) : null;
+  const score = async (): Promise<EvalResult> => {
+    let nll = 0;
+    let kl = 0;
+    let n = 0;
+    for (let s = 0; s < samples.length; s++) {
+      const ids = samples[s] as number[];
+      const logits = (await m.model.lm_head.call(hidden[s] as Tensor)).data;
+      const refLogits = ref && refHidden ? (await ref.model.lm_head.call(refHidden[s] as Tensor)).data : null;
+      for (let t = 0; t < ids.length - 1; t++) {
+        const lp = logSoftmax(logits, t * V, V);
+        nll -= lp[ids[t + 1] as number] as number;
+        if (refLogits) {
+          const lq = logSoftmax(refLogits, t * V, V);
+          let k = 0;
+          for (let v = 0; v < V; v++) k += Math.exp(lq[v] as number) * ((lq[v] as number) - (lp[v] as number));
+          kl += k;
+        }
+        n++;
       }
-      n++;
     }
-  }
-  return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n };
+    return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n };
+  };
+  return withParameters(m, "lm_head", () => (ref ? withParameters(ref, "lm_head", score) : score()));
 }

@@ -9,12 +9,11 @@ import { oneshot } from "../../src/pipeline/oneshot.js";
 import { openAfmoe } from "../../src/models/afmoe/index.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { rawToF32 } from "../../src/io/safetensors.js";
-import { ROOT, TEXT, TINY, golden, goldenInts } from "../helpers.js";
+import { ROOT, TEXT, TINY, golden, goldenDataset } from "../helpers.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-eval-"));
 const fwd = golden("forward.safetensors");
-const ids = goldenInts(fwd, "input_ids"); // [2, 96]: BOS + bytes
-const S = 96;
+const { file: dataset, ids, seq: S } = goldenDataset(tmp);
 const V = 260;
 
 /** Float64 log-softmax of row r of a flat [rows, V] array. */
@@ -26,13 +25,9 @@ function logSoftmax(x: ArrayLike<number>, r: number): number[] {
   return Array.from({ length: V }, (_, v) => (x[r * V + v] as number) - max - Math.log(sum));
 }
 
-/** The golden samples as a dataset file (their bytes after BOS, as text). */
-const dataset = path.join(tmp, "golden.jsonl");
-const texts = [0, 1].map((b) => Buffer.from(ids.slice(b * S + 1, (b + 1) * S)).toString("utf8"));
-fs.writeFileSync(dataset, texts.map((text) => JSON.stringify({ text })).join("\n") + "\n");
-
 test("eval NLL equals the one computed from the reference implementation's golden logits", async () => {
   const tok = loadTokenizer(TINY);
+  const texts = fs.readFileSync(dataset, "utf8").trim().split("\n").map((l) => (JSON.parse(l) as { text: string }).text);
   texts.forEach((t, b) => assert.deepEqual(tok.encode(t), ids.slice(b * S, (b + 1) * S), `sample ${b} round-trips through the tokenizer`));
   const logits = rawToF32(fwd.readRaw("logits"), "logits").data;
   let nll = 0;

@@ -1,0 +1,56 @@
+/**
+ * Running whole datasets through a model one layer at a time: only the current layer's weights
+ * are in memory, every sample's hidden states are carried from layer to layer (as llm-compressor's
+ * sequential pipeline does), so memory does not grow with depth. Used by eval and coverage;
+ * oneshot adds calibration and quantization between a layer's load and unload.
+ */
+import { Tensor } from "../engine/tensor.js";
+import { AfmoeDecoderLayer, LoadedAfmoe, loadParameters, unloadParameters } from "../models/afmoe/index.js";
+
+/** Runs `body` on a layer, possibly inside a context (e.g. the MoE calibration context). */
+export type LayerContext = (layer: AfmoeDecoderLayer, index: number, body: (layer: AfmoeDecoderLayer) => Promise<void>) => Promise<void>;
+
+export interface StreamOptions {
+  /** wrap each decoder layer's pass over the samples */
+  around?: LayerContext;
+  /** apply the final norm (the input of lm_head); default true */
+  finalNorm?: boolean;
+}
+
+const named = (prefix: string) => (n: string): boolean => n === prefix || n.startsWith(`${prefix}.`);
+
+/** Load the parameters under `prefix`, map every sample through `run`, unload them again. */
+export async function withParameters<T>(m: LoadedAfmoe, prefix: string, run: () => Promise<T>): Promise<T> {
+  loadParameters(m.model, m.source, m.mapping, named(prefix));
+  try {
+    return await run();
+  } finally {
+    unloadParameters(m.model, named(prefix));
+  }
+}
+
+/** Each sample's hidden states after the last layer (and the final norm unless told not to). */
+export async function streamedHidden(m: LoadedAfmoe, samples: number[][], opts: StreamOptions = {}): Promise<Tensor[]> {
+  const { model, config } = m;
+  let hidden = await withParameters(m, "model.embed_tokens", async () => {
+    const out: Tensor[] = [];
+    for (const ids of samples) out.push(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
+    return out;
+  });
+  const around: LayerContext = opts.around ?? ((layer, _i, body) => body(layer));
+  for (let i = 0; i < config.numHiddenLayers; i++) {
+    hidden = await withParameters(m, `model.layers.${i}`, async () => {
+      const out: Tensor[] = [];
+      await around(model.model.layers.at(i), i, async (layer) => {
+        for (const h of hidden) out.push(await layer.call(h));
+      });
+      return out;
+    });
+  }
+  if (opts.finalNorm === false) return hidden;
+  return withParameters(m, "model.norm", async () => {
+    const out: Tensor[] = [];
+    for (const h of hidden) out.push(await model.model.norm.call(h));
+    return out;
+  });
+}
