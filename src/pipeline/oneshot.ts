@@ -18,8 +18,8 @@ import { Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns
 import { AnyModule } from "../nn/module.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
-import { Fallback, LayerTargets, Method, quantizeLayerLinears } from "./quantize-layer.js";
-import { closeSharedGptqPool } from "../quantization/gptq-pool.js";
+import { Fallback, GPTQ_WORKER_MIN_WEIGHTS, LayerTargets, Method, quantizeLayerLinears } from "./quantize-layer.js";
+import { closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { LayerReport, OneshotReport, layerSummary, writeReportFiles } from "./report.js";
 
 export interface OneshotOptions {
@@ -84,6 +84,17 @@ export function fitGroupSize(scheme: Scheme, model: AnyModule, isTarget: (n: str
   if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);
   warn(`group size ${g0} does not divide the input size ${first[1]} of ${first[0]}; using group size ${g}`);
   return { ...scheme, weights: { ...scheme.weights, groupSize: g } };
+}
+
+/** Weights of the target Linears of the largest decoder layer (what decides GPTQ's worker pool). */
+function largestLayerWork(model: AfmoeForCausalLM, isTarget: (n: string) => boolean): number {
+  const perLayer = new Map<string, number>();
+  for (const [n, m] of model.namedModules()) {
+    const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
+    if (layer === undefined || !(m instanceof Linear) || !isTarget(n)) continue;
+    perLayer.set(layer, (perLayer.get(layer) ?? 0) + m.inFeatures * m.outFeatures);
+  }
+  return Math.max(0, ...perLayer.values());
 }
 
 /** Every quantized Linear must carry the tensors its format needs. */
@@ -153,6 +164,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       writer.add({ name: src, ...ck.readRaw(src) });
     };
     opts.onProgress?.({ kind: "start", layers: config.numHiddenLayers, samples: samples.length, tokens });
+    // GPTQ workers boot in their own threads while layer 0 calibrates, instead of when the first
+    // large layer is quantized (the pool is kept across layers and closed at the end)
+    if (method === "gptq" && largestLayerWork(model, isTarget) >= GPTQ_WORKER_MIN_WEIGHTS) void sharedGptqPool(gptqWorkerCount());
 
     const embedName = "model.embed_tokens.weight";
     loadParameters(model, source, mapping, (n) => n === embedName);
