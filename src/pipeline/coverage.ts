@@ -3,7 +3,7 @@ import { Coverage, trackCoverage } from "../calibration/coverage.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { openAfmoe } from "../models/afmoe/index.js";
 import { loadTokenizedSamples } from "./dataset.js";
-import { streamedHidden } from "./stream.js";
+import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden } from "./stream.js";
 
 export interface CoverageOptions {
   model: string;
@@ -25,7 +25,9 @@ export async function measureCoverage(opts: CoverageOptions): Promise<Coverage &
   const tracker = trackCoverage(m.model);
   try {
     const calibration = { calibrateAllExperts: opts.calibrateAllExperts ?? true, config: m.config };
-    await streamedHidden(m, samples, { finalNorm: false, around: (layer, _i, body) => withMoeCalibration(layer, calibration, body) });
+    for (const chunk of chunksByTokens(samples, STREAM_CHUNK_TOKENS)) {
+      await streamedHidden(m, chunk, { finalNorm: false, around: (layer, _i, body) => withMoeCalibration(layer, calibration, body) });
+    }
   } finally {
     tracker.remove();
   }

@@ -1,7 +1,7 @@
 import { loadTokenizer } from "../io/tokenizer.js";
 import { Tensor } from "../engine/tensor.js";
 import { openAfmoe } from "../models/afmoe/index.js";
-import { streamedHidden, withParameters } from "./stream.js";
+import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden, withParameters } from "./stream.js";
 import { UsageError } from "../errors.js";
 import { loadTokenizedSamples } from "./dataset.js";
 
@@ -12,6 +12,8 @@ export interface EvalOptions {
   dataset: string;
   numSamples?: number;
   maxSeqLength?: number;
+  /** samples go through the models in chunks of at most this many tokens (default STREAM_CHUNK_TOKENS) */
+  chunkTokens?: number;
 }
 
 export interface EvalResult {
@@ -39,7 +41,8 @@ function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
 /**
  * Perplexity of `model` on the first N samples of a dataset (file order, each sample alone:
  * BOS + text truncated to L), and with a reference the mean KL divergence per token. Both models
- * run layer by layer (`streamedHidden`); only the two lm_heads are held together at the end.
+ * run layer by layer (`streamedHidden`) over chunks of samples; only the two lm_heads are held
+ * together, at the end of each chunk.
  */
 export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   const m = openAfmoe(opts.model, { load: false });
@@ -55,29 +58,32 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   }).filter((ids) => ids.length >= 2);
   if (samples.length === 0) throw new UsageError(`dataset ${opts.dataset}: no sample has two or more tokens to evaluate`);
   const V = m.config.vocabSize;
-  const hidden = await streamedHidden(m, samples);
-  const refHidden = ref ? await streamedHidden(ref, samples) : null;
-  const score = async (): Promise<EvalResult> => {
-    let nll = 0;
-    let kl = 0;
-    let n = 0;
-    for (let s = 0; s < samples.length; s++) {
-      const ids = samples[s] as number[];
-      const logits = (await m.model.lm_head.call(hidden[s] as Tensor)).data;
-      const refLogits = ref && refHidden ? (await ref.model.lm_head.call(refHidden[s] as Tensor)).data : null;
-      for (let t = 0; t < ids.length - 1; t++) {
-        const lp = logSoftmax(logits, t * V, V);
-        nll -= lp[ids[t + 1] as number] as number;
-        if (refLogits) {
-          const lq = logSoftmax(refLogits, t * V, V);
-          let k = 0;
-          for (let v = 0; v < V; v++) k += Math.exp(lq[v] as number) * ((lq[v] as number) - (lp[v] as number));
-          kl += k;
+  let nll = 0;
+  let kl = 0;
+  let n = 0;
+  // hidden states of a chunk of samples at a time, so memory is bounded whatever the dataset's size
+  for (const chunk of chunksByTokens(samples, opts.chunkTokens ?? STREAM_CHUNK_TOKENS)) {
+    const hidden = await streamedHidden(m, chunk);
+    const refHidden = ref ? await streamedHidden(ref, chunk) : null;
+    const score = async (): Promise<void> => {
+      for (let s = 0; s < chunk.length; s++) {
+        const ids = chunk[s] as number[];
+        const logits = (await m.model.lm_head.call(hidden[s] as Tensor)).data;
+        const refLogits = ref && refHidden ? (await ref.model.lm_head.call(refHidden[s] as Tensor)).data : null;
+        for (let t = 0; t < ids.length - 1; t++) {
+          const lp = logSoftmax(logits, t * V, V);
+          nll -= lp[ids[t + 1] as number] as number;
+          if (refLogits) {
+            const lq = logSoftmax(refLogits, t * V, V);
+            let k = 0;
+            for (let v = 0; v < V; v++) k += Math.exp(lq[v] as number) * ((lq[v] as number) - (lp[v] as number));
+            kl += k;
+          }
+          n++;
         }
-        n++;
       }
-    }
-    return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n };
-  };
-  return withParameters(m, "lm_head", () => (ref ? withParameters(ref, "lm_head", score) : score()));
+    };
+    await withParameters(m, "lm_head", () => (ref ? withParameters(ref, "lm_head", score) : score()));
+  }
+  return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n };
 }

@@ -5,7 +5,11 @@
  * oneshot adds calibration and quantization between a layer's load and unload.
  */
 import { Tensor } from "../engine/tensor.js";
+import { UsageError } from "../errors.js";
 import { AfmoeDecoderLayer, LoadedAfmoe, loadParameters, unloadParameters } from "../models/afmoe/index.js";
+
+/** Tokens per chunk of samples: a chunk's hidden states take tokens x hidden_size x 4 bytes (1 GiB at hidden 1024). */
+export const STREAM_CHUNK_TOKENS = 262144;
 
 /** Runs `body` on a layer, possibly inside a context (e.g. the MoE calibration context). */
 export type LayerContext = (layer: AfmoeDecoderLayer, index: number, body: (layer: AfmoeDecoderLayer) => Promise<void>) => Promise<void>;
@@ -53,4 +57,26 @@ export async function streamedHidden(m: LoadedAfmoe, samples: number[][], opts: 
     for (const h of hidden) out.push(await model.model.norm.call(h));
     return out;
   });
+}
+
+/**
+ * Consecutive groups of samples with at most `maxTokens` tokens each (a longer sample is a group
+ * of its own), in order.
+ */
+export function chunksByTokens(samples: number[][], maxTokens: number): number[][][] {
+  if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new UsageError(`chunk size must be a positive integer number of tokens, got ${maxTokens}`);
+  const chunks: number[][][] = [];
+  let current: number[][] = [];
+  let tokens = 0;
+  for (const s of samples) {
+    if (current.length > 0 && tokens + s.length > maxTokens) {
+      chunks.push(current);
+      current = [];
+      tokens = 0;
+    }
+    current.push(s);
+    tokens += s.length;
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
 }

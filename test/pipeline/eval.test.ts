@@ -64,6 +64,11 @@ test("eval KL: zero for a model against itself; for a quantized model equal to K
   assert.ok(Math.abs((r.kl as number) - kl) <= 1e-5 * kl, `streamed KL ${r.kl} vs whole-model ${kl}`);
 });
 
+test("eval in chunks of a few samples gives exactly the result of one pass", async () => {
+  const opts = { model: TINY, reference: TINY, dataset: path.join(TEXT, "eval-arith.jsonl"), numSamples: 6, maxSeqLength: 40 };
+  assert.deepEqual(await evaluate({ ...opts, chunkTokens: 50 }), await evaluate(opts));
+});
+
 test("moecal eval --json prints nll, ppl, kl and tokens", () => {
   const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
   const r = spawnSync(process.execPath, [cli, "eval", "--model", TINY, "--reference", TINY, "--dataset", path.join(TEXT, "eval-json.jsonl"), "--num-samples", "2", "--max-seq-length", "16", "--json"], { encoding: "utf8" });
