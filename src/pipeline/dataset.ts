@@ -60,18 +60,14 @@ export interface SampleOptions {
 
 function renderChat(tokenizer: LoadedTokenizer, messages: ChatMessage[], file: string): string {
   if (!tokenizer.chatTemplate) throw new UsageError(`dataset ${file}: has "messages" but the tokenizer has no chat_template`);
-  const special = (k: string): string => {
-    const v = tokenizer.config[k];
-    return typeof v === "string" ? v : "";
-  };
   const rendered = new Template(tokenizer.chatTemplate).render({
     messages,
-    bos_token: special("bos_token"),
-    eos_token: special("eos_token"),
+    bos_token: tokenizer.bosToken ?? "",
+    eos_token: tokenizer.eosToken ?? "",
     add_generation_prompt: false,
   });
   // the tokenizer adds BOS itself
-  const bos = special("bos_token");
+  const bos = tokenizer.bosToken ?? "";
   return bos && rendered.startsWith(bos) ? rendered.slice(bos.length) : rendered;
 }
 
