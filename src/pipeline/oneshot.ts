@@ -142,6 +142,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n);
   const ignored = allLinears.filter((n) => matchesAny(n, ignore));
   const isTarget = (n: string): boolean => !matchesAny(n, ignore);
+  for (const p of opts.ignore ?? []) {
+    if (!allLinears.some((n) => matchesAny(n, [p]))) warn(`--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`);
+  }
   if (opts.vllmCheck ?? true) {
     const conflicts = fusedSchemeConflicts(afmoeFusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
     if (conflicts.length) {

@@ -57,6 +57,15 @@ test("an ignore list that splits a module vLLM fuses is refused before any work,
   assert.deepEqual(inspectCheckpoint(path.join(tmp, "whole")).problems, []);
 });
 
+test("an --ignore entry that matches no Linear is warned about, naming it", async () => {
+  const warnings: string[] = [];
+  await oneshot({ method: "rtn", numSamples: 1, maxSeqLength: 8, ignore: ["re:.*self_atn.*", "re:.*self_attn.*", "layers.1.mlp.experts.0.up_proj"], output: path.join(tmp, "typo"), warn: (m) => warnings.push(m) });
+  const unmatched = warnings.filter((w) => w.includes("matches no Linear layer"));
+  assert.equal(unmatched.length, 2, warnings.join("\n"));
+  assert.match(unmatched[0] as string, /^--ignore re:\.\*self_atn\.\* matches no Linear layer of the model \(names look like model\.layers\.1\.mlp\.experts\.0\.gate_proj;/);
+  assert.match(unmatched[1] as string, /^--ignore layers\.1\.mlp\.experts\.0\.up_proj matches no Linear layer/);
+});
+
 test("the default group size is halved to fit the bundled model, with a warning", async () => {
   const warnings: string[] = [];
   const r = await oneshot({ method: "rtn", numSamples: 1, maxSeqLength: 8, output: path.join(tmp, "default"), warn: (m) => warnings.push(m) });
