@@ -7,6 +7,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { CheckpointFormatError } from "../errors.js";
+import { readJsonObject } from "./json.js";
+import { MAX_TOKENIZER_BYTES } from "./tokenizer.js";
 
 /** Copied when present. */
 export const COMPANION_FILES: readonly string[] = [
@@ -28,15 +30,6 @@ function autoMapModules(autoMap: unknown): string[] {
   return refs.filter((r): r is string => typeof r === "string" && !r.includes("--") && r.includes(".")).map((r) => r.slice(0, r.lastIndexOf(".")));
 }
 
-function readJsonIfPresent(file: string): Record<string, unknown> | null {
-  if (!fs.existsSync(file)) return null;
-  try {
-    return JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>;
-  } catch (cause) {
-    throw new CheckpointFormatError(`${file}: not valid JSON (${(cause as Error).message})`, { cause });
-  }
-}
-
 export interface ModelFiles {
   /** file names (relative to the model folder) to copy */
   files: string[];
@@ -47,7 +40,8 @@ export interface ModelFiles {
 /** What to copy from `dir` beside the converted weights and config.json. */
 export function modelFiles(dir: string, config: Record<string, unknown>): ModelFiles {
   const files = COMPANION_FILES.filter((f) => fs.existsSync(path.join(dir, f)));
-  const tokenizerConfig = readJsonIfPresent(path.join(dir, "tokenizer_config.json"));
+  const tcPath = path.join(dir, "tokenizer_config.json");
+  const tokenizerConfig = fs.existsSync(tcPath) ? readJsonObject(tcPath, MAX_TOKENIZER_BYTES) : null;
   const queue = [...autoMapModules(config.auto_map), ...autoMapModules(tokenizerConfig?.auto_map)];
   const seen = new Set<string>();
   const missing: string[] = [];

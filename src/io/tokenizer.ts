@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { CheckpointFormatError } from "../errors.js";
+import { readJsonObject } from "./json.js";
 
 export const MAX_TOKENIZER_BYTES = 256 * 1024 * 1024;
 
@@ -46,24 +47,11 @@ function chatTemplateOf(dir: string, cfg: Record<string, unknown>): string | nul
   return null;
 }
 
-function readJson(file: string, limit: number): Record<string, unknown> {
-  if (!fs.existsSync(file)) throw new CheckpointFormatError(`${file}: not found`);
-  const size = fs.statSync(file).size;
-  if (size > limit) throw new CheckpointFormatError(`${file}: ${size} bytes exceeds the limit of ${limit}`);
-  try {
-    const v: unknown = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not a JSON object");
-    return v as Record<string, unknown>;
-  } catch (cause) {
-    throw new CheckpointFormatError(`${file}: invalid JSON (${(cause as Error).message})`, { cause });
-  }
-}
-
 /** Load tokenizer.json + tokenizer_config.json from a model folder (Hugging Face format). */
 export function loadTokenizer(dir: string): LoadedTokenizer {
-  const tj = readJson(path.join(dir, "tokenizer.json"), MAX_TOKENIZER_BYTES);
+  const tj = readJsonObject(path.join(dir, "tokenizer.json"), MAX_TOKENIZER_BYTES);
   const cfgPath = path.join(dir, "tokenizer_config.json");
-  const cfg = fs.existsSync(cfgPath) ? readJson(cfgPath, MAX_TOKENIZER_BYTES) : {};
+  const cfg = fs.existsSync(cfgPath) ? readJsonObject(cfgPath, MAX_TOKENIZER_BYTES) : {};
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(tj, cfg);

@@ -3,11 +3,13 @@ import path from "node:path";
 import { f32ToBf16 } from "../engine/dtype.js";
 import { ConfigError, UsageError } from "../errors.js";
 import { ShardedWriter } from "../io/writer.js";
-import { AfmoeForCausalLM, parseAfmoeConfig } from "../models/afmoe/index.js";
+import { AfmoeForCausalLM, MAX_CONFIG_BYTES, parseAfmoeConfig } from "../models/afmoe/index.js";
 import { OutputFolder } from "../export/output.js";
 import { BUNDLED_MODEL } from "../paths.js";
 import { fillNormal, rng } from "../util/random.js";
 import { modelFiles } from "../io/model-files.js";
+import { readJsonObject } from "../io/json.js";
+import { MAX_TOKENIZER_BYTES } from "../io/tokenizer.js";
 
 export interface RandomModelOptions {
   output: string;
@@ -43,7 +45,7 @@ function parseSet(entries: string[]): Record<string, unknown> {
  */
 export function randomModel(opts: RandomModelOptions): { output: string; parameters: number } {
   const like = opts.like ?? BUNDLED_MODEL;
-  const raw = JSON.parse(fs.readFileSync(path.join(like, "config.json"), "utf8")) as Record<string, unknown>;
+  const raw = readJsonObject(path.join(like, "config.json"), MAX_CONFIG_BYTES);
   delete raw.quantization_config;
   Object.assign(raw, parseSet(opts.set ?? []));
   if (opts.layers !== undefined) raw.num_hidden_layers = opts.layers;
@@ -54,7 +56,7 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
   }
   const config = parseAfmoeConfig(raw, "random-model config");
   if (typeof raw.vocab_size === "number" && fs.existsSync(path.join(like, "tokenizer.json"))) {
-    const tj = JSON.parse(fs.readFileSync(path.join(like, "tokenizer.json"), "utf8")) as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
+    const tj = readJsonObject(path.join(like, "tokenizer.json"), MAX_TOKENIZER_BYTES) as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
     const ids = [...Object.values(tj.model?.vocab ?? {}), ...(tj.added_tokens ?? []).map((t) => t.id)];
     const size = ids.reduce((a, b) => Math.max(a, b + 1), 0);
     if (size > config.vocabSize) throw new ConfigError(`vocab_size ${config.vocabSize} is smaller than the tokenizer's ${size} tokens`);

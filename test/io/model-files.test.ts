@@ -32,7 +32,7 @@ test("modelFiles: tokenizer and generation files present, auto_map modules and t
   fs.rmSync(path.join(dir, "afmoe_utils.py"));
   assert.deepEqual(modelFiles(dir, config).missing, ["afmoe_utils.py"]);
   fs.writeFileSync(path.join(dir, "tokenizer_config.json"), "{not json");
-  assert.throws(() => modelFiles(dir, config), (e: Error) => e instanceof CheckpointFormatError && e.message.includes("tokenizer_config.json: not valid JSON"));
+  assert.throws(() => modelFiles(dir, config), (e: Error) => e instanceof CheckpointFormatError && e.message.includes("tokenizer_config.json: invalid JSON"));
 });
 
 test("oneshot carries the remote code into the output, so trust_remote_code loads still work; a missing module is warned about", async () => {
