@@ -23,7 +23,7 @@ export interface StreamOptions {
 
 const named = (prefix: string) => (n: string): boolean => n === prefix || n.startsWith(`${prefix}.`);
 
-/** Load the parameters under `prefix`, map every sample through `run`, unload them again. */
+/** Load the parameters under `prefix`, run `run`, and unload them again (also when it throws). */
 export async function withParameters<T>(m: LoadedAfmoe, prefix: string, run: () => Promise<T>): Promise<T> {
   loadParameters(m.model, m.source, m.mapping, named(prefix));
   try {

@@ -22,18 +22,19 @@ export interface FusedGroup {
  */
 export function afmoeFusedGroups(linearNames: readonly string[]): FusedGroup[] {
   const groups = new Map<string, string[]>();
-  const add = (module: string, member: string): void => {
-    const g = groups.get(module);
-    if (g) g.push(member);
-    else groups.set(module, [member]);
-  };
   for (const n of linearNames) {
     let m: RegExpMatchArray | null;
-    if ((m = n.match(/^(.*\.self_attn)\.[qkv]_proj$/))) add(`${m[1]}.qkv_proj`, n);
-    else if ((m = n.match(/^(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$/))) add(m[1] as string, n);
-    else if ((m = n.match(/^(.*\.mlp(\.shared_experts)?)\.(gate|up)_proj$/))) add(`${m[1]}.gate_up_proj`, n);
+    if ((m = n.match(/^(.*\.self_attn)\.[qkv]_proj$/))) append(groups, `${m[1]}.qkv_proj`, n);
+    else if ((m = n.match(/^(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$/))) append(groups, m[1] as string, n);
+    else if ((m = n.match(/^(.*\.mlp(\.shared_experts)?)\.(gate|up)_proj$/))) append(groups, `${m[1]}.gate_up_proj`, n);
   }
   return [...groups].filter(([, members]) => members.length > 1).map(([module, members]) => ({ module, members: members.sort(byShardOrder) }));
+}
+
+function append(map: Map<string, string[]>, key: string, value: string): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
 }
 
 const PROJ_ORDER = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"];
@@ -68,10 +69,7 @@ export function fusedSchemeConflicts(groups: readonly FusedGroup[], schemeOf: (l
   const out: string[] = [];
   for (const g of groups) {
     const byScheme = new Map<string, string[]>();
-    for (const m of g.members) {
-      const s = schemeOf(m);
-      byScheme.set(s, [...(byScheme.get(s) ?? []), shortName(g, m)]);
-    }
+    for (const m of g.members) append(byScheme, schemeOf(m), shortName(g, m));
     if (byScheme.size < 2) continue;
     const what = g.module.endsWith(".experts") ? `runs its ${g.members.length} routed-expert Linear layers as one fused MoE module` : `fuses ${g.members.map((m) => shortName(g, m)).join(", ")} into one module`;
     const parts = [...byScheme].map(([s, names]) => `${s}: ${listSome(names)}`);
