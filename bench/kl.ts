@@ -5,13 +5,15 @@
  * A routed-only run with starved experts gets a second row, "routed only, starved zeroed": the
  * same checkpoint with those experts' weight scales set to zero, i.e. what the reference algorithm
  * ships (GPTQ on an all-zero Hessian zeroes the weight), which moecal itself never does.
+ * Each scheme also gets one round-to-nearest run (no Hessian; `--no-rtn` skips it). Rows in the
+ * JSON carry each set's per-token KL distribution (`kl_stats`) besides the mean.
  * Prints a markdown table and writes bench/kl-results.json (or `--out FILE`).
  */
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../src/pipeline/oneshot.js";
-import { evaluate } from "../src/pipeline/eval.js";
+import { KlStats, evaluate } from "../src/pipeline/eval.js";
 import { BUNDLED_MODEL, PACKAGE_ROOT } from "../src/paths.js";
 import { CheckpointFormatError } from "../src/errors.js";
 
@@ -55,34 +57,38 @@ async function main(): Promise<void> {
   const rows: Record<string, unknown>[] = [];
   console.log("| scheme | seed | experts calibrated | fallbacks | KL prose | KL JSON | KL arith |");
   console.log("|---|---:|---|---:|---:|---:|---:|");
+  const stats: Record<string, KlStats | null> = {};
+  const klOf = async (dir: string): Promise<Record<string, number>> => {
+    const kl: Record<string, number> = {};
+    for (const s of SETS) {
+      const r = await evaluate({ model: dir, reference: BUNDLED_MODEL, dataset: path.join(textDir, `eval-${s}.jsonl`), maxSeqLength: 128 });
+      kl[s] = r.kl ?? NaN;
+      stats[s] = r.klStats;
+    }
+    return kl;
+  };
   for (const scheme of schemes) {
-    for (const seed of seeds) {
-      for (const all of [true, false]) {
-        const out = path.join(tmp, `${scheme}-${seed}-${all}`);
-        const { report } = await oneshot({
-          scheme, groupSize: scheme.startsWith("W4") || scheme === "W8A16" ? groupSize : undefined, numSamples: 16, maxSeqLength: 128,
-          calibrateAllExperts: all, ignore: ROUTED_ONLY, seed, output: out, warn: () => undefined,
-        });
-        const klOf = async (): Promise<Record<string, number>> => {
-          const kl: Record<string, number> = {};
-          for (const s of SETS) {
-            const r = await evaluate({ model: out, reference: BUNDLED_MODEL, dataset: path.join(textDir, `eval-${s}.jsonl`), maxSeqLength: 128 });
-            kl[s] = r.kl ?? NaN;
-          }
-          return kl;
-        };
-        const row = (label: string, kl: Record<string, number>): void => {
-          rows.push({ scheme, seed, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, fallback_modules: report.fallbacks.map((f) => f.module), kl });
-          console.log(`| ${scheme} | ${seed} | ${label} | ${report.fallbacks.length} | ${SETS.map((s) => (kl[s] as number).toExponential(2)).join(" | ")} |`);
-        };
-        row(all ? "all" : "routed only", await klOf());
-        const starved = report.fallbacks.filter((f) => f.reason === "no-calibration-rows").map((f) => `${f.module}.weight_scale`);
-        if (!all && starved.length > 0 && scheme.startsWith("W")) {
-          zeroTensors(out, starved);
-          row("routed only, starved zeroed", await klOf());
-        }
-        fs.rmSync(out, { recursive: true, force: true });
+    const runs: { seed: number; method: "gptq" | "rtn"; all: boolean }[] = [];
+    // round-to-nearest, no Hessian: the baseline that uses no calibration data for the weights
+    if (!process.argv.includes("--no-rtn")) runs.push({ seed: seeds[0] ?? 42, method: "rtn", all: true });
+    for (const seed of seeds) runs.push({ seed, method: "gptq", all: true }, { seed, method: "gptq", all: false });
+    for (const { seed, method, all } of runs) {
+      const out = path.join(tmp, `${scheme}-${seed}-${method}-${all}`);
+      const { report } = await oneshot({
+        scheme, method, groupSize: scheme.startsWith("W4") || scheme === "W8A16" ? groupSize : undefined, numSamples: 16, maxSeqLength: 128,
+        calibrateAllExperts: all, ignore: ROUTED_ONLY, seed, output: out, warn: () => undefined,
+      });
+      const row = (label: string, kl: Record<string, number>): void => {
+        rows.push({ scheme, seed, method, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, fallback_modules: report.fallbacks.map((f) => f.module), kl, kl_stats: { ...stats } });
+        console.log(`| ${scheme} | ${seed} | ${label} | ${report.fallbacks.length} | ${SETS.map((s) => (kl[s] as number).toExponential(2)).join(" | ")} |`);
+      };
+      row(method === "rtn" ? "none (RTN weights)" : all ? "all" : "routed only", await klOf(out));
+      const starved = report.fallbacks.filter((f) => f.reason === "no-calibration-rows").map((f) => `${f.module}.weight_scale`);
+      if (!all && starved.length > 0 && scheme.startsWith("W")) {
+        zeroTensors(out, starved);
+        row("routed only, starved zeroed", await klOf(out));
       }
+      fs.rmSync(out, { recursive: true, force: true });
     }
   }
   fs.writeFileSync(path.resolve(arg("--out", path.join(PACKAGE_ROOT, "bench", "kl-results.json"))), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");

@@ -24,6 +24,45 @@ export interface EvalResult {
   kl: number | null;
   /** predicted tokens (each sample of length S predicts S - 1) */
   tokens: number;
+  /** how the per-token KL is distributed (null without a reference) */
+  klStats: KlStats | null;
+}
+
+/**
+ * The distribution of per-token KL. On small evaluation sets a handful of tokens (a flipped
+ * routing decision, a near-tie between two next tokens) can carry most of the mean; these say
+ * whether they do.
+ */
+export interface KlStats {
+  median: number;
+  /** the 99th percentile */
+  p99: number;
+  max: number;
+  /** mean over all tokens but the 1% with the largest KL */
+  meanWithoutTop1Percent: number;
+  /** fraction of the summed KL carried by that top 1% */
+  top1PercentShare: number;
+}
+
+/** Distribution statistics of per-token KL values. */
+export function klStats(perToken: Float64Array): KlStats {
+  const v = Float64Array.from(perToken).sort();
+  const n = v.length;
+  const at = (q: number): number => v[Math.min(n - 1, Math.floor(q * n))] as number;
+  const top = Math.ceil(n / 100);
+  let total = 0;
+  let rest = 0;
+  for (let i = 0; i < n; i++) {
+    total += v[i] as number;
+    if (i < n - top) rest += v[i] as number;
+  }
+  return {
+    median: n % 2 ? (v[n >> 1] as number) : ((v[n / 2 - 1] as number) + (v[n / 2] as number)) / 2,
+    p99: at(0.99),
+    max: v[n - 1] as number,
+    meanWithoutTop1Percent: n > top ? rest / (n - top) : 0,
+    top1PercentShare: total > 0 ? (total - rest) / total : 0,
+  };
 }
 
 /** log-softmax of one row, in float64. */
@@ -61,6 +100,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   let nll = 0;
   let kl = 0;
   let n = 0;
+  const perToken: number[] = [];
   // hidden states of a chunk of samples at a time, so memory is bounded whatever the dataset's size
   for (const chunk of chunksByTokens(samples, opts.chunkTokens ?? STREAM_CHUNK_TOKENS)) {
     const hidden = await streamedHidden(m, chunk);
@@ -78,6 +118,7 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
             let k = 0;
             for (let v = 0; v < V; v++) k += Math.exp(lq[v] as number) * ((lq[v] as number) - (lp[v] as number));
             kl += k;
+            perToken.push(k);
           }
           n++;
         }
@@ -85,5 +126,5 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
     };
     await withParameters(m, "lm_head", () => (ref ? withParameters(ref, "lm_head", score) : score()));
   }
-  return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n };
+  return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n, klStats: ref ? klStats(Float64Array.from(perToken)) : null };
 }

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { evaluate } from "../../src/pipeline/eval.js";
+import { evaluate, klStats } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { openAfmoe } from "../../src/models/afmoe/index.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
@@ -77,4 +77,30 @@ test("moecal eval --json prints nll, ppl, kl and tokens", () => {
   assert.deepEqual(Object.keys(j).sort(), ["kl", "nll", "ppl", "tokens"]);
   assert.equal(j.tokens, 2 * 15);
   assert.equal(j.kl, 0);
+});
+
+test("klStats: median, 99th percentile, max, and what the top 1% of tokens carry", () => {
+  // 200 tokens: 198 at 1e-6, two outliers; the top 1% is the two outliers
+  const v = new Float64Array(200).fill(1e-6);
+  v[17] = 0.5;
+  v[123] = 0.1;
+  const s = klStats(v);
+  assert.equal(s.median, 1e-6);
+  assert.equal(s.max, 0.5);
+  assert.equal(s.p99, 0.1);
+  assert.ok(Math.abs(s.meanWithoutTop1Percent - 1e-6) < 1e-18);
+  assert.ok(Math.abs(s.top1PercentShare - 0.6 / (0.6 + 198e-6)) < 1e-12);
+  const odd = klStats(Float64Array.from([3, 1, 2]));
+  assert.equal(odd.median, 2);
+});
+
+test("eval --json --kl-stats adds the distribution; the library result carries it whenever there is a reference", async () => {
+  const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+  const r = spawnSync(process.execPath, [cli, "eval", "--model", TINY, "--reference", TINY, "--dataset", path.join(TEXT, "eval-json.jsonl"), "--num-samples", "2", "--max-seq-length", "16", "--json", "--kl-stats"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { kl_stats: Record<string, number> };
+  assert.deepEqual(Object.keys(j.kl_stats).sort(), ["max", "mean_without_top_1_percent", "median", "p99", "top_1_percent_share"]);
+  assert.equal(j.kl_stats.max, 0);
+  const lib = await evaluate({ model: TINY, dataset: path.join(TEXT, "eval-json.jsonl"), numSamples: 1, maxSeqLength: 16 });
+  assert.equal(lib.klStats, null);
 });
