@@ -57,15 +57,15 @@ async function main(): Promise<void> {
   const rows: Record<string, unknown>[] = [];
   console.log("| scheme | seed | experts calibrated | fallbacks | KL prose | KL JSON | KL arith |");
   console.log("|---|---:|---|---:|---:|---:|---:|");
-  const stats: Record<string, KlStats | null> = {};
-  const klOf = async (dir: string): Promise<Record<string, number>> => {
-    const kl: Record<string, number> = {};
+  type Measured = { kl: Record<string, number>; stats: Record<string, KlStats | null> };
+  const klOf = async (dir: string): Promise<Measured> => {
+    const m: Measured = { kl: {}, stats: {} };
     for (const s of SETS) {
       const r = await evaluate({ model: dir, reference: BUNDLED_MODEL, dataset: path.join(textDir, `eval-${s}.jsonl`), maxSeqLength: 128 });
-      kl[s] = r.kl ?? NaN;
-      stats[s] = r.klStats;
+      m.kl[s] = r.kl ?? NaN;
+      m.stats[s] = r.klStats;
     }
-    return kl;
+    return m;
   };
   for (const scheme of schemes) {
     const runs: { seed: number; method: "gptq" | "rtn"; all: boolean }[] = [];
@@ -78,8 +78,8 @@ async function main(): Promise<void> {
         scheme, method, groupSize: scheme.startsWith("W4") || scheme === "W8A16" ? groupSize : undefined, numSamples: 16, maxSeqLength: 128,
         calibrateAllExperts: all, ignore: ROUTED_ONLY, seed, output: out, warn: () => undefined,
       });
-      const row = (label: string, kl: Record<string, number>): void => {
-        rows.push({ scheme, seed, method, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, fallback_modules: report.fallbacks.map((f) => f.module), kl, kl_stats: { ...stats } });
+      const row = (label: string, { kl, stats }: Measured): void => {
+        rows.push({ scheme, seed, method, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, fallback_modules: report.fallbacks.map((f) => f.module), kl, kl_stats: stats });
         console.log(`| ${scheme} | ${seed} | ${label} | ${report.fallbacks.length} | ${SETS.map((s) => (kl[s] as number).toExponential(2)).join(" | ")} |`);
       };
       row(method === "rtn" ? "none (RTN weights)" : all ? "all" : "routed only", await klOf(out));
