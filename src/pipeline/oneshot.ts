@@ -18,8 +18,8 @@ import { Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns
 import { AnyModule } from "../nn/module.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
-import { Fallback, GPTQ_WORKER_MIN_WEIGHTS, LayerTargets, Method, quantizeLayerLinears } from "./quantize-layer.js";
-import { closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
+import { Fallback, LayerTargets, Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
+import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { LayerReport, OneshotReport, layerSummary, writeReportFiles } from "./report.js";
 
 export interface OneshotOptions {
@@ -169,7 +169,8 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     opts.onProgress?.({ kind: "start", layers: config.numHiddenLayers, samples: samples.length, tokens });
     // GPTQ workers boot in their own threads while layer 0 calibrates, instead of when the first
     // large layer is quantized (the pool is kept across layers and closed at the end)
-    if (method === "gptq" && largestLayerWork(model, isTarget) >= GPTQ_WORKER_MIN_WEIGHTS) void sharedGptqPool(gptqWorkerCount());
+    const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget)) : 0;
+    if (poolSize > 0) void sharedGptqPool(poolSize);
 
     const embedName = "model.embed_tokens.weight";
     loadParameters(model, source, mapping, (n) => n === embedName);

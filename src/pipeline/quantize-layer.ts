@@ -38,6 +38,11 @@ export interface LayerTargets {
 /** Layers with fewer GPTQ weights than this are quantized on the main thread (workers cost ~0.2 s to start). */
 export const GPTQ_WORKER_MIN_WEIGHTS = 4 * 1024 * 1024;
 
+/** GPTQ worker threads for a layer with `weights` GPTQ weights (0: the main thread). */
+export function gptqPoolSize(weights: number): number {
+  return weights >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0;
+}
+
 /** Rows of Linears sharing one Hessian quantized together in one GPTQ pass. */
 export const GPTQ_STACK_ROWS = 2048;
 
@@ -88,6 +93,13 @@ export async function quantizeLayerLinears(
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
   const rtn = (name: string, lin: Linear): Quantized => ({ weight: rtnQuantize(lin.weight.data, lin.outFeatures, lin.inFeatures, scheme.weights, scaleDType, name), dequantized: null, loss: 0 });
+  /** Linears whose damped Hessian is not positive definite: round-to-nearest, recorded. */
+  const choleskyFallback = (linears: [string, Linear][]): void => {
+    for (const [name, lin] of linears) {
+      fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
+      done.set(name, rtn(name, lin));
+    }
+  };
   // GPTQ groups: Linears sharing one Hessian array
   const groups = new Map<Float32Array, [string, Linear][]>();
   for (const [name, lin] of t.linears) {
@@ -106,7 +118,7 @@ export async function quantizeLayerLinears(
   // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
   let work = 0;
   for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
-  const pool = await sharedGptqPool(work >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0);
+  const pool = await sharedGptqPool(gptqPoolSize(work));
   const jobs: Promise<void>[] = [];
   // stacking buffers, recycled between jobs: fresh ones cost page faults (~400 MB per Nano layer)
   const freeStacks: Float32Array[] = [];
@@ -120,10 +132,7 @@ export async function quantizeLayerLinears(
         prep = await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
       } catch (e) {
         if (!(e instanceof NumericalError)) throw e;
-        for (const [name, lin] of members) {
-          fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
-          done.set(name, rtn(name, lin));
-        }
+        choleskyFallback(members);
         continue;
       }
     }
@@ -164,10 +173,7 @@ export async function quantizeLayerLinears(
           },
           (e: unknown) => {
             if (!(e instanceof NumericalError)) throw e;
-            for (const [name, lin] of batch) {
-              fallbacks.push({ module: name, reason: "cholesky-failed", action: "round-to-nearest" });
-              done.set(name, rtn(name, lin));
-            }
+            choleskyFallback(batch);
           },
         ),
       );
