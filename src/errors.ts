@@ -1,6 +1,7 @@
 /**
  * The one error family of moecal. Every failure a user can cause surfaces as a
- * MoecalError subclass with a stable `code`; the CLI prints `message` and exits non-zero.
+ * MoecalError subclass with a stable `code`; the CLI prints `message` and exits non-zero
+ * (2 for a usage error, 70 for an internal error, 1 for everything else).
  */
 export class MoecalError extends Error {
   readonly code: string;
@@ -45,3 +46,22 @@ export class UsageError extends MoecalError {
     super("E_USAGE", message, options);
   }
 }
+
+/** Reading or writing a file failed (disk full, permissions, a file that vanished). */
+export class IoError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_IO", message, options);
+  }
+}
+
+/** An invariant of moecal's own code does not hold: a bug to report, never the user's doing. */
+export class InternalError extends MoecalError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("E_INTERNAL", message, options);
+  }
+}
+
+/** A factory for the error class that fits the caller (a model file is a bad file, a dataset a bad option). */
+export type ErrorFactory = (message: string, options?: { cause?: unknown }) => MoecalError;
+export const asFormatError: ErrorFactory = (m, o) => new CheckpointFormatError(m, o);
+export const asUsageError: ErrorFactory = (m, o) => new UsageError(m, o);

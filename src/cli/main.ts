@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from "commander";
-import { MoecalError } from "../errors.js";
-import { removeActiveTempDirs } from "../export/output.js";
+import { InternalError, MoecalError } from "../errors.js";
+import { releaseActiveOutputs } from "../export/output.js";
+import { MOECAL_VERSION } from "../paths.js";
 import { registerForward } from "./forward.js";
 import { registerOneshot } from "./oneshot.js";
 import { registerCoverage } from "./coverage.js";
@@ -15,7 +16,7 @@ export function buildProgram(): Command {
   program
     .name("moecal")
     .description("Compress Mixture-of-Experts models (AFMoE) with every expert calibrated")
-    .version("0.1.0")
+    .version(MOECAL_VERSION)
     .exitOverride()
     .showHelpAfterError();
   registerForward(program);
@@ -34,6 +35,10 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     // commander printed its message; a bad option or argument is a usage error (2)
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof InternalError) {
+      process.stderr.write(`moecal: internal error [${e.code}]: ${e.message}\nThis is a bug in moecal; please report it with the command you ran.\n${e.stack ?? ""}\n`);
+      return 70;
+    }
     if (e instanceof MoecalError) {
       process.stderr.write(`moecal: error [${e.code}]: ${e.message}\n`);
       return e.code === "E_USAGE" ? 2 : 1;
@@ -43,11 +48,13 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
+/** Each stops the run like Ctrl-C: the temporary output and the output's lock are removed, the exit code is 128 + the signal's number. */
+const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
+for (const [signal, n] of Object.entries(SIGNALS)) {
   process.on(signal, () => {
-    removeActiveTempDirs();
+    releaseActiveOutputs();
     process.stderr.write(`\nmoecal: interrupted (${signal}); no output was written\n`);
-    process.exit(signal === "SIGINT" ? 130 : 143);
+    process.exit(128 + n);
   });
 }
 

@@ -3,7 +3,7 @@ import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { oneshot } from "../pipeline/oneshot.js";
 import { formatSummary } from "../pipeline/report.js";
 import { SCHEME_NAMES } from "../quantization/scheme.js";
-import { boolOption, intOption } from "./options.js";
+import { boolOption, intOption, seedOption } from "./options.js";
 import { progressPrinter } from "./progress.js";
 
 interface OneshotCliOptions {
@@ -17,7 +17,7 @@ interface OneshotCliOptions {
   calibrateAllExperts: boolean;
   ignore: string[];
   vllmCheck: boolean;
-  seed: number;
+  seed?: bigint;
   output?: string;
   overwrite?: boolean;
   actorder: string;
@@ -38,7 +38,7 @@ export function registerOneshot(program: Command): void {
     .option("--calibrate-all-experts <bool>", "run every expert on every calibration token", boolOption("--calibrate-all-experts"), true)
     .option("--ignore <name>", "Linear to leave unquantized: NAME or re:PATTERN (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option("--no-vllm-check", "allow an ignore list that splits a module vLLM fuses (q/k/v, gate/up, a layer's experts)")
-    .option("--seed <n>", "dataset shuffling seed (same draw as Hugging Face datasets' shuffle(seed))", intOption("--seed", 0), 42)
+    .option("--seed <n>", "dataset shuffling seed, any non-negative integer (default 42; same draw as Hugging Face datasets' shuffle(seed))", seedOption)
     .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")

@@ -1,4 +1,6 @@
 import { InvalidArgumentError } from "commander";
+import { MoecalError } from "../errors.js";
+import { parseSeed } from "../util/numpy-random.js";
 
 /** Parser for an integer option (>= min), with the option named in the error. */
 export function intOption(name: string, min = 1): (value: string) => number {
@@ -15,4 +17,14 @@ export function boolOption(name: string): (value: string) => boolean {
     if (value === "false") return false;
     throw new InvalidArgumentError(`${name} must be true or false, got "${value}"`);
   };
+}
+
+/** Parser for --seed: a non-negative integer of any size, as NumPy's default_rng takes it. */
+export function seedOption(value: string): bigint {
+  try {
+    return parseSeed(value);
+  } catch (e) {
+    if (e instanceof MoecalError) throw new InvalidArgumentError(`--seed: ${e.message}`);
+    throw e;
+  }
 }

@@ -1,3 +1,4 @@
+import { z } from "zod";
 import { f32ToBf16, f32ToF16 } from "../engine/dtype.js";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
@@ -7,7 +8,7 @@ import { NamedRaw } from "../io/writer.js";
 import { TensorSource } from "../models/afmoe/weights.js";
 import { packColumns, packRows, unpackColumns, unpackRows } from "../quantization/pack.js";
 import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
-import { QuantArgs, QuantFormat, matchesAny } from "../quantization/scheme.js";
+import { QuantArgs, QuantFormat, matchesAny, validatePatterns } from "../quantization/scheme.js";
 
 const bytesOf = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
@@ -71,17 +72,37 @@ export interface QuantConfigGroup {
   format: QuantFormat;
 }
 
-function argsFrom(j: unknown, where: string): QuantArgs | null {
-  if (j === null || j === undefined) return null;
-  const a = j as Record<string, unknown>;
-  const bits = a.num_bits;
-  if (typeof bits !== "number" || (a.type !== "int" && a.type !== "float")) throw new CheckpointFormatError(`${where}: invalid quantization args`);
+const argsSchema = z.object({
+  num_bits: z.number().int().min(1).max(8),
+  type: z.enum(["int", "float"]),
+  symmetric: z.boolean().nullable().optional(),
+  strategy: z.enum(["tensor", "channel", "group", "token"]).nullable().optional(),
+  group_size: z.number().int().positive().nullable().optional(),
+  dynamic: z.boolean().nullable().optional(),
+  actorder: z.union([z.enum(["static", "group", "weight"]), z.boolean()]).nullable().optional(),
+}).passthrough();
+
+const FORMATS: readonly QuantFormat[] = ["pack-quantized", "int-quantized", "float-quantized"];
+
+const configSchema = z.object({
+  quant_method: z.literal("compressed-tensors"),
+  format: z.string().optional(),
+  config_groups: z.record(z.string(), z.object({
+    targets: z.array(z.string()).min(1),
+    weights: argsSchema,
+    input_activations: argsSchema.nullable().optional(),
+    format: z.string().nullable().optional(),
+  }).passthrough()),
+  ignore: z.array(z.string()).nullable().optional(),
+}).passthrough();
+
+function argsFrom(a: z.infer<typeof argsSchema>): QuantArgs {
   return {
-    numBits: bits,
+    numBits: a.num_bits,
     type: a.type,
     symmetric: a.symmetric !== false,
-    strategy: (a.strategy as QuantArgs["strategy"]) ?? "tensor",
-    groupSize: typeof a.group_size === "number" ? a.group_size : null,
+    strategy: a.strategy ?? "tensor",
+    groupSize: a.group_size ?? null,
     dynamic: a.dynamic === true,
     actorder: a.actorder === "static" ? "static" : null,
   };
@@ -92,22 +113,36 @@ export interface ParsedQuantConfig {
   ignore: string[];
 }
 
+/** Validate config.json's `quantization_config` (compressed-tensors); a bad field is named. */
 export function parseQuantizationConfig(qc: unknown, where: string): ParsedQuantConfig {
-  const q = qc as { config_groups?: Record<string, Record<string, unknown>>; ignore?: unknown; format?: unknown; quant_method?: unknown } | null;
-  if (!q || q.quant_method !== "compressed-tensors" || typeof q.config_groups !== "object") {
-    throw new CheckpointFormatError(`${where}: quantization_config is not a compressed-tensors config`);
+  const r = configSchema.safeParse(qc);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new CheckpointFormatError(`${where}: quantization_config field "${issue?.path.join(".") || "(root)"}": ${issue?.message ?? "invalid"}`);
   }
+  const q = r.data;
   const groups = Object.entries(q.config_groups).map(([gname, g]) => {
-    const w = argsFrom(g.weights, `${where}: config_groups.${gname}.weights`);
-    if (!w) throw new CheckpointFormatError(`${where}: config_groups.${gname} has no weights`);
-    return {
-      targets: Array.isArray(g.targets) ? (g.targets as string[]) : ["Linear"],
-      weights: w,
-      inputActivations: argsFrom(g.input_activations, `${where}: config_groups.${gname}.input_activations`),
-      format: ((g.format as QuantFormat | undefined) ?? (q.format as QuantFormat)) as QuantFormat,
-    };
+    const field = `${where}: quantization_config field "config_groups.${gname}`;
+    const format = g.format ?? q.format;
+    if (!FORMATS.includes(format as QuantFormat)) throw new CheckpointFormatError(`${field}.format": ${JSON.stringify(format ?? null)} is not a format moecal reads (${FORMATS.join(", ")})`);
+    const weights = argsFrom(g.weights);
+    if (weights.strategy === "group" && weights.groupSize === null) throw new CheckpointFormatError(`${field}.weights.group_size": the group strategy needs a group size`);
+    if (weights.strategy === "token") throw new CheckpointFormatError(`${field}.weights.strategy": "token" applies to activations, not weights`);
+    if (format === "pack-quantized" && (weights.type !== "int" || 32 % weights.numBits !== 0)) throw new CheckpointFormatError(`${field}.weights": pack-quantized needs int weights of 1, 2, 4 or 8 bits`);
+    try {
+      validatePatterns(g.targets);
+    } catch (cause) {
+      throw new CheckpointFormatError(`${field}.targets": ${(cause as Error).message}`, { cause });
+    }
+    return { targets: g.targets, weights, inputActivations: g.input_activations ? argsFrom(g.input_activations) : null, format: format as QuantFormat };
   });
-  return { groups, ignore: Array.isArray(q.ignore) ? (q.ignore as string[]) : [] };
+  const ignore = q.ignore ?? [];
+  try {
+    validatePatterns(ignore);
+  } catch (cause) {
+    throw new CheckpointFormatError(`${where}: quantization_config field "ignore": ${(cause as Error).message}`, { cause });
+  }
+  return { groups, ignore };
 }
 
 /** The config group that applies to Linear `name` (targets by class "Linear" or name). */

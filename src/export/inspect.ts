@@ -1,11 +1,13 @@
 import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
 import { DType, rawToF32 } from "../io/safetensors.js";
-import { readAfmoeConfig } from "../models/afmoe/config.js";
+import { AfmoeConfig, readAfmoeConfig } from "../models/afmoe/config.js";
+import { AfmoeForCausalLM } from "../models/afmoe/modeling.js";
+import { expectedTensors, layoutProblems } from "./layout.js";
 import { afmoeFusedGroups, fusedSchemeConflicts } from "../models/afmoe/quant-defaults.js";
 import { MoecalError } from "../errors.js";
 import { QuantFormat, matchesAny } from "../quantization/scheme.js";
-import { compressedTensorsSource, groupFor, parseQuantizationConfig, requiredSuffixes } from "./compressed-tensors.js";
+import { ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "./compressed-tensors.js";
 
 /** Scales outside [MIN, MAX] are flagged as extreme. */
 export const EXTREME_SCALE = { min: 1e-10, max: 1e4 } as const;
@@ -38,17 +40,33 @@ function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
  */
 export function inspectCheckpoint(dir: string): InspectReport {
   const problems: string[] = [];
-  const config = readAfmoeConfig(dir);
-  const ck = Checkpoint.open(dir);
-  const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: ck.names().length, problems };
-  const qc = config.raw.quantization_config;
-  if (!qc) {
-    problems.push("config.json has no quantization_config: not a compressed-tensors checkpoint");
+  const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: 0, problems };
+  let config: AfmoeConfig;
+  let ck: Checkpoint;
+  let cfg: ParsedQuantConfig;
+  try {
+    config = readAfmoeConfig(dir);
+    ck = Checkpoint.open(dir);
+    report.tensors = ck.names().length;
+    const qc = config.raw.quantization_config;
+    if (!qc) {
+      problems.push("config.json has no quantization_config: not a compressed-tensors checkpoint");
+      return report;
+    }
+    cfg = parseQuantizationConfig(qc, path.join(dir, "config.json"));
+  } catch (e) {
+    // a folder that cannot even be opened is reported, not thrown: that is what an audit is for
+    if (!(e instanceof MoecalError)) throw e;
+    problems.push(e.message);
     return report;
   }
-  const cfg = parseQuantizationConfig(qc, path.join(dir, "config.json"));
+  const layout = layoutProblems(ck, cfg, expectedTensors(new AfmoeForCausalLM(config), config.tieWordEmbeddings));
+  problems.push(...layout);
+  // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
+  const misshapen = new Set(layout.map((m) => m.slice(0, m.indexOf(":")).replace(/\.(weight|weight_packed|weight_scale|weight_shape|weight_zero_point|input_scale)$/, "")));
   const modules = new Set(ck.names().filter((n) => n.endsWith(".weight_scale")).map((n) => n.slice(0, -".weight_scale".length)));
   for (const p of modules) {
+    if (misshapen.has(p)) continue;
     const group = groupFor(cfg, p);
     const format = formatOf(ck, p);
     if (!group) {
@@ -62,37 +80,8 @@ export function inspectCheckpoint(dir: string): InspectReport {
     if (format !== group.format) problems.push(`${p}: stored as ${format} but its config group says ${group.format}`);
     report.formats[format] = (report.formats[format] ?? 0) + 1;
     report.quantized++;
-    const w = group.weights;
-    const missing = requiredSuffixes(format, w, group.inputActivations).filter((s) => !ck.has(`${p}.${s}`));
-    if (missing.length) {
-      problems.push(`${p}: missing ${missing.join(", ")}`);
-      continue;
-    }
-    const scaleInfo = ck.info(`${p}.weight_scale`);
-    if (!SCALE_DTYPES.includes(scaleInfo.dtype)) problems.push(`${p}.weight_scale: dtype ${scaleInfo.dtype} is not a float type`);
-    let out: number;
-    let inF: number;
-    try {
-      [out, inF] = compressedTensorsSource(ck, cfg).shapeOf(`${p}.weight`) as [number, number];
-    } catch (e) {
-      problems.push(`${p}: cannot read its shape (${(e as Error).message})`);
-      continue;
-    }
-    if (format === "pack-quantized") {
-      const packed = ck.info(`${p}.weight_packed`);
-      const words = Math.ceil((inF * w.numBits) / 32);
-      if (packed.dtype !== "I32" || packed.shape[0] !== out || packed.shape[1] !== words) {
-        problems.push(`${p}.weight_packed: ${packed.dtype} [${packed.shape.join(", ")}], expected I32 [${out}, ${words}]`);
-      }
-      if (ck.info(`${p}.weight_shape`).dtype !== "I64") problems.push(`${p}.weight_shape: dtype ${ck.info(`${p}.weight_shape`).dtype}, expected I64`);
-    }
-    const groups = w.strategy === "group" ? inF / (w.groupSize ?? inF) : 1;
-    const expectedScale = w.strategy === "tensor" ? [1] : [out, groups];
-    if (scaleInfo.shape.join(",") !== expectedScale.join(",")) {
-      problems.push(`${p}.weight_scale: shape [${scaleInfo.shape.join(", ")}], expected [${expectedScale.join(", ")}]`);
-    }
     for (const s of ["weight_scale", "input_scale"]) {
-      if (!ck.has(`${p}.${s}`)) continue;
+      if (!ck.has(`${p}.${s}`) || !SCALE_DTYPES.includes(ck.info(`${p}.${s}`).dtype)) continue;
       const v = ck.readF32(`${p}.${s}`).data;
       const bad = v.findIndex((x) => !Number.isFinite(x));
       if (bad >= 0) problems.push(`${p}.${s}: non-finite value ${v[bad]} at index ${bad}`);
@@ -114,6 +103,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
   })();
   for (const name of src?.names() ?? []) {
     const p = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
+    if (p !== null && misshapen.has(p) && modules.has(p)) continue;
     let values: Float32Array;
     try {
       values = src?.readF32(name).data ?? new Float32Array();

@@ -1,6 +1,6 @@
 import fs from "node:fs";
 import path from "node:path";
-import { MoecalError } from "../errors.js";
+import { IoError, MoecalError } from "../errors.js";
 
 /** Write a file through a temporary sibling renamed into place, so readers never see half of it. */
 export function writeFileAtomic(file: string, write: (tmp: string) => void): void {
@@ -11,6 +11,6 @@ export function writeFileAtomic(file: string, write: (tmp: string) => void): voi
   } catch (cause) {
     fs.rmSync(tmp, { force: true });
     if (cause instanceof MoecalError) throw cause;
-    throw new MoecalError("E_IO", `${file}: cannot write (${(cause as Error).message})`, { cause });
+    throw new IoError(`${file}: cannot write (${(cause as Error).message})`, { cause });
   }
 }

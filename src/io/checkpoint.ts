@@ -1,8 +1,9 @@
-import fs from "node:fs";
 import path from "node:path";
-import { CheckpointFormatError } from "../errors.js";
+import { CheckpointFormatError, asFormatError } from "../errors.js";
+import { confinedFile, entryExists } from "./files.js";
+import { readJsonObject } from "./json.js";
 import { Tensor } from "../engine/tensor.js";
-import { LIMITS, RawTensor, SafetensorsFile, TensorInfo } from "./safetensors.js";
+import { LIMITS, RawTensor, SafetensorsFile, TensorInfo, isPlainTensorName } from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
 export const SINGLE_FILE = "model.safetensors";
@@ -21,19 +22,27 @@ export class Checkpoint {
     this.dir = dir;
   }
 
+  /**
+   * Tensors the folder holds that its index does not account for: names found in more than one
+   * shard, or in a shard under a name the index maps elsewhere or not at all. Readers see only
+   * the index's choice; `inspect` reports these and the loaders refuse them.
+   */
+  readonly anomalies: string[] = [];
+
   static open(dir: string): Checkpoint {
     const ck = new Checkpoint(dir);
     const indexPath = path.join(dir, INDEX_FILE);
-    if (fs.existsSync(indexPath)) {
-      const map = readIndex(indexPath);
+    if (entryExists(indexPath)) {
+      const map = readIndex(confinedFile(dir, INDEX_FILE, asFormatError), indexPath);
       for (const [name, shard] of Object.entries(map)) {
         let f = ck.files.get(shard);
         if (!f) {
+          if (path.basename(shard) !== shard || shard === "." || shard === "..") throw new CheckpointFormatError(`${indexPath}: shard name "${shard}" must be a plain file name`);
           const shardPath = path.join(dir, shard);
-          if (path.basename(shard) !== shard) throw new CheckpointFormatError(`${indexPath}: shard name "${shard}" must be a plain file name`);
-          if (!fs.existsSync(shardPath)) {
+          if (!entryExists(shardPath)) {
             throw new CheckpointFormatError(`${indexPath}: shard "${shard}" (holding "${name}") does not exist`);
           }
+          confinedFile(dir, shard, asFormatError);
           f = SafetensorsFile.open(shardPath);
           ck.files.set(shard, f);
         }
@@ -42,16 +51,33 @@ export class Checkpoint {
         }
         ck.where.set(name, f);
       }
+      for (const [shard, f] of ck.files) {
+        for (const name of f.tensors.keys()) {
+          const owner = ck.where.get(name);
+          if (owner !== f) ck.anomalies.push(owner ? `tensor "${name}" is in ${shard} and in ${path.basename(owner.file)} (the index names the latter)` : `tensor "${name}" is in ${shard} but not in ${INDEX_FILE}`);
+        }
+      }
       return ck;
     }
     const single = path.join(dir, SINGLE_FILE);
-    if (!fs.existsSync(single)) {
+    if (!entryExists(single)) {
       throw new CheckpointFormatError(`${dir}: neither ${INDEX_FILE} nor ${SINGLE_FILE} found`);
     }
+    confinedFile(dir, SINGLE_FILE, asFormatError);
     const f = SafetensorsFile.open(single);
     ck.files.set(SINGLE_FILE, f);
     for (const name of f.tensors.keys()) ck.where.set(name, f);
     return ck;
+  }
+
+  /** Refuse a folder whose shards hold tensors the index does not account for. */
+  assertNoAnomalies(): void {
+    if (this.anomalies.length) throw new CheckpointFormatError(`${this.dir}: ${this.anomalies.length} tensor(s) not accounted for by the index: ${this.anomalies.slice(0, 3).join("; ")}`);
+  }
+
+  /** The weight files opened, relative to the folder. */
+  weightFiles(): string[] {
+    return [...this.files.keys()];
   }
 
   names(): string[] {
@@ -86,20 +112,13 @@ export class Checkpoint {
   }
 }
 
-function readIndex(indexPath: string): Record<string, string> {
-  const size = fs.statSync(indexPath).size;
-  if (size > LIMITS.maxIndexJsonBytes) {
-    throw new CheckpointFormatError(`${indexPath}: ${size} bytes exceeds the limit of ${LIMITS.maxIndexJsonBytes}`);
+function readIndex(file: string, shown: string): Record<string, string> {
+  const json = readJsonObject(file, LIMITS.maxIndexJsonBytes);
+  const wm = json.weight_map;
+  if (typeof wm !== "object" || wm === null || Array.isArray(wm) || !Object.values(wm).every((v) => typeof v === "string")) {
+    throw new CheckpointFormatError(`${shown}: "weight_map" must map tensor names to shard file names`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(indexPath, "utf8"));
-  } catch (cause) {
-    throw new CheckpointFormatError(`${indexPath}: not valid JSON (${(cause as Error).message})`, { cause });
-  }
-  const wm = (json as { weight_map?: unknown } | null)?.weight_map;
-  if (typeof wm !== "object" || wm === null || !Object.values(wm).every((v) => typeof v === "string")) {
-    throw new CheckpointFormatError(`${indexPath}: "weight_map" must map tensor names to shard file names`);
-  }
+  const bad = Object.keys(wm).find((n) => !isPlainTensorName(n));
+  if (bad !== undefined) throw new CheckpointFormatError(`${shown}: ${JSON.stringify(bad.slice(0, 80))} is not a plain tensor name`);
   return wm as Record<string, string>;
 }

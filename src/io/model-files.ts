@@ -4,9 +4,9 @@
  * the remote code (`trust_remote_code`) modules that `auto_map` names, with the modules they import
  * relatively (as transformers' `save_pretrained` copies them).
  */
-import fs from "node:fs";
 import path from "node:path";
-import { CheckpointFormatError } from "../errors.js";
+import { CheckpointFormatError, asFormatError } from "../errors.js";
+import { checkRegular, confinedFile, entryExists, readRegularFile } from "./files.js";
 import { readJsonObject } from "./json.js";
 import { MAX_TOKENIZER_BYTES } from "./tokenizer.js";
 
@@ -21,6 +21,8 @@ export const MODEL_FILE_LIMITS = {
   maxCodeFileBytes: 16 * 1024 * 1024,
   /** remote code modules followed in all */
   maxCodeFiles: 64,
+  /** a tokenizer file, chat template or generation config copied to the output */
+  maxCompanionBytes: MAX_TOKENIZER_BYTES,
 } as const;
 
 /** Module names in an auto_map: "configuration_afmoe.AfmoeConfig" -> "configuration_afmoe"; other repos' code ("org/repo--module.Class") is not ours to copy. */
@@ -37,11 +39,11 @@ export interface ModelFiles {
   missing: string[];
 }
 
-/** What to copy from `dir` beside the converted weights and config.json. */
+/** What to copy from `dir` beside the converted weights and config.json (each checked: a regular file inside the model folder, within its size limit). */
 export function modelFiles(dir: string, config: Record<string, unknown>): ModelFiles {
-  const files = COMPANION_FILES.filter((f) => fs.existsSync(path.join(dir, f)));
-  const tcPath = path.join(dir, "tokenizer_config.json");
-  const tokenizerConfig = fs.existsSync(tcPath) ? readJsonObject(tcPath, MAX_TOKENIZER_BYTES) : null;
+  const files = COMPANION_FILES.filter((f) => entryExists(path.join(dir, f)));
+  for (const f of files) checkRegular(confinedFile(dir, f, asFormatError), MODEL_FILE_LIMITS.maxCompanionBytes, asFormatError, "companion file");
+  const tokenizerConfig = files.includes("tokenizer_config.json") ? readJsonObject(confinedFile(dir, "tokenizer_config.json", asFormatError), MAX_TOKENIZER_BYTES) : null;
   const queue = [...autoMapModules(config.auto_map), ...autoMapModules(tokenizerConfig?.auto_map)];
   const seen = new Set<string>();
   const missing: string[] = [];
@@ -50,17 +52,16 @@ export function modelFiles(dir: string, config: Record<string, unknown>): ModelF
     if (seen.has(mod)) continue;
     seen.add(mod);
     if (seen.size > MODEL_FILE_LIMITS.maxCodeFiles) throw new CheckpointFormatError(`${dir}: remote code imports more than ${MODEL_FILE_LIMITS.maxCodeFiles} modules`);
+    if (!/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$/.test(mod)) throw new CheckpointFormatError(`${dir}: auto_map names the module ${JSON.stringify(mod.slice(0, 80))}, which is not a Python module name`);
     const rel = `${mod.split(".").join("/")}.py`;
-    const file = path.join(dir, rel);
-    if (!fs.existsSync(file)) {
+    if (!entryExists(path.join(dir, rel))) {
       missing.push(rel);
       continue;
     }
-    const size = fs.statSync(file).size;
-    if (size > MODEL_FILE_LIMITS.maxCodeFileBytes) throw new CheckpointFormatError(`${file}: ${size} bytes exceeds the limit of ${MODEL_FILE_LIMITS.maxCodeFileBytes} for a remote code module`);
+    const code = readRegularFile(confinedFile(dir, rel, asFormatError), MODEL_FILE_LIMITS.maxCodeFileBytes, asFormatError, "remote code module");
     files.push(rel);
     const pkg = mod.includes(".") ? `${mod.slice(0, mod.lastIndexOf("."))}.` : "";
-    for (const m of fs.readFileSync(file, "utf8").matchAll(/^\s*from\s+\.([A-Za-z_][\w.]*)\s+import\b/gm)) queue.push(`${pkg}${m[1] as string}`);
+    for (const m of code.toString("utf8").matchAll(/^\s*from\s+\.([A-Za-z_][\w.]*)\s+import\b/gm)) queue.push(`${pkg}${m[1] as string}`);
   }
   return { files, missing };
 }

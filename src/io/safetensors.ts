@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
-import { CheckpointFormatError } from "../errors.js";
+import { CheckpointFormatError, asFormatError } from "../errors.js";
+import { openRegular, readAt } from "./files.js";
 import { Tensor, numel } from "../engine/tensor.js";
 import { bf16ToF32, f16ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
 
@@ -12,7 +13,45 @@ export const LIMITS = {
   /** largest single tensor we will allocate (elements). */
   maxTensorElements: 2 ** 31 - 1,
   maxIndexJsonBytes: 64 * 1024 * 1024,
+  /** a shard's `__metadata__` (entries, and bytes of keys and values together) */
+  maxMetadataEntries: 1024,
+  maxMetadataBytes: 1024 * 1024,
+  /** largest safetensors file opened (header and data) */
+  maxFileBytes: 2 ** 50,
 } as const;
+
+/**
+ * A plain tensor name: dot-separated parts of letters, digits, `_` and `-`, none of them a name
+ * that JavaScript objects treat specially (`__proto__`, `constructor`, `prototype`).
+ */
+export function isPlainTensorName(name: string): boolean {
+  return name.length <= 1024 && name.split(".").every((p) => /^[A-Za-z0-9_-]+$/.test(p) && p !== "__proto__" && p !== "constructor" && p !== "prototype");
+}
+
+/**
+ * The keys of the top-level JSON object in `text`, in order, duplicates included (JSON.parse keeps
+ * only the last of equal keys, which would hide a tensor). `text` must be valid JSON.
+ */
+export function topLevelKeys(text: string): string[] {
+  const keys: string[] = [];
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      if (depth === 1 && expectKey) keys.push(JSON.parse(text.slice(i, j + 1)) as string);
+      expectKey = false;
+      i = j;
+    } else if (c === "{" || c === "[") {
+      depth++;
+      expectKey = c === "{" && depth === 1;
+    } else if (c === "}" || c === "]") depth--;
+    else if (c === "," && depth === 1) expectKey = true;
+  }
+  return keys;
+}
 
 export type DType = "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
 
@@ -65,6 +104,18 @@ function parseEntry(file: string, name: string, v: unknown, dataSize: number): T
   return { name, dtype: e.dtype, shape, begin, end };
 }
 
+function parseMetadata(file: string, v: unknown): Record<string, string> {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || !Object.values(v).every((x) => typeof x === "string")) {
+    throw new CheckpointFormatError(`${file}: __metadata__ must map strings to strings`);
+  }
+  const entries = Object.entries(v as Record<string, string>);
+  const bytes = entries.reduce((a, [k, x]) => a + k.length + x.length, 0);
+  if (entries.length > LIMITS.maxMetadataEntries || bytes > LIMITS.maxMetadataBytes) {
+    throw new CheckpointFormatError(`${file}: __metadata__ has ${entries.length} entries of ${bytes} characters, over the limit of ${LIMITS.maxMetadataEntries} entries or ${LIMITS.maxMetadataBytes} characters`);
+  }
+  return Object.fromEntries(entries);
+}
+
 /**
  * One safetensors file. The header is parsed and validated once; tensors are read from disk
  * one at a time, on demand.
@@ -83,17 +134,11 @@ export class SafetensorsFile {
   }
 
   static open(file: string): SafetensorsFile {
-    let fd: number;
+    const { fd, size } = openRegular(file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
     try {
-      fd = fs.openSync(file, "r");
-    } catch (cause) {
-      throw new CheckpointFormatError(`${file}: cannot open (${(cause as Error).message})`, { cause });
-    }
-    try {
-      const size = fs.fstatSync(fd).size;
       if (size < 8) throw new CheckpointFormatError(`${file}: ${size} bytes is too short for a safetensors header`);
       const lenBuf = Buffer.alloc(8);
-      fs.readSync(fd, lenBuf, 0, 8, 0);
+      readAt(fd, file, lenBuf, 0, asFormatError);
       const headerLen = lenBuf.readBigUInt64LE(0);
       if (headerLen > BigInt(LIMITS.maxHeaderBytes)) {
         throw new CheckpointFormatError(`${file}: header length ${headerLen} exceeds the limit of ${LIMITS.maxHeaderBytes} bytes`);
@@ -103,38 +148,43 @@ export class SafetensorsFile {
       }
       const hl = Number(headerLen);
       const hbuf = Buffer.alloc(hl);
-      fs.readSync(fd, hbuf, 0, hl, 8);
+      readAt(fd, file, hbuf, 8, asFormatError);
+      const text = hbuf.toString("utf8");
       let header: unknown;
       try {
-        header = JSON.parse(hbuf.toString("utf8"));
+        header = JSON.parse(text);
       } catch (cause) {
         throw new CheckpointFormatError(`${file}: header is not valid JSON (${(cause as Error).message})`, { cause });
       }
       if (typeof header !== "object" || header === null || Array.isArray(header)) {
         throw new CheckpointFormatError(`${file}: header is not a JSON object`);
       }
+      const keys = topLevelKeys(text);
+      const dup = keys.find((k, i) => keys.indexOf(k) !== i);
+      if (dup !== undefined) throw new CheckpointFormatError(`${file}: header names tensor ${JSON.stringify(dup)} twice`);
       const dataStart = 8 + hl;
       const dataSize = size - dataStart;
       const tensors = new Map<string, TensorInfo>();
       let metadata: Record<string, string> = {};
       for (const [name, v] of Object.entries(header)) {
         if (name === "__metadata__") {
-          if (typeof v !== "object" || v === null || !Object.values(v).every((x) => typeof x === "string")) {
-            throw new CheckpointFormatError(`${file}: __metadata__ must map strings to strings`);
-          }
-          metadata = v as Record<string, string>;
+          metadata = parseMetadata(file, v);
           continue;
         }
+        if (!isPlainTensorName(name)) throw new CheckpointFormatError(`${file}: ${JSON.stringify(name.slice(0, 80))} is not a plain tensor name (dot-separated letters, digits, _ and -)`);
         tensors.set(name, parseEntry(file, name, v, dataSize));
       }
       const sorted = [...tensors.values()].sort((a, b) => a.begin - b.begin || a.end - b.end);
-      for (let i = 1; i < sorted.length; i++) {
-        const prev = sorted[i - 1] as TensorInfo;
-        const cur = sorted[i] as TensorInfo;
-        if (cur.begin < prev.end) {
-          throw new CheckpointFormatError(`${file}: tensor "${cur.name}" overlaps tensor "${prev.name}" in the data section`);
+      let covered = 0;
+      for (const t of sorted) {
+        if (t.begin < covered) {
+          const prev = sorted.find((p) => p.end > t.begin && p !== t) as TensorInfo;
+          throw new CheckpointFormatError(`${file}: tensor "${t.name}" overlaps tensor "${prev.name}" in the data section`);
         }
+        if (t.begin > covered) throw new CheckpointFormatError(`${file}: data bytes [${covered}, ${t.begin}) are not covered by any tensor in the header`);
+        covered = t.end;
       }
+      if (covered !== dataSize) throw new CheckpointFormatError(`${file}: data bytes [${covered}, ${dataSize}) are not covered by any tensor in the header`);
       return new SafetensorsFile(file, tensors, metadata, dataStart);
     } finally {
       fs.closeSync(fd);
@@ -147,18 +197,13 @@ export class SafetensorsFile {
     return t;
   }
 
-  /** The tensor's bytes, read from disk now. */
+  /** The tensor's bytes, read from disk now (a shard that vanished or shrank since it was opened is named). */
   readRaw(name: string): RawTensor {
     const t = this.info(name);
     const bytes = new Uint8Array(t.end - t.begin);
-    const fd = fs.openSync(this.file, "r");
+    const { fd } = openRegular(this.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
     try {
-      let done = 0;
-      while (done < bytes.length) {
-        const n = fs.readSync(fd, bytes, done, bytes.length - done, this.dataStart + t.begin + done);
-        if (n === 0) throw new CheckpointFormatError(`${this.file}: tensor "${name}": file ends inside its data`);
-        done += n;
-      }
+      readAt(fd, this.file, bytes, this.dataStart + t.begin, asFormatError);
     } finally {
       fs.closeSync(fd);
     }
@@ -229,4 +274,34 @@ export function rawToInts(raw: RawTensor, where: string): number[] {
 
 export function basenameOf(file: string): string {
   return path.basename(file);
+}
+
+/** Flat index of the first NaN or infinity in a floating tensor's raw bytes (-1 if none, or not floating). */
+export function firstNonFinite(raw: RawTensor): number {
+  const b = raw.bytes;
+  switch (raw.dtype) {
+    case "F32": {
+      const v = view(b, 4, Uint32Array);
+      for (let i = 0; i < v.length; i++) if (((v[i] as number) & 0x7f800000) === 0x7f800000) return i;
+      return -1;
+    }
+    case "BF16":
+    case "F16": {
+      const v = view(b, 2, Uint16Array);
+      const exp = raw.dtype === "BF16" ? 0x7f80 : 0x7c00;
+      for (let i = 0; i < v.length; i++) if (((v[i] as number) & exp) === exp) return i;
+      return -1;
+    }
+    case "F64": {
+      const v = view(b, 8, Float64Array);
+      for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i] as number)) return i;
+      return -1;
+    }
+    case "F8_E4M3":
+      // e4m3fn has no infinity; 0x7f and 0xff are NaN
+      for (let i = 0; i < b.length; i++) if (((b[i] as number) & 0x7f) === 0x7f) return i;
+      return -1;
+    default:
+      return -1;
+  }
 }

@@ -1,7 +1,7 @@
-import fs from "node:fs";
 import path from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
-import { CheckpointFormatError } from "../errors.js";
+import { CheckpointFormatError, asFormatError } from "../errors.js";
+import { confinedFile, entryExists, readRegularFile } from "./files.js";
 import { readJsonObject } from "./json.js";
 
 export const MAX_TOKENIZER_BYTES = 256 * 1024 * 1024;
@@ -32,11 +32,8 @@ function tokenText(v: unknown): string | null {
  * or a list of named templates of which "default" is used.
  */
 function chatTemplateOf(dir: string, cfg: Record<string, unknown>): string | null {
-  const file = path.join(dir, "chat_template.jinja");
-  if (fs.existsSync(file)) {
-    const size = fs.statSync(file).size;
-    if (size > MAX_TOKENIZER_BYTES) throw new CheckpointFormatError(`${file}: ${size} bytes exceeds the limit of ${MAX_TOKENIZER_BYTES}`);
-    return fs.readFileSync(file, "utf8");
+  if (entryExists(path.join(dir, "chat_template.jinja"))) {
+    return readRegularFile(confinedFile(dir, "chat_template.jinja", asFormatError), MAX_TOKENIZER_BYTES, asFormatError, "chat template").toString("utf8");
   }
   const t = cfg.chat_template;
   if (typeof t === "string") return t;
@@ -49,9 +46,8 @@ function chatTemplateOf(dir: string, cfg: Record<string, unknown>): string | nul
 
 /** Load tokenizer.json + tokenizer_config.json from a model folder (Hugging Face format). */
 export function loadTokenizer(dir: string): LoadedTokenizer {
-  const tj = readJsonObject(path.join(dir, "tokenizer.json"), MAX_TOKENIZER_BYTES);
-  const cfgPath = path.join(dir, "tokenizer_config.json");
-  const cfg = fs.existsSync(cfgPath) ? readJsonObject(cfgPath, MAX_TOKENIZER_BYTES) : {};
+  const tj = readJsonObject(confinedFile(dir, "tokenizer.json", asFormatError), MAX_TOKENIZER_BYTES);
+  const cfg = entryExists(path.join(dir, "tokenizer_config.json")) ? readJsonObject(confinedFile(dir, "tokenizer_config.json", asFormatError), MAX_TOKENIZER_BYTES) : {};
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(tj, cfg);

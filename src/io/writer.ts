@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
-import { MoecalError, UsageError } from "../errors.js";
-import { DTYPE_BYTES, RawTensor } from "./safetensors.js";
+import { IoError, InternalError, NumericalError } from "../errors.js";
+import { DTYPE_BYTES, RawTensor, firstNonFinite } from "./safetensors.js";
 import { INDEX_FILE } from "./checkpoint.js";
 import { numel } from "../engine/tensor.js";
 
@@ -17,7 +17,7 @@ export function encodeSafetensors(tensors: NamedRaw[], metadata?: Record<string,
   for (const t of tensors) {
     const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
     if (t.bytes.byteLength !== expected) {
-      throw new UsageError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+      throw new InternalError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
     }
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.bytes.byteLength] };
     offset += t.bytes.byteLength;
@@ -44,7 +44,7 @@ function writeAll(fd: number, buf: Buffer, file: string): void {
   try {
     while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);
   } catch (cause) {
-    throw new MoecalError("E_IO", `${file}: write failed (${(cause as Error).message})`, { cause });
+    throw new IoError(`${file}: write failed (${(cause as Error).message})`, { cause });
   }
 }
 
@@ -83,11 +83,13 @@ export class ShardedWriter {
   }
 
   add(t: NamedRaw): void {
-    if (this.seen.has(t.name)) throw new UsageError(`tensor "${t.name}" written twice`);
+    if (this.seen.has(t.name)) throw new InternalError(`tensor "${t.name}" written twice`);
     const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
     if (t.bytes.byteLength !== expected) {
-      throw new UsageError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+      throw new InternalError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
     }
+    const bad = firstNonFinite(t);
+    if (bad >= 0) throw new NumericalError(`tensor "${t.name}" (${t.dtype} [${t.shape.join(", ")}]): non-finite value at flat index ${bad}; moecal writes only finite tensors`);
     this.seen.add(t.name);
     if (this.pendingBytes > 0 && this.pendingBytes + t.bytes.byteLength > this.maxShardBytes) this.flush();
     if (this.scratchFd === null) this.scratchFd = fs.openSync(this.scratchPath, "w");
@@ -122,7 +124,7 @@ export class ShardedWriter {
       let pos = 0;
       while (pos < this.pendingBytes) {
         const n = fs.readSync(inp, buf, 0, buf.length, pos);
-        if (n === 0) throw new MoecalError("E_IO", `${scratch}: ended early while assembling the shard`);
+        if (n === 0) throw new IoError(`${scratch}: ended early while assembling the shard`);
         writeAll(out, buf.subarray(0, n), tmp);
         pos += n;
       }

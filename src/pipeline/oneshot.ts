@@ -1,7 +1,11 @@
 import path from "node:path";
 import fs from "node:fs";
 import { Tensor } from "../engine/tensor.js";
-import { NumericalError, UsageError } from "../errors.js";
+import { NumericalError, UsageError, WeightMappingError, asFormatError, asUsageError } from "../errors.js";
+import { confinedFile } from "../io/files.js";
+import { checkpointHash, sha256File } from "../io/hash.js";
+import { firstNonFinite } from "../io/safetensors.js";
+import { Seed } from "../util/numpy-random.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { attachHessianObservers } from "../calibration/observers.js";
 import { trackCoverage, LayerCoverage } from "../calibration/coverage.js";
@@ -10,13 +14,13 @@ import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
-import { AFMOE_DEFAULT_IGNORE, AfmoeForCausalLM, afmoeFusedGroups, fusedSchemeConflicts, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
+import { AFMOE_DEFAULT_IGNORE, AfmoeConfig, AfmoeForCausalLM, afmoeFusedGroups, fusedSchemeConflicts, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
 import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
 import { ScaleDType } from "../quantization/params.js";
 import { Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
 import { AnyModule } from "../nn/module.js";
-import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
+import { BUNDLED_DATASET, BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import { Fallback, LayerTargets, Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
@@ -40,7 +44,8 @@ export interface OneshotOptions {
    * experts) between quantized and unquantized, since vLLM cannot load that (default true)
    */
   vllmCheck?: boolean;
-  seed?: number;
+  /** dataset shuffling seed: a non-negative integer of any size, as NumPy's default_rng takes */
+  seed?: Seed;
   output?: string;
   overwrite?: boolean;
   actorder?: "static" | null;
@@ -103,6 +108,33 @@ function assertComplete(name: string, present: string[], scheme: Scheme): void {
   if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
 }
 
+/** A seed as JSON: a number while it is exact as one, else its decimal digits. */
+function seedForJson(seed: Seed): number | string {
+  return typeof seed === "number" || seed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : seed.toString();
+}
+
+/** The output-side names moecal creates for a quantized Linear `P`: `P.weight_packed`, `P.weight_scale`, ... */
+const QUANT_SUFFIXES = ["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "input_scale", "weight_global_scale", "input_global_scale"];
+
+/**
+ * Tensors of the input that the model does not use are copied to the output unchanged, with a
+ * warning each; those that would make the output invalid are refused: a layer or expert index
+ * beyond the config's, or a name moecal itself writes for a quantized Linear.
+ */
+function checkUnexpectedTensors(names: string[], config: AfmoeConfig, targets: ReadonlySet<string>, dir: string, warn: (m: string) => void): void {
+  for (const n of names) {
+    const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
+    if (layer !== undefined && Number(layer) >= config.numHiddenLayers) throw new WeightMappingError(`${dir}: tensor "${n}" belongs to layer ${layer}, but the config has ${config.numHiddenLayers} layers (0-${config.numHiddenLayers - 1}); vLLM could not load an output carrying it`);
+    const expert = /\.experts\.(\d+)\./.exec(n)?.[1];
+    if (expert !== undefined && Number(expert) >= config.numExperts) throw new WeightMappingError(`${dir}: tensor "${n}" belongs to expert ${expert}, but the config has ${config.numExperts} experts (0-${config.numExperts - 1}); vLLM could not load an output carrying it`);
+    const dot = n.lastIndexOf(".");
+    if (QUANT_SUFFIXES.includes(n.slice(dot + 1)) && targets.has(n.slice(0, dot))) throw new WeightMappingError(`${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`);
+  }
+  const shown = names.slice(0, 50);
+  for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);
+  if (names.length > shown.length) warn(`${dir}: ${names.length - shown.length} more unused tensors copied unchanged`);
+}
+
 export function defaultOutput(modelDir: string, scheme: string): string {
   return path.resolve(`${path.basename(path.resolve(modelDir))}-${scheme.toUpperCase()}`);
 }
@@ -130,34 +162,48 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   if (maxSeqLength > config.maxPositionEmbeddings) {
     throw new UsageError(`--max-seq-length ${maxSeqLength} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`);
   }
-  const ck = Checkpoint.open(modelDir);
-  const source = checkpointSource(ck);
-  const model = new AfmoeForCausalLM(config);
-  const mapping = mapAfmoeWeights(config, model.namedParameters().map(([n, p]) => [n, p.shape] as const), new Map(ck.names().map((n) => [n, ck.info(n).shape])));
-  assertMappingComplete(mapping, modelDir);
-  const tokenizer = loadTokenizer(modelDir);
-  const samples = loadTokenizedSamples(datasetFile, tokenizer, { numSamples: opts.numSamples ?? 512, maxSeqLength, shuffleSeed: opts.seed ?? 42 });
-  const tokens = samples.reduce((a, s) => a + s.length, 0);
-
-  const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n);
-  const ignored = allLinears.filter((n) => matchesAny(n, ignore));
-  const isTarget = (n: string): boolean => !matchesAny(n, ignore);
-  for (const p of opts.ignore ?? []) {
-    if (!allLinears.some((n) => matchesAny(n, [p]))) warn(`--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`);
-  }
-  if (opts.vllmCheck ?? true) {
-    const conflicts = fusedSchemeConflicts(afmoeFusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
-    if (conflicts.length) {
-      const rest = conflicts.slice(1, 4).map((c) => `\n  ${c}`).join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
-      throw new UsageError(`the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`);
-    }
-  }
-  const firstTarget = allLinears.find(isTarget);
-  scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
-  const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
-
-  const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, scheme.name), { overwrite: opts.overwrite });
+  const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, scheme.name), {
+    overwrite: opts.overwrite,
+    inputs: [{ what: "model", path: modelDir }, { what: "dataset", path: datasetFile }],
+    warn,
+  });
   try {
+    const ck = Checkpoint.open(modelDir);
+    ck.assertNoAnomalies();
+    const source = checkpointSource(ck);
+    const model = new AfmoeForCausalLM(config);
+    const mapping = mapAfmoeWeights(config, model.namedParameters().map(([n, p]) => [n, p.shape] as const), new Map(ck.names().map((n) => [n, ck.info(n).shape])));
+    assertMappingComplete(mapping, modelDir);
+    const tokenizer = loadTokenizer(modelDir);
+    const samples = loadTokenizedSamples(datasetFile, tokenizer, { numSamples: opts.numSamples ?? 512, maxSeqLength, shuffleSeed: opts.seed ?? 42 });
+    const tokens = samples.reduce((a, s) => a + s.length, 0);
+
+    const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n);
+    const ignored = allLinears.filter((n) => matchesAny(n, ignore));
+    const isTarget = (n: string): boolean => !matchesAny(n, ignore);
+    for (const p of opts.ignore ?? []) {
+      if (!allLinears.some((n) => matchesAny(n, [p]))) warn(`--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`);
+    }
+    if (opts.vllmCheck ?? true) {
+      const conflicts = fusedSchemeConflicts(afmoeFusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
+      if (conflicts.length) {
+        const rest = conflicts.slice(1, 4).map((c) => `\n  ${c}`).join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
+        throw new UsageError(`the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`);
+      }
+    }
+    const targetSet = new Set(allLinears.filter(isTarget));
+    checkUnexpectedTensors(mapping.unexpected, config, targetSet, modelDir, warn);
+    // every tensor passed through unquantized is checked before anything is written
+    const targetWeights = new Set([...targetSet].map((n) => `${n}.weight`));
+    const passThrough = new Set([...mapping.sources].filter(([p]) => !targetWeights.has(p)).map(([, src]) => src).concat(mapping.unexpected));
+    for (const n of passThrough) {
+      const bad = firstNonFinite(ck.readRaw(n));
+      if (bad >= 0) throw new NumericalError(`${modelDir}: tensor "${n}" (written unquantized) holds a non-finite value at flat index ${bad}; nothing was written`);
+    }
+    const firstTarget = allLinears.find(isTarget);
+    scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
+    const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
+
     const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
     const written = new Set<string>();
     const copyRaw = (param: string): void => {
@@ -260,20 +306,20 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     out.writeFile("config.json", JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2) + "\n");
     const companions = modelFiles(modelDir, config.raw);
     if (companions.missing.length) warn(`${modelDir}: auto_map names remote code that is not in the folder (${companions.missing.join(", ")}); the output lacks it too`);
-    for (const f of companions.files) out.copyFrom(path.join(modelDir, f), f);
+    for (const f of companions.files) out.copyFrom(confinedFile(modelDir, f, asFormatError), f);
     const report: OneshotReport = {
-      moecal_version: "0.1.0",
-      model: path.resolve(modelDir),
+      moecal_version: MOECAL_VERSION,
+      model: { name: path.basename(path.resolve(modelDir)), sha256: checkpointHash(modelDir, ck.weightFiles(), asFormatError) },
       scheme: scheme.name,
       method,
       group_size: scheme.weights.groupSize,
       actorder: method === "gptq" ? scheme.weights.actorder : null,
-      dataset: path.resolve(datasetFile),
+      dataset: { name: path.basename(datasetFile), sha256: sha256File(datasetFile, asUsageError) },
       num_samples: samples.length,
       tokens,
       max_seq_length: maxSeqLength,
       calibrate_all_experts: calibrateAllExperts,
-      seed: opts.seed ?? 42,
+      seed: seedForJson(opts.seed ?? 42),
       ignore,
       coverage: { layers: coverage },
       fallbacks,

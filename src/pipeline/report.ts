@@ -19,17 +19,20 @@ export interface LayerReport {
 /** moecal.json: what was done, on what, and what every expert saw. */
 export interface OneshotReport {
   moecal_version: string;
-  model: string;
+  /** the model folder's name and content hash (never its absolute path: a published checkpoint must not reveal the user's folders) */
+  model: { name: string; sha256: string };
   scheme: string;
   method: string;
   group_size: number | null;
   actorder: string | null;
-  dataset: string;
+  /** the dataset file's name and SHA-256 */
+  dataset: { name: string; sha256: string };
   num_samples: number;
   tokens: number;
   max_seq_length: number;
   calibrate_all_experts: boolean;
-  seed: number;
+  /** a number, or decimal digits for a seed beyond 2^53 */
+  seed: number | string;
   ignore: string[];
   coverage: { layers: Record<string, LayerCoverage> };
   fallbacks: Fallback[];

@@ -21,20 +21,36 @@ const MIX_MULT_L = 0xca01f9dd;
 const MIX_MULT_R = 0x4973f715;
 const POOL_SIZE = 4;
 
+/** A seed as NumPy's `default_rng` takes it: a non-negative integer of any size. */
+export type Seed = number | bigint;
+
+/**
+ * Parse a seed written as decimal digits, as `np.random.default_rng(int(text))` would take it;
+ * anything else (negative, fractional, exponent notation) is refused with the reason.
+ */
+export function parseSeed(text: string): bigint {
+  const t = text.trim();
+  if (/^-\d+$/.test(t)) throw new UsageError(`seed ${text}: NumPy's default_rng refuses negative seeds; use a non-negative integer`);
+  if (!/^\d+$/.test(t)) throw new UsageError(`seed ${JSON.stringify(text)}: must be a non-negative integer written in decimal digits (NumPy's default_rng takes integers of any size, not fractions or text)`);
+  if (t.length > 10_000) throw new UsageError(`seed: ${t.length} digits is over the limit of 10000`);
+  return BigInt(t);
+}
+
 /** A non-negative integer seed as little-endian 32-bit words (NumPy's `_coerce_to_uint32_array`). */
-function seedWords(seed: number): number[] {
-  if (!Number.isSafeInteger(seed) || seed < 0) throw new UsageError(`seed must be a non-negative integer, got ${seed}`);
+function seedWords(seed: Seed): number[] {
+  if (typeof seed === "number" && (!Number.isSafeInteger(seed) || seed < 0)) throw new UsageError(`seed must be a non-negative integer, got ${seed}`);
+  let v = BigInt(seed);
+  if (v < 0n) throw new UsageError(`seed must be a non-negative integer, got ${seed}`);
   const words: number[] = [];
-  let v = seed;
   do {
-    words.push(v % 0x100000000);
-    v = Math.floor(v / 0x100000000);
-  } while (v > 0);
+    words.push(Number(v & 0xffffffffn));
+    v >>= 32n;
+  } while (v > 0n);
   return words;
 }
 
 /** `SeedSequence(seed).generate_state(nWords32, uint32)`. */
-export function seedSequenceState(seed: number, nWords32: number): Uint32Array {
+export function seedSequenceState(seed: Seed, nWords32: number): Uint32Array {
   const entropy = seedWords(seed);
   let hashA = INIT_A;
   const hashmix = (value: number): number => {
@@ -75,7 +91,7 @@ export class Pcg64 {
   private spare: number | null = null;
 
   /** `PCG64(SeedSequence(seed))`. */
-  constructor(seed: number) {
+  constructor(seed: Seed) {
     const w = seedSequenceState(seed, 8);
     const u64 = (k: number): bigint => (BigInt(w[2 * k + 1] as number) << 32n) | BigInt(w[2 * k] as number);
     const initState = (u64(0) << 64n) | u64(1);
@@ -127,7 +143,7 @@ export class Pcg64 {
 }
 
 /** `np.random.default_rng(seed).permutation(n)`. */
-export function numpyPermutation(n: number, seed: number): number[] {
+export function numpyPermutation(n: number, seed: Seed): number[] {
   if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new UsageError(`permutation length must be an integer in [0, 2^32), got ${n}`);
   const out = Array.from({ length: n }, (_, i) => i);
   const g = new Pcg64(seed);
@@ -141,6 +157,6 @@ export function numpyPermutation(n: number, seed: number): number[] {
 }
 
 /** `Dataset.shuffle(seed)` of Hugging Face datasets: the items in `default_rng(seed).permutation` order. */
-export function hfShuffled<T>(items: readonly T[], seed: number): T[] {
+export function hfShuffled<T>(items: readonly T[], seed: Seed): T[] {
   return numpyPermutation(items.length, seed).map((i) => items[i] as T);
 }

@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { NamedRaw, ShardedWriter } from "../../src/io/writer.js";
+import { NamedRaw, writeSafetensors } from "../../src/io/writer.js";
 import { f32ToBf16 } from "../../src/engine/dtype.js";
 import { ROOT, TINY } from "../helpers.js";
 
@@ -41,9 +41,8 @@ function modelCopy(dir: string, opts: { config?: (c: Record<string, unknown>) =>
     const t = new Map(ck.names().map((n) => [n, { name: n, ...ck.readRaw(n) }]));
     opts.tensors(t);
     for (const f of fs.readdirSync(m)) if (f.endsWith(".safetensors") || f.endsWith(".index.json")) fs.rmSync(path.join(m, f));
-    const w = new ShardedWriter(m);
-    for (const x of t.values()) w.add(x);
-    w.finish();
+    // written without the writer's finiteness check: some cases are broken on purpose
+    writeSafetensors(path.join(m, "model.safetensors"), [...t.values()]);
   }
   return m;
 }

@@ -24,6 +24,6 @@ test("moecal forward on the golden ids writes logits and hidden states matching 
 test("moecal forward with a missing input prints a message, not a stack, and exits non-zero", () => {
   const r = spawnSync(process.execPath, [cli, "forward", "--input-ids", "/nonexistent.safetensors", "--output", "/tmp/x"], { encoding: "utf8" });
   assert.notEqual(r.status, 0);
-  assert.match(r.stderr, /\/nonexistent.safetensors: cannot open/);
+  assert.match(r.stderr, /\/nonexistent.safetensors: not found/);
   assert.doesNotMatch(r.stderr, /at .*\.js:\d+/);
 });

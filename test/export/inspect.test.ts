@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { NamedRaw, ShardedWriter } from "../../src/io/writer.js";
+import { NamedRaw, writeSafetensors } from "../../src/io/writer.js";
 import { f32ToBf16 } from "../../src/engine/dtype.js";
 import { ROOT, TINY } from "../helpers.js";
 
@@ -23,9 +23,8 @@ function broken(name: string, mutate: (t: Map<string, NamedRaw>) => void): strin
   const ck = Checkpoint.open(clean);
   const tensors = new Map(ck.names().map((n) => [n, { name: n, ...ck.readRaw(n) }]));
   mutate(tensors);
-  const w = new ShardedWriter(dir);
-  for (const t of tensors.values()) w.add(t);
-  w.finish();
+  // written without the writer's finiteness check: these checkpoints are broken on purpose
+  writeSafetensors(path.join(dir, "model.safetensors"), [...tensors.values()]);
   return dir;
 }
 
@@ -53,7 +52,7 @@ const cases: [string, (t: Map<string, NamedRaw>) => void, RegExp][] = [
   ["nan-scale", (t) => scaleWith(t, NaN), new RegExp(`${E}.weight_scale: non-finite value NaN at index 3`)],
   ["zero-scale", (t) => scaleWith(t, 0), new RegExp(`${E}.weight_scale: zero or negative value 0 at index 3`)],
   ["extreme-scale", (t) => scaleWith(t, 1e6), new RegExp(`${E}.weight_scale: extreme value`)],
-  ["missing-shape", (t) => void t.delete(`${E}.weight_shape`), new RegExp(`${E}: missing weight_shape`)],
+  ["missing-shape", (t) => void t.delete(`${E}.weight_shape`), new RegExp(`${E}.weight_shape: missing \\(expected I64 or I32 \\[2\\]\\)`)],
   [
     "zero-expert",
     (t) => {

@@ -1,7 +1,8 @@
-import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { ConfigError } from "../../errors.js";
+import { confinedFile } from "../../io/files.js";
+import { readJsonObject } from "../../io/json.js";
 
 /** Largest config.json we read. */
 export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
@@ -47,6 +48,27 @@ export interface AfmoeConfig {
 
 /** rope_theta when config.json gives neither rope_theta nor rope_parameters (the remote code's default). */
 export const DEFAULT_ROPE_THETA = 10000;
+
+/**
+ * Largest sizes accepted from config.json, checked before any module is built: far above every
+ * released AFMoE model, far below what would exhaust memory by building the module tree alone.
+ */
+export const CONFIG_LIMITS = {
+  hidden_size: 65536,
+  intermediate_size: 1_048_576,
+  moe_intermediate_size: 1_048_576,
+  num_hidden_layers: 1024,
+  num_attention_heads: 1024,
+  num_key_value_heads: 1024,
+  head_dim: 4096,
+  vocab_size: 4_194_304,
+  max_position_embeddings: 16_777_216,
+  num_experts: 4096,
+  num_experts_per_tok: 4096,
+  num_shared_experts: 64,
+  num_dense_layers: 1024,
+  sliding_window: 16_777_216,
+} as const;
 
 const posInt = z.number().int().positive();
 const nonNegInt = z.number().int().nonnegative();
@@ -102,6 +124,10 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
     throw new ConfigError(`${where}: field "${field}": ${absent ? "missing (required)" : (issue?.message ?? "invalid")}`);
   }
   const c = r.data;
+  for (const [field, max] of Object.entries(CONFIG_LIMITS)) {
+    const v = (c as Record<string, unknown>)[field];
+    if (typeof v === "number" && v > max) throw new ConfigError(`${where}: field "${field}": ${v} exceeds moecal's limit of ${max}`);
+  }
   const fail = (field: string, msg: string): never => {
     throw new ConfigError(`${where}: field "${field}": ${msg}`);
   };
@@ -169,23 +195,9 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
 
 /** Read and validate `<dir>/config.json`. */
 export function readAfmoeConfig(dir: string): AfmoeConfig {
-  const file = path.join(dir, "config.json");
-  let text: string;
-  try {
-    const size = fs.statSync(file).size;
-    if (size > MAX_CONFIG_BYTES) throw new ConfigError(`${file}: ${size} bytes exceeds the limit of ${MAX_CONFIG_BYTES}`);
-    text = fs.readFileSync(file, "utf8");
-  } catch (cause) {
-    if (cause instanceof ConfigError) throw cause;
-    throw new ConfigError(`${file}: cannot read (${(cause as Error).message})`, { cause });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (cause) {
-    throw new ConfigError(`${file}: not valid JSON (${(cause as Error).message})`, { cause });
-  }
-  return parseAfmoeConfig(json, file);
+  const err = (m: string, o?: { cause?: unknown }): ConfigError => new ConfigError(m, o);
+  const file = confinedFile(dir, "config.json", err);
+  return parseAfmoeConfig(readJsonObject(file, MAX_CONFIG_BYTES, err), path.join(dir, "config.json"));
 }
 
 export function isMoeLayer(config: AfmoeConfig, layer: number): boolean {

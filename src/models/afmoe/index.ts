@@ -1,4 +1,6 @@
 import { Checkpoint } from "../../io/checkpoint.js";
+import { CheckpointFormatError } from "../../errors.js";
+import { expectedTensors, layoutProblems } from "../../export/layout.js";
 import { compressedTensorsSource, groupFor, parseQuantizationConfig } from "../../export/compressed-tensors.js";
 import { attachActivationQuantization } from "../../quantization/activations.js";
 import { AfmoeConfig, readAfmoeConfig } from "./config.js";
@@ -26,6 +28,11 @@ export function openAfmoe(dir: string, opts: { load?: boolean; source?: TensorSo
   const ctSource = parsed && ck ? compressedTensorsSource(ck, parsed) : null;
   const source = opts.source ?? ctSource ?? checkpointSource(ck as Checkpoint);
   const model = new AfmoeForCausalLM(config);
+  ck?.assertNoAnomalies();
+  if (parsed && ck) {
+    const problems = layoutProblems(ck, parsed, expectedTensors(model, config.tieWordEmbeddings));
+    if (problems.length) throw new CheckpointFormatError(`${dir}: ${problems.length} tensor(s) do not match config.json's quantization_config (moecal inspect lists them all): ${problems.slice(0, 3).join("; ")}`);
+  }
   if (parsed && ctSource) {
     // serve as vLLM would: quantized input activations where the scheme says so
     attachActivationQuantization(model, (n) => groupFor(parsed, n)?.inputActivations ?? null, (n) => ctSource.inputScale(n));
