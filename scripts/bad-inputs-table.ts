@@ -12,7 +12,10 @@ for (const [i, c] of BAD_INPUTS.entries()) {
   fs.mkdirSync(dir);
   try {
     const r = runCase(c, dir);
-    const msg = r.stderr.split("\n").filter((l) => l.startsWith("moecal:") || l.startsWith("error:")).join(" ").split(root).join("…").replace(/\|/g, "\\|");
+    const lines = r.stderr.split("\n").filter((l) => l.startsWith("moecal:") || l.startsWith("error:"));
+    // inspect reports its findings on stdout: the first one that matches the case
+    if (lines.length === 0) lines.push(...r.stdout.split("\n").filter((l) => c.message.test(l)).slice(0, 1).map((l) => l.trim()));
+    const msg = lines.join(" ").split(root).join("…").replace(/\|/g, "\\|");
     console.log(`| ${c.name} | ${r.status} | \`${msg}\` |`);
   } finally {
     cleanupCase(dir);

@@ -61,7 +61,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     return report;
   }
   const layout = layoutProblems(ck, cfg, expectedTensors(new AfmoeForCausalLM(config), config.tieWordEmbeddings));
-  problems.push(...layout);
+  for (const l of layout) problems.push(l);
   // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
   const misshapen = new Set(layout.map((m) => m.slice(0, m.indexOf(":")).replace(/\.(weight|weight_packed|weight_scale|weight_shape|weight_zero_point|input_scale)$/, "")));
   const modules = new Set(ck.names().filter((n) => n.endsWith(".weight_scale")).map((n) => n.slice(0, -".weight_scale".length)));
@@ -128,7 +128,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     const g = modules.has(n) ? groupFor(cfg, n) : null;
     return g ? `config group ${cfg.groups.indexOf(g)}` : "unquantized";
   };
-  problems.push(...fusedSchemeConflicts(afmoeFusedGroups([...modules, ...unquantized]), schemeOf));
+  for (const c of fusedSchemeConflicts(afmoeFusedGroups([...modules, ...unquantized]), schemeOf)) problems.push(c);
   return report;
 }
 

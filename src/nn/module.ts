@@ -114,8 +114,19 @@ export abstract class Module<I = Tensor, O = Tensor> {
 
   /** Every module with its dotted name, this one first (name = prefix). */
   namedModules(prefix = ""): [string, AnyModule][] {
-    const out: [string, AnyModule][] = [[prefix, this as AnyModule]];
-    for (const [name, m] of this._children) out.push(...m.namedModules(prefix ? `${prefix}.${name}` : name));
+    // depth-first, in declaration order, without recursion or spreading (trees of hundreds of
+    // thousands of modules would overflow the call stack)
+    const out: [string, AnyModule][] = [];
+    const stack: [string, AnyModule][] = [[prefix, this as AnyModule]];
+    while (stack.length) {
+      const [name, m] = stack.pop() as [string, AnyModule];
+      out.push([name, m]);
+      const children = [...m._children];
+      for (let i = children.length - 1; i >= 0; i--) {
+        const [cn, c] = children[i] as [string, AnyModule];
+        stack.push([name ? `${name}.${cn}` : cn, c]);
+      }
+    }
     return out;
   }
 

@@ -15,16 +15,17 @@ for (const [i, c] of BAD_INPUTS.entries()) {
     try {
       const r = runCase(c, dir);
       assert.equal(r.status, c.exitCode, `exit code; stderr: ${r.stderr}`);
-      assert.match(r.stderr, c.message);
+      assert.match(r.stderr + r.stdout, c.message); // inspect reports on stdout
       assert.doesNotMatch(r.stderr, /\n\s+at .+:\d+:\d+/, "no stack trace");
       const outs = [path.join(dir, "out"), path.join(dir, "small", "out")];
       for (const o of outs) {
-        if (c.name === "output folder exists" && o === outs[0]) continue;
+        if (c.keepsOutput && o === outs[0]) continue;
         assert.equal(fs.existsSync(o), false, `${o} must not exist`);
       }
       for (const parent of [dir, path.join(dir, "small")]) {
-        if (fs.existsSync(parent)) assert.deepEqual(fs.readdirSync(parent).filter((f) => f.includes(".tmp")), [], "no temporary folder left");
+        if (fs.existsSync(parent)) assert.deepEqual(fs.readdirSync(parent).filter((f) => f.includes(".tmp") || (f.endsWith(".moecal-lock") && c.name !== "another run is writing the output")), [], "no temporary folder or lock left");
       }
+      c.verify?.(dir);
     } finally {
       cleanupCase(dir);
     }
