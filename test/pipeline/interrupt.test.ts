@@ -12,14 +12,14 @@ const model = path.join(tmp, "model");
 const made = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "8", "--set", "hidden_size=256", "--set", "num_experts=32", "--set", "moe_intermediate_size=128"], { encoding: "utf8" });
 
 /** Start oneshot and send `signal` once layer 3 of 8 has started (shards and temporary files exist then). */
-async function interrupted(signal: NodeJS.Signals, out: string): Promise<{ code: number | null; sig: NodeJS.Signals | null; stderr: string }> {
-  const child = spawn(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out], { stdio: ["ignore", "pipe", "pipe"] });
+async function interrupted(signal: NodeJS.Signals, out: string, extra: string[] = [], at = /layer 3\/8/): Promise<{ code: number | null; sig: NodeJS.Signals | null; stderr: string }> {
+  const child = spawn(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out, ...extra], { stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
   let sent = false;
   return new Promise((resolve) => {
     child.stderr.on("data", (d: Buffer) => {
       stderr += d.toString();
-      if (!sent && /layer 3\/8/.test(stderr)) {
+      if (!sent && at.test(stderr)) {
         sent = true;
         child.kill(signal);
       }
@@ -28,7 +28,7 @@ async function interrupted(signal: NodeJS.Signals, out: string): Promise<{ code:
   });
 }
 
-for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGKILL", null]] as const) {
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129], ["SIGQUIT", 131], ["SIGKILL", null]] as const) {
   test(`${signal} in the middle of oneshot leaves no checkpoint where the output should be; rerunning succeeds`, async () => {
     assert.equal(made.status, 0, made.stderr);
     const out = path.join(tmp, `out-${signal}`);
@@ -47,3 +47,41 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGKILL", nul
     assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)), []);
   });
 }
+
+const quick = (out: string, extra: string[] = []): string[] => [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "2", "--max-seq-length", "16", "--output", out, "--quiet", ...extra];
+
+test("a second run to an output another run is writing is refused while the first runs; the lock goes with the first", async () => {
+  const out = path.join(tmp, "out-locked");
+  const first = spawn(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  await new Promise<void>((resolve) => first.stderr.on("data", (d: Buffer) => { stderr += d.toString(); if (/layer 1\/8/.test(stderr)) resolve(); }));
+  const second = spawnSync(process.execPath, quick(out, ["--overwrite"]), { encoding: "utf8" });
+  assert.equal(second.status, 2, second.stderr);
+  assert.match(second.stderr, new RegExp(`out-locked is being written by another moecal run \\(pid ${first.pid}`));
+  const code = await new Promise<number | null>((resolve) => { first.on("exit", (c) => resolve(c)); first.kill("SIGHUP"); });
+  assert.equal(code, 129);
+  assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith(".out-locked")), [], "lock and temporary folder removed");
+  assert.equal(spawnSync(process.execPath, quick(out), { encoding: "utf8" }).status, 0);
+});
+
+test("--overwrite killed (SIGKILL) at any point leaves the old output or the new one, never neither", async () => {
+  const out = path.join(tmp, "out-replace");
+  assert.equal(spawnSync(process.execPath, quick(out), { encoding: "utf8" }).status, 0);
+  const old = fs.readFileSync(path.join(out, "moecal.json"), "utf8");
+  // at the first layer, mid-run, at the last layer, and once the last layer is done (output being finished and renamed)
+  for (const at of [/layer 1\/8/, /layer 5\/8/, /layer 8\/8/, /  layer 7: /]) {
+    await interrupted("SIGKILL", out, ["--overwrite"], at);
+    const now = fs.readFileSync(path.join(out, "moecal.json"), "utf8");
+    assert.ok(now === old || JSON.parse(now).num_samples === 4, "the old output, or the complete new one");
+    assert.ok(fs.existsSync(path.join(out, "model.safetensors.index.json")));
+  }
+  // the moment between moving the old output aside and renaming the new one in: the next run puts the old one back
+  const dead = spawnSync(process.execPath, ["-e", "0"]).pid as number;
+  const aside = path.join(tmp, `.out-replace.moecal-old-${dead}`);
+  fs.renameSync(out, aside);
+  const next = spawnSync(process.execPath, quick(out), { encoding: "utf8" });
+  assert.equal(next.status, 2, "the restored output is there, so a run without --overwrite is refused");
+  assert.match(next.stderr, /restored the previous output/);
+  assert.equal(fs.readFileSync(path.join(out, "moecal.json"), "utf8").length > 0, true);
+  assert.equal(fs.existsSync(aside), false);
+});
