@@ -297,5 +297,5 @@ export function cleanupCase(dir: string): void {
 export function runCase(c: BadInputCase, dir: string): { status: number | null; stderr: string; stdout: string } {
   const args = c.setup(dir);
   // a bound on every run: a read that blocked (a FIFO) fails the case instead of hanging the suite
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", cwd: c.cwd?.(dir) ?? dir, timeout: 60_000 });
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", cwd: c.cwd?.(dir) ?? dir, timeout: 60_000, killSignal: "SIGKILL" });
 }
