@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { IoError, UsageError, asUsageError } from "../errors.js";
-import { isInside, readRegularFile } from "../io/files.js";
+import { entryExists, isInside, readRegularFile } from "../io/files.js";
 import { parseJsonObject } from "../io/json.js";
 
 /** The report every moecal output holds; `--overwrite` replaces only folders that have one. */
@@ -221,12 +221,8 @@ function acquireLock(lock: string, target: string): string {
     } catch (cause) {
       if ((cause as NodeJS.ErrnoException).code !== "EEXIST") throw new IoError(`cannot create the lock ${lock} (${(cause as Error).message})`, { cause });
     }
-    let pid = NaN;
-    try {
-      pid = Number(fs.readFileSync(lock, "utf8").slice(0, 32).trim());
-    } catch {
-      // a lock removed between our attempts: try again
-    }
+    if (!entryExists(lock)) continue; // removed between our attempts: try again
+    const pid = Number(readRegularFile(lock, 64, asUsageError, "lock file").toString("utf8").trim());
     if (activeLocks.has(lock) || (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid))) {
       throw new UsageError(`output ${target} is being written by another moecal run (pid ${pid}, lock ${lock}); wait for it to finish or stop it`);
     }
