@@ -16,19 +16,36 @@ const ck = Checkpoint.open(BUNDLED_MODEL);
 const b = roundToBf16;
 const clamp = (v: number, lo: number, hi: number): number => Math.min(hi, Math.max(lo, v));
 
-for (const [bits, sym] of [[4, true], [8, true], [4, false]] as const) {
+for (const [bits, sym] of [
+  [4, true],
+  [8, true],
+  [4, false],
+] as const) {
   const g = 32;
   const { qmin, qmax } = intRange(bits);
   const range = qmax - qmin;
-  let codes = 0, diff = 0, groups = 0, zpDiff = 0, errLib = 0, errOurs = 0;
+  let codes = 0,
+    diff = 0,
+    groups = 0,
+    zpDiff = 0,
+    errLib = 0,
+    errOurs = 0;
   for (const n of ck.names().filter((x) => /proj\.weight$/.test(x))) {
     const t = ck.readF32(n);
     const [out, inF] = t.shape as [number, number];
     for (let r = 0; r < out; r++) {
       for (let g0 = 0; g0 < inF; g0 += g) {
-        let mn = 0, mx = 0;
-        for (let c = g0; c < g0 + g; c++) { const w = t.data[r * inF + c] as number; mn = Math.min(mn, w); mx = Math.max(mx, w); }
-        let sLib: number, s: number, zLib = 0, z = 0;
+        let mn = 0,
+          mx = 0;
+        for (let c = g0; c < g0 + g; c++) {
+          const w = t.data[r * inF + c] as number;
+          mn = Math.min(mn, w);
+          mx = Math.max(mx, w);
+        }
+        let sLib: number,
+          s: number,
+          zLib = 0,
+          z = 0;
         if (sym) {
           sLib = b(Math.max(-mn, mx) / b(range / 2));
           s = b(Math.fround(Math.max(-mn, mx) / (range / 2)));
@@ -54,5 +71,7 @@ for (const [bits, sym] of [[4, true], [8, true], [4, false]] as const) {
       }
     }
   }
-  console.log(`int${bits} ${sym ? "symmetric" : "asymmetric"} group ${g}: ${(100 * diff / codes).toFixed(2)}% of ${codes} codes differ; zero points differ in ${(100 * zpDiff / groups).toFixed(2)}% of ${groups} groups; squared weight error library / moecal ${(errLib / errOurs).toFixed(4)}`);
+  console.log(
+    `int${bits} ${sym ? "symmetric" : "asymmetric"} group ${g}: ${((100 * diff) / codes).toFixed(2)}% of ${codes} codes differ; zero points differ in ${((100 * zpDiff) / groups).toFixed(2)}% of ${groups} groups; squared weight error library / moecal ${(errLib / errOurs).toFixed(4)}`,
+  );
 }

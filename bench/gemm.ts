@@ -2,7 +2,7 @@
  * GEMM throughput: the onnxruntime engine against the plain TypeScript reference, same run.
  * `npm run bench:gemm`. Prints GFLOP/s per shape and the ratio.
  */
-import { OrtEngine, ReferenceEngine, Engine, Tensor } from "../src/engine/index.js";
+import { OrtEngine, ReferenceEngine, type Engine, Tensor } from "../src/engine/index.js";
 import { engineThreads } from "../src/engine/ort.js";
 
 function rand(shape: number[]): Tensor {
@@ -15,7 +15,14 @@ function rand(shape: number[]): Tensor {
  * GFLOP/s of engine.matmul on [m,k] x [k,n] over at least `minSeconds`: the mean, and the best
  * window of at least `windowSeconds` (the way bench/peak.c measures the peak, so the two compare).
  */
-export async function gemmGflops(engine: Engine, m: number, k: number, n: number, minSeconds: number, windowSeconds = 0.04): Promise<{ mean: number; best: number }> {
+export async function gemmGflops(
+  engine: Engine,
+  m: number,
+  k: number,
+  n: number,
+  minSeconds: number,
+  windowSeconds = 0.04,
+): Promise<{ mean: number; best: number }> {
   const a = rand([m, k]);
   const b = rand([k, n]);
   await engine.matmul(a, b); // warm-up (session creation)

@@ -8,7 +8,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
-import { HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
+import { type HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
 import { Tensor } from "../src/engine/tensor.js";
 import { quantizeLayerLinears } from "../src/pipeline/quantize-layer.js";
 import { resolveScheme } from "../src/quantization/scheme.js";
@@ -21,12 +21,21 @@ import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
  * started and compiled in the timing) and warm (as for every layer after the first in oneshot,
  * whose workers live across layers).
  */
-export async function timeGptqBlock(linears: Map<string, Linear>, stats: Map<string, HessianStats>): Promise<{ cold: number; warm: number }> {
+export async function timeGptqBlock(
+  linears: Map<string, Linear>,
+  stats: Map<string, HessianStats>,
+): Promise<{ cold: number; warm: number }> {
   const original = new Map([...linears].map(([n, l]) => [n, l.weight.data.slice()]));
   const once = async (): Promise<number> => {
-    for (const [n, l] of linears) l.parameter("weight").value = new Tensor((original.get(n) as Float32Array).slice(), [l.outFeatures, l.inFeatures]);
+    for (const [n, l] of linears)
+      l.parameter("weight").value = new Tensor((original.get(n) as Float32Array).slice(), [l.outFeatures, l.inFeatures]);
     const t0 = performance.now();
-    await quantizeLayerLinears({ linears, hessians: stats, inputAbsMax: new Map() }, resolveScheme("W4A16"), "gptq", "F32", { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "bench" });
+    await quantizeLayerLinears({ linears, hessians: stats, inputAbsMax: new Map() }, resolveScheme("W4A16"), "gptq", "F32", {
+      dampening: 0.01,
+      blockSize: 128,
+      warn: () => undefined,
+      layerLabel: "bench",
+    });
     return (performance.now() - t0) / 1000;
   };
   const cold = await once();
@@ -41,14 +50,21 @@ async function main(): Promise<void> {
   const obs = attachHessianObservers(calib, (n) => n.startsWith("experts."));
   await calib.call(x);
   obs.remove();
-  const linears = new Map(calib.namedModules().filter(([n, m]) => m instanceof Linear && n.startsWith("experts.")).map(([n, m]) => [n, m as Linear]));
+  const linears = new Map(
+    calib
+      .namedModules()
+      .filter(([n, m]) => m instanceof Linear && n.startsWith("experts."))
+      .map(([n, m]) => [n, m as Linear]),
+  );
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-gptq-"));
   const torch = process.env.BENCH_NO_TORCH ? null : torchPeer(writeBlock(work, block, x));
   fs.rmSync(work, { recursive: true, force: true });
   const { cold, warm } = await timeGptqBlock(linears, obs.stats);
   await closeSharedGptqPool();
-  const ratio = (s: number): string => (torch ? (torch.gptq_seconds / s).toFixed(2) + "x" : "n/a");
-  console.log(`GPTQ of ${linears.size} expert Linears (${tokens} calibration tokens, ${gptqWorkerCount()} workers): ours ${warm.toFixed(2)} s warm (${ratio(warm)} faster), ${cold.toFixed(2)} s cold (${ratio(cold)}); PyTorch per-expert ${torch ? torch.gptq_seconds.toFixed(2) + " s" : "not run"}`);
+  const ratio = (s: number): string => (torch ? `${(torch.gptq_seconds / s).toFixed(2)}x` : "n/a");
+  console.log(
+    `GPTQ of ${linears.size} expert Linears (${tokens} calibration tokens, ${gptqWorkerCount()} workers): ours ${warm.toFixed(2)} s warm (${ratio(warm)} faster), ${cold.toFixed(2)} s cold (${ratio(cold)}); PyTorch per-expert ${torch ? `${torch.gptq_seconds.toFixed(2)} s` : "not run"}`,
+  );
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

@@ -11,7 +11,7 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { OrtEngine, Tensor } from "../src/engine/index.js";
 import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
-import { HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
+import { type HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
 import { closeSharedGptqPool, gptqWorkerCount } from "../src/quantization/gptq-pool.js";
 import { Linear } from "../src/nn/layers.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
@@ -28,17 +28,28 @@ const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 /** bench/peak.c, compiled here: the best of `reps` FMA-loop windows on every core, GFLOP/s (null without gcc). */
 function peakRunner(): ((reps: number) => number | null) | null {
   const exe = path.join(work, "peak");
-  const cc = spawnSync("gcc", ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", path.join(PACKAGE_ROOT, "bench", "peak.c"), "-o", exe], { encoding: "utf8" });
+  const cc = spawnSync(
+    "gcc",
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", path.join(PACKAGE_ROOT, "bench", "peak.c"), "-o", exe],
+    { encoding: "utf8" },
+  );
   if (cc.status !== 0) return null;
   return (reps) => {
-    const r = spawnSync(exe, [String(reps)], { encoding: "utf8", env: { ...process.env, OMP_NUM_THREADS: String(os.availableParallelism()) } });
+    const r = spawnSync(exe, [String(reps)], {
+      encoding: "utf8",
+      env: { ...process.env, OMP_NUM_THREADS: String(os.availableParallelism()) },
+    });
     const v = Number(r.stdout.trim());
     return r.status === 0 && v > 0 ? v : null;
   };
 }
 
 async function main(): Promise<void> {
-  const results: Record<string, unknown> = { date: new Date().toISOString(), cpu: os.cpus()[0]?.model ?? null, threads: os.availableParallelism() };
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    cpu: os.cpus()[0]?.model ?? null,
+    threads: os.availableParallelism(),
+  };
   // this machine's second vCPU is shared: its speed moves ~2x from minute to minute. The peak
   // and the GEMMs are measured alternately, each as its best ~40 ms window, over GEMM_ROUNDS rounds.
   const runPeak = peakRunner();
@@ -69,7 +80,9 @@ async function main(): Promise<void> {
   let fastStats: { calib: CalibrationAfmoeMoE; stats: Map<string, HessianStats> } | null = null;
   for (const fastPath of [true, false]) {
     // warm-up on 64 tokens with a throw-away module: onnxruntime sessions exist before timing
-    await new CalibrationAfmoeMoE(block, config, { calibrateAllExperts: true, fastPath }).call(new Tensor(x.data.subarray(0, 64 * 1024), [1, 64, 1024]));
+    await new CalibrationAfmoeMoE(block, config, { calibrateAllExperts: true, fastPath }).call(
+      new Tensor(x.data.subarray(0, 64 * 1024), [1, 64, 1024]),
+    );
     const key = fastPath ? "fast" : "per_expert";
     for (const pass of ["cold", "warm"] as const) {
       const calib = new CalibrationAfmoeMoE(block, config, { calibrateAllExperts: true, fastPath });
@@ -90,17 +103,47 @@ async function main(): Promise<void> {
   // GPTQ of every expert Linear of the block (W4A16, group 128, actorder static)
   if (!fastStats) throw new MoecalError("E_BENCH", "the fast-path run recorded no statistics");
   const { calib, stats } = fastStats;
-  const linears = new Map(calib.namedModules().filter(([n, m]) => m instanceof Linear && n.startsWith("experts.")).map(([n, m]) => [n, m as Linear]));
+  const linears = new Map(
+    calib
+      .namedModules()
+      .filter(([n, m]) => m instanceof Linear && n.startsWith("experts."))
+      .map(([n, m]) => [n, m as Linear]),
+  );
   const { cold, warm } = await timeGptqBlock(linears, stats);
   await closeSharedGptqPool();
   // ours: warm workers, as for every layer after the first in oneshot; ours_cold: workers started in the timing
-  results.gptq_block = { linears: linears.size, workers: gptqWorkerCount(), seconds: { ours: warm, ours_cold: cold, torch_per_expert: torch?.gptq_seconds ?? null } };
+  results.gptq_block = {
+    linears: linears.size,
+    workers: gptqWorkerCount(),
+    seconds: { ours: warm, ours_cold: cold, torch_per_expert: torch?.gptq_seconds ?? null },
+  };
 
   // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens
   const model = path.join(work, "nano4");
-  const nano = ["--set", "hidden_size=1024", "--set", "num_experts=128", "--set", "num_experts_per_tok=8", "--set", "moe_intermediate_size=256", "--set", "intermediate_size=3072", "--set", "num_attention_heads=8", "--set", "num_key_value_heads=2", "--set", "head_dim=128"];
+  const nano = [
+    "--set",
+    "hidden_size=1024",
+    "--set",
+    "num_experts=128",
+    "--set",
+    "num_experts_per_tok=8",
+    "--set",
+    "moe_intermediate_size=256",
+    "--set",
+    "intermediate_size=3072",
+    "--set",
+    "num_attention_heads=8",
+    "--set",
+    "num_key_value_heads=2",
+    "--set",
+    "head_dim=128",
+  ];
   const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "4", ...nano], { encoding: "utf8" });
-  const texts = fs.readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8").trim().split("\n").map((l) => (JSON.parse(l) as { text: string }).text);
+  const texts = fs
+    .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { text: string }).text);
   const long: string[] = [];
   for (let i = 0; long.length < 64; i++) {
     let t = "";
@@ -108,31 +151,74 @@ async function main(): Promise<void> {
     long.push(JSON.stringify({ text: t }));
   }
   const data = path.join(work, "long.jsonl");
-  fs.writeFileSync(data, long.join("\n") + "\n");
+  fs.writeFileSync(data, `${long.join("\n")}\n`);
   const out = path.join(work, "nano4-w4a16");
-  const run = gen.status === 0 ? spawnSync(process.execPath, [cli, "oneshot", "--model", model, "--dataset", data, "--num-samples", "64", "--max-seq-length", "512", "--output", out, "--quiet"], { encoding: "utf8" }) : null;
+  const run =
+    gen.status === 0
+      ? spawnSync(
+          process.execPath,
+          [
+            cli,
+            "oneshot",
+            "--model",
+            model,
+            "--dataset",
+            data,
+            "--num-samples",
+            "64",
+            "--max-seq-length",
+            "512",
+            "--output",
+            out,
+            "--quiet",
+          ],
+          { encoding: "utf8" },
+        )
+      : null;
   if (run?.status === 0) {
-    const rep = JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { wall_seconds: number; peak_rss_mb: number; tokens: number };
-    results.oneshot_nano4 = { seconds: rep.wall_seconds, peak_rss_mb: rep.peak_rss_mb, tokens_per_s: rep.tokens / rep.wall_seconds, tokens: rep.tokens };
+    const rep = JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as {
+      wall_seconds: number;
+      peak_rss_mb: number;
+      tokens: number;
+    };
+    results.oneshot_nano4 = {
+      seconds: rep.wall_seconds,
+      peak_rss_mb: rep.peak_rss_mb,
+      tokens_per_s: rep.tokens / rep.wall_seconds,
+      tokens: rep.tokens,
+    };
   } else results.oneshot_nano4 = { seconds: null, peak_rss_mb: null, tokens_per_s: null, error: (run ?? gen).stderr.slice(-500) };
 
-  fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "results.json"), JSON.stringify(results, null, 2) + "\n");
+  fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "results.json"), `${JSON.stringify(results, null, 2)}\n`);
   const f = (v: number | null | undefined, d = 1): string => (v === null || v === undefined ? "n/a" : v.toFixed(d));
   const gp = results.gptq_block as { seconds: { ours: number; ours_cold: number; torch_per_expert: number | null } };
   const o = results.oneshot_nano4 as { seconds: number | null; peak_rss_mb: number | null; tokens_per_s: number | null };
   console.log("| measurement | value | ratio |");
   console.log("|---|---:|---:|");
   console.log(`| measured fp32 peak (FMA loop, ${os.availableParallelism()} threads) | ${f(peak)} GFLOP/s | |`);
-  for (const [s, v] of Object.entries(shapes)) console.log(`| engine GEMM ${s} | ${f(v)} GFLOP/s | ${peak ? f(v / peak, 2) + " of peak" : ""} |`);
+  for (const [s, v] of Object.entries(shapes))
+    console.log(`| engine GEMM ${s} | ${f(v)} GFLOP/s | ${peak ? `${f(v / peak, 2)} of peak` : ""} |`);
   const both = (k: string): string => `${f(tps[k])} / ${f(tpsCold[k])}`;
-  const ratio = (a: number | null | undefined, b: number | null | undefined): string => (a && b ? f(a / b) + "x" : "n/a");
-  console.log(`| calibration pass, Nano block, ${TOKENS} tokens, all experts + Hessians (warm / cold pass): fast path | ${both("fast")} tokens/s | |`);
-  console.log(`| same, our per-expert path | ${both("per_expert")} tokens/s | fast ${ratio(tps.fast, tps.per_expert)} / ${ratio(tpsCold.fast, tpsCold.per_expert)} |`);
-  console.log(`| same, seed's PyTorch code (${torch?.torch ?? "not run"}) | ${both("torch_seed")} tokens/s | fast ${ratio(tps.fast, tps.torch_seed)} / ${ratio(tpsCold.fast, tpsCold.torch_seed)} |`);
-  console.log(`| GPTQ of the block's ${linears.size} expert Linears (W4A16 g128), ${gptqWorkerCount()} workers: ours, warm | ${f(gp.seconds.ours)} s | |`);
+  const ratio = (a: number | null | undefined, b: number | null | undefined): string => (a && b ? `${f(a / b)}x` : "n/a");
+  console.log(
+    `| calibration pass, Nano block, ${TOKENS} tokens, all experts + Hessians (warm / cold pass): fast path | ${both("fast")} tokens/s | |`,
+  );
+  console.log(
+    `| same, our per-expert path | ${both("per_expert")} tokens/s | fast ${ratio(tps.fast, tps.per_expert)} / ${ratio(tpsCold.fast, tpsCold.per_expert)} |`,
+  );
+  console.log(
+    `| same, seed's PyTorch code (${torch?.torch ?? "not run"}) | ${both("torch_seed")} tokens/s | fast ${ratio(tps.fast, tps.torch_seed)} / ${ratio(tpsCold.fast, tpsCold.torch_seed)} |`,
+  );
+  console.log(
+    `| GPTQ of the block's ${linears.size} expert Linears (W4A16 g128), ${gptqWorkerCount()} workers: ours, warm | ${f(gp.seconds.ours)} s | |`,
+  );
   console.log(`| same, ours, cold (workers started and compiled in the timing) | ${f(gp.seconds.ours_cold)} s | |`);
-  console.log(`| same, per-expert PyTorch | ${f(gp.seconds.torch_per_expert)} s | ours ${gp.seconds.torch_per_expert ? f(gp.seconds.torch_per_expert / gp.seconds.ours) + "x (warm) / " + f(gp.seconds.torch_per_expert / gp.seconds.ours_cold) + "x (cold) faster" : "n/a"} |`);
-  console.log(`| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s |`);
+  console.log(
+    `| same, per-expert PyTorch | ${f(gp.seconds.torch_per_expert)} s | ours ${gp.seconds.torch_per_expert ? `${f(gp.seconds.torch_per_expert / gp.seconds.ours)}x (warm) / ${f(gp.seconds.torch_per_expert / gp.seconds.ours_cold)}x (cold) faster` : "n/a"} |`,
+  );
+  console.log(
+    `| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s |`,
+  );
   fs.rmSync(work, { recursive: true, force: true });
 }
 

@@ -13,7 +13,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../src/pipeline/oneshot.js";
-import { KlStats, evaluate } from "../src/pipeline/eval.js";
+import { type KlStats, evaluate } from "../src/pipeline/eval.js";
 import { BUNDLED_MODEL, PACKAGE_ROOT } from "../src/paths.js";
 import { CheckpointFormatError } from "../src/errors.js";
 
@@ -23,7 +23,9 @@ const ROUTED_ONLY = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.l
 /** Overwrites the named tensors of a checkpoint folder with zero bytes, in place (bench only). */
 function zeroTensors(dir: string, names: string[]): void {
   const index = path.join(dir, "model.safetensors.index.json");
-  const weightMap = fs.existsSync(index) ? (JSON.parse(fs.readFileSync(index, "utf8")) as { weight_map: Record<string, string> }).weight_map : null;
+  const weightMap = fs.existsSync(index)
+    ? (JSON.parse(fs.readFileSync(index, "utf8")) as { weight_map: Record<string, string> }).weight_map
+    : null;
   for (const name of names) {
     const file = path.join(dir, weightMap ? (weightMap[name] ?? "") : "model.safetensors");
     const fd = fs.openSync(file, "r+");
@@ -75,12 +77,32 @@ async function main(): Promise<void> {
     for (const { seed, method, all } of runs) {
       const out = path.join(tmp, `${scheme}-${seed}-${method}-${all}`);
       const { report } = await oneshot({
-        scheme, method, groupSize: scheme.startsWith("W4") || scheme === "W8A16" ? groupSize : undefined, numSamples: 16, maxSeqLength: 128,
-        calibrateAllExperts: all, ignore: ROUTED_ONLY, seed, output: out, warn: () => undefined,
+        scheme,
+        method,
+        groupSize: scheme.startsWith("W4") || scheme === "W8A16" ? groupSize : undefined,
+        numSamples: 16,
+        maxSeqLength: 128,
+        calibrateAllExperts: all,
+        ignore: ROUTED_ONLY,
+        seed,
+        output: out,
+        warn: () => undefined,
       });
       const row = (label: string, { kl, stats }: Measured): void => {
-        rows.push({ scheme, seed, method, calibrate_all_experts: all, variant: label, fallbacks: report.fallbacks.length, fallback_modules: report.fallbacks.map((f) => f.module), kl, kl_stats: stats });
-        console.log(`| ${scheme} | ${seed} | ${label} | ${report.fallbacks.length} | ${SETS.map((s) => (kl[s] as number).toExponential(2)).join(" | ")} |`);
+        rows.push({
+          scheme,
+          seed,
+          method,
+          calibrate_all_experts: all,
+          variant: label,
+          fallbacks: report.fallbacks.length,
+          fallback_modules: report.fallbacks.map((f) => f.module),
+          kl,
+          kl_stats: stats,
+        });
+        console.log(
+          `| ${scheme} | ${seed} | ${label} | ${report.fallbacks.length} | ${SETS.map((s) => (kl[s] as number).toExponential(2)).join(" | ")} |`,
+        );
       };
       row(method === "rtn" ? "none (RTN weights)" : all ? "all" : "routed only", await klOf(out));
       const starved = report.fallbacks.filter((f) => f.reason === "no-calibration-rows").map((f) => `${f.module}.weight_scale`);
@@ -91,7 +113,10 @@ async function main(): Promise<void> {
       fs.rmSync(out, { recursive: true, force: true });
     }
   }
-  fs.writeFileSync(path.resolve(arg("--out", path.join(PACKAGE_ROOT, "bench", "kl-results.json"))), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + "\n");
+  fs.writeFileSync(
+    path.resolve(arg("--out", path.join(PACKAGE_ROOT, "bench", "kl-results.json"))),
+    `${JSON.stringify({ date: new Date().toISOString(), rows }, null, 2)}\n`,
+  );
 }
 
 await main();

@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Tensor } from "../src/engine/tensor.js";
-import { AfmoeMoE, parseAfmoeConfig, AfmoeConfig } from "../src/models/afmoe/index.js";
+import { AfmoeMoE, parseAfmoeConfig, type AfmoeConfig } from "../src/models/afmoe/index.js";
 import { BUNDLED_MODEL, PACKAGE_ROOT } from "../src/paths.js";
 import { fillNormal, rng } from "../src/util/random.js";
 
@@ -16,8 +16,16 @@ export const NANO = { hidden: 1024, experts: 128, topk: 8, im: 256, shared: 1 } 
 export function nanoConfig(): AfmoeConfig {
   const raw = JSON.parse(fs.readFileSync(path.join(BUNDLED_MODEL, "config.json"), "utf8")) as Record<string, unknown>;
   return parseAfmoeConfig({
-    ...raw, hidden_size: NANO.hidden, num_experts: NANO.experts, num_experts_per_tok: NANO.topk,
-    moe_intermediate_size: NANO.im, num_shared_experts: NANO.shared, num_attention_heads: 8, num_key_value_heads: 2, head_dim: 128, intermediate_size: 3072,
+    ...raw,
+    hidden_size: NANO.hidden,
+    num_experts: NANO.experts,
+    num_experts_per_tok: NANO.topk,
+    moe_intermediate_size: NANO.im,
+    num_shared_experts: NANO.shared,
+    num_attention_heads: 8,
+    num_key_value_heads: 2,
+    head_dim: 128,
+    intermediate_size: 3072,
   });
 }
 
@@ -46,7 +54,13 @@ export function writeBlock(dir: string, block: AfmoeMoE, x: Tensor): string {
   for (const [name, p] of block.namedParameters()) if (p.value) put(name, p.value);
   put("x", x);
   const m = path.join(dir, "manifest.json");
-  fs.writeFileSync(m, JSON.stringify({ config: { hidden: NANO.hidden, experts: NANO.experts, topk: NANO.topk, im: NANO.im, route_scale: block.config.routeScale }, tensors: manifest }));
+  fs.writeFileSync(
+    m,
+    JSON.stringify({
+      config: { hidden: NANO.hidden, experts: NANO.experts, topk: NANO.topk, im: NANO.im, route_scale: block.config.routeScale },
+      tensors: manifest,
+    }),
+  );
   return m;
 }
 
@@ -55,13 +69,21 @@ export function writeBlock(dir: string, block: AfmoeMoE, x: Tensor): string {
  * per-expert GPTQ in PyTorch (Debian's python3-torch), OpenBLAS free to pick its own kernel.
  * null when no Python with torch runs it.
  */
-export function torchPeer(manifest: string): { calib_seconds: number; calib_seconds_cold?: number; gptq_seconds: number; torch: string } | null {
+export function torchPeer(
+  manifest: string,
+): { calib_seconds: number; calib_seconds_cold?: number; gptq_seconds: number; torch: string } | null {
   for (const py of ["/usr/bin/python3", "python3"]) {
     const env = { ...process.env };
     delete env.OPENBLAS_CORETYPE;
     delete env.OPENBLAS_L2_SIZE;
     const r = spawnSync(py, [path.join(PACKAGE_ROOT, "bench", "torch_seed.py"), manifest], { encoding: "utf8", env, maxBuffer: 1 << 20 });
-    if (r.status === 0) return JSON.parse(r.stdout.trim().split("\n").pop() as string) as { calib_seconds: number; calib_seconds_cold?: number; gptq_seconds: number; torch: string };
+    if (r.status === 0)
+      return JSON.parse(r.stdout.trim().split("\n").pop() as string) as {
+        calib_seconds: number;
+        calib_seconds_cold?: number;
+        gptq_seconds: number;
+        torch: string;
+      };
   }
   return null;
 }

@@ -16,9 +16,18 @@ for (const [i, c] of BAD_INPUTS.entries()) {
   fs.mkdirSync(dir);
   try {
     const r = runCase(c, dir);
-    const lines = r.stderr.split("\n").filter((l) => l.startsWith("moecal:") || l.startsWith("error:") || l.startsWith("warning: restored"));
+    const lines = r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("moecal:") || l.startsWith("error:") || l.startsWith("warning: restored"));
     // inspect reports its findings on stdout: the first one that matches the case
-    if (lines.length === 0) lines.push(...r.stdout.split("\n").filter((l) => c.message.test(l)).slice(0, 1).map((l) => l.trim()));
+    if (lines.length === 0)
+      lines.push(
+        ...r.stdout
+          .split("\n")
+          .filter((l) => c.message.test(l))
+          .slice(0, 1)
+          .map((l) => l.trim()),
+      );
     const msg = lines.join(" ").split(root).join("…").replace(/\|/g, "\\|");
     rows.push(`| ${c.name}${c.verify ? " (inputs checked unchanged)" : ""} | ${r.status} | \`${msg}\` |`);
   } finally {

@@ -9,4 +9,5 @@ export const BUNDLED_MODEL = path.join(PACKAGE_ROOT, "models", "tiny-afmoe");
 /** The bundled prose calibration set, the default --dataset. */
 export const BUNDLED_DATASET = path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl");
 /** moecal's version, from package.json (its one source). */
-export const MOECAL_VERSION: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { version: string }).version;
+export const MOECAL_VERSION: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { version: string })
+  .version;

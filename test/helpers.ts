@@ -53,7 +53,9 @@ export function assertClose(name: string, actual: Tensor | ArrayLike<number>, ex
       }
       if (firsts.length < 5 && d > tol * Math.abs(e[i] as number) + 1e-12) firsts.push(`[${i}] ${a[i]} vs ${e[i]}`);
     }
-    assert.fail(`${name}: relative error ${err.toExponential(3)} > ${tol}; first differences ${firsts.join(", ")}; max |diff| ${maxDiff} at ${maxAt}`);
+    assert.fail(
+      `${name}: relative error ${err.toExponential(3)} > ${tol}; first differences ${firsts.join(", ")}; max |diff| ${maxDiff} at ${maxAt}`,
+    );
   }
   return err;
 }
@@ -81,6 +83,6 @@ export function goldenDataset(dir: string): { file: string; ids: number[]; batch
   const [batch, seq] = f.info("input_ids").shape as [number, number];
   const texts = Array.from({ length: batch }, (_, b) => Buffer.from(ids.slice(b * seq + 1, (b + 1) * seq)).toString("utf8"));
   const file = path.join(dir, "golden.jsonl");
-  fs.writeFileSync(file, texts.map((text) => JSON.stringify({ text })).join("\n") + "\n");
+  fs.writeFileSync(file, `${texts.map((text) => JSON.stringify({ text })).join("\n")}\n`);
   return { file, ids, batch, seq };
 }

@@ -1,12 +1,12 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
 import { indexAddWeighted } from "../engine/ops.js";
-import { Linear } from "../nn/layers.js";
-import { AfmoeMLP, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
-import { FastPathObserver, GramAccumulator, fastObserversOf } from "./observers.js";
+import type { Linear } from "../nn/layers.js";
+import { type AfmoeMLP, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
+import { type FastPathObserver, GramAccumulator, fastObserversOf } from "./observers.js";
 
 /** Tokens per chunk of the all-experts fast path. */
-export const FAST_TOKENS_PER_CHUNK = 2048;
+const FAST_TOKENS_PER_CHUNK = 2048;
 
 /** What the fast path needs: each expert's Linears and the observers it must feed instead of hooks. */
 export interface FastPlan {
@@ -42,7 +42,7 @@ export interface FastState {
  * All experts on all tokens, fast: per chunk of tokens, the gate and up projections of every
  * expert as products [Tc, H] x [H, Im] into one reused buffer (the stacked product
  * [Tc, H] x [H, 2*E*Im], taken in column blocks: a stacked copy of the weights would cost
- * memory; token-major outputs ran at ~275 GFLOP/s here against ~190 for [Im, H] x [H, Tc]);
+ * memory; token-major outputs run faster than [Im, H] x [H, Tc]: docs/performance.md);
  * ONE Gram product of the chunk for all gate/up Hessians (their inputs are the same tokens);
  * a Gram product per expert for down_proj (its inputs differ); down_proj outputs only for the
  * routed rows. Adds the weighted routed outputs into `routed` in the seed's order (experts in

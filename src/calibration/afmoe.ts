@@ -1,11 +1,11 @@
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { add, gatherRows, indexAddWeighted } from "../engine/ops.js";
-import { AnyModule } from "../nn/module.js";
+import type { AnyModule } from "../nn/module.js";
 import { UsageError } from "../errors.js";
-import { AfmoeConfig } from "../models/afmoe/config.js";
-import { AfmoeMLP, AfmoeMoE, AfmoeMoEBlock, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
-import { CalibrationOptions, MoECalibrationModule } from "./module.js";
-import { FastState, allExpertsFast, fastPlan } from "./afmoe-fast.js";
+import type { AfmoeConfig } from "../models/afmoe/config.js";
+import { type AfmoeMLP, AfmoeMoE, AfmoeMoEBlock, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
+import type { CalibrationOptions, MoECalibrationModule } from "./module.js";
+import { type FastState, allExpertsFast, fastPlan } from "./afmoe-fast.js";
 
 /**
  * Calibration version of AfmoeMoE (llm-compressor's CalibrationAfmoeMoE). With
@@ -22,7 +22,11 @@ export class CalibrationAfmoeMoE extends AfmoeMoEBlock implements MoECalibration
   readonly fastPath: boolean;
   private readonly fastState: FastState = { sharedGateUp: null };
 
-  constructor(original: AnyModule, readonly config: AfmoeConfig, options: CalibrationOptions) {
+  constructor(
+    original: AnyModule,
+    readonly config: AfmoeConfig,
+    options: CalibrationOptions,
+  ) {
     super();
     if (!(original instanceof AfmoeMoE)) throw new UsageError(`CalibrationAfmoeMoE replaces AfmoeMoE, not ${original.className}`);
     this.calibrateAllExperts = options.calibrateAllExperts;
@@ -47,9 +51,7 @@ export class CalibrationAfmoeMoE extends AfmoeMoEBlock implements MoECalibration
     for (let e = 0; e < experts.length; e++) {
       const expert = experts[e] as AfmoeMLP;
       const { tokens, slots } = routedPairs(selectedExperts, T, K, e);
-      const out = this.calibrateAllExperts
-        ? gatherRows(await expert.call(flat), tokens)
-        : await expert.call(gatherRows(flat, tokens));
+      const out = this.calibrateAllExperts ? gatherRows(await expert.call(flat), tokens) : await expert.call(gatherRows(flat, tokens));
       if (tokens.length > 0) indexAddWeighted(routed, tokens, out, routeWeights(topScores, tokens, slots));
     }
     // Step 5: shared + routed

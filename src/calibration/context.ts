@@ -1,5 +1,5 @@
-import { AnyModule } from "../nn/module.js";
-import { CalibrationModuleFactory, CalibrationOptions, MoECalibrationModule } from "./module.js";
+import type { AnyModule } from "../nn/module.js";
+import type { CalibrationModuleFactory, CalibrationOptions, MoECalibrationModule } from "./module.js";
 import { MOE_CALIBRATION_REGISTRY, standardizeClassName } from "./registry.js";
 
 export interface MoeCalibrationContextOptions {

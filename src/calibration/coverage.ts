@@ -1,7 +1,7 @@
-import { AnyModule } from "../nn/module.js";
+import type { AnyModule } from "../nn/module.js";
 import { registerFastAwareHook } from "./observers.js";
-import { Tensor } from "../engine/tensor.js";
-import { AfmoeMoE, AfmoeTokenChoiceRouter, RouterInput, RouterOutput } from "../models/afmoe/modeling.js";
+import type { Tensor } from "../engine/tensor.js";
+import { AfmoeMoE, type AfmoeTokenChoiceRouter, type RouterInput, type RouterOutput } from "../models/afmoe/modeling.js";
 
 /** Per MoE layer: tokens routed to each expert, and rows each expert's Linear layers saw. */
 export interface LayerCoverage {
@@ -53,5 +53,10 @@ export function trackCoverage(model: AnyModule, prefix = ""): CoverageTracker {
       );
     });
   }
-  return { coverage, remove: () => removers.forEach((r) => r()) };
+  return {
+    coverage,
+    remove: () => {
+      for (const r of removers) r();
+    },
+  };
 }

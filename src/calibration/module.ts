@@ -1,4 +1,4 @@
-import { AnyModule } from "../nn/module.js";
+import type { AnyModule } from "../nn/module.js";
 
 export interface CalibrationOptions {
   /** run every expert on every token (default true) */

@@ -1,6 +1,6 @@
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
-import { AnyModule } from "../nn/module.js";
+import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
 
 /** x^T x summed over rows, in float32, with the row count: one Linear's (or a group's) input statistics. */
@@ -102,7 +102,10 @@ export function registerFastAwareHook(lin: Linear, hook: (x: Tensor) => void | P
     await hook(x);
   });
   let set = fastObservers.get(lin);
-  if (!set) fastObservers.set(lin, (set = new Set()));
+  if (!set) {
+    set = new Set();
+    fastObservers.set(lin, set);
+  }
   set.add(fast);
   return () => {
     removeHook();
@@ -145,5 +148,10 @@ export function attachHessianObservers(root: AnyModule, filter: (name: string, m
       }),
     );
   }
-  return { stats, remove: () => removers.forEach((r) => r()) };
+  return {
+    stats,
+    remove: () => {
+      for (const r of removers) r();
+    },
+  };
 }

@@ -1,4 +1,4 @@
-import { CalibrationModuleFactory } from "./module.js";
+import type { CalibrationModuleFactory } from "./module.js";
 import { buildCalibrationAfmoeMoE } from "./afmoe.js";
 
 /** Registry key of a class name: lower case, `_` and spaces to `-` (`AfmoeMoE` -> `afmoemoe`). */

@@ -1,4 +1,4 @@
-import { Command } from "commander";
+import type { Command } from "commander";
 import { BUNDLED_MODEL } from "../paths.js";
 import { measureCoverage } from "../pipeline/coverage.js";
 import { intOption } from "./options.js";
@@ -16,15 +16,15 @@ export function registerCoverage(program: Command): void {
       const cov = await measureCoverage(o);
       if (o.json) {
         const layers = Object.fromEntries(Object.entries(cov.layers).map(([l, c]) => [l, { routed: c.routed, seen: c.seen }]));
-        process.stdout.write(JSON.stringify({ layers, samples: cov.samples, tokens: cov.tokens }) + "\n");
+        process.stdout.write(`${JSON.stringify({ layers, samples: cov.samples, tokens: cov.tokens })}\n`);
         return;
       }
       process.stdout.write(`${cov.samples} samples, ${cov.tokens} tokens; tokens routed to each expert:\n`);
       const E = Object.values(cov.layers)[0]?.routed.length ?? 0;
       const w = Math.max(5, String(cov.tokens).length + 1);
-      process.stdout.write("layer " + Array.from({ length: E }, (_, e) => `e${e}`.padStart(w)).join("") + "\n");
+      process.stdout.write(`layer ${Array.from({ length: E }, (_, e) => `e${e}`.padStart(w)).join("")}\n`);
       for (const [l, c] of Object.entries(cov.layers)) {
-        process.stdout.write(l.padStart(5) + " " + c.routed.map((n) => String(n).padStart(w)).join("") + `   (min ${Math.min(...c.routed)})\n`);
+        process.stdout.write(`${l.padStart(5)} ${c.routed.map((n) => String(n).padStart(w)).join("")}   (min ${Math.min(...c.routed)})\n`);
       }
     });
 }

@@ -1,4 +1,4 @@
-import { Command } from "commander";
+import type { Command } from "commander";
 import { BUNDLED_MODEL } from "../paths.js";
 import { forwardFile } from "../pipeline/forward.js";
 

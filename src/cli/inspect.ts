@@ -1,4 +1,4 @@
-import { Command } from "commander";
+import type { Command } from "commander";
 import { formatInspect, inspectCheckpoint } from "../export/inspect.js";
 
 export function registerInspect(program: Command): void {
@@ -9,7 +9,7 @@ export function registerInspect(program: Command): void {
     .option("--json", "print JSON")
     .action((dir: string, o: { json?: boolean }) => {
       const r = inspectCheckpoint(dir);
-      process.stdout.write((o.json ? JSON.stringify(r) : formatInspect(r)) + "\n");
+      process.stdout.write(`${o.json ? JSON.stringify(r) : formatInspect(r)}\n`);
       if (r.problems.length > 0) process.exitCode = 1;
     });
 }

@@ -36,7 +36,9 @@ export async function main(argv: string[]): Promise<number> {
     // commander printed its message; a bad option or argument is a usage error (2)
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (e instanceof InternalError) {
-      process.stderr.write(`moecal: internal error [${e.code}]: ${e.message}\nThis is a bug in moecal; please report it with the command you ran.\n${e.stack ?? ""}\n`);
+      process.stderr.write(
+        `moecal: internal error [${e.code}]: ${e.message}\nThis is a bug in moecal; please report it with the command you ran.\n${e.stack ?? ""}\n`,
+      );
       return 70;
     }
     if (e instanceof MoecalError) {

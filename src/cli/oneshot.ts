@@ -1,4 +1,4 @@
-import { Command, Option } from "commander";
+import { type Command, Option } from "commander";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { oneshot } from "../pipeline/oneshot.js";
 import { formatSummary } from "../pipeline/report.js";
@@ -36,9 +36,18 @@ export function registerOneshot(program: Command): void {
     .option("--num-samples <n>", "calibration samples (or all there are)", intOption("--num-samples"), 512)
     .option("--max-seq-length <n>", "tokens per sample (default 2048, at most max_position_embeddings)", intOption("--max-seq-length", 2))
     .option("--calibrate-all-experts <bool>", "run every expert on every calibration token", boolOption("--calibrate-all-experts"), true)
-    .option("--ignore <name>", "Linear to leave unquantized: NAME or re:PATTERN (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option(
+      "--ignore <name>",
+      "Linear to leave unquantized: NAME or re:PATTERN (repeatable)",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option("--no-vllm-check", "allow an ignore list that splits a module vLLM fuses (q/k/v, gate/up, a layer's experts)")
-    .option("--seed <n>", "dataset shuffling seed, any non-negative integer (default 42; same draw as Hugging Face datasets' shuffle(seed))", seedOption)
+    .option(
+      "--seed <n>",
+      "dataset shuffling seed, any non-negative integer (default 42; same draw as Hugging Face datasets' shuffle(seed))",
+      seedOption,
+    )
     .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")
@@ -50,6 +59,6 @@ export function registerOneshot(program: Command): void {
         onProgress: o.quiet ? undefined : progressPrinter(process.stderr),
         warn: (m) => process.stderr.write(`warning: ${m}\n`),
       });
-      process.stdout.write(formatSummary(report, output) + "\n");
+      process.stdout.write(`${formatSummary(report, output)}\n`);
     });
 }

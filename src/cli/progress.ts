@@ -1,4 +1,4 @@
-import { ProgressEvent } from "../pipeline/oneshot.js";
+import type { ProgressEvent } from "../pipeline/oneshot.js";
 
 /**
  * Renders oneshot progress: redrawn bars (layers; samples within a layer) on a terminal,
@@ -24,7 +24,9 @@ export function progressPrinter(stream: NodeJS.WriteStream): (e: ProgressEvent) 
         break;
       case "samples":
         if (tty) {
-          stream.write(`\r\x1b[2Klayers ${bar(layer, layers, 12)} ${layer + 1}/${layers}  ${e.phase.padEnd(9)} ${bar(e.done, e.total)} ${e.done}/${e.total}`);
+          stream.write(
+            `\r\x1b[2Klayers ${bar(layer, layers, 12)} ${layer + 1}/${layers}  ${e.phase.padEnd(9)} ${bar(e.done, e.total)} ${e.done}/${e.total}`,
+          );
         }
         break;
       case "layer-done": {

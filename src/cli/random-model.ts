@@ -1,4 +1,4 @@
-import { Command } from "commander";
+import type { Command } from "commander";
 import { randomModel } from "../pipeline/random-model.js";
 import { intOption } from "./options.js";
 

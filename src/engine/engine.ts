@@ -1,5 +1,5 @@
-import { Tensor } from "./tensor.js";
-import { UsageError } from "../errors.js";
+import type { Tensor } from "./tensor.js";
+import { InternalError } from "../errors.js";
 
 /**
  * The matrix products models and quantizers use, and SwiGLU. Everything else (element-wise ops,
@@ -22,7 +22,7 @@ export interface Engine {
   /**
    * silu(gate) * up element-wise (the SwiGLU of an MLP), same shape; into `out` when given.
    * The one element-wise operation here: over every expert on every token it is as much work
-   * as the exp of E * Im * T values, which plain TypeScript does ~10x slower than onnxruntime.
+   * as the exp of E * Im * T values, which onnxruntime's vectorised exp does far faster than plain TypeScript.
    */
   swiglu(gate: Tensor, up: Tensor, out?: Float32Array): Promise<Tensor>;
 }
@@ -36,7 +36,7 @@ export interface MatmulShape {
 
 export function checkLinear(x: Tensor, w: Tensor): { m: number; k: number; n: number } {
   if (x.shape.length !== 2 || w.shape.length !== 2 || x.dim(1) !== w.dim(1)) {
-    throw new UsageError(`linear: x [${x.shape.join(", ")}] and weight [${w.shape.join(", ")}] do not fit`);
+    throw new InternalError(`linear: x [${x.shape.join(", ")}] and weight [${w.shape.join(", ")}] do not fit`);
   }
   return { m: x.dim(0), k: x.dim(1), n: w.dim(0) };
 }
@@ -46,31 +46,34 @@ export function checkMatmul(a: Tensor, b: Tensor): MatmulShape {
   const rb = b.shape.length;
   const batch = a.shape.slice(0, ra - 2);
   const same = ra === rb && ra >= 2 && batch.every((d, i) => d === b.shape[i]) && a.dim(-1) === b.dim(-2);
-  if (!same) throw new UsageError(`matmul: [${a.shape.join(", ")}] and [${b.shape.join(", ")}] do not fit`);
+  if (!same) throw new InternalError(`matmul: [${a.shape.join(", ")}] and [${b.shape.join(", ")}] do not fit`);
   return { batch, m: a.dim(-2), k: a.dim(-1), n: b.dim(-1) };
 }
 
 export function checkGram(x: Tensor): { m: number; k: number } {
-  if (x.shape.length !== 2) throw new UsageError(`gram: expected a 2-D input, got [${x.shape.join(", ")}]`);
+  if (x.shape.length !== 2) throw new InternalError(`gram: expected a 2-D input, got [${x.shape.join(", ")}]`);
   return { m: x.dim(0), k: x.dim(1) };
 }
 
 /** The caller's output buffer (checked for size) or a new one. */
 export function checkOut(out: Float32Array | undefined, size: number): Float32Array {
   if (!out) return new Float32Array(size);
-  if (out.length !== size) throw new UsageError(`output buffer has ${out.length} floats, the result needs ${size}`);
+  if (out.length !== size) throw new InternalError(`output buffer has ${out.length} floats, the result needs ${size}`);
   return out;
 }
 
 export function checkSwiglu(gate: Tensor, up: Tensor): number {
-  if (gate.size !== up.size) throw new UsageError(`swiglu: gate [${gate.shape.join(", ")}] and up [${up.shape.join(", ")}] differ in size`);
+  if (gate.size !== up.size)
+    throw new InternalError(`swiglu: gate [${gate.shape.join(", ")}] and up [${up.shape.join(", ")}] differ in size`);
   return gate.size;
 }
 
 export function checkSubtractProduct(c: Tensor, a: Tensor, b: Tensor): { m: number; k: number; n: number } {
   const { batch, m, k, n } = checkMatmul(a, b);
   if (batch.length !== 0 || c.shape.length !== 2 || c.dim(0) !== m || c.dim(1) !== n) {
-    throw new UsageError(`subtractProduct: c [${c.shape.join(", ")}] does not fit a [${a.shape.join(", ")}] x b [${b.shape.join(", ")}]`);
+    throw new InternalError(
+      `subtractProduct: c [${c.shape.join(", ")}] does not fit a [${a.shape.join(", ")}] x b [${b.shape.join(", ")}]`,
+    );
   }
   return { m, k, n };
 }

@@ -1,4 +1,4 @@
-import { Engine } from "./engine.js";
+import type { Engine } from "./engine.js";
 import { OrtEngine } from "./ort.js";
 
 export * from "./engine.js";

@@ -1,5 +1,5 @@
 import { NumericalError } from "../errors.js";
-import { Engine } from "./engine.js";
+import type { Engine } from "./engine.js";
 import { getEngine } from "./index.js";
 import { Tensor } from "./tensor.js";
 
@@ -29,7 +29,7 @@ export function choleskyLowerInPlace(A: Float64Array, n: number, what = "matrix"
 }
 
 /** Inverse of a lower-triangular L, in place (row by row; each step is a row axpy, cache-friendly). */
-export function invertLowerInPlace(L: Float64Array, n: number): void {
+function invertLowerInPlace(L: Float64Array, n: number): void {
   const X = new Float64Array(n * n);
   const v = new Float64Array(n);
   for (let i = 0; i < n; i++) {
@@ -120,7 +120,12 @@ async function cholInvBlocked(A: Float32Array, n: number, what: string, engine: 
  * upperCholeskyOfInverse for float32 A through the engine: the same U = J L^-1 J, with L^-1
  * computed blockwise (cholInvBlocked). Agrees with the float64 reference to float32 accuracy.
  */
-export async function upperCholeskyOfInverseFast(A: Float32Array, n: number, what = "Hessian", engine: Engine = getEngine()): Promise<Float32Array> {
+export async function upperCholeskyOfInverseFast(
+  A: Float32Array,
+  n: number,
+  what = "Hessian",
+  engine: Engine = getEngine(),
+): Promise<Float32Array> {
   const X = await cholInvBlocked(A.slice(0, n * n).reverse(), n, what, engine);
   return X.reverse();
 }

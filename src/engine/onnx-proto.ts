@@ -54,7 +54,7 @@ class ProtoWriter {
 }
 
 /** ONNX TensorProto.DataType FLOAT. */
-export const ONNX_FLOAT = 1;
+const ONNX_FLOAT = 1;
 
 export interface ValueSpec {
   name: string;
@@ -91,7 +91,7 @@ export function encodeModel(name: string, nodes: NodeSpec[], inputs: ValueSpec[]
   w.string(2, "moecal"); // producer_name
   w.message(8, (op) => op.string(1, "").int(2, 17)); // opset_import
   w.message(7, (graph) => {
-    nodes.forEach((node, k) =>
+    for (const [k, node] of nodes.entries()) {
       graph.message(1, (n) => {
         for (const i of node.inputs) n.string(1, i);
         for (const o of node.outputs) n.string(2, o);
@@ -103,8 +103,8 @@ export function encodeModel(name: string, nodes: NodeSpec[], inputs: ValueSpec[]
         for (const [attr, value] of Object.entries(node.floatAttributes ?? {})) {
           n.message(5, (a) => a.string(1, attr).float(2, value).int(20, 1)); // AttributeProto FLOAT
         }
-      }),
-    );
+      });
+    }
     graph.string(2, `moecal_${name}`);
     for (const v of inputs) graph.message(11, (vi) => valueInfo(vi, v));
     for (const v of outputs) graph.message(12, (vi) => valueInfo(vi, v));

@@ -1,5 +1,5 @@
 import { Tensor } from "./tensor.js";
-import { UsageError } from "../errors.js";
+import { InternalError } from "../errors.js";
 
 /** Element-wise and row-wise operations in plain TypeScript (float32 storage, float64 arithmetic). */
 
@@ -23,7 +23,7 @@ export function sigmoid(x: Tensor): Tensor {
 }
 
 function sameShape(a: Tensor, b: Tensor, op: string): void {
-  if (a.size !== b.size) throw new UsageError(`${op}: shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] differ`);
+  if (a.size !== b.size) throw new InternalError(`${op}: shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] differ`);
 }
 
 export function add(a: Tensor, b: Tensor): Tensor {
@@ -32,8 +32,6 @@ export function add(a: Tensor, b: Tensor): Tensor {
   for (let i = 0; i < out.length; i++) out[i] = (a.data[i] as number) + (b.data[i] as number);
   return new Tensor(out, a.shape);
 }
-
-
 
 /** silu(gate) * up, fused; into `into` when given (gate.size floats). */
 export function swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Tensor {
@@ -45,7 +43,6 @@ export function swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Tensor {
   }
   return new Tensor(out, gate.shape);
 }
-
 
 /** Softmax over the last dimension, in place on a float32 row buffer. */
 export function softmaxRowInPlace(row: Float32Array, start: number, len: number): void {
@@ -73,7 +70,7 @@ export function softmax(x: Tensor): Tensor {
  */
 export function topkIndices(x: Tensor, k: number): Int32Array {
   const n = x.dim(-1);
-  if (k > n) throw new UsageError(`topk: k=${k} exceeds dimension ${n}`);
+  if (k > n) throw new InternalError(`topk: k=${k} exceeds dimension ${n}`);
   const rows = x.size / n;
   const out = new Int32Array(rows * k);
   const order = new Int32Array(n);
@@ -100,7 +97,7 @@ export function topkIndices(x: Tensor, k: number): Int32Array {
 /** RMSNorm over the last dimension: x * rsqrt(mean(x^2) + eps) * weight. */
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   const n = weight.size;
-  if (x.dim(-1) !== n) throw new UsageError(`rmsNorm: last dimension ${x.dim(-1)} != weight size ${n}`);
+  if (x.dim(-1) !== n) throw new InternalError(`rmsNorm: last dimension ${x.dim(-1)} != weight size ${n}`);
   const out = new Float32Array(x.size);
   for (let r = 0; r < x.size / n; r++) {
     const base = r * n;
@@ -124,7 +121,7 @@ export function applyRopeInPlace(x: Float32Array, b: number, s: number, heads: n
   const cos = new Float32Array(s * half);
   const sin = new Float32Array(s * half);
   for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / Math.pow(theta, (2 * i) / d));
+    const invFreq = Math.fround(1 / theta ** ((2 * i) / d));
     for (let p = 0; p < s; p++) {
       const angle = Math.fround(p * invFreq);
       cos[p * half + i] = Math.cos(angle);

@@ -1,8 +1,8 @@
 import os from "node:os";
 import * as ort from "onnxruntime-node";
-import { Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
+import { type Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
-import { NodeSpec, ValueSpec, encodeModel } from "./onnx-proto.js";
+import { type NodeSpec, type ValueSpec, encodeModel } from "./onnx-proto.js";
 
 /** Number of intra-op threads: MOECAL_THREADS, else every core. */
 export function engineThreads(): number {
@@ -13,7 +13,7 @@ export function engineThreads(): number {
 const ONE = new Float32Array([1]);
 
 /** Rows of the left operand per onnxruntime call for 2-D products. */
-export const ROW_CHUNK = 1024;
+const ROW_CHUNK = 1024;
 
 interface OpSpec {
   nodes: NodeSpec[];
@@ -56,7 +56,12 @@ export class OrtEngine implements Engine {
     return s;
   }
 
-  private async run(session: ort.InferenceSession, feeds: Record<string, Tensor>, outShape: number[], out: Float32Array = new Float32Array(numel(outShape))): Promise<Tensor> {
+  private async run(
+    session: ort.InferenceSession,
+    feeds: Record<string, Tensor>,
+    outShape: number[],
+    out: Float32Array = new Float32Array(numel(outShape)),
+  ): Promise<Tensor> {
     const ortFeeds: Record<string, ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor("float32", t.data, [...t.shape]);
     await session.run(ortFeeds, { Y: new ort.Tensor("float32", out, outShape) });
@@ -64,11 +69,17 @@ export class OrtEngine implements Engine {
   }
 
   /**
-   * Row-chunked 2-D product: MLAS runs far below peak on very tall operands (measured here:
-   * 80 GFLOP/s for 65536 x 1024 x 512 in one call, 280 in row chunks of 1024), so tall left
-   * operands go through in chunks that write straight into their rows of the output.
+   * Row-chunked 2-D product: MLAS runs far below peak on very tall operands (docs/performance.md,
+   * "Measurements behind the code"), so tall left operands go through in chunks that write
+   * straight into their rows of the output.
    */
-  private async rowChunked(session: ort.InferenceSession, left: { name: string; t: Tensor }, right: { name: string; t: Tensor }, n: number, into?: Float32Array): Promise<Tensor> {
+  private async rowChunked(
+    session: ort.InferenceSession,
+    left: { name: string; t: Tensor },
+    right: { name: string; t: Tensor },
+    n: number,
+    into?: Float32Array,
+  ): Promise<Tensor> {
     const [m, k] = [left.t.dim(0), left.t.dim(1)];
     const out = checkOut(into, m * n);
     for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {

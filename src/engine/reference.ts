@@ -1,10 +1,10 @@
-import { Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
+import { type Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
 import { swiglu } from "./ops.js";
 import { Tensor, numel } from "./tensor.js";
 
 /**
- * Plain TypeScript matrix products, accumulated in float64 per output. Slow (5-10 GFLOP/s)
- * but obviously right: the reference every fast path is tested against.
+ * Plain TypeScript matrix products, accumulated in float64 per output. Slow but obviously
+ * right: the reference every fast path is tested against.
  */
 export class ReferenceEngine implements Engine {
   readonly name = "reference";

@@ -1,4 +1,4 @@
-import { UsageError } from "../errors.js";
+import { InternalError } from "../errors.js";
 
 /** A dense row-major float32 tensor. */
 export class Tensor {
@@ -8,7 +8,7 @@ export class Tensor {
   constructor(data: Float32Array, shape: readonly number[]) {
     const n = numel(shape);
     if (data.length !== n) {
-      throw new UsageError(`tensor data has ${data.length} values but shape [${shape.join(", ")}] needs ${n}`);
+      throw new InternalError(`tensor data has ${data.length} values but shape [${shape.join(", ")}] needs ${n}`);
     }
     this.data = data;
     this.shape = [...shape];
@@ -29,7 +29,7 @@ export class Tensor {
 
   dim(i: number): number {
     const d = this.shape[i < 0 ? this.shape.length + i : i];
-    if (d === undefined) throw new UsageError(`tensor of rank ${this.shape.length} has no dimension ${i}`);
+    if (d === undefined) throw new InternalError(`tensor of rank ${this.shape.length} has no dimension ${i}`);
     return d;
   }
 
@@ -52,7 +52,7 @@ export interface IntTensor {
 
 export function intTensor(data: Int32Array, shape: readonly number[]): IntTensor {
   if (data.length !== numel(shape)) {
-    throw new UsageError(`int tensor data has ${data.length} values but shape [${shape.join(", ")}] needs ${numel(shape)}`);
+    throw new InternalError(`int tensor data has ${data.length} values but shape [${shape.join(", ")}] needs ${numel(shape)}`);
   }
   return { data, shape: [...shape] };
 }

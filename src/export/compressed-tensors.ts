@@ -2,18 +2,18 @@ import { z } from "zod";
 import { f32ToBf16, f32ToF16 } from "../engine/dtype.js";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
-import { Checkpoint } from "../io/checkpoint.js";
-import { DType, RawTensor, rawToF32, rawToInts } from "../io/safetensors.js";
-import { NamedRaw } from "../io/writer.js";
-import { TensorSource } from "../models/afmoe/weights.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import { type DType, type RawTensor, rawToF32, rawToInts } from "../io/safetensors.js";
+import type { NamedRaw } from "../io/writer.js";
+import type { TensorSource } from "../models/afmoe/weights.js";
 import { packColumns, packRows, unpackColumns, unpackRows } from "../quantization/pack.js";
-import { QuantizedWeight, ScaleDType, dequantize } from "../quantization/params.js";
-import { QuantArgs, QuantFormat, matchesAny, validatePatterns } from "../quantization/scheme.js";
+import { type QuantizedWeight, type ScaleDType, dequantize } from "../quantization/params.js";
+import { type QuantArgs, type QuantFormat, matchesAny, validatePatterns } from "../quantization/scheme.js";
 
 const bytesOf = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** Values (already representable in dtype) as raw bytes of that dtype. */
-export function encodeFloats(values: Float32Array, dtype: ScaleDType): Uint8Array {
+function encodeFloats(values: Float32Array, dtype: ScaleDType): Uint8Array {
   if (dtype === "BF16") return bytesOf(f32ToBf16(values));
   if (dtype === "F16") return bytesOf(f32ToF16(values));
   return bytesOf(new Float32Array(values));
@@ -36,8 +36,16 @@ export function quantizedLinearTensors(
   const perTensor = args.strategy === "tensor";
   const scaleVals = perTensor ? params.scale.subarray(0, 1) : params.scale;
   const scaleShape = perTensor ? [1] : [out, params.groups];
-  const scale: NamedRaw = { name: `${name}.weight_scale`, dtype: scaleDType, shape: scaleShape, bytes: encodeFloats(new Float32Array(scaleVals), scaleDType) };
-  const extra: NamedRaw[] = inputScale === null ? [] : [{ name: `${name}.input_scale`, dtype: scaleDType, shape: [1], bytes: encodeFloats(new Float32Array([inputScale]), scaleDType) }];
+  const scale: NamedRaw = {
+    name: `${name}.weight_scale`,
+    dtype: scaleDType,
+    shape: scaleShape,
+    bytes: encodeFloats(new Float32Array(scaleVals), scaleDType),
+  };
+  const extra: NamedRaw[] =
+    inputScale === null
+      ? []
+      : [{ name: `${name}.input_scale`, dtype: scaleDType, shape: [1], bytes: encodeFloats(new Float32Array([inputScale]), scaleDType) }];
   if (format === "pack-quantized") {
     const b = args.numBits;
     const packed = packRows(q.codes, out, inF, b);
@@ -48,7 +56,12 @@ export function quantizedLinearTensors(
     ];
     if (params.zeroPoint) {
       const zp = packColumns(params.zeroPoint, out, params.groups, b);
-      tensors.push({ name: `${name}.weight_zero_point`, dtype: "I32", shape: [zp.length / params.groups, params.groups], bytes: bytesOf(zp) });
+      tensors.push({
+        name: `${name}.weight_zero_point`,
+        dtype: "I32",
+        shape: [zp.length / params.groups, params.groups],
+        bytes: bytesOf(zp),
+      });
     }
     return [...tensors, ...extra];
   }
@@ -72,29 +85,41 @@ export interface QuantConfigGroup {
   format: QuantFormat;
 }
 
-const argsSchema = z.object({
-  num_bits: z.number().int().min(1).max(8),
-  type: z.enum(["int", "float"]),
-  symmetric: z.boolean().nullable().optional(),
-  strategy: z.enum(["tensor", "channel", "group", "token"]).nullable().optional(),
-  group_size: z.number().int().positive().nullable().optional(),
-  dynamic: z.boolean().nullable().optional(),
-  actorder: z.union([z.enum(["static", "group", "weight"]), z.boolean()]).nullable().optional(),
-}).passthrough();
+const argsSchema = z
+  .object({
+    num_bits: z.number().int().min(1).max(8),
+    type: z.enum(["int", "float"]),
+    symmetric: z.boolean().nullable().optional(),
+    strategy: z.enum(["tensor", "channel", "group", "token"]).nullable().optional(),
+    group_size: z.number().int().positive().nullable().optional(),
+    dynamic: z.boolean().nullable().optional(),
+    actorder: z
+      .union([z.enum(["static", "group", "weight"]), z.boolean()])
+      .nullable()
+      .optional(),
+  })
+  .passthrough();
 
 const FORMATS: readonly QuantFormat[] = ["pack-quantized", "int-quantized", "float-quantized"];
 
-const configSchema = z.object({
-  quant_method: z.literal("compressed-tensors"),
-  format: z.string().optional(),
-  config_groups: z.record(z.string(), z.object({
-    targets: z.array(z.string()).min(1),
-    weights: argsSchema,
-    input_activations: argsSchema.nullable().optional(),
-    format: z.string().nullable().optional(),
-  }).passthrough()),
-  ignore: z.array(z.string()).nullable().optional(),
-}).passthrough();
+const configSchema = z
+  .object({
+    quant_method: z.literal("compressed-tensors"),
+    format: z.string().optional(),
+    config_groups: z.record(
+      z.string(),
+      z
+        .object({
+          targets: z.array(z.string()).min(1),
+          weights: argsSchema,
+          input_activations: argsSchema.nullable().optional(),
+          format: z.string().nullable().optional(),
+        })
+        .passthrough(),
+    ),
+    ignore: z.array(z.string()).nullable().optional(),
+  })
+  .passthrough();
 
 function argsFrom(a: z.infer<typeof argsSchema>): QuantArgs {
   return {
@@ -118,23 +143,36 @@ export function parseQuantizationConfig(qc: unknown, where: string): ParsedQuant
   const r = configSchema.safeParse(qc);
   if (!r.success) {
     const issue = r.error.issues[0];
-    throw new CheckpointFormatError(`${where}: quantization_config field "${issue?.path.join(".") || "(root)"}": ${issue?.message ?? "invalid"}`);
+    throw new CheckpointFormatError(
+      `${where}: quantization_config field "${issue?.path.join(".") || "(root)"}": ${issue?.message ?? "invalid"}`,
+    );
   }
   const q = r.data;
   const groups = Object.entries(q.config_groups).map(([gname, g]) => {
     const field = `${where}: quantization_config field "config_groups.${gname}`;
     const format = g.format ?? q.format;
-    if (!FORMATS.includes(format as QuantFormat)) throw new CheckpointFormatError(`${field}.format": ${JSON.stringify(format ?? null)} is not a format moecal reads (${FORMATS.join(", ")})`);
+    if (!FORMATS.includes(format as QuantFormat))
+      throw new CheckpointFormatError(
+        `${field}.format": ${JSON.stringify(format ?? null)} is not a format moecal reads (${FORMATS.join(", ")})`,
+      );
     const weights = argsFrom(g.weights);
-    if (weights.strategy === "group" && weights.groupSize === null) throw new CheckpointFormatError(`${field}.weights.group_size": the group strategy needs a group size`);
-    if (weights.strategy === "token") throw new CheckpointFormatError(`${field}.weights.strategy": "token" applies to activations, not weights`);
-    if (format === "pack-quantized" && (weights.type !== "int" || 32 % weights.numBits !== 0)) throw new CheckpointFormatError(`${field}.weights": pack-quantized needs int weights of 1, 2, 4 or 8 bits`);
+    if (weights.strategy === "group" && weights.groupSize === null)
+      throw new CheckpointFormatError(`${field}.weights.group_size": the group strategy needs a group size`);
+    if (weights.strategy === "token")
+      throw new CheckpointFormatError(`${field}.weights.strategy": "token" applies to activations, not weights`);
+    if (format === "pack-quantized" && (weights.type !== "int" || 32 % weights.numBits !== 0))
+      throw new CheckpointFormatError(`${field}.weights": pack-quantized needs int weights of 1, 2, 4 or 8 bits`);
     try {
       validatePatterns(g.targets);
     } catch (cause) {
       throw new CheckpointFormatError(`${field}.targets": ${(cause as Error).message}`, { cause });
     }
-    return { targets: g.targets, weights, inputActivations: g.input_activations ? argsFrom(g.input_activations) : null, format: format as QuantFormat };
+    return {
+      targets: g.targets,
+      weights,
+      inputActivations: g.input_activations ? argsFrom(g.input_activations) : null,
+      format: format as QuantFormat,
+    };
   });
   const ignore = q.ignore ?? [];
   try {
@@ -157,7 +195,10 @@ const SUFFIXES = [".weight_packed", ".weight_scale", ".weight_shape", ".weight_z
  * A TensorSource over a compressed-tensors checkpoint that presents every quantized Linear's
  * weight as a dequantized float32 `P.weight`; other tensors read unchanged.
  */
-export function compressedTensorsSource(ck: Checkpoint, cfg: ParsedQuantConfig): TensorSource & { inputScale(name: string): number | null } {
+export function compressedTensorsSource(
+  ck: Checkpoint,
+  cfg: ParsedQuantConfig,
+): TensorSource & { inputScale(name: string): number | null } {
   const names = new Set(ck.names());
   const quantized = new Map<string, QuantConfigGroup>();
   for (const n of names) {

@@ -1,16 +1,16 @@
 import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
-import { DType, rawToF32 } from "../io/safetensors.js";
-import { AfmoeConfig, readAfmoeConfig } from "../models/afmoe/config.js";
+import type { DType } from "../io/safetensors.js";
+import { type AfmoeConfig, readAfmoeConfig } from "../models/afmoe/config.js";
 import { AfmoeForCausalLM } from "../models/afmoe/modeling.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
 import { afmoeFusedGroups, fusedSchemeConflicts } from "../models/afmoe/quant-defaults.js";
 import { MoecalError } from "../errors.js";
-import { QuantFormat, matchesAny } from "../quantization/scheme.js";
-import { ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "./compressed-tensors.js";
+import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
+import { type ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "./compressed-tensors.js";
 
 /** Scales outside [MIN, MAX] are flagged as extreme. */
-export const EXTREME_SCALE = { min: 1e-10, max: 1e4 } as const;
+const EXTREME_SCALE = { min: 1e-10, max: 1e4 } as const;
 
 export interface InspectReport {
   dir: string;
@@ -63,8 +63,17 @@ export function inspectCheckpoint(dir: string): InspectReport {
   const layout = layoutProblems(ck, cfg, expectedTensors(new AfmoeForCausalLM(config), config.tieWordEmbeddings));
   for (const l of layout) problems.push(l);
   // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
-  const misshapen = new Set(layout.map((m) => m.slice(0, m.indexOf(":")).replace(/\.(weight|weight_packed|weight_scale|weight_shape|weight_zero_point|input_scale)$/, "")));
-  const modules = new Set(ck.names().filter((n) => n.endsWith(".weight_scale")).map((n) => n.slice(0, -".weight_scale".length)));
+  const misshapen = new Set(
+    layout.map((m) =>
+      m.slice(0, m.indexOf(":")).replace(/\.(weight|weight_packed|weight_scale|weight_shape|weight_zero_point|input_scale)$/, ""),
+    ),
+  );
+  const modules = new Set(
+    ck
+      .names()
+      .filter((n) => n.endsWith(".weight_scale"))
+      .map((n) => n.slice(0, -".weight_scale".length)),
+  );
   for (const p of modules) {
     if (misshapen.has(p)) continue;
     const group = groupFor(cfg, p);
@@ -133,9 +142,14 @@ export function inspectCheckpoint(dir: string): InspectReport {
 }
 
 export function formatInspect(r: InspectReport): string {
-  const lines = [`${r.dir}: ${r.tensors} tensors, ${r.quantized} quantized modules (${Object.entries(r.formats).map(([f, n]) => `${f}: ${n}`).join(", ") || "none"}), ${r.ignored} Linear layers unquantized`];
+  const lines = [
+    `${r.dir}: ${r.tensors} tensors, ${r.quantized} quantized modules (${
+      Object.entries(r.formats)
+        .map(([f, n]) => `${f}: ${n}`)
+        .join(", ") || "none"
+    }), ${r.ignored} Linear layers unquantized`,
+  ];
   if (r.problems.length === 0) lines.push("no problems found");
   else lines.push(`${r.problems.length} problem(s):`, ...r.problems.map((p) => `  - ${p}`));
   return lines.join("\n");
 }
-

@@ -4,11 +4,11 @@
  * zero points included), each unquantized tensor's shape and dtype, and nothing else in the folder.
  * `inspect` reports these problems; the loader (eval) refuses a checkpoint that has any.
  */
-import { Checkpoint } from "../io/checkpoint.js";
-import { DType, rawToInts } from "../io/safetensors.js";
-import { AnyModule } from "../nn/module.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import { type DType, rawToInts } from "../io/safetensors.js";
+import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
-import { ParsedQuantConfig, groupFor } from "./compressed-tensors.js";
+import { type ParsedQuantConfig, groupFor } from "./compressed-tensors.js";
 
 /** What the model expects: its parameters' names and shapes, which of them are Linear weights, and whether lm_head may be absent (tied). */
 export interface ExpectedTensors {
@@ -63,7 +63,8 @@ export function layoutProblems(ck: Checkpoint, cfg: ParsedQuantConfig, expected:
     if (p !== null && group) {
       const [out, inF] = shape as [number, number];
       const w = group.weights;
-      if (w.strategy === "group" && w.groupSize && inF % w.groupSize !== 0) problems.push(`${p}: group size ${w.groupSize} does not divide its ${inF} inputs`);
+      if (w.strategy === "group" && w.groupSize && inF % w.groupSize !== 0)
+        problems.push(`${p}: group size ${w.groupSize} does not divide its ${inF} inputs`);
       for (const [suffix, spec] of quantizedSpecs(group, out, inF)) {
         accounted.add(`${p}.${suffix}`);
         checkSpec(ck, `${p}.${suffix}`, spec, problems);
@@ -90,7 +91,12 @@ export function layoutProblems(ck: Checkpoint, cfg: ParsedQuantConfig, expected:
 export function expectedTensors(model: AnyModule, tiedLmHead: boolean): ExpectedTensors {
   return {
     params: new Map(model.namedParameters().map(([n, p]) => [n, p.shape] as const)),
-    linears: new Set(model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n)),
+    linears: new Set(
+      model
+        .namedModules()
+        .filter(([, m]) => m instanceof Linear)
+        .map(([n]) => n),
+    ),
     tiedLmHead,
   };
 }

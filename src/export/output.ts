@@ -66,13 +66,17 @@ export function assertSafeOutput(output: string, inputs: readonly NamedInput[], 
   const target = path.resolve(output);
   const real = realpathLoose(target);
   const cwd = realpathLoose(process.cwd());
-  if (real === path.parse(real).root) throw new UsageError(`output ${JSON.stringify(output)} is the root folder; name a new folder for the output`);
-  if (isInside(cwd, real)) throw new UsageError(`output ${JSON.stringify(output)} is the current folder or contains it; name a new folder for the output`);
+  if (real === path.parse(real).root)
+    throw new UsageError(`output ${JSON.stringify(output)} is the root folder; name a new folder for the output`);
+  if (isInside(cwd, real))
+    throw new UsageError(`output ${JSON.stringify(output)} is the current folder or contains it; name a new folder for the output`);
   for (const i of inputs) {
     const inp = realpathLoose(i.path);
     if (inp === real) throw new UsageError(`output ${JSON.stringify(output)} is the ${i.what} ${i.path}; inputs are never overwritten`);
-    if (isInside(inp, real)) throw new UsageError(`output ${JSON.stringify(output)} contains the ${i.what} ${i.path}; inputs are never overwritten`);
-    if (isInside(real, inp)) throw new UsageError(`output ${JSON.stringify(output)} lies inside the ${i.what} ${i.path}; moecal writes nothing into its inputs`);
+    if (isInside(inp, real))
+      throw new UsageError(`output ${JSON.stringify(output)} contains the ${i.what} ${i.path}; inputs are never overwritten`);
+    if (isInside(real, inp))
+      throw new UsageError(`output ${JSON.stringify(output)} lies inside the ${i.what} ${i.path}; moecal writes nothing into its inputs`);
   }
   let st: fs.Stats | null = null;
   try {
@@ -89,7 +93,10 @@ export function assertSafeOutput(output: string, inputs: readonly NamedInput[], 
 /** Whether `dir` is an output moecal wrote (it holds a moecal.json report naming a moecal version). */
 function isMoecalOutput(dir: string): boolean {
   try {
-    const j = parseJsonObject(readRegularFile(path.join(dir, OUTPUT_MARKER), MAX_MARKER_BYTES, asUsageError).toString("utf8"), OUTPUT_MARKER);
+    const j = parseJsonObject(
+      readRegularFile(path.join(dir, OUTPUT_MARKER), MAX_MARKER_BYTES, asUsageError).toString("utf8"),
+      OUTPUT_MARKER,
+    );
     return typeof j.moecal_version === "string";
   } catch {
     return false;
@@ -134,9 +141,13 @@ export class OutputFolder {
         throw new UsageError(`output ${this.target} exists and is not empty (use --overwrite to replace it)`);
       }
       if (isNonEmptyDir(this.target) && !isMoecalOutput(this.target)) {
-        throw new UsageError(`output ${this.target} exists and is not a moecal output (it has no ${OUTPUT_MARKER}); --overwrite replaces only moecal's own outputs`);
+        throw new UsageError(
+          `output ${this.target} exists and is not a moecal output (it has no ${OUTPUT_MARKER}); --overwrite replaces only moecal's own outputs`,
+        );
       }
-      for (const f of fs.readdirSync(parent)) if (f.startsWith(`.${base}.tmp-`) && deadOwner(f, `.${base}.tmp-`)) fs.rmSync(path.join(parent, f), { recursive: true, force: true });
+      for (const f of fs.readdirSync(parent))
+        if (f.startsWith(`.${base}.tmp-`) && deadOwner(f, `.${base}.tmp-`))
+          fs.rmSync(path.join(parent, f), { recursive: true, force: true });
       this.tmp = fs.mkdtempSync(path.join(parent, `.${base}.tmp-${process.pid}-`));
     } catch (cause) {
       this.releaseLock();
@@ -219,12 +230,15 @@ function acquireLock(lock: string, target: string): string {
       activeLocks.add(lock);
       return lock;
     } catch (cause) {
-      if ((cause as NodeJS.ErrnoException).code !== "EEXIST") throw new IoError(`cannot create the lock ${lock} (${(cause as Error).message})`, { cause });
+      if ((cause as NodeJS.ErrnoException).code !== "EEXIST")
+        throw new IoError(`cannot create the lock ${lock} (${(cause as Error).message})`, { cause });
     }
     if (!entryExists(lock)) continue; // removed between our attempts: try again
     const pid = Number(readRegularFile(lock, 64, asUsageError, "lock file").toString("utf8").trim());
     if (activeLocks.has(lock) || (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid))) {
-      throw new UsageError(`output ${target} is being written by another moecal run (pid ${pid}, lock ${lock}); wait for it to finish or stop it`);
+      throw new UsageError(
+        `output ${target} is being written by another moecal run (pid ${pid}, lock ${lock}); wait for it to finish or stop it`,
+      );
     }
     fs.rmSync(lock, { force: true }); // left by a run that is gone
   }

@@ -2,11 +2,11 @@ import path from "node:path";
 import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { confinedFile, entryExists } from "./files.js";
 import { readJsonObject } from "./json.js";
-import { Tensor } from "../engine/tensor.js";
-import { LIMITS, RawTensor, SafetensorsFile, TensorInfo, isPlainTensorName } from "./safetensors.js";
+import type { Tensor } from "../engine/tensor.js";
+import { LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName } from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
-export const SINGLE_FILE = "model.safetensors";
+const SINGLE_FILE = "model.safetensors";
 
 /**
  * The weights of a checkpoint folder: one `model.safetensors`, or shards listed by
@@ -37,7 +37,8 @@ export class Checkpoint {
       for (const [name, shard] of Object.entries(map)) {
         let f = ck.files.get(shard);
         if (!f) {
-          if (path.basename(shard) !== shard || shard === "." || shard === "..") throw new CheckpointFormatError(`${indexPath}: shard name "${shard}" must be a plain file name`);
+          if (path.basename(shard) !== shard || shard === "." || shard === "..")
+            throw new CheckpointFormatError(`${indexPath}: shard name "${shard}" must be a plain file name`);
           const shardPath = path.join(dir, shard);
           if (!entryExists(shardPath)) {
             throw new CheckpointFormatError(`${indexPath}: shard "${shard}" (holding "${name}") does not exist`);
@@ -54,7 +55,12 @@ export class Checkpoint {
       for (const [shard, f] of ck.files) {
         for (const name of f.tensors.keys()) {
           const owner = ck.where.get(name);
-          if (owner !== f) ck.anomalies.push(owner ? `tensor "${name}" is in ${shard} and in ${path.basename(owner.file)} (the index names the latter)` : `tensor "${name}" is in ${shard} but not in ${INDEX_FILE}`);
+          if (owner !== f)
+            ck.anomalies.push(
+              owner
+                ? `tensor "${name}" is in ${shard} and in ${path.basename(owner.file)} (the index names the latter)`
+                : `tensor "${name}" is in ${shard} but not in ${INDEX_FILE}`,
+            );
         }
       }
       return ck;
@@ -72,7 +78,10 @@ export class Checkpoint {
 
   /** Refuse a folder whose shards hold tensors the index does not account for. */
   assertNoAnomalies(): void {
-    if (this.anomalies.length) throw new CheckpointFormatError(`${this.dir}: ${this.anomalies.length} tensor(s) not accounted for by the index: ${this.anomalies.slice(0, 3).join("; ")}`);
+    if (this.anomalies.length)
+      throw new CheckpointFormatError(
+        `${this.dir}: ${this.anomalies.length} tensor(s) not accounted for by the index: ${this.anomalies.slice(0, 3).join("; ")}`,
+      );
   }
 
   /** The weight files opened, relative to the folder. */

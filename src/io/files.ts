@@ -5,7 +5,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { ErrorFactory } from "../errors.js";
+import type { ErrorFactory } from "../errors.js";
 
 function kindOf(st: fs.Stats): string {
   if (st.isDirectory()) return "a folder";
@@ -102,7 +102,7 @@ export function readRegularFile(file: string, limit: number, err: ErrorFactory, 
  * hub cache snapshot (`models--org--name/snapshots/<rev>`, whose files are links into the
  * repository's `blobs/`), that blobs folder.
  */
-export function modelRoots(dir: string, err: ErrorFactory): string[] {
+function modelRoots(dir: string, err: ErrorFactory): string[] {
   let root: string;
   try {
     root = fs.realpathSync(dir);
@@ -135,7 +135,9 @@ export function confinedFile(dir: string, rel: string, err: ErrorFactory): strin
     throw err(`${p}: ${openFailure(p, cause)}`, { cause });
   }
   if (!modelRoots(dir, err).some((r) => isInside(real, r))) {
-    throw err(`${p}: is a symlink leading outside the model folder (to ${real}); refused, so that nothing outside the named folders is read or copied`);
+    throw err(
+      `${p}: is a symlink leading outside the model folder (to ${real}); refused, so that nothing outside the named folders is read or copied`,
+    );
   }
   return real;
 }

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { ErrorFactory } from "../errors.js";
+import type { ErrorFactory } from "../errors.js";
 import { openRegular } from "./files.js";
 import { INDEX_FILE } from "./checkpoint.js";
 
@@ -33,7 +33,9 @@ export function sha256File(file: string, err: ErrorFactory): string {
  * in moecal.json without revealing where it lay on the user's disk.
  */
 export function checkpointHash(dir: string, weightFiles: readonly string[], err: ErrorFactory): string {
-  const names = ["config.json", ...(fs.existsSync(path.join(dir, INDEX_FILE)) ? [INDEX_FILE] : []), ...weightFiles].filter((f, i, a) => a.indexOf(f) === i).sort();
+  const names = ["config.json", ...(fs.existsSync(path.join(dir, INDEX_FILE)) ? [INDEX_FILE] : []), ...weightFiles]
+    .filter((f, i, a) => a.indexOf(f) === i)
+    .sort();
   const h = createHash("sha256");
   for (const f of names) h.update(`${f}\t${sha256File(path.join(dir, f), err)}\n`);
   return h.digest("hex");

@@ -1,11 +1,12 @@
-import { ErrorFactory, asFormatError } from "../errors.js";
-import { readRegularFile } from "./files.js";
+import path from "node:path";
+import { ConfigError, type ErrorFactory, asFormatError } from "../errors.js";
+import { confinedFile, readRegularFile } from "./files.js";
 
 /** Deepest nesting of arrays and objects accepted in a JSON file we read. */
 export const MAX_JSON_DEPTH = 64;
 
 /** Nesting depth of a parsed JSON value (iterative, so any depth is measured without recursion). */
-export function jsonDepth(v: unknown): number {
+function jsonDepth(v: unknown): number {
   let max = 0;
   const stack: [unknown, number][] = [[v, 0]];
   while (stack.length) {
@@ -34,4 +35,13 @@ export function parseJsonObject(text: string, where: string, err: ErrorFactory =
 /** A JSON object from a regular file of at most `limit` bytes; anything else is an error naming the file. */
 export function readJsonObject(file: string, limit: number, err: ErrorFactory = asFormatError): Record<string, unknown> {
   return parseJsonObject(readRegularFile(file, limit, err).toString("utf8"), file, err);
+}
+
+/** Largest config.json we read. */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
+/** `<dir>/config.json` as a JSON object: the one reader of model configs (inside the folder, size-limited, nesting-bounded). */
+export function readConfigJson(dir: string): { file: string; json: Record<string, unknown> } {
+  const err: ErrorFactory = (m, o) => new ConfigError(m, o);
+  return { file: path.join(dir, "config.json"), json: readJsonObject(confinedFile(dir, "config.json", err), MAX_CONFIG_BYTES, err) };
 }

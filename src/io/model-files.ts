@@ -12,8 +12,15 @@ import { MAX_TOKENIZER_BYTES } from "./tokenizer.js";
 
 /** Copied when present. */
 export const COMPANION_FILES: readonly string[] = [
-  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-  "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "chat_template.jinja",
+  "tokenizer.model",
+  "vocab.json",
+  "merges.txt",
+  "generation_config.json",
 ];
 
 export const MODEL_FILE_LIMITS = {
@@ -29,7 +36,9 @@ export const MODEL_FILE_LIMITS = {
 function autoMapModules(autoMap: unknown): string[] {
   if (typeof autoMap !== "object" || autoMap === null) return [];
   const refs = Object.values(autoMap as Record<string, unknown>).flatMap((v) => (Array.isArray(v) ? v : [v]));
-  return refs.filter((r): r is string => typeof r === "string" && !r.includes("--") && r.includes(".")).map((r) => r.slice(0, r.lastIndexOf(".")));
+  return refs
+    .filter((r): r is string => typeof r === "string" && !r.includes("--") && r.includes("."))
+    .map((r) => r.slice(0, r.lastIndexOf(".")));
 }
 
 export interface ModelFiles {
@@ -42,8 +51,11 @@ export interface ModelFiles {
 /** What to copy from `dir` beside the converted weights and config.json (each checked: a regular file inside the model folder, within its size limit). */
 export function modelFiles(dir: string, config: Record<string, unknown>): ModelFiles {
   const files = COMPANION_FILES.filter((f) => entryExists(path.join(dir, f)));
-  for (const f of files) checkRegular(confinedFile(dir, f, asFormatError), MODEL_FILE_LIMITS.maxCompanionBytes, asFormatError, "companion file");
-  const tokenizerConfig = files.includes("tokenizer_config.json") ? readJsonObject(confinedFile(dir, "tokenizer_config.json", asFormatError), MAX_TOKENIZER_BYTES) : null;
+  for (const f of files)
+    checkRegular(confinedFile(dir, f, asFormatError), MODEL_FILE_LIMITS.maxCompanionBytes, asFormatError, "companion file");
+  const tokenizerConfig = files.includes("tokenizer_config.json")
+    ? readJsonObject(confinedFile(dir, "tokenizer_config.json", asFormatError), MAX_TOKENIZER_BYTES)
+    : null;
   const queue = [...autoMapModules(config.auto_map), ...autoMapModules(tokenizerConfig?.auto_map)];
   const seen = new Set<string>();
   const missing: string[] = [];
@@ -51,14 +63,23 @@ export function modelFiles(dir: string, config: Record<string, unknown>): ModelF
     const mod = queue.shift() as string;
     if (seen.has(mod)) continue;
     seen.add(mod);
-    if (seen.size > MODEL_FILE_LIMITS.maxCodeFiles) throw new CheckpointFormatError(`${dir}: remote code imports more than ${MODEL_FILE_LIMITS.maxCodeFiles} modules`);
-    if (!/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$/.test(mod)) throw new CheckpointFormatError(`${dir}: auto_map names the module ${JSON.stringify(mod.slice(0, 80))}, which is not a Python module name`);
+    if (seen.size > MODEL_FILE_LIMITS.maxCodeFiles)
+      throw new CheckpointFormatError(`${dir}: remote code imports more than ${MODEL_FILE_LIMITS.maxCodeFiles} modules`);
+    if (!/^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$/.test(mod))
+      throw new CheckpointFormatError(
+        `${dir}: auto_map names the module ${JSON.stringify(mod.slice(0, 80))}, which is not a Python module name`,
+      );
     const rel = `${mod.split(".").join("/")}.py`;
     if (!entryExists(path.join(dir, rel))) {
       missing.push(rel);
       continue;
     }
-    const code = readRegularFile(confinedFile(dir, rel, asFormatError), MODEL_FILE_LIMITS.maxCodeFileBytes, asFormatError, "remote code module");
+    const code = readRegularFile(
+      confinedFile(dir, rel, asFormatError),
+      MODEL_FILE_LIMITS.maxCodeFileBytes,
+      asFormatError,
+      "remote code module",
+    );
     files.push(rel);
     const pkg = mod.includes(".") ? `${mod.slice(0, mod.lastIndexOf("."))}.` : "";
     for (const m of code.toString("utf8").matchAll(/^\s*from\s+\.([A-Za-z_][\w.]*)\s+import\b/gm)) queue.push(`${pkg}${m[1] as string}`);

@@ -1,5 +1,4 @@
 import fs from "node:fs";
-import path from "node:path";
 import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { openRegular, readAt } from "./files.js";
 import { Tensor, numel } from "../engine/tensor.js";
@@ -25,14 +24,17 @@ export const LIMITS = {
  * that JavaScript objects treat specially (`__proto__`, `constructor`, `prototype`).
  */
 export function isPlainTensorName(name: string): boolean {
-  return name.length <= 1024 && name.split(".").every((p) => /^[A-Za-z0-9_-]+$/.test(p) && p !== "__proto__" && p !== "constructor" && p !== "prototype");
+  return (
+    name.length <= 1024 &&
+    name.split(".").every((p) => /^[A-Za-z0-9_-]+$/.test(p) && p !== "__proto__" && p !== "constructor" && p !== "prototype")
+  );
 }
 
 /**
  * The keys of the top-level JSON object in `text`, in order, duplicates included (JSON.parse keeps
  * only the last of equal keys, which would hide a tensor). `text` must be valid JSON.
  */
-export function topLevelKeys(text: string): string[] {
+function topLevelKeys(text: string): string[] {
   const keys: string[] = [];
   let depth = 0;
   let expectKey = false;
@@ -56,11 +58,21 @@ export function topLevelKeys(text: string): string[] {
 export type DType = "F64" | "F32" | "F16" | "BF16" | "F8_E4M3" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
 
 export const DTYPE_BYTES: Record<DType, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  F8_E4M3: 1,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
 };
 
-export function isDType(s: unknown): s is DType {
-  return typeof s === "string" && Object.prototype.hasOwnProperty.call(DTYPE_BYTES, s);
+function isDType(s: unknown): s is DType {
+  return typeof s === "string" && Object.hasOwn(DTYPE_BYTES, s);
 }
 
 export interface TensorInfo {
@@ -96,7 +108,8 @@ function parseEntry(file: string, name: string, v: unknown, dataSize: number): T
     throw new CheckpointFormatError(`${where}: data_offsets [${begin}, ${end}] outside the data section of ${dataSize} bytes`);
   }
   const n = numel(shape);
-  if (n > LIMITS.maxTensorElements) throw new CheckpointFormatError(`${where}: ${n} elements exceed the limit of ${LIMITS.maxTensorElements}`);
+  if (n > LIMITS.maxTensorElements)
+    throw new CheckpointFormatError(`${where}: ${n} elements exceed the limit of ${LIMITS.maxTensorElements}`);
   const expected = n * DTYPE_BYTES[e.dtype];
   if (end - begin !== expected) {
     throw new CheckpointFormatError(`${where}: ${end - begin} bytes but shape [${shape.join(", ")}] of ${e.dtype} needs ${expected}`);
@@ -111,7 +124,9 @@ function parseMetadata(file: string, v: unknown): Record<string, string> {
   const entries = Object.entries(v as Record<string, string>);
   const bytes = entries.reduce((a, [k, x]) => a + k.length + x.length, 0);
   if (entries.length > LIMITS.maxMetadataEntries || bytes > LIMITS.maxMetadataBytes) {
-    throw new CheckpointFormatError(`${file}: __metadata__ has ${entries.length} entries of ${bytes} characters, over the limit of ${LIMITS.maxMetadataEntries} entries or ${LIMITS.maxMetadataBytes} characters`);
+    throw new CheckpointFormatError(
+      `${file}: __metadata__ has ${entries.length} entries of ${bytes} characters, over the limit of ${LIMITS.maxMetadataEntries} entries or ${LIMITS.maxMetadataBytes} characters`,
+    );
   }
   return Object.fromEntries(entries);
 }
@@ -171,7 +186,10 @@ export class SafetensorsFile {
           metadata = parseMetadata(file, v);
           continue;
         }
-        if (!isPlainTensorName(name)) throw new CheckpointFormatError(`${file}: ${JSON.stringify(name.slice(0, 80))} is not a plain tensor name (dot-separated letters, digits, _ and -)`);
+        if (!isPlainTensorName(name))
+          throw new CheckpointFormatError(
+            `${file}: ${JSON.stringify(name.slice(0, 80))} is not a plain tensor name (dot-separated letters, digits, _ and -)`,
+          );
         tensors.set(name, parseEntry(file, name, v, dataSize));
       }
       const sorted = [...tensors.values()].sort((a, b) => a.begin - b.begin || a.end - b.end);
@@ -181,10 +199,12 @@ export class SafetensorsFile {
           const prev = sorted.find((p) => p.end > t.begin && p !== t) as TensorInfo;
           throw new CheckpointFormatError(`${file}: tensor "${t.name}" overlaps tensor "${prev.name}" in the data section`);
         }
-        if (t.begin > covered) throw new CheckpointFormatError(`${file}: data bytes [${covered}, ${t.begin}) are not covered by any tensor in the header`);
+        if (t.begin > covered)
+          throw new CheckpointFormatError(`${file}: data bytes [${covered}, ${t.begin}) are not covered by any tensor in the header`);
         covered = t.end;
       }
-      if (covered !== dataSize) throw new CheckpointFormatError(`${file}: data bytes [${covered}, ${dataSize}) are not covered by any tensor in the header`);
+      if (covered !== dataSize)
+        throw new CheckpointFormatError(`${file}: data bytes [${covered}, ${dataSize}) are not covered by any tensor in the header`);
       return new SafetensorsFile(file, tensors, metadata, dataStart);
     } finally {
       fs.closeSync(fd);
@@ -270,10 +290,6 @@ export function rawToInts(raw: RawTensor, where: string): number[] {
     default:
       throw new CheckpointFormatError(`${where}: dtype ${raw.dtype} is not an integer type`);
   }
-}
-
-export function basenameOf(file: string): string {
-  return path.basename(file);
 }
 
 /** Flat index of the first NaN or infinity in a floating tensor's raw bytes (-1 if none, or not floating). */

@@ -22,7 +22,8 @@ export interface LoadedTokenizer {
 /** A special token in tokenizer_config.json: "<s>" or { "content": "<s>", ... }. */
 function tokenText(v: unknown): string | null {
   if (typeof v === "string") return v;
-  if (typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string") return (v as { content: string }).content;
+  if (typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string")
+    return (v as { content: string }).content;
   return null;
 }
 
@@ -33,12 +34,23 @@ function tokenText(v: unknown): string | null {
  */
 function chatTemplateOf(dir: string, cfg: Record<string, unknown>): string | null {
   if (entryExists(path.join(dir, "chat_template.jinja"))) {
-    return readRegularFile(confinedFile(dir, "chat_template.jinja", asFormatError), MAX_TOKENIZER_BYTES, asFormatError, "chat template").toString("utf8");
+    return readRegularFile(
+      confinedFile(dir, "chat_template.jinja", asFormatError),
+      MAX_TOKENIZER_BYTES,
+      asFormatError,
+      "chat template",
+    ).toString("utf8");
   }
   const t = cfg.chat_template;
   if (typeof t === "string") return t;
   if (Array.isArray(t)) {
-    const named = t.find((x): x is { name: string; template: string } => typeof x === "object" && x !== null && (x as { name?: unknown }).name === "default" && typeof (x as { template?: unknown }).template === "string");
+    const named = t.find(
+      (x): x is { name: string; template: string } =>
+        typeof x === "object" &&
+        x !== null &&
+        (x as { name?: unknown }).name === "default" &&
+        typeof (x as { template?: unknown }).template === "string",
+    );
     return named?.template ?? null;
   }
   return null;
@@ -47,12 +59,16 @@ function chatTemplateOf(dir: string, cfg: Record<string, unknown>): string | nul
 /** Load tokenizer.json + tokenizer_config.json from a model folder (Hugging Face format). */
 export function loadTokenizer(dir: string): LoadedTokenizer {
   const tj = readJsonObject(confinedFile(dir, "tokenizer.json", asFormatError), MAX_TOKENIZER_BYTES);
-  const cfg = entryExists(path.join(dir, "tokenizer_config.json")) ? readJsonObject(confinedFile(dir, "tokenizer_config.json", asFormatError), MAX_TOKENIZER_BYTES) : {};
+  const cfg = entryExists(path.join(dir, "tokenizer_config.json"))
+    ? readJsonObject(confinedFile(dir, "tokenizer_config.json", asFormatError), MAX_TOKENIZER_BYTES)
+    : {};
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(tj, cfg);
   } catch (cause) {
-    throw new CheckpointFormatError(`${path.join(dir, "tokenizer.json")}: cannot build the tokenizer (${(cause as Error).message})`, { cause });
+    throw new CheckpointFormatError(`${path.join(dir, "tokenizer.json")}: cannot build the tokenizer (${(cause as Error).message})`, {
+      cause,
+    });
   }
   const bos = tokenText(cfg.bos_token);
   const added = Array.isArray(tj.added_tokens) ? (tj.added_tokens as { id: number; content: string }[]) : [];

@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { IoError, InternalError, NumericalError } from "../errors.js";
-import { DTYPE_BYTES, RawTensor, firstNonFinite } from "./safetensors.js";
+import { DTYPE_BYTES, type RawTensor, firstNonFinite } from "./safetensors.js";
 import { INDEX_FILE } from "./checkpoint.js";
 import { numel } from "../engine/tensor.js";
 
@@ -89,7 +89,10 @@ export class ShardedWriter {
       throw new InternalError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
     }
     const bad = firstNonFinite(t);
-    if (bad >= 0) throw new NumericalError(`tensor "${t.name}" (${t.dtype} [${t.shape.join(", ")}]): non-finite value at flat index ${bad}; moecal writes only finite tensors`);
+    if (bad >= 0)
+      throw new NumericalError(
+        `tensor "${t.name}" (${t.dtype} [${t.shape.join(", ")}]): non-finite value at flat index ${bad}; moecal writes only finite tensors`,
+      );
     this.seen.add(t.name);
     if (this.pendingBytes > 0 && this.pendingBytes + t.bytes.byteLength > this.maxShardBytes) this.flush();
     if (this.scratchFd === null) this.scratchFd = fs.openSync(this.scratchPath, "w");
@@ -152,7 +155,10 @@ export class ShardedWriter {
       for (const t of s.names) weightMap[t] = name;
     });
     const sorted = Object.fromEntries(Object.entries(weightMap).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-    fs.writeFileSync(path.join(this.dir, INDEX_FILE), JSON.stringify({ metadata: { total_size: this.totalBytes }, weight_map: sorted }, null, 2) + "\n");
+    fs.writeFileSync(
+      path.join(this.dir, INDEX_FILE),
+      `${JSON.stringify({ metadata: { total_size: this.totalBytes }, weight_map: sorted }, null, 2)}\n`,
+    );
     return files;
   }
 }

@@ -1,7 +1,7 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
 import { rmsNorm } from "../engine/ops.js";
-import { UsageError } from "../errors.js";
+import { InternalError, UsageError } from "../errors.js";
 import { Module } from "./module.js";
 
 /** y = x W^T (no bias). Input [..., in], output [..., out]. Parameter `weight` [out, in]. */
@@ -23,7 +23,7 @@ export class Linear extends Module {
 
   async forward(x: Tensor): Promise<Tensor> {
     const k = x.dim(-1);
-    if (k !== this.inFeatures) throw new UsageError(`Linear: input has ${k} features, expected ${this.inFeatures}`);
+    if (k !== this.inFeatures) throw new InternalError(`Linear: input has ${k} features, expected ${this.inFeatures}`);
     const rows = x.size / k;
     const y = await getEngine().linear(x.reshape([rows, k]), this.weight);
     return y.reshape([...x.shape.slice(0, -1), this.outFeatures]);
@@ -34,7 +34,10 @@ export class Linear extends Module {
 export class RMSNorm extends Module {
   readonly className = "RMSNorm";
 
-  constructor(readonly dim: number, readonly eps: number) {
+  constructor(
+    readonly dim: number,
+    readonly eps: number,
+  ) {
     super();
     this.declareParam("weight", [dim]);
   }
@@ -53,7 +56,10 @@ export interface TokenIds {
 export class Embedding extends Module<TokenIds, Tensor> {
   readonly className = "Embedding";
 
-  constructor(readonly vocab: number, readonly dim: number) {
+  constructor(
+    readonly vocab: number,
+    readonly dim: number,
+  ) {
     super();
     this.declareParam("weight", [vocab, dim]);
   }

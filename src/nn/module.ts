@@ -1,5 +1,5 @@
-import { Tensor } from "../engine/tensor.js";
-import { UsageError, WeightMappingError } from "../errors.js";
+import type { Tensor } from "../engine/tensor.js";
+import { InternalError, UsageError, WeightMappingError } from "../errors.js";
 
 /** Any module, whatever its input and output types (methods are bivariant in TypeScript). */
 export type AnyModule = Module<unknown, unknown>;
@@ -64,7 +64,7 @@ export abstract class Module<I = Tensor, O = Tensor> {
   }
 
   protected addModule<M extends AnyModule>(name: string, module: M): M {
-    if (name.includes(".") || name === "") throw new UsageError(`invalid submodule name "${name}"`);
+    if (name.includes(".") || name === "") throw new InternalError(`invalid submodule name "${name}"`);
     this._children.set(name, module);
     return module;
   }
@@ -81,14 +81,14 @@ export abstract class Module<I = Tensor, O = Tensor> {
   /** The Parameter object (shape and value) of a direct parameter. */
   parameter(name: string): Parameter {
     const p = this._params.get(name);
-    if (!p) throw new UsageError(`${this.className} has no parameter "${name}"`);
+    if (!p) throw new InternalError(`${this.className} has no parameter "${name}"`);
     return p;
   }
 
   /** A child by attribute name; typed by the caller. */
   child<M extends AnyModule>(name: string): M {
     const m = this._children.get(name);
-    if (!m) throw new UsageError(`${this.className} has no submodule "${name}"`);
+    if (!m) throw new InternalError(`${this.className} has no submodule "${name}"`);
     return m as M;
   }
 
@@ -103,7 +103,7 @@ export abstract class Module<I = Tensor, O = Tensor> {
   /** The loaded value of a direct parameter. */
   param(name: string): Tensor {
     const p = this._params.get(name);
-    if (!p) throw new UsageError(`${this.className} has no parameter "${name}"`);
+    if (!p) throw new InternalError(`${this.className} has no parameter "${name}"`);
     if (!p.value) throw new WeightMappingError(`${this.className}: parameter "${name}" is not loaded`);
     return p.value;
   }
@@ -168,7 +168,7 @@ export class ModuleList<M extends AnyModule> extends Module<never, never> {
 
   constructor(modules: M[]) {
     super();
-    modules.forEach((m, i) => this.addModule(String(i), m));
+    for (const [i, m] of modules.entries()) this.addModule(String(i), m);
   }
 
   get length(): number {
@@ -184,6 +184,6 @@ export class ModuleList<M extends AnyModule> extends Module<never, never> {
   }
 
   async forward(): Promise<never> {
-    throw new UsageError("ModuleList has no forward");
+    throw new InternalError("ModuleList has no forward");
   }
 }

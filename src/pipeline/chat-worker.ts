@@ -2,7 +2,7 @@
  * Renders chat templates on a worker thread, so that a template that runs away (an endless or
  * enormous loop) can be stopped: the caller waits a bounded time, then terminates the worker.
  */
-import { MessagePort, parentPort, workerData } from "node:worker_threads";
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { Template } from "@huggingface/jinja";
 
 interface Data {

@@ -1,6 +1,6 @@
 import * as vega from "vega";
 import * as vl from "vega-lite";
-import { LayerCoverage } from "../calibration/coverage.js";
+import type { LayerCoverage } from "../calibration/coverage.js";
 
 /**
  * A heatmap (layers x experts) of tokens routed to each expert, drawn with Vega-Lite; cells
@@ -8,7 +8,13 @@ import { LayerCoverage } from "../calibration/coverage.js";
  */
 export async function coverageSvg(layers: Record<string, LayerCoverage>, opts: { threshold: number; title?: string }): Promise<string> {
   const values = Object.entries(layers).flatMap(([layer, c]) =>
-    c.routed.map((routed, expert) => ({ layer: Number(layer), expert, routed, seen: c.seen[expert] ?? 0, starved: routed < opts.threshold })),
+    c.routed.map((routed, expert) => ({
+      layer: Number(layer),
+      expert,
+      routed,
+      seen: c.seen[expert] ?? 0,
+      starved: routed < opts.threshold,
+    })),
   );
   const spec: vl.TopLevelSpec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",

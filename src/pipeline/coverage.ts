@@ -1,5 +1,5 @@
 import { withMoeCalibration } from "../calibration/context.js";
-import { Coverage, trackCoverage } from "../calibration/coverage.js";
+import { type Coverage, trackCoverage } from "../calibration/coverage.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { openAfmoe } from "../models/afmoe/index.js";
 import { loadTokenizedSamples } from "./dataset.js";
@@ -21,7 +21,11 @@ export interface CoverageOptions {
 export async function measureCoverage(opts: CoverageOptions): Promise<Coverage & { samples: number; tokens: number }> {
   const m = openAfmoe(opts.model, { load: false });
   const tok = loadTokenizer(opts.model);
-  const samples = loadTokenizedSamples(opts.dataset, tok, { numSamples: opts.numSamples, maxSeqLength: opts.maxSeqLength, shuffleSeed: null });
+  const samples = loadTokenizedSamples(opts.dataset, tok, {
+    numSamples: opts.numSamples,
+    maxSeqLength: opts.maxSeqLength,
+    shuffleSeed: null,
+  });
   const tracker = trackCoverage(m.model);
   try {
     const calibration = { calibrateAllExperts: opts.calibrateAllExperts ?? true, config: m.config };

@@ -1,9 +1,9 @@
 import path from "node:path";
-import { MessageChannel, MessagePort, Worker, receiveMessageOnPort } from "node:worker_threads";
+import { MessageChannel, type MessagePort, Worker, receiveMessageOnPort } from "node:worker_threads";
 import { UsageError, asUsageError } from "../errors.js";
 import { readRegularFile } from "../io/files.js";
-import { LoadedTokenizer } from "../io/tokenizer.js";
-import { Seed, hfShuffled } from "../util/numpy-random.js";
+import type { LoadedTokenizer } from "../io/tokenizer.js";
+import { type Seed, hfShuffled } from "../util/numpy-random.js";
 
 /** Largest dataset file read (it is held in memory as one string). */
 export const MAX_DATASET_BYTES = 256 * 1024 ** 2;
@@ -104,7 +104,9 @@ class ChatRenderer {
     this.worker.postMessage(vars);
     if (Atomics.wait(this.flag, 0, 0, CHAT_TEMPLATE_LIMITS.timeoutMs) === "timed-out") {
       this.close();
-      throw new UsageError(`${where}: the tokenizer's chat template did not finish within ${CHAT_TEMPLATE_LIMITS.timeoutMs / 1000} s (a runaway template); stopped`);
+      throw new UsageError(
+        `${where}: the tokenizer's chat template did not finish within ${CHAT_TEMPLATE_LIMITS.timeoutMs / 1000} s (a runaway template); stopped`,
+      );
     }
     const reply = receiveMessageOnPort(this.port)?.message as { text: string } | { error: string } | undefined;
     if (!reply) throw new UsageError(`${where}: the tokenizer's chat template stopped without an answer`);
@@ -119,7 +121,10 @@ class ChatRenderer {
 }
 
 function renderChat(renderer: ChatRenderer, tokenizer: LoadedTokenizer, messages: ChatMessage[], where: string): string {
-  const rendered = renderer.render({ messages, bos_token: tokenizer.bosToken ?? "", eos_token: tokenizer.eosToken ?? "", add_generation_prompt: false }, where);
+  const rendered = renderer.render(
+    { messages, bos_token: tokenizer.bosToken ?? "", eos_token: tokenizer.eosToken ?? "", add_generation_prompt: false },
+    where,
+  );
   // the tokenizer adds BOS itself
   const bos = tokenizer.bosToken ?? "";
   return bos && rendered.startsWith(bos) ? rendered.slice(bos.length) : rendered;
@@ -150,7 +155,8 @@ export function encodeTruncated(tokenizer: LoadedTokenizer, text: string, n: num
  * samples with no text are skipped. No usable sample is an error.
  */
 export function loadTokenizedSamples(file: string, tokenizer: LoadedTokenizer, opts: SampleOptions): number[][] {
-  if (!Number.isInteger(opts.maxSeqLength) || opts.maxSeqLength < 2) throw new UsageError(`max sequence length must be an integer >= 2, got ${opts.maxSeqLength}`);
+  if (!Number.isInteger(opts.maxSeqLength) || opts.maxSeqLength < 2)
+    throw new UsageError(`max sequence length must be an integer >= 2, got ${opts.maxSeqLength}`);
   if (opts.numSamples !== undefined && (!Number.isInteger(opts.numSamples) || opts.numSamples < 1)) {
     throw new UsageError(`number of samples must be a positive integer, got ${opts.numSamples}`);
   }
@@ -166,7 +172,12 @@ export function loadTokenizedSamples(file: string, tokenizer: LoadedTokenizer, o
       else {
         if (!tokenizer.chatTemplate) throw new UsageError(`dataset ${file}: has "messages" but the tokenizer has no chat_template`);
         renderer ??= new ChatRenderer(tokenizer.chatTemplate);
-        text = renderChat(renderer, tokenizer, s.messages, `dataset ${file}, sample ${i + 1}${opts.shuffleSeed === null || opts.shuffleSeed === undefined ? "" : " (after shuffling)"}`);
+        text = renderChat(
+          renderer,
+          tokenizer,
+          s.messages,
+          `dataset ${file}, sample ${i + 1}${opts.shuffleSeed === null || opts.shuffleSeed === undefined ? "" : " (after shuffling)"}`,
+        );
       }
       if (text.trim() === "") continue;
       out.push(encodeTruncated(tokenizer, text, opts.maxSeqLength));

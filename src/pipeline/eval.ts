@@ -1,5 +1,5 @@
 import { loadTokenizer } from "../io/tokenizer.js";
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { openAfmoe } from "../models/afmoe/index.js";
 import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden, withParameters } from "./stream.js";
 import { UsageError } from "../errors.js";
@@ -126,5 +126,11 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
     };
     await withParameters(m, "lm_head", () => (ref ? withParameters(ref, "lm_head", score) : score()));
   }
-  return { nll: nll / n, ppl: Math.exp(nll / n), kl: ref ? kl / n : null, tokens: n, klStats: ref ? klStats(Float64Array.from(perToken)) : null };
+  return {
+    nll: nll / n,
+    ppl: Math.exp(nll / n),
+    kl: ref ? kl / n : null,
+    tokens: n,
+    klStats: ref ? klStats(Float64Array.from(perToken)) : null,
+  };
 }

@@ -1,6 +1,6 @@
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { SafetensorsFile, rawToInts } from "../io/safetensors.js";
-import { writeSafetensors, NamedRaw } from "../io/writer.js";
+import { writeSafetensors, type NamedRaw } from "../io/writer.js";
 import { writeFileAtomic } from "../io/atomic.js";
 import { UsageError } from "../errors.js";
 import { assertSafeOutput } from "../export/output.js";
@@ -18,7 +18,14 @@ function f32Raw(name: string, t: Tensor): NamedRaw {
 
 /** Read `input_ids` [B, S] from a safetensors file, run the model, write logits and hidden states (F32). */
 export async function forwardFile(opts: ForwardFileOptions): Promise<{ batch: number; seq: number; layers: number }> {
-  assertSafeOutput(opts.output, [{ what: "model", path: opts.model }, { what: "--input-ids file", path: opts.inputIds }], "file");
+  assertSafeOutput(
+    opts.output,
+    [
+      { what: "model", path: opts.model },
+      { what: "--input-ids file", path: opts.inputIds },
+    ],
+    "file",
+  );
   const f = SafetensorsFile.open(opts.inputIds);
   if (!f.tensors.has("input_ids")) throw new UsageError(`${opts.inputIds}: no tensor named "input_ids"`);
   const info = f.info("input_ids");
@@ -27,7 +34,10 @@ export async function forwardFile(opts: ForwardFileOptions): Promise<{ batch: nu
   const [B, S] = info.shape as [number, number];
   const { model, config } = openAfmoe(opts.model);
   const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= config.vocabSize);
-  if (bad >= 0) throw new UsageError(`${opts.inputIds}: "input_ids" holds ${ids[bad]} at flat index ${bad}, outside the model's vocabulary [0, ${config.vocabSize})`);
+  if (bad >= 0)
+    throw new UsageError(
+      `${opts.inputIds}: "input_ids" holds ${ids[bad]} at flat index ${bad}, outside the model's vocabulary [0, ${config.vocabSize})`,
+    );
   if (S > config.maxPositionEmbeddings) {
     throw new UsageError(`${opts.inputIds}: sequence length ${S} exceeds max_position_embeddings ${config.maxPositionEmbeddings}`);
   }

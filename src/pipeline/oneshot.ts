@@ -1,30 +1,42 @@
 import path from "node:path";
-import fs from "node:fs";
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, WeightMappingError, asFormatError, asUsageError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash, sha256File } from "../io/hash.js";
 import { firstNonFinite } from "../io/safetensors.js";
-import { Seed } from "../util/numpy-random.js";
+import type { Seed } from "../util/numpy-random.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { attachHessianObservers } from "../calibration/observers.js";
-import { trackCoverage, LayerCoverage } from "../calibration/coverage.js";
+import { trackCoverage, type LayerCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
-import { AFMOE_DEFAULT_IGNORE, AfmoeConfig, AfmoeForCausalLM, afmoeFusedGroups, fusedSchemeConflicts, assertFinite, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, readAfmoeConfig, unloadParameters } from "../models/afmoe/index.js";
+import {
+  AFMOE_DEFAULT_IGNORE,
+  type AfmoeConfig,
+  AfmoeForCausalLM,
+  afmoeFusedGroups,
+  fusedSchemeConflicts,
+  assertFinite,
+  assertMappingComplete,
+  checkpointSource,
+  loadParameters,
+  mapAfmoeWeights,
+  readAfmoeConfig,
+  unloadParameters,
+} from "../models/afmoe/index.js";
 import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
-import { ScaleDType } from "../quantization/params.js";
-import { Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
-import { AnyModule } from "../nn/module.js";
+import type { ScaleDType } from "../quantization/params.js";
+import { type Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
+import type { AnyModule } from "../nn/module.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
-import { Fallback, LayerTargets, Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
+import { type Fallback, type LayerTargets, type Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
-import { LayerReport, OneshotReport, layerSummary, writeReportFiles } from "./report.js";
+import { type LayerReport, type OneshotReport, layerSummary, writeReportFiles } from "./report.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -76,11 +88,20 @@ function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {
  * Check the group size against every target Linear's input size before any work. Without an
  * explicit --group-size, the preset's size is halved until it divides them all (with a note).
  */
-export function fitGroupSize(scheme: Scheme, model: AnyModule, isTarget: (n: string) => boolean, explicit: boolean, warn: (m: string) => void): Scheme {
+function fitGroupSize(
+  scheme: Scheme,
+  model: AnyModule,
+  isTarget: (n: string) => boolean,
+  explicit: boolean,
+  warn: (m: string) => void,
+): Scheme {
   const g0 = scheme.weights.groupSize;
   if (scheme.weights.strategy !== "group" || g0 === null) return scheme;
-  const inputs = model.namedModules().filter(([n, m]) => m instanceof Linear && isTarget(n)).map(([n, m]) => [n, (m as Linear).inFeatures] as const);
-  const bad = (g: number): (readonly [string, number]) | undefined => inputs.find(([, k]) => k % g !== 0);
+  const inputs = model
+    .namedModules()
+    .filter(([n, m]) => m instanceof Linear && isTarget(n))
+    .map(([n, m]) => [n, (m as Linear).inFeatures] as const);
+  const bad = (g: number): readonly [string, number] | undefined => inputs.find(([, k]) => k % g !== 0);
   const first = bad(g0);
   if (!first) return scheme;
   if (explicit) throw new UsageError(`--group-size ${g0} does not divide the input size ${first[1]} of ${first[0]}`);
@@ -114,28 +135,51 @@ function seedForJson(seed: Seed): number | string {
 }
 
 /** The output-side names moecal creates for a quantized Linear `P`: `P.weight_packed`, `P.weight_scale`, ... */
-const QUANT_SUFFIXES = ["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "input_scale", "weight_global_scale", "input_global_scale"];
+const QUANT_SUFFIXES = [
+  "weight_packed",
+  "weight_scale",
+  "weight_shape",
+  "weight_zero_point",
+  "input_scale",
+  "weight_global_scale",
+  "input_global_scale",
+];
 
 /**
  * Tensors of the input that the model does not use are copied to the output unchanged, with a
  * warning each; those that would make the output invalid are refused: a layer or expert index
  * beyond the config's, or a name moecal itself writes for a quantized Linear.
  */
-function checkUnexpectedTensors(names: string[], config: AfmoeConfig, targets: ReadonlySet<string>, dir: string, warn: (m: string) => void): void {
+function checkUnexpectedTensors(
+  names: string[],
+  config: AfmoeConfig,
+  targets: ReadonlySet<string>,
+  dir: string,
+  warn: (m: string) => void,
+): void {
   for (const n of names) {
     const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
-    if (layer !== undefined && Number(layer) >= config.numHiddenLayers) throw new WeightMappingError(`${dir}: tensor "${n}" belongs to layer ${layer}, but the config has ${config.numHiddenLayers} layers (0-${config.numHiddenLayers - 1}); vLLM could not load an output carrying it`);
+    if (layer !== undefined && Number(layer) >= config.numHiddenLayers)
+      throw new WeightMappingError(
+        `${dir}: tensor "${n}" belongs to layer ${layer}, but the config has ${config.numHiddenLayers} layers (0-${config.numHiddenLayers - 1}); vLLM could not load an output carrying it`,
+      );
     const expert = /\.experts\.(\d+)\./.exec(n)?.[1];
-    if (expert !== undefined && Number(expert) >= config.numExperts) throw new WeightMappingError(`${dir}: tensor "${n}" belongs to expert ${expert}, but the config has ${config.numExperts} experts (0-${config.numExperts - 1}); vLLM could not load an output carrying it`);
+    if (expert !== undefined && Number(expert) >= config.numExperts)
+      throw new WeightMappingError(
+        `${dir}: tensor "${n}" belongs to expert ${expert}, but the config has ${config.numExperts} experts (0-${config.numExperts - 1}); vLLM could not load an output carrying it`,
+      );
     const dot = n.lastIndexOf(".");
-    if (QUANT_SUFFIXES.includes(n.slice(dot + 1)) && targets.has(n.slice(0, dot))) throw new WeightMappingError(`${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`);
+    if (QUANT_SUFFIXES.includes(n.slice(dot + 1)) && targets.has(n.slice(0, dot)))
+      throw new WeightMappingError(
+        `${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`,
+      );
   }
   const shown = names.slice(0, 50);
   for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);
   if (names.length > shown.length) warn(`${dir}: ${names.length - shown.length} more unused tensors copied unchanged`);
 }
 
-export function defaultOutput(modelDir: string, scheme: string): string {
+function defaultOutput(modelDir: string, scheme: string): string {
   return path.resolve(`${path.basename(path.resolve(modelDir))}-${scheme.toUpperCase()}`);
 }
 
@@ -164,7 +208,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   }
   const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, scheme.name), {
     overwrite: opts.overwrite,
-    inputs: [{ what: "model", path: modelDir }, { what: "dataset", path: datasetFile }],
+    inputs: [
+      { what: "model", path: modelDir },
+      { what: "dataset", path: datasetFile },
+    ],
     warn,
   });
   try {
@@ -172,33 +219,61 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     ck.assertNoAnomalies();
     const source = checkpointSource(ck);
     const model = new AfmoeForCausalLM(config);
-    const mapping = mapAfmoeWeights(config, model.namedParameters().map(([n, p]) => [n, p.shape] as const), new Map(ck.names().map((n) => [n, ck.info(n).shape])));
+    const mapping = mapAfmoeWeights(
+      config,
+      model.namedParameters().map(([n, p]) => [n, p.shape] as const),
+      new Map(ck.names().map((n) => [n, ck.info(n).shape])),
+    );
     assertMappingComplete(mapping, modelDir);
     const tokenizer = loadTokenizer(modelDir);
-    const samples = loadTokenizedSamples(datasetFile, tokenizer, { numSamples: opts.numSamples ?? 512, maxSeqLength, shuffleSeed: opts.seed ?? 42 });
+    const samples = loadTokenizedSamples(datasetFile, tokenizer, {
+      numSamples: opts.numSamples ?? 512,
+      maxSeqLength,
+      shuffleSeed: opts.seed ?? 42,
+    });
     const tokens = samples.reduce((a, s) => a + s.length, 0);
 
-    const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([n]) => n);
+    const allLinears = model
+      .namedModules()
+      .filter(([, m]) => m instanceof Linear)
+      .map(([n]) => n);
     const ignored = allLinears.filter((n) => matchesAny(n, ignore));
     const isTarget = (n: string): boolean => !matchesAny(n, ignore);
     for (const p of opts.ignore ?? []) {
-      if (!allLinears.some((n) => matchesAny(n, [p]))) warn(`--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`);
+      if (!allLinears.some((n) => matchesAny(n, [p])))
+        warn(
+          `--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
+        );
     }
     if (opts.vllmCheck ?? true) {
       const conflicts = fusedSchemeConflicts(afmoeFusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
       if (conflicts.length) {
-        const rest = conflicts.slice(1, 4).map((c) => `\n  ${c}`).join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
-        throw new UsageError(`the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`);
+        const rest =
+          conflicts
+            .slice(1, 4)
+            .map((c) => `\n  ${c}`)
+            .join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
+        throw new UsageError(
+          `the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`,
+        );
       }
     }
     const targetSet = new Set(allLinears.filter(isTarget));
     checkUnexpectedTensors(mapping.unexpected, config, targetSet, modelDir, warn);
     // every tensor passed through unquantized is checked before anything is written
     const targetWeights = new Set([...targetSet].map((n) => `${n}.weight`));
-    const passThrough = new Set([...mapping.sources].filter(([p]) => !targetWeights.has(p)).map(([, src]) => src).concat(mapping.unexpected));
+    const passThrough = new Set(
+      [...mapping.sources]
+        .filter(([p]) => !targetWeights.has(p))
+        .map(([, src]) => src)
+        .concat(mapping.unexpected),
+    );
     for (const n of passThrough) {
       const bad = firstNonFinite(ck.readRaw(n));
-      if (bad >= 0) throw new NumericalError(`${modelDir}: tensor "${n}" (written unquantized) holds a non-finite value at flat index ${bad}; nothing was written`);
+      if (bad >= 0)
+        throw new NumericalError(
+          `${modelDir}: tensor "${n}" (written unquantized) holds a non-finite value at flat index ${bad}; nothing was written`,
+        );
     }
     const firstTarget = allLinears.find(isTarget);
     scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
@@ -242,10 +317,12 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         for (const [n, lin] of targets.linears) {
           const s = { absmax: 0, rows: 0 };
           targets.inputAbsMax.set(n, s);
-          removeAbsMax.push(lin.registerForwardPreHook((_m, x) => {
-            for (const v of x.data) s.absmax = Math.max(s.absmax, Math.abs(v));
-            s.rows += x.size / lin.inFeatures;
-          }));
+          removeAbsMax.push(
+            lin.registerForwardPreHook((_m, x) => {
+              for (const v of x.data) s.absmax = Math.max(s.absmax, Math.abs(v));
+              s.rows += x.size / lin.inFeatures;
+            }),
+          );
         }
       }
       const tracker = trackCoverage(layer, prefix);
@@ -259,7 +336,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       } finally {
         tracker.remove();
         observers?.remove();
-        removeAbsMax.forEach((r) => r());
+        for (const r of removeAbsMax) r();
       }
       if (observers) targets.hessians = observers.stats;
       const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
@@ -285,7 +362,11 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         const q = quantizedByWeight.get(n);
         if (q) {
           const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale);
-          assertComplete(q.name, tensors.map((t) => t.name), scheme);
+          assertComplete(
+            q.name,
+            tensors.map((t) => t.name),
+            scheme,
+          );
           for (const t of tensors) writer.add(t);
         } else copyRaw(n);
       }
@@ -303,9 +384,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     writer.finish();
 
     const qc = quantizationConfig(scheme, ignored, method === "gptq" ? scheme.weights.actorder : null);
-    out.writeFile("config.json", JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2) + "\n");
+    out.writeFile("config.json", `${JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2)}\n`);
     const companions = modelFiles(modelDir, config.raw);
-    if (companions.missing.length) warn(`${modelDir}: auto_map names remote code that is not in the folder (${companions.missing.join(", ")}); the output lacks it too`);
+    if (companions.missing.length)
+      warn(`${modelDir}: auto_map names remote code that is not in the folder (${companions.missing.join(", ")}); the output lacks it too`);
     for (const f of companions.files) out.copyFrom(confinedFile(modelDir, f, asFormatError), f);
     const report: OneshotReport = {
       moecal_version: MOECAL_VERSION,

@@ -1,11 +1,11 @@
 import { Tensor } from "../engine/tensor.js";
 import { NumericalError } from "../errors.js";
-import { HessianStats } from "../calibration/observers.js";
-import { Linear } from "../nn/layers.js";
-import { GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
-import { GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
-import { QuantizedWeight, ScaleDType, dequantize, roundScale } from "../quantization/params.js";
-import { Scheme } from "../quantization/scheme.js";
+import type { HessianStats } from "../calibration/observers.js";
+import type { Linear } from "../nn/layers.js";
+import { type GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
+import { type GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
+import { type QuantizedWeight, type ScaleDType, dequantize, roundScale } from "../quantization/params.js";
+import type { Scheme } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
 
 export type Method = "gptq" | "rtn";
@@ -35,7 +35,7 @@ export interface LayerTargets {
   inputAbsMax: Map<string, { absmax: number; rows: number }>;
 }
 
-/** Layers with fewer GPTQ weights than this are quantized on the main thread (workers cost ~0.2 s to start). */
+/** Layers with fewer GPTQ weights than this are quantized on the main thread (starting workers costs more than it saves there). */
 export const GPTQ_WORKER_MIN_WEIGHTS = 4 * 1024 * 1024;
 
 /** GPTQ worker threads for a layer with `weights` GPTQ weights (0: the main thread). */
@@ -44,7 +44,7 @@ export function gptqPoolSize(weights: number): number {
 }
 
 /** Rows of Linears sharing one Hessian quantized together in one GPTQ pass. */
-export const GPTQ_STACK_ROWS = 2048;
+const GPTQ_STACK_ROWS = 2048;
 
 interface Quantized {
   weight: QuantizedWeight;
@@ -92,7 +92,11 @@ export async function quantizeLayerLinears(
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
-  const rtn = (name: string, lin: Linear): Quantized => ({ weight: rtnQuantize(lin.weight.data, lin.outFeatures, lin.inFeatures, scheme.weights, scaleDType, name), dequantized: null, loss: 0 });
+  const rtn = (name: string, lin: Linear): Quantized => ({
+    weight: rtnQuantize(lin.weight.data, lin.outFeatures, lin.inFeatures, scheme.weights, scaleDType, name),
+    dequantized: null,
+    loss: 0,
+  });
   /** Linears whose damped Hessian is not positive definite: round-to-nearest, recorded. */
   const choleskyFallback = (linears: [string, Linear][]): void => {
     for (const [name, lin] of linears) {
@@ -144,7 +148,8 @@ export async function quantizeLayerLinears(
         batch.push(m);
         rows += m[1].outFeatures;
       }
-      const label = batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
+      const label =
+        batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
       const jobPrep = prep;
       // the stacked copy is made only when a worker is free to take it, in a recycled buffer
       const job = await pool.submit(() => {
@@ -156,7 +161,15 @@ export async function quantizeLayerLinears(
           stacked.set(lin.weight.data, off);
           off += lin.weight.size;
         }
-        return { weight: stacked, out: rows, prep: jobPrep, args: scheme.weights, dtype: scaleDType, name: label, blockSize: opts.blockSize };
+        return {
+          weight: stacked,
+          out: rows,
+          prep: jobPrep,
+          args: scheme.weights,
+          dtype: scaleDType,
+          name: label,
+          blockSize: opts.blockSize,
+        };
       });
       jobs.push(
         job.result.then(
@@ -195,7 +208,8 @@ export async function quantizeLayerLinears(
     if (staticInput) {
       const a = t.inputAbsMax.get(name);
       let absmax = a && a.rows > 0 ? a.absmax : siblingMax;
-      if (!a || a.rows === 0) fallbacks.push({ module: name, reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" });
+      if (!a || a.rows === 0)
+        fallbacks.push({ module: name, reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" });
       if (!(absmax > 0)) absmax = 1;
       inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
     }
@@ -205,19 +219,22 @@ export async function quantizeLayerLinears(
   }
   if (fallbacks.length > 0) {
     const names = [...new Set(fallbacks.map((f) => f.module))];
-    opts.warn(`${opts.layerLabel}: ${names.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`);
+    opts.warn(
+      `${opts.layerLabel}: ${names.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`,
+    );
   }
   return { results, fallbacks };
 }
 
 function assertFiniteStats(values: Float32Array, where: string): void {
   for (let i = 0; i < values.length; i++) {
-    if (!Number.isFinite(values[i] as number)) throw new NumericalError(`${where} has a non-finite value ${values[i]} at flat index ${i}; refusing to quantize`);
+    if (!Number.isFinite(values[i] as number))
+      throw new NumericalError(`${where} has a non-finite value ${values[i]} at flat index ${i}; refusing to quantize`);
   }
 }
 
 /** Scales finite and positive, zero points in range: checked before anything is written. */
-export function assertValidQParams(q: QuantizedWeight, where: string): void {
+function assertValidQParams(q: QuantizedWeight, where: string): void {
   const { scale, zeroPoint } = q.params;
   for (let i = 0; i < scale.length; i++) {
     const s = scale[i] as number;
@@ -227,7 +244,8 @@ export function assertValidQParams(q: QuantizedWeight, where: string): void {
     const lim = 2 ** (q.args.numBits - 1);
     for (let i = 0; i < zeroPoint.length; i++) {
       const z = zeroPoint[i] as number;
-      if (!(z >= -lim && z < lim)) throw new NumericalError(`${where}: zero point ${z} at index ${i} outside the ${q.args.numBits}-bit range`);
+      if (!(z >= -lim && z < lim))
+        throw new NumericalError(`${where}: zero point ${z} at index ${i} outside the ${q.args.numBits}-bit range`);
     }
   }
 }

@@ -3,13 +3,13 @@ import path from "node:path";
 import { f32ToBf16 } from "../engine/dtype.js";
 import { ConfigError, UsageError, asFormatError } from "../errors.js";
 import { ShardedWriter } from "../io/writer.js";
-import { AfmoeForCausalLM, MAX_CONFIG_BYTES, parseAfmoeConfig } from "../models/afmoe/index.js";
+import { AfmoeForCausalLM, parseAfmoeConfig } from "../models/afmoe/index.js";
 import { OUTPUT_MARKER, OutputFolder } from "../export/output.js";
 import { confinedFile, entryExists } from "../io/files.js";
 import { BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
 import { fillNormal, rng } from "../util/random.js";
 import { modelFiles } from "../io/model-files.js";
-import { readJsonObject } from "../io/json.js";
+import { readConfigJson, readJsonObject } from "../io/json.js";
 import { MAX_TOKENIZER_BYTES } from "../io/tokenizer.js";
 
 export interface RandomModelOptions {
@@ -46,7 +46,7 @@ function parseSet(entries: string[]): Record<string, unknown> {
  */
 export function randomModel(opts: RandomModelOptions): { output: string; parameters: number } {
   const like = opts.like ?? BUNDLED_MODEL;
-  const raw = readJsonObject(confinedFile(like, "config.json", asFormatError), MAX_CONFIG_BYTES);
+  const raw = readConfigJson(like).json;
   delete raw.quantization_config;
   Object.assign(raw, parseSet(opts.set ?? []));
   if (opts.layers !== undefined) raw.num_hidden_layers = opts.layers;
@@ -57,7 +57,10 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
   }
   const config = parseAfmoeConfig(raw, "random-model config");
   if (typeof raw.vocab_size === "number" && entryExists(path.join(like, "tokenizer.json"))) {
-    const tj = readJsonObject(confinedFile(like, "tokenizer.json", asFormatError), MAX_TOKENIZER_BYTES) as { model?: { vocab?: Record<string, number> }; added_tokens?: { id: number }[] };
+    const tj = readJsonObject(confinedFile(like, "tokenizer.json", asFormatError), MAX_TOKENIZER_BYTES) as {
+      model?: { vocab?: Record<string, number> };
+      added_tokens?: { id: number }[];
+    };
     const ids = [...Object.values(tj.model?.vocab ?? {}), ...(tj.added_tokens ?? []).map((t) => t.id)];
     const size = ids.reduce((a, b) => Math.max(a, b + 1), 0);
     if (size > config.vocabSize) throw new ConfigError(`vocab_size ${config.vocabSize} is smaller than the tokenizer's ${size} tokens`);
@@ -80,14 +83,27 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
       writer.add({ name, dtype: "BF16", shape: p.shape, bytes: new Uint8Array(f32ToBf16(v).buffer) });
     }
     writer.finish();
-    out.writeFile("config.json", JSON.stringify({ ...raw, torch_dtype: "bfloat16" }, null, 2) + "\n");
+    out.writeFile("config.json", `${JSON.stringify({ ...raw, torch_dtype: "bfloat16" }, null, 2)}\n`);
     // the like-folder's tokenizer, generation config and remote code; the bundled tokenizer where it has none
     const { files } = modelFiles(like, raw);
     for (const f of files) out.copyFrom(confinedFile(like, f, asFormatError), f);
     for (const f of ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]) {
       if (!files.includes(f) && fs.existsSync(path.join(BUNDLED_MODEL, f))) out.copyFrom(path.join(BUNDLED_MODEL, f), f);
     }
-    out.writeFile(OUTPUT_MARKER, JSON.stringify({ moecal_version: MOECAL_VERSION, command: "random-model", like: path.basename(path.resolve(like)), seed: opts.seed ?? 0, parameters }, null, 2) + "\n");
+    out.writeFile(
+      OUTPUT_MARKER,
+      `${JSON.stringify(
+        {
+          moecal_version: MOECAL_VERSION,
+          command: "random-model",
+          like: path.basename(path.resolve(like)),
+          seed: opts.seed ?? 0,
+          parameters,
+        },
+        null,
+        2,
+      )}\n`,
+    );
     return { output: out.commit(), parameters };
   } catch (e) {
     out.abort();

@@ -1,6 +1,6 @@
-import { LayerCoverage } from "../calibration/coverage.js";
-import { OutputFolder } from "../export/output.js";
-import { Fallback, QuantizedLinear } from "./quantize-layer.js";
+import type { LayerCoverage } from "../calibration/coverage.js";
+import type { OutputFolder } from "../export/output.js";
+import type { Fallback, QuantizedLinear } from "./quantize-layer.js";
 import { coverageSvg } from "./coverage-svg.js";
 
 export interface LayerReport {
@@ -60,7 +60,7 @@ export function layerSummary(layer: number, cov: LayerCoverage | null, results: 
 }
 
 /** Experts with fewer routed tokens than this are marked in coverage.svg: 1% of a uniform share. */
-export function starvedThreshold(tokens: number, layers: Record<string, LayerCoverage>): number {
+function starvedThreshold(tokens: number, layers: Record<string, LayerCoverage>): number {
   const first = Object.values(layers)[0];
   const E = first?.routed.length ?? 1;
   const K = first ? first.routed.reduce((a, b) => a + b, 0) / Math.max(1, tokens) : 1;
@@ -68,9 +68,10 @@ export function starvedThreshold(tokens: number, layers: Record<string, LayerCov
 }
 
 export async function writeReportFiles(out: OutputFolder, report: OneshotReport): Promise<void> {
-  out.writeFile("moecal.json", JSON.stringify(report, null, 2) + "\n");
+  out.writeFile("moecal.json", `${JSON.stringify(report, null, 2)}\n`);
   const layers = report.coverage.layers;
-  if (Object.keys(layers).length > 0) out.writeFile("coverage.svg", await coverageSvg(layers, { threshold: starvedThreshold(report.tokens, layers) }));
+  if (Object.keys(layers).length > 0)
+    out.writeFile("coverage.svg", await coverageSvg(layers, { threshold: starvedThreshold(report.tokens, layers) }));
 }
 
 /** The final summary, as plain text lines. */
@@ -82,7 +83,9 @@ export function formatSummary(report: OneshotReport, output: string): string {
   ];
   for (const l of report.layers) {
     const routed = l.min_routed === null ? "dense" : `${l.min_routed} / ${l.median_routed}`;
-    lines.push(`${String(l.layer).padStart(5)}  ${routed.padStart(35)}  ${String(l.experts_without_rows).padStart(20)}  ${String(l.fallbacks).padStart(9)}  ${l.gptq_loss.toExponential(3)}`);
+    lines.push(
+      `${String(l.layer).padStart(5)}  ${routed.padStart(35)}  ${String(l.experts_without_rows).padStart(20)}  ${String(l.fallbacks).padStart(9)}  ${l.gptq_loss.toExponential(3)}`,
+    );
   }
   if (report.fallbacks.length) lines.push(`fallbacks: ${report.fallbacks.map((f) => `${f.module} (${f.reason})`).join(", ")}`);
   return lines.join("\n");

@@ -4,9 +4,9 @@
  * sequential pipeline does), so memory does not grow with depth. Used by eval and coverage;
  * oneshot adds calibration and quantization between a layer's load and unload.
  */
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { UsageError } from "../errors.js";
-import { AfmoeDecoderLayer, LoadedAfmoe, loadParameters, unloadParameters } from "../models/afmoe/index.js";
+import { type AfmoeDecoderLayer, type LoadedAfmoe, loadParameters, unloadParameters } from "../models/afmoe/index.js";
 
 /** Tokens per chunk of samples: a chunk's hidden states take tokens x hidden_size x 4 bytes (1 GiB at hidden 1024). */
 export const STREAM_CHUNK_TOKENS = 262144;
@@ -21,7 +21,10 @@ export interface StreamOptions {
   finalNorm?: boolean;
 }
 
-const named = (prefix: string) => (n: string): boolean => n === prefix || n.startsWith(`${prefix}.`);
+const named =
+  (prefix: string) =>
+  (n: string): boolean =>
+    n === prefix || n.startsWith(`${prefix}.`);
 
 /** Load the parameters under `prefix`, run `run`, and unload them again (also when it throws). */
 export async function withParameters<T>(m: LoadedAfmoe, prefix: string, run: () => Promise<T>): Promise<T> {
@@ -64,7 +67,8 @@ export async function streamedHidden(m: LoadedAfmoe, samples: number[][], opts: 
  * of its own), in order.
  */
 export function chunksByTokens(samples: number[][], maxTokens: number): number[][][] {
-  if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new UsageError(`chunk size must be a positive integer number of tokens, got ${maxTokens}`);
+  if (!Number.isInteger(maxTokens) || maxTokens < 1)
+    throw new UsageError(`chunk size must be a positive integer number of tokens, got ${maxTokens}`);
   const chunks: number[][][] = [];
   let current: number[][] = [];
   let tokens = 0;

@@ -1,15 +1,15 @@
 import { Tensor } from "../engine/tensor.js";
 import { FP8_E4M3_MAX, f32ToFp8e4m3, fp8e4m3ToF32 } from "../engine/dtype.js";
-import { AnyModule } from "../nn/module.js";
+import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
-import { QuantArgs } from "./scheme.js";
+import type { QuantArgs } from "./scheme.js";
 import { F32_EPS, intRange, quantizeInt } from "./params.js";
 
 /**
  * Simulate input-activation quantization as a serving engine applies it: per token (dynamic,
  * one scale per row from its absmax) or per tensor (the calibrated static `input_scale`).
  */
-export function fakeQuantizeActivations(x: Tensor, args: QuantArgs, staticScale: number | null): Tensor {
+function fakeQuantizeActivations(x: Tensor, args: QuantArgs, staticScale: number | null): Tensor {
   const n = x.dim(-1);
   const out = new Float32Array(x.size);
   const denom = args.type === "float" ? FP8_E4M3_MAX : (intRange(args.numBits).qmax - intRange(args.numBits).qmin) / 2;
@@ -23,7 +23,10 @@ export function fakeQuantizeActivations(x: Tensor, args: QuantArgs, staticScale:
     }
     for (let c = 0; c < n; c++) {
       const v = Math.fround((x.data[r * n + c] as number) / s);
-      const q = args.type === "float" ? fp8e4m3ToF32(f32ToFp8e4m3(Math.max(-FP8_E4M3_MAX, Math.min(FP8_E4M3_MAX, v)))) : quantizeInt(x.data[r * n + c] as number, s, 0, qmin, qmax);
+      const q =
+        args.type === "float"
+          ? fp8e4m3ToF32(f32ToFp8e4m3(Math.max(-FP8_E4M3_MAX, Math.min(FP8_E4M3_MAX, v))))
+          : quantizeInt(x.data[r * n + c] as number, s, 0, qmin, qmax);
       out[r * n + c] = Math.fround(q * s);
     }
   }
@@ -44,5 +47,7 @@ export function attachActivationQuantization(
     const s = args.dynamic ? null : staticScale(name);
     removers.push(m.registerForwardPreHook((_m, x) => fakeQuantizeActivations(x, args, s)));
   }
-  return () => removers.forEach((r) => r());
+  return () => {
+    for (const r of removers) r();
+  };
 }

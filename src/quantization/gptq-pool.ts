@@ -1,9 +1,9 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
 import { MoecalError, NumericalError } from "../errors.js";
-import { GptqPrep, GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
-import { ScaleDType } from "./params.js";
-import { QuantArgs } from "./scheme.js";
+import { type GptqPrep, type GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
+import type { ScaleDType } from "./params.js";
+import type { QuantArgs } from "./scheme.js";
 
 export interface GptqJob {
   id: number;
@@ -59,7 +59,12 @@ export class GptqPool {
     else this.idle.push(w);
     if (!p) return;
     if ("result" in reply) p.resolve(reply.result);
-    else p.reject(reply.error.code === "E_NUMERICAL" ? new NumericalError(reply.error.message) : new MoecalError(reply.error.code, reply.error.message));
+    else
+      p.reject(
+        reply.error.code === "E_NUMERICAL"
+          ? new NumericalError(reply.error.message)
+          : new MoecalError(reply.error.code, reply.error.message),
+      );
   }
 
   private failAll(e: Error): void {

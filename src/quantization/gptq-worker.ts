@@ -5,7 +5,7 @@
 import { parentPort } from "node:worker_threads";
 import { OrtEngine, setEngine } from "../engine/index.js";
 import { MoecalError } from "../errors.js";
-import { GptqJob, GptqJobReply, runGptqJob } from "./gptq-pool.js";
+import { type GptqJob, type GptqJobReply, runGptqJob } from "./gptq-pool.js";
 
 setEngine(new OrtEngine(1));
 
@@ -15,10 +15,19 @@ parentPort?.on("message", async (job: GptqJob) => {
     const r = await runGptqJob(job);
     reply = { id: job.id, result: r };
     const p = r.weight.params;
-    const transfer = [r.weight.codes.buffer, p.scale.buffer, r.dequantized.buffer, r.rowLoss.buffer, ...(p.zeroPoint ? [p.zeroPoint.buffer] : [])] as ArrayBuffer[];
+    const transfer = [
+      r.weight.codes.buffer,
+      p.scale.buffer,
+      r.dequantized.buffer,
+      r.rowLoss.buffer,
+      ...(p.zeroPoint ? [p.zeroPoint.buffer] : []),
+    ] as ArrayBuffer[];
     parentPort?.postMessage(reply, transfer);
   } catch (e) {
-    reply = { id: job.id, error: { name: (e as Error).name, code: e instanceof MoecalError ? e.code : "E_INTERNAL", message: (e as Error).message } };
+    reply = {
+      id: job.id,
+      error: { name: (e as Error).name, code: e instanceof MoecalError ? e.code : "E_INTERNAL", message: (e as Error).message },
+    };
     parentPort?.postMessage(reply);
   }
 });

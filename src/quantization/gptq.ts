@@ -2,8 +2,16 @@ import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverseFast } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
-import { QuantArgs } from "./scheme.js";
-import { QParams, QuantizedWeight, ScaleDType, computeQParams, intRange, quantizeFp8, quantizeWithParams } from "./params.js";
+import type { QuantArgs } from "./scheme.js";
+import {
+  type QParams,
+  type QuantizedWeight,
+  type ScaleDType,
+  computeQParams,
+  intRange,
+  quantizeFp8,
+  quantizeWithParams,
+} from "./params.js";
 import { fp8e4m3ToF32 } from "../engine/dtype.js";
 
 export interface GptqOptions {
@@ -25,11 +33,7 @@ export interface GptqResult {
 
 /** Columns whose updates are applied one by one before a matrix product takes over. */
 const SUB = 16;
-/**
- * Columns per engine call in the block updates. Measured alone, MLAS ran [896, 128] x [128, 2048]
- * at 70 GFLOP/s and [448, 128] x [128, 2048] at 143 (2026-11-26); inside GPTQ the difference was
- * within this machine's noise.
- */
+/** Columns per engine call in the block updates (how it was chosen: docs/performance.md, "Measurements behind the code"). */
 const UPDATE_COLUMNS = 256;
 /** Rows and columns per tile when transposing between row- and column-major. */
 const TILE = 32;
@@ -52,7 +56,13 @@ export interface GptqPrep {
  * (`dampening` x mean diag) and Hinv = upper Cholesky of inverse(H).
  * Throws NumericalError when the damped H is not positive definite.
  */
-export async function prepareGptq(hessian: Float32Array, inF: number, actorder: QuantArgs["actorder"], name: string, dampening = 0.01): Promise<GptqPrep> {
+export async function prepareGptq(
+  hessian: Float32Array,
+  inF: number,
+  actorder: QuantArgs["actorder"],
+  name: string,
+  dampening = 0.01,
+): Promise<GptqPrep> {
   const H = new Float32Array(hessian);
   const dead = new Uint8Array(inF);
   for (let i = 0; i < inF; i++) {
@@ -67,7 +77,8 @@ export async function prepareGptq(hessian: Float32Array, inF: number, actorder: 
     perm.sort((a, b) => (diag[b] as number) - (diag[a] as number) || a - b);
   }
   const Hp = new Float32Array(inF * inF);
-  for (let i = 0; i < inF; i++) for (let j = 0; j < inF; j++) Hp[i * inF + j] = H[(perm[i] as number) * inF + (perm[j] as number)] as number;
+  for (let i = 0; i < inF; i++)
+    for (let j = 0; j < inF; j++) Hp[i * inF + j] = H[(perm[i] as number) * inF + (perm[j] as number)] as number;
   let mean = 0;
   for (let i = 0; i < inF; i++) mean += Hp[i * inF + i] as number;
   mean = Math.fround(mean / inF);
@@ -225,7 +236,14 @@ export async function gptqQuantize(
 }
 
 /** Round to nearest with min-max parameters. */
-export function rtnQuantize(weight: Float32Array, out: number, inF: number, args: QuantArgs, dtype: ScaleDType, name: string): QuantizedWeight {
+export function rtnQuantize(
+  weight: Float32Array,
+  out: number,
+  inF: number,
+  args: QuantArgs,
+  dtype: ScaleDType,
+  name: string,
+): QuantizedWeight {
   const params = computeQParams(weight, out, inF, args, dtype, name);
   return { args, out, inF, codes: quantizeWithParams(weight, out, inF, args, params), params };
 }
@@ -243,7 +261,18 @@ function spreadError(Wt: Float32Array, err: Float32Array, out: number, Hinv: Flo
  * Quantize column `wc` (int) in place: codes, dequantized values, the error scaled by 1/d and
  * the loss (w - q)^2 / d^2 / 2, per row. Rounding half to even, as torch.round.
  */
-function quantizeColumnInt(Wt: Float32Array, codesT: Int8Array, err: Float32Array, rowLoss: Float64Array, scale: Float32Array, zp: Float32Array, wc: number, out: number, d: number, bits: number): void {
+function quantizeColumnInt(
+  Wt: Float32Array,
+  codesT: Int8Array,
+  err: Float32Array,
+  rowLoss: Float64Array,
+  scale: Float32Array,
+  zp: Float32Array,
+  wc: number,
+  out: number,
+  d: number,
+  bits: number,
+): void {
   const { qmin, qmax } = intRange(bits);
   const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
@@ -254,7 +283,7 @@ function quantizeColumnInt(Wt: Float32Array, codesT: Int8Array, err: Float32Arra
     let c = Math.round(x); // halves go up; make them even
     if (c - x === 0.5 && (c & 1) !== 0) c -= 1;
     c += z;
-    c = c < qmin ? qmin : c > qmax ? qmax : c;
+    c = c < qmin ? qmin : Math.min(c, qmax);
     codesT[wc + r] = c;
     const q = Math.fround((c - z) * s);
     Wt[wc + r] = q;
@@ -265,7 +294,16 @@ function quantizeColumnInt(Wt: Float32Array, codesT: Int8Array, err: Float32Arra
 }
 
 /** The same for FP8 (e4m3fn codes). */
-function quantizeColumnFp8(Wt: Float32Array, codesT: Uint8Array, err: Float32Array, rowLoss: Float64Array, scale: Float32Array, wc: number, out: number, d: number): void {
+function quantizeColumnFp8(
+  Wt: Float32Array,
+  codesT: Uint8Array,
+  err: Float32Array,
+  rowLoss: Float64Array,
+  scale: Float32Array,
+  wc: number,
+  out: number,
+  d: number,
+): void {
   const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
     const w = Wt[wc + r] as number;

@@ -1,4 +1,4 @@
-import { UsageError } from "../errors.js";
+import { InternalError, UsageError } from "../errors.js";
 
 /**
  * compressed-tensors int packing: values shifted to unsigned (u = q + 2^(b-1)); element i of
@@ -30,7 +30,8 @@ export function packRows(q: ArrayLike<number>, rows: number, cols: number, bits:
 export function unpackRows(packed: Int32Array, rows: number, cols: number, bits: number): Int8Array {
   const per = checkBits(bits);
   const words = Math.ceil(cols / per);
-  if (packed.length !== rows * words) throw new UsageError(`packed array has ${packed.length} words, [${rows}, ${cols}] at ${bits} bits needs ${rows * words}`);
+  if (packed.length !== rows * words)
+    throw new InternalError(`packed array has ${packed.length} words, [${rows}, ${cols}] at ${bits} bits needs ${rows * words}`);
   const out = new Int8Array(rows * cols);
   const off = 2 ** (bits - 1);
   const mask = 2 ** bits - 1;

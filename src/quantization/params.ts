@@ -1,6 +1,6 @@
 import { FP8_E4M3_MAX, f16BitsToF32, f32ToF16Bits, f32ToFp8e4m3, fp8e4m3ToF32, roundToBf16 } from "../engine/dtype.js";
 import { NumericalError, UsageError } from "../errors.js";
-import { QuantArgs } from "./scheme.js";
+import type { QuantArgs } from "./scheme.js";
 
 /** float32 machine epsilon: the scale used where a group is all zeros. */
 export const F32_EPS = 1.1920928955078125e-7;
@@ -35,7 +35,7 @@ export interface QParams {
   zeroPoint: Int32Array | null;
 }
 
-export function groupLayout(args: QuantArgs, out: number, inF: number, name: string): { groups: number; groupSize: number } {
+function groupLayout(args: QuantArgs, inF: number, name: string): { groups: number; groupSize: number } {
   if (args.strategy === "group") {
     const g = args.groupSize ?? inF;
     if (inF % g !== 0) throw new UsageError(`${name}: group size ${g} does not divide the input size ${inF}`);
@@ -50,7 +50,7 @@ export function groupLayout(args: QuantArgs, out: number, inF: number, name: str
  * stored, rounded value is the one used to quantize). Per tensor: one scale repeated per row.
  */
 export function computeQParams(W: Float32Array, out: number, inF: number, args: QuantArgs, dtype: ScaleDType, name: string): QParams {
-  const { groups, groupSize } = groupLayout(args, out, inF, name);
+  const { groups, groupSize } = groupLayout(args, inF, name);
   const scale = new Float32Array(out * groups);
   const zeroPoint = args.type === "int" && !args.symmetric ? new Int32Array(out * groups) : null;
   const mins = new Float64Array(out * groups);
@@ -130,7 +130,8 @@ export function quantizeWithParams(W: Float32Array, out: number, inF: number, ar
       const gi = r * p.groups + Math.floor(c / p.groupSize);
       const s = p.scale[gi] as number;
       const w = W[r * inF + c] as number;
-      codes[r * inF + c] = args.type === "float" ? quantizeFp8(w, s) : quantizeInt(w, s, p.zeroPoint ? (p.zeroPoint[gi] as number) : 0, qmin, qmax);
+      codes[r * inF + c] =
+        args.type === "float" ? quantizeFp8(w, s) : quantizeInt(w, s, p.zeroPoint ? (p.zeroPoint[gi] as number) : 0, qmin, qmax);
     }
   }
   return codes;
@@ -145,7 +146,10 @@ export function dequantize(q: QuantizedWeight): Float32Array {
       const gi = r * p.groups + Math.floor(c / p.groupSize);
       const s = p.scale[gi] as number;
       const code = codes[r * inF + c] as number;
-      W[r * inF + c] = q.args.type === "float" ? Math.fround(fp8e4m3ToF32(code) * s) : Math.fround((code - (p.zeroPoint ? (p.zeroPoint[gi] as number) : 0)) * s);
+      W[r * inF + c] =
+        q.args.type === "float"
+          ? Math.fround(fp8e4m3ToF32(code) * s)
+          : Math.fround((code - (p.zeroPoint ? (p.zeroPoint[gi] as number) : 0)) * s);
     }
   }
   return W;

@@ -28,7 +28,13 @@ export const SCHEME_NAMES = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMI
 export type SchemeName = (typeof SCHEME_NAMES)[number];
 
 const intGroup = (bits: number, symmetric: boolean): QuantArgs => ({
-  numBits: bits, type: "int", symmetric, strategy: "group", groupSize: 128, dynamic: false, actorder: "static",
+  numBits: bits,
+  type: "int",
+  symmetric,
+  strategy: "group",
+  groupSize: 128,
+  dynamic: false,
+  actorder: "static",
 });
 
 const PRESETS: Record<SchemeName, Omit<Scheme, "name">> = {
@@ -66,8 +72,10 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
   if (!preset) throw new UsageError(`unknown scheme "${name}" (known: ${SCHEME_NAMES.join(", ")})`);
   const weights = { ...preset.weights };
   if (overrides.groupSize !== undefined) {
-    if (weights.strategy !== "group") throw new UsageError(`scheme ${key} quantizes weights per ${weights.strategy}; a group size does not apply`);
-    if (!Number.isInteger(overrides.groupSize) || overrides.groupSize < 1) throw new UsageError(`group size must be a positive integer, got ${overrides.groupSize}`);
+    if (weights.strategy !== "group")
+      throw new UsageError(`scheme ${key} quantizes weights per ${weights.strategy}; a group size does not apply`);
+    if (!Number.isInteger(overrides.groupSize) || overrides.groupSize < 1)
+      throw new UsageError(`group size must be a positive integer, got ${overrides.groupSize}`);
     weights.groupSize = overrides.groupSize;
   }
   if (overrides.actorder !== undefined && weights.type === "int") weights.actorder = overrides.actorder;
@@ -115,7 +123,11 @@ function argsJson(a: QuantArgs, isWeight: boolean): Record<string, unknown> {
 function sortKeys(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(sortKeys);
   if (v && typeof v === "object") {
-    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+    return Object.fromEntries(
+      Object.keys(v)
+        .sort()
+        .map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]),
+    );
   }
   return v;
 }

@@ -31,14 +31,18 @@ export type Seed = number | bigint;
 export function parseSeed(text: string): bigint {
   const t = text.trim();
   if (/^-\d+$/.test(t)) throw new UsageError(`seed ${text}: NumPy's default_rng refuses negative seeds; use a non-negative integer`);
-  if (!/^\d+$/.test(t)) throw new UsageError(`seed ${JSON.stringify(text)}: must be a non-negative integer written in decimal digits (NumPy's default_rng takes integers of any size, not fractions or text)`);
+  if (!/^\d+$/.test(t))
+    throw new UsageError(
+      `seed ${JSON.stringify(text)}: must be a non-negative integer written in decimal digits (NumPy's default_rng takes integers of any size, not fractions or text)`,
+    );
   if (t.length > 10_000) throw new UsageError(`seed: ${t.length} digits is over the limit of 10000`);
   return BigInt(t);
 }
 
 /** A non-negative integer seed as little-endian 32-bit words (NumPy's `_coerce_to_uint32_array`). */
 function seedWords(seed: Seed): number[] {
-  if (typeof seed === "number" && (!Number.isSafeInteger(seed) || seed < 0)) throw new UsageError(`seed must be a non-negative integer, got ${seed}`);
+  if (typeof seed === "number" && (!Number.isSafeInteger(seed) || seed < 0))
+    throw new UsageError(`seed must be a non-negative integer, got ${seed}`);
   let v = BigInt(seed);
   if (v < 0n) throw new UsageError(`seed must be a non-negative integer, got ${seed}`);
   const words: number[] = [];
@@ -85,7 +89,7 @@ export function seedSequenceState(seed: Seed, nWords32: number): Uint32Array {
 }
 
 /** PCG64 (XSL-RR 128/64) as NumPy runs it, with NumPy's buffered 32-bit draws. */
-export class Pcg64 {
+class Pcg64 {
   private state = 0n;
   private readonly inc: bigint;
   private spare: number | null = null;

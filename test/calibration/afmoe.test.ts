@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Tensor } from "../../src/engine/tensor.js";
-import { openAfmoe, AfmoeMoE } from "../../src/models/afmoe/index.js";
+import { openAfmoe, type AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { TINY, assertClose, assertIntsEqual, golden, goldenInts } from "../helpers.js";
@@ -24,7 +24,11 @@ test("original AfmoeMoE block reproduces out_original (rel err <= 1e-6)", async 
   assertClose("out_original", await moe.call(x), g.readF32("out_original"), 1e-6);
 });
 
-for (const [mode, fastPath] of [["all", true], ["all", false], ["routed", false]] as const) {
+for (const [mode, fastPath] of [
+  ["all", true],
+  ["all", false],
+  ["routed", false],
+] as const) {
   test(`CalibrationAfmoeMoE (${mode}${mode === "all" ? (fastPath ? ", fast path" : ", per-expert path") : ""}): output and every expert Linear's Hessian and row count match the seed`, async () => {
     const calib = new CalibrationAfmoeMoE(moe, config, { calibrateAllExperts: mode === "all", fastPath });
     const obs = attachHessianObservers(calib, (name) => /^experts\.\d+\.(gate_proj|up_proj|down_proj)$/.test(name));

@@ -3,10 +3,10 @@ import assert from "node:assert/strict";
 import { openAfmoe, AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { withMoeCalibration } from "../../src/calibration/context.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
-import { CalibrationModuleFactory, MoECalibrationModule } from "../../src/calibration/module.js";
+import type { CalibrationModuleFactory, MoECalibrationModule } from "../../src/calibration/module.js";
 import { MOE_CALIBRATION_REGISTRY, standardizeClassName } from "../../src/calibration/registry.js";
-import { AnyModule, Module } from "../../src/nn/module.js";
-import { Tensor } from "../../src/engine/tensor.js";
+import { type AnyModule, Module } from "../../src/nn/module.js";
+import type { Tensor } from "../../src/engine/tensor.js";
 import { UsageError } from "../../src/errors.js";
 import { TINY, assertClose, golden, goldenInts } from "../helpers.js";
 

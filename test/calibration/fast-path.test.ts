@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { openAfmoe, AfmoeMoE } from "../../src/models/afmoe/index.js";
+import { openAfmoe, type AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { trackCoverage } from "../../src/calibration/coverage.js";
@@ -55,7 +55,14 @@ test("a user's hook on an expert Linear forces the per-expert path and sees that
 
 test("oneshot on the bundled model: fast and per-expert paths give the same coverage and (>= 99.5%) the same GPTQ codes", async () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-fast-"));
-  const common = { scheme: "W4A16", groupSize: 32, numSamples: 4, maxSeqLength: 64, dataset: path.join(TEXT, "eval-json.jsonl"), warn: () => undefined };
+  const common = {
+    scheme: "W4A16",
+    groupSize: 32,
+    numSamples: 4,
+    maxSeqLength: 64,
+    dataset: path.join(TEXT, "eval-json.jsonl"),
+    warn: () => undefined,
+  };
   const fast = await oneshot({ ...common, fastPath: true, output: path.join(tmp, "fast") });
   const slow = await oneshot({ ...common, fastPath: false, output: path.join(tmp, "slow") });
   assert.deepEqual(fast.report.coverage, slow.report.coverage);

@@ -23,7 +23,14 @@ for (const [i, c] of BAD_INPUTS.entries()) {
         assert.equal(fs.existsSync(o), false, `${o} must not exist`);
       }
       for (const parent of [dir, path.join(dir, "small")]) {
-        if (fs.existsSync(parent)) assert.deepEqual(fs.readdirSync(parent).filter((f) => f.includes(".tmp") || (f.endsWith(".moecal-lock") && c.name !== "another run is writing the output")), [], "no temporary folder or lock left");
+        if (fs.existsSync(parent))
+          assert.deepEqual(
+            fs
+              .readdirSync(parent)
+              .filter((f) => f.includes(".tmp") || (f.endsWith(".moecal-lock") && c.name !== "another run is writing the output")),
+            [],
+            "no temporary folder or lock left",
+          );
       }
       c.verify?.(dir);
     } finally {

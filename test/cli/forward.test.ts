@@ -11,7 +11,9 @@ const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 
 test("moecal forward on the golden ids writes logits and hidden states matching the reference", () => {
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "moecal-fwd-")), "out.safetensors");
-  const r = spawnSync(process.execPath, [cli, "forward", "--input-ids", path.join(GOLDEN, "forward.safetensors"), "--output", out], { encoding: "utf8" });
+  const r = spawnSync(process.execPath, [cli, "forward", "--input-ids", path.join(GOLDEN, "forward.safetensors"), "--output", out], {
+    encoding: "utf8",
+  });
   assert.equal(r.status, 0, r.stderr);
   const f = SafetensorsFile.open(out);
   const g = golden("forward.safetensors");
@@ -22,7 +24,9 @@ test("moecal forward on the golden ids writes logits and hidden states matching 
 });
 
 test("moecal forward with a missing input prints a message, not a stack, and exits non-zero", () => {
-  const r = spawnSync(process.execPath, [cli, "forward", "--input-ids", "/nonexistent.safetensors", "--output", "/tmp/x"], { encoding: "utf8" });
+  const r = spawnSync(process.execPath, [cli, "forward", "--input-ids", "/nonexistent.safetensors", "--output", "/tmp/x"], {
+    encoding: "utf8",
+  });
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /\/nonexistent.safetensors: not found/);
   assert.doesNotMatch(r.stderr, /at .*\.js:\d+/);

@@ -1,6 +1,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToBf16Bits, f32ToF16, f32ToF16Bits, f32ToFp8e4m3, fp8e4m3ToF32 } from "../../src/engine/dtype.js";
+import {
+  bf16ToF32,
+  f16ToF32,
+  f32ToBf16,
+  f32ToBf16Bits,
+  f32ToF16,
+  f32ToF16Bits,
+  f32ToFp8e4m3,
+  fp8e4m3ToF32,
+} from "../../src/engine/dtype.js";
 
 test("bf16: exact values, round to nearest even, NaN kept", () => {
   assert.equal(f32ToBf16Bits(1), 0x3f80);
@@ -27,14 +36,28 @@ test("f16: exact values, subnormals, overflow to infinity, ties to even", () => 
 
 test("fp8 e4m3fn: table of exact values, subnormals, max, saturation, ties to even", () => {
   const table: [number, number][] = [
-    [0, 0x00], [1, 0x38], [-1, 0xb8], [448, 0x7e], [-448, 0xfe], [1000, 0x7e], [-1e9, 0xfe],
-    [2 ** -9, 0x01], [7 * 2 ** -9, 0x07], [2 ** -6, 0x08], [1.125, 0x39], [240, 0x77], [0.5, 0x30],
+    [0, 0x00],
+    [1, 0x38],
+    [-1, 0xb8],
+    [448, 0x7e],
+    [-448, 0xfe],
+    [1000, 0x7e],
+    [-1e9, 0xfe],
+    [2 ** -9, 0x01],
+    [7 * 2 ** -9, 0x07],
+    [2 ** -6, 0x08],
+    [1.125, 0x39],
+    [240, 0x77],
+    [0.5, 0x30],
     // halfway between 1 (0x38, even) and 1.125 (0x39): to 0x38; between 1.125 and 1.25: to 1.25 (0x3a)
-    [1.0625, 0x38], [1.1875, 0x3a],
+    [1.0625, 0x38],
+    [1.1875, 0x3a],
     // halfway between the two smallest subnormals 2^-9 (0x01) and 2^-8 (0x02): to 0x02
-    [1.5 * 2 ** -9, 0x02], [0.5 * 2 ** -9, 0x00],
+    [1.5 * 2 ** -9, 0x02],
+    [0.5 * 2 ** -9, 0x00],
     // between 416 (0x7d) and 448 (0x7e): 432 ties to even 448
-    [432, 0x7e], [420, 0x7d],
+    [432, 0x7e],
+    [420, 0x7d],
   ];
   for (const [x, code] of table) {
     assert.equal(f32ToFp8e4m3(x), code, `encode ${x}`);

@@ -8,7 +8,12 @@ const ort = new OrtEngine();
 const ref = new ReferenceEngine();
 
 test("onnxruntime linear matches the TypeScript reference on several shapes (one session serves all)", async () => {
-  for (const [m, k, n] of [[1, 1, 1], [7, 13, 5], [64, 128, 33], [3, 257, 129]] as const) {
+  for (const [m, k, n] of [
+    [1, 1, 1],
+    [7, 13, 5],
+    [64, 128, 33],
+    [3, 257, 129],
+  ] as const) {
     const x = randn([m, k], m * 31 + k);
     const w = randn([n, k], n * 17 + k);
     assertClose(`linear ${m}x${k}x${n}`, await ort.linear(x, w), await ref.linear(x, w), 1e-6);

@@ -6,7 +6,7 @@ import { applyRopeInPlace, rmsNorm, sigmoid, silu, softmax, swiglu, topkIndices 
 const t = (v: number[], shape = [v.length]): Tensor => new Tensor(Float32Array.from(v), shape);
 const close = (a: ArrayLike<number>, b: number[], eps = 1e-6): void => {
   assert.equal(a.length, b.length);
-  b.forEach((x, i) => assert.ok(Math.abs((a[i] as number) - x) <= eps * Math.max(1, Math.abs(x)), `[${i}] ${a[i]} vs ${x}`));
+  for (const [i, x] of b.entries()) assert.ok(Math.abs((a[i] as number) - x) <= eps * Math.max(1, Math.abs(x)), `[${i}] ${a[i]} vs ${x}`);
 };
 
 test("element-wise ops: sigmoid, silu, swiglu, softmax", () => {
@@ -15,7 +15,10 @@ test("element-wise ops: sigmoid, silu, swiglu, softmax", () => {
   close(swiglu(t([1, -1]), t([2, 3])).data, [2 / (1 + Math.exp(-1)), -3 / (1 + Math.exp(1))]);
   const e = [Math.exp(1), Math.exp(2), Math.exp(3)];
   const z = e.reduce((a, b) => a + b, 0);
-  close(softmax(t([1, 2, 3, 1, 2, 3], [2, 3])).data, [...e, ...e].map((x) => x / z));
+  close(
+    softmax(t([1, 2, 3, 1, 2, 3], [2, 3])).data,
+    [...e, ...e].map((x) => x / z),
+  );
 });
 
 test("top-k: descending, ties to the lower index", () => {

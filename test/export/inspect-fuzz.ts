@@ -21,18 +21,77 @@ type Mutation =
   | { kind: "rename"; tensor: number; name: string };
 
 const json = fc.oneof(
-  fc.constantFrom(null, true, false, "", "int", "float", "group", "channel", "tensor", "token", "static", "pack-quantized", "float-quantized", "int-quantized", "re:(", "re:.*", "Linear"),
+  fc.constantFrom(
+    null,
+    true,
+    false,
+    "",
+    "int",
+    "float",
+    "group",
+    "channel",
+    "tensor",
+    "token",
+    "static",
+    "pack-quantized",
+    "float-quantized",
+    "int-quantized",
+    "re:(",
+    "re:.*",
+    "Linear",
+  ),
   fc.integer({ min: -3, max: 300 }),
   fc.double(),
   fc.array(fc.oneof(fc.integer({ min: -2, max: 200 }), fc.constantFrom("Linear", "re:.*", "re:[")), { maxLength: 3 }),
 );
 
 export const inspectMutation: fc.Arbitrary<Mutation> = fc.oneof(
-  fc.record({ kind: fc.constant("header" as const), tensor: fc.nat(), field: fc.constantFrom("dtype" as const, "shape" as const, "data_offsets" as const), value: fc.oneof(json, fc.tuple(fc.nat({ max: 4000 }), fc.nat({ max: 4000 }))) }),
-  fc.record({ kind: fc.constant("bytes" as const), flips: fc.array(fc.record({ at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), { minLength: 1, maxLength: 16 }) }),
-  fc.record({ kind: fc.constant("config" as const), group: fc.boolean(), field: fc.constantFrom("num_bits", "type", "symmetric", "strategy", "group_size", "dynamic", "actorder", "targets", "format", "ignore", "quant_method", "config_groups"), value: json }),
-  fc.record({ kind: fc.constant("index" as const), tensor: fc.nat(), action: fc.constantFrom("drop" as const, "retarget" as const, "bogus" as const) }),
-  fc.record({ kind: fc.constant("rename" as const), tensor: fc.nat(), name: fc.constantFrom("__proto__", "constructor", "a..b", "model.layers.9.mlp.gate_proj.weight", "model.layers.1.mlp.experts.99.up_proj.weight_scale", "x y") }),
+  fc.record({
+    kind: fc.constant("header" as const),
+    tensor: fc.nat(),
+    field: fc.constantFrom("dtype" as const, "shape" as const, "data_offsets" as const),
+    value: fc.oneof(json, fc.tuple(fc.nat({ max: 4000 }), fc.nat({ max: 4000 }))),
+  }),
+  fc.record({
+    kind: fc.constant("bytes" as const),
+    flips: fc.array(fc.record({ at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), { minLength: 1, maxLength: 16 }),
+  }),
+  fc.record({
+    kind: fc.constant("config" as const),
+    group: fc.boolean(),
+    field: fc.constantFrom(
+      "num_bits",
+      "type",
+      "symmetric",
+      "strategy",
+      "group_size",
+      "dynamic",
+      "actorder",
+      "targets",
+      "format",
+      "ignore",
+      "quant_method",
+      "config_groups",
+    ),
+    value: json,
+  }),
+  fc.record({
+    kind: fc.constant("index" as const),
+    tensor: fc.nat(),
+    action: fc.constantFrom("drop" as const, "retarget" as const, "bogus" as const),
+  }),
+  fc.record({
+    kind: fc.constant("rename" as const),
+    tensor: fc.nat(),
+    name: fc.constantFrom(
+      "__proto__",
+      "constructor",
+      "a..b",
+      "model.layers.9.mlp.gate_proj.weight",
+      "model.layers.1.mlp.experts.99.up_proj.weight_scale",
+      "x y",
+    ),
+  }),
 );
 
 interface Base {
@@ -47,7 +106,15 @@ function clean(): Promise<Base> {
   base ??= (async () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-inspect-fuzz-"));
     const src = path.join(root, "clean");
-    await oneshot({ scheme: "W4A16_ASYM", method: "rtn", groupSize: 32, numSamples: 1, maxSeqLength: 8, output: src, warn: () => undefined });
+    await oneshot({
+      scheme: "W4A16_ASYM",
+      method: "rtn",
+      groupSize: 32,
+      numSamples: 1,
+      maxSeqLength: 8,
+      output: src,
+      warn: () => undefined,
+    });
     const files = new Map(fs.readdirSync(src).map((f) => [f, fs.readFileSync(path.join(src, f))]));
     const dir = path.join(root, "work");
     fs.mkdirSync(dir);
@@ -60,7 +127,10 @@ function clean(): Promise<Base> {
 function editHeader(buf: Buffer, edit: (h: Record<string, unknown>, names: string[]) => void): Buffer {
   const n = Number(buf.readBigUInt64LE(0));
   const h = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>;
-  edit(h, Object.keys(h).filter((k) => k !== "__metadata__"));
+  edit(
+    h,
+    Object.keys(h).filter((k) => k !== "__metadata__"),
+  );
   const text = Buffer.from(JSON.stringify(h));
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(text.length));
@@ -72,22 +142,34 @@ function mutate(b: Base, m: Mutation): [string, Buffer] {
   const shard = b.files.get(b.shard) as Buffer;
   switch (m.kind) {
     case "header":
-      return [b.shard, editHeader(shard, (h, names) => { (h[names[m.tensor % names.length] as string] as Record<string, unknown>)[m.field] = m.value; })];
+      return [
+        b.shard,
+        editHeader(shard, (h, names) => {
+          (h[names[m.tensor % names.length] as string] as Record<string, unknown>)[m.field] = m.value;
+        }),
+      ];
     case "rename":
-      return [b.shard, editHeader(shard, (h, names) => {
-        const old = names[m.tensor % names.length] as string;
-        Object.defineProperty(h, m.name, { value: h[old], enumerable: true, configurable: true, writable: true });
-        delete h[old];
-      })];
+      return [
+        b.shard,
+        editHeader(shard, (h, names) => {
+          const old = names[m.tensor % names.length] as string;
+          Object.defineProperty(h, m.name, { value: h[old], enumerable: true, configurable: true, writable: true });
+          delete h[old];
+        }),
+      ];
     case "bytes": {
       const out = Buffer.from(shard);
       const headerEnd = 8 + Number(shard.readBigUInt64LE(0));
       // half the flips land in the header, half in the data
-      m.flips.forEach((f, i) => { out[i % 2 ? headerEnd + (f.at % (out.length - headerEnd)) : f.at % headerEnd] = f.value; });
+      m.flips.forEach((f, i) => {
+        out[i % 2 ? headerEnd + (f.at % (out.length - headerEnd)) : f.at % headerEnd] = f.value;
+      });
       return [b.shard, out];
     }
     case "config": {
-      const c = JSON.parse((b.files.get("config.json") as Buffer).toString("utf8")) as { quantization_config: Record<string, unknown> & { config_groups: Record<string, Record<string, Record<string, unknown>>> } };
+      const c = JSON.parse((b.files.get("config.json") as Buffer).toString("utf8")) as {
+        quantization_config: Record<string, unknown> & { config_groups: Record<string, Record<string, Record<string, unknown>>> };
+      };
       const qc = c.quantization_config;
       const g = qc.config_groups.group_0 as Record<string, Record<string, unknown>>;
       if (m.group && ["targets", "format"].includes(m.field)) (g as Record<string, unknown>)[m.field] = m.value;
@@ -96,7 +178,9 @@ function mutate(b: Base, m: Mutation): [string, Buffer] {
       return ["config.json", Buffer.from(JSON.stringify(c))];
     }
     case "index": {
-      const j = JSON.parse((b.files.get("model.safetensors.index.json") as Buffer).toString("utf8")) as { weight_map: Record<string, string> };
+      const j = JSON.parse((b.files.get("model.safetensors.index.json") as Buffer).toString("utf8")) as {
+        weight_map: Record<string, string>;
+      };
       const names = Object.keys(j.weight_map);
       const name = names[m.tensor % names.length] as string;
       if (m.action === "drop") delete j.weight_map[name];
@@ -124,6 +208,11 @@ export async function inspectOne(m: Mutation): Promise<"clean" | "problems" | "r
 
 export async function fuzzInspect(numRuns: number, seed?: number): Promise<{ clean: number; problems: number; refused: number }> {
   const counts = { clean: 0, problems: 0, refused: 0 };
-  await fc.assert(fc.asyncProperty(inspectMutation, async (m) => { counts[await inspectOne(m)]++; }), { numRuns, seed });
+  await fc.assert(
+    fc.asyncProperty(inspectMutation, async (m) => {
+      counts[await inspectOne(m)]++;
+    }),
+    { numRuns, seed },
+  );
   return counts;
 }

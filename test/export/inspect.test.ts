@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { NamedRaw, writeSafetensors } from "../../src/io/writer.js";
+import { type NamedRaw, writeSafetensors } from "../../src/io/writer.js";
 import { f32ToBf16 } from "../../src/engine/dtype.js";
 import { ROOT, TINY } from "../helpers.js";
 
@@ -19,7 +19,8 @@ const E = "model.layers.2.mlp.experts.5.gate_proj";
 function broken(name: string, mutate: (t: Map<string, NamedRaw>) => void): string {
   const dir = path.join(tmp, name);
   fs.mkdirSync(dir);
-  for (const f of fs.readdirSync(clean)) if (!f.endsWith(".safetensors") && !f.endsWith("index.json")) fs.copyFileSync(path.join(clean, f), path.join(dir, f));
+  for (const f of fs.readdirSync(clean))
+    if (!f.endsWith(".safetensors") && !f.endsWith("index.json")) fs.copyFileSync(path.join(clean, f), path.join(dir, f));
   const ck = Checkpoint.open(clean);
   const tensors = new Map(ck.names().map((n) => [n, { name: n, ...ck.readRaw(n) }]));
   mutate(tensors);
@@ -91,7 +92,10 @@ for (const [name, mutate, expected] of cases) {
   test(`inspect flags a broken checkpoint: ${name}`, () => {
     const dir = broken(name, mutate);
     const r = inspectCheckpoint(dir);
-    assert.ok(r.problems.some((p) => expected.test(p)), `problems: ${r.problems.join(" | ")}`);
+    assert.ok(
+      r.problems.some((p) => expected.test(p)),
+      `problems: ${r.problems.join(" | ")}`,
+    );
   });
 }
 

@@ -50,7 +50,16 @@ function expectedPacked(w: Float32Array, out: number, inF: number, group: number
 }
 
 test("RTN W4A16 group 32 export: every expert Linear's packed words and bf16 scales equal an independent recomputation", async () => {
-  await oneshot({ method: "rtn", scheme: "W4A16", groupSize: 32, numSamples: 2, maxSeqLength: 16, dataset: path.join(TEXT, "eval-prose.jsonl"), output, warn: () => undefined });
+  await oneshot({
+    method: "rtn",
+    scheme: "W4A16",
+    groupSize: 32,
+    numSamples: 2,
+    maxSeqLength: 16,
+    dataset: path.join(TEXT, "eval-prose.jsonl"),
+    output,
+    warn: () => undefined,
+  });
   const src = Checkpoint.open(TINY);
   const q = Checkpoint.open(output);
   let checked = 0;
@@ -78,7 +87,14 @@ test("RTN W4A16 group 32 export: every expert Linear's packed words and bf16 sca
 test("the export copies unquantized tensors byte for byte with their dtype, and the side files", () => {
   const src = Checkpoint.open(TINY);
   const q = Checkpoint.open(output);
-  for (const name of ["model.layers.1.mlp.expert_bias", "model.layers.2.mlp.router.gate.weight", "lm_head.weight", "model.embed_tokens.weight", "model.norm.weight", "model.layers.3.post_mlp_layernorm.weight"]) {
+  for (const name of [
+    "model.layers.1.mlp.expert_bias",
+    "model.layers.2.mlp.router.gate.weight",
+    "lm_head.weight",
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "model.layers.3.post_mlp_layernorm.weight",
+  ]) {
     const a = src.readRaw(name);
     const b = q.readRaw(name);
     assert.equal(b.dtype, a.dtype, name);
@@ -86,14 +102,24 @@ test("the export copies unquantized tensors byte for byte with their dtype, and 
     assert.ok(Buffer.from(a.bytes).equals(Buffer.from(b.bytes)), `${name} bytes`);
   }
   assert.equal(q.info("model.layers.1.mlp.expert_bias").dtype, "F32");
-  for (const f of ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "moecal.json", "coverage.svg", "model.safetensors.index.json"]) {
+  for (const f of [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "moecal.json",
+    "coverage.svg",
+    "model.safetensors.index.json",
+  ]) {
     assert.ok(fs.existsSync(path.join(output, f)), f);
   }
   assert.deepEqual(fs.readdirSync(tmp), ["out"], "no temporary folder left beside the output");
 });
 
 test("config.json: quantization_config with sorted keys; ignore names every router gate and lm_head in full", () => {
-  const cfg = JSON.parse(fs.readFileSync(path.join(output, "config.json"), "utf8")) as { quantization_config: Record<string, unknown>; model_type: string };
+  const cfg = JSON.parse(fs.readFileSync(path.join(output, "config.json"), "utf8")) as {
+    quantization_config: Record<string, unknown>;
+    model_type: string;
+  };
   const qc = cfg.quantization_config;
   assert.equal(cfg.model_type, "afmoe");
   assert.deepEqual(Object.keys(qc), [...Object.keys(qc)].sort());
@@ -101,15 +127,36 @@ test("config.json: quantization_config with sorted keys; ignore names every rout
   assert.equal(qc.quant_method, "compressed-tensors");
   assert.equal(qc.quantization_status, "compressed");
   const ignore = qc.ignore as string[];
-  assert.deepEqual(ignore, ["model.layers.1.mlp.router.gate", "model.layers.2.mlp.router.gate", "model.layers.3.mlp.router.gate", "lm_head"]);
+  assert.deepEqual(ignore, [
+    "model.layers.1.mlp.router.gate",
+    "model.layers.2.mlp.router.gate",
+    "model.layers.3.mlp.router.gate",
+    "lm_head",
+  ]);
   const w = ((qc.config_groups as Record<string, Record<string, unknown>>).group_0 as { weights: Record<string, unknown> }).weights;
-  assert.deepEqual(w, { actorder: null, block_structure: null, dynamic: false, group_size: 32, num_bits: 4, observer: "minmax", observer_kwargs: {}, strategy: "group", symmetric: true, type: "int" });
+  assert.deepEqual(w, {
+    actorder: null,
+    block_structure: null,
+    dynamic: false,
+    group_size: 32,
+    num_bits: 4,
+    observer: "minmax",
+    observer_kwargs: {},
+    strategy: "group",
+    symmetric: true,
+    type: "int",
+  });
 });
 
 test("an existing non-empty output folder is refused without overwrite, and replaced with it", async () => {
-  await assert.rejects(oneshot({ method: "rtn", numSamples: 1, maxSeqLength: 8, output, warn: () => undefined }), /exists and is not empty \(use --overwrite/);
-  const before = fs.statSync(path.join(output, "config.json")).mtimeMs;
-  await oneshot({ method: "rtn", numSamples: 1, maxSeqLength: 8, output, overwrite: true, warn: () => undefined });
-  assert.ok(fs.statSync(path.join(output, "config.json")).mtimeMs >= before);
+  await assert.rejects(
+    oneshot({ method: "rtn", numSamples: 1, maxSeqLength: 8, output, warn: () => undefined }),
+    /exists and is not empty \(use --overwrite/,
+  );
+  // a file that only the old output holds: gone once the folder is replaced
+  fs.writeFileSync(path.join(output, "left-by-the-old-run.txt"), "x");
+  await oneshot({ method: "rtn", numSamples: 2, maxSeqLength: 8, output, overwrite: true, warn: () => undefined });
+  assert.equal(fs.existsSync(path.join(output, "left-by-the-old-run.txt")), false, "the old folder was replaced, not written into");
+  assert.equal((JSON.parse(fs.readFileSync(path.join(output, "moecal.json"), "utf8")) as { num_samples: number }).num_samples, 2);
   assert.deepEqual(fs.readdirSync(tmp), ["out"]);
 });

@@ -6,7 +6,7 @@ import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { openAfmoe } from "../../src/models/afmoe/index.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { SCHEME_NAMES, SchemeName } from "../../src/quantization/scheme.js";
+import { SCHEME_NAMES, type SchemeName } from "../../src/quantization/scheme.js";
 import { TEXT, TINY, golden, goldenInts } from "../helpers.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-schemes-"));
@@ -51,11 +51,22 @@ const expectedTensors: Record<SchemeName, { suffixes: string[]; weightDtype?: st
 for (const scheme of SCHEME_NAMES) {
   test(`${scheme}: exports, loads back, and its logits stay close to the BF16 model (KL < ${KL_BOUND[scheme]})`, async () => {
     const output = path.join(tmp, scheme);
-    const { report } = await oneshot({ scheme, numSamples: 2, maxSeqLength: 48, dataset: path.join(TEXT, "eval-prose.jsonl"), output, warn: () => undefined });
+    const { report } = await oneshot({
+      scheme,
+      numSamples: 2,
+      maxSeqLength: 48,
+      dataset: path.join(TEXT, "eval-prose.jsonl"),
+      output,
+      warn: () => undefined,
+    });
     assert.equal(report.fallbacks.length, 0);
     const ck = Checkpoint.open(output);
     const p = "model.layers.2.mlp.experts.7.down_proj";
-    const present = ck.names().filter((n) => n.startsWith(`${p}.`)).map((n) => n.slice(p.length + 1)).sort();
+    const present = ck
+      .names()
+      .filter((n) => n.startsWith(`${p}.`))
+      .map((n) => n.slice(p.length + 1))
+      .sort();
     assert.deepEqual(present, [...expectedTensors[scheme].suffixes].sort());
     if (expectedTensors[scheme].weightDtype) assert.equal(ck.info(`${p}.weight`).dtype, expectedTensors[scheme].weightDtype);
     if (scheme === "W4A16_ASYM") assert.deepEqual(ck.info(`${p}.weight_zero_point`).shape, [128 / 8, 64 / 64]);
@@ -71,12 +82,26 @@ for (const scheme of SCHEME_NAMES) {
 for (const scheme of ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC"] as const) {
   test(`${scheme} RTN: every loaded weight is within half a quantization step of the original`, async () => {
     const output = path.join(tmp, `${scheme}-rtn`);
-    await oneshot({ scheme, method: "rtn", groupSize: scheme.startsWith("W4") ? 32 : undefined, numSamples: 1, maxSeqLength: 8, output, warn: () => undefined });
+    await oneshot({
+      scheme,
+      method: "rtn",
+      groupSize: scheme.startsWith("W4") ? 32 : undefined,
+      numSamples: 1,
+      maxSeqLength: 8,
+      output,
+      warn: () => undefined,
+    });
     const { source } = openAfmoe(output, { load: false });
     const orig = Checkpoint.open(TINY);
-    const cfg = JSON.parse(fs.readFileSync(path.join(output, "config.json"), "utf8")) as { quantization_config: { config_groups: { group_0: { weights: { group_size: number | null } } } } };
+    const cfg = JSON.parse(fs.readFileSync(path.join(output, "config.json"), "utf8")) as {
+      quantization_config: { config_groups: { group_0: { weights: { group_size: number | null } } } };
+    };
     const gs = cfg.quantization_config.config_groups.group_0.weights.group_size;
-    for (const name of ["model.layers.1.mlp.experts.3.up_proj.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.3.mlp.shared_experts.down_proj.weight"]) {
+    for (const name of [
+      "model.layers.1.mlp.experts.3.up_proj.weight",
+      "model.layers.0.self_attn.q_proj.weight",
+      "model.layers.3.mlp.shared_experts.down_proj.weight",
+    ]) {
       const w = orig.readF32(name);
       const q = source.readF32(name);
       const [out, inF] = w.shape as [number, number];
@@ -97,7 +122,10 @@ for (const scheme of ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC"] as 
           for (let c = c0; c < c0 + group; c++) {
             const a = w.data[r * inF + c] as number;
             const b = q.data[r * inF + c] as number;
-            const tol = scheme === "FP8_DYNAMIC" ? Math.abs(a) / 16 + (Math.max(-mn, mx) / 448) * 2 ** -9 : (scheme === "W4A16_ASYM" ? step : step / 2) * 1.01 + Math.abs(a) * 2 ** -7 + 1e-6;
+            const tol =
+              scheme === "FP8_DYNAMIC"
+                ? Math.abs(a) / 16 + (Math.max(-mn, mx) / 448) * 2 ** -9
+                : (scheme === "W4A16_ASYM" ? step : step / 2) * 1.01 + Math.abs(a) * 2 ** -7 + 1e-6;
             assert.ok(Math.abs(a - b) <= tol, `${name}[${r}, ${c}]: ${b} vs ${a} (tolerance ${tol})`);
           }
         }

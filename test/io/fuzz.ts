@@ -17,11 +17,20 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-fuzz-"));
 let counter = 0;
 
 function base(): Buffer {
-  const t = (name: string, dtype: "F32" | "BF16" | "I64" | "U8", shape: number[]): { name: string; dtype: "F32" | "BF16" | "I64" | "U8"; shape: number[]; bytes: Uint8Array } => {
+  const t = (
+    name: string,
+    dtype: "F32" | "BF16" | "I64" | "U8",
+    shape: number[],
+  ): { name: string; dtype: "F32" | "BF16" | "I64" | "U8"; shape: number[]; bytes: Uint8Array } => {
     const n = numel(shape) * DTYPE_BYTES[dtype];
     return { name, dtype, shape, bytes: Uint8Array.from({ length: n }, (_, i) => (i * 37 + name.length) & 0xff) };
   };
-  return Buffer.concat(encodeSafetensors([t("a.weight", "F32", [3, 5]), t("b", "BF16", [7]), t("ids", "I64", [2, 2]), t("empty", "U8", [0]), t("c", "U8", [9])], { format: "pt" }));
+  return Buffer.concat(
+    encodeSafetensors(
+      [t("a.weight", "F32", [3, 5]), t("b", "BF16", [7]), t("ids", "I64", [2, 2]), t("empty", "U8", [0]), t("c", "U8", [9])],
+      { format: "pt" },
+    ),
+  );
 }
 
 type Mutation =
@@ -30,7 +39,10 @@ type Mutation =
   | { kind: "truncate"; keep: number }
   | { kind: "header"; tensor: number; field: "dtype" | "shape" | "offsets"; value: unknown };
 
-const flips = fc.array(fc.record({ kind: fc.constant("flip" as const), at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), { minLength: 1, maxLength: 8 });
+const flips = fc.array(fc.record({ kind: fc.constant("flip" as const), at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), {
+  minLength: 1,
+  maxLength: 8,
+});
 const flipData = fc.record({ kind: fc.constant("flip-data" as const), at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) });
 const truncate = fc.record({ kind: fc.constant("truncate" as const), keep: fc.nat() });
 const header = fc.record({

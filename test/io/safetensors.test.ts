@@ -34,11 +34,15 @@ test("writer and reader round trip F32, BF16, I64 with metadata", () => {
   const file = path.join(tmp, "rt.safetensors");
   const a = new Float32Array([1, -2.5, 3, 1e-3]);
   const ids = new BigInt64Array([5n, -7n]);
-  writeSafetensors(file, [
-    { name: "a", dtype: "F32", shape: [2, 2], bytes: new Uint8Array(a.buffer) },
-    { name: "b", dtype: "BF16", shape: [1], bytes: new Uint8Array(new Uint16Array([0x3f80]).buffer) },
-    { name: "ids", dtype: "I64", shape: [2], bytes: new Uint8Array(ids.buffer) },
-  ], { format: "pt" });
+  writeSafetensors(
+    file,
+    [
+      { name: "a", dtype: "F32", shape: [2, 2], bytes: new Uint8Array(a.buffer) },
+      { name: "b", dtype: "BF16", shape: [1], bytes: new Uint8Array(new Uint16Array([0x3f80]).buffer) },
+      { name: "ids", dtype: "I64", shape: [2], bytes: new Uint8Array(ids.buffer) },
+    ],
+    { format: "pt" },
+  );
   const f = SafetensorsFile.open(file);
   assert.deepEqual([...f.readF32("a").data], [...a]);
   assert.deepEqual([...f.readF32("b").data], [1]);
@@ -68,11 +72,17 @@ test("rejects a header that is not JSON", () => {
 });
 
 test("rejects an unknown dtype, naming the tensor", () => {
-  rejects(fileWith("dtype.safetensors", { w: { dtype: "F7", shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1)), /tensor "w": unknown dtype "F7"/);
+  rejects(
+    fileWith("dtype.safetensors", { w: { dtype: "F7", shape: [1], data_offsets: [0, 1] } }, new Uint8Array(1)),
+    /tensor "w": unknown dtype "F7"/,
+  );
 });
 
 test("rejects offsets outside the data", () => {
-  rejects(fileWith("oob.safetensors", { w: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }, new Uint8Array(8)), /tensor "w": data_offsets \[0, 16\] outside/);
+  rejects(
+    fileWith("oob.safetensors", { w: { dtype: "F32", shape: [4], data_offsets: [0, 16] } }, new Uint8Array(8)),
+    /tensor "w": data_offsets \[0, 16\] outside/,
+  );
 });
 
 test("rejects overlapping tensors", () => {
@@ -112,13 +122,17 @@ test("sharded checkpoint: the bundled model opens through its index, lazily", ()
 test("sharded writer splits into shards with an index that reads back", () => {
   const dir = fs.mkdtempSync(path.join(tmp, "shards-"));
   const w = new ShardedWriter(dir, 40);
-  for (let i = 0; i < 5; i++) w.add({ name: `t${i}`, dtype: "F32", shape: [4], bytes: new Uint8Array(new Float32Array([i, i, i, i]).buffer) });
+  for (let i = 0; i < 5; i++)
+    w.add({ name: `t${i}`, dtype: "F32", shape: [4], bytes: new Uint8Array(new Float32Array([i, i, i, i]).buffer) });
   const files = w.finish();
   assert.equal(files.length, 3);
   assert.equal(files[0], "model-00001-of-00003.safetensors");
   const ck = Checkpoint.open(dir);
   for (let i = 0; i < 5; i++) assert.deepEqual([...ck.readF32(`t${i}`).data], [i, i, i, i]);
-  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.endsWith(".tmp")), []);
+  assert.deepEqual(
+    fs.readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+    [],
+  );
 });
 
 test("index naming a missing shard is an error naming the shard", () => {

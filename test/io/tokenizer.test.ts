@@ -27,13 +27,18 @@ test("chat template as transformers resolves it: chat_template.jinja wins, else 
   assert.equal(loadTokenizer(TINY).chatTemplate, null);
   assert.equal(loadTokenizer(tokenizerDir({ chat_template: "A" })).chatTemplate, "A");
   assert.equal(loadTokenizer(tokenizerDir({ chat_template: "A" }, { "chat_template.jinja": "B" })).chatTemplate, "B");
-  const named = [{ name: "tool_use", template: "T" }, { name: "default", template: "D" }];
+  const named = [
+    { name: "tool_use", template: "T" },
+    { name: "default", template: "D" },
+  ];
   assert.equal(loadTokenizer(tokenizerDir({ chat_template: named })).chatTemplate, "D");
   assert.equal(loadTokenizer(tokenizerDir({ chat_template: [{ name: "tool_use", template: "T" }] })).chatTemplate, null);
 });
 
 test("special tokens given as added-token objects are read by their content", () => {
-  const t = loadTokenizer(tokenizerDir({ bos_token: { content: "<|bos|>", lstrip: false, __type: "AddedToken" }, eos_token: { content: "<|eos|>" } }));
+  const t = loadTokenizer(
+    tokenizerDir({ bos_token: { content: "<|bos|>", lstrip: false, __type: "AddedToken" }, eos_token: { content: "<|eos|>" } }),
+  );
   assert.equal(t.bosToken, "<|bos|>");
   assert.equal(t.eosToken, "<|eos|>");
   assert.equal(t.bosTokenId, 256);

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Tensor } from "../../src/engine/tensor.js";
 import { Linear } from "../../src/nn/layers.js";
+import type { Parameter } from "../../src/nn/module.js";
 import { openAfmoe } from "../../src/models/afmoe/index.js";
 import { TINY } from "../helpers.js";
 
@@ -21,12 +22,21 @@ test("dotted names and class names follow the Hugging Face module tree", () => {
 
 test("pre-hooks replace inputs, post-hooks replace outputs, removers remove", async () => {
   const lin = new Linear(2, 2);
-  lin.namedParameters()[0]![1].value = new Tensor(new Float32Array([1, 0, 0, 1]), [2, 2]);
+  (lin.namedParameters()[0] as [string, Parameter])[1].value = new Tensor(new Float32Array([1, 0, 0, 1]), [2, 2]);
   const seen: number[][] = [];
-  const removePre = lin.registerForwardPreHook((_m, x) => new Tensor(x.data.map((v) => v * 2), x.shape));
+  const removePre = lin.registerForwardPreHook(
+    (_m, x) =>
+      new Tensor(
+        x.data.map((v) => v * 2),
+        x.shape,
+      ),
+  );
   const removePost = lin.registerForwardHook((_m, x, y) => {
     seen.push([...x.data]);
-    return new Tensor(y.data.map((v) => v + 1), y.shape);
+    return new Tensor(
+      y.data.map((v) => v + 1),
+      y.shape,
+    );
   });
   const y = await lin.call(new Tensor(new Float32Array([1, 2]), [1, 2]));
   assert.deepEqual([...y.data], [3, 5]);

@@ -23,7 +23,16 @@ test("every expert calibrated: no fallback and lower KL than routed-only on arit
   const fallbacks: Record<string, number> = {};
   for (const mode of ["all", "routed"] as const) {
     const output = path.join(tmp, mode);
-    const r = await oneshot({ scheme: "W4A16", groupSize: 32, numSamples: 16, maxSeqLength: 128, calibrateAllExperts: mode === "all", ignore, output, warn: () => undefined });
+    const r = await oneshot({
+      scheme: "W4A16",
+      groupSize: 32,
+      numSamples: 16,
+      maxSeqLength: 128,
+      calibrateAllExperts: mode === "all",
+      ignore,
+      output,
+      warn: () => undefined,
+    });
     fallbacks[mode] = r.report.fallbacks.length;
     kl[mode] = {};
     for (const set of ["arith", "json"]) {
@@ -35,7 +44,9 @@ test("every expert calibrated: no fallback and lower KL than routed-only on arit
   assert.ok((fallbacks.routed ?? 0) > 0, "the routed-only run has experts that saw no token");
   for (const set of ["arith", "json"]) {
     const ratio = (kl.all?.[set] as number) / (kl.routed?.[set] as number);
-    process.stdout.write(`# KL ${set}: all ${kl.all?.[set]?.toExponential(3)}, routed ${kl.routed?.[set]?.toExponential(3)}, ratio ${ratio.toFixed(3)}\n`);
+    process.stdout.write(
+      `# KL ${set}: all ${kl.all?.[set]?.toExponential(3)}, routed ${kl.routed?.[set]?.toExponential(3)}, ratio ${ratio.toFixed(3)}\n`,
+    );
     assert.ok(ratio < 1, `${set}: all-experts KL ${kl.all?.[set]} is not below routed-only ${kl.routed?.[set]}`);
   }
 });

@@ -27,8 +27,13 @@ function logSoftmax(x: ArrayLike<number>, r: number): number[] {
 
 test("eval NLL equals the one computed from the reference implementation's golden logits", async () => {
   const tok = loadTokenizer(TINY);
-  const texts = fs.readFileSync(dataset, "utf8").trim().split("\n").map((l) => (JSON.parse(l) as { text: string }).text);
-  texts.forEach((t, b) => assert.deepEqual(tok.encode(t), ids.slice(b * S, (b + 1) * S), `sample ${b} round-trips through the tokenizer`));
+  const texts = fs
+    .readFileSync(dataset, "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { text: string }).text);
+  for (const [b, t] of texts.entries())
+    assert.deepEqual(tok.encode(t), ids.slice(b * S, (b + 1) * S), `sample ${b} round-trips through the tokenizer`);
   const logits = rawToF32(fwd.readRaw("logits"), "logits").data;
   let nll = 0;
   for (let b = 0; b < 2; b++) for (let t = 0; t < S - 1; t++) nll -= logSoftmax(logits, b * S + t)[ids[b * S + t + 1] as number] as number;
@@ -71,7 +76,25 @@ test("eval in chunks of a few samples gives exactly the result of one pass", asy
 
 test("moecal eval --json prints nll, ppl, kl and tokens", () => {
   const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
-  const r = spawnSync(process.execPath, [cli, "eval", "--model", TINY, "--reference", TINY, "--dataset", path.join(TEXT, "eval-json.jsonl"), "--num-samples", "2", "--max-seq-length", "16", "--json"], { encoding: "utf8" });
+  const r = spawnSync(
+    process.execPath,
+    [
+      cli,
+      "eval",
+      "--model",
+      TINY,
+      "--reference",
+      TINY,
+      "--dataset",
+      path.join(TEXT, "eval-json.jsonl"),
+      "--num-samples",
+      "2",
+      "--max-seq-length",
+      "16",
+      "--json",
+    ],
+    { encoding: "utf8" },
+  );
   assert.equal(r.status, 0, r.stderr);
   const j = JSON.parse(r.stdout) as Record<string, number>;
   assert.deepEqual(Object.keys(j).sort(), ["kl", "nll", "ppl", "tokens"]);
@@ -96,7 +119,26 @@ test("klStats: median, 99th percentile, max, and what the top 1% of tokens carry
 
 test("eval --json --kl-stats adds the distribution; the library result carries it whenever there is a reference", async () => {
   const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
-  const r = spawnSync(process.execPath, [cli, "eval", "--model", TINY, "--reference", TINY, "--dataset", path.join(TEXT, "eval-json.jsonl"), "--num-samples", "2", "--max-seq-length", "16", "--json", "--kl-stats"], { encoding: "utf8" });
+  const r = spawnSync(
+    process.execPath,
+    [
+      cli,
+      "eval",
+      "--model",
+      TINY,
+      "--reference",
+      TINY,
+      "--dataset",
+      path.join(TEXT, "eval-json.jsonl"),
+      "--num-samples",
+      "2",
+      "--max-seq-length",
+      "16",
+      "--json",
+      "--kl-stats",
+    ],
+    { encoding: "utf8" },
+  );
   assert.equal(r.status, 0, r.stderr);
   const j = JSON.parse(r.stdout) as { kl_stats: Record<string, number> };
   assert.deepEqual(Object.keys(j.kl_stats).sort(), ["max", "mean_without_top_1_percent", "median", "p99", "top_1_percent_share"]);

@@ -9,11 +9,37 @@ import { ROOT } from "../helpers.js";
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-interrupt-"));
 const model = path.join(tmp, "model");
-const made = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "8", "--set", "hidden_size=256", "--set", "num_experts=32", "--set", "moe_intermediate_size=128"], { encoding: "utf8" });
+const made = spawnSync(
+  process.execPath,
+  [
+    cli,
+    "random-model",
+    "--output",
+    model,
+    "--layers",
+    "8",
+    "--set",
+    "hidden_size=256",
+    "--set",
+    "num_experts=32",
+    "--set",
+    "moe_intermediate_size=128",
+  ],
+  { encoding: "utf8" },
+);
 
 /** Start oneshot and send `signal` once layer 3 of 8 has started (shards and temporary files exist then). */
-async function interrupted(signal: NodeJS.Signals, out: string, extra: string[] = [], at = /layer 3\/8/): Promise<{ code: number | null; sig: NodeJS.Signals | null; stderr: string }> {
-  const child = spawn(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out, ...extra], { stdio: ["ignore", "pipe", "pipe"] });
+async function interrupted(
+  signal: NodeJS.Signals,
+  out: string,
+  extra: string[] = [],
+  at = /layer 3\/8/,
+): Promise<{ code: number | null; sig: NodeJS.Signals | null; stderr: string }> {
+  const child = spawn(
+    process.execPath,
+    [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out, ...extra],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
   let stderr = "";
   let sent = false;
   return new Promise((resolve) => {
@@ -28,7 +54,13 @@ async function interrupted(signal: NodeJS.Signals, out: string, extra: string[] 
   });
 }
 
-for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129], ["SIGQUIT", 131], ["SIGKILL", null]] as const) {
+for (const [signal, code] of [
+  ["SIGINT", 130],
+  ["SIGTERM", 143],
+  ["SIGHUP", 129],
+  ["SIGQUIT", 131],
+  ["SIGKILL", null],
+] as const) {
   test(`${signal} in the middle of oneshot leaves no checkpoint where the output should be; rerunning succeeds`, async () => {
     assert.equal(made.status, 0, made.stderr);
     const out = path.join(tmp, `out-${signal}`);
@@ -37,30 +69,72 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]
     else {
       assert.equal(r.code, code, r.stderr);
       assert.match(r.stderr, new RegExp(`interrupted \\(${signal}\\); no output was written`));
-      assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)), [], "temporary folder removed");
+      assert.deepEqual(
+        fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)),
+        [],
+        "temporary folder removed",
+      );
     }
     assert.equal(fs.existsSync(out), false);
-    const again = spawnSync(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "2", "--max-seq-length", "16", "--output", out, "--quiet"], { encoding: "utf8" });
+    const again = spawnSync(
+      process.execPath,
+      [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "2", "--max-seq-length", "16", "--output", out, "--quiet"],
+      { encoding: "utf8" },
+    );
     assert.equal(again.status, 0, again.stderr);
     assert.ok(fs.existsSync(path.join(out, "config.json")));
     // a killed run's temporary folder is cleaned up by the next run
-    assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)), []);
+    assert.deepEqual(
+      fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)),
+      [],
+    );
   });
 }
 
-const quick = (out: string, extra: string[] = []): string[] => [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "2", "--max-seq-length", "16", "--output", out, "--quiet", ...extra];
+const quick = (out: string, extra: string[] = []): string[] => [
+  cli,
+  "oneshot",
+  "--model",
+  model,
+  "--method",
+  "rtn",
+  "--num-samples",
+  "2",
+  "--max-seq-length",
+  "16",
+  "--output",
+  out,
+  "--quiet",
+  ...extra,
+];
 
 test("a second run to an output another run is writing is refused while the first runs; the lock goes with the first", async () => {
   const out = path.join(tmp, "out-locked");
-  const first = spawn(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out], { stdio: ["ignore", "pipe", "pipe"] });
+  const first = spawn(
+    process.execPath,
+    [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
   let stderr = "";
-  await new Promise<void>((resolve) => first.stderr.on("data", (d: Buffer) => { stderr += d.toString(); if (/layer 1\/8/.test(stderr)) resolve(); }));
+  await new Promise<void>((resolve) =>
+    first.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+      if (/layer 1\/8/.test(stderr)) resolve();
+    }),
+  );
   const second = spawnSync(process.execPath, quick(out, ["--overwrite"]), { encoding: "utf8" });
   assert.equal(second.status, 2, second.stderr);
   assert.match(second.stderr, new RegExp(`out-locked is being written by another moecal run \\(pid ${first.pid}`));
-  const code = await new Promise<number | null>((resolve) => { first.on("exit", (c) => resolve(c)); first.kill("SIGHUP"); });
+  const code = await new Promise<number | null>((resolve) => {
+    first.on("exit", (c) => resolve(c));
+    first.kill("SIGHUP");
+  });
   assert.equal(code, 129);
-  assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.startsWith(".out-locked")), [], "lock and temporary folder removed");
+  assert.deepEqual(
+    fs.readdirSync(tmp).filter((f) => f.startsWith(".out-locked")),
+    [],
+    "lock and temporary folder removed",
+  );
   assert.equal(spawnSync(process.execPath, quick(out), { encoding: "utf8" }).status, 0);
 });
 
@@ -69,7 +143,7 @@ test("--overwrite killed (SIGKILL) at any point leaves the old output or the new
   assert.equal(spawnSync(process.execPath, quick(out), { encoding: "utf8" }).status, 0);
   const old = fs.readFileSync(path.join(out, "moecal.json"), "utf8");
   // at the first layer, mid-run, at the last layer, and once the last layer is done (output being finished and renamed)
-  for (const at of [/layer 1\/8/, /layer 5\/8/, /layer 8\/8/, /  layer 7: /]) {
+  for (const at of [/layer 1\/8/, /layer 5\/8/, /layer 8\/8/, / {2}layer 7: /]) {
     await interrupted("SIGKILL", out, ["--overwrite"], at);
     const now = fs.readFileSync(path.join(out, "moecal.json"), "utf8");
     assert.ok(now === old || JSON.parse(now).num_samples === 4, "the old output, or the complete new one");

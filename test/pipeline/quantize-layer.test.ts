@@ -1,11 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Linear } from "../../src/nn/layers.js";
-import { Tensor } from "../../src/engine/tensor.js";
 import { HessianStats, GramAccumulator } from "../../src/calibration/observers.js";
-import { GPTQ_WORKER_MIN_WEIGHTS, QuantizedLinear, quantizeLayerLinears } from "../../src/pipeline/quantize-layer.js";
+import { GPTQ_WORKER_MIN_WEIGHTS, type QuantizedLinear, quantizeLayerLinears } from "../../src/pipeline/quantize-layer.js";
 import { closeSharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { dequantize } from "../../src/quantization/params.js";
+import { rtnQuantize } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { randn } from "../rand.js";
 
@@ -40,7 +40,13 @@ async function run(workers: string): Promise<{ results: QuantizedLinear[]; linea
     let total = 0;
     for (const l of linears.values()) total += l.weight.size;
     assert.ok(total >= GPTQ_WORKER_MIN_WEIGHTS, "the layer must be large enough for the worker path");
-    const { results, fallbacks } = await quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, resolveScheme("W4A16"), "gptq", "BF16", { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" });
+    const { results, fallbacks } = await quantizeLayerLinears(
+      { linears, hessians, inputAbsMax: new Map() },
+      resolveScheme("W4A16"),
+      "gptq",
+      "BF16",
+      { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
+    );
     assert.deepEqual(fallbacks, []);
     return { results, linears };
   } finally {
@@ -68,7 +74,59 @@ test("a layer's GPTQ on worker threads equals the main thread's; every Linear en
     assert.equal(a.name, b.name);
     assert.deepEqual(a.weight.params.scale, b.weight.params.scale, `${a.name}: scales`);
     let same = 0;
-    a.weight.codes.forEach((c, k) => (same += c === b.weight.codes[k] ? 1 : 0));
+    for (const [k, c] of a.weight.codes.entries()) same += c === b.weight.codes[k] ? 1 : 0;
     assert.ok(same / a.weight.codes.length >= 0.999, `${a.name}: only ${same} of ${a.weight.codes.length} codes equal`);
   }
+});
+
+test("a Hessian that is not positive definite after damping: round-to-nearest for that Linear, recorded as cholesky-failed", async () => {
+  const n = 8;
+  const lin = new Linear(n, 4);
+  lin.parameter("weight").value = randn([4, n], 41, 0.02);
+  const original = Float32Array.from(lin.weight.data);
+  const s = new HessianStats(n);
+  // all ones minus half the identity: eigenvalues 7.5 and -0.5; 1% damping cannot make it positive definite
+  s.own.addGram(
+    Float32Array.from({ length: n * n }, (_, k) => (k % (n + 1) === 0 ? 0.5 : 1)),
+    10,
+  );
+  const { results, fallbacks } = await quantizeLayerLinears(
+    { linears: new Map([["experts.0.up_proj", lin]]), hessians: new Map([["experts.0.up_proj", s]]), inputAbsMax: new Map() },
+    resolveScheme("W4A16", { groupSize: 8 }),
+    "gptq",
+    "BF16",
+    { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
+  );
+  assert.deepEqual(fallbacks, [{ module: "experts.0.up_proj", reason: "cholesky-failed", action: "round-to-nearest" }]);
+  const rtn = rtnQuantize(original, 4, n, resolveScheme("W4A16", { groupSize: 8 }).weights, "BF16", "x");
+  assert.deepEqual(Array.from(results[0]?.weight.codes ?? []), Array.from(rtn.codes));
+});
+
+test("a static-activation Linear that saw no rows takes the largest input scale of the layer's other Linears, recorded as no-activation-rows", async () => {
+  const a = new Linear(8, 4);
+  const b = new Linear(8, 4);
+  a.parameter("weight").value = randn([4, 8], 42, 0.02);
+  b.parameter("weight").value = randn([4, 8], 43, 0.02);
+  const { results, fallbacks } = await quantizeLayerLinears(
+    {
+      linears: new Map([
+        ["experts.0.up_proj", a],
+        ["experts.1.up_proj", b],
+      ]),
+      hessians: new Map(),
+      inputAbsMax: new Map([
+        ["experts.0.up_proj", { absmax: 44.8, rows: 3 }],
+        ["experts.1.up_proj", { absmax: 0, rows: 0 }],
+      ]),
+    },
+    resolveScheme("FP8"),
+    "rtn",
+    "F32",
+    { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
+  );
+  assert.deepEqual(fallbacks, [
+    { module: "experts.1.up_proj", reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" },
+  ]);
+  assert.equal(results[0]?.inputScale, Math.fround(44.8 / 448));
+  assert.equal(results[1]?.inputScale, results[0]?.inputScale);
 });

@@ -5,11 +5,23 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { ROOT } from "../helpers.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { loadTokenizer } from "../../src/io/tokenizer.js";
+import { openAfmoe } from "../../src/models/afmoe/index.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-stream-"));
 /** A layer shape whose float32 weights (~53 MB a layer) dominate the process's baseline memory. */
-const SHAPE = ["--set", "hidden_size=512", "--set", "num_experts=32", "--set", "moe_intermediate_size=256", "--set", "intermediate_size=1024"];
+const SHAPE = [
+  "--set",
+  "hidden_size=512",
+  "--set",
+  "num_experts=32",
+  "--set",
+  "moe_intermediate_size=256",
+  "--set",
+  "intermediate_size=1024",
+];
 
 function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
   return spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
@@ -25,19 +37,39 @@ function makeModel(layers: number): string {
 
 /** Peak RSS (MB) of a oneshot child process, from moecal.json. */
 function oneshotPeak(model: string, out: string): number {
-  const r = run(["oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out, "--quiet"]);
+  const r = run([
+    "oneshot",
+    "--model",
+    model,
+    "--method",
+    "rtn",
+    "--num-samples",
+    "4",
+    "--max-seq-length",
+    "32",
+    "--output",
+    out,
+    "--quiet",
+  ]);
   assert.equal(r.status, 0, r.stderr);
   return (JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { peak_rss_mb: number }).peak_rss_mb;
 }
 
-test("random-model writes a loadable sharded BF16 checkpoint with the requested shape", () => {
+test("random-model writes a loadable sharded BF16 checkpoint with the requested shape", async () => {
   const dir = makeModel(2);
   const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown>;
   assert.equal(cfg.hidden_size, 512);
   assert.equal(cfg.num_hidden_layers, 2);
   assert.equal((cfg.layer_types as string[]).length, 2);
-  assert.ok(fs.existsSync(path.join(dir, "model.safetensors.index.json")));
-  assert.ok(fs.existsSync(path.join(dir, "tokenizer.json")));
+  // loadable: every tensor maps onto the model with its shape, all BF16 but expert_bias (F32), and a forward pass runs
+  const { model, mapping } = openAfmoe(dir);
+  assert.deepEqual([mapping.missing, mapping.unexpected, mapping.wrongShape], [[], [], []]);
+  const ck = Checkpoint.open(dir);
+  for (const n of ck.names()) assert.equal(ck.info(n).dtype, n.endsWith("expert_bias") ? "F32" : "BF16", n);
+  const out = await model.call({ ids: { ids: Int32Array.from([256, 104, 105]), shape: [1, 3] } });
+  assert.deepEqual(out.logits.shape, [1, 3, cfg.vocab_size as number]);
+  assert.ok(out.logits.data.every(Number.isFinite));
+  assert.equal(loadTokenizer(dir).encode("hi").length, 3);
 });
 
 test("oneshot streams layers: peak memory with 8 layers is within 1.5x of 2 layers (same layer shape)", () => {

@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { encodeTruncated, loadTokenizedSamples, readRawSamples } from "../../src/pipeline/dataset.js";
-import { LoadedTokenizer, loadTokenizer } from "../../src/io/tokenizer.js";
+import { type LoadedTokenizer, loadTokenizer } from "../../src/io/tokenizer.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { CheckpointFormatError } from "../../src/errors.js";
 import { numpyPermutation } from "../../src/util/numpy-random.js";
@@ -72,7 +72,14 @@ test("moecal.json names the model and dataset by name and content hash, never by
   assert.equal(j.dataset.sha256, createHash("sha256").update(fs.readFileSync(data)).digest("hex"));
   // the model hash: SHA-256 over "<file>\t<sha256>\n" for config.json, the index and the shards, in name order
   const files = ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"];
-  const lines = files.map((f) => `${f}\t${createHash("sha256").update(fs.readFileSync(path.join(m, f))).digest("hex")}\n`).join("");
+  const lines = files
+    .map(
+      (f) =>
+        `${f}\t${createHash("sha256")
+          .update(fs.readFileSync(path.join(m, f)))
+          .digest("hex")}\n`,
+    )
+    .join("");
   assert.equal(j.model.sha256, createHash("sha256").update(lines).digest("hex"));
 });
 
@@ -81,7 +88,16 @@ function wordTokenizer(counter: { chars: number }): LoadedTokenizer {
   const ids = new Map<string, number>();
   const encode = (text: string): number[] => {
     counter.chars += text.length;
-    return [0, ...text.split(/\s+/).filter((w) => w).map((w) => ids.get(w) ?? (ids.set(w, ids.size + 1), ids.size))];
+    return [
+      0,
+      ...text
+        .split(/\s+/)
+        .filter((w) => w)
+        .map((w) => {
+          if (!ids.has(w)) ids.set(w, ids.size + 1);
+          return ids.get(w) as number;
+        }),
+    ];
   };
   return { encode, decode: () => "", bosTokenId: 0, chatTemplate: null, bosToken: null, eosToken: null, config: {} };
 }
@@ -104,7 +120,7 @@ test("a sample is cut before it is tokenized whole: same tokens as tokenizing it
   }
   // a single 50 MB line costs about what its first max-seq-length tokens cost
   const line = path.join(tmp, "huge.jsonl");
-  fs.writeFileSync(line, JSON.stringify({ text: "word ".repeat(10 * 1024 * 1024) }) + "\n");
+  fs.writeFileSync(line, `${JSON.stringify({ text: "word ".repeat(10 * 1024 * 1024) })}\n`);
   counter.chars = 0;
   const [ids] = loadTokenizedSamples(line, tok, { maxSeqLength: 2048 });
   assert.equal(ids?.length, 2048);
@@ -129,7 +145,10 @@ test("a shard that vanishes after the folder was opened is named in a Checkpoint
   const ck = Checkpoint.open(m);
   fs.rmSync(path.join(m, "model-00002-of-00002.safetensors"));
   const name = ck.names().find((n) => ck.fileOf(n) === "model-00002-of-00002.safetensors") as string;
-  assert.throws(() => ck.readRaw(name), (e: unknown) => e instanceof CheckpointFormatError && /model-00002-of-00002.safetensors: not found/.test(e.message));
+  assert.throws(
+    () => ck.readRaw(name),
+    (e: unknown) => e instanceof CheckpointFormatError && /model-00002-of-00002.safetensors: not found/.test(e.message),
+  );
 });
 
 test("large module trees build and map: 512 experts x 64 layers", () => {
@@ -139,6 +158,10 @@ test("large module trees build and map: 512 experts x 64 layers", () => {
   const model = new AfmoeForCausalLM(config);
   const params = model.namedParameters();
   assert.equal(params.filter(([n]) => n.includes(".experts.")).length, (64 - config.numDenseLayers) * 512 * 3);
-  const m = mapAfmoeWeights(config, params.map(([n, p]) => [n, p.shape] as const), new Map(params.map(([n, p]) => [n, p.shape])));
+  const m = mapAfmoeWeights(
+    config,
+    params.map(([n, p]) => [n, p.shape] as const),
+    new Map(params.map(([n, p]) => [n, p.shape])),
+  );
   assert.equal(m.missing.length + m.unexpected.length + m.wrongShape.length, 0);
 });

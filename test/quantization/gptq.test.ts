@@ -27,7 +27,7 @@ for (const actorder of ["none", "static"] as const) {
     assertIntsEqual(`gptq.${actorder}.scale`, r.weight.params.scale, scaleOf(`gptq.${actorder}.scale`));
     const ref = goldenInts(g, `gptq.${actorder}.q`);
     let same = 0;
-    ref.forEach((v, i) => (same += r.weight.codes[i] === v ? 1 : 0));
+    for (const [i, v] of ref.entries()) same += r.weight.codes[i] === v ? 1 : 0;
     const frac = same / ref.length;
     assert.ok(frac >= 0.995, `gptq.${actorder}.q: only ${(frac * 100).toFixed(3)}% of ${ref.length} codes match`);
     assert.ok(r.loss > 0 && Number.isFinite(r.loss));
@@ -39,13 +39,16 @@ test("GPTQ above the blocked-factorization size: codes equal those from a float6
   const rows = 48;
   const X = randn([2 * n, n], 11).data;
   const Hn = new Float32Array(n * n);
-  for (let t = 0; t < 2 * n; t++) for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) Hn[i * n + j] = (Hn[i * n + j] as number) + 2 * (X[t * n + i] as number) * (X[t * n + j] as number);
+  for (let t = 0; t < 2 * n; t++)
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j < n; j++) Hn[i * n + j] = (Hn[i * n + j] as number) + 2 * (X[t * n + i] as number) * (X[t * n + j] as number);
   const Wn = randn([rows, n], 12, 0.02).data;
   const args = resolveScheme("W4A16", { groupSize: 32 }).weights;
   const prep = await prepareGptq(Hn, n, args.actorder, "big");
   // the same preparation with Hinv from the float64 reference
   const Hp = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) Hp[i * n + j] = Hn[(prep.perm[i] as number) * n + (prep.perm[j] as number)] as number;
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j < n; j++) Hp[i * n + j] = Hn[(prep.perm[i] as number) * n + (prep.perm[j] as number)] as number;
   let mean = 0;
   for (let i = 0; i < n; i++) mean += Hp[i * n + i] as number;
   mean = Math.fround(mean / n);
@@ -57,7 +60,7 @@ test("GPTQ above the blocked-factorization size: codes equal those from a float6
   const a = await gptqWithPrep(Wn, rows, prep, args, "BF16", "big");
   const b = await gptqWithPrep(Wn, rows, { ...prep, Hinv, HinvT }, args, "BF16", "big");
   let same = 0;
-  a.weight.codes.forEach((v, i) => (same += v === b.weight.codes[i] ? 1 : 0));
+  for (const [i, v] of a.weight.codes.entries()) same += v === b.weight.codes[i] ? 1 : 0;
   assert.ok(same / a.weight.codes.length >= 0.999, `only ${same} of ${a.weight.codes.length} codes match`);
   assertIntsEqual("scales", a.weight.params.scale, b.weight.params.scale);
 });

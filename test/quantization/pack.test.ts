@@ -19,11 +19,16 @@ test("int4 packing layout: element k in word k/8 at bit 4*(k%8), offset by 8, si
 
 test("int8 packing: 4 values per word", () => {
   const p = packRows(Int8Array.from([-128, 0, 127, 1]), 1, 4, 8);
-  assert.equal(p[0], (0 | (128 << 8) | (255 << 16) | (129 << 24)) | 0);
+  assert.equal(p[0], 0 | (128 << 8) | (255 << 16) | (129 << 24) | 0);
 });
 
 for (const bits of [4, 8]) {
-  for (const [rows, cols] of [[3, 16], [5, 13], [1, 1], [7, 33]] as const) {
+  for (const [rows, cols] of [
+    [3, 16],
+    [5, 13],
+    [1, 1],
+    [7, 33],
+  ] as const) {
     test(`pack/unpack round trip: ${bits} bits, [${rows}, ${cols}] along rows and columns`, () => {
       const q = randomCodes(rows * cols, bits, rows * 100 + cols + bits);
       assert.deepEqual(unpackRows(packRows(q, rows, cols, bits), rows, cols, bits), q);

@@ -22,15 +22,29 @@ test("presets and overrides; unknown scheme and inapplicable group size are usag
   assert.equal(w4.format, "pack-quantized");
   assert.equal(resolveScheme("W8A8").inputActivations?.strategy, "token");
   assert.equal(resolveScheme("FP8").inputActivations?.dynamic, false);
-  assert.throws(() => resolveScheme("W3A16"), (e: unknown) => e instanceof UsageError && /unknown scheme "W3A16"/.test(e.message));
+  assert.throws(
+    () => resolveScheme("W3A16"),
+    (e: unknown) => e instanceof UsageError && /unknown scheme "W3A16"/.test(e.message),
+  );
   assert.throws(() => resolveScheme("FP8_DYNAMIC", { groupSize: 32 }), /a group size does not apply/);
 });
 
 test("quantization_config for W8A8 fills input_activations", () => {
-  const qc = quantizationConfig(resolveScheme("W8A8"), ["lm_head"], null) as { config_groups: { group_0: { input_activations: Record<string, unknown>; format: string } } };
+  const qc = quantizationConfig(resolveScheme("W8A8"), ["lm_head"], null) as {
+    config_groups: { group_0: { input_activations: Record<string, unknown>; format: string } };
+  };
   assert.equal(qc.config_groups.group_0.format, "int-quantized");
   assert.deepEqual(qc.config_groups.group_0.input_activations, {
-    actorder: null, block_structure: null, dynamic: true, group_size: null, num_bits: 8, observer: null, observer_kwargs: {}, strategy: "token", symmetric: true, type: "int",
+    actorder: null,
+    block_structure: null,
+    dynamic: true,
+    group_size: null,
+    num_bits: 8,
+    observer: null,
+    observer_kwargs: {},
+    strategy: "token",
+    symmetric: true,
+    type: "int",
   });
 });
 
@@ -43,7 +57,10 @@ test("min-max parameters: symmetric absmax/7.5, asymmetric zero point, zero grou
   assert.equal(asym.zeroPoint?.[0], Math.min(7, roundHalfEven(-8 + 1.5 / Math.fround(2.25 / 15))));
   const fp8t = computeQParams(W, 3, 2, resolveScheme("FP8").weights, "F32", "w");
   assert.deepEqual([...fp8t.scale], [3 / 448, 3 / 448, 3 / 448].map(Math.fround));
-  assert.throws(() => computeQParams(W, 2, 3, resolveScheme("W4A16", { groupSize: 2 }).weights, "F32", "m.x"), /m.x: group size 2 does not divide the input size 3/);
+  assert.throws(
+    () => computeQParams(W, 2, 3, resolveScheme("W4A16", { groupSize: 2 }).weights, "F32", "m.x"),
+    /m.x: group size 2 does not divide the input size 3/,
+  );
   assert.equal(roundHalfEven(2.5), 2);
   assert.equal(roundHalfEven(-3.5), -4);
   assert.equal(roundHalfEven(1.4999), 1);

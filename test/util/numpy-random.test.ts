@@ -27,7 +27,11 @@ test(`default_rng(seed).permutation(n) equals NumPy ${fx.numpy}'s on ${fx.permut
     let sum = 0;
     for (let i = 0; i < p.length; i++) sum = (sum + (p[i] as number) * (i + 1)) % (2 ** 31 - 1);
     assert.equal(sum, c.checksum, `seed ${c.seed}, n ${c.n}: checksum`);
-    assert.deepEqual([...p].sort((a, b) => a - b), Array.from({ length: c.n }, (_, i) => i), `seed ${c.seed}, n ${c.n}: a permutation`);
+    assert.deepEqual(
+      [...p].sort((a, b) => a - b),
+      Array.from({ length: c.n }, (_, i) => i),
+      `seed ${c.seed}, n ${c.n}: a permutation`,
+    );
   }
 });
 

@@ -1,11 +1,6 @@
-import path from "node:path";
 import { z } from "zod";
 import { ConfigError } from "../../errors.js";
-import { confinedFile } from "../../io/files.js";
-import { readJsonObject } from "../../io/json.js";
-
-/** Largest config.json we read. */
-export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+import { readConfigJson } from "../../io/json.js";
 
 export type LayerType = "sliding_attention" | "full_attention";
 
@@ -105,7 +100,10 @@ const schema = z.object({
   mup_enabled: z.boolean().default(false),
   hidden_act: z.literal("silu").default("silu"),
   bos_token_id: nonNegInt.nullable().optional(),
-  eos_token_id: z.union([nonNegInt, z.array(nonNegInt)]).nullable().optional(),
+  eos_token_id: z
+    .union([nonNegInt, z.array(nonNegInt)])
+    .nullable()
+    .optional(),
 });
 
 /** Validate a parsed config.json. `where` names the file in errors. */
@@ -147,8 +145,10 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
   let ropeTheta = c.rope_theta ?? DEFAULT_ROPE_THETA;
   if (c.rope_parameters) {
     const rp = c.rope_parameters;
-    if ((rp.rope_type ?? "default") !== "default") fail("rope_parameters.rope_type", `"${rp.rope_type}" is not supported (only "default" RoPE)`);
-    if (c.rope_theta !== undefined && c.rope_theta !== rp.rope_theta) fail("rope_parameters.rope_theta", `${rp.rope_theta} disagrees with rope_theta ${c.rope_theta}`);
+    if ((rp.rope_type ?? "default") !== "default")
+      fail("rope_parameters.rope_type", `"${rp.rope_type}" is not supported (only "default" RoPE)`);
+    if (c.rope_theta !== undefined && c.rope_theta !== rp.rope_theta)
+      fail("rope_parameters.rope_theta", `${rp.rope_theta} disagrees with rope_theta ${c.rope_theta}`);
     ropeTheta = rp.rope_theta;
   }
   if (c.n_group !== 1 || c.topk_group !== 1) fail("n_group", "grouped expert selection (n_group > 1) is not supported");
@@ -195,9 +195,8 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
 
 /** Read and validate `<dir>/config.json`. */
 export function readAfmoeConfig(dir: string): AfmoeConfig {
-  const err = (m: string, o?: { cause?: unknown }): ConfigError => new ConfigError(m, o);
-  const file = confinedFile(dir, "config.json", err);
-  return parseAfmoeConfig(readJsonObject(file, MAX_CONFIG_BYTES, err), path.join(dir, "config.json"));
+  const { file, json } = readConfigJson(dir);
+  return parseAfmoeConfig(json, file);
 }
 
 export function isMoeLayer(config: AfmoeConfig, layer: number): boolean {

@@ -3,9 +3,16 @@ import { CheckpointFormatError } from "../../errors.js";
 import { expectedTensors, layoutProblems } from "../../export/layout.js";
 import { compressedTensorsSource, groupFor, parseQuantizationConfig } from "../../export/compressed-tensors.js";
 import { attachActivationQuantization } from "../../quantization/activations.js";
-import { AfmoeConfig, readAfmoeConfig } from "./config.js";
+import { type AfmoeConfig, readAfmoeConfig } from "./config.js";
 import { AfmoeForCausalLM } from "./modeling.js";
-import { TensorSource, assertMappingComplete, checkpointSource, loadParameters, mapAfmoeWeights, WeightMapping } from "./weights.js";
+import {
+  type TensorSource,
+  assertMappingComplete,
+  checkpointSource,
+  loadParameters,
+  mapAfmoeWeights,
+  type WeightMapping,
+} from "./weights.js";
 
 export * from "./config.js";
 export * from "./modeling.js";
@@ -31,11 +38,18 @@ export function openAfmoe(dir: string, opts: { load?: boolean; source?: TensorSo
   ck?.assertNoAnomalies();
   if (parsed && ck) {
     const problems = layoutProblems(ck, parsed, expectedTensors(model, config.tieWordEmbeddings));
-    if (problems.length) throw new CheckpointFormatError(`${dir}: ${problems.length} tensor(s) do not match config.json's quantization_config (moecal inspect lists them all): ${problems.slice(0, 3).join("; ")}`);
+    if (problems.length)
+      throw new CheckpointFormatError(
+        `${dir}: ${problems.length} tensor(s) do not match config.json's quantization_config (moecal inspect lists them all): ${problems.slice(0, 3).join("; ")}`,
+      );
   }
   if (parsed && ctSource) {
     // serve as vLLM would: quantized input activations where the scheme says so
-    attachActivationQuantization(model, (n) => groupFor(parsed, n)?.inputActivations ?? null, (n) => ctSource.inputScale(n));
+    attachActivationQuantization(
+      model,
+      (n) => groupFor(parsed, n)?.inputActivations ?? null,
+      (n) => ctSource.inputScale(n),
+    );
   }
   const expected = model.namedParameters().map(([n, p]) => [n, p.shape] as const);
   const available = new Map(source.names().map((n) => [n, source.shapeOf(n)] as const));

@@ -4,10 +4,20 @@
  */
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";
-import { add, applyRopeInPlace, gatherRows, indexAddWeighted, rmsNorm, sigmoidScalar, softmaxRowInPlace, swiglu, topkIndices } from "../../engine/ops.js";
-import { AnyModule, Module, ModuleList } from "../../nn/module.js";
-import { Embedding, Linear, RMSNorm, TokenIds } from "../../nn/layers.js";
-import { AfmoeConfig, isMoeLayer } from "./config.js";
+import {
+  add,
+  applyRopeInPlace,
+  gatherRows,
+  indexAddWeighted,
+  rmsNorm,
+  sigmoidScalar,
+  softmaxRowInPlace,
+  swiglu,
+  topkIndices,
+} from "../../engine/ops.js";
+import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
+import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
+import { type AfmoeConfig, isMoeLayer } from "./config.js";
 
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, experts and the shared expert. */
 export class AfmoeMLP extends Module {
@@ -20,9 +30,15 @@ export class AfmoeMLP extends Module {
     this.addModule("down_proj", new Linear(intermediate, hidden));
   }
 
-  get gate_proj(): Linear { return this.child("gate_proj"); }
-  get up_proj(): Linear { return this.child("up_proj"); }
-  get down_proj(): Linear { return this.child("down_proj"); }
+  get gate_proj(): Linear {
+    return this.child("gate_proj");
+  }
+  get up_proj(): Linear {
+    return this.child("up_proj");
+  }
+  get down_proj(): Linear {
+    return this.child("down_proj");
+  }
 
   async forward(x: Tensor): Promise<Tensor> {
     const [g, u] = [await this.gate_proj.call(x), await this.up_proj.call(x)];
@@ -53,7 +69,9 @@ export class AfmoeTokenChoiceRouter extends Module<RouterInput, RouterOutput> {
     this.addModule("gate", new Linear(config.hiddenSize, config.numExperts));
   }
 
-  get gate(): Linear { return this.child("gate"); }
+  get gate(): Linear {
+    return this.child("gate");
+  }
 
   async forward({ hidden, expertBias }: RouterInput): Promise<RouterOutput> {
     const c = this.config;
@@ -121,13 +139,23 @@ export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32
 export abstract class AfmoeMoEBlock extends Module {
   abstract readonly config: AfmoeConfig;
 
-  get router(): AfmoeTokenChoiceRouter { return this.child("router"); }
-  get experts(): ModuleList<AfmoeMLP> { return this.child("experts"); }
-  get shared_experts(): AfmoeMLP | null { return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null; }
-  get expert_bias(): Tensor { return this.param("expert_bias"); }
+  get router(): AfmoeTokenChoiceRouter {
+    return this.child("router");
+  }
+  get experts(): ModuleList<AfmoeMLP> {
+    return this.child("experts");
+  }
+  get shared_experts(): AfmoeMLP | null {
+    return this.hasChild("shared_experts") ? this.child<AfmoeMLP>("shared_experts") : null;
+  }
+  get expert_bias(): Tensor {
+    return this.param("expert_bias");
+  }
 
   /** Route the [B, S, H] input, run the shared expert (zeros without one), and a zero routed sum. */
-  protected async routeAndShare(hidden: Tensor): Promise<{ flat: Tensor; T: number; topScores: Tensor; selectedExperts: Int32Array; shared: Tensor; routed: Tensor }> {
+  protected async routeAndShare(
+    hidden: Tensor,
+  ): Promise<{ flat: Tensor; T: number; topScores: Tensor; selectedExperts: Int32Array; shared: Tensor; routed: Tensor }> {
     const H = this.config.hiddenSize;
     const flat = hidden.reshape([hidden.size / H, H]);
     const T = flat.dim(0);
@@ -171,7 +199,10 @@ export class AfmoeAttention extends Module {
   readonly className = "AfmoeAttention";
   readonly sliding: boolean;
 
-  constructor(readonly config: AfmoeConfig, layer: number) {
+  constructor(
+    readonly config: AfmoeConfig,
+    layer: number,
+  ) {
     super();
     const { hiddenSize: H, numAttentionHeads: nH, numKeyValueHeads: nKV, headDim: D } = config;
     this.sliding = config.layerTypes[layer] === "sliding_attention";
@@ -184,8 +215,12 @@ export class AfmoeAttention extends Module {
     this.addModule("k_norm", new RMSNorm(D, config.rmsNormEps));
   }
 
-  private lin(name: string): Linear { return this.child(name); }
-  private norm(name: string): RMSNorm { return this.child(name); }
+  private lin(name: string): Linear {
+    return this.child(name);
+  }
+  private norm(name: string): RMSNorm {
+    return this.child(name);
+  }
 
   async forward(x: Tensor): Promise<Tensor> {
     const c = this.config;
@@ -263,7 +298,10 @@ function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number
 export class AfmoeDecoderLayer extends Module {
   readonly className = "AfmoeDecoderLayer";
 
-  constructor(readonly config: AfmoeConfig, readonly layerIndex: number) {
+  constructor(
+    readonly config: AfmoeConfig,
+    readonly layerIndex: number,
+  ) {
     super();
     const H = config.hiddenSize;
     this.addModule("self_attn", new AfmoeAttention(config, layerIndex));
@@ -273,9 +311,13 @@ export class AfmoeDecoderLayer extends Module {
     }
   }
 
-  get mlp(): AnyModule { return this.child("mlp"); }
+  get mlp(): AnyModule {
+    return this.child("mlp");
+  }
 
-  private sub(name: string): Module { return this.child(name); }
+  private sub(name: string): Module {
+    return this.child(name);
+  }
 
   async forward(h: Tensor): Promise<Tensor> {
     const attn = await this.sub("self_attn").call(await this.sub("input_layernorm").call(h));
@@ -307,9 +349,15 @@ export class AfmoeModel extends Module<TokenIds, Tensor> {
     this.addModule("norm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
   }
 
-  get embed_tokens(): Embedding { return this.child("embed_tokens"); }
-  get layers(): ModuleList<AfmoeDecoderLayer> { return this.child("layers"); }
-  get norm(): RMSNorm { return this.child("norm"); }
+  get embed_tokens(): Embedding {
+    return this.child("embed_tokens");
+  }
+  get layers(): ModuleList<AfmoeDecoderLayer> {
+    return this.child("layers");
+  }
+  get norm(): RMSNorm {
+    return this.child("norm");
+  }
 
   /** Scaled embeddings: the input of layer 0. */
   async embed(ids: TokenIds): Promise<Tensor> {
@@ -336,8 +384,12 @@ export class AfmoeForCausalLM extends Module<CausalLMInput, CausalLMOutput> {
     this.addModule("lm_head", new Linear(config.hiddenSize, config.vocabSize));
   }
 
-  get model(): AfmoeModel { return this.child("model"); }
-  get lm_head(): Linear { return this.child("lm_head"); }
+  get model(): AfmoeModel {
+    return this.child("model");
+  }
+  get lm_head(): Linear {
+    return this.child("lm_head");
+  }
 
   async forward({ ids, outputHiddenStates = false }: CausalLMInput): Promise<CausalLMOutput> {
     const hiddenStates: Tensor[] = [];

@@ -23,12 +23,16 @@ export interface FusedGroup {
 export function afmoeFusedGroups(linearNames: readonly string[]): FusedGroup[] {
   const groups = new Map<string, string[]>();
   for (const n of linearNames) {
-    let m: RegExpMatchArray | null;
-    if ((m = n.match(/^(.*\.self_attn)\.[qkv]_proj$/))) append(groups, `${m[1]}.qkv_proj`, n);
-    else if ((m = n.match(/^(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$/))) append(groups, m[1] as string, n);
-    else if ((m = n.match(/^(.*\.mlp(\.shared_experts)?)\.(gate|up)_proj$/))) append(groups, `${m[1]}.gate_up_proj`, n);
+    const attn = n.match(/^(.*\.self_attn)\.[qkv]_proj$/);
+    const experts = attn ? null : n.match(/^(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$/);
+    const gateUp = attn || experts ? null : n.match(/^(.*\.mlp(\.shared_experts)?)\.(gate|up)_proj$/);
+    if (attn) append(groups, `${attn[1]}.qkv_proj`, n);
+    else if (experts) append(groups, experts[1] as string, n);
+    else if (gateUp) append(groups, `${gateUp[1]}.gate_up_proj`, n);
   }
-  return [...groups].filter(([, members]) => members.length > 1).map(([module, members]) => ({ module, members: members.sort(byShardOrder) }));
+  return [...groups]
+    .filter(([, members]) => members.length > 1)
+    .map(([module, members]) => ({ module, members: members.sort(byShardOrder) }));
 }
 
 function append(map: Map<string, string[]>, key: string, value: string): void {
@@ -71,7 +75,9 @@ export function fusedSchemeConflicts(groups: readonly FusedGroup[], schemeOf: (l
     const byScheme = new Map<string, string[]>();
     for (const m of g.members) append(byScheme, schemeOf(m), shortName(g, m));
     if (byScheme.size < 2) continue;
-    const what = g.module.endsWith(".experts") ? `runs its ${g.members.length} routed-expert Linear layers as one fused MoE module` : `fuses ${g.members.map((m) => shortName(g, m)).join(", ")} into one module`;
+    const what = g.module.endsWith(".experts")
+      ? `runs its ${g.members.length} routed-expert Linear layers as one fused MoE module`
+      : `fuses ${g.members.map((m) => shortName(g, m)).join(", ")} into one module`;
     const parts = [...byScheme].map(([s, names]) => `${s}: ${listSome(names)}`);
     out.push(`${g.module}: vLLM ${what} with one quantization scheme, but ${parts.join("; ")}`);
   }

@@ -1,9 +1,9 @@
-import { Tensor, numel } from "../../engine/tensor.js";
-import { Checkpoint } from "../../io/checkpoint.js";
+import { type Tensor, numel } from "../../engine/tensor.js";
+import type { Checkpoint } from "../../io/checkpoint.js";
 import { rawToF32 } from "../../io/safetensors.js";
 import { NumericalError, WeightMappingError } from "../../errors.js";
-import { AnyModule } from "../../nn/module.js";
-import { AfmoeConfig } from "./config.js";
+import type { AnyModule } from "../../nn/module.js";
+import type { AfmoeConfig } from "./config.js";
 
 export interface WeightMapping {
   /** model parameter name -> checkpoint tensor name */
@@ -57,7 +57,8 @@ export function checkpointShapes(ck: Checkpoint): Map<string, number[]> {
 /** Raise on missing or misshapen tensors (unexpected ones are returned for a warning). */
 export function assertMappingComplete(m: WeightMapping, where: string): void {
   const problems: string[] = [];
-  if (m.missing.length) problems.push(`missing tensors: ${m.missing.slice(0, 5).join(", ")}${m.missing.length > 5 ? ` and ${m.missing.length - 5} more` : ""}`);
+  if (m.missing.length)
+    problems.push(`missing tensors: ${m.missing.slice(0, 5).join(", ")}${m.missing.length > 5 ? ` and ${m.missing.length - 5} more` : ""}`);
   if (m.wrongShape.length) problems.push(`wrong shapes: ${m.wrongShape.slice(0, 5).join("; ")}`);
   if (problems.length) throw new WeightMappingError(`${where}: ${problems.join("; ")}`);
 }
@@ -105,7 +106,8 @@ export function loadParameters(
     const src = mapping.sources.get(name);
     if (!src) throw new WeightMappingError(`${source.dir}: no tensor for parameter "${name}"`);
     const t = source.readF32(src);
-    if (numel(t.shape) !== numel(p.shape)) throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${t.size} values, "${name}" needs ${numel(p.shape)}`);
+    if (numel(t.shape) !== numel(p.shape))
+      throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${t.size} values, "${name}" needs ${numel(p.shape)}`);
     assertFinite(t, `${source.dir}: tensor "${src}"`);
     p.value = t.reshape(p.shape);
     n++;

@@ -11,7 +11,10 @@ const base = JSON.parse(fs.readFileSync(path.join(TINY, "config.json"), "utf8"))
 function bad(patch: Record<string, unknown>, message: RegExp, drop?: string): void {
   const json: Record<string, unknown> = { ...base, ...patch };
   if (drop) delete json[drop];
-  assert.throws(() => parseAfmoeConfig(json, "cfg.json"), (e: unknown) => e instanceof ConfigError && message.test(e.message));
+  assert.throws(
+    () => parseAfmoeConfig(json, "cfg.json"),
+    (e: unknown) => e instanceof ConfigError && message.test(e.message),
+  );
 }
 
 test("the bundled config parses with the documented values", () => {
@@ -38,7 +41,8 @@ test("a negative field is named", () => bad({ num_experts: -4 }, /field "num_exp
 test("a wrongly typed field is named", () => bad({ head_dim: "32" }, /field "head_dim"/));
 test("top-k larger than the number of experts", () => bad({ num_experts_per_tok: 17 }, /"num_experts_per_tok": 17 exceeds num_experts 16/));
 test("head counts that do not divide", () => bad({ num_key_value_heads: 3 }, /"num_key_value_heads": 3 does not divide/));
-test("layer_types of the wrong length", () => bad({ layer_types: ["full_attention"] }, /"layer_types": has 1 entries but num_hidden_layers is 4/));
+test("layer_types of the wrong length", () =>
+  bad({ layer_types: ["full_attention"] }, /"layer_types": has 1 entries but num_hidden_layers is 4/));
 test("unsupported model_type", () => bad({ model_type: "llama" }, /unsupported model_type "llama"/));
 test("unknown score_func", () => bad({ score_func: "relu" }, /field "score_func"/));
 
@@ -47,11 +51,17 @@ test("RoPE theta: rope_theta, or transformers 5's rope_parameters, or the defaul
   const v5: Record<string, unknown> = { ...base, rope_parameters: { rope_type: "default", rope_theta: 123456 } };
   delete v5.rope_theta;
   assert.equal(parseAfmoeConfig(v5).ropeTheta, 123456);
-  assert.equal(parseAfmoeConfig({ ...base, rope_theta: 123456, rope_parameters: { rope_type: "default", rope_theta: 123456 } }).ropeTheta, 123456);
+  assert.equal(
+    parseAfmoeConfig({ ...base, rope_theta: 123456, rope_parameters: { rope_type: "default", rope_theta: 123456 } }).ropeTheta,
+    123456,
+  );
   const none: Record<string, unknown> = { ...base };
   delete none.rope_theta;
   assert.equal(parseAfmoeConfig(none).ropeTheta, 10000);
-  bad({ rope_parameters: { rope_type: "default", rope_theta: 20000 } }, /"rope_parameters.rope_theta": 20000 disagrees with rope_theta 10000/);
+  bad(
+    { rope_parameters: { rope_type: "default", rope_theta: 20000 } },
+    /"rope_parameters.rope_theta": 20000 disagrees with rope_theta 10000/,
+  );
   bad({ rope_parameters: { rope_type: "yarn", rope_theta: 10000, factor: 4 } }, /"rope_parameters.rope_type": "yarn" is not supported/);
   bad({ rope_scaling: { type: "yarn", factor: 4 } }, /"rope_scaling": "yarn" RoPE scaling is not supported/);
   assert.equal(parseAfmoeConfig({ ...base, rope_scaling: { rope_type: "default" } }).ropeTheta, 10000);

@@ -10,7 +10,7 @@ test("tiny-afmoe forward reproduces golden logits and every hidden state (rel er
   const { model, config } = openAfmoe(TINY);
   const out = await model.call({ ids: { ids: Int32Array.from(ids), shape: [B, S] }, outputHiddenStates: true });
   assert.equal(out.hiddenStates.length, config.numHiddenLayers + 1);
-  out.hiddenStates.forEach((h, i) => assertClose(`hidden_states.${i}`, h, g.readF32(`hidden_states.${i}`), 1e-5));
+  for (const [i, h] of out.hiddenStates.entries()) assertClose(`hidden_states.${i}`, h, g.readF32(`hidden_states.${i}`), 1e-5);
   const ref = g.readF32("logits");
   assertClose("logits", out.logits, ref, 1e-5);
   const V = config.vocabSize;
