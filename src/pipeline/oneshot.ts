@@ -1,6 +1,6 @@
 import path from "node:path";
 import type { Tensor } from "../engine/tensor.js";
-import { NumericalError, UsageError, WeightMappingError, asFormatError, asUsageError } from "../errors.js";
+import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash, sha256File } from "../io/hash.js";
 import { firstNonFinite } from "../io/safetensors.js";
@@ -15,7 +15,6 @@ import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
 import {
   AFMOE_DEFAULT_IGNORE,
-  type AfmoeConfig,
   AfmoeForCausalLM,
   afmoeFusedGroups,
   fusedSchemeConflicts,
@@ -31,12 +30,12 @@ import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-t
 import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
 import { type Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
-import type { AnyModule } from "../nn/module.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import { type Fallback, type LayerTargets, type Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type LayerReport, type OneshotReport, layerSummary, writeReportFiles } from "./report.js";
+import { checkUnexpectedTensors, fitGroupSize, seedForJson } from "./preflight.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -84,34 +83,6 @@ function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {
   return d === "BF16" || d === "F16" ? d : "F32";
 }
 
-/**
- * Check the group size against every target Linear's input size before any work. Without an
- * explicit --group-size, the preset's size is halved until it divides them all (with a note).
- */
-function fitGroupSize(
-  scheme: Scheme,
-  model: AnyModule,
-  isTarget: (n: string) => boolean,
-  explicit: boolean,
-  warn: (m: string) => void,
-): Scheme {
-  const g0 = scheme.weights.groupSize;
-  if (scheme.weights.strategy !== "group" || g0 === null) return scheme;
-  const inputs = model
-    .namedModules()
-    .filter(([n, m]) => m instanceof Linear && isTarget(n))
-    .map(([n, m]) => [n, (m as Linear).inFeatures] as const);
-  const bad = (g: number): readonly [string, number] | undefined => inputs.find(([, k]) => k % g !== 0);
-  const first = bad(g0);
-  if (!first) return scheme;
-  if (explicit) throw new UsageError(`--group-size ${g0} does not divide the input size ${first[1]} of ${first[0]}`);
-  let g = g0;
-  while (g > 1 && bad(g)) g = g / 2;
-  if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);
-  warn(`group size ${g0} does not divide the input size ${first[1]} of ${first[0]}; using group size ${g}`);
-  return { ...scheme, weights: { ...scheme.weights, groupSize: g } };
-}
-
 /** Weights of the target Linears of the largest decoder layer (what decides GPTQ's worker pool). */
 function largestLayerWork(model: AfmoeForCausalLM, isTarget: (n: string) => boolean): number {
   const perLayer = new Map<string, number>();
@@ -127,56 +98,6 @@ function largestLayerWork(model: AfmoeForCausalLM, isTarget: (n: string) => bool
 function assertComplete(name: string, present: string[], scheme: Scheme): void {
   const missing = requiredSuffixes(scheme.format, scheme.weights, scheme.inputActivations).filter((s) => !present.includes(`${name}.${s}`));
   if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
-}
-
-/** A seed as JSON: a number while it is exact as one, else its decimal digits. */
-function seedForJson(seed: Seed): number | string {
-  return typeof seed === "number" || seed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : seed.toString();
-}
-
-/** The output-side names moecal creates for a quantized Linear `P`: `P.weight_packed`, `P.weight_scale`, ... */
-const QUANT_SUFFIXES = [
-  "weight_packed",
-  "weight_scale",
-  "weight_shape",
-  "weight_zero_point",
-  "input_scale",
-  "weight_global_scale",
-  "input_global_scale",
-];
-
-/**
- * Tensors of the input that the model does not use are copied to the output unchanged, with a
- * warning each; those that would make the output invalid are refused: a layer or expert index
- * beyond the config's, or a name moecal itself writes for a quantized Linear.
- */
-function checkUnexpectedTensors(
-  names: string[],
-  config: AfmoeConfig,
-  targets: ReadonlySet<string>,
-  dir: string,
-  warn: (m: string) => void,
-): void {
-  for (const n of names) {
-    const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
-    if (layer !== undefined && Number(layer) >= config.numHiddenLayers)
-      throw new WeightMappingError(
-        `${dir}: tensor "${n}" belongs to layer ${layer}, but the config has ${config.numHiddenLayers} layers (0-${config.numHiddenLayers - 1}); vLLM could not load an output carrying it`,
-      );
-    const expert = /\.experts\.(\d+)\./.exec(n)?.[1];
-    if (expert !== undefined && Number(expert) >= config.numExperts)
-      throw new WeightMappingError(
-        `${dir}: tensor "${n}" belongs to expert ${expert}, but the config has ${config.numExperts} experts (0-${config.numExperts - 1}); vLLM could not load an output carrying it`,
-      );
-    const dot = n.lastIndexOf(".");
-    if (QUANT_SUFFIXES.includes(n.slice(dot + 1)) && targets.has(n.slice(0, dot)))
-      throw new WeightMappingError(
-        `${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`,
-      );
-  }
-  const shown = names.slice(0, 50);
-  for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);
-  if (names.length > shown.length) warn(`${dir}: ${names.length - shown.length} more unused tensors copied unchanged`);
 }
 
 function defaultOutput(modelDir: string, scheme: string): string {

@@ -1,0 +1,88 @@
+/**
+ * What oneshot checks before any calibration work: the group size against every target Linear,
+ * and the input's tensors the model does not use.
+ */
+import type { AfmoeConfig } from "../models/afmoe/index.js";
+import { WeightMappingError, UsageError } from "../errors.js";
+import { Linear } from "../nn/layers.js";
+import type { AnyModule } from "../nn/module.js";
+import type { Scheme } from "../quantization/scheme.js";
+import type { Seed } from "../util/numpy-random.js";
+
+/**
+ * Check the group size against every target Linear's input size before any work. Without an
+ * explicit --group-size, the preset's size is halved until it divides them all (with a note).
+ */
+export function fitGroupSize(
+  scheme: Scheme,
+  model: AnyModule,
+  isTarget: (n: string) => boolean,
+  explicit: boolean,
+  warn: (m: string) => void,
+): Scheme {
+  const g0 = scheme.weights.groupSize;
+  if (scheme.weights.strategy !== "group" || g0 === null) return scheme;
+  const inputs = model
+    .namedModules()
+    .filter(([n, m]) => m instanceof Linear && isTarget(n))
+    .map(([n, m]) => [n, (m as Linear).inFeatures] as const);
+  const bad = (g: number): readonly [string, number] | undefined => inputs.find(([, k]) => k % g !== 0);
+  const first = bad(g0);
+  if (!first) return scheme;
+  if (explicit) throw new UsageError(`--group-size ${g0} does not divide the input size ${first[1]} of ${first[0]}`);
+  let g = g0;
+  while (g > 1 && bad(g)) g = g / 2;
+  if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);
+  warn(`group size ${g0} does not divide the input size ${first[1]} of ${first[0]}; using group size ${g}`);
+  return { ...scheme, weights: { ...scheme.weights, groupSize: g } };
+}
+
+/** A seed as JSON: a number while it is exact as one, else its decimal digits. */
+export function seedForJson(seed: Seed): number | string {
+  return typeof seed === "number" || seed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : seed.toString();
+}
+
+/** The output-side names moecal creates for a quantized Linear `P`: `P.weight_packed`, `P.weight_scale`, ... */
+const QUANT_SUFFIXES = [
+  "weight_packed",
+  "weight_scale",
+  "weight_shape",
+  "weight_zero_point",
+  "input_scale",
+  "weight_global_scale",
+  "input_global_scale",
+];
+
+/**
+ * Tensors of the input that the model does not use are copied to the output unchanged, with a
+ * warning each; those that would make the output invalid are refused: a layer or expert index
+ * beyond the config's, or a name moecal itself writes for a quantized Linear.
+ */
+export function checkUnexpectedTensors(
+  names: string[],
+  config: AfmoeConfig,
+  targets: ReadonlySet<string>,
+  dir: string,
+  warn: (m: string) => void,
+): void {
+  for (const n of names) {
+    const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
+    if (layer !== undefined && Number(layer) >= config.numHiddenLayers)
+      throw new WeightMappingError(
+        `${dir}: tensor "${n}" belongs to layer ${layer}, but the config has ${config.numHiddenLayers} layers (0-${config.numHiddenLayers - 1}); vLLM could not load an output carrying it`,
+      );
+    const expert = /\.experts\.(\d+)\./.exec(n)?.[1];
+    if (expert !== undefined && Number(expert) >= config.numExperts)
+      throw new WeightMappingError(
+        `${dir}: tensor "${n}" belongs to expert ${expert}, but the config has ${config.numExperts} experts (0-${config.numExperts - 1}); vLLM could not load an output carrying it`,
+      );
+    const dot = n.lastIndexOf(".");
+    if (QUANT_SUFFIXES.includes(n.slice(dot + 1)) && targets.has(n.slice(0, dot)))
+      throw new WeightMappingError(
+        `${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`,
+      );
+  }
+  const shown = names.slice(0, 50);
+  for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);
+  if (names.length > shown.length) warn(`${dir}: ${names.length - shown.length} more unused tensors copied unchanged`);
+}
