@@ -6,9 +6,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import type { NamedRaw } from "../../src/io/writer.js";
-import { f32ToBf16 } from "../../src/engine/dtype.js";
 import { TINY } from "../helpers.js";
-import { type BadInputCase, canMountTmpfs, dataset, modelCopy, quick, withHeader } from "./bad-inputs.fixtures.js";
+import { type BadInputCase, canMountTmpfs, dataset, modelCopy, quick, withHeader, poisoned } from "./bad-inputs.fixtures.js";
 import { TRUST_CASES } from "./bad-inputs.trust.js";
 
 export { type BadInputCase, CLI, cleanupCase, runCase, snapshot } from "./bad-inputs.fixtures.js";
@@ -213,12 +212,7 @@ export const BAD_INPUTS: BadInputCase[] = [
     setup: (d) =>
       quick(
         modelCopy(d, {
-          tensors: (t) => {
-            const x = t.get("model.layers.2.mlp.experts.9.down_proj.weight") as NamedRaw;
-            const v = new Float32Array(x.bytes.byteLength / 2).fill(0.01);
-            v[77] = NaN;
-            t.set(x.name, { ...x, bytes: new Uint8Array(f32ToBf16(v).buffer) });
-          },
+          tensors: poisoned("model.layers.2.mlp.experts.9.down_proj.weight", 0.01, 77, NaN),
         }),
         d,
       ),

@@ -5,6 +5,7 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { type NamedRaw, writeSafetensors } from "../../src/io/writer.js";
+import { f32ToBf16 } from "../../src/engine/dtype.js";
 import { ROOT, TINY } from "../helpers.js";
 
 export const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -177,4 +178,14 @@ export function runCase(c: BadInputCase, dir: string): { status: number | null; 
     timeout: 60_000,
     killSignal: "SIGKILL",
   });
+}
+
+/** A `tensors` edit for modelCopy: the BF16 tensor `name` filled with `fill`, with `value` at flat index `at`. */
+export function poisoned(name: string, fill: number, at: number, value: number): (t: Map<string, NamedRaw>) => void {
+  return (t) => {
+    const x = t.get(name) as NamedRaw;
+    const v = new Float32Array(x.bytes.byteLength / 2).fill(fill);
+    v[at] = value;
+    t.set(x.name, { ...x, bytes: new Uint8Array(f32ToBf16(v).buffer) });
+  };
 }

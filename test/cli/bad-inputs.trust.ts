@@ -9,7 +9,6 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import type { NamedRaw } from "../../src/io/writer.js";
 import { writeSafetensors } from "../../src/io/writer.js";
-import { f32ToBf16 } from "../../src/engine/dtype.js";
 import { TINY } from "../helpers.js";
 import {
   type BadInputCase,
@@ -23,6 +22,7 @@ import {
   quick,
   untouched,
   withHeader,
+  poisoned,
 } from "./bad-inputs.fixtures.js";
 
 export const TRUST_CASES: BadInputCase[] = [
@@ -191,12 +191,7 @@ export const TRUST_CASES: BadInputCase[] = [
     setup: (d) =>
       quick(
         modelCopy(d, {
-          tensors: (t) => {
-            const x = t.get("lm_head.weight") as NamedRaw;
-            const v = new Float32Array(x.bytes.byteLength / 2).fill(0.01);
-            v[5] = NaN;
-            t.set(x.name, { ...x, bytes: new Uint8Array(f32ToBf16(v).buffer) });
-          },
+          tensors: poisoned("lm_head.weight", 0.01, 5, NaN),
         }),
         d,
       ),
@@ -208,12 +203,7 @@ export const TRUST_CASES: BadInputCase[] = [
     setup: (d) =>
       quick(
         modelCopy(d, {
-          tensors: (t) => {
-            const x = t.get("model.norm.weight") as NamedRaw;
-            const v = new Float32Array(x.bytes.byteLength / 2).fill(1);
-            v[0] = Infinity;
-            t.set(x.name, { ...x, bytes: new Uint8Array(f32ToBf16(v).buffer) });
-          },
+          tensors: poisoned("model.norm.weight", 1, 0, Infinity),
         }),
         d,
       ),
