@@ -117,9 +117,10 @@ function modelRoots(dir: string, err: ErrorFactory): string[] {
   return roots;
 }
 
+/** Whether path `p` is `root` or lies below it (both absolute, symlinks already resolved). */
 export function isInside(p: string, root: string): boolean {
   const rel = path.relative(root, p);
-  return rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel));
+  return rel === "" || (rel !== ".." && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }
 
 /**

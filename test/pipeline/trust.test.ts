@@ -15,6 +15,7 @@ import { encodeTruncated, loadTokenizedSamples, readRawSamples } from "../../src
 import { type LoadedTokenizer, loadTokenizer } from "../../src/io/tokenizer.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { CheckpointFormatError } from "../../src/errors.js";
+import { isInside } from "../../src/io/files.js";
 import { numpyPermutation } from "../../src/util/numpy-random.js";
 import { AfmoeForCausalLM, mapAfmoeWeights, parseAfmoeConfig } from "../../src/models/afmoe/index.js";
 import { ROOT, TINY } from "../helpers.js";
@@ -164,4 +165,13 @@ test("large module trees build and map: 512 experts x 64 layers", () => {
     new Map(params.map(([n, p]) => [n, p.shape])),
   );
   assert.equal(m.missing.length + m.unexpected.length + m.wrongShape.length, 0);
+});
+
+test("isInside: a folder and what lies below it, not its siblings or a name that merely starts with two dots", () => {
+  assert.equal(isInside("/a/b", "/a/b"), true);
+  assert.equal(isInside("/a/b/c", "/a/b"), true);
+  assert.equal(isInside("/a/b/..c", "/a/b"), true);
+  assert.equal(isInside("/a/bc", "/a/b"), false);
+  assert.equal(isInside("/a", "/a/b"), false);
+  assert.equal(isInside("/x/b", "/a/b"), false);
 });
