@@ -4,6 +4,9 @@ import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { Tensor } from "../src/engine/tensor.js";
 import { SafetensorsFile, rawToInts } from "../src/io/safetensors.js";
+import type { LoadedModel } from "../src/models/registry.js";
+import { type AfmoeConfig, AfmoeForCausalLM } from "../src/models/afmoe/index.js";
+import { openServed } from "../src/pipeline/serving.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** Repository root (tests run from dist/test). */
@@ -85,4 +88,11 @@ export function goldenDataset(dir: string): { file: string; ids: number[]; batch
   const file = path.join(dir, "golden.jsonl");
   fs.writeFileSync(file, `${texts.map((text) => JSON.stringify({ text })).join("\n")}\n`);
   return { file, ids, batch, seq };
+}
+
+/** An AFMoE checkpoint opened as served (the registry's model, typed as AFMoE for tests that reach into its modules). */
+export function openAfmoe(dir: string, opts: { load?: boolean } = {}): LoadedModel & { config: AfmoeConfig; model: AfmoeForCausalLM } {
+  const m = openServed(dir, opts);
+  if (!(m.model instanceof AfmoeForCausalLM)) throw new Error(`${dir} is not an AFMoE checkpoint`);
+  return m as LoadedModel & { config: AfmoeConfig; model: AfmoeForCausalLM };
 }

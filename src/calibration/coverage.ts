@@ -1,7 +1,7 @@
 import type { AnyModule } from "../nn/module.js";
 import { registerFastAwareHook } from "./observers.js";
 import type { Tensor } from "../engine/tensor.js";
-import { AfmoeMoE, type AfmoeTokenChoiceRouter, type RouterInput, type RouterOutput } from "../models/afmoe/modeling.js";
+import { type MoeRouting, asMoeBlock } from "../nn/moe.js";
 
 /** Per MoE layer: tokens routed to each expert, and rows each expert's Linear layers saw. */
 export interface LayerCoverage {
@@ -21,8 +21,8 @@ export interface CoverageTracker {
 const LAYER_MLP = /^(?:.*\.)?layers\.(\d+)\.mlp$/;
 
 /**
- * Count, for every AfmoeMoE block of `model` (found by class name), the tokens its router
- * sends to each expert and the rows each expert's gate_proj receives. Hooks live on the
+ * Count, for every MoE block of `model` (recognised by the MoeBlock interface), the tokens its
+ * router sends to each expert and the rows each expert's gate projection receives. Hooks live on the
  * router and expert objects, so counting continues inside the calibration context.
  */
 export function trackCoverage(model: AnyModule, prefix = ""): CoverageTracker {
@@ -30,22 +30,22 @@ export function trackCoverage(model: AnyModule, prefix = ""): CoverageTracker {
   const removers: (() => void)[] = [];
   for (const [name, m] of model.namedModules(prefix)) {
     const match = LAYER_MLP.exec(name);
-    if (!match || !(m instanceof AfmoeMoE)) continue;
-    const E = m.config.numExperts;
+    const block = match ? asMoeBlock(m) : null;
+    if (!match || !block) continue;
+    const E = block.numRoutedExperts;
     const layer: LayerCoverage = { routed: new Array<number>(E).fill(0), seen: new Array<number>(E).fill(0) };
     coverage.layers[match[1] as string] = layer;
-    const router: AfmoeTokenChoiceRouter = m.router;
     removers.push(
-      router.registerForwardHook((_r: AnyModule, _in: RouterInput, out: RouterOutput) => {
-        for (const e of out.selectedExperts) layer.routed[e] = (layer.routed[e] as number) + 1;
+      block.onRouting((routing: MoeRouting) => {
+        for (const e of routing.selectedExperts) layer.routed[e] = (layer.routed[e] as number) + 1;
       }),
     );
-    m.experts.items().forEach((expert, e) => {
+    block.routedExperts().forEach((expert, e) => {
       const saw = (n: number): void => {
         layer.seen[e] = (layer.seen[e] as number) + n;
       };
       removers.push(
-        registerFastAwareHook(expert.gate_proj, (x: Tensor) => saw(x.size / expert.gate_proj.inFeatures), {
+        registerFastAwareHook(expert.gate, (x: Tensor) => saw(x.size / expert.gate.inFeatures), {
           wantsGram: false,
           rows: (n) => saw(n),
           shareWith: () => undefined,

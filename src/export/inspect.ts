@@ -1,13 +1,13 @@
 import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
 import type { DType } from "../io/safetensors.js";
-import { type AfmoeConfig, readAfmoeConfig } from "../models/afmoe/config.js";
-import { AfmoeForCausalLM } from "../models/afmoe/modeling.js";
+import type { ModelConfig, ModelFamily } from "../models/family.js";
+import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
-import { afmoeFusedGroups, fusedSchemeConflicts } from "../models/afmoe/quant-defaults.js";
+import { fusedSchemeConflicts } from "../models/fused.js";
 import { MoecalError } from "../errors.js";
 import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
-import { type ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "./compressed-tensors.js";
+import { type ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "../io/compressed-tensors.js";
 
 /** Scales outside [MIN, MAX] are flagged as extreme. */
 const EXTREME_SCALE = { min: 1e-10, max: 1e4 } as const;
@@ -41,11 +41,12 @@ function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
 export function inspectCheckpoint(dir: string): InspectReport {
   const problems: string[] = [];
   const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: 0, problems };
-  let config: AfmoeConfig;
+  let config: ModelConfig;
+  let family: ModelFamily;
   let ck: Checkpoint;
   let cfg: ParsedQuantConfig;
   try {
-    config = readAfmoeConfig(dir);
+    ({ family, config } = readModelConfig(dir));
     ck = Checkpoint.open(dir);
     report.tensors = ck.names().length;
     const qc = config.raw.quantization_config;
@@ -60,7 +61,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     problems.push(e.message);
     return report;
   }
-  const layout = layoutProblems(ck, cfg, expectedTensors(new AfmoeForCausalLM(config), config.tieWordEmbeddings));
+  const layout = layoutProblems(ck, cfg, expectedTensors(family.build(config), config.tieWordEmbeddings));
   for (const l of layout) problems.push(l);
   // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
   const misshapen = new Set(
@@ -137,7 +138,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     const g = modules.has(n) ? groupFor(cfg, n) : null;
     return g ? `config group ${cfg.groups.indexOf(g)}` : "unquantized";
   };
-  for (const c of fusedSchemeConflicts(afmoeFusedGroups([...modules, ...unquantized]), schemeOf)) problems.push(c);
+  for (const c of fusedSchemeConflicts(family.fusedGroups([...modules, ...unquantized]), schemeOf)) problems.push(c);
   return report;
 }
 

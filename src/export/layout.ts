@@ -8,7 +8,7 @@ import type { Checkpoint } from "../io/checkpoint.js";
 import { type DType, rawToInts } from "../io/safetensors.js";
 import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
-import { type ParsedQuantConfig, groupFor } from "./compressed-tensors.js";
+import { type ParsedQuantConfig, groupFor } from "../io/compressed-tensors.js";
 
 /** What the model expects: its parameters' names and shapes, which of them are Linear weights, and whether lm_head may be absent (tied). */
 export interface ExpectedTensors {

@@ -1,7 +1,7 @@
 import { withMoeCalibration } from "../calibration/context.js";
 import { type Coverage, trackCoverage } from "../calibration/coverage.js";
 import { loadTokenizer } from "../io/tokenizer.js";
-import { openAfmoe } from "../models/afmoe/index.js";
+import { openServed } from "./serving.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden } from "./stream.js";
 
@@ -19,7 +19,7 @@ export interface CoverageOptions {
  * context.
  */
 export async function measureCoverage(opts: CoverageOptions): Promise<Coverage & { samples: number; tokens: number }> {
-  const m = openAfmoe(opts.model, { load: false });
+  const m = openServed(opts.model, { load: false });
   const tok = loadTokenizer(opts.model);
   const samples = loadTokenizedSamples(opts.dataset, tok, {
     numSamples: opts.numSamples,

@@ -1,6 +1,6 @@
 import { loadTokenizer } from "../io/tokenizer.js";
 import type { Tensor } from "../engine/tensor.js";
-import { openAfmoe } from "../models/afmoe/index.js";
+import { openServed } from "./serving.js";
 import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden, withParameters } from "./stream.js";
 import { UsageError } from "../errors.js";
 import { loadTokenizedSamples } from "./dataset.js";
@@ -84,8 +84,8 @@ function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
  * together, at the end of each chunk.
  */
 export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
-  const m = openAfmoe(opts.model, { load: false });
-  const ref = opts.reference ? openAfmoe(opts.reference, { load: false }) : null;
+  const m = openServed(opts.model, { load: false });
+  const ref = opts.reference ? openServed(opts.reference, { load: false }) : null;
   if (ref && ref.config.vocabSize !== m.config.vocabSize) {
     throw new UsageError(`reference vocabulary ${ref.config.vocabSize} differs from the model's ${m.config.vocabSize}`);
   }

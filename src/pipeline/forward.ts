@@ -4,7 +4,7 @@ import { writeSafetensors, type NamedRaw } from "../io/writer.js";
 import { writeFileAtomic } from "../io/atomic.js";
 import { UsageError } from "../errors.js";
 import { assertSafeOutput } from "../export/output.js";
-import { openAfmoe } from "../models/afmoe/index.js";
+import { openServed } from "./serving.js";
 
 export interface ForwardFileOptions {
   model: string;
@@ -32,7 +32,7 @@ export async function forwardFile(opts: ForwardFileOptions): Promise<{ batch: nu
   if (info.shape.length !== 2) throw new UsageError(`${opts.inputIds}: "input_ids" must be [batch, seq], got [${info.shape.join(", ")}]`);
   const ids = rawToInts(f.readRaw("input_ids"), `${opts.inputIds}: "input_ids"`);
   const [B, S] = info.shape as [number, number];
-  const { model, config } = openAfmoe(opts.model);
+  const { model, config } = openServed(opts.model);
   const bad = ids.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= config.vocabSize);
   if (bad >= 0)
     throw new UsageError(

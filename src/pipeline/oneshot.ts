@@ -13,20 +13,13 @@ import { ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
-import {
-  AFMOE_DEFAULT_IGNORE,
-  AfmoeForCausalLM,
-  afmoeFusedGroups,
-  fusedSchemeConflicts,
-  assertFinite,
-  assertMappingComplete,
-  checkpointSource,
-  loadParameters,
-  mapAfmoeWeights,
-  readAfmoeConfig,
-  unloadParameters,
-} from "../models/afmoe/index.js";
-import { quantizedLinearTensors, requiredSuffixes } from "../export/compressed-tensors.js";
+import { checkpointSource } from "../io/tensor-source.js";
+import { requiredSuffixes } from "../io/compressed-tensors.js";
+import { assertFinite, assertMappingComplete, loadParameters, unloadParameters } from "../nn/weights.js";
+import type { CausalLM } from "../models/family.js";
+import { fusedSchemeConflicts } from "../models/fused.js";
+import { readModelConfig } from "../models/registry.js";
+import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
 import { type Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
@@ -84,7 +77,7 @@ function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {
 }
 
 /** Weights of the target Linears of the largest decoder layer (what decides GPTQ's worker pool). */
-function largestLayerWork(model: AfmoeForCausalLM, isTarget: (n: string) => boolean): number {
+function largestLayerWork(model: CausalLM, isTarget: (n: string) => boolean): number {
   const perLayer = new Map<string, number>();
   for (const [n, m] of model.namedModules()) {
     const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
@@ -118,10 +111,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   let scheme = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
   const calibrateAllExperts = opts.calibrateAllExperts ?? true;
   const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
-  const ignore = [...AFMOE_DEFAULT_IGNORE, ...(opts.ignore ?? [])];
-  validatePatterns(ignore);
+  validatePatterns(opts.ignore ?? []);
 
-  const config = readAfmoeConfig(modelDir);
+  const { family, config } = readModelConfig(modelDir);
+  const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
   if (config.raw.quantization_config) throw new UsageError(`${modelDir} is already quantized (config.json has quantization_config)`);
   const maxSeqLength = opts.maxSeqLength ?? Math.min(2048, config.maxPositionEmbeddings);
   if (maxSeqLength > config.maxPositionEmbeddings) {
@@ -139,8 +132,8 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     const ck = Checkpoint.open(modelDir);
     ck.assertNoAnomalies();
     const source = checkpointSource(ck);
-    const model = new AfmoeForCausalLM(config);
-    const mapping = mapAfmoeWeights(
+    const model = family.build(config);
+    const mapping = family.mapWeights(
       config,
       model.namedParameters().map(([n, p]) => [n, p.shape] as const),
       new Map(ck.names().map((n) => [n, ck.info(n).shape])),
@@ -167,7 +160,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         );
     }
     if (opts.vllmCheck ?? true) {
-      const conflicts = fusedSchemeConflicts(afmoeFusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
+      const conflicts = fusedSchemeConflicts(family.fusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
       if (conflicts.length) {
         const rest =
           conflicts

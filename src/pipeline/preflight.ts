@@ -2,7 +2,7 @@
  * What oneshot checks before any calibration work: the group size against every target Linear,
  * and the input's tensors the model does not use.
  */
-import type { AfmoeConfig } from "../models/afmoe/index.js";
+import type { ModelConfig } from "../models/family.js";
 import { WeightMappingError, UsageError } from "../errors.js";
 import { Linear } from "../nn/layers.js";
 import type { AnyModule } from "../nn/module.js";
@@ -60,7 +60,7 @@ const QUANT_SUFFIXES = [
  */
 export function checkUnexpectedTensors(
   names: string[],
-  config: AfmoeConfig,
+  config: ModelConfig,
   targets: ReadonlySet<string>,
   dir: string,
   warn: (m: string) => void,

@@ -3,7 +3,7 @@ import path from "node:path";
 import { f32ToBf16 } from "../engine/dtype.js";
 import { ConfigError, UsageError, asFormatError } from "../errors.js";
 import { ShardedWriter } from "../io/writer.js";
-import { AfmoeForCausalLM, parseAfmoeConfig } from "../models/afmoe/index.js";
+import { familyFor } from "../models/registry.js";
 import { OUTPUT_MARKER, OutputFolder } from "../export/output.js";
 import { confinedFile, entryExists } from "../io/files.js";
 import { BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
@@ -55,7 +55,8 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
     const every = typeof raw.global_attn_every_n_layers === "number" ? raw.global_attn_every_n_layers : 4;
     raw.layer_types = Array.from({ length: n }, (_, i) => ((i + 1) % every ? "sliding_attention" : "full_attention"));
   }
-  const config = parseAfmoeConfig(raw, "random-model config");
+  const family = familyFor(raw, "random-model config");
+  const config = family.parseConfig(raw, "random-model config");
   if (typeof raw.vocab_size === "number" && entryExists(path.join(like, "tokenizer.json"))) {
     const tj = readJsonObject(confinedFile(like, "tokenizer.json", asFormatError), MAX_TOKENIZER_BYTES) as {
       model?: { vocab?: Record<string, number> };
@@ -70,7 +71,7 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
     const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 512 * 1024 ** 2);
     const next = rng(opts.seed ?? 0);
     let parameters = 0;
-    for (const [name, p] of new AfmoeForCausalLM(config).namedParameters()) {
+    for (const [name, p] of family.build(config).namedParameters()) {
       const numel = p.shape.reduce((a, b) => a * b, 1);
       parameters += numel;
       if (name.endsWith("expert_bias")) {

@@ -6,13 +6,15 @@
  */
 import type { Tensor } from "../engine/tensor.js";
 import { UsageError } from "../errors.js";
-import { type AfmoeDecoderLayer, type LoadedAfmoe, loadParameters, unloadParameters } from "../models/afmoe/index.js";
+import type { DecoderLayer } from "../models/family.js";
+import type { LoadedModel } from "../models/registry.js";
+import { loadParameters, unloadParameters } from "../nn/weights.js";
 
 /** Tokens per chunk of samples: a chunk's hidden states take tokens x hidden_size x 4 bytes (1 GiB at hidden 1024). */
 export const STREAM_CHUNK_TOKENS = 262144;
 
 /** Runs `body` on a layer, possibly inside a context (e.g. the MoE calibration context). */
-export type LayerContext = (layer: AfmoeDecoderLayer, index: number, body: (layer: AfmoeDecoderLayer) => Promise<void>) => Promise<void>;
+export type LayerContext = (layer: DecoderLayer, index: number, body: (layer: DecoderLayer) => Promise<void>) => Promise<void>;
 
 export interface StreamOptions {
   /** wrap each decoder layer's pass over the samples */
@@ -27,7 +29,7 @@ const named =
     n === prefix || n.startsWith(`${prefix}.`);
 
 /** Load the parameters under `prefix`, run `run`, and unload them again (also when it throws). */
-export async function withParameters<T>(m: LoadedAfmoe, prefix: string, run: () => Promise<T>): Promise<T> {
+export async function withParameters<T>(m: LoadedModel, prefix: string, run: () => Promise<T>): Promise<T> {
   loadParameters(m.model, m.source, m.mapping, named(prefix));
   try {
     return await run();
@@ -37,7 +39,7 @@ export async function withParameters<T>(m: LoadedAfmoe, prefix: string, run: () 
 }
 
 /** Each sample's hidden states after the last layer (and the final norm unless told not to). */
-export async function streamedHidden(m: LoadedAfmoe, samples: number[][], opts: StreamOptions = {}): Promise<Tensor[]> {
+export async function streamedHidden(m: LoadedModel, samples: number[][], opts: StreamOptions = {}): Promise<Tensor[]> {
   const { model, config } = m;
   let hidden = await withParameters(m, "model.embed_tokens", async () => {
     const out: Tensor[] = [];

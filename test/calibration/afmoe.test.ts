@@ -1,10 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Tensor } from "../../src/engine/tensor.js";
-import { openAfmoe, type AfmoeMoE } from "../../src/models/afmoe/index.js";
+import type { AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
-import { TINY, assertClose, assertIntsEqual, golden, goldenInts } from "../helpers.js";
+import { TINY, assertClose, assertIntsEqual, golden, goldenInts, openAfmoe } from "../helpers.js";
 
 const g = golden("moe-layer1.safetensors");
 const x = g.readF32("x");

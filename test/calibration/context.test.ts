@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { openAfmoe, AfmoeMoE } from "../../src/models/afmoe/index.js";
+import { AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { withMoeCalibration } from "../../src/calibration/context.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
 import type { CalibrationModuleFactory, MoECalibrationModule } from "../../src/calibration/module.js";
@@ -8,7 +8,7 @@ import { MOE_CALIBRATION_REGISTRY, standardizeClassName } from "../../src/calibr
 import { type AnyModule, Module } from "../../src/nn/module.js";
 import type { Tensor } from "../../src/engine/tensor.js";
 import { UsageError } from "../../src/errors.js";
-import { TINY, assertClose, golden, goldenInts } from "../helpers.js";
+import { TINY, assertClose, golden, goldenInts, openAfmoe } from "../helpers.js";
 
 const { model } = openAfmoe(TINY);
 const g = golden("forward.safetensors");

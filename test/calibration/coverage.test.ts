@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { openAfmoe, AfmoeMoE } from "../../src/models/afmoe/index.js";
+import { AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { withMoeCalibration } from "../../src/calibration/context.js";
 import { trackCoverage } from "../../src/calibration/coverage.js";
-import { TINY, golden, goldenInts } from "../helpers.js";
+import { TINY, golden, goldenInts, openAfmoe } from "../helpers.js";
 
 test("coverage counts match the golden routed counts of layer 1, in both modes", async () => {
   const { model } = openAfmoe(TINY);

@@ -3,14 +3,14 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { openAfmoe, type AfmoeMoE } from "../../src/models/afmoe/index.js";
+import type { AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { trackCoverage } from "../../src/calibration/coverage.js";
 import { withMoeCalibration } from "../../src/calibration/context.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { TEXT, TINY, assertClose, golden, goldenInts } from "../helpers.js";
+import { TEXT, TINY, assertClose, golden, goldenInts, openAfmoe } from "../helpers.js";
 
 const g = golden("moe-layer1.safetensors");
 const x = g.readF32("x");

@@ -4,10 +4,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
-import { openAfmoe } from "../../src/models/afmoe/index.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { SCHEME_NAMES, type SchemeName } from "../../src/quantization/scheme.js";
-import { TEXT, TINY, golden, goldenInts } from "../helpers.js";
+import { TEXT, TINY, golden, goldenInts, openAfmoe } from "../helpers.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-schemes-"));
 const g = golden("forward.safetensors");

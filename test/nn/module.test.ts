@@ -3,8 +3,7 @@ import assert from "node:assert/strict";
 import { Tensor } from "../../src/engine/tensor.js";
 import { Linear } from "../../src/nn/layers.js";
 import type { Parameter } from "../../src/nn/module.js";
-import { openAfmoe } from "../../src/models/afmoe/index.js";
-import { TINY } from "../helpers.js";
+import { TINY, openAfmoe } from "../helpers.js";
 
 test("dotted names and class names follow the Hugging Face module tree", () => {
   const { model } = openAfmoe(TINY, { load: false });

@@ -6,10 +6,9 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { evaluate, klStats } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
-import { openAfmoe } from "../../src/models/afmoe/index.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { rawToF32 } from "../../src/io/safetensors.js";
-import { ROOT, TEXT, TINY, golden, goldenDataset } from "../helpers.js";
+import { ROOT, TEXT, TINY, golden, goldenDataset, openAfmoe } from "../helpers.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-eval-"));
 const fwd = golden("forward.safetensors");

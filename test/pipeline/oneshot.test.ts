@@ -7,7 +7,7 @@ import { oneshot } from "../../src/pipeline/oneshot.js";
 import type { OneshotReport } from "../../src/pipeline/report.js";
 import { TEXT, TINY, relErr } from "../helpers.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { compressedTensorsSource, parseQuantizationConfig } from "../../src/export/compressed-tensors.js";
+import { compressedTensorsSource, parseQuantizationConfig } from "../../src/io/compressed-tensors.js";
 import { UsageError } from "../../src/errors.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 

@@ -4,10 +4,9 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { ROOT } from "../helpers.js";
+import { ROOT, openAfmoe } from "../helpers.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
-import { openAfmoe } from "../../src/models/afmoe/index.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-stream-"));

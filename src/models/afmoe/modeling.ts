@@ -18,9 +18,11 @@ import {
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
+import type { CausalLMInput, CausalLMOutput } from "../family.js";
+import type { MoeBlock, MoeExpert, MoeRouting } from "../../nn/moe.js";
 
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, experts and the shared expert. */
-export class AfmoeMLP extends Module {
+export class AfmoeMLP extends Module implements MoeExpert {
   readonly className = "AfmoeMLP";
 
   constructor(hidden: number, intermediate: number) {
@@ -35,6 +37,15 @@ export class AfmoeMLP extends Module {
   }
   get up_proj(): Linear {
     return this.child("up_proj");
+  }
+  get gate(): Linear {
+    return this.gate_proj;
+  }
+  get up(): Linear {
+    return this.up_proj;
+  }
+  get down(): Linear {
+    return this.down_proj;
   }
   get down_proj(): Linear {
     return this.child("down_proj");
@@ -136,8 +147,20 @@ export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32
  * What an AFMoE MoE block and its calibration module share: the children (router, experts,
  * shared_experts) and expert_bias, by the checkpoint's names, and the first steps of forward.
  */
-export abstract class AfmoeMoEBlock extends Module {
+export abstract class AfmoeMoEBlock extends Module implements MoeBlock {
   abstract readonly config: AfmoeConfig;
+
+  get numRoutedExperts(): number {
+    return this.config.numExperts;
+  }
+  onRouting(observe: (routing: MoeRouting) => void): () => void {
+    return this.router.registerForwardHook((_m, _in, out) => {
+      observe(out);
+    });
+  }
+  routedExperts(): readonly AfmoeMLP[] {
+    return this.experts.items();
+  }
 
   get router(): AfmoeTokenChoiceRouter {
     return this.child("router");
@@ -325,18 +348,6 @@ export class AfmoeDecoderLayer extends Module {
     const mlp = await this.child<Module>("mlp").call(await this.sub("pre_mlp_layernorm").call(h1));
     return add(h1, await this.sub("post_mlp_layernorm").call(mlp));
   }
-}
-
-export interface CausalLMInput {
-  ids: TokenIds;
-  outputHiddenStates?: boolean;
-}
-
-export interface CausalLMOutput {
-  /** [B, S, V] */
-  logits: Tensor;
-  /** hiddenStates[0] = scaled embeddings, [i] = output of layer i-1 (when requested) */
-  hiddenStates: Tensor[];
 }
 
 export class AfmoeModel extends Module<TokenIds, Tensor> {

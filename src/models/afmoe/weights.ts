@@ -1,18 +1,5 @@
-import { type Tensor, numel } from "../../engine/tensor.js";
-import type { Checkpoint } from "../../io/checkpoint.js";
-import { rawToF32 } from "../../io/safetensors.js";
-import { NumericalError, WeightMappingError } from "../../errors.js";
-import type { AnyModule } from "../../nn/module.js";
 import type { AfmoeConfig } from "./config.js";
-
-export interface WeightMapping {
-  /** model parameter name -> checkpoint tensor name */
-  sources: Map<string, string>;
-  missing: string[];
-  unexpected: string[];
-  /** "name: checkpoint [a, b] vs model [c, d]" */
-  wrongShape: string[];
-}
+import type { WeightMapping } from "../../nn/weights.js";
 
 /**
  * Pure: match the model's parameters (name and shape) against the checkpoint's tensors.
@@ -48,74 +35,4 @@ export function mapAfmoeWeights(
   // rotary inverse frequencies are buffers some exporters save; they are recomputed here
   const unexpected = [...available.keys()].filter((n) => !used.has(n) && !n.endsWith("rotary_emb.inv_freq"));
   return { sources, missing, unexpected, wrongShape };
-}
-
-export function checkpointShapes(ck: Checkpoint): Map<string, number[]> {
-  return new Map(ck.names().map((n) => [n, ck.info(n).shape]));
-}
-
-/** Raise on missing or misshapen tensors (unexpected ones are returned for a warning). */
-export function assertMappingComplete(m: WeightMapping, where: string): void {
-  const problems: string[] = [];
-  if (m.missing.length)
-    problems.push(`missing tensors: ${m.missing.slice(0, 5).join(", ")}${m.missing.length > 5 ? ` and ${m.missing.length - 5} more` : ""}`);
-  if (m.wrongShape.length) problems.push(`wrong shapes: ${m.wrongShape.slice(0, 5).join("; ")}`);
-  if (problems.length) throw new WeightMappingError(`${where}: ${problems.join("; ")}`);
-}
-
-/** A tensor source: a float32 tensor by checkpoint name (plain checkpoints or dequantizing loaders). */
-export interface TensorSource {
-  readonly dir: string;
-  names(): string[];
-  shapeOf(name: string): number[];
-  readF32(name: string): Tensor;
-}
-
-export function checkpointSource(ck: Checkpoint): TensorSource {
-  return {
-    dir: ck.dir,
-    names: () => ck.names(),
-    shapeOf: (n) => ck.info(n).shape,
-    readF32: (n) => rawToF32(ck.readRaw(n), `${ck.dir}: tensor "${n}"`),
-  };
-}
-
-export function assertFinite(t: Tensor, where: string): void {
-  for (let i = 0; i < t.size; i++) {
-    const v = t.data[i] as number;
-    if (!Number.isFinite(v)) {
-      throw new NumericalError(`${where}: value ${v} at flat index ${i} (of ${t.size}); the checkpoint holds non-finite weights`);
-    }
-  }
-}
-
-/**
- * Load parameters of `root` (named with `prefix`) whose names pass `filter` from `source`.
- * Checks shapes and finiteness; returns the number of tensors loaded.
- */
-export function loadParameters(
-  root: AnyModule,
-  source: TensorSource,
-  mapping: WeightMapping,
-  filter: (name: string) => boolean = () => true,
-  prefix = "",
-): number {
-  let n = 0;
-  for (const [name, p] of root.namedParameters(prefix)) {
-    if (!filter(name)) continue;
-    const src = mapping.sources.get(name);
-    if (!src) throw new WeightMappingError(`${source.dir}: no tensor for parameter "${name}"`);
-    const t = source.readF32(src);
-    if (numel(t.shape) !== numel(p.shape))
-      throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${t.size} values, "${name}" needs ${numel(p.shape)}`);
-    assertFinite(t, `${source.dir}: tensor "${src}"`);
-    p.value = t.reshape(p.shape);
-    n++;
-  }
-  return n;
-}
-
-/** Drop loaded parameter values (to stream a model layer by layer). */
-export function unloadParameters(root: AnyModule, filter: (name: string) => boolean = () => true, prefix = ""): void {
-  for (const [name, p] of root.namedParameters(prefix)) if (filter(name)) p.value = null;
 }

@@ -1,7 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { openAfmoe } from "../../../src/models/afmoe/index.js";
-import { TINY, assertClose, golden, goldenInts } from "../../helpers.js";
+import { TINY, assertClose, golden, goldenInts, openAfmoe } from "../../helpers.js";
 
 test("tiny-afmoe forward reproduces golden logits and every hidden state (rel err <= 1e-5, same argmax)", async () => {
   const g = golden("forward.safetensors");

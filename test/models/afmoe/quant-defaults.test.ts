@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { AfmoeForCausalLM, afmoeFusedGroups, fusedSchemeConflicts, readAfmoeConfig } from "../../../src/models/afmoe/index.js";
+import { AfmoeForCausalLM, afmoeFusedGroups, readAfmoeConfig } from "../../../src/models/afmoe/index.js";
+import { fusedSchemeConflicts } from "../../../src/models/fused.js";
 import { Linear } from "../../../src/nn/layers.js";
 import { TINY } from "../../helpers.js";
 

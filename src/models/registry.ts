@@ -1,0 +1,63 @@
+/**
+ * The model families moecal knows, by config.json's `model_type`, and opening a checkpoint folder
+ * with its family: config, module tree, weight mapping, and (optionally) every weight loaded.
+ */
+import { ConfigError } from "../errors.js";
+import { Checkpoint } from "../io/checkpoint.js";
+import { type ParsedQuantConfig, compressedTensorsSource, parseQuantizationConfig } from "../io/compressed-tensors.js";
+import { readConfigJson } from "../io/json.js";
+import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
+import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn/weights.js";
+import { AFMOE_FAMILY } from "./afmoe/family.js";
+import type { CausalLM, ModelConfig, ModelFamily } from "./family.js";
+
+export const FAMILIES: readonly ModelFamily[] = [AFMOE_FAMILY];
+
+/** The family of a parsed config.json; an unknown `model_type` names the supported ones. */
+export function familyFor(json: unknown, where: string): ModelFamily {
+  const mt = typeof json === "object" && json !== null ? (json as { model_type?: unknown }).model_type : undefined;
+  const family = FAMILIES.find((f) => f.modelType === mt);
+  if (!family)
+    throw new ConfigError(
+      `${where}: unsupported model_type ${JSON.stringify(mt ?? null)} (moecal supports ${FAMILIES.map((f) => `"${f.modelType}"`).join(", ")})`,
+    );
+  return family;
+}
+
+/** `<dir>/config.json` read, its family found and the config validated by it. */
+export function readModelConfig(dir: string): { family: ModelFamily; config: ModelConfig } {
+  const { file, json } = readConfigJson(dir);
+  const family = familyFor(json, file);
+  return { family, config: family.parseConfig(json, file) };
+}
+
+export interface LoadedModel {
+  family: ModelFamily;
+  config: ModelConfig;
+  model: CausalLM;
+  /** the folder's tensors (a compressed-tensors checkpoint's quantized weights dequantized) */
+  source: TensorSource;
+  mapping: WeightMapping;
+  checkpoint: Checkpoint;
+  /** config.json's quantization_config, parsed (null for a plain checkpoint) */
+  quantization: ParsedQuantConfig | null;
+  /** a quantized Linear's static input scale, if it has one */
+  inputScale(linear: string): number | null;
+}
+
+/** Build the model for a checkpoint folder and check every weight is there; `load` reads them all now (default true). */
+export function openModel(dir: string, opts: { load?: boolean } = {}): LoadedModel {
+  const { family, config } = readModelConfig(dir);
+  const checkpoint = Checkpoint.open(dir);
+  checkpoint.assertNoAnomalies();
+  const qc = config.raw.quantization_config;
+  const quantization = qc ? parseQuantizationConfig(qc, `${dir}/config.json`) : null;
+  const ct = quantization ? compressedTensorsSource(checkpoint, quantization) : null;
+  const source = ct ?? checkpointSource(checkpoint);
+  const model = family.build(config);
+  const expected = model.namedParameters().map(([n, p]) => [n, p.shape] as const);
+  const mapping = family.mapWeights(config, expected, new Map(source.names().map((n) => [n, source.shapeOf(n)] as const)));
+  assertMappingComplete(mapping, dir);
+  if (opts.load ?? true) loadParameters(model, source, mapping);
+  return { family, config, model, source, mapping, checkpoint, quantization, inputScale: (n) => ct?.inputScale(n) ?? null };
+}

@@ -1,0 +1,68 @@
+/** Loading a checkpoint's tensors into a module tree's parameters, whatever the model family. */
+import { type Tensor, numel } from "../engine/tensor.js";
+import { NumericalError, WeightMappingError } from "../errors.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import type { TensorSource } from "../io/tensor-source.js";
+import type { AnyModule } from "./module.js";
+
+export interface WeightMapping {
+  /** model parameter name -> checkpoint tensor name */
+  sources: Map<string, string>;
+  missing: string[];
+  unexpected: string[];
+  /** "name: checkpoint [a, b] vs model [c, d]" */
+  wrongShape: string[];
+}
+
+export function checkpointShapes(ck: Checkpoint): Map<string, number[]> {
+  return new Map(ck.names().map((n) => [n, ck.info(n).shape]));
+}
+
+/** Raise on missing or misshapen tensors (unexpected ones are returned for a warning). */
+export function assertMappingComplete(m: WeightMapping, where: string): void {
+  const problems: string[] = [];
+  if (m.missing.length)
+    problems.push(`missing tensors: ${m.missing.slice(0, 5).join(", ")}${m.missing.length > 5 ? ` and ${m.missing.length - 5} more` : ""}`);
+  if (m.wrongShape.length) problems.push(`wrong shapes: ${m.wrongShape.slice(0, 5).join("; ")}`);
+  if (problems.length) throw new WeightMappingError(`${where}: ${problems.join("; ")}`);
+}
+
+export function assertFinite(t: Tensor, where: string): void {
+  for (let i = 0; i < t.size; i++) {
+    const v = t.data[i] as number;
+    if (!Number.isFinite(v)) {
+      throw new NumericalError(`${where}: value ${v} at flat index ${i} (of ${t.size}); the checkpoint holds non-finite weights`);
+    }
+  }
+}
+
+/**
+ * Load parameters of `root` (named with `prefix`) whose names pass `filter` from `source`.
+ * Checks shapes and finiteness; returns the number of tensors loaded.
+ */
+export function loadParameters(
+  root: AnyModule,
+  source: TensorSource,
+  mapping: WeightMapping,
+  filter: (name: string) => boolean = () => true,
+  prefix = "",
+): number {
+  let n = 0;
+  for (const [name, p] of root.namedParameters(prefix)) {
+    if (!filter(name)) continue;
+    const src = mapping.sources.get(name);
+    if (!src) throw new WeightMappingError(`${source.dir}: no tensor for parameter "${name}"`);
+    const t = source.readF32(src);
+    if (numel(t.shape) !== numel(p.shape))
+      throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${t.size} values, "${name}" needs ${numel(p.shape)}`);
+    assertFinite(t, `${source.dir}: tensor "${src}"`);
+    p.value = t.reshape(p.shape);
+    n++;
+  }
+  return n;
+}
+
+/** Drop loaded parameter values (to stream a model layer by layer). */
+export function unloadParameters(root: AnyModule, filter: (name: string) => boolean = () => true, prefix = ""): void {
+  for (const [name, p] of root.namedParameters(prefix)) if (filter(name)) p.value = null;
+}
