@@ -1,11 +1,12 @@
 import type { Tensor } from "../engine/tensor.js";
-import { add, gatherRows, indexAddWeighted } from "../engine/ops.js";
+import { add } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
 import { UsageError } from "../errors.js";
 import type { AfmoeConfig } from "../models/afmoe/config.js";
-import { type AfmoeMLP, AfmoeMoE, AfmoeMoEBlock, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
+import { AfmoeMoE, AfmoeMoEBlock } from "../models/afmoe/modeling.js";
 import type { CalibrationOptions, MoECalibrationModule } from "./module.js";
-import { type FastState, allExpertsFast, fastPlan } from "./afmoe-fast.js";
+import type { FastState } from "./fast-path.js";
+import { addRoutedExperts } from "./routed-experts.js";
 
 /**
  * Calibration version of AfmoeMoE (llm-compressor's CalibrationAfmoeMoE). With
@@ -38,22 +39,21 @@ export class CalibrationAfmoeMoE extends AfmoeMoEBlock implements MoECalibration
   }
 
   async forward(hidden: Tensor): Promise<Tensor> {
-    const K = this.config.numExpertsPerTok;
     // Steps 1-2: routing decisions; shared experts on every token
-    const { flat, T, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
+    const { flat, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
     // Steps 3-4: every expert, in order
-    const experts = this.experts.items();
-    const plan = this.calibrateAllExperts && this.fastPath ? fastPlan(experts) : null;
-    if (plan) {
-      await allExpertsFast(flat, topScores, selectedExperts, experts, plan, this.fastState, routed);
-      return add(shared, routed).reshape(hidden.shape);
-    }
-    for (let e = 0; e < experts.length; e++) {
-      const expert = experts[e] as AfmoeMLP;
-      const { tokens, slots } = routedPairs(selectedExperts, T, K, e);
-      const out = this.calibrateAllExperts ? gatherRows(await expert.call(flat), tokens) : await expert.call(gatherRows(flat, tokens));
-      if (tokens.length > 0) indexAddWeighted(routed, tokens, out, routeWeights(topScores, tokens, slots));
-    }
+    await addRoutedExperts(
+      {
+        flat,
+        topScores,
+        selectedExperts,
+        experts: this.experts.items(),
+        calibrateAllExperts: this.calibrateAllExperts,
+        fastPath: this.fastPath,
+        fastState: this.fastState,
+      },
+      routed,
+    );
     // Step 5: shared + routed
     return add(shared, routed).reshape(hidden.shape);
   }

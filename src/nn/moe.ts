@@ -3,6 +3,7 @@
  * its routed experts (each a gate, an up and a down projection, under any on-disk names) and the
  * routing decisions of its router (the experts each token was sent to).
  */
+import type { Tensor } from "../engine/tensor.js";
 import type { Linear } from "./layers.js";
 import type { AnyModule } from "./module.js";
 
@@ -29,4 +30,27 @@ export function asMoeBlock(m: AnyModule): (AnyModule & MoeBlock) | null {
   return typeof (m as Partial<MoeBlock>).routedExperts === "function" && typeof (m as Partial<MoeBlock>).onRouting === "function"
     ? (m as AnyModule & MoeBlock)
     : null;
+}
+
+/**
+ * For expert e: the (slot, token) pairs that selected it, slot-major then token order
+ * (torch.where over the [K, T] one-hot mask, as the seed does).
+ */
+export function routedPairs(selected: Int32Array, T: number, K: number, expert: number): { tokens: Int32Array; slots: Int32Array } {
+  const tokens: number[] = [];
+  const slots: number[] = [];
+  for (let k = 0; k < K; k++) {
+    for (let t = 0; t < T; t++) {
+      if (selected[t * K + k] === expert) {
+        tokens.push(t);
+        slots.push(k);
+      }
+    }
+  }
+  return { tokens: Int32Array.from(tokens), slots: Int32Array.from(slots) };
+}
+
+export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32Array): Float32Array {
+  const K = topScores.dim(1);
+  return Float32Array.from(tokens, (t, i) => topScores.data[t * K + (slots[i] as number)] as number);
 }

@@ -19,7 +19,7 @@ import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
 import type { CausalLMInput, CausalLMOutput } from "../family.js";
-import type { MoeBlock, MoeExpert, MoeRouting } from "../../nn/moe.js";
+import { type MoeBlock, type MoeExpert, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
 
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, experts and the shared expert. */
 export class AfmoeMLP extends Module implements MoeExpert {
@@ -118,29 +118,6 @@ export class AfmoeTokenChoiceRouter extends Module<RouterInput, RouterOutput> {
     }
     return { topScores: new Tensor(top, [T, K]), selectedExperts: selected };
   }
-}
-
-/**
- * For expert e: the (slot, token) pairs that selected it, slot-major then token order
- * (torch.where over the [K, T] one-hot mask, as the seed does).
- */
-export function routedPairs(selected: Int32Array, T: number, K: number, expert: number): { tokens: Int32Array; slots: Int32Array } {
-  const tokens: number[] = [];
-  const slots: number[] = [];
-  for (let k = 0; k < K; k++) {
-    for (let t = 0; t < T; t++) {
-      if (selected[t * K + k] === expert) {
-        tokens.push(t);
-        slots.push(k);
-      }
-    }
-  }
-  return { tokens: Int32Array.from(tokens), slots: Int32Array.from(slots) };
-}
-
-export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32Array): Float32Array {
-  const K = topScores.dim(1);
-  return Float32Array.from(tokens, (t, i) => topScores.data[t * K + (slots[i] as number)] as number);
 }
 
 /**

@@ -2,8 +2,12 @@ import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
 import { indexAddWeighted } from "../engine/ops.js";
 import type { Linear } from "../nn/layers.js";
-import { type AfmoeMLP, routeWeights, routedPairs } from "../models/afmoe/modeling.js";
+import type { AnyModule } from "../nn/module.js";
+import { type MoeExpert, routeWeights, routedPairs } from "../nn/moe.js";
 import { type FastPathObserver, GramAccumulator, fastObserversOf } from "./observers.js";
+
+/** A routed expert as the fast path computes it: down(silu(gate(x)) * up(x)), a module whose hooks it must respect. */
+export type SwiGluExpert = MoeExpert & Pick<AnyModule, "hookCount">;
 
 /** Tokens per chunk of the all-experts fast path. */
 const FAST_TOKENS_PER_CHUNK = 2048;
@@ -18,14 +22,14 @@ export interface FastPlan {
  * The fast path applies when nothing but fast-path-aware observers watches the experts
  * (a user's own hook on an expert or one of its Linears needs the per-expert path).
  */
-export function fastPlan(experts: AfmoeMLP[]): FastPlan | null {
+export function fastPlan(experts: readonly SwiGluExpert[]): FastPlan | null {
   const gateUp: FastPathObserver[] = [];
   const down: FastPathObserver[][] = [];
   for (const e of experts) {
     if (e.hookCount > 0) return null;
-    const g = fastObserversOf(e.gate_proj);
-    const u = fastObserversOf(e.up_proj);
-    const d = fastObserversOf(e.down_proj);
+    const g = fastObserversOf(e.gate);
+    const u = fastObserversOf(e.up);
+    const d = fastObserversOf(e.down);
     if (!g || !u || !d) return null;
     gateUp.push(...g, ...u);
     down.push(d);
@@ -52,7 +56,7 @@ export async function allExpertsFast(
   flat: Tensor,
   topScores: Tensor,
   selected: Int32Array,
-  experts: AfmoeMLP[],
+  experts: readonly SwiGluExpert[],
   plan: FastPlan,
   state: FastState,
   routed: Tensor,
@@ -61,7 +65,7 @@ export async function allExpertsFast(
   const [T, H] = [flat.dim(0), flat.dim(1)];
   const K = topScores.dim(1);
   const E = experts.length;
-  const Im = (experts[0] as AfmoeMLP).gate_proj.outFeatures;
+  const Im = (experts[0] as SwiGluExpert).gate.outFeatures;
   const wantShared = plan.gateUp.some((o) => o.wantsGram);
   if (wantShared && !state.sharedGateUp) state.sharedGateUp = new GramAccumulator(H);
   if (state.sharedGateUp) for (const o of plan.gateUp) o.shareWith(state.sharedGateUp);
@@ -77,9 +81,9 @@ export async function allExpertsFast(
     for (const o of plan.gateUp) o.rows(Tc, null);
     const gu = scratch.subarray(0, 2 * Im * Tc);
     for (let e = 0; e < E; e++) {
-      const ex = experts[e] as AfmoeMLP;
-      await engine.linear(Xc, ex.gate_proj.weight, gu.subarray(0, Im * Tc)); // [Tc, Im]
-      await engine.linear(Xc, ex.up_proj.weight, gu.subarray(Im * Tc)); // [Tc, Im]
+      const ex = experts[e] as SwiGluExpert;
+      await engine.linear(Xc, ex.gate.weight, gu.subarray(0, Im * Tc)); // [Tc, Im]
+      await engine.linear(Xc, ex.up.weight, gu.subarray(Im * Tc)); // [Tc, Im]
       await expertFromGateUp(e, gu, Tc, c0, c1);
     }
   }
@@ -102,7 +106,7 @@ export async function allExpertsFast(
       const t = (tokens[pi] as number) - c0;
       rows.set(A.data.subarray(t * Im, (t + 1) * Im), r * Im);
     });
-    const down: Linear = (experts[e] as AfmoeMLP).down_proj;
+    const down: Linear = (experts[e] as SwiGluExpert).down;
     const out = await engine.linear(new Tensor(rows, [sel.length, Im]), down.weight);
     const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
     const sl = Int32Array.from(sel, (pi) => slots[pi] as number);

@@ -1,0 +1,42 @@
+/**
+ * The routed-expert step of every MoE calibration module, whatever the family: with
+ * `calibrateAllExperts` every expert runs on all T tokens (so each expert Linear sees the whole
+ * calibration set) and only its routed rows, weighted by the router, are added; without it each
+ * expert runs on its routed tokens only (and is still called, with an empty batch, when it has
+ * none). When nothing but moecal's own observers watches the experts, the all-experts case takes
+ * the fast path (one shared Gram product for every gate/up projection).
+ */
+import type { Tensor } from "../engine/tensor.js";
+import { gatherRows, indexAddWeighted } from "../engine/ops.js";
+import type { Module } from "../nn/module.js";
+import { routeWeights, routedPairs } from "../nn/moe.js";
+import { type FastState, type SwiGluExpert, allExpertsFast, fastPlan } from "./fast-path.js";
+
+export interface RoutedStep {
+  /** [T, H] the block's input tokens */
+  flat: Tensor;
+  /** [T, K] combine weights of the selected experts */
+  topScores: Tensor;
+  /** [T, K] selected expert indices */
+  selectedExperts: Int32Array;
+  experts: readonly (SwiGluExpert & Module<Tensor, Tensor>)[];
+  calibrateAllExperts: boolean;
+  fastPath: boolean;
+  fastState: FastState;
+}
+
+/** Add every expert's weighted routed rows into `routed` [T, H], experts in order, pairs slot-major (the seed's order). */
+export async function addRoutedExperts(s: RoutedStep, routed: Tensor): Promise<void> {
+  const T = s.flat.dim(0);
+  const K = s.topScores.dim(1);
+  const plan = s.calibrateAllExperts && s.fastPath ? fastPlan(s.experts) : null;
+  if (plan) {
+    await allExpertsFast(s.flat, s.topScores, s.selectedExperts, s.experts, plan, s.fastState, routed);
+    return;
+  }
+  for (const [e, expert] of s.experts.entries()) {
+    const { tokens, slots } = routedPairs(s.selectedExperts, T, K, e);
+    const out = s.calibrateAllExperts ? gatherRows(await expert.call(s.flat), tokens) : await expert.call(gatherRows(s.flat, tokens));
+    if (tokens.length > 0) indexAddWeighted(routed, tokens, out, routeWeights(s.topScores, tokens, slots));
+  }
+}
