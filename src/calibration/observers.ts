@@ -155,3 +155,31 @@ export function attachHessianObservers(root: AnyModule, filter: (name: string, m
     },
   };
 }
+
+/** Largest |x| over the input rows of a Linear, with the row count (static activation scales). */
+export interface InputAbsMax {
+  absmax: number;
+  rows: number;
+}
+
+/** Hooks recording each Linear's largest input magnitude (FP8's static `input_scale`); `remove` detaches them. */
+export function attachInputAbsMax(linears: ReadonlyMap<string, Linear>): { stats: Map<string, InputAbsMax>; remove(): void } {
+  const stats = new Map<string, InputAbsMax>();
+  const removers: (() => void)[] = [];
+  for (const [n, lin] of linears) {
+    const s: InputAbsMax = { absmax: 0, rows: 0 };
+    stats.set(n, s);
+    removers.push(
+      lin.registerForwardPreHook((_m, x) => {
+        for (const v of x.data) s.absmax = Math.max(s.absmax, Math.abs(v));
+        s.rows += x.size / lin.inFeatures;
+      }),
+    );
+  }
+  return {
+    stats,
+    remove: () => {
+      for (const r of removers) r();
+    },
+  };
+}

@@ -6,7 +6,7 @@ import { checkpointHash, sha256File } from "../io/hash.js";
 import { firstNonFinite } from "../io/safetensors.js";
 import type { Seed } from "../util/numpy-random.js";
 import { withMoeCalibration } from "../calibration/context.js";
-import { attachHessianObservers } from "../calibration/observers.js";
+import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
 import { trackCoverage, type LayerCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { ShardedWriter } from "../io/writer.js";
@@ -15,7 +15,7 @@ import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
 import { checkpointSource } from "../io/tensor-source.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
-import { assertFinite, assertMappingComplete, loadParameters, unloadParameters } from "../nn/weights.js";
+import { assertFinite, assertMappingComplete } from "../nn/weights.js";
 import type { CausalLM } from "../models/family.js";
 import { fusedSchemeConflicts } from "../models/fused.js";
 import { readModelConfig } from "../models/registry.js";
@@ -29,6 +29,7 @@ import { type Fallback, type LayerTargets, type Method, gptqPoolSize, quantizeLa
 import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type LayerReport, type OneshotReport, layerSummary, writeReportFiles } from "./report.js";
 import { checkUnexpectedTensors, fitGroupSize, seedForJson } from "./preflight.js";
+import { type StreamModel, eachLayer, embedSamples } from "./stream.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -207,38 +208,20 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget)) : 0;
     if (poolSize > 0) void sharedGptqPool(poolSize);
 
-    const embedName = "model.embed_tokens.weight";
-    loadParameters(model, source, mapping, (n) => n === embedName);
-    let hidden: Tensor[] = [];
-    for (const ids of samples) hidden.push(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
-    copyRaw(embedName);
-    unloadParameters(model, (n) => n === embedName);
+    const streamed: StreamModel = { model, source, mapping, config };
+    const hidden0 = await embedSamples(streamed, samples);
+    copyRaw("model.embed_tokens.weight");
 
     const layerReports: LayerReport[] = [];
     const coverage: Record<string, LayerCoverage> = {};
     const fallbacks: Fallback[] = [];
-    for (let i = 0; i < config.numHiddenLayers; i++) {
+    await eachLayer(streamed, hidden0, async (layer, i, hidden) => {
       opts.onProgress?.({ kind: "layer", layer: i, layers: config.numHiddenLayers });
       const prefix = `model.layers.${i}`;
-      const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
-      loadParameters(model, source, mapping, inLayer);
-      const layer = model.model.layers.at(i);
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map() };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
       const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix) : null;
-      const removeAbsMax: (() => void)[] = [];
-      if (scheme.inputActivations && !scheme.inputActivations.dynamic) {
-        for (const [n, lin] of targets.linears) {
-          const s = { absmax: 0, rows: 0 };
-          targets.inputAbsMax.set(n, s);
-          removeAbsMax.push(
-            lin.registerForwardPreHook((_m, x) => {
-              for (const v of x.data) s.absmax = Math.max(s.absmax, Math.abs(v));
-              s.rows += x.size / lin.inFeatures;
-            }),
-          );
-        }
-      }
+      const absMax = scheme.inputActivations && !scheme.inputActivations.dynamic ? attachInputAbsMax(targets.linears) : null;
       const tracker = trackCoverage(layer, prefix);
       try {
         await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
@@ -250,9 +233,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       } finally {
         tracker.remove();
         observers?.remove();
-        for (const r of removeAbsMax) r();
+        absMax?.remove();
       }
       if (observers) targets.hessians = observers.stats;
+      if (absMax) targets.inputAbsMax = absMax.stats;
       const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
         dampening: opts.dampening ?? 0.01,
         blockSize: 128,
@@ -269,10 +253,8 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length });
       }
       for (const h of next) assertFinite(h, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
-      hidden = next;
       const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
-      for (const [n] of model.namedParameters()) {
-        if (!inLayer(n)) continue;
+      for (const [n] of layer.namedParameters(prefix)) {
         const q = quantizedByWeight.get(n);
         if (q) {
           const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale);
@@ -284,14 +266,13 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
           for (const t of tensors) writer.add(t);
         } else copyRaw(n);
       }
-      unloadParameters(model, inLayer);
       const cov = tracker.coverage.layers[String(i)] ?? null;
       if (cov) coverage[String(i)] = cov;
       const summary = layerSummary(i, cov, results, fb);
       layerReports.push(summary);
       opts.onProgress?.({ kind: "layer-done", layer: i, summary });
-    }
-    hidden = [];
+      return next;
+    });
     copyRaw("model.norm.weight");
     copyRaw("lm_head.weight");
     for (const n of mapping.unexpected) copyRaw(n);

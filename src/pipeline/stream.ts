@@ -28,8 +28,11 @@ const named =
   (n: string): boolean =>
     n === prefix || n.startsWith(`${prefix}.`);
 
+/** What streaming needs of an opened model. */
+export type StreamModel = Pick<LoadedModel, "model" | "source" | "mapping" | "config">;
+
 /** Load the parameters under `prefix`, run `run`, and unload them again (also when it throws). */
-export async function withParameters<T>(m: LoadedModel, prefix: string, run: () => Promise<T>): Promise<T> {
+export async function withParameters<T>(m: StreamModel, prefix: string, run: () => Promise<T>): Promise<T> {
   loadParameters(m.model, m.source, m.mapping, named(prefix));
   try {
     return await run();
@@ -38,28 +41,46 @@ export async function withParameters<T>(m: LoadedModel, prefix: string, run: () 
   }
 }
 
-/** Each sample's hidden states after the last layer (and the final norm unless told not to). */
-export async function streamedHidden(m: LoadedModel, samples: number[][], opts: StreamOptions = {}): Promise<Tensor[]> {
-  const { model, config } = m;
-  let hidden = await withParameters(m, "model.embed_tokens", async () => {
+/** Every sample's input of layer 0 (embeddings loaded for this only). */
+export async function embedSamples(m: StreamModel, samples: number[][]): Promise<Tensor[]> {
+  return withParameters(m, "model.embed_tokens", async () => {
     const out: Tensor[] = [];
-    for (const ids of samples) out.push(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
+    for (const ids of samples) out.push(await m.model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
     return out;
   });
-  const around: LayerContext = opts.around ?? ((layer, _i, body) => body(layer));
-  for (let i = 0; i < config.numHiddenLayers; i++) {
-    hidden = await withParameters(m, `model.layers.${i}`, async () => {
-      const out: Tensor[] = [];
-      await around(model.model.layers.at(i), i, async (layer) => {
-        for (const h of hidden) out.push(await layer.call(h));
-      });
-      return out;
-    });
+}
+
+/**
+ * The one layer-by-layer loop: `step` runs on each decoder layer in turn with only that layer's
+ * weights loaded, and returns the next layer's inputs.
+ */
+export async function eachLayer(
+  m: StreamModel,
+  hidden: Tensor[],
+  step: (layer: DecoderLayer, index: number, hidden: Tensor[]) => Promise<Tensor[]>,
+): Promise<Tensor[]> {
+  let h = hidden;
+  for (let i = 0; i < m.config.numHiddenLayers; i++) {
+    const input = h;
+    h = await withParameters(m, `model.layers.${i}`, () => step(m.model.model.layers.at(i), i, input));
   }
+  return h;
+}
+
+/** Each sample's hidden states after the last layer (and the final norm unless told not to). */
+export async function streamedHidden(m: StreamModel, samples: number[][], opts: StreamOptions = {}): Promise<Tensor[]> {
+  const around: LayerContext = opts.around ?? ((layer, _i, body) => body(layer));
+  const hidden = await eachLayer(m, await embedSamples(m, samples), async (layer, i, input) => {
+    const out: Tensor[] = [];
+    await around(layer, i, async (l) => {
+      for (const h of input) out.push(await l.call(h));
+    });
+    return out;
+  });
   if (opts.finalNorm === false) return hidden;
   return withParameters(m, "model.norm", async () => {
     const out: Tensor[] = [];
-    for (const h of hidden) out.push(await model.model.norm.call(h));
+    for (const h of hidden) out.push(await m.model.model.norm.call(h));
     return out;
   });
 }
