@@ -1,5 +1,6 @@
 import type { CalibrationModuleFactory } from "./module.js";
 import { buildCalibrationAfmoeMoE } from "./afmoe.js";
+import { buildCalibrationQwen3MoeSparseMoeBlock } from "./qwen3-moe.js";
 
 /** Registry key of a class name: lower case, `_` and spaces to `-` (`AfmoeMoE` -> `afmoemoe`). */
 export function standardizeClassName(name: string): string {
@@ -12,6 +13,7 @@ export function standardizeClassName(name: string): string {
  */
 export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFactory> = new Map([
   [standardizeClassName("AfmoeMoE"), buildCalibrationAfmoeMoE],
+  [standardizeClassName("Qwen3MoeSparseMoeBlock"), buildCalibrationQwen3MoeSparseMoeBlock],
 ]);
 
 export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {

@@ -3,7 +3,6 @@
  * Exact semantics: docs/afmoe.md.
  */
 import { Tensor } from "../../engine/tensor.js";
-import { getEngine } from "../../engine/index.js";
 import {
   add,
   applyRopeInPlace,
@@ -12,49 +11,19 @@ import {
   rmsNorm,
   sigmoidScalar,
   softmaxRowInPlace,
-  swiglu,
   topkIndices,
 } from "../../engine/ops.js";
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
 import type { CausalLMInput, CausalLMOutput } from "../family.js";
-import { type MoeBlock, type MoeExpert, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
+import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
+import { causalAttention, toHeads } from "../../nn/attention.js";
+import { SwiGluMLP } from "../../nn/mlp.js";
 
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, experts and the shared expert. */
-export class AfmoeMLP extends Module implements MoeExpert {
-  readonly className = "AfmoeMLP";
-
-  constructor(hidden: number, intermediate: number) {
-    super();
-    this.addModule("gate_proj", new Linear(hidden, intermediate));
-    this.addModule("up_proj", new Linear(hidden, intermediate));
-    this.addModule("down_proj", new Linear(intermediate, hidden));
-  }
-
-  get gate_proj(): Linear {
-    return this.child("gate_proj");
-  }
-  get up_proj(): Linear {
-    return this.child("up_proj");
-  }
-  get gate(): Linear {
-    return this.gate_proj;
-  }
-  get up(): Linear {
-    return this.up_proj;
-  }
-  get down(): Linear {
-    return this.down_proj;
-  }
-  get down_proj(): Linear {
-    return this.child("down_proj");
-  }
-
-  async forward(x: Tensor): Promise<Tensor> {
-    const [g, u] = [await this.gate_proj.call(x), await this.up_proj.call(x)];
-    return this.down_proj.call(swiglu(g, u));
-  }
+export class AfmoeMLP extends SwiGluMLP {
+  override readonly className = "AfmoeMLP";
 }
 
 export interface RouterInput {
@@ -234,35 +203,14 @@ export class AfmoeAttention extends Module {
       applyRopeInPlace(k.data, B, S, nKV, D, c.ropeTheta);
     }
     // per head contiguous: qh [B*nH, S, D]; kh, vh [B*nKV, S, D]
-    const qh = toHeads(q.data, B, S, nH, D);
-    const kh = toHeads(k.data, B, S, nKV, D);
-    const vh = toHeads(v.data, B, S, nKV, D);
-    const engine = getEngine();
-    const group = nH / nKV; // GQA: query head h reads key/value head floor(h / group)
-    const inv = 1 / Math.sqrt(D);
-    const window = c.slidingWindow;
-    const ctx = new Float32Array(B * nH * S * D);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < nH; h++) {
-        const bh = b * nH + h;
-        const kv = b * nKV + Math.floor(h / group);
-        const head = (a: Float32Array, i: number): Tensor => new Tensor(a.subarray(i * S * D, (i + 1) * S * D), [S, D]);
-        // scores = q k^T (one Gemm per head: faster in onnxruntime than a batched MatMul with K = D)
-        const scores = await engine.linear(head(qh, bh), head(kh, kv));
-        const sd = scores.data;
-        for (let i = 0; i < S; i++) {
-          // keys lo..i are visible (causal; sliding layers also drop keys at or before i - window)
-          const row = i * S;
-          const lo = this.sliding ? Math.max(0, i - window + 1) : 0;
-          for (let j = lo; j <= i; j++) sd[row + j] = (sd[row + j] as number) * inv;
-          softmaxRowInPlace(sd, row + lo, i - lo + 1);
-          sd.fill(0, row, row + lo);
-          sd.fill(0, row + i + 1, row + S);
-        }
-        const o = await engine.matmul(scores, head(vh, kv));
-        ctx.set(o.data, bh * S * D);
-      }
-    }
+    const ctx = await causalAttention(toHeads(q.data, B, S, nH, D), toHeads(k.data, B, S, nKV, D), toHeads(v.data, B, S, nKV, D), {
+      B,
+      S,
+      nH,
+      nKV,
+      D,
+      window: this.sliding ? c.slidingWindow : null,
+    });
     const gate = await this.lin("gate_proj").call(x);
     const o = new Float32Array(B * S * nH * D);
     for (let b = 0; b < B; b++) {
@@ -278,20 +226,6 @@ export class AfmoeAttention extends Module {
     }
     return this.lin("o_proj").call(new Tensor(o, [B, S, nH * D]));
   }
-}
-
-/** [B, S, heads, D] (token-major) to [B * heads, S, D] (head-major). */
-function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
-  const out = new Float32Array(B * heads * S * D);
-  for (let b = 0; b < B; b++) {
-    for (let s = 0; s < S; s++) {
-      for (let h = 0; h < heads; h++) {
-        const src = ((b * S + s) * heads + h) * D;
-        out.set(x.subarray(src, src + D), ((b * heads + h) * S + s) * D);
-      }
-    }
-  }
-  return out;
 }
 
 /** Decoder layer with sandwich norms around attention and MLP. */

@@ -1,0 +1,76 @@
+/** The attention core shared by every family: causal (optionally windowed) grouped-query softmax attention. */
+import { getEngine } from "../engine/index.js";
+import { softmaxRowInPlace } from "../engine/ops.js";
+import { Tensor } from "../engine/tensor.js";
+
+/** [B, S, heads, D] (token-major) to [B * heads, S, D] (head-major). */
+export function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
+  const out = new Float32Array(B * heads * S * D);
+  for (let b = 0; b < B; b++) {
+    for (let s = 0; s < S; s++) {
+      for (let h = 0; h < heads; h++) {
+        const src = ((b * S + s) * heads + h) * D;
+        out.set(x.subarray(src, src + D), ((b * heads + h) * S + s) * D);
+      }
+    }
+  }
+  return out;
+}
+
+/** [B * heads, S, D] (head-major) back to [B, S, heads * D] (token-major). */
+export function fromHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
+  const out = new Float32Array(B * S * heads * D);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < heads; h++) {
+      for (let s = 0; s < S; s++) {
+        const src = ((b * heads + h) * S + s) * D;
+        out.set(x.subarray(src, src + D), ((b * S + s) * heads + h) * D);
+      }
+    }
+  }
+  return out;
+}
+
+export interface AttentionShape {
+  B: number;
+  S: number;
+  nH: number;
+  nKV: number;
+  D: number;
+  /** keys at or before i - window are hidden from query i; null: plain causal */
+  window: number | null;
+}
+
+/**
+ * softmax(q k^T / sqrt(D)) v per head, causal, with query head h reading key/value head
+ * floor(h / (nH / nKV)). Inputs and output are head-major ([B * heads, S, D]).
+ */
+export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Float32Array, a: AttentionShape): Promise<Float32Array> {
+  const { B, S, nH, nKV, D, window } = a;
+  const engine = getEngine();
+  const group = nH / nKV;
+  const inv = 1 / Math.sqrt(D);
+  const ctx = new Float32Array(B * nH * S * D);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < nH; h++) {
+      const bh = b * nH + h;
+      const kv = b * nKV + Math.floor(h / group);
+      const head = (x: Float32Array, i: number): Tensor => new Tensor(x.subarray(i * S * D, (i + 1) * S * D), [S, D]);
+      // scores = q k^T (one Gemm per head: faster in onnxruntime than a batched MatMul with K = D)
+      const scores = await engine.linear(head(qh, bh), head(kh, kv));
+      const sd = scores.data;
+      for (let i = 0; i < S; i++) {
+        // keys lo..i are visible (causal; a window also drops keys at or before i - window)
+        const row = i * S;
+        const lo = window === null ? 0 : Math.max(0, i - window + 1);
+        for (let j = lo; j <= i; j++) sd[row + j] = (sd[row + j] as number) * inv;
+        softmaxRowInPlace(sd, row + lo, i - lo + 1);
+        sd.fill(0, row, row + lo);
+        sd.fill(0, row + i + 1, row + S);
+      }
+      const o = await engine.matmul(scores, head(vh, kv));
+      ctx.set(o.data, bh * S * D);
+    }
+  }
+  return ctx;
+}
