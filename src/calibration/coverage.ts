@@ -18,7 +18,8 @@ export interface CoverageTracker {
   remove(): void;
 }
 
-const LAYER_MLP = /^(?:.*\.)?layers\.(\d+)\.mlp$/;
+/** A decoder layer's direct child (`mlp`, `block_sparse_moe`, ...): where an MoE block sits. */
+const LAYER_CHILD = /^(?:.*\.)?layers\.(\d+)\.[A-Za-z_]+$/;
 
 /**
  * Count, for every MoE block of `model` (recognised by the MoeBlock interface), the tokens its
@@ -29,7 +30,7 @@ export function trackCoverage(model: AnyModule, prefix = ""): CoverageTracker {
   const coverage: Coverage = { layers: {} };
   const removers: (() => void)[] = [];
   for (const [name, m] of model.namedModules(prefix)) {
-    const match = LAYER_MLP.exec(name);
+    const match = LAYER_CHILD.exec(name);
     const block = match ? asMoeBlock(m) : null;
     if (!match || !block) continue;
     const E = block.numRoutedExperts;

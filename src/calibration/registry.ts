@@ -1,5 +1,6 @@
 import type { CalibrationModuleFactory } from "./module.js";
 import { buildCalibrationAfmoeMoE } from "./afmoe.js";
+import { buildCalibrationMixtralSparseMoeBlock } from "./mixtral.js";
 import { buildCalibrationQwen3MoeSparseMoeBlock } from "./qwen3-moe.js";
 
 /** Registry key of a class name: lower case, `_` and spaces to `-` (`AfmoeMoE` -> `afmoemoe`). */
@@ -14,6 +15,7 @@ export function standardizeClassName(name: string): string {
 export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFactory> = new Map([
   [standardizeClassName("AfmoeMoE"), buildCalibrationAfmoeMoE],
   [standardizeClassName("Qwen3MoeSparseMoeBlock"), buildCalibrationQwen3MoeSparseMoeBlock],
+  [standardizeClassName("MixtralSparseMoeBlock"), buildCalibrationMixtralSparseMoeBlock],
 ]);
 
 export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {

@@ -1,7 +1,9 @@
 /** The attention core shared by every family: causal (optionally windowed) grouped-query softmax attention. */
 import { getEngine } from "../engine/index.js";
-import { softmaxRowInPlace } from "../engine/ops.js";
+import { applyRopeInPlace, rmsNorm, softmaxRowInPlace } from "../engine/ops.js";
 import { Tensor } from "../engine/tensor.js";
+import { Linear, RMSNorm } from "./layers.js";
+import { Module } from "./module.js";
 
 /** [B, S, heads, D] (token-major) to [B * heads, S, D] (head-major). */
 export function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
@@ -73,4 +75,60 @@ export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Fl
     }
   }
   return ctx;
+}
+
+export interface RopeAttentionOptions {
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  ropeTheta: number;
+  /** per-head RMSNorm of q and k before RoPE (`q_norm`, `k_norm`), with this eps; null: none */
+  qkNormEps: number | null;
+  window: number | null;
+}
+
+/**
+ * Llama-style grouped-query attention under Hugging Face's names (`q_proj`, `k_proj`, `v_proj`,
+ * `o_proj`, optionally `q_norm` / `k_norm`): RoPE (rotate-half, all head dims) on q and k of every
+ * layer, causal softmax attention, no biases.
+ */
+export class RopeAttention extends Module<Tensor, Tensor> {
+  readonly className: string = "RopeAttention";
+
+  constructor(readonly opts: RopeAttentionOptions) {
+    super();
+    const { hidden: H, heads: nH, kvHeads: nKV, headDim: D } = opts;
+    this.addModule("q_proj", new Linear(H, nH * D));
+    this.addModule("k_proj", new Linear(H, nKV * D));
+    this.addModule("v_proj", new Linear(H, nKV * D));
+    this.addModule("o_proj", new Linear(nH * D, H));
+    if (opts.qkNormEps !== null) {
+      this.addModule("q_norm", new RMSNorm(D, opts.qkNormEps));
+      this.addModule("k_norm", new RMSNorm(D, opts.qkNormEps));
+    }
+  }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    const { heads: nH, kvHeads: nKV, headDim: D, qkNormEps: eps } = this.opts;
+    const [B, S] = [x.dim(0), x.dim(1)];
+    const lin = (n: string): Linear => this.child(n);
+    const norm = (t: Tensor, rows: number, n: string): Tensor =>
+      eps === null ? t : rmsNorm(t.reshape([rows, D]), this.child<RMSNorm>(n).param("weight"), eps);
+    const q = norm(await lin("q_proj").call(x), B * S * nH, "q_norm");
+    const k = norm(await lin("k_proj").call(x), B * S * nKV, "k_norm");
+    const v = await lin("v_proj").call(x);
+    // the projections' outputs are fresh arrays: rotate them in place
+    applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta);
+    applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta);
+    const ctx = await causalAttention(toHeads(q.data, B, S, nH, D), toHeads(k.data, B, S, nKV, D), toHeads(v.data, B, S, nKV, D), {
+      B,
+      S,
+      nH,
+      nKV,
+      D,
+      window: this.opts.window,
+    });
+    return lin("o_proj").call(new Tensor(fromHeads(ctx, B, S, nH, D), [B, S, nH * D]));
+  }
 }

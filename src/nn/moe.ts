@@ -3,7 +3,8 @@
  * its routed experts (each a gate, an up and a down projection, under any on-disk names) and the
  * routing decisions of its router (the experts each token was sent to).
  */
-import type { Tensor } from "../engine/tensor.js";
+import { Tensor } from "../engine/tensor.js";
+import { softmaxRowInPlace, topkIndices } from "../engine/ops.js";
 import type { Linear } from "./layers.js";
 import type { AnyModule } from "./module.js";
 
@@ -53,4 +54,28 @@ export function routedPairs(selected: Int32Array, T: number, K: number, expert: 
 export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32Array): Float32Array {
   const K = topScores.dim(1);
   return Float32Array.from(tokens, (t, i) => topScores.data[t * K + (slots[i] as number)] as number);
+}
+
+export interface SoftmaxRouting extends MoeRouting {
+  /** [T, K] combine weights of the selected experts (renormalised when norm_topk_prob) */
+  readonly topScores: Tensor;
+}
+
+/** softmax over all experts in float32, top-K descending, renormalised to sum 1 when `normalize`. */
+export function softmaxTopK(logits: Tensor, K: number, normalize: boolean): SoftmaxRouting {
+  const [T, E] = [logits.dim(0), logits.dim(1)];
+  const probs = new Float32Array(logits.data);
+  for (let t = 0; t < T; t++) softmaxRowInPlace(probs, t * E, E);
+  const selectedExperts = topkIndices(new Tensor(probs, [T, E]), K);
+  const top = new Float32Array(T * K);
+  for (let t = 0; t < T; t++) {
+    let sum = 0;
+    for (let k = 0; k < K; k++) {
+      const p = probs[t * E + (selectedExperts[t * K + k] as number)] as number;
+      top[t * K + k] = p;
+      sum += p;
+    }
+    if (normalize) for (let k = 0; k < K; k++) top[t * K + k] = Math.fround((top[t * K + k] as number) / sum);
+  }
+  return { topScores: new Tensor(top, [T, K]), selectedExperts };
 }

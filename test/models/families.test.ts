@@ -1,0 +1,193 @@
+/**
+ * The softmax-router families (Qwen3-MoE, Mixtral) against the independent PyTorch references of
+ * test/fixtures/tiny-<family>/golden (made from the architecture specs): forward pass, the MoE
+ * block of layer 1, its calibration module in both modes and on both paths, and the whole
+ * pipeline on a copy of each checkpoint.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { CalibrationQwen3MoeSparseMoeBlock } from "../../src/calibration/qwen3-moe.js";
+import { CalibrationMixtralSparseMoeBlock } from "../../src/calibration/mixtral.js";
+import type { CalibrationOptions } from "../../src/calibration/module.js";
+import { Linear } from "../../src/nn/layers.js";
+import type { AnyModule } from "../../src/nn/module.js";
+import type { ExpertModule, SoftmaxMoeBlock, SoftmaxMoeBlockBase } from "../../src/nn/softmax-moe.js";
+import { attachHessianObservers } from "../../src/calibration/observers.js";
+import { SafetensorsFile, rawToInts } from "../../src/io/safetensors.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { inspectCheckpoint } from "../../src/export/inspect.js";
+import { softmaxTopK } from "../../src/nn/moe.js";
+import { matchesAny } from "../../src/quantization/scheme.js";
+import { evaluate } from "../../src/pipeline/eval.js";
+import { oneshot } from "../../src/pipeline/oneshot.js";
+import { openServed } from "../../src/pipeline/serving.js";
+import { ROOT, TEXT, assertClose, assertIntsEqual } from "../helpers.js";
+
+interface FamilyCase {
+  modelType: string;
+  block: string;
+  calibration: (b: AnyModule, o: CalibrationOptions) => AnyModule;
+  /** on-disk names of the gate-side, up and down-side expert Linears */
+  gate: string;
+  up: string;
+  down: string;
+  renormalize: boolean;
+  routers: string[];
+}
+
+const CASES: FamilyCase[] = [
+  {
+    modelType: "qwen3_moe",
+    block: "mlp",
+    calibration: (b, o) => new CalibrationQwen3MoeSparseMoeBlock(b, o),
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    renormalize: true,
+    routers: ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate", "model.layers.2.mlp.gate"],
+  },
+  {
+    modelType: "mixtral",
+    block: "block_sparse_moe",
+    calibration: (b, o) => new CalibrationMixtralSparseMoeBlock(b, o),
+    gate: "w1",
+    up: "w3",
+    down: "w2",
+    renormalize: true,
+    routers: ["model.layers.0.block_sparse_moe.gate", "model.layers.1.block_sparse_moe.gate", "model.layers.2.block_sparse_moe.gate"],
+  },
+];
+
+for (const fc of CASES) {
+  const DIR = path.join(ROOT, "test", "fixtures", `tiny-${fc.modelType}`);
+  const fwd = SafetensorsFile.open(path.join(DIR, "golden", "forward.safetensors"));
+  const g = SafetensorsFile.open(path.join(DIR, "golden", "moe-layer1.safetensors"));
+  const ints = (f: SafetensorsFile, n: string): number[] => rawToInts(f.readRaw(n), n);
+  const loaded = openServed(DIR);
+  const model = loaded.model;
+  const moe = model.getSubmodule(`model.layers.1.${fc.block}`) as SoftmaxMoeBlock<ExpertModule>;
+  const x = g.readF32("x");
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `moecal-${fc.modelType}-`));
+
+  test(`${fc.modelType} forward: logits and every layer's hidden states within 1e-5 of the reference`, async () => {
+    const out = await model.call({ ids: { ids: Int32Array.from(ints(fwd, "input_ids")), shape: [2, 48] }, outputHiddenStates: true });
+    assertClose("logits", out.logits, fwd.readF32("logits"), 1e-5);
+    for (const [i, h] of out.hiddenStates.entries()) assertClose(`hidden_states.${i}`, h, fwd.readF32(`hidden_states.${i}`), 1e-5);
+  });
+
+  test(`${fc.modelType} layer 1: routing (softmax, top-2, renormalised) exact, block output within 1e-6`, async () => {
+    const routing = softmaxTopK(await moe.gate.call(x.reshape([96, 64])), 2, fc.renormalize);
+    assertIntsEqual("selected_experts", routing.selectedExperts, ints(g, "selected_experts"));
+    assertClose("top_scores", routing.topScores, g.readF32("top_scores"), 1e-6);
+    const counts = new Array<number>(8).fill(0);
+    for (const e of routing.selectedExperts) counts[e] = (counts[e] as number) + 1;
+    assertIntsEqual("routed_counts", counts, ints(g, "routed_counts"));
+    assertClose("out_original", await moe.call(x), g.readF32("out_original"), 1e-6);
+  });
+
+  for (const [mode, fastPath] of [
+    ["all", true],
+    ["all", false],
+    ["routed", false],
+  ] as const) {
+    test(`${fc.modelType} calibration module (${mode}${mode === "all" ? (fastPath ? ", fast path" : ", per-expert path") : ""}): output, every expert Linear's Hessian and row count match the reference`, async () => {
+      const calib = fc.calibration(moe, { calibrateAllExperts: mode === "all", fastPath }) as SoftmaxMoeBlockBase<ExpertModule>;
+      assert.equal(calib.gate, moe.gate);
+      assert.equal(calib.experts, moe.experts);
+      const obs = attachHessianObservers(calib, (name) => new RegExp(`^experts\\.\\d+\\.(${fc.gate}|${fc.up}|${fc.down})$`).test(name));
+      try {
+        assertClose(`out_calib_${mode}`, await calib.call(x), g.readF32(`out_calib_${mode}`), 1e-6);
+        for (let e = 0; e < 8; e++) {
+          for (const p of [fc.gate, fc.down]) {
+            const s = obs.stats.get(`experts.${e}.${p}`);
+            assert.ok(s, `experts.${e}.${p} observed`);
+            assert.equal(s.rows, ints(g, `${mode}.experts.${e}.${p}.tokens`)[0], `${mode}.experts.${e}.${p}.tokens`);
+            if (s.rows > 0) assertClose(`${mode}.experts.${e}.${p}.H`, s.H, g.readF32(`${mode}.experts.${e}.${p}.H`), 1e-5);
+          }
+          assert.deepEqual(obs.stats.get(`experts.${e}.${fc.up}`)?.H, obs.stats.get(`experts.${e}.${fc.gate}`)?.H, "up sees gate's rows");
+        }
+      } finally {
+        obs.remove();
+      }
+    });
+  }
+
+  test(`${fc.modelType} default ignore: every router gate and lm_head, nothing else`, () => {
+    const ignore = loaded.family.defaultIgnore;
+    const linears = model
+      .namedModules()
+      .filter(([, m]) => m instanceof Linear)
+      .map(([n]) => n);
+    assert.deepEqual(linears.filter((n) => matchesAny(n, ignore)).sort(), [...fc.routers, "lm_head"].sort());
+  });
+
+  test(`${fc.modelType} end to end: oneshot (GPTQ and RTN) writes the published names with the router gate ignored; inspect is clean; eval and coverage run`, async () => {
+    for (const [method, scheme] of [
+      ["gptq", "W4A16"],
+      ["rtn", "FP8"],
+    ] as const) {
+      const out = path.join(tmp, `${method}-${scheme}`);
+      const { report } = await oneshot({ model: DIR, method, scheme, numSamples: 4, maxSeqLength: 32, output: out, warn: () => undefined });
+      assert.deepEqual(report.fallbacks, []);
+      const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as {
+        model_type: string;
+        quantization_config: { ignore: string[] };
+      };
+      assert.equal(cfg.model_type, fc.modelType);
+      assert.deepEqual(cfg.quantization_config.ignore, [...fc.routers, "lm_head"]);
+      assert.deepEqual(inspectCheckpoint(out).problems, []);
+      const r = await evaluate({
+        model: out,
+        reference: DIR,
+        dataset: path.join(TEXT, "eval-prose.jsonl"),
+        numSamples: 2,
+        maxSeqLength: 32,
+      });
+      assert.ok(Number.isFinite(r.nll) && r.kl !== null && r.kl >= 0 && r.kl < 0.5, `nll ${r.nll}, kl ${r.kl}`);
+    }
+    const ck = Checkpoint.open(path.join(tmp, "gptq-W4A16"));
+    for (const n of [
+      `model.layers.1.${fc.block}.experts.3.${fc.gate}.weight_packed`,
+      "model.layers.1.self_attn.q_proj.weight_scale",
+      `${fc.routers[1]}.weight`,
+    ]) {
+      assert.ok(ck.has(n), n);
+    }
+    assert.equal(ck.info(`${fc.routers[1]}.weight`).dtype, "BF16", "the router gate is written unquantized");
+  });
+
+  test(`npx moecal oneshot --model <a tiny-${fc.modelType} copy> works with no other flag`, () => {
+    const copy = path.join(tmp, `tiny-${fc.modelType}`);
+    fs.mkdirSync(copy);
+    for (const f of fs.readdirSync(DIR)) if (f !== "golden") fs.copyFileSync(path.join(DIR, f), path.join(copy, f));
+    const r = spawnSync(
+      process.execPath,
+      [path.join(ROOT, "dist", "src", "cli", "main.js"), "oneshot", "--model", copy, "--num-samples", "8", "--quiet"],
+      { encoding: "utf8", cwd: tmp },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(fs.existsSync(path.join(tmp, `tiny-${fc.modelType}-W4A16`, "moecal.json")));
+    const cov = spawnSync(
+      process.execPath,
+      [
+        path.join(ROOT, "dist", "src", "cli", "main.js"),
+        "coverage",
+        "--model",
+        copy,
+        "--dataset",
+        path.join(TEXT, "eval-json.jsonl"),
+        "--num-samples",
+        "2",
+        "--json",
+      ],
+      { encoding: "utf8" },
+    );
+    assert.equal(cov.status, 0, cov.stderr);
+    const layers = (JSON.parse(cov.stdout) as { layers: Record<string, { routed: number[] }> }).layers;
+    assert.deepEqual(Object.keys(layers), ["0", "1", "2"]);
+  });
+}
