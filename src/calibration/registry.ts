@@ -1,5 +1,6 @@
 import type { CalibrationModuleFactory } from "./module.js";
 import { buildCalibrationAfmoeMoE } from "./afmoe.js";
+import { buildCalibrationGlm4MoeMoE } from "./glm4-moe.js";
 import { buildCalibrationMixtralSparseMoeBlock } from "./mixtral.js";
 import { buildCalibrationQwen3MoeSparseMoeBlock } from "./qwen3-moe.js";
 
@@ -16,6 +17,7 @@ export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFact
   [standardizeClassName("AfmoeMoE"), buildCalibrationAfmoeMoE],
   [standardizeClassName("Qwen3MoeSparseMoeBlock"), buildCalibrationQwen3MoeSparseMoeBlock],
   [standardizeClassName("MixtralSparseMoeBlock"), buildCalibrationMixtralSparseMoeBlock],
+  [standardizeClassName("Glm4MoeMoE"), buildCalibrationGlm4MoeMoE],
 ]);
 
 export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {

@@ -116,12 +116,13 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
  * NeoX rotate-half RoPE in place on x viewed as [B, S, heads, D]; position of (b, s) is s.
  * inv_freq = 1 / theta^(2i / D), angle = pos * inv_freq, emb = cat(angle, angle).
  */
-export function applyRopeInPlace(x: Float32Array, b: number, s: number, heads: number, d: number, theta: number): void {
-  const half = d / 2;
+export function applyRopeInPlace(x: Float32Array, b: number, s: number, heads: number, d: number, theta: number, rotary = d): void {
+  // rotate-half over the first `rotary` dims of each head (all of them unless partial); the rest pass through
+  const half = rotary / 2;
   const cos = new Float32Array(s * half);
   const sin = new Float32Array(s * half);
   for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / theta ** ((2 * i) / d));
+    const invFreq = Math.fround(1 / theta ** ((2 * i) / rotary));
     for (let p = 0; p < s; p++) {
       const angle = Math.fround(p * invFreq);
       cos[p * half + i] = Math.cos(angle);

@@ -13,6 +13,11 @@ import type { FusedGroup } from "./fused.js";
 export interface ModelConfig {
   modelType: string;
   numHiddenLayers: number;
+  /**
+   * decoder layers stored in the checkpoint, when it holds more than the causal LM runs (GLM's
+   * multi-token-prediction layers, `model.layers.{numHiddenLayers + i}`, copied unchanged)
+   */
+  storedLayers?: number;
   /** routed experts per MoE layer */
   numExperts: number;
   vocabSize: number;

@@ -9,11 +9,12 @@ import { readConfigJson } from "../io/json.js";
 import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
 import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn/weights.js";
 import { AFMOE_FAMILY } from "./afmoe/family.js";
+import { GLM4_MOE_FAMILY } from "./glm4_moe/family.js";
 import { MIXTRAL_FAMILY } from "./mixtral/family.js";
 import { QWEN3_MOE_FAMILY } from "./qwen3_moe/family.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "./family.js";
 
-export const FAMILIES: readonly ModelFamily[] = [AFMOE_FAMILY, QWEN3_MOE_FAMILY, MIXTRAL_FAMILY];
+export const FAMILIES: readonly ModelFamily[] = [AFMOE_FAMILY, QWEN3_MOE_FAMILY, MIXTRAL_FAMILY, GLM4_MOE_FAMILY];
 
 /** The family of a parsed config.json; an unknown `model_type` names the supported ones. */
 export function familyFor(json: unknown, where: string): ModelFamily {

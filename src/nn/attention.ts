@@ -86,12 +86,16 @@ export interface RopeAttentionOptions {
   /** per-head RMSNorm of q and k before RoPE (`q_norm`, `k_norm`), with this eps; null: none */
   qkNormEps: number | null;
   window: number | null;
+  /** RoPE over the first `rotaryDim` dims of each head only (partial rotary); default all */
+  rotaryDim?: number;
+  /** biases on q_proj, k_proj and v_proj (never on o_proj) */
+  qkvBias?: boolean;
 }
 
 /**
  * Llama-style grouped-query attention under Hugging Face's names (`q_proj`, `k_proj`, `v_proj`,
- * `o_proj`, optionally `q_norm` / `k_norm`): RoPE (rotate-half, all head dims) on q and k of every
- * layer, causal softmax attention, no biases.
+ * `o_proj`, optionally `q_norm` / `k_norm`): RoPE (rotate-half, over all head dims or the first
+ * `rotaryDim`) on q and k of every layer, causal softmax attention; biases on q/k/v only if asked.
  */
 export class RopeAttention extends Module<Tensor, Tensor> {
   readonly className: string = "RopeAttention";
@@ -99,9 +103,10 @@ export class RopeAttention extends Module<Tensor, Tensor> {
   constructor(readonly opts: RopeAttentionOptions) {
     super();
     const { hidden: H, heads: nH, kvHeads: nKV, headDim: D } = opts;
-    this.addModule("q_proj", new Linear(H, nH * D));
-    this.addModule("k_proj", new Linear(H, nKV * D));
-    this.addModule("v_proj", new Linear(H, nKV * D));
+    const bias = { bias: opts.qkvBias ?? false };
+    this.addModule("q_proj", new Linear(H, nH * D, bias));
+    this.addModule("k_proj", new Linear(H, nKV * D, bias));
+    this.addModule("v_proj", new Linear(H, nKV * D, bias));
     this.addModule("o_proj", new Linear(nH * D, H));
     if (opts.qkNormEps !== null) {
       this.addModule("q_norm", new RMSNorm(D, opts.qkNormEps));
@@ -119,8 +124,9 @@ export class RopeAttention extends Module<Tensor, Tensor> {
     const k = norm(await lin("k_proj").call(x), B * S * nKV, "k_norm");
     const v = await lin("v_proj").call(x);
     // the projections' outputs are fresh arrays: rotate them in place
-    applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta);
-    applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta);
+    const R = this.opts.rotaryDim ?? D;
+    applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta, R);
+    applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);
     const ctx = await causalAttention(toHeads(q.data, B, S, nH, D), toHeads(k.data, B, S, nKV, D), toHeads(v.data, B, S, nKV, D), {
       B,
       S,

@@ -4,17 +4,20 @@ import { rmsNorm } from "../engine/ops.js";
 import { InternalError, UsageError } from "../errors.js";
 import { Module } from "./module.js";
 
-/** y = x W^T (no bias). Input [..., in], output [..., out]. Parameter `weight` [out, in]. */
+/** y = x W^T (+ b). Input [..., in], output [..., out]. Parameters `weight` [out, in] and, with `bias`, `bias` [out]. */
 export class Linear extends Module {
   readonly className: string = "Linear";
   readonly inFeatures: number;
   readonly outFeatures: number;
+  readonly hasBias: boolean;
 
-  constructor(inFeatures: number, outFeatures: number) {
+  constructor(inFeatures: number, outFeatures: number, opts: { bias?: boolean } = {}) {
     super();
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
+    this.hasBias = opts.bias ?? false;
     this.declareParam("weight", [outFeatures, inFeatures]);
+    if (this.hasBias) this.declareParam("bias", [outFeatures]);
   }
 
   get weight(): Tensor {
@@ -26,6 +29,11 @@ export class Linear extends Module {
     if (k !== this.inFeatures) throw new InternalError(`Linear: input has ${k} features, expected ${this.inFeatures}`);
     const rows = x.size / k;
     const y = await getEngine().linear(x.reshape([rows, k]), this.weight);
+    if (this.hasBias) {
+      const b = this.param("bias").data;
+      const n = this.outFeatures;
+      for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) y.data[r * n + j] = (y.data[r * n + j] as number) + (b[j] as number);
+    }
     return y.reshape([...x.shape.slice(0, -1), this.outFeatures]);
   }
 }

@@ -67,7 +67,7 @@ export function checkUnexpectedTensors(
 ): void {
   for (const n of names) {
     const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
-    if (layer !== undefined && Number(layer) >= config.numHiddenLayers)
+    if (layer !== undefined && Number(layer) >= (config.storedLayers ?? config.numHiddenLayers))
       throw new WeightMappingError(
         `${dir}: tensor "${n}" belongs to layer ${layer}, but the config has ${config.numHiddenLayers} layers (0-${config.numHiddenLayers - 1}); vLLM could not load an output carrying it`,
       );

@@ -199,13 +199,13 @@ export const BAD_INPUTS: BadInputCase[] = [
       quick(
         modelCopy(d, {
           config: (c) => {
-            c.model_type = "mixtral";
+            c.model_type = "llama";
           },
         }),
         d,
       ),
     exitCode: 1,
-    message: /unsupported model_type "mixtral"/,
+    message: /unsupported model_type "llama" \(moecal supports "afmoe", "qwen3_moe", "mixtral", "glm4_moe"\)/,
   },
   {
     name: "NaN or Inf in a weight",

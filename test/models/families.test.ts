@@ -15,7 +15,11 @@ import { CalibrationMixtralSparseMoeBlock } from "../../src/calibration/mixtral.
 import type { CalibrationOptions } from "../../src/calibration/module.js";
 import { Linear } from "../../src/nn/layers.js";
 import type { AnyModule } from "../../src/nn/module.js";
-import type { ExpertModule, SoftmaxMoeBlock, SoftmaxMoeBlockBase } from "../../src/nn/softmax-moe.js";
+import type { ExpertModule } from "../../src/nn/softmax-moe.js";
+import type { Module, ModuleList } from "../../src/nn/module.js";
+import type { Tensor } from "../../src/engine/tensor.js";
+import { CalibrationGlm4MoeMoE } from "../../src/calibration/glm4-moe.js";
+import type { Glm4MoeTopkRouter } from "../../src/models/glm4_moe/modeling.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { SafetensorsFile, rawToInts } from "../../src/io/safetensors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -35,9 +39,18 @@ interface FamilyCase {
   gate: string;
   up: string;
   down: string;
-  renormalize: boolean;
+  /** the block's routing of x [T, H] */
+  route: (moe: RoutedBlock, x: Tensor) => Promise<{ selectedExperts: Int32Array; topScores: Tensor }>;
   routers: string[];
 }
+
+/** What the tests reach into: the router `gate` and the `experts` (every family here names them so). */
+type RoutedBlock = Module<Tensor, Tensor> & { gate: Linear; experts: ModuleList<ExpertModule> };
+
+const softmaxRoute =
+  (renormalize: boolean) =>
+  async (moe: RoutedBlock, x: Tensor): Promise<{ selectedExperts: Int32Array; topScores: Tensor }> =>
+    softmaxTopK(await moe.gate.call(x), 2, renormalize);
 
 const CASES: FamilyCase[] = [
   {
@@ -47,7 +60,7 @@ const CASES: FamilyCase[] = [
     gate: "gate_proj",
     up: "up_proj",
     down: "down_proj",
-    renormalize: true,
+    route: softmaxRoute(true),
     routers: ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate", "model.layers.2.mlp.gate"],
   },
   {
@@ -57,8 +70,18 @@ const CASES: FamilyCase[] = [
     gate: "w1",
     up: "w3",
     down: "w2",
-    renormalize: true,
+    route: softmaxRoute(true),
     routers: ["model.layers.0.block_sparse_moe.gate", "model.layers.1.block_sparse_moe.gate", "model.layers.2.block_sparse_moe.gate"],
+  },
+  {
+    modelType: "glm4_moe",
+    block: "mlp",
+    calibration: (b, o) => new CalibrationGlm4MoeMoE(b, o),
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    route: async (moe, x) => (moe.gate as Glm4MoeTopkRouter).route(await moe.gate.call(x)),
+    routers: ["model.layers.1.mlp.gate", "model.layers.2.mlp.gate"],
   },
 ];
 
@@ -69,7 +92,7 @@ for (const fc of CASES) {
   const ints = (f: SafetensorsFile, n: string): number[] => rawToInts(f.readRaw(n), n);
   const loaded = openServed(DIR);
   const model = loaded.model;
-  const moe = model.getSubmodule(`model.layers.1.${fc.block}`) as SoftmaxMoeBlock<ExpertModule>;
+  const moe = model.getSubmodule(`model.layers.1.${fc.block}`) as RoutedBlock;
   const x = g.readF32("x");
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `moecal-${fc.modelType}-`));
 
@@ -79,8 +102,8 @@ for (const fc of CASES) {
     for (const [i, h] of out.hiddenStates.entries()) assertClose(`hidden_states.${i}`, h, fwd.readF32(`hidden_states.${i}`), 1e-5);
   });
 
-  test(`${fc.modelType} layer 1: routing (softmax, top-2, renormalised) exact, block output within 1e-6`, async () => {
-    const routing = softmaxTopK(await moe.gate.call(x.reshape([96, 64])), 2, fc.renormalize);
+  test(`${fc.modelType} layer 1: routing exact, block output within 1e-6`, async () => {
+    const routing = await fc.route(moe, x.reshape([96, 64]));
     assertIntsEqual("selected_experts", routing.selectedExperts, ints(g, "selected_experts"));
     assertClose("top_scores", routing.topScores, g.readF32("top_scores"), 1e-6);
     const counts = new Array<number>(8).fill(0);
@@ -95,7 +118,7 @@ for (const fc of CASES) {
     ["routed", false],
   ] as const) {
     test(`${fc.modelType} calibration module (${mode}${mode === "all" ? (fastPath ? ", fast path" : ", per-expert path") : ""}): output, every expert Linear's Hessian and row count match the reference`, async () => {
-      const calib = fc.calibration(moe, { calibrateAllExperts: mode === "all", fastPath }) as SoftmaxMoeBlockBase<ExpertModule>;
+      const calib = fc.calibration(moe, { calibrateAllExperts: mode === "all", fastPath }) as RoutedBlock;
       assert.equal(calib.gate, moe.gate);
       assert.equal(calib.experts, moe.experts);
       const obs = attachHessianObservers(calib, (name) => new RegExp(`^experts\\.\\d+\\.(${fc.gate}|${fc.up}|${fc.down})$`).test(name));
@@ -158,6 +181,16 @@ for (const fc of CASES) {
       assert.ok(ck.has(n), n);
     }
     assert.equal(ck.info(`${fc.routers[1]}.weight`).dtype, "BF16", "the router gate is written unquantized");
+    // every input tensor the output keeps (router gates, GLM's F32 correction bias, norms, embeddings) is written byte for byte
+    const input = Checkpoint.open(DIR);
+    let kept = 0;
+    for (const n of input.names()) {
+      if (!ck.has(n)) continue;
+      kept++;
+      assert.ok(Buffer.from(ck.readRaw(n).bytes).equals(Buffer.from(input.readRaw(n).bytes)), `${n} unchanged`);
+      assert.equal(ck.info(n).dtype, input.info(n).dtype, `${n} dtype`);
+    }
+    assert.ok(kept > fc.routers.length, `${kept} tensors kept`);
   });
 
   test(`npx moecal oneshot --model <a tiny-${fc.modelType} copy> works with no other flag`, () => {
@@ -188,6 +221,10 @@ for (const fc of CASES) {
     );
     assert.equal(cov.status, 0, cov.stderr);
     const layers = (JSON.parse(cov.stdout) as { layers: Record<string, { routed: number[] }> }).layers;
-    assert.deepEqual(Object.keys(layers), ["0", "1", "2"]);
+    assert.deepEqual(
+      Object.keys(layers),
+      fc.routers.map((r) => r.split(".")[2]),
+      "one entry per MoE layer",
+    );
   });
 }
