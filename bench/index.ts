@@ -19,8 +19,10 @@ import { MoecalError } from "../src/errors.js";
 import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
 import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
 import { timeGptqBlock } from "./gptq.js";
+import { type Qwen3BlockResult, benchQwen3Block, qwen3Rows } from "./qwen3-block.js";
 
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
+const QWEN3_TOKENS = Number(process.env.BENCH_QWEN3_TOKENS ?? 1024);
 const GEMM_ROUNDS = 4;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-"));
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
@@ -117,6 +119,9 @@ async function main(): Promise<void> {
     workers: gptqWorkerCount(),
     seconds: { ours: warm, ours_cold: cold, torch_per_expert: torch?.gptq_seconds ?? null },
   };
+
+  // the calibration pass of a Qwen3-30B-A3B-shaped block
+  results.qwen3_block = await benchQwen3Block(QWEN3_TOKENS, work);
 
   // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens
   const model = path.join(work, "nano4");
@@ -219,6 +224,7 @@ async function main(): Promise<void> {
   console.log(
     `| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s |`,
   );
+  for (const line of qwen3Rows(results.qwen3_block as Qwen3BlockResult)) console.log(line);
   fs.rmSync(work, { recursive: true, force: true });
 }
 

@@ -85,6 +85,34 @@ class CalibrationAfmoeMoE(torch.nn.Module):
         return output.view(batch_size, seq_len, hidden_dim)
 
 
+class CalibrationSoftmaxMoE(torch.nn.Module):
+    """llm-compressor's CalibrationQwen3MoeSparseMoeBlock forward (calibrate_all_experts=True): softmax
+    router over all experts, top-k, renormalised; no shared expert, no expert bias."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        h, e, k, i = cfg["hidden"], cfg["experts"], cfg["topk"], cfg["im"]
+        self.num_experts, self.top_k, self.norm_topk_prob = e, k, cfg.get("renormalize", True)
+        self.gate = torch.nn.Linear(h, e, bias=False)
+        self.experts = torch.nn.ModuleList([MLP(h, i) for _ in range(e)])
+
+    def forward(self, hidden_states):
+        batch_size, seq_len, hidden_dim = hidden_states.shape
+        x = hidden_states.view(-1, hidden_dim)
+        routing_weights = torch.nn.functional.softmax(self.gate(x), dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        expert_mask = torch.nn.functional.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        out = torch.zeros_like(x)
+        for expert_idx, expert in enumerate(self.experts):
+            idx, token_idx = torch.where(expert_mask[expert_idx])
+            expert_output = expert(x)[token_idx]
+            if len(token_idx) > 0:
+                out.index_add_(0, token_idx, expert_output * routing_weights[token_idx, idx, None])
+        return out.view(batch_size, seq_len, hidden_dim)
+
+
 def gptq(W, H, group=128, bits=4, blocksize=128, percdamp=0.01):
     """llm-compressor's quantize_weight for int symmetric group quantization, actorder static."""
     W = W.clone().float()
@@ -136,11 +164,13 @@ def main():
     d = os.path.dirname(manifest)
     m = json.load(open(manifest))
     cfg = m["config"]
-    block = CalibrationAfmoeMoE(cfg)
+    softmax = cfg.get("router") == "softmax"
+    block = CalibrationSoftmaxMoE(cfg) if softmax else CalibrationAfmoeMoE(cfg)
     with torch.no_grad():
         for name, p in block.named_parameters():
             p.copy_(load(d, m, name))
-        block.expert_bias = load(d, m, "expert_bias")
+        if not softmax:
+            block.expert_bias = load(d, m, "expert_bias")
         x = load(d, m, "x")
     hessians = {}
 
@@ -175,7 +205,7 @@ def main():
         t1 = time.perf_counter()
         n = 0
         for name, mod in block.named_modules():
-            if name.startswith("experts.") and isinstance(mod, torch.nn.Linear):
+            if cfg.get("gptq", True) and name.startswith("experts.") and isinstance(mod, torch.nn.Linear):
                 gptq(mod.weight, hessians[name][0])
                 n += 1
         gptq_s = time.perf_counter() - t1

@@ -15,7 +15,7 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name("moecal")
-    .description("Compress Mixture-of-Experts models (AFMoE) with every expert calibrated")
+    .description("Compress Mixture-of-Experts models (AFMoE, Qwen3-MoE, Mixtral, GLM-4.5) with every expert calibrated")
     .version(MOECAL_VERSION)
     .exitOverride()
     .showHelpAfterError();

@@ -28,7 +28,7 @@ export function registerOneshot(program: Command): void {
   program
     .command("oneshot")
     .description("calibrate (every expert) and quantize a model; write a compressed-tensors checkpoint")
-    .option("--model <dir>", "Hugging Face AFMoE checkpoint folder", BUNDLED_MODEL)
+    .option("--model <dir>", "Hugging Face checkpoint folder (afmoe, qwen3_moe, mixtral, glm4_moe)", BUNDLED_MODEL)
     .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt", BUNDLED_DATASET)
     .addOption(new Option("--scheme <name>", "quantization scheme").choices([...SCHEME_NAMES]).default("W4A16"))
     .addOption(new Option("--method <method>", "weight quantization").choices(["gptq", "rtn"]).default("gptq"))

@@ -5,7 +5,7 @@ import { intOption } from "./options.js";
 export function registerRandomModel(program: Command): void {
   program
     .command("random-model")
-    .description("write a random-weight AFMoE checkpoint shaped like a config, for tests and benchmarks")
+    .description("write a random-weight checkpoint shaped like a model's config (any supported family), for tests and benchmarks")
     .requiredOption("--output <dir>", "output folder")
     .option("--like <dir>", "take config and tokenizer from this model (default: the bundled one)")
     .option("--set <key=value>", "override a config.json field (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])

@@ -40,7 +40,7 @@ function parseSet(entries: string[]): Record<string, unknown> {
 }
 
 /**
- * Write a random-weight AFMoE checkpoint (BF16; expert_bias F32) shaped like `like` with
+ * Write a random-weight checkpoint of any supported family (BF16; router biases F32) shaped like `like` with
  * overrides, plus its tokenizer. Tensors are generated one at a time and written in shards,
  * so memory stays bounded by one shard whatever the model size.
  */
@@ -74,7 +74,8 @@ export function randomModel(opts: RandomModelOptions): { output: string; paramet
     for (const [name, p] of family.build(config).namedParameters()) {
       const numel = p.shape.reduce((a, b) => a * b, 1);
       parameters += numel;
-      if (name.endsWith("expert_bias")) {
+      // router biases are float32 in published checkpoints (AFMoE expert_bias, GLM e_score_correction_bias)
+      if (name.endsWith("expert_bias") || name.endsWith("e_score_correction_bias")) {
         const bias = fillNormal(new Float32Array(numel), next, 1e-3);
         writer.add({ name, dtype: "F32", shape: p.shape, bytes: new Uint8Array(bias.buffer) });
         continue;

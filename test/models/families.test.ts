@@ -29,7 +29,8 @@ import { matchesAny } from "../../src/quantization/scheme.js";
 import { evaluate } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, TEXT, assertClose, assertIntsEqual } from "../helpers.js";
+import { ROOT, TEXT, assertClose, assertIntsEqual, relErr } from "../helpers.js";
+import { SCHEME_NAMES } from "../../src/quantization/scheme.js";
 
 interface FamilyCase {
   modelType: string;
@@ -148,30 +149,45 @@ for (const fc of CASES) {
     assert.deepEqual(linears.filter((n) => matchesAny(n, ignore)).sort(), [...fc.routers, "lm_head"].sort());
   });
 
-  test(`${fc.modelType} end to end: oneshot (GPTQ and RTN) writes the published names with the router gate ignored; inspect is clean; eval and coverage run`, async () => {
-    for (const [method, scheme] of [
-      ["gptq", "W4A16"],
-      ["rtn", "FP8"],
-    ] as const) {
-      const out = path.join(tmp, `${method}-${scheme}`);
-      const { report } = await oneshot({ model: DIR, method, scheme, numSamples: 4, maxSeqLength: 32, output: out, warn: () => undefined });
-      assert.deepEqual(report.fallbacks, []);
-      const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as {
-        model_type: string;
-        quantization_config: { ignore: string[] };
-      };
-      assert.equal(cfg.model_type, fc.modelType);
-      assert.deepEqual(cfg.quantization_config.ignore, [...fc.routers, "lm_head"]);
-      assert.deepEqual(inspectCheckpoint(out).problems, []);
-      const r = await evaluate({
-        model: out,
-        reference: DIR,
-        dataset: path.join(TEXT, "eval-prose.jsonl"),
-        numSamples: 2,
-        maxSeqLength: 32,
-      });
-      assert.ok(Number.isFinite(r.nll) && r.kl !== null && r.kl >= 0 && r.kl < 0.5, `nll ${r.nll}, kl ${r.kl}`);
+  test(`${fc.modelType} end to end: oneshot with all six schemes, GPTQ and RTN, writes the published names with the router gates ignored; inspect is clean; the loader reads every weight back close to the original; eval runs`, async () => {
+    const original = openServed(DIR);
+    for (const scheme of SCHEME_NAMES) {
+      for (const method of ["gptq", "rtn"] as const) {
+        const out = path.join(tmp, `${method}-${scheme}`);
+        const { report } = await oneshot({
+          model: DIR,
+          method,
+          scheme,
+          numSamples: 4,
+          maxSeqLength: 32,
+          output: out,
+          warn: () => undefined,
+        });
+        assert.deepEqual(report.fallbacks, [], `${scheme} ${method}`);
+        const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as {
+          model_type: string;
+          quantization_config: { ignore: string[] };
+        };
+        assert.equal(cfg.model_type, fc.modelType);
+        assert.deepEqual(cfg.quantization_config.ignore, [...fc.routers, "lm_head"]);
+        assert.deepEqual(inspectCheckpoint(out).problems, [], `${scheme} ${method}`);
+        // loader round trip: every dequantized expert weight within the scheme's error of the original
+        const back = openServed(out, { load: false });
+        for (const e of [0, 5]) {
+          const n = `model.layers.1.${fc.block}.experts.${e}.${fc.down}.weight`;
+          const err = relErr(back.source.readF32(n).data, original.source.readF32(n).data);
+          assert.ok(err > 0 && err < (scheme.startsWith("W4") ? 0.25 : 0.08), `${scheme} ${method} ${n}: relative error ${err}`);
+        }
+      }
     }
+    const r = await evaluate({
+      model: path.join(tmp, "gptq-W4A16"),
+      reference: DIR,
+      dataset: path.join(TEXT, "eval-prose.jsonl"),
+      numSamples: 2,
+      maxSeqLength: 32,
+    });
+    assert.ok(Number.isFinite(r.nll) && r.kl !== null && r.kl >= 0 && r.kl < 0.5, `nll ${r.nll}, kl ${r.kl}`);
     const ck = Checkpoint.open(path.join(tmp, "gptq-W4A16"));
     for (const n of [
       `model.layers.1.${fc.block}.experts.3.${fc.gate}.weight_packed`,
@@ -226,5 +242,20 @@ for (const fc of CASES) {
       fc.routers.map((r) => r.split(".")[2]),
       "one entry per MoE layer",
     );
+  });
+
+  test(`random-model --like tiny-${fc.modelType}: a loadable random checkpoint of the family, any depth`, async () => {
+    const out = path.join(tmp, "random");
+    const r = spawnSync(
+      process.execPath,
+      [path.join(ROOT, "dist", "src", "cli", "main.js"), "random-model", "--like", DIR, "--layers", "2", "--output", out],
+      { encoding: "utf8" },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const m = openServed(out);
+    assert.equal(m.config.modelType, fc.modelType);
+    assert.equal(m.config.numHiddenLayers, 2);
+    const o = await m.model.call({ ids: { ids: Int32Array.from([256, 72, 105]), shape: [1, 3] } });
+    assert.ok(o.logits.data.every(Number.isFinite));
   });
 }
