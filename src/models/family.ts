@@ -69,4 +69,8 @@ export interface ModelFamily {
   readonly defaultIgnore: readonly string[];
   /** The groups of Linear layers that vLLM runs as one module. */
   fusedGroups(linearNames: readonly string[]): FusedGroup[];
+  /** Whether decoder layer `layer` has the MoE block (else a dense MLP). */
+  isMoeLayer(config: ModelConfig, layer: number): boolean;
+  /** A tiny config.json of the family (byte-level vocabulary of 260, as the bundled tokenizer's), for `random-model --family`. */
+  readonly randomPreset: Readonly<Record<string, unknown>>;
 }

@@ -27,6 +27,11 @@ export function familyFor(json: unknown, where: string): ModelFamily {
   return family;
 }
 
+/** The family named by a `model_type`, for a user who names one (`random-model --family`). */
+export function familyByType(modelType: string): ModelFamily {
+  return familyFor({ model_type: modelType }, "--family");
+}
+
 /** `<dir>/config.json` read, its family found and the config validated by it. */
 export function readModelConfig(dir: string): { family: ModelFamily; config: ModelConfig } {
   const { file, json } = readConfigJson(dir);

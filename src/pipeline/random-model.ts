@@ -3,7 +3,7 @@ import path from "node:path";
 import { f32ToBf16 } from "../engine/dtype.js";
 import { ConfigError, UsageError, asFormatError } from "../errors.js";
 import { ShardedWriter } from "../io/writer.js";
-import { familyFor } from "../models/registry.js";
+import { familyByType, familyFor } from "../models/registry.js";
 import { OUTPUT_MARKER, OutputFolder } from "../export/output.js";
 import { confinedFile, entryExists } from "../io/files.js";
 import { BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
@@ -16,6 +16,8 @@ export interface RandomModelOptions {
   output: string;
   /** config to start from (default: the bundled model's) */
   like?: string;
+  /** start from this family's tiny preset instead (a config.json `model_type`) */
+  family?: string;
   /** config.json overrides, values parsed as JSON where they parse (`hidden_size=1024`) */
   set?: string[];
   layers?: number;
@@ -45,8 +47,10 @@ function parseSet(entries: string[]): Record<string, unknown> {
  * so memory stays bounded by one shard whatever the model size.
  */
 export function randomModel(opts: RandomModelOptions): { output: string; parameters: number } {
+  if (opts.like !== undefined && opts.family !== undefined) throw new UsageError("random-model takes --like or --family, not both");
+  // a family's preset shape takes the bundled byte-level tokenizer
   const like = opts.like ?? BUNDLED_MODEL;
-  const raw = readConfigJson(like).json;
+  const raw = opts.family !== undefined ? { ...familyByType(opts.family).randomPreset } : readConfigJson(like).json;
   delete raw.quantization_config;
   Object.assign(raw, parseSet(opts.set ?? []));
   if (opts.layers !== undefined) raw.num_hidden_layers = opts.layers;

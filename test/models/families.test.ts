@@ -24,7 +24,7 @@ import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { SafetensorsFile, rawToInts } from "../../src/io/safetensors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
-import { softmaxTopK } from "../../src/nn/moe.js";
+import { asMoeBlock, softmaxTopK } from "../../src/nn/moe.js";
 import { matchesAny } from "../../src/quantization/scheme.js";
 import { evaluate } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
@@ -257,5 +257,22 @@ for (const fc of CASES) {
     assert.equal(m.config.numHiddenLayers, 2);
     const o = await m.model.call({ ids: { ids: Int32Array.from([256, 72, 105]), shape: [1, 3] } });
     assert.ok(o.logits.data.every(Number.isFinite));
+  });
+
+  test(`${fc.modelType}: the family says which layers are MoE, and random-model --family writes its tiny preset`, async () => {
+    for (const [i, layer] of model.model.layers.items().entries()) {
+      const hasMoe = layer.namedModules().some(([, m]) => asMoeBlock(m) !== null);
+      assert.equal(loaded.family.isMoeLayer(loaded.config, i), hasMoe, `layer ${i}`);
+    }
+    const out = path.join(tmp, "preset");
+    const r = spawnSync(
+      process.execPath,
+      [path.join(ROOT, "dist", "src", "cli", "main.js"), "random-model", "--family", fc.modelType, "--output", out],
+      { encoding: "utf8" },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const m = openServed(out);
+    assert.equal(m.config.modelType, fc.modelType);
+    assert.ok((await m.model.call({ ids: { ids: Int32Array.from([256, 65]), shape: [1, 2] } })).logits.data.every(Number.isFinite));
   });
 }
