@@ -17,7 +17,7 @@ import { Linear } from "../../src/nn/layers.js";
 import type { AnyModule } from "../../src/nn/module.js";
 import type { ExpertModule } from "../../src/nn/softmax-moe.js";
 import type { Module, ModuleList } from "../../src/nn/module.js";
-import type { Tensor } from "../../src/engine/tensor.js";
+import { Tensor } from "../../src/engine/tensor.js";
 import { CalibrationGlm4MoeMoE } from "../../src/calibration/glm4-moe.js";
 import type { Glm4MoeTopkRouter } from "../../src/models/glm4_moe/modeling.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
@@ -275,4 +275,30 @@ for (const fc of CASES) {
     assert.equal(m.config.modelType, fc.modelType);
     assert.ok((await m.model.call({ ids: { ids: Int32Array.from([256, 65]), shape: [1, 2] } })).logits.data.every(Number.isFinite));
   });
+
+  if (fc.modelType === "glm4_moe") {
+    test("glm4_moe with attention_bias (as published): q/k/v biases load, change the output, and pass through oneshot unquantized", async () => {
+      const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+      const biased = path.join(tmp, "biased");
+      const r = spawnSync(
+        process.execPath,
+        [cli, "random-model", "--family", "glm4_moe", "--set", "attention_bias=true", "--output", biased],
+        { encoding: "utf8" },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const m = openServed(biased);
+      const q = m.model.getSubmodule("model.layers.0.self_attn.q_proj") as Linear;
+      assert.ok(q.hasBias && m.mapping.sources.has("model.layers.0.self_attn.q_proj.bias"));
+      const ids = { ids: Int32Array.from([256, 72, 105, 33]), shape: [1, 4] };
+      const withBias = await m.model.call({ ids });
+      q.parameter("bias").value = new Tensor(new Float32Array(q.outFeatures), [q.outFeatures]);
+      const without = await m.model.call({ ids });
+      assert.ok(relErr(withBias.logits.data, without.logits.data) > 1e-4, "the bias is applied");
+      const out = path.join(tmp, "biased-q");
+      await oneshot({ model: biased, method: "rtn", numSamples: 2, maxSeqLength: 16, output: out, warn: () => undefined });
+      assert.deepEqual(inspectCheckpoint(out).problems, []);
+      const ck = Checkpoint.open(out);
+      assert.ok(ck.has("model.layers.0.self_attn.q_proj.bias") && ck.has("model.layers.0.self_attn.q_proj.weight_packed"));
+    });
+  }
 }
