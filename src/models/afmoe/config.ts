@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { ConfigError } from "../../errors.js";
+import { fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
 import { readConfigJson } from "../../io/json.js";
 
 export type LayerType = "sliding_attention" | "full_attention";
@@ -113,22 +114,8 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
   if (mt !== "afmoe") {
     throw new ConfigError(`${where}: unsupported model_type ${JSON.stringify(mt)} (moecal supports "afmoe")`);
   }
-  const r = schema.safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    const field = issue?.path.join(".") || "(root)";
-    const top = issue?.path[0];
-    const absent = typeof top === "string" && !(top in (json as Record<string, unknown>));
-    throw new ConfigError(`${where}: field "${field}": ${absent ? "missing (required)" : (issue?.message ?? "invalid")}`);
-  }
-  const c = r.data;
-  for (const [field, max] of Object.entries(CONFIG_LIMITS)) {
-    const v = (c as Record<string, unknown>)[field];
-    if (typeof v === "number" && v > max) throw new ConfigError(`${where}: field "${field}": ${v} exceeds moecal's limit of ${max}`);
-  }
-  const fail = (field: string, msg: string): never => {
-    throw new ConfigError(`${where}: field "${field}": ${msg}`);
-  };
+  const c = parseConfigFields(schema, json, where, CONFIG_LIMITS);
+  const fail = fieldFailure(where);
   const nKV = c.num_key_value_heads ?? c.num_attention_heads;
   if (c.num_attention_heads % nKV !== 0) {
     fail("num_key_value_heads", `${nKV} does not divide num_attention_heads ${c.num_attention_heads}`);
@@ -142,15 +129,7 @@ export function parseAfmoeConfig(json: unknown, where = "config.json"): AfmoeCon
   }
   const scaling = c.rope_scaling?.rope_type ?? c.rope_scaling?.type ?? "default";
   if (scaling !== "default") fail("rope_scaling", `"${scaling}" RoPE scaling is not supported (only plain RoPE)`);
-  let ropeTheta = c.rope_theta ?? DEFAULT_ROPE_THETA;
-  if (c.rope_parameters) {
-    const rp = c.rope_parameters;
-    if ((rp.rope_type ?? "default") !== "default")
-      fail("rope_parameters.rope_type", `"${rp.rope_type}" is not supported (only "default" RoPE)`);
-    if (c.rope_theta !== undefined && c.rope_theta !== rp.rope_theta)
-      fail("rope_parameters.rope_theta", `${rp.rope_theta} disagrees with rope_theta ${c.rope_theta}`);
-    ropeTheta = rp.rope_theta;
-  }
+  const ropeTheta = ropeThetaOf(c, DEFAULT_ROPE_THETA, fail);
   if (c.n_group !== 1 || c.topk_group !== 1) fail("n_group", "grouped expert selection (n_group > 1) is not supported");
   let layerTypes: LayerType[];
   if (c.layer_types) {

@@ -14,12 +14,12 @@ import {
   topkIndices,
 } from "../../engine/ops.js";
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
-import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
+import { Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
-import type { CausalLMInput, CausalLMOutput } from "../family.js";
 import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
 import { causalAttention, toHeads } from "../../nn/attention.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
+import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)). Used for dense layers, experts and the shared expert. */
 export class AfmoeMLP extends SwiGluMLP {
@@ -261,67 +261,27 @@ export class AfmoeDecoderLayer extends Module {
   }
 }
 
-export class AfmoeModel extends Module<TokenIds, Tensor> {
-  readonly className = "AfmoeModel";
+export class AfmoeModel extends DecoderModel<AfmoeDecoderLayer> {
+  override readonly className = "AfmoeModel";
 
   constructor(readonly config: AfmoeConfig) {
-    super();
-    this.addModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize));
-    this.addModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new AfmoeDecoderLayer(config, i))));
-    this.addModule("norm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
+    super(config, (i) => new AfmoeDecoderLayer(config, i));
   }
 
-  get embed_tokens(): Embedding {
-    return this.child("embed_tokens");
-  }
-  get layers(): ModuleList<AfmoeDecoderLayer> {
-    return this.child("layers");
-  }
-  get norm(): RMSNorm {
-    return this.child("norm");
-  }
-
-  /** Scaled embeddings: the input of layer 0. */
-  async embed(ids: TokenIds): Promise<Tensor> {
+  /** Scaled embeddings (muP): the input of layer 0. */
+  override async embed(ids: TokenIds): Promise<Tensor> {
     const h = await this.embed_tokens.call(ids);
     if (!this.config.mupEnabled) return h;
     const s = Math.fround(Math.sqrt(this.config.hiddenSize));
     for (let i = 0; i < h.size; i++) h.data[i] = (h.data[i] as number) * s;
     return h;
   }
-
-  async forward(ids: TokenIds): Promise<Tensor> {
-    let h = await this.embed(ids);
-    for (const layer of this.layers.items()) h = await layer.call(h);
-    return this.norm.call(h);
-  }
 }
 
-export class AfmoeForCausalLM extends Module<CausalLMInput, CausalLMOutput> {
-  readonly className = "AfmoeForCausalLM";
+export class AfmoeForCausalLM extends DecoderForCausalLM<AfmoeModel> {
+  override readonly className = "AfmoeForCausalLM";
 
   constructor(readonly config: AfmoeConfig) {
-    super();
-    this.addModule("model", new AfmoeModel(config));
-    this.addModule("lm_head", new Linear(config.hiddenSize, config.vocabSize));
-  }
-
-  get model(): AfmoeModel {
-    return this.child("model");
-  }
-  get lm_head(): Linear {
-    return this.child("lm_head");
-  }
-
-  async forward({ ids, outputHiddenStates = false }: CausalLMInput): Promise<CausalLMOutput> {
-    const hiddenStates: Tensor[] = [];
-    let h = await this.model.embed(ids);
-    if (outputHiddenStates) hiddenStates.push(h);
-    for (const layer of this.model.layers.items()) {
-      h = await layer.call(h);
-      if (outputHiddenStates) hiddenStates.push(h);
-    }
-    const logits = await this.lm_head.call(await this.model.norm.call(h));
-    return { logits, hiddenStates };
+    super(new AfmoeModel(config), config);
   }
 }

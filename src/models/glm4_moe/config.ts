@@ -1,6 +1,6 @@
 /** GLM-4.5 MoE configuration (config.json), with defaults as in Hugging Face transformers' Glm4MoeConfig. */
 import { z } from "zod";
-import { ConfigError } from "../../errors.js";
+import { fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
 import type { ModelConfig } from "../family.js";
 
 export interface Glm4MoeConfig extends ModelConfig {
@@ -87,20 +87,9 @@ const schema = z.object({
 
 /** Validate a parsed config.json. `where` names the file in errors. */
 export function parseGlm4MoeConfig(json: unknown, where = "config.json"): Glm4MoeConfig {
-  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new ConfigError(`${where}: not a JSON object`);
-  const r = schema.safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    throw new ConfigError(`${where}: field "${issue?.path.join(".") || "(root)"}": ${issue?.message ?? "invalid"}`);
-  }
-  const c = r.data;
-  for (const [field, max] of Object.entries(GLM4_MOE_LIMITS)) {
-    const v = (c as Record<string, unknown>)[field];
-    if (typeof v === "number" && v > max) throw new ConfigError(`${where}: field "${field}": ${v} exceeds moecal's limit of ${max}`);
-  }
-  const fail = (field: string, msg: string): never => {
-    throw new ConfigError(`${where}: field "${field}": ${msg}`);
-  };
+  const c = parseConfigFields(schema, json, where, GLM4_MOE_LIMITS);
+  const fail = fieldFailure(where);
+
   const nKV = c.num_key_value_heads ?? c.num_attention_heads;
   if (c.num_attention_heads % nKV !== 0) fail("num_key_value_heads", `${nKV} does not divide num_attention_heads ${c.num_attention_heads}`);
   const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
@@ -118,14 +107,7 @@ export function parseGlm4MoeConfig(json: unknown, where = "config.json"): Glm4Mo
     fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds the ${(c.topk_group * E) / c.n_group} experts of the kept groups`);
   if (c.first_k_dense_replace > c.num_hidden_layers)
     fail("first_k_dense_replace", `${c.first_k_dense_replace} exceeds num_hidden_layers ${c.num_hidden_layers}`);
-  let ropeTheta = c.rope_theta ?? 10000;
-  if (c.rope_parameters) {
-    if ((c.rope_parameters.rope_type ?? "default") !== "default")
-      fail("rope_parameters.rope_type", `"${c.rope_parameters.rope_type}" is not supported (only "default" RoPE)`);
-    if (c.rope_theta !== undefined && c.rope_theta !== c.rope_parameters.rope_theta)
-      fail("rope_parameters.rope_theta", `${c.rope_parameters.rope_theta} disagrees with rope_theta ${c.rope_theta}`);
-    ropeTheta = c.rope_parameters.rope_theta;
-  }
+  const ropeTheta = ropeThetaOf(c, 10000, fail);
   return {
     modelType: "glm4_moe",
     hiddenSize: c.hidden_size,

@@ -6,12 +6,12 @@
 import { add, gatherRows, indexAddWeighted, sigmoidScalar } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
-import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
+import { Linear, RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module, ModuleList } from "../../nn/module.js";
 import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
-import type { CausalLMInput, CausalLMOutput } from "../family.js";
 import type { Glm4MoeConfig } from "./config.js";
+import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
 export class Glm4MoeMLP extends SwiGluMLP {
   override readonly className = "Glm4MoeMLP";
@@ -183,59 +183,18 @@ export class Glm4MoeDecoderLayer extends Module<Tensor, Tensor> {
   }
 }
 
-export class Glm4MoeModel extends Module<TokenIds, Tensor> {
-  readonly className = "Glm4MoeModel";
+export class Glm4MoeModel extends DecoderModel<Glm4MoeDecoderLayer> {
+  override readonly className = "Glm4MoeModel";
 
   constructor(readonly config: Glm4MoeConfig) {
-    super();
-    this.addModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize));
-    this.addModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new Glm4MoeDecoderLayer(config, i))));
-    this.addModule("norm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
-  }
-
-  get layers(): ModuleList<Glm4MoeDecoderLayer> {
-    return this.child("layers");
-  }
-  get norm(): RMSNorm {
-    return this.child("norm");
-  }
-
-  /** The input of layer 0: the embeddings (not scaled). */
-  embed(ids: TokenIds): Promise<Tensor> {
-    return this.child<Embedding>("embed_tokens").call(ids);
-  }
-
-  async forward(ids: TokenIds): Promise<Tensor> {
-    let h = await this.embed(ids);
-    for (const layer of this.layers.items()) h = await layer.call(h);
-    return this.norm.call(h);
+    super(config, (i) => new Glm4MoeDecoderLayer(config, i));
   }
 }
 
-export class Glm4MoeForCausalLM extends Module<CausalLMInput, CausalLMOutput> {
-  readonly className = "Glm4MoeForCausalLM";
+export class Glm4MoeForCausalLM extends DecoderForCausalLM<Glm4MoeModel> {
+  override readonly className = "Glm4MoeForCausalLM";
 
   constructor(readonly config: Glm4MoeConfig) {
-    super();
-    this.addModule("model", new Glm4MoeModel(config));
-    this.addModule("lm_head", new Linear(config.hiddenSize, config.vocabSize));
-  }
-
-  get model(): Glm4MoeModel {
-    return this.child("model");
-  }
-  get lm_head(): Linear {
-    return this.child("lm_head");
-  }
-
-  async forward({ ids, outputHiddenStates = false }: CausalLMInput): Promise<CausalLMOutput> {
-    const hiddenStates: Tensor[] = [];
-    let h = await this.model.embed(ids);
-    if (outputHiddenStates) hiddenStates.push(h);
-    for (const layer of this.model.layers.items()) {
-      h = await layer.call(h);
-      if (outputHiddenStates) hiddenStates.push(h);
-    }
-    return { logits: await this.lm_head.call(await this.model.norm.call(h)), hiddenStates };
+    super(new Glm4MoeModel(config), config);
   }
 }

@@ -5,12 +5,12 @@
 import { add, swiglu } from "../../engine/ops.js";
 import type { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
-import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
+import { Linear, RMSNorm } from "../../nn/layers.js";
 import { Module, ModuleList } from "../../nn/module.js";
 import type { MoeExpert } from "../../nn/moe.js";
 import { SoftmaxMoeBlock, type SoftmaxMoeShape } from "../../nn/softmax-moe.js";
-import type { CausalLMInput, CausalLMOutput } from "../family.js";
 import type { MixtralConfig } from "./config.js";
+import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
 /** A Mixtral expert: w2(silu(w1(x)) * w3(x)). */
 export class MixtralBlockSparseTop2MLP extends Module<Tensor, Tensor> implements MoeExpert {
@@ -93,59 +93,18 @@ export class MixtralDecoderLayer extends Module<Tensor, Tensor> {
   }
 }
 
-export class MixtralModel extends Module<TokenIds, Tensor> {
-  readonly className = "MixtralModel";
+export class MixtralModel extends DecoderModel<MixtralDecoderLayer> {
+  override readonly className = "MixtralModel";
 
   constructor(readonly config: MixtralConfig) {
-    super();
-    this.addModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize));
-    this.addModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new MixtralDecoderLayer(config))));
-    this.addModule("norm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
-  }
-
-  get layers(): ModuleList<MixtralDecoderLayer> {
-    return this.child("layers");
-  }
-  get norm(): RMSNorm {
-    return this.child("norm");
-  }
-
-  /** The input of layer 0: the embeddings (not scaled). */
-  embed(ids: TokenIds): Promise<Tensor> {
-    return this.child<Embedding>("embed_tokens").call(ids);
-  }
-
-  async forward(ids: TokenIds): Promise<Tensor> {
-    let h = await this.embed(ids);
-    for (const layer of this.layers.items()) h = await layer.call(h);
-    return this.norm.call(h);
+    super(config, () => new MixtralDecoderLayer(config));
   }
 }
 
-export class MixtralForCausalLM extends Module<CausalLMInput, CausalLMOutput> {
-  readonly className = "MixtralForCausalLM";
+export class MixtralForCausalLM extends DecoderForCausalLM<MixtralModel> {
+  override readonly className = "MixtralForCausalLM";
 
   constructor(readonly config: MixtralConfig) {
-    super();
-    this.addModule("model", new MixtralModel(config));
-    this.addModule("lm_head", new Linear(config.hiddenSize, config.vocabSize));
-  }
-
-  get model(): MixtralModel {
-    return this.child("model");
-  }
-  get lm_head(): Linear {
-    return this.child("lm_head");
-  }
-
-  async forward({ ids, outputHiddenStates = false }: CausalLMInput): Promise<CausalLMOutput> {
-    const hiddenStates: Tensor[] = [];
-    let h = await this.model.embed(ids);
-    if (outputHiddenStates) hiddenStates.push(h);
-    for (const layer of this.model.layers.items()) {
-      h = await layer.call(h);
-      if (outputHiddenStates) hiddenStates.push(h);
-    }
-    return { logits: await this.lm_head.call(await this.model.norm.call(h)), hiddenStates };
+    super(new MixtralModel(config), config);
   }
 }

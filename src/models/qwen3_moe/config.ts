@@ -1,6 +1,6 @@
 /** Qwen3-MoE configuration (config.json), with defaults as in Hugging Face transformers' Qwen3MoeConfig. */
 import { z } from "zod";
-import { ConfigError } from "../../errors.js";
+import { ROPE_FIELDS, attentionHeads, fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
 import type { ModelConfig } from "../family.js";
 
 export interface Qwen3MoeConfig extends ModelConfig {
@@ -50,9 +50,7 @@ const schema = z.object({
   head_dim: posInt.nullable().optional(),
   vocab_size: posInt.default(151936),
   rms_norm_eps: z.number().positive().default(1e-6),
-  rope_theta: z.number().positive().optional(),
-  rope_parameters: z.object({ rope_type: z.string().optional(), rope_theta: z.number().positive() }).passthrough().nullable().optional(),
-  rope_scaling: z.null().optional(),
+  ...ROPE_FIELDS,
   max_position_embeddings: posInt.default(32768),
   tie_word_embeddings: z.boolean().default(false),
   attention_bias: z.boolean().default(false),
@@ -68,34 +66,13 @@ const schema = z.object({
 
 /** Validate a parsed config.json. `where` names the file in errors. */
 export function parseQwen3MoeConfig(json: unknown, where = "config.json"): Qwen3MoeConfig {
-  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new ConfigError(`${where}: not a JSON object`);
-  const r = schema.safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    throw new ConfigError(`${where}: field "${issue?.path.join(".") || "(root)"}": ${issue?.message ?? "invalid"}`);
-  }
-  const c = r.data;
-  for (const [field, max] of Object.entries(QWEN3_MOE_LIMITS)) {
-    const v = (c as Record<string, unknown>)[field];
-    if (typeof v === "number" && v > max) throw new ConfigError(`${where}: field "${field}": ${v} exceeds moecal's limit of ${max}`);
-  }
-  const fail = (field: string, msg: string): never => {
-    throw new ConfigError(`${where}: field "${field}": ${msg}`);
-  };
-  const nKV = c.num_key_value_heads ?? c.num_attention_heads;
-  if (c.num_attention_heads % nKV !== 0) fail("num_key_value_heads", `${nKV} does not divide num_attention_heads ${c.num_attention_heads}`);
-  const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) fail("head_dim", `${headDim} must be an even integer for RoPE`);
+  const c = parseConfigFields(schema, json, where, QWEN3_MOE_LIMITS);
+  const fail = fieldFailure(where);
+
+  const { nKV, headDim } = attentionHeads(c, fail);
   if (c.num_experts > 0 && c.num_experts_per_tok > c.num_experts)
     fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds num_experts ${c.num_experts}`);
-  let ropeTheta = c.rope_theta ?? 10000;
-  if (c.rope_parameters) {
-    if ((c.rope_parameters.rope_type ?? "default") !== "default")
-      fail("rope_parameters.rope_type", `"${c.rope_parameters.rope_type}" is not supported (only "default" RoPE)`);
-    if (c.rope_theta !== undefined && c.rope_theta !== c.rope_parameters.rope_theta)
-      fail("rope_parameters.rope_theta", `${c.rope_parameters.rope_theta} disagrees with rope_theta ${c.rope_theta}`);
-    ropeTheta = c.rope_parameters.rope_theta;
-  }
+  const ropeTheta = ropeThetaOf(c, 10000, fail);
   return {
     modelType: "qwen3_moe",
     hiddenSize: c.hidden_size,

@@ -5,12 +5,12 @@
 import type { Tensor } from "../../engine/tensor.js";
 import { add } from "../../engine/ops.js";
 import { RopeAttention } from "../../nn/attention.js";
-import { Embedding, Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
+import { RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module, ModuleList } from "../../nn/module.js";
 import { SoftmaxMoeBlock, type SoftmaxMoeShape } from "../../nn/softmax-moe.js";
-import type { CausalLMInput, CausalLMOutput } from "../family.js";
 import { type Qwen3MoeConfig, isQwen3MoeLayer } from "./config.js";
+import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
 export class Qwen3MoeMLP extends SwiGluMLP {
   override readonly className = "Qwen3MoeMLP";
@@ -83,62 +83,18 @@ export class Qwen3MoeDecoderLayer extends Module<Tensor, Tensor> {
   }
 }
 
-export class Qwen3MoeModel extends Module<TokenIds, Tensor> {
-  readonly className = "Qwen3MoeModel";
+export class Qwen3MoeModel extends DecoderModel<Qwen3MoeDecoderLayer> {
+  override readonly className = "Qwen3MoeModel";
 
   constructor(readonly config: Qwen3MoeConfig) {
-    super();
-    this.addModule("embed_tokens", new Embedding(config.vocabSize, config.hiddenSize));
-    this.addModule("layers", new ModuleList(Array.from({ length: config.numHiddenLayers }, (_, i) => new Qwen3MoeDecoderLayer(config, i))));
-    this.addModule("norm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
-  }
-
-  get embed_tokens(): Embedding {
-    return this.child("embed_tokens");
-  }
-  get layers(): ModuleList<Qwen3MoeDecoderLayer> {
-    return this.child("layers");
-  }
-  get norm(): RMSNorm {
-    return this.child("norm");
-  }
-
-  /** The input of layer 0: the embeddings (not scaled). */
-  embed(ids: TokenIds): Promise<Tensor> {
-    return this.embed_tokens.call(ids);
-  }
-
-  async forward(ids: TokenIds): Promise<Tensor> {
-    let h = await this.embed(ids);
-    for (const layer of this.layers.items()) h = await layer.call(h);
-    return this.norm.call(h);
+    super(config, (i) => new Qwen3MoeDecoderLayer(config, i));
   }
 }
 
-export class Qwen3MoeForCausalLM extends Module<CausalLMInput, CausalLMOutput> {
-  readonly className = "Qwen3MoeForCausalLM";
+export class Qwen3MoeForCausalLM extends DecoderForCausalLM<Qwen3MoeModel> {
+  override readonly className = "Qwen3MoeForCausalLM";
 
   constructor(readonly config: Qwen3MoeConfig) {
-    super();
-    this.addModule("model", new Qwen3MoeModel(config));
-    this.addModule("lm_head", new Linear(config.hiddenSize, config.vocabSize));
-  }
-
-  get model(): Qwen3MoeModel {
-    return this.child("model");
-  }
-  get lm_head(): Linear {
-    return this.child("lm_head");
-  }
-
-  async forward({ ids, outputHiddenStates = false }: CausalLMInput): Promise<CausalLMOutput> {
-    const hiddenStates: Tensor[] = [];
-    let h = await this.model.embed(ids);
-    if (outputHiddenStates) hiddenStates.push(h);
-    for (const layer of this.model.layers.items()) {
-      h = await layer.call(h);
-      if (outputHiddenStates) hiddenStates.push(h);
-    }
-    return { logits: await this.lm_head.call(await this.model.norm.call(h)), hiddenStates };
+    super(new Qwen3MoeModel(config), config);
   }
 }
