@@ -3,6 +3,7 @@
  * `model.layers.{i}`, `model.norm`, `lm_head`. A family supplies its decoder layers (and, where it
  * scales embeddings, its own `embed`).
  */
+import { add } from "../engine/ops.js";
 import type { Tensor } from "../engine/tensor.js";
 import { Embedding, Linear, RMSNorm, type TokenIds } from "../nn/layers.js";
 import { Module, ModuleList } from "../nn/module.js";
@@ -13,6 +14,33 @@ export interface DecoderShape {
   hiddenSize: number;
   numHiddenLayers: number;
   rmsNormEps: number;
+}
+
+/**
+ * The Llama-style pre-norm decoder layer: h + self_attn(input_layernorm(h)), then
+ * + mlp(post_attention_layernorm(h)); the MLP (or MoE block) sits under the family's name for it.
+ */
+export class PreNormDecoderLayer extends Module<Tensor, Tensor> {
+  readonly className: string = "PreNormDecoderLayer";
+
+  constructor(
+    shape: Pick<DecoderShape, "hiddenSize" | "rmsNormEps">,
+    attention: Module<Tensor, Tensor>,
+    private readonly mlpName: string,
+    mlp: Module<Tensor, Tensor>,
+  ) {
+    super();
+    this.addModule("self_attn", attention);
+    this.addModule(mlpName, mlp);
+    this.addModule("input_layernorm", new RMSNorm(shape.hiddenSize, shape.rmsNormEps));
+    this.addModule("post_attention_layernorm", new RMSNorm(shape.hiddenSize, shape.rmsNormEps));
+  }
+
+  async forward(h: Tensor): Promise<Tensor> {
+    const sub = (n: string): Module<Tensor, Tensor> => this.child(n);
+    const h1 = add(h, await sub("self_attn").call(await sub("input_layernorm").call(h)));
+    return add(h1, await sub(this.mlpName).call(await sub("post_attention_layernorm").call(h1)));
+  }
 }
 
 export class DecoderModel<L extends DecoderLayer> extends Module<TokenIds, Tensor> {

@@ -6,7 +6,7 @@
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import { Tensor } from "../engine/tensor.js";
 import { Linear } from "./layers.js";
-import { Module, type ModuleList } from "./module.js";
+import { Module, ModuleList } from "./module.js";
 import { type MoeBlock, type MoeExpert, type MoeRouting, type SoftmaxRouting, routeWeights, routedPairs, softmaxTopK } from "./moe.js";
 
 export interface SoftmaxMoeShape {
@@ -54,9 +54,9 @@ export abstract class SoftmaxMoeBlockBase<X extends ExpertModule> extends Module
 /** The block as served: each expert runs on its routed tokens only. */
 export abstract class SoftmaxMoeBlock<X extends ExpertModule> extends SoftmaxMoeBlockBase<X> {
   /** `gate` and `experts` declared under the checkpoint's names */
-  protected declareChildren(makeExpert: () => X, list: (experts: X[]) => ModuleList<X>): void {
+  protected declareChildren(makeExpert: () => X): void {
     this.addModule("gate", new Linear(this.shape.hidden, this.shape.experts));
-    this.addModule("experts", list(Array.from({ length: this.shape.experts }, makeExpert)));
+    this.addModule("experts", new ModuleList(Array.from({ length: this.shape.experts }, makeExpert)));
   }
 
   async forward(hidden: Tensor): Promise<Tensor> {

@@ -3,7 +3,8 @@ import { mapWeightsByName } from "../../nn/weights.js";
 import type { ModelConfig, ModelFamily } from "../family.js";
 import { type Glm4MoeConfig, parseGlm4MoeConfig } from "./config.js";
 import { Glm4MoeForCausalLM } from "./modeling.js";
-import { GLM4_MOE_DEFAULT_IGNORE, glm4MoeFusedGroups } from "./quant-defaults.js";
+import { GLM4_MOE_DEFAULT_IGNORE } from "./quant-defaults.js";
+import { hfFusedGroups } from "../fused.js";
 
 export const GLM4_MOE_FAMILY: ModelFamily = {
   modelType: "glm4_moe",
@@ -13,7 +14,8 @@ export const GLM4_MOE_FAMILY: ModelFamily = {
   // module names are the checkpoint's names
   mapWeights: (config, expected, available) => mapWeightsByName(config, expected, available),
   defaultIgnore: GLM4_MOE_DEFAULT_IGNORE,
-  fusedGroups: glm4MoeFusedGroups,
+  // q/k/v, dense and shared-expert gate/up, and each layer's routed experts
+  fusedGroups: hfFusedGroups,
   isMoeLayer: (config, layer) => layer >= (config as Glm4MoeConfig).firstKDenseReplace,
   randomPreset: {
     model_type: "glm4_moe",

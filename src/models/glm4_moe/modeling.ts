@@ -6,12 +6,12 @@
 import { add, gatherRows, indexAddWeighted, sigmoidScalar } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
-import { Linear, RMSNorm } from "../../nn/layers.js";
+import { Linear } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module, ModuleList } from "../../nn/module.js";
 import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
 import type { Glm4MoeConfig } from "./config.js";
-import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
+import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal-lm.js";
 
 export class Glm4MoeMLP extends SwiGluMLP {
   override readonly className = "Glm4MoeMLP";
@@ -160,26 +160,17 @@ export class Glm4MoeAttention extends RopeAttention {
   }
 }
 
-/** Pre-norm decoder layer: h + attn(norm(h)), then + mlp(norm(h)); the first first_k_dense_replace layers have a dense MLP. */
-export class Glm4MoeDecoderLayer extends Module<Tensor, Tensor> {
-  readonly className = "Glm4MoeDecoderLayer";
+/** Pre-norm decoder layer; the first first_k_dense_replace layers have a dense MLP. */
+export class Glm4MoeDecoderLayer extends PreNormDecoderLayer {
+  override readonly className = "Glm4MoeDecoderLayer";
 
   constructor(
     readonly config: Glm4MoeConfig,
     readonly layerIndex: number,
   ) {
-    super();
-    const H = config.hiddenSize;
-    this.addModule("self_attn", new Glm4MoeAttention(config));
-    this.addModule("mlp", layerIndex >= config.firstKDenseReplace ? new Glm4MoeMoE(config) : new Glm4MoeMLP(H, config.intermediateSize));
-    this.addModule("input_layernorm", new RMSNorm(H, config.rmsNormEps));
-    this.addModule("post_attention_layernorm", new RMSNorm(H, config.rmsNormEps));
-  }
-
-  async forward(h: Tensor): Promise<Tensor> {
-    const sub = (n: string): Module<Tensor, Tensor> => this.child(n);
-    const h1 = add(h, await sub("self_attn").call(await sub("input_layernorm").call(h)));
-    return add(h1, await sub("mlp").call(await sub("post_attention_layernorm").call(h1)));
+    const mlp =
+      layerIndex >= config.firstKDenseReplace ? new Glm4MoeMoE(config) : new Glm4MoeMLP(config.hiddenSize, config.intermediateSize);
+    super(config, new Glm4MoeAttention(config), "mlp", mlp);
   }
 }
 

@@ -2,15 +2,15 @@
  * Mixtral, module by module, under the Hugging Face checkpoint names (`block_sparse_moe`, experts
  * `w1` gate / `w3` up / `w2` down). Exact semantics: transformers' modeling_mixtral.py.
  */
-import { add, swiglu } from "../../engine/ops.js";
+import { swiglu } from "../../engine/ops.js";
 import type { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
-import { Linear, RMSNorm } from "../../nn/layers.js";
-import { Module, ModuleList } from "../../nn/module.js";
+import { Linear } from "../../nn/layers.js";
+import { Module } from "../../nn/module.js";
 import type { MoeExpert } from "../../nn/moe.js";
 import { SoftmaxMoeBlock, type SoftmaxMoeShape } from "../../nn/softmax-moe.js";
 import type { MixtralConfig } from "./config.js";
-import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
+import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal-lm.js";
 
 /** A Mixtral expert: w2(silu(w1(x)) * w3(x)). */
 export class MixtralBlockSparseTop2MLP extends Module<Tensor, Tensor> implements MoeExpert {
@@ -51,10 +51,7 @@ export class MixtralSparseMoeBlock extends SoftmaxMoeBlock<MixtralBlockSparseTop
   constructor(readonly config: MixtralConfig) {
     super();
     this.shape = mixtralShape(config);
-    this.declareChildren(
-      () => new MixtralBlockSparseTop2MLP(config.hiddenSize, config.intermediateSize),
-      (experts) => new ModuleList(experts),
-    );
+    this.declareChildren(() => new MixtralBlockSparseTop2MLP(config.hiddenSize, config.intermediateSize));
   }
 }
 
@@ -74,22 +71,12 @@ export class MixtralAttention extends RopeAttention {
   }
 }
 
-/** Pre-norm decoder layer: h + attn(norm(h)), then + block_sparse_moe(norm(h)). */
-export class MixtralDecoderLayer extends Module<Tensor, Tensor> {
-  readonly className = "MixtralDecoderLayer";
+/** Pre-norm decoder layer whose MoE block is `block_sparse_moe`. */
+export class MixtralDecoderLayer extends PreNormDecoderLayer {
+  override readonly className = "MixtralDecoderLayer";
 
   constructor(readonly config: MixtralConfig) {
-    super();
-    this.addModule("self_attn", new MixtralAttention(config));
-    this.addModule("block_sparse_moe", new MixtralSparseMoeBlock(config));
-    this.addModule("input_layernorm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
-    this.addModule("post_attention_layernorm", new RMSNorm(config.hiddenSize, config.rmsNormEps));
-  }
-
-  async forward(h: Tensor): Promise<Tensor> {
-    const sub = (n: string): Module<Tensor, Tensor> => this.child(n);
-    const h1 = add(h, await sub("self_attn").call(await sub("input_layernorm").call(h)));
-    return add(h1, await sub("block_sparse_moe").call(await sub("post_attention_layernorm").call(h1)));
+    super(config, new MixtralAttention(config), "block_sparse_moe", new MixtralSparseMoeBlock(config));
   }
 }
 

@@ -3,7 +3,8 @@ import { mapWeightsByName } from "../../nn/weights.js";
 import type { ModelConfig, ModelFamily } from "../family.js";
 import { type Qwen3MoeConfig, isQwen3MoeLayer, parseQwen3MoeConfig } from "./config.js";
 import { Qwen3MoeForCausalLM } from "./modeling.js";
-import { QWEN3_MOE_DEFAULT_IGNORE, qwen3MoeFusedGroups } from "./quant-defaults.js";
+import { QWEN3_MOE_DEFAULT_IGNORE } from "./quant-defaults.js";
+import { hfFusedGroups } from "../fused.js";
 
 export const QWEN3_MOE_FAMILY: ModelFamily = {
   modelType: "qwen3_moe",
@@ -13,7 +14,8 @@ export const QWEN3_MOE_FAMILY: ModelFamily = {
   // module names are the checkpoint's names
   mapWeights: (config, expected, available) => mapWeightsByName(config, expected, available),
   defaultIgnore: QWEN3_MOE_DEFAULT_IGNORE,
-  fusedGroups: qwen3MoeFusedGroups,
+  // q/k/v, dense and shared-expert gate/up, and each layer's routed experts
+  fusedGroups: hfFusedGroups,
   isMoeLayer: (config, layer) => isQwen3MoeLayer(config as Qwen3MoeConfig, layer),
   randomPreset: {
     model_type: "qwen3_moe",

@@ -2,15 +2,11 @@
  * Qwen3-MoE, module by module, under the Hugging Face checkpoint names.
  * Exact semantics: Hugging Face transformers' modeling_qwen3_moe.py (per-expert layout).
  */
-import type { Tensor } from "../../engine/tensor.js";
-import { add } from "../../engine/ops.js";
 import { RopeAttention } from "../../nn/attention.js";
-import { RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
-import { Module, ModuleList } from "../../nn/module.js";
 import { SoftmaxMoeBlock, type SoftmaxMoeShape } from "../../nn/softmax-moe.js";
 import { type Qwen3MoeConfig, isQwen3MoeLayer } from "./config.js";
-import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
+import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal-lm.js";
 
 export class Qwen3MoeMLP extends SwiGluMLP {
   override readonly className = "Qwen3MoeMLP";
@@ -29,10 +25,7 @@ export class Qwen3MoeSparseMoeBlock extends SoftmaxMoeBlock<Qwen3MoeMLP> {
   constructor(readonly config: Qwen3MoeConfig) {
     super();
     this.shape = qwen3MoeShape(config);
-    this.declareChildren(
-      () => new Qwen3MoeMLP(config.hiddenSize, config.moeIntermediateSize),
-      (experts) => new ModuleList(experts),
-    );
+    this.declareChildren(() => new Qwen3MoeMLP(config.hiddenSize, config.moeIntermediateSize));
   }
 }
 
@@ -54,32 +47,17 @@ export class Qwen3MoeAttention extends RopeAttention {
 }
 
 /** Pre-norm decoder layer: h + attn(norm(h)), then + mlp(norm(h)). */
-export class Qwen3MoeDecoderLayer extends Module<Tensor, Tensor> {
-  readonly className = "Qwen3MoeDecoderLayer";
+export class Qwen3MoeDecoderLayer extends PreNormDecoderLayer {
+  override readonly className = "Qwen3MoeDecoderLayer";
 
   constructor(
     readonly config: Qwen3MoeConfig,
     readonly layerIndex: number,
   ) {
-    super();
-    const H = config.hiddenSize;
-    this.addModule("self_attn", new Qwen3MoeAttention(config));
-    this.addModule(
-      "mlp",
-      isQwen3MoeLayer(config, layerIndex) ? new Qwen3MoeSparseMoeBlock(config) : new Qwen3MoeMLP(H, config.intermediateSize),
-    );
-    this.addModule("input_layernorm", new RMSNorm(H, config.rmsNormEps));
-    this.addModule("post_attention_layernorm", new RMSNorm(H, config.rmsNormEps));
-  }
-
-  get mlp(): Module<Tensor, Tensor> {
-    return this.child("mlp");
-  }
-
-  async forward(h: Tensor): Promise<Tensor> {
-    const sub = (n: string): Module<Tensor, Tensor> => this.child(n);
-    const h1 = add(h, await sub("self_attn").call(await sub("input_layernorm").call(h)));
-    return add(h1, await sub("mlp").call(await sub("post_attention_layernorm").call(h1)));
+    const mlp = isQwen3MoeLayer(config, layerIndex)
+      ? new Qwen3MoeSparseMoeBlock(config)
+      : new Qwen3MoeMLP(config.hiddenSize, config.intermediateSize);
+    super(config, new Qwen3MoeAttention(config), "mlp", mlp);
   }
 }
 
