@@ -18,7 +18,16 @@ export type { MoeCalibrationContextOptions } from "./calibration/context.js";
 export type { MoECalibrationModule, CalibrationModuleFactory, CalibrationOptions } from "./calibration/module.js";
 export { CalibrationAfmoeMoE } from "./calibration/afmoe.js";
 export { MOE_CALIBRATION_REGISTRY, standardizeClassName, calibrationFactoryFor } from "./calibration/registry.js";
-export { attachHessianObservers, GramAccumulator, HessianStats } from "./calibration/observers.js";
+export { attachHessianObservers, HessianStats } from "./calibration/observers.js";
+export { GramAccumulator } from "./calibration/gram.js";
+export {
+  DEFAULT_STATISTICS,
+  SEED_STATISTICS,
+  formatExpertStatistics,
+  parseExpertStatistics,
+  parseRoutedWeight,
+} from "./calibration/expert-statistics.js";
+export type { ExpertStatistics, ExpertStatisticsOptions, RoutedWeight } from "./calibration/expert-statistics.js";
 export { trackCoverage } from "./calibration/coverage.js";
 export type { Coverage, LayerCoverage } from "./calibration/coverage.js";
 export * from "./quantization/scheme.js";

@@ -5,7 +5,7 @@ import { UsageError } from "../errors.js";
 import type { AfmoeConfig } from "../models/afmoe/config.js";
 import { AfmoeMoE, AfmoeMoEBlock } from "../models/afmoe/modeling.js";
 import type { CalibrationOptions, MoECalibrationModule } from "./module.js";
-import type { FastState } from "./fast-path.js";
+import { type FastState, newFastState } from "./fast-path.js";
 import { addRoutedExperts } from "./routed-experts.js";
 
 /**
@@ -21,7 +21,7 @@ export class CalibrationAfmoeMoE extends AfmoeMoEBlock implements MoECalibration
   readonly calibrateAllExperts: boolean;
   /** use the all-experts fast path when no user hook watches an expert (default true) */
   readonly fastPath: boolean;
-  private readonly fastState: FastState = { sharedGateUp: null };
+  private readonly fastState: FastState = newFastState();
 
   constructor(
     original: AnyModule,

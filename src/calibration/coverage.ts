@@ -48,8 +48,10 @@ export function trackCoverage(model: AnyModule, prefix = ""): CoverageTracker {
       removers.push(
         registerFastAwareHook(expert.gate, (x: Tensor) => saw(x.size / expert.gate.inFeatures), {
           wantsGram: false,
+          routedWeight: null,
           rows: (n) => saw(n),
           shareWith: () => undefined,
+          shareRouted: () => undefined,
         }),
       );
     });

@@ -4,7 +4,10 @@ import { indexAddWeighted } from "../engine/ops.js";
 import type { Linear } from "../nn/layers.js";
 import type { AnyModule } from "../nn/module.js";
 import { type MoeExpert, routeWeights, routedPairs } from "../nn/moe.js";
-import { type FastPathObserver, GramAccumulator, fastObserversOf } from "./observers.js";
+import { type FastPathObserver, fastObserversOf } from "./observers.js";
+import { RoutedGram, type RoutedWeight } from "./expert-statistics.js";
+import { GramAccumulator } from "./gram.js";
+import { InternalError } from "../errors.js";
 
 /** A routed expert as the fast path computes it: down(silu(gate(x)) * up(x)), a module whose hooks it must respect. */
 export type SwiGluExpert = MoeExpert & Pick<AnyModule, "hookCount">;
@@ -14,8 +17,12 @@ const FAST_TOKENS_PER_CHUNK = 2048;
 
 /** What the fast path needs: each expert's Linears and the observers it must feed instead of hooks. */
 export interface FastPlan {
-  gateUp: FastPathObserver[];
+  /** per expert: the observers of its gate and up projections */
+  gateUp: FastPathObserver[][];
+  /** per expert: the observers of its down projection */
   down: FastPathObserver[][];
+  /** the routed weight when an observer keeps routed rows apart (router-aware statistics) */
+  routedWeight: RoutedWeight | null;
 }
 
 /**
@@ -23,7 +30,7 @@ export interface FastPlan {
  * (a user's own hook on an expert or one of its Linears needs the per-expert path).
  */
 export function fastPlan(experts: readonly SwiGluExpert[]): FastPlan | null {
-  const gateUp: FastPathObserver[] = [];
+  const gateUp: FastPathObserver[][] = [];
   const down: FastPathObserver[][] = [];
   for (const e of experts) {
     if (e.hookCount > 0) return null;
@@ -31,15 +38,24 @@ export function fastPlan(experts: readonly SwiGluExpert[]): FastPlan | null {
     const u = fastObserversOf(e.up);
     const d = fastObserversOf(e.down);
     if (!g || !u || !d) return null;
-    gateUp.push(...g, ...u);
+    gateUp.push([...g, ...u]);
     down.push(d);
   }
-  return { gateUp, down };
+  const weights = new Set([...gateUp.flat(), ...down.flat()].map((o) => o.routedWeight).filter((w) => w !== null));
+  if (weights.size > 1) throw new InternalError(`observers of one MoE block disagree on the routed weight (${[...weights].join(", ")})`);
+  return { gateUp, down, routedWeight: [...weights][0] ?? null };
 }
 
 /** Per calibration module: the input statistics shared by every gate/up projection. */
 export interface FastState {
   sharedGateUp: GramAccumulator | null;
+  /** per expert, router-aware statistics only: the routed rows of gate/up (shared by both) and of down */
+  routed: { gateUp: RoutedGram; down: RoutedGram }[] | null;
+}
+
+/** A fresh per-block state. */
+export function newFastState(): FastState {
+  return { sharedGateUp: null, routed: null };
 }
 
 /**
@@ -66,9 +82,20 @@ export async function allExpertsFast(
   const K = topScores.dim(1);
   const E = experts.length;
   const Im = (experts[0] as SwiGluExpert).gate.outFeatures;
-  const wantShared = plan.gateUp.some((o) => o.wantsGram);
+  const gateUpObservers = plan.gateUp.flat();
+  const wantShared = gateUpObservers.some((o) => o.wantsGram);
   if (wantShared && !state.sharedGateUp) state.sharedGateUp = new GramAccumulator(H);
-  if (state.sharedGateUp) for (const o of plan.gateUp) o.shareWith(state.sharedGateUp);
+  if (state.sharedGateUp) for (const o of gateUpObservers) o.shareWith(state.sharedGateUp);
+  const rw = plan.routedWeight;
+  if (rw && !state.routed)
+    state.routed = experts.map((ex) => ({ gateUp: new RoutedGram(H, rw), down: new RoutedGram(ex.down.inFeatures, rw) }));
+  const routedGrams = rw ? state.routed : null;
+  if (routedGrams)
+    for (let e = 0; e < E; e++) {
+      const r = routedGrams[e] as { gateUp: RoutedGram; down: RoutedGram };
+      for (const o of plan.gateUp[e] as FastPathObserver[]) if (o.routedWeight) o.shareRouted(r.gateUp);
+      for (const o of plan.down[e] as FastPathObserver[]) if (o.routedWeight) o.shareRouted(r.down);
+    }
   const pairs = experts.map((_, e) => routedPairs(selected, T, K, e));
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
   const scratch = new Float32Array(2 * Im * chunk);
@@ -78,18 +105,18 @@ export async function allExpertsFast(
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
     if (state.sharedGateUp) await state.sharedGateUp.add(Xc);
-    for (const o of plan.gateUp) o.rows(Tc, null);
+    for (const o of gateUpObservers) o.rows(Tc, null);
     const gu = scratch.subarray(0, 2 * Im * Tc);
     for (let e = 0; e < E; e++) {
       const ex = experts[e] as SwiGluExpert;
       await engine.linear(Xc, ex.gate.weight, gu.subarray(0, Im * Tc)); // [Tc, Im]
       await engine.linear(Xc, ex.up.weight, gu.subarray(Im * Tc)); // [Tc, Im]
-      await expertFromGateUp(e, gu, Tc, c0, c1);
+      await expertFromGateUp(e, Xc, gu, Tc, c0, c1);
     }
   }
 
   /** swiglu of expert e from its [gate; up] rows, its down statistics and routed rows. */
-  async function expertFromGateUp(e: number, gu: Float32Array, Tc: number, c0: number, c1: number): Promise<void> {
+  async function expertFromGateUp(e: number, Xc: Tensor, gu: Float32Array, Tc: number, c0: number, c1: number): Promise<void> {
     const n = Im * Tc;
     // expert e's down_proj inputs [Tc, Im]
     const A = await engine.swiglu(new Tensor(gu.subarray(0, n), [Tc, Im]), new Tensor(gu.subarray(n, 2 * n), [Tc, Im]), act.subarray(0, n));
@@ -110,6 +137,14 @@ export async function allExpertsFast(
     const out = await engine.linear(new Tensor(rows, [sel.length, Im]), down.weight);
     const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
     const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
-    indexAddWeighted(routed, tk, out, routeWeights(topScores, tk, sl));
+    const weights = routeWeights(topScores, tk, sl);
+    indexAddWeighted(routed, tk, out, weights);
+    const r = routedGrams?.[e];
+    if (r) {
+      // router-aware statistics: the routed rows of this chunk, apart from the all-token ones
+      const inChunk = { rows: Int32Array.from(tk, (t) => t - c0), weights };
+      await r.gateUp.addRows(Xc, inChunk);
+      await r.down.addRows(A, inChunk);
+    }
   }
 }

@@ -4,7 +4,7 @@ import { UsageError } from "../errors.js";
 import type { Glm4MoeConfig } from "../models/glm4_moe/config.js";
 import { Glm4MoeBlockBase, Glm4MoeMoE } from "../models/glm4_moe/modeling.js";
 import type { AnyModule } from "../nn/module.js";
-import type { FastState } from "./fast-path.js";
+import { type FastState, newFastState } from "./fast-path.js";
 import type { CalibrationOptions, MoECalibrationModule } from "./module.js";
 import { addRoutedExperts } from "./routed-experts.js";
 
@@ -19,7 +19,7 @@ export class CalibrationGlm4MoeMoE extends Glm4MoeBlockBase implements MoECalibr
   readonly calibrateAllExperts: boolean;
   readonly fastPath: boolean;
   readonly config: Glm4MoeConfig;
-  private readonly fastState: FastState = { sharedGateUp: null };
+  private readonly fastState: FastState = newFastState();
 
   constructor(original: AnyModule, options: CalibrationOptions) {
     super();

@@ -1,53 +1,48 @@
 import type { Tensor } from "../engine/tensor.js";
-import { getEngine } from "../engine/index.js";
 import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
-
-/** x^T x summed over rows, in float32, with the row count: one Linear's (or a group's) input statistics. */
-export class GramAccumulator {
-  readonly G: Float32Array;
-  rows = 0;
-  constructor(readonly inFeatures: number) {
-    this.G = new Float32Array(inFeatures * inFeatures);
-  }
-
-  addGram(g: Float32Array, rows: number): void {
-    const G = this.G;
-    for (let i = 0; i < G.length; i++) G[i] = (G[i] as number) + (g[i] as number);
-    this.rows += rows;
-  }
-
-  /** Add the rows of x [n, in] (the Gram product through the engine). */
-  async add(x: Tensor): Promise<void> {
-    const rows = x.size / this.inFeatures;
-    if (rows === 0) return;
-    const g = await getEngine().gram(x.reshape([rows, this.inFeatures]));
-    this.addGram(g.data, rows);
-  }
-}
+import { type ExpertStatisticsOptions, RoutedGram, SEED_STATISTICS, currentRowRouting, isRouterAware } from "./expert-statistics.js";
+import { GramAccumulator } from "./gram.js";
 
 /**
  * GPTQ statistics of one Linear: H = sum over its input rows x of 2 x x^T (float32), and the
  * row count. Rows may come through its own hook, or from an accumulator shared with other
  * Linears that saw exactly the same rows (the all-experts fast path: every expert's gate and up
  * projection read the same tokens). When all rows are shared, `H` is the shared array itself.
+ * With router-aware statistics an expert Linear also keeps its routed rows apart (its own
+ * RoutedGram, or one shared by gate and up on the fast path) and `H` combines the two.
  */
 export class HessianStats {
   /** rows through the Linear's own hook; created on first use (the fast path's gate/up projections never need one: 2E x in^2 floats) */
   private ownAcc: GramAccumulator | null = null;
   private readonly shared = new Set<GramAccumulator>();
   private cache: { H: Float32Array; rows: number } | null = null;
+  /** routed rows of an expert Linear (router-aware statistics only) */
+  private routedAcc: RoutedGram | null = null;
 
-  constructor(readonly inFeatures: number) {}
+  constructor(
+    readonly inFeatures: number,
+    readonly statistics: ExpertStatisticsOptions = SEED_STATISTICS,
+  ) {}
 
   get own(): GramAccumulator {
     this.ownAcc ??= new GramAccumulator(this.inFeatures);
     return this.ownAcc;
   }
 
+  /** this Linear's own routed rows (created on first use) */
+  get ownRouted(): RoutedGram {
+    this.routedAcc ??= new RoutedGram(this.inFeatures, this.statistics.routedWeight);
+    return this.routedAcc;
+  }
+
   shareWith(acc: GramAccumulator): void {
     this.shared.add(acc);
     this.cache = null;
+  }
+
+  shareRouted(acc: RoutedGram): void {
+    this.routedAcc = acc;
   }
 
   get rows(): number {
@@ -56,8 +51,24 @@ export class HessianStats {
     return n;
   }
 
-  /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
+  /** Routed rows (null: not an expert Linear, or the seed's statistics). */
+  get routedRows(): number | null {
+    return this.routedAcc ? this.routedAcc.rows : null;
+  }
+
+  /** An expert Linear with rows but none routed to it: its Hessian is the all-token one. */
+  get allTokenFallback(): boolean {
+    return this.routedAcc !== null && this.routedAcc.rows === 0 && this.rows > 0;
+  }
+
+  /** The Hessian: 2 x the Gram sums, combined with the routed rows for router-aware statistics. */
   get H(): Float32Array {
+    const base = this.allTokenH();
+    return this.routedAcc && this.rows > 0 ? this.routedAcc.combine(base, this.rows, this.statistics.statistics) : base;
+  }
+
+  /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
+  private allTokenH(): Float32Array {
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
     const parts = [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);
@@ -88,6 +99,10 @@ function doubledView(acc: GramAccumulator): Float32Array {
  */
 export interface FastPathObserver {
   readonly wantsGram: boolean;
+  /** the routed weight when the observer keeps routed rows apart (router-aware statistics), else null */
+  readonly routedWeight: RoutedGram["routedWeight"] | null;
+  /** this Linear's routed rows go to an accumulator (shared by an expert's gate and up) */
+  shareRouted(acc: RoutedGram): void;
   /** `n` rows reached the Linear; `gram` is their x^T x when wantsGram */
   rows(n: number, gram: Float32Array | null): void;
   /** the rows' statistics go to an accumulator shared with other Linears of the block */
@@ -131,20 +146,34 @@ export interface HessianObservers {
  * GPTQ. Hooks stay with the Linear objects, so they keep observing while an MoE block is
  * swapped for its calibration module, whose fast path feeds them directly.
  */
-export function attachHessianObservers(root: AnyModule, filter: (name: string, module: Linear) => boolean, prefix = ""): HessianObservers {
+export function attachHessianObservers(
+  root: AnyModule,
+  filter: (name: string, module: Linear) => boolean,
+  prefix = "",
+  statistics: ExpertStatisticsOptions = SEED_STATISTICS,
+): HessianObservers {
   const stats = new Map<string, HessianStats>();
   const removers: (() => void)[] = [];
+  const routerAware = isRouterAware(statistics);
   for (const [name, m] of root.namedModules(prefix)) {
     if (!(m instanceof Linear) || !filter(name, m)) continue;
-    const s = new HessianStats(m.inFeatures);
+    const s = new HessianStats(m.inFeatures, statistics);
     stats.set(name, s);
+    const hook = async (x: Tensor): Promise<void> => {
+      await s.own.add(x);
+      // inside an expert call of a calibration module: its routed rows are known
+      const routing = routerAware ? currentRowRouting() : undefined;
+      if (routing) await s.ownRouted.addRows(x, routing);
+    };
     removers.push(
-      registerFastAwareHook(m, (x) => s.own.add(x), {
+      registerFastAwareHook(m, hook, {
         wantsGram: true,
+        routedWeight: routerAware ? statistics.routedWeight : null,
         rows: (n, gram) => {
           if (gram) s.own.addGram(gram, n);
         },
         shareWith: (acc) => s.shareWith(acc),
+        shareRouted: (acc) => s.shareRouted(acc),
       }),
     );
   }

@@ -11,6 +11,7 @@ import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { Module } from "../nn/module.js";
 import { routeWeights, routedPairs } from "../nn/moe.js";
 import { type FastState, type SwiGluExpert, allExpertsFast, fastPlan } from "./fast-path.js";
+import { withRowRouting } from "./expert-statistics.js";
 
 export interface RoutedStep {
   /** [T, H] the block's input tokens */
@@ -36,7 +37,11 @@ export async function addRoutedExperts(s: RoutedStep, routed: Tensor): Promise<v
   }
   for (const [e, expert] of s.experts.entries()) {
     const { tokens, slots } = routedPairs(s.selectedExperts, T, K, e);
-    const out = s.calibrateAllExperts ? gatherRows(await expert.call(s.flat), tokens) : await expert.call(gatherRows(s.flat, tokens));
-    if (tokens.length > 0) indexAddWeighted(routed, tokens, out, routeWeights(s.topScores, tokens, slots));
+    const weights = routeWeights(s.topScores, tokens, slots);
+    // observers of the expert's Linears learn which of its input rows are routed to it
+    const out = s.calibrateAllExperts
+      ? gatherRows(await withRowRouting({ rows: tokens, weights }, () => expert.call(s.flat)), tokens)
+      : await withRowRouting({ rows: Int32Array.from(tokens, (_, i) => i), weights }, () => expert.call(gatherRows(s.flat, tokens)));
+    if (tokens.length > 0) indexAddWeighted(routed, tokens, out, weights);
   }
 }

@@ -1,7 +1,7 @@
 import type { Tensor } from "../engine/tensor.js";
 import type { AnyModule } from "../nn/module.js";
 import { type ExpertModule, SoftmaxMoeBlockBase, type SoftmaxMoeShape } from "../nn/softmax-moe.js";
-import type { FastState } from "./fast-path.js";
+import { type FastState, newFastState } from "./fast-path.js";
 import type { CalibrationOptions, MoECalibrationModule } from "./module.js";
 import { addRoutedExperts } from "./routed-experts.js";
 
@@ -14,7 +14,7 @@ export class CalibrationSoftmaxMoeBlock<X extends ExpertModule> extends SoftmaxM
   readonly isPermanent = false;
   readonly calibrateAllExperts: boolean;
   readonly fastPath: boolean;
-  private readonly fastState: FastState = { sharedGateUp: null };
+  private readonly fastState: FastState = newFastState();
 
   constructor(
     readonly className: string,

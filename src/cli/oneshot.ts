@@ -3,6 +3,7 @@ import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { oneshot } from "../pipeline/oneshot.js";
 import { formatSummary } from "../pipeline/report.js";
 import { SCHEME_NAMES } from "../quantization/scheme.js";
+import { DEFAULT_STATISTICS, ROUTED_WEIGHTS, formatExpertStatistics } from "../calibration/expert-statistics.js";
 import { boolOption, intOption, seedOption } from "./options.js";
 import { progressPrinter } from "./progress.js";
 
@@ -15,6 +16,8 @@ interface OneshotCliOptions {
   numSamples: number;
   maxSeqLength?: number;
   calibrateAllExperts: boolean;
+  expertStatistics: string;
+  routedWeight: string;
   ignore: string[];
   vllmCheck: boolean;
   seed?: bigint;
@@ -36,6 +39,16 @@ export function registerOneshot(program: Command): void {
     .option("--num-samples <n>", "calibration samples (or all there are)", intOption("--num-samples"), 512)
     .option("--max-seq-length <n>", "tokens per sample (default 2048, at most max_position_embeddings)", intOption("--max-seq-length", 2))
     .option("--calibrate-all-experts <bool>", "run every expert on every calibration token", boolOption("--calibrate-all-experts"), true)
+    .option(
+      "--expert-statistics <setting>",
+      "GPTQ statistics of an expert: uniform (every row alike), unrouted:ALPHA (rows not routed to it weigh ALPHA) or shrink:K",
+      formatExpertStatistics(DEFAULT_STATISTICS.statistics),
+    )
+    .addOption(
+      new Option("--routed-weight <weight>", "weight of an expert's routed rows: 1, the router's combine weight, or its square")
+        .choices([...ROUTED_WEIGHTS])
+        .default(DEFAULT_STATISTICS.routedWeight),
+    )
     .option(
       "--ignore <name>",
       "Linear to leave unquantized: NAME or re:PATTERN (repeatable)",

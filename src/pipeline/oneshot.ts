@@ -7,6 +7,13 @@ import { firstNonFinite } from "../io/safetensors.js";
 import type { Seed } from "../util/numpy-random.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
+import {
+  DEFAULT_STATISTICS,
+  type ExpertStatisticsOptions,
+  formatExpertStatistics,
+  parseExpertStatistics,
+  parseRoutedWeight,
+} from "../calibration/expert-statistics.js";
 import { trackCoverage, type LayerCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { ShardedWriter } from "../io/writer.js";
@@ -42,6 +49,10 @@ export interface OneshotOptions {
   calibrateAllExperts?: boolean;
   /** use the all-experts fast path (default true; false forces the per-expert path) */
   fastPath?: boolean;
+  /** how an expert's GPTQ statistics weight its rows: uniform, unrouted:ALPHA or shrink:K (docs/expert-statistics.md) */
+  expertStatistics?: string;
+  /** weight of an expert's routed rows: one, score (the router's combine weight) or score2 */
+  routedWeight?: string;
   /** added to the default ignore list (lm_head and every router gate) */
   ignore?: string[];
   /**
@@ -111,6 +122,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
   if (method !== "gptq" && method !== "rtn") throw new UsageError(`unknown method "${String(method)}" (gptq or rtn)`);
   let scheme = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
   const calibrateAllExperts = opts.calibrateAllExperts ?? true;
+  const statistics: ExpertStatisticsOptions = {
+    statistics: opts.expertStatistics === undefined ? DEFAULT_STATISTICS.statistics : parseExpertStatistics(opts.expertStatistics),
+    routedWeight: opts.routedWeight === undefined ? DEFAULT_STATISTICS.routedWeight : parseRoutedWeight(opts.routedWeight),
+  };
   const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
   validatePatterns(opts.ignore ?? []);
 
@@ -215,12 +230,13 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     const layerReports: LayerReport[] = [];
     const coverage: Record<string, LayerCoverage> = {};
     const fallbacks: Fallback[] = [];
+    const allTokenFallbacks: string[] = [];
     await eachLayer(streamed, hidden0, async (layer, i, hidden) => {
       opts.onProgress?.({ kind: "layer", layer: i, layers: config.numHiddenLayers });
       const prefix = `model.layers.${i}`;
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map() };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
-      const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix) : null;
+      const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix, statistics) : null;
       const absMax = scheme.inputActivations && !scheme.inputActivations.dynamic ? attachInputAbsMax(targets.linears) : null;
       const tracker = trackCoverage(layer, prefix);
       try {
@@ -235,7 +251,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         observers?.remove();
         absMax?.remove();
       }
-      if (observers) targets.hessians = observers.stats;
+      if (observers) {
+        targets.hessians = observers.stats;
+        for (const [n, st] of observers.stats) if (st.allTokenFallback) allTokenFallbacks.push(n);
+      }
       if (absMax) targets.inputAbsMax = absMax.stats;
       const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
         dampening: opts.dampening ?? 0.01,
@@ -296,6 +315,11 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       tokens,
       max_seq_length: maxSeqLength,
       calibrate_all_experts: calibrateAllExperts,
+      expert_statistics: {
+        setting: formatExpertStatistics(statistics.statistics),
+        routed_weight: statistics.routedWeight,
+        all_token_fallbacks: allTokenFallbacks,
+      },
       seed: seedForJson(opts.seed ?? 42),
       ignore,
       coverage: { layers: coverage },

@@ -31,6 +31,11 @@ export interface OneshotReport {
   tokens: number;
   max_seq_length: number;
   calibrate_all_experts: boolean;
+  /**
+   * how expert rows entered GPTQ's statistics; `all_token_fallbacks`: expert Linears that had no
+   * routed row and so kept their all-token statistics
+   */
+  expert_statistics: { setting: string; routed_weight: string; all_token_fallbacks: string[] };
   /** a number, or decimal digits for a seed beyond 2^53 */
   seed: number | string;
   ignore: string[];

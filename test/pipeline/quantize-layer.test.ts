@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Linear } from "../../src/nn/layers.js";
-import { HessianStats, GramAccumulator } from "../../src/calibration/observers.js";
+import { HessianStats } from "../../src/calibration/observers.js";
+import { GramAccumulator } from "../../src/calibration/gram.js";
 import { GPTQ_WORKER_MIN_WEIGHTS, type QuantizedLinear, quantizeLayerLinears } from "../../src/pipeline/quantize-layer.js";
 import { closeSharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { dequantize } from "../../src/quantization/params.js";
