@@ -8,6 +8,7 @@
  * Each scheme also gets one round-to-nearest run (no Hessian; `--no-rtn` skips it). Rows in the
  * JSON carry each set's per-token KL distribution (`kl_stats`) besides the mean.
  * Prints a markdown table and writes bench/kl-results.json (or `--out FILE`).
+ * `--statistics` runs the router-aware expert statistics study instead (bench/kl-statistics.ts).
  */
 import fs from "node:fs";
 import os from "node:os";
@@ -16,6 +17,7 @@ import { oneshot } from "../src/pipeline/oneshot.js";
 import { type KlStats, evaluate } from "../src/pipeline/eval.js";
 import { BUNDLED_MODEL, PACKAGE_ROOT } from "../src/paths.js";
 import { CheckpointFormatError } from "../src/errors.js";
+import { studyStatistics } from "./kl-statistics.js";
 
 const SETS = ["prose", "json", "arith"] as const;
 const ROUTED_ONLY = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.layers\\.0\\.mlp\\..*"];
@@ -51,6 +53,10 @@ function arg(name: string, fallback: string): string {
 }
 
 async function main(): Promise<void> {
+  if (process.argv.includes("--statistics")) {
+    await studyStatistics();
+    return;
+  }
   const seeds = arg("--seeds", "42").split(",").map(Number);
   const schemes = arg("--schemes", "W4A16").split(",");
   const groupSize = Number(arg("--group-size", "32"));

@@ -7,8 +7,8 @@ import { loadTokenizedSamples } from "./dataset.js";
 
 export interface EvalOptions {
   model: string;
-  /** compare against this model: mean per-token KL(reference || model) */
-  reference?: string;
+  /** compare against this model (a folder, or its logits from `referenceLogits`): mean per-token KL(reference || model) */
+  reference?: string | ReferenceLogits;
   dataset: string;
   numSamples?: number;
   maxSeqLength?: number;
@@ -65,6 +65,40 @@ export function klStats(perToken: Float64Array): KlStats {
   };
 }
 
+/** A reference model's logits on a dataset's evaluation samples, computed once for many evaluations. */
+export interface ReferenceLogits {
+  vocabSize: number;
+  /** the samples' token ids, to check that an evaluation reads the same samples */
+  samples: number[][];
+  /** per sample [S, V] */
+  logits: Float32Array[];
+}
+
+/** The evaluation samples of a dataset (file order, BOS + text truncated, at least two tokens). */
+function evalSamples(modelDir: string, opts: Omit<EvalOptions, "model" | "reference">, maxPositions: number): number[][] {
+  const samples = loadTokenizedSamples(opts.dataset, loadTokenizer(modelDir), {
+    numSamples: opts.numSamples,
+    maxSeqLength: opts.maxSeqLength ?? Math.min(2048, maxPositions),
+    shuffleSeed: null,
+  }).filter((ids) => ids.length >= 2);
+  if (samples.length === 0) throw new UsageError(`dataset ${opts.dataset}: no sample has two or more tokens to evaluate`);
+  return samples;
+}
+
+/** Logits of `reference` on the evaluation samples of `opts.dataset` (for `evaluate`'s `reference`). */
+export async function referenceLogits(reference: string, opts: Omit<EvalOptions, "model" | "reference">): Promise<ReferenceLogits> {
+  const ref = openServed(reference, { load: false });
+  const samples = evalSamples(reference, opts, ref.config.maxPositionEmbeddings);
+  const logits: Float32Array[] = [];
+  for (const chunk of chunksByTokens(samples, opts.chunkTokens ?? STREAM_CHUNK_TOKENS)) {
+    const hidden = await streamedHidden(ref, chunk);
+    await withParameters(ref, "lm_head", async () => {
+      for (const h of hidden) logits.push((await ref.model.lm_head.call(h)).data);
+    });
+  }
+  return { vocabSize: ref.config.vocabSize, samples, logits };
+}
+
 /** log-softmax of one row, in float64. */
 function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
   let max = -Infinity;
@@ -85,18 +119,18 @@ function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
  */
 export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   const m = openServed(opts.model, { load: false });
-  const ref = opts.reference ? openServed(opts.reference, { load: false }) : null;
-  if (ref && ref.config.vocabSize !== m.config.vocabSize) {
-    throw new UsageError(`reference vocabulary ${ref.config.vocabSize} differs from the model's ${m.config.vocabSize}`);
+  const given = typeof opts.reference === "object" ? opts.reference : null;
+  const ref = typeof opts.reference === "string" ? openServed(opts.reference, { load: false }) : null;
+  const refVocab = given?.vocabSize ?? ref?.config.vocabSize;
+  if (refVocab !== undefined && refVocab !== m.config.vocabSize) {
+    throw new UsageError(`reference vocabulary ${refVocab} differs from the model's ${m.config.vocabSize}`);
   }
-  const tok = loadTokenizer(opts.model);
-  const samples = loadTokenizedSamples(opts.dataset, tok, {
-    numSamples: opts.numSamples,
-    maxSeqLength: opts.maxSeqLength ?? Math.min(2048, m.config.maxPositionEmbeddings),
-    shuffleSeed: null,
-  }).filter((ids) => ids.length >= 2);
-  if (samples.length === 0) throw new UsageError(`dataset ${opts.dataset}: no sample has two or more tokens to evaluate`);
+  const samples = evalSamples(opts.model, opts, m.config.maxPositionEmbeddings);
+  if (given && JSON.stringify(given.samples) !== JSON.stringify(samples))
+    throw new UsageError(`the reference logits were computed on other samples than ${opts.dataset} gives with this model's tokenizer`);
+  const hasRef = ref !== null || given !== null;
   const V = m.config.vocabSize;
+  let done = 0;
   let nll = 0;
   let kl = 0;
   let n = 0;
@@ -109,7 +143,11 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       for (let s = 0; s < chunk.length; s++) {
         const ids = chunk[s] as number[];
         const logits = (await m.model.lm_head.call(hidden[s] as Tensor)).data;
-        const refLogits = ref && refHidden ? (await ref.model.lm_head.call(refHidden[s] as Tensor)).data : null;
+        const refLogits = given
+          ? (given.logits[done + s] as Float32Array)
+          : ref && refHidden
+            ? (await ref.model.lm_head.call(refHidden[s] as Tensor)).data
+            : null;
         for (let t = 0; t < ids.length - 1; t++) {
           const lp = logSoftmax(logits, t * V, V);
           nll -= lp[ids[t + 1] as number] as number;
@@ -125,12 +163,13 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
       }
     };
     await withParameters(m, "lm_head", () => (ref ? withParameters(ref, "lm_head", score) : score()));
+    done += chunk.length;
   }
   return {
     nll: nll / n,
     ppl: Math.exp(nll / n),
-    kl: ref ? kl / n : null,
+    kl: hasRef ? kl / n : null,
     tokens: n,
-    klStats: ref ? klStats(Float64Array.from(perToken)) : null,
+    klStats: hasRef ? klStats(Float64Array.from(perToken)) : null,
   };
 }

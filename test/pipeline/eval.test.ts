@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { evaluate, klStats } from "../../src/pipeline/eval.js";
+import { evaluate, klStats, referenceLogits } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { rawToF32 } from "../../src/io/safetensors.js";
@@ -66,6 +66,19 @@ test("eval KL: zero for a model against itself; for a quantized model equal to K
   assert.ok(kl > 0);
   // batch 2 vs one sample at a time changes float32 summation order in the products (logits agree to ~1e-6)
   assert.ok(Math.abs((r.kl as number) - kl) <= 1e-5 * kl, `streamed KL ${r.kl} vs whole-model ${kl}`);
+});
+
+test("eval against precomputed reference logits gives exactly the result against the reference folder; other samples are refused", async () => {
+  const q = path.join(tmp, "rtn");
+  if (!fs.existsSync(q))
+    await oneshot({ method: "rtn", scheme: "W4A16", groupSize: 32, numSamples: 1, maxSeqLength: 8, output: q, warn: () => undefined });
+  const opts = { dataset: path.join(TEXT, "eval-json.jsonl"), numSamples: 5, maxSeqLength: 40, chunkTokens: 90 };
+  const cached = await referenceLogits(TINY, opts);
+  assert.equal(cached.logits.length, 5);
+  const viaFolder = await evaluate({ ...opts, model: q, reference: TINY });
+  assert.ok((viaFolder.kl as number) > 0);
+  assert.deepEqual(await evaluate({ ...opts, model: q, reference: cached }), viaFolder);
+  await assert.rejects(evaluate({ ...opts, maxSeqLength: 30, model: q, reference: cached }), /other samples/);
 });
 
 test("eval in chunks of a few samples gives exactly the result of one pass", async () => {
