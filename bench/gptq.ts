@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
 import { type HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
+import { type ExpertStatisticsOptions, SEED_STATISTICS } from "../src/calibration/expert-statistics.js";
 import { Tensor } from "../src/engine/tensor.js";
 import { quantizeLayerLinears } from "../src/pipeline/quantize-layer.js";
 import { resolveScheme } from "../src/quantization/scheme.js";
@@ -43,12 +44,14 @@ export async function timeGptqBlock(
   return { cold, warm };
 }
 
-async function main(): Promise<void> {
-  const tokens = Number(process.env.BENCH_TOKENS ?? 2048);
-  const { config, block, x } = nanoBlock(tokens);
-  const calib = new CalibrationAfmoeMoE(block, config, { calibrateAllExperts: true, fastPath: true });
-  const obs = attachHessianObservers(calib, (n) => n.startsWith("experts."));
-  await calib.call(x);
+/** The block's expert Linears and their statistics from one fast-path calibration call. */
+async function calibrated(
+  block: ReturnType<typeof nanoBlock>,
+  statistics: ExpertStatisticsOptions,
+): Promise<{ linears: Map<string, Linear>; stats: Map<string, HessianStats> }> {
+  const calib = new CalibrationAfmoeMoE(block.block, block.config, { calibrateAllExperts: true, fastPath: true });
+  const obs = attachHessianObservers(calib, (n) => n.startsWith("experts."), "", statistics);
+  await calib.call(block.x);
   obs.remove();
   const linears = new Map(
     calib
@@ -56,14 +59,27 @@ async function main(): Promise<void> {
       .filter(([n, m]) => m instanceof Linear && n.startsWith("experts."))
       .map(([n, m]) => [n, m as Linear]),
   );
+  return { linears, stats: obs.stats };
+}
+
+async function main(): Promise<void> {
+  const tokens = Number(process.env.BENCH_TOKENS ?? 2048);
+  const nano = nanoBlock(tokens);
+  const { linears, stats } = await calibrated(nano, SEED_STATISTICS);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-gptq-"));
-  const torch = process.env.BENCH_NO_TORCH ? null : torchPeer(writeBlock(work, block, x));
+  const torch = process.env.BENCH_NO_TORCH ? null : torchPeer(writeBlock(work, nano.block, nano.x));
   fs.rmSync(work, { recursive: true, force: true });
-  const { cold, warm } = await timeGptqBlock(linears, obs.stats);
-  await closeSharedGptqPool();
+  const { cold, warm } = await timeGptqBlock(linears, stats);
   const ratio = (s: number): string => (torch ? `${(torch.gptq_seconds / s).toFixed(2)}x` : "n/a");
   console.log(
     `GPTQ of ${linears.size} expert Linears (${tokens} calibration tokens, ${gptqWorkerCount()} workers): ours ${warm.toFixed(2)} s warm (${ratio(warm)} faster), ${cold.toFixed(2)} s cold (${ratio(cold)}); PyTorch per-expert ${torch ? `${torch.gptq_seconds.toFixed(2)} s` : "not run"}`,
+  );
+  // router-aware statistics: every expert its own gate/up Hessian, so one damped Cholesky per expert instead of one per block
+  const aware = await calibrated(nanoBlock(tokens), { statistics: { kind: "unrouted", alpha: 0.1 }, routedWeight: "one" });
+  const awareTime = await timeGptqBlock(aware.linears, aware.stats);
+  await closeSharedGptqPool();
+  console.log(
+    `router-aware statistics (unrouted:0.1): ${awareTime.warm.toFixed(2)} s warm, ${(awareTime.warm / warm).toFixed(2)}x the seed's statistics in the same run`,
   );
 }
 

@@ -4,6 +4,8 @@ import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { Tensor } from "../src/engine/tensor.js";
 import { SafetensorsFile, rawToInts } from "../src/io/safetensors.js";
+import { Checkpoint } from "../src/io/checkpoint.js";
+import { type NamedRaw, writeSafetensors } from "../src/io/writer.js";
 import type { LoadedModel } from "../src/models/registry.js";
 import { type AfmoeConfig, AfmoeForCausalLM } from "../src/models/afmoe/index.js";
 import { openServed } from "../src/pipeline/serving.js";
@@ -95,4 +97,16 @@ export function openAfmoe(dir: string, opts: { load?: boolean } = {}): LoadedMod
   const m = openServed(dir, opts);
   if (!(m.model instanceof AfmoeForCausalLM)) throw new Error(`${dir} is not an AFMoE checkpoint`);
   return m as LoadedModel & { config: AfmoeConfig; model: AfmoeForCausalLM };
+}
+
+/** A copy of checkpoint folder `src` at `dir` with its tensors changed by `mutate` (written unchecked: broken on purpose). */
+export function mutatedCopy(src: string, dir: string, mutate: (t: Map<string, NamedRaw>) => void): string {
+  fs.mkdirSync(dir);
+  for (const f of fs.readdirSync(src))
+    if (!f.endsWith(".safetensors") && !f.endsWith("index.json")) fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  const ck = Checkpoint.open(src);
+  const tensors = new Map(ck.names().map((n) => [n, { name: n, ...ck.readRaw(n) }]));
+  mutate(tensors);
+  writeSafetensors(path.join(dir, "model.safetensors"), [...tensors.values()]);
+  return dir;
 }

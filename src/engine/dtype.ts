@@ -124,3 +124,23 @@ export function f32ToFp8e4m3(x: number): number {
   }
   return sign | code;
 }
+
+/** FP4 E2M1 magnitudes by 3-bit code (bit 3 of a code is the sign). */
+export const FP4_E2M1_VALUES: readonly number[] = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+export const FP4_E2M1_MAX = 6;
+
+/**
+ * Encode to FP4 E2M1: saturate to +-6, round to nearest, ties to the even mantissa (0.25 -> 0,
+ * 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4), as compressed-tensors'
+ * cast_to_fp4; the sign bit is set for every negative x, also one that rounds to zero (-0).
+ */
+export function f32ToFp4e2m1(x: number): number {
+  const a = Math.abs(x);
+  const m = a <= 0.25 ? 0 : a < 0.75 ? 1 : a <= 1.25 ? 2 : a < 1.75 ? 3 : a <= 2.5 ? 4 : a < 3.5 ? 5 : a <= 5 ? 6 : 7;
+  return (x < 0 ? 8 : 0) | m;
+}
+
+export function fp4e2m1ToF32(code: number): number {
+  const v = FP4_E2M1_VALUES[code & 7] as number;
+  return code & 8 ? -v : v;
+}

@@ -4,7 +4,7 @@ import type { DType } from "../io/safetensors.js";
 import type { ModelConfig, ModelFamily } from "../models/family.js";
 import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
-import { fusedSchemeConflicts } from "../models/fused.js";
+import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
 import { MoecalError } from "../errors.js";
 import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
 import { type ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "../io/compressed-tensors.js";
@@ -22,10 +22,12 @@ export interface InspectReport {
   problems: string[];
 }
 
-const SCALE_DTYPES: DType[] = ["BF16", "F16", "F32"];
+const SCALE_DTYPES: DType[] = ["BF16", "F16", "F32", "F8_E4M3"];
+/** Scale tensors checked for finite, positive values; global scales (448 * 6 / absmax) are large by design, so not for extremes. */
+const SCALES = ["weight_scale", "input_scale", "weight_global_scale", "input_global_scale"] as const;
 
 function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
-  if (ck.has(`${p}.weight_packed`)) return "pack-quantized";
+  if (ck.has(`${p}.weight_packed`)) return ck.info(`${p}.weight_packed`).dtype === "U8" ? "nvfp4-pack-quantized" : "pack-quantized";
   if (!ck.has(`${p}.weight`)) return null;
   const d = ck.info(`${p}.weight`).dtype;
   return d === "I8" ? "int-quantized" : d === "F8_E4M3" ? "float-quantized" : null;
@@ -66,7 +68,12 @@ export function inspectCheckpoint(dir: string): InspectReport {
   // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
   const misshapen = new Set(
     layout.map((m) =>
-      m.slice(0, m.indexOf(":")).replace(/\.(weight|weight_packed|weight_scale|weight_shape|weight_zero_point|input_scale)$/, ""),
+      m
+        .slice(0, m.indexOf(":"))
+        .replace(
+          /\.(weight|weight_packed|weight_scale|weight_shape|weight_zero_point|input_scale|weight_global_scale|input_global_scale)$/,
+          "",
+        ),
     ),
   );
   const modules = new Set(
@@ -90,14 +97,16 @@ export function inspectCheckpoint(dir: string): InspectReport {
     if (format !== group.format) problems.push(`${p}: stored as ${format} but its config group says ${group.format}`);
     report.formats[format] = (report.formats[format] ?? 0) + 1;
     report.quantized++;
-    for (const s of ["weight_scale", "input_scale"]) {
+    for (const s of SCALES) {
       if (!ck.has(`${p}.${s}`) || !SCALE_DTYPES.includes(ck.info(`${p}.${s}`).dtype)) continue;
       const v = ck.readF32(`${p}.${s}`).data;
       const bad = v.findIndex((x) => !Number.isFinite(x));
       if (bad >= 0) problems.push(`${p}.${s}: non-finite value ${v[bad]} at index ${bad}`);
       const nonPos = v.findIndex((x) => x <= 0);
       if (nonPos >= 0) problems.push(`${p}.${s}: zero or negative value ${v[nonPos]} at index ${nonPos}`);
-      const extreme = v.findIndex((x) => Number.isFinite(x) && x > 0 && (x < EXTREME_SCALE.min || x > EXTREME_SCALE.max));
+      const extreme = s.endsWith("global_scale")
+        ? -1
+        : v.findIndex((x) => Number.isFinite(x) && x > 0 && (x < EXTREME_SCALE.min || x > EXTREME_SCALE.max));
       if (extreme >= 0) problems.push(`${p}.${s}: extreme value ${v[extreme]} at index ${extreme}`);
     }
   }
@@ -138,7 +147,18 @@ export function inspectCheckpoint(dir: string): InspectReport {
     const g = modules.has(n) ? groupFor(cfg, n) : null;
     return g ? `config group ${cfg.groups.indexOf(g)}` : "unquantized";
   };
-  for (const c of fusedSchemeConflicts(family.fusedGroups([...modules, ...unquantized]), schemeOf)) problems.push(c);
+  const fused = family.fusedGroups([...modules, ...unquantized]);
+  for (const c of fusedSchemeConflicts(fused, schemeOf)) problems.push(c);
+  // vLLM keeps one NVFP4 global scale per weight it runs (q/k/v; gate/up; an expert's gate/up)
+  for (const set of oneWeightSets(fused)) {
+    const values = set
+      .filter((m) => !misshapen.has(m) && ck.has(`${m}.weight_global_scale`))
+      .map((m) => [m, ck.readF32(`${m}.weight_global_scale`).data[0]] as const);
+    if (new Set(values.map(([, v]) => v)).size > 1)
+      problems.push(
+        `${values.map(([m]) => m).join(", ")}: vLLM runs these as one weight with one global scale, but their weight_global_scale differ (${values.map(([, v]) => v).join(", ")})`,
+      );
+  }
   return report;
 }
 

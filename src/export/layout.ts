@@ -28,6 +28,24 @@ interface Spec {
 /** The tensors a quantized Linear of shape [out, inF] carries under its config group. */
 function quantizedSpecs(group: NonNullable<ReturnType<typeof groupFor>>, out: number, inF: number): Map<string, Spec> {
   const w = group.weights;
+  if (group.format === "nvfp4-pack-quantized") {
+    const specs = new Map<string, Spec>([
+      ["weight_packed", { dtypes: ["U8"], shape: [out, Math.ceil(inF / 2)] }],
+      ["weight_scale", { dtypes: ["F8_E4M3"], shape: [out, Math.ceil(inF / (w.groupSize ?? 16))] }],
+      ["weight_global_scale", { dtypes: ["F32"], shape: [1] }],
+    ]);
+    if (group.inputActivations && group.inputActivations.dynamic !== true) specs.set("input_global_scale", { dtypes: ["F32"], shape: [1] });
+    return specs;
+  }
+  if (w.strategy === "block") {
+    const [br, bc] = w.blockStructure ?? [out, inF];
+    const specs = new Map<string, Spec>([
+      ["weight", { dtypes: ["F8_E4M3"], shape: [out, inF] }],
+      ["weight_scale", { dtypes: FLOAT_DTYPES, shape: [Math.ceil(out / br), Math.ceil(inF / bc)] }],
+    ]);
+    if (group.inputActivations && !group.inputActivations.dynamic) specs.set("input_scale", { dtypes: FLOAT_DTYPES, shape: [1] });
+    return specs;
+  }
   const groups = w.strategy === "group" && w.groupSize ? inF / w.groupSize : 1;
   const scaleShape = w.strategy === "tensor" ? [1] : [out, w.strategy === "group" ? groups : 1];
   const specs = new Map<string, Spec>([["weight_scale", { dtypes: FLOAT_DTYPES, shape: scaleShape }]]);
@@ -63,7 +81,7 @@ export function layoutProblems(ck: Checkpoint, cfg: ParsedQuantConfig, expected:
     if (p !== null && group) {
       const [out, inF] = shape as [number, number];
       const w = group.weights;
-      if (w.strategy === "group" && w.groupSize && inF % w.groupSize !== 0)
+      if ((w.strategy === "group" || w.strategy === "tensor_group") && w.groupSize && inF % w.groupSize !== 0)
         problems.push(`${p}: group size ${w.groupSize} does not divide its ${inF} inputs`);
       for (const [suffix, spec] of quantizedSpecs(group, out, inF)) {
         accounted.add(`${p}.${suffix}`);

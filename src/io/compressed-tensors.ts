@@ -8,12 +8,17 @@ import { CheckpointFormatError } from "../errors.js";
 import type { Checkpoint } from "./checkpoint.js";
 import { type RawTensor, rawToF32, rawToInts } from "./safetensors.js";
 import type { TensorSource } from "./tensor-source.js";
-import { unpackColumns, unpackRows } from "../quantization/pack.js";
-import { dequantize } from "../quantization/params.js";
+import { unpackColumns, unpackFp4, unpackRows } from "../quantization/pack.js";
+import { type QParams, dequantize } from "../quantization/params.js";
 import { type QuantArgs, type QuantFormat, matchesAny, validatePatterns } from "../quantization/scheme.js";
 
 /** Tensor suffixes a quantized Linear carries in `format` (after `P.`), as the spec lists them. */
 export function requiredSuffixes(format: QuantFormat, weights: QuantArgs, inputActivations: QuantArgs | null): string[] {
+  if (format === "nvfp4-pack-quantized") {
+    const need = ["weight_packed", "weight_scale", "weight_global_scale"];
+    if (inputActivations && inputActivations.dynamic !== true) need.push("input_global_scale");
+    return need;
+  }
   const need = format === "pack-quantized" ? ["weight_packed", "weight_scale", "weight_shape"] : ["weight", "weight_scale"];
   if (format === "pack-quantized" && !weights.symmetric) need.push("weight_zero_point");
   if (inputActivations && !inputActivations.dynamic) need.push("input_scale");
@@ -33,9 +38,13 @@ const argsSchema = z
     num_bits: z.number().int().min(1).max(8),
     type: z.enum(["int", "float"]),
     symmetric: z.boolean().nullable().optional(),
-    strategy: z.enum(["tensor", "channel", "group", "token"]).nullable().optional(),
+    strategy: z.enum(["tensor", "channel", "group", "token", "tensor_group", "block"]).nullable().optional(),
     group_size: z.number().int().positive().nullable().optional(),
-    dynamic: z.boolean().nullable().optional(),
+    dynamic: z
+      .union([z.boolean(), z.literal("local")])
+      .nullable()
+      .optional(),
+    block_structure: z.tuple([z.number().int().positive(), z.number().int().positive()]).nullable().optional(),
     actorder: z
       .union([z.enum(["static", "group", "weight"]), z.boolean()])
       .nullable()
@@ -43,7 +52,7 @@ const argsSchema = z
   })
   .passthrough();
 
-const FORMATS: readonly QuantFormat[] = ["pack-quantized", "int-quantized", "float-quantized"];
+const FORMATS: readonly QuantFormat[] = ["pack-quantized", "int-quantized", "float-quantized", "nvfp4-pack-quantized"];
 
 const configSchema = z
   .object({
@@ -71,8 +80,9 @@ function argsFrom(a: z.infer<typeof argsSchema>): QuantArgs {
     symmetric: a.symmetric !== false,
     strategy: a.strategy ?? "tensor",
     groupSize: a.group_size ?? null,
-    dynamic: a.dynamic === true,
+    dynamic: a.dynamic === "local" ? "local" : a.dynamic === true,
     actorder: a.actorder === "static" ? "static" : null,
+    blockStructure: a.block_structure ?? null,
   };
 }
 
@@ -99,8 +109,14 @@ export function parseQuantizationConfig(qc: unknown, where: string): ParsedQuant
         `${field}.format": ${JSON.stringify(format ?? null)} is not a format moecal reads (${FORMATS.join(", ")})`,
       );
     const weights = argsFrom(g.weights);
-    if (weights.strategy === "group" && weights.groupSize === null)
-      throw new CheckpointFormatError(`${field}.weights.group_size": the group strategy needs a group size`);
+    if ((weights.strategy === "group" || weights.strategy === "tensor_group") && weights.groupSize === null)
+      throw new CheckpointFormatError(`${field}.weights.group_size": the ${weights.strategy} strategy needs a group size`);
+    if ((weights.strategy === "block") !== (weights.blockStructure !== null && weights.blockStructure !== undefined))
+      throw new CheckpointFormatError(`${field}.weights.block_structure": the block strategy needs a block structure, and only it`);
+    if (format === "nvfp4-pack-quantized" && !(weights.type === "float" && weights.numBits === 4 && weights.groupSize === 16))
+      throw new CheckpointFormatError(`${field}.weights": nvfp4-pack-quantized needs float weights of 4 bits in groups of 16`);
+    if (format !== "nvfp4-pack-quantized" && weights.type === "float" && weights.numBits !== 8)
+      throw new CheckpointFormatError(`${field}.weights.num_bits": ${format} float weights are FP8 (8 bits)`);
     if (weights.strategy === "token")
       throw new CheckpointFormatError(`${field}.weights.strategy": "token" applies to activations, not weights`);
     if (format === "pack-quantized" && (weights.type !== "int" || 32 % weights.numBits !== 0))
@@ -132,7 +148,15 @@ export function groupFor(cfg: ParsedQuantConfig, name: string): QuantConfigGroup
   return cfg.groups.find((g) => g.targets.includes("Linear") || matchesAny(name, g.targets)) ?? null;
 }
 
-const SUFFIXES = [".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point", ".input_scale"];
+const SUFFIXES = [
+  ".weight_packed",
+  ".weight_scale",
+  ".weight_shape",
+  ".weight_zero_point",
+  ".input_scale",
+  ".weight_global_scale",
+  ".input_global_scale",
+];
 
 /**
  * A TensorSource over a compressed-tensors checkpoint that presents every quantized Linear's
@@ -159,19 +183,43 @@ export function compressedTensorsSource(
     if (!g) return ck.info(n).shape;
     const p = n.slice(0, -".weight".length);
     if (g.format === "pack-quantized") return rawToInts(read(`${p}.weight_shape`), where(`${p}.weight_shape`));
+    if (g.format === "nvfp4-pack-quantized") {
+      const [rows, half] = ck.info(`${p}.weight_packed`).shape as [number, number];
+      return [rows, 2 * half];
+    }
     return ck.info(n).shape;
   };
+  const scalar = (n: string): number | null => (names.has(n) ? (ck.readF32(n).data[0] as number) : null);
   return {
     dir: ck.dir,
     names: () => visible,
     shapeOf,
-    inputScale: (p) => (names.has(`${p}.input_scale`) ? (ck.readF32(`${p}.input_scale`).data[0] as number) : null),
+    inputScale: (p) => scalar(`${p}.input_scale`) ?? scalar(`${p}.input_global_scale`),
     readF32: (n) => {
       const g = quantized.get(n);
       if (!g) return rawToF32(read(n), where(n));
       const p = n.slice(0, -".weight".length);
       const [out, inF] = shapeOf(n) as [number, number];
       const scale = ck.readF32(`${p}.weight_scale`);
+      if (g.format === "nvfp4-pack-quantized") {
+        const global = scalar(`${p}.weight_global_scale`) as number;
+        const codes = unpackFp4(read(`${p}.weight_packed`).bytes, out, inF);
+        const params: QParams = {
+          groups: scale.dim(-1),
+          groupSize: 16,
+          scale: scale.data.map((s) => Math.fround(s / global)),
+          zeroPoint: null,
+        };
+        return new Tensor(dequantize({ args: g.weights, out, inF, codes, params }), [out, inF]);
+      }
+      if (g.weights.strategy === "block") {
+        const [br, bc] = g.weights.blockStructure as [number, number];
+        const cols = scale.dim(-1);
+        const perRow = new Float32Array(out * cols);
+        for (let r = 0; r < out; r++) perRow.set(scale.data.subarray(Math.floor(r / br) * cols, (Math.floor(r / br) + 1) * cols), r * cols);
+        const params: QParams = { groups: cols, groupSize: bc, scale: perRow, zeroPoint: null };
+        return new Tensor(dequantize({ args: g.weights, out, inF, codes: read(n).bytes, params }), [out, inF]);
+      }
       const groups = scale.size === 1 ? 1 : scale.dim(-1);
       const full = scale.size === 1 ? new Float32Array(out).fill(scale.data[0] as number) : scale.data;
       let codes: Int8Array | Uint8Array;

@@ -6,6 +6,23 @@ export interface FusedGroup {
   module: string;
   /** the checkpoint's Linear names it is made of */
   members: string[];
+  /**
+   * the member sets vLLM concatenates into one weight tensor, each of which carries one NVFP4
+   * global scale (default: all members); a fused MoE module: per expert gate+up, and down alone
+   */
+  weights?: string[][];
+}
+
+/** Every member set that vLLM runs as one weight tensor. */
+export function oneWeightSets(groups: readonly FusedGroup[]): string[][] {
+  return groups.flatMap((g) => g.weights ?? [g.members]);
+}
+
+/** A fused MoE module's weights: per expert (by the index after `.experts.`), the up side (`isDown` false) and the down side. */
+export function expertWeights(members: readonly string[], isDown: (member: string) => boolean): string[][] {
+  const byExpert = new Map<string, string[]>();
+  for (const m of members) append(byExpert, `${/\.experts\.(\d+)\./.exec(m)?.[1]}:${isDown(m)}`, m);
+  return [...byExpert.values()];
 }
 
 export function append(map: Map<string, string[]>, key: string, value: string): void {
@@ -74,5 +91,9 @@ export function hfFusedGroups(linearNames: readonly string[]): FusedGroup[] {
   }
   return [...groups]
     .filter(([, members]) => members.length > 1)
-    .map(([module, members]) => ({ module, members: members.sort(byShardOrder) }));
+    .map(([module, members]) => ({
+      module,
+      members: members.sort(byShardOrder),
+      ...(module.endsWith(".experts") ? { weights: expertWeights(members, (m) => m.endsWith(".down_proj")) } : {}),
+    }));
 }

@@ -24,7 +24,7 @@ import { checkpointSource } from "../io/tensor-source.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { assertFinite, assertMappingComplete } from "../nn/weights.js";
 import type { CausalLM } from "../models/family.js";
-import { fusedSchemeConflicts } from "../models/fused.js";
+import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
 import { readModelConfig } from "../models/registry.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
@@ -189,6 +189,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       }
     }
     const targetSet = new Set(allLinears.filter(isTarget));
+    const sharedGlobalScale = oneWeightSets(family.fusedGroups(allLinears));
     checkUnexpectedTensors(mapping.unexpected, config, targetSet, modelDir, warn);
     // every tensor passed through unquantized is checked before anything is written
     const targetWeights = new Set([...targetSet].map((n) => `${n}.weight`));
@@ -234,10 +235,11 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     await eachLayer(streamed, hidden0, async (layer, i, hidden) => {
       opts.onProgress?.({ kind: "layer", layer: i, layers: config.numHiddenLayers });
       const prefix = `model.layers.${i}`;
-      const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map() };
+      const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
       const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix, statistics) : null;
-      const absMax = scheme.inputActivations && !scheme.inputActivations.dynamic ? attachInputAbsMax(targets.linears) : null;
+      const ia = scheme.inputActivations;
+      const absMax = ia && (!ia.dynamic || ia.dynamic === "local") ? attachInputAbsMax(targets.linears) : null;
       const tracker = trackCoverage(layer, prefix);
       try {
         await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {

@@ -4,8 +4,8 @@ import type { HessianStats } from "../calibration/observers.js";
 import type { Linear } from "../nn/layers.js";
 import { type GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
 import { type GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
-import { type QuantizedWeight, type ScaleDType, dequantize, roundScale } from "../quantization/params.js";
-import type { Scheme } from "../quantization/scheme.js";
+import { type QuantizedWeight, type ScaleDType, absMax, dequantize, nvfp4GlobalScale, roundScale } from "../quantization/params.js";
+import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
 
 export type Method = "gptq" | "rtn";
@@ -20,7 +20,7 @@ export interface Fallback {
 export interface QuantizedLinear {
   name: string;
   weight: QuantizedWeight;
-  /** static input scale (FP8 static), else null */
+  /** static input scale (FP8 static) or input global scale (NVFP4), else null */
   inputScale: number | null;
   /** GPTQ loss estimate (0 for RTN) */
   loss: number;
@@ -33,6 +33,8 @@ export interface LayerTargets {
   hessians: Map<string, HessianStats>;
   /** dotted name -> max |x| over calibration rows (static activation schemes) */
   inputAbsMax: Map<string, { absmax: number; rows: number }>;
+  /** Linears vLLM runs as one weight, which must share NVFP4's global scale (q/k/v, gate/up) */
+  sharedGlobalScale?: readonly (readonly string[])[];
 }
 
 /** Layers with fewer GPTQ weights than this are quantized on the main thread (starting workers costs more than it saves there). */
@@ -67,6 +69,14 @@ function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
         groupSize: params.groupSize,
         scale: params.scale.slice(rowStart * g, (rowStart + rows) * g),
         zeroPoint: params.zeroPoint ? params.zeroPoint.slice(rowStart * g, (rowStart + rows) * g) : null,
+        ...(params.nvfp4
+          ? {
+              nvfp4: {
+                groupScale: params.nvfp4.groupScale.slice(rowStart * g, (rowStart + rows) * g),
+                globalScale: params.nvfp4.globalScale.slice(rowStart, rowStart + rows),
+              },
+            }
+          : {}),
       },
     },
     dequantized: r.dequantized.subarray(rowStart * inF, (rowStart + rows) * inF),
@@ -92,8 +102,20 @@ export async function quantizeLayerLinears(
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
+  const globals = isNvfp4(scheme.weights) ? globalScales(t, scaleDType) : null;
+  /** each row's NVFP4 global scale for a Linear (undefined for other schemes) */
+  const rowGlobal = (name: string, rows: number): Float32Array | undefined =>
+    globals ? new Float32Array(rows).fill(globals.get(name) as number) : undefined;
   const rtn = (name: string, lin: Linear): Quantized => ({
-    weight: rtnQuantize(lin.weight.data, lin.outFeatures, lin.inFeatures, scheme.weights, scaleDType, name),
+    weight: rtnQuantize(
+      lin.weight.data,
+      lin.outFeatures,
+      lin.inFeatures,
+      scheme.weights,
+      scaleDType,
+      name,
+      rowGlobal(name, lin.outFeatures),
+    ),
     dequantized: null,
     loss: 0,
   });
@@ -161,7 +183,17 @@ export async function quantizeLayerLinears(
           stacked.set(lin.weight.data, off);
           off += lin.weight.size;
         }
+        let globalScale: Float32Array | undefined;
+        if (globals) {
+          globalScale = new Float32Array(rows);
+          let r = 0;
+          for (const [name, lin] of batch) {
+            globalScale.fill(globals.get(name) as number, r, r + lin.outFeatures);
+            r += lin.outFeatures;
+          }
+        }
         return {
+          globalScale,
           weight: stacked,
           out: rows,
           prep: jobPrep,
@@ -198,7 +230,8 @@ export async function quantizeLayerLinears(
     await closeSharedGptqPool(); // jobs may still run there; the next layer starts a fresh pool
     throw e;
   }
-  const staticInput = scheme.inputActivations && !scheme.inputActivations.dynamic;
+  const ia = scheme.inputActivations;
+  const staticInput = ia !== null && (!ia.dynamic || ia.dynamic === "local");
   const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
   const results: QuantizedLinear[] = [];
   for (const [name, lin] of t.linears) {
@@ -210,8 +243,11 @@ export async function quantizeLayerLinears(
       let absmax = a && a.rows > 0 ? a.absmax : siblingMax;
       if (!a || a.rows === 0)
         fallbacks.push({ module: name, reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" });
-      if (!(absmax > 0)) absmax = 1;
-      inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
+      if (isNvfp4(ia)) inputScale = nvfp4GlobalScale(absmax, scaleDType);
+      else {
+        if (!(absmax > 0)) absmax = 1;
+        inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
+      }
     }
     assertValidQParams(q.weight, `${opts.layerLabel}: ${name}`);
     lin.parameter("weight").value = new Tensor(q.dequantized ?? dequantize(q.weight), [lin.outFeatures, lin.inFeatures]);
@@ -224,6 +260,21 @@ export async function quantizeLayerLinears(
     );
   }
   return { results, fallbacks };
+}
+
+/**
+ * NVFP4 global scale of each target Linear from its weight's largest magnitude; Linears vLLM runs
+ * as one weight share the smallest of their scales (llm-compressor's fused global scales).
+ */
+function globalScales(t: LayerTargets, dtype: ScaleDType): Map<string, number> {
+  const g = new Map<string, number>();
+  for (const [name, lin] of t.linears) g.set(name, nvfp4GlobalScale(absMax(lin.weight.data), dtype));
+  for (const members of t.sharedGlobalScale ?? []) {
+    const present = members.filter((m) => g.has(m));
+    const shared = Math.min(...present.map((m) => g.get(m) as number));
+    for (const m of present) g.set(m, shared);
+  }
+  return g;
 }
 
 function assertFiniteStats(values: Float32Array, where: string): void {

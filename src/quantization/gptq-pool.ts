@@ -15,6 +15,8 @@ export interface GptqJob {
   dtype: ScaleDType;
   name: string;
   blockSize: number;
+  /** NVFP4: each row's global scale */
+  globalScale?: Float32Array;
 }
 
 export type GptqJobReply = { id: number; result: GptqResult } | { id: number; error: { name: string; code: string; message: string } };
@@ -135,5 +137,5 @@ export async function closeSharedGptqPool(): Promise<void> {
  */
 export async function runGptqJob(j: GptqJob): Promise<GptqResult> {
   const prep = "hessian" in j.prep ? await prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening) : j.prep;
-  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize, j.weight);
+  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize, j.weight, j.globalScale);
 }

@@ -21,6 +21,7 @@ parentPort?.on("message", async (job: GptqJob) => {
       r.dequantized.buffer,
       r.rowLoss.buffer,
       ...(p.zeroPoint ? [p.zeroPoint.buffer] : []),
+      ...(p.nvfp4 ? [p.nvfp4.groupScale.buffer] : []),
     ] as ArrayBuffer[];
     parentPort?.postMessage(reply, transfer);
   } catch (e) {

@@ -9,16 +9,19 @@ import {
   type ScaleDType,
   computeQParams,
   intRange,
+  quantizeFp4,
   quantizeFp8,
   quantizeWithParams,
 } from "./params.js";
-import { fp8e4m3ToF32 } from "../engine/dtype.js";
+import { fp4e2m1ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
 
 export interface GptqOptions {
   /** fraction of mean(diag(H)) added to the diagonal (default 0.01) */
   dampening?: number;
   /** columns per block (default 128) */
   blockSize?: number;
+  /** NVFP4: each row's global scale (default: one from the weight) */
+  globalScale?: Float32Array;
 }
 
 export interface GptqResult {
@@ -122,9 +125,10 @@ export async function gptqWithPrep(
   name: string,
   blockSize = 128,
   into?: Float32Array,
+  globalScale?: Float32Array,
 ): Promise<GptqResult> {
   const { inF, dead, perm, Hinv, HinvT } = prep;
-  const params: QParams = computeQParams(weight, out, inF, args, dtype, name);
+  const params: QParams = computeQParams(weight, out, inF, args, dtype, name, globalScale);
   const { groups, groupSize } = params;
   // column-major permuted weight Wt [inF, out]: a column's values are contiguous; each column
   // is replaced by its dequantized values once it is quantized
@@ -187,7 +191,7 @@ export async function gptqWithPrep(
           const sc = scaleT.subarray(g, g + out);
           const zp = zpT.subarray(g, g + out);
           if (isInt) quantizeColumnInt(Wt, codesT as Int8Array, err, rowLoss, sc, zp, col * out, out, d, args.numBits);
-          else quantizeColumnFp8(Wt, codesT as Uint8Array, err, rowLoss, sc, col * out, out, d);
+          else quantizeColumnFloat(Wt, codesT as Uint8Array, err, rowLoss, sc, col * out, out, d, args.numBits === 4);
           ErrBlock.set(err, (col - i1) * out);
           spreadError(Wt, err, out, Hinv, col * inF, col + 1, s2);
         }
@@ -232,7 +236,7 @@ export async function gptqQuantize(
   opts: GptqOptions = {},
 ): Promise<GptqResult> {
   const prep = await prepareGptq(hessian, inF, args.actorder, name, opts.dampening ?? 0.01);
-  return gptqWithPrep(weight, out, prep, args, dtype, name, opts.blockSize ?? 128);
+  return gptqWithPrep(weight, out, prep, args, dtype, name, opts.blockSize ?? 128, undefined, opts.globalScale);
 }
 
 /** Round to nearest with min-max parameters. */
@@ -243,8 +247,9 @@ export function rtnQuantize(
   args: QuantArgs,
   dtype: ScaleDType,
   name: string,
+  globalScale?: Float32Array,
 ): QuantizedWeight {
-  const params = computeQParams(weight, out, inF, args, dtype, name);
+  const params = computeQParams(weight, out, inF, args, dtype, name, globalScale);
   return { args, out, inF, codes: quantizeWithParams(weight, out, inF, args, params), params };
 }
 
@@ -293,8 +298,8 @@ function quantizeColumnInt(
   }
 }
 
-/** The same for FP8 (e4m3fn codes). */
-function quantizeColumnFp8(
+/** The same for FP8 (e4m3fn codes) or FP4 (e2m1 codes). */
+function quantizeColumnFloat(
   Wt: Float32Array,
   codesT: Uint8Array,
   err: Float32Array,
@@ -303,14 +308,15 @@ function quantizeColumnFp8(
   wc: number,
   out: number,
   d: number,
+  fp4: boolean,
 ): void {
   const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
     const w = Wt[wc + r] as number;
     const s = scale[r] as number;
-    const c = quantizeFp8(w, s);
+    const c = fp4 ? quantizeFp4(w, s) : quantizeFp8(w, s);
     codesT[wc + r] = c;
-    const q = Math.fround(fp8e4m3ToF32(c) * s);
+    const q = Math.fround((fp4 ? fp4e2m1ToF32(c) : fp8e4m3ToF32(c)) * s);
     Wt[wc + r] = q;
     const e = w - q;
     err[r] = Math.fround(Math.fround(e) / d);

@@ -64,3 +64,26 @@ export function unpackColumns(packed: Int32Array, rows: number, cols: number, bi
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = unT[c * rows + r] as number;
   return out;
 }
+
+/**
+ * compressed-tensors' NVFP4 packing (pack_fp4_to_uint8): two E2M1 codes per byte along a row,
+ * the even column in the low nibble; [rows, cols / 2] bytes (cols even).
+ */
+export function packFp4(codes: ArrayLike<number>, rows: number, cols: number): Uint8Array {
+  if (cols % 2 !== 0) throw new UsageError(`NVFP4 packing needs an even number of columns, got ${cols}`);
+  const out = new Uint8Array((rows * cols) / 2);
+  for (let i = 0; i < out.length; i++) out[i] = ((codes[2 * i] as number) & 15) | (((codes[2 * i + 1] as number) & 15) << 4);
+  return out;
+}
+
+export function unpackFp4(packed: Uint8Array, rows: number, cols: number): Uint8Array {
+  if (packed.length * 2 !== rows * cols)
+    throw new InternalError(`packed FP4 array has ${packed.length} bytes, [${rows}, ${cols}] needs ${(rows * cols) / 2}`);
+  const out = new Uint8Array(rows * cols);
+  for (let i = 0; i < packed.length; i++) {
+    const b = packed[i] as number;
+    out[2 * i] = b & 15;
+    out[2 * i + 1] = b >> 4;
+  }
+  return out;
+}

@@ -1,6 +1,16 @@
-import { FP8_E4M3_MAX, f16BitsToF32, f32ToF16Bits, f32ToFp8e4m3, fp8e4m3ToF32, roundToBf16 } from "../engine/dtype.js";
+import {
+  FP4_E2M1_MAX,
+  FP8_E4M3_MAX,
+  f16BitsToF32,
+  f32ToF16Bits,
+  f32ToFp4e2m1,
+  f32ToFp8e4m3,
+  fp4e2m1ToF32,
+  fp8e4m3ToF32,
+  roundToBf16,
+} from "../engine/dtype.js";
 import { NumericalError, UsageError } from "../errors.js";
-import type { QuantArgs } from "./scheme.js";
+import { type QuantArgs, isNvfp4 } from "./scheme.js";
 
 /** float32 machine epsilon: the scale used where a group is all zeros. */
 export const F32_EPS = 1.1920928955078125e-7;
@@ -26,31 +36,72 @@ export function intRange(bits: number): { qmin: number; qmax: number } {
   return { qmin: -(1 << (bits - 1)), qmax: (1 << (bits - 1)) - 1 };
 }
 
-/** Scales and zero points of one weight: [out, groups] each (groups = 1 per channel / tensor). */
+/** FP8 E4M3's eps: compressed-tensors' scale for an all-zero group when scales are stored in FP8. */
+export const FP8_E4M3_EPS = 0.125;
+
+/**
+ * Scales and zero points of one weight: [out, groups] each (groups = 1 per channel / tensor; a
+ * block's scale repeated on each of its rows, the last group of a row possibly shorter).
+ */
 export interface QParams {
   groups: number;
   /** columns per group (in for per channel and per tensor) */
   groupSize: number;
+  /** the scale a code is multiplied by (NVFP4: group scale / global scale) */
   scale: Float32Array;
   zeroPoint: Int32Array | null;
+  /** NVFP4: the stored FP8 group scales [out, groups] and the global scale of each row (one value per Linear) */
+  nvfp4?: { groupScale: Float32Array; globalScale: Float32Array };
 }
 
 function groupLayout(args: QuantArgs, inF: number, name: string): { groups: number; groupSize: number } {
-  if (args.strategy === "group") {
+  if (args.strategy === "group" || args.strategy === "tensor_group") {
     const g = args.groupSize ?? inF;
     if (inF % g !== 0) throw new UsageError(`${name}: group size ${g} does not divide the input size ${inF}`);
     return { groups: inF / g, groupSize: g };
+  }
+  if (args.strategy === "block") {
+    const bc = args.blockStructure?.[1] ?? inF;
+    return { groups: Math.ceil(inF / bc), groupSize: bc };
   }
   if (args.strategy === "channel" || args.strategy === "tensor") return { groups: 1, groupSize: inF };
   throw new UsageError(`${name}: weights cannot be quantized per ${args.strategy}`);
 }
 
+/** Largest |w| of a weight (the statistic of NVFP4's global scale). */
+export function absMax(W: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < W.length; i++) m = Math.max(m, Math.abs(W[i] as number));
+  return m;
+}
+
+/**
+ * NVFP4's global scale from the largest magnitude it covers (compressed-tensors' generate_gparam):
+ * 448 * 6 / absmax in the tensor's dtype, stored as float32; 1 where that is not finite (all zeros).
+ */
+export function nvfp4GlobalScale(absmax: number, dtype: ScaleDType): number {
+  const g = roundScale(Math.fround((FP8_E4M3_MAX * FP4_E2M1_MAX) / Math.max(absmax, 1.1754943508222875e-38)), dtype);
+  return Number.isFinite(g) ? g : 1;
+}
+
 /**
  * Min-max quantization parameters of W [out, in] (float32), scales rounded to `dtype` (the
  * stored, rounded value is the one used to quantize). Per tensor: one scale repeated per row.
+ * NVFP4 takes each row's global scale from `globalScale` (rows of Linears fused in vLLM share
+ * one), else computes one from W.
  */
-export function computeQParams(W: Float32Array, out: number, inF: number, args: QuantArgs, dtype: ScaleDType, name: string): QParams {
+export function computeQParams(
+  W: Float32Array,
+  out: number,
+  inF: number,
+  args: QuantArgs,
+  dtype: ScaleDType,
+  name: string,
+  globalScale?: Float32Array,
+): QParams {
   const { groups, groupSize } = groupLayout(args, inF, name);
+  if (isNvfp4(args))
+    return nvfp4Params(W, out, inF, groupSize, dtype, globalScale ?? new Float32Array(out).fill(nvfp4GlobalScale(absMax(W), dtype)));
   const scale = new Float32Array(out * groups);
   const zeroPoint = args.type === "int" && !args.symmetric ? new Int32Array(out * groups) : null;
   const mins = new Float64Array(out * groups);
@@ -60,7 +111,7 @@ export function computeQParams(W: Float32Array, out: number, inF: number, args: 
       let mn = 0;
       let mx = 0; // min clamped to <= 0, max to >= 0
       const base = r * inF + g * groupSize;
-      for (let c = 0; c < groupSize; c++) {
+      for (let c = 0; c < Math.min(groupSize, inF - g * groupSize); c++) {
         const v = W[base + c] as number;
         if (v < mn) mn = v;
         if (v > mx) mx = v;
@@ -69,6 +120,7 @@ export function computeQParams(W: Float32Array, out: number, inF: number, args: 
       maxs[r * groups + g] = mx;
     }
   }
+  if (args.strategy === "block") blockExtremes(mins, maxs, out, groups, args.blockStructure?.[0] ?? out);
   if (args.strategy === "tensor") {
     let mn = 0;
     let mx = 0;
@@ -101,6 +153,55 @@ export function computeQParams(W: Float32Array, out: number, inF: number, args: 
   return { groups, groupSize, scale, zeroPoint };
 }
 
+/** Each block of `rows` rows takes its rows' extremes, per group column (FP8_BLOCK). */
+function blockExtremes(mins: Float64Array, maxs: Float64Array, out: number, groups: number, rows: number): void {
+  for (let r0 = 0; r0 < out; r0 += rows) {
+    const r1 = Math.min(out, r0 + rows);
+    for (let g = 0; g < groups; g++) {
+      let mn = 0;
+      let mx = 0;
+      for (let r = r0; r < r1; r++) {
+        mn = Math.min(mn, mins[r * groups + g] as number);
+        mx = Math.max(mx, maxs[r * groups + g] as number);
+      }
+      for (let r = r0; r < r1; r++) {
+        mins[r * groups + g] = mn;
+        maxs[r * groups + g] = mx;
+      }
+    }
+  }
+}
+
+/**
+ * NVFP4 group scales (compressed-tensors' calculate_qparams with a global scale): per group of 16,
+ * local = absmax / 6 in the weight's dtype, times the row's global scale, rounded to FP8 E4M3
+ * (saturating), 0.125 where that is zero; a code is multiplied by FP8 scale / global scale.
+ */
+function nvfp4Params(W: Float32Array, out: number, inF: number, groupSize: number, dtype: ScaleDType, globalScale: Float32Array): QParams {
+  const groups = inF / groupSize;
+  const groupScale = new Float32Array(out * groups);
+  const scale = new Float32Array(out * groups);
+  for (let r = 0; r < out; r++) {
+    const g = globalScale[r] as number;
+    for (let k = 0; k < groups; k++) {
+      let m = 0;
+      const base = r * inF + k * groupSize;
+      for (let c = 0; c < groupSize; c++) m = Math.max(m, Math.abs(W[base + c] as number));
+      const local = roundScale(Math.fround(m / FP4_E2M1_MAX), dtype);
+      let s8 = fp8e4m3ToF32(f32ToFp8e4m3(Math.fround(g * local)));
+      if (s8 === 0) s8 = FP8_E4M3_EPS;
+      groupScale[r * groups + k] = s8;
+      scale[r * groups + k] = Math.fround(s8 / g);
+    }
+  }
+  return { groups, groupSize, scale, zeroPoint: null, nvfp4: { groupScale, globalScale } };
+}
+
+/** FP4 E2M1 code of w with effective scale s: e2m1(clamp(w / s, -6, 6)). */
+export function quantizeFp4(w: number, s: number): number {
+  return f32ToFp4e2m1(Math.fround(w / s));
+}
+
 /** Integer code of w with (scale, zero point): clamp(round(w / s) + zp, qmin, qmax). */
 export function quantizeInt(w: number, s: number, zp: number, qmin: number, qmax: number): number {
   return Math.min(qmax, Math.max(qmin, roundHalfEven(Math.fround(w / s)) + zp));
@@ -125,31 +226,39 @@ export interface QuantizedWeight {
 export function quantizeWithParams(W: Float32Array, out: number, inF: number, args: QuantArgs, p: QParams): Int8Array | Uint8Array {
   const codes = args.type === "float" ? new Uint8Array(out * inF) : new Int8Array(out * inF);
   const { qmin, qmax } = intRange(args.numBits);
+  const fp4 = args.type === "float" && args.numBits === 4;
   for (let r = 0; r < out; r++) {
     for (let c = 0; c < inF; c++) {
       const gi = r * p.groups + Math.floor(c / p.groupSize);
       const s = p.scale[gi] as number;
       const w = W[r * inF + c] as number;
-      codes[r * inF + c] =
-        args.type === "float" ? quantizeFp8(w, s) : quantizeInt(w, s, p.zeroPoint ? (p.zeroPoint[gi] as number) : 0, qmin, qmax);
+      codes[r * inF + c] = fp4
+        ? quantizeFp4(w, s)
+        : args.type === "float"
+          ? quantizeFp8(w, s)
+          : quantizeInt(w, s, p.zeroPoint ? (p.zeroPoint[gi] as number) : 0, qmin, qmax);
     }
   }
   return codes;
+}
+
+/** The value of a code: integer, FP8 E4M3 byte or FP4 E2M1 nibble, by the weight's type. */
+export function codeValue(args: QuantArgs): (code: number) => number {
+  if (args.type === "int") return (c) => c;
+  return args.numBits === 4 ? fp4e2m1ToF32 : fp8e4m3ToF32;
 }
 
 /** Dequantized float32 weight [out, in]. */
 export function dequantize(q: QuantizedWeight): Float32Array {
   const { out, inF, params: p, codes } = q;
   const W = new Float32Array(out * inF);
+  const value = codeValue(q.args);
   for (let r = 0; r < out; r++) {
     for (let c = 0; c < inF; c++) {
       const gi = r * p.groups + Math.floor(c / p.groupSize);
       const s = p.scale[gi] as number;
       const code = codes[r * inF + c] as number;
-      W[r * inF + c] =
-        q.args.type === "float"
-          ? Math.fround(fp8e4m3ToF32(code) * s)
-          : Math.fround((code - (p.zeroPoint ? (p.zeroPoint[gi] as number) : 0)) * s);
+      W[r * inF + c] = Math.fround((value(code) - (p.zeroPoint ? (p.zeroPoint[gi] as number) : 0)) * s);
     }
   }
   return W;

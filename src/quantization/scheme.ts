@@ -1,9 +1,9 @@
 import { UsageError } from "../errors.js";
 
 export type QuantType = "int" | "float";
-export type QuantStrategy = "group" | "channel" | "tensor" | "token";
+export type QuantStrategy = "group" | "channel" | "tensor" | "token" | "tensor_group" | "block";
 export type ActOrder = "static" | null;
-export type QuantFormat = "pack-quantized" | "int-quantized" | "float-quantized";
+export type QuantFormat = "pack-quantized" | "int-quantized" | "float-quantized" | "nvfp4-pack-quantized";
 
 /** Quantization arguments, as compressed-tensors' QuantizationArgs. */
 export interface QuantArgs {
@@ -12,9 +12,17 @@ export interface QuantArgs {
   symmetric: boolean;
   strategy: QuantStrategy;
   groupSize: number | null;
-  dynamic: boolean;
+  /** "local": scales computed per group at run time under a static global scale (NVFP4 activations) */
+  dynamic: boolean | "local";
   /** GPTQ column order (weights only) */
   actorder: ActOrder;
+  /** [rows, columns] of one scale's block (strategy "block") */
+  blockStructure?: [number, number] | null;
+}
+
+/** Weights FP4 E2M1 in groups of 16 with FP8 group scales under one global scale per Linear (NVFP4). */
+export function isNvfp4(a: QuantArgs): boolean {
+  return a.type === "float" && a.numBits === 4 && a.strategy === "tensor_group";
 }
 
 export interface Scheme {
@@ -24,7 +32,7 @@ export interface Scheme {
   format: QuantFormat;
 }
 
-export const SCHEME_NAMES = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8"] as const;
+export const SCHEME_NAMES = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8", "NVFP4A16", "NVFP4", "FP8_BLOCK"] as const;
 export type SchemeName = (typeof SCHEME_NAMES)[number];
 
 const intGroup = (bits: number, symmetric: boolean): QuantArgs => ({
@@ -36,6 +44,10 @@ const intGroup = (bits: number, symmetric: boolean): QuantArgs => ({
   dynamic: false,
   actorder: "static",
 });
+
+function fp4Group(): QuantArgs {
+  return { numBits: 4, type: "float", symmetric: true, strategy: "tensor_group", groupSize: 16, dynamic: false, actorder: "static" };
+}
 
 const PRESETS: Record<SchemeName, Omit<Scheme, "name">> = {
   W4A16: { weights: intGroup(4, true), inputActivations: null, format: "pack-quantized" },
@@ -56,6 +68,26 @@ const PRESETS: Record<SchemeName, Omit<Scheme, "name">> = {
     inputActivations: { numBits: 8, type: "float", symmetric: true, strategy: "tensor", groupSize: null, dynamic: false, actorder: null },
     format: "float-quantized",
   },
+  NVFP4A16: { weights: fp4Group(), inputActivations: null, format: "nvfp4-pack-quantized" },
+  NVFP4: {
+    weights: fp4Group(),
+    inputActivations: { ...fp4Group(), dynamic: "local", actorder: null },
+    format: "nvfp4-pack-quantized",
+  },
+  FP8_BLOCK: {
+    weights: {
+      numBits: 8,
+      type: "float",
+      symmetric: true,
+      strategy: "block",
+      groupSize: null,
+      dynamic: false,
+      actorder: null,
+      blockStructure: [128, 128],
+    },
+    inputActivations: { numBits: 8, type: "float", symmetric: true, strategy: "group", groupSize: 128, dynamic: true, actorder: null },
+    format: "float-quantized",
+  },
 };
 
 export interface SchemeOverrides {
@@ -72,14 +104,23 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
   if (!preset) throw new UsageError(`unknown scheme "${name}" (known: ${SCHEME_NAMES.join(", ")})`);
   const weights = { ...preset.weights };
   if (overrides.groupSize !== undefined) {
-    if (weights.strategy !== "group")
+    if (weights.strategy === "tensor_group" && overrides.groupSize !== weights.groupSize)
+      throw new UsageError(
+        `scheme ${key} has groups of ${weights.groupSize} by definition; --group-size ${overrides.groupSize} does not apply`,
+      );
+    if (weights.strategy !== "group" && weights.strategy !== "tensor_group")
       throw new UsageError(`scheme ${key} quantizes weights per ${weights.strategy}; a group size does not apply`);
     if (!Number.isInteger(overrides.groupSize) || overrides.groupSize < 1)
       throw new UsageError(`group size must be a positive integer, got ${overrides.groupSize}`);
     weights.groupSize = overrides.groupSize;
   }
-  if (overrides.actorder !== undefined && weights.type === "int") weights.actorder = overrides.actorder;
+  if (overrides.actorder !== undefined && takesActorder(weights)) weights.actorder = overrides.actorder;
   return { name: key, weights, inputActivations: preset.inputActivations ? { ...preset.inputActivations } : null, format: preset.format };
+}
+
+/** GPTQ's activation order applies to group-wise weights (int groups and channels, NVFP4's groups). */
+export function takesActorder(a: QuantArgs): boolean {
+  return a.type === "int" || isNvfp4(a);
 }
 
 /**
@@ -107,11 +148,11 @@ export function validatePatterns(patterns: readonly string[]): void {
 function argsJson(a: QuantArgs, isWeight: boolean): Record<string, unknown> {
   const j: Record<string, unknown> = {
     actorder: isWeight ? a.actorder : null,
-    block_structure: null,
+    block_structure: a.blockStructure ?? null,
     dynamic: a.dynamic,
     group_size: a.groupSize,
     num_bits: a.numBits,
-    observer: a.dynamic ? null : "minmax",
+    observer: a.dynamic === "local" ? "static_minmax" : a.dynamic ? null : "minmax",
     observer_kwargs: {},
     strategy: a.strategy,
     symmetric: a.symmetric,
@@ -141,7 +182,7 @@ export function quantizationConfig(scheme: Scheme, ignore: string[], actorderUse
         input_activations: scheme.inputActivations ? argsJson(scheme.inputActivations, false) : null,
         output_activations: null,
         targets: ["Linear"],
-        weights: { ...argsJson(scheme.weights, true), actorder: scheme.weights.type === "int" ? actorderUsed : null },
+        weights: { ...argsJson(scheme.weights, true), actorder: takesActorder(scheme.weights) ? actorderUsed : null },
       },
     },
     format: scheme.format,

@@ -7,9 +7,9 @@ import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { type NamedRaw, writeSafetensors } from "../../src/io/writer.js";
+import type { NamedRaw } from "../../src/io/writer.js";
 import { f32ToBf16 } from "../../src/engine/dtype.js";
-import { ROOT, TINY } from "../helpers.js";
+import { ROOT, TINY, mutatedCopy } from "../helpers.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-inspect-"));
 const clean = path.join(tmp, "clean");
@@ -17,16 +17,7 @@ const E = "model.layers.2.mlp.experts.5.gate_proj";
 
 /** A copy of the clean checkpoint with its tensors changed by `mutate`. */
 function broken(name: string, mutate: (t: Map<string, NamedRaw>) => void): string {
-  const dir = path.join(tmp, name);
-  fs.mkdirSync(dir);
-  for (const f of fs.readdirSync(clean))
-    if (!f.endsWith(".safetensors") && !f.endsWith("index.json")) fs.copyFileSync(path.join(clean, f), path.join(dir, f));
-  const ck = Checkpoint.open(clean);
-  const tensors = new Map(ck.names().map((n) => [n, { name: n, ...ck.readRaw(n) }]));
-  mutate(tensors);
-  // written without the writer's finiteness check: these checkpoints are broken on purpose
-  writeSafetensors(path.join(dir, "model.safetensors"), [...tensors.values()]);
-  return dir;
+  return mutatedCopy(clean, path.join(tmp, name), mutate);
 }
 
 function bf16(values: number[], shape: number[], name: string): NamedRaw {

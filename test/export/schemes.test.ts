@@ -36,7 +36,17 @@ function meanKl(ref: Float32Array, got: Float32Array, V: number): number {
 }
 
 /** Upper bounds on the mean KL from the BF16 model on the golden inputs (measured values are 3-20x lower). */
-const KL_BOUND: Record<SchemeName, number> = { W4A16: 1e-2, W4A16_ASYM: 1e-2, W8A16: 5e-4, W8A8: 1e-3, FP8_DYNAMIC: 2e-3, FP8: 5e-3 };
+const KL_BOUND: Record<SchemeName, number> = {
+  W4A16: 1e-2,
+  W4A16_ASYM: 1e-2,
+  W8A16: 5e-4,
+  W8A8: 1e-3,
+  FP8_DYNAMIC: 2e-3,
+  FP8: 5e-3,
+  NVFP4A16: 1e-2,
+  NVFP4: 3e-2,
+  FP8_BLOCK: 2e-3,
+};
 
 const expectedTensors: Record<SchemeName, { suffixes: string[]; weightDtype?: string }> = {
   W4A16: { suffixes: ["weight_packed", "weight_scale", "weight_shape"] },
@@ -45,6 +55,9 @@ const expectedTensors: Record<SchemeName, { suffixes: string[]; weightDtype?: st
   W8A8: { suffixes: ["weight", "weight_scale"], weightDtype: "I8" },
   FP8_DYNAMIC: { suffixes: ["weight", "weight_scale"], weightDtype: "F8_E4M3" },
   FP8: { suffixes: ["weight", "weight_scale", "input_scale"], weightDtype: "F8_E4M3" },
+  NVFP4A16: { suffixes: ["weight_packed", "weight_scale", "weight_global_scale"] },
+  NVFP4: { suffixes: ["weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"] },
+  FP8_BLOCK: { suffixes: ["weight", "weight_scale"], weightDtype: "F8_E4M3" },
 };
 
 for (const scheme of SCHEME_NAMES) {
@@ -71,6 +84,13 @@ for (const scheme of SCHEME_NAMES) {
     if (scheme === "W4A16_ASYM") assert.deepEqual(ck.info(`${p}.weight_zero_point`).shape, [128 / 8, 64 / 64]);
     if (scheme === "FP8") assert.deepEqual(ck.info(`${p}.weight_scale`).shape, [1]);
     if (scheme === "W8A8" || scheme === "FP8_DYNAMIC") assert.deepEqual(ck.info(`${p}.weight_scale`).shape, [128, 1]);
+    if (scheme.startsWith("NVFP4")) {
+      assert.deepEqual(ck.info(`${p}.weight_packed`).shape, [128, 32]);
+      assert.equal(ck.info(`${p}.weight_packed`).dtype, "U8");
+      assert.deepEqual(ck.info(`${p}.weight_scale`).shape, [128, 4]);
+      assert.equal(ck.info(`${p}.weight_scale`).dtype, "F8_E4M3");
+    }
+    if (scheme === "FP8_BLOCK") assert.deepEqual(ck.info(`${p}.weight_scale`).shape, [1, 1]);
     const { model } = openAfmoe(output);
     const out = await model.call({ ids });
     const kl = meanKl(refLogits, out.logits.data, 260);

@@ -2,7 +2,7 @@
  * Quantization defaults for Mixtral: the Linear layers never quantized, and the groups of Linear
  * layers that vLLM runs as one module (vllm/model_executor/models/mixtral.py).
  */
-import { type FusedGroup, append } from "../fused.js";
+import { type FusedGroup, append, expertWeights } from "../fused.js";
 
 /** Never quantized: vLLM builds the router `block_sparse_moe.gate` without a quantization config. */
 export const MIXTRAL_DEFAULT_IGNORE: readonly string[] = ["lm_head", "re:.*block_sparse_moe\\.gate$"];
@@ -30,5 +30,9 @@ export function mixtralFusedGroups(linearNames: readonly string[]): FusedGroup[]
   }
   return [...groups]
     .filter(([, members]) => members.length > 1)
-    .map(([module, members]) => ({ module, members: members.sort(byMixtralOrder) }));
+    .map(([module, members]) => ({
+      module,
+      members: members.sort(byMixtralOrder),
+      ...(module.endsWith(".experts") ? { weights: expertWeights(members, (m) => m.endsWith(".w2")) } : {}),
+    }));
 }
