@@ -24,7 +24,8 @@ import { checkpointSource } from "../io/tensor-source.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { assertFinite, assertMappingComplete } from "../nn/weights.js";
 import type { CausalLM } from "../models/family.js";
-import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
+import { type FusedGroup, fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
+import { type ExpertShape, vllmServingProblems } from "../export/vllm-support.js";
 import { readModelConfig } from "../models/registry.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
@@ -103,6 +104,25 @@ function largestLayerWork(model: CausalLM, isTarget: (n: string) => boolean): nu
 function assertComplete(name: string, present: string[], scheme: Scheme): void {
   const missing = requiredSuffixes(scheme.format, scheme.weights, scheme.inputActivations).filter((s) => !present.includes(`${name}.${s}`));
   if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
+}
+
+/** The shapes vLLM checks: one expert of each quantized fused MoE module, and every other quantized Linear. */
+function servedShapes(
+  model: CausalLM,
+  groups: readonly FusedGroup[],
+  targets: ReadonlySet<string>,
+): [ExpertShape[], [string, number, number][]] {
+  const linear = (n: string): Linear => model.getSubmodule(n) as Linear;
+  const moe = groups.filter((g) => g.weights && g.members.every((m) => targets.has(m)));
+  const inMoe = new Set(moe.flatMap((g) => g.members));
+  const experts = moe.map((g) => {
+    const gate = linear(g.members[0] as string);
+    return { module: g.module, hidden: gate.inFeatures, intermediate: gate.outFeatures };
+  });
+  const dense = [...targets]
+    .filter((n) => !inMoe.has(n))
+    .map((n) => [n, linear(n).outFeatures, linear(n).inFeatures] as [string, number, number]);
+  return [experts, dense];
 }
 
 function defaultOutput(modelDir: string, scheme: string): string {
@@ -208,6 +228,8 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     }
     const firstTarget = allLinears.find(isTarget);
     scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
+    const serving = vllmServingProblems(scheme, ...servedShapes(model, family.fusedGroups(allLinears), targetSet));
+    if (serving.length) warn(`${serving[0]}${serving.length > 1 ? ` (and ${serving.length - 1} more module(s) like it)` : ""}`);
     const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
 
     const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
