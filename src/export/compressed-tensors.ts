@@ -21,6 +21,7 @@ function encodeFloats(values: Float32Array, dtype: ScaleDType): Uint8Array {
  * int-quantized: P.weight (I8), P.weight_scale [out, 1];
  * float-quantized: P.weight (F8_E4M3), P.weight_scale [out, 1], [1] or per block
  *   [ceil(out / 128), ceil(in / 128)] (+ P.input_scale [1]);
+ * mxfp4-pack-quantized: P.weight_packed (U8 [out, in / 2]), P.weight_scale (U8 E8M0 exponents [out, in / 32]);
  * nvfp4-pack-quantized: P.weight_packed (U8 [out, in / 2]), P.weight_scale (F8_E4M3 [out, in / 16]),
  *   P.weight_global_scale (F32 [1]) (+ P.input_global_scale F32 [1]).
  * `inputScale` is FP8's static input scale, or NVFP4's input global scale.
@@ -34,6 +35,17 @@ export function quantizedLinearTensors(
 ): NamedRaw[] {
   const { out, inF, params, args } = q;
   if (format === "nvfp4-pack-quantized") return nvfp4Tensors(name, q, inputScale);
+  if (format === "mxfp4-pack-quantized")
+    return [
+      { name: `${name}.weight_packed`, dtype: "U8", shape: [out, inF / 2], bytes: packFp4(q.codes, out, inF) },
+      // E8M0: the biased exponent of each power-of-two scale
+      {
+        name: `${name}.weight_scale`,
+        dtype: "U8",
+        shape: [out, params.groups],
+        bytes: Uint8Array.from(params.scale, (s) => Math.log2(s) + 127),
+      },
+    ];
   if (args.strategy === "block") return blockTensors(name, q, scaleDType, inputScale);
   const perTensor = args.strategy === "tensor";
   const scaleVals = perTensor ? params.scale.subarray(0, 1) : params.scale;

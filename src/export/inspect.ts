@@ -27,7 +27,10 @@ const SCALE_DTYPES: DType[] = ["BF16", "F16", "F32", "F8_E4M3"];
 const SCALES = ["weight_scale", "input_scale", "weight_global_scale", "input_global_scale"] as const;
 
 function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
-  if (ck.has(`${p}.weight_packed`)) return ck.info(`${p}.weight_packed`).dtype === "U8" ? "nvfp4-pack-quantized" : "pack-quantized";
+  if (ck.has(`${p}.weight_packed`)) {
+    if (ck.info(`${p}.weight_packed`).dtype !== "U8") return "pack-quantized";
+    return ck.has(`${p}.weight_scale`) && ck.info(`${p}.weight_scale`).dtype === "U8" ? "mxfp4-pack-quantized" : "nvfp4-pack-quantized";
+  }
   if (!ck.has(`${p}.weight`)) return null;
   const d = ck.info(`${p}.weight`).dtype;
   return d === "I8" ? "int-quantized" : d === "F8_E4M3" ? "float-quantized" : null;
@@ -97,6 +100,11 @@ export function inspectCheckpoint(dir: string): InspectReport {
     if (format !== group.format) problems.push(`${p}: stored as ${format} but its config group says ${group.format}`);
     report.formats[format] = (report.formats[format] ?? 0) + 1;
     report.quantized++;
+    if (format === "mxfp4-pack-quantized" && ck.info(`${p}.weight_scale`).dtype === "U8") {
+      const e = ck.readRaw(`${p}.weight_scale`).bytes;
+      const nan = e.indexOf(255);
+      if (nan >= 0) problems.push(`${p}.weight_scale: E8M0 exponent 255 (NaN) at index ${nan}`);
+    }
     for (const s of SCALES) {
       if (!ck.has(`${p}.${s}`) || !SCALE_DTYPES.includes(ck.info(`${p}.${s}`).dtype)) continue;
       const v = ck.readF32(`${p}.${s}`).data;

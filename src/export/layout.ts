@@ -28,6 +28,11 @@ interface Spec {
 /** The tensors a quantized Linear of shape [out, inF] carries under its config group. */
 function quantizedSpecs(group: NonNullable<ReturnType<typeof groupFor>>, out: number, inF: number): Map<string, Spec> {
   const w = group.weights;
+  if (group.format === "mxfp4-pack-quantized")
+    return new Map<string, Spec>([
+      ["weight_packed", { dtypes: ["U8"], shape: [out, Math.ceil(inF / 2)] }],
+      ["weight_scale", { dtypes: ["U8"], shape: [out, Math.ceil(inF / (w.groupSize ?? 32))] }],
+    ]);
   if (group.format === "nvfp4-pack-quantized") {
     const specs = new Map<string, Spec>([
       ["weight_packed", { dtypes: ["U8"], shape: [out, Math.ceil(inF / 2)] }],

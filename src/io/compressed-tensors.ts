@@ -14,6 +14,7 @@ import { type QuantArgs, type QuantFormat, matchesAny, validatePatterns } from "
 
 /** Tensor suffixes a quantized Linear carries in `format` (after `P.`), as the spec lists them. */
 export function requiredSuffixes(format: QuantFormat, weights: QuantArgs, inputActivations: QuantArgs | null): string[] {
+  if (format === "mxfp4-pack-quantized") return ["weight_packed", "weight_scale"];
   if (format === "nvfp4-pack-quantized") {
     const need = ["weight_packed", "weight_scale", "weight_global_scale"];
     if (inputActivations && inputActivations.dynamic !== true) need.push("input_global_scale");
@@ -52,7 +53,13 @@ const argsSchema = z
   })
   .passthrough();
 
-const FORMATS: readonly QuantFormat[] = ["pack-quantized", "int-quantized", "float-quantized", "nvfp4-pack-quantized"];
+const FORMATS: readonly QuantFormat[] = [
+  "pack-quantized",
+  "int-quantized",
+  "float-quantized",
+  "nvfp4-pack-quantized",
+  "mxfp4-pack-quantized",
+];
 
 const configSchema = z
   .object({
@@ -115,7 +122,12 @@ export function parseQuantizationConfig(qc: unknown, where: string): ParsedQuant
       throw new CheckpointFormatError(`${field}.weights.block_structure": the block strategy needs a block structure, and only it`);
     if (format === "nvfp4-pack-quantized" && !(weights.type === "float" && weights.numBits === 4 && weights.groupSize === 16))
       throw new CheckpointFormatError(`${field}.weights": nvfp4-pack-quantized needs float weights of 4 bits in groups of 16`);
-    if (format !== "nvfp4-pack-quantized" && weights.type === "float" && weights.numBits !== 8)
+    if (
+      format === "mxfp4-pack-quantized" &&
+      !(weights.type === "float" && weights.numBits === 4 && weights.groupSize === 32 && weights.strategy === "group")
+    )
+      throw new CheckpointFormatError(`${field}.weights": mxfp4-pack-quantized needs float weights of 4 bits in groups of 32`);
+    if (!(format as QuantFormat).endsWith("fp4-pack-quantized") && weights.type === "float" && weights.numBits !== 8)
       throw new CheckpointFormatError(`${field}.weights.num_bits": ${format} float weights are FP8 (8 bits)`);
     if (weights.strategy === "token")
       throw new CheckpointFormatError(`${field}.weights.strategy": "token" applies to activations, not weights`);
@@ -183,7 +195,7 @@ export function compressedTensorsSource(
     if (!g) return ck.info(n).shape;
     const p = n.slice(0, -".weight".length);
     if (g.format === "pack-quantized") return rawToInts(read(`${p}.weight_shape`), where(`${p}.weight_shape`));
-    if (g.format === "nvfp4-pack-quantized") {
+    if (g.format.endsWith("fp4-pack-quantized")) {
       const [rows, half] = ck.info(`${p}.weight_packed`).shape as [number, number];
       return [rows, 2 * half];
     }
@@ -200,6 +212,17 @@ export function compressedTensorsSource(
       if (!g) return rawToF32(read(n), where(n));
       const p = n.slice(0, -".weight".length);
       const [out, inF] = shapeOf(n) as [number, number];
+      if (g.format === "mxfp4-pack-quantized") {
+        const codes = unpackFp4(read(`${p}.weight_packed`).bytes, out, inF);
+        const e = rawToInts(read(`${p}.weight_scale`), where(`${p}.weight_scale`));
+        const params: QParams = {
+          groups: e.length / out,
+          groupSize: 32,
+          scale: Float32Array.from(e, (x) => 2 ** (x - 127)),
+          zeroPoint: null,
+        };
+        return new Tensor(dequantize({ args: g.weights, out, inF, codes, params }), [out, inF]);
+      }
       const scale = ck.readF32(`${p}.weight_scale`);
       if (g.format === "nvfp4-pack-quantized") {
         const global = scalar(`${p}.weight_global_scale`) as number;

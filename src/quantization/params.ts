@@ -10,7 +10,7 @@ import {
   roundToBf16,
 } from "../engine/dtype.js";
 import { NumericalError, UsageError } from "../errors.js";
-import { type QuantArgs, isNvfp4 } from "./scheme.js";
+import { type QuantArgs, isMxfp4, isNvfp4 } from "./scheme.js";
 
 /** float32 machine epsilon: the scale used where a group is all zeros. */
 export const F32_EPS = 1.1920928955078125e-7;
@@ -100,6 +100,7 @@ export function computeQParams(
   globalScale?: Float32Array,
 ): QParams {
   const { groups, groupSize } = groupLayout(args, inF, name);
+  if (isMxfp4(args)) return mxfp4Params(W, out, inF, groupSize);
   if (isNvfp4(args))
     return nvfp4Params(W, out, inF, groupSize, dtype, globalScale ?? new Float32Array(out).fill(nvfp4GlobalScale(absMax(W), dtype)));
   const scale = new Float32Array(out * groups);
@@ -195,6 +196,33 @@ function nvfp4Params(W: Float32Array, out: number, inF: number, groupSize: numbe
     }
   }
   return { groups, groupSize, scale, zeroPoint: null, nvfp4: { groupScale, globalScale } };
+}
+
+/**
+ * MXFP4's E8M0 exponent of a group with largest magnitude `absmax` (compressed-tensors'
+ * generate_mx_scales): absmax rounded to a power of two (up when its mantissa is >= 1.75), its
+ * exponent minus 2 (FP4's largest exponent), biased by 127, clamped to a byte; 0 for zero.
+ */
+export function mxfp4Exponent(absmax: number): number {
+  const bits = new Uint32Array(Float32Array.of(absmax).buffer)[0] as number;
+  const rounded = ((bits + (1 << 21)) & 0xff800000) >>> 0;
+  const p = new Float32Array(Uint32Array.of(rounded).buffer)[0] as number;
+  if (!(p > 0)) return 0;
+  return Math.min(255, Math.max(0, 127 + Math.floor(Math.log2(p)) - 2));
+}
+
+/** MXFP4 scales: 2^(exponent - 127) per group of the row. */
+function mxfp4Params(W: Float32Array, out: number, inF: number, groupSize: number): QParams {
+  const groups = inF / groupSize;
+  const scale = new Float32Array(out * groups);
+  for (let r = 0; r < out; r++)
+    for (let k = 0; k < groups; k++) {
+      let m = 0;
+      const base = r * inF + k * groupSize;
+      for (let c = 0; c < groupSize; c++) m = Math.max(m, Math.abs(W[base + c] as number));
+      scale[r * groups + k] = 2 ** (mxfp4Exponent(m) - 127);
+    }
+  return { groups, groupSize, scale, zeroPoint: null };
 }
 
 /** FP4 E2M1 code of w with effective scale s: e2m1(clamp(w / s, -6, 6)). */

@@ -3,7 +3,7 @@ import { UsageError } from "../errors.js";
 export type QuantType = "int" | "float";
 export type QuantStrategy = "group" | "channel" | "tensor" | "token" | "tensor_group" | "block";
 export type ActOrder = "static" | null;
-export type QuantFormat = "pack-quantized" | "int-quantized" | "float-quantized" | "nvfp4-pack-quantized";
+export type QuantFormat = "pack-quantized" | "int-quantized" | "float-quantized" | "nvfp4-pack-quantized" | "mxfp4-pack-quantized";
 
 /** Quantization arguments, as compressed-tensors' QuantizationArgs. */
 export interface QuantArgs {
@@ -25,6 +25,11 @@ export function isNvfp4(a: QuantArgs): boolean {
   return a.type === "float" && a.numBits === 4 && a.strategy === "tensor_group";
 }
 
+/** Weights FP4 E2M1 in groups of 32 with power-of-two (E8M0) group scales (MXFP4). */
+export function isMxfp4(a: QuantArgs): boolean {
+  return a.type === "float" && a.numBits === 4 && a.strategy === "group";
+}
+
 export interface Scheme {
   name: SchemeName;
   weights: QuantArgs;
@@ -32,7 +37,18 @@ export interface Scheme {
   format: QuantFormat;
 }
 
-export const SCHEME_NAMES = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8", "NVFP4A16", "NVFP4", "FP8_BLOCK"] as const;
+export const SCHEME_NAMES = [
+  "W4A16",
+  "W4A16_ASYM",
+  "W8A16",
+  "W8A8",
+  "FP8_DYNAMIC",
+  "FP8",
+  "NVFP4A16",
+  "NVFP4",
+  "FP8_BLOCK",
+  "MXFP4A16",
+] as const;
 export type SchemeName = (typeof SCHEME_NAMES)[number];
 
 const intGroup = (bits: number, symmetric: boolean): QuantArgs => ({
@@ -74,6 +90,7 @@ const PRESETS: Record<SchemeName, Omit<Scheme, "name">> = {
     inputActivations: { ...fp4Group(), dynamic: "local", actorder: null },
     format: "nvfp4-pack-quantized",
   },
+  MXFP4A16: { weights: { ...fp4Group(), strategy: "group", groupSize: 32 }, inputActivations: null, format: "mxfp4-pack-quantized" },
   FP8_BLOCK: {
     weights: {
       numBits: 8,
@@ -104,7 +121,7 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
   if (!preset) throw new UsageError(`unknown scheme "${name}" (known: ${SCHEME_NAMES.join(", ")})`);
   const weights = { ...preset.weights };
   if (overrides.groupSize !== undefined) {
-    if (weights.strategy === "tensor_group" && overrides.groupSize !== weights.groupSize)
+    if (weights.type === "float" && weights.numBits === 4 && overrides.groupSize !== weights.groupSize)
       throw new UsageError(
         `scheme ${key} has groups of ${weights.groupSize} by definition; --group-size ${overrides.groupSize} does not apply`,
       );
@@ -120,7 +137,7 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
 
 /** GPTQ's activation order applies to group-wise weights (int groups and channels, NVFP4's groups). */
 export function takesActorder(a: QuantArgs): boolean {
-  return a.type === "int" || isNvfp4(a);
+  return a.type === "int" || isNvfp4(a) || isMxfp4(a);
 }
 
 /**

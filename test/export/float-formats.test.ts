@@ -21,6 +21,7 @@ import { TEXT, TINY, mutatedCopy, openAfmoe } from "../helpers.js";
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-float-"));
 const nvfp4 = path.join(tmp, "nvfp4");
 const block = path.join(tmp, "block");
+const mxfp4 = path.join(tmp, "mxfp4");
 const common = {
   method: "rtn" as const,
   numSamples: 4,
@@ -58,13 +59,16 @@ test("NVFP4: fused members share the smallest of their global scales; every expe
   assert.deepEqual(inspectCheckpoint(nvfp4).problems, []);
 });
 
-test("NVFP4 and FP8_BLOCK: the loader reads back exactly the round-to-nearest weights", async () => {
+test("NVFP4, FP8_BLOCK and MXFP4: the loader reads back exactly the round-to-nearest weights", async () => {
   await oneshot({ ...common, scheme: "FP8_BLOCK", output: block });
   assert.deepEqual(inspectCheckpoint(block).problems, []);
+  await oneshot({ ...common, scheme: "MXFP4A16", output: mxfp4 });
+  assert.deepEqual(inspectCheckpoint(mxfp4).problems, []);
   const orig = Checkpoint.open(TINY);
   for (const [dir, scheme] of [
     [nvfp4, "NVFP4"],
     [block, "FP8_BLOCK"],
+    [mxfp4, "MXFP4A16"],
   ] as const) {
     const { source } = openAfmoe(dir, { load: false });
     for (const n of [`${L}.self_attn.o_proj`, `${L}.mlp.experts.9.down_proj`]) {

@@ -46,6 +46,7 @@ const KL_BOUND: Record<SchemeName, number> = {
   NVFP4A16: 1e-2,
   NVFP4: 3e-2,
   FP8_BLOCK: 2e-3,
+  MXFP4A16: 2e-2,
 };
 
 const expectedTensors: Record<SchemeName, { suffixes: string[]; weightDtype?: string }> = {
@@ -58,6 +59,7 @@ const expectedTensors: Record<SchemeName, { suffixes: string[]; weightDtype?: st
   NVFP4A16: { suffixes: ["weight_packed", "weight_scale", "weight_global_scale"] },
   NVFP4: { suffixes: ["weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"] },
   FP8_BLOCK: { suffixes: ["weight", "weight_scale"], weightDtype: "F8_E4M3" },
+  MXFP4A16: { suffixes: ["weight_packed", "weight_scale"] },
 };
 
 for (const scheme of SCHEME_NAMES) {
@@ -90,6 +92,8 @@ for (const scheme of SCHEME_NAMES) {
       assert.deepEqual(ck.info(`${p}.weight_scale`).shape, [128, 4]);
       assert.equal(ck.info(`${p}.weight_scale`).dtype, "F8_E4M3");
     }
+    if (scheme === "MXFP4A16")
+      assert.deepEqual([ck.info(`${p}.weight_scale`).dtype, ...ck.info(`${p}.weight_scale`).shape], ["U8", 128, 2]);
     if (scheme === "FP8_BLOCK") assert.deepEqual(ck.info(`${p}.weight_scale`).shape, [1, 1]);
     const { model } = openAfmoe(output);
     const out = await model.call({ ids });

@@ -9,7 +9,7 @@ import { f32ToFp4e2m1, fp4e2m1ToF32 } from "../../src/engine/dtype.js";
 import { quantizedLinearTensors } from "../../src/export/compressed-tensors.js";
 import { gptqQuantize, rtnQuantize } from "../../src/quantization/gptq.js";
 import { packFp4, unpackFp4 } from "../../src/quantization/pack.js";
-import { F32_EPS, dequantize, nvfp4GlobalScale } from "../../src/quantization/params.js";
+import { F32_EPS, dequantize, mxfp4Exponent, nvfp4GlobalScale } from "../../src/quantization/params.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { randn } from "../rand.js";
 
@@ -87,6 +87,27 @@ test("NVFP4 global scale: bf16 for a bf16 model, 1 for an all-zero weight; an al
   const q = rtnQuantize(new Float32Array(32), 1, 32, NVFP4, "BF16", "zeros");
   assert.deepEqual([...(q.params.nvfp4?.groupScale ?? [])], [0.125, 0.125]);
   assert.ok(dequantize(q).every((v) => v === 0));
+});
+
+test("MXFP4 RTN: power-of-two E8M0 scales and codes exactly as derived by hand", () => {
+  // 6 = 1.5 * 2^2: exponent 2, minus FP4's 2, biased: 127 (scale 1); 7 = 1.75 * 2^2 rounds up to 2^3: 128 (scale 2)
+  assert.deepEqual([6, 7, 0.1, 0].map(mxfp4Exponent), [127, 128, 121, 0]);
+  const MX = resolveScheme("MXFP4A16").weights;
+  const W = Float32Array.from([7, 3, -1, 0.5, 0.1, ...new Array(27).fill(0), ...new Array(32).fill(0)]);
+  const q = rtnQuantize(W, 1, 64, MX, "BF16", "w");
+  assert.deepEqual([...q.params.scale], [2, 2 ** -127]);
+  // at scale 2: 3.5 -> 4, 1.5, -0.5, 0.25 -> 0, 0.05 -> 0
+  assert.deepEqual([...q.codes.slice(0, 5)], [6, 3, 9, 0, 0]);
+  const t = quantizedLinearTensors("w", q, "mxfp4-pack-quantized", "BF16");
+  assert.deepEqual(
+    t.map((x) => [x.name, x.dtype, x.shape.join("x")]),
+    [
+      ["w.weight_packed", "U8", "1x32"],
+      ["w.weight_scale", "U8", "1x2"],
+    ],
+  );
+  assert.deepEqual([...(t[1]?.bytes ?? [])], [128, 0]);
+  assert.deepEqual([...dequantize(q).slice(0, 5)], [8, 3, -1, 0, 0]);
 });
 
 test("NVFP4 packing round trip; an odd column count is refused", () => {
