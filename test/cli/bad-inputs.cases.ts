@@ -256,6 +256,18 @@ export const BAD_INPUTS: BadInputCase[] = [
     message: /--group-size 48 does not divide the input size 128 of model.layers.0.self_attn.q_proj/,
   },
   {
+    name: "a group size for a scheme whose groups are fixed (NVFP4: 16)",
+    setup: (d) => quick(TINY, d, ["--scheme", "NVFP4", "--group-size", "32"]),
+    exitCode: 2,
+    message: /scheme NVFP4 has groups of 16 by definition; --group-size 32 does not apply/,
+  },
+  {
+    name: "expert statistics out of range",
+    setup: (d) => quick(TINY, d, ["--expert-statistics", "unrouted:1.5"]),
+    exitCode: 2,
+    message: /--expert-statistics "unrouted:1.5": ALPHA out of range/,
+  },
+  {
     name: "--ignore splitting a module vLLM fuses",
     setup: (d) => quick(TINY, d, ["--ignore", "model.layers.1.self_attn.k_proj"]),
     exitCode: 2,
