@@ -14,6 +14,7 @@ import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
 import { type HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
 import { closeSharedGptqPool, gptqWorkerCount } from "../src/quantization/gptq-pool.js";
 import { Linear } from "../src/nn/layers.js";
+import { runFromSummary } from "../src/pipeline/report.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
@@ -46,7 +47,13 @@ function peakRunner(): ((reps: number) => number | null) | null {
   };
 }
 
+/** A timestamped line on stderr per stage: the whole bench takes many minutes. */
+function stage(text: string): void {
+  process.stderr.write(`${new Date().toISOString()} bench: ${text}\n`);
+}
+
 async function main(): Promise<void> {
+  stage("engine GEMM rate and the machine's peak");
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     cpu: os.cpus()[0]?.model ?? null,
@@ -73,6 +80,7 @@ async function main(): Promise<void> {
   const large = Math.max(shapes["2048x1024x512"] ?? 0, shapes["512x2048x768"] ?? 0);
   results.gemm = { gflops: large, fraction_of_peak: peak ? large / peak : null, shapes, mean_gflops: means };
 
+  stage("calibration pass of a Nano-shaped block (fast path, per-expert path, PyTorch if present)");
   // calibration pass of one Nano-shaped block, all experts, with every expert Linear's Hessian
   const { config, block, x } = nanoBlock(TOKENS);
   // each path runs the full pass twice on fresh modules: the first cold, the second warm (the
@@ -102,6 +110,7 @@ async function main(): Promise<void> {
   tpsCold.torch_seed = torch?.calib_seconds_cold ? TOKENS / torch.calib_seconds_cold : null;
   results.calib_forward = { tokens: TOKENS, tokens_per_s: tps, tokens_per_s_cold: tpsCold, torch: torch?.torch ?? null };
 
+  stage("GPTQ of the block's expert Linears");
   // GPTQ of every expert Linear of the block (W4A16, group 128, actorder static)
   if (!fastStats) throw new MoecalError("E_BENCH", "the fast-path run recorded no statistics");
   const { calib, stats } = fastStats;
@@ -120,9 +129,11 @@ async function main(): Promise<void> {
     seconds: { ours: warm, ours_cold: cold, torch_per_expert: torch?.gptq_seconds ?? null },
   };
 
+  stage("calibration pass of a Qwen3-30B-A3B-shaped block");
   // the calibration pass of a Qwen3-30B-A3B-shaped block
   results.qwen3_block = await benchQwen3Block(QWEN3_TOKENS, work);
 
+  stage("oneshot end to end on a 4-layer Nano-shaped random model (minutes)");
   // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens
   const model = path.join(work, "nano4");
   const nano = [
@@ -181,15 +192,12 @@ async function main(): Promise<void> {
         )
       : null;
   if (run?.status === 0) {
-    const rep = JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as {
-      wall_seconds: number;
-      peak_rss_mb: number;
-      tokens: number;
-    };
+    const rep = JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { tokens: number };
+    const timing = runFromSummary(run.stdout) ?? { wallSeconds: Number.NaN, peakRssMb: Number.NaN };
     results.oneshot_nano4 = {
-      seconds: rep.wall_seconds,
-      peak_rss_mb: rep.peak_rss_mb,
-      tokens_per_s: rep.tokens / rep.wall_seconds,
+      seconds: timing.wallSeconds,
+      peak_rss_mb: timing.peakRssMb,
+      tokens_per_s: rep.tokens / timing.wallSeconds,
       tokens: rep.tokens,
     };
   } else results.oneshot_nano4 = { seconds: null, peak_rss_mb: null, tokens_per_s: null, error: (run ?? gen).stderr.slice(-500) };

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { BUNDLED_MODEL } from "../paths.js";
 import { measureCoverage } from "../pipeline/coverage.js";
 import { intOption } from "./options.js";
+import { stepsPrinter } from "./progress.js";
 
 export function registerCoverage(program: Command): void {
   program
@@ -12,8 +13,10 @@ export function registerCoverage(program: Command): void {
     .option("--num-samples <n>", "first N samples in file order (default: all)", intOption("--num-samples"))
     .option("--max-seq-length <n>", "tokens per sample, BOS included", intOption("--max-seq-length"), 2048)
     .option("--json", "print JSON")
-    .action(async (o: { model: string; dataset: string; numSamples?: number; maxSeqLength: number; json?: boolean }) => {
-      const cov = await measureCoverage(o);
+    .option("--quiet", "no progress output")
+    .action(async (o: { model: string; dataset: string; numSamples?: number; maxSeqLength: number; json?: boolean; quiet?: boolean }) => {
+      const progress = o.quiet ? undefined : stepsPrinter(process.stderr, "coverage");
+      const cov = await measureCoverage({ ...o, onProgress: progress }).finally(() => progress?.stop());
       if (o.json) {
         const layers = Object.fromEntries(Object.entries(cov.layers).map(([l, c]) => [l, { routed: c.routed, seen: c.seen }]));
         process.stdout.write(`${JSON.stringify({ layers, samples: cov.samples, tokens: cov.tokens })}\n`);

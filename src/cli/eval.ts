@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { evaluate } from "../pipeline/eval.js";
 import { intOption } from "./options.js";
+import { stepsPrinter } from "./progress.js";
 
 export function registerEval(program: Command): void {
   program
@@ -12,6 +13,7 @@ export function registerEval(program: Command): void {
     .option("--num-samples <n>", "first N samples in file order (default: all)", intOption("--num-samples"))
     .option("--max-seq-length <n>", "tokens per sample, BOS included", intOption("--max-seq-length", 2))
     .option("--json", "print JSON: {nll, ppl, kl, tokens}")
+    .option("--quiet", "no progress output")
     .option(
       "--kl-stats",
       "with --json, add kl_stats: how per-token KL is distributed (median, p99, max, mean without the top 1%, the top 1%'s share)",
@@ -25,8 +27,10 @@ export function registerEval(program: Command): void {
         maxSeqLength?: number;
         json?: boolean;
         klStats?: boolean;
+        quiet?: boolean;
       }) => {
-        const r = await evaluate(o);
+        const progress = o.quiet ? undefined : stepsPrinter(process.stderr, "eval");
+        const r = await evaluate({ ...o, onProgress: progress }).finally(() => progress?.stop());
         const s = r.klStats;
         if (o.json) {
           const j: Record<string, unknown> = { nll: r.nll, ppl: r.ppl, kl: r.kl, tokens: r.tokens };

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from "commander";
 import { InternalError, MoecalError } from "../errors.js";
+import { keptWorkFolders } from "../pipeline/work-folder.js";
 import { releaseActiveOutputs } from "../export/output.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { registerForward } from "./forward.js";
@@ -55,7 +56,9 @@ const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
 for (const [signal, n] of Object.entries(SIGNALS)) {
   process.on(signal, () => {
     releaseActiveOutputs();
-    process.stderr.write(`\nmoecal: interrupted (${signal}); no output was written\n`);
+    const kept = keptWorkFolders();
+    const resume = kept.length ? `; the finished layers are kept in ${kept.join(", ")}: rerun the same command to resume` : "";
+    process.stderr.write(`\nmoecal: interrupted (${signal}); no output was written${resume}\n`);
     process.exit(128 + n);
   });
 }

@@ -23,6 +23,7 @@ interface OneshotCliOptions {
   seed?: bigint;
   output?: string;
   overwrite?: boolean;
+  restart?: boolean;
   actorder: string;
   quiet?: boolean;
 }
@@ -64,14 +65,16 @@ export function registerOneshot(program: Command): void {
     .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")
+    .option("--restart", "discard the finished layers an interrupted run to this output left, instead of resuming after them")
     .option("--quiet", "no progress output")
     .action(async (o: OneshotCliOptions) => {
-      const { output, report } = await oneshot({
+      const progress = o.quiet ? undefined : progressPrinter(process.stderr);
+      const result = await oneshot({
         ...o,
         actorder: o.actorder === "none" ? null : "static",
-        onProgress: o.quiet ? undefined : progressPrinter(process.stderr),
+        onProgress: progress,
         warn: (m) => process.stderr.write(`warning: ${m}\n`),
-      });
-      process.stdout.write(`${formatSummary(report, output)}\n`);
+      }).finally(() => progress?.stop());
+      process.stdout.write(`${formatSummary(result.report, result.output, result)}\n`);
     });
 }

@@ -1,41 +1,178 @@
+import cliProgress from "cli-progress";
 import type { ProgressEvent } from "../pipeline/oneshot.js";
 
+/** Seconds as "1h02m", "3m05s" or "42s". */
+export function duration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${s}s`;
+}
+
 /**
- * Renders oneshot progress: redrawn bars (layers; samples within a layer) on a terminal,
- * one plain line per layer otherwise.
+ * The run's time so far and what is left: the mean time of the layers measured in this run times
+ * the layers left, less the time the current layer has run (null before a layer has finished).
  */
-export function progressPrinter(stream: NodeJS.WriteStream): (e: ProgressEvent) => void {
-  const tty = stream.isTTY === true;
+export class LayerClock {
+  private readonly times: number[] = [];
+  private layerStart: number;
+  readonly started: number;
+
+  constructor(private readonly now: () => number = Date.now) {
+    this.started = now();
+    this.layerStart = this.started;
+  }
+
+  layerBegins(): void {
+    this.layerStart = this.now();
+  }
+
+  layerEnds(): void {
+    this.times.push((this.now() - this.layerStart) / 1000);
+    this.layerStart = this.now();
+  }
+
+  elapsed(): number {
+    return (this.now() - this.started) / 1000;
+  }
+
+  /** seconds left with `left` layers to go including the current one */
+  eta(left: number): number | null {
+    if (this.times.length === 0) return null;
+    const mean = this.times.reduce((a, b) => a + b, 0) / this.times.length;
+    return Math.max(0, mean * left - (this.now() - this.layerStart) / 1000);
+  }
+
+  /** tokens per second of the current layer's phase, from `tokens` done since `since` */
+  rate(tokens: number, since: number): number {
+    const s = (this.now() - since) / 1000;
+    return s > 0 ? tokens / s : 0;
+  }
+}
+
+/**
+ * Progress of `label` in uniform steps (eval's and coverage's layer passes): a live bar with
+ * elapsed time and ETA on a terminal, else a timestamped line at most every `every` seconds and
+ * at the end.
+ */
+/** A progress callback and `stop`, which ends a live display (call it however the run ends: its redraw timer keeps the process alive). */
+export type Printer<A extends unknown[]> = ((...args: A) => void) & { stop(): void };
+
+export function stepsPrinter(
+  stream: NodeJS.WriteStream,
+  label: string,
+  opts: { now?: () => number; every?: number } = {},
+): Printer<[number, number]> {
+  const now = opts.now ?? Date.now;
+  const every = (opts.every ?? 30) * 1000;
+  const started = now();
+  let last = 0;
+  const bar =
+    stream.isTTY === true
+      ? new cliProgress.SingleBar(
+          { stream, hideCursor: true, barsize: 24, format: `${label} {bar} {value}/{total} layer passes | {info}` },
+          cliProgress.Presets.shades_classic,
+        )
+      : null;
+  const print = (done: number, total: number): void => {
+    const elapsed = (now() - started) / 1000;
+    const info = `elapsed ${duration(elapsed)}, ETA ${duration((elapsed / done) * (total - done))}`;
+    if (bar) {
+      if (done === 1) bar.start(total, 0, { info });
+      bar.update(done, { info });
+      if (done === total) bar.stop();
+    } else if (now() - last >= every || done === total) {
+      last = now();
+      stream.write(`${new Date(now()).toISOString()} ${label}: ${done}/${total} layer passes, ${info}\n`);
+    }
+  };
+  return Object.assign(print, { stop: () => bar?.stop() });
+}
+
+/**
+ * Renders oneshot progress. On a terminal: two live bars (cli-progress), the run's (layers done,
+ * elapsed, ETA from the measured layer times) and the current layer's (phase, samples done,
+ * tokens/s). Otherwise: plain timestamped lines, one per layer and phase, and a samples line at
+ * most every `every` seconds.
+ */
+export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => number; every?: number } = {}): Printer<[ProgressEvent]> {
+  const now = opts.now ?? Date.now;
+  const every = (opts.every ?? 30) * 1000;
+  const clock = new LayerClock(now);
   let layers = 0;
   let layer = 0;
-  const bar = (done: number, total: number, width = 24): string => {
-    const n = Math.round((done / Math.max(1, total)) * width);
-    return `[${"#".repeat(n)}${".".repeat(width - n)}]`;
+  let phaseStart = now();
+  let lastLine = 0;
+  const tty = stream.isTTY === true;
+  const multi = tty
+    ? new cliProgress.MultiBar(
+        {
+          stream,
+          clearOnComplete: false,
+          hideCursor: true,
+          barsize: 24,
+          format: "{label} {bar} {value}/{total} {what} | {info}",
+          autopadding: true,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  const runBar = multi?.create(1, 0, { label: "layers", what: "", info: "" });
+  const layerBar = multi?.create(1, 0, { label: "layer ", what: "samples", info: "" });
+  const etaText = (): string => {
+    const eta = clock.eta(layers - layer);
+    return `elapsed ${duration(clock.elapsed())}, ETA ${eta === null ? "after the first layer" : duration(eta)}`;
   };
-  return (e) => {
+  const line = (text: string): void => {
+    if (multi) multi.log(`${text}\n`);
+    else stream.write(`${new Date(now()).toISOString()} ${text}\n`);
+  };
+  const print = (e: ProgressEvent): void => {
     switch (e.kind) {
       case "start":
         layers = e.layers;
-        stream.write(`calibrating on ${e.samples} samples (${e.tokens} tokens), ${e.layers} layers\n`);
+        line(`calibrating on ${e.samples} samples (${e.tokens} tokens), ${e.layers} layers`);
+        runBar?.setTotal(e.layers);
+        break;
+      case "resume":
+        layer = e.layer + 1;
+        line(`resuming after layer ${e.layer + 1}/${e.layers} (finished layers kept in ${e.folder})`);
+        runBar?.update(layer, { info: etaText() });
         break;
       case "layer":
         layer = e.layer;
-        if (!tty) stream.write(`layer ${e.layer + 1}/${layers}\n`);
+        clock.layerBegins();
+        runBar?.update(e.layer, { info: etaText() });
+        if (!tty) line(`layer ${e.layer + 1}/${layers}: started, ${etaText()}`);
         break;
-      case "samples":
-        if (tty) {
-          stream.write(
-            `\r\x1b[2Klayers ${bar(layer, layers, 12)} ${layer + 1}/${layers}  ${e.phase.padEnd(9)} ${bar(e.done, e.total)} ${e.done}/${e.total}`,
-          );
+      case "phase":
+        phaseStart = now();
+        layerBar?.update(0, { label: `layer ${e.layer + 1} ${e.phase}`, info: "" });
+        if (!tty) line(`layer ${e.layer + 1}/${layers}: ${e.phase}`);
+        break;
+      case "samples": {
+        const rate = `${clock.rate(e.tokens, phaseStart).toFixed(0)} tok/s`;
+        if (layerBar) {
+          layerBar.setTotal(e.total);
+          layerBar.update(e.done, { label: `layer ${e.layer + 1} ${e.phase}`, info: rate });
+          runBar?.update(layer, { info: etaText() });
+        } else if (now() - lastLine >= every || e.done === e.total) {
+          lastLine = now();
+          line(`layer ${e.layer + 1}/${layers}: ${e.phase} ${e.done}/${e.total} samples, ${rate}`);
         }
         break;
+      }
       case "layer-done": {
+        clock.layerEnds();
         const s = e.summary;
         const routed = s.min_routed === null ? "dense" : `routed min/median ${s.min_routed}/${s.median_routed}`;
-        const line = `layer ${s.layer}: ${s.quantized_linears} Linear quantized, ${routed}, fallbacks ${s.fallbacks}`;
-        stream.write(tty ? `\r\x1b[2K${line}\n` : `  ${line}\n`);
+        layer = e.layer + 1;
+        line(`layer ${s.layer + 1}/${layers}: ${s.quantized_linears} Linear quantized, ${routed}, fallbacks ${s.fallbacks}; ${etaText()}`);
+        runBar?.update(layer, { info: etaText() });
+        if (layer >= layers) multi?.stop();
         break;
       }
     }
   };
+  return Object.assign(print, { stop: () => multi?.stop() });
 }

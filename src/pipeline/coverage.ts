@@ -11,6 +11,8 @@ export interface CoverageOptions {
   numSamples?: number;
   maxSeqLength: number;
   calibrateAllExperts?: boolean;
+  /** progress in layer passes (a chunk of samples through one layer) */
+  onProgress?: (done: number, total: number) => void;
 }
 
 /**
@@ -29,8 +31,15 @@ export async function measureCoverage(opts: CoverageOptions): Promise<Coverage &
   const tracker = trackCoverage(m.model);
   try {
     const calibration = { calibrateAllExperts: opts.calibrateAllExperts ?? true, config: m.config };
-    for (const chunk of chunksByTokens(samples, STREAM_CHUNK_TOKENS)) {
-      await streamedHidden(m, chunk, { finalNorm: false, around: (layer, _i, body) => withMoeCalibration(layer, calibration, body) });
+    const chunks = chunksByTokens(samples, STREAM_CHUNK_TOKENS);
+    const passes = chunks.length * m.config.numHiddenLayers;
+    let passed = 0;
+    for (const chunk of chunks) {
+      await streamedHidden(m, chunk, {
+        finalNorm: false,
+        around: (layer, _i, body) => withMoeCalibration(layer, calibration, body),
+        onLayer: () => opts.onProgress?.(++passed, passes),
+      });
     }
   } finally {
     tracker.remove();

@@ -14,6 +14,8 @@ export interface EvalOptions {
   maxSeqLength?: number;
   /** samples go through the models in chunks of at most this many tokens (default STREAM_CHUNK_TOKENS) */
   chunkTokens?: number;
+  /** progress in layer passes (a chunk of samples through one layer of one model) */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface EvalResult {
@@ -135,10 +137,14 @@ export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
   let kl = 0;
   let n = 0;
   const perToken: number[] = [];
+  const chunks = chunksByTokens(samples, opts.chunkTokens ?? STREAM_CHUNK_TOKENS);
+  const passes = chunks.length * (m.config.numHiddenLayers + (ref?.config.numHiddenLayers ?? 0));
+  let passed = 0;
+  const onLayer = (): void => opts.onProgress?.(++passed, passes);
   // hidden states of a chunk of samples at a time, so memory is bounded whatever the dataset's size
-  for (const chunk of chunksByTokens(samples, opts.chunkTokens ?? STREAM_CHUNK_TOKENS)) {
-    const hidden = await streamedHidden(m, chunk);
-    const refHidden = ref ? await streamedHidden(ref, chunk) : null;
+  for (const chunk of chunks) {
+    const hidden = await streamedHidden(m, chunk, { onLayer });
+    const refHidden = ref ? await streamedHidden(ref, chunk, { onLayer }) : null;
     const score = async (): Promise<void> => {
       for (let s = 0; s < chunk.length; s++) {
         const ids = chunk[s] as number[];

@@ -14,30 +14,37 @@ import {
   parseExpertStatistics,
   parseRoutedWeight,
 } from "../calibration/expert-statistics.js";
-import { trackCoverage, type LayerCoverage } from "../calibration/coverage.js";
+import { trackCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
-import { ShardedWriter } from "../io/writer.js";
+import { type NamedRaw, ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
 import { checkpointSource } from "../io/tensor-source.js";
-import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { assertFinite, assertMappingComplete } from "../nn/weights.js";
-import type { CausalLM } from "../models/family.js";
-import { type FusedGroup, fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
-import { type ExpertShape, vllmServingProblems } from "../export/vllm-support.js";
+import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
+import { vllmServingProblems } from "../export/vllm-support.js";
 import { readModelConfig } from "../models/registry.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
-import { type Scheme, matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
+import { matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples } from "./dataset.js";
-import { type Fallback, type LayerTargets, type Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
+import { type LayerTargets, type Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type LayerReport, type OneshotReport, layerSummary, writeReportFiles } from "./report.js";
-import { checkUnexpectedTensors, fitGroupSize, seedForJson } from "./preflight.js";
+import {
+  assertComplete,
+  checkUnexpectedTensors,
+  fitGroupSize,
+  largestLayerWork,
+  scaleDTypeOf,
+  seedForJson,
+  servedShapes,
+} from "./preflight.js";
 import { type StreamModel, eachLayer, embedSamples } from "./stream.js";
+import { type CheckpointStage, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -70,59 +77,28 @@ export interface OneshotOptions {
   /** max bytes per output shard */
   maxShardBytes?: number;
   onProgress?: (e: ProgressEvent) => void;
+  /** discard the work folder of an earlier run to this output instead of resuming it */
+  restart?: boolean;
+  /** called inside each layer's checkpoint (tests stop the process there) */
+  onCheckpoint?: (stage: CheckpointStage, layer: number) => void;
   warn?: (message: string) => void;
 }
 
 export type ProgressEvent =
   | { kind: "start"; layers: number; samples: number; tokens: number }
   | { kind: "layer"; layer: number; layers: number }
-  | { kind: "samples"; layer: number; phase: "calibrate" | "propagate"; done: number; total: number }
-  | { kind: "layer-done"; layer: number; summary: LayerReport };
+  | { kind: "phase"; layer: number; phase: "calibrate" | "quantize" | "propagate" | "write" }
+  /** `tokens`: tokens of the samples done so far in this phase */
+  | { kind: "samples"; layer: number; phase: "calibrate" | "propagate"; done: number; total: number; tokens: number }
+  | { kind: "layer-done"; layer: number; summary: LayerReport }
+  | { kind: "resume"; layer: number; layers: number; folder: string };
 
 export interface OneshotResult {
   output: string;
   report: OneshotReport;
-}
-
-function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {
-  const d = ck.info(name).dtype;
-  return d === "BF16" || d === "F16" ? d : "F32";
-}
-
-/** Weights of the target Linears of the largest decoder layer (what decides GPTQ's worker pool). */
-function largestLayerWork(model: CausalLM, isTarget: (n: string) => boolean): number {
-  const perLayer = new Map<string, number>();
-  for (const [n, m] of model.namedModules()) {
-    const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
-    if (layer === undefined || !(m instanceof Linear) || !isTarget(n)) continue;
-    perLayer.set(layer, (perLayer.get(layer) ?? 0) + m.inFeatures * m.outFeatures);
-  }
-  return Math.max(0, ...perLayer.values());
-}
-
-/** Every quantized Linear must carry the tensors its format needs. */
-function assertComplete(name: string, present: string[], scheme: Scheme): void {
-  const missing = requiredSuffixes(scheme.format, scheme.weights, scheme.inputActivations).filter((s) => !present.includes(`${name}.${s}`));
-  if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
-}
-
-/** The shapes vLLM checks: one expert of each quantized fused MoE module, and every other quantized Linear. */
-function servedShapes(
-  model: CausalLM,
-  groups: readonly FusedGroup[],
-  targets: ReadonlySet<string>,
-): [ExpertShape[], [string, number, number][]] {
-  const linear = (n: string): Linear => model.getSubmodule(n) as Linear;
-  const moe = groups.filter((g) => g.weights && g.members.every((m) => targets.has(m)));
-  const inMoe = new Set(moe.flatMap((g) => g.members));
-  const experts = moe.map((g) => {
-    const gate = linear(g.members[0] as string);
-    return { module: g.module, hidden: gate.inFeatures, intermediate: gate.outFeatures };
-  });
-  const dense = [...targets]
-    .filter((n) => !inMoe.has(n))
-    .map((n) => [n, linear(n).outFeatures, linear(n).inFeatures] as [string, number, number]);
-  return [experts, dense];
+  /** this run's time and peak memory (not in moecal.json, which a resumed run writes byte for byte as an uninterrupted one) */
+  wallSeconds: number;
+  peakRssMb: number;
 }
 
 function defaultOutput(modelDir: string, scheme: string): string {
@@ -164,6 +140,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     ],
     warn,
   });
+  let work: WorkFolder | undefined;
   try {
     const ck = Checkpoint.open(modelDir);
     ck.assertNoAnomalies();
@@ -232,29 +209,56 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     if (serving.length) warn(`${serving[0]}${serving.length > 1 ? ` (and ${serving.length - 1} more module(s) like it)` : ""}`);
     const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
 
-    const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
-    const written = new Set<string>();
-    const copyRaw = (param: string): void => {
-      const src = mapping.sources.get(param) ?? param;
-      if (written.has(src)) return;
-      written.add(src);
-      writer.add({ name: src, ...ck.readRaw(src) });
-    };
-    opts.onProgress?.({ kind: "start", layers: config.numHiddenLayers, samples: samples.length, tokens });
+    const datasetSha = sha256File(datasetFile, asUsageError);
+    const N = config.numHiddenLayers;
+    work = new WorkFolder(
+      out.target,
+      {
+        moecal_version: MOECAL_VERSION,
+        model: modelIdentity(modelDir, ck.weightFiles()),
+        dataset_sha256: datasetSha,
+        options: {
+          scheme: scheme.name,
+          method,
+          group_size: scheme.weights.groupSize,
+          actorder: scheme.weights.actorder,
+          num_samples: samples.length,
+          max_seq_length: maxSeqLength,
+          calibrate_all_experts: calibrateAllExperts,
+          fast_path: opts.fastPath ?? true,
+          expert_statistics: formatExpertStatistics(statistics.statistics),
+          routed_weight: statistics.routedWeight,
+          ignore,
+          vllm_check: opts.vllmCheck ?? true,
+          seed: seedForJson(opts.seed ?? 42),
+          dampening: opts.dampening ?? 0.01,
+        },
+      },
+      opts.restart ?? false,
+    );
+    const state: WorkState = work.resume ?? { layer: -1, layers: [], coverage: {}, fallbacks: [], allTokenFallbacks: [] };
+    opts.onProgress?.({ kind: "start", layers: N, samples: samples.length, tokens });
+    if (work.resume) opts.onProgress?.({ kind: "resume", layer: work.resume.layer, layers: N, folder: work.dir });
     // GPTQ workers boot in their own threads while layer 0 calibrates, instead of when the first
     // large layer is quantized (the pool is kept across layers and closed at the end)
     const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget)) : 0;
     if (poolSize > 0) void sharedGptqPool(poolSize);
 
     const streamed: StreamModel = { model, source, mapping, config };
-    const hidden0 = await embedSamples(streamed, samples);
-    copyRaw("model.embed_tokens.weight");
-
-    const layerReports: LayerReport[] = [];
-    const coverage: Record<string, LayerCoverage> = {};
-    const fallbacks: Fallback[] = [];
-    const allTokenFallbacks: string[] = [];
-    await eachLayer(streamed, hidden0, async (layer, i, hidden) => {
+    const start = state.layer + 1;
+    const H = (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
+    const hidden0 =
+      start === 0
+        ? await embedSamples(streamed, samples)
+        : start < N
+          ? work.hidden(
+              state.layer,
+              samples.map((s) => s.length),
+              H,
+            )
+          : [];
+    const layerWork = work;
+    await eachLayer(streamed, hidden0, start, async (layer, i, hidden) => {
       opts.onProgress?.({ kind: "layer", layer: i, layers: config.numHiddenLayers });
       const prefix = `model.layers.${i}`;
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
@@ -263,11 +267,13 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       const ia = scheme.inputActivations;
       const absMax = ia && (!ia.dynamic || ia.dynamic === "local") ? attachInputAbsMax(targets.linears) : null;
       const tracker = trackCoverage(layer, prefix);
+      const tokensUpTo = (s: number): number => hidden.slice(0, s + 1).reduce((a, h) => a + h.dim(1), 0);
+      opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
       try {
         await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
           for (let s = 0; s < hidden.length; s++) {
             await l.call(hidden[s] as Tensor);
-            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: hidden.length });
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: hidden.length, tokens: tokensUpTo(s) });
           }
         });
       } finally {
@@ -277,26 +283,30 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       }
       if (observers) {
         targets.hessians = observers.stats;
-        for (const [n, st] of observers.stats) if (st.allTokenFallback) allTokenFallbacks.push(n);
+        for (const [n, st] of observers.stats) if (st.allTokenFallback) state.allTokenFallbacks.push(n);
       }
       if (absMax) targets.inputAbsMax = absMax.stats;
+      opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
       const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
         dampening: opts.dampening ?? 0.01,
         blockSize: 128,
         warn,
         layerLabel: `layer ${i}`,
       });
-      fallbacks.push(...fb);
+      state.fallbacks.push(...fb);
       targets.hessians.clear();
       const next: Tensor[] = [];
       // the last layer's outputs feed only unquantized modules (norm, lm_head): no propagation needed
       const propagate = i < config.numHiddenLayers - 1;
+      if (propagate) opts.onProgress?.({ kind: "phase", layer: i, phase: "propagate" });
       for (let s = 0; propagate && s < hidden.length; s++) {
         next.push(await layer.call(hidden[s] as Tensor));
-        opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length });
+        opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length, tokens: tokensUpTo(s) });
       }
+      opts.onProgress?.({ kind: "phase", layer: i, phase: "write" });
       for (const h of next) assertFinite(h, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
       const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
+      const layerTensors: NamedRaw[] = [];
       for (const [n] of layer.namedParameters(prefix)) {
         const q = quantizedByWeight.get(n);
         if (q) {
@@ -306,16 +316,35 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
             tensors.map((t) => t.name),
             scheme,
           );
-          for (const t of tensors) writer.add(t);
-        } else copyRaw(n);
+          layerTensors.push(...tensors);
+        } else {
+          const src = mapping.sources.get(n) ?? n;
+          if (!layerTensors.some((t) => t.name === src)) layerTensors.push({ name: src, ...ck.readRaw(src) });
+        }
       }
       const cov = tracker.coverage.layers[String(i)] ?? null;
-      if (cov) coverage[String(i)] = cov;
+      if (cov) state.coverage[String(i)] = cov;
       const summary = layerSummary(i, cov, results, fb);
-      layerReports.push(summary);
+      state.layers.push(summary);
+      state.layer = i;
+      layerWork.saveLayer(state, layerTensors, propagate ? next : null, opts.onCheckpoint && ((stage) => opts.onCheckpoint?.(stage, i)));
       opts.onProgress?.({ kind: "layer-done", layer: i, summary });
       return next;
     });
+    // the output, assembled from the finished layers in one order whether or not the run was resumed
+    const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
+    const written = new Set<string>();
+    const add = (t: NamedRaw): void => {
+      if (written.has(t.name)) return;
+      written.add(t.name);
+      writer.add(t);
+    };
+    const copyRaw = (param: string): void => {
+      const src = mapping.sources.get(param) ?? param;
+      if (!written.has(src)) add({ name: src, ...ck.readRaw(src) });
+    };
+    copyRaw("model.embed_tokens.weight");
+    for (let i = 0; i < N; i++) for (const t of work.layerTensors(i)) add(t);
     copyRaw("model.norm.weight");
     copyRaw("lm_head.weight");
     for (const n of mapping.unexpected) copyRaw(n);
@@ -334,7 +363,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       method,
       group_size: scheme.weights.groupSize,
       actorder: method === "gptq" ? scheme.weights.actorder : null,
-      dataset: { name: path.basename(datasetFile), sha256: sha256File(datasetFile, asUsageError) },
+      dataset: { name: path.basename(datasetFile), sha256: datasetSha },
       num_samples: samples.length,
       tokens,
       max_seq_length: maxSeqLength,
@@ -342,20 +371,23 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       expert_statistics: {
         setting: formatExpertStatistics(statistics.statistics),
         routed_weight: statistics.routedWeight,
-        all_token_fallbacks: allTokenFallbacks,
+        all_token_fallbacks: state.allTokenFallbacks,
       },
       seed: seedForJson(opts.seed ?? 42),
       ignore,
-      coverage: { layers: coverage },
-      fallbacks,
-      layers: layerReports,
-      wall_seconds: (performance.now() - t0) / 1000,
-      peak_rss_mb: process.resourceUsage().maxRSS / 1024,
+      coverage: { layers: state.coverage },
+      fallbacks: state.fallbacks,
+      layers: state.layers,
     };
     await writeReportFiles(out, report);
-    return { output: out.commit(), report };
+    const output = out.commit();
+    work.remove();
+    return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: process.resourceUsage().maxRSS / 1024 };
   } catch (e) {
     out.abort();
+    // finished layers are kept for a rerun of the same command; a run that finished none leaves nothing
+    if (work?.hasFinishedLayers) warn(`the finished layers are kept in ${work.dir}: rerun the same command to resume after them`);
+    else work?.remove();
     throw e;
   } finally {
     await closeSharedGptqPool();

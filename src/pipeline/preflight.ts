@@ -8,6 +8,13 @@ import { Linear } from "../nn/layers.js";
 import type { AnyModule } from "../nn/module.js";
 import type { Scheme } from "../quantization/scheme.js";
 import type { Seed } from "../util/numpy-random.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import type { ScaleDType } from "../quantization/params.js";
+import type { CausalLM } from "../models/family.js";
+import type { FusedGroup } from "../models/fused.js";
+import type { ExpertShape } from "../export/vllm-support.js";
+import { requiredSuffixes } from "../io/compressed-tensors.js";
+import { NumericalError } from "../errors.js";
 
 /**
  * Check the group size against every target Linear's input size before any work. Without an
@@ -85,4 +92,45 @@ export function checkUnexpectedTensors(
   const shown = names.slice(0, 50);
   for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);
   if (names.length > shown.length) warn(`${dir}: ${names.length - shown.length} more unused tensors copied unchanged`);
+}
+
+export function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {
+  const d = ck.info(name).dtype;
+  return d === "BF16" || d === "F16" ? d : "F32";
+}
+
+/** Weights of the target Linears of the largest decoder layer (what decides GPTQ's worker pool). */
+export function largestLayerWork(model: CausalLM, isTarget: (n: string) => boolean): number {
+  const perLayer = new Map<string, number>();
+  for (const [n, m] of model.namedModules()) {
+    const layer = /^model\.layers\.(\d+)\./.exec(n)?.[1];
+    if (layer === undefined || !(m instanceof Linear) || !isTarget(n)) continue;
+    perLayer.set(layer, (perLayer.get(layer) ?? 0) + m.inFeatures * m.outFeatures);
+  }
+  return Math.max(0, ...perLayer.values());
+}
+
+/** Every quantized Linear must carry the tensors its format needs. */
+export function assertComplete(name: string, present: string[], scheme: Scheme): void {
+  const missing = requiredSuffixes(scheme.format, scheme.weights, scheme.inputActivations).filter((s) => !present.includes(`${name}.${s}`));
+  if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
+}
+
+/** The shapes vLLM checks: one expert of each quantized fused MoE module, and every other quantized Linear. */
+export function servedShapes(
+  model: CausalLM,
+  groups: readonly FusedGroup[],
+  targets: ReadonlySet<string>,
+): [ExpertShape[], [string, number, number][]] {
+  const linear = (n: string): Linear => model.getSubmodule(n) as Linear;
+  const moe = groups.filter((g) => g.weights && g.members.every((m) => targets.has(m)));
+  const inMoe = new Set(moe.flatMap((g) => g.members));
+  const experts = moe.map((g) => {
+    const gate = linear(g.members[0] as string);
+    return { module: g.module, hidden: gate.inFeatures, intermediate: gate.outFeatures };
+  });
+  const dense = [...targets]
+    .filter((n) => !inMoe.has(n))
+    .map((n) => [n, linear(n).outFeatures, linear(n).inFeatures] as [string, number, number]);
+  return [experts, dense];
 }

@@ -42,8 +42,6 @@ export interface OneshotReport {
   coverage: { layers: Record<string, LayerCoverage> };
   fallbacks: Fallback[];
   layers: LayerReport[];
-  wall_seconds: number;
-  peak_rss_mb: number;
 }
 
 function median(xs: number[]): number {
@@ -80,10 +78,11 @@ export async function writeReportFiles(out: OutputFolder, report: OneshotReport)
 }
 
 /** The final summary, as plain text lines. */
-export function formatSummary(report: OneshotReport, output: string): string {
+export function formatSummary(report: OneshotReport, output: string, run: { wallSeconds: number; peakRssMb: number }): string {
+  const stats = report.expert_statistics;
   const lines = [
-    `wrote ${output} (${report.scheme}, ${report.method}, ${report.num_samples} samples / ${report.tokens} tokens, calibrate all experts: ${report.calibrate_all_experts})`,
-    `wall time ${report.wall_seconds.toFixed(1)} s, peak RSS ${report.peak_rss_mb.toFixed(0)} MB`,
+    `wrote ${output} (${report.scheme}, ${report.method}, ${report.num_samples} samples / ${report.tokens} tokens, calibrate all experts: ${report.calibrate_all_experts}, expert statistics: ${stats.setting}, routed weight ${stats.routed_weight})`,
+    `wall time ${run.wallSeconds.toFixed(1)} s, peak RSS ${run.peakRssMb.toFixed(0)} MB`,
     "layer  min/median routed tokens per expert  experts without rows  fallbacks  GPTQ loss",
   ];
   for (const l of report.layers) {
@@ -94,4 +93,10 @@ export function formatSummary(report: OneshotReport, output: string): string {
   }
   if (report.fallbacks.length) lines.push(`fallbacks: ${report.fallbacks.map((f) => `${f.module} (${f.reason})`).join(", ")}`);
   return lines.join("\n");
+}
+
+/** The wall time and peak memory of a run, read back from its printed summary (`formatSummary`), or null. */
+export function runFromSummary(text: string): { wallSeconds: number; peakRssMb: number } | null {
+  const m = /wall time ([\d.]+) s, peak RSS (\d+) MB/.exec(text);
+  return m ? { wallSeconds: Number(m[1]), peakRssMb: Number(m[2]) } : null;
 }

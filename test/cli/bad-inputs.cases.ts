@@ -6,7 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import type { NamedRaw } from "../../src/io/writer.js";
-import { TINY } from "../helpers.js";
+import { ROOT, TINY } from "../helpers.js";
 import { type BadInputCase, canMountTmpfs, dataset, modelCopy, quick, withHeader, poisoned } from "./bad-inputs.fixtures.js";
 import { TRUST_CASES } from "./bad-inputs.trust.js";
 
@@ -266,6 +266,20 @@ export const BAD_INPUTS: BadInputCase[] = [
     setup: (d) => quick(TINY, d, ["--expert-statistics", "unrouted:1.5"]),
     exitCode: 2,
     message: /--expert-statistics "unrouted:1.5": ALPHA out of range/,
+  },
+  {
+    name: "resume with changed inputs (a killed run's finished layers are kept, not reused)",
+    setup: (d) => {
+      // a run killed after its first layer, with other options than the rerun's
+      spawnSync(process.execPath, [path.join(ROOT, "dist", "test", "pipeline", "resume-child.js"), path.join(d, "out"), "0", "state"]);
+      return quick(TINY, d);
+    },
+    exitCode: 2,
+    message:
+      /\.out\.moecal-work holds the finished layers of a run with other inputs \(differs: dataset contents, option method \("gptq" -> "rtn"\), .*pass --restart to discard it/,
+    verify: (d) => {
+      if (!fs.existsSync(path.join(d, ".out.moecal-work", "state.json"))) throw new Error("the kept work folder was harmed");
+    },
   },
   {
     name: "--ignore splitting a module vLLM fuses",

@@ -61,29 +61,35 @@ for (const [signal, code] of [
   ["SIGQUIT", 131],
   ["SIGKILL", null],
 ] as const) {
-  test(`${signal} in the middle of oneshot leaves no checkpoint where the output should be; rerunning succeeds`, async () => {
+  test(`${signal} in the middle of oneshot leaves no checkpoint where the output should be, only the finished layers; rerunning resumes`, async () => {
     assert.equal(made.status, 0, made.stderr);
     const out = path.join(tmp, `out-${signal}`);
     const r = await interrupted(signal, out);
     if (code === null) assert.equal(r.sig, "SIGKILL");
     else {
       assert.equal(r.code, code, r.stderr);
-      assert.match(r.stderr, new RegExp(`interrupted \\(${signal}\\); no output was written`));
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `interrupted \\(${signal}\\); no output was written; the finished layers are kept in .*out-${signal}\\.moecal-work: rerun the same command to resume`,
+        ),
+      );
       assert.deepEqual(
         fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)),
-        [],
-        "temporary folder removed",
+        [`.out-${signal}.moecal-work`],
+        "temporary folder and lock removed, finished layers kept",
       );
     }
     assert.equal(fs.existsSync(out), false);
     const again = spawnSync(
       process.execPath,
-      [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "2", "--max-seq-length", "16", "--output", out, "--quiet"],
+      [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
       { encoding: "utf8" },
     );
     assert.equal(again.status, 0, again.stderr);
+    assert.match(again.stderr, /resuming after layer [1-3]\/8/);
     assert.ok(fs.existsSync(path.join(out, "config.json")));
-    // a killed run's temporary folder is cleaned up by the next run
+    // a killed run's temporary folder, lock and work folder are cleaned up by the next run
     assert.deepEqual(
       fs.readdirSync(tmp).filter((f) => f.startsWith(`.out-${signal}`)),
       [],
@@ -131,11 +137,11 @@ test("a second run to an output another run is writing is refused while the firs
   });
   assert.equal(code, 129);
   assert.deepEqual(
-    fs.readdirSync(tmp).filter((f) => f.startsWith(".out-locked")),
+    fs.readdirSync(tmp).filter((f) => f.startsWith(".out-locked") && !f.endsWith(".moecal-work")),
     [],
     "lock and temporary folder removed",
   );
-  assert.equal(spawnSync(process.execPath, quick(out), { encoding: "utf8" }).status, 0);
+  assert.equal(spawnSync(process.execPath, quick(out, ["--restart"]), { encoding: "utf8" }).status, 0);
 });
 
 test("--overwrite killed (SIGKILL) at any point leaves the old output or the new one, never neither", async () => {

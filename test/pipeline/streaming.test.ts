@@ -1,4 +1,5 @@
 import { test } from "node:test";
+import { runFromSummary } from "../../src/pipeline/report.js";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
@@ -51,7 +52,9 @@ function oneshotPeak(model: string, out: string): number {
     "--quiet",
   ]);
   assert.equal(r.status, 0, r.stderr);
-  return (JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { peak_rss_mb: number }).peak_rss_mb;
+  const summary = runFromSummary(r.stdout);
+  assert.ok(summary, r.stdout);
+  return summary.peakRssMb;
 }
 
 test("random-model writes a loadable sharded BF16 checkpoint with the requested shape", async () => {

@@ -1,0 +1,224 @@
+/**
+ * oneshot's work folder, `.<output>.moecal-work` beside the output: after each finished layer, its
+ * quantized tensors, the propagated hidden states of every calibration sample and the report so
+ * far, each written atomically (temporary file, fsync, rename) with the state file last. A rerun
+ * of the same command resumes after the last finished layer; a rerun with other inputs is
+ * refused, naming what differs. The manifest identifies the run: moecal's version, the model
+ * files (config.json and every weight file's header), the dataset's SHA-256 and the options.
+ */
+import { createHash } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { Tensor } from "../engine/tensor.js";
+import { CheckpointFormatError, IoError, UsageError } from "../errors.js";
+import { SafetensorsFile } from "../io/safetensors.js";
+import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
+import type { LayerCoverage } from "../calibration/coverage.js";
+import type { Fallback } from "./quantize-layer.js";
+import type { LayerReport } from "./report.js";
+
+export interface WorkManifest {
+  moecal_version: string;
+  /** file name -> SHA-256 of config.json and of each weight file's header */
+  model: Record<string, string>;
+  dataset_sha256: string;
+  options: Record<string, unknown>;
+}
+
+/** What the report holds after the last finished layer. */
+export interface WorkState {
+  /** the last finished layer */
+  layer: number;
+  layers: LayerReport[];
+  coverage: Record<string, LayerCoverage>;
+  fallbacks: Fallback[];
+  allTokenFallbacks: string[];
+}
+
+/** Points inside a layer's checkpoint, for tests that stop the process there. */
+export type CheckpointStage = "tensors" | "hidden" | "state";
+
+const MANIFEST = "manifest.json";
+const STATE = "state.json";
+/** Largest manifest or state file read back (a state holds per-layer reports and fallbacks). */
+const MAX_STATE_BYTES = 256 * 1024 * 1024;
+
+/** SHA-256 of config.json and of each weight file's safetensors header (not its data: fast for any size). */
+export function modelIdentity(dir: string, weightFiles: readonly string[]): Record<string, string> {
+  const id: Record<string, string> = {};
+  const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
+  id["config.json"] = sha(fs.readFileSync(path.join(dir, "config.json")));
+  for (const f of weightFiles) {
+    const fd = fs.openSync(path.join(dir, f), "r");
+    try {
+      const len = Buffer.alloc(8);
+      fs.readSync(fd, len, 0, 8, 0);
+      const n = Number(len.readBigUInt64LE(0));
+      const header = Buffer.alloc(n);
+      fs.readSync(fd, header, 0, n, 8);
+      id[f] = sha(Buffer.concat([len, header]));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return id;
+}
+
+/** Write a file atomically: a temporary sibling, fsync, rename, fsync of the folder. */
+function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
+  const tmp = `${file}.tmp`;
+  try {
+    const fd = fs.openSync(tmp, "w");
+    try {
+      for (const p of parts) {
+        let done = 0;
+        while (done < p.byteLength) done += fs.writeSync(fd, p, done, p.byteLength - done);
+      }
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+    const dir = fs.openSync(path.dirname(file), "r");
+    try {
+      fs.fsyncSync(dir);
+    } finally {
+      fs.closeSync(dir);
+    }
+  } catch (cause) {
+    throw new IoError(`${file}: write failed (${(cause as Error).message})`, { cause });
+  }
+}
+
+function readJson<T>(file: string): T {
+  const st = fs.statSync(file);
+  if (st.size > MAX_STATE_BYTES)
+    throw new CheckpointFormatError(`${file}: ${st.size} bytes, more than a work state holds (${MAX_STATE_BYTES})`);
+  try {
+    return JSON.parse(fs.readFileSync(file, "utf8")) as T;
+  } catch (cause) {
+    throw new CheckpointFormatError(
+      `${file}: not valid JSON (${(cause as Error).message}); rerun with --restart to discard the work folder`,
+      {
+        cause,
+      },
+    );
+  }
+}
+
+/** The manifest fields that differ, named for the user. */
+function differences(a: WorkManifest, b: WorkManifest): string[] {
+  const out: string[] = [];
+  if (a.moecal_version !== b.moecal_version) out.push(`moecal version (${a.moecal_version} -> ${b.moecal_version})`);
+  if (a.dataset_sha256 !== b.dataset_sha256) out.push("dataset contents");
+  for (const f of new Set([...Object.keys(a.model), ...Object.keys(b.model)])) if (a.model[f] !== b.model[f]) out.push(`model file ${f}`);
+  for (const k of new Set([...Object.keys(a.options), ...Object.keys(b.options)]))
+    if (JSON.stringify(a.options[k]) !== JSON.stringify(b.options[k]))
+      out.push(`option ${k} (${JSON.stringify(a.options[k]) ?? "unset"} -> ${JSON.stringify(b.options[k]) ?? "unset"})`);
+  return out;
+}
+
+/** Work folders of this process (the signal handler names the ones with finished layers). */
+const open = new Set<string>();
+
+/** Work folders of this process that hold finished layers a rerun resumes from. */
+export function keptWorkFolders(): string[] {
+  return [...open].filter((d) => fs.existsSync(path.join(d, STATE)));
+}
+
+export class WorkFolder {
+  readonly dir: string;
+  /** the state to resume from, or null for a fresh start */
+  readonly resume: WorkState | null;
+
+  /** Open (or start) the work folder of `output`; `restart` discards an old one. Call with the output's lock held. */
+  constructor(output: string, manifest: WorkManifest, restart: boolean) {
+    this.dir = path.join(path.dirname(output), `.${path.basename(output)}.moecal-work`);
+    if (restart) fs.rmSync(this.dir, { recursive: true, force: true });
+    const manifestFile = path.join(this.dir, MANIFEST);
+    const stateFile = path.join(this.dir, STATE);
+    if (fs.existsSync(manifestFile) && fs.existsSync(stateFile)) {
+      const diff = differences(readJson<WorkManifest>(manifestFile), manifest);
+      if (diff.length)
+        throw new UsageError(
+          `${this.dir} holds the finished layers of a run with other inputs (differs: ${diff.join(", ")}); rerun it with its own inputs to resume, or pass --restart to discard it`,
+        );
+      this.resume = readJson<WorkState>(stateFile);
+      open.add(this.dir);
+      return;
+    }
+    // nothing finished yet (or no folder): start afresh
+    fs.rmSync(this.dir, { recursive: true, force: true });
+    try {
+      fs.mkdirSync(this.dir, { recursive: true });
+    } catch (cause) {
+      throw new IoError(`cannot create the work folder ${this.dir} (${(cause as Error).message})`, { cause });
+    }
+    open.add(this.dir);
+    writeAtomic(manifestFile, [Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`)]);
+    this.resume = null;
+  }
+
+  private layerFile(i: number): string {
+    return path.join(this.dir, `layer-${i}.safetensors`);
+  }
+
+  private hiddenFile(i: number): string {
+    return path.join(this.dir, `hidden-${i}.bin`);
+  }
+
+  /**
+   * Record a finished layer: its tensors, the hidden states the next layer reads (none after the
+   * last layer), then the state; the previous layer's hidden states are deleted afterwards.
+   */
+  saveLayer(state: WorkState, tensors: NamedRaw[], hidden: readonly Tensor[] | null, stop?: (stage: CheckpointStage) => void): void {
+    const i = state.layer;
+    writeAtomic(this.layerFile(i), encodeSafetensors(tensors));
+    stop?.("tensors");
+    if (hidden)
+      writeAtomic(
+        this.hiddenFile(i),
+        hidden.map((h) => new Uint8Array(h.data.buffer, h.data.byteOffset, h.data.byteLength)),
+      );
+    stop?.("hidden");
+    writeAtomic(path.join(this.dir, STATE), [Buffer.from(JSON.stringify(state))]);
+    stop?.("state");
+    fs.rmSync(this.hiddenFile(i - 1), { force: true });
+  }
+
+  /** The hidden states after layer `i`, one [S, H] tensor per sample of the given lengths. */
+  hidden(i: number, lengths: readonly number[], H: number): Tensor[] {
+    const file = this.hiddenFile(i);
+    const expected = lengths.reduce((a, b) => a + b, 0) * H * 4;
+    const size = fs.existsSync(file) ? fs.statSync(file).size : -1;
+    if (size !== expected)
+      throw new CheckpointFormatError(
+        `${file}: ${size < 0 ? "missing" : `${size} bytes`}, expected ${expected}; rerun with --restart to discard the work folder`,
+      );
+    const buf = fs.readFileSync(file);
+    const all = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+    const out: Tensor[] = [];
+    let off = 0;
+    for (const S of lengths) {
+      out.push(new Tensor(all.slice(off, off + S * H), [1, S, H]));
+      off += S * H;
+    }
+    return out;
+  }
+
+  /** The quantized and copied tensors of layer `i`, in the order they were recorded. */
+  layerTensors(i: number): NamedRaw[] {
+    const f = SafetensorsFile.open(this.layerFile(i));
+    return [...f.tensors.keys()].map((n) => ({ name: n, ...f.readRaw(n) }));
+  }
+
+  /** Whether a layer has finished (in this run or an earlier one). */
+  get hasFinishedLayers(): boolean {
+    return fs.existsSync(path.join(this.dir, STATE));
+  }
+
+  remove(): void {
+    open.delete(this.dir);
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}

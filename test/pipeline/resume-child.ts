@@ -1,0 +1,28 @@
+/**
+ * A oneshot run for the resume tests, in its own process: `node resume-child.js OUTPUT [LAYER STAGE] [--num-samples N] [--restart]`
+ * runs the bundled model's oneshot (GPTQ, 4 samples x 32 tokens) and, given LAYER and STAGE,
+ * kills itself with SIGKILL at that point of that layer's checkpoint. Prints each progress event as a JSON line.
+ */
+import path from "node:path";
+import { oneshot } from "../../src/pipeline/oneshot.js";
+import { TEXT } from "../helpers.js";
+
+const [output, layer, stage] = process.argv.slice(2);
+const flag = (name: string): string | undefined => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+};
+await oneshot({
+  output,
+  numSamples: Number(flag("--num-samples") ?? 4),
+  maxSeqLength: 32,
+  dataset: path.join(TEXT, "eval-json.jsonl"),
+  restart: process.argv.includes("--restart"),
+  warn: () => undefined,
+  onProgress: (e) => {
+    if (e.kind === "resume" || e.kind === "layer-done") process.stdout.write(`${JSON.stringify({ kind: e.kind, layer: e.layer })}\n`);
+  },
+  onCheckpoint: (s, i) => {
+    if (String(i) === layer && s === stage) process.kill(process.pid, "SIGKILL");
+  },
+});

@@ -1,0 +1,95 @@
+/**
+ * Resume after a crash: oneshot killed (SIGKILL) at several points of a layer's checkpoint, and
+ * with half-written state files left behind, resumes after its last finished layer on a rerun of
+ * the same command and writes an output whose every file is byte-identical to an uninterrupted
+ * run's; a rerun with other inputs is refused, naming what differs; --restart discards the state.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { ROOT } from "../helpers.js";
+
+const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-resume-"));
+const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
+const workOf = (out: string): string => path.join(path.dirname(out), `.${path.basename(out)}.moecal-work`);
+const events = (stdout: string): { kind: string; layer: number }[] =>
+  stdout
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { kind: string; layer: number });
+
+/** Every file of a folder, by relative name, as bytes. */
+function files(dir: string): Map<string, Buffer> {
+  return new Map(
+    fs
+      .readdirSync(dir, { recursive: true, encoding: "utf8" })
+      .filter((f) => fs.statSync(path.join(dir, f)).isFile())
+      .map((f) => [f, fs.readFileSync(path.join(dir, f))]),
+  );
+}
+
+const reference = path.join(tmp, "reference");
+
+test("an uninterrupted run leaves no work folder", () => {
+  const r = run([reference]);
+  assert.equal(r.status, 0, String(r.stderr));
+  assert.equal(fs.existsSync(workOf(reference)), false);
+});
+
+for (const [layer, stage, resumesAfter] of [
+  [0, "state", 0],
+  [1, "tensors", 0],
+  [2, "hidden", 1],
+  [3, "state", 3],
+] as const) {
+  test(`SIGKILL in layer ${layer}'s checkpoint (after its ${stage} file): the rerun resumes after layer ${resumesAfter} and its output is byte-identical`, () => {
+    const out = path.join(tmp, `killed-${layer}-${stage}`);
+    const killed = run([out, String(layer), stage]);
+    assert.equal(killed.signal, "SIGKILL");
+    assert.equal(fs.existsSync(out), false, "no output");
+    assert.ok(fs.existsSync(path.join(workOf(out), "state.json")) || layer === 0, "state kept");
+    const again = run([out]);
+    assert.equal(again.status, 0, String(again.stderr));
+    assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: resumesAfter });
+    const want = files(reference);
+    const got = files(out);
+    assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
+    for (const [f, bytes] of want) assert.ok(bytes.equals(got.get(f) as Buffer), `${f} differs`);
+    assert.equal(fs.existsSync(workOf(out)), false, "work folder removed after success");
+  });
+}
+
+test("files half-written when the process died (temporaries beside the state) do not change the resumed output", () => {
+  const out = path.join(tmp, "half-written");
+  assert.equal(run([out, "1", "state"]).signal, "SIGKILL");
+  const work = workOf(out);
+  // what a kill in the middle of layer 2's checkpoint leaves: partial temporaries
+  fs.writeFileSync(path.join(work, "layer-2.safetensors.tmp"), Buffer.from("partial"));
+  fs.writeFileSync(path.join(work, "hidden-2.bin.tmp"), Buffer.alloc(100, 7));
+  fs.writeFileSync(path.join(work, "state.json.tmp"), "{");
+  const again = run([out]);
+  assert.equal(again.status, 0, String(again.stderr));
+  assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
+  for (const [f, bytes] of files(reference)) assert.ok(bytes.equals(files(out).get(f) as Buffer), `${f} differs`);
+});
+
+test("a rerun with other inputs refuses to resume and says what differs; --restart discards the old state", () => {
+  const out = path.join(tmp, "changed");
+  assert.equal(run([out, "2", "state"]).signal, "SIGKILL");
+  const refused = run([out, "--num-samples", "3"]);
+  assert.notEqual(refused.status, 0);
+  assert.match(
+    String(refused.stderr),
+    /holds the finished layers of a run with other inputs \(differs: option num_samples \(4 -> 3\)\).*--restart/,
+  );
+  assert.ok(fs.existsSync(path.join(workOf(out), "state.json")), "the old state is kept");
+  const restarted = run([out, "--num-samples", "3", "--restart"]);
+  assert.equal(restarted.status, 0, String(restarted.stderr));
+  assert.equal(events(String(restarted.stdout))[0]?.kind, "layer-done", "started from layer 0");
+  assert.equal(fs.existsSync(workOf(out)), false);
+});
