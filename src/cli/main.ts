@@ -5,7 +5,7 @@ import { keptWorkFolders } from "../pipeline/work-folder.js";
 import { releaseActiveOutputs } from "../export/output.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { registerForward } from "./forward.js";
-import { registerOneshot } from "./oneshot.js";
+import { registerOneshot, registerPlan } from "./oneshot.js";
 import { registerCoverage } from "./coverage.js";
 import { registerEval } from "./eval.js";
 import { registerRandomModel } from "./random-model.js";
@@ -22,6 +22,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerForward(program);
   registerOneshot(program);
+  registerPlan(program);
   registerCoverage(program);
   registerEval(program);
   registerRandomModel(program);

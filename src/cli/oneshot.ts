@@ -1,10 +1,11 @@
 import { type Command, Option } from "commander";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { oneshot } from "../pipeline/oneshot.js";
+import { formatPlan, freeDiskBytes, plan } from "../pipeline/plan.js";
 import { formatSummary } from "../pipeline/report.js";
 import { SCHEME_NAMES } from "../quantization/scheme.js";
 import { DEFAULT_STATISTICS, ROUTED_WEIGHTS, formatExpertStatistics } from "../calibration/expert-statistics.js";
-import { boolOption, intOption, seedOption } from "./options.js";
+import { boolOption, intOption, seedOption, sizeOption } from "./options.js";
 import { progressPrinter } from "./progress.js";
 
 interface OneshotCliOptions {
@@ -24,14 +25,14 @@ interface OneshotCliOptions {
   output?: string;
   overwrite?: boolean;
   restart?: boolean;
+  maxMemory?: number;
   actorder: string;
   quiet?: boolean;
 }
 
-export function registerOneshot(program: Command): void {
-  program
-    .command("oneshot")
-    .description("calibrate (every expert) and quantize a model; write a compressed-tensors checkpoint")
+/** The options oneshot and plan share (plan reads them to predict the run). */
+function runOptions(cmd: Command): Command {
+  return cmd
     .option("--model <dir>", "Hugging Face checkpoint folder (afmoe, qwen3_moe, mixtral, glm4_moe)", BUNDLED_MODEL)
     .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt", BUNDLED_DATASET)
     .addOption(new Option("--scheme <name>", "quantization scheme").choices([...SCHEME_NAMES]).default("W4A16"))
@@ -62,10 +63,19 @@ export function registerOneshot(program: Command): void {
       "dataset shuffling seed, any non-negative integer (default 42; same draw as Hugging Face datasets' shuffle(seed))",
       seedOption,
     )
-    .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
+    .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"));
+}
+
+export function registerOneshot(program: Command): void {
+  runOptions(program.command("oneshot").description("calibrate (every expert) and quantize a model; write a compressed-tensors checkpoint"))
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")
     .option("--restart", "discard the finished layers an interrupted run to this output left, instead of resuming after them")
+    .option(
+      "--max-memory <size>",
+      "refuse to start when the plan's peak memory exceeds this (bytes, or K/M/G/T; default: the available memory)",
+      sizeOption,
+    )
     .option("--quiet", "no progress output")
     .action(async (o: OneshotCliOptions) => {
       const progress = o.quiet ? undefined : progressPrinter(process.stderr);
@@ -76,5 +86,21 @@ export function registerOneshot(program: Command): void {
         warn: (m) => process.stderr.write(`warning: ${m}\n`),
       }).finally(() => progress?.stop());
       process.stdout.write(`${formatSummary(result.report, result.output, result)}\n`);
+    });
+}
+
+export function registerPlan(program: Command): void {
+  runOptions(
+    program
+      .command("plan")
+      .description("what a oneshot run with these options will need (memory, disk, time), from the config, headers and dataset only"),
+  )
+    .option("--output <dir>", "output folder the run would write (for the free disk space)")
+    .option("--json", "print the plan as JSON")
+    .action(async (o: OneshotCliOptions & { json?: boolean }) => {
+      const p = await plan({ ...o, actorder: o.actorder === "none" ? null : "static" });
+      const free = freeDiskBytes(o.output ?? process.cwd());
+      if (o.json) process.stdout.write(`${JSON.stringify({ ...p, free_disk_bytes: free }, null, 2)}\n`);
+      else process.stdout.write(`${formatPlan(p)}\nfree disk where the output goes: ${(free / 1024 ** 3).toFixed(1)} GiB\n`);
     });
 }

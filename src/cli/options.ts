@@ -1,6 +1,7 @@
 import { InvalidArgumentError } from "commander";
 import { MoecalError } from "../errors.js";
 import { parseSeed } from "../util/numpy-random.js";
+import { parseBytes } from "../pipeline/plan.js";
 
 /** Parser for an integer option (>= min), with the option named in the error. */
 export function intOption(name: string, min = 1): (value: string) => number {
@@ -25,6 +26,16 @@ export function seedOption(value: string): bigint {
     return parseSeed(value);
   } catch (e) {
     if (e instanceof MoecalError) throw new InvalidArgumentError(`--seed: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Parser for a size option (--max-memory): bytes, or a number with K, M, G or T. */
+export function sizeOption(value: string): number {
+  try {
+    return parseBytes(value);
+  } catch (e) {
+    if (e instanceof MoecalError) throw new InvalidArgumentError(e.message);
     throw e;
   }
 }

@@ -1,5 +1,6 @@
 import cliProgress from "cli-progress";
 import type { ProgressEvent } from "../pipeline/oneshot.js";
+import { planSummary } from "../pipeline/plan.js";
 
 /** Seconds as "1h02m", "3m05s" or "42s". */
 export function duration(seconds: number): string {
@@ -133,6 +134,9 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
         layers = e.layers;
         line(`calibrating on ${e.samples} samples (${e.tokens} tokens), ${e.layers} layers`);
         runBar?.setTotal(e.layers);
+        break;
+      case "plan":
+        line(planSummary(e.plan));
         break;
       case "resume":
         layer = e.layer + 1;

@@ -26,7 +26,7 @@ interface Spec {
 }
 
 /** The tensors a quantized Linear of shape [out, inF] carries under its config group. */
-function quantizedSpecs(group: NonNullable<ReturnType<typeof groupFor>>, out: number, inF: number): Map<string, Spec> {
+export function quantizedSpecs(group: NonNullable<ReturnType<typeof groupFor>>, out: number, inF: number): Map<string, Spec> {
   const w = group.weights;
   if (group.format === "mxfp4-pack-quantized")
     return new Map<string, Spec>([

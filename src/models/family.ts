@@ -20,6 +20,8 @@ export interface ModelConfig {
   storedLayers?: number;
   /** routed experts per MoE layer */
   numExperts: number;
+  /** experts each token is routed to */
+  numExpertsPerTok: number;
   vocabSize: number;
   maxPositionEmbeddings: number;
   tieWordEmbeddings: boolean;

@@ -1,3 +1,4 @@
+import os from "node:os";
 import path from "node:path";
 import type { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
@@ -45,6 +46,7 @@ import {
 } from "./preflight.js";
 import { type StreamModel, eachLayer, embedSamples } from "./stream.js";
 import { type CheckpointStage, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
+import { type Plan, checkPlan, freeDiskBytes, plan } from "./plan.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -79,6 +81,8 @@ export interface OneshotOptions {
   onProgress?: (e: ProgressEvent) => void;
   /** discard the work folder of an earlier run to this output instead of resuming it */
   restart?: boolean;
+  /** refuse to start when the plan's peak memory exceeds this many bytes (default: the machine's available memory) */
+  maxMemory?: number;
   /** called inside each layer's checkpoint (tests stop the process there) */
   onCheckpoint?: (stage: CheckpointStage, layer: number) => void;
   warn?: (message: string) => void;
@@ -91,7 +95,8 @@ export type ProgressEvent =
   /** `tokens`: tokens of the samples done so far in this phase */
   | { kind: "samples"; layer: number; phase: "calibrate" | "propagate"; done: number; total: number; tokens: number }
   | { kind: "layer-done"; layer: number; summary: LayerReport }
-  | { kind: "resume"; layer: number; layers: number; folder: string };
+  | { kind: "resume"; layer: number; layers: number; folder: string }
+  | { kind: "plan"; plan: Plan };
 
 export interface OneshotResult {
   output: string;
@@ -209,6 +214,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     if (serving.length) warn(`${serving[0]}${serving.length > 1 ? ` (and ${serving.length - 1} more module(s) like it)` : ""}`);
     const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
 
+    const thePlan = await plan({ ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength }, { samples });
+    checkPlan(thePlan, { maxMemory: opts.maxMemory ?? os.freemem(), freeDisk: freeDiskBytes(out.target), output: out.target });
+    opts.onProgress?.({ kind: "plan", plan: thePlan });
     const datasetSha = sha256File(datasetFile, asUsageError);
     const N = config.numHiddenLayers;
     work = new WorkFolder(

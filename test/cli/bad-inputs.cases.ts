@@ -300,7 +300,7 @@ export const BAD_INPUTS: BadInputCase[] = [
     message: /out exists and is not empty \(use --overwrite to replace it\)/,
   },
   {
-    name: "output disk full (256 KiB tmpfs)",
+    name: "not enough disk for the plan (256 KiB tmpfs)",
     setup: (d) => {
       const mnt = path.join(d, "small");
       fs.mkdirSync(mnt);
@@ -308,9 +308,16 @@ export const BAD_INPUTS: BadInputCase[] = [
       if (r.status !== 0) throw new Error("mount failed");
       return [...quick(TINY, d).slice(0, -2), "--output", path.join(mnt, "out")];
     },
-    exitCode: 1,
-    message: /write failed \(ENOSPC/,
+    exitCode: 2,
+    message:
+      /the plan needs [\d.]+ MiB of disk \(output [\d.]+ MiB, resume state [\d.]+ MiB\), but the file system of .*small\/out has 0\.\d MiB free/,
     available: canMountTmpfs,
+  },
+  {
+    name: "not enough memory for the plan (--max-memory 64M)",
+    setup: (d) => quick(TINY, d, ["--max-memory", "64M"]),
+    exitCode: 2,
+    message: /the plan needs [\d.]+ MiB of memory at layer \d, more than --max-memory 64\.0 MiB; the largest part is .*: .* shrinks it/,
   },
   ...TRUST_CASES,
 ];

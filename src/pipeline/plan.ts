@@ -1,0 +1,312 @@
+/**
+ * `moecal plan`: what a oneshot run will cost, before it starts, from config.json, the safetensors
+ * headers and the tokenized dataset only (no weight is read): per layer, the bytes read and
+ * written, the peak memory by part, the floating-point work by phase, and the time from a short
+ * measurement of this machine's engine. The formulas and the constants fitted on this project's
+ * machine are in docs/performance.md ("The plan's model").
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { getEngine } from "../engine/index.js";
+import { Tensor } from "../engine/tensor.js";
+import { isRouterAware, parseExpertStatistics, parseRoutedWeight } from "../calibration/expert-statistics.js";
+import { Checkpoint } from "../io/checkpoint.js";
+import { DTYPE_BYTES } from "../io/safetensors.js";
+import { loadTokenizer } from "../io/tokenizer.js";
+import { readModelConfig } from "../models/registry.js";
+import { Linear } from "../nn/layers.js";
+import { asMoeBlock } from "../nn/moe.js";
+import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
+import { type Scheme, matchesAny, resolveScheme } from "../quantization/scheme.js";
+import { quantizedSpecs } from "../export/layout.js";
+import { loadTokenizedSamples } from "./dataset.js";
+import { UsageError } from "../errors.js";
+import type { OneshotOptions } from "./oneshot.js";
+import { gptqPoolSize } from "./quantize-layer.js";
+import { fitGroupSize, scaleDTypeOf } from "./preflight.js";
+import { gptqWorkerCount } from "../quantization/gptq-pool.js";
+
+/**
+ * Fitted on this project's 2-vCPU machine (docs/performance.md): the fraction of the engine's GEMM
+ * rate each phase reaches, the fixed cost per layer and per sample and layer, and the process's
+ * resident memory besides the parts counted.
+ */
+export const PLAN_MODEL = {
+  efficiency: { calibrate: 0.3, propagate: 0.3, gptq: 0.15 },
+  secondsPerLayer: 0.15,
+  secondsPerSampleLayer: 0.004,
+  baselineBytes: 180 * 1024 ** 2,
+  workerBytes: 45 * 1024 ** 2,
+} as const;
+
+export interface LayerPlan {
+  layer: number;
+  moe: boolean;
+  read_bytes: number;
+  write_bytes: number;
+  /** bytes by part; their sum and the baseline make the layer's peak */
+  memory: { parameters: number; hidden_states: number; activations: number; hessians: number; gptq: number; workers: number };
+  peak_memory_bytes: number;
+  flops: { calibrate: number; propagate: number; gptq: number };
+  seconds: number;
+}
+
+export interface Plan {
+  model: string;
+  scheme: string;
+  method: string;
+  samples: number;
+  tokens: number;
+  layers: LayerPlan[];
+  peak_memory_bytes: number;
+  /** output plus the resume state at its largest (every layer file and one layer's hidden states) */
+  disk_bytes: number;
+  disk: { output: number; resume_state: number };
+  seconds: number;
+  /** the engine's GEMM rate measured for the estimate (GFLOP/s) */
+  gemm_gflops: number;
+}
+
+/** GFLOP/s of the engine's Linear on a [512, 1024] x [1024, 1024] product, best of a few (about 0.2 s). */
+export async function measureGemm(): Promise<number> {
+  const e = getEngine();
+  const x = new Tensor(new Float32Array(512 * 1024).fill(0.5), [512, 1024]);
+  const w = new Tensor(new Float32Array(1024 * 1024).fill(0.25), [1024, 1024]);
+  await e.linear(x, w);
+  let best = Infinity;
+  for (let r = 0; r < 5; r++) {
+    const t0 = performance.now();
+    await e.linear(x, w);
+    best = Math.min(best, (performance.now() - t0) / 1000);
+  }
+  return (2 * 512 * 1024 * 1024) / best / 1e9;
+}
+
+const bytesOf = (dtype: keyof typeof DTYPE_BYTES, shape: readonly number[]): number =>
+  DTYPE_BYTES[dtype] * shape.reduce((a, b) => a * b, 1);
+
+/** The plan of `oneshot(opts)`: nothing is read but headers, config and dataset. */
+export async function plan(opts: OneshotOptions = {}, known: { gemmGflops?: number; samples?: number[][] } = {}): Promise<Plan> {
+  const modelDir = opts.model ?? BUNDLED_MODEL;
+  const method = opts.method ?? "gptq";
+  let scheme: Scheme = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
+  const { family, config } = readModelConfig(modelDir);
+  const ck = Checkpoint.open(modelDir);
+  const model = family.build(config);
+  const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
+  const isTarget = (n: string): boolean => !matchesAny(n, ignore);
+  scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, () => undefined);
+  const samples =
+    known.samples ??
+    loadTokenizedSamples(opts.dataset ?? BUNDLED_DATASET, loadTokenizer(modelDir), {
+      numSamples: opts.numSamples ?? 512,
+      maxSeqLength: opts.maxSeqLength ?? Math.min(2048, config.maxPositionEmbeddings),
+      shuffleSeed: opts.seed ?? 42,
+    });
+  const T = samples.reduce((a, s) => a + s.length, 0);
+  const sumS2 = samples.reduce((a, s) => a + s.length * s.length, 0);
+  const maxS = Math.max(1, ...samples.map((s) => s.length));
+  const raw = config.raw as Record<string, number | undefined>;
+  const heads = raw.num_attention_heads ?? 1;
+  const embed = model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape ?? [1, 1];
+  const H = embed[1] as number;
+  const headDim = raw.head_dim ?? H / heads;
+  const K = config.numExpertsPerTok;
+  const allExperts = opts.calibrateAllExperts ?? true;
+  const routerAware =
+    method === "gptq" &&
+    isRouterAware({
+      statistics: parseExpertStatistics(opts.expertStatistics ?? "uniform"),
+      routedWeight: parseRoutedWeight(opts.routedWeight ?? "one"),
+    });
+  const firstTarget = model.namedModules().find(([n, m]) => m instanceof Linear && isTarget(n))?.[0];
+  const scaleDtype = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
+  const group = { targets: ["Linear"], weights: scheme.weights, inputActivations: scheme.inputActivations, format: scheme.format };
+  const rate = (known.gemmGflops ?? (await measureGemm())) * 1e9;
+  const layers: LayerPlan[] = [];
+  let output = 0;
+  let maxLayerFile = 0;
+  for (let i = 0; i < config.numHiddenLayers; i++) {
+    const prefix = `model.layers.${i}`;
+    const layer = model.getSubmodule(prefix);
+    const linears = layer.namedModules(prefix).filter(([, m]) => m instanceof Linear) as [string, Linear][];
+    const moe = layer
+      .namedModules(prefix)
+      .map(([n, m]) => [n, asMoeBlock(m)] as const)
+      .find(([, b]) => b !== null);
+    const block = moe?.[1] ?? null;
+    const expertLinears = new Set(block ? block.routedExperts().flatMap((e) => [e.gate, e.up, e.down]) : []);
+    let read = 0;
+    let write = 0;
+    let params = 0;
+    for (const [n, p] of layer.namedParameters(prefix)) {
+      const info = ck.has(n) ? ck.info(n) : null;
+      read += info ? bytesOf(info.dtype, info.shape) : 0;
+      params += 4 * p.shape.reduce((a, b) => a * b, 1);
+      const lin = n.endsWith(".weight") ? n.slice(0, -".weight".length) : null;
+      const l = lin !== null ? linears.find(([ln]) => ln === lin)?.[1] : undefined;
+      if (l && lin !== null && isTarget(lin)) {
+        for (const spec of quantizedSpecs(group, l.outFeatures, l.inFeatures).values())
+          write += bytesOf(spec.dtypes.includes(scaleDtype) ? scaleDtype : (spec.dtypes[0] as keyof typeof DTYPE_BYTES), spec.shape);
+      } else write += info ? bytesOf(info.dtype, info.shape) : 0;
+    }
+    // floating-point work: products 2 T in out; Gram sums 2 rows in^2; attention scores and values 4 sum(S^2) heads headDim
+    let calibrate = 4 * sumS2 * heads * headDim;
+    let propagate = calibrate;
+    let gptq = 0;
+    let hessians = 0;
+    for (const [n, l] of linears) {
+      const target = isTarget(n) && method === "gptq";
+      if (expertLinears.has(l)) continue;
+      calibrate += 2 * T * l.inFeatures * l.outFeatures + (target ? 2 * T * l.inFeatures ** 2 : 0);
+      propagate += 2 * T * l.inFeatures * l.outFeatures;
+      if (target) {
+        gptq += 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
+        hessians += 4 * l.inFeatures ** 2;
+      }
+    }
+    let activations = 0;
+    if (block) {
+      const E = block.numRoutedExperts;
+      const ex = block.routedExperts()[0];
+      const Im = ex ? ex.gate.outFeatures : 0;
+      const gateName = linears.find(([, l]) => l === ex?.gate)?.[0];
+      const expertTarget = gateName !== undefined && isTarget(gateName);
+      const rowsGateUp = allExperts ? T * E : T * K;
+      calibrate += 2 * rowsGateUp * H * 2 * Im + 2 * T * K * Im * H;
+      if (method === "gptq" && expertTarget) {
+        calibrate += allExperts ? 2 * T * H * H + 2 * T * E * Im * Im : 2 * T * K * (2 * H * H + Im * Im);
+        if (routerAware) calibrate += 2 * T * K * (H * H + Im * Im);
+        const gateUpPreps = routerAware || !allExperts ? E : 1;
+        gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + gateUpPreps * H ** 3;
+        hessians += 4 * (gateUpPreps * H * H + E * Im * Im) * (routerAware ? 2 : 1);
+      }
+      propagate += 2 * T * K * 3 * H * Im;
+      // the fast path's per-chunk buffers: gate/up products and the activation of one expert
+      activations = 4 * 3 * Im * Math.min(maxS, 2048);
+    }
+    const hidden = 2 * 4 * T * H;
+    activations += 4 * 3 * maxS * Math.max(H, heads * headDim) + 4 * heads * maxS * maxS;
+    const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
+    const workers = method === "gptq" ? gptqPoolSize(weights) : 0;
+    const maxIn = Math.max(1, ...linears.map(([, l]) => l.inFeatures));
+    const gptqBytes = method === "gptq" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
+    const memory = {
+      parameters: params,
+      hidden_states: hidden,
+      activations,
+      hessians,
+      gptq: gptqBytes,
+      workers: workers * PLAN_MODEL.workerBytes,
+    };
+    const peak = PLAN_MODEL.baselineBytes + Object.values(memory).reduce((a, b) => a + b, 0);
+    const e = PLAN_MODEL.efficiency;
+    const seconds =
+      PLAN_MODEL.secondsPerLayer +
+      PLAN_MODEL.secondsPerSampleLayer * samples.length +
+      calibrate / (rate * e.calibrate) +
+      (i < config.numHiddenLayers - 1 ? propagate / (rate * e.propagate) : 0) +
+      gptq / (rate * e.gptq * Math.max(1, Math.min(workers, gptqWorkerCount())));
+    layers.push({
+      layer: i,
+      moe: block !== null,
+      read_bytes: read,
+      write_bytes: write,
+      memory,
+      peak_memory_bytes: peak,
+      flops: { calibrate, propagate: i < config.numHiddenLayers - 1 ? propagate : 0, gptq },
+      seconds,
+    });
+    output += write;
+    maxLayerFile += write;
+  }
+  // embeddings, final norm, lm_head and tensors the model does not use: copied unchanged
+  const layerNames = new Set(model.namedParameters().map(([n]) => n));
+  for (const n of ck.names()) {
+    if (/^model\.layers\.\d+\./.test(n) && layerNames.has(n)) continue;
+    const info = ck.info(n);
+    output += bytesOf(info.dtype, info.shape);
+  }
+  const resumeState = maxLayerFile + 4 * T * H;
+  return {
+    model: path.basename(path.resolve(modelDir)),
+    scheme: scheme.name,
+    method,
+    samples: samples.length,
+    tokens: T,
+    layers,
+    peak_memory_bytes: Math.max(...layers.map((l) => l.peak_memory_bytes)),
+    disk_bytes: output + resumeState,
+    disk: { output, resume_state: resumeState },
+    seconds: layers.reduce((a, l) => a + l.seconds, 0),
+    gemm_gflops: rate / 1e9,
+  };
+}
+
+/** Free bytes on the file system holding `dir` (or its nearest existing parent). */
+export function freeDiskBytes(dir: string): number {
+  let d = path.resolve(dir);
+  while (!fs.existsSync(d) && path.dirname(d) !== d) d = path.dirname(d);
+  const s = fs.statfsSync(d);
+  return s.bavail * s.bsize;
+}
+
+const GB = 1024 ** 3;
+const size = (b: number): string => (b >= GB ? `${(b / GB).toFixed(2)} GiB` : `${(b / 1024 ** 2).toFixed(1)} MiB`);
+const time = (s: number): string =>
+  s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`;
+
+/** The plan in one line (oneshot prints it at start). */
+export function planSummary(p: Plan): string {
+  return `plan: peak memory ${size(p.peak_memory_bytes)}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
+}
+
+/** The plan per layer and in total, as text. */
+export function formatPlan(p: Plan): string {
+  const lines = [
+    `${p.model}: ${p.scheme} ${p.method}, ${p.samples} samples / ${p.tokens} tokens`,
+    "layer  kind   read       write      peak memory  (hidden states, Hessians, GPTQ)   GFLOP calib / propagate / GPTQ   time",
+  ];
+  for (const l of p.layers) {
+    const m = l.memory;
+    const g = (f: number): string => (f / 1e9).toFixed(1);
+    lines.push(
+      `${String(l.layer).padStart(5)}  ${(l.moe ? "moe" : "dense").padEnd(5)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  (${size(m.hidden_states)}, ${size(m.hessians)}, ${size(m.gptq + m.workers)})  ${g(l.flops.calibrate)} / ${g(l.flops.propagate)} / ${g(l.flops.gptq)}  ${time(l.seconds)}`,
+    );
+  }
+  lines.push(planSummary(p));
+  return lines.join("\n");
+}
+
+const SHRINKS: Record<keyof LayerPlan["memory"], string> = {
+  hidden_states: "fewer --num-samples or a shorter --max-seq-length",
+  hessians: "--method rtn (no Hessians)",
+  gptq: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS) or --method rtn",
+  workers: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS)",
+  activations: "a shorter --max-seq-length",
+  parameters: "a machine with more memory (one layer's weights must fit)",
+};
+
+/** Refuse a plan that does not fit: naming what is too big and which option shrinks it. */
+export function checkPlan(p: Plan, limits: { maxMemory: number; freeDisk: number; output: string }): void {
+  const worst = p.layers.reduce((a, b) => (b.peak_memory_bytes > a.peak_memory_bytes ? b : a));
+  if (worst.peak_memory_bytes > limits.maxMemory) {
+    const [part, bytes] = Object.entries(worst.memory).reduce((a, b) => (b[1] > a[1] ? b : a)) as [keyof LayerPlan["memory"], number];
+    throw new UsageError(
+      `the plan needs ${size(worst.peak_memory_bytes)} of memory at layer ${worst.layer}, more than --max-memory ${size(limits.maxMemory)}; the largest part is ${part.replace("_", " ")} (${size(bytes)}): ${SHRINKS[part]} shrinks it`,
+    );
+  }
+  if (p.disk_bytes > limits.freeDisk) {
+    throw new UsageError(
+      `the plan needs ${size(p.disk_bytes)} of disk (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}), but the file system of ${limits.output} has ${size(limits.freeDisk)} free; free some space or choose another --output`,
+    );
+  }
+}
+
+/** Parse a size: bytes, or a number with K, M, G or T (powers of 1024). */
+export function parseBytes(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`"${text}" is not a size (bytes, or a number with K, M, G or T)`);
+  const unit = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[(m[2] ?? "").toUpperCase() as "" | "K" | "M" | "G" | "T"];
+  return Math.round(Number(m[1]) * unit);
+}

@@ -1,0 +1,76 @@
+/**
+ * The plan against a real run on the bundled model: exact byte counts (weights read, tensors
+ * written), the work per phase, the peak memory near the run's, and oneshot's refusals.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { parseBytes, plan } from "../../src/pipeline/plan.js";
+import { runFromSummary } from "../../src/pipeline/report.js";
+import { ROOT, TEXT, TINY } from "../helpers.js";
+
+const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-plan-"));
+const args = ["--dataset", path.join(TEXT, "eval-prose.jsonl"), "--num-samples", "16", "--max-seq-length", "128"];
+
+test("plan vs a run on the bundled model: bytes read and written exactly, work per phase, peak memory within 25% of the run's", async () => {
+  const p = await plan({ dataset: path.join(TEXT, "eval-prose.jsonl"), numSamples: 16, maxSeqLength: 128 }, { gemmGflops: 50 });
+  const out = path.join(tmp, "run");
+  const r = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", out, "--quiet"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const index = JSON.parse(fs.readFileSync(path.join(out, "model.safetensors.index.json"), "utf8")) as { metadata: { total_size: number } };
+  assert.equal(p.disk.output, index.metadata.total_size, "planned output bytes = the written tensors' bytes");
+  const ck = Checkpoint.open(TINY);
+  for (const l of p.layers) {
+    const read = ck
+      .names()
+      .filter((n) => n.startsWith(`model.layers.${l.layer}.`))
+      .reduce((a, n) => a + ck.info(n).end - ck.info(n).begin, 0);
+    assert.equal(l.read_bytes, read, `layer ${l.layer} reads its weights once`);
+    assert.ok(l.flops.calibrate > 0 && l.flops.gptq > 0);
+    assert.equal(l.moe, l.layer > 0);
+  }
+  assert.equal(p.layers.at(-1)?.flops.propagate, 0, "the last layer's outputs are not propagated");
+  assert.ok(p.layers.every((l) => l.memory.hidden_states === 2 * 4 * p.tokens * 128));
+  assert.equal(p.disk.resume_state, 4 * p.tokens * 128 + p.layers.reduce((a, l) => a + l.write_bytes, 0));
+  const measured = runFromSummary(r.stdout)?.peakRssMb ?? 0;
+  const planned = p.peak_memory_bytes / 1024 ** 2;
+  assert.ok(Math.abs(planned - measured) <= 0.25 * measured, `planned ${planned.toFixed(0)} MiB, measured ${measured} MB`);
+});
+
+test("moecal plan --json: an object with peak_memory_bytes, disk_bytes, seconds and the per-layer detail", () => {
+  const r = spawnSync(process.execPath, [cli, "plan", ...args, "--json"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as Record<string, unknown>;
+  for (const k of ["peak_memory_bytes", "disk_bytes", "seconds"]) assert.ok(typeof j[k] === "number" && (j[k] as number) > 0, k);
+  assert.equal((j.layers as unknown[]).length, 4);
+  const text = spawnSync(process.execPath, [cli, "plan", ...args], { encoding: "utf8" });
+  assert.match(
+    text.stdout,
+    /plan: peak memory [\d.]+ MiB, disk [\d.]+ MiB \(output [\d.]+ MiB, resume state [\d.]+ MiB\), about [\d.]+ (s|min)/,
+  );
+});
+
+test("oneshot prints the plan's summary first and refuses a plan over --max-memory, naming the largest part and what shrinks it", () => {
+  const out = path.join(tmp, "small");
+  const r = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", out, "--max-memory", "64M"], { encoding: "utf8" });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(
+    r.stderr,
+    /the plan needs [\d.]+ MiB of memory at layer \d, more than --max-memory 64.0 MiB; the largest part is .*shrinks it/,
+  );
+  assert.equal(fs.existsSync(out), false);
+  const ok = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", path.join(tmp, "ok"), "--method", "rtn"], {
+    encoding: "utf8",
+  });
+  assert.match(ok.stderr.split("\n")[1] ?? "", /plan: peak memory/);
+});
+
+test("sizes parse with binary units", () => {
+  assert.deepEqual(["1024", "64M", "1.5G", "2KiB", "3 GB"].map(parseBytes), [1024, 64 * 1024 ** 2, 1.5 * 1024 ** 3, 2048, 3 * 1024 ** 3]);
+  assert.throws(() => parseBytes("lots"), /not a size/);
+});
