@@ -14,19 +14,18 @@ import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
 import { type HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
 import { closeSharedGptqPool, gptqWorkerCount } from "../src/quantization/gptq-pool.js";
 import { Linear } from "../src/nn/layers.js";
-import { runFromSummary } from "../src/pipeline/report.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
 import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
 import { timeGptqBlock } from "./gptq.js";
+import { measure, nanoSetup } from "./plan.js";
 import { type Qwen3BlockResult, benchQwen3Block, qwen3Rows } from "./qwen3-block.js";
 
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
 const QWEN3_TOKENS = Number(process.env.BENCH_QWEN3_TOKENS ?? 1024);
 const GEMM_ROUNDS = 4;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-"));
-const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 
 /** bench/peak.c, compiled here: the best of `reps` FMA-loop windows on every core, GFLOP/s (null without gcc). */
 function peakRunner(): ((reps: number) => number | null) | null {
@@ -134,78 +133,37 @@ async function main(): Promise<void> {
   results.qwen3_block = await benchQwen3Block(QWEN3_TOKENS, work);
 
   stage("oneshot end to end on a 4-layer Nano-shaped random model (minutes)");
-  // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens
-  const model = path.join(work, "nano4");
-  const nano = [
-    "--set",
-    "hidden_size=1024",
-    "--set",
-    "num_experts=128",
-    "--set",
-    "num_experts_per_tok=8",
-    "--set",
-    "moe_intermediate_size=256",
-    "--set",
-    "intermediate_size=3072",
-    "--set",
-    "num_attention_heads=8",
-    "--set",
-    "num_key_value_heads=2",
-    "--set",
-    "head_dim=128",
-  ];
-  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "4", ...nano], { encoding: "utf8" });
-  const texts = fs
-    .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => (JSON.parse(l) as { text: string }).text);
-  const long: string[] = [];
-  for (let i = 0; long.length < 64; i++) {
-    let t = "";
-    for (let j = i; Buffer.byteLength(t) < 600; j++) t += (t ? " " : "") + texts[j % texts.length];
-    long.push(JSON.stringify({ text: t }));
-  }
-  const data = path.join(work, "long.jsonl");
-  fs.writeFileSync(data, `${long.join("\n")}\n`);
-  const out = path.join(work, "nano4-w4a16");
-  const run =
-    gen.status === 0
-      ? spawnSync(
-          process.execPath,
-          [
-            cli,
-            "oneshot",
-            "--model",
-            model,
-            "--dataset",
-            data,
-            "--num-samples",
-            "64",
-            "--max-seq-length",
-            "512",
-            "--output",
-            out,
-            "--quiet",
-          ],
-          { encoding: "utf8" },
-        )
-      : null;
-  if (run?.status === 0) {
-    const rep = JSON.parse(fs.readFileSync(path.join(out, "moecal.json"), "utf8")) as { tokens: number };
-    const timing = runFromSummary(run.stdout) ?? { wallSeconds: Number.NaN, peakRssMb: Number.NaN };
+  // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens, with its plan; the
+  // fraction of the engine's GEMM rate (measured above) reached over the plan's counted work
+  try {
+    const { model, data } = nanoSetup(work);
+    const e2e = measure(
+      "nano4",
+      model,
+      ["--dataset", data, "--num-samples", "64", "--max-seq-length", "512"],
+      path.join(work, "nano4-w4a16"),
+    );
     results.oneshot_nano4 = {
-      seconds: timing.wallSeconds,
-      peak_rss_mb: timing.peakRssMb,
-      tokens_per_s: rep.tokens / timing.wallSeconds,
-      tokens: rep.tokens,
+      ...e2e,
+      tokens_per_s: e2e.tokens / e2e.seconds,
+      gemm_gflops: large,
+      flops_formula: "docs/performance.md#the-plans-model",
+      fraction_of_gemm: e2e.planned.flops / e2e.seconds / 1e9 / large,
     };
-  } else results.oneshot_nano4 = { seconds: null, peak_rss_mb: null, tokens_per_s: null, error: (run ?? gen).stderr.slice(-500) };
+  } catch (e) {
+    if (!(e instanceof MoecalError)) throw e;
+    results.oneshot_nano4 = { seconds: null, peak_rss_mb: null, tokens_per_s: null, error: e.message.slice(-500) };
+  }
 
   fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "results.json"), `${JSON.stringify(results, null, 2)}\n`);
   const f = (v: number | null | undefined, d = 1): string => (v === null || v === undefined ? "n/a" : v.toFixed(d));
   const gp = results.gptq_block as { seconds: { ours: number; ours_cold: number; torch_per_expert: number | null } };
-  const o = results.oneshot_nano4 as { seconds: number | null; peak_rss_mb: number | null; tokens_per_s: number | null };
+  const o = results.oneshot_nano4 as {
+    seconds: number | null;
+    peak_rss_mb: number | null;
+    tokens_per_s: number | null;
+    fraction_of_gemm?: number;
+  };
   console.log("| measurement | value | ratio |");
   console.log("|---|---:|---:|");
   console.log(`| measured fp32 peak (FMA loop, ${os.availableParallelism()} threads) | ${f(peak)} GFLOP/s | |`);
@@ -230,7 +188,7 @@ async function main(): Promise<void> {
     `| same, per-expert PyTorch | ${f(gp.seconds.torch_per_expert)} s | ours ${gp.seconds.torch_per_expert ? `${f(gp.seconds.torch_per_expert / gp.seconds.ours)}x (warm) / ${f(gp.seconds.torch_per_expert / gp.seconds.ours_cold)}x (cold) faster` : "n/a"} |`,
   );
   console.log(
-    `| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s |`,
+    `| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s, ${f(o.fraction_of_gemm, 2)} of the GEMM rate |`,
   );
   for (const line of qwen3Rows(results.qwen3_block as Qwen3BlockResult)) console.log(line);
   fs.rmSync(work, { recursive: true, force: true });

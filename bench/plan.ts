@@ -1,0 +1,147 @@
+/**
+ * `npm run bench:plan`: the plan against real oneshot runs, each as a separate process (its peak
+ * RSS its own): the bundled model (its default calibration set) and a 4-layer Nano-shaped random
+ * model (64 x 512 tokens). For each: planned vs measured seconds and peak RSS, and the measured
+ * seconds per phase (calibrate, quantize, propagate, write), read from oneshot's timestamped
+ * progress lines. Writes bench/plan-results.json.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { runFromSummary } from "../src/pipeline/report.js";
+import { PACKAGE_ROOT } from "../src/paths.js";
+import { MoecalError } from "../src/errors.js";
+
+const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
+
+export interface EndToEnd {
+  name: string;
+  /** the model's config.json */
+  config: Record<string, unknown>;
+  tokens: number;
+  seconds: number;
+  peak_rss_mb: number;
+  /** seconds per phase, summed over layers (plus "setup": before the first layer, "assemble": after the last) */
+  phases: Record<string, number>;
+  planned: { seconds: number; peak_memory_mb: number; gemm_gflops: number; flops: number };
+  /** planned / measured */
+  plan_ratio: { seconds: number; peak_memory: number };
+}
+
+/** Seconds per phase from oneshot's non-terminal progress lines (each starts with an ISO time). */
+export function phaseSeconds(stderr: string, wallSeconds: number): Record<string, number> {
+  const events = stderr
+    .split("\n")
+    .map((l) => /^(\S+Z) (.*)$/.exec(l))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ t: Date.parse(m[1] as string) / 1000, text: m[2] as string }));
+  const phases: Record<string, number> = {};
+  const add = (k: string, s: number): void => {
+    phases[k] = (phases[k] ?? 0) + s;
+  };
+  let current = "setup";
+  let since = events[0]?.t ?? 0;
+  for (const e of events) {
+    const phase = /^layer \d+\/\d+: (calibrate|quantize|propagate|write)$/.exec(e.text)?.[1];
+    const done = /^layer \d+\/\d+: \d+ Linear quantized/.test(e.text);
+    if (!phase && !done) continue;
+    add(current, e.t - since);
+    since = e.t;
+    current = phase ?? "assemble";
+  }
+  // the time before the first line and after the last one (assembling the output, writing the report)
+  const total = Object.values(phases).reduce((a, b) => a + b, 0);
+  add("assemble", Math.max(0, wallSeconds - total));
+  return phases;
+}
+
+/** Plan, then run oneshot on `model` with `args`, in separate processes. */
+export function measure(name: string, model: string, args: string[], out: string): EndToEnd {
+  const common = ["--model", model, ...args];
+  const planRun = spawnSync(process.execPath, [cli, "plan", ...common, "--json"], { encoding: "utf8" });
+  if (planRun.status !== 0) throw new MoecalError("E_BENCH", `plan failed: ${planRun.stderr}`);
+  const p = JSON.parse(planRun.stdout) as {
+    seconds: number;
+    peak_memory_bytes: number;
+    gemm_gflops: number;
+    tokens: number;
+    layers: { flops: Record<string, number> }[];
+  };
+  const run = spawnSync(process.execPath, [cli, "oneshot", ...common, "--output", out, "--overwrite"], {
+    encoding: "utf8",
+    maxBuffer: 64 * 1024 ** 2,
+  });
+  const timing = runFromSummary(run.stdout);
+  if (run.status !== 0 || !timing) throw new MoecalError("E_BENCH", `oneshot failed: ${run.stderr.slice(-800)}`);
+  const flops = p.layers.reduce((a, l) => a + Object.values(l.flops).reduce((x, y) => x + y, 0), 0);
+  return {
+    name,
+    config: JSON.parse(fs.readFileSync(path.join(model, "config.json"), "utf8")) as Record<string, unknown>,
+    tokens: p.tokens,
+    seconds: timing.wallSeconds,
+    peak_rss_mb: timing.peakRssMb,
+    phases: phaseSeconds(run.stderr, timing.wallSeconds),
+    planned: { seconds: p.seconds, peak_memory_mb: p.peak_memory_bytes / 1024 ** 2, gemm_gflops: p.gemm_gflops, flops },
+    plan_ratio: { seconds: p.seconds / timing.wallSeconds, peak_memory: p.peak_memory_bytes / 1024 ** 2 / timing.peakRssMb },
+  };
+}
+
+/** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
+export function nanoSetup(work: string): { model: string; data: string } {
+  const model = path.join(work, "nano4");
+  const nano = [
+    ["hidden_size", 1024],
+    ["num_experts", 128],
+    ["num_experts_per_tok", 8],
+    ["moe_intermediate_size", 256],
+    ["intermediate_size", 3072],
+    ["num_attention_heads", 8],
+    ["num_key_value_heads", 2],
+    ["head_dim", 128],
+  ].flatMap(([k, v]) => ["--set", `${k}=${v}`]);
+  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "4", ...nano], { encoding: "utf8" });
+  if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
+  const texts = fs
+    .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { text: string }).text);
+  const long: string[] = [];
+  for (let i = 0; long.length < 64; i++) {
+    let t = "";
+    for (let j = i; Buffer.byteLength(t) < 600; j++) t += (t ? " " : "") + texts[j % texts.length];
+    long.push(JSON.stringify({ text: t }));
+  }
+  const data = path.join(work, "long.jsonl");
+  fs.writeFileSync(data, `${long.join("\n")}\n`);
+  return { model, data };
+}
+
+async function main(): Promise<void> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-plan-"));
+  const results: EndToEnd[] = [];
+  const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:plan: ${s}\n`);
+  log("the bundled model, default options");
+  results.push(measure("tiny-afmoe", path.join(PACKAGE_ROOT, "models", "tiny-afmoe"), [], path.join(work, "tiny-out")));
+  log("a 4-layer Nano-shaped random model, 64 x 512 tokens (minutes)");
+  const { model, data } = nanoSetup(work);
+  results.push(measure("nano4", model, ["--dataset", data, "--num-samples", "64", "--max-seq-length", "512"], path.join(work, "nano-out")));
+  fs.writeFileSync(
+    path.join(PACKAGE_ROOT, "bench", "plan-results.json"),
+    `${JSON.stringify({ date: new Date().toISOString(), results }, null, 2)}\n`,
+  );
+  console.log("| run | tokens | seconds planned / measured | peak memory planned / measured (MB) | phases (s) |");
+  console.log("|---|---:|---|---|---|");
+  for (const r of results)
+    console.log(
+      `| ${r.name} | ${r.tokens} | ${r.planned.seconds.toFixed(1)} / ${r.seconds.toFixed(1)} (${r.plan_ratio.seconds.toFixed(2)}) | ${r.planned.peak_memory_mb.toFixed(0)} / ${r.peak_rss_mb.toFixed(0)} (${r.plan_ratio.peak_memory.toFixed(2)}) | ${Object.entries(
+        r.phases,
+      )
+        .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+        .join(", ")} |`,
+    );
+  fs.rmSync(work, { recursive: true, force: true });
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();
