@@ -37,6 +37,7 @@ import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.j
 import { type LayerReport, type OneshotReport, layerSummary, writeReportFiles } from "./report.js";
 import {
   assertComplete,
+  assertNoFusedSplit,
   checkUnexpectedTensors,
   fitGroupSize,
   largestLayerWork,
@@ -177,19 +178,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
           `--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
         );
     }
-    if (opts.vllmCheck ?? true) {
-      const conflicts = fusedSchemeConflicts(family.fusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized"));
-      if (conflicts.length) {
-        const rest =
-          conflicts
-            .slice(1, 4)
-            .map((c) => `\n  ${c}`)
-            .join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
-        throw new UsageError(
-          `the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`,
-        );
-      }
-    }
+    if (opts.vllmCheck ?? true) assertNoFusedSplit(fusedSchemeConflicts(family.fusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized")));
     const targetSet = new Set(allLinears.filter(isTarget));
     const sharedGlobalScale = oneWeightSets(family.fusedGroups(allLinears));
     checkUnexpectedTensors(mapping.unexpected, config, targetSet, modelDir, warn);

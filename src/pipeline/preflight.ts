@@ -134,3 +134,16 @@ export function servedShapes(
     .map((n) => [n, linear(n).outFeatures, linear(n).inFeatures] as [string, number, number]);
   return [experts, dense];
 }
+
+/** Refuse an ignore list that splits a module vLLM fuses (`conflicts` from fusedSchemeConflicts). */
+export function assertNoFusedSplit(conflicts: readonly string[]): void {
+  if (conflicts.length === 0) return;
+  const rest =
+    conflicts
+      .slice(1, 4)
+      .map((c) => `\n  ${c}`)
+      .join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
+  throw new UsageError(
+    `the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`,
+  );
+}
