@@ -45,8 +45,8 @@ import {
   seedForJson,
   servedShapes,
 } from "./preflight.js";
-import { type StreamModel, eachLayer, embedSamples } from "./stream.js";
-import { type CheckpointStage, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
+import { type StreamModel, withParameters } from "./stream.js";
+import { type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
 import { type Plan, checkPlan, freeDiskBytes, plan } from "./plan.js";
 
 export interface OneshotOptions {
@@ -178,7 +178,8 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
           `--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
         );
     }
-    if (opts.vllmCheck ?? true) assertNoFusedSplit(fusedSchemeConflicts(family.fusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized")));
+    if (opts.vllmCheck ?? true)
+      assertNoFusedSplit(fusedSchemeConflicts(family.fusedGroups(allLinears), (n) => (isTarget(n) ? scheme.name : "unquantized")));
     const targetSet = new Set(allLinears.filter(isTarget));
     const sharedGlobalScale = oneWeightSets(family.fusedGroups(allLinears));
     checkUnexpectedTensors(mapping.unexpected, config, targetSet, modelDir, warn);
@@ -242,21 +243,33 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     if (poolSize > 0) void sharedGptqPool(poolSize);
 
     const streamed: StreamModel = { model, source, mapping, config };
-    const start = state.layer + 1;
     const H = (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
-    const hidden0 =
-      start === 0
-        ? await embedSamples(streamed, samples)
-        : start < N
-          ? work.hidden(
-              state.layer,
-              samples.map((s) => s.length),
-              H,
-            )
-          : [];
+    const lengths = samples.map((s) => s.length);
     const layerWork = work;
-    await eachLayer(streamed, hidden0, start, async (layer, i, hidden) => {
-      opts.onProgress?.({ kind: "layer", layer: i, layers: config.numHiddenLayers });
+    // hidden states live in the work folder, not in memory: the embeddings (layer 0's input) first
+    if (state.layer < 0) {
+      const w = work.hiddenWriter(-1);
+      await withParameters(streamed, "model.embed_tokens", async () => {
+        for (const ids of samples) w.append(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
+      });
+      w.commit();
+    }
+    /** Each sample's input of layer `i`, read back in chunks, with its index and the tokens up to it. */
+    const eachInput = async (i: number, each: (h: Tensor, s: number, tokens: number) => Promise<void>): Promise<void> => {
+      let s = 0;
+      let tokens = 0;
+      for await (const chunk of layerWork.hiddenChunks(i - 1, lengths, H, HIDDEN_CHUNK_TOKENS))
+        for (const h of chunk) {
+          tokens += h.dim(1);
+          await each(h, s++, tokens);
+        }
+    };
+    for (let i = state.layer + 1; i < N; i++) {
+      await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
+    }
+    async function quantizeLayer(i: number): Promise<void> {
+      const layer = model.model.layers.at(i);
+      opts.onProgress?.({ kind: "layer", layer: i, layers: N });
       const prefix = `model.layers.${i}`;
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
@@ -264,14 +277,13 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       const ia = scheme.inputActivations;
       const absMax = ia && (!ia.dynamic || ia.dynamic === "local") ? attachInputAbsMax(targets.linears) : null;
       const tracker = trackCoverage(layer, prefix);
-      const tokensUpTo = (s: number): number => hidden.slice(0, s + 1).reduce((a, h) => a + h.dim(1), 0);
       opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
       try {
         await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
-          for (let s = 0; s < hidden.length; s++) {
-            await l.call(hidden[s] as Tensor);
-            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: hidden.length, tokens: tokensUpTo(s) });
-          }
+          await eachInput(i, async (h, s, tokens) => {
+            await l.call(h);
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: samples.length, tokens });
+          });
         });
       } finally {
         tracker.remove();
@@ -292,16 +304,23 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       });
       state.fallbacks.push(...fb);
       targets.hessians.clear();
-      const next: Tensor[] = [];
       // the last layer's outputs feed only unquantized modules (norm, lm_head): no propagation needed
-      const propagate = i < config.numHiddenLayers - 1;
-      if (propagate) opts.onProgress?.({ kind: "phase", layer: i, phase: "propagate" });
-      for (let s = 0; propagate && s < hidden.length; s++) {
-        next.push(await layer.call(hidden[s] as Tensor));
-        opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: hidden.length, tokens: tokensUpTo(s) });
+      const next = i < N - 1 ? layerWork.hiddenWriter(i) : null;
+      if (next) {
+        opts.onProgress?.({ kind: "phase", layer: i, phase: "propagate" });
+        try {
+          await eachInput(i, async (h, s, tokens) => {
+            const out = await layer.call(h);
+            assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
+            next.append(out);
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: samples.length, tokens });
+          });
+        } catch (e) {
+          next.abandon();
+          throw e;
+        }
       }
       opts.onProgress?.({ kind: "phase", layer: i, phase: "write" });
-      for (const h of next) assertFinite(h, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
       const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
       const layerTensors: NamedRaw[] = [];
       for (const [n] of layer.namedParameters(prefix)) {
@@ -324,10 +343,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       const summary = layerSummary(i, cov, results, fb);
       state.layers.push(summary);
       state.layer = i;
-      layerWork.saveLayer(state, layerTensors, propagate ? next : null, opts.onCheckpoint && ((stage) => opts.onCheckpoint?.(stage, i)));
+      layerWork.saveLayer(state, layerTensors, next, opts.onCheckpoint && ((stage) => opts.onCheckpoint?.(stage, i)));
       opts.onProgress?.({ kind: "layer-done", layer: i, summary });
-      return next;
-    });
+    }
     // the output, assembled from the finished layers in one order whether or not the run was resumed
     const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
     const written = new Set<string>();

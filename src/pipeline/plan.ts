@@ -23,6 +23,7 @@ import { loadTokenizedSamples } from "./dataset.js";
 import { UsageError } from "../errors.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
+import { HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
 import { fitGroupSize, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 
@@ -59,7 +60,7 @@ export interface Plan {
   tokens: number;
   layers: LayerPlan[];
   peak_memory_bytes: number;
-  /** output plus the resume state at its largest (every layer file and one layer's hidden states) */
+  /** output plus the resume state at its largest (every layer file and two layers' hidden states) */
   disk_bytes: number;
   disk: { output: number; resume_state: number };
   seconds: number;
@@ -185,7 +186,8 @@ export async function plan(opts: OneshotOptions = {}, known: { gemmGflops?: numb
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(maxS, 2048);
     }
-    const hidden = 2 * 4 * T * H;
+    // samples are read back from the work folder in chunks; one sample's output is held at a time
+    const hidden = 4 * H * (Math.min(T, HIDDEN_CHUNK_TOKENS) + maxS);
     activations += 4 * 3 * maxS * Math.max(H, heads * headDim) + 4 * heads * maxS * maxS;
     const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
     const workers = method === "gptq" ? gptqPoolSize(weights) : 0;
@@ -227,7 +229,8 @@ export async function plan(opts: OneshotOptions = {}, known: { gemmGflops?: numb
     const info = ck.info(n);
     output += bytesOf(info.dtype, info.shape);
   }
-  const resumeState = maxLayerFile + 4 * T * H;
+  // every layer's file, and the hidden states a layer reads and writes (two at a time)
+  const resumeState = maxLayerFile + 2 * 4 * T * H;
   return {
     model: path.basename(path.resolve(modelDir)),
     scheme: scheme.name,

@@ -59,11 +59,10 @@ export async function embedSamples(m: StreamModel, samples: number[][]): Promise
 export async function eachLayer(
   m: StreamModel,
   hidden: Tensor[],
-  from: number,
   step: (layer: DecoderLayer, index: number, hidden: Tensor[]) => Promise<Tensor[]>,
 ): Promise<Tensor[]> {
   let h = hidden;
-  for (let i = from; i < m.config.numHiddenLayers; i++) {
+  for (let i = 0; i < m.config.numHiddenLayers; i++) {
     const input = h;
     h = await withParameters(m, `model.layers.${i}`, () => step(m.model.model.layers.at(i), i, input));
   }
@@ -73,7 +72,7 @@ export async function eachLayer(
 /** Each sample's hidden states after the last layer (and the final norm unless told not to). */
 export async function streamedHidden(m: StreamModel, samples: number[][], opts: StreamOptions = {}): Promise<Tensor[]> {
   const around: LayerContext = opts.around ?? ((layer, _i, body) => body(layer));
-  const hidden = await eachLayer(m, await embedSamples(m, samples), 0, async (layer, i, input) => {
+  const hidden = await eachLayer(m, await embedSamples(m, samples), async (layer, i, input) => {
     const out: Tensor[] = [];
     await around(layer, i, async (l) => {
       for (const h of input) out.push(await l.call(h));

@@ -38,6 +38,9 @@ export interface WorkState {
 /** Points inside a layer's checkpoint, for tests that stop the process there. */
 export type CheckpointStage = "tensors" | "hidden" | "state";
 
+/** Calibration samples are read back from the work folder in groups of at most this many tokens (their memory: 4 H bytes per token). */
+export const HIDDEN_CHUNK_TOKENS = 65536;
+
 const MANIFEST = "manifest.json";
 const STATE = "state.json";
 /** Largest manifest or state file read back (a state holds per-layer reports and fallbacks). */
@@ -64,6 +67,24 @@ export function modelIdentity(dir: string, weightFiles: readonly string[]): Reco
   return id;
 }
 
+/** fsync a folder, so a rename in it survives a power loss. */
+function syncFolder(dir: string): void {
+  const fd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Hidden states being written, one sample at a time. */
+export interface HiddenWriter {
+  append(t: Tensor): void;
+  commit(): void;
+  /** close and delete the temporary file (the run failed) */
+  abandon(): void;
+}
+
 /** Write a file atomically: a temporary sibling, fsync, rename, fsync of the folder. */
 function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
   const tmp = `${file}.tmp`;
@@ -79,12 +100,7 @@ function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
       fs.closeSync(fd);
     }
     fs.renameSync(tmp, file);
-    const dir = fs.openSync(path.dirname(file), "r");
-    try {
-      fs.fsyncSync(dir);
-    } finally {
-      fs.closeSync(dir);
-    }
+    syncFolder(path.dirname(file));
   } catch (cause) {
     throw new IoError(`${file}: write failed (${(cause as Error).message})`, { cause });
   }
@@ -163,31 +179,54 @@ export class WorkFolder {
     return path.join(this.dir, `layer-${i}.safetensors`);
   }
 
+  /** The hidden states after layer `i` (-1: the embeddings, the input of layer 0). */
   private hiddenFile(i: number): string {
-    return path.join(this.dir, `hidden-${i}.bin`);
+    return path.join(this.dir, i < 0 ? "embeddings.bin" : `hidden-${i}.bin`);
   }
 
   /**
-   * Record a finished layer: its tensors, the hidden states the next layer reads (none after the
-   * last layer), then the state; the previous layer's hidden states are deleted afterwards.
+   * Write the hidden states after layer `i` (-1: the embeddings) one sample at a time, as float32
+   * in sample order, to a temporary file; `commit` makes it visible (fsync, rename), as
+   * `saveLayer` does for a layer's, between its tensors and its state.
    */
-  saveLayer(state: WorkState, tensors: NamedRaw[], hidden: readonly Tensor[] | null, stop?: (stage: CheckpointStage) => void): void {
-    const i = state.layer;
-    writeAtomic(this.layerFile(i), encodeSafetensors(tensors));
-    stop?.("tensors");
-    if (hidden)
-      writeAtomic(
-        this.hiddenFile(i),
-        hidden.map((h) => new Uint8Array(h.data.buffer, h.data.byteOffset, h.data.byteLength)),
-      );
-    stop?.("hidden");
-    writeAtomic(path.join(this.dir, STATE), [Buffer.from(JSON.stringify(state))]);
-    stop?.("state");
-    fs.rmSync(this.hiddenFile(i - 1), { force: true });
+  hiddenWriter(i: number): HiddenWriter {
+    const file = this.hiddenFile(i);
+    const tmp = `${file}.tmp`;
+    const fd = fs.openSync(tmp, "w");
+    let open = true;
+    const close = (): void => {
+      if (open) fs.closeSync(fd);
+      open = false;
+    };
+    return {
+      append: (t) => {
+        const b = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+        let done = 0;
+        try {
+          while (done < b.byteLength) done += fs.writeSync(fd, b, done, b.byteLength - done);
+        } catch (cause) {
+          close();
+          throw new IoError(`${tmp}: write failed (${(cause as Error).message})`, { cause });
+        }
+      },
+      commit: () => {
+        fs.fsyncSync(fd);
+        close();
+        fs.renameSync(tmp, file);
+        syncFolder(this.dir);
+      },
+      abandon: () => {
+        close();
+        fs.rmSync(tmp, { force: true });
+      },
+    };
   }
 
-  /** The hidden states after layer `i`, one [S, H] tensor per sample of the given lengths. */
-  hidden(i: number, lengths: readonly number[], H: number): Tensor[] {
+  /**
+   * The hidden states after layer `i` (-1: the embeddings), [1, S, H] per sample of the given
+   * lengths, read from disk in groups of samples of at most `maxTokens` tokens.
+   */
+  async *hiddenChunks(i: number, lengths: readonly number[], H: number, maxTokens: number): AsyncGenerator<Tensor[]> {
     const file = this.hiddenFile(i);
     const expected = lengths.reduce((a, b) => a + b, 0) * H * 4;
     const size = fs.existsSync(file) ? fs.statSync(file).size : -1;
@@ -195,15 +234,51 @@ export class WorkFolder {
       throw new CheckpointFormatError(
         `${file}: ${size < 0 ? "missing" : `${size} bytes`}, expected ${expected}; rerun with --restart to discard the work folder`,
       );
-    const buf = fs.readFileSync(file);
-    const all = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
-    const out: Tensor[] = [];
-    let off = 0;
-    for (const S of lengths) {
-      out.push(new Tensor(all.slice(off, off + S * H), [1, S, H]));
-      off += S * H;
+    const fd = fs.openSync(file, "r");
+    try {
+      let pos = 0;
+      for (let s0 = 0; s0 < lengths.length; ) {
+        let s1 = s0;
+        let tokens = 0;
+        while (s1 < lengths.length && (s1 === s0 || tokens + (lengths[s1] as number) <= maxTokens)) tokens += lengths[s1++] as number;
+        const buf = new Float32Array(tokens * H);
+        const bytes = new Uint8Array(buf.buffer);
+        let done = 0;
+        while (done < bytes.byteLength) {
+          const n = fs.readSync(fd, bytes, done, bytes.byteLength - done, pos + done);
+          if (n === 0) throw new CheckpointFormatError(`${file}: ended early`);
+          done += n;
+        }
+        pos += bytes.byteLength;
+        const chunk: Tensor[] = [];
+        let off = 0;
+        for (let s = s0; s < s1; s++) {
+          const S = lengths[s] as number;
+          chunk.push(new Tensor(buf.subarray(off, off + S * H), [1, S, H]));
+          off += S * H;
+        }
+        yield chunk;
+        s0 = s1;
+      }
+    } finally {
+      fs.closeSync(fd);
     }
-    return out;
+  }
+
+  /**
+   * Record a finished layer: its tensors, the hidden states the next layer reads (written already,
+   * made visible now; none after the last layer), then the state; the previous layer's hidden
+   * states are deleted afterwards.
+   */
+  saveLayer(state: WorkState, tensors: NamedRaw[], hidden: HiddenWriter | null, stop?: (stage: CheckpointStage) => void): void {
+    const i = state.layer;
+    writeAtomic(this.layerFile(i), encodeSafetensors(tensors));
+    stop?.("tensors");
+    hidden?.commit();
+    stop?.("hidden");
+    writeAtomic(path.join(this.dir, STATE), [Buffer.from(JSON.stringify(state))]);
+    stop?.("state");
+    fs.rmSync(this.hiddenFile(i - 1), { force: true });
   }
 
   /** The quantized and copied tensors of layer `i`, in the order they were recorded. */

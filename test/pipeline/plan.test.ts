@@ -35,8 +35,9 @@ test("plan vs a run on the bundled model: bytes read and written exactly, work p
     assert.equal(l.moe, l.layer > 0);
   }
   assert.equal(p.layers.at(-1)?.flops.propagate, 0, "the last layer's outputs are not propagated");
-  assert.ok(p.layers.every((l) => l.memory.hidden_states === 2 * 4 * p.tokens * 128));
-  assert.equal(p.disk.resume_state, 4 * p.tokens * 128 + p.layers.reduce((a, l) => a + l.write_bytes, 0));
+  // the samples are read back in chunks from the work folder: here all in one
+  assert.ok(p.layers.every((l) => l.memory.hidden_states === 4 * 128 * (p.tokens + 128)));
+  assert.equal(p.disk.resume_state, 2 * 4 * p.tokens * 128 + p.layers.reduce((a, l) => a + l.write_bytes, 0));
   const measured = runFromSummary(r.stdout)?.peakRssMb ?? 0;
   const planned = p.peak_memory_bytes / 1024 ** 2;
   assert.ok(Math.abs(planned - measured) <= 0.25 * measured, `planned ${planned.toFixed(0)} MiB, measured ${measured} MB`);

@@ -11,6 +11,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ROOT } from "../helpers.js";
+import { Tensor } from "../../src/engine/tensor.js";
+import { WorkFolder } from "../../src/pipeline/work-folder.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-resume-"));
@@ -92,4 +94,37 @@ test("a rerun with other inputs refuses to resume and says what differs; --resta
   assert.equal(restarted.status, 0, String(restarted.stderr));
   assert.equal(events(String(restarted.stdout))[0]?.kind, "layer-done", "started from layer 0");
   assert.equal(fs.existsSync(workOf(out)), false);
+});
+
+test("hidden states written one sample at a time read back exactly, in groups of at most maxTokens tokens", async () => {
+  const out = path.join(tmp, "chunks-out");
+  const work = new WorkFolder(out, { moecal_version: "t", model: {}, dataset_sha256: "d", options: {} }, false);
+  const lengths = [3, 5, 2, 9, 1];
+  const H = 4;
+  const w = work.hiddenWriter(0);
+  const samples = lengths.map(
+    (S, s) =>
+      new Tensor(
+        Float32Array.from({ length: S * H }, (_, k) => s * 100 + k),
+        [1, S, H],
+      ),
+  );
+  for (const t of samples) w.append(t);
+  w.commit();
+  const seen: number[][] = [];
+  const got: Tensor[] = [];
+  for await (const chunk of work.hiddenChunks(0, lengths, H, 7)) {
+    seen.push(chunk.map((t) => t.dim(1)));
+    got.push(...chunk);
+  }
+  // 3+2 would not fit after 5; a sample longer than the limit is a group of its own
+  assert.deepEqual(seen, [[3], [5, 2], [9], [1]]);
+  assert.deepEqual(
+    got.map((t) => [...t.data]),
+    samples.map((t) => [...t.data]),
+  );
+  await assert.rejects(async () => {
+    for await (const _ of work.hiddenChunks(0, [3, 5], H, 7)) void _;
+  }, /bytes, expected/);
+  work.remove();
 });
