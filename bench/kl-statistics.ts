@@ -15,6 +15,7 @@ import { oneshot } from "../src/pipeline/oneshot.js";
 import { type ReferenceLogits, evaluate, referenceLogits } from "../src/pipeline/eval.js";
 import { BUNDLED_MODEL, PACKAGE_ROOT } from "../src/paths.js";
 import { mixedCalibration } from "./mixed-calibration.js";
+import { rng } from "../src/util/random.js";
 
 const SETS = ["prose", "json", "arith"] as const;
 const EXPERTS_ONLY = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.layers\\.0\\.mlp\\..*"];
@@ -46,15 +47,9 @@ function arg(name: string, fallback: string): string {
   return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
 }
 
-/** Seeded bootstrap (mulberry32) of the ratio of mean KL, setting / seed's, over paired draws. */
+/** Seeded bootstrap of the ratio of mean KL, setting / seed's, over paired draws. */
 function bootstrapRatio(a: number[], b: number[], reps = 4000): [number, number] {
-  let s = 12345;
-  const next = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = rng(12345);
   const n = a.length;
   const ratios: number[] = [];
   for (let r = 0; r < reps; r++) {

@@ -8,22 +8,11 @@
 import fs from "node:fs";
 import path from "node:path";
 import { PACKAGE_ROOT } from "../src/paths.js";
+import { rng } from "../src/util/random.js";
 
 const WORDS = "alpha amber beta blue cedar cloud delta falcon gamma green harbor iron lumen north omega quartz red river south stone".split(
   " ",
 );
-
-/** mulberry32: a small seeded generator (the file must be the same on every machine). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function jsonRecord(r: () => number): string {
   const pick = (): string => WORDS[Math.floor(r() * WORDS.length)] as string;
