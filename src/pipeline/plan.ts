@@ -33,9 +33,13 @@ import { gptqWorkerCount } from "../quantization/gptq-pool.js";
  * resident memory besides the parts counted.
  */
 export const PLAN_MODEL = {
-  efficiency: { calibrate: 0.3, propagate: 0.3, gptq: 0.15 },
+  /** of the GEMM rate; GPTQ's per worker thread */
+  efficiency: { calibrate: 0.64, propagate: 0.39, gptq: 0.11 },
   secondsPerLayer: 0.15,
-  secondsPerSampleLayer: 0.004,
+  /** per sample and layer: the JavaScript-side work a sample costs besides its arithmetic */
+  secondsPerSample: { calibrate: 0.048, propagate: 0.031 },
+  /** the work folder's layer files written and read back, and the output written: 3 x the output's bytes */
+  ioBytesPerSecond: 50e6,
   baselineBytes: 180 * 1024 ** 2,
   workerBytes: 45 * 1024 ** 2,
 } as const;
@@ -46,7 +50,17 @@ export interface LayerPlan {
   read_bytes: number;
   write_bytes: number;
   /** bytes by part; their sum and the baseline make the layer's peak */
-  memory: { parameters: number; hidden_states: number; activations: number; hessians: number; gptq: number; workers: number };
+  memory: {
+    /** the layer's weights in float32 and as read (the checkpoint's bytes) */
+    parameters: number;
+    hidden_states: number;
+    activations: number;
+    hessians: number;
+    gptq: number;
+    workers: number;
+    /** codes (a byte per quantized weight) and the layer's output tensors, held twice while its file is written */
+    outputs: number;
+  };
   peak_memory_bytes: number;
   flops: { calibrate: number; propagate: number; gptq: number };
   seconds: number;
@@ -194,7 +208,8 @@ export async function plan(opts: OneshotOptions = {}, known: { gemmGflops?: numb
     const maxIn = Math.max(1, ...linears.map(([, l]) => l.inFeatures));
     const gptqBytes = method === "gptq" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
     const memory = {
-      parameters: params,
+      parameters: params + read,
+      outputs: weights + 2 * write,
       hidden_states: hidden,
       activations,
       hessians,
@@ -203,12 +218,14 @@ export async function plan(opts: OneshotOptions = {}, known: { gemmGflops?: numb
     };
     const peak = PLAN_MODEL.baselineBytes + Object.values(memory).reduce((a, b) => a + b, 0);
     const e = PLAN_MODEL.efficiency;
+    const last = i === config.numHiddenLayers - 1;
     const seconds =
       PLAN_MODEL.secondsPerLayer +
-      PLAN_MODEL.secondsPerSampleLayer * samples.length +
+      PLAN_MODEL.secondsPerSample.calibrate * samples.length +
       calibrate / (rate * e.calibrate) +
-      (i < config.numHiddenLayers - 1 ? propagate / (rate * e.propagate) : 0) +
-      gptq / (rate * e.gptq * Math.max(1, Math.min(workers, gptqWorkerCount())));
+      (last ? 0 : PLAN_MODEL.secondsPerSample.propagate * samples.length + propagate / (rate * e.propagate)) +
+      gptq / (rate * e.gptq * Math.max(1, Math.min(workers, gptqWorkerCount()))) +
+      (3 * write) / PLAN_MODEL.ioBytesPerSecond;
     layers.push({
       layer: i,
       moe: block !== null,
@@ -282,6 +299,7 @@ export function formatPlan(p: Plan): string {
 }
 
 const SHRINKS: Record<keyof LayerPlan["memory"], string> = {
+  outputs: "a machine with more memory (one layer's quantized tensors must fit)",
   hidden_states: "fewer --num-samples or a shorter --max-seq-length",
   hessians: "--method rtn (no Hessians)",
   gptq: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS) or --method rtn",
