@@ -12,7 +12,8 @@ export function duration(seconds: number): string {
 
 /**
  * The run's time so far and what is left: the mean time of the layers measured in this run times
- * the layers left, less the time the current layer has run (null before a layer has finished).
+ * the layers left, less the time the current layer has run; before a layer has finished, the
+ * plan's times of the layers left (null without a plan).
  */
 export class LayerClock {
   private readonly times: number[] = [];
@@ -37,9 +38,16 @@ export class LayerClock {
     return (this.now() - this.started) / 1000;
   }
 
+  /** the plan's seconds per layer, the ETA's basis until a layer has been measured */
+  planned: number[] | null = null;
+
   /** seconds left with `left` layers to go including the current one */
   eta(left: number): number | null {
-    if (this.times.length === 0) return null;
+    if (this.times.length === 0) {
+      if (!this.planned) return null;
+      const rest = this.planned.slice(this.planned.length - left).reduce((a, b) => a + b, 0);
+      return Math.max(0, rest - (this.now() - this.layerStart) / 1000);
+    }
     const mean = this.times.reduce((a, b) => a + b, 0) / this.times.length;
     return Math.max(0, mean * left - (this.now() - this.layerStart) / 1000);
   }
@@ -136,6 +144,7 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
         runBar?.setTotal(e.layers);
         break;
       case "plan":
+        clock.planned = e.plan.layers.map((l) => l.seconds);
         line(planSummary(e.plan));
         break;
       case "resume":

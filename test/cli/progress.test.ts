@@ -55,6 +55,11 @@ test("durations and the ETA from measured layer times", () => {
   let now = 0;
   const c = new LayerClock(() => now);
   assert.equal(c.eta(3), null);
+  // before any layer is measured, the plan's layer times
+  c.planned = [12, 8, 8];
+  now = 2000;
+  assert.equal(c.eta(3), 26);
+  now = 0;
   c.layerBegins();
   now = 10_000;
   c.layerEnds();

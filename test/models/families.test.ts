@@ -28,6 +28,7 @@ import { asMoeBlock, softmaxTopK } from "../../src/nn/moe.js";
 import { matchesAny } from "../../src/quantization/scheme.js";
 import { evaluate } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
+import { plan } from "../../src/pipeline/plan.js";
 import { openServed } from "../../src/pipeline/serving.js";
 import { ROOT, TEXT, assertClose, assertIntsEqual, relErr } from "../helpers.js";
 import { SCHEME_NAMES } from "../../src/quantization/scheme.js";
@@ -210,6 +211,15 @@ for (const fc of CASES) {
       assert.equal(ck.info(n).dtype, input.info(n).dtype, `${n} dtype`);
     }
     assert.ok(kept > fc.routers.length, `${kept} tensors kept`);
+  });
+
+  test(`${fc.modelType} plan: the bytes the end-to-end run wrote, exactly`, async () => {
+    const p = await plan({ model: DIR, numSamples: 4, maxSeqLength: 32 }, { gemmGflops: 100 });
+    const index = JSON.parse(fs.readFileSync(path.join(tmp, "gptq-W4A16", "model.safetensors.index.json"), "utf8")) as {
+      metadata: { total_size: number };
+    };
+    assert.equal(p.disk.output, index.metadata.total_size);
+    assert.ok(p.layers.some((l) => l.moe) && p.layers.every((l) => l.flops.calibrate > 0 && l.peak_memory_bytes > 0));
   });
 
   test(`npx moecal oneshot --model <a tiny-${fc.modelType} copy> works with no other flag`, () => {
