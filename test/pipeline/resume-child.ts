@@ -1,6 +1,6 @@
 /**
- * A oneshot run for the resume tests, in its own process: `node resume-child.js OUTPUT [LAYER STAGE] [--num-samples N] [--restart]`
- * runs the bundled model's oneshot (GPTQ, 4 samples x 32 tokens) and, given LAYER and STAGE,
+ * A oneshot run for the resume tests, in its own process: `node resume-child.js OUTPUT [LAYER STAGE] [--num-samples N] [--model DIR] [--restart]`
+ * runs the bundled model's (or DIR's) oneshot (GPTQ, 4 samples x 32 tokens) and, given LAYER and STAGE,
  * kills itself with SIGKILL at that point of that layer's checkpoint. Prints each progress event as a JSON line.
  */
 import path from "node:path";
@@ -14,6 +14,7 @@ const flag = (name: string): string | undefined => {
 };
 await oneshot({
   output,
+  model: flag("--model"),
   numSamples: Number(flag("--num-samples") ?? 4),
   maxSeqLength: 32,
   dataset: path.join(TEXT, "eval-json.jsonl"),

@@ -66,6 +66,21 @@ for (const [layer, stage, resumesAfter] of [
   });
 }
 
+for (const family of ["qwen3_moe", "mixtral", "glm4_moe"]) {
+  test(`${family}: killed after layer 1's state, the rerun resumes and writes what an uninterrupted run writes`, () => {
+    const model = path.join(ROOT, "test", "fixtures", `tiny-${family}`);
+    const whole = path.join(tmp, `${family}-whole`);
+    const out = path.join(tmp, `${family}-killed`);
+    assert.equal(run([whole, "--model", model]).status, 0);
+    assert.equal(run([out, "1", "state", "--model", model]).signal, "SIGKILL");
+    const again = run([out, "--model", model]);
+    assert.equal(again.status, 0, String(again.stderr));
+    assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
+    const want = files(whole);
+    for (const [f, bytes] of want) assert.ok(bytes.equals(files(out).get(f) as Buffer), `${f} differs`);
+  });
+}
+
 test("files half-written when the process died (temporaries beside the state) do not change the resumed output", () => {
   const out = path.join(tmp, "half-written");
   assert.equal(run([out, "1", "state"]).signal, "SIGKILL");
