@@ -299,13 +299,13 @@ export function formatPlan(p: Plan): string {
 }
 
 const SHRINKS: Record<keyof LayerPlan["memory"], string> = {
-  outputs: "a machine with more memory (one layer's quantized tensors must fit)",
+  outputs: "no option (one layer's quantized tensors must fit in memory)",
   hidden_states: "fewer --num-samples or a shorter --max-seq-length",
   hessians: "--method rtn (no Hessians)",
   gptq: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS) or --method rtn",
   workers: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS)",
   activations: "a shorter --max-seq-length",
-  parameters: "a machine with more memory (one layer's weights must fit)",
+  parameters: "no option (one layer's weights must fit in memory)",
 };
 
 /** Refuse a plan that does not fit: naming what is too big and which option shrinks it. */
@@ -313,6 +313,10 @@ export function checkPlan(p: Plan, limits: { maxMemory: number; freeDisk: number
   const worst = p.layers.reduce((a, b) => (b.peak_memory_bytes > a.peak_memory_bytes ? b : a));
   if (worst.peak_memory_bytes > limits.maxMemory) {
     const [part, bytes] = Object.entries(worst.memory).reduce((a, b) => (b[1] > a[1] ? b : a)) as [keyof LayerPlan["memory"], number];
+    if (bytes < PLAN_MODEL.baselineBytes)
+      throw new UsageError(
+        `the plan needs ${size(worst.peak_memory_bytes)} of memory at layer ${worst.layer}, more than --max-memory ${size(limits.maxMemory)}; most of it is the process itself (Node.js and onnxruntime, about ${size(PLAN_MODEL.baselineBytes)}), which no option shrinks`,
+      );
     throw new UsageError(
       `the plan needs ${size(worst.peak_memory_bytes)} of memory at layer ${worst.layer}, more than --max-memory ${size(limits.maxMemory)}; the largest part is ${part.replace("_", " ")} (${size(bytes)}): ${SHRINKS[part]} shrinks it`,
     );

@@ -9,7 +9,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { parseBytes, plan } from "../../src/pipeline/plan.js";
+import { checkPlan, parseBytes, plan } from "../../src/pipeline/plan.js";
 import { runFromSummary } from "../../src/pipeline/report.js";
 import { ROOT, TEXT, TINY } from "../helpers.js";
 
@@ -56,15 +56,25 @@ test("moecal plan --json: an object with peak_memory_bytes, disk_bytes, seconds 
   );
 });
 
-test("oneshot prints the plan's summary first and refuses a plan over --max-memory, naming the largest part and what shrinks it", () => {
+test("oneshot prints the plan's summary first and refuses a plan over --max-memory, naming the largest part and what shrinks it", async () => {
   const out = path.join(tmp, "small");
   const r = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", out, "--max-memory", "64M"], { encoding: "utf8" });
   assert.equal(r.status, 2, r.stderr);
   assert.match(
     r.stderr,
-    /the plan needs [\d.]+ MiB of memory at layer \d, more than --max-memory 64.0 MiB; the largest part is .*shrinks it/,
+    /the plan needs [\d.]+ MiB of memory at layer \d, more than --max-memory 64.0 MiB; most of it is the process itself/,
   );
   assert.equal(fs.existsSync(out), false);
+  // a part larger than the process's own memory is named, with the option that shrinks it
+  const p = await plan({ dataset: path.join(TEXT, "eval-prose.jsonl"), numSamples: 4, maxSeqLength: 32 }, { gemmGflops: 50 });
+  const layer = p.layers[1] as (typeof p.layers)[number];
+  layer.memory.hidden_states = 3 * 1024 ** 3;
+  layer.peak_memory_bytes = 4 * 1024 ** 3;
+  p.peak_memory_bytes = layer.peak_memory_bytes;
+  assert.throws(
+    () => checkPlan(p, { maxMemory: 2 * 1024 ** 3, freeDisk: 1e12, output: out }),
+    /4\.00 GiB of memory at layer 1, more than --max-memory 2\.00 GiB; the largest part is hidden states \(3\.00 GiB\): fewer --num-samples or a shorter --max-seq-length shrinks it/,
+  );
   const ok = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", path.join(tmp, "ok"), "--method", "rtn"], {
     encoding: "utf8",
   });
