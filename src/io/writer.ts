@@ -39,7 +39,8 @@ export function writeSafetensors(file: string, tensors: NamedRaw[], metadata?: R
   }
 }
 
-function writeAll(fd: number, buf: Buffer, file: string): void {
+/** Write all of `buf` at the file's position (a write may take part of it); a failure names `file`. */
+export function writeAll(fd: number, buf: Uint8Array, file: string): void {
   let done = 0;
   try {
     while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);

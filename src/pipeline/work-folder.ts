@@ -12,7 +12,7 @@ import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, IoError, UsageError } from "../errors.js";
 import { SafetensorsFile } from "../io/safetensors.js";
-import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
+import { type NamedRaw, encodeSafetensors, writeAll } from "../io/writer.js";
 import type { LayerCoverage } from "../calibration/coverage.js";
 import type { Fallback } from "./quantize-layer.js";
 import type { LayerReport } from "./report.js";
@@ -91,10 +91,7 @@ function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
   try {
     const fd = fs.openSync(tmp, "w");
     try {
-      for (const p of parts) {
-        let done = 0;
-        while (done < p.byteLength) done += fs.writeSync(fd, p, done, p.byteLength - done);
-      }
+      for (const p of parts) writeAll(fd, p, file);
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
@@ -102,6 +99,7 @@ function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
     fs.renameSync(tmp, file);
     syncFolder(path.dirname(file));
   } catch (cause) {
+    if (cause instanceof IoError) throw cause;
     throw new IoError(`${file}: write failed (${(cause as Error).message})`, { cause });
   }
 }
@@ -200,13 +198,11 @@ export class WorkFolder {
     };
     return {
       append: (t) => {
-        const b = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-        let done = 0;
         try {
-          while (done < b.byteLength) done += fs.writeSync(fd, b, done, b.byteLength - done);
-        } catch (cause) {
+          writeAll(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), tmp);
+        } catch (e) {
           close();
-          throw new IoError(`${tmp}: write failed (${(cause as Error).message})`, { cause });
+          throw e;
         }
       },
       commit: () => {

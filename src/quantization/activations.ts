@@ -1,9 +1,9 @@
 import { Tensor } from "../engine/tensor.js";
-import { FP4_E2M1_MAX, FP8_E4M3_MAX, f32ToFp8e4m3, fp4e2m1ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
+import { FP8_E4M3_MAX, f32ToFp8e4m3, fp4e2m1ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
 import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
 import { type QuantArgs, isNvfp4 } from "./scheme.js";
-import { F32_EPS, FP8_E4M3_EPS, intRange, quantizeFp4, quantizeInt } from "./params.js";
+import { F32_EPS, intRange, nvfp4GroupScale, quantizeFp4, quantizeInt } from "./params.js";
 
 /**
  * Simulate input-activation quantization as a serving engine applies it: per token (dynamic,
@@ -46,8 +46,7 @@ function nvfp4Activations(x: Tensor, group: number, global: number): Tensor {
   for (let g0 = 0; g0 < x.size; g0 += group) {
     let amax = 0;
     for (let i = g0; i < g0 + group; i++) amax = Math.max(amax, Math.abs(x.data[i] as number));
-    const s8 = fp8e4m3ToF32(f32ToFp8e4m3(Math.fround(global * Math.fround(amax / FP4_E2M1_MAX)))) || FP8_E4M3_EPS;
-    const s = Math.fround(s8 / global);
+    const s = nvfp4GroupScale(amax, global, "F32").scale;
     for (let i = g0; i < g0 + group; i++) out[i] = Math.fround(fp4e2m1ToF32(quantizeFp4(x.data[i] as number, s)) * s);
   }
   return new Tensor(out, x.shape);

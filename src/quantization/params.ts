@@ -174,6 +174,17 @@ function blockExtremes(mins: Float64Array, maxs: Float64Array, out: number, grou
 }
 
 /**
+ * One NVFP4 group's scale from its largest magnitude and the global scale: absmax / 6 in `dtype`,
+ * times the global scale, rounded to FP8 E4M3 (0.125 where that is zero); `scale`, what a code is
+ * multiplied by, is that over the global scale. Weights and activations (NVFP4's W4A4) alike.
+ */
+export function nvfp4GroupScale(absmax: number, global: number, dtype: ScaleDType): { fp8: number; scale: number } {
+  const local = roundScale(Math.fround(absmax / FP4_E2M1_MAX), dtype);
+  const fp8 = fp8e4m3ToF32(f32ToFp8e4m3(Math.fround(global * local))) || FP8_E4M3_EPS;
+  return { fp8, scale: Math.fround(fp8 / global) };
+}
+
+/**
  * NVFP4 group scales (compressed-tensors' calculate_qparams with a global scale): per group of 16,
  * local = absmax / 6 in the weight's dtype, times the row's global scale, rounded to FP8 E4M3
  * (saturating), 0.125 where that is zero; a code is multiplied by FP8 scale / global scale.
@@ -188,11 +199,9 @@ function nvfp4Params(W: Float32Array, out: number, inF: number, groupSize: numbe
       let m = 0;
       const base = r * inF + k * groupSize;
       for (let c = 0; c < groupSize; c++) m = Math.max(m, Math.abs(W[base + c] as number));
-      const local = roundScale(Math.fround(m / FP4_E2M1_MAX), dtype);
-      let s8 = fp8e4m3ToF32(f32ToFp8e4m3(Math.fround(g * local)));
-      if (s8 === 0) s8 = FP8_E4M3_EPS;
-      groupScale[r * groups + k] = s8;
-      scale[r * groups + k] = Math.fround(s8 / g);
+      const { fp8, scale: eff } = nvfp4GroupScale(m, g, dtype);
+      groupScale[r * groups + k] = fp8;
+      scale[r * groups + k] = eff;
     }
   }
   return { groups, groupSize, scale, zeroPoint: null, nvfp4: { groupScale, globalScale } };
