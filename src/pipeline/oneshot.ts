@@ -204,7 +204,10 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     if (serving.length) warn(`${serving[0]}${serving.length > 1 ? ` (and ${serving.length - 1} more module(s) like it)` : ""}`);
     const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
 
-    const thePlan = await plan({ ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength }, { samples });
+    const thePlan = await plan(
+      { ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength },
+      { samples, opened: { family, config, ck, model, scheme } },
+    );
     checkPlan(thePlan, { maxMemory: opts.maxMemory ?? os.freemem(), freeDisk: freeDiskBytes(out.target), output: out.target });
     opts.onProgress?.({ kind: "plan", plan: thePlan });
     const datasetSha = sha256File(datasetFile, asUsageError);

@@ -14,6 +14,7 @@ import { Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_BYTES } from "../io/safetensors.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
+import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
 import { asMoeBlock } from "../nn/moe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
@@ -101,16 +102,31 @@ const bytesOf = (dtype: keyof typeof DTYPE_BYTES, shape: readonly number[]): num
   DTYPE_BYTES[dtype] * shape.reduce((a, b) => a * b, 1);
 
 /** The plan of `oneshot(opts)`: nothing is read but headers, config and dataset. */
-export async function plan(opts: OneshotOptions = {}, known: { gemmGflops?: number; samples?: number[][] } = {}): Promise<Plan> {
+/** What a caller (oneshot) has already opened or computed, so the plan does not do it again. */
+export interface KnownForPlan {
+  gemmGflops?: number;
+  samples?: number[][];
+  /** the model's family, config, checkpoint headers and module tree (weights not loaded), and the scheme with its group size fitted */
+  opened?: { family: ModelFamily; config: ModelConfig; ck: Checkpoint; model: CausalLM; scheme: Scheme };
+}
+
+export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}): Promise<Plan> {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const method = opts.method ?? "gptq";
-  let scheme: Scheme = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
-  const { family, config } = readModelConfig(modelDir);
-  const ck = Checkpoint.open(modelDir);
-  const model = family.build(config);
-  const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
-  const isTarget = (n: string): boolean => !matchesAny(n, ignore);
-  scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, () => undefined);
+  const ignore = (family: ModelFamily): string[] => [...family.defaultIgnore, ...(opts.ignore ?? [])];
+  const { family, config, ck, model, scheme } =
+    known.opened ??
+    (() => {
+      const { family, config } = readModelConfig(modelDir);
+      const model = family.build(config);
+      const preset = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
+      const ignoredHere = ignore(family);
+      const target = (n: string): boolean => !matchesAny(n, ignoredHere);
+      const scheme = fitGroupSize(preset, model, target, opts.groupSize !== undefined, () => undefined);
+      return { family, config, ck: Checkpoint.open(modelDir), model, scheme };
+    })();
+  const ignored = ignore(family);
+  const isTarget = (n: string): boolean => !matchesAny(n, ignored);
   const samples =
     known.samples ??
     loadTokenizedSamples(opts.dataset ?? BUNDLED_DATASET, loadTokenizer(modelDir), {
