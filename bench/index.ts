@@ -2,8 +2,8 @@
  * `npm run bench` (not part of npm test): engine GEMM against the machine's measured fp32 peak;
  * the all-experts calibration pass of a Trinity-Nano-shaped MoE block (fast path, per-expert
  * path, and the seed's PyTorch code on the same weights and input); GPTQ of all its expert
- * Linear layers (ours vs per-expert PyTorch); oneshot end to end on a 4-layer Nano-shaped model.
- * Prints a table and writes bench/results.json (null where a peer could not run).
+ * Linear layers (ours vs per-expert PyTorch); oneshot end to end on random models of served shapes
+ * (bench/oneshot.ts). Prints a table and writes bench/results.json (null where a peer could not run).
  */
 import fs from "node:fs";
 import os from "node:os";
@@ -19,7 +19,7 @@ import { MoecalError } from "../src/errors.js";
 import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
 import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
 import { timeGptqBlock } from "./gptq.js";
-import { measure, nanoSetup } from "./plan.js";
+import { benchOneshot, oneshotRows, recordOneshot } from "./oneshot.js";
 import { type Qwen3BlockResult, benchQwen3Block, qwen3Rows } from "./qwen3-block.js";
 
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
@@ -132,38 +132,12 @@ async function main(): Promise<void> {
   // the calibration pass of a Qwen3-30B-A3B-shaped block
   results.qwen3_block = await benchQwen3Block(QWEN3_TOKENS, work);
 
-  stage("oneshot end to end on a 4-layer Nano-shaped random model (minutes)");
-  // oneshot end to end: 4-layer Nano-shaped model, 64 samples x 512 tokens, with its plan; the
-  // fraction of the engine's GEMM rate (measured above) reached over the plan's counted work
-  try {
-    const { model, data } = nanoSetup(work);
-    const e2e = measure(
-      "nano4",
-      model,
-      ["--dataset", data, "--num-samples", "64", "--max-seq-length", "512"],
-      path.join(work, "nano4-w4a16"),
-    );
-    results.oneshot_nano4 = {
-      ...e2e,
-      tokens_per_s: e2e.tokens / e2e.seconds,
-      gemm_gflops: large,
-      flops_formula: "docs/performance.md#the-plans-model",
-      fraction_of_gemm: e2e.planned.flops / e2e.seconds / 1e9 / large,
-    };
-  } catch (e) {
-    if (!(e instanceof MoecalError)) throw e;
-    results.oneshot_nano4 = { seconds: null, peak_rss_mb: null, tokens_per_s: null, error: e.message.slice(-500) };
-  }
+  stage("oneshot end to end on a Nano-shaped and a Qwen3-30B-A3B-shaped random model (many minutes)");
+  const oneshotRuns = await benchOneshot(work, stage);
+  recordOneshot(oneshotRuns, results);
 
-  fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "results.json"), `${JSON.stringify(results, null, 2)}\n`);
   const f = (v: number | null | undefined, d = 1): string => (v === null || v === undefined ? "n/a" : v.toFixed(d));
   const gp = results.gptq_block as { seconds: { ours: number; ours_cold: number; torch_per_expert: number | null } };
-  const o = results.oneshot_nano4 as {
-    seconds: number | null;
-    peak_rss_mb: number | null;
-    tokens_per_s: number | null;
-    fraction_of_gemm?: number;
-  };
   console.log("| measurement | value | ratio |");
   console.log("|---|---:|---:|");
   console.log(`| measured fp32 peak (FMA loop, ${os.availableParallelism()} threads) | ${f(peak)} GFLOP/s | |`);
@@ -187,9 +161,7 @@ async function main(): Promise<void> {
   console.log(
     `| same, per-expert PyTorch | ${f(gp.seconds.torch_per_expert)} s | ours ${gp.seconds.torch_per_expert ? `${f(gp.seconds.torch_per_expert / gp.seconds.ours)}x (warm) / ${f(gp.seconds.torch_per_expert / gp.seconds.ours_cold)}x (cold) faster` : "n/a"} |`,
   );
-  console.log(
-    `| oneshot, 4-layer Nano-shaped model, 64 x 512 tokens | ${f(o.seconds)} s, peak RSS ${f(o.peak_rss_mb, 0)} MB | ${f(o.tokens_per_s)} tokens/s, ${f(o.fraction_of_gemm, 2)} of the GEMM rate |`,
-  );
+  for (const line of oneshotRows(oneshotRuns)) console.log(line);
   for (const line of qwen3Rows(results.qwen3_block as Qwen3BlockResult)) console.log(line);
   fs.rmSync(work, { recursive: true, force: true });
 }

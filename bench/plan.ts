@@ -87,6 +87,27 @@ export function measure(name: string, model: string, args: string[], out: string
   };
 }
 
+/** A 2-layer random model shaped like Qwen3-30B-A3B's layers (every layer MoE), in `work`. */
+export function qwen3Setup(work: string): string {
+  const model = path.join(work, "qwen3-30b-a3b-2layer");
+  const shape = [
+    ["hidden_size", 2048],
+    ["num_experts", 128],
+    ["num_experts_per_tok", 8],
+    ["moe_intermediate_size", 768],
+    ["intermediate_size", 6144],
+    ["num_attention_heads", 32],
+    ["num_key_value_heads", 4],
+    ["head_dim", 128],
+    ["max_position_embeddings", 2048],
+  ].flatMap(([k, v]) => ["--set", `${k}=${v}`]);
+  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--family", "qwen3_moe", "--layers", "2", ...shape], {
+    encoding: "utf8",
+  });
+  if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
+  return model;
+}
+
 /** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
 export function nanoSetup(work: string): { model: string; data: string } {
   const model = path.join(work, "nano4");

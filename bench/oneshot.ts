@@ -1,0 +1,126 @@
+/**
+ * `npm run bench:oneshot` (and the last section of `npm run bench`): oneshot end to end on random
+ * models of served shapes, each as its own process, against the engine's GEMM rate measured in the
+ * same run, just before each model. For each run: seconds, tokens, peak RSS, the model's
+ * config.json, seconds per phase, the floating-point work the plan counts (formula in
+ * docs/performance.md, "The plan's model") and the fraction of the GEMM rate reached end to end.
+ * Merges the result into bench/results.json (`oneshot`) and appends it to bench/oneshot-runs.json.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { OrtEngine } from "../src/engine/index.js";
+import { PACKAGE_ROOT } from "../src/paths.js";
+import { MoecalError } from "../src/errors.js";
+import { GEMM_SHAPES, gemmGflops } from "./gemm.js";
+import { type EndToEnd, measure, nanoSetup, qwen3Setup } from "./plan.js";
+
+/** The large GEMM shapes' best ~40 ms window over `rounds` rounds (the bench's GEMM rate). */
+export async function gemmRate(engine: OrtEngine, rounds = 3): Promise<number> {
+  let best = 0;
+  for (let r = 0; r < rounds; r++)
+    for (const [m, k, n] of GEMM_SHAPES.filter(([m]) => m >= 512)) best = Math.max(best, (await gemmGflops(engine, m, k, n, 0.5)).best);
+  return best;
+}
+
+export interface OneshotBench extends EndToEnd {
+  /** the engine's GEMM rate measured just before this run, GFLOP/s */
+  gemm_gflops: number;
+  /** the plan's counted work / seconds, GFLOP/s */
+  gflops: number;
+  fraction_of_gemm: number;
+  flops_formula: string;
+}
+
+/** Both end-to-end runs: the 4-layer Nano-shaped model (64 x 512 tokens) and a 2-layer Qwen3-30B-A3B-shaped one (16 x 512). */
+export async function benchOneshot(work: string, log: (s: string) => void): Promise<OneshotBench[]> {
+  const engine = new OrtEngine();
+  const runs: OneshotBench[] = [];
+  const { model: nano, data } = nanoSetup(work);
+  const qwen3 = qwen3Setup(work);
+  const cases: [string, string, string][] = [
+    ["nano4", nano, "64"],
+    ["qwen3_30b_a3b_2layer", qwen3, "16"],
+  ];
+  for (const [name, model, samples] of cases) {
+    log(`${name}: engine GEMM rate`);
+    const gemm = await gemmRate(engine);
+    log(`${name}: oneshot, ${samples} x 512 tokens (minutes)`);
+    const e = measure(
+      name,
+      model,
+      ["--dataset", data, "--num-samples", samples, "--max-seq-length", "512"],
+      path.join(work, `${name}-out`),
+    );
+    const gflops = e.planned.flops / e.seconds / 1e9;
+    runs.push({
+      ...e,
+      gemm_gflops: gemm,
+      gflops,
+      fraction_of_gemm: gflops / gemm,
+      flops_formula: "docs/performance.md#the-plans-model",
+    });
+    fs.rmSync(path.join(work, `${name}-out`), { recursive: true, force: true });
+  }
+  return runs;
+}
+
+function commit(): string | null {
+  const r = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: PACKAGE_ROOT, encoding: "utf8" });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+/** Record `runs` in bench/results.json (`oneshot`) and append them to bench/oneshot-runs.json. */
+export function recordOneshot(runs: OneshotBench[], results?: Record<string, unknown>): Record<string, unknown> {
+  const date = new Date().toISOString();
+  const file = path.join(PACKAGE_ROOT, "bench", "results.json");
+  const base = results ?? (fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>) : {});
+  const merged = { ...base, oneshot: { date, runs } };
+  fs.writeFileSync(file, `${JSON.stringify(merged, null, 2)}\n`);
+  const historyFile = path.join(PACKAGE_ROOT, "bench", "oneshot-runs.json");
+  const history = fs.existsSync(historyFile) ? (JSON.parse(fs.readFileSync(historyFile, "utf8")) as unknown[]) : [];
+  history.push({
+    date,
+    commit: commit(),
+    runs: runs.map((r) => ({
+      name: r.name,
+      tokens: r.tokens,
+      seconds: r.seconds,
+      peak_rss_mb: r.peak_rss_mb,
+      flops: r.planned.flops,
+      gemm_gflops: r.gemm_gflops,
+      fraction_of_gemm: r.fraction_of_gemm,
+      phases: r.phases,
+    })),
+  });
+  fs.writeFileSync(historyFile, `${JSON.stringify(history, null, 2)}\n`);
+  return merged;
+}
+
+/** Markdown rows of the runs. */
+export function oneshotRows(runs: OneshotBench[]): string[] {
+  return runs.map(
+    (r) =>
+      `| oneshot ${r.name}, ${r.tokens} tokens | ${r.seconds.toFixed(1)} s, peak RSS ${r.peak_rss_mb.toFixed(0)} MB | ${(r.planned.flops / 1e12).toFixed(2)} TFLOP, ${r.gflops.toFixed(1)} GFLOP/s = ${r.fraction_of_gemm.toFixed(2)} of the GEMM rate (${r.gemm_gflops.toFixed(1)}) |`,
+  );
+}
+
+async function main(): Promise<void> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-oneshot-"));
+  const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:oneshot: ${s}\n`);
+  try {
+    const runs = await benchOneshot(work, log);
+    recordOneshot(runs);
+    console.log("| run | time, memory | work, rate |");
+    console.log("|---|---|---|");
+    for (const l of oneshotRows(runs)) console.log(l);
+  } catch (e) {
+    if (e instanceof MoecalError) process.stderr.write(`${e.message}\n`);
+    throw e;
+  } finally {
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();
