@@ -1,7 +1,6 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
-import { indexAddWeighted } from "../engine/ops.js";
-import type { Linear } from "../nn/layers.js";
+import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
 import { type MoeExpert, routeWeights, routedPairs } from "../nn/moe.js";
 import { type FastPathObserver, fastObserversOf } from "./observers.js";
@@ -59,12 +58,10 @@ export function newFastState(): FastState {
 }
 
 /**
- * All experts on all tokens, fast: per chunk of tokens, the gate and up projections of every
- * expert as products [Tc, H] x [H, Im] into one reused buffer (the stacked product
- * [Tc, H] x [H, 2*E*Im], taken in column blocks: a stacked copy of the weights would cost
- * memory; token-major outputs run faster than [Im, H] x [H, Tc]: docs/performance.md);
- * ONE Gram product of the chunk for all gate/up Hessians (their inputs are the same tokens);
- * a Gram product per expert for down_proj (its inputs differ); down_proj outputs only for the
+ * All experts on all tokens, fast: per chunk of tokens, ONE Gram product of the chunk for all
+ * gate/up Hessians (their inputs are the same tokens); per expert, one engine step for its gate
+ * and up products [Tc, H] x [H, Im] (token-major: docs/performance.md), SwiGLU and the Gram
+ * product of the result for down_proj (its inputs differ); down_proj outputs only for the
  * routed rows. Adds the weighted routed outputs into `routed` in the seed's order (experts in
  * order, slot-major pairs).
  */
@@ -98,51 +95,43 @@ export async function allExpertsFast(
     }
   const pairs = experts.map((_, e) => routedPairs(selected, T, K, e));
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
-  const scratch = new Float32Array(2 * Im * chunk);
   const act = new Float32Array(Im * chunk);
+  const downGram = new Float32Array(Im * Im);
   for (let c0 = 0; c0 < T; c0 += chunk) {
     const c1 = Math.min(T, c0 + chunk);
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
     if (state.sharedGateUp) await state.sharedGateUp.add(Xc);
     for (const o of gateUpObservers) o.rows(Tc, null);
-    const gu = scratch.subarray(0, 2 * Im * Tc);
-    for (let e = 0; e < E; e++) {
-      const ex = experts[e] as SwiGluExpert;
-      await engine.linear(Xc, ex.gate.weight, gu.subarray(0, Im * Tc)); // [Tc, Im]
-      await engine.linear(Xc, ex.up.weight, gu.subarray(Im * Tc)); // [Tc, Im]
-      await expertFromGateUp(e, Xc, gu, Tc, c0, c1);
-    }
+    for (let e = 0; e < E; e++) await expert(e, Xc, Tc, c0, c1);
   }
 
-  /** swiglu of expert e from its [gate; up] rows, its down statistics and routed rows. */
-  async function expertFromGateUp(e: number, Xc: Tensor, gu: Float32Array, Tc: number, c0: number, c1: number): Promise<void> {
-    const n = Im * Tc;
-    // expert e's down_proj inputs [Tc, Im]
-    const A = await engine.swiglu(new Tensor(gu.subarray(0, n), [Tc, Im]), new Tensor(gu.subarray(n, 2 * n), [Tc, Im]), act.subarray(0, n));
+  /** Expert e on the chunk: its down_proj inputs and their statistics, its routed rows. */
+  async function expert(e: number, Xc: Tensor, Tc: number, c0: number, c1: number): Promise<void> {
+    const ex = experts[e] as SwiGluExpert;
     const obs = plan.down[e] as FastPathObserver[];
-    const gram = obs.some((o) => o.wantsGram) ? (await engine.gram(A)).data : null;
-    for (const o of obs) o.rows(Tc, o.wantsGram ? gram : null);
+    const wantsGram = obs.some((o) => o.wantsGram);
+    // expert e's down_proj inputs A [Tc, Im] and, when observed, A^T A: one engine step
+    const A = await engine.swigluExpert(Xc, ex.gate.weight, ex.up.weight, {
+      act: act.subarray(0, Im * Tc),
+      ...(wantsGram ? { gram: downGram } : {}),
+    });
+    for (const o of obs) o.rows(Tc, o.wantsGram ? downGram : null);
     // routed rows of this chunk: gather A's rows, down_proj, weight, add
     const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
     const sel: number[] = [];
     for (let i = 0; i < tokens.length; i++) if ((tokens[i] as number) >= c0 && (tokens[i] as number) < c1) sel.push(i);
     if (sel.length === 0) return;
-    const rows = new Float32Array(sel.length * Im);
-    sel.forEach((pi, r) => {
-      const t = (tokens[pi] as number) - c0;
-      rows.set(A.data.subarray(t * Im, (t + 1) * Im), r * Im);
-    });
-    const down: Linear = (experts[e] as SwiGluExpert).down;
-    const out = await engine.linear(new Tensor(rows, [sel.length, Im]), down.weight);
     const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
     const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
+    const local = Int32Array.from(tk, (t) => t - c0);
+    const out = await engine.linear(gatherRows(A, local), ex.down.weight);
     const weights = routeWeights(topScores, tk, sl);
     indexAddWeighted(routed, tk, out, weights);
     const r = routedGrams?.[e];
     if (r) {
       // router-aware statistics: the routed rows of this chunk, apart from the all-token ones
-      const inChunk = { rows: Int32Array.from(tk, (t) => t - c0), weights };
+      const inChunk = { rows: local, weights };
       await r.gateUp.addRows(Xc, inChunk);
       await r.down.addRows(A, inChunk);
     }

@@ -15,8 +15,8 @@ export interface Engine {
   linear(x: Tensor, w: Tensor, out?: Float32Array): Promise<Tensor>;
   /** a [..., M, K] times b [..., K, N] with equal batch dimensions: [..., M, N]. */
   matmul(a: Tensor, b: Tensor): Promise<Tensor>;
-  /** x [M, K] transposed times x: [K, K]. */
-  gram(x: Tensor): Promise<Tensor>;
+  /** x [M, K] transposed times x: [K, K], into `out` when given. */
+  gram(x: Tensor, out?: Float32Array): Promise<Tensor>;
   /** c [M, N] -= a [M, K] times b [K, N], in place. */
   subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void>;
   /**
@@ -25,6 +25,18 @@ export interface Engine {
    * as the exp of E * Im * T values, which onnxruntime's vectorised exp does far faster than plain TypeScript.
    */
   swiglu(gate: Tensor, up: Tensor, out?: Float32Array): Promise<Tensor>;
+  /**
+   * One SwiGLU expert's down_proj inputs and their statistics in one step (the all-experts
+   * calibration pass runs it for every expert on every token): a = silu(x wGate^T) * (x wUp^T)
+   * [M, I] into `out.act`, and a^T a [I, I] into `out.gram` when given. Returns a.
+   */
+  swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor>;
+}
+
+/** Where `swigluExpert` writes (see there). */
+export interface SwigluExpertOut {
+  act: Float32Array;
+  gram?: Float32Array;
 }
 
 export interface MatmulShape {
@@ -60,6 +72,15 @@ export function checkOut(out: Float32Array | undefined, size: number): Float32Ar
   if (!out) return new Float32Array(size);
   if (out.length !== size) throw new InternalError(`output buffer has ${out.length} floats, the result needs ${size}`);
   return out;
+}
+
+export function checkSwigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): { m: number; i: number } {
+  const { m, n } = checkLinear(x, wGate);
+  checkLinear(x, wUp);
+  if (wUp.dim(0) !== n) throw new InternalError(`swigluExpert: gate [${wGate.shape.join(", ")}] and up [${wUp.shape.join(", ")}] differ`);
+  checkOut(out.act, m * n);
+  if (out.gram) checkOut(out.gram, n * n);
+  return { m, i: n };
 }
 
 export function checkSwiglu(gate: Tensor, up: Tensor): number {

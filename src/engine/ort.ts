@@ -1,6 +1,16 @@
 import os from "node:os";
 import * as ort from "onnxruntime-node";
-import { type Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
+import {
+  type Engine,
+  checkGram,
+  checkLinear,
+  checkMatmul,
+  checkOut,
+  checkSubtractProduct,
+  checkSwiglu,
+  checkSwigluExpert,
+  type SwigluExpertOut,
+} from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
 import { type NodeSpec, type ValueSpec, encodeModel } from "./onnx-proto.js";
 
@@ -161,13 +171,7 @@ export class OrtEngine implements Engine {
     const out = checkOut(into, n);
     if (n === 0) return new Tensor(out, gate.shape);
     const s = await this.session("swiglu", () => ({
-      nodes: [
-        { opType: "Neg", inputs: ["G"], outputs: ["N"] },
-        { opType: "Exp", inputs: ["N"], outputs: ["E"] },
-        { opType: "Add", inputs: ["E", "ONE"], outputs: ["D"] },
-        { opType: "Mul", inputs: ["G", "U"], outputs: ["GU"] },
-        { opType: "Div", inputs: ["GU", "D"], outputs: ["Y"] },
-      ],
+      nodes: swigluNodes("G", "U", "Y"),
       inputs: [
         { name: "G", dims: ["n"] },
         { name: "U", dims: ["n"] },
@@ -179,14 +183,82 @@ export class OrtEngine implements Engine {
     return new Tensor(out, gate.shape);
   }
 
-  async gram(x: Tensor): Promise<Tensor> {
+  /**
+   * Gate and up products, SwiGLU and the Gram product of the result as one session run: the
+   * intermediate products never leave the runtime. Inputs taller than ROW_CHUNK go through in
+   * row chunks (as `linear`), each chunk's Gram product added in float32.
+   */
+  async swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor> {
+    const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
+    const { act, gram } = out;
+    const k = x.dim(1);
+    if (gram) gram.fill(0);
+    if (m === 0 || i === 0 || k === 0) return new Tensor(act.fill(0), [m, i]);
+    const s = await this.swigluSession(gram !== undefined);
+    const part = gram && m > ROW_CHUNK ? new Float32Array(i * i) : gram;
+    for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
+      const r1 = Math.min(m, r0 + ROW_CHUNK);
+      const feeds: Record<string, ort.Tensor> = {
+        X: new ort.Tensor("float32", x.data.subarray(r0 * k, r1 * k), [r1 - r0, k]),
+        WG: new ort.Tensor("float32", wGate.data, [...wGate.shape]),
+        WU: new ort.Tensor("float32", wUp.data, [...wUp.shape]),
+        ONE: new ort.Tensor("float32", ONE, [1]),
+      };
+      const fetches: Record<string, ort.Tensor> = { A: new ort.Tensor("float32", act.subarray(r0 * i, r1 * i), [r1 - r0, i]) };
+      if (part) fetches.Y = new ort.Tensor("float32", part, [i, i]);
+      await s.run(feeds, fetches);
+      if (gram && part !== gram) for (let j = 0; j < gram.length; j++) gram[j] = (gram[j] as number) + (part?.[j] as number);
+    }
+    return new Tensor(act, [m, i]);
+  }
+
+  private swigluSession(withGram: boolean): Promise<ort.InferenceSession> {
+    return this.session(withGram ? "swigluExpert+gram" : "swigluExpert", () => ({
+      nodes: [
+        { opType: "Gemm", inputs: ["X", "WG"], outputs: ["G"], intAttributes: { transB: 1 } },
+        { opType: "Gemm", inputs: ["X", "WU"], outputs: ["U"], intAttributes: { transB: 1 } },
+        ...swigluNodes("G", "U", "A"),
+        ...(withGram ? gramNodes("A", "Y") : []),
+      ],
+      inputs: [
+        { name: "X", dims: ["m", "k"] },
+        { name: "WG", dims: ["i", "k"] },
+        { name: "WU", dims: ["i", "k"] },
+        { name: "ONE", dims: [1] },
+      ],
+      outputs: [{ name: "A", dims: ["m", "i"] }, ...(withGram ? [{ name: "Y", dims: ["i", "i"] }] : [])],
+    }));
+  }
+
+  /** x^T x as an explicit transpose and a product (MLAS runs a transposed left operand slower). */
+  async gram(x: Tensor, into?: Float32Array): Promise<Tensor> {
     const { m, k } = checkGram(x);
-    if (m === 0 || k === 0) return Tensor.zeros([k, k]);
+    const out = checkOut(into, k * k);
+    if (m === 0 || k === 0) return new Tensor(out.fill(0), [k, k]);
     const s = await this.session("gram", () => ({
-      nodes: [{ opType: "Gemm", inputs: ["X", "X"], outputs: ["Y"], intAttributes: { transA: 1 } }],
+      nodes: gramNodes("X", "Y"),
       inputs: [{ name: "X", dims: ["m", "k"] }],
       outputs: [{ name: "Y", dims: ["k", "k"] }],
     }));
-    return this.run(s, { X: x }, [k, k]);
+    return this.run(s, { X: x }, [k, k], out);
   }
+}
+
+/** Nodes of y = silu(g) * u = g * u / (1 + exp(-g)) (input ONE holds 1). */
+function swigluNodes(g: string, u: string, y: string): NodeSpec[] {
+  return [
+    { opType: "Neg", inputs: [g], outputs: [`${y}_neg`] },
+    { opType: "Exp", inputs: [`${y}_neg`], outputs: [`${y}_exp`] },
+    { opType: "Add", inputs: [`${y}_exp`, "ONE"], outputs: [`${y}_den`] },
+    { opType: "Mul", inputs: [g, u], outputs: [`${y}_gu`] },
+    { opType: "Div", inputs: [`${y}_gu`, `${y}_den`], outputs: [y] },
+  ];
+}
+
+/** Nodes of y = x^T x. */
+function gramNodes(x: string, y: string): NodeSpec[] {
+  return [
+    { opType: "Transpose", inputs: [x], outputs: [`${x}_t`] },
+    { opType: "MatMul", inputs: [`${x}_t`, x], outputs: [y] },
+  ];
 }

@@ -1,4 +1,14 @@
-import { type Engine, checkGram, checkLinear, checkMatmul, checkOut, checkSubtractProduct, checkSwiglu } from "./engine.js";
+import {
+  type Engine,
+  checkGram,
+  checkLinear,
+  checkMatmul,
+  checkOut,
+  checkSubtractProduct,
+  checkSwiglu,
+  checkSwigluExpert,
+  type SwigluExpertOut,
+} from "./engine.js";
 import { swiglu } from "./ops.js";
 import { Tensor, numel } from "./tensor.js";
 
@@ -56,9 +66,16 @@ export class ReferenceEngine implements Engine {
     for (let i = 0; i < m * n; i++) c.data[i] = (c.data[i] as number) - (p.data[i] as number);
   }
 
-  async gram(x: Tensor): Promise<Tensor> {
+  async swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor> {
+    const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
+    const a = new Tensor(swiglu(await this.linear(x, wGate), await this.linear(x, wUp), out.act).data, [m, i]);
+    if (out.gram) await this.gram(a, out.gram);
+    return a;
+  }
+
+  async gram(x: Tensor, into?: Float32Array): Promise<Tensor> {
     const { m, k } = checkGram(x);
-    const out = new Float32Array(k * k);
+    const out = checkOut(into, k * k);
     for (let i = 0; i < k; i++) {
       for (let j = i; j < k; j++) {
         let s = 0;

@@ -1,5 +1,5 @@
 import type { Tensor } from "../engine/tensor.js";
-import { swiglu } from "../engine/ops.js";
+import { getEngine } from "../engine/index.js";
 import { Linear } from "./layers.js";
 import { Module } from "./module.js";
 import type { MoeExpert } from "./moe.js";
@@ -35,7 +35,21 @@ export class SwiGluMLP extends Module<Tensor, Tensor> implements MoeExpert {
   }
 
   async forward(x: Tensor): Promise<Tensor> {
-    const [g, u] = [await this.gate_proj.call(x), await this.up_proj.call(x)];
-    return this.down_proj.call(swiglu(g, u));
+    return swigluForward(this, x);
   }
+}
+
+/**
+ * down(silu(gate(x)) * up(x)) of any SwiGLU expert; gate, up and SwiGLU as one engine step when
+ * nothing hooks gate or up (a hook must see its Linear called).
+ */
+export async function swigluForward(e: MoeExpert, x: Tensor): Promise<Tensor> {
+  const { gate, up, down } = e;
+  if (gate.hookCount > 0 || up.hookCount > 0 || gate.hasBias || up.hasBias)
+    return down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
+  const rows = x.size / gate.inFeatures;
+  const a = await getEngine().swigluExpert(x.reshape([rows, gate.inFeatures]), gate.weight, up.weight, {
+    act: new Float32Array(rows * gate.outFeatures),
+  });
+  return down.call(a.reshape([...x.shape.slice(0, -1), gate.outFeatures]));
 }

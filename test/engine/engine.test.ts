@@ -83,3 +83,31 @@ test("onnxruntime swiglu matches the TypeScript reference, also far into both ta
   assert.ok(worst <= 1e-6, `swiglu: relative error ${worst} at [${at}] (gate ${g.data[at]}): ${y.data[at]} vs ${r.data[at]}`);
   await assert.rejects(ort.swiglu(g, randn([3], 1)), /swiglu: gate \[4, 1000\] and up \[3\] differ/);
 });
+
+test("swigluExpert (gate, up, SwiGLU and the Gram product in one session) matches the reference, also in row chunks", async () => {
+  for (const m of [5, 1100]) {
+    const x = randn([m, 24], 21 + m);
+    const wg = randn([12, 24], 22);
+    const wu = randn([12, 24], 23);
+    const act = new Float32Array(m * 12);
+    const gram = new Float32Array(144).fill(7); // overwritten, not added to
+    const a = await ort.swigluExpert(x, wg, wu, { act, gram });
+    assert.equal(a.data, act);
+    const want = { act: new Float32Array(m * 12), gram: new Float32Array(144) };
+    const refA = await ref.swigluExpert(x, wg, wu, want);
+    assertClose(`swigluExpert act, ${m} rows`, a, refA, 1e-5);
+    assertClose(`swigluExpert gram, ${m} rows`, gram, want.gram, 1e-5);
+    // activations only: the same activations
+    assertClose(`swigluExpert act alone, ${m} rows`, await ort.swigluExpert(x, wg, wu, { act: new Float32Array(m * 12) }), refA, 1e-5);
+  }
+  const gram = new Float32Array(9).fill(3);
+  await ort.swigluExpert(randn([0, 4], 1), randn([3, 4], 2), randn([3, 4], 3), { act: new Float32Array(0), gram });
+  assert.deepEqual([...gram], new Array(9).fill(0));
+  await assert.rejects(ort.swigluExpert(randn([2, 4], 1), randn([3, 4], 2), randn([2, 4], 3), { act: new Float32Array(6) }), /differ/);
+  // gram into a given buffer
+  const x = randn([40, 9], 4);
+  const buf = new Float32Array(81);
+  const g = await ort.gram(x, buf);
+  assert.equal(g.data, buf);
+  assertClose("gram into a buffer", g, await ref.gram(x), 1e-6);
+});

@@ -2,10 +2,10 @@
  * Mixtral, module by module, under the Hugging Face checkpoint names (`block_sparse_moe`, experts
  * `w1` gate / `w3` up / `w2` down). Exact semantics: transformers' modeling_mixtral.py.
  */
-import { swiglu } from "../../engine/ops.js";
 import type { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
 import { Linear } from "../../nn/layers.js";
+import { swigluForward } from "../../nn/mlp.js";
 import { Module } from "../../nn/module.js";
 import type { MoeExpert } from "../../nn/moe.js";
 import { SoftmaxMoeBlock, type SoftmaxMoeShape } from "../../nn/softmax-moe.js";
@@ -34,7 +34,7 @@ export class MixtralBlockSparseTop2MLP extends Module<Tensor, Tensor> implements
   }
 
   async forward(x: Tensor): Promise<Tensor> {
-    return this.down.call(swiglu(await this.gate.call(x), await this.up.call(x)));
+    return swigluForward(this, x);
   }
 }
 
