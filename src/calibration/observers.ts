@@ -2,7 +2,7 @@ import type { Tensor } from "../engine/tensor.js";
 import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
 import { type ExpertStatisticsOptions, RoutedGram, SEED_STATISTICS, currentRowRouting, isRouterAware } from "./expert-statistics.js";
-import { GramAccumulator } from "./gram.js";
+import { GramAccumulator, LatestInputGram } from "./gram.js";
 
 /**
  * GPTQ statistics of one Linear: H = sum over its input rows x of 2 x x^T (float32), and the
@@ -155,12 +155,14 @@ export function attachHessianObservers(
   const stats = new Map<string, HessianStats>();
   const removers: (() => void)[] = [];
   const routerAware = isRouterAware(statistics);
+  // Linears reading the same tensor one after another (q/k/v, gate/up) share its Gram product
+  const latest = new LatestInputGram();
   for (const [name, m] of root.namedModules(prefix)) {
     if (!(m instanceof Linear) || !filter(name, m)) continue;
     const s = new HessianStats(m.inFeatures, statistics);
     stats.set(name, s);
     const hook = async (x: Tensor): Promise<void> => {
-      await s.own.add(x);
+      await latest.addTo(s.own, x);
       // inside an expert call of a calibration module: its routed rows are known
       const routing = routerAware ? currentRowRouting() : undefined;
       if (routing) await s.ownRouted.addRows(x, routing);

@@ -1,0 +1,61 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { type Engine, ReferenceEngine, getEngine, setEngine } from "../../src/engine/index.js";
+import type { Tensor } from "../../src/engine/tensor.js";
+import { attachHessianObservers } from "../../src/calibration/observers.js";
+import { Linear } from "../../src/nn/layers.js";
+import { Module } from "../../src/nn/module.js";
+import { randn } from "../rand.js";
+import { assertClose } from "../helpers.js";
+
+/** q, k, v read the same tensor; o reads another; then q alone on a third. */
+class ThreeReaders extends Module<Tensor, Tensor> {
+  readonly className = "ThreeReaders";
+  constructor() {
+    super();
+    for (const n of ["q", "k", "v", "o"]) this.addModule(n, new Linear(6, 6));
+  }
+  async forward(x: Tensor): Promise<Tensor> {
+    const [q, k, v, o] = ["q", "k", "v", "o"].map((n) => this.child<Linear>(n));
+    await (q as Linear).call(x);
+    await (k as Linear).call(x);
+    await (o as Linear).call(await (v as Linear).call(x));
+    // the same tensor object again after another input: multiplied again, not taken from before
+    return (k as Linear).call(x);
+  }
+}
+
+test("Linears reading the same tensor share one Gram product; each Hessian is still its own rows' 2 x^T x", async () => {
+  const previous = getEngine();
+  const ref = new ReferenceEngine();
+  let grams = 0;
+  const counting: Engine = Object.assign(Object.create(ref) as Engine, {
+    gram: (x: Tensor, out?: Float32Array) => {
+      grams++;
+      return ref.gram(x, out);
+    },
+  });
+  setEngine(counting);
+  try {
+    const m = new ThreeReaders();
+    for (const [, p] of m.namedParameters()) p.value = randn(p.shape, 5);
+    const obs = attachHessianObservers(m, () => true);
+    const x = randn([4, 6], 1);
+    await m.call(x);
+    // q/k/v share one product; o's input is another; k's second call follows o, so it multiplies again
+    assert.equal(grams, 3);
+    const xx = (await ref.gram(x)).data.map((v) => 2 * v);
+    assertClose("q", obs.stats.get("q")?.H ?? [], xx, 1e-6);
+    assertClose("v", obs.stats.get("v")?.H ?? [], xx, 1e-6);
+    assertClose(
+      "k (two calls)",
+      obs.stats.get("k")?.H ?? [],
+      xx.map((v) => 2 * v),
+      1e-6,
+    );
+    assert.equal(obs.stats.get("k")?.rows, 8);
+    obs.remove();
+  } finally {
+    setEngine(previous);
+  }
+});
