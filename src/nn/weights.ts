@@ -1,5 +1,6 @@
 /** Loading a checkpoint's tensors into a module tree's parameters, whatever the model family. */
 import { type Tensor, numel } from "../engine/tensor.js";
+import { firstNonFinite } from "../engine/ops.js";
 import { NumericalError, WeightMappingError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import type { TensorSource } from "../io/tensor-source.js";
@@ -64,12 +65,9 @@ export function assertMappingComplete(m: WeightMapping, where: string): void {
 }
 
 export function assertFinite(t: Tensor, where: string): void {
-  for (let i = 0; i < t.size; i++) {
-    const v = t.data[i] as number;
-    if (!Number.isFinite(v)) {
-      throw new NumericalError(`${where}: value ${v} at flat index ${i} (of ${t.size}); the checkpoint holds non-finite weights`);
-    }
-  }
+  const i = firstNonFinite(t.data);
+  if (i >= 0)
+    throw new NumericalError(`${where}: value ${t.data[i]} at flat index ${i} (of ${t.size}); the checkpoint holds non-finite weights`);
 }
 
 /**

@@ -2,11 +2,12 @@ import { Tensor } from "../engine/tensor.js";
 import { NumericalError } from "../errors.js";
 import type { HessianStats } from "../calibration/observers.js";
 import type { Linear } from "../nn/layers.js";
-import { type GptqResult, prepareGptq, rtnQuantize } from "../quantization/gptq.js";
+import { type GptqResult, prepareGptq, rtnQuantize, sharedPrep } from "../quantization/gptq.js";
 import { type GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type QuantizedWeight, type ScaleDType, absMax, dequantize, nvfp4GlobalScale, roundScale } from "../quantization/params.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
+import { firstNonFinite } from "../engine/ops.js";
 
 export type Method = "gptq" | "rtn";
 
@@ -155,7 +156,7 @@ export async function quantizeLayerLinears(
     let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
     if (members.length > 1) {
       try {
-        prep = await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening);
+        prep = sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening));
       } catch (e) {
         if (!(e instanceof NumericalError)) throw e;
         choleskyFallback(members);
@@ -278,10 +279,8 @@ function globalScales(t: LayerTargets, dtype: ScaleDType): Map<string, number> {
 }
 
 function assertFiniteStats(values: Float32Array, where: string): void {
-  for (let i = 0; i < values.length; i++) {
-    if (!Number.isFinite(values[i] as number))
-      throw new NumericalError(`${where} has a non-finite value ${values[i]} at flat index ${i}; refusing to quantize`);
-  }
+  const i = firstNonFinite(values);
+  if (i >= 0) throw new NumericalError(`${where} has a non-finite value ${values[i]} at flat index ${i}; refusing to quantize`);
 }
 
 /** Scales finite and positive, zero points in range: checked before anything is written. */

@@ -55,6 +55,25 @@ export interface GptqPrep {
 }
 
 /**
+ * The same prepared Hessian in shared memory: worker threads read it without a copy per job (a
+ * Qwen3-30B-A3B layer's gate/up Linears share one 2048-wide Hessian over about 100 jobs).
+ */
+export function sharedPrep(p: GptqPrep): GptqPrep {
+  const share = <T extends Float32Array | Int32Array | Uint8Array>(a: T, make: (b: SharedArrayBuffer) => T): T => {
+    const s = make(new SharedArrayBuffer(a.byteLength));
+    s.set(a);
+    return s;
+  };
+  return {
+    inF: p.inF,
+    dead: share(p.dead, (b) => new Uint8Array(b)),
+    perm: share(p.perm, (b) => new Int32Array(b)),
+    Hinv: share(p.Hinv, (b) => new Float32Array(b)),
+    HinvT: share(p.HinvT, (b) => new Float32Array(b)),
+  };
+}
+
+/**
  * Dead columns, column order (actorder "static": descending diag(H)), damping
  * (`dampening` x mean diag) and Hinv = upper Cholesky of inverse(H).
  * Throws NumericalError when the damped H is not positive definite.

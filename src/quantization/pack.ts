@@ -15,13 +15,17 @@ export function packRows(q: ArrayLike<number>, rows: number, cols: number, bits:
   const per = checkBits(bits);
   const words = Math.ceil(cols / per);
   const out = new Int32Array(rows * words);
-  const off = 2 ** (bits - 1);
-  const mask = 2 ** bits - 1;
+  const off = 1 << (bits - 1);
+  const mask = (1 << bits) - 1;
+  // one word at a time, in integer arithmetic (this runs over every weight of a model)
   for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) {
-      const u = ((q[r * cols + c] as number) + off) & mask;
-      const w = r * words + Math.floor(c / per);
-      out[w] = (out[w] as number) | (u << ((c % per) * bits));
+    const row = r * cols;
+    for (let w = 0; w < words; w++) {
+      const c0 = w * per;
+      const c1 = Math.min(cols, c0 + per);
+      let word = 0;
+      for (let c = c0, shift = 0; c < c1; c++, shift += bits) word |= (((q[row + c] as number) + off) & mask) << shift;
+      out[r * words + w] = word;
     }
   }
   return out;
