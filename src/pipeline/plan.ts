@@ -154,6 +154,17 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const scaleDtype = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
   const group = { targets: ["Linear"], weights: scheme.weights, inputActivations: scheme.inputActivations, format: scheme.format };
   const rate = (known.gemmGflops ?? (await measureGemm())) * 1e9;
+  // q/k/v and gate/up read one input: the Hessian observers take its Gram product once
+  const allLinearNames = model
+    .namedModules()
+    .filter(([, m]) => m instanceof Linear)
+    .map(([n]) => n);
+  const sharesInput = new Set(
+    family
+      .fusedGroups(allLinearNames)
+      .filter((g) => !g.module.endsWith(".experts"))
+      .flatMap((g) => g.members.filter(isTarget).slice(1)),
+  );
   const layers: LayerPlan[] = [];
   let output = 0;
   let maxLayerFile = 0;
@@ -189,7 +200,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     for (const [n, l] of linears) {
       const target = isTarget(n) && method === "gptq";
       if (expertLinears.has(l)) continue;
-      calibrate += 2 * T * l.inFeatures * l.outFeatures + (target ? 2 * T * l.inFeatures ** 2 : 0);
+      // members of a fused group after the first read the first's input: its Gram product serves them
+      const gram = target && !sharesInput.has(n) ? 2 * T * l.inFeatures ** 2 : 0;
+      calibrate += 2 * T * l.inFeatures * l.outFeatures + gram;
       propagate += 2 * T * l.inFeatures * l.outFeatures;
       if (target) {
         gptq += 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
