@@ -28,7 +28,8 @@ export interface Engine {
   /**
    * One SwiGLU expert's down_proj inputs and their statistics in one step (the all-experts
    * calibration pass runs it for every expert on every token): a = silu(x wGate^T) * (x wUp^T)
-   * [M, I] into `out.act`, and a^T a [I, I] into `out.gram` when given. Returns a.
+   * [M, I] into `out.act`, a^T a [I, I] into `out.gram` when given, and a times down^T
+   * [M, H] (down [H, I]) into `out.down.out` when given (a whole SwiGLU MLP). Returns a.
    */
   swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor>;
 }
@@ -37,6 +38,7 @@ export interface Engine {
 export interface SwigluExpertOut {
   act: Float32Array;
   gram?: Float32Array;
+  down?: { weight: Tensor; out: Float32Array };
 }
 
 export interface MatmulShape {
@@ -80,6 +82,10 @@ export function checkSwigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: Sw
   if (wUp.dim(0) !== n) throw new InternalError(`swigluExpert: gate [${wGate.shape.join(", ")}] and up [${wUp.shape.join(", ")}] differ`);
   checkOut(out.act, m * n);
   if (out.gram) checkOut(out.gram, n * n);
+  const d = out.down?.weight;
+  if (d && (d.shape.length !== 2 || d.dim(1) !== n))
+    throw new InternalError(`swigluExpert: down [${d.shape.join(", ")}] does not take ${n} inputs`);
+  if (d) checkOut(out.down?.out, m * d.dim(0));
   return { m, i: n };
 }
 

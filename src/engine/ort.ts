@@ -184,17 +184,21 @@ export class OrtEngine implements Engine {
   }
 
   /**
-   * Gate and up products, SwiGLU and the Gram product of the result as one session run: the
-   * intermediate products never leave the runtime. Inputs taller than ROW_CHUNK go through in
+   * Gate and up products, SwiGLU, the Gram product of the result and the down product as one
+   * session run: the intermediate products never leave the runtime. Inputs taller than ROW_CHUNK go through in
    * row chunks (as `linear`), each chunk's Gram product added in float32.
    */
   async swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor> {
     const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
-    const { act, gram } = out;
+    const { act, gram, down } = out;
     const k = x.dim(1);
     if (gram) gram.fill(0);
-    if (m === 0 || i === 0 || k === 0) return new Tensor(act.fill(0), [m, i]);
-    const s = await this.swigluSession(gram !== undefined);
+    if (m === 0 || i === 0 || k === 0) {
+      down?.out.fill(0);
+      return new Tensor(act.fill(0), [m, i]);
+    }
+    const s = await this.swigluSession(gram !== undefined, down !== undefined);
+    const h = down?.weight.dim(0) ?? 0;
     const part = gram && m > ROW_CHUNK ? new Float32Array(i * i) : gram;
     for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
       const r1 = Math.min(m, r0 + ROW_CHUNK);
@@ -206,27 +210,37 @@ export class OrtEngine implements Engine {
       };
       const fetches: Record<string, ort.Tensor> = { A: new ort.Tensor("float32", act.subarray(r0 * i, r1 * i), [r1 - r0, i]) };
       if (part) fetches.Y = new ort.Tensor("float32", part, [i, i]);
+      if (down) {
+        feeds.WD = new ort.Tensor("float32", down.weight.data, [h, i]);
+        fetches.D = new ort.Tensor("float32", down.out.subarray(r0 * h, r1 * h), [r1 - r0, h]);
+      }
       await s.run(feeds, fetches);
       if (gram && part !== gram) for (let j = 0; j < gram.length; j++) gram[j] = (gram[j] as number) + (part?.[j] as number);
     }
     return new Tensor(act, [m, i]);
   }
 
-  private swigluSession(withGram: boolean): Promise<ort.InferenceSession> {
-    return this.session(withGram ? "swigluExpert+gram" : "swigluExpert", () => ({
+  private swigluSession(withGram: boolean, withDown: boolean): Promise<ort.InferenceSession> {
+    return this.session(`swigluExpert${withGram ? "+gram" : ""}${withDown ? "+down" : ""}`, () => ({
       nodes: [
         { opType: "Gemm", inputs: ["X", "WG"], outputs: ["G"], intAttributes: { transB: 1 } },
         { opType: "Gemm", inputs: ["X", "WU"], outputs: ["U"], intAttributes: { transB: 1 } },
         ...swigluNodes("G", "U", "A"),
         ...(withGram ? gramNodes("A", "Y") : []),
+        ...(withDown ? [{ opType: "Gemm", inputs: ["A", "WD"], outputs: ["D"], intAttributes: { transB: 1 } }] : []),
       ],
       inputs: [
         { name: "X", dims: ["m", "k"] },
         { name: "WG", dims: ["i", "k"] },
         { name: "WU", dims: ["i", "k"] },
         { name: "ONE", dims: [1] },
+        ...(withDown ? [{ name: "WD", dims: ["h", "i"] }] : []),
       ],
-      outputs: [{ name: "A", dims: ["m", "i"] }, ...(withGram ? [{ name: "Y", dims: ["i", "i"] }] : [])],
+      outputs: [
+        { name: "A", dims: ["m", "i"] },
+        ...(withGram ? [{ name: "Y", dims: ["i", "i"] }] : []),
+        ...(withDown ? [{ name: "D", dims: ["m", "h"] }] : []),
+      ],
     }));
   }
 

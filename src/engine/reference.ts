@@ -70,6 +70,7 @@ export class ReferenceEngine implements Engine {
     const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
     const a = new Tensor(swiglu(await this.linear(x, wGate), await this.linear(x, wUp), out.act).data, [m, i]);
     if (out.gram) await this.gram(a, out.gram);
+    if (out.down) await this.linear(a, out.down.weight, out.down.out);
     return a;
   }
 

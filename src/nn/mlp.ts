@@ -1,4 +1,4 @@
-import type { Tensor } from "../engine/tensor.js";
+import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
 import { Linear } from "./layers.js";
 import { Module } from "./module.js";
@@ -40,16 +40,18 @@ export class SwiGluMLP extends Module<Tensor, Tensor> implements MoeExpert {
 }
 
 /**
- * down(silu(gate(x)) * up(x)) of any SwiGLU expert; gate, up and SwiGLU as one engine step when
- * nothing hooks gate or up (a hook must see its Linear called).
+ * down(silu(gate(x)) * up(x)) of any SwiGLU expert as one engine step when nothing hooks its
+ * Linears (a hook must see its Linear called) and they have no bias.
  */
 export async function swigluForward(e: MoeExpert, x: Tensor): Promise<Tensor> {
   const { gate, up, down } = e;
-  if (gate.hookCount > 0 || up.hookCount > 0 || gate.hasBias || up.hasBias)
+  if (gate.hookCount + up.hookCount + down.hookCount > 0 || gate.hasBias || up.hasBias || down.hasBias)
     return down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
   const rows = x.size / gate.inFeatures;
-  const a = await getEngine().swigluExpert(x.reshape([rows, gate.inFeatures]), gate.weight, up.weight, {
+  const out = new Float32Array(rows * down.outFeatures);
+  await getEngine().swigluExpert(x.reshape([rows, gate.inFeatures]), gate.weight, up.weight, {
     act: new Float32Array(rows * gate.outFeatures),
+    down: { weight: down.weight, out },
   });
-  return down.call(a.reshape([...x.shape.slice(0, -1), gate.outFeatures]));
+  return new Tensor(out, [...x.shape.slice(0, -1), down.outFeatures]);
 }

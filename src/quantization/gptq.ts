@@ -34,8 +34,8 @@ export interface GptqResult {
   rowLoss: Float64Array;
 }
 
-/** Columns whose updates are applied one by one before a matrix product takes over. */
-const SUB = 16;
+/** Columns whose updates are applied one by one before a matrix product takes over (8 ran faster than 4, 16 and 32: docs/performance.md). */
+const SUB = 8;
 /** Columns per engine call in the block updates (how it was chosen: docs/performance.md, "Measurements behind the code"). */
 const UPDATE_COLUMNS = 256;
 /** Rows and columns per tile when transposing between row- and column-major. */

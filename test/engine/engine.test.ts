@@ -97,6 +97,13 @@ test("swigluExpert (gate, up, SwiGLU and the Gram product in one session) matche
     const refA = await ref.swigluExpert(x, wg, wu, want);
     assertClose(`swigluExpert act, ${m} rows`, a, refA, 1e-5);
     assertClose(`swigluExpert gram, ${m} rows`, gram, want.gram, 1e-5);
+    // with the down product: the whole MLP
+    const wd = randn([7, 12], 24);
+    const down = { weight: wd, out: new Float32Array(m * 7) };
+    const wantDown = { weight: wd, out: new Float32Array(m * 7) };
+    await ort.swigluExpert(x, wg, wu, { act: new Float32Array(m * 12), down });
+    await ref.swigluExpert(x, wg, wu, { act: new Float32Array(m * 12), down: wantDown });
+    assertClose(`swigluExpert down, ${m} rows`, down.out, wantDown.out, 1e-5);
     // activations only: the same activations
     assertClose(`swigluExpert act alone, ${m} rows`, await ort.swigluExpert(x, wg, wu, { act: new Float32Array(m * 12) }), refA, 1e-5);
   }
