@@ -1,6 +1,6 @@
 import os from "node:os";
 import path from "node:path";
-import type { Tensor } from "../engine/tensor.js";
+import { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash, sha256File } from "../io/hash.js";
@@ -46,7 +46,7 @@ import {
   servedShapes,
 } from "./preflight.js";
 import { type StreamModel, withParameters } from "./stream.js";
-import { type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
+import { BATCH_TOKENS, type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
 import { type Plan, checkPlan, freeDiskBytes, plan } from "./plan.js";
 
 export interface OneshotOptions {
@@ -257,14 +257,26 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       });
       w.commit();
     }
-    /** Each sample's input of layer `i`, read back in chunks, with its index and the tokens up to it. */
-    const eachInput = async (i: number, each: (h: Tensor, s: number, tokens: number) => Promise<void>): Promise<void> => {
-      let s = 0;
+    /**
+     * The samples' inputs of layer `i`, read back in chunks: consecutive samples of one length
+     * as one batch [B, S, H] of at most BATCH_TOKENS tokens (a view, no copy), with the number
+     * of samples and of tokens up to and including it.
+     */
+    const eachInput = async (i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>): Promise<void> => {
+      let done = 0;
       let tokens = 0;
       for await (const chunk of layerWork.hiddenChunks(i - 1, lengths, H, HIDDEN_CHUNK_TOKENS))
-        for (const h of chunk) {
-          tokens += h.dim(1);
-          await each(h, s++, tokens);
+        for (let a = 0; a < chunk.length; ) {
+          const first = chunk[a] as Tensor;
+          const S = first.dim(1);
+          let b = a + 1;
+          while (b < chunk.length && (chunk[b] as Tensor).dim(1) === S && (b - a + 1) * S <= BATCH_TOKENS) b++;
+          const B = b - a;
+          const h = B === 1 ? first : new Tensor(new Float32Array(first.data.buffer, first.data.byteOffset, B * S * H), [B, S, H]);
+          done += B;
+          tokens += B * S;
+          await each(h, done, tokens);
+          a = b;
         }
     };
     for (let i = state.layer + 1; i < N; i++) {
@@ -283,9 +295,9 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
       try {
         await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
-          await eachInput(i, async (h, s, tokens) => {
+          await eachInput(i, async (h, done, tokens) => {
             await l.call(h);
-            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done: s + 1, total: samples.length, tokens });
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
           });
         });
       } finally {
@@ -312,11 +324,11 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       if (next) {
         opts.onProgress?.({ kind: "phase", layer: i, phase: "propagate" });
         try {
-          await eachInput(i, async (h, s, tokens) => {
+          await eachInput(i, async (h, done, tokens) => {
             const out = await layer.call(h);
             assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
             next.append(out);
-            opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done: s + 1, total: samples.length, tokens });
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done, total: samples.length, tokens });
           });
         } catch (e) {
           next.abandon();

@@ -24,7 +24,7 @@ import { loadTokenizedSamples } from "./dataset.js";
 import { UsageError } from "../errors.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
-import { HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
+import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
 import { fitGroupSize, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 
@@ -227,11 +227,13 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       }
       propagate += 2 * T * K * 3 * H * Im;
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
-      activations = 4 * 3 * Im * Math.min(maxS, 2048);
+      activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
     }
     // samples are read back from the work folder in chunks; one sample's output is held at a time
     const hidden = 4 * H * (Math.min(T, HIDDEN_CHUNK_TOKENS) + maxS);
-    activations += 4 * 3 * maxS * Math.max(H, heads * headDim) + 4 * heads * maxS * maxS;
+    // a batch of equal-length samples holds at most max(S, BATCH_TOKENS) tokens
+    const batch = Math.max(maxS, BATCH_TOKENS);
+    activations += 4 * 3 * batch * Math.max(H, heads * headDim) + 4 * heads * maxS * batch;
     const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
     const workers = method === "gptq" ? gptqPoolSize(weights) : 0;
     const maxIn = Math.max(1, ...linears.map(([, l]) => l.inFeatures));

@@ -41,6 +41,12 @@ export type CheckpointStage = "tensors" | "hidden" | "state";
 /** Calibration samples are read back from the work folder in groups of at most this many tokens (their memory: 4 H bytes per token). */
 export const HIDDEN_CHUNK_TOKENS = 65536;
 
+/**
+ * Consecutive samples of one length go through a layer together, up to this many tokens: larger
+ * products per routed expert and fewer engine calls (docs/performance.md).
+ */
+export const BATCH_TOKENS = 2048;
+
 const MANIFEST = "manifest.json";
 const STATE = "state.json";
 /** Largest manifest or state file read back (a state holds per-layer reports and fallbacks). */

@@ -1,0 +1,80 @@
+/**
+ * `npm run bench:profile -- MODEL DATASET [SAMPLES]`: where oneshot's seconds go, per layer and
+ * phase: the time inside each kind of engine call (the engine's methods wrapped with timers, named
+ * by their caller) and the rest, outside the engine (TypeScript work, I/O, waiting for the GPTQ
+ * workers, which run their own engines). Samples of 512 tokens (default 16). docs/performance.md
+ * has a profile taken with it.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { type Engine, getEngine } from "../src/engine/index.js";
+import { oneshot } from "../src/pipeline/oneshot.js";
+import { UsageError } from "../src/errors.js";
+
+type EngineMethod = "linear" | "matmul" | "gram" | "subtractProduct" | "swiglu" | "swigluExpert";
+
+/** What an engine call is for, from the method and its caller's stack. */
+function label(method: EngineMethod, stack: string): string {
+  const fast = stack.includes("fast-path");
+  if (method === "swigluExpert")
+    return fast ? "experts: gate/up, SwiGLU, down_proj Gram (all tokens)" : "SwiGLU MLPs (dense, shared, routed)";
+  if (method === "gram") return stack.includes("observers") ? "Gram products of non-expert Linears" : "experts: shared gate/up Gram";
+  if (stack.includes("attention")) return "attention products";
+  if (fast && method === "linear") return "experts: routed down_proj";
+  return method === "swiglu" ? "SwiGLU (hooked MLPs)" : "other products (q/k/v/o, router, MLPs with hooks)";
+}
+
+async function main(): Promise<void> {
+  const [model, dataset, samples = "16"] = process.argv.slice(2);
+  if (!model || !dataset) throw new UsageError("usage: npm run bench:profile -- MODEL DATASET [SAMPLES]");
+  const engine = getEngine() as Engine & Record<EngineMethod, (...a: unknown[]) => Promise<unknown>>;
+  let phase = "setup";
+  const inEngine = new Map<string, Map<string, number>>();
+  for (const m of ["linear", "matmul", "gram", "subtractProduct", "swiglu", "swigluExpert"] as const) {
+    const f = engine[m].bind(engine);
+    engine[m] = async (...a: unknown[]) => {
+      const key = label(m, new Error().stack ?? "");
+      const t0 = performance.now();
+      try {
+        return await f(...a);
+      } finally {
+        const byKey = inEngine.get(phase) ?? new Map<string, number>();
+        byKey.set(key, (byKey.get(key) ?? 0) + performance.now() - t0);
+        inEngine.set(phase, byKey);
+      }
+    };
+  }
+  const wall = new Map<string, number>();
+  let since = performance.now();
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-profile-"));
+  try {
+    await oneshot({
+      model,
+      dataset,
+      numSamples: Number(samples),
+      maxSeqLength: 512,
+      output: path.join(out, "model"),
+      onProgress: (e) => {
+        if (e.kind !== "phase") return;
+        const now = performance.now();
+        wall.set(phase, (wall.get(phase) ?? 0) + now - since);
+        since = now;
+        phase = `layer ${e.layer} ${e.phase}`;
+      },
+    });
+    wall.set(phase, (wall.get(phase) ?? 0) + performance.now() - since);
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+  console.log("| layer, phase | seconds | of which |");
+  console.log("|---|---:|---|");
+  for (const [p, ms] of wall) {
+    const parts = [...(inEngine.get(p) ?? new Map<string, number>())].sort((a, b) => b[1] - a[1]);
+    const engineMs = parts.reduce((a, [, v]) => a + v, 0);
+    const list = [...parts, ["outside the engine", ms - engineMs] as [string, number]].map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`);
+    console.log(`| ${p} | ${(ms / 1000).toFixed(2)} | ${list.join("; ")} |`);
+  }
+}
+
+await main();
