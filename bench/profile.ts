@@ -8,7 +8,7 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type Engine, getEngine } from "../src/engine/index.js";
+import { getEngine } from "../src/engine/index.js";
 import { oneshot } from "../src/pipeline/oneshot.js";
 import { UsageError } from "../src/errors.js";
 
@@ -28,7 +28,7 @@ function label(method: EngineMethod, stack: string): string {
 async function main(): Promise<void> {
   const [model, dataset, samples = "16"] = process.argv.slice(2);
   if (!model || !dataset) throw new UsageError("usage: npm run bench:profile -- MODEL DATASET [SAMPLES]");
-  const engine = getEngine() as Engine & Record<EngineMethod, (...a: unknown[]) => Promise<unknown>>;
+  const engine = getEngine() as unknown as Record<EngineMethod, (...a: unknown[]) => Promise<unknown>>;
   let phase = "setup";
   const inEngine = new Map<string, Map<string, number>>();
   for (const m of ["linear", "matmul", "gram", "subtractProduct", "swiglu", "swigluExpert"] as const) {
