@@ -1,5 +1,6 @@
 import type { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
+import { giveBuffer, takeFloats } from "../engine/scratch.js";
 
 /** x^T x summed over rows, in float32, with the row count: one Linear's (or a group's) input statistics. */
 export class GramAccumulator {
@@ -19,18 +20,14 @@ export class GramAccumulator {
   async add(x: Tensor): Promise<void> {
     const rows = x.size / this.inFeatures;
     if (rows === 0) return;
-    // a fresh in x in array per call costs page faults: a buffer per width, taken while in use
-    const buf = spareGrams.get(this.inFeatures) ?? new Float32Array(this.inFeatures * this.inFeatures);
-    spareGrams.delete(this.inFeatures);
+    const buf = takeFloats(this.inFeatures * this.inFeatures);
     try {
       this.addGram((await getEngine().gram(x.reshape([rows, this.inFeatures]), buf)).data, rows);
     } finally {
-      spareGrams.set(this.inFeatures, buf);
+      giveBuffer(buf.buffer);
     }
   }
 }
-
-const spareGrams = new Map<number, Float32Array>();
 
 /**
  * The Gram product of the latest input tensor seen, for Linears that read the same tensor (q, k,

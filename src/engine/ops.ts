@@ -3,16 +3,6 @@ import { InternalError } from "../errors.js";
 
 /** Element-wise and row-wise operations in plain TypeScript (float32 storage, float64 arithmetic). */
 
-/** Index of the first NaN or infinity in `values`, or -1 (one branch-free pass when all are finite). */
-export function firstNonFinite(values: Float32Array): number {
-  // v * 0 is 0 for every finite v and NaN otherwise, so the sum stays finite exactly when all are
-  let probe = 0;
-  for (let i = 0; i < values.length; i++) probe += (values[i] as number) * 0;
-  if (probe === 0) return -1;
-  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i] as number)) return i;
-  return -1;
-}
-
 export function sigmoidScalar(x: number): number {
   return 1 / (1 + Math.exp(-x));
 }

@@ -12,6 +12,7 @@ import {
   type SwigluExpertOut,
 } from "./engine.js";
 import { Tensor, numel } from "./tensor.js";
+import { giveBuffer, takeFloats } from "./scratch.js";
 import { type NodeSpec, type ValueSpec, encodeModel } from "./onnx-proto.js";
 
 /** Number of intra-op threads: MOECAL_THREADS, else every core. */
@@ -147,19 +148,14 @@ export class OrtEngine implements Engine {
       ],
       outputs: [{ name: "Y", dims: ["m", "n"] }],
     }));
-    // a reused output buffer (fresh large buffers cost page faults), taken while in use so that
-    // overlapping calls never share it
-    const buf = this.scratchBuffer.length >= m * n ? this.scratchBuffer : new Float32Array(m * n);
-    this.scratchBuffer = new Float32Array(0);
+    const buf = takeFloats(m * n);
     try {
-      const y = await this.run(s, { A: a, B: b, C: c }, [m, n], buf.subarray(0, m * n));
+      const y = await this.run(s, { A: a, B: b, C: c }, [m, n], buf);
       c.data.set(y.data);
     } finally {
-      if (buf.length > this.scratchBuffer.length) this.scratchBuffer = buf;
+      giveBuffer(buf.buffer);
     }
   }
-
-  private scratchBuffer = new Float32Array(0);
 
   /**
    * silu(g) * u = g * u / (1 + exp(-g)), as the reference writes it: element-wise nodes in one
@@ -192,30 +188,36 @@ export class OrtEngine implements Engine {
     const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
     const { act, gram, down } = out;
     const k = x.dim(1);
-    if (gram) gram.fill(0);
     if (m === 0 || i === 0 || k === 0) {
+      gram?.fill(0);
       down?.out.fill(0);
       return new Tensor(act.fill(0), [m, i]);
     }
     const s = await this.swigluSession(gram !== undefined, down !== undefined);
     const h = down?.weight.dim(0) ?? 0;
-    const part = gram && m > ROW_CHUNK ? new Float32Array(i * i) : gram;
-    for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
-      const r1 = Math.min(m, r0 + ROW_CHUNK);
-      const feeds: Record<string, ort.Tensor> = {
-        X: new ort.Tensor("float32", x.data.subarray(r0 * k, r1 * k), [r1 - r0, k]),
-        WG: new ort.Tensor("float32", wGate.data, [...wGate.shape]),
-        WU: new ort.Tensor("float32", wUp.data, [...wUp.shape]),
-        ONE: new ort.Tensor("float32", ONE, [1]),
-      };
-      const fetches: Record<string, ort.Tensor> = { A: new ort.Tensor("float32", act.subarray(r0 * i, r1 * i), [r1 - r0, i]) };
-      if (part) fetches.Y = new ort.Tensor("float32", part, [i, i]);
-      if (down) {
-        feeds.WD = new ort.Tensor("float32", down.weight.data, [h, i]);
-        fetches.D = new ort.Tensor("float32", down.out.subarray(r0 * h, r1 * h), [r1 - r0, h]);
+    // in row chunks, each chunk's Gram product goes to scratch memory and is added
+    const part = gram && m > ROW_CHUNK ? takeFloats(i * i) : gram;
+    if (part !== gram) gram?.fill(0);
+    try {
+      for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
+        const r1 = Math.min(m, r0 + ROW_CHUNK);
+        const feeds: Record<string, ort.Tensor> = {
+          X: new ort.Tensor("float32", x.data.subarray(r0 * k, r1 * k), [r1 - r0, k]),
+          WG: new ort.Tensor("float32", wGate.data, [...wGate.shape]),
+          WU: new ort.Tensor("float32", wUp.data, [...wUp.shape]),
+          ONE: new ort.Tensor("float32", ONE, [1]),
+        };
+        const fetches: Record<string, ort.Tensor> = { A: new ort.Tensor("float32", act.subarray(r0 * i, r1 * i), [r1 - r0, i]) };
+        if (part) fetches.Y = new ort.Tensor("float32", part, [i, i]);
+        if (down) {
+          feeds.WD = new ort.Tensor("float32", down.weight.data, [h, i]);
+          fetches.D = new ort.Tensor("float32", down.out.subarray(r0 * h, r1 * h), [r1 - r0, h]);
+        }
+        await s.run(feeds, fetches);
+        if (gram && part !== gram) for (let j = 0; j < gram.length; j++) gram[j] = (gram[j] as number) + (part?.[j] as number);
       }
-      await s.run(feeds, fetches);
-      if (gram && part !== gram) for (let j = 0; j < gram.length; j++) gram[j] = (gram[j] as number) + (part?.[j] as number);
+    } finally {
+      if (part && part !== gram) giveBuffer(part.buffer);
     }
     return new Tensor(act, [m, i]);
   }

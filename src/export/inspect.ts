@@ -1,6 +1,6 @@
 import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
-import type { DType } from "../io/safetensors.js";
+import { type DType, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { ModelConfig, ModelFamily } from "../models/family.js";
 import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
@@ -108,7 +108,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     for (const s of SCALES) {
       if (!ck.has(`${p}.${s}`) || !SCALE_DTYPES.includes(ck.info(`${p}.${s}`).dtype)) continue;
       const v = ck.readF32(`${p}.${s}`).data;
-      const bad = v.findIndex((x) => !Number.isFinite(x));
+      const bad = firstNonFiniteF32(v);
       if (bad >= 0) problems.push(`${p}.${s}: non-finite value ${v[bad]} at index ${bad}`);
       const nonPos = v.findIndex((x) => x <= 0);
       if (nonPos >= 0) problems.push(`${p}.${s}: zero or negative value ${v[nonPos]} at index ${nonPos}`);
@@ -139,7 +139,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
       problems.push(`${name}: ${e.message}`);
       continue;
     }
-    const bad = values.findIndex((x) => !Number.isFinite(x));
+    const bad = firstNonFiniteF32(values);
     if (bad >= 0) problems.push(`${name}: non-finite value ${values[bad]} at flat index ${bad}`);
     if (p && modules.has(p) && values.every((x) => x === 0)) problems.push(`${p}: every weight is zero`);
     const isLinear = p !== null && /(_proj|\.gate|lm_head)$/.test(p);

@@ -292,6 +292,15 @@ export function rawToInts(raw: RawTensor, where: string): number[] {
   }
 }
 
+/** Flat index of the first NaN or infinity in float32 values (-1 if none): `firstNonFinite` on their bytes. */
+export function firstNonFiniteF32(values: Float32Array): number {
+  return firstNonFinite({
+    dtype: "F32",
+    shape: [values.length],
+    bytes: new Uint8Array(values.buffer, values.byteOffset, values.byteLength),
+  });
+}
+
 /** Flat index of the first NaN or infinity in a floating tensor's raw bytes (-1 if none, or not floating). */
 export function firstNonFinite(raw: RawTensor): number {
   const b = raw.bytes;

@@ -7,7 +7,7 @@ import { type GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } fr
 import { type QuantizedWeight, type ScaleDType, absMax, dequantize, nvfp4GlobalScale, roundScale } from "../quantization/params.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
-import { firstNonFinite } from "../engine/ops.js";
+import { firstNonFiniteF32 } from "../io/safetensors.js";
 
 export type Method = "gptq" | "rtn";
 
@@ -279,7 +279,7 @@ function globalScales(t: LayerTargets, dtype: ScaleDType): Map<string, number> {
 }
 
 function assertFiniteStats(values: Float32Array, where: string): void {
-  const i = firstNonFinite(values);
+  const i = firstNonFiniteF32(values);
   if (i >= 0) throw new NumericalError(`${where} has a non-finite value ${values[i]} at flat index ${i}; refusing to quantize`);
 }
 

@@ -1,4 +1,5 @@
 import { Tensor } from "../engine/tensor.js";
+import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverseFast } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
@@ -109,20 +110,6 @@ export async function prepareGptq(
   const HinvT = new Float32Array(inF * inF);
   for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
   return { inF, dead, perm, Hinv, HinvT };
-}
-
-/**
- * Reusable scratch memory (fresh large typed arrays cost page faults on first touch, about as
- * much as GPTQ's arithmetic here). A buffer is taken while in use, so overlapping calls never share one.
- */
-const freeBuffers: ArrayBuffer[] = [];
-function takeBuffer(bytes: number): ArrayBuffer {
-  const i = freeBuffers.findIndex((b) => b.byteLength >= bytes);
-  return i >= 0 ? (freeBuffers.splice(i, 1)[0] as ArrayBuffer) : new ArrayBuffer(bytes);
-}
-function giveBuffer(b: ArrayBufferLike): void {
-  freeBuffers.push(b as ArrayBuffer);
-  if (freeBuffers.length > 8) freeBuffers.shift();
 }
 
 /**
