@@ -87,42 +87,51 @@ export function measure(name: string, model: string, args: string[], out: string
   };
 }
 
+/** `moecal random-model` into `model` with these config fields (and other arguments). */
+function randomModel(model: string, fields: Record<string, number>, args: string[]): void {
+  const set = Object.entries(fields).flatMap(([k, v]) => ["--set", `${k}=${v}`]);
+  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, ...args, ...set], { encoding: "utf8" });
+  if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
+}
+
 /** A 2-layer random model shaped like Qwen3-30B-A3B's layers (every layer MoE), in `work`. */
 export function qwen3Setup(work: string): string {
   const model = path.join(work, "qwen3-30b-a3b-2layer");
-  const shape = [
-    ["hidden_size", 2048],
-    ["num_experts", 128],
-    ["num_experts_per_tok", 8],
-    ["moe_intermediate_size", 768],
-    ["intermediate_size", 6144],
-    ["num_attention_heads", 32],
-    ["num_key_value_heads", 4],
-    ["head_dim", 128],
-    ["max_position_embeddings", 2048],
-  ].flatMap(([k, v]) => ["--set", `${k}=${v}`]);
-  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--family", "qwen3_moe", "--layers", "2", ...shape], {
-    encoding: "utf8",
-  });
-  if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
+  randomModel(
+    model,
+    {
+      hidden_size: 2048,
+      num_experts: 128,
+      num_experts_per_tok: 8,
+      moe_intermediate_size: 768,
+      intermediate_size: 6144,
+      num_attention_heads: 32,
+      num_key_value_heads: 4,
+      head_dim: 128,
+      max_position_embeddings: 2048,
+    },
+    ["--family", "qwen3_moe", "--layers", "2"],
+  );
   return model;
 }
 
 /** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
 export function nanoSetup(work: string): { model: string; data: string } {
   const model = path.join(work, "nano4");
-  const nano = [
-    ["hidden_size", 1024],
-    ["num_experts", 128],
-    ["num_experts_per_tok", 8],
-    ["moe_intermediate_size", 256],
-    ["intermediate_size", 3072],
-    ["num_attention_heads", 8],
-    ["num_key_value_heads", 2],
-    ["head_dim", 128],
-  ].flatMap(([k, v]) => ["--set", `${k}=${v}`]);
-  const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, "--layers", "4", ...nano], { encoding: "utf8" });
-  if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
+  randomModel(
+    model,
+    {
+      hidden_size: 1024,
+      num_experts: 128,
+      num_experts_per_tok: 8,
+      moe_intermediate_size: 256,
+      intermediate_size: 3072,
+      num_attention_heads: 8,
+      num_key_value_heads: 2,
+      head_dim: 128,
+    },
+    ["--layers", "4"],
+  );
   const texts = fs
     .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
     .trim()
