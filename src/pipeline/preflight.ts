@@ -6,7 +6,7 @@ import type { ModelConfig } from "../models/family.js";
 import { WeightMappingError, UsageError } from "../errors.js";
 import { Linear } from "../nn/layers.js";
 import type { AnyModule } from "../nn/module.js";
-import type { Scheme } from "../quantization/scheme.js";
+import { type Scheme, hasFixedGroups } from "../quantization/scheme.js";
 import type { Seed } from "../util/numpy-random.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import type { ScaleDType } from "../quantization/params.js";
@@ -18,7 +18,8 @@ import { NumericalError } from "../errors.js";
 
 /**
  * Check the group size against every target Linear's input size before any work. Without an
- * explicit --group-size, the preset's size is halved until it divides them all (with a note).
+ * explicit --group-size, the preset's size is halved until it divides them all (with a note);
+ * a format's own group size (NVFP4's 16, MXFP4's 32) is never changed: such a run is refused.
  */
 export function fitGroupSize(
   scheme: Scheme,
@@ -28,7 +29,8 @@ export function fitGroupSize(
   warn: (m: string) => void,
 ): Scheme {
   const g0 = scheme.weights.groupSize;
-  if (scheme.weights.strategy !== "group" || g0 === null) return scheme;
+  const grouped = scheme.weights.strategy === "group" || scheme.weights.strategy === "tensor_group";
+  if (!grouped || g0 === null) return scheme;
   const inputs = model
     .namedModules()
     .filter(([n, m]) => m instanceof Linear && isTarget(n))
@@ -37,6 +39,10 @@ export function fitGroupSize(
   const first = bad(g0);
   if (!first) return scheme;
   if (explicit) throw new UsageError(`--group-size ${g0} does not divide the input size ${first[1]} of ${first[0]}`);
+  if (hasFixedGroups(scheme.weights))
+    throw new UsageError(
+      `scheme ${scheme.name} has groups of ${g0} by definition, which do not divide the input size ${first[1]} of ${first[0]}; choose another scheme, or leave such Linears unquantized (--ignore)`,
+    );
   let g = g0;
   while (g > 1 && bad(g)) g = g / 2;
   if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);

@@ -121,7 +121,7 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
   if (!preset) throw new UsageError(`unknown scheme "${name}" (known: ${SCHEME_NAMES.join(", ")})`);
   const weights = { ...preset.weights };
   if (overrides.groupSize !== undefined) {
-    if (weights.type === "float" && weights.numBits === 4 && overrides.groupSize !== weights.groupSize)
+    if (hasFixedGroups(weights) && overrides.groupSize !== weights.groupSize)
       throw new UsageError(
         `scheme ${key} has groups of ${weights.groupSize} by definition; --group-size ${overrides.groupSize} does not apply`,
       );
@@ -133,6 +133,11 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
   }
   if (overrides.actorder !== undefined && takesActorder(weights)) weights.actorder = overrides.actorder;
   return { name: key, weights, inputActivations: preset.inputActivations ? { ...preset.inputActivations } : null, format: preset.format };
+}
+
+/** FP4 formats (NVFP4: 16, MXFP4: 32) define their group size; it is never changed. */
+export function hasFixedGroups(a: QuantArgs): boolean {
+  return a.type === "float" && a.numBits === 4;
 }
 
 /** GPTQ's activation order applies to group-wise weights (int groups and channels, NVFP4's groups). */

@@ -9,6 +9,7 @@ import type { NamedRaw } from "../../src/io/writer.js";
 import { ROOT, TINY } from "../helpers.js";
 import { type BadInputCase, canMountTmpfs, dataset, modelCopy, quick, withHeader, poisoned } from "./bad-inputs.fixtures.js";
 import { TRUST_CASES } from "./bad-inputs.trust.js";
+import { ROUND2_CASES } from "./bad-inputs.round2.js";
 
 export { type BadInputCase, CLI, cleanupCase, runCase, snapshot } from "./bad-inputs.fixtures.js";
 
@@ -321,4 +322,5 @@ export const BAD_INPUTS: BadInputCase[] = [
       /the plan needs [\d.]+ MiB of memory at layer \d, more than --max-memory 64\.0 MiB; most of it is the process itself \(Node\.js and onnxruntime, about 180\.0 MiB\), which no option shrinks/,
   },
   ...TRUST_CASES,
+  ...ROUND2_CASES,
 ];
