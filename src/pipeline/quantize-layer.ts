@@ -147,89 +147,100 @@ export async function quantizeLayerLinears(
   for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
   const pool = await sharedGptqPool(gptqPoolSize(work));
   const jobs: Promise<void>[] = [];
+  /** the first job failure that is not a failed factorisation: no job is submitted after it, and it is thrown once all have ended */
+  let failure: { error: unknown } | null = null;
   // stacking buffers, recycled between jobs: fresh ones cost page faults (~400 MB per Nano layer)
   const freeStacks: Float32Array[] = [];
-  for (const [H, members] of groups) {
-    const [first, firstLin] = members[0] as [string, Linear];
-    assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
-    // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
-    let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
-    if (members.length > 1) {
-      try {
-        prep = sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening));
-      } catch (e) {
-        if (!(e instanceof NumericalError)) throw e;
-        choleskyFallback(members);
-        continue;
-      }
-    }
-    for (let i = 0; i < members.length; ) {
-      const batch: [string, Linear][] = [];
-      let rows = 0;
-      while (i < members.length && (batch.length === 0 || rows + (members[i] as [string, Linear])[1].outFeatures <= GPTQ_STACK_ROWS)) {
-        const m = members[i++] as [string, Linear];
-        batch.push(m);
-        rows += m[1].outFeatures;
-      }
-      const label =
-        batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
-      const jobPrep = prep;
-      // the stacked copy is made only when a worker is free to take it, in a recycled buffer
-      const job = await pool.submit(() => {
-        const n = rows * firstLin.inFeatures;
-        const k = freeStacks.findIndex((b) => b.length === n);
-        const stacked = k >= 0 ? (freeStacks.splice(k, 1)[0] as Float32Array) : new Float32Array(n);
-        let off = 0;
-        for (const [, lin] of batch) {
-          stacked.set(lin.weight.data, off);
-          off += lin.weight.size;
-        }
-        let globalScale: Float32Array | undefined;
-        if (globals) {
-          globalScale = new Float32Array(rows);
-          let r = 0;
-          for (const [name, lin] of batch) {
-            globalScale.fill(globals.get(name) as number, r, r + lin.outFeatures);
-            r += lin.outFeatures;
-          }
-        }
-        return {
-          globalScale,
-          weight: stacked,
-          out: rows,
-          prep: jobPrep,
-          args: scheme.weights,
-          dtype: scaleDType,
-          name: label,
-          blockSize: opts.blockSize,
-        };
-      });
-      jobs.push(
-        job.result.then(
-          (r) => {
-            let r0 = 0;
-            for (const [name, lin] of batch) {
-              // the dequantized rows go back into the Linear's own array; the stack is reused
-              const q = sliceResult(r, r0, lin.outFeatures);
-              lin.weight.data.set(q.dequantized as Float32Array);
-              done.set(name, { ...q, dequantized: lin.weight.data });
-              r0 += lin.outFeatures;
-            }
-            freeStacks.push(r.dequantized);
-          },
-          (e: unknown) => {
-            if (!(e instanceof NumericalError)) throw e;
-            choleskyFallback(batch);
-          },
-        ),
-      );
-    }
-  }
   try {
-    await Promise.all(jobs);
+    for (const [H, members] of groups) {
+      if (failure) break;
+      const [first, firstLin] = members[0] as [string, Linear];
+      assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
+      // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
+      let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
+      if (members.length > 1) {
+        try {
+          prep = sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening));
+        } catch (e) {
+          if (!(e instanceof NumericalError)) throw e;
+          choleskyFallback(members);
+          continue;
+        }
+      }
+      for (let i = 0; i < members.length && !failure; ) {
+        const batch: [string, Linear][] = [];
+        let rows = 0;
+        while (i < members.length && (batch.length === 0 || rows + (members[i] as [string, Linear])[1].outFeatures <= GPTQ_STACK_ROWS)) {
+          const m = members[i++] as [string, Linear];
+          batch.push(m);
+          rows += m[1].outFeatures;
+        }
+        const label =
+          batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
+        const jobPrep = prep;
+        // the stacked copy is made only when a worker is free to take it, in a recycled buffer
+        const job = await pool.submit(() => {
+          const n = rows * firstLin.inFeatures;
+          const k = freeStacks.findIndex((b) => b.length === n);
+          const stacked = k >= 0 ? (freeStacks.splice(k, 1)[0] as Float32Array) : new Float32Array(n);
+          let off = 0;
+          for (const [, lin] of batch) {
+            stacked.set(lin.weight.data, off);
+            off += lin.weight.size;
+          }
+          let globalScale: Float32Array | undefined;
+          if (globals) {
+            globalScale = new Float32Array(rows);
+            let r = 0;
+            for (const [name, lin] of batch) {
+              globalScale.fill(globals.get(name) as number, r, r + lin.outFeatures);
+              r += lin.outFeatures;
+            }
+          }
+          return {
+            globalScale,
+            weight: stacked,
+            out: rows,
+            prep: jobPrep,
+            args: scheme.weights,
+            dtype: scaleDType,
+            name: label,
+            blockSize: opts.blockSize,
+          };
+        });
+        jobs.push(
+          job.result
+            .then(
+              (r) => {
+                let r0 = 0;
+                for (const [name, lin] of batch) {
+                  // the dequantized rows go back into the Linear's own array; the stack is reused
+                  const q = sliceResult(r, r0, lin.outFeatures);
+                  lin.weight.data.set(q.dequantized as Float32Array);
+                  done.set(name, { ...q, dequantized: lin.weight.data });
+                  r0 += lin.outFeatures;
+                }
+                freeStacks.push(r.dequantized);
+              },
+              (e: unknown) => {
+                if (e instanceof NumericalError) choleskyFallback(batch);
+                else failure ??= { error: e };
+              },
+            )
+            // every job's promise is handled here, so a failure never surfaces as an unhandled rejection
+            .catch((e: unknown) => {
+              failure ??= { error: e };
+            }),
+        );
+      }
+    }
   } catch (e) {
+    failure ??= { error: e };
+  }
+  await Promise.all(jobs);
+  if (failure) {
     await closeSharedGptqPool(); // jobs may still run there; the next layer starts a fresh pool
-    throw e;
+    throw failure.error;
   }
   const ia = scheme.inputActivations;
   const staticInput = ia !== null && (!ia.dynamic || ia.dynamic === "local");

@@ -1,6 +1,15 @@
 import os from "node:os";
 import { Worker } from "node:worker_threads";
-import { MoecalError, NumericalError } from "../errors.js";
+import {
+  CheckpointFormatError,
+  ConfigError,
+  InternalError,
+  IoError,
+  MoecalError,
+  NumericalError,
+  UsageError,
+  WeightMappingError,
+} from "../errors.js";
 import { type GptqPrep, type GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
 import type { ScaleDType } from "./params.js";
 import type { QuantArgs } from "./scheme.js";
@@ -45,7 +54,7 @@ export class GptqPool {
     for (let i = 0; i < size; i++) {
       const w = new Worker(new URL("./gptq-worker.js", import.meta.url));
       w.on("message", (reply: GptqJobReply) => this.onReply(w, reply));
-      w.on("error", (e) => this.failAll(new MoecalError("E_INTERNAL", `GPTQ worker failed: ${e.message}`, { cause: e })));
+      w.on("error", (e) => this.failAll(new InternalError(`GPTQ worker failed: ${e.message}`, { cause: e })));
       w.unref(); // an idle worker does not keep the process alive; a busy one does (ref in submit)
       this.workers.push(w);
       this.idle.push(w);
@@ -61,12 +70,7 @@ export class GptqPool {
     else this.idle.push(w);
     if (!p) return;
     if ("result" in reply) p.resolve(reply.result);
-    else
-      p.reject(
-        reply.error.code === "E_NUMERICAL"
-          ? new NumericalError(reply.error.message)
-          : new MoecalError(reply.error.code, reply.error.message),
-      );
+    else p.reject(errorFromWorker(reply.error));
   }
 
   private failAll(e: Error): void {
@@ -87,7 +91,9 @@ export class GptqPool {
     if (this.size === 0) {
       // one job at a time: overlapping jobs would hold all their working arrays at once
       await this.previous;
-      const result = runGptqJob({ ...make(), id: -1 });
+      const result = runGptqJob({ ...make(), id: -1 }).catch((e: unknown) => {
+        throw e instanceof MoecalError ? e : new InternalError(`GPTQ: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+      });
       this.previous = result.then(
         () => undefined,
         () => undefined,
@@ -108,6 +114,20 @@ export class GptqPool {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+/** A worker's error as the typed error it was there (anything not a MoecalError is a bug: InternalError). */
+function errorFromWorker(e: { name: string; code: string; message: string }): MoecalError {
+  const typed: Record<string, (m: string) => MoecalError> = {
+    E_NUMERICAL: (m) => new NumericalError(m),
+    E_USAGE: (m) => new UsageError(m),
+    E_CONFIG: (m) => new ConfigError(m),
+    E_IO: (m) => new IoError(m),
+    E_CHECKPOINT_FORMAT: (m) => new CheckpointFormatError(m),
+    E_WEIGHT_MAPPING: (m) => new WeightMappingError(m),
+  };
+  const make = typed[e.code];
+  return make ? make(e.message) : new InternalError(`GPTQ worker: ${e.name}: ${e.message}`);
 }
 
 let shared: GptqPool | null = null;

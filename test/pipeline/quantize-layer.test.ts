@@ -9,6 +9,7 @@ import { dequantize } from "../../src/quantization/params.js";
 import { rtnQuantize } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { randn } from "../rand.js";
+import { UsageError } from "../../src/errors.js";
 
 /** 8 Linears [512, 1024] sharing one Hessian (4M weights: large enough for worker threads) and one [256, 256] with its own. */
 async function layer(): Promise<{ linears: Map<string, Linear>; hessians: Map<string, HessianStats> }> {
@@ -130,4 +131,28 @@ test("a static-activation Linear that saw no rows takes the largest input scale 
   ]);
   assert.equal(results[0]?.inputScale, Math.fround(44.8 / 448));
   assert.equal(results[1]?.inputScale, results[0]?.inputScale);
+});
+
+test("a GPTQ job that fails on a worker reaches the caller as its typed error, while later jobs wait for a worker (no unhandled rejection)", async () => {
+  const before = process.env.MOECAL_GPTQ_WORKERS;
+  process.env.MOECAL_GPTQ_WORKERS = "2";
+  try {
+    const { linears, hessians } = await layer();
+    // a group size that divides no input: every job fails inside its worker, the first while later ones are still queued
+    const scheme = resolveScheme("W4A16");
+    scheme.weights.groupSize = 48;
+    await assert.rejects(
+      quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, scheme, "gptq", "BF16", {
+        dampening: 0.01,
+        blockSize: 128,
+        warn: () => undefined,
+        layerLabel: "layer 1",
+      }),
+      (e: unknown) => e instanceof UsageError && /group size 48 does not divide the input size 1024/.test(e.message),
+    );
+  } finally {
+    if (before === undefined) delete process.env.MOECAL_GPTQ_WORKERS;
+    else process.env.MOECAL_GPTQ_WORKERS = before;
+    await closeSharedGptqPool();
+  }
 });
