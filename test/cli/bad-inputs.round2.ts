@@ -9,9 +9,13 @@ import { type BadInputCase, CLI, quick } from "./bad-inputs.fixtures.js";
 /** A random AFMoE-shaped model in `dir/model` with these config.json overrides. */
 export function randomCopy(dir: string, set: string[], layers = 2): string {
   const m = path.join(dir, "model");
-  const r = spawnSync(process.execPath, [CLI, "random-model", "--output", m, "--layers", String(layers), ...set.flatMap((s) => ["--set", s])], {
-    encoding: "utf8",
-  });
+  const r = spawnSync(
+    process.execPath,
+    [CLI, "random-model", "--output", m, "--layers", String(layers), ...set.flatMap((s) => ["--set", s])],
+    {
+      encoding: "utf8",
+    },
+  );
   if (r.status !== 0) throw new Error(`random-model failed: ${r.stderr}`);
   return m;
 }
