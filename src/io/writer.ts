@@ -65,6 +65,9 @@ interface PendingEntry {
  * Tensor data goes to disk at once (a scratch file per shard, prefixed with the header when
  * the shard is complete), so memory does not grow with the model.
  */
+/** Largest output shard by default (as Hugging Face's save_pretrained cuts them). */
+export const DEFAULT_SHARD_BYTES = 2 * 1024 ** 3;
+
 export class ShardedWriter {
   private pending: PendingEntry[] = [];
   private pendingBytes = 0;
@@ -75,7 +78,7 @@ export class ShardedWriter {
 
   constructor(
     private readonly dir: string,
-    private readonly maxShardBytes = 2 * 1024 ** 3,
+    private readonly maxShardBytes = DEFAULT_SHARD_BYTES,
     private readonly metadata: Record<string, string> = { format: "pt" },
   ) {}
 

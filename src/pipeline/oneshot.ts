@@ -1,4 +1,3 @@
-import os from "node:os";
 import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
@@ -17,7 +16,7 @@ import {
 } from "../calibration/expert-statistics.js";
 import { trackCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
-import { type NamedRaw, ShardedWriter } from "../io/writer.js";
+import { DEFAULT_SHARD_BYTES, type NamedRaw, ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
@@ -46,8 +45,10 @@ import {
   servedShapes,
 } from "./preflight.js";
 import { type StreamModel, withParameters } from "./stream.js";
-import { BATCH_TOKENS, type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, modelIdentity } from "./work-folder.js";
+import { BATCH_TOKENS, type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
+import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { type Plan, checkPlan, freeDiskBytes, plan } from "./plan.js";
+import { availableMemory } from "../util/memory.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -208,16 +209,22 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       { ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength },
       { samples, opened: { family, config, ck, model, scheme } },
     );
-    checkPlan(thePlan, { maxMemory: opts.maxMemory ?? os.freemem(), freeDisk: freeDiskBytes(out.target), output: out.target });
+    // an old work folder is disk the run gets back: --restart deletes it, a resume reuses it
+    const freeDisk = freeDiskBytes(out.target) + workFolderBytes(out.target);
+    checkPlan(thePlan, { maxMemory: opts.maxMemory ?? availableMemory(), freeDisk, output: out.target });
     opts.onProgress?.({ kind: "plan", plan: thePlan });
     const datasetSha = sha256File(datasetFile, asUsageError);
+    // the model's content hash names it in moecal.json and identifies the run for a resume
+    const modelSha = checkpointHash(modelDir, ck.weightFiles(), asFormatError);
     const N = config.numHiddenLayers;
     work = new WorkFolder(
       out.target,
       {
         moecal_version: MOECAL_VERSION,
-        model: modelIdentity(modelDir, ck.weightFiles()),
+        model_sha256: modelSha,
+        tokenizer: tokenizerIdentity(modelDir),
         dataset_sha256: datasetSha,
+        samples_sha256: samplesHash(samples),
         options: {
           scheme: scheme.name,
           method,
@@ -236,6 +243,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
         },
       },
       opts.restart ?? false,
+      N,
     );
     const state: WorkState = work.resume ?? { layer: -1, layers: [], coverage: {}, fallbacks: [], allTokenFallbacks: [] };
     opts.onProgress?.({ kind: "start", layers: N, samples: samples.length, tokens });
@@ -362,7 +370,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       opts.onProgress?.({ kind: "layer-done", layer: i, summary });
     }
     // the output, assembled from the finished layers in one order whether or not the run was resumed
-    const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? 2 * 1024 ** 3);
+    const writer = new ShardedWriter(out.tmp, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
     const written = new Set<string>();
     const add = (t: NamedRaw): void => {
       if (written.has(t.name)) return;
@@ -388,7 +396,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
     for (const f of companions.files) out.copyFrom(confinedFile(modelDir, f, asFormatError), f);
     const report: OneshotReport = {
       moecal_version: MOECAL_VERSION,
-      model: { name: path.basename(path.resolve(modelDir)), sha256: checkpointHash(modelDir, ck.weightFiles(), asFormatError) },
+      model: { name: path.basename(path.resolve(modelDir)), sha256: modelSha },
       scheme: scheme.name,
       method,
       group_size: scheme.weights.groupSize,

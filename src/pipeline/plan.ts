@@ -5,6 +5,7 @@
  * measurement of this machine's engine. The formulas and the constants fitted on this project's
  * machine are in docs/performance.md ("The plan's model").
  */
+import { DEFAULT_SHARD_BYTES } from "../io/writer.js";
 import fs from "node:fs";
 import path from "node:path";
 import { getEngine } from "../engine/index.js";
@@ -75,9 +76,12 @@ export interface Plan {
   tokens: number;
   layers: LayerPlan[];
   peak_memory_bytes: number;
-  /** output plus the resume state at its largest (every layer file and two layers' hidden states) */
+  /**
+   * output plus the resume state at its largest (every layer file and two layers' hidden states)
+   * plus the shard being assembled (its data is spooled to a temporary file, then copied behind its header)
+   */
   disk_bytes: number;
-  disk: { output: number; resume_state: number };
+  disk: { output: number; resume_state: number; shard_assembly: number };
   seconds: number;
   /** the engine's GEMM rate measured for the estimate (GFLOP/s) */
   gemm_gflops: number;
@@ -279,6 +283,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   }
   // every layer's file, and the hidden states a layer reads and writes (two at a time)
   const resumeState = maxLayerFile + 2 * 4 * T * H;
+  const assembly = Math.min(output, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
   return {
     model: path.basename(path.resolve(modelDir)),
     scheme: scheme.name,
@@ -287,8 +292,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     tokens: T,
     layers,
     peak_memory_bytes: Math.max(...layers.map((l) => l.peak_memory_bytes)),
-    disk_bytes: output + resumeState,
-    disk: { output, resume_state: resumeState },
+    disk_bytes: output + resumeState + assembly,
+    disk: { output, resume_state: resumeState, shard_assembly: assembly },
     seconds: layers.reduce((a, l) => a + l.seconds, 0),
     gemm_gflops: rate / 1e9,
   };
@@ -309,7 +314,7 @@ const time = (s: number): string =>
 
 /** The plan in one line (oneshot prints it at start). */
 export function planSummary(p: Plan): string {
-  return `plan: peak memory ${size(p.peak_memory_bytes)}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
+  return `plan: peak memory ${size(p.peak_memory_bytes)}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
 }
 
 /** The plan per layer and in total, as text. */
@@ -354,7 +359,7 @@ export function checkPlan(p: Plan, limits: { maxMemory: number; freeDisk: number
   }
   if (p.disk_bytes > limits.freeDisk) {
     throw new UsageError(
-      `the plan needs ${size(p.disk_bytes)} of disk (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}), but the file system of ${limits.output} has ${size(limits.freeDisk)} free; free some space or choose another --output`,
+      `the plan needs ${size(p.disk_bytes)} of disk (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), but the file system of ${limits.output} has ${size(limits.freeDisk)} free; free some space or choose another --output`,
     );
   }
 }

@@ -3,37 +3,22 @@
  * quantized tensors, the propagated hidden states of every calibration sample and the report so
  * far, each written atomically (temporary file, fsync, rename) with the state file last. A rerun
  * of the same command resumes after the last finished layer; a rerun with other inputs is
- * refused, naming what differs. The manifest identifies the run: moecal's version, the model
- * files (config.json and every weight file's header), the dataset's SHA-256 and the options.
+ * refused, naming what differs (work-manifest.ts says what identifies a run).
+ *
+ * The folder holds the calibration text as embeddings, so it is private (0700, files 0600) and
+ * trusted only when it is what moecal made: a real folder (not a link) owned by this user with no
+ * access for others. Every file in it is opened without following links, and temporaries are
+ * created exclusively, so nothing planted there is written through.
  */
-import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, IoError, UsageError } from "../errors.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { type NamedRaw, encodeSafetensors, writeAll } from "../io/writer.js";
-import type { LayerCoverage } from "../calibration/coverage.js";
-import type { Fallback } from "./quantize-layer.js";
-import type { LayerReport } from "./report.js";
+import { type WorkManifest, type WorkState, differences, shapeProblem, stateProblem } from "./work-manifest.js";
 
-export interface WorkManifest {
-  moecal_version: string;
-  /** file name -> SHA-256 of config.json and of each weight file's header */
-  model: Record<string, string>;
-  dataset_sha256: string;
-  options: Record<string, unknown>;
-}
-
-/** What the report holds after the last finished layer. */
-export interface WorkState {
-  /** the last finished layer */
-  layer: number;
-  layers: LayerReport[];
-  coverage: Record<string, LayerCoverage>;
-  fallbacks: Fallback[];
-  allTokenFallbacks: string[];
-}
+export type { WorkManifest, WorkState } from "./work-manifest.js";
 
 /** Points inside a layer's checkpoint, for tests that stop the process there. */
 export type CheckpointStage = "tensors" | "hidden" | "state";
@@ -51,27 +36,7 @@ const MANIFEST = "manifest.json";
 const STATE = "state.json";
 /** Largest manifest or state file read back (a state holds per-layer reports and fallbacks). */
 const MAX_STATE_BYTES = 256 * 1024 * 1024;
-
-/** SHA-256 of config.json and of each weight file's safetensors header (not its data: fast for any size). */
-export function modelIdentity(dir: string, weightFiles: readonly string[]): Record<string, string> {
-  const id: Record<string, string> = {};
-  const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
-  id["config.json"] = sha(fs.readFileSync(path.join(dir, "config.json")));
-  for (const f of weightFiles) {
-    const fd = fs.openSync(path.join(dir, f), "r");
-    try {
-      const len = Buffer.alloc(8);
-      fs.readSync(fd, len, 0, 8, 0);
-      const n = Number(len.readBigUInt64LE(0));
-      const header = Buffer.alloc(n);
-      fs.readSync(fd, header, 0, n, 8);
-      id[f] = sha(Buffer.concat([len, header]));
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  return id;
-}
+const RESTART = "rerun with --restart to discard the work folder and start over";
 
 /** fsync a folder, so a rename in it survives a power loss. */
 function syncFolder(dir: string): void {
@@ -83,6 +48,31 @@ function syncFolder(dir: string): void {
   }
 }
 
+/** Create `file` for writing, private and exclusively: a stale temporary (or a link planted in its place) is unlinked first, never followed. */
+function createPrivate(file: string): number {
+  fs.rmSync(file, { force: true });
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  return fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+}
+
+/** Open a file of the work folder for reading: a regular file, never through a link. */
+function openPrivate(file: string): { fd: number; size: number } {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (cause) {
+    const code = (cause as NodeJS.ErrnoException).code;
+    const why = code === "ELOOP" ? "is a symlink, which moecal never follows in its work folder" : (cause as Error).message;
+    throw new CheckpointFormatError(`${file}: ${why}; ${RESTART}`, { cause });
+  }
+  const st = fs.fstatSync(fd);
+  if (!st.isFile()) {
+    fs.closeSync(fd);
+    throw new CheckpointFormatError(`${file}: not a regular file; ${RESTART}`);
+  }
+  return { fd, size: st.size };
+}
+
 /** Hidden states being written, one sample at a time. */
 export interface HiddenWriter {
   append(t: Tensor): void;
@@ -91,11 +81,11 @@ export interface HiddenWriter {
   abandon(): void;
 }
 
-/** Write a file atomically: a temporary sibling, fsync, rename, fsync of the folder. */
+/** Write a file atomically: a private temporary sibling, fsync, rename, fsync of the folder. */
 function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
   const tmp = `${file}.tmp`;
   try {
-    const fd = fs.openSync(tmp, "w");
+    const fd = createPrivate(tmp);
     try {
       for (const p of parts) writeAll(fd, p, file);
       fs.fsyncSync(fd);
@@ -110,32 +100,28 @@ function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
   }
 }
 
-function readJson<T>(file: string): T {
-  const st = fs.statSync(file);
-  if (st.size > MAX_STATE_BYTES)
-    throw new CheckpointFormatError(`${file}: ${st.size} bytes, more than a work state holds (${MAX_STATE_BYTES})`);
+/** A manifest or state file, parsed and checked for the shape moecal writes. */
+function readChecked<T>(file: string, kind: "manifest" | "state"): T {
+  const { fd, size } = openPrivate(file);
+  let text: string;
   try {
-    return JSON.parse(fs.readFileSync(file, "utf8")) as T;
-  } catch (cause) {
-    throw new CheckpointFormatError(
-      `${file}: not valid JSON (${(cause as Error).message}); rerun with --restart to discard the work folder`,
-      {
-        cause,
-      },
-    );
+    if (size > MAX_STATE_BYTES)
+      throw new CheckpointFormatError(`${file}: ${size} bytes, more than a work state holds (${MAX_STATE_BYTES}); ${RESTART}`);
+    const buf = Buffer.alloc(size);
+    if (size > 0) fs.readSync(fd, buf, 0, size, 0);
+    text = buf.toString("utf8");
+  } finally {
+    fs.closeSync(fd);
   }
-}
-
-/** The manifest fields that differ, named for the user. */
-function differences(a: WorkManifest, b: WorkManifest): string[] {
-  const out: string[] = [];
-  if (a.moecal_version !== b.moecal_version) out.push(`moecal version (${a.moecal_version} -> ${b.moecal_version})`);
-  if (a.dataset_sha256 !== b.dataset_sha256) out.push("dataset contents");
-  for (const f of new Set([...Object.keys(a.model), ...Object.keys(b.model)])) if (a.model[f] !== b.model[f]) out.push(`model file ${f}`);
-  for (const k of new Set([...Object.keys(a.options), ...Object.keys(b.options)]))
-    if (JSON.stringify(a.options[k]) !== JSON.stringify(b.options[k]))
-      out.push(`option ${k} (${JSON.stringify(a.options[k]) ?? "unset"} -> ${JSON.stringify(b.options[k]) ?? "unset"})`);
-  return out;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (cause) {
+    throw new CheckpointFormatError(`${file}: not valid JSON (${(cause as Error).message}); ${RESTART}`, { cause });
+  }
+  const problem = shapeProblem(kind, value);
+  if (problem) throw new CheckpointFormatError(`${file}: not a work ${kind} moecal wrote (${problem}); ${RESTART}`);
+  return value as T;
 }
 
 /** Work folders of this process (the signal handler names the ones with finished layers). */
@@ -146,37 +132,121 @@ export function keptWorkFolders(): string[] {
   return [...open].filter((d) => fs.existsSync(path.join(d, STATE)));
 }
 
+/**
+ * For a process that stops now (a signal): work folders without a finished layer (the embeddings of
+ * the whole calibration set, nothing to resume from) are removed; those with one are kept and returned.
+ */
+export function releaseWorkFolders(): string[] {
+  const kept = keptWorkFolders();
+  for (const d of open) if (!kept.includes(d)) fs.rmSync(d, { recursive: true, force: true });
+  open.clear();
+  return kept;
+}
+
+/** The work folder of an output. */
+export function workFolderOf(output: string): string {
+  return path.join(path.dirname(output), `.${path.basename(output)}.moecal-work`);
+}
+
+/** Bytes the work folder of `output` holds now (0 when there is none): freed by --restart, reused by a resume. */
+export function workFolderBytes(output: string): number {
+  const dir = workFolderOf(output);
+  const st = lstatOrNull(dir);
+  if (!st?.isDirectory()) return 0;
+  let total = 0;
+  for (const f of fs.readdirSync(dir)) {
+    const fst = lstatOrNull(path.join(dir, f));
+    if (fst?.isFile()) total += fst.size;
+  }
+  return total;
+}
+
+function lstatOrNull(p: string): fs.Stats | null {
+  try {
+    return fs.lstatSync(p);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Refuse a work folder moecal did not make: a link, not a folder, another user's, or one others
+ * may read (moecal's are 0700; `restart` may remove such a folder of this user's).
+ */
+function assertOwnFolder(dir: string, st: fs.Stats, restart: boolean): void {
+  const refuse = (why: string): never => {
+    throw new UsageError(`the work folder ${dir} ${why}; moecal trusts only the private folder it made itself: remove it`);
+  };
+  if (st.isSymbolicLink()) refuse("is a symlink (moecal never writes through links)");
+  if (!st.isDirectory()) refuse("is not a folder");
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid) refuse(`belongs to another user (uid ${st.uid})`);
+  if ((st.mode & 0o077) !== 0 && !restart)
+    throw new UsageError(
+      `the work folder ${dir} is open to other users (mode ${(st.mode & 0o777).toString(8)}), so moecal did not make it and does not trust it; remove it, or pass --restart to discard it`,
+    );
+}
+
 export class WorkFolder {
   readonly dir: string;
   /** the state to resume from, or null for a fresh start */
   readonly resume: WorkState | null;
 
-  /** Open (or start) the work folder of `output`; `restart` discards an old one. Call with the output's lock held. */
-  constructor(output: string, manifest: WorkManifest, restart: boolean) {
-    this.dir = path.join(path.dirname(output), `.${path.basename(output)}.moecal-work`);
-    if (restart) fs.rmSync(this.dir, { recursive: true, force: true });
+  /**
+   * Open (or start) the work folder of `output` for a model of `layers` layers; `restart`
+   * discards an old one. Call with the output's lock held.
+   */
+  constructor(output: string, manifest: WorkManifest, restart: boolean, layers: number) {
+    this.dir = workFolderOf(output);
+    const st = lstatOrNull(this.dir);
+    if (st) assertOwnFolder(this.dir, st, restart);
     const manifestFile = path.join(this.dir, MANIFEST);
     const stateFile = path.join(this.dir, STATE);
-    if (fs.existsSync(manifestFile) && fs.existsSync(stateFile)) {
-      const diff = differences(readJson<WorkManifest>(manifestFile), manifest);
+    if (st && !restart && lstatOrNull(stateFile)) {
+      const diff = differences(readChecked<WorkManifest>(manifestFile, "manifest"), manifest);
       if (diff.length)
         throw new UsageError(
           `${this.dir} holds the finished layers of a run with other inputs (differs: ${diff.join(", ")}); rerun it with its own inputs to resume, or pass --restart to discard it`,
         );
-      this.resume = readJson<WorkState>(stateFile);
+      const state = readChecked<WorkState>(stateFile, "state");
+      this.assertConsistent(state, layers);
+      // temporaries of the run that stopped are garbage (and their space the run's own)
+      for (const f of fs.readdirSync(this.dir)) if (f.endsWith(".tmp")) fs.rmSync(path.join(this.dir, f), { force: true });
+      this.resume = state;
       open.add(this.dir);
       return;
     }
-    // nothing finished yet (or no folder): start afresh
+    // nothing finished yet (or no folder, or --restart): start afresh in a private folder made here
     fs.rmSync(this.dir, { recursive: true, force: true });
     try {
-      fs.mkdirSync(this.dir, { recursive: true });
+      fs.mkdirSync(this.dir, { mode: 0o700 });
+      fs.chmodSync(this.dir, 0o700);
     } catch (cause) {
       throw new IoError(`cannot create the work folder ${this.dir} (${(cause as Error).message})`, { cause });
     }
     open.add(this.dir);
     writeAtomic(manifestFile, [Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`)]);
     this.resume = null;
+  }
+
+  /** A state must match the files beside it: every finished layer's tensors, and the hidden states the next layer reads. */
+  private assertConsistent(state: WorkState, layers: number): void {
+    const damaged = (why: string): never => {
+      throw new CheckpointFormatError(`the work folder ${this.dir} is damaged: ${why}; ${RESTART}`);
+    };
+    const problem = stateProblem(state, layers);
+    if (problem) damaged(`state.json: ${problem}`);
+    const absent = (file: string): string | null => {
+      const st = lstatOrNull(file);
+      if (st?.isFile()) return null;
+      return `${path.basename(file)} is ${st ? "not a regular file (moecal never follows links in its work folder)" : "missing"}`;
+    };
+    for (let i = 0; i <= state.layer; i++) {
+      const why = absent(this.layerFile(i));
+      if (why) damaged(`state.json says layer ${state.layer} finished, but ${why}`);
+    }
+    const hidden = state.layer < layers - 1 ? absent(this.hiddenFile(state.layer)) : null;
+    if (hidden) damaged(`state.json says layer ${state.layer} finished, but its output hidden states' ${hidden}`);
   }
 
   private layerFile(i: number): string {
@@ -196,7 +266,7 @@ export class WorkFolder {
   hiddenWriter(i: number): HiddenWriter {
     const file = this.hiddenFile(i);
     const tmp = `${file}.tmp`;
-    const fd = fs.openSync(tmp, "w");
+    const fd = createPrivate(tmp);
     let open = true;
     const close = (): void => {
       if (open) fs.closeSync(fd);
@@ -231,12 +301,12 @@ export class WorkFolder {
   async *hiddenChunks(i: number, lengths: readonly number[], H: number, maxTokens: number): AsyncGenerator<Tensor[]> {
     const file = this.hiddenFile(i);
     const expected = lengths.reduce((a, b) => a + b, 0) * H * 4;
-    const size = fs.existsSync(file) ? fs.statSync(file).size : -1;
-    if (size !== expected)
-      throw new CheckpointFormatError(
-        `${file}: ${size < 0 ? "missing" : `${size} bytes`}, expected ${expected}; rerun with --restart to discard the work folder`,
-      );
-    const fd = fs.openSync(file, "r");
+    if (!lstatOrNull(file)) throw new CheckpointFormatError(`${file}: missing; ${RESTART}`);
+    const { fd, size } = openPrivate(file);
+    if (size !== expected) {
+      fs.closeSync(fd);
+      throw new CheckpointFormatError(`${file}: ${size} bytes, expected ${expected}; ${RESTART}`);
+    }
     try {
       let pos = 0;
       for (let s0 = 0; s0 < lengths.length; ) {
@@ -285,6 +355,7 @@ export class WorkFolder {
 
   /** The quantized and copied tensors of layer `i`, in the order they were recorded. */
   layerTensors(i: number): NamedRaw[] {
+    fs.closeSync(openPrivate(this.layerFile(i)).fd); // a regular file, not a link
     const f = SafetensorsFile.open(this.layerFile(i));
     return [...f.tensors.keys()].map((n) => ({ name: n, ...f.readRaw(n) }));
   }

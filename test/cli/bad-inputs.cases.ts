@@ -311,7 +311,7 @@ export const BAD_INPUTS: BadInputCase[] = [
     },
     exitCode: 2,
     message:
-      /the plan needs [\d.]+ MiB of disk \(output [\d.]+ MiB, resume state [\d.]+ MiB\), but the file system of .*small\/out has 0\.\d MiB free/,
+      /the plan needs [\d.]+ MiB of disk \(output [\d.]+ MiB, resume state [\d.]+ MiB, shard assembly [\d.]+ MiB\), but the file system of .*small\/out has 0\.\d MiB free/,
     available: canMountTmpfs,
   },
   {

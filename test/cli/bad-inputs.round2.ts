@@ -2,9 +2,11 @@
  * The bad inputs of the second trust round (issue 29): the work folder, resume identity, fixed
  * group sizes, sample lengths and config values, what the user runs, and what they must get.
  */
+import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { type BadInputCase, CLI, quick } from "./bad-inputs.fixtures.js";
+import { type BadInputCase, CLI, SHARD1, modelCopy, quick } from "./bad-inputs.fixtures.js";
+import { ROOT, TINY } from "../helpers.js";
 
 /** A random AFMoE-shaped model in `dir/model` with these config.json overrides. */
 export function randomCopy(dir: string, set: string[], layers = 2): string {
@@ -28,4 +30,81 @@ export const ROUND2_CASES: BadInputCase[] = [
     message:
       /scheme MXFP4A16 has groups of 32 by definition, which do not divide the input size 48 of model\.layers\.\d+\.mlp\.experts\.0\.down_proj; choose another scheme/,
   },
+  {
+    name: "the work folder is a symlink (planted beside the output, leading to another folder)",
+    setup: (d) => {
+      fs.mkdirSync(path.join(d, "elsewhere"));
+      fs.symlinkSync(path.join(d, "elsewhere"), path.join(d, ".out.moecal-work"));
+      return quick(TINY, d);
+    },
+    exitCode: 2,
+    message:
+      /the work folder .*\.out\.moecal-work is a symlink \(moecal never writes through links\); moecal trusts only the private folder it made itself/,
+    verify: (d) => {
+      if (fs.readdirSync(path.join(d, "elsewhere")).length) throw new Error("written through the link");
+    },
+  },
+  {
+    name: "a work folder open to other users (not one moecal made)",
+    setup: (d) => {
+      fs.mkdirSync(path.join(d, ".out.moecal-work"), { mode: 0o777 });
+      fs.chmodSync(path.join(d, ".out.moecal-work"), 0o777);
+      return quick(TINY, d);
+    },
+    exitCode: 2,
+    message: /the work folder .*\.out\.moecal-work is open to other users \(mode 777\).*pass --restart to discard it/,
+  },
+  {
+    name: "resume after the weights changed (same names and shapes)",
+    setup: (d) => {
+      const m = modelCopy(d);
+      killedQuick(d, m);
+      const shard = path.join(m, SHARD1);
+      const b = fs.readFileSync(shard);
+      b[b.length - 1] = (b[b.length - 1] as number) ^ 1; // one bit of the last tensor's data
+      fs.writeFileSync(shard, b);
+      return quick(m, d);
+    },
+    exitCode: 2,
+    message: /holds the finished layers of a run with other inputs \(differs: model weights or config \(content hash\)\)/,
+  },
+  {
+    name: "resume after the tokenizer changed",
+    setup: (d) => {
+      const m = modelCopy(d);
+      killedQuick(d, m);
+      const tc = path.join(m, "tokenizer_config.json");
+      fs.writeFileSync(tc, fs.readFileSync(tc, "utf8").replace("{", '{"model_max_length": 7,'));
+      return quick(m, d);
+    },
+    exitCode: 2,
+    message: /differs: tokenizer file tokenizer_config\.json\)/,
+  },
+  {
+    name: "a damaged work state (state.json of the wrong shape)",
+    setup: (d) => {
+      fs.writeFileSync(path.join(killedQuick(d), "state.json"), JSON.stringify({ layer: "0" }));
+      return quick(TINY, d);
+    },
+    exitCode: 1,
+    message:
+      /state\.json: not a work state moecal wrote \(field "layer": .*\); rerun with --restart to discard the work folder and start over/,
+  },
+  {
+    name: "a work state ahead of its layer files",
+    setup: (d) => {
+      fs.rmSync(path.join(killedQuick(d), "layer-0.safetensors"));
+      return quick(TINY, d);
+    },
+    exitCode: 1,
+    message: /the work folder .* is damaged: state\.json says layer 0 finished, but layer-0\.safetensors is missing; rerun with --restart/,
+  },
 ];
+
+/** The work folder a `quick` run to `dir/out` leaves when killed after layer 0 (of the model in `dir/model`, else the bundled one). */
+export function killedQuick(dir: string, model?: string): string {
+  const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
+  const r = spawnSync(process.execPath, [child, path.join(dir, "out"), "0", "state", "--quick", ...(model ? ["--model", model] : [])]);
+  if (r.signal !== "SIGKILL") throw new Error(`the run to kill ended otherwise: ${r.stderr}`);
+  return path.join(dir, ".out.moecal-work");
+}

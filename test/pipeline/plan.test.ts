@@ -52,7 +52,7 @@ test("moecal plan --json: an object with peak_memory_bytes, disk_bytes, seconds 
   const text = spawnSync(process.execPath, [cli, "plan", ...args], { encoding: "utf8" });
   assert.match(
     text.stdout,
-    /plan: peak memory [\d.]+ MiB, disk [\d.]+ MiB \(output [\d.]+ MiB, resume state [\d.]+ MiB\), about [\d.]+ (s|min)/,
+    /plan: peak memory [\d.]+ MiB, disk [\d.]+ MiB \(output [\d.]+ MiB, resume state [\d.]+ MiB, shard assembly [\d.]+ MiB\), about [\d.]+ (s|min)/,
   );
 });
 

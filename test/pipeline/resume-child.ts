@@ -2,6 +2,7 @@
  * A oneshot run for the resume tests, in its own process: `node resume-child.js OUTPUT [LAYER STAGE] [--num-samples N] [--model DIR] [--restart]`
  * runs the bundled model's (or DIR's) oneshot (GPTQ, 4 samples x 32 tokens) and, given LAYER and STAGE,
  * kills itself with SIGKILL at that point of that layer's checkpoint. Prints each progress event as a JSON line.
+ * `--quick` runs what the bad-input cases' `quick` arguments run instead (RTN, 1 bundled sample of 8 tokens).
  */
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
@@ -12,12 +13,14 @@ const flag = (name: string): string | undefined => {
   const i = process.argv.indexOf(name);
   return i >= 0 ? process.argv[i + 1] : undefined;
 };
+const quick = process.argv.includes("--quick");
 await oneshot({
   output,
   model: flag("--model"),
-  numSamples: Number(flag("--num-samples") ?? 4),
-  maxSeqLength: 32,
-  dataset: path.join(TEXT, "eval-json.jsonl"),
+  numSamples: quick ? 1 : Number(flag("--num-samples") ?? 4),
+  maxSeqLength: quick ? 8 : 32,
+  dataset: quick ? undefined : path.join(TEXT, "eval-json.jsonl"),
+  method: quick ? "rtn" : "gptq",
   restart: process.argv.includes("--restart"),
   warn: () => undefined,
   onProgress: (e) => {

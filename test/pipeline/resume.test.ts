@@ -14,6 +14,7 @@ import { ROOT } from "../helpers.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import { WorkFolder } from "../../src/pipeline/work-folder.js";
 
+const MANIFEST = { moecal_version: "t", model_sha256: "m", tokenizer: {}, dataset_sha256: "d", samples_sha256: "s", options: {} };
 const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-resume-"));
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
@@ -113,7 +114,7 @@ test("a rerun with other inputs refuses to resume and says what differs; --resta
 
 test("hidden states written one sample at a time read back exactly, in groups of at most maxTokens tokens", async () => {
   const out = path.join(tmp, "chunks-out");
-  const work = new WorkFolder(out, { moecal_version: "t", model: {}, dataset_sha256: "d", options: {} }, false);
+  const work = new WorkFolder(out, MANIFEST, false, 4);
   const lengths = [3, 5, 2, 9, 1];
   const H = 4;
   const w = work.hiddenWriter(0);
