@@ -65,3 +65,12 @@ export class InternalError extends MoecalError {
 export type ErrorFactory = (message: string, options?: { cause?: unknown }) => MoecalError;
 export const asFormatError: ErrorFactory = (m, o) => new CheckpointFormatError(m, o);
 export const asUsageError: ErrorFactory = (m, o) => new UsageError(m, o);
+
+/** The run was stopped by a signal (Ctrl-C, SIGTERM...) at a safe point; nothing was committed. */
+export class InterruptedError extends MoecalError {
+  readonly signal: NodeJS.Signals;
+  constructor(signal: NodeJS.Signals) {
+    super("E_INTERRUPTED", `interrupted (${signal})`);
+    this.signal = signal;
+  }
+}

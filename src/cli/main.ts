@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from "commander";
-import { InternalError, MoecalError } from "../errors.js";
-import { keptWorkFolders } from "../pipeline/work-folder.js";
-import { releaseActiveOutputs } from "../export/output.js";
+import { InternalError, InterruptedError, MoecalError } from "../errors.js";
+import { releaseWorkFolders } from "../pipeline/work-folder.js";
+import { committedOutputs, releaseActiveOutputs } from "../export/output.js";
+import { nativeWorkInFlight, requestStop, stopRequested } from "../util/interrupt.js";
+import { restoreTerminal } from "./progress.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { registerForward } from "./forward.js";
 import { registerOneshot, registerPlan } from "./oneshot.js";
@@ -30,13 +32,34 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** Each stops the run: the temporary output and the output's lock are removed, the exit code is 128 + the signal's number. */
+const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
+
+/** What an interrupted process tells the user: what was written, what was kept. */
+function interruptedMessage(signal: NodeJS.Signals, kept: readonly string[]): string {
+  const done = committedOutputs();
+  const resume = kept.length ? `; the finished layers are kept in ${kept.join(", ")}: rerun the same command to resume` : "";
+  if (done.length) return `moecal: interrupted (${signal}) after the output was put in place; it is complete: ${done.join(", ")}\n`;
+  return `moecal: interrupted (${signal}); no output was written${resume}\n`;
+}
+
 export async function main(argv: string[]): Promise<number> {
   try {
     await buildProgram().parseAsync(argv);
+    const stopped = stopRequested();
+    // the stop came once the commit had begun (or after it): the output is complete, and the exit says it was interrupted
+    if (stopped) {
+      process.stderr.write(`\n${interruptedMessage(stopped, [])}`);
+      return 128 + SIGNALS[stopped as keyof typeof SIGNALS];
+    }
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
     // commander printed its message; a bad option or argument is a usage error (2)
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof InterruptedError) {
+      process.stderr.write(`\n${interruptedMessage(e.signal, releaseWorkFolders())}`);
+      return 128 + SIGNALS[e.signal as keyof typeof SIGNALS];
+    }
     if (e instanceof InternalError) {
       process.stderr.write(
         `moecal: internal error [${e.code}]: ${e.message}\nThis is a bug in moecal; please report it with the command you ran.\n${e.stack ?? ""}\n`,
@@ -49,17 +72,25 @@ export async function main(argv: string[]): Promise<number> {
     }
     process.stderr.write(`moecal: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
     return 70;
+  } finally {
+    restoreTerminal();
   }
 }
 
-/** Each stops the run like Ctrl-C: the temporary output and the output's lock are removed, the exit code is 128 + the signal's number. */
-const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
+/**
+ * A signal asks the run to stop at its next safe point (library code throws InterruptedError
+ * there, and every cleanup runs on the error path). While nothing native is in flight (no
+ * onnxruntime call, no GPTQ job) the process stops at once: the temporary output and lock are
+ * removed, a work folder without a finished layer too, and the terminal is restored.
+ */
 for (const [signal, n] of Object.entries(SIGNALS)) {
   process.on(signal, () => {
+    requestStop(signal as NodeJS.Signals);
+    if (nativeWorkInFlight()) return;
     releaseActiveOutputs();
-    const kept = keptWorkFolders();
-    const resume = kept.length ? `; the finished layers are kept in ${kept.join(", ")}: rerun the same command to resume` : "";
-    process.stderr.write(`\nmoecal: interrupted (${signal}); no output was written${resume}\n`);
+    const kept = releaseWorkFolders();
+    restoreTerminal();
+    process.stderr.write(`\n${interruptedMessage(signal as NodeJS.Signals, kept)}`);
     process.exit(128 + n);
   });
 }

@@ -67,6 +67,27 @@ export class LayerClock {
 /** A progress callback and `stop`, which ends a live display (call it however the run ends: its redraw timer keeps the process alive). */
 export type Printer<A extends unknown[]> = ((...args: A) => void) & { stop(): void };
 
+/** Live displays not yet stopped: every exit path restores the terminal through `restoreTerminal`. */
+const live = new Set<{ stop(): void }>();
+
+/** A live display, stopped once (cli-progress shows the cursor and turns line wrap back on when stopped). */
+function tracked<T extends { stop(): void }>(display: T): { stop(): void } {
+  const entry = {
+    stop: () => {
+      if (!live.delete(entry)) return;
+      display.stop();
+    },
+  };
+  live.add(entry);
+  return entry;
+}
+
+/** Stop every live display and, on a terminal, show the cursor and turn line wrap on (whatever a display left). */
+export function restoreTerminal(stream: NodeJS.WriteStream = process.stderr): void {
+  for (const d of [...live]) d.stop();
+  if (stream.isTTY === true) stream.write("\x1b[?25h\x1b[?7h");
+}
+
 export function stepsPrinter(
   stream: NodeJS.WriteStream,
   label: string,
@@ -95,7 +116,8 @@ export function stepsPrinter(
       stream.write(`${new Date(now()).toISOString()} ${label}: ${done}/${total} layer passes, ${info}\n`);
     }
   };
-  return Object.assign(print, { stop: () => bar?.stop() });
+  const display = bar ? tracked(bar) : null;
+  return Object.assign(print, { stop: () => display?.stop() });
 }
 
 /**
@@ -187,5 +209,6 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
       }
     }
   };
-  return Object.assign(print, { stop: () => multi?.stop() });
+  const display = multi ? tracked(multi) : null;
+  return Object.assign(print, { stop: () => display?.stop() });
 }

@@ -1,4 +1,5 @@
 import os from "node:os";
+import { native } from "../util/interrupt.js";
 import * as ort from "onnxruntime-node";
 import {
   type Engine,
@@ -75,7 +76,7 @@ export class OrtEngine implements Engine {
   ): Promise<Tensor> {
     const ortFeeds: Record<string, ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = new ort.Tensor("float32", t.data, [...t.shape]);
-    await session.run(ortFeeds, { Y: new ort.Tensor("float32", out, outShape) });
+    await native(() => session.run(ortFeeds, { Y: new ort.Tensor("float32", out, outShape) }));
     return new Tensor(out, outShape);
   }
 
@@ -213,7 +214,7 @@ export class OrtEngine implements Engine {
           feeds.WD = new ort.Tensor("float32", down.weight.data, [h, i]);
           fetches.D = new ort.Tensor("float32", down.out.subarray(r0 * h, r1 * h), [r1 - r0, h]);
         }
-        await s.run(feeds, fetches);
+        await native(() => s.run(feeds, fetches));
         if (gram && part !== gram) for (let j = 0; j < gram.length; j++) gram[j] = (gram[j] as number) + (part?.[j] as number);
       }
     } finally {

@@ -12,6 +12,13 @@ const MAX_MARKER_BYTES = 64 * 1024 * 1024;
 const activeDirs = new Set<string>();
 const activeLocks = new Set<string>();
 
+/** Outputs this process has put in place (a signal arriving after that must not say "no output was written"). */
+const committed: string[] = [];
+
+export function committedOutputs(): readonly string[] {
+  return committed;
+}
+
 export function releaseActiveOutputs(): void {
   for (const d of activeDirs) fs.rmSync(d, { recursive: true, force: true });
   for (const l of activeLocks) fs.rmSync(l, { force: true });
@@ -195,6 +202,7 @@ export class OutputFolder {
     }
     activeDirs.delete(this.tmp);
     this.done = true;
+    committed.push(this.target);
     fs.rmSync(old, { recursive: true, force: true });
     this.releaseLock();
     return this.target;

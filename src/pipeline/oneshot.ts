@@ -1,4 +1,5 @@
 import path from "node:path";
+import { checkStop, safePoint } from "../util/interrupt.js";
 import { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
@@ -283,6 +284,7 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
           const h = B === 1 ? first : new Tensor(new Float32Array(first.data.buffer, first.data.byteOffset, B * S * H), [B, S, H]);
           done += B;
           tokens += B * S;
+          checkStop();
           await each(h, done, tokens);
           a = b;
         }
@@ -418,6 +420,8 @@ export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult>
       layers: state.layers,
     };
     await writeReportFiles(out, report);
+    // the last point to stop at: once the commit begins, it finishes (the CLI says so)
+    await safePoint();
     const output = out.commit();
     work.remove();
     return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: process.resourceUsage().maxRSS / 1024 };

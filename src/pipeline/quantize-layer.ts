@@ -1,4 +1,5 @@
 import { Tensor } from "../engine/tensor.js";
+import { checkStop } from "../util/interrupt.js";
 import { NumericalError } from "../errors.js";
 import type { HessianStats } from "../calibration/observers.js";
 import type { Linear } from "../nn/layers.js";
@@ -178,6 +179,7 @@ export async function quantizeLayerLinears(
         const label =
           batch.length === 1 ? (batch[0] as [string, Linear])[0] : `${(batch[0] as [string, Linear])[0]} and ${batch.length - 1} more`;
         const jobPrep = prep;
+        checkStop(); // a stop asked for: no further job starts; those running finish first
         // the stacked copy is made only when a worker is free to take it, in a recycled buffer
         const job = await pool.submit(() => {
           const n = rows * firstLin.inFeatures;

@@ -1,4 +1,5 @@
 import os from "node:os";
+import { inFlight } from "../util/interrupt.js";
 import { Worker } from "node:worker_threads";
 import {
   CheckpointFormatError,
@@ -108,7 +109,7 @@ export class GptqPool {
       w.postMessage(job, [job.weight.buffer as ArrayBuffer, ...("hessian" in job.prep ? [job.prep.hessian.buffer as ArrayBuffer] : [])]);
     });
     result.catch(() => undefined); // the caller awaits it later; an early failure is not "unhandled"
-    return { result };
+    return { result: inFlight(result) };
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LayerClock, duration, progressPrinter, stepsPrinter } from "../../src/cli/progress.js";
+import { LayerClock, duration, progressPrinter, restoreTerminal, stepsPrinter } from "../../src/cli/progress.js";
 import type { ProgressEvent } from "../../src/pipeline/oneshot.js";
 
 /** A stream that keeps what is written, a terminal or not. */
@@ -126,4 +126,18 @@ test("eval and coverage progress: timestamped layer-pass lines with an ETA when 
   assert.equal(lines[0], "2026-11-30T12:00:04.000Z eval: 1/8 layer passes, elapsed 4s, ETA 28s");
   assert.equal(lines.at(-1), "2026-11-30T12:00:32.000Z eval: 8/8 layer passes, elapsed 32s, ETA 0s");
   assert.ok(lines.length < 8, "rate-limited");
+});
+
+test("restoreTerminal stops a live display left running and shows the cursor and line wrap again, on a terminal only", () => {
+  const tty = fakeStream(true);
+  const p = progressPrinter(tty, { now: () => 0 });
+  p({ kind: "start", layers: 3, samples: 2, tokens: 200 });
+  p({ kind: "layer", layer: 0, layers: 3 });
+  assert.ok(tty.text().includes("\x1b[?25l"), "the live display hid the cursor");
+  // an interrupted run: nobody called p.stop()
+  restoreTerminal(tty);
+  assert.ok(tty.text().endsWith("\x1b[?25h\x1b[?7h"), JSON.stringify(tty.text().slice(-40)));
+  const pipe = fakeStream(false);
+  restoreTerminal(pipe);
+  assert.equal(pipe.text(), "", "nothing written where stderr is not a terminal");
 });
