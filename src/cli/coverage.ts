@@ -16,7 +16,8 @@ export function registerCoverage(program: Command): void {
     .option("--quiet", "no progress output")
     .action(async (o: { model: string; dataset: string; numSamples?: number; maxSeqLength: number; json?: boolean; quiet?: boolean }) => {
       const progress = o.quiet ? undefined : stepsPrinter(process.stderr, "coverage");
-      const cov = await measureCoverage({ ...o, onProgress: progress }).finally(() => progress?.stop());
+      const { json: _json, quiet: _quiet, ...run } = o;
+      const cov = await measureCoverage({ ...run, onProgress: progress }).finally(() => progress?.stop());
       if (o.json) {
         const layers = Object.fromEntries(Object.entries(cov.layers).map(([l, c]) => [l, { routed: c.routed, seen: c.seen }]));
         process.stdout.write(`${JSON.stringify({ layers, samples: cov.samples, tokens: cov.tokens })}\n`);

@@ -30,7 +30,8 @@ export function registerEval(program: Command): void {
         quiet?: boolean;
       }) => {
         const progress = o.quiet ? undefined : stepsPrinter(process.stderr, "eval");
-        const r = await evaluate({ ...o, onProgress: progress }).finally(() => progress?.stop());
+        const { json: _json, klStats: _klStats, quiet: _quiet, ...run } = o;
+        const r = await evaluate({ ...run, onProgress: progress }).finally(() => progress?.stop());
         const s = r.klStats;
         if (o.json) {
           const j: Record<string, unknown> = { nll: r.nll, ppl: r.ppl, kl: r.kl, tokens: r.tokens };

@@ -79,8 +79,9 @@ export function registerOneshot(program: Command): void {
     .option("--quiet", "no progress output")
     .action(async (o: OneshotCliOptions) => {
       const progress = o.quiet ? undefined : progressPrinter(process.stderr);
+      const { quiet: _quiet, ...run } = o;
       const result = await oneshot({
-        ...o,
+        ...run,
         actorder: o.actorder === "none" ? null : "static",
         onProgress: progress,
         warn: (m) => process.stderr.write(`warning: ${m}\n`),

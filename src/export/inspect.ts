@@ -5,7 +5,7 @@ import type { ModelConfig, ModelFamily } from "../models/family.js";
 import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
 import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
-import { MoecalError } from "../errors.js";
+import { MoecalError, UsageError } from "../errors.js";
 import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
 import { type ParsedQuantConfig, compressedTensorsSource, groupFor, parseQuantizationConfig } from "../io/compressed-tensors.js";
 
@@ -44,6 +44,8 @@ function formatOf(ck: Checkpoint, p: string): QuantFormat | null {
  * experts) under one scheme. Problems are collected, not thrown.
  */
 export function inspectCheckpoint(dir: string): InspectReport {
+  if (typeof dir !== "string" || dir === "")
+    throw new UsageError(`inspectCheckpoint: the checkpoint folder must be a non-empty path, got ${typeof dir}`);
   const problems: string[] = [];
   const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: 0, problems };
   let config: ModelConfig;

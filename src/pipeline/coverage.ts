@@ -1,4 +1,5 @@
 import { withMoeCalibration } from "../calibration/context.js";
+import { COVERAGE_OPTIONS, checkOptions } from "./options.js";
 import { type Coverage, trackCoverage } from "../calibration/coverage.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { openServed } from "./serving.js";
@@ -20,7 +21,8 @@ export interface CoverageOptions {
  * run through the model layer by layer (one layer's weights in memory) inside the calibration
  * context.
  */
-export async function measureCoverage(opts: CoverageOptions): Promise<Coverage & { samples: number; tokens: number }> {
+export async function measureCoverage(options: CoverageOptions): Promise<Coverage & { samples: number; tokens: number }> {
+  const opts = checkOptions("measureCoverage", COVERAGE_OPTIONS, options) as CoverageOptions;
   const m = openServed(opts.model, { load: false });
   const tok = loadTokenizer(opts.model);
   const samples = loadTokenizedSamples(opts.dataset, tok, {

@@ -1,4 +1,5 @@
 import path from "node:path";
+import { SAMPLE_OPTIONS, checkOptions } from "./options.js";
 import { MessageChannel, type MessagePort, Worker, receiveMessageOnPort } from "node:worker_threads";
 import { UsageError, asUsageError } from "../errors.js";
 import { readRegularFile } from "../io/files.js";
@@ -154,7 +155,9 @@ export function encodeTruncated(tokenizer: LoadedTokenizer, text: string, n: num
  * Tokenized calibration samples: each sample alone (BOS + text), truncated to maxSeqLength;
  * samples with no text are skipped. No usable sample is an error.
  */
-export function loadTokenizedSamples(file: string, tokenizer: LoadedTokenizer, opts: SampleOptions): number[][] {
+export function loadTokenizedSamples(file: string, tokenizer: LoadedTokenizer, options: SampleOptions): number[][] {
+  if (typeof file !== "string") throw new UsageError(`loadTokenizedSamples: the dataset path must be a string, got ${typeof file}`);
+  const opts = checkOptions("loadTokenizedSamples", SAMPLE_OPTIONS, options);
   if (!Number.isInteger(opts.maxSeqLength) || opts.maxSeqLength < 2)
     throw new UsageError(`max sequence length must be an integer >= 2, got ${opts.maxSeqLength}`);
   if (opts.numSamples !== undefined && (!Number.isInteger(opts.numSamples) || opts.numSamples < 1)) {

@@ -1,4 +1,5 @@
 import { loadTokenizer } from "../io/tokenizer.js";
+import { EVAL_OPTIONS, checkOptions } from "./options.js";
 import type { Tensor } from "../engine/tensor.js";
 import { openServed } from "./serving.js";
 import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden, withParameters } from "./stream.js";
@@ -119,7 +120,8 @@ function logSoftmax(row: Float32Array, start: number, V: number): Float64Array {
  * run layer by layer (`streamedHidden`) over chunks of samples; only the two lm_heads are held
  * together, at the end of each chunk.
  */
-export async function evaluate(opts: EvalOptions): Promise<EvalResult> {
+export async function evaluate(options: EvalOptions): Promise<EvalResult> {
+  const opts = checkOptions("evaluate", EVAL_OPTIONS, options) as EvalOptions;
   const m = openServed(opts.model, { load: false });
   const given = typeof opts.reference === "object" ? opts.reference : null;
   const ref = typeof opts.reference === "string" ? openServed(opts.reference, { load: false }) : null;

@@ -1,4 +1,5 @@
 import type { Tensor } from "../engine/tensor.js";
+import { FORWARD_OPTIONS, checkOptions } from "./options.js";
 import { SafetensorsFile, rawToInts } from "../io/safetensors.js";
 import { writeSafetensors, type NamedRaw } from "../io/writer.js";
 import { writeFileAtomic } from "../io/atomic.js";
@@ -17,7 +18,8 @@ function f32Raw(name: string, t: Tensor): NamedRaw {
 }
 
 /** Read `input_ids` [B, S] from a safetensors file, run the model, write logits and hidden states (F32). */
-export async function forwardFile(opts: ForwardFileOptions): Promise<{ batch: number; seq: number; layers: number }> {
+export async function forwardFile(options: ForwardFileOptions): Promise<{ batch: number; seq: number; layers: number }> {
+  const opts = checkOptions("forwardFile", FORWARD_OPTIONS, options);
   assertSafeOutput(
     opts.output,
     [

@@ -1,4 +1,5 @@
 import path from "node:path";
+import { ONESHOT_OPTIONS, checkOptions } from "./options.js";
 import { checkStop, safePoint } from "../util/interrupt.js";
 import { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
@@ -118,8 +119,9 @@ function defaultOutput(modelDir: string, scheme: string): string {
  * pipeline), every MoE block swapped for its calibration module while statistics are
  * collected, and write a compressed-tensors checkpoint atomically.
  */
-export async function oneshot(opts: OneshotOptions = {}): Promise<OneshotResult> {
+export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResult> {
   const t0 = performance.now();
+  const opts = checkOptions("oneshot", ONESHOT_OPTIONS, options) as OneshotOptions;
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const datasetFile = opts.dataset ?? BUNDLED_DATASET;
   const method: Method = opts.method ?? "gptq";

@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import { RANDOM_MODEL_OPTIONS, checkOptions } from "./options.js";
 import path from "node:path";
 import { f32ToBf16 } from "../engine/dtype.js";
 import { ConfigError, UsageError, asFormatError } from "../errors.js";
@@ -46,7 +47,8 @@ function parseSet(entries: string[]): Record<string, unknown> {
  * overrides, plus its tokenizer. Tensors are generated one at a time and written in shards,
  * so memory stays bounded by one shard whatever the model size.
  */
-export function randomModel(opts: RandomModelOptions): { output: string; parameters: number } {
+export function randomModel(options: RandomModelOptions): { output: string; parameters: number } {
+  const opts = checkOptions("randomModel", RANDOM_MODEL_OPTIONS, options);
   if (opts.like !== undefined && opts.family !== undefined) throw new UsageError("random-model takes --like or --family, not both");
   // a family's preset shape takes the bundled byte-level tokenizer
   const like = opts.like ?? BUNDLED_MODEL;
