@@ -11,10 +11,14 @@ export function registerCoverage(program: Command): void {
     .option("--model <dir>", "model folder", BUNDLED_MODEL)
     .requiredOption("--dataset <file>", "JSON lines (text or messages) or .txt")
     .option("--num-samples <n>", "first N samples in file order (default: all)", intOption("--num-samples"))
-    .option("--max-seq-length <n>", "tokens per sample, BOS included", intOption("--max-seq-length"), 2048)
+    .option(
+      "--max-seq-length <n>",
+      "tokens per sample, BOS included (default 2048, at most max_position_embeddings)",
+      intOption("--max-seq-length"),
+    )
     .option("--json", "print JSON")
     .option("--quiet", "no progress output")
-    .action(async (o: { model: string; dataset: string; numSamples?: number; maxSeqLength: number; json?: boolean; quiet?: boolean }) => {
+    .action(async (o: { model: string; dataset: string; numSamples?: number; maxSeqLength?: number; json?: boolean; quiet?: boolean }) => {
       const progress = o.quiet ? undefined : stepsPrinter(process.stderr, "coverage");
       const { json: _json, quiet: _quiet, ...run } = o;
       const cov = await measureCoverage({ ...run, onProgress: progress }).finally(() => progress?.stop());

@@ -2,6 +2,13 @@
 import { z } from "zod";
 import { ConfigError } from "../errors.js";
 
+/**
+ * A positive factor that multiplies activations (AFMoE's route_scale, GLM/DeepSeek's
+ * routed_scaling_factor): finite in float32, where moecal and the serving kernels compute with it,
+ * so a value like 1e308 is refused naming the field instead of turning every output into Inf.
+ */
+export const activationScale = z.number().positive().max(3.4028234663852886e38, "too large for float32 arithmetic (at most 3.4e38)");
+
 /** Raise a ConfigError naming `field` of the config in `where`. */
 export type FieldFailure = (field: string, msg: string) => never;
 

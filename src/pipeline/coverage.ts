@@ -3,14 +3,15 @@ import { COVERAGE_OPTIONS, checkOptions } from "./options.js";
 import { type Coverage, trackCoverage } from "../calibration/coverage.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { openServed } from "./serving.js";
-import { loadTokenizedSamples } from "./dataset.js";
+import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden } from "./stream.js";
 
 export interface CoverageOptions {
   model: string;
   dataset: string;
   numSamples?: number;
-  maxSeqLength: number;
+  /** tokens per sample (default min(2048, max_position_embeddings)) */
+  maxSeqLength?: number;
   calibrateAllExperts?: boolean;
   /** progress in layer passes (a chunk of samples through one layer) */
   onProgress?: (done: number, total: number) => void;
@@ -27,7 +28,7 @@ export async function measureCoverage(options: CoverageOptions): Promise<Coverag
   const tok = loadTokenizer(opts.model);
   const samples = loadTokenizedSamples(opts.dataset, tok, {
     numSamples: opts.numSamples,
-    maxSeqLength: opts.maxSeqLength,
+    maxSeqLength: seqLengthFor(opts.maxSeqLength, m.config.maxPositionEmbeddings),
     shuffleSeed: null,
   });
   const tracker = trackCoverage(m.model);

@@ -4,7 +4,7 @@ import type { Tensor } from "../engine/tensor.js";
 import { openServed } from "./serving.js";
 import { STREAM_CHUNK_TOKENS, chunksByTokens, streamedHidden, withParameters } from "./stream.js";
 import { UsageError } from "../errors.js";
-import { loadTokenizedSamples } from "./dataset.js";
+import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 
 export interface EvalOptions {
   model: string;
@@ -81,7 +81,7 @@ export interface ReferenceLogits {
 function evalSamples(modelDir: string, opts: Omit<EvalOptions, "model" | "reference">, maxPositions: number): number[][] {
   const samples = loadTokenizedSamples(opts.dataset, loadTokenizer(modelDir), {
     numSamples: opts.numSamples,
-    maxSeqLength: opts.maxSeqLength ?? Math.min(2048, maxPositions),
+    maxSeqLength: seqLengthFor(opts.maxSeqLength, maxPositions),
     shuffleSeed: null,
   }).filter((ids) => ids.length >= 2);
   if (samples.length === 0) throw new UsageError(`dataset ${opts.dataset}: no sample has two or more tokens to evaluate`);

@@ -32,7 +32,7 @@ import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
 import { matchesAny, quantizationConfig, resolveScheme, validatePatterns } from "../quantization/scheme.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
-import { loadTokenizedSamples } from "./dataset.js";
+import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 import { type LayerTargets, type Method, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { closeSharedGptqPool, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type LayerReport, type OneshotReport, layerSummary, writeReportFiles } from "./report.js";
@@ -138,10 +138,7 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
   const { family, config } = readModelConfig(modelDir);
   const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
   if (config.raw.quantization_config) throw new UsageError(`${modelDir} is already quantized (config.json has quantization_config)`);
-  const maxSeqLength = opts.maxSeqLength ?? Math.min(2048, config.maxPositionEmbeddings);
-  if (maxSeqLength > config.maxPositionEmbeddings) {
-    throw new UsageError(`--max-seq-length ${maxSeqLength} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`);
-  }
+  const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
   const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, scheme.name), {
     overwrite: opts.overwrite,
     inputs: [
@@ -162,6 +159,10 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
       new Map(ck.names().map((n) => [n, ck.info(n).shape])),
     );
     assertMappingComplete(mapping, modelDir);
+    // companion files (tokenizer, remote code) are checked before any work, copied at the end
+    const companions = modelFiles(modelDir, config.raw);
+    if (companions.missing.length)
+      warn(`${modelDir}: auto_map names remote code that is not in the folder (${companions.missing.join(", ")}); the output lacks it too`);
     const tokenizer = loadTokenizer(modelDir);
     const samples = loadTokenizedSamples(datasetFile, tokenizer, {
       numSamples: opts.numSamples ?? 512,
@@ -394,9 +395,6 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
 
     const qc = quantizationConfig(scheme, ignored, method === "gptq" ? scheme.weights.actorder : null);
     out.writeFile("config.json", `${JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2)}\n`);
-    const companions = modelFiles(modelDir, config.raw);
-    if (companions.missing.length)
-      warn(`${modelDir}: auto_map names remote code that is not in the folder (${companions.missing.join(", ")}); the output lacks it too`);
     for (const f of companions.files) out.copyFrom(confinedFile(modelDir, f, asFormatError), f);
     const report: OneshotReport = {
       moecal_version: MOECAL_VERSION,

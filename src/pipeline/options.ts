@@ -59,7 +59,7 @@ export const COVERAGE_OPTIONS = z.strictObject({
   model: path,
   dataset: path,
   numSamples: count.optional(),
-  maxSeqLength: z.number().int().min(2),
+  maxSeqLength: z.number().int().min(2).optional(),
   calibrateAllExperts: flag.optional(),
   onProgress: callback.optional(),
 });

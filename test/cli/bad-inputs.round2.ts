@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { type BadInputCase, CLI, SHARD1, modelCopy, quick } from "./bad-inputs.fixtures.js";
+import { type BadInputCase, CLI, SHARD1, dataset, modelCopy, quick } from "./bad-inputs.fixtures.js";
 import { ROOT, TINY } from "../helpers.js";
 
 /** A random AFMoE-shaped model in `dir/model` with these config.json overrides. */
@@ -29,6 +29,37 @@ export const ROUND2_CASES: BadInputCase[] = [
     exitCode: 2,
     message:
       /scheme MXFP4A16 has groups of 32 by definition, which do not divide the input size 48 of model\.layers\.\d+\.mlp\.experts\.0\.down_proj; choose another scheme/,
+  },
+  {
+    name: "eval: samples longer than the model's maximum positions",
+    setup: (d) => ["eval", "--model", TINY, "--dataset", dataset(d, '{"text": "hello"}\n'), "--max-seq-length", "4096"],
+    exitCode: 2,
+    message: /--max-seq-length 4096 exceeds the model's max_position_embeddings 2048/,
+  },
+  {
+    name: "coverage: samples longer than the model's maximum positions",
+    setup: (d) => ["coverage", "--model", TINY, "--dataset", dataset(d, '{"text": "hello"}\n'), "--max-seq-length", "4096"],
+    exitCode: 2,
+    message: /--max-seq-length 4096 exceeds the model's max_position_embeddings 2048/,
+  },
+  {
+    name: "remote code over its size limit (refused before any work)",
+    setup: (d) => {
+      const m = modelCopy(d, { config: (c) => Object.assign(c, { auto_map: { AutoConfig: "big_code.Config" } }) });
+      fs.writeFileSync(path.join(m, "big_code.py"), Buffer.alloc(16 * 1024 * 1024 + 1, 0x20));
+      return quick(m, d);
+    },
+    exitCode: 1,
+    message: /remote code module .*big_code\.py: 16777217 bytes exceeds the limit of 16777216 bytes/,
+    verify: (d) => {
+      if (fs.existsSync(path.join(d, ".out.moecal-work"))) throw new Error("work started before the refusal");
+    },
+  },
+  {
+    name: "config.json: route_scale too large for float32 (1e308)",
+    setup: (d) => quick(modelCopy(d, { config: (c) => Object.assign(c, { route_scale: 1e308 }) }), d),
+    exitCode: 1,
+    message: /config\.json: field "route_scale": too large for float32 arithmetic/,
   },
   {
     name: "the work folder is a symlink (planted beside the output, leading to another folder)",

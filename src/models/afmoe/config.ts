@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { ConfigError } from "../../errors.js";
-import { fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
+import { activationScale, fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
 import { readConfigJson } from "../../io/json.js";
 
 export type LayerType = "sliding_attention" | "full_attention";
@@ -92,7 +92,7 @@ const schema = z.object({
   num_shared_experts: nonNegInt.default(0),
   score_func: z.enum(["sigmoid", "softmax"]).default("sigmoid"),
   route_norm: z.boolean().default(true),
-  route_scale: z.number().positive().default(1.0),
+  route_scale: activationScale.default(1.0),
   n_group: posInt.default(1),
   topk_group: posInt.default(1),
   sliding_window: posInt,

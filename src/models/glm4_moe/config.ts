@@ -1,6 +1,6 @@
 /** GLM-4.5 MoE configuration (config.json), with defaults as in Hugging Face transformers' Glm4MoeConfig. */
 import { z } from "zod";
-import { fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
+import { activationScale, fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
 import type { ModelConfig } from "../family.js";
 
 export interface Glm4MoeConfig extends ModelConfig {
@@ -76,7 +76,7 @@ const schema = z.object({
   n_routed_experts: posInt.default(128),
   num_experts_per_tok: posInt.default(8),
   n_shared_experts: nonNegInt.default(1),
-  routed_scaling_factor: z.number().positive().default(1.0),
+  routed_scaling_factor: activationScale.default(1.0),
   n_group: posInt.default(1),
   topk_group: posInt.default(1),
   norm_topk_prob: z.boolean().default(true),
