@@ -2,6 +2,7 @@
  * Reading compressed-tensors checkpoints: `quantization_config` validated, the config group of
  * each Linear, and a tensor source that presents every quantized Linear's weight dequantized.
  */
+import { schemeFor } from "../quantization/match.js";
 import { z } from "zod";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
@@ -10,7 +11,7 @@ import { type RawTensor, rawToF32, rawToInts } from "./safetensors.js";
 import type { TensorSource } from "./tensor-source.js";
 import { unpackColumns, unpackFp4, unpackRows } from "../quantization/pack.js";
 import { type QParams, dequantize } from "../quantization/params.js";
-import { type QuantArgs, type QuantFormat, matchesAny, validatePatterns } from "../quantization/scheme.js";
+import { type QuantArgs, type QuantFormat, validatePatterns } from "../quantization/scheme.js";
 
 /** Tensor suffixes a quantized Linear carries in `format` (after `P.`), as the spec lists them. */
 export function requiredSuffixes(format: QuantFormat, weights: QuantArgs, inputActivations: QuantArgs | null): string[] {
@@ -154,10 +155,9 @@ export function parseQuantizationConfig(qc: unknown, where: string): ParsedQuant
   return { groups, ignore };
 }
 
-/** The config group that applies to Linear `name` (targets by class "Linear" or name). */
+/** The config group that applies to Linear `name`, by compressed-tensors' rule (exact name, then regex, then class: quantization/match.ts). */
 export function groupFor(cfg: ParsedQuantConfig, name: string): QuantConfigGroup | null {
-  if (matchesAny(name, cfg.ignore)) return null;
-  return cfg.groups.find((g) => g.targets.includes("Linear") || matchesAny(name, g.targets)) ?? null;
+  return schemeFor(cfg.groups, cfg.ignore, name);
 }
 
 const SUFFIXES = [

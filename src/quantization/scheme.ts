@@ -1,4 +1,5 @@
 import { UsageError } from "../errors.js";
+import { matchName } from "./match.js";
 
 export type QuantType = "int" | "float";
 export type QuantStrategy = "group" | "channel" | "tensor" | "token" | "tensor_group" | "block";
@@ -150,10 +151,7 @@ export function takesActorder(a: QuantArgs): boolean {
  * PATTERN matches at the start of the name (Python's re.match).
  */
 export function matchesAny(name: string, patterns: readonly string[]): boolean {
-  return patterns.some((p) => {
-    if (!p.startsWith("re:")) return p === name;
-    return new RegExp(`^(?:${p.slice(3)})`).test(name);
-  });
+  return patterns.some((p) => matchName(name, p));
 }
 
 export function validatePatterns(patterns: readonly string[]): void {
