@@ -6,7 +6,8 @@
 import { z } from "zod";
 import { UsageError } from "../errors.js";
 
-const path = z.string().min(1, "expected a non-empty path");
+/** A path (its meaning, even "", is checked where it is used: "" is the current folder, which no output may be). */
+const path = z.string();
 const count = z.number().int().min(1);
 const flag = z.boolean();
 const callback = z.custom<(...args: never[]) => unknown>((v) => typeof v === "function", "expected a function");
