@@ -1,4 +1,5 @@
 import path from "node:path";
+import { type ServedScheme, servingProblems } from "./vllm-support.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { type DType, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { ModelConfig, ModelFamily } from "../models/family.js";
@@ -20,6 +21,8 @@ export interface InspectReport {
   ignored: number;
   tensors: number;
   problems: string[];
+  /** what vLLM would do with it (slower kernels, or not loading it), by the rules oneshot warns with */
+  warnings: string[];
 }
 
 const SCALE_DTYPES: DType[] = ["BF16", "F16", "F32", "F8_E4M3"];
@@ -47,7 +50,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
   if (typeof dir !== "string" || dir === "")
     throw new UsageError(`inspectCheckpoint: the checkpoint folder must be a non-empty path, got ${typeof dir}`);
   const problems: string[] = [];
-  const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: 0, problems };
+  const report: InspectReport = { dir, formats: {}, quantized: 0, ignored: 0, tensors: 0, problems, warnings: [] };
   let config: ModelConfig;
   let family: ModelFamily;
   let ck: Checkpoint;
@@ -68,7 +71,8 @@ export function inspectCheckpoint(dir: string): InspectReport {
     problems.push(e.message);
     return report;
   }
-  const layout = layoutProblems(ck, cfg, expectedTensors(family.build(config), config.tieWordEmbeddings));
+  const model = family.build(config);
+  const layout = layoutProblems(ck, cfg, expectedTensors(model, config.tieWordEmbeddings));
   for (const l of layout) problems.push(l);
   // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
   const misshapen = new Set(
@@ -158,6 +162,9 @@ export function inspectCheckpoint(dir: string): InspectReport {
     return g ? `config group ${cfg.groups.indexOf(g)}` : "unquantized";
   };
   const fused = family.fusedGroups([...modules, ...unquantized]);
+  // what vLLM would make of it: oneshot's warnings, by the same rules, per config group
+  const servedScheme = (n: string): ServedScheme | null => (misshapen.has(n) ? null : groupFor(cfg, n));
+  report.warnings = servingProblems(model, fused, [...modules], servedScheme);
   for (const c of fusedSchemeConflicts(fused, schemeOf)) problems.push(c);
   // vLLM keeps one NVFP4 global scale per weight it runs (q/k/v; gate/up; an expert's gate/up)
   for (const set of oneWeightSets(fused)) {
@@ -182,5 +189,6 @@ export function formatInspect(r: InspectReport): string {
   ];
   if (r.problems.length === 0) lines.push("no problems found");
   else lines.push(`${r.problems.length} problem(s):`, ...r.problems.map((p) => `  - ${p}`));
+  if (r.warnings.length) lines.push(`${r.warnings.length} serving warning(s):`, ...r.warnings.map((w) => `  - ${w}`));
   return lines.join("\n");
 }

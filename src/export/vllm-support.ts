@@ -7,6 +7,12 @@
  */
 import type { Scheme } from "../quantization/scheme.js";
 
+/** What vLLM's kernel choice reads of a scheme. */
+export type ServedScheme = Pick<Scheme, "weights" | "inputActivations">;
+import type { CausalLM } from "../models/family.js";
+import type { FusedGroup } from "../models/fused.js";
+import type { Linear } from "../nn/layers.js";
+
 /** One fused MoE module: its name and the shapes of one expert. */
 export interface ExpertShape {
   module: string;
@@ -27,7 +33,11 @@ function marlinMoeRefuses(e: ExpertShape, group: number): string | null {
  * Problems vLLM would have serving `scheme`: routed experts (per fused MoE module) and the other
  * quantized Linears (`dense`: [name, out, in]). Empty when vLLM loads it with its usual kernels.
  */
-export function vllmServingProblems(scheme: Scheme, experts: readonly ExpertShape[], dense: readonly [string, number, number][]): string[] {
+export function vllmServingProblems(
+  scheme: ServedScheme,
+  experts: readonly ExpertShape[],
+  dense: readonly [string, number, number][],
+): string[] {
   const w = scheme.weights;
   const problems: string[] = [];
   for (const e of experts) {
@@ -57,4 +67,45 @@ export function vllmServingProblems(scheme: Scheme, experts: readonly ExpertShap
         problems.push(`${name}: [${out}, ${inF}] is not a multiple of FP8 blocks of [${bn}, ${bk}]; vLLM would not load it`);
   }
   return problems;
+}
+
+/** The shapes vLLM checks: one expert of each quantized fused MoE module, and every other quantized Linear. */
+function servedShapes(
+  model: CausalLM,
+  groups: readonly FusedGroup[],
+  targets: ReadonlySet<string>,
+): [ExpertShape[], [string, number, number][]] {
+  const linear = (n: string): Linear => model.getSubmodule(n) as Linear;
+  const moe = groups.filter((g) => g.weights && g.members.every((m) => targets.has(m)));
+  const inMoe = new Set(moe.flatMap((g) => g.members));
+  const experts = moe.map((g) => {
+    const gate = linear(g.members[0] as string);
+    return { module: g.module, hidden: gate.inFeatures, intermediate: gate.outFeatures };
+  });
+  const dense = [...targets]
+    .filter((n) => !inMoe.has(n))
+    .map((n) => [n, linear(n).outFeatures, linear(n).inFeatures] as [string, number, number]);
+  return [experts, dense];
+}
+
+/**
+ * What vLLM would make of a quantized model (oneshot warns before its work, inspect reports after):
+ * the quantized Linears (`linears`) partitioned by the scheme `schemeOf` gives each (null:
+ * unquantized), each part judged by `vllmServingProblems`.
+ */
+export function servingProblems(
+  model: CausalLM,
+  fused: readonly FusedGroup[],
+  linears: readonly string[],
+  schemeOf: (linear: string) => ServedScheme | null,
+): string[] {
+  const parts = new Map<ServedScheme, Set<string>>();
+  for (const n of linears) {
+    const s = schemeOf(n);
+    if (!s) continue;
+    const part = parts.get(s) ?? new Set<string>();
+    part.add(n);
+    parts.set(s, part);
+  }
+  return [...parts].flatMap(([scheme, targets]) => vllmServingProblems(scheme, ...servedShapes(model, fused, targets)));
 }

@@ -25,7 +25,7 @@ import { Linear } from "../nn/layers.js";
 import { checkpointSource } from "../io/tensor-source.js";
 import { assertFinite, assertMappingComplete } from "../nn/weights.js";
 import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
-import { vllmServingProblems } from "../export/vllm-support.js";
+import { servingProblems } from "../export/vllm-support.js";
 import { readModelConfig } from "../models/registry.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { OutputFolder } from "../export/output.js";
@@ -44,7 +44,6 @@ import {
   largestLayerWork,
   scaleDTypeOf,
   seedForJson,
-  servedShapes,
 } from "./preflight.js";
 import { type StreamModel, withParameters } from "./stream.js";
 import { BATCH_TOKENS, type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
@@ -205,7 +204,8 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
     }
     const firstTarget = allLinears.find(isTarget);
     scheme = fitGroupSize(scheme, model, isTarget, opts.groupSize !== undefined, warn);
-    const serving = vllmServingProblems(scheme, ...servedShapes(model, family.fusedGroups(allLinears), targetSet));
+    const fitted = scheme;
+    const serving = servingProblems(model, family.fusedGroups(allLinears), allLinears, (n) => (targetSet.has(n) ? fitted : null));
     if (serving.length) warn(`${serving[0]}${serving.length > 1 ? ` (and ${serving.length - 1} more module(s) like it)` : ""}`);
     const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
 

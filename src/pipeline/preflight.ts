@@ -11,8 +11,6 @@ import type { Seed } from "../util/numpy-random.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import type { ScaleDType } from "../quantization/params.js";
 import type { CausalLM } from "../models/family.js";
-import type { FusedGroup } from "../models/fused.js";
-import type { ExpertShape } from "../export/vllm-support.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { NumericalError } from "../errors.js";
 
@@ -120,25 +118,6 @@ export function largestLayerWork(model: CausalLM, isTarget: (n: string) => boole
 export function assertComplete(name: string, present: string[], scheme: Scheme): void {
   const missing = requiredSuffixes(scheme.format, scheme.weights, scheme.inputActivations).filter((s) => !present.includes(`${name}.${s}`));
   if (missing.length) throw new NumericalError(`${name}: quantized tensors incomplete (missing ${missing.join(", ")})`);
-}
-
-/** The shapes vLLM checks: one expert of each quantized fused MoE module, and every other quantized Linear. */
-export function servedShapes(
-  model: CausalLM,
-  groups: readonly FusedGroup[],
-  targets: ReadonlySet<string>,
-): [ExpertShape[], [string, number, number][]] {
-  const linear = (n: string): Linear => model.getSubmodule(n) as Linear;
-  const moe = groups.filter((g) => g.weights && g.members.every((m) => targets.has(m)));
-  const inMoe = new Set(moe.flatMap((g) => g.members));
-  const experts = moe.map((g) => {
-    const gate = linear(g.members[0] as string);
-    return { module: g.module, hidden: gate.inFeatures, intermediate: gate.outFeatures };
-  });
-  const dense = [...targets]
-    .filter((n) => !inMoe.has(n))
-    .map((n) => [n, linear(n).outFeatures, linear(n).inFeatures] as [string, number, number]);
-  return [experts, dense];
 }
 
 /** Refuse an ignore list that splits a module vLLM fuses (`conflicts` from fusedSchemeConflicts). */

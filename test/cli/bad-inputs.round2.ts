@@ -62,6 +62,20 @@ export const ROUND2_CASES: BadInputCase[] = [
     message: /config\.json: field "route_scale": too large for float32 arithmetic/,
   },
   {
+    name: "inspect: an FP8_BLOCK checkpoint vLLM would not load (blocks of 128 do not divide the experts' 64) is reported, as oneshot warned",
+    setup: (d) => {
+      const q = path.join(d, "q");
+      const r = spawnSync(process.execPath, [CLI, ...quick(TINY, d).slice(0, -2), "--output", q, "--scheme", "FP8_BLOCK", "--quiet"], {
+        encoding: "utf8",
+      });
+      if (!/vLLM's FP8 block MoE needs .*vLLM would not load it/.test(r.stderr)) throw new Error(`oneshot did not warn: ${r.stderr}`);
+      return ["inspect", q];
+    },
+    exitCode: 0,
+    message:
+      /serving warning\(s\):\n {2}- model\.layers\.1\.mlp\.experts: vLLM's FP8 block MoE needs the expert intermediate size \(64\) .* vLLM would not load it/,
+  },
+  {
     name: "the work folder is a symlink (planted beside the output, leading to another folder)",
     setup: (d) => {
       fs.mkdirSync(path.join(d, "elsewhere"));
