@@ -49,7 +49,7 @@ import { type StreamModel, withParameters } from "./stream.js";
 import { BATCH_TOKENS, type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
 import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { type Plan, checkPlan, freeDiskBytes, plan } from "./plan.js";
-import { availableMemory } from "../util/memory.js";
+import { availableMemory, peakRssBytes } from "../util/memory.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -424,7 +424,7 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
     await safePoint();
     const output = out.commit();
     work.remove();
-    return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: process.resourceUsage().maxRSS / 1024 };
+    return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: peakRssBytes() / 1024 ** 2 };
   } catch (e) {
     out.abort();
     // finished layers are kept for a rerun of the same command; a run that finished none leaves nothing

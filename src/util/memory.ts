@@ -83,3 +83,15 @@ export function availableMemory(src: MemorySources = host()): number {
   }
   return avail;
 }
+
+/**
+ * This process's own peak resident memory in bytes: VmHWM of /proc/self/status where there is one.
+ * getrusage's maxRSS is not this process's alone on Linux: a child started by posix_spawn (how
+ * Node starts children) inherits its parent's high-water mark at exec, so a run started by a
+ * large parent would report the parent's peak.
+ */
+export function peakRssBytes(): number {
+  const status = readOrNull("/proc/self/status");
+  const kb = status ? /^VmHWM:\s+(\d+)\s+kB$/m.exec(status)?.[1] : undefined;
+  return kb !== undefined ? Number(kb) * 1024 : process.resourceUsage().maxRSS * 1024;
+}

@@ -84,10 +84,11 @@ test("oneshot streams layers: peak memory with 8 layers is within 1.5x of 2 laye
 /** Peak RSS (MB) of a child process that runs `evaluate` (the model against itself as reference). */
 function evalPeak(model: string): number {
   const evalJs = path.join(ROOT, "dist", "src", "pipeline", "eval.js");
+  const memoryJs = path.join(ROOT, "dist", "src", "util", "memory.js");
   const dataset = path.join(ROOT, "test", "fixtures", "text", "eval-prose.jsonl");
   const code = `const { evaluate } = await import(${JSON.stringify(evalJs)});
 await evaluate({ model: ${JSON.stringify(model)}, reference: ${JSON.stringify(model)}, dataset: ${JSON.stringify(dataset)}, numSamples: 4, maxSeqLength: 32 });
-process.stdout.write(String(process.resourceUsage().maxRSS / 1024));`;
+process.stdout.write(String((await import(${JSON.stringify(memoryJs)})).peakRssBytes() / 1024 ** 2));`;
   const r = spawnSync(process.execPath, ["--input-type=module", "-e", code], { encoding: "utf8" });
   assert.equal(r.status, 0, r.stderr);
   return Number(r.stdout);

@@ -1,7 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import os from "node:os";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
 import { availableMemory } from "../../src/util/memory.js";
+import { ROOT } from "../helpers.js";
 
 const GiB = 1024 ** 3;
 const files = (m: Record<string, string>) => (rel: string) => m[rel] ?? null;
@@ -43,4 +46,20 @@ test("no cgroup information: the host's free memory; this machine's reading is p
   assert.equal(availableMemory({ free: 5 * GiB, procCgroup: null, read: () => null }), 5 * GiB);
   const here = availableMemory();
   assert.ok(here > 0 && here <= os.totalmem(), String(here));
+});
+
+test("peakRssBytes is the child's own peak, where getrusage's maxRSS inherits a large parent's (what npm run bench recorded)", () => {
+  const memoryJs = path.join(ROOT, "dist", "src", "util", "memory.js");
+  const child = `const { peakRssBytes } = await import(${JSON.stringify(memoryJs)});
+process.stdout.write(JSON.stringify({ own: peakRssBytes(), rusage: process.resourceUsage().maxRSS * 1024 }));`;
+  // a parent holding 600 MB, touched, that starts the child
+  const parent = `const big = Buffer.alloc(600 * 1024 * 1024, 1);
+const r = require("node:child_process").spawnSync(process.execPath, ["--input-type=module", "-e", ${JSON.stringify(child)}], { encoding: "utf8" });
+process.stdout.write(r.stdout + (big[12345] === 1 ? "" : "?"));`;
+  const r = spawnSync(process.execPath, ["-e", parent], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const { own, rusage } = JSON.parse(r.stdout) as { own: number; rusage: number };
+  assert.ok(own < 300 * 1024 ** 2, `own peak ${own / 1024 ** 2} MB`);
+  if (os.platform() === "linux")
+    assert.ok(rusage > 600 * 1024 ** 2, `maxRSS ${rusage / 1024 ** 2} MB: the inheritance this guards against`);
 });
