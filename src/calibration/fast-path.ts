@@ -102,7 +102,10 @@ export async function allExpertsFast(
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
     if (state.sharedGateUp) await state.sharedGateUp.add(Xc);
-    for (const o of gateUpObservers) o.rows(Tc, null);
+    for (const o of gateUpObservers) {
+      o.rows(Tc, null);
+      o.values?.(Xc);
+    }
     for (let e = 0; e < E; e++) await expert(e, Xc, Tc, c0, c1);
   }
 
@@ -116,7 +119,10 @@ export async function allExpertsFast(
       act: act.subarray(0, Im * Tc),
       ...(wantsGram ? { gram: downGram } : {}),
     });
-    for (const o of obs) o.rows(Tc, o.wantsGram ? downGram : null);
+    for (const o of obs) {
+      o.rows(Tc, o.wantsGram ? downGram : null);
+      o.values?.(A);
+    }
     // routed rows of this chunk: gather A's rows, down_proj, weight, add
     const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
     const sel: number[] = [];

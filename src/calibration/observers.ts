@@ -107,6 +107,8 @@ export interface FastPathObserver {
   rows(n: number, gram: Float32Array | null): void;
   /** the rows' statistics go to an accumulator shared with other Linears of the block */
   shareWith(acc: GramAccumulator): void;
+  /** the rows themselves [n, in], for observers of their values (static activation scales) */
+  values?(x: Tensor): void;
 }
 
 const fastObservers = new WeakMap<Linear, Set<FastPathObserver>>();
@@ -193,17 +195,32 @@ export interface InputAbsMax {
   rows: number;
 }
 
-/** Hooks recording each Linear's largest input magnitude (FP8's static `input_scale`); `remove` detaches them. */
+/**
+ * Hooks recording each Linear's largest input magnitude (FP8's static `input_scale`, NVFP4's input
+ * global scale); the all-experts fast path feeds them the same rows, so they keep it on. `remove`
+ * detaches them.
+ */
 export function attachInputAbsMax(linears: ReadonlyMap<string, Linear>): { stats: Map<string, InputAbsMax>; remove(): void } {
   const stats = new Map<string, InputAbsMax>();
   const removers: (() => void)[] = [];
   for (const [n, lin] of linears) {
     const s: InputAbsMax = { absmax: 0, rows: 0 };
     stats.set(n, s);
+    const observe = (x: Tensor): void => {
+      const d = x.data;
+      let m = s.absmax;
+      for (let i = 0; i < d.length; i++) m = Math.max(m, Math.abs(d[i] as number));
+      s.absmax = m;
+      s.rows += x.size / lin.inFeatures;
+    };
     removers.push(
-      lin.registerForwardPreHook((_m, x) => {
-        for (const v of x.data) s.absmax = Math.max(s.absmax, Math.abs(v));
-        s.rows += x.size / lin.inFeatures;
+      registerFastAwareHook(lin, observe, {
+        wantsGram: false,
+        routedWeight: null,
+        rows: () => undefined,
+        shareWith: () => undefined,
+        shareRouted: () => undefined,
+        values: observe,
       }),
     );
   }

@@ -5,7 +5,9 @@ import os from "node:os";
 import path from "node:path";
 import type { AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
-import { attachHessianObservers } from "../../src/calibration/observers.js";
+import { attachHessianObservers, attachInputAbsMax } from "../../src/calibration/observers.js";
+import { Linear } from "../../src/nn/layers.js";
+import { getEngine } from "../../src/engine/index.js";
 import { trackCoverage } from "../../src/calibration/coverage.js";
 import { withMoeCalibration } from "../../src/calibration/context.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
@@ -94,4 +96,37 @@ test("whole model inside the context equals outside, with the fast path", async 
   obs.remove();
   assertClose("logits", inside.logits, outside.logits, 1e-6);
   assert.ok([...obs.stats.values()].every((s) => s.rows === 192));
+});
+
+test("input-magnitude observers (FP8 static, NVFP4) keep the fast path on and see what the per-expert path's hooks see", async () => {
+  const results = [];
+  for (const fastPath of [true, false]) {
+    const calib = new CalibrationAfmoeMoE(moe, config, { calibrateAllExperts: true, fastPath });
+    const linears = new Map(calib.namedModules().filter(([n, m]) => m instanceof Linear && n.startsWith("experts.")) as [string, Linear][]);
+    const absMax = attachInputAbsMax(linears);
+    const engineCalls = getEngine().swigluExpert;
+    let fastCalls = 0;
+    getEngine().swigluExpert = async (...a: Parameters<typeof engineCalls>) => {
+      fastCalls++;
+      return engineCalls.apply(getEngine(), a);
+    };
+    try {
+      await calib.call(x);
+    } finally {
+      getEngine().swigluExpert = engineCalls;
+      absMax.remove();
+    }
+    results.push({ stats: absMax.stats, fastCalls });
+  }
+  const [fast, slow] = results as [(typeof results)[0], (typeof results)[0]];
+  assert.ok(
+    fast.fastCalls >= config.numExperts && slow.fastCalls < config.numExperts,
+    `engine expert steps: ${fast.fastCalls} (fast) vs ${slow.fastCalls}`,
+  );
+  for (const [name, s] of slow.stats) {
+    const f = fast.stats.get(name);
+    assert.ok(f && s.rows > 0, name);
+    assert.equal(f.rows, s.rows, `${name} rows`);
+    assert.ok(Math.abs(f.absmax - s.absmax) <= 1e-6 * s.absmax, `${name}: absmax ${f.absmax} (fast) vs ${s.absmax}`);
+  }
 });
