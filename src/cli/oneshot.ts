@@ -1,7 +1,8 @@
 import { type Command, Option } from "commander";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { oneshot } from "../pipeline/oneshot.js";
-import { formatPlan, freeDiskBytes, plan } from "../pipeline/plan.js";
+import { plan } from "../pipeline/plan.js";
+import { formatPlan, freeDiskBytes } from "../pipeline/plan-report.js";
 import { formatSummary } from "../pipeline/report.js";
 import { SCHEME_NAMES } from "../quantization/scheme.js";
 import { DEFAULT_STATISTICS, ROUTED_WEIGHTS, formatExpertStatistics } from "../calibration/expert-statistics.js";

@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from "commander";
 import { MoecalError } from "../errors.js";
 import { parseSeed } from "../util/numpy-random.js";
-import { parseBytes } from "../pipeline/plan.js";
+import { parseBytes } from "../pipeline/plan-report.js";
 
 /** Parser for an integer option (>= min), with the option named in the error. */
 export function intOption(name: string, min = 1): (value: string) => number {

@@ -1,6 +1,6 @@
 import cliProgress from "cli-progress";
 import type { ProgressEvent } from "../pipeline/oneshot.js";
-import { planSummary } from "../pipeline/plan.js";
+import { planSummary } from "../pipeline/plan-report.js";
 
 /** Seconds as "1h02m", "3m05s" or "42s". */
 export function duration(seconds: number): string {

@@ -111,6 +111,16 @@ export class Checkpoint {
     return this.file(name).readRaw(name);
   }
 
+  /** Rows of a 2-D tensor by index (SafetensorsFile.readRowsRaw). */
+  readRowsRaw(name: string, rows: Int32Array): RawTensor {
+    return this.file(name).readRowsRaw(name, rows);
+  }
+
+  /** A tensor's bytes in pieces of at most `chunkBytes` (SafetensorsFile.rawChunks). */
+  rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
+    return this.file(name).rawChunks(name, chunkBytes);
+  }
+
   readF32(name: string): Tensor {
     return this.file(name).readF32(name);
   }

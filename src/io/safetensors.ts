@@ -1,5 +1,6 @@
 import fs from "node:fs";
-import { CheckpointFormatError, asFormatError } from "../errors.js";
+import { giveBuffer, takeBuffer } from "../engine/scratch.js";
+import { CheckpointFormatError, InternalError, asFormatError } from "../errors.js";
 import { openRegular, readAt } from "./files.js";
 import { Tensor, numel } from "../engine/tensor.js";
 import { bf16ToF32, f16ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
@@ -230,6 +231,50 @@ export class SafetensorsFile {
     return { dtype: t.dtype, shape: t.shape, bytes };
   }
 
+  /**
+   * A tensor's bytes in pieces of at most `chunkBytes` (whole elements), read into one reused
+   * buffer: each piece is valid until the next is read. For scans and copies of tensors of any
+   * size in bounded memory.
+   */
+  *rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
+    const t = this.info(name);
+    const size = DTYPE_BYTES[t.dtype];
+    const total = t.end - t.begin;
+    const step = Math.max(size, Math.floor(chunkBytes / size) * size);
+    const len = Math.min(step, Math.max(total, 1));
+    const buf = new Uint8Array(takeBuffer(len), 0, len);
+    const { fd } = openRegular(this.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
+    try {
+      for (let pos = 0; pos < total; pos += step) {
+        const piece = buf.subarray(0, Math.min(step, total - pos));
+        readAt(fd, this.file, piece, this.dataStart + t.begin + pos, asFormatError);
+        yield piece;
+      }
+    } finally {
+      fs.closeSync(fd);
+      giveBuffer(buf.buffer);
+    }
+  }
+
+  /** Rows of a 2-D tensor (an embedding table), by index, as a raw [rows.length, columns] tensor: only those bytes are read. */
+  readRowsRaw(name: string, rows: Int32Array): RawTensor {
+    const t = this.info(name);
+    if (t.shape.length !== 2) throw new CheckpointFormatError(`${this.file}: tensor "${name}" is not 2-D; rows cannot be read from it`);
+    const [n, cols] = t.shape as [number, number];
+    const rowBytes = cols * DTYPE_BYTES[t.dtype];
+    const bytes = new Uint8Array(rows.length * rowBytes);
+    const { fd } = openRegular(this.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
+    try {
+      rows.forEach((r, i) => {
+        if (!(r >= 0 && r < n)) throw new InternalError(`row ${r} is outside tensor "${name}" of ${n} rows`);
+        readAt(fd, this.file, bytes.subarray(i * rowBytes, (i + 1) * rowBytes), this.dataStart + t.begin + r * rowBytes, asFormatError);
+      });
+    } finally {
+      fs.closeSync(fd);
+    }
+    return { dtype: t.dtype, shape: [rows.length, cols], bytes };
+  }
+
   /** A floating tensor read and converted to float32. */
   readF32(name: string): Tensor {
     return rawToF32(this.readRaw(name), `${this.file}: tensor "${name}"`);
@@ -302,6 +347,18 @@ export function firstNonFiniteF32(values: Float32Array): number {
 }
 
 /** Flat index of the first NaN or infinity in a floating tensor's raw bytes (-1 if none, or not floating). */
+/** firstNonFinite over a tensor given in pieces (rawChunks): the flat index of the first NaN or infinity, or -1. */
+export function firstNonFiniteIn(dtype: DType, pieces: Iterable<Uint8Array>): number {
+  const size = DTYPE_BYTES[dtype];
+  let before = 0;
+  for (const bytes of pieces) {
+    const i = firstNonFinite({ dtype, shape: [bytes.byteLength / size], bytes });
+    if (i >= 0) return before + i;
+    before += bytes.byteLength / size;
+  }
+  return -1;
+}
+
 export function firstNonFinite(raw: RawTensor): number {
   const b = raw.bytes;
   switch (raw.dtype) {

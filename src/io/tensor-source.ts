@@ -8,6 +8,8 @@ export interface TensorSource {
   names(): string[];
   shapeOf(name: string): number[];
   readF32(name: string): Tensor;
+  /** rows of a 2-D tensor by index, as float32 [rows.length, columns] (reading only those rows), where the source can */
+  readRowsF32?(name: string, rows: Int32Array): Tensor;
 }
 
 export function checkpointSource(ck: Checkpoint): TensorSource {
@@ -16,5 +18,6 @@ export function checkpointSource(ck: Checkpoint): TensorSource {
     names: () => ck.names(),
     shapeOf: (n) => ck.info(n).shape,
     readF32: (n) => rawToF32(ck.readRaw(n), `${ck.dir}: tensor "${n}"`),
+    readRowsF32: (n, rows) => rawToF32(ck.readRowsRaw(n, rows), `${ck.dir}: tensor "${n}"`),
   };
 }

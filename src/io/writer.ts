@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import path from "node:path";
 import { IoError, InternalError, NumericalError } from "../errors.js";
 import { DTYPE_BYTES, type RawTensor, firstNonFinite } from "./safetensors.js";
@@ -65,6 +66,9 @@ interface PendingEntry {
  * Tensor data goes to disk at once (a scratch file per shard, prefixed with the header when
  * the shard is complete), so memory does not grow with the model.
  */
+/** Tensors copied or scanned unchanged go through memory in pieces of at most this many bytes. */
+export const PIECE_BYTES = 16 * 1024 ** 2;
+
 /** Largest output shard by default (as Hugging Face's save_pretrained cuts them). */
 export const DEFAULT_SHARD_BYTES = 2 * 1024 ** 3;
 
@@ -87,23 +91,35 @@ export class ShardedWriter {
   }
 
   add(t: NamedRaw): void {
+    this.addPieces(t, [t.bytes]);
+  }
+
+  /**
+   * A tensor whose bytes come in pieces (a checkpoint's rawChunks): written as they come, each
+   * checked for finiteness, so a tensor of any size is copied in bounded memory.
+   */
+  addPieces(t: Omit<NamedRaw, "bytes">, pieces: Iterable<Uint8Array>): void {
     if (this.seen.has(t.name)) throw new InternalError(`tensor "${t.name}" written twice`);
-    const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
-    if (t.bytes.byteLength !== expected) {
-      throw new InternalError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
-    }
-    const bad = firstNonFinite(t);
-    if (bad >= 0)
-      throw new NumericalError(
-        `tensor "${t.name}" (${t.dtype} [${t.shape.join(", ")}]): non-finite value at flat index ${bad}; moecal writes only finite tensors`,
-      );
+    const size = DTYPE_BYTES[t.dtype];
+    const expected = numel(t.shape) * size;
     this.seen.add(t.name);
-    if (this.pendingBytes > 0 && this.pendingBytes + t.bytes.byteLength > this.maxShardBytes) this.flush();
+    if (this.pendingBytes > 0 && this.pendingBytes + expected > this.maxShardBytes) this.flush();
     if (this.scratchFd === null) this.scratchFd = fs.openSync(this.scratchPath, "w");
-    writeAll(this.scratchFd, Buffer.from(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength), this.scratchPath);
-    this.pending.push({ name: t.name, dtype: t.dtype, shape: [...t.shape], length: t.bytes.byteLength });
-    this.pendingBytes += t.bytes.byteLength;
-    this.totalBytes += t.bytes.byteLength;
+    let written = 0;
+    for (const bytes of pieces) {
+      const bad = firstNonFinite({ dtype: t.dtype, shape: [bytes.byteLength / size], bytes });
+      if (bad >= 0)
+        throw new NumericalError(
+          `tensor "${t.name}" (${t.dtype} [${t.shape.join(", ")}]): non-finite value at flat index ${written / size + bad}; moecal writes only finite tensors`,
+        );
+      writeAll(this.scratchFd, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), this.scratchPath);
+      written += bytes.byteLength;
+    }
+    if (written !== expected)
+      throw new InternalError(`tensor "${t.name}": ${written} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+    this.pending.push({ name: t.name, dtype: t.dtype, shape: [...t.shape], length: expected });
+    this.pendingBytes += expected;
+    this.totalBytes += expected;
   }
 
   private flush(): void {
@@ -124,10 +140,13 @@ export class ShardedWriter {
     const tmp = path.join(this.dir, `.shard-${this.shards.length}.tmp`);
     const out = fs.openSync(tmp, "w");
     const inp = fs.openSync(scratch, "r");
+    let release = (): void => undefined;
     try {
       writeAll(out, len, tmp);
       writeAll(out, Buffer.from(json, "utf8"), tmp);
-      const buf = Buffer.alloc(Math.min(COPY_CHUNK, Math.max(1, this.pendingBytes)));
+      const bufBytes = Math.min(COPY_CHUNK, Math.max(1, this.pendingBytes));
+      const buf = Buffer.from(takeBuffer(bufBytes), 0, bufBytes);
+      release = () => giveBuffer(buf.buffer);
       let pos = 0;
       while (pos < this.pendingBytes) {
         const n = fs.readSync(inp, buf, 0, buf.length, pos);
@@ -136,6 +155,7 @@ export class ShardedWriter {
         pos += n;
       }
     } finally {
+      release();
       fs.closeSync(inp);
       fs.closeSync(out);
     }

@@ -72,13 +72,22 @@ export class Embedding extends Module<TokenIds, Tensor> {
     this.declareParam("weight", [vocab, dim]);
   }
 
+  /**
+   * Where rows come from while the weight is not loaded: the rows of the given ids as [n, dim]
+   * (a 150k-token table is never loaded whole to embed a calibration set).
+   */
+  rows: ((ids: Int32Array) => Tensor) | null = null;
+
   async forward(input: TokenIds): Promise<Tensor> {
-    const w = this.param("weight");
-    const out = new Float32Array(input.ids.length * this.dim);
     input.ids.forEach((id, i) => {
       if (id < 0 || id >= this.vocab) throw new UsageError(`token id ${id} at position ${i} is outside the vocabulary of ${this.vocab}`);
-      out.set(w.data.subarray(id * this.dim, (id + 1) * this.dim), i * this.dim);
     });
-    return new Tensor(out, [...input.shape, this.dim]);
+    const shape = [...input.shape, this.dim];
+    const loaded = this.parameter("weight").value;
+    if (!loaded && this.rows) return new Tensor(this.rows(Int32Array.from(input.ids)).data, shape);
+    const w = this.param("weight");
+    const out = new Float32Array(input.ids.length * this.dim);
+    input.ids.forEach((id, i) => out.set(w.data.subarray(id * this.dim, (id + 1) * this.dim), i * this.dim));
+    return new Tensor(out, shape);
   }
 }

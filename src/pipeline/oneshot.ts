@@ -5,7 +5,7 @@ import { Tensor } from "../engine/tensor.js";
 import { NumericalError, UsageError, asFormatError, asUsageError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash, sha256File } from "../io/hash.js";
-import { firstNonFinite } from "../io/safetensors.js";
+import { firstNonFiniteIn } from "../io/safetensors.js";
 import type { Seed } from "../util/numpy-random.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
@@ -18,7 +18,7 @@ import {
 } from "../calibration/expert-statistics.js";
 import { trackCoverage } from "../calibration/coverage.js";
 import { Checkpoint } from "../io/checkpoint.js";
-import { DEFAULT_SHARD_BYTES, type NamedRaw, ShardedWriter } from "../io/writer.js";
+import { DEFAULT_SHARD_BYTES, type NamedRaw, PIECE_BYTES, ShardedWriter } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
@@ -45,10 +45,11 @@ import {
   scaleDTypeOf,
   seedForJson,
 } from "./preflight.js";
-import { type StreamModel, withParameters } from "./stream.js";
+import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
 import { BATCH_TOKENS, type CheckpointStage, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
 import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
-import { type Plan, checkPlan, freeDiskBytes, plan } from "./plan.js";
+import { type Plan, plan } from "./plan.js";
+import { checkPlan, freeDiskBytes } from "./plan-report.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
 
 export interface OneshotOptions {
@@ -196,7 +197,7 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
         .concat(mapping.unexpected),
     );
     for (const n of passThrough) {
-      const bad = firstNonFinite(ck.readRaw(n));
+      const bad = firstNonFiniteIn(ck.info(n).dtype, ck.rawChunks(n, PIECE_BYTES));
       if (bad >= 0)
         throw new NumericalError(
           `${modelDir}: tensor "${n}" (written unquantized) holds a non-finite value at flat index ${bad}; nothing was written`,
@@ -264,7 +265,7 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
     // hidden states live in the work folder, not in memory: the embeddings (layer 0's input) first
     if (state.layer < 0) {
       const w = work.hiddenWriter(-1);
-      await withParameters(streamed, "model.embed_tokens", async () => {
+      await withEmbeddings(streamed, async () => {
         for (const ids of samples) w.append(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
       });
       w.commit();
@@ -382,9 +383,13 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
       written.add(t.name);
       writer.add(t);
     };
+    // tensors copied unchanged go through in pieces: memory does not grow with a 150k-token vocabulary
     const copyRaw = (param: string): void => {
       const src = mapping.sources.get(param) ?? param;
-      if (!written.has(src)) add({ name: src, ...ck.readRaw(src) });
+      if (written.has(src)) return;
+      written.add(src);
+      const { dtype, shape } = ck.info(src);
+      writer.addPieces({ name: src, dtype, shape }, ck.rawChunks(src, PIECE_BYTES));
     };
     copyRaw("model.embed_tokens.weight");
     for (let i = 0; i < N; i++) for (const t of work.layerTensors(i)) add(t);

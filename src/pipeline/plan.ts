@@ -5,8 +5,7 @@
  * measurement of this machine's engine. The formulas and the constants fitted on this project's
  * machine are in docs/performance.md ("The plan's model").
  */
-import { DEFAULT_SHARD_BYTES } from "../io/writer.js";
-import fs from "node:fs";
+import { DEFAULT_SHARD_BYTES, PIECE_BYTES } from "../io/writer.js";
 import path from "node:path";
 import { getEngine } from "../engine/index.js";
 import { Tensor } from "../engine/tensor.js";
@@ -22,7 +21,6 @@ import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { type Scheme, matchesAny, resolveScheme } from "../quantization/scheme.js";
 import { quantizedSpecs } from "../export/layout.js";
 import { loadTokenizedSamples } from "./dataset.js";
-import { UsageError } from "../errors.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
 import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
@@ -76,6 +74,13 @@ export interface Plan {
   tokens: number;
   layers: LayerPlan[];
   peak_memory_bytes: number;
+  /**
+   * memory of the steps outside the layers, beside the process's own: embedding the samples (one
+   * sample's rows as read and in float32, its output and the copy on its way to the work folder:
+   * never the whole table) and assembling the output (one layer's file read back at a time, the
+   * piece buffer of tensors copied unchanged, the shard's copy buffer)
+   */
+  phases: { embed: number; assemble: number };
   /**
    * output plus the resume state at its largest (every layer file and two layers' hidden states)
    * plus the shard being assembled (its data is spooled to a temporary file, then copied behind its header)
@@ -276,13 +281,20 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   }
   // embeddings, final norm, lm_head and tensors the model does not use: copied unchanged
   const layerNames = new Set(model.namedParameters().map(([n]) => n));
+  let largestCopied = 0;
   for (const n of ck.names()) {
     if (/^model\.layers\.\d+\./.test(n) && layerNames.has(n)) continue;
     const info = ck.info(n);
     output += bytesOf(info.dtype, info.shape);
+    largestCopied = Math.max(largestCopied, bytesOf(info.dtype, info.shape));
   }
   // every layer's file, and the hidden states a layer reads and writes (two at a time)
   const resumeState = maxLayerFile + 2 * 4 * T * H;
+  const largestLayerFile = Math.max(0, ...layers.map((l) => l.write_bytes));
+  const phases = {
+    embed: (4 + 4 + 4 + 4) * maxS * H,
+    assemble: largestLayerFile + Math.min(PIECE_BYTES, largestCopied) + Math.min(PIECE_BYTES, output),
+  };
   const assembly = Math.min(output, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
   return {
     model: path.basename(path.resolve(modelDir)),
@@ -291,83 +303,14 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     samples: samples.length,
     tokens: T,
     layers,
-    peak_memory_bytes: Math.max(...layers.map((l) => l.peak_memory_bytes)),
+    peak_memory_bytes: Math.max(
+      ...layers.map((l) => l.peak_memory_bytes),
+      PLAN_MODEL.baselineBytes + Math.max(phases.embed, phases.assemble),
+    ),
+    phases,
     disk_bytes: output + resumeState + assembly,
     disk: { output, resume_state: resumeState, shard_assembly: assembly },
     seconds: layers.reduce((a, l) => a + l.seconds, 0),
     gemm_gflops: rate / 1e9,
   };
-}
-
-/** Free bytes on the file system holding `dir` (or its nearest existing parent). */
-export function freeDiskBytes(dir: string): number {
-  let d = path.resolve(dir);
-  while (!fs.existsSync(d) && path.dirname(d) !== d) d = path.dirname(d);
-  const s = fs.statfsSync(d);
-  return s.bavail * s.bsize;
-}
-
-const GB = 1024 ** 3;
-const size = (b: number): string => (b >= GB ? `${(b / GB).toFixed(2)} GiB` : `${(b / 1024 ** 2).toFixed(1)} MiB`);
-const time = (s: number): string =>
-  s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`;
-
-/** The plan in one line (oneshot prints it at start). */
-export function planSummary(p: Plan): string {
-  return `plan: peak memory ${size(p.peak_memory_bytes)}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
-}
-
-/** The plan per layer and in total, as text. */
-export function formatPlan(p: Plan): string {
-  const lines = [
-    `${p.model}: ${p.scheme} ${p.method}, ${p.samples} samples / ${p.tokens} tokens`,
-    "layer  kind   read       write      peak memory  (hidden states, Hessians, GPTQ)   GFLOP calib / propagate / GPTQ   time",
-  ];
-  for (const l of p.layers) {
-    const m = l.memory;
-    const g = (f: number): string => (f / 1e9).toFixed(1);
-    lines.push(
-      `${String(l.layer).padStart(5)}  ${(l.moe ? "moe" : "dense").padEnd(5)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  (${size(m.hidden_states)}, ${size(m.hessians)}, ${size(m.gptq + m.workers)})  ${g(l.flops.calibrate)} / ${g(l.flops.propagate)} / ${g(l.flops.gptq)}  ${time(l.seconds)}`,
-    );
-  }
-  lines.push(planSummary(p));
-  return lines.join("\n");
-}
-
-const SHRINKS: Record<keyof LayerPlan["memory"], string> = {
-  outputs: "no option (one layer's quantized tensors must fit in memory)",
-  hidden_states: "fewer --num-samples or a shorter --max-seq-length",
-  hessians: "--method rtn (no Hessians)",
-  gptq: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS) or --method rtn",
-  workers: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS)",
-  activations: "a shorter --max-seq-length",
-  parameters: "no option (one layer's weights must fit in memory)",
-};
-
-/** Refuse a plan that does not fit: naming what is too big and which option shrinks it. */
-export function checkPlan(p: Plan, limits: { maxMemory: number; freeDisk: number; output: string }): void {
-  const worst = p.layers.reduce((a, b) => (b.peak_memory_bytes > a.peak_memory_bytes ? b : a));
-  if (worst.peak_memory_bytes > limits.maxMemory) {
-    const [part, bytes] = Object.entries(worst.memory).reduce((a, b) => (b[1] > a[1] ? b : a)) as [keyof LayerPlan["memory"], number];
-    if (bytes < PLAN_MODEL.baselineBytes)
-      throw new UsageError(
-        `the plan needs ${size(worst.peak_memory_bytes)} of memory at layer ${worst.layer}, more than --max-memory ${size(limits.maxMemory)}; most of it is the process itself (Node.js and onnxruntime, about ${size(PLAN_MODEL.baselineBytes)}), which no option shrinks`,
-      );
-    throw new UsageError(
-      `the plan needs ${size(worst.peak_memory_bytes)} of memory at layer ${worst.layer}, more than --max-memory ${size(limits.maxMemory)}; the largest part is ${part.replace("_", " ")} (${size(bytes)}): ${SHRINKS[part]} shrinks it`,
-    );
-  }
-  if (p.disk_bytes > limits.freeDisk) {
-    throw new UsageError(
-      `the plan needs ${size(p.disk_bytes)} of disk (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), but the file system of ${limits.output} has ${size(limits.freeDisk)} free; free some space or choose another --output`,
-    );
-  }
-}
-
-/** Parse a size: bytes, or a number with K, M, G or T (powers of 1024). */
-export function parseBytes(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`"${text}" is not a size (bytes, or a number with K, M, G or T)`);
-  const unit = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[(m[2] ?? "").toUpperCase() as "" | "K" | "M" | "G" | "T"];
-  return Math.round(Number(m[1]) * unit);
 }

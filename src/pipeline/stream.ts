@@ -8,7 +8,8 @@ import type { Tensor } from "../engine/tensor.js";
 import { UsageError } from "../errors.js";
 import type { DecoderLayer } from "../models/family.js";
 import type { LoadedModel } from "../models/registry.js";
-import { loadParameters, unloadParameters } from "../nn/weights.js";
+import { assertFinite, loadParameters, unloadParameters } from "../nn/weights.js";
+import { Embedding } from "../nn/layers.js";
 
 /** Tokens per chunk of samples: a chunk's hidden states take tokens x hidden_size x 4 bytes (1 GiB at hidden 1024). */
 export const STREAM_CHUNK_TOKENS = 262144;
@@ -43,9 +44,31 @@ export async function withParameters<T>(m: StreamModel, prefix: string, run: () 
   }
 }
 
-/** Every sample's input of layer 0 (embeddings loaded for this only). */
+/**
+ * Run `run` with the embeddings available: rows read from the checkpoint as they are asked for
+ * where the source can (memory of the samples' tokens, not of the vocabulary), else the table loaded.
+ */
+export async function withEmbeddings<T>(m: StreamModel, run: () => Promise<T>): Promise<T> {
+  const source = m.source;
+  const src = m.mapping.sources.get("model.embed_tokens.weight");
+  if (!source.readRowsF32 || !src) return withParameters(m, "model.embed_tokens", run);
+  const table = m.model.getSubmodule("model.embed_tokens");
+  if (!(table instanceof Embedding)) return withParameters(m, "model.embed_tokens", run);
+  table.rows = (ids: Int32Array) => {
+    const t = source.readRowsF32?.(src, ids) as Tensor;
+    assertFinite(t, `${source.dir}: tensor "${src}"`);
+    return t;
+  };
+  try {
+    return await run();
+  } finally {
+    table.rows = null;
+  }
+}
+
+/** Every sample's input of layer 0. */
 export async function embedSamples(m: StreamModel, samples: number[][]): Promise<Tensor[]> {
-  return withParameters(m, "model.embed_tokens", async () => {
+  return withEmbeddings(m, async () => {
     const out: Tensor[] = [];
     for (const ids of samples) out.push(await m.model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
     return out;

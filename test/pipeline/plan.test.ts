@@ -9,7 +9,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { checkPlan, parseBytes, plan } from "../../src/pipeline/plan.js";
+import { plan } from "../../src/pipeline/plan.js";
+import { checkPlan, parseBytes } from "../../src/pipeline/plan-report.js";
 import { runFromSummary } from "../../src/pipeline/report.js";
 import { ROOT, TEXT, TINY } from "../helpers.js";
 
@@ -74,6 +75,13 @@ test("oneshot prints the plan's summary first and refuses a plan over --max-memo
   assert.throws(
     () => checkPlan(p, { maxMemory: 2 * 1024 ** 3, freeDisk: 1e12, output: out }),
     /4\.00 GiB of memory at layer 1, more than --max-memory 2\.00 GiB; the largest part is hidden states \(3\.00 GiB\): fewer --num-samples or a shorter --max-seq-length shrinks it/,
+  );
+  // a step outside the layers is named too: the embedding of long samples
+  p.phases.embed = 5 * 1024 ** 3;
+  p.peak_memory_bytes = p.phases.embed + 180 * 1024 ** 2;
+  assert.throws(
+    () => checkPlan(p, { maxMemory: 2 * 1024 ** 3, freeDisk: 1e12, output: out }),
+    /of memory to embed the calibration samples, more than --max-memory 2\.00 GiB; the largest part is one sample's embeddings \(5\.00 GiB\): a shorter --max-seq-length shrinks it/,
   );
   const ok = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", path.join(tmp, "ok"), "--method", "rtn"], {
     encoding: "utf8",
