@@ -87,7 +87,9 @@ export class Embedding extends Module<TokenIds, Tensor> {
     if (!loaded && this.rows) return new Tensor(this.rows(Int32Array.from(input.ids)).data, shape);
     const w = this.param("weight");
     const out = new Float32Array(input.ids.length * this.dim);
-    input.ids.forEach((id, i) => out.set(w.data.subarray(id * this.dim, (id + 1) * this.dim), i * this.dim));
+    input.ids.forEach((id, i) => {
+      out.set(w.data.subarray(id * this.dim, (id + 1) * this.dim), i * this.dim);
+    });
     return new Tensor(out, shape);
   }
 }
