@@ -228,3 +228,28 @@ test("SIGINT while the output is being finished (--overwrite): either the old ou
     );
   }
 });
+
+test("SIGINT during random-model's write: the message matches what is on disk (complete output, or none and no temporary)", async () => {
+  for (const delay of [1500, 4000]) {
+    const out = path.join(tmp, `random-${delay}`);
+    const set = ["hidden_size=768", "num_experts=32", "moe_intermediate_size=512"].flatMap((s) => ["--set", s]);
+    const child = spawn(process.execPath, [cli, "random-model", "--output", out, "--layers", "4", ...set], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const timer = setTimeout(() => child.kill("SIGINT"), delay);
+    const [code, sig] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on("exit", (c, s) => resolve([c, s])));
+    clearTimeout(timer);
+    const leftovers = fs.readdirSync(tmp).filter((f) => f.startsWith(`.random-${delay}`));
+    assert.deepEqual(leftovers, [], "no temporary folder or lock");
+    if (sig === "SIGINT") assert.equal(fs.existsSync(out), false, "stopped before moecal could handle the signal: nothing made yet");
+    else if (code === 130 && /no output was written/.test(stderr)) assert.equal(fs.existsSync(out), false);
+    else if (code === 130) {
+      assert.match(stderr, /after the output was put in place; it is complete: .*random-/);
+      assert.ok(fs.existsSync(path.join(out, "config.json")));
+    } else assert.equal(code, 0, stderr);
+  }
+});
