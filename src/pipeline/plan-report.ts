@@ -50,6 +50,7 @@ const SHRINKS: Record<keyof LayerPlan["memory"], string> = {
   workers: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS)",
   activations: "a shorter --max-seq-length",
   parameters: "no option (one layer's weights must fit in memory)",
+  retained: "no option (the previous layer's weights stay until the garbage collector frees them)",
 };
 
 /** Refuse a plan that does not fit: naming where it peaks, what is too big and which option shrinks it. */

@@ -60,6 +60,8 @@ export interface LayerPlan {
     workers: number;
     /** codes (a byte per quantized weight) and the layer's output tensors, held twice while its file is written */
     outputs: number;
+    /** the previous layer's weights (unloaded, not yet collected) and the scratch pool's piece buffer */
+    retained: number;
   };
   peak_memory_bytes: number;
   flops: { calibrate: number; propagate: number; gptq: number };
@@ -177,6 +179,16 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const layers: LayerPlan[] = [];
   let output = 0;
   let maxLayerFile = 0;
+  // embeddings, final norm, lm_head and tensors the model does not use: copied unchanged (and
+  // scanned before the layers, through a piece buffer the scratch pool keeps)
+  const layerNames = new Set(model.namedParameters().map(([n]) => n));
+  const copied = ck
+    .names()
+    .filter((n) => !(/^model\.layers\.\d+\./.test(n) && layerNames.has(n)))
+    .map((n) => bytesOf(ck.info(n).dtype, ck.info(n).shape));
+  const pieceBuffer = Math.min(PIECE_BYTES, Math.max(0, ...copied));
+  /** the previous layer's weights: unloaded, but freed only when the garbage collector runs */
+  let previousWeights = 0;
   for (let i = 0; i < config.numHiddenLayers; i++) {
     const prefix = `model.layers.${i}`;
     const layer = model.getSubmodule(prefix);
@@ -255,7 +267,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       hessians,
       gptq: gptqBytes,
       workers: workers * PLAN_MODEL.workerBytes,
+      retained: previousWeights + pieceBuffer,
     };
+    previousWeights = params + read;
     const peak = PLAN_MODEL.baselineBytes + Object.values(memory).reduce((a, b) => a + b, 0);
     const e = PLAN_MODEL.efficiency;
     const last = i === config.numHiddenLayers - 1;
@@ -279,21 +293,14 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     output += write;
     maxLayerFile += write;
   }
-  // embeddings, final norm, lm_head and tensors the model does not use: copied unchanged
-  const layerNames = new Set(model.namedParameters().map(([n]) => n));
-  let largestCopied = 0;
-  for (const n of ck.names()) {
-    if (/^model\.layers\.\d+\./.test(n) && layerNames.has(n)) continue;
-    const info = ck.info(n);
-    output += bytesOf(info.dtype, info.shape);
-    largestCopied = Math.max(largestCopied, bytesOf(info.dtype, info.shape));
-  }
+  // the tensors copied unchanged
+  output += copied.reduce((a, b) => a + b, 0);
   // every layer's file, and the hidden states a layer reads and writes (two at a time)
   const resumeState = maxLayerFile + 2 * 4 * T * H;
   const largestLayerFile = Math.max(0, ...layers.map((l) => l.write_bytes));
   const phases = {
     embed: (4 + 4 + 4 + 4) * maxS * H,
-    assemble: largestLayerFile + Math.min(PIECE_BYTES, largestCopied) + Math.min(PIECE_BYTES, output),
+    assemble: largestLayerFile + pieceBuffer + Math.min(PIECE_BYTES, output),
   };
   const assembly = Math.min(output, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
   return {
