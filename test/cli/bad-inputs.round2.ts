@@ -72,8 +72,7 @@ export const ROUND2_CASES: BadInputCase[] = [
       return ["inspect", q];
     },
     exitCode: 0,
-    message:
-      /serving warning\(s\):\n {2}- model\.layers\.1\.mlp\.experts: vLLM's FP8 block MoE needs the expert intermediate size \(64\) .* vLLM would not load it/,
+    message: /- model\.layers\.1\.mlp\.experts: vLLM's FP8 block MoE needs the expert intermediate size \(64\) .* vLLM would not load it/,
   },
   {
     name: "the work folder is a symlink (planted beside the output, leading to another folder)",
