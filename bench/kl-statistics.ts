@@ -141,7 +141,7 @@ export async function studyStatistics(): Promise<void> {
           statistics,
           routed_weight: routedWeight,
           kl,
-          all_token_fallbacks: report.expert_statistics.all_token_fallbacks.length,
+          all_token_fallbacks: report.expert_statistics?.all_token_fallbacks.length ?? 0,
           oneshot_seconds: oneshotSeconds,
         });
         fs.writeFileSync(outFile, `${JSON.stringify({ date: new Date().toISOString(), draws, runs }, null, 2)}\n`);

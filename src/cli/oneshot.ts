@@ -29,6 +29,7 @@ interface OneshotCliOptions {
   maxMemory?: number;
   actorder: string;
   quiet?: boolean;
+  calibrate?: boolean;
 }
 
 /** The options oneshot and plan share (plan reads them to predict the run). */
@@ -78,6 +79,10 @@ export function registerOneshot(program: Command): void {
       sizeOption,
     )
     .option("--quiet", "no progress output")
+    .option(
+      "--calibrate",
+      "with --method rtn: run the calibration forward anyway (otherwise data-free: each weight quantized from itself, no data read)",
+    )
     .action(async (o: OneshotCliOptions) => {
       const progress = o.quiet ? undefined : progressPrinter(process.stderr);
       const { quiet: _quiet, ...run } = o;

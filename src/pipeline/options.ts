@@ -44,6 +44,7 @@ export const ONESHOT_OPTIONS = z.strictObject({
   maxMemory: z.number().int().positive().optional(),
   onCheckpoint: callback.optional(),
   warn: callback.optional(),
+  calibrate: flag.optional(),
 });
 
 export const EVAL_OPTIONS = z.strictObject({

@@ -297,7 +297,7 @@ function assertFiniteStats(values: Float32Array, where: string): void {
 }
 
 /** Scales finite and positive, zero points in range: checked before anything is written. */
-function assertValidQParams(q: QuantizedWeight, where: string): void {
+export function assertValidQParams(q: QuantizedWeight, where: string): void {
   const { scale, zeroPoint } = q.params;
   for (let i = 0; i < scale.length; i++) {
     const s = scale[i] as number;

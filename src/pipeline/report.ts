@@ -21,23 +21,25 @@ export interface OneshotReport {
   moecal_version: string;
   /** the model folder's name and content hash (never its absolute path: a published checkpoint must not reveal the user's folders) */
   model: { name: string; sha256: string };
+  /** quantized without calibration data (round-to-nearest from the weights alone): no dataset, samples or coverage */
+  data_free: boolean;
   scheme: string;
   method: string;
   group_size: number | null;
   actorder: string | null;
-  /** the dataset file's name and SHA-256 */
-  dataset: { name: string; sha256: string };
+  /** the dataset file's name and SHA-256 (null: data-free) */
+  dataset: { name: string; sha256: string } | null;
   num_samples: number;
   tokens: number;
-  max_seq_length: number;
-  calibrate_all_experts: boolean;
+  max_seq_length: number | null;
+  calibrate_all_experts: boolean | null;
   /**
    * how expert rows entered GPTQ's statistics; `all_token_fallbacks`: expert Linears that had no
-   * routed row and so kept their all-token statistics
+   * routed row and so kept their all-token statistics (null: data-free)
    */
-  expert_statistics: { setting: string; routed_weight: string; all_token_fallbacks: string[] };
-  /** a number, or decimal digits for a seed beyond 2^53 */
-  seed: number | string;
+  expert_statistics: { setting: string; routed_weight: string; all_token_fallbacks: string[] } | null;
+  /** a number, or decimal digits for a seed beyond 2^53 (null: data-free) */
+  seed: number | string | null;
   ignore: string[];
   coverage: { layers: Record<string, LayerCoverage> };
   fallbacks: Fallback[];
@@ -80,13 +82,17 @@ export async function writeReportFiles(out: OutputFolder, report: OneshotReport)
 /** The final summary, as plain text lines. */
 export function formatSummary(report: OneshotReport, output: string, run: { wallSeconds: number; peakRssMb: number }): string {
   const stats = report.expert_statistics;
+  const how =
+    report.data_free || !stats
+      ? "data-free: round-to-nearest from the weights alone, no calibration data"
+      : `${report.num_samples} samples / ${report.tokens} tokens, calibrate all experts: ${report.calibrate_all_experts}, expert statistics: ${stats.setting}, routed weight ${stats.routed_weight}`;
   const lines = [
-    `wrote ${output} (${report.scheme}, ${report.method}, ${report.num_samples} samples / ${report.tokens} tokens, calibrate all experts: ${report.calibrate_all_experts}, expert statistics: ${stats.setting}, routed weight ${stats.routed_weight})`,
+    `wrote ${output} (${report.scheme}, ${report.method}, ${how})`,
     `wall time ${run.wallSeconds.toFixed(1)} s, peak RSS ${run.peakRssMb.toFixed(0)} MB`,
     "layer  min/median routed tokens per expert  experts without rows  fallbacks  GPTQ loss",
   ];
   for (const l of report.layers) {
-    const routed = l.min_routed === null ? "dense" : `${l.min_routed} / ${l.median_routed}`;
+    const routed = l.min_routed === null ? (report.data_free ? "no data (data-free)" : "dense") : `${l.min_routed} / ${l.median_routed}`;
     lines.push(
       `${String(l.layer).padStart(5)}  ${routed.padStart(35)}  ${String(l.experts_without_rows).padStart(20)}  ${String(l.fallbacks).padStart(9)}  ${l.gptq_loss.toExponential(3)}`,
     );

@@ -1,0 +1,262 @@
+/**
+ * The calibrated executor: layer by layer (llm-compressor's sequential pipeline), every MoE block
+ * swapped for its calibration module while statistics are collected, each finished layer kept in
+ * the work folder (a crash costs at most one layer), the output assembled at the end.
+ */
+import path from "node:path";
+import { checkStop } from "../util/interrupt.js";
+import { Tensor } from "../engine/tensor.js";
+import { asUsageError } from "../errors.js";
+import { sha256File } from "../io/hash.js";
+import { withMoeCalibration } from "../calibration/context.js";
+import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
+import {
+  DEFAULT_STATISTICS,
+  type ExpertStatisticsOptions,
+  formatExpertStatistics,
+  parseExpertStatistics,
+  parseRoutedWeight,
+} from "../calibration/expert-statistics.js";
+import { trackCoverage } from "../calibration/coverage.js";
+import type { NamedRaw } from "../io/writer.js";
+import { loadTokenizer } from "../io/tokenizer.js";
+import { Linear } from "../nn/layers.js";
+import { assertFinite } from "../nn/weights.js";
+import { quantizedLinearTensors } from "../export/compressed-tensors.js";
+import { MOECAL_VERSION } from "../paths.js";
+import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
+import { type LayerTargets, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
+import { sharedGptqPool } from "../quantization/gptq-pool.js";
+import { type OneshotReport, layerSummary } from "./report.js";
+import { assertComplete, largestLayerWork, seedForJson } from "./preflight.js";
+import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
+import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
+import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
+import { plan } from "./plan.js";
+import { checkPlan, freeDiskBytes } from "./plan-report.js";
+import { availableMemory, peakRssBytes } from "../util/memory.js";
+import { type Run, finishRun, modelHash, writeCheckpoint } from "./run.js";
+import type { OneshotResult } from "./oneshot.js";
+
+export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult> {
+  const { opts, modelDir, datasetFile, method, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
+  const { scaleDType, sharedGlobalScale } = run;
+  const scheme = run.scheme;
+  const calibrateAllExperts = opts.calibrateAllExperts ?? true;
+  const statistics: ExpertStatisticsOptions = {
+    statistics: opts.expertStatistics === undefined ? DEFAULT_STATISTICS.statistics : parseExpertStatistics(opts.expertStatistics),
+    routedWeight: opts.routedWeight === undefined ? DEFAULT_STATISTICS.routedWeight : parseRoutedWeight(opts.routedWeight),
+  };
+  const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
+  let work: WorkFolder | undefined;
+  try {
+    const tokenizer = loadTokenizer(modelDir);
+    const samples = loadTokenizedSamples(datasetFile, tokenizer, {
+      numSamples: opts.numSamples ?? 512,
+      maxSeqLength,
+      shuffleSeed: opts.seed ?? 42,
+    });
+    const tokens = samples.reduce((a, s) => a + s.length, 0);
+    const thePlan = await plan(
+      { ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength },
+      { samples, opened: { family, config, ck, model, scheme } },
+    );
+    // an old work folder is disk the run gets back: --restart deletes it, a resume reuses it
+    const freeDisk = freeDiskBytes(out.target) + workFolderBytes(out.target);
+    checkPlan(thePlan, { maxMemory: opts.maxMemory ?? availableMemory(), freeDisk, output: out.target });
+    opts.onProgress?.({ kind: "plan", plan: thePlan });
+    const datasetSha = sha256File(datasetFile, asUsageError);
+    // the model's content hash names it in moecal.json and identifies the run for a resume
+    const modelSha = modelHash(run);
+    const N = config.numHiddenLayers;
+    work = new WorkFolder(
+      out.target,
+      {
+        moecal_version: MOECAL_VERSION,
+        model_sha256: modelSha,
+        tokenizer: tokenizerIdentity(modelDir),
+        dataset_sha256: datasetSha,
+        samples_sha256: samplesHash(samples),
+        options: {
+          scheme: scheme.name,
+          method,
+          group_size: scheme.weights.groupSize,
+          actorder: scheme.weights.actorder,
+          num_samples: samples.length,
+          max_seq_length: maxSeqLength,
+          calibrate_all_experts: calibrateAllExperts,
+          fast_path: opts.fastPath ?? true,
+          expert_statistics: formatExpertStatistics(statistics.statistics),
+          routed_weight: statistics.routedWeight,
+          ignore,
+          vllm_check: opts.vllmCheck ?? true,
+          seed: seedForJson(opts.seed ?? 42),
+          dampening: opts.dampening ?? 0.01,
+        },
+      },
+      opts.restart ?? false,
+      N,
+    );
+    const state: WorkState = work.resume ?? { layer: -1, layers: [], coverage: {}, fallbacks: [], allTokenFallbacks: [] };
+    opts.onProgress?.({ kind: "start", layers: N, samples: samples.length, tokens });
+    if (work.resume) opts.onProgress?.({ kind: "resume", layer: work.resume.layer, layers: N, folder: work.dir });
+    // GPTQ workers boot in their own threads while layer 0 calibrates, instead of when the first
+    // large layer is quantized (the pool is kept across layers and closed at the end)
+    const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget)) : 0;
+    if (poolSize > 0) void sharedGptqPool(poolSize);
+
+    const streamed: StreamModel = { model, source, mapping, config };
+    const H = (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
+    const lengths = samples.map((s) => s.length);
+    const layerWork = work;
+    // hidden states live in the work folder, not in memory: the embeddings (layer 0's input) first
+    if (state.layer < 0) {
+      const w = work.hiddenWriter(-1);
+      await withEmbeddings(streamed, async () => {
+        for (const ids of samples) w.append(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));
+      });
+      w.commit();
+    }
+    /**
+     * The samples' inputs of layer `i`, read back in chunks: consecutive samples of one length
+     * as one batch [B, S, H] of at most BATCH_TOKENS tokens (a view, no copy), with the number
+     * of samples and of tokens up to and including it.
+     */
+    const eachInput = async (i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>): Promise<void> => {
+      let done = 0;
+      let tokens = 0;
+      for await (const chunk of layerWork.hiddenChunks(i - 1, lengths, H, HIDDEN_CHUNK_TOKENS))
+        for (let a = 0; a < chunk.length; ) {
+          const first = chunk[a] as Tensor;
+          const S = first.dim(1);
+          let b = a + 1;
+          while (b < chunk.length && (chunk[b] as Tensor).dim(1) === S && (b - a + 1) * S <= BATCH_TOKENS) b++;
+          const B = b - a;
+          const h = B === 1 ? first : new Tensor(new Float32Array(first.data.buffer, first.data.byteOffset, B * S * H), [B, S, H]);
+          done += B;
+          tokens += B * S;
+          checkStop();
+          await each(h, done, tokens);
+          a = b;
+        }
+    };
+    for (let i = state.layer + 1; i < N; i++) {
+      await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
+    }
+    async function quantizeLayer(i: number): Promise<void> {
+      const layer = model.model.layers.at(i);
+      opts.onProgress?.({ kind: "layer", layer: i, layers: N });
+      const prefix = `model.layers.${i}`;
+      const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
+      for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
+      const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix, statistics) : null;
+      const ia = scheme.inputActivations;
+      const absMax = ia && (!ia.dynamic || ia.dynamic === "local") ? attachInputAbsMax(targets.linears) : null;
+      const tracker = trackCoverage(layer, prefix);
+      opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
+      try {
+        await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
+          await eachInput(i, async (h, done, tokens) => {
+            await l.call(h);
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
+          });
+        });
+      } finally {
+        tracker.remove();
+        observers?.remove();
+        absMax?.remove();
+      }
+      if (observers) {
+        targets.hessians = observers.stats;
+        for (const [n, st] of observers.stats) if (st.allTokenFallback) state.allTokenFallbacks.push(n);
+      }
+      if (absMax) targets.inputAbsMax = absMax.stats;
+      opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
+      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
+        dampening: opts.dampening ?? 0.01,
+        blockSize: 128,
+        warn,
+        layerLabel: `layer ${i}`,
+      });
+      state.fallbacks.push(...fb);
+      targets.hessians.clear();
+      // the last layer's outputs feed only unquantized modules (norm, lm_head): no propagation needed
+      const next = i < N - 1 ? layerWork.hiddenWriter(i) : null;
+      if (next) {
+        opts.onProgress?.({ kind: "phase", layer: i, phase: "propagate" });
+        try {
+          await eachInput(i, async (h, done, tokens) => {
+            const out = await layer.call(h);
+            assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
+            next.append(out);
+            opts.onProgress?.({ kind: "samples", layer: i, phase: "propagate", done, total: samples.length, tokens });
+          });
+        } catch (e) {
+          next.abandon();
+          throw e;
+        }
+      }
+      opts.onProgress?.({ kind: "phase", layer: i, phase: "write" });
+      const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
+      const layerTensors: NamedRaw[] = [];
+      for (const [n] of layer.namedParameters(prefix)) {
+        const q = quantizedByWeight.get(n);
+        if (q) {
+          const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale);
+          assertComplete(
+            q.name,
+            tensors.map((t) => t.name),
+            scheme,
+          );
+          layerTensors.push(...tensors);
+        } else {
+          const src = mapping.sources.get(n) ?? n;
+          if (!layerTensors.some((t) => t.name === src)) layerTensors.push({ name: src, ...ck.readRaw(src) });
+        }
+      }
+      const cov = tracker.coverage.layers[String(i)] ?? null;
+      if (cov) state.coverage[String(i)] = cov;
+      const summary = layerSummary(i, cov, results, fb);
+      state.layers.push(summary);
+      state.layer = i;
+      layerWork.saveLayer(state, layerTensors, next, opts.onCheckpoint && ((stage) => opts.onCheckpoint?.(stage, i)));
+      opts.onProgress?.({ kind: "layer-done", layer: i, summary });
+    }
+    // the output, assembled from the finished layers in one order whether or not the run was resumed
+    const layerWork2 = work;
+    await writeCheckpoint(run, (i) => layerWork2.layerTensors(i));
+    const report: OneshotReport = {
+      moecal_version: MOECAL_VERSION,
+      model: { name: path.basename(path.resolve(modelDir)), sha256: modelSha },
+      data_free: false,
+      scheme: scheme.name,
+      method,
+      group_size: scheme.weights.groupSize,
+      actorder: method === "gptq" ? scheme.weights.actorder : null,
+      dataset: { name: path.basename(datasetFile), sha256: datasetSha },
+      num_samples: samples.length,
+      tokens,
+      max_seq_length: maxSeqLength,
+      calibrate_all_experts: calibrateAllExperts,
+      expert_statistics: {
+        setting: formatExpertStatistics(statistics.statistics),
+        routed_weight: statistics.routedWeight,
+        all_token_fallbacks: state.allTokenFallbacks,
+      },
+      seed: seedForJson(opts.seed ?? 42),
+      ignore,
+      coverage: { layers: state.coverage },
+      fallbacks: state.fallbacks,
+      layers: state.layers,
+    };
+    const output = await finishRun(run, report);
+    work.remove();
+    return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: peakRssBytes() / 1024 ** 2 };
+  } catch (e) {
+    out.abort();
+    // finished layers are kept for a rerun of the same command; a run that finished none leaves nothing
+    if (work?.hasFinishedLayers) warn(`the finished layers are kept in ${work.dir}: rerun the same command to resume after them`);
+    else work?.remove();
+    throw e;
+  }
+}
