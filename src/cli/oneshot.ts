@@ -1,5 +1,5 @@
 import { type Command, Option } from "commander";
-import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
+import { BUNDLED_MODEL } from "../paths.js";
 import { oneshot } from "../pipeline/oneshot.js";
 import { plan } from "../pipeline/plan.js";
 import { formatPlan, freeDiskBytes } from "../pipeline/plan-report.js";
@@ -11,7 +11,7 @@ import { progressPrinter } from "./progress.js";
 
 interface OneshotCliOptions {
   model: string;
-  dataset: string;
+  dataset?: string;
   scheme: string;
   method: "gptq" | "rtn";
   groupSize?: number;
@@ -36,7 +36,7 @@ interface OneshotCliOptions {
 function runOptions(cmd: Command): Command {
   return cmd
     .option("--model <dir>", "Hugging Face checkpoint folder (afmoe, qwen3_moe, mixtral, glm4_moe)", BUNDLED_MODEL)
-    .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt", BUNDLED_DATASET)
+    .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt (default: the bundled prose samples)")
     .addOption(new Option("--scheme <name>", "quantization scheme").choices([...SCHEME_NAMES]).default("W4A16"))
     .addOption(new Option("--method <method>", "weight quantization").choices(["gptq", "rtn"]).default("gptq"))
     .option("--group-size <n>", "group size for group schemes (default 128)", intOption("--group-size"))

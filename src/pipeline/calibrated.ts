@@ -42,14 +42,14 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
   const { opts, modelDir, datasetFile, method, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
   const { scaleDType, sharedGlobalScale } = run;
   const scheme = run.scheme;
-  const calibrateAllExperts = opts.calibrateAllExperts ?? true;
-  const statistics: ExpertStatisticsOptions = {
-    statistics: opts.expertStatistics === undefined ? DEFAULT_STATISTICS.statistics : parseExpertStatistics(opts.expertStatistics),
-    routedWeight: opts.routedWeight === undefined ? DEFAULT_STATISTICS.routedWeight : parseRoutedWeight(opts.routedWeight),
-  };
-  const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
   let work: WorkFolder | undefined;
   try {
+    const calibrateAllExperts = opts.calibrateAllExperts ?? true;
+    const statistics: ExpertStatisticsOptions = {
+      statistics: opts.expertStatistics === undefined ? DEFAULT_STATISTICS.statistics : parseExpertStatistics(opts.expertStatistics),
+      routedWeight: opts.routedWeight === undefined ? DEFAULT_STATISTICS.routedWeight : parseRoutedWeight(opts.routedWeight),
+    };
+    const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
     const tokenizer = loadTokenizer(modelDir);
     const samples = loadTokenizedSamples(datasetFile, tokenizer, {
       numSamples: opts.numSamples ?? 512,

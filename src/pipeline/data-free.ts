@@ -31,6 +31,10 @@ export function needsData(method: Method, scheme: Scheme): boolean {
 export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> {
   const { opts, config } = run;
   const N = config.numHiddenLayers;
+  if (opts.dataset !== undefined)
+    run.warn(
+      `the dataset ${opts.dataset} is not read: --method rtn with ${run.scheme.name} needs no calibration data (data-free); pass --calibrate to calibrate on it anyway`,
+    );
   opts.onProgress?.({ kind: "start", layers: N, samples: 0, tokens: 0 });
   const layers: LayerReport[] = [];
   try {

@@ -80,6 +80,7 @@ export const quick = (model: string, dir: string, extra: string[] = []): string[
   model,
   "--method",
   "rtn",
+  "--calibrate",
   "--num-samples",
   "1",
   "--max-seq-length",

@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { type BadInputCase, CLI, SHARD1, dataset, modelCopy, quick } from "./bad-inputs.fixtures.js";
+import { type BadInputCase, CLI, SHARD1, dataset, modelCopy, poisoned, quick } from "./bad-inputs.fixtures.js";
 import { ROOT, TINY } from "../helpers.js";
 
 /** A random AFMoE-shaped model in `dir/model` with these config.json overrides. */
@@ -73,6 +73,19 @@ export const ROUND2_CASES: BadInputCase[] = [
     },
     exitCode: 0,
     message: /- model\.layers\.1\.mlp\.experts: vLLM's FP8 block MoE needs the expert intermediate size \(64\) .* vLLM would not load it/,
+  },
+  {
+    name: "NaN in a weight, data-free (--method rtn without --calibrate)",
+    setup: (d) => {
+      const m = modelCopy(d, { tensors: poisoned("model.layers.2.mlp.experts.9.down_proj.weight", 0.01, 77, Number.NaN) });
+      return ["oneshot", "--model", m, "--method", "rtn", "--output", path.join(d, "out")];
+    },
+    exitCode: 1,
+    message:
+      /tensor "model\.layers\.2\.mlp\.experts\.9\.down_proj\.weight": value NaN at flat index 77 .*the checkpoint holds non-finite weights/,
+    verify: (d) => {
+      if (fs.readdirSync(d).some((f) => f.startsWith(".out"))) throw new Error("a temporary output, lock or work folder was left");
+    },
   },
   {
     name: "the work folder is a symlink (planted beside the output, leading to another folder)",

@@ -52,6 +52,7 @@ function expectedPacked(w: Float32Array, out: number, inF: number, group: number
 test("RTN W4A16 group 32 export: every expert Linear's packed words and bf16 scales equal an independent recomputation", async () => {
   await oneshot({
     method: "rtn",
+    calibrate: true,
     scheme: "W4A16",
     groupSize: 32,
     numSamples: 2,
@@ -155,7 +156,7 @@ test("an existing non-empty output folder is refused without overwrite, and repl
   );
   // a file that only the old output holds: gone once the folder is replaced
   fs.writeFileSync(path.join(output, "left-by-the-old-run.txt"), "x");
-  await oneshot({ method: "rtn", numSamples: 2, maxSeqLength: 8, output, overwrite: true, warn: () => undefined });
+  await oneshot({ method: "rtn", calibrate: true, numSamples: 2, maxSeqLength: 8, output, overwrite: true, warn: () => undefined });
   assert.equal(fs.existsSync(path.join(output, "left-by-the-old-run.txt")), false, "the old folder was replaced, not written into");
   assert.equal((JSON.parse(fs.readFileSync(path.join(output, "moecal.json"), "utf8")) as { num_samples: number }).num_samples, 2);
   assert.deepEqual(fs.readdirSync(tmp), ["out"]);

@@ -37,7 +37,22 @@ async function interrupted(
 ): Promise<{ code: number | null; sig: NodeJS.Signals | null; stderr: string }> {
   const child = spawn(
     process.execPath,
-    [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out, ...extra],
+    [
+      cli,
+      "oneshot",
+      "--model",
+      model,
+      "--method",
+      "rtn",
+      "--calibrate",
+      "--num-samples",
+      "4",
+      "--max-seq-length",
+      "32",
+      "--output",
+      out,
+      ...extra,
+    ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";
@@ -83,7 +98,7 @@ for (const [signal, code] of [
     assert.equal(fs.existsSync(out), false);
     const again = spawnSync(
       process.execPath,
-      [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
+      [cli, "oneshot", "--model", model, "--method", "rtn", "--calibrate", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
       { encoding: "utf8" },
     );
     assert.equal(again.status, 0, again.stderr);
@@ -104,6 +119,7 @@ const quick = (out: string, extra: string[] = []): string[] => [
   model,
   "--method",
   "rtn",
+  "--calibrate",
   "--num-samples",
   "2",
   "--max-seq-length",
@@ -118,7 +134,7 @@ test("a second run to an output another run is writing is refused while the firs
   const out = path.join(tmp, "out-locked");
   const first = spawn(
     process.execPath,
-    [cli, "oneshot", "--model", model, "--method", "rtn", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
+    [cli, "oneshot", "--model", model, "--method", "rtn", "--calibrate", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";

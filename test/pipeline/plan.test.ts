@@ -83,7 +83,7 @@ test("oneshot prints the plan's summary first and refuses a plan over --max-memo
     () => checkPlan(p, { maxMemory: 2 * 1024 ** 3, freeDisk: 1e12, output: out }),
     /of memory to embed the calibration samples, more than --max-memory 2\.00 GiB; the largest part is one sample's embeddings \(5\.00 GiB\): a shorter --max-seq-length shrinks it/,
   );
-  const ok = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", path.join(tmp, "ok"), "--method", "rtn"], {
+  const ok = spawnSync(process.execPath, [cli, "oneshot", ...args, "--output", path.join(tmp, "ok"), "--method", "rtn", "--calibrate"], {
     encoding: "utf8",
   });
   assert.match(ok.stderr.split("\n")[1] ?? "", /plan: peak memory/);

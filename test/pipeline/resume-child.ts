@@ -21,6 +21,7 @@ await oneshot({
   maxSeqLength: quick ? 8 : 32,
   dataset: quick ? undefined : path.join(TEXT, "eval-json.jsonl"),
   method: quick ? "rtn" : "gptq",
+  calibrate: true,
   restart: process.argv.includes("--restart"),
   warn: () => undefined,
   onProgress: (e) => {
