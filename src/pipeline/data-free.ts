@@ -4,6 +4,11 @@
  * forward pass, no work folder, memory of a few tensors (an NVFP4 fused set at most) whatever the
  * model's size. It writes what the calibrated path writes with `--method rtn`, byte for byte.
  */
+import { UsageError } from "../errors.js";
+import { PIECE_BYTES } from "../io/writer.js";
+import { availableMemory, peakRssBytes } from "../util/memory.js";
+import { PLAN_MODEL, plan } from "./plan.js";
+import { freeDiskBytes } from "./plan-report.js";
 import path from "node:path";
 import type { NamedRaw } from "../io/writer.js";
 import { Linear } from "../nn/layers.js";
@@ -14,7 +19,6 @@ import { absMax, nvfp4GlobalScale } from "../quantization/params.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { safePoint } from "../util/interrupt.js";
-import { peakRssBytes } from "../util/memory.js";
 import { type Method, assertValidQParams } from "./quantize-layer.js";
 import type { LayerReport, OneshotReport } from "./report.js";
 import { assertComplete } from "./preflight.js";
@@ -35,9 +39,10 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
     run.warn(
       `the dataset ${opts.dataset} is not read: --method rtn with ${run.scheme.name} needs no calibration data (data-free); pass --calibrate to calibrate on it anyway`,
     );
-  opts.onProgress?.({ kind: "start", layers: N, samples: 0, tokens: 0 });
   const layers: LayerReport[] = [];
   try {
+    await assertFits(run);
+    opts.onProgress?.({ kind: "start", layers: N, samples: 0, tokens: 0 });
     await writeCheckpoint(run, (i) => layerTensors(run, i, layers));
     const report: OneshotReport = {
       moecal_version: MOECAL_VERSION,
@@ -65,6 +70,40 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
     run.out.abort();
     throw e;
   }
+}
+
+/**
+ * Refuse a data-free run that cannot fit, before any work: disk for the output (exact, from the
+ * plan's byte count) and the shard being assembled; memory for the largest set of weights held at
+ * once (an NVFP4 fused set, or one weight: float32, its codes and packed tensors) and the copy
+ * buffers, beside the process itself.
+ */
+async function assertFits(run: Run): Promise<void> {
+  const { opts, model, family, config, ck, scheme } = run;
+  const p = await plan(
+    { ...opts, model: run.modelDir, method: run.method },
+    { samples: [], gemmGflops: 1, opened: { family, config, ck, model, scheme } },
+  );
+  const disk = p.disk.output + p.disk.shard_assembly;
+  const free = freeDiskBytes(run.out.target);
+  const mib = (b: number): string => `${(b / 1024 ** 2).toFixed(1)} MiB`;
+  if (disk > free)
+    throw new UsageError(
+      `the data-free run needs ${mib(disk)} of disk (output ${mib(p.disk.output)}, shard assembly ${mib(p.disk.shard_assembly)}), but the file system of ${run.out.target} has ${mib(free)} free; free some space or choose another --output`,
+    );
+  let held = 0;
+  for (const [name, m] of model.namedModules()) {
+    if (!(m instanceof Linear) || !run.targets.has(name)) continue;
+    const set = isNvfp4(scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
+    const floats = set.filter((n) => run.targets.has(n)).length * m.inFeatures * m.outFeatures;
+    held = Math.max(held, 4 * floats + 2 * m.inFeatures * m.outFeatures);
+  }
+  const memory = PLAN_MODEL.baselineBytes + held + Math.min(2 * PIECE_BYTES, p.disk.output);
+  const limit = opts.maxMemory ?? availableMemory();
+  if (memory > limit)
+    throw new UsageError(
+      `the data-free run needs ${mib(memory)} of memory (the largest weights held at once ${mib(held)}, beside the process itself: Node.js and onnxruntime, about ${mib(PLAN_MODEL.baselineBytes)}), more than --max-memory ${mib(limit)}`,
+    );
 }
 
 /**

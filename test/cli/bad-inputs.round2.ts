@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { type BadInputCase, CLI, SHARD1, dataset, modelCopy, poisoned, quick } from "./bad-inputs.fixtures.js";
+import { type BadInputCase, CLI, SHARD1, canMountTmpfs, dataset, modelCopy, poisoned, quick } from "./bad-inputs.fixtures.js";
 import { ROOT, TINY } from "../helpers.js";
 
 /** A random AFMoE-shaped model in `dir/model` with these config.json overrides. */
@@ -86,6 +86,26 @@ export const ROUND2_CASES: BadInputCase[] = [
     verify: (d) => {
       if (fs.readdirSync(d).some((f) => f.startsWith(".out"))) throw new Error("a temporary output, lock or work folder was left");
     },
+  },
+  {
+    name: "not enough memory for a data-free run (--max-memory 64M)",
+    setup: (d) => ["oneshot", "--method", "rtn", "--output", path.join(d, "out"), "--max-memory", "64M"],
+    exitCode: 2,
+    message:
+      /the data-free run needs [\d.]+ MiB of memory \(the largest weights held at once [\d.]+ MiB, beside the process itself: .*\), more than --max-memory 64\.0 MiB/,
+  },
+  {
+    name: "not enough disk for a data-free run (256 KiB tmpfs)",
+    setup: (d) => {
+      const mnt = path.join(d, "small");
+      fs.mkdirSync(mnt);
+      if (spawnSync("mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mnt]).status !== 0) throw new Error("mount failed");
+      return ["oneshot", "--method", "rtn", "--output", path.join(mnt, "out")];
+    },
+    exitCode: 2,
+    message:
+      /the data-free run needs [\d.]+ MiB of disk \(output [\d.]+ MiB, shard assembly [\d.]+ MiB\), but the file system of .*small\/out has 0\.\d MiB free/,
+    available: canMountTmpfs,
   },
   {
     name: "the work folder is a symlink (planted beside the output, leading to another folder)",
