@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { matchesAny, quantizationConfig, resolveScheme } from "../../src/quantization/scheme.js";
-import { computeQParams, roundHalfEven } from "../../src/quantization/params.js";
+import { computeQParams, quantizeInt, quantizeWithParams, roundHalfEven } from "../../src/quantization/params.js";
 import { AFMOE_DEFAULT_IGNORE } from "../../src/models/afmoe/index.js";
 import { UsageError } from "../../src/errors.js";
 
@@ -64,4 +64,27 @@ test("min-max parameters: symmetric absmax/7.5, asymmetric zero point, zero grou
   assert.equal(roundHalfEven(2.5), 2);
   assert.equal(roundHalfEven(-3.5), -4);
   assert.equal(roundHalfEven(1.4999), 1);
+});
+
+test("quantizeWithParams equals quantizeInt value for value (halves to even, clamping, zero points, values past 2^31)", () => {
+  const out = 3;
+  const inF = 64;
+  const W = Float32Array.from({ length: out * inF }, (_, i) => (i % 9 === 0 ? (i % 2 ? 2.5 : -3.5) : Math.sin(i * 1.3) * 7));
+  W[5] = 3e9;
+  W[6] = -3e9;
+  const args = resolveScheme("W4A16_ASYM", { groupSize: 16 }).weights;
+  const groups = inF / 16;
+  const p = {
+    groups,
+    groupSize: 16,
+    scale: Float32Array.from({ length: out * groups }, (_, g) => (g % 3 === 0 ? 1 : 0.37 + g * 0.01)),
+    zeroPoint: Float32Array.from({ length: out * groups }, (_, g) => (g % 4) - 2),
+  };
+  const codes = quantizeWithParams(W, out, inF, args, p);
+  for (let r = 0; r < out; r++)
+    for (let c = 0; c < inF; c++) {
+      const gi = r * groups + Math.floor(c / 16);
+      const want = quantizeInt(W[r * inF + c] as number, p.scale[gi] as number, p.zeroPoint[gi] as number, -8, 7);
+      assert.equal(codes[r * inF + c], want, `row ${r} column ${c}`);
+    }
 });
