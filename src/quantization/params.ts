@@ -301,6 +301,7 @@ function intCodes(W: Float32Array, codes: Int8Array, c0: number, c1: number, s: 
     let q = Math.floor(x + 0.5); // halves go up; to even below
     if (q - x === 0.5 && (q & 1) !== 0) q -= 1;
     q += zp;
+    // biome-ignore lint/complexity/useMathMinMax: two compares keep this hot loop free of calls
     codes[i] = q < qmin ? qmin : q > qmax ? qmax : q;
   }
 }

@@ -78,7 +78,7 @@ test("quantizeWithParams equals quantizeInt value for value (halves to even, cla
     groups,
     groupSize: 16,
     scale: Float32Array.from({ length: out * groups }, (_, g) => (g % 3 === 0 ? 1 : 0.37 + g * 0.01)),
-    zeroPoint: Float32Array.from({ length: out * groups }, (_, g) => (g % 4) - 2),
+    zeroPoint: Int32Array.from({ length: out * groups }, (_, g) => (g % 4) - 2),
   };
   const codes = quantizeWithParams(W, out, inF, args, p);
   for (let r = 0; r < out; r++)
