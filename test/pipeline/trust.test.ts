@@ -63,7 +63,7 @@ test("moecal.json names the model and dataset by name and content hash, never by
   const data = path.join(tmp, "private-data.jsonl");
   fs.writeFileSync(data, '{"text": "a private sentence"}\n');
   const out = path.join(tmp, "private-out");
-  await oneshot({ ...quiet, model: m, dataset: data, output: out });
+  await oneshot({ ...quiet, calibrate: true, model: m, dataset: data, output: out });
   const text = fs.readFileSync(path.join(out, "moecal.json"), "utf8");
   assert.ok(!text.includes(tmp), "no absolute path of the user's folders");
   assert.ok(!text.includes(os.homedir()) || os.homedir() === "/", "no home folder");
