@@ -158,11 +158,17 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
     if (multi) multi.log(`${text}\n`);
     else stream.write(`${new Date(now()).toISOString()} ${text}\n`);
   };
+  let dataFree = false;
   const print = (e: ProgressEvent): void => {
     switch (e.kind) {
       case "start":
         layers = e.layers;
-        line(`calibrating on ${e.samples} samples (${e.tokens} tokens), ${e.layers} layers`);
+        dataFree = e.samples === 0;
+        line(
+          dataFree
+            ? `data-free: quantizing ${e.layers} layers from the weights alone (no calibration data)`
+            : `calibrating on ${e.samples} samples (${e.tokens} tokens), ${e.layers} layers`,
+        );
         runBar?.setTotal(e.layers);
         break;
       case "plan":
@@ -200,7 +206,7 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
       case "layer-done": {
         clock.layerEnds();
         const s = e.summary;
-        const routed = s.min_routed === null ? "dense" : `routed min/median ${s.min_routed}/${s.median_routed}`;
+        const routed = dataFree ? "no data" : s.min_routed === null ? "dense" : `routed min/median ${s.min_routed}/${s.median_routed}`;
         layer = e.layer + 1;
         line(`layer ${s.layer + 1}/${layers}: ${s.quantized_linears} Linear quantized, ${routed}, fallbacks ${s.fallbacks}; ${etaText()}`);
         runBar?.update(layer, { info: etaText() });

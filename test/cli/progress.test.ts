@@ -141,3 +141,14 @@ test("restoreTerminal stops a live display left running and shows the cursor and
   restoreTerminal(pipe);
   assert.equal(pipe.text(), "", "nothing written where stderr is not a terminal");
 });
+
+test("a data-free run (no samples) is announced as such, and its layers say no data was seen", () => {
+  const pipe = fakeStream(false);
+  const p = progressPrinter(pipe, { now: () => 0 });
+  p({ kind: "start", layers: 2, samples: 0, tokens: 0 });
+  p({ kind: "layer", layer: 0, layers: 2 });
+  p({ kind: "layer-done", layer: 0, summary: { ...summary(0), min_routed: null, median_routed: null } });
+  p.stop();
+  assert.match(pipe.text(), /data-free: quantizing 2 layers from the weights alone/);
+  assert.match(pipe.text(), /layer 1\/2: 51 Linear quantized, no data, fallbacks 0/);
+});
