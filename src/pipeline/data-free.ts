@@ -7,7 +7,7 @@
 import { UsageError } from "../errors.js";
 import { PIECE_BYTES } from "../io/writer.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
-import { PLAN_MODEL, plan } from "./plan.js";
+import { plan } from "./plan.js";
 import { freeDiskBytes } from "./plan-report.js";
 import path from "node:path";
 import type { NamedRaw } from "../io/writer.js";
@@ -98,11 +98,11 @@ async function assertFits(run: Run): Promise<void> {
     const floats = set.filter((n) => run.targets.has(n)).length * m.inFeatures * m.outFeatures;
     held = Math.max(held, 4 * floats + 2 * m.inFeatures * m.outFeatures);
   }
-  const memory = PLAN_MODEL.baselineBytes + held + Math.min(2 * PIECE_BYTES, p.disk.output);
+  const memory = p.baseline_bytes + held + Math.min(2 * PIECE_BYTES, p.disk.output);
   const limit = opts.maxMemory ?? availableMemory();
   if (memory > limit)
     throw new UsageError(
-      `the data-free run needs ${mib(memory)} of memory (the largest weights held at once ${mib(held)}, beside the process itself: Node.js and onnxruntime, about ${mib(PLAN_MODEL.baselineBytes)}), more than --max-memory ${mib(limit)}`,
+      `the data-free run needs ${mib(memory)} of memory (the largest weights held at once ${mib(held)}, beside the process itself: Node.js and onnxruntime, about ${mib(p.baseline_bytes)}), more than --max-memory ${mib(limit)}`,
     );
 }
 

@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { UsageError } from "../errors.js";
-import { type LayerPlan, PLAN_MODEL, type Plan } from "./plan.js";
+import type { LayerPlan, Plan } from "./plan.js";
 
 /** Free bytes on the file system holding `dir` (or its nearest existing parent). */
 export function freeDiskBytes(dir: string): number {
@@ -66,21 +66,21 @@ export function checkPlan(p: Plan, limits: { maxMemory: number; freeDisk: number
       })),
       {
         where: "to embed the calibration samples",
-        peak: PLAN_MODEL.baselineBytes + p.phases.embed,
+        peak: p.baseline_bytes + p.phases.embed,
         parts: [["one sample's embeddings", p.phases.embed, "a shorter --max-seq-length"]],
       },
       {
         where: "to assemble the output",
-        peak: PLAN_MODEL.baselineBytes + p.phases.assemble,
+        peak: p.baseline_bytes + p.phases.assemble,
         parts: [["one layer's quantized tensors read back, and copy buffers", p.phases.assemble, "no option"]],
       },
     ];
     const worst = steps.reduce((a, b) => (b.peak > a.peak ? b : a));
     const [part, bytes, shrinks] = worst.parts.reduce((a, b) => (b[1] > a[1] ? b : a));
     const needs = `the plan needs ${size(worst.peak)} of memory ${worst.where}, more than --max-memory ${size(limits.maxMemory)}`;
-    if (bytes < PLAN_MODEL.baselineBytes)
+    if (bytes < p.baseline_bytes)
       throw new UsageError(
-        `${needs}; most of it is the process itself (Node.js and onnxruntime, about ${size(PLAN_MODEL.baselineBytes)}), which no option shrinks`,
+        `${needs}; most of it is the process itself (Node.js and onnxruntime, about ${size(p.baseline_bytes)}), which no option shrinks`,
       );
     throw new UsageError(`${needs}; the largest part is ${part} (${size(bytes)}): ${shrinks} shrinks it`);
   }

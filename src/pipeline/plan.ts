@@ -41,6 +41,8 @@ export const PLAN_MODEL = {
   /** the work folder's layer files written and read back, and the output written: 3 x the output's bytes */
   ioBytesPerSecond: 50e6,
   baselineBytes: 180 * 1024 ** 2,
+  /** what a process grows by once it runs, beyond its size when it plans (onnxruntime's sessions and arenas, compiled code) */
+  runtimeBytes: 48 * 1024 ** 2,
   workerBytes: 45 * 1024 ** 2,
 } as const;
 
@@ -83,6 +85,8 @@ export interface Plan {
    * piece buffer of tensors copied unchanged, the shard's copy buffer)
    */
   phases: { embed: number; assemble: number };
+  /** the process itself (Node.js and onnxruntime): its size now plus what it grows by once it runs, at least PLAN_MODEL's baseline */
+  baseline_bytes: number;
   /**
    * output plus the resume state at its largest (every layer file and two layers' hidden states)
    * plus the shard being assembled (its data is spooled to a temporary file, then copied behind its header)
@@ -176,6 +180,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       .filter((g) => !g.module.endsWith(".experts"))
       .flatMap((g) => g.members.filter(isTarget).slice(1)),
   );
+  const baseline = processBaseline();
   const layers: LayerPlan[] = [];
   let output = 0;
   let maxLayerFile = 0;
@@ -270,7 +275,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       retained: previousWeights + pieceBuffer,
     };
     previousWeights = params + read;
-    const peak = PLAN_MODEL.baselineBytes + Object.values(memory).reduce((a, b) => a + b, 0);
+    const peak = baseline + Object.values(memory).reduce((a, b) => a + b, 0);
     const e = PLAN_MODEL.efficiency;
     const last = i === config.numHiddenLayers - 1;
     const seconds =
@@ -310,14 +315,21 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     samples: samples.length,
     tokens: T,
     layers,
-    peak_memory_bytes: Math.max(
-      ...layers.map((l) => l.peak_memory_bytes),
-      PLAN_MODEL.baselineBytes + Math.max(phases.embed, phases.assemble),
-    ),
+    peak_memory_bytes: Math.max(...layers.map((l) => l.peak_memory_bytes), baseline + Math.max(phases.embed, phases.assemble)),
     phases,
+    baseline_bytes: baseline,
     disk_bytes: output + resumeState + assembly,
     disk: { output, resume_state: resumeState, shard_assembly: assembly },
     seconds: layers.reduce((a, l) => a + l.seconds, 0),
     gemm_gflops: rate / 1e9,
   };
+}
+
+/**
+ * The memory of the process itself while it runs: its resident size now plus what it grows by
+ * (PLAN_MODEL.runtimeBytes), at least PLAN_MODEL.baselineBytes. Measured rather than fixed: Node.js
+ * 22 and 24 start 10-20 MB larger than 20, which a fixed baseline fitted on 20 missed.
+ */
+export function processBaseline(): number {
+  return Math.max(PLAN_MODEL.baselineBytes, process.memoryUsage().rss + PLAN_MODEL.runtimeBytes);
 }
