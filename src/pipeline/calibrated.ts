@@ -27,6 +27,7 @@ import { MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 import { type LayerTargets, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { sharedGptqPool } from "../quantization/gptq-pool.js";
+import { hasStaticActivationScales } from "../quantization/scheme.js";
 import { type OneshotReport, layerSummary } from "./report.js";
 import { assertComplete, largestLayerWork, seedForJson } from "./preflight.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
@@ -150,8 +151,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
       const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix, statistics) : null;
-      const ia = scheme.inputActivations;
-      const absMax = ia && (!ia.dynamic || ia.dynamic === "local") ? attachInputAbsMax(targets.linears) : null;
+      const absMax = hasStaticActivationScales(scheme) ? attachInputAbsMax(targets.linears) : null;
       const tracker = trackCoverage(layer, prefix);
       opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
       try {
@@ -223,8 +223,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       opts.onProgress?.({ kind: "layer-done", layer: i, summary });
     }
     // the output, assembled from the finished layers in one order whether or not the run was resumed
-    const layerWork2 = work;
-    await writeCheckpoint(run, (i) => layerWork2.layerTensors(i));
+    await writeCheckpoint(run, (i) => layerWork.layerTensors(i));
     const report: OneshotReport = {
       moecal_version: MOECAL_VERSION,
       model: { name: path.basename(path.resolve(modelDir)), sha256: modelSha },

@@ -16,7 +16,7 @@ import { assertFinite } from "../nn/weights.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { rtnQuantize } from "../quantization/gptq.js";
 import { absMax, nvfp4GlobalScale } from "../quantization/params.js";
-import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
+import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization/scheme.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { safePoint } from "../util/interrupt.js";
 import { type Method, assertValidQParams } from "./quantize-layer.js";
@@ -27,8 +27,7 @@ import type { OneshotResult } from "./oneshot.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
 export function needsData(method: Method, scheme: Scheme): boolean {
-  const ia = scheme.inputActivations;
-  return method === "gptq" || (ia !== null && (!ia.dynamic || ia.dynamic === "local"));
+  return method === "gptq" || hasStaticActivationScales(scheme);
 }
 
 /** The data-free run: every layer's tensors quantized or copied in order, then the report and the commit. */

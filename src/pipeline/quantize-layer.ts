@@ -6,7 +6,7 @@ import type { Linear } from "../nn/layers.js";
 import { type GptqResult, prepareGptq, rtnQuantize, sharedPrep } from "../quantization/gptq.js";
 import { type GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type QuantizedWeight, type ScaleDType, absMax, dequantize, nvfp4GlobalScale, roundScale } from "../quantization/params.js";
-import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
+import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
 import { firstNonFiniteF32 } from "../io/safetensors.js";
 
@@ -245,14 +245,14 @@ export async function quantizeLayerLinears(
     throw failure.error;
   }
   const ia = scheme.inputActivations;
-  const staticInput = ia !== null && (!ia.dynamic || ia.dynamic === "local");
+  const staticInput = hasStaticActivationScales(scheme);
   const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
   const results: QuantizedLinear[] = [];
   for (const [name, lin] of t.linears) {
     const q = done.get(name) ?? rtn(name, lin);
     const rows = t.hessians.get(name)?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
     let inputScale: number | null = null;
-    if (staticInput) {
+    if (staticInput && ia) {
       const a = t.inputAbsMax.get(name);
       let absmax = a && a.rows > 0 ? a.absmax : siblingMax;
       if (!a || a.rows === 0)

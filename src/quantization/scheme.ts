@@ -136,6 +136,12 @@ export function resolveScheme(name: string, overrides: SchemeOverrides = {}): Sc
   return { name: key, weights, inputActivations: preset.inputActivations ? { ...preset.inputActivations } : null, format: preset.format };
 }
 
+/** Whether a scheme's input activations need a scale calibrated from data (FP8's static input scale, NVFP4's input global scale). */
+export function hasStaticActivationScales(scheme: Pick<Scheme, "inputActivations">): boolean {
+  const ia = scheme.inputActivations;
+  return ia !== null && (!ia.dynamic || ia.dynamic === "local");
+}
+
 /** FP4 formats (NVFP4: 16, MXFP4: 32) define their group size; it is never changed. */
 export function hasFixedGroups(a: QuantArgs): boolean {
   return a.type === "float" && a.numBits === 4;
