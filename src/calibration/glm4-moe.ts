@@ -1,7 +1,7 @@
 import { add } from "../engine/ops.js";
 import type { Tensor } from "../engine/tensor.js";
 import { UsageError } from "../errors.js";
-import type { Glm4MoeConfig } from "../models/glm4_moe/config.js";
+import type { Glm4MoeBlockConfig } from "../models/glm4_moe/config.js";
 import { Glm4MoeBlockBase, Glm4MoeMoE } from "../models/glm4_moe/modeling.js";
 import type { AnyModule } from "../nn/module.js";
 import { type FastState, newFastState } from "./fast-path.js";
@@ -14,11 +14,11 @@ import { addRoutedExperts } from "./routed-experts.js";
  * routed rows weighted and summed, plus the shared experts on every token: the output is unchanged.
  */
 export class CalibrationGlm4MoeMoE extends Glm4MoeBlockBase implements MoECalibrationModule {
-  readonly className = "CalibrationGlm4MoeMoE";
+  readonly className: string = "CalibrationGlm4MoeMoE";
   readonly isPermanent = false;
   readonly calibrateAllExperts: boolean;
   readonly fastPath: boolean;
-  readonly config: Glm4MoeConfig;
+  readonly config: Glm4MoeBlockConfig;
   private readonly fastState: FastState = newFastState();
 
   constructor(original: AnyModule, options: CalibrationOptions) {

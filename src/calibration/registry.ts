@@ -1,5 +1,6 @@
 import type { CalibrationModuleFactory } from "./module.js";
 import { buildCalibrationAfmoeMoE } from "./afmoe.js";
+import { buildCalibrationDeepseekV3MoE } from "./deepseek-v3.js";
 import { buildCalibrationGlm4MoeMoE } from "./glm4-moe.js";
 import { buildCalibrationMixtralSparseMoeBlock } from "./mixtral.js";
 import { buildCalibrationQwen3MoeSparseMoeBlock } from "./qwen3-moe.js";
@@ -18,6 +19,7 @@ export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFact
   [standardizeClassName("Qwen3MoeSparseMoeBlock"), buildCalibrationQwen3MoeSparseMoeBlock],
   [standardizeClassName("MixtralSparseMoeBlock"), buildCalibrationMixtralSparseMoeBlock],
   [standardizeClassName("Glm4MoeMoE"), buildCalibrationGlm4MoeMoE],
+  [standardizeClassName("DeepseekV3MoE"), buildCalibrationDeepseekV3MoE],
 ]);
 
 export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {

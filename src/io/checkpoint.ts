@@ -3,6 +3,7 @@ import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { confinedFile, entryExists } from "./files.js";
 import { readJsonObject } from "./json.js";
 import type { Tensor } from "../engine/tensor.js";
+import { type Fp8BlockFormat, Fp8BlockWeights } from "./fp8-blocks.js";
 import { LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName } from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
@@ -17,6 +18,8 @@ export class Checkpoint {
   readonly dir: string;
   private readonly files = new Map<string, SafetensorsFile>();
   private readonly where = new Map<string, SafetensorsFile>();
+  /** FP8 block-scaled weights presented dequantized (null: every tensor as stored) */
+  private fp8: Fp8BlockWeights | null = null;
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -89,12 +92,23 @@ export class Checkpoint {
     return [...this.files.keys()];
   }
 
+  /**
+   * Present FP8 block-scaled weights as plain ones (every weight and scale checked now): float32
+   * when read as float32, `format.dtype` when read as bytes; their `weight_scale_inv` tensors hidden.
+   */
+  presentFp8Blocks(format: Fp8BlockFormat): void {
+    const raw = { dir: this.dir, names: () => [...this.where.keys()], info: (n: string) => this.file(n).info(n) };
+    this.fp8 = new Fp8BlockWeights({ ...raw, readRaw: (n) => this.file(n).readRaw(n) }, format);
+  }
+
   names(): string[] {
-    return [...this.where.keys()];
+    const fp8 = this.fp8;
+    const all = [...this.where.keys()];
+    return fp8 ? all.filter((n) => !fp8.isScale(n)) : all;
   }
 
   has(name: string): boolean {
-    return this.where.has(name);
+    return this.where.has(name) && !this.fp8?.isScale(name);
   }
 
   private file(name: string): SafetensorsFile {
@@ -104,25 +118,26 @@ export class Checkpoint {
   }
 
   info(name: string): TensorInfo {
-    return this.file(name).info(name);
+    return this.fp8?.has(name) ? this.fp8.info(name) : this.file(name).info(name);
   }
 
   readRaw(name: string): RawTensor {
-    return this.file(name).readRaw(name);
+    return this.fp8?.has(name) ? this.fp8.readRaw(name) : this.file(name).readRaw(name);
   }
 
   /** Rows of a 2-D tensor by index (SafetensorsFile.readRowsRaw). */
   readRowsRaw(name: string, rows: Int32Array): RawTensor {
-    return this.file(name).readRowsRaw(name, rows);
+    return this.fp8?.has(name) ? this.fp8.readRowsRaw(name, rows) : this.file(name).readRowsRaw(name, rows);
   }
 
   /** A tensor's bytes in pieces of at most `chunkBytes` (SafetensorsFile.rawChunks). */
   rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
-    return this.file(name).rawChunks(name, chunkBytes);
+    return this.fp8?.has(name) ? this.fp8.rawChunks(name, chunkBytes) : this.file(name).rawChunks(name, chunkBytes);
   }
 
+  /** A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to the torch_dtype). */
   readF32(name: string): Tensor {
-    return this.file(name).readF32(name);
+    return this.fp8?.has(name) ? this.fp8.readF32(name) : this.file(name).readF32(name);
   }
 
   /** Name of the file holding `name`, relative to the folder. */

@@ -17,7 +17,7 @@ export function checkpointSource(ck: Checkpoint): TensorSource {
     dir: ck.dir,
     names: () => ck.names(),
     shapeOf: (n) => ck.info(n).shape,
-    readF32: (n) => rawToF32(ck.readRaw(n), `${ck.dir}: tensor "${n}"`),
+    readF32: (n) => ck.readF32(n),
     readRowsF32: (n, rows) => rawToF32(ck.readRowsRaw(n, rows), `${ck.dir}: tensor "${n}"`),
   };
 }

@@ -31,8 +31,8 @@ export function append(map: Map<string, string[]>, key: string, value: string): 
   else map.set(key, [value]);
 }
 
-const PROJ_ORDER = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"];
-/** vLLM's shard order: q, k, v; gate, up; experts by index, then gate, up, down. */
+const PROJ_ORDER = ["q_a_proj", "kv_a_proj_with_mqa", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"];
+/** vLLM's shard order: q, k, v (MLA: q_a, kv_a); gate, up; experts by index, then gate, up, down. */
 export function byShardOrder(a: string, b: string): number {
   const key = (n: string): [number, number] => {
     const m = n.match(/\.(\d+)\.[a-z]+_proj$/);
@@ -45,7 +45,7 @@ export function byShardOrder(a: string, b: string): number {
 
 /** Short member names within a group's parent: "k_proj", "experts.3.down_proj". */
 function shortName(group: FusedGroup, member: string): string {
-  const parent = group.module.replace(/\.(qkv_proj|gate_up_proj)$/, "");
+  const parent = group.module.replace(/\.(qkv_proj|gate_up_proj|fused_qkv_a_proj)$/, "");
   const rel = member.startsWith(`${parent}.`) ? member.slice(parent.length + 1) : member;
   return group.module.endsWith(".experts") ? `experts.${rel}` : rel;
 }

@@ -3,18 +3,27 @@
  * with its family: config, module tree, weight mapping, and (optionally) every weight loaded.
  */
 import { ConfigError } from "../errors.js";
-import { Checkpoint } from "../io/checkpoint.js";
-import { type ParsedQuantConfig, compressedTensorsSource, parseQuantizationConfig } from "../io/compressed-tensors.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import { type ParsedQuantConfig, compressedTensorsSource } from "../io/compressed-tensors.js";
+import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
 import { readConfigJson } from "../io/json.js";
 import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
 import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn/weights.js";
 import { AFMOE_FAMILY } from "./afmoe/family.js";
+import { DEEPSEEK_V3_FAMILY, KIMI_K2_FAMILY } from "./deepseek_v3/family.js";
 import { GLM4_MOE_FAMILY } from "./glm4_moe/family.js";
 import { MIXTRAL_FAMILY } from "./mixtral/family.js";
 import { QWEN3_MOE_FAMILY } from "./qwen3_moe/family.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "./family.js";
 
-export const FAMILIES: readonly ModelFamily[] = [AFMOE_FAMILY, QWEN3_MOE_FAMILY, MIXTRAL_FAMILY, GLM4_MOE_FAMILY];
+export const FAMILIES: readonly ModelFamily[] = [
+  AFMOE_FAMILY,
+  QWEN3_MOE_FAMILY,
+  MIXTRAL_FAMILY,
+  GLM4_MOE_FAMILY,
+  DEEPSEEK_V3_FAMILY,
+  KIMI_K2_FAMILY,
+];
 
 /** The family of a parsed config.json; an unknown `model_type` names the supported ones. */
 export function familyFor(json: unknown, where: string): ModelFamily {
@@ -47,7 +56,7 @@ export interface LoadedModel {
   source: TensorSource;
   mapping: WeightMapping;
   checkpoint: Checkpoint;
-  /** config.json's quantization_config, parsed (null for a plain checkpoint) */
+  /** config.json's compressed-tensors quantization_config, parsed (null for a plain or FP8 block-scaled source) */
   quantization: ParsedQuantConfig | null;
   /** a quantized Linear's static input scale, if it has one */
   inputScale(linear: string): number | null;
@@ -56,10 +65,9 @@ export interface LoadedModel {
 /** Build the model for a checkpoint folder and check every weight is there; `load` reads them all now (default true). */
 export function openModel(dir: string, opts: { load?: boolean } = {}): LoadedModel {
   const { family, config } = readModelConfig(dir);
-  const checkpoint = Checkpoint.open(dir);
-  checkpoint.assertNoAnomalies();
-  const qc = config.raw.quantization_config;
-  const quantization = qc ? parseQuantizationConfig(qc, `${dir}/config.json`) : null;
+  const stored = sourceQuantization(config.raw, `${dir}/config.json`);
+  const checkpoint = openCheckpoint(dir, stored);
+  const quantization = stored.kind === "compressed-tensors" ? stored.config : null;
   const ct = quantization ? compressedTensorsSource(checkpoint, quantization) : null;
   const source = ct ?? checkpointSource(checkpoint);
   const model = family.build(config);

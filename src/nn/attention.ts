@@ -41,23 +41,29 @@ export interface AttentionShape {
   D: number;
   /** keys at or before i - window are hidden from query i; null: plain causal */
   window: number | null;
+  /** value head dim, when it differs from the query/key dim D (multi-head latent attention) */
+  Dv?: number;
+  /** the factor on q.k (default D^-0.5) */
+  scale?: number;
 }
 
 /**
- * softmax(q k^T / sqrt(D)) v per head, causal, with query head h reading key/value head
- * floor(h / (nH / nKV)). Inputs and output are head-major ([B * heads, S, D]).
+ * softmax(q k^T * scale) v per head (scale D^-0.5 unless given), causal, with query head h reading
+ * key/value head floor(h / (nH / nKV)). Inputs and output are head-major ([B * heads, S, D]; values
+ * and output [B * heads, S, Dv]).
  */
 export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Float32Array, a: AttentionShape): Promise<Float32Array> {
   const { B, S, nH, nKV, D, window } = a;
+  const Dv = a.Dv ?? D;
   const engine = getEngine();
   const group = nH / nKV;
-  const inv = 1 / Math.sqrt(D);
-  const ctx = new Float32Array(B * nH * S * D);
+  const inv = a.scale ?? 1 / Math.sqrt(D);
+  const ctx = new Float32Array(B * nH * S * Dv);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < nH; h++) {
       const bh = b * nH + h;
       const kv = b * nKV + Math.floor(h / group);
-      const head = (x: Float32Array, i: number): Tensor => new Tensor(x.subarray(i * S * D, (i + 1) * S * D), [S, D]);
+      const head = (x: Float32Array, i: number, d = D): Tensor => new Tensor(x.subarray(i * S * d, (i + 1) * S * d), [S, d]);
       // scores = q k^T (one Gemm per head: faster in onnxruntime than a batched MatMul with K = D)
       const scores = await engine.linear(head(qh, bh), head(kh, kv));
       const sd = scores.data;
@@ -70,8 +76,8 @@ export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Fl
         sd.fill(0, row, row + lo);
         sd.fill(0, row + i + 1, row + S);
       }
-      const o = await engine.matmul(scores, head(vh, kv));
-      ctx.set(o.data, bh * S * D);
+      const o = await engine.matmul(scores, head(vh, kv, Dv));
+      ctx.set(o.data, bh * S * Dv);
     }
   }
   return ctx;

@@ -9,7 +9,8 @@ import { NumericalError, UsageError, asFormatError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash } from "../io/hash.js";
 import { firstNonFiniteIn } from "../io/safetensors.js";
-import { Checkpoint } from "../io/checkpoint.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import { type SourceQuantization, openCheckpoint, sourceQuantization } from "../io/source-format.js";
 import { DEFAULT_SHARD_BYTES, type NamedRaw, PIECE_BYTES, ShardedWriter } from "../io/writer.js";
 import { type ModelFiles, modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
@@ -73,7 +74,10 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme): R
   validatePatterns(opts.ignore ?? []);
   const { family, config } = readModelConfig(modelDir);
   const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
-  if (config.raw.quantization_config) throw new UsageError(`${modelDir} is already quantized (config.json has quantization_config)`);
+  // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) are read dequantized; a compressed-tensors checkpoint is already moecal's kind of output
+  const stored = sourceQuantization(config.raw, `${modelDir}/config.json`);
+  if (stored.kind === "compressed-tensors")
+    throw new UsageError(`${modelDir} is already quantized (config.json has a compressed-tensors quantization_config)`);
   const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, preset.name), {
     overwrite: opts.overwrite,
     inputs: [
@@ -83,7 +87,7 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme): R
     warn,
   });
   try {
-    return { ...preflight(opts, modelDir, family, config, ignore, preset, warn), opts, modelDir, datasetFile, method, out, warn };
+    return { ...preflight(opts, { modelDir, stored }, family, config, ignore, preset, warn), opts, modelDir, datasetFile, method, out, warn };
   } catch (e) {
     out.abort();
     throw e;
@@ -94,15 +98,14 @@ type Checked = Omit<Run, "opts" | "modelDir" | "datasetFile" | "method" | "out" 
 
 function preflight(
   opts: OneshotOptions,
-  modelDir: string,
+  { modelDir, stored }: { modelDir: string; stored: SourceQuantization },
   family: ModelFamily,
   config: ModelConfig,
   ignore: string[],
   preset: Scheme,
   warn: (m: string) => void,
 ): Checked {
-  const ck = Checkpoint.open(modelDir);
-  ck.assertNoAnomalies();
+  const ck = openCheckpoint(modelDir, stored);
   const model = family.build(config);
   const mapping = family.mapWeights(
     config,

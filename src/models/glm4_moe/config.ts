@@ -1,6 +1,6 @@
 /** GLM-4.5 MoE configuration (config.json), with defaults as in Hugging Face transformers' Glm4MoeConfig. */
 import { z } from "zod";
-import { activationScale, fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
+import { type FieldFailure, activationScale, fieldFailure, parseConfigFields, ropeThetaOf } from "../config-fields.js";
 import type { ModelConfig } from "../family.js";
 
 export interface Glm4MoeConfig extends ModelConfig {
@@ -25,6 +25,36 @@ export interface Glm4MoeConfig extends ModelConfig {
   topkGroup: number;
   normTopkProb: boolean;
   firstKDenseReplace: number;
+}
+
+/** What GLM-4.5's router and MoE block read of a config (DeepSeek-V3's block is the same). */
+export type Glm4MoeBlockConfig = Pick<
+  Glm4MoeConfig,
+  | "hiddenSize"
+  | "moeIntermediateSize"
+  | "numExperts"
+  | "numExpertsPerTok"
+  | "numSharedExperts"
+  | "routedScalingFactor"
+  | "nGroup"
+  | "topkGroup"
+  | "normTopkProb"
+>;
+
+/** The grouped router's fields checked against each other (GLM-4.5 and DeepSeek-V3 configs). */
+export function checkGroupedRouting(
+  c: { n_routed_experts: number; num_experts_per_tok: number; n_group: number; topk_group: number; first_k_dense_replace: number; num_hidden_layers: number },
+  fail: FieldFailure,
+): void {
+  const E = c.n_routed_experts;
+  if (c.num_experts_per_tok > E) fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds n_routed_experts ${E}`);
+  if (E % c.n_group !== 0 || E / c.n_group < 2)
+    fail("n_group", `${c.n_group} groups must split n_routed_experts ${E} into equal groups of at least 2`);
+  if (c.topk_group > c.n_group) fail("topk_group", `${c.topk_group} exceeds n_group ${c.n_group}`);
+  if (c.num_experts_per_tok > (c.topk_group * E) / c.n_group)
+    fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds the ${(c.topk_group * E) / c.n_group} experts of the kept groups`);
+  if (c.first_k_dense_replace > c.num_hidden_layers)
+    fail("first_k_dense_replace", `${c.first_k_dense_replace} exceeds num_hidden_layers ${c.num_hidden_layers}`);
 }
 
 /** Largest sizes accepted, checked before any module is built. */
@@ -98,15 +128,7 @@ export function parseGlm4MoeConfig(json: unknown, where = "config.json"): Glm4Mo
   const rotaryDim = Math.floor(headDim * factor);
   if (rotaryDim < 2 || rotaryDim % 2 !== 0)
     fail("partial_rotary_factor", `gives ${rotaryDim} rotary dims of ${headDim}; RoPE needs an even number`);
-  const E = c.n_routed_experts;
-  if (c.num_experts_per_tok > E) fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds n_routed_experts ${E}`);
-  if (E % c.n_group !== 0 || E / c.n_group < 2)
-    fail("n_group", `${c.n_group} groups must split n_routed_experts ${E} into equal groups of at least 2`);
-  if (c.topk_group > c.n_group) fail("topk_group", `${c.topk_group} exceeds n_group ${c.n_group}`);
-  if (c.num_experts_per_tok > (c.topk_group * E) / c.n_group)
-    fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds the ${(c.topk_group * E) / c.n_group} experts of the kept groups`);
-  if (c.first_k_dense_replace > c.num_hidden_layers)
-    fail("first_k_dense_replace", `${c.first_k_dense_replace} exceeds num_hidden_layers ${c.num_hidden_layers}`);
+  checkGroupedRouting(c, fail);
   const ropeTheta = ropeThetaOf(c, 10000, fail);
   return {
     modelType: "glm4_moe",
@@ -126,7 +148,7 @@ export function parseGlm4MoeConfig(json: unknown, where = "config.json"): Glm4Mo
     tieWordEmbeddings: c.tie_word_embeddings,
     attentionBias: c.attention_bias,
     useQkNorm: c.use_qk_norm,
-    numExperts: E,
+    numExperts: c.n_routed_experts,
     numExpertsPerTok: c.num_experts_per_tok,
     numSharedExperts: c.n_shared_experts,
     routedScalingFactor: c.routed_scaling_factor,

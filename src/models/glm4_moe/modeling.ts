@@ -10,11 +10,11 @@ import { Linear } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module, ModuleList } from "../../nn/module.js";
 import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
-import type { Glm4MoeConfig } from "./config.js";
+import type { Glm4MoeBlockConfig, Glm4MoeConfig } from "./config.js";
 import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal-lm.js";
 
 export class Glm4MoeMLP extends SwiGluMLP {
-  override readonly className = "Glm4MoeMLP";
+  override readonly className: string = "Glm4MoeMLP";
 }
 
 export interface Glm4MoeRouting extends MoeRouting {
@@ -27,9 +27,9 @@ export interface Glm4MoeRouting extends MoeRouting {
  * `e_score_correction_bias` [E], which only shifts which experts are chosen.
  */
 export class Glm4MoeTopkRouter extends Linear {
-  override readonly className = "Glm4MoeTopkRouter";
+  override readonly className: string = "Glm4MoeTopkRouter";
 
-  constructor(readonly config: Glm4MoeConfig) {
+  constructor(readonly config: Glm4MoeBlockConfig) {
     super(config.hiddenSize, config.numExperts);
     this.declareParam("e_score_correction_bias", [config.numExperts]);
   }
@@ -81,7 +81,7 @@ export class Glm4MoeTopkRouter extends Linear {
 
 /** What the MoE block and its calibration module share: the router `gate`, the `experts` and the `shared_experts`. */
 export abstract class Glm4MoeBlockBase extends Module<Tensor, Tensor> implements MoeBlock {
-  abstract readonly config: Glm4MoeConfig;
+  abstract readonly config: Glm4MoeBlockConfig;
 
   get gate(): Glm4MoeTopkRouter {
     return this.child("gate");
@@ -114,19 +114,29 @@ export abstract class Glm4MoeBlockBase extends Module<Tensor, Tensor> implements
   }
 }
 
+/** The classes a GLM-style block is made of. */
+export interface Glm4MoeParts {
+  router(config: Glm4MoeBlockConfig): Glm4MoeTopkRouter;
+  mlp(hidden: number, intermediate: number): Glm4MoeMLP;
+}
+
 /** `Glm4MoeMoE`: the routed experts weighted by the router, plus the shared experts on every token. */
 export class Glm4MoeMoE extends Glm4MoeBlockBase {
   readonly className: string = "Glm4MoeMoE";
 
-  constructor(readonly config: Glm4MoeConfig) {
+  /** `parts`: the router and MLP classes (a family that reuses this block names its own). */
+  constructor(
+    readonly config: Glm4MoeBlockConfig,
+    parts: Glm4MoeParts = { router: (c) => new Glm4MoeTopkRouter(c), mlp: (h, i) => new Glm4MoeMLP(h, i) },
+  ) {
     super();
-    this.addModule("gate", new Glm4MoeTopkRouter(config));
+    this.addModule("gate", parts.router(config));
     this.addModule(
       "experts",
-      new ModuleList(Array.from({ length: config.numExperts }, () => new Glm4MoeMLP(config.hiddenSize, config.moeIntermediateSize))),
+      new ModuleList(Array.from({ length: config.numExperts }, () => parts.mlp(config.hiddenSize, config.moeIntermediateSize))),
     );
     if (config.numSharedExperts > 0)
-      this.addModule("shared_experts", new Glm4MoeMLP(config.hiddenSize, config.moeIntermediateSize * config.numSharedExperts));
+      this.addModule("shared_experts", parts.mlp(config.hiddenSize, config.moeIntermediateSize * config.numSharedExperts));
   }
 
   async forward(hidden: Tensor): Promise<Tensor> {

@@ -1,0 +1,173 @@
+/**
+ * FP8 block-scaled source checkpoints, as DeepSeek-V3, R1, V3.1, Kimi-K2 and MiniMax-M2 are
+ * published: `quantization_config: {quant_method: "fp8", fmt: "e4m3", weight_block_size: [Bo, Bi]}`,
+ * each such Linear weight `F8_E4M3` [out, in] beside a float32 `<module>.weight_scale_inv`
+ * [ceil(out / Bo), ceil(in / Bi)]; W[r, c] = e4m3(q[r, c]) * scale_inv[r / Bo, c / Bi]
+ * (../shared/spec/deepseek_v3.md, last section). The checkpoint presents such a weight as a plain
+ * one: float32 when read as float32, the model's torch_dtype when read as bytes.
+ */
+import { z } from "zod";
+import { f32ToBf16, f32ToF16, fp8e4m3ToF32 } from "../engine/dtype.js";
+import { Tensor, numel } from "../engine/tensor.js";
+import { CheckpointFormatError } from "../errors.js";
+import { DTYPE_BYTES, type RawTensor, type TensorInfo, rawToF32 } from "./safetensors.js";
+
+export const SCALE_INV = ".weight_scale_inv";
+
+/** What a checkpoint's FP8 block format says: the block and the dtype unquantized copies are written in. */
+export interface Fp8BlockFormat {
+  block: [number, number];
+  /** the model's torch_dtype: what a weight presented as bytes is encoded to */
+  dtype: "BF16" | "F16" | "F32";
+}
+
+const fp8Schema = z
+  .object({
+    quant_method: z.literal("fp8"),
+    fmt: z.enum(["e4m3", "float8_e4m3fn"], { message: 'must be "e4m3" (or "float8_e4m3fn"): moecal reads FP8 E4M3 blocks' }),
+    activation_scheme: z.literal("dynamic", { message: 'must be "dynamic" (static activation scales are not read)' }).optional(),
+    weight_block_size: z.tuple([z.number().int().positive(), z.number().int().positive()], {
+      message: "must be [rows, columns] of positive integers (per-tensor FP8 sources are not read)",
+    }),
+    modules_to_not_convert: z.array(z.string()).nullable().optional(),
+  })
+  .passthrough();
+
+const TORCH_DTYPES: Record<string, Fp8BlockFormat["dtype"]> = { bfloat16: "BF16", float16: "F16", float32: "F32" };
+
+/** config.json's FP8 `quantization_config` validated (a bad field is named); the output dtype from torch_dtype (default bfloat16). */
+export function parseFp8BlockConfig(qc: unknown, torchDtype: unknown, where: string): Fp8BlockFormat {
+  const r = fp8Schema.safeParse(qc);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const field = issue?.path.join(".") || "(root)";
+    const absent = typeof qc === "object" && qc !== null && typeof issue?.path[0] === "string" && !(issue.path[0] in qc);
+    throw new CheckpointFormatError(
+      `${where}: quantization_config field "${field}": ${absent ? "missing (required)" : (issue?.message ?? "invalid")}`,
+    );
+  }
+  const dtype = TORCH_DTYPES[typeof torchDtype === "string" ? torchDtype : "bfloat16"];
+  if (!dtype) throw new CheckpointFormatError(`${where}: field "torch_dtype": ${JSON.stringify(torchDtype)} is not bfloat16, float16 or float32`);
+  return { block: r.data.weight_block_size, dtype };
+}
+
+/** The raw tensors of a checkpoint, before any FP8 weight is presented dequantized. */
+export interface RawAccess {
+  readonly dir: string;
+  names(): string[];
+  info(name: string): TensorInfo;
+  readRaw(name: string): RawTensor;
+}
+
+const E4M3 = Float32Array.from({ length: 256 }, (_, b) => fp8e4m3ToF32(b));
+
+/**
+ * The FP8 weights of a checkpoint and their block scales, every one checked when the checkpoint
+ * is opened (before any work): each `weight_scale_inv` beside an F8_E4M3 2-D weight, of shape
+ * [ceil(out / Bo), ceil(in / Bi)], float32, finite and positive; each F8_E4M3 tensor with its scales.
+ */
+export class Fp8BlockWeights {
+  private readonly weights = new Set<string>();
+
+  constructor(
+    private readonly raw: RawAccess,
+    readonly format: Fp8BlockFormat,
+  ) {
+    const names = new Set(raw.names());
+    const where = (n: string): string => `${raw.dir}: tensor "${n}"`;
+    const [bo, bi] = format.block;
+    for (const n of names) {
+      if (!n.endsWith(SCALE_INV)) continue;
+      const w = `${n.slice(0, -SCALE_INV.length)}.weight`;
+      if (!names.has(w)) throw new CheckpointFormatError(`${where(n)}: block scales without their weight "${w}"`);
+      const wi = raw.info(w);
+      if (wi.dtype !== "F8_E4M3" || wi.shape.length !== 2)
+        throw new CheckpointFormatError(`${where(n)}: block scales for "${w}", which is ${wi.dtype} [${wi.shape.join(", ")}], not a 2-D F8_E4M3 weight`);
+      const [out, inF] = wi.shape as [number, number];
+      const want = [Math.ceil(out / bo), Math.ceil(inF / bi)];
+      const si = raw.info(n);
+      if (si.dtype !== "F32" || si.shape.length !== 2 || si.shape[0] !== want[0] || si.shape[1] !== want[1])
+        throw new CheckpointFormatError(
+          `${where(n)}: ${si.dtype} [${si.shape.join(", ")}], expected F32 [${want.join(", ")}] (weight [${out}, ${inF}] in blocks of ${bo} x ${bi}, weight_block_size of config.json)`,
+        );
+      const s = rawToF32(raw.readRaw(n), where(n)).data;
+      const bad = s.findIndex((v) => !(Number.isFinite(v) && v > 0));
+      if (bad >= 0)
+        throw new CheckpointFormatError(`${where(n)}: scale ${s[bad]} at block [${Math.floor(bad / (want[1] as number))}, ${bad % (want[1] as number)}] is not finite and positive`);
+      this.weights.add(w);
+    }
+    for (const n of names)
+      if (raw.info(n).dtype === "F8_E4M3" && !this.weights.has(n))
+        throw new CheckpointFormatError(`${where(n)}: F8_E4M3 without block scales (no "${n.replace(/\.weight$/, "")}${SCALE_INV}")`);
+  }
+
+  /** Whether `name` is an FP8 weight presented dequantized. */
+  has(name: string): boolean {
+    return this.weights.has(name);
+  }
+
+  /** Whether `name` is a block-scale tensor (hidden from the checkpoint's names; every one belongs to a weight). */
+  isScale(name: string): boolean {
+    return name.endsWith(SCALE_INV);
+  }
+
+  /** The weight as the checkpoint presents it: the torch_dtype's size. */
+  info(name: string): TensorInfo {
+    const t = this.raw.info(name);
+    return { ...t, dtype: this.format.dtype, end: t.begin + numel(t.shape) * DTYPE_BYTES[this.format.dtype] };
+  }
+
+  /** The weight's codes and scales, read from disk. */
+  private load(name: string): { q: Uint8Array; scale: Float32Array; out: number; inF: number } {
+    const [out, inF] = this.raw.info(name).shape as [number, number];
+    const scaleName = `${name.slice(0, -".weight".length)}${SCALE_INV}`;
+    const scale = rawToF32(this.raw.readRaw(scaleName), `${this.raw.dir}: tensor "${scaleName}"`).data;
+    return { q: this.raw.readRaw(name).bytes, scale, out, inF };
+  }
+
+  /** Rows [r0, r1) of a loaded weight in float32. */
+  private rows(w: { q: Uint8Array; scale: Float32Array; out: number; inF: number }, r0: number, r1: number): Float32Array {
+    const { q, scale, inF } = w;
+    const [bo, bi] = this.format.block;
+    const cols = Math.ceil(inF / bi);
+    const end = Math.min(r1, w.out);
+    const out = new Float32Array((end - r0) * inF);
+    for (let r = r0; r < end; r++) {
+      const srow = Math.floor(r / bo) * cols;
+      for (let c = 0; c < inF; c++)
+        out[(r - r0) * inF + c] = Math.fround((E4M3[q[r * inF + c] as number] as number) * (scale[srow + Math.floor(c / bi)] as number));
+    }
+    return out;
+  }
+
+  readF32(name: string): Tensor {
+    const w = this.load(name);
+    return new Tensor(this.rows(w, 0, w.out), [w.out, w.inF]);
+  }
+
+  private encode(w: Float32Array): Uint8Array {
+    const d = this.format.dtype;
+    const enc = d === "BF16" ? f32ToBf16(w) : d === "F16" ? f32ToF16(w) : w;
+    return new Uint8Array(enc.buffer, enc.byteOffset, enc.byteLength);
+  }
+
+  readRaw(name: string): RawTensor {
+    const w = this.load(name);
+    return { dtype: this.format.dtype, shape: [w.out, w.inF], bytes: this.encode(this.rows(w, 0, w.out)) };
+  }
+
+  /** The presented bytes in pieces of whole block rows, each at most about `chunkBytes`. */
+  *rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
+    const w = this.load(name);
+    const step = Math.max(1, Math.floor(chunkBytes / (w.inF * DTYPE_BYTES[this.format.dtype])));
+    for (let r = 0; r < w.out; r += step) yield this.encode(this.rows(w, r, r + step));
+  }
+
+  readRowsRaw(name: string, rows: Int32Array): RawTensor {
+    const [, inF] = this.raw.info(name).shape as [number, number];
+    const all = this.readF32(name).data;
+    const w = new Float32Array(rows.length * inF);
+    rows.forEach((r, i) => w.set(all.subarray(r * inF, (r + 1) * inF), i * inF));
+    return { dtype: this.format.dtype, shape: [rows.length, inF], bytes: this.encode(w) };
+  }
+}
