@@ -5,6 +5,7 @@ import { type DType, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { ModelConfig, ModelFamily } from "../models/family.js";
 import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
+import { storedOnlyLinears } from "../models/stored-layers.js";
 import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
 import { MoecalError, UsageError } from "../errors.js";
 import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
@@ -72,7 +73,10 @@ export function inspectCheckpoint(dir: string): InspectReport {
     return report;
   }
   const model = family.build(config);
-  const layout = layoutProblems(ck, cfg, expectedTensors(model, config.tieWordEmbeddings));
+  const expected = expectedTensors(model, config);
+  const layout = layoutProblems(ck, cfg, expected);
+  // the model's Linear layers, and those of the layers stored but not run (multi-token prediction)
+  const linears = new Set([...expected.linears, ...storedOnlyLinears(ck.names(), config, (n) => ck.info(n).shape)]);
   for (const l of layout) problems.push(l);
   // modules whose tensors are misshapen are not dequantized (their values cannot be read soundly)
   const misshapen = new Set(
@@ -148,8 +152,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
     const bad = firstNonFiniteF32(values);
     if (bad >= 0) problems.push(`${name}: non-finite value ${values[bad]} at flat index ${bad}`);
     if (p && modules.has(p) && values.every((x) => x === 0)) problems.push(`${p}: every weight is zero`);
-    const isLinear = p !== null && /(_proj|\.gate|lm_head)$/.test(p);
-    if (isLinear && !modules.has(p)) {
+    if (p !== null && linears.has(p) && !modules.has(p)) {
       report.ignored++;
       unquantized.push(p);
       if (!matchesAny(p, cfg.ignore)) problems.push(`${p}: Linear left unquantized but not named in quantization_config.ignore`);

@@ -9,12 +9,16 @@ import { type DType, rawToInts } from "../io/safetensors.js";
 import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
 import { type ParsedQuantConfig, groupFor } from "../io/compressed-tensors.js";
+import type { ModelConfig } from "../models/family.js";
+import { inStoredOnlyLayer } from "../models/stored-layers.js";
 
 /** What the model expects: its parameters' names and shapes, which of them are Linear weights, and whether lm_head may be absent (tied). */
 export interface ExpectedTensors {
   params: ReadonlyMap<string, readonly number[]>;
   linears: ReadonlySet<string>;
   tiedLmHead: boolean;
+  /** tensors of layers stored but not run (multi-token prediction): present unquantized */
+  storedOnly: (name: string) => boolean;
 }
 
 const FLOAT_DTYPES: readonly DType[] = ["F32", "BF16", "F16"];
@@ -105,14 +109,21 @@ export function layoutProblems(ck: Checkpoint, cfg: ParsedQuantConfig, expected:
   }
   for (const n of ck.names()) {
     if (accounted.has(n) || n.endsWith("rotary_emb.inv_freq")) continue;
+    if (expected.storedOnly(n)) {
+      const d = ck.info(n).dtype;
+      if (!FLOAT_DTYPES.includes(d)) problems.push(`${n}: ${d} in a multi-token-prediction layer, which is kept unquantized`);
+      continue;
+    }
     problems.push(`${n}: unexpected tensor (neither a parameter of the model nor a quantization tensor its config implies)`);
   }
   return problems;
 }
 
 /** What a model (built from its config, no weights loaded) expects a checkpoint to hold. */
-export function expectedTensors(model: AnyModule, tiedLmHead: boolean): ExpectedTensors {
+export function expectedTensors(model: AnyModule, config: ModelConfig): ExpectedTensors {
   return {
+    tiedLmHead: config.tieWordEmbeddings,
+    storedOnly: (n) => inStoredOnlyLayer(n, config),
     params: new Map(model.namedParameters().map(([n, p]) => [n, p.shape] as const)),
     linears: new Set(
       model
@@ -120,6 +131,5 @@ export function expectedTensors(model: AnyModule, tiedLmHead: boolean): Expected
         .filter(([, m]) => m instanceof Linear)
         .map(([n]) => n),
     ),
-    tiedLmHead,
   };
 }

@@ -3,6 +3,7 @@
  * and the input's tensors the model does not use.
  */
 import type { ModelConfig } from "../models/family.js";
+import { inStoredOnlyLayer } from "../models/stored-layers.js";
 import { WeightMappingError, UsageError } from "../errors.js";
 import { Linear } from "../nn/layers.js";
 import type { AnyModule } from "../nn/module.js";
@@ -66,8 +67,9 @@ const QUANT_SUFFIXES = [
 
 /**
  * Tensors of the input that the model does not use are copied to the output unchanged, with a
- * warning each; those that would make the output invalid are refused: a layer or expert index
- * beyond the config's, or a name moecal itself writes for a quantized Linear.
+ * warning each (the multi-token-prediction layers with one note); those that would make the
+ * output invalid are refused: a layer or expert index beyond the config's, or a name moecal
+ * itself writes for a quantized Linear.
  */
 export function checkUnexpectedTensors(
   names: string[],
@@ -93,9 +95,15 @@ export function checkUnexpectedTensors(
         `${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`,
       );
   }
-  const shown = names.slice(0, 50);
+  const mtp = names.filter((n) => inStoredOnlyLayer(n, config));
+  if (mtp.length)
+    warn(
+      `${dir}: the ${(config.storedLayers ?? 0) - config.numHiddenLayers} multi-token-prediction layer(s) (${mtp.length} tensors from model.layers.${config.numHiddenLayers}) are not run; copied unquantized, their Linear layers named in ignore`,
+    );
+  const unused = names.filter((n) => !inStoredOnlyLayer(n, config));
+  const shown = unused.slice(0, 50);
   for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);
-  if (names.length > shown.length) warn(`${dir}: ${names.length - shown.length} more unused tensors copied unchanged`);
+  if (unused.length > shown.length) warn(`${dir}: ${unused.length - shown.length} more unused tensors copied unchanged`);
 }
 
 export function scaleDTypeOf(ck: Checkpoint, name: string): ScaleDType {

@@ -27,6 +27,7 @@ import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import type { Method } from "./quantize-layer.js";
 import { type OneshotReport, writeReportFiles } from "./report.js";
 import { assertNoFusedSplit, checkUnexpectedTensors, fitGroupSize, scaleDTypeOf } from "./preflight.js";
+import { storedOnlyLinears } from "../models/stored-layers.js";
 import { safePoint } from "../util/interrupt.js";
 import type { OneshotOptions } from "./oneshot.js";
 
@@ -121,7 +122,7 @@ function preflight(
     .namedModules()
     .filter(([, m]) => m instanceof Linear)
     .map(([n]) => n);
-  const ignored = allLinears.filter((n) => matchesAny(n, ignore));
+  const ignored = [...allLinears.filter((n) => matchesAny(n, ignore)), ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape)];
   const isTarget = (n: string): boolean => !matchesAny(n, ignore);
   for (const p of opts.ignore ?? [])
     if (!allLinears.some((n) => matchesAny(n, [p])))

@@ -14,7 +14,7 @@ export function openServed(dir: string, opts: { load?: boolean } = {}): LoadedMo
   const m = openModel(dir, { load: false });
   const q = m.quantization;
   if (q) {
-    const problems = layoutProblems(m.checkpoint, q, expectedTensors(m.model, m.config.tieWordEmbeddings));
+    const problems = layoutProblems(m.checkpoint, q, expectedTensors(m.model, m.config));
     if (problems.length) {
       throw new CheckpointFormatError(
         `${dir}: ${problems.length} tensor(s) do not match config.json's quantization_config (moecal inspect lists them all): ${problems.slice(0, 3).join("; ")}`,
