@@ -7,7 +7,7 @@
  * one: float32 when read as float32, the model's torch_dtype when read as bytes.
  */
 import { z } from "zod";
-import { f32ToBf16, f32ToF16, fp8e4m3ToF32 } from "../engine/dtype.js";
+import { FP8_E4M3_MAX, f32ToBf16, f32ToF16, f32ToFp8e4m3, fp8e4m3ToF32 } from "../engine/dtype.js";
 import { Tensor, numel } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
 import { DTYPE_BYTES, type RawTensor, type TensorInfo, rawToF32 } from "./safetensors.js";
@@ -47,7 +47,8 @@ export function parseFp8BlockConfig(qc: unknown, torchDtype: unknown, where: str
     );
   }
   const dtype = TORCH_DTYPES[typeof torchDtype === "string" ? torchDtype : "bfloat16"];
-  if (!dtype) throw new CheckpointFormatError(`${where}: field "torch_dtype": ${JSON.stringify(torchDtype)} is not bfloat16, float16 or float32`);
+  if (!dtype)
+    throw new CheckpointFormatError(`${where}: field "torch_dtype": ${JSON.stringify(torchDtype)} is not bfloat16, float16 or float32`);
   return { block: r.data.weight_block_size, dtype };
 }
 
@@ -82,7 +83,9 @@ export class Fp8BlockWeights {
       if (!names.has(w)) throw new CheckpointFormatError(`${where(n)}: block scales without their weight "${w}"`);
       const wi = raw.info(w);
       if (wi.dtype !== "F8_E4M3" || wi.shape.length !== 2)
-        throw new CheckpointFormatError(`${where(n)}: block scales for "${w}", which is ${wi.dtype} [${wi.shape.join(", ")}], not a 2-D F8_E4M3 weight`);
+        throw new CheckpointFormatError(
+          `${where(n)}: block scales for "${w}", which is ${wi.dtype} [${wi.shape.join(", ")}], not a 2-D F8_E4M3 weight`,
+        );
       const [out, inF] = wi.shape as [number, number];
       const want = [Math.ceil(out / bo), Math.ceil(inF / bi)];
       const si = raw.info(n);
@@ -93,7 +96,9 @@ export class Fp8BlockWeights {
       const s = rawToF32(raw.readRaw(n), where(n)).data;
       const bad = s.findIndex((v) => !(Number.isFinite(v) && v > 0));
       if (bad >= 0)
-        throw new CheckpointFormatError(`${where(n)}: scale ${s[bad]} at block [${Math.floor(bad / (want[1] as number))}, ${bad % (want[1] as number)}] is not finite and positive`);
+        throw new CheckpointFormatError(
+          `${where(n)}: scale ${s[bad]} at block [${Math.floor(bad / (want[1] as number))}, ${bad % (want[1] as number)}] is not finite and positive`,
+        );
       this.weights.add(w);
     }
     for (const n of names)
@@ -167,7 +172,32 @@ export class Fp8BlockWeights {
     const [, inF] = this.raw.info(name).shape as [number, number];
     const all = this.readF32(name).data;
     const w = new Float32Array(rows.length * inF);
-    rows.forEach((r, i) => w.set(all.subarray(r * inF, (r + 1) * inF), i * inF));
+    rows.forEach((r, i) => {
+      w.set(all.subarray(r * inF, (r + 1) * inF), i * inF);
+    });
     return { dtype: this.format.dtype, shape: [rows.length, inF], bytes: this.encode(w) };
   }
+}
+
+/**
+ * A float32 weight [out, inF] stored as the published FP8 checkpoints store it: E4M3 codes and a
+ * float32 scale per `block` x `block` (the block's absolute maximum / 448; 1 for an all-zero block).
+ */
+export function encodeFp8Blocks(w: Float32Array, out: number, inF: number, block: number): { codes: Uint8Array; scaleInv: Float32Array } {
+  const cols = Math.ceil(inF / block);
+  const scaleInv = new Float32Array(Math.ceil(out / block) * cols);
+  for (let r = 0; r < out; r++)
+    for (let c = 0; c < inF; c++) {
+      const i = Math.floor(r / block) * cols + Math.floor(c / block);
+      scaleInv[i] = Math.max(scaleInv[i] as number, Math.abs(w[r * inF + c] as number));
+    }
+  for (let i = 0; i < scaleInv.length; i++)
+    scaleInv[i] = (scaleInv[i] as number) > 0 ? Math.fround((scaleInv[i] as number) / FP8_E4M3_MAX) : 1;
+  const codes = new Uint8Array(out * inF);
+  for (let r = 0; r < out; r++)
+    for (let c = 0; c < inF; c++)
+      codes[r * inF + c] = f32ToFp8e4m3(
+        (w[r * inF + c] as number) / (scaleInv[Math.floor(r / block) * cols + Math.floor(c / block)] as number),
+      );
+  return { codes, scaleInv };
 }

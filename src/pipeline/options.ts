@@ -77,6 +77,7 @@ export const RANDOM_MODEL_OPTIONS = z.strictObject({
   seed: z.number().int().nonnegative().optional(),
   overwrite: flag.optional(),
   maxShardBytes: shardBytes.optional(),
+  fp8Block: z.number().int().min(1).max(65536).optional(),
 });
 
 export const SAMPLE_OPTIONS = z.strictObject({

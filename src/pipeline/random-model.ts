@@ -10,6 +10,8 @@ import { confinedFile, entryExists } from "../io/files.js";
 import { BUNDLED_MODEL, MOECAL_VERSION } from "../paths.js";
 import { fillNormal, rng } from "../util/random.js";
 import { modelFiles } from "../io/model-files.js";
+import { encodeFp8Blocks } from "../io/fp8-blocks.js";
+import { matchesAny } from "../quantization/scheme.js";
 import { readConfigJson, readJsonObject } from "../io/json.js";
 import { MAX_TOKENIZER_BYTES } from "../io/tokenizer.js";
 
@@ -25,6 +27,11 @@ export interface RandomModelOptions {
   seed?: number;
   overwrite?: boolean;
   maxShardBytes?: number;
+  /**
+   * store the decoder layers' Linear weights (routers excepted) as FP8 E4M3 blocks of this size
+   * with float32 `weight_scale_inv`, as DeepSeek-V3 and Kimi-K2 are published
+   */
+  fp8Block?: number;
 }
 
 function parseSet(entries: string[]): Record<string, unknown> {
@@ -88,10 +95,22 @@ export function randomModel(options: RandomModelOptions): { output: string; para
       }
       const isNorm = name.endsWith("norm.weight") || name.endsWith("layernorm.weight");
       const v = isNorm ? new Float32Array(numel).fill(1) : fillNormal(new Float32Array(numel), next, 0.02);
+      const module = name.slice(0, -".weight".length);
+      if (opts.fp8Block && name.startsWith("model.layers.") && p.shape.length === 2 && !matchesAny(module, family.defaultIgnore)) {
+        const [rows, cols] = p.shape as [number, number];
+        const { codes, scaleInv } = encodeFp8Blocks(v, rows, cols, opts.fp8Block);
+        writer.add({ name, dtype: "F8_E4M3", shape: p.shape, bytes: codes });
+        const scaleShape = [Math.ceil(rows / opts.fp8Block), Math.ceil(cols / opts.fp8Block)];
+        writer.add({ name: `${module}.weight_scale_inv`, dtype: "F32", shape: scaleShape, bytes: new Uint8Array(scaleInv.buffer) });
+        continue;
+      }
       writer.add({ name, dtype: "BF16", shape: p.shape, bytes: new Uint8Array(f32ToBf16(v).buffer) });
     }
     writer.finish();
-    out.writeFile("config.json", `${JSON.stringify({ ...raw, torch_dtype: "bfloat16" }, null, 2)}\n`);
+    const fp8 = opts.fp8Block
+      ? { quant_method: "fp8", fmt: "e4m3", activation_scheme: "dynamic", weight_block_size: [opts.fp8Block, opts.fp8Block] }
+      : undefined;
+    out.writeFile("config.json", `${JSON.stringify({ ...raw, torch_dtype: "bfloat16", quantization_config: fp8 }, null, 2)}\n`);
     // the like-folder's tokenizer, generation config and remote code; the bundled tokenizer where it has none
     const { files } = modelFiles(like, raw);
     for (const f of files) out.copyFrom(confinedFile(like, f, asFormatError), f);

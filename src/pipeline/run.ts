@@ -88,7 +88,15 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme): R
     warn,
   });
   try {
-    return { ...preflight(opts, { modelDir, stored }, family, config, ignore, preset, warn), opts, modelDir, datasetFile, method, out, warn };
+    return {
+      ...preflight(opts, { modelDir, stored }, family, config, ignore, preset, warn),
+      opts,
+      modelDir,
+      datasetFile,
+      method,
+      out,
+      warn,
+    };
   } catch (e) {
     out.abort();
     throw e;
@@ -122,7 +130,10 @@ function preflight(
     .namedModules()
     .filter(([, m]) => m instanceof Linear)
     .map(([n]) => n);
-  const ignored = [...allLinears.filter((n) => matchesAny(n, ignore)), ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape)];
+  const ignored = [
+    ...allLinears.filter((n) => matchesAny(n, ignore)),
+    ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape),
+  ];
   const isTarget = (n: string): boolean => !matchesAny(n, ignore);
   for (const p of opts.ignore ?? [])
     if (!allLinears.some((n) => matchesAny(n, [p])))

@@ -10,6 +10,7 @@ import { ROOT, TINY } from "../helpers.js";
 import { type BadInputCase, canMountTmpfs, dataset, modelCopy, quick, withHeader, poisoned } from "./bad-inputs.fixtures.js";
 import { TRUST_CASES } from "./bad-inputs.trust.js";
 import { ROUND2_CASES } from "./bad-inputs.round2.js";
+import { FP8_CASES } from "./bad-inputs.fp8.js";
 
 export { type BadInputCase, CLI, cleanupCase, runCase, snapshot } from "./bad-inputs.fixtures.js";
 
@@ -323,4 +324,5 @@ export const BAD_INPUTS: BadInputCase[] = [
   },
   ...TRUST_CASES,
   ...ROUND2_CASES,
+  ...FP8_CASES,
 ];

@@ -1,5 +1,5 @@
 /**
- * The softmax-router families (Qwen3-MoE, Mixtral) against the independent PyTorch references of
+ * The Hugging Face MoE families (Qwen3-MoE, Mixtral, GLM-4.5, DeepSeek-V3) against the independent PyTorch references of
  * test/fixtures/tiny-<family>/golden (made from the architecture specs): forward pass, the MoE
  * block of layer 1, its calibration module in both modes and on both paths, and the whole
  * pipeline on a copy of each checkpoint.
@@ -19,6 +19,7 @@ import type { ExpertModule } from "../../src/nn/softmax-moe.js";
 import type { Module, ModuleList } from "../../src/nn/module.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import { CalibrationGlm4MoeMoE } from "../../src/calibration/glm4-moe.js";
+import { CalibrationDeepseekV3MoE } from "../../src/calibration/deepseek-v3.js";
 import type { Glm4MoeTopkRouter } from "../../src/models/glm4_moe/modeling.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { SafetensorsFile, rawToInts } from "../../src/io/safetensors.js";
@@ -44,6 +45,12 @@ interface FamilyCase {
   /** the block's routing of x [T, H] */
   route: (moe: RoutedBlock, x: Tensor) => Promise<{ selectedExperts: Int32Array; topScores: Tensor }>;
   routers: string[];
+  /** the Linear layers of the multi-token-prediction layers, also named in ignore */
+  mtp?: string[];
+  /** an attention Linear every family quantizes (default q_proj) */
+  attention?: string;
+  /** Linear layers a scheme's fixed group does not fit, left unquantized for it */
+  unfit?: Partial<Record<string, string>>;
 }
 
 /** What the tests reach into: the router `gate` and the `experts` (every family here names them so). */
@@ -85,7 +92,38 @@ const CASES: FamilyCase[] = [
     route: async (moe, x) => (moe.gate as Glm4MoeTopkRouter).route(await moe.gate.call(x)),
     routers: ["model.layers.1.mlp.gate", "model.layers.2.mlp.gate"],
   },
+  {
+    modelType: "deepseek_v3",
+    block: "mlp",
+    calibration: (b, o) => new CalibrationDeepseekV3MoE(b, o),
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    route: async (moe, x) => (moe.gate as Glm4MoeTopkRouter).route(await moe.gate.call(x)),
+    routers: ["model.layers.1.mlp.gate", "model.layers.2.mlp.gate"],
+    attention: "kv_a_proj_with_mqa",
+    // kv_b_proj's 16 inputs (kv_lora_rank) do not take MXFP4's groups of 32
+    unfit: { MXFP4A16: "re:.*kv_b_proj$" },
+    // layer 3 (the spec's list): a decoder layer's Linears, eh_proj and shared_head.head
+    mtp: [
+      "eh_proj",
+      "shared_head.head",
+      "mlp.gate",
+      ...["gate_proj", "up_proj", "down_proj"].flatMap((p) => [...Array.from({ length: 8 }, (_, e) => `mlp.experts.${e}.${p}`), `mlp.shared_experts.${p}`]),
+      ...["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"].map((p) => `self_attn.${p}`),
+    ]
+      .map((n) => `model.layers.3.${n}`)
+      .sort(),
+  },
 ];
+
+/** A model's Linear layers, in module order. */
+function linearsOf(m: AnyModule): string[] {
+  return m
+    .namedModules()
+    .filter(([, x]) => x instanceof Linear)
+    .map(([n]) => n);
+}
 
 for (const fc of CASES) {
   const DIR = path.join(ROOT, "test", "fixtures", `tiny-${fc.modelType}`);
@@ -143,11 +181,12 @@ for (const fc of CASES) {
 
   test(`${fc.modelType} default ignore: every router gate and lm_head, nothing else`, () => {
     const ignore = loaded.family.defaultIgnore;
-    const linears = model
-      .namedModules()
-      .filter(([, m]) => m instanceof Linear)
-      .map(([n]) => n);
-    assert.deepEqual(linears.filter((n) => matchesAny(n, ignore)).sort(), [...fc.routers, "lm_head"].sort());
+    assert.deepEqual(
+      linearsOf(model)
+        .filter((n) => matchesAny(n, ignore))
+        .sort(),
+      [...fc.routers, "lm_head"].sort(),
+    );
   });
 
   test(`${fc.modelType} end to end: oneshot with every scheme, GPTQ and RTN, writes the published names with the router gates ignored; inspect is clean; the loader reads every weight back close to the original; eval runs`, async () => {
@@ -163,14 +202,19 @@ for (const fc of CASES) {
           maxSeqLength: 32,
           output: out,
           warn: () => undefined,
+          ...(fc.unfit?.[scheme] ? { ignore: [fc.unfit[scheme] as string] } : {}),
         });
         assert.deepEqual(report.fallbacks, [], `${scheme} ${method}`);
+        const unfit = fc.unfit?.[scheme];
+        const ignored = unfit
+          ? linearsOf(original.model).filter((n) => matchesAny(n, [...original.family.defaultIgnore, unfit]))
+          : [...fc.routers, "lm_head"];
         const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as {
           model_type: string;
           quantization_config: { ignore: string[] };
         };
         assert.equal(cfg.model_type, fc.modelType);
-        assert.deepEqual(cfg.quantization_config.ignore, [...fc.routers, "lm_head"]);
+        assert.deepEqual(cfg.quantization_config.ignore, [...ignored, ...(fc.mtp ?? [])]);
         assert.deepEqual(inspectCheckpoint(out).problems, [], `${scheme} ${method}`);
         // loader round trip: every dequantized expert weight within the scheme's error of the original
         const back = openServed(out, { load: false });
@@ -195,7 +239,7 @@ for (const fc of CASES) {
     const ck = Checkpoint.open(path.join(tmp, "gptq-W4A16"));
     for (const n of [
       `model.layers.1.${fc.block}.experts.3.${fc.gate}.weight_packed`,
-      "model.layers.1.self_attn.q_proj.weight_scale",
+      `model.layers.1.self_attn.${fc.attention ?? "q_proj"}.weight_scale`,
       `${fc.routers[1]}.weight`,
     ]) {
       assert.ok(ck.has(n), n);

@@ -97,8 +97,12 @@ const schema = z.object({
   num_nextn_predict_layers: nonNegInt.default(0),
   hidden_act: z.literal("silu").default("silu"),
   // transformers ignores these two (always sigmoid with the correction bias); vLLM reads them
-  topk_method: z.literal("noaux_tc", { message: 'must be "noaux_tc": moecal computes the sigmoid router with its correction bias' }).optional(),
-  scoring_func: z.literal("sigmoid", { message: 'must be "sigmoid": moecal computes the sigmoid router with its correction bias' }).optional(),
+  topk_method: z
+    .literal("noaux_tc", { message: 'must be "noaux_tc": moecal computes the sigmoid router with its correction bias' })
+    .optional(),
+  scoring_func: z
+    .literal("sigmoid", { message: 'must be "sigmoid": moecal computes the sigmoid router with its correction bias' })
+    .optional(),
 });
 
 type Parsed = z.infer<typeof schema>;

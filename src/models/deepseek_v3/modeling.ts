@@ -57,7 +57,7 @@ export class DeepseekV3Attention extends Module<Tensor, Tensor> {
     this.addModule("kv_b_proj", new Linear(c.kvLoraRank, nH * (c.qkNopeHeadDim + c.vHeadDim)));
     this.addModule("o_proj", new Linear(nH * c.vHeadDim, H));
     this.rope = ropeFrequencies(c.qkRopeHeadDim, c.ropeTheta, c.yarn);
-    const m = c.yarn && c.yarn.mscaleAllDim ? yarnMscale(c.yarn.factor, c.yarn.mscaleAllDim) : 1;
+    const m = c.yarn?.mscaleAllDim ? yarnMscale(c.yarn.factor, c.yarn.mscaleAllDim) : 1;
     this.softmaxScale = dq ** -0.5 * m * m;
   }
 

@@ -43,7 +43,14 @@ export type Glm4MoeBlockConfig = Pick<
 
 /** The grouped router's fields checked against each other (GLM-4.5 and DeepSeek-V3 configs). */
 export function checkGroupedRouting(
-  c: { n_routed_experts: number; num_experts_per_tok: number; n_group: number; topk_group: number; first_k_dense_replace: number; num_hidden_layers: number },
+  c: {
+    n_routed_experts: number;
+    num_experts_per_tok: number;
+    n_group: number;
+    topk_group: number;
+    first_k_dense_replace: number;
+    num_hidden_layers: number;
+  },
   fail: FieldFailure,
 ): void {
   const E = c.n_routed_experts;
