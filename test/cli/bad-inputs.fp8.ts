@@ -60,13 +60,15 @@ export const FP8_CASES: BadInputCase[] = [
         }),
       ),
     exitCode: 1,
-    message: /tensor "model\.layers\.1\.self_attn\.q_b_proj\.weight_scale_inv": F32 \[1, 2\], expected F32 \[2, 1\] \(weight \[64, 32\] in blocks of 32 x 32/,
+    message:
+      /tensor "model\.layers\.1\.self_attn\.q_b_proj\.weight_scale_inv": F32 \[1, 2\], expected F32 \[2, 1\] \(weight \[64, 32\] in blocks of 32 x 32/,
   },
   {
     name: "FP8 source: an F8_E4M3 weight without its weight_scale_inv",
     setup: (d) => fp8Quick(d, fp8Copy(d, { tensors: (t) => t.delete(SCALE) })),
     exitCode: 1,
-    message: /tensor "model\.layers\.1\.self_attn\.q_b_proj\.weight": F8_E4M3 without block scales \(no "model\.layers\.1\.self_attn\.q_b_proj\.weight_scale_inv"\)/,
+    message:
+      /tensor "model\.layers\.1\.self_attn\.q_b_proj\.weight": F8_E4M3 without block scales \(no "model\.layers\.1\.self_attn\.q_b_proj\.weight_scale_inv"\)/,
   },
   {
     name: "FP8 source: a weight_scale_inv whose weight is missing",
@@ -76,12 +78,16 @@ export const FP8_CASES: BadInputCase[] = [
         fp8Copy(d, {
           tensors: (t) => {
             const x = t.get(SCALE) as NamedRaw;
-            t.set("model.layers.1.self_attn.q_c_proj.weight_scale_inv", { ...x, name: "model.layers.1.self_attn.q_c_proj.weight_scale_inv" });
+            t.set("model.layers.1.self_attn.q_c_proj.weight_scale_inv", {
+              ...x,
+              name: "model.layers.1.self_attn.q_c_proj.weight_scale_inv",
+            });
           },
         }),
       ),
     exitCode: 1,
-    message: /tensor "model\.layers\.1\.self_attn\.q_c_proj\.weight_scale_inv": block scales without their weight "model\.layers\.1\.self_attn\.q_c_proj\.weight"/,
+    message:
+      /tensor "model\.layers\.1\.self_attn\.q_c_proj\.weight_scale_inv": block scales without their weight "model\.layers\.1\.self_attn\.q_c_proj\.weight"/,
   },
   {
     name: "FP8 source: a NaN block scale",

@@ -109,7 +109,10 @@ const CASES: FamilyCase[] = [
       "eh_proj",
       "shared_head.head",
       "mlp.gate",
-      ...["gate_proj", "up_proj", "down_proj"].flatMap((p) => [...Array.from({ length: 8 }, (_, e) => `mlp.experts.${e}.${p}`), `mlp.shared_experts.${p}`]),
+      ...["gate_proj", "up_proj", "down_proj"].flatMap((p) => [
+        ...Array.from({ length: 8 }, (_, e) => `mlp.experts.${e}.${p}`),
+        `mlp.shared_experts.${p}`,
+      ]),
       ...["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"].map((p) => `self_attn.${p}`),
     ]
       .map((n) => `model.layers.3.${n}`)
