@@ -14,7 +14,7 @@ import { OrtEngine } from "../src/engine/index.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { GEMM_SHAPES, gemmGflops } from "./gemm.js";
-import { type EndToEnd, measure, nanoSetup, qwen3Setup } from "./plan.js";
+import { type EndToEnd, measure, moonlightSetup, nanoSetup, qwen3Setup } from "./plan.js";
 
 /** The large GEMM shapes' best ~40 ms window over `rounds` rounds (the bench's GEMM rate). */
 export async function gemmRate(engine: OrtEngine, rounds = 3): Promise<number> {
@@ -33,16 +33,23 @@ export interface OneshotBench extends EndToEnd {
   flops_formula: string;
 }
 
-/** Both end-to-end runs: the 4-layer Nano-shaped model (64 x 512 tokens) and a 2-layer Qwen3-30B-A3B-shaped one (16 x 512). */
-export async function benchOneshot(work: string, log: (s: string) => void): Promise<OneshotBench[]> {
+/**
+ * The end-to-end runs: the 4-layer Nano-shaped model (64 x 512 tokens), a 2-layer
+ * Qwen3-30B-A3B-shaped one (16 x 512) and a 2-layer Moonlight-16B-A3B-shaped DeepSeek-V3 stored in
+ * FP8 blocks (16 x 512); `only` names a subset.
+ */
+export async function benchOneshot(work: string, log: (s: string) => void, only: readonly string[] = []): Promise<OneshotBench[]> {
   const engine = new OrtEngine();
   const runs: OneshotBench[] = [];
-  const { model: nano, data } = nanoSetup(work);
-  const qwen3 = qwen3Setup(work);
-  const cases: [string, string, string][] = [
-    ["nano4", nano, "64"],
-    ["qwen3_30b_a3b_2layer", qwen3, "16"],
+  const { data } = nanoSetup(work, { model: false });
+  const setups: [string, () => string, string][] = [
+    ["nano4", () => nanoSetup(work).model, "64"],
+    ["qwen3_30b_a3b_2layer", () => qwen3Setup(work), "16"],
+    ["moonlight_16b_a3b_2layer_fp8", () => moonlightSetup(work), "16"],
   ];
+  const unknown = only.filter((n) => !setups.some(([s]) => s === n));
+  if (unknown.length) throw new MoecalError("E_BENCH", `unknown run(s) ${unknown.join(", ")} (${setups.map(([s]) => s).join(", ")})`);
+  const cases = setups.filter(([n]) => only.length === 0 || only.includes(n)).map(([n, setup, samples]) => [n, setup(), samples] as const);
   for (const [name, model, samples] of cases) {
     log(`${name}: engine GEMM rate`);
     const gemm = await gemmRate(engine);
@@ -110,7 +117,7 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-oneshot-"));
   const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:oneshot: ${s}\n`);
   try {
-    const runs = await benchOneshot(work, log);
+    const runs = await benchOneshot(work, log, process.argv.slice(2));
     recordOneshot(runs);
     console.log("| run | time, memory | work, rate |");
     console.log("|---|---|---|");

@@ -88,7 +88,7 @@ export function measure(name: string, model: string, args: string[], out: string
 }
 
 /** `moecal random-model` into `model` with these config fields (and other arguments). */
-function randomModel(model: string, fields: Record<string, number>, args: string[]): void {
+function randomModel(model: string, fields: Record<string, number | null>, args: string[]): void {
   const set = Object.entries(fields).flatMap(([k, v]) => ["--set", `${k}=${v}`]);
   const gen = spawnSync(process.execPath, [cli, "random-model", "--output", model, ...args, ...set], { encoding: "utf8" });
   if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
@@ -115,23 +115,57 @@ export function qwen3Setup(work: string): string {
   return model;
 }
 
-/** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
-export function nanoSetup(work: string): { model: string; data: string } {
-  const model = path.join(work, "nano4");
+/**
+ * A 2-layer random model shaped like Moonlight-16B-A3B (DeepSeek-V3 architecture: MLA without
+ * query compression, layer 0 dense, 64 experts top-6, 2 shared), stored as the DeepSeek-V3 and
+ * Kimi-K2 checkpoints are published: FP8 blocks of 128 x 128.
+ */
+export function moonlightSetup(work: string): string {
+  const model = path.join(work, "moonlight-2layer-fp8");
   randomModel(
     model,
     {
-      hidden_size: 1024,
-      num_experts: 128,
-      num_experts_per_tok: 8,
-      moe_intermediate_size: 256,
-      intermediate_size: 3072,
-      num_attention_heads: 8,
-      num_key_value_heads: 2,
-      head_dim: 128,
+      hidden_size: 2048,
+      intermediate_size: 11264,
+      moe_intermediate_size: 1408,
+      n_routed_experts: 64,
+      num_experts_per_tok: 6,
+      n_shared_experts: 2,
+      n_group: 1,
+      topk_group: 1,
+      first_k_dense_replace: 1,
+      num_attention_heads: 16,
+      q_lora_rank: null,
+      kv_lora_rank: 512,
+      qk_nope_head_dim: 128,
+      qk_rope_head_dim: 64,
+      v_head_dim: 128,
+      rope_scaling: null,
+      max_position_embeddings: 8192,
     },
-    ["--layers", "4"],
+    ["--family", "deepseek_v3", "--layers", "2", "--fp8-block", "128"],
   );
+  return model;
+}
+
+/** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
+export function nanoSetup(work: string, opts: { model?: boolean } = {}): { model: string; data: string } {
+  const model = path.join(work, "nano4");
+  if (opts.model ?? true)
+    randomModel(
+      model,
+      {
+        hidden_size: 1024,
+        num_experts: 128,
+        num_experts_per_tok: 8,
+        moe_intermediate_size: 256,
+        intermediate_size: 3072,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 128,
+      },
+      ["--layers", "4"],
+    );
   const texts = fs
     .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
     .trim()
