@@ -2,6 +2,7 @@ import type { CalibrationModuleFactory } from "./module.js";
 import { buildCalibrationAfmoeMoE } from "./afmoe.js";
 import { buildCalibrationDeepseekV3MoE } from "./deepseek-v3.js";
 import { buildCalibrationGlm4MoeMoE } from "./glm4-moe.js";
+import { buildCalibrationMiniMaxM2SparseMoeBlock } from "./minimax-m2.js";
 import { buildCalibrationMixtralSparseMoeBlock } from "./mixtral.js";
 import { buildCalibrationQwen3MoeSparseMoeBlock } from "./qwen3-moe.js";
 
@@ -20,6 +21,7 @@ export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFact
   [standardizeClassName("MixtralSparseMoeBlock"), buildCalibrationMixtralSparseMoeBlock],
   [standardizeClassName("Glm4MoeMoE"), buildCalibrationGlm4MoeMoE],
   [standardizeClassName("DeepseekV3MoE"), buildCalibrationDeepseekV3MoE],
+  [standardizeClassName("MiniMaxM2SparseMoeBlock"), buildCalibrationMiniMaxM2SparseMoeBlock],
 ]);
 
 export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {

@@ -12,6 +12,7 @@ import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn
 import { AFMOE_FAMILY } from "./afmoe/family.js";
 import { DEEPSEEK_V3_FAMILY, KIMI_K2_FAMILY } from "./deepseek_v3/family.js";
 import { GLM4_MOE_FAMILY } from "./glm4_moe/family.js";
+import { MINIMAX_M2_FAMILY } from "./minimax_m2/family.js";
 import { MIXTRAL_FAMILY } from "./mixtral/family.js";
 import { QWEN3_MOE_FAMILY } from "./qwen3_moe/family.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "./family.js";
@@ -23,6 +24,7 @@ export const FAMILIES: readonly ModelFamily[] = [
   GLM4_MOE_FAMILY,
   DEEPSEEK_V3_FAMILY,
   KIMI_K2_FAMILY,
+  MINIMAX_M2_FAMILY,
 ];
 
 /** The family of a parsed config.json; an unknown `model_type` names the supported ones. */

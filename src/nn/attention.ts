@@ -91,6 +91,8 @@ export interface RopeAttentionOptions {
   ropeTheta: number;
   /** per-head RMSNorm of q and k before RoPE (`q_norm`, `k_norm`), with this eps; null: none */
   qkNormEps: number | null;
+  /** the q/k norms run over all heads at once (weights [heads * D]; MiniMax-M2), not per head */
+  qkNormAllHeads?: boolean;
   window: number | null;
   /** RoPE over the first `rotaryDim` dims of each head only (partial rotary); default all */
   rotaryDim?: number;
@@ -115,8 +117,9 @@ export class RopeAttention extends Module<Tensor, Tensor> {
     this.addModule("v_proj", new Linear(H, nKV * D, bias));
     this.addModule("o_proj", new Linear(nH * D, H));
     if (opts.qkNormEps !== null) {
-      this.addModule("q_norm", new RMSNorm(D, opts.qkNormEps));
-      this.addModule("k_norm", new RMSNorm(D, opts.qkNormEps));
+      const all = opts.qkNormAllHeads ?? false;
+      this.addModule("q_norm", new RMSNorm(all ? nH * D : D, opts.qkNormEps));
+      this.addModule("k_norm", new RMSNorm(all ? nKV * D : D, opts.qkNormEps));
     }
   }
 
@@ -124,10 +127,14 @@ export class RopeAttention extends Module<Tensor, Tensor> {
     const { heads: nH, kvHeads: nKV, headDim: D, qkNormEps: eps } = this.opts;
     const [B, S] = [x.dim(0), x.dim(1)];
     const lin = (n: string): Linear => this.child(n);
-    const norm = (t: Tensor, rows: number, n: string): Tensor =>
-      eps === null ? t : rmsNorm(t.reshape([rows, D]), this.child<RMSNorm>(n).param("weight"), eps);
-    const q = norm(await lin("q_proj").call(x), B * S * nH, "q_norm");
-    const k = norm(await lin("k_proj").call(x), B * S * nKV, "k_norm");
+    // per head: rows of D; over all heads: one row of heads * D per token
+    const norm = (t: Tensor, heads: number, n: string): Tensor => {
+      if (eps === null) return t;
+      const width = this.opts.qkNormAllHeads ? heads * D : D;
+      return rmsNorm(t.reshape([t.size / width, width]), this.child<RMSNorm>(n).param("weight"), eps);
+    };
+    const q = norm(await lin("q_proj").call(x), nH, "q_norm");
+    const k = norm(await lin("k_proj").call(x), nKV, "k_norm");
     const v = await lin("v_proj").call(x);
     // the projections' outputs are fresh arrays: rotate them in place
     const R = this.opts.rotaryDim ?? D;

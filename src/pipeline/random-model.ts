@@ -68,6 +68,9 @@ export function randomModel(options: RandomModelOptions): { output: string; para
     const every = typeof raw.global_attn_every_n_layers === "number" ? raw.global_attn_every_n_layers : 4;
     raw.layer_types = Array.from({ length: n }, (_, i) => ((i + 1) % every ? "sliding_attention" : "full_attention"));
   }
+  // MiniMax-M2's per-layer attention kinds (all 1, full attention)
+  if (Array.isArray(raw.attn_type_list) && typeof n === "number" && raw.attn_type_list.length !== n)
+    raw.attn_type_list = Array.from({ length: n }, (_, i) => (raw.attn_type_list as unknown[])[i] ?? 1);
   const family = familyFor(raw, "random-model config");
   const config = family.parseConfig(raw, "random-model config");
   if (typeof raw.vocab_size === "number" && entryExists(path.join(like, "tokenizer.json"))) {

@@ -1,5 +1,5 @@
 /**
- * The Hugging Face MoE families (Qwen3-MoE, Mixtral, GLM-4.5, DeepSeek-V3) against the independent PyTorch references of
+ * The Hugging Face MoE families (Qwen3-MoE, Mixtral, GLM-4.5, DeepSeek-V3, MiniMax-M2) against the independent PyTorch references of
  * test/fixtures/tiny-<family>/golden (made from the architecture specs): forward pass, the MoE
  * block of layer 1, its calibration module in both modes and on both paths, and the whole
  * pipeline on a copy of each checkpoint.
@@ -20,6 +20,8 @@ import type { Module, ModuleList } from "../../src/nn/module.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import { CalibrationGlm4MoeMoE } from "../../src/calibration/glm4-moe.js";
 import { CalibrationDeepseekV3MoE } from "../../src/calibration/deepseek-v3.js";
+import { CalibrationMiniMaxM2SparseMoeBlock } from "../../src/calibration/minimax-m2.js";
+import type { MiniMaxM2BlockBase } from "../../src/models/minimax_m2/modeling.js";
 import type { Glm4MoeTopkRouter } from "../../src/models/glm4_moe/modeling.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { SafetensorsFile, rawToInts } from "../../src/io/safetensors.js";
@@ -117,6 +119,16 @@ const CASES: FamilyCase[] = [
     ]
       .map((n) => `model.layers.3.${n}`)
       .sort(),
+  },
+  {
+    modelType: "minimax_m2",
+    block: "block_sparse_moe",
+    calibration: (b, o) => new CalibrationMiniMaxM2SparseMoeBlock(b, o),
+    gate: "w1",
+    up: "w3",
+    down: "w2",
+    route: async (moe, x) => (moe as unknown as MiniMaxM2BlockBase).route(await moe.gate.call(x)),
+    routers: ["model.layers.0.block_sparse_moe.gate", "model.layers.1.block_sparse_moe.gate", "model.layers.2.block_sparse_moe.gate"],
   },
 ];
 
@@ -247,7 +259,12 @@ for (const fc of CASES) {
     ]) {
       assert.ok(ck.has(n), n);
     }
-    assert.equal(ck.info(`${fc.routers[1]}.weight`).dtype, "BF16", "the router gate is written unquantized");
+    const router = `${fc.routers[1]}.weight`;
+    assert.equal(
+      ck.info(router).dtype,
+      Checkpoint.open(DIR).info(router).dtype,
+      "the router gate is written unquantized, in its own dtype",
+    );
     // every input tensor the output keeps (router gates, GLM's F32 correction bias, norms, embeddings) is written byte for byte
     const input = Checkpoint.open(DIR);
     let kept = 0;

@@ -18,7 +18,7 @@ const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const DATA_FREE = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16"];
 const FAMILIES: [string, string][] = [
   ["afmoe", TINY],
-  ...["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "deepseek_v3-fp8"].map(
+  ...["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "deepseek_v3-fp8", "minimax_m2", "minimax_m2-fp8"].map(
     (f) => [f, path.join(ROOT, "test", "fixtures", `tiny-${f}`)] as [string, string],
   ),
 ];

@@ -14,7 +14,7 @@ import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal
 
 /** A Mixtral expert: w2(silu(w1(x)) * w3(x)). */
 export class MixtralBlockSparseTop2MLP extends Module<Tensor, Tensor> implements MoeExpert {
-  readonly className = "MixtralBlockSparseTop2MLP";
+  readonly className: string = "MixtralBlockSparseTop2MLP";
 
   constructor(hidden: number, intermediate: number) {
     super();

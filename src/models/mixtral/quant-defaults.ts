@@ -8,11 +8,12 @@ import { type FusedGroup, append, expertWeights } from "../fused.js";
 export const MIXTRAL_DEFAULT_IGNORE: readonly string[] = ["lm_head", "re:.*block_sparse_moe\\.gate$"];
 
 const W_ORDER = ["w1", "w3", "w2"];
+const QKV_ORDER = ["q_proj", "k_proj", "v_proj"];
 /** vLLM's order: q, k, v; experts by index, then w1 (gate), w3 (up), w2 (down). */
 function byMixtralOrder(a: string, b: string): number {
   const key = (n: string): [number, number, string] => {
     const m = n.match(/\.experts\.(\d+)\.(w[123])$/);
-    return m ? [Number(m[1]), W_ORDER.indexOf(m[2] as string), ""] : [-1, -1, n];
+    return m ? [Number(m[1]), W_ORDER.indexOf(m[2] as string), ""] : [-1, QKV_ORDER.indexOf(n.slice(n.lastIndexOf(".") + 1)), n];
   };
   const [ea, wa, na] = key(a);
   const [eb, wb, nb] = key(b);

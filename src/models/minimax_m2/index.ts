@@ -1,0 +1,4 @@
+export * from "./config.js";
+export * from "./modeling.js";
+export * from "./quant-defaults.js";
+export * from "./family.js";
