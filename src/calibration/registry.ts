@@ -5,6 +5,7 @@ import { buildCalibrationGlm4MoeMoE } from "./glm4-moe.js";
 import { buildCalibrationMiniMaxM2SparseMoeBlock } from "./minimax-m2.js";
 import { buildCalibrationMixtralSparseMoeBlock } from "./mixtral.js";
 import { buildCalibrationQwen3MoeSparseMoeBlock } from "./qwen3-moe.js";
+import { buildCalibrationQwen3NextSparseMoeBlock } from "./qwen3-next.js";
 
 /** Registry key of a class name: lower case, `_` and spaces to `-` (`AfmoeMoE` -> `afmoemoe`). */
 export function standardizeClassName(name: string): string {
@@ -22,6 +23,7 @@ export const MOE_CALIBRATION_REGISTRY: ReadonlyMap<string, CalibrationModuleFact
   [standardizeClassName("Glm4MoeMoE"), buildCalibrationGlm4MoeMoE],
   [standardizeClassName("DeepseekV3MoE"), buildCalibrationDeepseekV3MoE],
   [standardizeClassName("MiniMaxM2SparseMoeBlock"), buildCalibrationMiniMaxM2SparseMoeBlock],
+  [standardizeClassName("Qwen3NextSparseMoeBlock"), buildCalibrationQwen3NextSparseMoeBlock],
 ]);
 
 export function calibrationFactoryFor(className: string): CalibrationModuleFactory | undefined {

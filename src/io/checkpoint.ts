@@ -4,7 +4,7 @@ import { confinedFile, entryExists } from "./files.js";
 import { readJsonObject } from "./json.js";
 import type { Tensor } from "../engine/tensor.js";
 import { type Fp8BlockFormat, Fp8BlockWeights } from "./fp8-blocks.js";
-import { LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName } from "./safetensors.js";
+import { DTYPE_BYTES, LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName, rawToF32 } from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
 const SINGLE_FILE = "model.safetensors";
@@ -20,6 +20,10 @@ export class Checkpoint {
   private readonly where = new Map<string, SafetensorsFile>();
   /** FP8 block-scaled weights presented dequantized (null: every tensor as stored) */
   private fp8: Fp8BlockWeights | null = null;
+  /** tensors presented under other names, or parts of one (presentLayout) */
+  private readonly views = new Map<string, { file: SafetensorsFile; info: TensorInfo }>();
+  /** stored names replaced by views */
+  private readonly hidden = new Set<string>();
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -93,56 +97,112 @@ export class Checkpoint {
   }
 
   /**
+   * Present the stored names as the model's (before any other presentation): a text model stored
+   * under `modelPrefix` (Qwen3.5's `model.language_model.`) as `model.`, and routed experts stored
+   * fused as 3-D tensors (`P.experts.gate_up_proj` [E, 2I, H], `P.experts.down_proj` [E, H, I], as
+   * Qwen3.5 and transformers 5 store them) as per-expert 2-D weights `P.experts.{e}.{gate,up,down}_proj.weight`,
+   * each a view of its bytes (nothing copied). Names `keep` accepts stay as stored (tensors copied
+   * byte for byte: an MTP head, a vision tower).
+   */
+  presentLayout(opts: { modelPrefix?: string | undefined; keep?: (stored: string) => boolean }): void {
+    const prefix = opts.modelPrefix;
+    const add = (name: string, file: SafetensorsFile, info: TensorInfo, stored: string): void => {
+      if (this.where.has(name) || this.views.has(name))
+        throw new CheckpointFormatError(`${this.dir}: tensor "${stored}" would be read as "${name}", which the folder also holds`);
+      this.views.set(name, { file, info: { ...info, name } });
+      this.hidden.add(stored);
+    };
+    for (const [stored, f] of this.where) {
+      if (opts.keep?.(stored)) continue;
+      const t = f.info(stored);
+      const name = prefix && stored.startsWith(prefix) ? `model.${stored.slice(prefix.length)}` : stored;
+      const fused = /^(.*\.experts)\.(gate_up_proj|down_proj)$/.exec(name);
+      if (fused && t.shape.length === 3) {
+        const [E, rows, cols] = t.shape as [number, number, number];
+        const size = DTYPE_BYTES[t.dtype];
+        const up = fused[2] === "gate_up_proj";
+        if (up && rows % 2 !== 0) throw new CheckpointFormatError(`${this.dir}: tensor "${stored}" [${t.shape.join(", ")}] does not split into gate and up halves`);
+        const parts = up ? (["gate_proj", "up_proj"] as const) : (["down_proj"] as const);
+        const r = rows / parts.length;
+        for (let e = 0; e < E; e++)
+          parts.forEach((p, i) => {
+            const begin = t.begin + (e * rows + i * r) * cols * size;
+            add(`${fused[1]}.${e}.${p}.weight`, f, { ...t, shape: [r, cols], begin, end: begin + r * cols * size }, stored);
+          });
+        this.hidden.add(stored);
+      } else if (name !== stored) add(name, f, t, stored);
+    }
+  }
+
+  /**
    * Present FP8 block-scaled weights as plain ones (every weight and scale checked now): float32
    * when read as float32, `format.dtype` when read as bytes; their `weight_scale_inv` tensors hidden.
    */
   presentFp8Blocks(format: Fp8BlockFormat): void {
-    const raw = { dir: this.dir, names: () => [...this.where.keys()], info: (n: string) => this.file(n).info(n) };
-    this.fp8 = new Fp8BlockWeights({ ...raw, readRaw: (n) => this.file(n).readRaw(n) }, format);
+    const raw = { dir: this.dir, names: () => this.storedNames(), info: (n: string) => this.rawInfo(n) };
+    this.fp8 = new Fp8BlockWeights({ ...raw, readRaw: (n) => this.rawRead(n) }, format);
+  }
+
+  /** Names after presentLayout, before FP8 presentation. */
+  private storedNames(): string[] {
+    return [...this.where.keys()].filter((n) => !this.hidden.has(n)).concat([...this.views.keys()]);
   }
 
   names(): string[] {
     const fp8 = this.fp8;
-    const all = [...this.where.keys()];
+    const all = this.storedNames();
     return fp8 ? all.filter((n) => !fp8.isScale(n)) : all;
   }
 
   has(name: string): boolean {
-    return this.where.has(name) && !this.fp8?.isScale(name);
+    return (this.views.has(name) || (this.where.has(name) && !this.hidden.has(name))) && !this.fp8?.isScale(name);
   }
 
   private file(name: string): SafetensorsFile {
     const f = this.where.get(name);
-    if (!f) throw new CheckpointFormatError(`${this.dir}: checkpoint has no tensor "${name}"`);
+    if (!f || this.hidden.has(name)) throw new CheckpointFormatError(`${this.dir}: checkpoint has no tensor "${name}"`);
     return f;
   }
 
+  private rawInfo(name: string): TensorInfo {
+    return this.views.get(name)?.info ?? this.file(name).info(name);
+  }
+
+  private rawRead(name: string): RawTensor {
+    const v = this.views.get(name);
+    return v ? v.file.readRawOf(v.info) : this.file(name).readRaw(name);
+  }
+
   info(name: string): TensorInfo {
-    return this.fp8?.has(name) ? this.fp8.info(name) : this.file(name).info(name);
+    return this.fp8?.has(name) ? this.fp8.info(name) : this.rawInfo(name);
   }
 
   readRaw(name: string): RawTensor {
-    return this.fp8?.has(name) ? this.fp8.readRaw(name) : this.file(name).readRaw(name);
+    return this.fp8?.has(name) ? this.fp8.readRaw(name) : this.rawRead(name);
   }
 
   /** Rows of a 2-D tensor by index (SafetensorsFile.readRowsRaw). */
   readRowsRaw(name: string, rows: Int32Array): RawTensor {
-    return this.fp8?.has(name) ? this.fp8.readRowsRaw(name, rows) : this.file(name).readRowsRaw(name, rows);
+    if (this.fp8?.has(name)) return this.fp8.readRowsRaw(name, rows);
+    const v = this.views.get(name);
+    return v ? v.file.readRowsRawOf(v.info, rows) : this.file(name).readRowsRaw(name, rows);
   }
 
   /** A tensor's bytes in pieces of at most `chunkBytes` (SafetensorsFile.rawChunks). */
   rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
-    return this.fp8?.has(name) ? this.fp8.rawChunks(name, chunkBytes) : this.file(name).rawChunks(name, chunkBytes);
+    if (this.fp8?.has(name)) return this.fp8.rawChunks(name, chunkBytes);
+    const v = this.views.get(name);
+    return v ? v.file.rawChunksOf(v.info, chunkBytes) : this.file(name).rawChunks(name, chunkBytes);
   }
 
   /** A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to the torch_dtype). */
   readF32(name: string): Tensor {
-    return this.fp8?.has(name) ? this.fp8.readF32(name) : this.file(name).readF32(name);
+    return this.fp8?.has(name) ? this.fp8.readF32(name) : rawToF32(this.rawRead(name), `${this.dir}: tensor "${name}"`);
   }
 
   /** Name of the file holding `name`, relative to the folder. */
   fileOf(name: string): string {
-    return path.relative(this.dir, this.file(name).file);
+    return path.relative(this.dir, (this.views.get(name)?.file ?? this.file(name)).file);
   }
 }
 

@@ -220,7 +220,11 @@ export class SafetensorsFile {
 
   /** The tensor's bytes, read from disk now (a shard that vanished or shrank since it was opened is named). */
   readRaw(name: string): RawTensor {
-    const t = this.info(name);
+    return this.readRawOf(this.info(name));
+  }
+
+  /** The bytes `t` describes (a tensor of this file's header, or a view of part of one). */
+  readRawOf(t: TensorInfo): RawTensor {
     const bytes = new Uint8Array(t.end - t.begin);
     const { fd } = openRegular(this.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
     try {
@@ -236,8 +240,12 @@ export class SafetensorsFile {
    * buffer: each piece is valid until the next is read. For scans and copies of tensors of any
    * size in bounded memory.
    */
-  *rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
-    const t = this.info(name);
+  rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
+    return this.rawChunksOf(this.info(name), chunkBytes);
+  }
+
+  /** rawChunks of the bytes `t` describes. */
+  *rawChunksOf(t: TensorInfo, chunkBytes: number): Generator<Uint8Array> {
     const size = DTYPE_BYTES[t.dtype];
     const total = t.end - t.begin;
     const step = Math.max(size, Math.floor(chunkBytes / size) * size);
@@ -258,7 +266,12 @@ export class SafetensorsFile {
 
   /** Rows of a 2-D tensor (an embedding table), by index, as a raw [rows.length, columns] tensor: only those bytes are read. */
   readRowsRaw(name: string, rows: Int32Array): RawTensor {
-    const t = this.info(name);
+    return this.readRowsRawOf(this.info(name), rows);
+  }
+
+  /** readRowsRaw of the bytes `t` describes. */
+  readRowsRawOf(t: TensorInfo, rows: Int32Array): RawTensor {
+    const name = t.name;
     if (t.shape.length !== 2) throw new CheckpointFormatError(`${this.file}: tensor "${name}" is not 2-D; rows cannot be read from it`);
     const [n, cols] = t.shape as [number, number];
     const rowBytes = cols * DTYPE_BYTES[t.dtype];

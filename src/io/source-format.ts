@@ -28,13 +28,18 @@ export function sourceQuantization(raw: Record<string, unknown>, where: string):
 }
 
 /**
- * The weights of a model folder, FP8 block weights presented dequantized (checked, with their
- * scales, before any work). F8_E4M3 tensors or block scales in a folder whose config does not
+ * The weights of a model folder under the model's names (`layout`: Checkpoint.presentLayout),
+ * FP8 block weights presented dequantized (checked, with their scales, before any work). F8_E4M3 tensors or block scales in a folder whose config does not
  * declare them are refused: read as plain values they would be wrong by their scales.
  */
-export function openCheckpoint(dir: string, q: SourceQuantization): Checkpoint {
+export function openCheckpoint(
+  dir: string,
+  q: SourceQuantization,
+  layout: { modelPrefix?: string | undefined; keep?: (stored: string) => boolean } = {},
+): Checkpoint {
   const ck = Checkpoint.open(dir);
   ck.assertNoAnomalies();
+  ck.presentLayout(layout);
   if (q.kind === "fp8-blocks") {
     ck.presentFp8Blocks(q.format);
     return ck;

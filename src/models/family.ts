@@ -18,6 +18,13 @@ export interface ModelConfig {
    * multi-token-prediction layers, `model.layers.{numHiddenLayers + i}`, copied unchanged)
    */
   storedLayers?: number;
+  /**
+   * name prefixes of tensors stored beside the model and never run (Qwen3-Next's `mtp.`, Qwen3.5's
+   * `model.visual.`): copied unchanged, their Linear layers named in `ignore`
+   */
+  storedOnlyPrefixes?: readonly string[];
+  /** where the checkpoint stores the model's `model.` tensors (Qwen3.5: "model.language_model."); absent: "model." */
+  storedModelPrefix?: string;
   /** routed experts per MoE layer */
   numExperts: number;
   /** experts each token is routed to */

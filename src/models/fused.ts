@@ -77,14 +77,15 @@ export function fusedSchemeConflicts(groups: readonly FusedGroup[], schemeOf: (l
 /**
  * The fused modules of the Hugging Face MoE families that name their Linears as Llama does: q/k/v
  * into `qkv_proj`; a dense MLP's and a shared expert's gate/up into `gate_up_proj`; all routed
- * experts of a layer (`mlp.experts.N.{gate,up,down}_proj`) into one fused MoE module.
+ * experts of a layer (`mlp.experts.N.{gate,up,down}_proj`) into one fused MoE module. A shared
+ * expert is `shared_experts` (DeepSeek, GLM) or `shared_expert` (Qwen3-Next).
  */
 export function hfFusedGroups(linearNames: readonly string[]): FusedGroup[] {
   const groups = new Map<string, string[]>();
   for (const n of linearNames) {
     const attn = n.match(/^(.*\.self_attn)\.[qkv]_proj$/);
     const experts = attn ? null : n.match(/^(.*\.mlp\.experts)\.\d+\.(gate|up|down)_proj$/);
-    const gateUp = attn || experts ? null : n.match(/^(.*\.mlp(\.shared_experts)?)\.(gate|up)_proj$/);
+    const gateUp = attn || experts ? null : n.match(/^(.*\.mlp(\.shared_experts?)?)\.(gate|up)_proj$/);
     if (attn) append(groups, `${attn[1]}.qkv_proj`, n);
     else if (experts) append(groups, experts[1] as string, n);
     else if (gateUp) append(groups, `${gateUp[1]}.gate_up_proj`, n);

@@ -6,6 +6,7 @@ import { ConfigError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import { type ParsedQuantConfig, compressedTensorsSource } from "../io/compressed-tensors.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
+import { inStoredOnlyLayer, presentedName } from "./stored-layers.js";
 import { readConfigJson } from "../io/json.js";
 import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
 import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn/weights.js";
@@ -15,6 +16,7 @@ import { GLM4_MOE_FAMILY } from "./glm4_moe/family.js";
 import { MINIMAX_M2_FAMILY } from "./minimax_m2/family.js";
 import { MIXTRAL_FAMILY } from "./mixtral/family.js";
 import { QWEN3_MOE_FAMILY } from "./qwen3_moe/family.js";
+import { QWEN3_5_MOE_FAMILY, QWEN3_NEXT_FAMILY } from "./qwen3_next/family.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "./family.js";
 
 export const FAMILIES: readonly ModelFamily[] = [
@@ -25,6 +27,8 @@ export const FAMILIES: readonly ModelFamily[] = [
   DEEPSEEK_V3_FAMILY,
   KIMI_K2_FAMILY,
   MINIMAX_M2_FAMILY,
+  QWEN3_NEXT_FAMILY,
+  QWEN3_5_MOE_FAMILY,
 ];
 
 /** The family of a parsed config.json; an unknown `model_type` names the supported ones. */
@@ -68,8 +72,10 @@ export interface LoadedModel {
 export function openModel(dir: string, opts: { load?: boolean } = {}): LoadedModel {
   const { family, config } = readModelConfig(dir);
   const stored = sourceQuantization(config.raw, `${dir}/config.json`);
-  const checkpoint = openCheckpoint(dir, stored);
-  const quantization = stored.kind === "compressed-tensors" ? stored.config : null;
+  const checkpoint = openCheckpoint(dir, stored, { modelPrefix: config.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, config) });
+  // the config's exact names are the stored ones; the model reads them under its own
+  const quantization =
+    stored.kind === "compressed-tensors" ? { ...stored.config, ignore: stored.config.ignore.map((n) => presentedName(n, config)) } : null;
   const ct = quantization ? compressedTensorsSource(checkpoint, quantization) : null;
   const source = ct ?? checkpointSource(checkpoint);
   const model = family.build(config);

@@ -40,7 +40,7 @@ export class Linear extends Module {
 
 /** RMSNorm over the last dimension, in float32. Parameter `weight` [dim]. */
 export class RMSNorm extends Module {
-  readonly className = "RMSNorm";
+  readonly className: string = "RMSNorm";
 
   constructor(
     readonly dim: number,

@@ -12,6 +12,7 @@ import { Tensor } from "../engine/tensor.js";
 import { isRouterAware, parseExpertStatistics, parseRoutedWeight } from "../calibration/expert-statistics.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
+import { inStoredOnlyLayer } from "../models/stored-layers.js";
 import { DTYPE_BYTES } from "../io/safetensors.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
@@ -139,7 +140,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       const ignoredHere = ignore(family);
       const target = (n: string): boolean => !matchesAny(n, ignoredHere);
       const scheme = fitGroupSize(preset, model, target, opts.groupSize !== undefined, () => undefined);
-      return { family, config, ck: openCheckpoint(modelDir, sourceQuantization(config.raw, `${modelDir}/config.json`)), model, scheme };
+      return { family, config, ck: openCheckpoint(modelDir, sourceQuantization(config.raw, `${modelDir}/config.json`), { modelPrefix: config.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, config) }),
+        model, scheme };
     })();
   const ignored = ignore(family);
   const isTarget = (n: string): boolean => !matchesAny(n, ignored);

@@ -95,11 +95,14 @@ export function checkUnexpectedTensors(
         `${dir}: tensor "${n}" has the name moecal writes for the quantized ${n.slice(0, dot)}; the output would hold it twice`,
       );
   }
-  const mtp = names.filter((n) => inStoredOnlyLayer(n, config));
-  if (mtp.length)
+  const kept = names.filter((n) => inStoredOnlyLayer(n, config));
+  if (kept.length) {
+    const part = (n: string): string => config.storedOnlyPrefixes?.find((p) => n.startsWith(p)) ?? /^model\.layers\.\d+\./.exec(n)?.[0] ?? n;
+    const where = [...new Set(kept.map(part))].slice(0, 4);
     warn(
-      `${dir}: the ${(config.storedLayers ?? 0) - config.numHiddenLayers} multi-token-prediction layer(s) (${mtp.length} tensors from model.layers.${config.numHiddenLayers}) are not run; copied unquantized, their Linear layers named in ignore`,
+      `${dir}: ${kept.length} tensors stored beside the model (${where.join(", ")}: multi-token prediction or another tower) are not run; copied unquantized, their Linear layers named in ignore`,
     );
+  }
   const unused = names.filter((n) => !inStoredOnlyLayer(n, config));
   const shown = unused.slice(0, 50);
   for (const n of shown) warn(`${dir}: tensor "${n}" is not used by the model; copied to the output unchanged`);

@@ -12,6 +12,7 @@ import { fillNormal, rng } from "../util/random.js";
 import { modelFiles } from "../io/model-files.js";
 import { encodeFp8Blocks } from "../io/fp8-blocks.js";
 import { matchesAny } from "../quantization/scheme.js";
+import { storedName } from "../models/stored-layers.js";
 import { readConfigJson, readJsonObject } from "../io/json.js";
 import { MAX_TOKENIZER_BYTES } from "../io/tokenizer.js";
 
@@ -62,7 +63,12 @@ export function randomModel(options: RandomModelOptions): { output: string; para
   const raw = opts.family !== undefined ? { ...familyByType(opts.family).randomPreset } : readConfigJson(like).json;
   delete raw.quantization_config;
   Object.assign(raw, parseSet(opts.set ?? []));
-  if (opts.layers !== undefined) raw.num_hidden_layers = opts.layers;
+  // a vision-language config (Qwen3.5) keeps its text model's fields under text_config
+  const text = (typeof raw.text_config === "object" && raw.text_config !== null ? raw.text_config : raw) as Record<string, unknown>;
+  if (opts.layers !== undefined) {
+    text.num_hidden_layers = opts.layers;
+    if (Array.isArray(text.layer_types) && text.layer_types.length !== opts.layers) delete text.layer_types;
+  }
   const n = raw.num_hidden_layers;
   if (Array.isArray(raw.layer_types) && typeof n === "number" && raw.layer_types.length !== n) {
     const every = typeof raw.global_attn_every_n_layers === "number" ? raw.global_attn_every_n_layers : 4;
@@ -93,7 +99,7 @@ export function randomModel(options: RandomModelOptions): { output: string; para
       // router biases are float32 in published checkpoints (AFMoE expert_bias, GLM e_score_correction_bias)
       if (name.endsWith("expert_bias") || name.endsWith("e_score_correction_bias")) {
         const bias = fillNormal(new Float32Array(numel), next, 1e-3);
-        writer.add({ name, dtype: "F32", shape: p.shape, bytes: new Uint8Array(bias.buffer) });
+        writer.add({ name: storedName(name, config), dtype: "F32", shape: p.shape, bytes: new Uint8Array(bias.buffer) });
         continue;
       }
       const isNorm = name.endsWith("norm.weight") || name.endsWith("layernorm.weight");
@@ -107,7 +113,7 @@ export function randomModel(options: RandomModelOptions): { output: string; para
         writer.add({ name: `${module}.weight_scale_inv`, dtype: "F32", shape: scaleShape, bytes: new Uint8Array(scaleInv.buffer) });
         continue;
       }
-      writer.add({ name, dtype: "BF16", shape: p.shape, bytes: new Uint8Array(f32ToBf16(v).buffer) });
+      writer.add({ name: storedName(name, config), dtype: "BF16", shape: p.shape, bytes: new Uint8Array(f32ToBf16(v).buffer) });
     }
     writer.finish();
     const fp8 = opts.fp8Block

@@ -27,7 +27,7 @@ import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import type { Method } from "./quantize-layer.js";
 import { type OneshotReport, writeReportFiles } from "./report.js";
 import { assertNoFusedSplit, checkUnexpectedTensors, fitGroupSize, scaleDTypeOf } from "./preflight.js";
-import { storedOnlyLinears } from "../models/stored-layers.js";
+import { inStoredOnlyLayer, storedName, storedOnlyLinears } from "../models/stored-layers.js";
 import { safePoint } from "../util/interrupt.js";
 import type { OneshotOptions } from "./oneshot.js";
 
@@ -114,7 +114,7 @@ function preflight(
   preset: Scheme,
   warn: (m: string) => void,
 ): Checked {
-  const ck = openCheckpoint(modelDir, stored);
+  const ck = openCheckpoint(modelDir, stored, { modelPrefix: config.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, config) });
   const model = family.build(config);
   const mapping = family.mapWeights(
     config,
@@ -202,14 +202,14 @@ export async function writeCheckpoint(run: Run, layer: (i: number) => Iterable<N
     if (written.has(src)) return;
     written.add(src);
     const { dtype, shape } = ck.info(src);
-    writer.addPieces({ name: src, dtype, shape }, ck.rawChunks(src, PIECE_BYTES));
+    writer.addPieces({ name: storedName(src, run.config), dtype, shape }, ck.rawChunks(src, PIECE_BYTES));
   };
   copyRaw("model.embed_tokens.weight");
   for (let i = 0; i < run.config.numHiddenLayers; i++)
     for await (const t of layer(i)) {
       if (written.has(t.name)) continue;
       written.add(t.name);
-      writer.add(t);
+      writer.add({ ...t, name: storedName(t.name, run.config) });
     }
   copyRaw("model.norm.weight");
   copyRaw("lm_head.weight");
@@ -225,7 +225,8 @@ export function modelHash(run: Run): string {
 /** Write config.json, the companion files and the report, then commit the output (the last point a stop is honoured before). */
 export async function finishRun(run: Run, report: OneshotReport): Promise<string> {
   const { out, scheme, config } = run;
-  const qc = quantizationConfig(scheme, run.ignored, run.method === "gptq" ? scheme.weights.actorder : null);
+  const ignored = run.ignored.map((n) => storedName(n, config));
+  const qc = quantizationConfig(scheme, ignored, run.method === "gptq" ? scheme.weights.actorder : null);
   out.writeFile("config.json", `${JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2)}\n`);
   for (const f of run.companions.files) out.copyFrom(confinedFile(run.modelDir, f, asFormatError), f);
   await writeReportFiles(out, report);

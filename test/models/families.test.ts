@@ -29,6 +29,8 @@ import { Checkpoint } from "../../src/io/checkpoint.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { asMoeBlock, softmaxTopK } from "../../src/nn/moe.js";
 import { matchesAny } from "../../src/quantization/scheme.js";
+import { storedName } from "../../src/models/stored-layers.js";
+import { CalibrationQwen3NextSparseMoeBlock } from "../../src/calibration/qwen3-next.js";
 import { evaluate } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { plan } from "../../src/pipeline/plan.js";
@@ -49,8 +51,10 @@ interface FamilyCase {
   routers: string[];
   /** the Linear layers of the multi-token-prediction layers, also named in ignore */
   mtp?: string[];
-  /** an attention Linear every family quantizes (default q_proj) */
+  /** an attention Linear of layer 1 every scheme quantizes (default self_attn.q_proj) */
   attention?: string;
+  /** Linear layers the family's default ignore names besides the routers and lm_head */
+  alsoIgnored?: string[];
   /** Linear layers a scheme's fixed group does not fit, left unquantized for it */
   unfit?: Partial<Record<string, string>>;
 }
@@ -103,7 +107,7 @@ const CASES: FamilyCase[] = [
     down: "down_proj",
     route: async (moe, x) => (moe.gate as Glm4MoeTopkRouter).route(await moe.gate.call(x)),
     routers: ["model.layers.1.mlp.gate", "model.layers.2.mlp.gate"],
-    attention: "kv_a_proj_with_mqa",
+    attention: "self_attn.kv_a_proj_with_mqa",
     // kv_b_proj's 16 inputs (kv_lora_rank) do not take MXFP4's groups of 32
     unfit: { MXFP4A16: "re:.*kv_b_proj$" },
     // layer 3 (the spec's list): a decoder layer's Linears, eh_proj and shared_head.head
@@ -130,6 +134,41 @@ const CASES: FamilyCase[] = [
     route: async (moe, x) => (moe as unknown as MiniMaxM2BlockBase).route(await moe.gate.call(x)),
     routers: ["model.layers.0.block_sparse_moe.gate", "model.layers.1.block_sparse_moe.gate", "model.layers.2.block_sparse_moe.gate"],
   },
+  ...(["qwen3_next", "qwen3_5_moe"] as const).map(
+    (modelType): FamilyCase => ({
+      modelType,
+      block: "mlp",
+      calibration: (b, o) => new CalibrationQwen3NextSparseMoeBlock(b, o),
+      gate: "gate_proj",
+      up: "up_proj",
+      down: "down_proj",
+      route: softmaxRoute(true),
+      routers: [0, 1, 2, 3].map((i) => `model.layers.${i}.mlp.gate`),
+      attention: modelType === "qwen3_next" ? "linear_attn.in_proj_qkvz" : "linear_attn.in_proj_qkv",
+      alsoIgnored: [0, 1, 2, 3].flatMap((i) => [
+        `model.layers.${i}.mlp.shared_expert_gate`,
+        ...(i === 3 ? [] : modelType === "qwen3_next" ? ["in_proj_ba"] : ["in_proj_b", "in_proj_a"]).map(
+          (p) => `model.layers.${i}.linear_attn.${p}`,
+        ),
+      ]),
+      // the MTP head's Linear layers (Qwen3.5's fused 3-D MTP experts are not .weight tensors) and the vision tower's
+      mtp: [
+        "mtp.fc",
+        "mtp.layers.0.mlp.gate",
+        "mtp.layers.0.mlp.shared_expert_gate",
+        ...["gate_proj", "up_proj", "down_proj"].map((p) => `mtp.layers.0.mlp.shared_expert.${p}`),
+        ...["q_proj", "k_proj", "v_proj", "o_proj"].map((p) => `mtp.layers.0.self_attn.${p}`),
+        ...(modelType === "qwen3_next"
+          ? ["gate_proj", "up_proj", "down_proj"].flatMap((p) => Array.from({ length: 8 }, (_, e) => `mtp.layers.0.mlp.experts.${e}.${p}`))
+          : [
+              ...["blocks.0.attn.proj", "blocks.0.attn.qkv", "blocks.0.mlp.linear_fc1", "blocks.0.mlp.linear_fc2"],
+              ...["merger.linear_fc1", "merger.linear_fc2"],
+            ].map((n) => `model.visual.${n}`)),
+      ].sort(),
+      // the shared expert's 48 inputs do not take MXFP4's groups of 32
+      unfit: { MXFP4A16: "re:.*shared_expert\\.down_proj$" },
+    }),
+  ),
 ];
 
 /** A model's Linear layers, in module order. */
@@ -146,6 +185,7 @@ for (const fc of CASES) {
   const g = SafetensorsFile.open(path.join(DIR, "golden", "moe-layer1.safetensors"));
   const ints = (f: SafetensorsFile, n: string): number[] => rawToInts(f.readRaw(n), n);
   const loaded = openServed(DIR);
+  const stored = (n: string): string => storedName(n, loaded.config);
   const model = loaded.model;
   const moe = model.getSubmodule(`model.layers.1.${fc.block}`) as RoutedBlock;
   const x = g.readF32("x");
@@ -200,7 +240,7 @@ for (const fc of CASES) {
       linearsOf(model)
         .filter((n) => matchesAny(n, ignore))
         .sort(),
-      [...fc.routers, "lm_head"].sort(),
+      [...fc.routers, "lm_head", ...(fc.alsoIgnored ?? [])].sort(),
     );
   });
 
@@ -221,9 +261,9 @@ for (const fc of CASES) {
         });
         assert.deepEqual(report.fallbacks, [], `${scheme} ${method}`);
         const unfit = fc.unfit?.[scheme];
-        const ignored = unfit
-          ? linearsOf(original.model).filter((n) => matchesAny(n, [...original.family.defaultIgnore, unfit]))
-          : [...fc.routers, "lm_head"];
+        const ignored = linearsOf(original.model)
+          .filter((n) => matchesAny(n, [...original.family.defaultIgnore, ...(unfit ? [unfit] : [])]))
+          .map((n) => stored(n));
         const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as {
           model_type: string;
           quantization_config: { ignore: string[] };
@@ -251,10 +291,10 @@ for (const fc of CASES) {
       maxSeqLength: 32,
     });
     assert.ok(Number.isFinite(r.nll) && r.kl !== null && r.kl >= 0 && r.kl < 0.5, `nll ${r.nll}, kl ${r.kl}`);
-    const ck = Checkpoint.open(path.join(tmp, "gptq-W4A16"));
+    const ck = openServed(path.join(tmp, "gptq-W4A16"), { load: false }).checkpoint;
     for (const n of [
       `model.layers.1.${fc.block}.experts.3.${fc.gate}.weight_packed`,
-      `model.layers.1.self_attn.${fc.attention ?? "q_proj"}.weight_scale`,
+      `model.layers.1.${fc.attention ?? "self_attn.q_proj"}.weight_scale`,
       `${fc.routers[1]}.weight`,
     ]) {
       assert.ok(ck.has(n), n);
@@ -262,17 +302,18 @@ for (const fc of CASES) {
     const router = `${fc.routers[1]}.weight`;
     assert.equal(
       ck.info(router).dtype,
-      Checkpoint.open(DIR).info(router).dtype,
+      loaded.checkpoint.info(router).dtype,
       "the router gate is written unquantized, in its own dtype",
     );
-    // every input tensor the output keeps (router gates, GLM's F32 correction bias, norms, embeddings) is written byte for byte
+    // every input tensor the output keeps (router gates, GLM's F32 correction bias, norms, embeddings, towers stored beside), byte for byte
     const input = Checkpoint.open(DIR);
+    const output = Checkpoint.open(path.join(tmp, "gptq-W4A16"));
     let kept = 0;
     for (const n of input.names()) {
-      if (!ck.has(n)) continue;
+      if (!output.has(n)) continue;
       kept++;
-      assert.ok(Buffer.from(ck.readRaw(n).bytes).equals(Buffer.from(input.readRaw(n).bytes)), `${n} unchanged`);
-      assert.equal(ck.info(n).dtype, input.info(n).dtype, `${n} dtype`);
+      assert.ok(Buffer.from(output.readRaw(n).bytes).equals(Buffer.from(input.readRaw(n).bytes)), `${n} unchanged`);
+      assert.equal(output.info(n).dtype, input.info(n).dtype, `${n} dtype`);
     }
     assert.ok(kept > fc.routers.length, `${kept} tensors kept`);
   });
