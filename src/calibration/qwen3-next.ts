@@ -29,6 +29,10 @@ export class CalibrationQwen3NextSparseMoeBlock extends CalibrationSoftmaxMoeBlo
   }
 }
 
-export function buildCalibrationQwen3NextSparseMoeBlock(original: AnyModule, _config: unknown, options: CalibrationOptions): MoECalibrationModule {
+export function buildCalibrationQwen3NextSparseMoeBlock(
+  original: AnyModule,
+  _config: unknown,
+  options: CalibrationOptions,
+): MoECalibrationModule {
   return new CalibrationQwen3NextSparseMoeBlock(original, options);
 }

@@ -5,7 +5,7 @@ import { type DType, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { ModelConfig, ModelFamily } from "../models/family.js";
 import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
-import { storedOnlyLinears } from "../models/stored-layers.js";
+import { inStoredOnlyLayer, presentedName, storedOnlyLinears } from "../models/stored-layers.js";
 import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
 import { MoecalError, UsageError } from "../errors.js";
 import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
@@ -58,14 +58,18 @@ export function inspectCheckpoint(dir: string): InspectReport {
   let cfg: ParsedQuantConfig;
   try {
     ({ family, config } = readModelConfig(dir));
+    const c = config;
+    // under the model's names (Qwen3.5's are stored under model.language_model.), as the loader reads them
     ck = Checkpoint.open(dir);
+    ck.presentLayout({ modelPrefix: c.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, c) });
     report.tensors = ck.names().length;
     const qc = config.raw.quantization_config;
     if (!qc) {
       problems.push("config.json has no quantization_config: not a compressed-tensors checkpoint");
       return report;
     }
-    cfg = parseQuantizationConfig(qc, path.join(dir, "config.json"));
+    const parsed = parseQuantizationConfig(qc, path.join(dir, "config.json"));
+    cfg = { ...parsed, ignore: parsed.ignore.map((n) => presentedName(n, c)) };
   } catch (e) {
     // a folder that cannot even be opened is reported, not thrown: that is what an audit is for
     if (!(e instanceof MoecalError)) throw e;

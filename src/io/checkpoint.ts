@@ -121,7 +121,8 @@ export class Checkpoint {
         const [E, rows, cols] = t.shape as [number, number, number];
         const size = DTYPE_BYTES[t.dtype];
         const up = fused[2] === "gate_up_proj";
-        if (up && rows % 2 !== 0) throw new CheckpointFormatError(`${this.dir}: tensor "${stored}" [${t.shape.join(", ")}] does not split into gate and up halves`);
+        if (up && rows % 2 !== 0)
+          throw new CheckpointFormatError(`${this.dir}: tensor "${stored}" [${t.shape.join(", ")}] does not split into gate and up halves`);
         const parts = up ? (["gate_proj", "up_proj"] as const) : (["down_proj"] as const);
         const r = rows / parts.length;
         for (let e = 0; e < E; e++)

@@ -140,8 +140,16 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       const ignoredHere = ignore(family);
       const target = (n: string): boolean => !matchesAny(n, ignoredHere);
       const scheme = fitGroupSize(preset, model, target, opts.groupSize !== undefined, () => undefined);
-      return { family, config, ck: openCheckpoint(modelDir, sourceQuantization(config.raw, `${modelDir}/config.json`), { modelPrefix: config.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, config) }),
-        model, scheme };
+      return {
+        family,
+        config,
+        ck: openCheckpoint(modelDir, sourceQuantization(config.raw, `${modelDir}/config.json`), {
+          modelPrefix: config.storedModelPrefix,
+          keep: (n) => inStoredOnlyLayer(n, config),
+        }),
+        model,
+        scheme,
+      };
     })();
   const ignored = ignore(family);
   const isTarget = (n: string): boolean => !matchesAny(n, ignored);

@@ -97,7 +97,8 @@ export function checkUnexpectedTensors(
   }
   const kept = names.filter((n) => inStoredOnlyLayer(n, config));
   if (kept.length) {
-    const part = (n: string): string => config.storedOnlyPrefixes?.find((p) => n.startsWith(p)) ?? /^model\.layers\.\d+\./.exec(n)?.[0] ?? n;
+    const part = (n: string): string =>
+      config.storedOnlyPrefixes?.find((p) => n.startsWith(p)) ?? /^model\.layers\.\d+\./.exec(n)?.[0] ?? n;
     const where = [...new Set(kept.map(part))].slice(0, 4);
     warn(
       `${dir}: ${kept.length} tensors stored beside the model (${where.join(", ")}: multi-token prediction or another tower) are not run; copied unquantized, their Linear layers named in ignore`,

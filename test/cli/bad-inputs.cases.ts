@@ -207,7 +207,8 @@ export const BAD_INPUTS: BadInputCase[] = [
         d,
       ),
     exitCode: 1,
-    message: /unsupported model_type "llama" \(moecal supports "afmoe", "qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "kimi_k2", "minimax_m2"\)/,
+    message:
+      /unsupported model_type "llama" \(moecal supports "afmoe", "qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "kimi_k2", "minimax_m2"\)/,
   },
   {
     name: "NaN or Inf in a weight",

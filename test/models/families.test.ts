@@ -300,11 +300,7 @@ for (const fc of CASES) {
       assert.ok(ck.has(n), n);
     }
     const router = `${fc.routers[1]}.weight`;
-    assert.equal(
-      ck.info(router).dtype,
-      loaded.checkpoint.info(router).dtype,
-      "the router gate is written unquantized, in its own dtype",
-    );
+    assert.equal(ck.info(router).dtype, loaded.checkpoint.info(router).dtype, "the router gate is written unquantized, in its own dtype");
     // every input tensor the output keeps (router gates, GLM's F32 correction bias, norms, embeddings, towers stored beside), byte for byte
     const input = Checkpoint.open(DIR);
     const output = Checkpoint.open(path.join(tmp, "gptq-W4A16"));

@@ -18,9 +18,17 @@ const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const DATA_FREE = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16"];
 const FAMILIES: [string, string][] = [
   ["afmoe", TINY],
-  ...["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "deepseek_v3-fp8", "minimax_m2", "minimax_m2-fp8"].map(
-    (f) => [f, path.join(ROOT, "test", "fixtures", `tiny-${f}`)] as [string, string],
-  ),
+  ...[
+    "qwen3_moe",
+    "mixtral",
+    "glm4_moe",
+    "deepseek_v3",
+    "deepseek_v3-fp8",
+    "minimax_m2",
+    "minimax_m2-fp8",
+    "qwen3_next",
+    "qwen3_5_moe",
+  ].map((f) => [f, path.join(ROOT, "test", "fixtures", `tiny-${f}`)] as [string, string]),
 ];
 
 /** Every file of a folder but moecal.json (which says how the run was made), as bytes. */

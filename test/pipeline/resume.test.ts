@@ -67,7 +67,7 @@ for (const [layer, stage, resumesAfter] of [
   });
 }
 
-for (const family of ["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3-fp8", "minimax_m2-fp8"]) {
+for (const family of ["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3-fp8", "minimax_m2-fp8", "qwen3_5_moe"]) {
   test(`${family}: killed after layer 1's state, the rerun resumes and writes what an uninterrupted run writes`, () => {
     const model = path.join(ROOT, "test", "fixtures", `tiny-${family}`);
     const whole = path.join(tmp, `${family}-whole`);

@@ -107,11 +107,14 @@ function textConfig(c: Text, fail: FieldFailure): Omit<Qwen3NextConfig, "modelTy
     fail("linear_num_value_heads", `${c.linear_num_value_heads} is not a multiple of linear_num_key_heads ${c.linear_num_key_heads}`);
   if (c.num_experts_per_tok > c.num_experts) fail("num_experts_per_tok", `${c.num_experts_per_tok} exceeds num_experts ${c.num_experts}`);
   const L = c.num_hidden_layers;
-  const layerTypes = c.layer_types ?? Array.from({ length: L }, (_, i) => ((i + 1) % c.full_attention_interval === 0 ? "full_attention" : "linear_attention"));
+  const layerTypes =
+    c.layer_types ??
+    Array.from({ length: L }, (_, i) => ((i + 1) % c.full_attention_interval === 0 ? "full_attention" : "linear_attention"));
   if (layerTypes.length !== L) fail("layer_types", `has ${layerTypes.length} entries for ${L} layers`);
   const factor = c.rope_parameters?.partial_rotary_factor ?? c.partial_rotary_factor ?? 0.25;
   const rotaryDim = Math.floor(c.head_dim * factor);
-  if (rotaryDim < 2 || rotaryDim % 2 !== 0) fail("partial_rotary_factor", `gives ${rotaryDim} rotary dims of ${c.head_dim}; RoPE needs an even number`);
+  if (rotaryDim < 2 || rotaryDim % 2 !== 0)
+    fail("partial_rotary_factor", `gives ${rotaryDim} rotary dims of ${c.head_dim}; RoPE needs an even number`);
   const theta = c.rope_parameters?.rope_theta ?? c.rope_theta ?? 10000;
   if (c.rope_parameters && c.rope_theta !== undefined && c.rope_theta !== theta)
     fail("rope_parameters.rope_theta", `${theta} disagrees with rope_theta ${c.rope_theta}`);
@@ -168,7 +171,11 @@ export function parseQwen3NextConfig(json: unknown, where = "config.json"): Qwen
  */
 export function parseQwen3_5MoeConfig(json: unknown, where = "config.json"): Qwen3NextConfig {
   const top = parseConfigFields(
-    z.object({ model_type: z.literal("qwen3_5_moe"), text_config: z.record(z.string(), z.unknown()), tie_word_embeddings: z.boolean().optional() }),
+    z.object({
+      model_type: z.literal("qwen3_5_moe"),
+      text_config: z.record(z.string(), z.unknown()),
+      tie_word_embeddings: z.boolean().optional(),
+    }),
     json,
     where,
     {},
@@ -176,12 +183,19 @@ export function parseQwen3_5MoeConfig(json: unknown, where = "config.json"): Qwe
   const inner = `${where} (text_config)`;
   let text: Text;
   try {
-    text = parseConfigFields(textSchema.extend({ model_type: z.literal("qwen3_5_moe_text").optional() }), top.text_config, inner, QWEN3_NEXT_LIMITS);
+    text = parseConfigFields(
+      textSchema.extend({ model_type: z.literal("qwen3_5_moe_text").optional() }),
+      top.text_config,
+      inner,
+      QWEN3_NEXT_LIMITS,
+    );
   } catch (e) {
     if (e instanceof ConfigError) throw new ConfigError(e.message.replace(`${inner}: field "`, `${where}: field "text_config.`));
     throw e;
   }
-  const t = textConfig({ ...text, mlp_only_layers: [], decoder_sparse_step: 1 }, (field, msg) => fieldFailure(where)(`text_config.${field}`, msg));
+  const t = textConfig({ ...text, mlp_only_layers: [], decoder_sparse_step: 1 }, (field, msg) =>
+    fieldFailure(where)(`text_config.${field}`, msg),
+  );
   return {
     ...t,
     modelType: "qwen3_5_moe",

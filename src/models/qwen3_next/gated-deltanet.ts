@@ -55,7 +55,12 @@ export class Qwen3NextGatedDeltaNet extends Module<Tensor, Tensor> {
     const P = (await this.lin("in_proj_qkvz").call(x)).data;
     const BA = (await this.lin("in_proj_ba").call(x)).data;
     const per = 2 * dk + 2 * r * dv;
-    const out: Projected = { X: new Float32Array(T * C), z: new Float32Array(T * nV * dv), b: new Float32Array(T * nV), a: new Float32Array(T * nV) };
+    const out: Projected = {
+      X: new Float32Array(T * C),
+      z: new Float32Array(T * nV * dv),
+      b: new Float32Array(T * nV),
+      a: new Float32Array(T * nV),
+    };
     for (let t = 0; t < T; t++)
       for (let g = 0; g < nK; g++) {
         const src = t * nK * per + g * per;

@@ -20,7 +20,14 @@ export class Qwen3NextRMSNorm extends RMSNorm {
   override readonly className = "Qwen3NextRMSNorm";
 
   override async forward(x: Tensor): Promise<Tensor> {
-    return rmsNorm(x, new Tensor(this.param("weight").data.map((w) => 1 + w), [this.dim]), this.eps);
+    return rmsNorm(
+      x,
+      new Tensor(
+        this.param("weight").data.map((w) => 1 + w),
+        [this.dim],
+      ),
+      this.eps,
+    );
   }
 }
 
@@ -106,7 +113,14 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> {
     const v = (await lin("v_proj").call(x)).data;
     applyRopeInPlace(q, B, S, nH, D, this.config.ropeTheta, this.config.rotaryDim);
     applyRopeInPlace(k, B, S, nKV, D, this.config.ropeTheta, this.config.rotaryDim);
-    const ctx = await causalAttention(toHeads(q, B, S, nH, D), toHeads(k, B, S, nKV, D), toHeads(v, B, S, nKV, D), { B, S, nH, nKV, D, window: null });
+    const ctx = await causalAttention(toHeads(q, B, S, nH, D), toHeads(k, B, S, nKV, D), toHeads(v, B, S, nKV, D), {
+      B,
+      S,
+      nH,
+      nKV,
+      D,
+      window: null,
+    });
     const o = fromHeads(ctx, B, S, nH, D);
     for (let i = 0; i < o.length; i++) o[i] = (o[i] as number) * sigmoidScalar(gate[i] as number);
     return lin("o_proj").call(new Tensor(o, [B, S, nH * D]));

@@ -1,0 +1,144 @@
+/**
+ * Qwen3-Next and Qwen3.5-MoE beyond what every family shares (families.test.ts): Qwen3.5's
+ * layout (text model under model.language_model., fused 3-D experts read as per-expert views and
+ * written under per-expert names, the vision tower and MTP head copied byte for byte) tried as a
+ * new user would, vLLM's fused modules, and config values refused naming the field.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { ConfigError } from "../../src/errors.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { parseQwen3NextConfig, parseQwen3_5MoeConfig } from "../../src/models/qwen3_next/config.js";
+import { qwen3NextFusedGroups } from "../../src/models/qwen3_next/quant-defaults.js";
+import { Linear } from "../../src/nn/layers.js";
+import { openServed } from "../../src/pipeline/serving.js";
+import { ROOT, TEXT } from "../helpers.js";
+
+const NEXT = path.join(ROOT, "test", "fixtures", "tiny-qwen3_next");
+const Q35 = path.join(ROOT, "test", "fixtures", "tiny-qwen3_5_moe");
+const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-qwen3-next-"));
+
+test("Qwen3.5's fused 3-D experts read as per-expert weights: expert e's gate_proj is rows [0, Im) of gate_up_proj[e], up_proj rows [Im, 2Im), down_proj down_proj[e]", () => {
+  const raw = Checkpoint.open(Q35);
+  const ck = openServed(Q35, { load: false }).checkpoint;
+  const gu = raw.readF32("model.language_model.layers.1.mlp.experts.gate_up_proj");
+  const down = raw.readF32("model.language_model.layers.1.mlp.experts.down_proj");
+  const [E, twoIm, H] = gu.shape as [number, number, number];
+  const Im = twoIm / 2;
+  for (const e of [0, 5, E - 1]) {
+    const at = (t: typeof gu, from: number, n: number): Float32Array => t.data.slice(from, from + n);
+    assert.deepEqual(ck.readF32(`model.layers.1.mlp.experts.${e}.gate_proj.weight`).data, at(gu, e * twoIm * H, Im * H));
+    assert.deepEqual(ck.readF32(`model.layers.1.mlp.experts.${e}.up_proj.weight`).data, at(gu, (e * twoIm + Im) * H, Im * H));
+    assert.deepEqual(ck.readF32(`model.layers.1.mlp.experts.${e}.down_proj.weight`).data, at(down, e * H * Im, H * Im));
+  }
+  assert.ok(!ck.has("model.language_model.layers.1.mlp.experts.gate_up_proj") && !ck.has("model.layers.1.mlp.experts.gate_up_proj"));
+  // the MTP head's fused experts stay as stored: it is copied, not read
+  assert.ok(ck.has("mtp.layers.0.mlp.experts.gate_up_proj"));
+});
+
+test("npx moecal oneshot --model <a copy of tiny-qwen3_5_moe>: per-expert names under model.language_model., the vision tower and MTP head byte for byte; inspect and eval --reference accept it", () => {
+  const copy = path.join(tmp, "q35");
+  fs.mkdirSync(copy);
+  for (const f of fs.readdirSync(Q35)) if (f !== "golden") fs.copyFileSync(path.join(Q35, f), path.join(copy, f));
+  const run = (...args: string[]): string => {
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", cwd: tmp });
+    assert.equal(r.status, 0, `${args[0]}: ${r.stderr}`);
+    return r.stdout;
+  };
+  run("oneshot", "--model", copy, "--num-samples", "16", "--quiet");
+  const out = path.join(tmp, "q35-W4A16");
+  assert.match(run("inspect", out), /no problems found/);
+  const ck = Checkpoint.open(out);
+  const input = Checkpoint.open(copy);
+  assert.ok(ck.has("model.language_model.layers.1.mlp.experts.7.up_proj.weight_packed"));
+  assert.ok(ck.has("model.language_model.layers.0.linear_attn.in_proj_qkv.weight_packed"));
+  assert.ok(!ck.names().some((n) => n.startsWith("model.layers.") || /experts\.(gate_up|down)_proj$/.test(n.replace(/^mtp\..*/, ""))));
+  const towers = input.names().filter((n) => n.startsWith("model.visual.") || n.startsWith("mtp."));
+  assert.equal(towers.length, 21 + 19);
+  for (const n of towers) assert.ok(Buffer.from(ck.readRaw(n).bytes).equals(Buffer.from(input.readRaw(n).bytes)), `${n} byte for byte`);
+  const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as {
+    quantization_config: { ignore: string[] };
+    text_config: unknown;
+  };
+  assert.ok(cfg.quantization_config.ignore.includes("model.language_model.layers.0.linear_attn.in_proj_b"));
+  assert.ok(cfg.quantization_config.ignore.includes("model.visual.blocks.0.attn.qkv"));
+  assert.ok(!cfg.quantization_config.ignore.some((n) => n.startsWith("model.layers.")));
+  const ev = JSON.parse(
+    run(
+      "eval",
+      "--model",
+      out,
+      "--reference",
+      copy,
+      "--dataset",
+      path.join(TEXT, "eval-prose.jsonl"),
+      "--num-samples",
+      "2",
+      "--json",
+      "--quiet",
+    ),
+  ) as { kl: number };
+  assert.ok(ev.kl > 0 && ev.kl < 0.2, `kl ${ev.kl}`);
+});
+
+test("vLLM's fused modules: q/k/v; dense and shared-expert gate/up; a layer's experts; Qwen3.5's in_proj_qkv + in_proj_z (in_proj_b/a never quantized)", () => {
+  for (const [dir, qkvz] of [
+    [NEXT, false],
+    [Q35, true],
+  ] as const) {
+    const m = openServed(dir, { load: false });
+    const linears = m.model
+      .namedModules()
+      .filter(([, l]) => l instanceof Linear)
+      .map(([n]) => n);
+    const groups = qwen3NextFusedGroups(linears);
+    const find = (module: string): string[] | undefined => groups.find((g) => g.module === module)?.members;
+    assert.deepEqual(
+      find("model.layers.3.self_attn.qkv_proj"),
+      ["q_proj", "k_proj", "v_proj"].map((p) => `model.layers.3.self_attn.${p}`),
+    );
+    assert.deepEqual(
+      find("model.layers.1.mlp.shared_expert.gate_up_proj"),
+      ["gate_proj", "up_proj"].map((p) => `model.layers.1.mlp.shared_expert.${p}`),
+    );
+    assert.equal(find("model.layers.1.mlp.experts")?.length, 24);
+    assert.deepEqual(
+      find("model.layers.0.linear_attn.in_proj_qkvz"),
+      qkvz ? ["model.layers.0.linear_attn.in_proj_qkv", "model.layers.0.linear_attn.in_proj_z"] : undefined,
+    );
+  }
+});
+
+test("config values read differently by transformers and vLLM, or inconsistent, are refused naming the field", () => {
+  const next = openServed(NEXT, { load: false }).config.raw;
+  for (const [cfg, field] of [
+    [{ ...next, linear_num_value_heads: 3 }, "linear_num_value_heads"],
+    [{ ...next, layer_types: ["linear_attention"] }, "layer_types"],
+    [{ ...next, partial_rotary_factor: 0.01 }, "partial_rotary_factor"],
+    [{ ...next, mlp_only_layers: [9] }, "mlp_only_layers"],
+    [{ ...next, rope_scaling: { type: "yarn", factor: 4 } }, "rope_scaling"],
+  ] as const)
+    assert.throws(
+      () => parseQwen3NextConfig(cfg, "config.json"),
+      (e: Error) => e instanceof ConfigError && e.message.includes(`field "${field}"`),
+      field,
+    );
+  const q35 = openServed(Q35, { load: false }).config.raw as { text_config: Record<string, unknown> };
+  for (const [text, field] of [
+    [{ attn_output_gate: false }, "text_config.attn_output_gate"],
+    [{ rope_parameters: { rope_type: "yarn", rope_theta: 1e7 } }, "text_config.rope_parameters.rope_type"],
+    [{ num_key_value_heads: 3 }, "text_config.num_key_value_heads"],
+  ] as const)
+    assert.throws(
+      () => parseQwen3_5MoeConfig({ ...q35, text_config: { ...q35.text_config, ...text } }, "config.json"),
+      (e: Error) => e instanceof ConfigError && e.message.includes(`field "${field}"`),
+      field,
+    );
+  // Qwen3.5's router always renormalises (transformers has no switch for it)
+  assert.equal(parseQwen3_5MoeConfig({ ...q35, text_config: { ...q35.text_config, norm_topk_prob: false } }).normTopkProb, true);
+});
