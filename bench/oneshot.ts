@@ -84,7 +84,9 @@ export function recordOneshot(runs: OneshotBench[], results?: Record<string, unk
   const file = path.join(PACKAGE_ROOT, "bench", "results.json");
   const base = results ?? (fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>) : {});
   // a run of some models (`npm run bench:oneshot -- NAME`) keeps the others' last results
-  const previous = ((base.oneshot as { runs?: OneshotBench[] } | undefined)?.runs ?? []).filter((r) => !runs.some((x) => x.name === r.name));
+  const previous = ((base.oneshot as { runs?: OneshotBench[] } | undefined)?.runs ?? []).filter(
+    (r) => !runs.some((x) => x.name === r.name),
+  );
   const merged = { ...base, oneshot: { date, runs: [...previous, ...runs] } };
   fs.writeFileSync(file, `${JSON.stringify(merged, null, 2)}\n`);
   const historyFile = path.join(PACKAGE_ROOT, "bench", "oneshot-runs.json");
