@@ -20,6 +20,7 @@ import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
 import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
 import { timeGptqBlock } from "./gptq.js";
 import { benchOneshot, oneshotRows, recordOneshot } from "./oneshot.js";
+import { benchDataFree } from "./data-free.js";
 import { type Qwen3BlockResult, benchQwen3Block, qwen3Rows } from "./qwen3-block.js";
 
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
@@ -135,6 +136,10 @@ async function main(): Promise<void> {
   stage("oneshot end to end on a Nano-shaped and a Qwen3-30B-A3B-shaped random model (many minutes)");
   const oneshotRuns = await benchOneshot(work, stage);
   recordOneshot(oneshotRuns, results);
+
+  stage("data-free round-to-nearest on a 4-layer Qwen3-30B-A3B-shaped checkpoint, BF16 and FP8 blocks (many minutes)");
+  const dataFree = benchDataFree(work, stage);
+  fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "data-free-results.json"), `${JSON.stringify(dataFree, null, 2)}\n`);
 
   const f = (v: number | null | undefined, d = 1): string => (v === null || v === undefined ? "n/a" : v.toFixed(d));
   const gp = results.gptq_block as { seconds: { ours: number; ours_cold: number; torch_per_expert: number | null } };

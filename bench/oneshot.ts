@@ -14,7 +14,10 @@ import { OrtEngine } from "../src/engine/index.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { GEMM_SHAPES, gemmGflops } from "./gemm.js";
-import { type EndToEnd, measure, moonlightSetup, nanoSetup, qwen3Setup } from "./plan.js";
+import { type EndToEnd, measure, moonlightSetup, nanoSetup, qwen35Setup, qwen3Setup } from "./plan.js";
+import { Tensor } from "../src/engine/tensor.js";
+import { openServed } from "../src/pipeline/serving.js";
+import { loadParameters } from "../src/nn/weights.js";
 
 /** The large GEMM shapes' best ~40 ms window over `rounds` rounds (the bench's GEMM rate). */
 export async function gemmRate(engine: OrtEngine, rounds = 3): Promise<number> {
@@ -31,12 +34,29 @@ export interface OneshotBench extends EndToEnd {
   gflops: number;
   fraction_of_gemm: number;
   flops_formula: string;
+  /** Qwen3.5: the Gated DeltaNet layer's forward, timed alone on the run's token shape, x 2 passes (calibrate, propagate) / the run's seconds */
+  gated_deltanet_share?: number;
+}
+
+/** Seconds of one forward of `module` (a token mixer) on random hidden states [batch, seq, H]. */
+async function mixerSeconds(model: string, module: string, batch: number, seq: number): Promise<number> {
+  const m = openServed(model, { load: false });
+  loadParameters(m.model, m.source, m.mapping, (n) => n.startsWith(`${module}.`));
+  const mixer = m.model.getSubmodule(module) as unknown as { call(x: Tensor): Promise<Tensor> };
+  const H = m.model.getSubmodule("model.embed_tokens").parameter("weight").shape[1] as number;
+  const x = new Tensor(
+    Float32Array.from({ length: batch * seq * H }, (_, i) => Math.sin(i * 0.001) * 0.5),
+    [batch, seq, H],
+  );
+  const t0 = performance.now();
+  await mixer.call(x);
+  return (performance.now() - t0) / 1000;
 }
 
 /**
  * The end-to-end runs: the 4-layer Nano-shaped model (64 x 512 tokens), a 2-layer
- * Qwen3-30B-A3B-shaped one (16 x 512) and a 2-layer Moonlight-16B-A3B-shaped DeepSeek-V3 stored in
- * FP8 blocks (16 x 512); `only` names a subset.
+ * Qwen3-30B-A3B-shaped one (16 x 512), a 2-layer Moonlight-16B-A3B-shaped DeepSeek-V3 stored in
+ * FP8 blocks (16 x 512) and a 2-layer Qwen3.5-35B-A3B-shaped hybrid (16 x 512); `only` names a subset.
  */
 export async function benchOneshot(work: string, log: (s: string) => void, only: readonly string[] = []): Promise<OneshotBench[]> {
   const engine = new OrtEngine();
@@ -46,6 +66,7 @@ export async function benchOneshot(work: string, log: (s: string) => void, only:
     ["nano4", () => nanoSetup(work).model, "64"],
     ["qwen3_30b_a3b_2layer", () => qwen3Setup(work), "16"],
     ["moonlight_16b_a3b_2layer_fp8", () => moonlightSetup(work), "16"],
+    ["qwen3_5_35b_a3b_2layer", () => qwen35Setup(work), "16"],
   ];
   const unknown = only.filter((n) => !setups.some(([s]) => s === n));
   if (unknown.length) throw new MoecalError("E_BENCH", `unknown run(s) ${unknown.join(", ")} (${setups.map(([s]) => s).join(", ")})`);
@@ -61,12 +82,16 @@ export async function benchOneshot(work: string, log: (s: string) => void, only:
       path.join(work, `${name}-out`),
     );
     const gflops = e.planned.flops / e.seconds / 1e9;
+    const hybrid = name.startsWith("qwen3_5")
+      ? { gated_deltanet_share: (2 * (await mixerSeconds(model, "model.layers.0.linear_attn", Number(samples), 512))) / e.seconds }
+      : {};
     runs.push({
       ...e,
       gemm_gflops: gemm,
       gflops,
       fraction_of_gemm: gflops / gemm,
       flops_formula: "docs/performance.md#the-plans-model",
+      ...hybrid,
     });
     fs.rmSync(path.join(work, `${name}-out`), { recursive: true, force: true });
   }

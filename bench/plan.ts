@@ -12,6 +12,7 @@ import { spawnSync } from "node:child_process";
 import { runFromSummary } from "../src/pipeline/report.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
+import { QWEN3_5_MOE_FAMILY } from "../src/models/qwen3_next/family.js";
 
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 
@@ -94,9 +95,10 @@ function randomModel(model: string, fields: Record<string, number | null>, args:
   if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${gen.stderr}`);
 }
 
-/** A 2-layer random model shaped like Qwen3-30B-A3B's layers (every layer MoE), in `work`. */
-export function qwen3Setup(work: string): string {
-  const model = path.join(work, "qwen3-30b-a3b-2layer");
+/** A random model shaped like Qwen3-30B-A3B's layers (every layer MoE; 2 layers unless told), in `work`, optionally in FP8 blocks. */
+export function qwen3Setup(work: string, opts: { layers?: number; fp8Block?: number } = {}): string {
+  const layers = opts.layers ?? 2;
+  const model = path.join(work, `qwen3-30b-a3b-${layers}layer${opts.fp8Block ? `-fp8-${opts.fp8Block}` : ""}`);
   randomModel(
     model,
     {
@@ -110,7 +112,7 @@ export function qwen3Setup(work: string): string {
       head_dim: 128,
       max_position_embeddings: 2048,
     },
-    ["--family", "qwen3_moe", "--layers", "2"],
+    ["--family", "qwen3_moe", "--layers", String(layers), ...(opts.fp8Block ? ["--fp8-block", String(opts.fp8Block)] : [])],
   );
   return model;
 }
@@ -145,6 +147,38 @@ export function moonlightSetup(work: string): string {
     },
     ["--family", "deepseek_v3", "--layers", "2", "--fp8-block", "128"],
   );
+  return model;
+}
+
+/**
+ * A 2-layer random Qwen3.5-MoE shaped like Qwen3.5-35B-A3B (H 2048, 256 experts top-8, Im 512, a
+ * gated shared expert of 512; layer 0 a Gated DeltaNet with 16 key / 32 value heads of 128, layer 1
+ * gated full attention with 16 heads of 256 and 2 KV heads), in `work`.
+ */
+export function qwen35Setup(work: string): string {
+  const like = path.join(work, "qwen3_5-config");
+  fs.mkdirSync(like, { recursive: true });
+  const text = {
+    ...(QWEN3_5_MOE_FAMILY.randomPreset.text_config as Record<string, unknown>),
+    hidden_size: 2048,
+    num_hidden_layers: 2,
+    layer_types: ["linear_attention", "full_attention"],
+    num_attention_heads: 16,
+    num_key_value_heads: 2,
+    head_dim: 256,
+    linear_num_key_heads: 16,
+    linear_num_value_heads: 32,
+    linear_key_head_dim: 128,
+    linear_value_head_dim: 128,
+    num_experts: 256,
+    num_experts_per_tok: 8,
+    moe_intermediate_size: 512,
+    shared_expert_intermediate_size: 512,
+    max_position_embeddings: 4096,
+  };
+  fs.writeFileSync(path.join(like, "config.json"), JSON.stringify({ ...QWEN3_5_MOE_FAMILY.randomPreset, text_config: text }));
+  const model = path.join(work, "qwen3_5-35b-a3b-2layer");
+  randomModel(model, {}, ["--like", like]);
   return model;
 }
 

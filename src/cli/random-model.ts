@@ -10,7 +10,7 @@ export function registerRandomModel(program: Command): void {
     .option("--like <dir>", "take config and tokenizer from this model (default: the bundled one)")
     .option(
       "--family <model_type>",
-      "start from this family's tiny preset (afmoe, qwen3_moe, mixtral, glm4_moe, deepseek_v3, kimi_k2, minimax_m2) instead",
+      "start from this family's tiny preset (afmoe, qwen3_moe, qwen3_next, qwen3_5_moe, mixtral, glm4_moe, deepseek_v3, kimi_k2, minimax_m2) instead",
     )
     .option("--set <key=value>", "override a config.json field (repeatable)", (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option("--layers <n>", "number of layers", intOption("--layers"))

@@ -11,6 +11,7 @@ import { readConfigJson } from "../io/json.js";
 import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
 import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn/weights.js";
 import { AFMOE_FAMILY } from "./afmoe/family.js";
+import { genericFamily } from "./generic/family.js";
 import { DEEPSEEK_V3_FAMILY, KIMI_K2_FAMILY } from "./deepseek_v3/family.js";
 import { GLM4_MOE_FAMILY } from "./glm4_moe/family.js";
 import { MINIMAX_M2_FAMILY } from "./minimax_m2/family.js";
@@ -37,7 +38,7 @@ export function familyFor(json: unknown, where: string): ModelFamily {
   const family = FAMILIES.find((f) => f.modelType === mt);
   if (!family)
     throw new ConfigError(
-      `${where}: unsupported model_type ${JSON.stringify(mt ?? null)} (moecal supports ${FAMILIES.map((f) => `"${f.modelType}"`).join(", ")})`,
+      `${where}: unsupported model_type ${JSON.stringify(mt ?? null)} (moecal supports ${FAMILIES.map((f) => `"${f.modelType}"`).join(", ")}; any other checkpoint is quantized data-free: --method rtn with a scheme without static activation scales)`,
     );
   return family;
 }
@@ -47,9 +48,24 @@ export function familyByType(modelType: string): ModelFamily {
   return familyFor({ model_type: modelType }, "--family");
 }
 
-/** `<dir>/config.json` read, its family found and the config validated by it. */
-export function readModelConfig(dir: string): { family: ModelFamily; config: ModelConfig } {
+/**
+ * `<dir>/config.json` read, its family found and the config validated by it. With `generic`, a
+ * `model_type` moecal has no family for is read from its tensors' names and shapes (generic/family.ts:
+ * for the data-free path, which runs nothing), and `generic` is called with the rules used.
+ */
+export function readModelConfig(
+  dir: string,
+  opts: { generic?: (rules: string) => void } = {},
+): { family: ModelFamily; config: ModelConfig } {
   const { file, json } = readConfigJson(dir);
+  const mt = typeof json === "object" && json !== null ? (json as { model_type?: unknown }).model_type : undefined;
+  if (opts.generic && typeof mt === "string" && !FAMILIES.some((f) => f.modelType === mt)) {
+    const family = genericFamily(openCheckpoint(dir, sourceQuantization(json as Record<string, unknown>, file)));
+    opts.generic(
+      `${file}: model_type "${mt}" is not a family moecal knows; quantizing data-free from tensor names and shapes alone: the Linear layers are the 2-D .weight tensors of model.layers.*, never quantized: ${family.defaultIgnore.join(", ")}; vLLM's fused groups by the usual names (q/k/v, gate/up, w1/w3, q_a/kv_a, a layer's experts)`,
+    );
+    return { family, config: family.parseConfig(json, file) };
+  }
   const family = familyFor(json, file);
   return { family, config: family.parseConfig(json, file) };
 }

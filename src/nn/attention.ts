@@ -33,6 +33,21 @@ export function fromHeads(x: Float32Array, B: number, S: number, heads: number, 
   return out;
 }
 
+/**
+ * A token mixer that says how much floating-point work it does beyond its Linear layers, for the
+ * plan: softmax attention's scores and values grow with the square of each sequence's length, a
+ * linear-attention recurrence with its length.
+ */
+export interface TokenMixer {
+  /** work for sequences of total length `tokens` whose squared lengths sum to `sumSquares` */
+  mixingFlops(tokens: number, sumSquares: number): number;
+}
+
+/** `m` as a TokenMixer, or null. */
+export function asTokenMixer(m: unknown): TokenMixer | null {
+  return typeof (m as Partial<TokenMixer>).mixingFlops === "function" ? (m as TokenMixer) : null;
+}
+
 export interface AttentionShape {
   B: number;
   S: number;
@@ -105,7 +120,7 @@ export interface RopeAttentionOptions {
  * `o_proj`, optionally `q_norm` / `k_norm`): RoPE (rotate-half, over all head dims or the first
  * `rotaryDim`) on q and k of every layer, causal softmax attention; biases on q/k/v only if asked.
  */
-export class RopeAttention extends Module<Tensor, Tensor> {
+export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer {
   readonly className: string = "RopeAttention";
 
   constructor(readonly opts: RopeAttentionOptions) {
@@ -121,6 +136,11 @@ export class RopeAttention extends Module<Tensor, Tensor> {
       this.addModule("q_norm", new RMSNorm(all ? nH * D : D, opts.qkNormEps));
       this.addModule("k_norm", new RMSNorm(all ? nKV * D : D, opts.qkNormEps));
     }
+  }
+
+  /** q k^T and p v: 4 S^2 D per head (a window bounds S^2 from above) */
+  mixingFlops(_tokens: number, sumSquares: number): number {
+    return 4 * sumSquares * this.opts.heads * this.opts.headDim;
   }
 
   async forward(x: Tensor): Promise<Tensor> {

@@ -87,7 +87,7 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
   if (method !== "gptq" && method !== "rtn") throw new UsageError(`unknown method "${String(method)}" (gptq or rtn)`);
   const preset = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
   const dataFree = !needsData(method, preset) && !opts.calibrate;
-  const run = openRun(opts, method, preset);
+  const run = openRun(opts, method, preset, dataFree);
   try {
     return dataFree ? await dataFreeRun(run, t0) : await calibratedRun(run, t0);
   } finally {

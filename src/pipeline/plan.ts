@@ -18,6 +18,7 @@ import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
+import { asTokenMixer } from "../nn/attention.js";
 import { asMoeBlock } from "../nn/moe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { type Scheme, matchesAny, resolveScheme } from "../quantization/scheme.js";
@@ -163,7 +164,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const T = samples.reduce((a, s) => a + s.length, 0);
   const sumS2 = samples.reduce((a, s) => a + s.length * s.length, 0);
   const maxS = Math.max(1, ...samples.map((s) => s.length));
-  const raw = config.raw as Record<string, number | undefined>;
+  // a vision-language config keeps the text model's fields under text_config (Hugging Face's convention)
+  const raw = ((config.raw.text_config as object | undefined) ?? config.raw) as Record<string, number | undefined>;
   const heads = raw.num_attention_heads ?? 1;
   const embed = model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape ?? [1, 1];
   const H = embed[1] as number;
@@ -229,8 +231,13 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
           write += bytesOf(spec.dtypes.includes(scaleDtype) ? scaleDtype : (spec.dtypes[0] as keyof typeof DTYPE_BYTES), spec.shape);
       } else write += info ? bytesOf(info.dtype, info.shape) : 0;
     }
-    // floating-point work: products 2 T in out; Gram sums 2 rows in^2; attention scores and values 4 sum(S^2) heads headDim
-    let calibrate = 4 * sumS2 * heads * headDim;
+    // floating-point work: products 2 T in out; Gram sums 2 rows in^2; the token mixer's own work (attention
+    // scores and values 4 sum(S^2) heads headDim, a linear recurrence per token), as its module reports it
+    const mixers = layer
+      .namedModules()
+      .map(([, m]) => asTokenMixer(m))
+      .filter((m) => m !== null);
+    let calibrate = mixers.length ? mixers.reduce((a, m) => a + m.mixingFlops(T, sumS2), 0) : 4 * sumS2 * heads * headDim;
     let propagate = calibrate;
     let gptq = 0;
     let hessians = 0;

@@ -68,12 +68,13 @@ function defaultOutput(modelDir: string, scheme: string): string {
  * Open a run: refuse bad options, models and ignore lists before any work, take the output's
  * lock and temporary folder. On any failure after that the output is aborted before rethrowing.
  */
-export function openRun(opts: OneshotOptions, method: Method, preset: Scheme): Run {
+export function openRun(opts: OneshotOptions, method: Method, preset: Scheme, dataFree: boolean): Run {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const datasetFile = opts.dataset ?? BUNDLED_DATASET;
   const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
   validatePatterns(opts.ignore ?? []);
-  const { family, config } = readModelConfig(modelDir);
+  // the data-free path reads any checkpoint; an unknown model_type only there, from names and shapes
+  const { family, config } = readModelConfig(modelDir, dataFree ? { generic: warn } : {});
   const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
   // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) are read dequantized; a compressed-tensors checkpoint is already moecal's kind of output
   const stored = sourceQuantization(config.raw, `${modelDir}/config.json`);

@@ -12,6 +12,7 @@ import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { ROOT, TINY } from "../helpers.js";
 import { MoecalError } from "../../src/errors.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-data-free-"));
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -126,4 +127,47 @@ test("data-free memory does not hold layers: 6 more layers (25 MB of BF16 weight
   // holding the 6 extra layers would add 300 MB; what remains is garbage the collector has not
   // freed yet (V8 collects external memory in steps), measured 35 MB
   assert.ok(eight - two < 64, `peak RSS ${eight} MB with 8 layers vs ${two} MB with 2`);
+});
+
+test("a model_type moecal has no family for is quantized data-free from names and shapes: the same tensors as its known family's run, routers and lm_head ignored, a warning naming the rules; the calibrated path refuses it", async () => {
+  const known = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
+  const unknown = path.join(tmp, "unknown-moe");
+  fs.mkdirSync(unknown);
+  for (const f of fs.readdirSync(known)) if (f !== "golden") fs.copyFileSync(path.join(known, f), path.join(unknown, f));
+  const cfg = JSON.parse(fs.readFileSync(path.join(unknown, "config.json"), "utf8")) as Record<string, unknown>;
+  fs.writeFileSync(
+    path.join(unknown, "config.json"),
+    JSON.stringify({ ...cfg, model_type: "some_new_moe", architectures: ["SomeNewMoeForCausalLM"] }),
+  );
+  for (const scheme of ["W4A16", "NVFP4A16", "FP8_BLOCK"]) {
+    const warnings: string[] = [];
+    const run = async (model: string, out: string, warn: (m: string) => void): Promise<void> => {
+      await oneshot({ model, scheme, method: "rtn", output: out, warn });
+    };
+    await run(unknown, path.join(tmp, `unknown-${scheme}`), (m) => warnings.push(m));
+    await run(known, path.join(tmp, `known-${scheme}`), () => undefined);
+    assert.ok(
+      warnings.some((w) =>
+        /model_type "some_new_moe" is not a family moecal knows; quantizing data-free from tensor names and shapes/.test(w),
+      ),
+      warnings.join("\n"),
+    );
+    const a = Checkpoint.open(path.join(tmp, `unknown-${scheme}`));
+    const b = Checkpoint.open(path.join(tmp, `known-${scheme}`));
+    assert.deepEqual(a.names().sort(), b.names().sort(), scheme);
+    for (const n of b.names()) assert.ok(Buffer.from(a.readRaw(n).bytes).equals(Buffer.from(b.readRaw(n).bytes)), `${scheme} ${n}`);
+    const ignore = (d: string): string[] =>
+      (JSON.parse(fs.readFileSync(path.join(tmp, d, "config.json"), "utf8")) as { quantization_config: { ignore: string[] } })
+        .quantization_config.ignore;
+    assert.deepEqual(ignore(`unknown-${scheme}`).sort(), [
+      "lm_head",
+      "model.layers.0.mlp.gate",
+      "model.layers.1.mlp.gate",
+      "model.layers.2.mlp.gate",
+    ]);
+  }
+  await assert.rejects(
+    oneshot({ model: unknown, method: "gptq", output: path.join(tmp, "unknown-gptq"), warn: () => undefined }),
+    /unsupported model_type "some_new_moe" .*any other checkpoint is quantized data-free/,
+  );
 });

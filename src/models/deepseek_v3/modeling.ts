@@ -6,7 +6,7 @@
  */
 import { rmsNorm } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
-import { causalAttention, fromHeads } from "../../nn/attention.js";
+import { type TokenMixer, causalAttention, fromHeads } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { Module } from "../../nn/module.js";
 import { ropeFrequencies, ropeTables, rotateAt, yarnMscale } from "../../nn/rope.js";
@@ -37,7 +37,7 @@ export class DeepseekV3MoE extends Glm4MoeMoE {
  * values from one compressed latent plus one rope key shared by all heads; scores scaled by
  * (dn + dr)^-0.5 times YaRN's mscale squared.
  */
-export class DeepseekV3Attention extends Module<Tensor, Tensor> {
+export class DeepseekV3Attention extends Module<Tensor, Tensor> implements TokenMixer {
   readonly className = "DeepseekV3Attention";
   private readonly rope: { invFreq: Float32Array; attentionFactor: number };
   readonly softmaxScale: number;
@@ -63,6 +63,12 @@ export class DeepseekV3Attention extends Module<Tensor, Tensor> {
 
   private lin(n: string): Linear {
     return this.child(n);
+  }
+
+  /** q k^T over dn + dr dims and p v over dv: 2 S^2 (dq + dv) per head */
+  mixingFlops(_tokens: number, sumSquares: number): number {
+    const c = this.config;
+    return 2 * sumSquares * c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim + c.vHeadDim);
   }
 
   /** [B, S, nH * dq] queries. */

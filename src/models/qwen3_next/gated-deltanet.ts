@@ -7,6 +7,7 @@
  */
 import { sigmoidScalar } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
+import type { TokenMixer } from "../../nn/attention.js";
 import { Linear } from "../../nn/layers.js";
 import { Module } from "../../nn/module.js";
 import type { Qwen3NextConfig } from "./config.js";
@@ -19,7 +20,7 @@ interface Projected {
   a: Float32Array;
 }
 
-export class Qwen3NextGatedDeltaNet extends Module<Tensor, Tensor> {
+export class Qwen3NextGatedDeltaNet extends Module<Tensor, Tensor> implements TokenMixer {
   readonly className = "Qwen3NextGatedDeltaNet";
   private readonly dims: { nK: number; nV: number; dk: number; dv: number; r: number; C: number; Kc: number };
 
@@ -47,6 +48,15 @@ export class Qwen3NextGatedDeltaNet extends Module<Tensor, Tensor> {
 
   private lin(n: string): Linear {
     return this.child(n);
+  }
+
+  /**
+   * Per token: the conv (2 Kc C), and per value head the decay, S^T k, the outer product and S^T q
+   * (4 dk dv, plus dk dv for the decay): linear in the length.
+   */
+  mixingFlops(tokens: number): number {
+    const { nV, dk, dv, C, Kc } = this.dims;
+    return tokens * (2 * Kc * C + nV * 5 * dk * dv);
   }
 
   /** Qwen3-Next's head-group-interleaved projections, reordered per token into the conv's channel order. */

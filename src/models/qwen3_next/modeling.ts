@@ -6,7 +6,7 @@
  */
 import { add, applyRopeInPlace, rmsNorm, sigmoidScalar } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
-import { causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
+import { type TokenMixer, causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module } from "../../nn/module.js";
@@ -80,7 +80,7 @@ export class Qwen3NextSparseMoeBlock extends SoftmaxMoeBlock<Qwen3NextMLP> {
  * zero-centred q/k norms per head, RoPE on the first rotaryDim dims, the output gated by
  * sigmoid(gate) before `o_proj`.
  */
-export class Qwen3NextAttention extends Module<Tensor, Tensor> {
+export class Qwen3NextAttention extends Module<Tensor, Tensor> implements TokenMixer {
   readonly className = "Qwen3NextAttention";
 
   constructor(readonly config: Qwen3NextConfig) {
@@ -93,6 +93,11 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> {
     this.addModule("o_proj", new Linear(nH * D, H, bias));
     this.addModule("q_norm", new Qwen3NextRMSNorm(D, config.rmsNormEps));
     this.addModule("k_norm", new Qwen3NextRMSNorm(D, config.rmsNormEps));
+  }
+
+  /** q k^T and p v: 4 S^2 D per head */
+  mixingFlops(_tokens: number, sumSquares: number): number {
+    return 4 * sumSquares * this.config.numAttentionHeads * this.config.headDim;
   }
 
   async forward(x: Tensor): Promise<Tensor> {
