@@ -50,6 +50,23 @@ function parseSet(entries: string[]): Record<string, unknown> {
   return out;
 }
 
+/** Per-layer lists of a config resized to num_hidden_layers (after --layers or --set changed it). */
+function fitLayerLists(c: Record<string, unknown>): void {
+  const n = c.num_hidden_layers;
+  if (typeof n !== "number") return;
+  if (Array.isArray(c.layer_types) && c.layer_types.length !== n) {
+    // Qwen3-Next / 3.5 derive theirs from full_attention_interval; AFMoE's alternate sliding and full attention
+    if (c.layer_types.includes("linear_attention")) delete c.layer_types;
+    else {
+      const every = typeof c.global_attn_every_n_layers === "number" ? c.global_attn_every_n_layers : 4;
+      c.layer_types = Array.from({ length: n }, (_, i) => ((i + 1) % every ? "sliding_attention" : "full_attention"));
+    }
+  }
+  // MiniMax-M2's per-layer attention kinds (all 1, full attention)
+  if (Array.isArray(c.attn_type_list) && c.attn_type_list.length !== n)
+    c.attn_type_list = Array.from({ length: n }, (_, i) => (c.attn_type_list as unknown[])[i] ?? 1);
+}
+
 /**
  * Write a random-weight checkpoint of any supported family (BF16; router biases F32) shaped like `like` with
  * overrides, plus its tokenizer. Tensors are generated one at a time and written in shards,
@@ -65,18 +82,8 @@ export function randomModel(options: RandomModelOptions): { output: string; para
   Object.assign(raw, parseSet(opts.set ?? []));
   // a vision-language config (Qwen3.5) keeps its text model's fields under text_config
   const text = (typeof raw.text_config === "object" && raw.text_config !== null ? raw.text_config : raw) as Record<string, unknown>;
-  if (opts.layers !== undefined) {
-    text.num_hidden_layers = opts.layers;
-    if (Array.isArray(text.layer_types) && text.layer_types.length !== opts.layers) delete text.layer_types;
-  }
-  const n = raw.num_hidden_layers;
-  if (Array.isArray(raw.layer_types) && typeof n === "number" && raw.layer_types.length !== n) {
-    const every = typeof raw.global_attn_every_n_layers === "number" ? raw.global_attn_every_n_layers : 4;
-    raw.layer_types = Array.from({ length: n }, (_, i) => ((i + 1) % every ? "sliding_attention" : "full_attention"));
-  }
-  // MiniMax-M2's per-layer attention kinds (all 1, full attention)
-  if (Array.isArray(raw.attn_type_list) && typeof n === "number" && raw.attn_type_list.length !== n)
-    raw.attn_type_list = Array.from({ length: n }, (_, i) => (raw.attn_type_list as unknown[])[i] ?? 1);
+  if (opts.layers !== undefined) text.num_hidden_layers = opts.layers;
+  fitLayerLists(text);
   const family = familyFor(raw, "random-model config");
   const config = family.parseConfig(raw, "random-model config");
   if (typeof raw.vocab_size === "number" && entryExists(path.join(like, "tokenizer.json"))) {

@@ -208,7 +208,7 @@ export const BAD_INPUTS: BadInputCase[] = [
       ),
     exitCode: 1,
     message:
-      /unsupported model_type "llama" \(moecal supports "afmoe", "qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "kimi_k2", "minimax_m2", "qwen3_next", "qwen3_5_moe"\)/,
+      /unsupported model_type "llama" \(moecal supports "afmoe", "qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3", "kimi_k2", "minimax_m2", "qwen3_next", "qwen3_5_moe"; any other checkpoint is quantized data-free: --method rtn with a scheme without static activation scales\)/,
   },
   {
     name: "NaN or Inf in a weight",

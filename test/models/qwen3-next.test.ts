@@ -16,7 +16,9 @@ import { parseQwen3NextConfig, parseQwen3_5MoeConfig } from "../../src/models/qw
 import { qwen3NextFusedGroups } from "../../src/models/qwen3_next/quant-defaults.js";
 import { Linear } from "../../src/nn/layers.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, TEXT } from "../helpers.js";
+import { ROOT, TEXT, assertClose } from "../helpers.js";
+import { Tensor } from "../../src/engine/tensor.js";
+import type { Qwen3NextGatedDeltaNet } from "../../src/models/qwen3_next/gated-deltanet.js";
 
 const NEXT = path.join(ROOT, "test", "fixtures", "tiny-qwen3_next");
 const Q35 = path.join(ROOT, "test", "fixtures", "tiny-qwen3_5_moe");
@@ -141,4 +143,22 @@ test("config values read differently by transformers and vLLM, or inconsistent, 
     );
   // Qwen3.5's router always renormalises (transformers has no switch for it)
   assert.equal(parseQwen3_5MoeConfig({ ...q35, text_config: { ...q35.text_config, norm_topk_prob: false } }).normTopkProb, true);
+});
+
+test("the chunked delta rule (chunks of 64, heads batched through the engine) equals the token-by-token recurrence (chunks of 1) over 150 tokens: 3 chunks, the state carried across", async () => {
+  const m = openServed(NEXT);
+  const gdn = m.model.getSubmodule("model.layers.0.linear_attn") as Qwen3NextGatedDeltaNet;
+  const S = 150;
+  const x = new Tensor(
+    Float32Array.from({ length: 2 * S * 64 }, (_, i) => Math.sin(i * 0.61) * 0.9),
+    [2, S, 64],
+  );
+  assert.equal(gdn.chunk, 64);
+  const chunked = await gdn.call(x);
+  gdn.chunk = 1;
+  try {
+    assertClose("linear_attn output", chunked, await gdn.call(x), 1e-5);
+  } finally {
+    gdn.chunk = 64;
+  }
 });
