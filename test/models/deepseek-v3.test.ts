@@ -313,3 +313,14 @@ for (const family of ["qwen3_moe", "glm4_moe"])
     await oneshot({ model: m, scheme: "W4A16", numSamples: 4, maxSeqLength: 16, output: out, warn: () => undefined });
     assert.deepEqual(inspectCheckpoint(out).problems, []);
   });
+
+test("kimi_k2 (Moonshot's model_type for the same architecture): random-model --family kimi_k2 writes a checkpoint moecal loads, runs and quantizes data-free", async () => {
+  const out = path.join(tmp, "kimi");
+  const r = spawnSync(process.execPath, [CLI, "random-model", "--family", "kimi_k2", "--output", out], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const m = openServed(out);
+  assert.equal(m.config.modelType, "kimi_k2");
+  assert.ok((await m.model.call({ ids: { ids: Int32Array.from([256, 75, 105]), shape: [1, 3] } })).logits.data.every(Number.isFinite));
+  await oneshot({ model: out, scheme: "W8A16", method: "rtn", output: path.join(tmp, "kimi-w8"), warn: () => undefined });
+  assert.deepEqual(inspectCheckpoint(path.join(tmp, "kimi-w8")).problems, []);
+});

@@ -162,3 +162,19 @@ test("the chunked delta rule (chunks of 64, heads batched through the engine) eq
     gdn.chunk = 64;
   }
 });
+
+test("Qwen3-Next's dense layers (mlp_only_layers, decoder_sparse_step) carry a plain SwiGLU MLP of intermediate_size, which the family reports and the forward runs", async () => {
+  const out = path.join(tmp, "dense");
+  const r = spawnSync(process.execPath, [CLI, "random-model", "--family", "qwen3_next", "--set", "mlp_only_layers=[0]", "--output", out], {
+    encoding: "utf8",
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const m = openServed(out);
+  assert.deepEqual(
+    [0, 1, 2, 3].map((i) => m.family.isMoeLayer(m.config, i)),
+    [false, true, true, true],
+  );
+  assert.deepEqual(m.model.getSubmodule("model.layers.0.mlp.down_proj").parameter("weight").shape, [64, 128]);
+  const o = await m.model.call({ ids: { ids: Int32Array.from([256, 72, 105]), shape: [1, 3] } });
+  assert.ok(o.logits.data.every(Number.isFinite));
+});
