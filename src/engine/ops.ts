@@ -112,40 +112,6 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   return new Tensor(out, x.shape);
 }
 
-/**
- * NeoX rotate-half RoPE in place on x viewed as [B, S, heads, D]; position of (b, s) is s.
- * inv_freq = 1 / theta^(2i / D), angle = pos * inv_freq, emb = cat(angle, angle).
- */
-export function applyRopeInPlace(x: Float32Array, b: number, s: number, heads: number, d: number, theta: number, rotary = d): void {
-  // rotate-half over the first `rotary` dims of each head (all of them unless partial); the rest pass through
-  const half = rotary / 2;
-  const cos = new Float32Array(s * half);
-  const sin = new Float32Array(s * half);
-  for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / theta ** ((2 * i) / rotary));
-    for (let p = 0; p < s; p++) {
-      const angle = Math.fround(p * invFreq);
-      cos[p * half + i] = Math.cos(angle);
-      sin[p * half + i] = Math.sin(angle);
-    }
-  }
-  for (let bi = 0; bi < b; bi++) {
-    for (let p = 0; p < s; p++) {
-      for (let h = 0; h < heads; h++) {
-        const base = ((bi * s + p) * heads + h) * d;
-        for (let i = 0; i < half; i++) {
-          const x1 = x[base + i] as number;
-          const x2 = x[base + i + half] as number;
-          const c = cos[p * half + i] as number;
-          const sn = sin[p * half + i] as number;
-          x[base + i] = x1 * c - x2 * sn;
-          x[base + i + half] = x2 * c + x1 * sn;
-        }
-      }
-    }
-  }
-}
-
 /** Rows of x [T, H] at the given indices: [n, H]. */
 export function gatherRows(x: Tensor, rows: ArrayLike<number>): Tensor {
   const h = x.dim(-1);

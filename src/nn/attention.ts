@@ -1,6 +1,7 @@
 /** The attention core shared by every family: causal (optionally windowed) grouped-query softmax attention. */
 import { getEngine } from "../engine/index.js";
-import { applyRopeInPlace, rmsNorm, softmaxRowInPlace } from "../engine/ops.js";
+import { rmsNorm, softmaxRowInPlace } from "../engine/ops.js";
+import { applyRopeInPlace } from "./rope.js";
 import { Tensor } from "../engine/tensor.js";
 import { Linear, RMSNorm } from "./layers.js";
 import { Module } from "./module.js";

@@ -78,3 +78,14 @@ export function rotateAt(
     x[i2] = x2 * c + x1 * s;
   }
 }
+
+/**
+ * NeoX rotate-half RoPE (no scaling) in place on x viewed as [B, S, heads, D], position of (b, s)
+ * being s, over the first `rotary` dims of each head (all unless partial); the rest pass through.
+ */
+export function applyRopeInPlace(x: Float32Array, b: number, s: number, heads: number, d: number, theta: number, rotary = d): void {
+  const { invFreq, attentionFactor } = ropeFrequencies(rotary, theta, null);
+  const tables = ropeTables(invFreq, s, attentionFactor);
+  for (let bi = 0; bi < b; bi++)
+    for (let p = 0; p < s; p++) for (let h = 0; h < heads; h++) rotateAt(x, ((bi * s + p) * heads + h) * d, p, tables, rotary / 2, false);
+}

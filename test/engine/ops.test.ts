@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Tensor } from "../../src/engine/tensor.js";
-import { applyRopeInPlace, rmsNorm, sigmoid, silu, softmax, swiglu, topkIndices } from "../../src/engine/ops.js";
+import { rmsNorm, sigmoid, silu, softmax, swiglu, topkIndices } from "../../src/engine/ops.js";
+import { applyRopeInPlace } from "../../src/nn/rope.js";
 
 const t = (v: number[], shape = [v.length]): Tensor => new Tensor(Float32Array.from(v), shape);
 const close = (a: ArrayLike<number>, b: number[], eps = 1e-6): void => {

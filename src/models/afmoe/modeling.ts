@@ -2,17 +2,9 @@
  * AFMoE (Arcee Trinity), module by module, as the Hugging Face remote code names them.
  * Exact semantics: docs/afmoe.md.
  */
+import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
-import {
-  add,
-  applyRopeInPlace,
-  gatherRows,
-  indexAddWeighted,
-  rmsNorm,
-  sigmoidScalar,
-  softmaxRowInPlace,
-  topkIndices,
-} from "../../engine/ops.js";
+import { add, gatherRows, indexAddWeighted, rmsNorm, sigmoidScalar, softmaxRowInPlace, topkIndices } from "../../engine/ops.js";
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";

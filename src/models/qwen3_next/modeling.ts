@@ -4,7 +4,8 @@
  * softmax-routed MoE block with a sigmoid-gated shared expert. Exact semantics:
  * ../shared/spec/qwen3_next.md.
  */
-import { add, applyRopeInPlace, rmsNorm, sigmoidScalar } from "../../engine/ops.js";
+import { add, rmsNorm, sigmoidScalar } from "../../engine/ops.js";
+import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
 import { type TokenMixer, causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
