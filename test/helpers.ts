@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { Tensor } from "../src/engine/tensor.js";
 import { SafetensorsFile, rawToInts } from "../src/io/safetensors.js";
 import { Checkpoint } from "../src/io/checkpoint.js";
@@ -109,4 +110,27 @@ export function mutatedCopy(src: string, dir: string, mutate: (t: Map<string, Na
   mutate(tensors);
   writeSafetensors(path.join(dir, "model.safetensors"), [...tensors.values()]);
   return dir;
+}
+
+/** A copy of fixture folder `src` (its golden references left out) at `dir`, which it creates. */
+export function fixtureCopy(src: string, dir: string): string {
+  fs.mkdirSync(dir, { recursive: true });
+  for (const f of fs.readdirSync(src)) if (f !== "golden") fs.copyFileSync(path.join(src, f), path.join(dir, f));
+  return dir;
+}
+
+/** Runs the built CLI in `cwd` as a user would: asserts it exits 0 and returns its stdout. */
+export function cliIn(cwd: string): (...args: string[]) => string {
+  const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+  return (...args) => {
+    const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", cwd });
+    assert.equal(r.status, 0, `${args[0]}: ${r.stderr}`);
+    return r.stdout;
+  };
+}
+
+/** `moecal eval --model --reference` on two prose samples, through `run` (cliIn): the mean per-token KL. */
+export function evalKl(run: (...args: string[]) => string, model: string, reference: string): number {
+  const args = ["--dataset", path.join(TEXT, "eval-prose.jsonl"), "--num-samples", "2", "--json", "--quiet"];
+  return (JSON.parse(run("eval", "--model", model, "--reference", reference, ...args)) as { kl: number }).kl;
 }

@@ -6,7 +6,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { SafetensorsFile } from "../../src/io/safetensors.js";
 import { type NamedRaw, writeSafetensors } from "../../src/io/writer.js";
-import { ROOT } from "../helpers.js";
+import { ROOT, fixtureCopy } from "../helpers.js";
 import { type BadInputCase, quick } from "./bad-inputs.fixtures.js";
 
 const FP8 = path.join(ROOT, "test", "fixtures", "tiny-deepseek_v3-fp8");
@@ -17,9 +17,7 @@ export function fp8Copy(
   dir: string,
   opts: { config?: (c: Record<string, unknown>) => void; tensors?: (t: Map<string, NamedRaw>) => void } = {},
 ): string {
-  const m = path.join(dir, "model");
-  fs.mkdirSync(m, { recursive: true });
-  for (const f of fs.readdirSync(FP8)) if (f !== "golden") fs.copyFileSync(path.join(FP8, f), path.join(m, f));
+  const m = fixtureCopy(FP8, path.join(dir, "model"));
   if (opts.config) {
     const c = JSON.parse(fs.readFileSync(path.join(m, "config.json"), "utf8")) as Record<string, unknown>;
     opts.config(c);

@@ -24,7 +24,7 @@ import { oneshot } from "../../src/pipeline/oneshot.js";
 import { plan } from "../../src/pipeline/plan.js";
 import { openServed } from "../../src/pipeline/serving.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
-import { ROOT, TEXT, assertClose, relErr } from "../helpers.js";
+import { ROOT, TEXT, assertClose, cliIn, evalKl, fixtureCopy, relErr } from "../helpers.js";
 
 const BF16 = path.join(ROOT, "test", "fixtures", "tiny-deepseek_v3");
 const FP8 = path.join(ROOT, "test", "fixtures", "tiny-deepseek_v3-fp8");
@@ -222,14 +222,8 @@ test("config values vLLM and transformers would read differently are refused nam
 });
 
 test("FP8 source through the CLI as a new user would: oneshot W4A16 writes a plain compressed-tensors checkpoint (MTP layer in BF16 and in ignore, no scale_inv) that inspect, eval --reference <the FP8 folder>, coverage, forward and plan accept", () => {
-  const copy = path.join(tmp, "fp8-copy");
-  fs.mkdirSync(copy);
-  for (const f of fs.readdirSync(FP8)) if (f !== "golden") fs.copyFileSync(path.join(FP8, f), path.join(copy, f));
-  const run = (...args: string[]): string => {
-    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", cwd: tmp });
-    assert.equal(r.status, 0, `${args[0]}: ${r.stderr}`);
-    return r.stdout;
-  };
+  const copy = fixtureCopy(FP8, path.join(tmp, "fp8-copy"));
+  const run = cliIn(tmp);
   run("oneshot", "--model", copy, "--scheme", "W4A16", "--group-size", "16", "--num-samples", "16", "--quiet");
   const out = path.join(tmp, "fp8-copy-W4A16");
   assert.match(run("inspect", out), /no problems found/);
@@ -245,22 +239,8 @@ test("FP8 source through the CLI as a new user would: oneshot W4A16 writes a pla
     assert.equal(ck.info(n).dtype, "BF16");
     assert.deepEqual(ck.readRaw(n).bytes, new Uint8Array(f32ToBf16(src.readF32(n).data).buffer), n);
   }
-  const ev = JSON.parse(
-    run(
-      "eval",
-      "--model",
-      out,
-      "--reference",
-      copy,
-      "--dataset",
-      path.join(TEXT, "eval-prose.jsonl"),
-      "--num-samples",
-      "2",
-      "--json",
-      "--quiet",
-    ),
-  ) as { kl: number };
-  assert.ok(ev.kl > 0 && ev.kl < 0.05, `kl ${ev.kl}`);
+  const kl = evalKl(run, out, copy);
+  assert.ok(kl > 0 && kl < 0.05, `kl ${kl}`);
   run("coverage", "--model", copy, "--dataset", path.join(TEXT, "eval-json.jsonl"), "--num-samples", "2", "--json", "--quiet");
   run(
     "forward",

@@ -35,7 +35,7 @@ import { evaluate } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { plan } from "../../src/pipeline/plan.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, TEXT, assertClose, assertIntsEqual, relErr } from "../helpers.js";
+import { ROOT, TEXT, assertClose, assertIntsEqual, fixtureCopy, relErr } from "../helpers.js";
 import { SCHEME_NAMES } from "../../src/quantization/scheme.js";
 
 interface FamilyCase {
@@ -324,9 +324,7 @@ for (const fc of CASES) {
   });
 
   test(`npx moecal oneshot --model <a tiny-${fc.modelType} copy> works with no other flag`, () => {
-    const copy = path.join(tmp, `tiny-${fc.modelType}`);
-    fs.mkdirSync(copy);
-    for (const f of fs.readdirSync(DIR)) if (f !== "golden") fs.copyFileSync(path.join(DIR, f), path.join(copy, f));
+    const copy = fixtureCopy(DIR, path.join(tmp, `tiny-${fc.modelType}`));
     const r = spawnSync(
       process.execPath,
       [path.join(ROOT, "dist", "src", "cli", "main.js"), "oneshot", "--model", copy, "--num-samples", "8", "--quiet"],

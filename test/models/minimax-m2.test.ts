@@ -6,7 +6,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -16,11 +15,10 @@ import { parseMiniMaxM2Config } from "../../src/models/minimax_m2/config.js";
 import { miniMaxM2FusedGroups } from "../../src/models/minimax_m2/quant-defaults.js";
 import { Linear } from "../../src/nn/layers.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, TEXT, assertClose, relErr } from "../helpers.js";
+import { ROOT, assertClose, cliIn, evalKl, fixtureCopy, relErr } from "../helpers.js";
 
 const BF16 = path.join(ROOT, "test", "fixtures", "tiny-minimax_m2");
 const FP8 = path.join(ROOT, "test", "fixtures", "tiny-minimax_m2-fp8");
-const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-minimax-"));
 
 test("FP8 source as published: forward within 1e-5 of its golden on the dequantized weights (6% away from the BF16 model's)", async () => {
@@ -81,14 +79,8 @@ test("config values the implementations do not agree on are refused naming the f
 });
 
 test("npx moecal oneshot --model <a copy of tiny-minimax_m2-fp8> --scheme NVFP4A16: inspect and eval --reference <the FP8 folder> accept it", () => {
-  const copy = path.join(tmp, "fp8-copy");
-  fs.mkdirSync(copy);
-  for (const f of fs.readdirSync(FP8)) if (f !== "golden") fs.copyFileSync(path.join(FP8, f), path.join(copy, f));
-  const run = (...args: string[]): string => {
-    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", cwd: tmp });
-    assert.equal(r.status, 0, `${args[0]}: ${r.stderr}`);
-    return r.stdout;
-  };
+  const copy = fixtureCopy(FP8, path.join(tmp, "fp8-copy"));
+  const run = cliIn(tmp);
   run("oneshot", "--model", copy, "--scheme", "NVFP4A16", "--num-samples", "16", "--quiet");
   const out = path.join(tmp, "fp8-copy-NVFP4A16");
   assert.match(run("inspect", out), /no problems found/);
@@ -96,20 +88,6 @@ test("npx moecal oneshot --model <a copy of tiny-minimax_m2-fp8> --scheme NVFP4A
     quantization_config: { quant_method: string; format: string };
   };
   assert.equal(cfg.quantization_config.quant_method, "compressed-tensors");
-  const ev = JSON.parse(
-    run(
-      "eval",
-      "--model",
-      out,
-      "--reference",
-      copy,
-      "--dataset",
-      path.join(TEXT, "eval-prose.jsonl"),
-      "--num-samples",
-      "2",
-      "--json",
-      "--quiet",
-    ),
-  ) as { kl: number };
-  assert.ok(ev.kl > 0 && ev.kl < 0.2, `kl ${ev.kl}`);
+  const kl = evalKl(run, out, copy);
+  assert.ok(kl > 0 && kl < 0.2, `kl ${kl}`);
 });

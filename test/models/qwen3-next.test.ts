@@ -16,7 +16,7 @@ import { parseQwen3NextConfig, parseQwen3_5MoeConfig } from "../../src/models/qw
 import { qwen3NextFusedGroups } from "../../src/models/qwen3_next/quant-defaults.js";
 import { Linear } from "../../src/nn/layers.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, TEXT, assertClose } from "../helpers.js";
+import { ROOT, assertClose, cliIn, evalKl, fixtureCopy } from "../helpers.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import type { Qwen3NextGatedDeltaNet } from "../../src/models/qwen3_next/gated-deltanet.js";
 
@@ -44,14 +44,8 @@ test("Qwen3.5's fused 3-D experts read as per-expert weights: expert e's gate_pr
 });
 
 test("npx moecal oneshot --model <a copy of tiny-qwen3_5_moe>: per-expert names under model.language_model., the vision tower and MTP head byte for byte; inspect and eval --reference accept it", () => {
-  const copy = path.join(tmp, "q35");
-  fs.mkdirSync(copy);
-  for (const f of fs.readdirSync(Q35)) if (f !== "golden") fs.copyFileSync(path.join(Q35, f), path.join(copy, f));
-  const run = (...args: string[]): string => {
-    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", cwd: tmp });
-    assert.equal(r.status, 0, `${args[0]}: ${r.stderr}`);
-    return r.stdout;
-  };
+  const copy = fixtureCopy(Q35, path.join(tmp, "q35"));
+  const run = cliIn(tmp);
   run("oneshot", "--model", copy, "--num-samples", "16", "--quiet");
   const out = path.join(tmp, "q35-W4A16");
   assert.match(run("inspect", out), /no problems found/);
@@ -70,22 +64,8 @@ test("npx moecal oneshot --model <a copy of tiny-qwen3_5_moe>: per-expert names 
   assert.ok(cfg.quantization_config.ignore.includes("model.language_model.layers.0.linear_attn.in_proj_b"));
   assert.ok(cfg.quantization_config.ignore.includes("model.visual.blocks.0.attn.qkv"));
   assert.ok(!cfg.quantization_config.ignore.some((n) => n.startsWith("model.layers.")));
-  const ev = JSON.parse(
-    run(
-      "eval",
-      "--model",
-      out,
-      "--reference",
-      copy,
-      "--dataset",
-      path.join(TEXT, "eval-prose.jsonl"),
-      "--num-samples",
-      "2",
-      "--json",
-      "--quiet",
-    ),
-  ) as { kl: number };
-  assert.ok(ev.kl > 0 && ev.kl < 0.2, `kl ${ev.kl}`);
+  const kl = evalKl(run, out, copy);
+  assert.ok(kl > 0 && kl < 0.2, `kl ${kl}`);
 });
 
 test("vLLM's fused modules: q/k/v; dense and shared-expert gate/up; a layer's experts; Qwen3.5's in_proj_qkv + in_proj_z (in_proj_b/a never quantized)", () => {

@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
-import { ROOT, TINY } from "../helpers.js";
+import { ROOT, TINY, fixtureCopy } from "../helpers.js";
 import { MoecalError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 
@@ -131,9 +131,7 @@ test("data-free memory does not hold layers: 6 more layers (25 MB of BF16 weight
 
 test("a model_type moecal has no family for is quantized data-free from names and shapes: the same tensors as its known family's run, routers and lm_head ignored, a warning naming the rules; the calibrated path refuses it", async () => {
   const known = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
-  const unknown = path.join(tmp, "unknown-moe");
-  fs.mkdirSync(unknown);
-  for (const f of fs.readdirSync(known)) if (f !== "golden") fs.copyFileSync(path.join(known, f), path.join(unknown, f));
+  const unknown = fixtureCopy(known, path.join(tmp, "unknown-moe"));
   const cfg = JSON.parse(fs.readFileSync(path.join(unknown, "config.json"), "utf8")) as Record<string, unknown>;
   fs.writeFileSync(
     path.join(unknown, "config.json"),
