@@ -30,6 +30,7 @@ interface OneshotCliOptions {
   actorder: string;
   quiet?: boolean;
   calibrate?: boolean;
+  workers?: number;
 }
 
 /** The options oneshot and plan share (plan reads them to predict the run). */
@@ -65,7 +66,16 @@ function runOptions(cmd: Command): Command {
       "dataset shuffling seed, any non-negative integer (default 42; same draw as Hugging Face datasets' shuffle(seed))",
       seedOption,
     )
-    .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"));
+    .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
+    .option(
+      "--calibrate",
+      "with --method rtn: run the calibration forward anyway (otherwise data-free: each weight quantized from itself, no data read)",
+    )
+    .option(
+      "--workers <n>",
+      "worker threads that quantize (data-free) or run GPTQ; 0 runs them on the main thread (default: one per core)",
+      intOption("--workers", 0),
+    );
 }
 
 export function registerOneshot(program: Command): void {
@@ -79,10 +89,6 @@ export function registerOneshot(program: Command): void {
       sizeOption,
     )
     .option("--quiet", "no progress output")
-    .option(
-      "--calibrate",
-      "with --method rtn: run the calibration forward anyway (otherwise data-free: each weight quantized from itself, no data read)",
-    )
     .action(async (o: OneshotCliOptions) => {
       const progress = o.quiet ? undefined : progressPrinter(process.stderr);
       const { quiet: _quiet, ...run } = o;

@@ -150,9 +150,10 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
     : null;
   const runBar = multi?.create(1, 0, { label: "layers", what: "", info: "" });
   const layerBar = multi?.create(1, 0, { label: "layer ", what: "samples", info: "" });
+  let bytesEta: number | null = null;
   const etaText = (): string => {
-    const eta = clock.eta(layers - layer);
-    return `elapsed ${duration(clock.elapsed())}, ETA ${eta === null ? "after the first layer" : duration(eta)}`;
+    const eta = dataFree ? bytesEta : clock.eta(layers - layer);
+    return `elapsed ${duration(clock.elapsed())}, ETA ${eta === null ? (dataFree ? "after the first weights" : "after the first layer") : duration(eta)}`;
   };
   const line = (text: string): void => {
     if (multi) multi.log(`${text}\n`);
@@ -180,6 +181,26 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
         line(`resuming after layer ${e.layer + 1}/${e.layers} (finished layers kept in ${e.folder})`);
         runBar?.update(layer, { info: etaText() });
         break;
+      case "resume-shards":
+        line(`resuming after ${e.shards} finished output shard(s) (kept in ${e.folder})`);
+        break;
+      case "bytes": {
+        // data-free: the rate of this run's bytes (an earlier run's count as done), the ETA from it
+        const seconds = clock.elapsed();
+        const rate = seconds > 0 ? (e.done - e.resumed) / seconds : 0;
+        bytesEta = rate > 0 ? (e.total - e.done) / rate : null;
+        const mb = (b: number): string => (b / 1e6).toFixed(0);
+        const info = `${(rate / 1e6).toFixed(0)} MB/s, ${etaText()}`;
+        if (layerBar) {
+          layerBar.setTotal(Math.round(e.total / 1e6));
+          layerBar.update(Math.round(e.done / 1e6), { label: "weights", what: "MB", info });
+          runBar?.update(layer, { info: etaText() });
+        } else if (now() - lastLine >= every || e.done === e.total) {
+          lastLine = now();
+          line(`weights ${mb(e.done)}/${mb(e.total)} MB (${((100 * e.done) / Math.max(1, e.total)).toFixed(0)}%), ${info}`);
+        }
+        break;
+      }
       case "layer":
         layer = e.layer;
         clock.layerBegins();

@@ -83,6 +83,11 @@ export function f32ToF16(values: Float32Array): Uint16Array {
 export const FP8_E4M3_MAX = 448;
 
 export function fp8e4m3ToF32(byte: number): number {
+  return FP8_VALUES[byte & 0xff] as number;
+}
+
+/** The value of an e4m3fn byte, computed (FP8_VALUES holds all 256). */
+function fp8Value(byte: number): number {
   const s = byte & 0x80 ? -1 : 1;
   const e = (byte >>> 3) & 0xf;
   const m = byte & 0x7;
@@ -90,6 +95,8 @@ export function fp8e4m3ToF32(byte: number): number {
   if (e === 0) return s * m * 2 ** -9;
   return s * (1 + m / 8) * 2 ** (e - 7);
 }
+
+const FP8_VALUES = Float64Array.from({ length: 256 }, (_, b) => fp8Value(b));
 
 const FP8_TABLE: Float64Array = (() => {
   const t = new Float64Array(128);
@@ -103,6 +110,23 @@ const FP8_TABLE: Float64Array = (() => {
  * NaN encodes as 0x7f.
  */
 export function f32ToFp8e4m3(x: number): number {
+  f32[0] = x;
+  if (f32[0] !== x) return fp8Search(x); // not a float32 value (or NaN)
+  // a float32: from its bits (the search's result, value for value: checked over every float32 in test/engine)
+  const u = u32[0] as number;
+  const sign = (u >>> 24) & 0x80;
+  const a = u & 0x7fffffff;
+  if (a >= 0x43e00000) return sign | 0x7e; // 448 and beyond saturate
+  if (a < 0x3c800000) return sign | (Math.abs(x) * 512 + RNE_SHIFT - RNE_SHIFT); // below 2^-6: subnormal codes of 2^-9, ties to even
+  // drop 20 mantissa bits, ties to even (a carry moves into the exponent), rebias 127 -> 7
+  return sign | (((a + 0x7ffff + ((a >>> 20) & 1)) >>> 20) - 960);
+}
+
+/** Adding and subtracting 1.5 * 2^52 rounds a double below 2^51 in magnitude to an integer, ties to even. */
+const RNE_SHIFT = 6755399441055744;
+
+/** f32ToFp8e4m3 for any number: a binary search over the codes' values. */
+function fp8Search(x: number): number {
   if (Number.isNaN(x)) return 0x7f;
   const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
   const a = Math.min(Math.abs(x), FP8_E4M3_MAX);

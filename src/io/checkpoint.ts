@@ -3,7 +3,7 @@ import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { confinedFile, entryExists } from "./files.js";
 import { readJsonObject } from "./json.js";
 import type { Tensor } from "../engine/tensor.js";
-import { type Fp8BlockFormat, Fp8BlockWeights } from "./fp8-blocks.js";
+import { type Fp8BlockFormat, Fp8BlockWeights, type Fp8Stored, fp8BlockRows } from "./fp8-blocks.js";
 import { DTYPE_BYTES, LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName, rawToF32 } from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
@@ -196,6 +196,11 @@ export class Checkpoint {
     return v ? v.file.rawChunksOf(v.info, chunkBytes) : this.file(name).rawChunks(name, chunkBytes);
   }
 
+  /** A tensor as stored, to be decoded elsewhere (a worker thread: storedToF32): its bytes, or an FP8 weight's codes and block scales. */
+  readStored(name: string): StoredTensor {
+    return this.fp8?.has(name) ? { fp8: this.fp8.stored(name) } : { raw: this.rawRead(name) };
+  }
+
   /** A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to the torch_dtype). */
   readF32(name: string): Tensor {
     return this.fp8?.has(name) ? this.fp8.readF32(name) : rawToF32(this.rawRead(name), `${this.dir}: tensor "${name}"`);
@@ -205,6 +210,14 @@ export class Checkpoint {
   fileOf(name: string): string {
     return path.relative(this.dir, (this.views.get(name)?.file ?? this.file(name)).file);
   }
+}
+
+/** A tensor as a checkpoint stores it (Checkpoint.readStored). */
+export type StoredTensor = { raw: RawTensor } | { fp8: Fp8Stored };
+
+/** A stored tensor in float32, as Checkpoint.readF32 reads it; `where` names it in errors. */
+export function storedToF32(t: StoredTensor, where: string): Float32Array {
+  return "fp8" in t ? fp8BlockRows(t.fp8, 0, t.fp8.out) : rawToF32(t.raw, where).data;
 }
 
 function readIndex(file: string, shown: string): Record<string, string> {

@@ -62,6 +62,32 @@ export interface RawAccess {
 
 const E4M3 = Float32Array.from({ length: 256 }, (_, b) => fp8e4m3ToF32(b));
 
+/** An FP8 weight as stored: E4M3 codes [out, inF] and float32 scales per block of `block` (rows, columns). */
+export interface Fp8Stored {
+  codes: Uint8Array;
+  scaleInv: Float32Array;
+  out: number;
+  inF: number;
+  block: readonly [number, number];
+}
+
+/** Rows [r0, r1) of an FP8 weight in float32: each code's value times its block's scale (exact in float32). */
+export function fp8BlockRows(w: Fp8Stored, r0: number, r1: number): Float32Array {
+  const { codes, scaleInv, inF } = w;
+  const [bo, bi] = w.block;
+  const cols = Math.ceil(inF / bi);
+  const end = Math.min(r1, w.out);
+  const out = new Float32Array((end - r0) * inF);
+  for (let r = r0; r < end; r++) {
+    const srow = Math.floor(r / bo) * cols;
+    for (let c = 0; c < inF; c++)
+      out[(r - r0) * inF + c] = Math.fround(
+        (E4M3[codes[r * inF + c] as number] as number) * (scaleInv[srow + Math.floor(c / bi)] as number),
+      );
+  }
+  return out;
+}
+
 /**
  * The FP8 weights of a checkpoint and their block scales, every one checked when the checkpoint
  * is opened (before any work): each `weight_scale_inv` beside an F8_E4M3 2-D weight, of shape
@@ -122,32 +148,17 @@ export class Fp8BlockWeights {
     return { ...t, dtype: this.format.dtype, end: t.begin + numel(t.shape) * DTYPE_BYTES[this.format.dtype] };
   }
 
-  /** The weight's codes and scales, read from disk. */
-  private load(name: string): { q: Uint8Array; scale: Float32Array; out: number; inF: number } {
+  /** The weight's codes and block scales as stored, read from disk. */
+  stored(name: string): Fp8Stored {
     const [out, inF] = this.raw.info(name).shape as [number, number];
     const scaleName = `${name.slice(0, -".weight".length)}${SCALE_INV}`;
     const scale = rawToF32(this.raw.readRaw(scaleName), `${this.raw.dir}: tensor "${scaleName}"`).data;
-    return { q: this.raw.readRaw(name).bytes, scale, out, inF };
-  }
-
-  /** Rows [r0, r1) of a loaded weight in float32. */
-  private rows(w: { q: Uint8Array; scale: Float32Array; out: number; inF: number }, r0: number, r1: number): Float32Array {
-    const { q, scale, inF } = w;
-    const [bo, bi] = this.format.block;
-    const cols = Math.ceil(inF / bi);
-    const end = Math.min(r1, w.out);
-    const out = new Float32Array((end - r0) * inF);
-    for (let r = r0; r < end; r++) {
-      const srow = Math.floor(r / bo) * cols;
-      for (let c = 0; c < inF; c++)
-        out[(r - r0) * inF + c] = Math.fround((E4M3[q[r * inF + c] as number] as number) * (scale[srow + Math.floor(c / bi)] as number));
-    }
-    return out;
+    return { codes: this.raw.readRaw(name).bytes, scaleInv: scale, out, inF, block: this.format.block };
   }
 
   readF32(name: string): Tensor {
-    const w = this.load(name);
-    return new Tensor(this.rows(w, 0, w.out), [w.out, w.inF]);
+    const w = this.stored(name);
+    return new Tensor(fp8BlockRows(w, 0, w.out), [w.out, w.inF]);
   }
 
   private encode(w: Float32Array): Uint8Array {
@@ -157,15 +168,15 @@ export class Fp8BlockWeights {
   }
 
   readRaw(name: string): RawTensor {
-    const w = this.load(name);
-    return { dtype: this.format.dtype, shape: [w.out, w.inF], bytes: this.encode(this.rows(w, 0, w.out)) };
+    const w = this.stored(name);
+    return { dtype: this.format.dtype, shape: [w.out, w.inF], bytes: this.encode(fp8BlockRows(w, 0, w.out)) };
   }
 
   /** The presented bytes in pieces of whole block rows, each at most about `chunkBytes`. */
   *rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
-    const w = this.load(name);
+    const w = this.stored(name);
     const step = Math.max(1, Math.floor(chunkBytes / (w.inF * DTYPE_BYTES[this.format.dtype])));
-    for (let r = 0; r < w.out; r += step) yield this.encode(this.rows(w, r, r + step));
+    for (let r = 0; r < w.out; r += step) yield this.encode(fp8BlockRows(w, r, r + step));
   }
 
   readRowsRaw(name: string, rows: Int32Array): RawTensor {

@@ -50,6 +50,33 @@ export function writeAll(fd: number, buf: Uint8Array, file: string): void {
   }
 }
 
+/** Create `file` afresh for writing: whatever is in its place (a stale temporary, a planted link) is unlinked, never followed. */
+function createFresh(file: string): number {
+  fs.rmSync(file, { force: true });
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  try {
+    return fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o644);
+  } catch (cause) {
+    throw new IoError(`${file}: cannot create (${(cause as Error).message})`, { cause });
+  }
+}
+
+/** A finished shard: `shard-K.safetensors` in the writer's folder, its tensors in order, their bytes and the file's. */
+export interface FinishedShard {
+  file: string;
+  tensors: string[];
+  tensor_bytes: number;
+  file_bytes: number;
+}
+
+export interface ShardedWriterOptions {
+  metadata?: Record<string, string>;
+  /** shards finished by an earlier run, in the folder already (a resume): writing goes on after them */
+  done?: readonly FinishedShard[];
+  /** called when a shard is finished, made durable (fsync) first */
+  onShard?: (shard: FinishedShard, index: number) => void;
+}
+
 /** Bytes copied at a time when a shard is assembled. */
 const COPY_CHUNK = 16 * 1024 * 1024;
 
@@ -76,15 +103,28 @@ export class ShardedWriter {
   private pending: PendingEntry[] = [];
   private pendingBytes = 0;
   private scratchFd: number | null = null;
-  private shards: { tmp: string; names: string[] }[] = [];
+  private readonly shards: FinishedShard[] = [];
   private totalBytes = 0;
   private readonly seen = new Set<string>();
+  private readonly metadata: Record<string, string>;
 
   constructor(
     private readonly dir: string,
     private readonly maxShardBytes = DEFAULT_SHARD_BYTES,
-    private readonly metadata: Record<string, string> = { format: "pt" },
-  ) {}
+    private readonly opts: ShardedWriterOptions = {},
+  ) {
+    this.metadata = opts.metadata ?? { format: "pt" };
+    for (const s of opts.done ?? []) {
+      this.shards.push(s);
+      for (const t of s.tensors) this.seen.add(t);
+      this.totalBytes += s.tensor_bytes;
+    }
+  }
+
+  /** Whether tensor `name` has been written (in this run or, resumed, an earlier one). */
+  has(name: string): boolean {
+    return this.seen.has(name);
+  }
 
   private get scratchPath(): string {
     return path.join(this.dir, `.shard-${this.shards.length}.data.tmp`);
@@ -104,7 +144,7 @@ export class ShardedWriter {
     const expected = numel(t.shape) * size;
     this.seen.add(t.name);
     if (this.pendingBytes > 0 && this.pendingBytes + expected > this.maxShardBytes) this.flush();
-    if (this.scratchFd === null) this.scratchFd = fs.openSync(this.scratchPath, "w");
+    if (this.scratchFd === null) this.scratchFd = createFresh(this.scratchPath);
     let written = 0;
     for (const bytes of pieces) {
       const bad = firstNonFinite({ dtype: t.dtype, shape: [bytes.byteLength / size], bytes });
@@ -137,8 +177,9 @@ export class ShardedWriter {
     while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
     const len = Buffer.alloc(8);
     len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-    const tmp = path.join(this.dir, `.shard-${this.shards.length}.tmp`);
-    const out = fs.openSync(tmp, "w");
+    const index = this.shards.length;
+    const tmp = path.join(this.dir, `.shard-${index}.tmp`);
+    const out = createFresh(tmp);
     const inp = fs.openSync(scratch, "r");
     let release = (): void => undefined;
     try {
@@ -154,19 +195,29 @@ export class ShardedWriter {
         writeAll(out, buf.subarray(0, n), tmp);
         pos += n;
       }
+      if (this.opts.onShard) fs.fsyncSync(out);
     } finally {
       release();
       fs.closeSync(inp);
       fs.closeSync(out);
     }
     fs.rmSync(scratch, { force: true });
-    this.shards.push({ tmp, names: this.pending.map((t) => t.name) });
+    const file = `shard-${index}.safetensors`;
+    fs.renameSync(tmp, path.join(this.dir, file));
+    const shard: FinishedShard = {
+      file,
+      tensors: this.pending.map((t) => t.name),
+      tensor_bytes: this.pendingBytes,
+      file_bytes: 8 + Buffer.byteLength(json) + this.pendingBytes,
+    };
+    this.shards.push(shard);
     this.pending = [];
     this.pendingBytes = 0;
+    this.opts.onShard?.(shard, index);
   }
 
-  /** Finish: rename shards, write the index. Returns the shard file names. */
-  finish(): string[] {
+  /** Finish: move the shards into `target` (this folder by default) under their final names, write the index there. Returns the shard file names. */
+  finish(target = this.dir): string[] {
     this.flush();
     const n = this.shards.length;
     const pad = (i: number): string => String(i).padStart(5, "0");
@@ -174,13 +225,13 @@ export class ShardedWriter {
     const files: string[] = [];
     this.shards.forEach((s, i) => {
       const name = `model-${pad(i + 1)}-of-${pad(n)}.safetensors`;
-      fs.renameSync(s.tmp, path.join(this.dir, name));
+      fs.renameSync(path.join(this.dir, s.file), path.join(target, name));
       files.push(name);
-      for (const t of s.names) weightMap[t] = name;
+      for (const t of s.tensors) weightMap[t] = name;
     });
     const sorted = Object.fromEntries(Object.entries(weightMap).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
     fs.writeFileSync(
-      path.join(this.dir, INDEX_FILE),
+      path.join(target, INDEX_FILE),
       `${JSON.stringify({ metadata: { total_size: this.totalBytes }, weight_map: sorted }, null, 2)}\n`,
     );
     return files;

@@ -103,7 +103,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     if (work.resume) opts.onProgress?.({ kind: "resume", layer: work.resume.layer, layers: N, folder: work.dir });
     // GPTQ workers boot in their own threads while layer 0 calibrates, instead of when the first
     // large layer is quantized (the pool is kept across layers and closed at the end)
-    const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget)) : 0;
+    const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget), opts.workers) : 0;
     if (poolSize > 0) void sharedGptqPool(poolSize);
 
     const streamed: StreamModel = { model, source, mapping, config };
@@ -177,6 +177,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
         blockSize: 128,
         warn,
         layerLabel: `layer ${i}`,
+        workers: opts.workers,
       });
       state.fallbacks.push(...fb);
       targets.hessians.clear();

@@ -1,33 +1,67 @@
 /**
  * The data-free executor: round-to-nearest needs no activation statistics, so each weight is
  * quantized from itself, tensor by tensor, straight into the output's shards: no dataset, no
- * forward pass, no work folder, memory of a few tensors (an NVFP4 fused set at most) whatever the
- * model's size. It writes what the calibrated path writes with `--method rtn`, byte for byte.
+ * forward pass, memory of a few tensors per worker whatever the model's size. The main thread
+ * reads and writes; worker threads (`workers`, one per core by default) decode and quantize
+ * (data-free-job.ts). Finished shards are kept in the work folder, so a rerun after a crash goes
+ * on after the last one (shard-log.ts). It writes what the calibrated path writes with
+ * `--method rtn`, byte for byte.
  */
+import os from "node:os";
+import path from "node:path";
 import { UsageError } from "../errors.js";
-import { PIECE_BYTES } from "../io/writer.js";
+import { DEFAULT_SHARD_BYTES, type NamedRaw, PIECE_BYTES, ShardedWriter } from "../io/writer.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
+import { WorkerPool } from "../util/worker-pool.js";
 import { plan } from "./plan.js";
 import { freeDiskBytes } from "./plan-report.js";
-import path from "node:path";
-import type { NamedRaw } from "../io/writer.js";
 import { Linear } from "../nn/layers.js";
-import { assertFinite } from "../nn/weights.js";
-import { quantizedLinearTensors } from "../export/compressed-tensors.js";
-import { rtnQuantize } from "../quantization/gptq.js";
-import { absMax, nvfp4GlobalScale } from "../quantization/params.js";
 import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization/scheme.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { safePoint } from "../util/interrupt.js";
-import { type Method, assertValidQParams } from "./quantize-layer.js";
+import { storedName } from "../models/stored-layers.js";
+import type { Method } from "./quantize-layer.js";
 import type { LayerReport, OneshotReport } from "./report.js";
-import { assertComplete } from "./preflight.js";
+import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { type Run, finishRun, modelHash, writeCheckpoint } from "./run.js";
+import { type DataFreeJob, ownedBuffers, owned, runDataFreeJob } from "./data-free-job.js";
+import { ShardLog } from "./shard-log.js";
+import { workFolderBytes } from "./work-folder.js";
 import type { OneshotResult } from "./oneshot.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
 export function needsData(method: Method, scheme: Scheme): boolean {
   return method === "gptq" || hasStaticActivationScales(scheme);
+}
+
+type DataFreePool = WorkerPool<DataFreeJob, NamedRaw[]>;
+
+const DATA_FREE_KIND = {
+  what: "data-free",
+  script: new URL("./data-free-worker.js", import.meta.url),
+  run: runDataFreeJob,
+  transfer: (job: DataFreeJob): ArrayBuffer[] =>
+    ownedBuffers(
+      job.members.flatMap((m) =>
+        "raw" in m.stored ? [m.stored.raw.bytes] : [m.stored.fp8.codes, new Uint8Array(m.stored.fp8.scaleInv.buffer)],
+      ),
+    ),
+};
+
+/** Worker threads of a data-free run: `workers`, else one per core. */
+export function dataFreeWorkers(workers: number | undefined): number {
+  return workers ?? os.availableParallelism();
+}
+
+/** What the layers share: the pool, the writer (resumed or fresh), the progress count. */
+interface Pass {
+  run: Run;
+  pool: DataFreePool;
+  writer: ShardedWriter;
+  /** quantized Linears whose jobs may run ahead of the one being written */
+  ahead: number;
+  progress: (source: string) => void;
+  reports: LayerReport[];
 }
 
 /** The data-free run: every layer's tensors quantized or copied in order, then the report and the commit. */
@@ -38,65 +72,142 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
     run.warn(
       `the dataset ${opts.dataset} is not read: --method rtn with ${run.scheme.name} needs no calibration data (data-free); pass --calibrate to calibrate on it anyway`,
     );
-  const layers: LayerReport[] = [];
+  const workers = dataFreeWorkers(opts.workers);
+  const pool: DataFreePool = new WorkerPool(workers, DATA_FREE_KIND);
+  let log: ShardLog | undefined;
   try {
-    await assertFits(run);
+    await assertFits(run, workers);
+    const modelSha = modelHash(run);
+    log = openLog(run, modelSha);
+    const shards = [...log.done];
+    const journal = log;
+    const writer = new ShardedWriter(journal.dir, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES, {
+      done: shards,
+      onShard: (s, k) => {
+        opts.onCheckpoint?.("shard-file", k);
+        shards.push(s);
+        journal.record(shards);
+        opts.onCheckpoint?.("shard", k);
+      },
+    });
     opts.onProgress?.({ kind: "start", layers: N, samples: 0, tokens: 0 });
-    await writeCheckpoint(run, (i) => layerTensors(run, i, layers));
-    const report: OneshotReport = {
-      moecal_version: MOECAL_VERSION,
-      model: { name: path.basename(path.resolve(run.modelDir)), sha256: modelHash(run) },
-      data_free: true,
-      scheme: run.scheme.name,
-      method: run.method,
-      group_size: run.scheme.weights.groupSize,
-      actorder: null,
-      dataset: null,
-      num_samples: 0,
-      tokens: 0,
-      max_seq_length: null,
-      calibrate_all_experts: null,
-      expert_statistics: null,
-      seed: null,
-      ignore: run.ignore,
-      coverage: { layers: {} },
-      fallbacks: [],
-      layers,
-    };
+    if (shards.length) opts.onProgress?.({ kind: "resume-shards", shards: shards.length, folder: log.dir });
+    const pass: Pass = { run, pool, writer, ahead: workers, progress: progressCounter(run, writer), reports: [] };
+    await writeCheckpoint(run, (i) => layerTensors(pass, i), { writer, copied: pass.progress });
+    const report = dataFreeReport(run, modelSha, pass.reports);
     const output = await finishRun(run, report);
+    log.remove();
     return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: peakRssBytes() / 1024 ** 2 };
   } catch (e) {
     run.out.abort();
+    // finished shards are kept for a rerun of the same command; a run that finished none leaves nothing
+    if (log?.hasFinishedShards) run.warn(`the finished output shards are kept in ${log.dir}: rerun the same command to resume after them`);
+    else log?.remove();
     throw e;
+  } finally {
+    await pool.close();
   }
+}
+
+/** The work folder: what identifies a data-free run (no data: the model, the scheme and what shapes the output's bytes). */
+function openLog(run: Run, modelSha: string): ShardLog {
+  const { opts, scheme } = run;
+  return new ShardLog(
+    run.out.target,
+    {
+      moecal_version: MOECAL_VERSION,
+      model_sha256: modelSha,
+      tokenizer: {},
+      dataset_sha256: "",
+      samples_sha256: "",
+      options: {
+        data_free: true,
+        scheme: scheme.name,
+        group_size: scheme.weights.groupSize,
+        ignore: run.ignore,
+        vllm_check: opts.vllmCheck ?? true,
+        max_shard_bytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES,
+      },
+    },
+    opts.restart ?? false,
+  );
+}
+
+function dataFreeReport(run: Run, modelSha: string, layers: LayerReport[]): OneshotReport {
+  return {
+    moecal_version: MOECAL_VERSION,
+    model: { name: path.basename(path.resolve(run.modelDir)), sha256: modelSha },
+    data_free: true,
+    scheme: run.scheme.name,
+    method: run.method,
+    group_size: run.scheme.weights.groupSize,
+    actorder: null,
+    dataset: null,
+    num_samples: 0,
+    tokens: 0,
+    max_seq_length: null,
+    calibrate_all_experts: null,
+    expert_statistics: null,
+    seed: null,
+    ignore: run.ignore,
+    coverage: { layers: {} },
+    fallbacks: [],
+    layers,
+  };
+}
+
+/**
+ * Progress in source bytes: every tensor the output is made of, counted when written (those an
+ * earlier run wrote, at once); a "bytes" event after each.
+ */
+function progressCounter(run: Run, writer: ShardedWriter): (source: string) => void {
+  const { ck, mapping, opts } = run;
+  const sources = new Set([...mapping.sources.values(), ...mapping.unexpected]);
+  const size = (n: string): number => {
+    const t = ck.info(n);
+    return t.end - t.begin;
+  };
+  let total = 0;
+  for (const n of sources) total += size(n);
+  const counted = new Set<string>();
+  let done = 0;
+  const count = (n: string): void => {
+    if (!sources.has(n) || counted.has(n)) return;
+    counted.add(n);
+    done += size(n);
+  };
+  // what an earlier run finished: copied tensors by name, quantized weights by their first tensor
+  for (const n of sources) {
+    const base = n.endsWith(".weight") ? n.slice(0, -".weight".length) : null;
+    if (writer.has(storedName(n, run.config)) || (base !== null && writer.has(storedName(`${base}.weight_scale`, run.config)))) count(n);
+  }
+  const resumed = done;
+  return (n) => {
+    count(n);
+    opts.onProgress?.({ kind: "bytes", done, total, resumed });
+  };
 }
 
 /**
  * Refuse a data-free run that cannot fit, before any work: disk for the output (exact, from the
- * plan's byte count) and the shard being assembled; memory for the largest set of weights held at
- * once (an NVFP4 fused set, or one weight: float32, its codes and packed tensors) and the copy
- * buffers, beside the process itself.
+ * plan's byte count) and the shard being assembled, less what a resumed work folder holds; memory
+ * for the weights held at once (per worker and one ahead: a Linear's, or an NVFP4 fused set's,
+ * stored bytes, float32 copy and codes) and the copy buffers, beside the process itself.
  */
-async function assertFits(run: Run): Promise<void> {
+async function assertFits(run: Run, workers: number): Promise<void> {
   const { opts, model, family, config, ck, scheme } = run;
   const p = await plan(
     { ...opts, model: run.modelDir, method: run.method },
     { samples: [], gemmGflops: 1, opened: { family, config, ck, model, scheme } },
   );
   const disk = p.disk.output + p.disk.shard_assembly;
-  const free = freeDiskBytes(run.out.target);
+  const free = freeDiskBytes(run.out.target) + workFolderBytes(run.out.target);
   const mib = (b: number): string => `${(b / 1024 ** 2).toFixed(1)} MiB`;
   if (disk > free)
     throw new UsageError(
       `the data-free run needs ${mib(disk)} of disk (output ${mib(p.disk.output)}, shard assembly ${mib(p.disk.shard_assembly)}), but the file system of ${run.out.target} has ${mib(free)} free; free some space or choose another --output`,
     );
-  let held = 0;
-  for (const [name, m] of model.namedModules()) {
-    if (!(m instanceof Linear) || !run.targets.has(name)) continue;
-    const set = isNvfp4(scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
-    const floats = set.filter((n) => run.targets.has(n)).length * m.inFeatures * m.outFeatures;
-    held = Math.max(held, 4 * floats + 2 * m.inFeatures * m.outFeatures);
-  }
+  const held = (workers + 1) * largestJobBytes(run);
   const memory = p.baseline_bytes + held + Math.min(2 * PIECE_BYTES, p.disk.output);
   const limit = opts.maxMemory ?? availableMemory();
   if (memory > limit)
@@ -105,42 +216,92 @@ async function assertFits(run: Run): Promise<void> {
     );
 }
 
+/** Bytes one job holds at most: its Linears' stored bytes (2 per weight), float32 copies and codes. */
+export function largestJobBytes(run: Run): number {
+  let held = 0;
+  for (const [name, m] of run.model.namedModules()) {
+    if (!(m instanceof Linear) || !run.targets.has(name)) continue;
+    const set = isNvfp4(run.scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
+    const floats = set.filter((n) => run.targets.has(n)).length * m.inFeatures * m.outFeatures;
+    held = Math.max(held, 7 * floats);
+  }
+  return held;
+}
+
+/** A layer's quantized Linears as jobs, in output order: one each, or NVFP4's fused sets together; those an earlier run wrote whole left out. */
+function layerUnits(pass: Pass, linears: ReadonlyMap<string, Linear>): string[][] {
+  const { run, writer } = pass;
+  const suffixes = requiredSuffixes(run.scheme.format, run.scheme.weights, run.scheme.inputActivations);
+  const done = (n: string): boolean => suffixes.every((s) => writer.has(storedName(`${n}.${s}`, run.config)));
+  const units: string[][] = [];
+  const placed = new Set<string>();
+  for (const name of linears.keys()) {
+    if (placed.has(name)) continue;
+    const set = isNvfp4(run.scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
+    const members = set.filter((m) => linears.has(m));
+    for (const m of members) placed.add(m);
+    if (!members.every(done)) units.push(members);
+  }
+  return units;
+}
+
+function job(run: Run, layer: number, members: readonly string[], linears: ReadonlyMap<string, Linear>): DataFreeJob {
+  return {
+    layer,
+    scheme: run.scheme,
+    scaleDType: run.scaleDType,
+    dir: run.ck.dir,
+    members: members.map((name) => {
+      const lin = linears.get(name) as Linear;
+      const source = run.mapping.sources.get(`${name}.weight`) ?? `${name}.weight`;
+      return { name, source, out: lin.outFeatures, inF: lin.inFeatures, stored: owned(run.ck.readStored(source)) };
+    }),
+  };
+}
+
 /**
  * Layer `i`'s output tensors in the calibrated path's order (its parameters in module order, a
- * quantized Linear's tensors in place of its weight), each read when it is reached; a stop asked
- * for is honoured between tensors.
+ * quantized Linear's tensors in place of its weight). Jobs go to the pool up to `ahead` Linears
+ * before the one being written; a stop asked for is honoured between tensors.
  */
-async function* layerTensors(run: Run, i: number, reports: LayerReport[]): AsyncGenerator<NamedRaw> {
-  const { opts, model, mapping, ck, scheme, scaleDType, isTarget } = run;
-  opts.onProgress?.({ kind: "layer", layer: i, layers: run.config.numHiddenLayers });
+async function* layerTensors(pass: Pass, i: number): AsyncGenerator<NamedRaw> {
+  const { run, pool, writer } = pass;
+  run.opts.onProgress?.({ kind: "layer", layer: i, layers: run.config.numHiddenLayers });
   const prefix = `model.layers.${i}`;
-  const layer = model.model.layers.at(i);
+  const layer = run.model.model.layers.at(i);
   const linears = new Map<string, Linear>();
-  for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) linears.set(n, m);
-  const weights = new LayerWeights(run, linears);
-  const copied = new Set<string>();
-  let quantized = 0;
+  for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && run.isTarget(n)) linears.set(n, m);
+  const units = layerUnits(pass, linears);
+  const unitOf = new Map(units.flatMap((u, k) => u.map((m) => [m, k] as const)));
+  const results: (Promise<NamedRaw[]> | undefined)[] = [];
+  const ready = new Map<string, NamedRaw[]>();
+  const submitThrough = async (k: number): Promise<void> => {
+    for (let u = results.length; u <= Math.min(k, units.length - 1); u++)
+      results.push((await pool.submit(() => job(run, i, units[u] as string[], linears))).result);
+  };
   for (const [n] of layer.namedParameters(prefix)) {
     await safePoint();
     const name = n.endsWith(".weight") ? n.slice(0, -".weight".length) : "";
-    const lin = linears.get(name);
-    if (lin) {
-      const global = weights.rowGlobal(name); // before take: the fused set's scale reads its members
-      const q = rtnQuantize(weights.take(name), lin.outFeatures, lin.inFeatures, scheme.weights, scaleDType, name, global);
-      assertValidQParams(q, `layer ${i}: ${name}`);
-      const tensors = quantizedLinearTensors(name, q, scheme.format, scaleDType, null);
-      assertComplete(
-        name,
-        tensors.map((t) => t.name),
-        scheme,
-      );
-      quantized++;
-      yield* tensors;
-    } else {
-      const src = mapping.sources.get(n) ?? n;
-      if (copied.has(src)) continue;
-      copied.add(src);
-      yield { name: src, ...ck.readRaw(src) };
+    const k = unitOf.get(name);
+    if (k !== undefined) {
+      if (!ready.has(name)) {
+        await submitThrough(k + pass.ahead);
+        const tensors = await (results[k] as Promise<NamedRaw[]>);
+        results[k] = undefined;
+        for (const m of units[k] as string[])
+          ready.set(
+            m,
+            tensors.filter((t) => t.name.startsWith(`${m}.`)),
+          );
+      }
+      yield* ready.get(name) as NamedRaw[];
+      ready.delete(name);
+      pass.progress(run.mapping.sources.get(n) ?? n);
+    } else if (!linears.has(name)) {
+      const src = run.mapping.sources.get(n) ?? n;
+      if (writer.has(storedName(src, run.config))) continue;
+      yield { name: src, ...run.ck.readRaw(src) };
+      pass.progress(src);
     }
   }
   const summary: LayerReport = {
@@ -148,56 +309,10 @@ async function* layerTensors(run: Run, i: number, reports: LayerReport[]): Async
     min_routed: null,
     median_routed: null,
     experts_without_rows: 0,
-    quantized_linears: quantized,
+    quantized_linears: linears.size,
     fallbacks: 0,
     gptq_loss: 0,
   };
-  reports.push(summary);
-  opts.onProgress?.({ kind: "layer-done", layer: i, summary });
-}
-
-/**
- * A layer's target weights, read (float32, checked finite) when first needed and dropped once
- * quantized; for NVFP4, the global scale a Linear shares with the members of its fused set
- * (q/k/v, gate/up, an expert's gate/up) present in the layer: the smallest of theirs, as the
- * calibrated path computes it.
- */
-class LayerWeights {
-  private readonly cache = new Map<string, Float32Array>();
-  private readonly globals = new Map<string, number>();
-
-  constructor(
-    private readonly run: Run,
-    private readonly linears: ReadonlyMap<string, Linear>,
-  ) {}
-
-  private read(name: string): Float32Array {
-    const cached = this.cache.get(name);
-    if (cached) return cached;
-    const src = this.run.mapping.sources.get(`${name}.weight`) ?? `${name}.weight`;
-    const t = this.run.source.readF32(src);
-    assertFinite(t, `${this.run.source.dir}: tensor "${src}"`);
-    this.cache.set(name, t.data);
-    return t.data;
-  }
-
-  /** The weight of `name`, no longer held here. */
-  take(name: string): Float32Array {
-    const w = this.read(name);
-    this.cache.delete(name);
-    return w;
-  }
-
-  /** Each row's NVFP4 global scale for `name` (undefined for other schemes). */
-  rowGlobal(name: string): Float32Array | undefined {
-    if (!isNvfp4(this.run.scheme.weights)) return undefined;
-    let g = this.globals.get(name);
-    if (g === undefined) {
-      const set = this.run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name];
-      const present = set.filter((m) => this.linears.has(m));
-      g = Math.min(...present.map((m) => nvfp4GlobalScale(absMax(this.read(m)), this.run.scaleDType)));
-      for (const m of present) this.globals.set(m, g);
-    }
-    return new Float32Array((this.linears.get(name) as Linear).outFeatures).fill(g);
-  }
+  pass.reports.push(summary);
+  run.opts.onProgress?.({ kind: "layer-done", layer: i, summary });
 }

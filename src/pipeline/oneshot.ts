@@ -54,6 +54,8 @@ export interface OneshotOptions {
    * static activation scales, which otherwise takes the data-free path)
    */
   calibrate?: boolean;
+  /** worker threads that quantize (data-free) or run GPTQ; default one per core (GPTQ: MOECAL_GPTQ_WORKERS when set) */
+  workers?: number;
 }
 
 export type ProgressEvent =
@@ -64,6 +66,10 @@ export type ProgressEvent =
   | { kind: "samples"; layer: number; phase: "calibrate" | "propagate"; done: number; total: number; tokens: number }
   | { kind: "layer-done"; layer: number; summary: LayerReport }
   | { kind: "resume"; layer: number; layers: number; folder: string }
+  /** data-free: resuming after output shards an earlier run finished */
+  | { kind: "resume-shards"; shards: number; folder: string }
+  /** data-free: source bytes of the tensors written so far (`resumed` of them by an earlier run), of `total` */
+  | { kind: "bytes"; done: number; total: number; resumed: number }
   | { kind: "plan"; plan: Plan };
 
 export interface OneshotResult {

@@ -45,6 +45,7 @@ export const ONESHOT_OPTIONS = z.strictObject({
   onCheckpoint: callback.optional(),
   warn: callback.optional(),
   calibrate: flag.optional(),
+  workers: z.number().int().min(0).max(1024).optional(),
 });
 
 export const EVAL_OPTIONS = z.strictObject({

@@ -43,8 +43,8 @@ export interface LayerTargets {
 export const GPTQ_WORKER_MIN_WEIGHTS = 4 * 1024 * 1024;
 
 /** GPTQ worker threads for a layer with `weights` GPTQ weights (0: the main thread). */
-export function gptqPoolSize(weights: number): number {
-  return weights >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount() : 0;
+export function gptqPoolSize(weights: number, workers?: number): number {
+  return weights >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount(workers) : 0;
 }
 
 /** Rows of Linears sharing one Hessian quantized together in one GPTQ pass. */
@@ -100,7 +100,7 @@ export async function quantizeLayerLinears(
   scheme: Scheme,
   method: Method,
   scaleDType: ScaleDType,
-  opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string },
+  opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string; workers?: number },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
@@ -146,7 +146,7 @@ export async function quantizeLayerLinears(
   // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
   let work = 0;
   for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
-  const pool = await sharedGptqPool(gptqPoolSize(work));
+  const pool = await sharedGptqPool(gptqPoolSize(work, opts.workers));
   const jobs: Promise<void>[] = [];
   /** the first job failure that is not a failed factorisation: no job is submitted after it, and it is thrown once all have ended */
   let failure: { error: unknown } | null = null;

@@ -192,30 +192,31 @@ function assertPassThroughFinite(ck: Checkpoint, mapping: WeightMapping, targets
 /**
  * Write the output's tensors in the one order both executors share: the embeddings, each layer's
  * tensors as `layer(i)` yields them (a tensor already written is skipped), the final norm, lm_head,
- * and the input's unused tensors. Tensors copied unchanged go through in pieces.
+ * and the input's unused tensors. Tensors copied unchanged go through in pieces, `copied` told of
+ * each (by source name). `writer` (a resumed one) defaults to a fresh one in the output's folder.
  */
-export async function writeCheckpoint(run: Run, layer: (i: number) => Iterable<NamedRaw> | AsyncIterable<NamedRaw>): Promise<void> {
+export async function writeCheckpoint(
+  run: Run,
+  layer: (i: number) => Iterable<NamedRaw> | AsyncIterable<NamedRaw>,
+  opts: { writer?: ShardedWriter; copied?: (source: string) => void } = {},
+): Promise<void> {
   const { ck, mapping, out } = run;
-  const writer = new ShardedWriter(out.tmp, run.opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
-  const written = new Set<string>();
+  const writer = opts.writer ?? new ShardedWriter(out.tmp, run.opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
+  const written = (n: string): boolean => writer.has(storedName(n, run.config));
   const copyRaw = (param: string): void => {
     const src = mapping.sources.get(param) ?? param;
-    if (written.has(src)) return;
-    written.add(src);
+    if (written(src)) return;
     const { dtype, shape } = ck.info(src);
     writer.addPieces({ name: storedName(src, run.config), dtype, shape }, ck.rawChunks(src, PIECE_BYTES));
+    opts.copied?.(src);
   };
   copyRaw("model.embed_tokens.weight");
   for (let i = 0; i < run.config.numHiddenLayers; i++)
-    for await (const t of layer(i)) {
-      if (written.has(t.name)) continue;
-      written.add(t.name);
-      writer.add({ ...t, name: storedName(t.name, run.config) });
-    }
+    for await (const t of layer(i)) if (!written(t.name)) writer.add({ ...t, name: storedName(t.name, run.config) });
   copyRaw("model.norm.weight");
   copyRaw("lm_head.weight");
   for (const n of mapping.unexpected) copyRaw(n);
-  writer.finish();
+  writer.finish(out.tmp);
 }
 
 /** The model's content hash (config.json, the index and every weight file): it names the model in moecal.json. */

@@ -20,8 +20,8 @@ import { type WorkManifest, type WorkState, differences, shapeProblem, stateProb
 
 export type { WorkManifest, WorkState } from "./work-manifest.js";
 
-/** Points inside a layer's checkpoint, for tests that stop the process there. */
-export type CheckpointStage = "tensors" | "hidden" | "state";
+/** Points inside a layer's checkpoint (calibrated), or after an output shard's file and its record (data-free), for tests that stop the process there. */
+export type CheckpointStage = "tensors" | "hidden" | "state" | "shard-file" | "shard";
 
 /** Calibration samples are read back from the work folder in groups of at most this many tokens (their memory: 4 H bytes per token). */
 export const HIDDEN_CHUNK_TOKENS = 65536;
@@ -36,7 +36,7 @@ const MANIFEST = "manifest.json";
 const STATE = "state.json";
 /** Largest manifest or state file read back (a state holds per-layer reports and fallbacks). */
 const MAX_STATE_BYTES = 256 * 1024 * 1024;
-const RESTART = "rerun with --restart to discard the work folder and start over";
+export const RESTART = "rerun with --restart to discard the work folder and start over";
 
 /** fsync a folder, so a rename in it survives a power loss. */
 function syncFolder(dir: string): void {
@@ -49,14 +49,14 @@ function syncFolder(dir: string): void {
 }
 
 /** Create `file` for writing, private and exclusively: a stale temporary (or a link planted in its place) is unlinked first, never followed. */
-function createPrivate(file: string): number {
+export function createPrivate(file: string): number {
   fs.rmSync(file, { force: true });
   const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
   return fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
 }
 
 /** Open a file of the work folder for reading: a regular file, never through a link. */
-function openPrivate(file: string): { fd: number; size: number } {
+export function openPrivate(file: string): { fd: number; size: number } {
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
@@ -82,7 +82,7 @@ export interface HiddenWriter {
 }
 
 /** Write a file atomically: a private temporary sibling, fsync, rename, fsync of the folder. */
-function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
+export function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
   const tmp = `${file}.tmp`;
   try {
     const fd = createPrivate(tmp);
@@ -101,7 +101,7 @@ function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
 }
 
 /** A manifest or state file, parsed and checked for the shape moecal writes. */
-function readChecked<T>(file: string, kind: "manifest" | "state"): T {
+export function readChecked<T>(file: string, kind: "manifest" | "state" | "shards"): T {
   const { fd, size } = openPrivate(file);
   let text: string;
   try {
@@ -127,9 +127,23 @@ function readChecked<T>(file: string, kind: "manifest" | "state"): T {
 /** Work folders of this process (the signal handler names the ones with finished layers). */
 const open = new Set<string>();
 
-/** Work folders of this process that hold finished layers a rerun resumes from. */
+/** The file whose presence says a work folder holds data-free shards a rerun resumes from (shard-log.ts). */
+export const SHARD_STATE = "shards.json";
+
+/** Work folders of this process that hold finished work (layers, or data-free shards) a rerun resumes from. */
 export function keptWorkFolders(): string[] {
-  return [...open].filter((d) => fs.existsSync(path.join(d, STATE)));
+  return [...open].filter((d) => fs.existsSync(path.join(d, STATE)) || fs.existsSync(path.join(d, SHARD_STATE)));
+}
+
+/** Count `dir` as a work folder of this process (a signal keeps it when it holds finished work, else removes it). */
+export function trackWorkFolder(dir: string): void {
+  open.add(dir);
+}
+
+/** Stop counting `dir` and remove it (its run is committed). */
+export function removeWorkFolder(dir: string): void {
+  open.delete(dir);
+  fs.rmSync(dir, { recursive: true, force: true });
 }
 
 /**
@@ -161,7 +175,7 @@ export function workFolderBytes(output: string): number {
   return total;
 }
 
-function lstatOrNull(p: string): fs.Stats | null {
+export function lstatOrNull(p: string): fs.Stats | null {
   try {
     return fs.lstatSync(p);
   } catch {
@@ -173,7 +187,7 @@ function lstatOrNull(p: string): fs.Stats | null {
  * Refuse a work folder moecal did not make: a link, not a folder, another user's, or one others
  * may read (moecal's are 0700; `restart` may remove such a folder of this user's).
  */
-function assertOwnFolder(dir: string, st: fs.Stats, restart: boolean): void {
+export function assertOwnFolder(dir: string, st: fs.Stats, restart: boolean): void {
   const refuse = (why: string): never => {
     throw new UsageError(`the work folder ${dir} ${why}; moecal trusts only the private folder it made itself: remove it`);
   };
@@ -202,6 +216,10 @@ export class WorkFolder {
     if (st) assertOwnFolder(this.dir, st, restart);
     const manifestFile = path.join(this.dir, MANIFEST);
     const stateFile = path.join(this.dir, STATE);
+    if (st && !restart && lstatOrNull(path.join(this.dir, SHARD_STATE)))
+      throw new UsageError(
+        `${this.dir} holds the finished shards of a data-free run to this output; rerun that command to resume it, or pass --restart to discard it`,
+      );
     if (st && !restart && lstatOrNull(stateFile)) {
       const diff = differences(readChecked<WorkManifest>(manifestFile, "manifest"), manifest);
       if (diff.length)
@@ -366,7 +384,6 @@ export class WorkFolder {
   }
 
   remove(): void {
-    open.delete(this.dir);
-    fs.rmSync(this.dir, { recursive: true, force: true });
+    removeWorkFolder(this.dir);
   }
 }

@@ -59,9 +59,25 @@ const STATE_SCHEMA = z.strictObject({
 /** What the report holds after the last finished layer. */
 export type WorkState = z.infer<typeof STATE_SCHEMA>;
 
+/** A data-free run's finished output shards (in the work folder), in order: file name, tensor names as written, file size. */
+const SHARDS_SCHEMA = z.strictObject({
+  shards: z.array(
+    z.strictObject({
+      file: z.string().regex(/^shard-\d+\.safetensors$/),
+      tensors: z.array(z.string()),
+      tensor_bytes: z.number().int().nonnegative(),
+      file_bytes: z.number().int().positive(),
+    }),
+  ),
+});
+
+export type ShardState = z.infer<typeof SHARDS_SCHEMA>;
+
+const SCHEMAS = { manifest: MANIFEST_SCHEMA, state: STATE_SCHEMA, shards: SHARDS_SCHEMA };
+
 /** The first problem of a parsed manifest or state, or null when it has the shape moecal writes. */
-export function shapeProblem(kind: "manifest" | "state", value: unknown): string | null {
-  const r = (kind === "manifest" ? MANIFEST_SCHEMA : STATE_SCHEMA).safeParse(value);
+export function shapeProblem(kind: keyof typeof SCHEMAS, value: unknown): string | null {
+  const r = SCHEMAS[kind].safeParse(value);
   if (r.success) return null;
   const issue = r.error.issues[0];
   return `field "${issue?.path.join(".") || "(top)"}": ${issue?.message ?? "invalid"}`;

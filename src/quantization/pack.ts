@@ -18,6 +18,10 @@ export function packRows(q: ArrayLike<number>, rows: number, cols: number, bits:
   const off = 1 << (bits - 1);
   const mask = (1 << bits) - 1;
   // one word at a time, in integer arithmetic (this runs over every weight of a model)
+  if (bits === 4 && cols % 8 === 0 && q instanceof Int8Array) {
+    packInt4Rows(q, out);
+    return out;
+  }
   for (let r = 0; r < rows; r++) {
     const row = r * cols;
     for (let w = 0; w < words; w++) {
@@ -29,6 +33,20 @@ export function packRows(q: ArrayLike<number>, rows: number, cols: number, bits:
     }
   }
   return out;
+}
+
+/** packRows for 4-bit codes in whole words (rows of a multiple of 8): eight codes per word, unrolled. */
+function packInt4Rows(q: Int8Array, out: Int32Array): void {
+  for (let w = 0, i = 0; w < out.length; w++, i += 8)
+    out[w] =
+      (((q[i] as number) + 8) & 15) |
+      ((((q[i + 1] as number) + 8) & 15) << 4) |
+      ((((q[i + 2] as number) + 8) & 15) << 8) |
+      ((((q[i + 3] as number) + 8) & 15) << 12) |
+      ((((q[i + 4] as number) + 8) & 15) << 16) |
+      ((((q[i + 5] as number) + 8) & 15) << 20) |
+      ((((q[i + 6] as number) + 8) & 15) << 24) |
+      ((((q[i + 7] as number) + 8) & 15) << 28);
 }
 
 export function unpackRows(packed: Int32Array, rows: number, cols: number, bits: number): Int8Array {

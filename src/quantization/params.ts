@@ -111,9 +111,10 @@ export function computeQParams(
     for (let g = 0; g < groups; g++) {
       let mn = 0;
       let mx = 0; // min clamped to <= 0, max to >= 0
-      const base = r * inF + g * groupSize;
-      for (let c = 0; c < Math.min(groupSize, inF - g * groupSize); c++) {
-        const v = W[base + c] as number;
+      const c0 = r * inF + g * groupSize;
+      const c1 = c0 + Math.min(groupSize, inF - g * groupSize);
+      for (let c = c0; c < c1; c++) {
+        const v = W[c] as number;
         if (v < mn) mn = v;
         if (v > mx) mx = v;
       }
@@ -266,45 +267,99 @@ export interface QuantizedWeight {
  * quantizeFp4's, value for value.
  */
 export function quantizeWithParams(W: Float32Array, out: number, inF: number, args: QuantArgs, p: QParams): Int8Array | Uint8Array {
+  const { groups, groupSize, scale, zeroPoint } = p;
   if (args.type === "int") {
     const codes = new Int8Array(out * inF);
     const { qmin, qmax } = intRange(args.numBits);
-    forEachGroup(out, inF, p, (c0, c1, s, zp) => intCodes(W, codes, c0, c1, s, zp, qmin, qmax));
+    for (let r = 0; r < out; r++)
+      for (let g = 0; g < groups; g++) {
+        const c0 = r * inF + g * groupSize;
+        const c1 = Math.min(r * inF + inF, c0 + groupSize);
+        const gi = r * groups + g;
+        intCodes(W, codes, c0, c1, scale[gi] as number, zeroPoint ? (zeroPoint[gi] as number) : 0, qmin, qmax);
+      }
     return codes;
   }
   const codes = new Uint8Array(out * inF);
   const fp4 = args.numBits === 4;
-  forEachGroup(out, inF, p, (c0, c1, s) => {
-    if (fp4) for (let i = c0; i < c1; i++) codes[i] = quantizeFp4(W[i] as number, s);
-    else for (let i = c0; i < c1; i++) codes[i] = quantizeFp8(W[i] as number, s);
-  });
+  const x = new Float32Array(groupSize);
+  const bits = new Int32Array(x.buffer);
+  for (let r = 0; r < out; r++)
+    for (let g = 0; g < groups; g++) {
+      const c0 = r * inF + g * groupSize;
+      const c1 = Math.min(r * inF + inF, c0 + groupSize);
+      const s = scale[r * groups + g] as number;
+      for (let i = c0; i < c1; i++) x[i - c0] = (W[i] as number) / s; // a float32 store: Math.fround
+      if (fp4) fp4Codes(bits, codes, c0, c1);
+      else fp8Codes(bits, x, codes, c0, c1);
+    }
   return codes;
 }
 
-/** Each group's flat range [c0, c1) of W with its scale and zero point. */
-function forEachGroup(out: number, inF: number, p: QParams, each: (c0: number, c1: number, s: number, zp: number) => void): void {
-  for (let r = 0; r < out; r++)
-    for (let g = 0; g < p.groups; g++) {
-      const gi = r * p.groups + g;
-      const c0 = r * inF + g * p.groupSize;
-      each(c0, Math.min(r * inF + inF, c0 + p.groupSize), p.scale[gi] as number, p.zeroPoint ? (p.zeroPoint[gi] as number) : 0);
-    }
+/**
+ * f32ToFp4e2m1 of the float32 values whose bits are `bits[0 .. c1 - c0)` into codes[c0:c1],
+ * without a branch (random signs and magnitudes mispredict every other one): the magnitude's code
+ * is the number of rounding thresholds its bits pass (floats of one sign order as their bits;
+ * `(t - b) >>> 31` is 1 when b > t), ties as f32ToFp4e2m1 takes them; the sign bit, except for -0.
+ */
+function fp4Codes(bits: Int32Array, codes: Uint8Array, c0: number, c1: number): void {
+  const [t0, t1, t2, t3, t4, t5, t6] = FP4_ABOVE; // int32 locals: the loop stays in integer registers
+  for (let i = c0; i < c1; i++) {
+    const u = bits[i - c0] as number;
+    const b = u & 0x7fffffff;
+    const m =
+      (((t0 - b) | 0) >>> 31) +
+      (((t1 - b) | 0) >>> 31) +
+      (((t2 - b) | 0) >>> 31) +
+      (((t3 - b) | 0) >>> 31) +
+      (((t4 - b) | 0) >>> 31) +
+      (((t5 - b) | 0) >>> 31) +
+      (((t6 - b) | 0) >>> 31);
+    codes[i] = ((u >>> 28) & ((((0 - b) | 0) >>> 31) << 3)) | m;
+  }
 }
 
 /**
- * quantizeInt over W[c0:c1] into codes. floor(x + 0.5) is Math.round(x) for a float32 x (the sum
- * is exact in double) and about 3x faster; a wrong parity beyond 2^31 cannot matter (clamped).
+ * quantizeFp8 of the float32 values `x` (bits `bits`) into codes[c0:c1]: the magnitude's bits
+ * clamped to 448's without a branch, then f32ToFp8e4m3's arithmetic (subnormals, rare in weights
+ * scaled to 448, take a branch).
+ */
+function fp8Codes(bits: Int32Array, x: Float32Array, codes: Uint8Array, c0: number, c1: number): void {
+  for (let i = c0; i < c1; i++) {
+    const u = bits[i - c0] as number;
+    const b = u & 0x7fffffff;
+    const d = (0x43e00000 - b) | 0;
+    const a = b + (d & (d >> 31)); // min(b, bits of 448)
+    const sign = (u >>> 24) & 0x80;
+    if (a < 0x3c800000) codes[i] = sign | (Math.abs(x[i - c0] as number) * 512 + RNE_SHIFT - RNE_SHIFT);
+    else codes[i] = sign | (((a + 0x7ffff + ((a >>> 20) & 1)) >>> 20) - 960);
+  }
+}
+
+/** float32 bits b of a magnitude that moves its E2M1 code up past each threshold: b > these (0.25, 0.75 inclusive, 1.25, 1.75 inclusive, 2.5, 3.5 inclusive, 5). */
+const FP4_ABOVE = (() => {
+  const f = Float32Array.of(0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5);
+  const u = new Uint32Array(f.buffer);
+  // "a < t" keeps the lower code: a >= t moves up, i.e. b > bits(t) - 1
+  for (const k of [1, 3, 5]) u[k] = (u[k] as number) - 1;
+  return [...u] as [number, number, number, number, number, number, number];
+})();
+
+/**
+ * quantizeInt over W[c0:c1] into codes. Adding and subtracting 1.5 * 2^52 rounds a double to an
+ * integer, ties to even (torch.round's rule), in two additions; beyond 2^51 in magnitude it is
+ * off, but such a value is clamped to qmin or qmax either way.
  */
 function intCodes(W: Float32Array, codes: Int8Array, c0: number, c1: number, s: number, zp: number, qmin: number, qmax: number): void {
   for (let i = c0; i < c1; i++) {
-    const x = Math.fround((W[i] as number) / s);
-    let q = Math.floor(x + 0.5); // halves go up; to even below
-    if (q - x === 0.5 && (q & 1) !== 0) q -= 1;
-    q += zp;
+    const q = Math.fround((W[i] as number) / s) + RNE_SHIFT - RNE_SHIFT + zp;
     // biome-ignore lint/complexity/useMathMinMax: two compares keep this hot loop free of calls
     codes[i] = q < qmin ? qmin : q > qmax ? qmax : q;
   }
 }
+
+/** 1.5 * 2^52: see intCodes. */
+const RNE_SHIFT = 6755399441055744;
 
 /** The value of a code: integer, FP8 E4M3 byte or FP4 E2M1 nibble, by the weight's type. */
 export function codeValue(args: QuantArgs): (code: number) => number {

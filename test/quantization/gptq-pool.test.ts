@@ -4,7 +4,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { GptqPool, closeSharedGptqPool, runGptqJob, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
+import { closeSharedGptqPool, gptqPool, runGptqJob, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { prepareGptq } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { NumericalError } from "../../src/errors.js";
@@ -25,8 +25,8 @@ test("GPTQ on worker threads gives the main thread's codes and scales; failures 
     name: "gate_proj",
     blockSize: 128,
   });
-  const local = await runGptqJob({ ...job({ hessian: H.slice(), inF: 128, dampening: 0.01 }), id: 0 });
-  const pool = new GptqPool(2);
+  const local = await runGptqJob(job({ hessian: H.slice(), inF: 128, dampening: 0.01 }));
+  const pool = gptqPool(2);
   try {
     const shared = await prepareGptq(H, 128, args.actorder, "gate_proj");
     const a = await pool.submit(() => job(shared));

@@ -1,0 +1,135 @@
+/**
+ * A pool of worker threads running one kind of job (GPTQ, data-free round-to-nearest): at most one
+ * job per worker in flight; `submit` resolves when a worker is free to take the next job, so
+ * callers build inputs lazily and memory stays bounded by the pool's size. A pool of size 0 runs
+ * each job on the calling thread, one at a time. Errors keep their type across the thread boundary.
+ */
+import { Worker, parentPort } from "node:worker_threads";
+import {
+  CheckpointFormatError,
+  ConfigError,
+  InternalError,
+  IoError,
+  MoecalError,
+  NumericalError,
+  UsageError,
+  WeightMappingError,
+} from "../errors.js";
+import { inFlight } from "./interrupt.js";
+
+/** What a pool runs: the worker script, the job on this thread, and the buffers a job or result hands over. */
+export interface PoolKind<J, R> {
+  /** named in errors ("GPTQ") */
+  what: string;
+  script: URL;
+  run: (job: J) => Promise<R>;
+  /** the job's buffers moved (not copied) to the worker */
+  transfer: (job: J) => ArrayBuffer[];
+}
+
+type Reply<R> = { id: number; result: R } | { id: number; error: { name: string; code: string; message: string } };
+
+export class WorkerPool<J, R> {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly waiting: ((w: Worker) => void)[] = [];
+  private readonly pending = new Map<number, { resolve: (r: R) => void; reject: (e: Error) => void }>();
+  private nextId = 0;
+  private previous: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly size: number,
+    private readonly kind: PoolKind<J, R>,
+  ) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(kind.script);
+      w.on("message", (reply: Reply<R>) => this.onReply(w, reply));
+      w.on("error", (e) => this.failAll(new InternalError(`${kind.what} worker failed: ${e.message}`, { cause: e })));
+      w.unref(); // an idle worker does not keep the process alive; a busy one does (ref in submit)
+      this.workers.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  private onReply(w: Worker, reply: Reply<R>): void {
+    w.unref();
+    const p = this.pending.get(reply.id);
+    this.pending.delete(reply.id);
+    const next = this.waiting.shift();
+    if (next) next(w);
+    else this.idle.push(w);
+    if (!p) return;
+    if ("result" in reply) p.resolve(reply.result);
+    else p.reject(errorFromWorker(reply.error, this.kind.what));
+  }
+
+  private failAll(e: Error): void {
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
+
+  private acquire(): Promise<Worker> {
+    const w = this.idle.pop();
+    return w ? Promise.resolve(w) : new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  /**
+   * Wait for a free worker, then start `make()`'s job on it. Returns the job's result promise
+   * (wrapped, so awaiting `submit` does not wait for the job). Without workers the job runs here, now.
+   */
+  async submit(make: () => J): Promise<{ result: Promise<R> }> {
+    if (this.size === 0) {
+      // one job at a time: overlapping jobs would hold all their working arrays at once
+      await this.previous;
+      const result = this.kind.run(make()).catch((e: unknown) => {
+        throw e instanceof MoecalError ? e : new InternalError(`${this.kind.what}: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+      });
+      this.previous = result.then(
+        () => undefined,
+        () => undefined,
+      );
+      return { result };
+    }
+    const w = await this.acquire();
+    const job = make();
+    const id = this.nextId++;
+    const result = new Promise<R>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      w.ref();
+      w.postMessage({ id, job }, this.kind.transfer(job));
+    });
+    result.catch(() => undefined); // the caller awaits it later; an early failure is not "unhandled"
+    return { result: inFlight(result) };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** A worker thread's loop: run each job with `run`, reply with its result (its buffers moved) or its error. */
+export function serveJobs<J, R>(run: (job: J) => Promise<R>, transfer: (result: R) => ArrayBuffer[]): void {
+  parentPort?.on("message", async ({ id, job }: { id: number; job: J }) => {
+    try {
+      const result = await run(job);
+      parentPort?.postMessage({ id, result } satisfies Reply<R>, transfer(result));
+    } catch (e) {
+      const error = { name: (e as Error).name, code: e instanceof MoecalError ? e.code : "E_INTERNAL", message: (e as Error).message };
+      parentPort?.postMessage({ id, error } satisfies Reply<R>);
+    }
+  });
+}
+
+/** A worker's error as the typed error it was there (anything not a MoecalError is a bug: InternalError). */
+function errorFromWorker(e: { name: string; code: string; message: string }, what: string): MoecalError {
+  const typed: Record<string, (m: string) => MoecalError> = {
+    E_NUMERICAL: (m) => new NumericalError(m),
+    E_USAGE: (m) => new UsageError(m),
+    E_CONFIG: (m) => new ConfigError(m),
+    E_IO: (m) => new IoError(m),
+    E_CHECKPOINT_FORMAT: (m) => new CheckpointFormatError(m),
+    E_WEIGHT_MAPPING: (m) => new WeightMappingError(m),
+  };
+  const make = typed[e.code];
+  return make ? make(e.message) : new InternalError(`${what} worker: ${e.name}: ${e.message}`);
+}
