@@ -10,17 +10,16 @@
 import os from "node:os";
 import path from "node:path";
 import { UsageError } from "../errors.js";
-import { DEFAULT_SHARD_BYTES, type NamedRaw, PIECE_BYTES, ShardedWriter } from "../io/writer.js";
+import { DEFAULT_SHARD_BYTES, type NamedRaw, ShardedWriter } from "../io/writer.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
 import { WorkerPool } from "../util/worker-pool.js";
-import { plan } from "./plan.js";
+import { type Plan, plan } from "./plan.js";
 import { freeDiskBytes } from "./plan-report.js";
 import { Linear } from "../nn/layers.js";
-import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization/scheme.js";
+import { isNvfp4 } from "../quantization/scheme.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { safePoint } from "../util/interrupt.js";
 import { storedName } from "../models/stored-layers.js";
-import type { Method } from "./quantize-layer.js";
 import type { LayerReport, OneshotReport } from "./report.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { type Run, finishRun, modelHash, writeCheckpoint } from "./run.js";
@@ -28,11 +27,6 @@ import { type DataFreeJob, ownedBuffers, owned, runDataFreeJob } from "./data-fr
 import { ShardLog } from "./shard-log.js";
 import { workFolderBytes } from "./work-folder.js";
 import type { OneshotResult } from "./oneshot.js";
-
-/** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
-export function needsData(method: Method, scheme: Scheme): boolean {
-  return method === "gptq" || hasStaticActivationScales(scheme);
-}
 
 type DataFreePool = WorkerPool<DataFreeJob, NamedRaw[]>;
 
@@ -76,7 +70,8 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
   const pool: DataFreePool = new WorkerPool(workers, DATA_FREE_KIND);
   let log: ShardLog | undefined;
   try {
-    await assertFits(run, workers);
+    const thePlan = await assertFits(run);
+    opts.onProgress?.({ kind: "plan", plan: thePlan });
     const modelSha = modelHash(run);
     log = openLog(run, modelSha);
     const shards = [...log.done];
@@ -191,14 +186,14 @@ function progressCounter(run: Run, writer: ShardedWriter): (source: string) => v
 /**
  * Refuse a data-free run that cannot fit, before any work: disk for the output (exact, from the
  * plan's byte count) and the shard being assembled, less what a resumed work folder holds; memory
- * for the weights held at once (per worker and one ahead: a Linear's, or an NVFP4 fused set's,
- * stored bytes, float32 copy and codes) and the copy buffers, beside the process itself.
+ * for the weights held at once (the plan's: a job per worker and one ahead) and the copy buffers,
+ * beside the process itself.
  */
-async function assertFits(run: Run, workers: number): Promise<void> {
+async function assertFits(run: Run): Promise<Plan> {
   const { opts, model, family, config, ck, scheme } = run;
   const p = await plan(
     { ...opts, model: run.modelDir, method: run.method },
-    { samples: [], gemmGflops: 1, opened: { family, config, ck, model, scheme } },
+    { samples: [], opened: { family, config, ck, model, scheme } },
   );
   const disk = p.disk.output + p.disk.shard_assembly;
   const free = freeDiskBytes(run.out.target) + workFolderBytes(run.out.target);
@@ -207,25 +202,13 @@ async function assertFits(run: Run, workers: number): Promise<void> {
     throw new UsageError(
       `the data-free run needs ${mib(disk)} of disk (output ${mib(p.disk.output)}, shard assembly ${mib(p.disk.shard_assembly)}), but the file system of ${run.out.target} has ${mib(free)} free; free some space or choose another --output`,
     );
-  const held = (workers + 1) * largestJobBytes(run);
-  const memory = p.baseline_bytes + held + Math.min(2 * PIECE_BYTES, p.disk.output);
+  const held = Math.max(0, ...p.layers.map((l) => l.memory.parameters));
   const limit = opts.maxMemory ?? availableMemory();
-  if (memory > limit)
+  if (p.peak_memory_bytes > limit)
     throw new UsageError(
-      `the data-free run needs ${mib(memory)} of memory (the largest weights held at once ${mib(held)}, beside the process itself: Node.js and onnxruntime, about ${mib(p.baseline_bytes)}), more than --max-memory ${mib(limit)}`,
+      `the data-free run needs ${mib(p.peak_memory_bytes)} of memory (the largest weights held at once ${mib(held)}, beside the process itself: Node.js and onnxruntime, about ${mib(p.baseline_bytes)}), more than --max-memory ${mib(limit)}`,
     );
-}
-
-/** Bytes one job holds at most: its Linears' stored bytes (2 per weight), float32 copies and codes. */
-export function largestJobBytes(run: Run): number {
-  let held = 0;
-  for (const [name, m] of run.model.namedModules()) {
-    if (!(m instanceof Linear) || !run.targets.has(name)) continue;
-    const set = isNvfp4(run.scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
-    const floats = set.filter((n) => run.targets.has(n)).length * m.inFeatures * m.outFeatures;
-    held = Math.max(held, 7 * floats);
-  }
-  return held;
+  return p;
 }
 
 /** A layer's quantized Linears as jobs, in output order: one each, or NVFP4's fused sets together; those an earlier run wrote whole left out. */

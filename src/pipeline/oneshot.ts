@@ -9,7 +9,8 @@ import type { CheckpointStage } from "./work-folder.js";
 import type { Plan } from "./plan.js";
 import { openRun } from "./run.js";
 import { calibratedRun } from "./calibrated.js";
-import { dataFreeRun, needsData } from "./data-free.js";
+import { dataFreeRun } from "./data-free.js";
+import { needsData } from "./plan.js";
 
 export interface OneshotOptions {
   model?: string;

@@ -22,11 +22,26 @@ const time = (s: number): string =>
 
 /** The plan in one line (oneshot prints it at start). */
 export function planSummary(p: Plan): string {
+  const df = p.data_free;
+  if (df)
+    return `plan (data-free, ${df.workers} worker thread(s)): peak memory ${size(p.peak_memory_bytes)} (a job's weights per worker and one ahead: ${size((df.workers + 1) * df.job_bytes)}; flat in the model's size), disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${size(df.source_bytes)} of source weights, ${p.layers.length} layers)`;
   return `plan: peak memory ${size(p.peak_memory_bytes)}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
 }
 
 /** The plan per layer and in total, as text. */
 export function formatPlan(p: Plan): string {
+  if (p.data_free) {
+    const rows = p.layers.map(
+      (l) =>
+        `${String(l.layer).padStart(5)}  ${(l.moe ? "moe" : "dense").padEnd(5)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  ${time(l.seconds)}`,
+    );
+    return [
+      `${p.model}: ${p.scheme} ${p.method}, data-free (no calibration data: each weight quantized from itself)`,
+      "layer  kind   read       write      peak memory  time",
+      ...rows,
+      planSummary(p),
+    ].join("\n");
+  }
   const lines = [
     `${p.model}: ${p.scheme} ${p.method}, ${p.samples} samples / ${p.tokens} tokens`,
     "layer  kind   read       write      peak memory  (hidden states, Hessians, GPTQ)   GFLOP calib / propagate / GPTQ   time",

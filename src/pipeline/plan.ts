@@ -13,7 +13,6 @@ import { isRouterAware, parseExpertStatistics, parseRoutedWeight } from "../cali
 import type { Checkpoint } from "../io/checkpoint.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
 import { inStoredOnlyLayer } from "../models/stored-layers.js";
-import { DTYPE_BYTES } from "../io/safetensors.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
@@ -21,14 +20,21 @@ import { Linear } from "../nn/layers.js";
 import { asTokenMixer } from "../nn/attention.js";
 import { asMoeBlock } from "../nn/moe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
-import { type Scheme, matchesAny, resolveScheme } from "../quantization/scheme.js";
-import { quantizedSpecs } from "../export/layout.js";
+import { type Scheme, hasStaticActivationScales, matchesAny, resolveScheme } from "../quantization/scheme.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
 import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
 import { fitGroupSize, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
+import { copiedBytes, layerBytes } from "./plan-bytes.js";
+import { dataFreePlan } from "./plan-data-free.js";
+import type { Method } from "./quantize-layer.js";
+
+/** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
+export function needsData(method: Method, scheme: Scheme): boolean {
+  return method === "gptq" || hasStaticActivationScales(scheme);
+}
 
 /**
  * Fitted on this project's 2-vCPU machine (docs/performance.md): the fraction of the engine's GEMM
@@ -97,8 +103,10 @@ export interface Plan {
   disk_bytes: number;
   disk: { output: number; resume_state: number; shard_assembly: number };
   seconds: number;
-  /** the engine's GEMM rate measured for the estimate (GFLOP/s) */
+  /** the engine's GEMM rate measured for the estimate (GFLOP/s; 0 for a data-free run, which does no products) */
   gemm_gflops: number;
+  /** a data-free run: its worker threads, the bytes one job holds at most, the source bytes read; null for a calibrated run */
+  data_free: { workers: number; job_bytes: number; source_bytes: number } | null;
 }
 
 /** GFLOP/s of the engine's Linear on a [512, 1024] x [1024, 1024] product, best of a few (about 0.2 s). */
@@ -116,9 +124,6 @@ export async function measureGemm(): Promise<number> {
   return (2 * 512 * 1024 * 1024) / best / 1e9;
 }
 
-const bytesOf = (dtype: keyof typeof DTYPE_BYTES, shape: readonly number[]): number =>
-  DTYPE_BYTES[dtype] * shape.reduce((a, b) => a * b, 1);
-
 /** The plan of `oneshot(opts)`: nothing is read but headers, config and dataset. */
 /** What a caller (oneshot) has already opened or computed, so the plan does not do it again. */
 export interface KnownForPlan {
@@ -132,12 +137,14 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const method = opts.method ?? "gptq";
   const ignore = (family: ModelFamily): string[] => [...family.defaultIgnore, ...(opts.ignore ?? [])];
+  const preset = known.opened?.scheme ?? resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
+  const dataFree = !needsData(method, preset) && !opts.calibrate;
   const { family, config, ck, model, scheme } =
     known.opened ??
     (() => {
-      const { family, config } = readModelConfig(modelDir);
+      // the data-free path reads any checkpoint (an unknown model_type from names and shapes)
+      const { family, config } = readModelConfig(modelDir, dataFree ? { generic: () => undefined } : {});
       const model = family.build(config);
-      const preset = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
       const ignoredHere = ignore(family);
       const target = (n: string): boolean => !matchesAny(n, ignoredHere);
       const scheme = fitGroupSize(preset, model, target, opts.groupSize !== undefined, () => undefined);
@@ -154,6 +161,12 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     })();
   const ignored = ignore(family);
   const isTarget = (n: string): boolean => !matchesAny(n, ignored);
+  if (dataFree)
+    return dataFreePlan(
+      opts,
+      { modelDir, family, config, ck, model, scheme, isTarget },
+      { baseline: processBaseline(), workerBytes: PLAN_MODEL.workerBytes },
+    );
   const samples =
     known.samples ??
     loadTokenizedSamples(opts.dataset ?? BUNDLED_DATASET, loadTokenizer(modelDir), {
@@ -180,7 +193,6 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     });
   const firstTarget = model.namedModules().find(([n, m]) => m instanceof Linear && isTarget(n))?.[0];
   const scaleDtype = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
-  const group = { targets: ["Linear"], weights: scheme.weights, inputActivations: scheme.inputActivations, format: scheme.format };
   const rate = (known.gemmGflops ?? (await measureGemm())) * 1e9;
   // q/k/v and gate/up read one input: the Hessian observers take its Gram product once
   const allLinearNames = model
@@ -197,13 +209,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const layers: LayerPlan[] = [];
   let output = 0;
   let maxLayerFile = 0;
-  // embeddings, final norm, lm_head and tensors the model does not use: copied unchanged (and
-  // scanned before the layers, through a piece buffer the scratch pool keeps)
-  const layerNames = new Set(model.namedParameters().map(([n]) => n));
-  const copied = ck
-    .names()
-    .filter((n) => !(/^model\.layers\.\d+\./.test(n) && layerNames.has(n)))
-    .map((n) => bytesOf(ck.info(n).dtype, ck.info(n).shape));
+  const copied = copiedBytes(model, ck);
   const pieceBuffer = Math.min(PIECE_BYTES, Math.max(0, ...copied));
   /** the previous layer's weights: unloaded, but freed only when the garbage collector runs */
   let previousWeights = 0;
@@ -217,20 +223,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       .find(([, b]) => b !== null);
     const block = moe?.[1] ?? null;
     const expertLinears = new Set(block ? block.routedExperts().flatMap((e) => [e.gate, e.up, e.down]) : []);
-    let read = 0;
-    let write = 0;
-    let params = 0;
-    for (const [n, p] of layer.namedParameters(prefix)) {
-      const info = ck.has(n) ? ck.info(n) : null;
-      read += info ? bytesOf(info.dtype, info.shape) : 0;
-      params += 4 * p.shape.reduce((a, b) => a * b, 1);
-      const lin = n.endsWith(".weight") ? n.slice(0, -".weight".length) : null;
-      const l = lin !== null ? linears.find(([ln]) => ln === lin)?.[1] : undefined;
-      if (l && lin !== null && isTarget(lin)) {
-        for (const spec of quantizedSpecs(group, l.outFeatures, l.inFeatures).values())
-          write += bytesOf(spec.dtypes.includes(scaleDtype) ? scaleDtype : (spec.dtypes[0] as keyof typeof DTYPE_BYTES), spec.shape);
-      } else write += info ? bytesOf(info.dtype, info.shape) : 0;
-    }
+    const { read, write, params } = layerBytes(layer, prefix, ck, isTarget, scheme, scaleDtype);
     // floating-point work: products 2 T in out; Gram sums 2 rows in^2; the token mixer's own work (attention
     // scores and values 4 sum(S^2) heads headDim, a linear recurrence per token), as its module reports it
     const mixers = layer
@@ -340,6 +333,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     disk: { output, resume_state: resumeState, shard_assembly: assembly },
     seconds: layers.reduce((a, l) => a + l.seconds, 0),
     gemm_gflops: rate / 1e9,
+    data_free: null,
   };
 }
 

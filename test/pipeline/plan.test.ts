@@ -13,6 +13,7 @@ import { plan } from "../../src/pipeline/plan.js";
 import { checkPlan, parseBytes } from "../../src/pipeline/plan-report.js";
 import { runFromSummary } from "../../src/pipeline/report.js";
 import { ROOT, TEXT, TINY } from "../helpers.js";
+import { randomModel } from "../../src/pipeline/random-model.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-plan-"));
@@ -92,4 +93,31 @@ test("oneshot prints the plan's summary first and refuses a plan over --max-memo
 test("sizes parse with binary units", () => {
   assert.deepEqual(["1024", "64M", "1.5G", "2KiB", "3 GB"].map(parseBytes), [1024, 64 * 1024 ** 2, 1.5 * 1024 ** 3, 2048, 3 * 1024 ** 3]);
   assert.throws(() => parseBytes("lots"), /not a size/);
+});
+
+test("the data-free plan: no data read, the bytes a run writes exactly, memory flat in the model's depth (a job per worker and one ahead), and the CLI says so", async () => {
+  const p = await plan({ method: "rtn", scheme: "W4A16", workers: 2, dataset: path.join(tmp, "not-read.jsonl") });
+  assert.equal(p.data_free?.workers, 2);
+  assert.equal(p.samples, 0);
+  const out = path.join(tmp, "data-free");
+  const r = spawnSync(process.execPath, [cli, "oneshot", "--method", "rtn", "--workers", "2", "--output", out], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  const index = JSON.parse(fs.readFileSync(path.join(out, "model.safetensors.index.json"), "utf8")) as { metadata: { total_size: number } };
+  assert.equal(p.disk.output, index.metadata.total_size, "planned output bytes = the written tensors' bytes");
+  assert.equal(p.disk.resume_state, 0, "finished shards are the output's own");
+  assert.match(r.stderr, /plan \(data-free, 2 worker thread\(s\)\): peak memory [\d.]+ MiB \(a job's weights per worker and one ahead/);
+  const job = p.data_free?.job_bytes ?? 0;
+  assert.ok(p.layers.every((l) => l.memory.parameters <= 3 * job && l.flops.calibrate === 0));
+  // the same shapes four times deeper: the same peak
+  const deep = randomModel({ output: path.join(tmp, "deep"), layers: 16 }).output;
+  const pd = await plan({ model: deep, method: "rtn", scheme: "W4A16", workers: 2 });
+  assert.equal(pd.peak_memory_bytes - pd.baseline_bytes, p.peak_memory_bytes - p.baseline_bytes, "beside the process itself");
+  assert.ok(pd.seconds > 3 * p.seconds);
+  const text = spawnSync(process.execPath, [cli, "plan", "--method", "rtn", "--scheme", "NVFP4A16", "--workers", "0"], {
+    encoding: "utf8",
+  });
+  assert.match(text.stdout, /data-free \(no calibration data/);
+  assert.match(text.stdout, /plan \(data-free, 0 worker thread\(s\)\)/);
+  const calibrated = spawnSync(process.execPath, [cli, "plan", "--method", "rtn", "--calibrate", ...args], { encoding: "utf8" });
+  assert.match(calibrated.stdout, /^plan: peak memory/m);
 });
