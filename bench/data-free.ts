@@ -1,8 +1,9 @@
 /**
  * `npm run bench:data-free` (also a section of `npm run bench`): data-free round-to-nearest on a
  * random 4-layer Qwen3-30B-A3B-shaped checkpoint (about 4.9 GB of BF16) and on its copy stored in
- * FP8 blocks of 128, for W4A16, NVFP4A16 and FP8_BLOCK, each run its own process: seconds, source
- * bytes per second, peak RSS; against the rate at which this process reads the same shards (in the
+ * FP8 blocks of 128, for W4A16 (on the main thread alone and with a worker per core), NVFP4A16 and
+ * FP8_BLOCK (a worker per core), each run its own process: seconds, source bytes per second, peak
+ * RSS, the plan's estimate; against the rate at which this process reads the same shards (in the
  * same run) and against the calibrated RTN path (`--calibrate`) on a 1-layer copy. Writes
  * bench/data-free-results.json.
  */
@@ -15,13 +16,20 @@ import { Checkpoint } from "../src/io/checkpoint.js";
 import { PIECE_BYTES } from "../src/io/writer.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { runFromSummary } from "../src/pipeline/report.js";
+import { plan } from "../src/pipeline/plan.js";
 import { nanoSetup, qwen3Setup } from "./plan.js";
 
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
+/** worker threads of the default run: one per core */
+const CORES = os.availableParallelism();
 
 export interface DataFreeRun {
   model: string;
   scheme: string;
+  /** worker threads (--workers): 0 runs everything on the main thread */
+  workers: number;
+  /** the plan's estimate of the run's seconds */
+  planned_seconds: number;
   /** the source's weight bytes (its shards) */
   source_bytes: number;
   seconds: number;
@@ -57,7 +65,7 @@ function oneshot(model: string, args: string[], out: string): { seconds: number;
 }
 
 /** The runs, in `work`. */
-export function benchDataFree(work: string, log: (s: string) => void): Record<string, unknown> {
+export async function benchDataFree(work: string, log: (s: string) => void): Promise<Record<string, unknown>> {
   log("a 4-layer Qwen3-30B-A3B-shaped checkpoint, BF16 and in FP8 blocks (minutes)");
   const bf16 = qwen3Setup(work, { layers: 4 });
   const fp8 = qwen3Setup(work, { layers: 4, fp8Block: 128 });
@@ -68,13 +76,22 @@ export function benchDataFree(work: string, log: (s: string) => void): Record<st
     ["fp8-blocks", fp8],
   ] as const) {
     reads[name] = readRate(model);
-    for (const scheme of ["W4A16", "NVFP4A16", "FP8_BLOCK"]) {
-      log(`${name} ${scheme}: data-free`);
-      const r = oneshot(model, ["--scheme", scheme, "--quiet"], path.join(work, "out"));
+    const cases: [string, number][] = [
+      ["W4A16", 0],
+      ["W4A16", CORES],
+      ["NVFP4A16", CORES],
+      ["FP8_BLOCK", CORES],
+    ];
+    for (const [scheme, workers] of cases) {
+      log(`${name} ${scheme}, ${workers} workers: data-free`);
+      const planned = await plan({ model, scheme, method: "rtn", workers });
+      const r = oneshot(model, ["--scheme", scheme, "--workers", String(workers), "--quiet"], path.join(work, "out"));
       const bytes = sourceBytes(model);
       runs.push({
         model: name,
         scheme,
+        workers,
+        planned_seconds: planned.seconds,
         source_bytes: bytes,
         seconds: r.seconds,
         source_mb_per_s: bytes / 1e6 / r.seconds,
@@ -103,7 +120,7 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-data-free-"));
   const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:data-free: ${s}\n`);
   try {
-    const r = benchDataFree(work, log);
+    const r = await benchDataFree(work, log);
     fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "data-free-results.json"), `${JSON.stringify(r, null, 2)}\n`);
     console.log(JSON.stringify(r, null, 2));
   } finally {

@@ -138,7 +138,7 @@ async function main(): Promise<void> {
   recordOneshot(oneshotRuns, results);
 
   stage("data-free round-to-nearest on a 4-layer Qwen3-30B-A3B-shaped checkpoint, BF16 and FP8 blocks (many minutes)");
-  const dataFree = benchDataFree(work, stage);
+  const dataFree = await benchDataFree(work, stage);
   fs.writeFileSync(path.join(PACKAGE_ROOT, "bench", "data-free-results.json"), `${JSON.stringify(dataFree, null, 2)}\n`);
 
   const f = (v: number | null | undefined, d = 1): string => (v === null || v === undefined ? "n/a" : v.toFixed(d));

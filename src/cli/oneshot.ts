@@ -31,6 +31,7 @@ interface OneshotCliOptions {
   quiet?: boolean;
   calibrate?: boolean;
   workers?: number;
+  maxShardSize?: number;
 }
 
 /** The options oneshot and plan share (plan reads them to predict the run). */
@@ -88,12 +89,18 @@ export function registerOneshot(program: Command): void {
       "refuse to start when the plan's peak memory exceeds this (bytes, or K/M/G/T; default: the available memory)",
       sizeOption,
     )
+    .option(
+      "--max-shard-size <size>",
+      "largest output shard (bytes, or K/M/G/T; at least 1M; default 2G); a data-free run resumes after its last finished shard",
+      sizeOption,
+    )
     .option("--quiet", "no progress output")
     .action(async (o: OneshotCliOptions) => {
       const progress = o.quiet ? undefined : progressPrinter(process.stderr);
-      const { quiet: _quiet, ...run } = o;
+      const { quiet: _quiet, maxShardSize, ...run } = o;
       const result = await oneshot({
         ...run,
+        maxShardBytes: maxShardSize,
         actorder: o.actorder === "none" ? null : "static",
         onProgress: progress,
         warn: (m) => process.stderr.write(`warning: ${m}\n`),

@@ -103,7 +103,14 @@ export class WorkerPool<J, R> {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    // a worker being terminated does not hold the process (seen with Node 20: a caller awaiting
+    // close() with nothing else pending was left unsettled, exit code 13): a timer does until all exit
+    const hold = setInterval(() => undefined, 60_000);
+    try {
+      await Promise.all(this.workers.map((w) => w.terminate()));
+    } finally {
+      clearInterval(hold);
+    }
   }
 }
 

@@ -108,6 +108,24 @@ export const ROUND2_CASES: BadInputCase[] = [
     available: canMountTmpfs,
   },
   {
+    name: "a negative number of worker threads",
+    setup: (d) => ["oneshot", "--method", "rtn", "--workers", "-1", "--output", path.join(d, "out")],
+    exitCode: 2,
+    message: /--workers must be an integer >= 0, got "-1"/,
+  },
+  {
+    name: "resume of a data-free run whose shards.json was damaged",
+    setup: (d) => {
+      const child = path.join(ROOT, "dist", "test", "pipeline", "data-free-child.js");
+      const r = spawnSync(process.execPath, [child, path.join(d, "out"), "shard", "0"]);
+      if (r.signal !== "SIGKILL") throw new Error(`the run to kill ended otherwise: ${r.stderr}`);
+      fs.writeFileSync(path.join(d, ".out.moecal-work", "shards.json"), '{"shards": [');
+      return ["oneshot", "--method", "rtn", "--scheme", "W8A16", "--max-shard-size", "1M", "--output", path.join(d, "out")];
+    },
+    exitCode: 1,
+    message: /\.out\.moecal-work\/shards\.json: not valid JSON \(.*\); rerun with --restart to discard the work folder and start over/,
+  },
+  {
     name: "the work folder is a symlink (planted beside the output, leading to another folder)",
     setup: (d) => {
       fs.mkdirSync(path.join(d, "elsewhere"));

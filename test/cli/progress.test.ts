@@ -152,3 +152,24 @@ test("a data-free run (no samples) is announced as such, and its layers say no d
   assert.match(pipe.text(), /data-free: quantizing 2 layers from the weights alone/);
   assert.match(pipe.text(), /layer 1\/2: 51 Linear quantized, no data, fallbacks 0/);
 });
+
+test("data-free progress in source bytes: rate-limited lines with MB done, percent, this run's MB/s and the ETA from it; a resume names its shards", () => {
+  const pipe = fakeStream(false);
+  let t = 0;
+  const p = progressPrinter(pipe, { now: () => t, every: 30 });
+  p({ kind: "start", layers: 2, samples: 0, tokens: 0 });
+  p({ kind: "resume-shards", shards: 3, folder: "/x/.out.moecal-work" });
+  t = 40_000;
+  // 1000 MB resumed from an earlier run; 500 MB more written in 40 s: 12.5 MB/s, 2500 MB left: 200 s
+  p({ kind: "bytes", done: 1500e6, total: 4000e6, resumed: 1000e6 });
+  t = 50_000;
+  p({ kind: "bytes", done: 2000e6, total: 4000e6, resumed: 1000e6 }); // within 30 s of the last line: not printed
+  t = 80_000;
+  p({ kind: "bytes", done: 4000e6, total: 4000e6, resumed: 1000e6 });
+  p.stop();
+  const text = pipe.text();
+  assert.match(text, /resuming after 3 finished output shard\(s\) \(kept in \/x\/\.out\.moecal-work\)/);
+  assert.match(text, /weights 1500\/4000 MB \(38%\), 13 MB\/s, elapsed 40s, ETA 3m20s/);
+  assert.doesNotMatch(text, /weights 2000\/4000/);
+  assert.match(text, /weights 4000\/4000 MB \(100%\), 38 MB\/s, elapsed 1m20s, ETA 0s/);
+});
