@@ -13,7 +13,7 @@ import { UsageError } from "../errors.js";
 import { DEFAULT_SHARD_BYTES, type NamedRaw, ShardedWriter } from "../io/writer.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
 import { WorkerPool } from "../util/worker-pool.js";
-import { type Plan, plan } from "./plan.js";
+import { type LayerPlan, type Plan, plan } from "./plan.js";
 import { freeDiskBytes } from "./plan-report.js";
 import { Linear } from "../nn/layers.js";
 import { isNvfp4 } from "../quantization/scheme.js";
@@ -202,12 +202,14 @@ async function assertFits(run: Run): Promise<Plan> {
     throw new UsageError(
       `the data-free run needs ${mib(disk)} of disk (output ${mib(p.disk.output)}, shard assembly ${mib(p.disk.shard_assembly)}), but the file system of ${run.out.target} has ${mib(free)} free; free some space or choose another --output`,
     );
-  const held = Math.max(0, ...p.layers.map((l) => l.memory.parameters));
+  const peak = p.layers.reduce((a, l) => (l.peak_memory_bytes > a.peak_memory_bytes ? l : a), p.layers[0] as LayerPlan);
   const limit = opts.maxMemory ?? availableMemory();
-  if (p.peak_memory_bytes > limit)
+  if (p.peak_memory_bytes > limit) {
+    const { parameters: held, workers, retained: buffers } = peak.memory;
     throw new UsageError(
-      `the data-free run needs ${mib(p.peak_memory_bytes)} of memory (the largest weights held at once ${mib(held)}, beside the process itself: Node.js and onnxruntime, about ${mib(p.baseline_bytes)}), more than --max-memory ${mib(limit)}`,
+      `the data-free run needs ${mib(p.peak_memory_bytes)} of memory (the largest weights held at once ${mib(held)}, ${p.data_free?.workers} worker thread(s) ${mib(workers)}, copy buffers ${mib(buffers)}, beside the process itself: Node.js and onnxruntime, about ${mib(p.baseline_bytes)}), more than --max-memory ${mib(limit)}${workers > 0 ? "; fewer --workers need less" : ""}`,
     );
+  }
   return p;
 }
 

@@ -92,7 +92,7 @@ export const ROUND2_CASES: BadInputCase[] = [
     setup: (d) => ["oneshot", "--method", "rtn", "--output", path.join(d, "out"), "--max-memory", "64M"],
     exitCode: 2,
     message:
-      /the data-free run needs [\d.]+ MiB of memory \(the largest weights held at once [\d.]+ MiB, beside the process itself: .*\), more than --max-memory 64\.0 MiB/,
+      /the data-free run needs [\d.]+ MiB of memory \(the largest weights held at once [\d.]+ MiB, \d+ worker thread\(s\) [\d.]+ MiB, copy buffers [\d.]+ MiB, beside the process itself: .*\), more than --max-memory 64\.0 MiB/,
   },
   {
     name: "not enough disk for a data-free run (256 KiB tmpfs)",
