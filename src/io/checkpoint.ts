@@ -18,8 +18,8 @@ export class Checkpoint {
   readonly dir: string;
   private readonly files = new Map<string, SafetensorsFile>();
   private readonly where = new Map<string, SafetensorsFile>();
-  /** FP8 block-scaled weights presented dequantized (null: every tensor as stored) */
-  private fp8: Fp8BlockWeights | null = null;
+  /** weights presented decoded: FP8 blocks or compressed-tensors (null: every tensor as stored) */
+  private decoded: DecodedWeights | null = null;
   /** tensors presented under other names, or parts of one (presentLayout) */
   private readonly views = new Map<string, { file: SafetensorsFile; info: TensorInfo }>();
   /** stored names replaced by views */
@@ -140,8 +140,20 @@ export class Checkpoint {
    * when read as float32, `format.dtype` when read as bytes; their `weight_scale_inv` tensors hidden.
    */
   presentFp8Blocks(format: Fp8BlockFormat): void {
-    const raw = { dir: this.dir, names: () => this.storedNames(), info: (n: string) => this.rawInfo(n) };
-    this.fp8 = new Fp8BlockWeights({ ...raw, readRaw: (n) => this.rawRead(n) }, format);
+    this.presentDecoded((raw) => new Fp8BlockWeights(raw, format));
+  }
+
+  /**
+   * Present weights stored in another form decoded (`make` builds the presenter from the tensors
+   * as stored, after presentLayout): FP8 blocks or a compressed-tensors checkpoint's quantized Linears.
+   */
+  presentDecoded(make: (raw: RawAccess) => DecodedWeights): void {
+    this.decoded = make({
+      dir: this.dir,
+      names: () => this.storedNames(),
+      info: (n: string) => this.rawInfo(n),
+      readRaw: (n) => this.rawRead(n),
+    });
   }
 
   /** Names after presentLayout, before FP8 presentation. */
@@ -150,13 +162,13 @@ export class Checkpoint {
   }
 
   names(): string[] {
-    const fp8 = this.fp8;
     const all = this.storedNames();
-    return fp8 ? all.filter((n) => !fp8.isScale(n)) : all;
+    return this.decoded ? this.decoded.names(all) : all;
   }
 
   has(name: string): boolean {
-    return (this.views.has(name) || (this.where.has(name) && !this.hidden.has(name))) && !this.fp8?.isScale(name);
+    if (this.decoded?.has(name)) return true;
+    return (this.views.has(name) || (this.where.has(name) && !this.hidden.has(name))) && !this.decoded?.hides(name);
   }
 
   private file(name: string): SafetensorsFile {
@@ -175,41 +187,69 @@ export class Checkpoint {
   }
 
   info(name: string): TensorInfo {
-    return this.fp8?.has(name) ? this.fp8.info(name) : this.rawInfo(name);
+    return this.decoded?.has(name) ? this.decoded.info(name) : this.rawInfo(name);
   }
 
   readRaw(name: string): RawTensor {
-    return this.fp8?.has(name) ? this.fp8.readRaw(name) : this.rawRead(name);
+    return this.decoded?.has(name) ? this.decoded.readRaw(name) : this.rawRead(name);
   }
 
   /** Rows of a 2-D tensor by index (SafetensorsFile.readRowsRaw). */
   readRowsRaw(name: string, rows: Int32Array): RawTensor {
-    if (this.fp8?.has(name)) return this.fp8.readRowsRaw(name, rows);
+    if (this.decoded?.has(name)) return this.decoded.readRowsRaw(name, rows);
     const v = this.views.get(name);
     return v ? v.file.readRowsRawOf(v.info, rows) : this.file(name).readRowsRaw(name, rows);
   }
 
   /** A tensor's bytes in pieces of at most `chunkBytes` (SafetensorsFile.rawChunks). */
   rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
-    if (this.fp8?.has(name)) return this.fp8.rawChunks(name, chunkBytes);
+    if (this.decoded?.has(name)) return this.decoded.rawChunks(name, chunkBytes);
     const v = this.views.get(name);
     return v ? v.file.rawChunksOf(v.info, chunkBytes) : this.file(name).rawChunks(name, chunkBytes);
   }
 
   /** A tensor as stored, to be decoded elsewhere (a worker thread: storedToF32): its bytes, or an FP8 weight's codes and block scales. */
   readStored(name: string): StoredTensor {
-    return this.fp8?.has(name) ? { fp8: this.fp8.stored(name) } : { raw: this.rawRead(name) };
+    return this.decoded?.has(name) ? this.decoded.stored(name) : { raw: this.rawRead(name) };
   }
 
   /** A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to the torch_dtype). */
   readF32(name: string): Tensor {
-    return this.fp8?.has(name) ? this.fp8.readF32(name) : rawToF32(this.rawRead(name), `${this.dir}: tensor "${name}"`);
+    return this.decoded?.has(name) ? this.decoded.readF32(name) : rawToF32(this.rawRead(name), `${this.dir}: tensor "${name}"`);
   }
 
   /** Name of the file holding `name`, relative to the folder. */
   fileOf(name: string): string {
     return path.relative(this.dir, (this.views.get(name)?.file ?? this.file(name)).file);
   }
+}
+
+/** The raw tensors of a checkpoint, before any weight is presented decoded. */
+export interface RawAccess {
+  readonly dir: string;
+  names(): string[];
+  info(name: string): TensorInfo;
+  readRaw(name: string): RawTensor;
+}
+
+/**
+ * Weights a checkpoint presents decoded (FP8 blocks, compressed-tensors): which names it presents
+ * (companion tensors such as scales left out, decoded weights in) and how each decoded weight
+ * reads: float32 exactly, or as bytes of the model's dtype.
+ */
+export interface DecodedWeights {
+  names(stored: readonly string[]): string[];
+  /** `name` is a decoded weight */
+  has(name: string): boolean;
+  /** `name` is a companion tensor, not presented */
+  hides(name: string): boolean;
+  info(name: string): TensorInfo;
+  readF32(name: string): Tensor;
+  readRaw(name: string): RawTensor;
+  rawChunks(name: string, chunkBytes: number): Generator<Uint8Array>;
+  readRowsRaw(name: string, rows: Int32Array): RawTensor;
+  /** the weight as stored, for decoding on another thread (storedToF32) */
+  stored(name: string): StoredTensor;
 }
 
 /** A tensor as a checkpoint stores it (Checkpoint.readStored). */

@@ -6,7 +6,7 @@ import { schemeFor } from "../quantization/match.js";
 import { z } from "zod";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
-import type { Checkpoint } from "./checkpoint.js";
+import type { RawAccess } from "./checkpoint.js";
 import { type RawTensor, rawToF32, rawToInts } from "./safetensors.js";
 import type { TensorSource } from "./tensor-source.js";
 import { unpackColumns, unpackFp4, unpackRows } from "../quantization/pack.js";
@@ -175,9 +175,9 @@ const SUFFIXES = [
  * weight as a dequantized float32 `P.weight`; other tensors read unchanged.
  */
 export function compressedTensorsSource(
-  ck: Checkpoint,
+  ck: RawAccess,
   cfg: ParsedQuantConfig,
-): TensorSource & { inputScale(name: string): number | null } {
+): TensorSource & { inputScale(name: string): number | null; quantized: ReadonlySet<string> } {
   const names = new Set(ck.names());
   const quantized = new Map<string, QuantConfigGroup>();
   for (const n of names) {
@@ -201,9 +201,11 @@ export function compressedTensorsSource(
     }
     return ck.info(n).shape;
   };
-  const scalar = (n: string): number | null => (names.has(n) ? (ck.readF32(n).data[0] as number) : null);
+  const f32 = (n: string): Tensor => rawToF32(read(n), where(n));
+  const scalar = (n: string): number | null => (names.has(n) ? (f32(n).data[0] as number) : null);
   return {
     dir: ck.dir,
+    quantized: new Set(quantized.keys()),
     names: () => visible,
     shapeOf,
     inputScale: (p) => scalar(`${p}.input_scale`) ?? scalar(`${p}.input_global_scale`),
@@ -223,7 +225,7 @@ export function compressedTensorsSource(
         };
         return new Tensor(dequantize({ args: g.weights, out, inF, codes, params }), [out, inF]);
       }
-      const scale = ck.readF32(`${p}.weight_scale`);
+      const scale = f32(`${p}.weight_scale`);
       if (g.format === "nvfp4-pack-quantized") {
         const global = scalar(`${p}.weight_global_scale`) as number;
         const codes = unpackFp4(read(`${p}.weight_packed`).bytes, out, inF);

@@ -11,6 +11,7 @@ import { FP8_E4M3_MAX, f32ToBf16, f32ToF16, f32ToFp8e4m3, fp8e4m3ToF32 } from ".
 import { Tensor, numel } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
 import { DTYPE_BYTES, type RawTensor, type TensorInfo, rawToF32 } from "./safetensors.js";
+import type { DecodedWeights, RawAccess, StoredTensor } from "./checkpoint.js";
 
 export const SCALE_INV = ".weight_scale_inv";
 
@@ -46,18 +47,15 @@ export function parseFp8BlockConfig(qc: unknown, torchDtype: unknown, where: str
       `${where}: quantization_config field "${field}": ${absent ? "missing (required)" : (issue?.message ?? "invalid")}`,
     );
   }
+  return { block: r.data.weight_block_size, dtype: modelDType(torchDtype, where) };
+}
+
+/** config.json's torch_dtype as a safetensors dtype (default bfloat16): what decoded weights are written in. */
+export function modelDType(torchDtype: unknown, where: string): Fp8BlockFormat["dtype"] {
   const dtype = TORCH_DTYPES[typeof torchDtype === "string" ? torchDtype : "bfloat16"];
   if (!dtype)
     throw new CheckpointFormatError(`${where}: field "torch_dtype": ${JSON.stringify(torchDtype)} is not bfloat16, float16 or float32`);
-  return { block: r.data.weight_block_size, dtype };
-}
-
-/** The raw tensors of a checkpoint, before any FP8 weight is presented dequantized. */
-export interface RawAccess {
-  readonly dir: string;
-  names(): string[];
-  info(name: string): TensorInfo;
-  readRaw(name: string): RawTensor;
+  return dtype;
 }
 
 const E4M3 = Float32Array.from({ length: 256 }, (_, b) => fp8e4m3ToF32(b));
@@ -93,7 +91,7 @@ export function fp8BlockRows(w: Fp8Stored, r0: number, r1: number): Float32Array
  * is opened (before any work): each `weight_scale_inv` beside an F8_E4M3 2-D weight, of shape
  * [ceil(out / Bo), ceil(in / Bi)], float32, finite and positive; each F8_E4M3 tensor with its scales.
  */
-export class Fp8BlockWeights {
+export class Fp8BlockWeights implements DecodedWeights {
   private readonly weights = new Set<string>();
 
   constructor(
@@ -138,8 +136,12 @@ export class Fp8BlockWeights {
   }
 
   /** Whether `name` is a block-scale tensor (hidden from the checkpoint's names; every one belongs to a weight). */
-  isScale(name: string): boolean {
+  hides(name: string): boolean {
     return name.endsWith(SCALE_INV);
+  }
+
+  names(stored: readonly string[]): string[] {
+    return stored.filter((n) => !this.hides(n));
   }
 
   /** The weight as the checkpoint presents it: the torch_dtype's size. */
@@ -148,8 +150,12 @@ export class Fp8BlockWeights {
     return { ...t, dtype: this.format.dtype, end: t.begin + numel(t.shape) * DTYPE_BYTES[this.format.dtype] };
   }
 
+  stored(name: string): StoredTensor {
+    return { fp8: this.blocks(name) };
+  }
+
   /** The weight's codes and block scales as stored, read from disk. */
-  stored(name: string): Fp8Stored {
+  private blocks(name: string): Fp8Stored {
     const [out, inF] = this.raw.info(name).shape as [number, number];
     const scaleName = `${name.slice(0, -".weight".length)}${SCALE_INV}`;
     const scale = rawToF32(this.raw.readRaw(scaleName), `${this.raw.dir}: tensor "${scaleName}"`).data;
@@ -157,7 +163,7 @@ export class Fp8BlockWeights {
   }
 
   readF32(name: string): Tensor {
-    const w = this.stored(name);
+    const w = this.blocks(name);
     return new Tensor(fp8BlockRows(w, 0, w.out), [w.out, w.inF]);
   }
 
@@ -168,13 +174,13 @@ export class Fp8BlockWeights {
   }
 
   readRaw(name: string): RawTensor {
-    const w = this.stored(name);
+    const w = this.blocks(name);
     return { dtype: this.format.dtype, shape: [w.out, w.inF], bytes: this.encode(fp8BlockRows(w, 0, w.out)) };
   }
 
   /** The presented bytes in pieces of whole block rows, each at most about `chunkBytes`. */
   *rawChunks(name: string, chunkBytes: number): Generator<Uint8Array> {
-    const w = this.stored(name);
+    const w = this.blocks(name);
     const step = Math.max(1, Math.floor(chunkBytes / (w.inF * DTYPE_BYTES[this.format.dtype])));
     for (let r = 0; r < w.out; r += step) yield this.encode(fp8BlockRows(w, r, r + step));
   }

@@ -60,7 +60,7 @@ export function readModelConfig(
   const { file, json } = readConfigJson(dir);
   const mt = typeof json === "object" && json !== null ? (json as { model_type?: unknown }).model_type : undefined;
   if (opts.generic && typeof mt === "string" && !FAMILIES.some((f) => f.modelType === mt)) {
-    const family = genericFamily(openCheckpoint(dir, sourceQuantization(json as Record<string, unknown>, file)));
+    const family = genericFamily(openCheckpoint(dir, sourceQuantization(json as Record<string, unknown>, file), { decodeQuantized: true }));
     opts.generic(
       `${file}: model_type "${mt}" is not a family moecal knows; quantizing data-free from tensor names and shapes alone: the Linear layers are the 2-D .weight tensors of model.layers.*, never quantized: ${family.defaultIgnore.join(", ")}; vLLM's fused groups by the usual names (q/k/v, gate/up, w1/w3, q_a/kv_a, a layer's experts)`,
     );

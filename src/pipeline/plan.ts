@@ -154,6 +154,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         ck: openCheckpoint(modelDir, sourceQuantization(config.raw, `${modelDir}/config.json`), {
           modelPrefix: config.storedModelPrefix,
           keep: (n) => inStoredOnlyLayer(n, config),
+          decodeQuantized: true,
         }),
         model,
         scheme,

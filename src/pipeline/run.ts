@@ -5,7 +5,7 @@
  * tensors), so both executors write the same bytes for the same quantized tensors.
  */
 import path from "node:path";
-import { NumericalError, UsageError, asFormatError } from "../errors.js";
+import { NumericalError, asFormatError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash } from "../io/hash.js";
 import { firstNonFiniteIn } from "../io/safetensors.js";
@@ -76,10 +76,8 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme, da
   // the data-free path reads any checkpoint; an unknown model_type only there, from names and shapes
   const { family, config } = readModelConfig(modelDir, dataFree ? { generic: warn } : {});
   const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
-  // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) are read dequantized; a compressed-tensors checkpoint is already moecal's kind of output
+  // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) and compressed-tensors checkpoints are read decoded
   const stored = sourceQuantization(config.raw, `${modelDir}/config.json`);
-  if (stored.kind === "compressed-tensors")
-    throw new UsageError(`${modelDir} is already quantized (config.json has a compressed-tensors quantization_config)`);
   const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, preset.name), {
     overwrite: opts.overwrite,
     inputs: [
@@ -115,7 +113,11 @@ function preflight(
   preset: Scheme,
   warn: (m: string) => void,
 ): Checked {
-  const ck = openCheckpoint(modelDir, stored, { modelPrefix: config.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, config) });
+  const ck = openCheckpoint(modelDir, stored, {
+    modelPrefix: config.storedModelPrefix,
+    keep: (n) => inStoredOnlyLayer(n, config),
+    decodeQuantized: true,
+  });
   const model = family.build(config);
   const mapping = family.mapWeights(
     config,

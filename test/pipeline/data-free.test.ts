@@ -13,6 +13,10 @@ import { oneshot } from "../../src/pipeline/oneshot.js";
 import { ROOT, TINY, fixtureCopy } from "../helpers.js";
 import { MoecalError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
+import { openCheckpoint, sourceQuantization } from "../../src/io/source-format.js";
+import { readConfigJson } from "../../src/io/json.js";
+import { openModel } from "../../src/models/registry.js";
+import { inspectCheckpoint } from "../../src/export/inspect.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-data-free-"));
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -173,4 +177,25 @@ test("a model_type moecal has no family for is quantized data-free from names an
     oneshot({ model: unknown, method: "gptq", output: path.join(tmp, "unknown-gptq"), warn: () => undefined }),
     /unsupported model_type "some_new_moe" .*any other checkpoint is quantized data-free/,
   );
+});
+
+test("a compressed-tensors checkpoint as the source (moecal's own W8A16, FP8_BLOCK and NVFP4A16 outputs of Qwen3-MoE): its quantized Linears decoded, requantized to W4A16 data-free byte for byte as the calibrated path does, inspect clean", async () => {
+  const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
+  for (const source of ["W8A16", "FP8_BLOCK", "NVFP4A16"]) {
+    const ct = await outcome(model, source, path.join(tmp, `ct-${source}`), false);
+    assert.ok(typeof ct === "string", String(ct));
+    // the decoded weight is what the loader (eval's) reads from the same checkpoint
+    const decoded = openCheckpoint(ct, sourceQuantization(readConfigJson(ct).json, ct), { decodeQuantized: true });
+    const loaded = openModel(ct);
+    const name = "model.layers.1.mlp.experts.3.gate_proj.weight";
+    assert.deepEqual(decoded.readF32(name).data, loaded.source.readF32(name).data, `${source}: ${name} decoded`);
+    assert.ok(!decoded.names().some((n) => /\.(weight_scale|weight_packed|weight_shape|weight_global_scale)$/.test(n)));
+    const free = await outcome(ct, "W4A16", path.join(tmp, `ct-${source}-free`), false);
+    const calibrated = await outcome(ct, "W4A16", path.join(tmp, `ct-${source}-calibrated`), true);
+    assert.ok(typeof free === "string" && typeof calibrated === "string", `${String(free)} ${String(calibrated)}`);
+    const a = files(free);
+    for (const [f, bytes] of files(calibrated)) assert.ok(bytes.equals(a.get(f) as Buffer), `${source}: ${f} differs`);
+    assert.deepEqual(inspectCheckpoint(free).problems, []);
+    assert.equal(inspectCheckpoint(free).formats["pack-quantized"], inspectCheckpoint(ct).quantized);
+  }
 });
