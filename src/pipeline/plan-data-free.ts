@@ -20,8 +20,8 @@ import type { OneshotOptions } from "./oneshot.js";
 
 /** Seconds per source byte (bench:data-free): the main thread's reading, writing and hashing, and a worker's decoding and quantizing by kind of code. */
 export const DATA_FREE_MODEL = {
-  mainSecondsPerByte: 4.7e-9,
-  quantSecondsPerByte: { int: 5.3e-9, fp8: 8e-9, fp4: 10e-9 },
+  mainSecondsPerByte: 3.7e-9,
+  quantSecondsPerByte: { int: 3.8e-9, fp8: 7.0e-9, fp4: 8.6e-9 },
   /** the scratch pool's buffers, the copy piece and the shard assembly's copy buffer */
   buffers: 3 * PIECE_BYTES,
 } as const;
