@@ -27,11 +27,12 @@ export async function timeGptqBlock(
   stats: Map<string, HessianStats>,
 ): Promise<{ cold: number; warm: number }> {
   const original = new Map([...linears].map(([n, l]) => [n, l.weight.data.slice()]));
+  const W4A16 = resolveScheme("W4A16");
   const once = async (): Promise<number> => {
     for (const [n, l] of linears)
       l.parameter("weight").value = new Tensor((original.get(n) as Float32Array).slice(), [l.outFeatures, l.inFeatures]);
     const t0 = performance.now();
-    await quantizeLayerLinears({ linears, hessians: stats, inputAbsMax: new Map() }, resolveScheme("W4A16"), "gptq", "F32", {
+    await quantizeLayerLinears({ linears, hessians: stats, inputAbsMax: new Map() }, () => W4A16, "gptq", "F32", {
       dampening: 0.01,
       blockSize: 128,
       warn: () => undefined,

@@ -12,7 +12,7 @@ import { progressPrinter } from "./progress.js";
 interface OneshotCliOptions {
   model: string;
   dataset?: string;
-  scheme: string;
+  scheme: string[];
   method: "gptq" | "rtn";
   groupSize?: number;
   numSamples: number;
@@ -39,7 +39,12 @@ function runOptions(cmd: Command): Command {
   return cmd
     .option("--model <dir>", "Hugging Face checkpoint folder (afmoe, qwen3_moe, mixtral, glm4_moe)", BUNDLED_MODEL)
     .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt (default: the bundled prose samples)")
-    .addOption(new Option("--scheme <name>", "quantization scheme").choices([...SCHEME_NAMES]).default("W4A16"))
+    .option(
+      "--scheme <scheme>",
+      `quantization scheme for every Linear (${SCHEME_NAMES.join(", ")}; default W4A16), or PATTERN=SCHEME for the Linears PATTERN matches (an exact name or re:REGEX; repeatable: a recipe of several schemes, resolved as compressed-tensors resolves config groups)`,
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .addOption(new Option("--method <method>", "weight quantization").choices(["gptq", "rtn"]).default("gptq"))
     .option("--group-size <n>", "group size for group schemes (default 128)", intOption("--group-size"))
     .option("--num-samples <n>", "calibration samples (or all there are)", intOption("--num-samples"), 512)
@@ -100,6 +105,7 @@ export function registerOneshot(program: Command): void {
       const { quiet: _quiet, maxShardSize, ...run } = o;
       const result = await oneshot({
         ...run,
+        scheme: o.scheme.length ? o.scheme : undefined,
         maxShardBytes: maxShardSize,
         actorder: o.actorder === "none" ? null : "static",
         onProgress: progress,
@@ -118,7 +124,7 @@ export function registerPlan(program: Command): void {
     .option("--output <dir>", "output folder the run would write (for the free disk space)")
     .option("--json", "print the plan as JSON")
     .action(async (o: OneshotCliOptions & { json?: boolean }) => {
-      const p = await plan({ ...o, actorder: o.actorder === "none" ? null : "static" });
+      const p = await plan({ ...o, scheme: o.scheme.length ? o.scheme : undefined, actorder: o.actorder === "none" ? null : "static" });
       const free = freeDiskBytes(o.output ?? process.cwd());
       if (o.json) process.stdout.write(`${JSON.stringify({ ...p, free_disk_bytes: free }, null, 2)}\n`);
       else process.stdout.write(`${formatPlan(p)}\nfree disk where the output goes: ${(free / 1024 ** 3).toFixed(1)} GiB\n`);

@@ -27,7 +27,8 @@ import { MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 import { type LayerTargets, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { sharedGptqPool } from "../quantization/gptq-pool.js";
-import { hasStaticActivationScales } from "../quantization/scheme.js";
+import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
+import { recipeName } from "../quantization/recipe.js";
 import { type OneshotReport, layerSummary } from "./report.js";
 import { assertComplete, largestLayerWork, seedForJson } from "./preflight.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
@@ -36,13 +37,14 @@ import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { plan } from "./plan.js";
 import { checkPlan, freeDiskBytes } from "./plan-report.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
-import { type Run, finishRun, modelHash, writeCheckpoint } from "./run.js";
+import { type Run, finishRun, modelHash, recipeReport, writeCheckpoint } from "./run.js";
 import type { OneshotResult } from "./oneshot.js";
 
 export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult> {
   const { opts, modelDir, datasetFile, method, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
   const { scaleDType, sharedGlobalScale } = run;
   const scheme = run.scheme;
+  const schemeOf = (n: string): Scheme => run.schemeOf(n) as Scheme;
   let work: WorkFolder | undefined;
   try {
     const calibrateAllExperts = opts.calibrateAllExperts ?? true;
@@ -60,7 +62,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     const tokens = samples.reduce((a, s) => a + s.length, 0);
     const thePlan = await plan(
       { ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength },
-      { samples, opened: { family, config, ck, model, scheme } },
+      { samples, opened: { family, config, ck, model, recipe: run.recipe, schemeOf: run.schemeOf } },
     );
     // an old work folder is disk the run gets back: --restart deletes it, a resume reuses it
     const freeDisk = freeDiskBytes(out.target) + workFolderBytes(out.target);
@@ -79,9 +81,9 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
         dataset_sha256: datasetSha,
         samples_sha256: samplesHash(samples),
         options: {
-          scheme: scheme.name,
+          scheme: recipeName(run.recipe),
           method,
-          group_size: scheme.weights.groupSize,
+          group_size: run.schemes.map((s) => s.weights.groupSize),
           actorder: scheme.weights.actorder,
           num_samples: samples.length,
           max_seq_length: maxSeqLength,
@@ -151,7 +153,9 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
       const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix, statistics) : null;
-      const absMax = hasStaticActivationScales(scheme) ? attachInputAbsMax(targets.linears) : null;
+      // static activation scales: the input of each Linear whose scheme has them
+      const staticInputs = new Map([...targets.linears].filter(([n]) => hasStaticActivationScales(schemeOf(n))));
+      const absMax = staticInputs.size > 0 ? attachInputAbsMax(staticInputs) : null;
       const tracker = trackCoverage(layer, prefix);
       opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
       try {
@@ -172,7 +176,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       }
       if (absMax) targets.inputAbsMax = absMax.stats;
       opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
-      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, scheme, method, scaleDType, {
+      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, schemeOf, method, scaleDType, {
         dampening: opts.dampening ?? 0.01,
         blockSize: 128,
         warn,
@@ -203,11 +207,11 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       for (const [n] of layer.namedParameters(prefix)) {
         const q = quantizedByWeight.get(n);
         if (q) {
-          const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, scaleDType, q.inputScale);
+          const tensors = quantizedLinearTensors(q.name, q.weight, schemeOf(q.name).format, scaleDType, q.inputScale);
           assertComplete(
             q.name,
             tensors.map((t) => t.name),
-            scheme,
+            schemeOf(q.name),
           );
           layerTensors.push(...tensors);
         } else {
@@ -229,7 +233,8 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       moecal_version: MOECAL_VERSION,
       model: { name: path.basename(path.resolve(modelDir)), sha256: modelSha },
       data_free: false,
-      scheme: scheme.name,
+      scheme: recipeName(run.recipe),
+      recipe: recipeReport(run),
       method,
       group_size: scheme.weights.groupSize,
       actorder: method === "gptq" ? scheme.weights.actorder : null,

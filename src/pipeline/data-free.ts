@@ -16,13 +16,14 @@ import { WorkerPool } from "../util/worker-pool.js";
 import { type LayerPlan, type Plan, plan } from "./plan.js";
 import { freeDiskBytes } from "./plan-report.js";
 import { Linear } from "../nn/layers.js";
-import { isNvfp4 } from "../quantization/scheme.js";
+import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
+import { recipeName } from "../quantization/recipe.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { safePoint } from "../util/interrupt.js";
 import { storedName } from "../models/stored-layers.js";
 import type { LayerReport, OneshotReport } from "./report.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
-import { type Run, finishRun, modelHash, writeCheckpoint } from "./run.js";
+import { type Run, finishRun, modelHash, recipeReport, writeCheckpoint } from "./run.js";
 import { type DataFreeJob, ownedBuffers, owned, runDataFreeJob } from "./data-free-job.js";
 import { ShardLog } from "./shard-log.js";
 import { workFolderBytes } from "./work-folder.js";
@@ -64,7 +65,7 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
   const N = config.numHiddenLayers;
   if (opts.dataset !== undefined)
     run.warn(
-      `the dataset ${opts.dataset} is not read: --method rtn with ${run.scheme.name} needs no calibration data (data-free); pass --calibrate to calibrate on it anyway`,
+      `the dataset ${opts.dataset} is not read: --method rtn with ${recipeName(run.recipe)} needs no calibration data (data-free); pass --calibrate to calibrate on it anyway`,
     );
   const workers = dataFreeWorkers(opts.workers);
   const pool: DataFreePool = new WorkerPool(workers, DATA_FREE_KIND);
@@ -106,7 +107,7 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
 
 /** The work folder: what identifies a data-free run (no data: the model, the scheme and what shapes the output's bytes). */
 function openLog(run: Run, modelSha: string): ShardLog {
-  const { opts, scheme } = run;
+  const { opts } = run;
   return new ShardLog(
     run.out.target,
     {
@@ -117,8 +118,8 @@ function openLog(run: Run, modelSha: string): ShardLog {
       samples_sha256: "",
       options: {
         data_free: true,
-        scheme: scheme.name,
-        group_size: scheme.weights.groupSize,
+        scheme: recipeName(run.recipe),
+        group_size: run.schemes.map((s) => s.weights.groupSize),
         ignore: run.ignore,
         vllm_check: opts.vllmCheck ?? true,
         max_shard_bytes: opts.maxShardBytes ?? DEFAULT_SHARD_BYTES,
@@ -133,7 +134,8 @@ function dataFreeReport(run: Run, modelSha: string, layers: LayerReport[]): Ones
     moecal_version: MOECAL_VERSION,
     model: { name: path.basename(path.resolve(run.modelDir)), sha256: modelSha },
     data_free: true,
-    scheme: run.scheme.name,
+    scheme: recipeName(run.recipe),
+    recipe: recipeReport(run),
     method: run.method,
     group_size: run.scheme.weights.groupSize,
     actorder: null,
@@ -190,10 +192,10 @@ function progressCounter(run: Run, writer: ShardedWriter): (source: string) => v
  * beside the process itself.
  */
 async function assertFits(run: Run): Promise<Plan> {
-  const { opts, model, family, config, ck, scheme } = run;
+  const { opts, model, family, config, ck, recipe, schemeOf } = run;
   const p = await plan(
     { ...opts, model: run.modelDir, method: run.method },
-    { samples: [], opened: { family, config, ck, model, scheme } },
+    { samples: [], opened: { family, config, ck, model, recipe, schemeOf } },
   );
   const disk = p.disk.output + p.disk.shard_assembly;
   const free = freeDiskBytes(run.out.target) + workFolderBytes(run.out.target);
@@ -216,14 +218,17 @@ async function assertFits(run: Run): Promise<Plan> {
 /** A layer's quantized Linears as jobs, in output order: one each, or NVFP4's fused sets together; those an earlier run wrote whole left out. */
 function layerUnits(pass: Pass, linears: ReadonlyMap<string, Linear>): string[][] {
   const { run, writer } = pass;
-  const suffixes = requiredSuffixes(run.scheme.format, run.scheme.weights, run.scheme.inputActivations);
-  const done = (n: string): boolean => suffixes.every((s) => writer.has(storedName(`${n}.${s}`, run.config)));
+  const done = (n: string): boolean => {
+    const s = run.schemeOf(n) as Scheme;
+    return requiredSuffixes(s.format, s.weights, s.inputActivations).every((x) => writer.has(storedName(`${n}.${x}`, run.config)));
+  };
   const units: string[][] = [];
   const placed = new Set<string>();
   for (const name of linears.keys()) {
     if (placed.has(name)) continue;
-    const set = isNvfp4(run.scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
-    const members = set.filter((m) => linears.has(m));
+    const scheme = run.schemeOf(name) as Scheme;
+    const set = isNvfp4(scheme.weights) ? (run.sharedGlobalScale.find((s) => s.includes(name)) ?? [name]) : [name];
+    const members = set.filter((m) => linears.has(m) && run.schemeOf(m) === scheme);
     for (const m of members) placed.add(m);
     if (!members.every(done)) units.push(members);
   }
@@ -233,7 +238,7 @@ function layerUnits(pass: Pass, linears: ReadonlyMap<string, Linear>): string[][
 function job(run: Run, layer: number, members: readonly string[], linears: ReadonlyMap<string, Linear>): DataFreeJob {
   return {
     layer,
-    scheme: run.scheme,
+    scheme: run.schemeOf(members[0] as string) as Scheme,
     scaleDType: run.scaleDType,
     dir: run.ck.dir,
     members: members.map((name) => {

@@ -1,7 +1,7 @@
 import { ONESHOT_OPTIONS, checkOptions } from "./options.js";
 import { UsageError } from "../errors.js";
 import type { Seed } from "../util/numpy-random.js";
-import { resolveScheme } from "../quantization/scheme.js";
+import { parseRecipe, schemeValues } from "../quantization/recipe.js";
 import type { Method } from "./quantize-layer.js";
 import { closeSharedGptqPool } from "../quantization/gptq-pool.js";
 import type { LayerReport, OneshotReport } from "./report.js";
@@ -15,7 +15,8 @@ import { needsData } from "./plan.js";
 export interface OneshotOptions {
   model?: string;
   dataset?: string;
-  scheme?: string;
+  /** a scheme for every Linear ("W4A16"), or a recipe: "PATTERN=SCHEME" entries (and at most one bare scheme for the rest) */
+  scheme?: string | string[];
   method?: Method;
   groupSize?: number;
   numSamples?: number;
@@ -92,9 +93,9 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
   const opts = checkOptions("oneshot", ONESHOT_OPTIONS, options) as OneshotOptions;
   const method: Method = opts.method ?? "gptq";
   if (method !== "gptq" && method !== "rtn") throw new UsageError(`unknown method "${String(method)}" (gptq or rtn)`);
-  const preset = resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
-  const dataFree = !needsData(method, preset) && !opts.calibrate;
-  const run = openRun(opts, method, preset, dataFree);
+  const recipe = parseRecipe(schemeValues(opts.scheme), { groupSize: opts.groupSize, actorder: opts.actorder });
+  const dataFree = recipe.entries.every((e) => !needsData(method, e.scheme)) && !opts.calibrate;
+  const run = openRun(opts, method, recipe, dataFree);
   try {
     return dataFree ? await dataFreeRun(run, t0) : await calibratedRun(run, t0);
   } finally {

@@ -21,7 +21,11 @@ const shardBytes = z
 export const ONESHOT_OPTIONS = z.strictObject({
   model: path.optional(),
   dataset: path.optional(),
-  scheme: z.string().optional(),
+  scheme: z
+    .union([z.string(), z.array(z.string()).min(1)], {
+      error: "expected string (a scheme) or a non-empty array of strings (SCHEME or PATTERN=SCHEME)",
+    })
+    .optional(),
   method: z.enum(["gptq", "rtn"]).optional(),
   groupSize: count.optional(),
   numSamples: count.optional(),

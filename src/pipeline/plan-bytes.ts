@@ -19,11 +19,9 @@ export function layerBytes(
   layer: AnyModule,
   prefix: string,
   ck: Checkpoint,
-  isTarget: (linear: string) => boolean,
-  scheme: Scheme,
+  schemeOf: (linear: string) => Scheme | null,
   scaleDtype: ScaleDType,
 ): { read: number; write: number; params: number } {
-  const group = { targets: ["Linear"], weights: scheme.weights, inputActivations: scheme.inputActivations, format: scheme.format };
   const linears = new Map(layer.namedModules(prefix).filter(([, m]) => m instanceof Linear) as [string, Linear][]);
   let read = 0;
   let write = 0;
@@ -34,7 +32,9 @@ export function layerBytes(
     params += 4 * p.shape.reduce((a, b) => a * b, 1);
     const lin = n.endsWith(".weight") ? n.slice(0, -".weight".length) : null;
     const l = lin !== null ? linears.get(lin) : undefined;
-    if (l && lin !== null && isTarget(lin)) {
+    const scheme = l && lin !== null ? schemeOf(lin) : null;
+    if (l && scheme) {
+      const group = { targets: ["Linear"], weights: scheme.weights, inputActivations: scheme.inputActivations, format: scheme.format };
       for (const spec of quantizedSpecs(group, l.outFeatures, l.inFeatures).values())
         write += bytesOf(spec.dtypes.includes(scaleDtype) ? scaleDtype : (spec.dtypes[0] as keyof typeof DTYPE_BYTES), spec.shape);
     } else write += info ? bytesOf(info.dtype, info.shape) : 0;

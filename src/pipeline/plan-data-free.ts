@@ -13,6 +13,7 @@ import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
 import { oneWeightSets } from "../models/fused.js";
 import { Linear } from "../nn/layers.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
+import { type Recipe, recipeName } from "../quantization/recipe.js";
 import type { LayerPlan, Plan } from "./plan.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
 import { scaleDTypeOf } from "./preflight.js";
@@ -32,23 +33,23 @@ export interface OpenedForPlan {
   config: ModelConfig;
   ck: Checkpoint;
   model: CausalLM;
-  scheme: Scheme;
-  isTarget: (linear: string) => boolean;
+  recipe: Recipe;
+  schemeOf: (linear: string) => Scheme | null;
 }
 
 /** Bytes one job of a layer holds at most: its Linears' stored bytes (2 per weight), float32 copies and codes (7 per weight). */
 function jobBytes(
   linears: readonly [string, Linear][],
-  isTarget: (n: string) => boolean,
+  schemeOf: (n: string) => Scheme | null,
   sets: readonly (readonly string[])[],
-  nvfp4: boolean,
 ): number {
   const byName = new Map(linears);
   let held = 0;
   for (const [name, m] of linears) {
-    if (!isTarget(name)) continue;
-    const set = nvfp4 ? (sets.find((s) => s.includes(name)) ?? [name]) : [name];
-    const weights = set.filter((n) => isTarget(n) && byName.has(n)).length * m.inFeatures * m.outFeatures;
+    const scheme = schemeOf(name);
+    if (!scheme) continue;
+    const set = isNvfp4(scheme.weights) ? (sets.find((s) => s.includes(name)) ?? [name]) : [name];
+    const weights = set.filter((n) => schemeOf(n) === scheme && byName.has(n)).length * m.inFeatures * m.outFeatures;
     held = Math.max(held, 7 * weights);
   }
   return held;
@@ -56,14 +57,18 @@ function jobBytes(
 
 /** The data-free plan; `process`: the process's own bytes and a worker thread's. */
 export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { baseline: number; workerBytes: number }): Plan {
-  const { ck, model, scheme, isTarget, config } = o;
+  const { ck, model, schemeOf, config } = o;
   const workers = opts.workers ?? os.availableParallelism();
   const parallel = Math.max(1, Math.min(workers, os.availableParallelism()));
-  const kind = scheme.weights.type === "int" ? "int" : scheme.weights.numBits === 4 ? "fp4" : "fp8";
-  const perByte = DATA_FREE_MODEL.mainSecondsPerByte + DATA_FREE_MODEL.quantSecondsPerByte[kind] / parallel;
+  // a quantized Linear's seconds per source byte by its kind of code; a copied tensor's, the main thread's alone
+  const perByte = (scheme: Scheme | null): number => {
+    if (!scheme) return DATA_FREE_MODEL.mainSecondsPerByte;
+    const kind = scheme.weights.type === "int" ? "int" : scheme.weights.numBits === 4 ? "fp4" : "fp8";
+    return DATA_FREE_MODEL.mainSecondsPerByte + DATA_FREE_MODEL.quantSecondsPerByte[kind] / parallel;
+  };
   const allLinears = model.namedModules().filter(([, m]) => m instanceof Linear) as [string, Linear][];
   const sets = oneWeightSets(o.family.fusedGroups(allLinears.map(([n]) => n)));
-  const firstTarget = allLinears.find(([n]) => isTarget(n))?.[0];
+  const firstTarget = allLinears.find(([n]) => schemeOf(n) !== null)?.[0];
   const scaleDtype = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
   const layers: LayerPlan[] = [];
   let output = 0;
@@ -71,9 +76,15 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
   for (let i = 0; i < config.numHiddenLayers; i++) {
     const prefix = `model.layers.${i}`;
     const layer = model.getSubmodule(prefix);
-    const { read, write } = layerBytes(layer, prefix, ck, isTarget, scheme, scaleDtype);
+    const { read, write } = layerBytes(layer, prefix, ck, schemeOf, scaleDtype);
     const linears = layer.namedModules(prefix).filter(([, m]) => m instanceof Linear) as [string, Linear][];
-    const held = (workers + 1) * jobBytes(linears, isTarget, sets, isNvfp4(scheme.weights));
+    const held = (workers + 1) * jobBytes(linears, schemeOf, sets);
+    let seconds = 0;
+    for (const [n] of layer.namedParameters(prefix)) {
+      const info = ck.has(n) ? ck.info(n) : null;
+      const linear = n.endsWith(".weight") ? schemeOf(n.slice(0, -".weight".length)) : null;
+      seconds += info ? (info.end - info.begin) * perByte(linear) : 0;
+    }
     const memory = {
       parameters: held,
       hidden_states: 0,
@@ -94,7 +105,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
       memory,
       peak_memory_bytes: peak,
       flops: { calibrate: 0, propagate: 0, gptq: 0 },
-      seconds: read * perByte,
+      seconds,
     });
     output += write;
     source += read;
@@ -105,7 +116,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
   const assembly = Math.min(output, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
   return {
     model: path.basename(path.resolve(o.modelDir)),
-    scheme: scheme.name,
+    scheme: recipeName(o.recipe),
     method: opts.method ?? "rtn",
     samples: 0,
     tokens: 0,

@@ -20,12 +20,13 @@ import { Linear } from "../nn/layers.js";
 import { asTokenMixer } from "../nn/attention.js";
 import { asMoeBlock } from "../nn/moe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
-import { type Scheme, hasStaticActivationScales, matchesAny, resolveScheme } from "../quantization/scheme.js";
+import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
+import { type Recipe, parseRecipe, recipeName, schemeValues } from "../quantization/recipe.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
 import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
-import { fitGroupSize, scaleDTypeOf } from "./preflight.js";
+import { resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
 import { dataFreePlan } from "./plan-data-free.js";
@@ -129,25 +130,30 @@ export async function measureGemm(): Promise<number> {
 export interface KnownForPlan {
   gemmGflops?: number;
   samples?: number[][];
-  /** the model's family, config, checkpoint headers and module tree (weights not loaded), and the scheme with its group size fitted */
-  opened?: { family: ModelFamily; config: ModelConfig; ck: Checkpoint; model: CausalLM; scheme: Scheme };
+  /** the model's family, config, checkpoint headers and module tree (weights not loaded), and each Linear's scheme with its group size fitted (null: unquantized) */
+  opened?: {
+    family: ModelFamily;
+    config: ModelConfig;
+    ck: Checkpoint;
+    model: CausalLM;
+    recipe: Recipe;
+    schemeOf: (linear: string) => Scheme | null;
+  };
 }
 
 export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}): Promise<Plan> {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const method = opts.method ?? "gptq";
-  const ignore = (family: ModelFamily): string[] => [...family.defaultIgnore, ...(opts.ignore ?? [])];
-  const preset = known.opened?.scheme ?? resolveScheme(opts.scheme ?? "W4A16", { groupSize: opts.groupSize, actorder: opts.actorder });
-  const dataFree = !needsData(method, preset) && !opts.calibrate;
-  const { family, config, ck, model, scheme } =
+  const recipe = known.opened?.recipe ?? parseRecipe(schemeValues(opts.scheme), { groupSize: opts.groupSize, actorder: opts.actorder });
+  const dataFree = recipe.entries.every((e) => !needsData(method, e.scheme)) && !opts.calibrate;
+  const { family, config, ck, model, schemeOf } =
     known.opened ??
     (() => {
       // the data-free path reads any checkpoint (an unknown model_type from names and shapes)
       const { family, config } = readModelConfig(modelDir, dataFree ? { generic: () => undefined } : {});
       const model = family.build(config);
-      const ignoredHere = ignore(family);
-      const target = (n: string): boolean => !matchesAny(n, ignoredHere);
-      const scheme = fitGroupSize(preset, model, target, opts.groupSize !== undefined, () => undefined);
+      const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
+      const { schemeOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, () => undefined);
       return {
         family,
         config,
@@ -157,15 +163,15 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
           decodeQuantized: true,
         }),
         model,
-        scheme,
+        recipe,
+        schemeOf,
       };
     })();
-  const ignored = ignore(family);
-  const isTarget = (n: string): boolean => !matchesAny(n, ignored);
+  const isTarget = (n: string): boolean => schemeOf(n) !== null;
   if (dataFree)
     return dataFreePlan(
       opts,
-      { modelDir, family, config, ck, model, scheme, isTarget },
+      { modelDir, family, config, ck, model, recipe, schemeOf },
       { baseline: processBaseline(), workerBytes: PLAN_MODEL.workerBytes },
     );
   const samples =
@@ -224,7 +230,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       .find(([, b]) => b !== null);
     const block = moe?.[1] ?? null;
     const expertLinears = new Set(block ? block.routedExperts().flatMap((e) => [e.gate, e.up, e.down]) : []);
-    const { read, write, params } = layerBytes(layer, prefix, ck, isTarget, scheme, scaleDtype);
+    const { read, write, params } = layerBytes(layer, prefix, ck, schemeOf, scaleDtype);
     // floating-point work: products 2 T in out; Gram sums 2 rows in^2; the token mixer's own work (attention
     // scores and values 4 sum(S^2) heads headDim, a linear recurrence per token), as its module reports it
     const mixers = layer
@@ -322,7 +328,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const assembly = Math.min(output, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
   return {
     model: path.basename(path.resolve(modelDir)),
-    scheme: scheme.name,
+    scheme: recipeName(recipe),
     method,
     samples: samples.length,
     tokens: T,

@@ -2,6 +2,7 @@
  * What oneshot checks before any calibration work: the group size against every target Linear,
  * and the input's tensors the model does not use.
  */
+import { type Recipe, schemeOfLinear } from "../quantization/recipe.js";
 import type { ModelConfig } from "../models/family.js";
 import { inStoredOnlyLayer } from "../models/stored-layers.js";
 import { WeightMappingError, UsageError } from "../errors.js";
@@ -47,6 +48,35 @@ export function fitGroupSize(
   if (!Number.isInteger(g) || bad(g)) throw new UsageError(`no power-of-two group size divides the input size ${first[1]} of ${first[0]}`);
   warn(`group size ${g0} does not divide the input size ${first[1]} of ${first[0]}; using group size ${g}`);
   return { ...scheme, weights: { ...scheme.weights, groupSize: g } };
+}
+
+/**
+ * Each Linear's recipe entry by compressed-tensors' rule (a Linear the ignore list or no entry
+ * matches stays unquantized), and each entry's scheme with its group size fitted to its own Linears.
+ */
+export function resolveRecipe(
+  recipe: Recipe,
+  ignore: readonly string[],
+  model: AnyModule,
+  explicitGroupSize: boolean,
+  warn: (m: string) => void,
+): { entryOf: Map<string, number>; schemes: Scheme[]; schemeOf: (linear: string) => Scheme | null } {
+  const entryOf = new Map<string, number>();
+  for (const [n, m] of model.namedModules()) {
+    if (!(m instanceof Linear)) continue;
+    const s = schemeOfLinear(recipe, ignore, n);
+    if (s)
+      entryOf.set(
+        n,
+        recipe.entries.findIndex((e) => e.scheme === s),
+      );
+  }
+  const schemes = recipe.entries.map((e, k) => fitGroupSize(e.scheme, model, (n) => entryOf.get(n) === k, explicitGroupSize, warn));
+  const schemeOf = (n: string): Scheme | null => {
+    const k = entryOf.get(n);
+    return k === undefined ? null : (schemes[k] as Scheme);
+  };
+  return { entryOf, schemes, schemeOf };
 }
 
 /** A seed as JSON: a number while it is exact as one, else its decimal digits. */
@@ -141,6 +171,6 @@ export function assertNoFusedSplit(conflicts: readonly string[]): void {
       .map((c) => `\n  ${c}`)
       .join("") + (conflicts.length > 4 ? `\n  (${conflicts.length - 4} more)` : "");
   throw new UsageError(
-    `the ignore list splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (ignore all members of each or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`,
+    `the ignore list or the --scheme recipe splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (give all members of each one scheme, or ignore all or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`,
   );
 }

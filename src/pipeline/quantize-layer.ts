@@ -97,23 +97,23 @@ function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
  */
 export async function quantizeLayerLinears(
   t: LayerTargets,
-  scheme: Scheme,
+  schemeOf: (linear: string) => Scheme,
   method: Method,
   scaleDType: ScaleDType,
   opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string; workers?: number },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
-  const globals = isNvfp4(scheme.weights) ? globalScales(t, scaleDType) : null;
+  const globals = globalScales(t, scaleDType, schemeOf);
   /** each row's NVFP4 global scale for a Linear (undefined for other schemes) */
   const rowGlobal = (name: string, rows: number): Float32Array | undefined =>
-    globals ? new Float32Array(rows).fill(globals.get(name) as number) : undefined;
+    globals.has(name) ? new Float32Array(rows).fill(globals.get(name) as number) : undefined;
   const rtn = (name: string, lin: Linear): Quantized => ({
     weight: rtnQuantize(
       lin.weight.data,
       lin.outFeatures,
       lin.inFeatures,
-      scheme.weights,
+      schemeOf(name).weights,
       scaleDType,
       name,
       rowGlobal(name, lin.outFeatures),
@@ -128,8 +128,8 @@ export async function quantizeLayerLinears(
       done.set(name, rtn(name, lin));
     }
   };
-  // GPTQ groups: Linears sharing one Hessian array
-  const groups = new Map<Float32Array, [string, Linear][]>();
+  // GPTQ groups: Linears sharing one Hessian array and one scheme
+  const groups = new Map<Float32Array, Map<Scheme, [string, Linear][]>>();
   for (const [name, lin] of t.linears) {
     const stats = t.hessians.get(name);
     if (method !== "gptq") continue;
@@ -138,14 +138,15 @@ export async function quantizeLayerLinears(
       done.set(name, rtn(name, lin));
       continue;
     }
-    const H = stats.H;
-    const g = groups.get(H);
+    const byScheme = groups.get(stats.H) ?? new Map<Scheme, [string, Linear][]>();
+    groups.set(stats.H, byScheme);
+    const g = byScheme.get(schemeOf(name));
     if (g) g.push([name, lin]);
-    else groups.set(H, [[name, lin]]);
+    else byScheme.set(schemeOf(name), [[name, lin]]);
   }
   // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
   let work = 0;
-  for (const members of groups.values()) for (const [, lin] of members) work += lin.weight.size;
+  for (const byScheme of groups.values()) for (const members of byScheme.values()) for (const [, lin] of members) work += lin.weight.size;
   const pool = await sharedGptqPool(gptqPoolSize(work, opts.workers));
   const jobs: Promise<void>[] = [];
   /** the first job failure that is not a failed factorisation: no job is submitted after it, and it is thrown once all have ended */
@@ -153,7 +154,7 @@ export async function quantizeLayerLinears(
   // stacking buffers, recycled between jobs: fresh ones cost page faults (~400 MB per Nano layer)
   const freeStacks: Float32Array[] = [];
   try {
-    for (const [H, members] of groups) {
+    for (const [H, scheme, members] of [...groups].flatMap(([H, byScheme]) => [...byScheme].map(([sc, m]) => [H, sc, m] as const))) {
       if (failure) break;
       const [first, firstLin] = members[0] as [string, Linear];
       assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
@@ -244,15 +245,14 @@ export async function quantizeLayerLinears(
     await closeSharedGptqPool(); // jobs may still run there; the next layer starts a fresh pool
     throw failure.error;
   }
-  const ia = scheme.inputActivations;
-  const staticInput = hasStaticActivationScales(scheme);
   const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
   const results: QuantizedLinear[] = [];
   for (const [name, lin] of t.linears) {
     const q = done.get(name) ?? rtn(name, lin);
     const rows = t.hessians.get(name)?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
     let inputScale: number | null = null;
-    if (staticInput && ia) {
+    const ia = schemeOf(name).inputActivations;
+    if (hasStaticActivationScales(schemeOf(name)) && ia) {
       const a = t.inputAbsMax.get(name);
       let absmax = a && a.rows > 0 ? a.absmax : siblingMax;
       if (!a || a.rows === 0)
@@ -280,13 +280,16 @@ export async function quantizeLayerLinears(
  * NVFP4 global scale of each target Linear from its weight's largest magnitude; Linears vLLM runs
  * as one weight share the smallest of their scales (llm-compressor's fused global scales).
  */
-function globalScales(t: LayerTargets, dtype: ScaleDType): Map<string, number> {
+function globalScales(t: LayerTargets, dtype: ScaleDType, schemeOf: (linear: string) => Scheme): Map<string, number> {
   const g = new Map<string, number>();
-  for (const [name, lin] of t.linears) g.set(name, nvfp4GlobalScale(absMax(lin.weight.data), dtype));
+  for (const [name, lin] of t.linears) if (isNvfp4(schemeOf(name).weights)) g.set(name, nvfp4GlobalScale(absMax(lin.weight.data), dtype));
   for (const members of t.sharedGlobalScale ?? []) {
     const present = members.filter((m) => g.has(m));
-    const shared = Math.min(...present.map((m) => g.get(m) as number));
-    for (const m of present) g.set(m, shared);
+    for (const scheme of new Set(present.map(schemeOf))) {
+      const same = present.filter((m) => schemeOf(m) === scheme);
+      const shared = Math.min(...same.map((m) => g.get(m) as number));
+      for (const m of same) g.set(m, shared);
+    }
   }
   return g;
 }

@@ -23,7 +23,10 @@ export interface OneshotReport {
   model: { name: string; sha256: string };
   /** quantized without calibration data (round-to-nearest from the weights alone): no dataset, samples or coverage */
   data_free: boolean;
+  /** the scheme, or the recipe's entries as PATTERNS=SCHEME */
   scheme: string;
+  /** the --scheme values as given, and each entry as resolved: its targets, scheme and how many Linears it quantized */
+  recipe: { given: string[]; entries: { targets: string[]; scheme: string; linears: number }[] };
   method: string;
   group_size: number | null;
   actorder: string | null;

@@ -5,7 +5,7 @@
  * tensors), so both executors write the same bytes for the same quantized tensors.
  */
 import path from "node:path";
-import { NumericalError, asFormatError } from "../errors.js";
+import { NumericalError, UsageError, asFormatError } from "../errors.js";
 import { confinedFile } from "../io/files.js";
 import { checkpointHash } from "../io/hash.js";
 import { firstNonFiniteIn } from "../io/safetensors.js";
@@ -22,11 +22,12 @@ import { servingProblems } from "../export/vllm-support.js";
 import { readModelConfig } from "../models/registry.js";
 import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
-import { type Scheme, matchesAny, quantizationConfig, validatePatterns } from "../quantization/scheme.js";
+import { type Scheme, groupsConfig, matchesAny, validatePatterns } from "../quantization/scheme.js";
+import type { Recipe, RecipeEntry } from "../quantization/recipe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import type { Method } from "./quantize-layer.js";
 import { type OneshotReport, writeReportFiles } from "./report.js";
-import { assertNoFusedSplit, checkUnexpectedTensors, fitGroupSize, scaleDTypeOf } from "./preflight.js";
+import { assertNoFusedSplit, checkUnexpectedTensors, resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { inStoredOnlyLayer, storedName, storedOnlyLinears } from "../models/stored-layers.js";
 import { safePoint } from "../util/interrupt.js";
 import type { OneshotOptions } from "./oneshot.js";
@@ -37,8 +38,14 @@ export interface Run {
   modelDir: string;
   datasetFile: string;
   method: Method;
-  /** the scheme with its group size fitted to every target Linear */
+  /** the recipe as given (one entry per scheme) */
+  recipe: Recipe;
+  /** the first entry's scheme, its group size fitted (the only one unless the recipe mixes schemes) */
   scheme: Scheme;
+  /** each entry's scheme, its group size fitted to the entry's Linears */
+  schemes: readonly Scheme[];
+  /** a Linear's scheme, its group size fitted (null: left unquantized) */
+  schemeOf: (linear: string) => Scheme | null;
   family: ModelFamily;
   config: ModelConfig;
   ck: Checkpoint;
@@ -60,15 +67,16 @@ export interface Run {
   warn: (message: string) => void;
 }
 
-function defaultOutput(modelDir: string, scheme: string): string {
-  return path.resolve(`${path.basename(path.resolve(modelDir))}-${scheme.toUpperCase()}`);
+/** `./<model folder>-<schemes>`: tiny-afmoe-W4A16, or for a recipe its schemes in order (tiny-afmoe-NVFP4A16-FP8_BLOCK). */
+function defaultOutput(modelDir: string, recipe: Recipe): string {
+  return path.resolve(`${path.basename(path.resolve(modelDir))}-${recipe.entries.map((e) => e.scheme.name).join("-")}`);
 }
 
 /**
  * Open a run: refuse bad options, models and ignore lists before any work, take the output's
  * lock and temporary folder. On any failure after that the output is aborted before rethrowing.
  */
-export function openRun(opts: OneshotOptions, method: Method, preset: Scheme, dataFree: boolean): Run {
+export function openRun(opts: OneshotOptions, method: Method, recipe: Recipe, dataFree: boolean): Run {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const datasetFile = opts.dataset ?? BUNDLED_DATASET;
   const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
@@ -78,7 +86,7 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme, da
   const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
   // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) and compressed-tensors checkpoints are read decoded
   const stored = sourceQuantization(config.raw, `${modelDir}/config.json`);
-  const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, preset.name), {
+  const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, recipe), {
     overwrite: opts.overwrite,
     inputs: [
       { what: "model", path: modelDir },
@@ -88,7 +96,7 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme, da
   });
   try {
     return {
-      ...preflight(opts, { modelDir, stored }, family, config, ignore, preset, warn),
+      ...preflight(opts, { modelDir, stored }, family, config, ignore, recipe, warn),
       opts,
       modelDir,
       datasetFile,
@@ -104,13 +112,37 @@ export function openRun(opts: OneshotOptions, method: Method, preset: Scheme, da
 
 type Checked = Omit<Run, "opts" | "modelDir" | "datasetFile" | "method" | "out" | "warn">;
 
+/** Refuse a recipe entry that matches no Linear (a mistyped pattern would otherwise leave its Linears silently unquantized or in another group). */
+/**
+ * An entry that matches no Linear is refused (a pattern's typo), except the default (a bare SCHEME:
+ * "the rest"), which other entries may have left empty: it is then said and written nowhere.
+ */
+function assertEntriesUsed(
+  recipe: Recipe,
+  entryOf: ReadonlyMap<string, number>,
+  allLinears: readonly string[],
+  warn: (m: string) => void,
+): void {
+  const used = new Set(entryOf.values());
+  const like = allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0];
+  recipe.entries.forEach((e, k) => {
+    if (used.has(k)) return;
+    if (used.size > 0 && e.targets.every((t) => t === "Linear"))
+      warn(`--scheme ${e.scheme.name} (every other Linear) matches none: the other entries cover every quantized Linear`);
+    else
+      throw new UsageError(
+        `--scheme ${e.targets.join(", ")}=${e.scheme.name} matches no Linear layer that is quantized (names look like ${like}; re: patterns match from the start; more specific targets and the ignore list take precedence)`,
+      );
+  });
+}
+
 function preflight(
   opts: OneshotOptions,
   { modelDir, stored }: { modelDir: string; stored: SourceQuantization },
   family: ModelFamily,
   config: ModelConfig,
   ignore: string[],
-  preset: Scheme,
+  recipe: Recipe,
   warn: (m: string) => void,
 ): Checked {
   const ck = openCheckpoint(modelDir, stored, {
@@ -133,30 +165,36 @@ function preflight(
     .namedModules()
     .filter(([, m]) => m instanceof Linear)
     .map(([n]) => n);
-  const ignored = [
-    ...allLinears.filter((n) => matchesAny(n, ignore)),
-    ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape),
-  ];
-  const isTarget = (n: string): boolean => !matchesAny(n, ignore);
+  const { entryOf, schemes: fitted, schemeOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, warn);
+  const isTarget = (n: string): boolean => entryOf.has(n);
+  const ignored = [...allLinears.filter((n) => !isTarget(n)), ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape)];
+  assertEntriesUsed(recipe, entryOf, allLinears, warn);
   for (const p of opts.ignore ?? [])
     if (!allLinears.some((n) => matchesAny(n, [p])))
       warn(
         `--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
       );
   const fused = family.fusedGroups(allLinears);
-  if (opts.vllmCheck ?? true) assertNoFusedSplit(fusedSchemeConflicts(fused, (n) => (isTarget(n) ? preset.name : "unquantized")));
+  const entryName = (n: string): string => {
+    const k = entryOf.get(n);
+    return k === undefined ? "unquantized" : (recipe.entries[k] as RecipeEntry).scheme.name;
+  };
+  if (opts.vllmCheck ?? true) assertNoFusedSplit(fusedSchemeConflicts(fused, entryName));
   const targets = new Set(allLinears.filter(isTarget));
   checkUnexpectedTensors(mapping.unexpected, config, targets, modelDir, warn);
   assertPassThroughFinite(ck, mapping, targets, modelDir);
-  const scheme = fitGroupSize(preset, model, isTarget, opts.groupSize !== undefined, warn);
-  const serving = servingProblems(model, fused, allLinears, (n) => (targets.has(n) ? scheme : null));
+  const scheme = fitted[0] as Scheme;
+  const serving = servingProblems(model, fused, allLinears, schemeOf);
   if (serving.length) warn(`${serving[0]}${serving.length > 1 ? ` (and ${serving.length - 1} more module(s) like it)` : ""}`);
   const firstTarget = allLinears.find(isTarget);
   const scaleDType: ScaleDType = firstTarget ? scaleDTypeOf(ck, `${firstTarget}.weight`) : "BF16";
   const source = checkpointSource(ck);
   const sharedGlobalScale = oneWeightSets(fused);
   return {
+    recipe,
     scheme,
+    schemes: fitted,
+    schemeOf,
     family,
     config,
     ck,
@@ -221,6 +259,19 @@ export async function writeCheckpoint(
   writer.finish(out.tmp);
 }
 
+/** The recipe for moecal.json: as given, and per entry how many Linears it quantized. */
+export function recipeReport(run: Run): OneshotReport["recipe"] {
+  const counts = run.schemes.map(() => 0);
+  for (const n of run.targets) {
+    const k = run.schemes.indexOf(run.schemeOf(n) as Scheme);
+    counts[k] = (counts[k] ?? 0) + 1;
+  }
+  return {
+    given: run.recipe.given,
+    entries: run.recipe.entries.map((e, k) => ({ targets: e.targets, scheme: e.scheme.name, linears: counts[k] as number })),
+  };
+}
+
 /** The model's content hash (config.json, the index and every weight file): it names the model in moecal.json. */
 export function modelHash(run: Run): string {
   return checkpointHash(run.modelDir, run.ck.weightFiles(), asFormatError);
@@ -228,9 +279,16 @@ export function modelHash(run: Run): string {
 
 /** Write config.json, the companion files and the report, then commit the output (the last point a stop is honoured before). */
 export async function finishRun(run: Run, report: OneshotReport): Promise<string> {
-  const { out, scheme, config } = run;
+  const { out, config } = run;
   const ignored = run.ignored.map((n) => storedName(n, config));
-  const qc = quantizationConfig(scheme, ignored, run.method === "gptq" ? scheme.weights.actorder : null);
+  // exact names as stored (a Qwen3.5 checkpoint's model.language_model.*); patterns and the class as given
+  const used = recipeReport(run).entries.map((e) => e.linears > 0);
+  const groups = run.recipe.entries.flatMap((e, k) => {
+    const scheme = run.schemes[k] as Scheme;
+    const targets = e.targets.map((t) => (t.startsWith("re:") || t === "Linear" ? t : storedName(t, config)));
+    return used[k] ? [{ targets, scheme, actorder: run.method === "gptq" ? scheme.weights.actorder : null }] : [];
+  });
+  const qc = groupsConfig(groups, ignored);
   out.writeFile("config.json", `${JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2)}\n`);
   for (const f of run.companions.files) out.copyFrom(confinedFile(run.modelDir, f, asFormatError), f);
   await writeReportFiles(out, report);

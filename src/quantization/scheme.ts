@@ -201,17 +201,33 @@ function sortKeys(v: unknown): unknown {
 
 /** The `quantization_config` block of config.json (keys sorted). */
 export function quantizationConfig(scheme: Scheme, ignore: string[], actorderUsed: ActOrder): Record<string, unknown> {
+  return groupsConfig([{ targets: ["Linear"], scheme, actorder: actorderUsed }], ignore);
+}
+
+/**
+ * compressed-tensors' quantization_config with a config group per scheme (`group_0`, ... in order,
+ * each with its targets and its format); the top-level format is the groups' when they share one,
+ * else "mixed-precision" (as compressed-tensors writes a checkpoint of several formats).
+ */
+export function groupsConfig(
+  groups: readonly { targets: readonly string[]; scheme: Scheme; actorder: ActOrder }[],
+  ignore: string[],
+): Record<string, unknown> {
+  const formats = new Set(groups.map((g) => g.scheme.format));
   return sortKeys({
-    config_groups: {
-      group_0: {
-        format: scheme.format,
-        input_activations: scheme.inputActivations ? argsJson(scheme.inputActivations, false) : null,
-        output_activations: null,
-        targets: ["Linear"],
-        weights: { ...argsJson(scheme.weights, true), actorder: takesActorder(scheme.weights) ? actorderUsed : null },
-      },
-    },
-    format: scheme.format,
+    config_groups: Object.fromEntries(
+      groups.map(({ targets, scheme, actorder }, k) => [
+        `group_${k}`,
+        {
+          format: scheme.format,
+          input_activations: scheme.inputActivations ? argsJson(scheme.inputActivations, false) : null,
+          output_activations: null,
+          targets: [...targets],
+          weights: { ...argsJson(scheme.weights, true), actorder: takesActorder(scheme.weights) ? actorder : null },
+        },
+      ]),
+    ),
+    format: formats.size === 1 ? [...formats][0] : "mixed-precision",
     global_compression_ratio: null,
     ignore,
     kv_cache_scheme: null,

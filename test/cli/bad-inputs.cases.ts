@@ -250,7 +250,20 @@ export const BAD_INPUTS: BadInputCase[] = [
     name: "unknown scheme",
     setup: (d) => quick(TINY, d, ["--scheme", "W3A16"]),
     exitCode: 2,
-    message: /option '--scheme <name>' argument 'W3A16' is invalid/,
+    message: /unknown scheme "W3A16" \(known: W4A16, /,
+  },
+  {
+    name: "a --scheme PATTERN=SCHEME entry that matches no Linear",
+    setup: (d) => quick(TINY, d, ["--scheme", "re:.*expert\\.\\d+.*=NVFP4A16"]),
+    exitCode: 2,
+    message:
+      /--scheme re:\.\*expert\\\.\\d\+\.\*=NVFP4A16 matches no Linear layer that is quantized \(names look like model\.layers\.\d+\.mlp\.experts\.0\./,
+  },
+  {
+    name: "a --scheme recipe that splits q/k/v between schemes",
+    setup: (d) => quick(TINY, d, ["--scheme", "W4A16", "--scheme", "re:.*q_proj=W8A16"]),
+    exitCode: 2,
+    message: /the ignore list or the --scheme recipe splits \d+ module\(s\) that vLLM fuses/,
   },
   {
     name: "group size that does not divide the input size",

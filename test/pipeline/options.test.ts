@@ -34,6 +34,7 @@ for (const [opts, message] of [
   [{ maxShardBytes: 0 }, /oneshot: option "maxShardBytes": .*got number 0/],
   [{ calibrateAllExpert: false }, /oneshot: unknown option "calibrateAllExpert" \(known: model, dataset, scheme/],
   [{ scheme: 4 }, /oneshot: option "scheme": .*expected string.*got number 4/],
+  [{ scheme: [] }, /oneshot: option "scheme": .*expected array to have >=1 items/],
   [{ seed: "abc" }, /oneshot: option "seed": .*got the string "abc"/],
   [{ seed: -1 }, /oneshot: option "seed": .*got number -1/],
   [{ model: 42 }, /oneshot: option "model": .*got number 42/],

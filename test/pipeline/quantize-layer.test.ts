@@ -11,6 +11,10 @@ import { resolveScheme } from "../../src/quantization/scheme.js";
 import { randn } from "../rand.js";
 import { UsageError } from "../../src/errors.js";
 
+const W4A16 = resolveScheme("W4A16");
+const W4A16_G8 = resolveScheme("W4A16", { groupSize: 8 });
+const FP8 = resolveScheme("FP8");
+
 /** 8 Linears [512, 1024] sharing one Hessian (4M weights: large enough for worker threads) and one [256, 256] with its own. */
 async function layer(): Promise<{ linears: Map<string, Linear>; hessians: Map<string, HessianStats> }> {
   const linears = new Map<string, Linear>();
@@ -42,13 +46,12 @@ async function run(workers: string): Promise<{ results: QuantizedLinear[]; linea
     let total = 0;
     for (const l of linears.values()) total += l.weight.size;
     assert.ok(total >= GPTQ_WORKER_MIN_WEIGHTS, "the layer must be large enough for the worker path");
-    const { results, fallbacks } = await quantizeLayerLinears(
-      { linears, hessians, inputAbsMax: new Map() },
-      resolveScheme("W4A16"),
-      "gptq",
-      "BF16",
-      { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
-    );
+    const { results, fallbacks } = await quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, () => W4A16, "gptq", "BF16", {
+      dampening: 0.01,
+      blockSize: 128,
+      warn: () => undefined,
+      layerLabel: "layer 1",
+    });
     assert.deepEqual(fallbacks, []);
     return { results, linears };
   } finally {
@@ -94,7 +97,7 @@ test("a Hessian that is not positive definite after damping: round-to-nearest fo
   );
   const { results, fallbacks } = await quantizeLayerLinears(
     { linears: new Map([["experts.0.up_proj", lin]]), hessians: new Map([["experts.0.up_proj", s]]), inputAbsMax: new Map() },
-    resolveScheme("W4A16", { groupSize: 8 }),
+    () => W4A16_G8,
     "gptq",
     "BF16",
     { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
@@ -121,7 +124,7 @@ test("a static-activation Linear that saw no rows takes the largest input scale 
         ["experts.1.up_proj", { absmax: 0, rows: 0 }],
       ]),
     },
-    resolveScheme("FP8"),
+    () => FP8,
     "rtn",
     "F32",
     { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
@@ -142,7 +145,7 @@ test("a GPTQ job that fails on a worker reaches the caller as its typed error, w
     const scheme = resolveScheme("W4A16");
     scheme.weights.groupSize = 48;
     await assert.rejects(
-      quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, scheme, "gptq", "BF16", {
+      quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, () => scheme, "gptq", "BF16", {
         dampening: 0.01,
         blockSize: 128,
         warn: () => undefined,
