@@ -32,12 +32,18 @@ export async function timeGptqBlock(
     for (const [n, l] of linears)
       l.parameter("weight").value = new Tensor((original.get(n) as Float32Array).slice(), [l.outFeatures, l.inFeatures]);
     const t0 = performance.now();
-    await quantizeLayerLinears({ linears, hessians: stats, inputAbsMax: new Map() }, () => W4A16, "gptq", "F32", {
-      dampening: 0.01,
-      blockSize: 128,
-      warn: () => undefined,
-      layerLabel: "bench",
-    });
+    await quantizeLayerLinears(
+      { linears, hessians: stats, inputAbsMax: new Map() },
+      () => W4A16,
+      () => "gptq",
+      "F32",
+      {
+        dampening: 0.01,
+        blockSize: 128,
+        warn: () => undefined,
+        layerLabel: "bench",
+      },
+    );
     return (performance.now() - t0) / 1000;
   };
   const cold = await once();

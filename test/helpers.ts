@@ -134,3 +134,16 @@ export function evalKl(run: (...args: string[]) => string, model: string, refere
   const args = ["--dataset", path.join(TEXT, "eval-prose.jsonl"), "--num-samples", "2", "--json", "--quiet"];
   return (JSON.parse(run("eval", "--model", model, "--reference", reference, ...args)) as { kl: number }).kl;
 }
+
+/** The files of two outputs that differ (moecal.json, which records how each was asked for, aside). */
+export function filesDiffering(a: string, b: string): string[] {
+  const names = fs.readdirSync(a).filter((f) => f !== "moecal.json");
+  assert.deepEqual(
+    names.sort(),
+    fs
+      .readdirSync(b)
+      .filter((f) => f !== "moecal.json")
+      .sort(),
+  );
+  return names.filter((f) => !fs.readFileSync(path.join(a, f)).equals(fs.readFileSync(path.join(b, f))));
+}

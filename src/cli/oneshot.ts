@@ -13,7 +13,8 @@ interface OneshotCliOptions {
   model: string;
   dataset?: string;
   scheme: string[];
-  method: "gptq" | "rtn";
+  method: string[];
+  recipe?: string;
   groupSize?: number;
   numSamples: number;
   maxSeqLength?: number;
@@ -27,7 +28,7 @@ interface OneshotCliOptions {
   overwrite?: boolean;
   restart?: boolean;
   maxMemory?: number;
-  actorder: string;
+  actorder?: string;
   quiet?: boolean;
   calibrate?: boolean;
   workers?: number;
@@ -45,7 +46,16 @@ function runOptions(cmd: Command): Command {
       (v: string, acc: string[]) => [...acc, v],
       [] as string[],
     )
-    .addOption(new Option("--method <method>", "weight quantization").choices(["gptq", "rtn"]).default("gptq"))
+    .option(
+      "--method <method>",
+      "weight quantization: gptq (default) or rtn for every Linear, or PATTERN=METHOD for the --scheme entry given with that PATTERN (repeatable)",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
+    .option(
+      "--recipe <file>",
+      "an llm-compressor recipe (YAML or JSON) with QuantizationModifier / GPTQModifier: its schemes, targets, ignore lists and GPTQ settings (instead of --scheme, --method, --group-size, --actorder)",
+    )
     .option("--group-size <n>", "group size for group schemes (default 128)", intOption("--group-size"))
     .option("--num-samples <n>", "calibration samples (or all there are)", intOption("--num-samples"), 512)
     .option("--max-seq-length <n>", "tokens per sample (default 2048, at most max_position_embeddings)", intOption("--max-seq-length", 2))
@@ -72,7 +82,7 @@ function runOptions(cmd: Command): Command {
       "dataset shuffling seed, any non-negative integer (default 42; same draw as Hugging Face datasets' shuffle(seed))",
       seedOption,
     )
-    .addOption(new Option("--actorder <order>", "GPTQ activation order").choices(["static", "none"]).default("static"))
+    .addOption(new Option("--actorder <order>", "GPTQ activation order (default static)").choices(["static", "none"]))
     .option(
       "--calibrate",
       "with --method rtn: run the calibration forward anyway (otherwise data-free: each weight quantized from itself, no data read)",
@@ -82,6 +92,16 @@ function runOptions(cmd: Command): Command {
       "worker threads that quantize (data-free) or run GPTQ; 0 runs them on the main thread (default: one per core)",
       intOption("--workers", 0),
     );
+}
+
+/** The recipe options as the library takes them: unset when not given (a recipe file refuses them beside it). */
+function recipeOptions<T extends Pick<OneshotCliOptions, "scheme" | "method" | "actorder">>(o: T) {
+  return {
+    ...o,
+    scheme: o.scheme.length ? o.scheme : undefined,
+    method: o.method.length ? o.method : undefined,
+    actorder: o.actorder === undefined ? undefined : o.actorder === "none" ? null : ("static" as const),
+  };
 }
 
 export function registerOneshot(program: Command): void {
@@ -104,10 +124,8 @@ export function registerOneshot(program: Command): void {
       const progress = o.quiet ? undefined : progressPrinter(process.stderr);
       const { quiet: _quiet, maxShardSize, ...run } = o;
       const result = await oneshot({
-        ...run,
-        scheme: o.scheme.length ? o.scheme : undefined,
+        ...recipeOptions(run),
         maxShardBytes: maxShardSize,
-        actorder: o.actorder === "none" ? null : "static",
         onProgress: progress,
         warn: (m) => process.stderr.write(`warning: ${m}\n`),
       }).finally(() => progress?.stop());
@@ -124,7 +142,8 @@ export function registerPlan(program: Command): void {
     .option("--output <dir>", "output folder the run would write (for the free disk space)")
     .option("--json", "print the plan as JSON")
     .action(async (o: OneshotCliOptions & { json?: boolean }) => {
-      const p = await plan({ ...o, scheme: o.scheme.length ? o.scheme : undefined, actorder: o.actorder === "none" ? null : "static" });
+      const { json: _json, maxShardSize, ...run } = o;
+      const p = await plan({ ...recipeOptions(run), maxShardBytes: maxShardSize });
       const free = freeDiskBytes(o.output ?? process.cwd());
       if (o.json) process.stdout.write(`${JSON.stringify({ ...p, free_disk_bytes: free }, null, 2)}\n`);
       else process.stdout.write(`${formatPlan(p)}\nfree disk where the output goes: ${(free / 1024 ** 3).toFixed(1)} GiB\n`);

@@ -28,7 +28,7 @@ import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 import { type LayerTargets, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
 import { sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
-import { recipeName } from "../quantization/recipe.js";
+import { recipeMethod, recipeName } from "../quantization/recipe.js";
 import { type OneshotReport, layerSummary } from "./report.js";
 import { assertComplete, largestLayerWork, seedForJson } from "./preflight.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
@@ -41,10 +41,13 @@ import { type Run, finishRun, modelHash, recipeReport, writeCheckpoint } from ".
 import type { OneshotResult } from "./oneshot.js";
 
 export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult> {
-  const { opts, modelDir, datasetFile, method, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
+  const { opts, modelDir, datasetFile, methodOf, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
   const { scaleDType, sharedGlobalScale } = run;
   const scheme = run.scheme;
   const schemeOf = (n: string): Scheme => run.schemeOf(n) as Scheme;
+  const method = recipeMethod(run.recipe);
+  const byGptq = (n: string): boolean => isTarget(n) && methodOf(n) === "gptq";
+  const dampening = run.recipe.gptq.dampening ?? opts.dampening ?? 0.01;
   let work: WorkFolder | undefined;
   try {
     const calibrateAllExperts = opts.calibrateAllExperts ?? true;
@@ -61,8 +64,8 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     });
     const tokens = samples.reduce((a, s) => a + s.length, 0);
     const thePlan = await plan(
-      { ...opts, model: modelDir, dataset: datasetFile, method, maxSeqLength },
-      { samples, opened: { family, config, ck, model, recipe: run.recipe, schemeOf: run.schemeOf } },
+      { ...opts, model: modelDir, dataset: datasetFile, maxSeqLength },
+      { samples, opened: { family, config, ck, model, recipe: run.recipe, schemeOf: run.schemeOf, methodOf } },
     );
     // an old work folder is disk the run gets back: --restart deletes it, a resume reuses it
     const freeDisk = freeDiskBytes(out.target) + workFolderBytes(out.target);
@@ -94,7 +97,9 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
           ignore,
           vllm_check: opts.vllmCheck ?? true,
           seed: seedForJson(opts.seed ?? 42),
-          dampening: opts.dampening ?? 0.01,
+          dampening,
+          // a recipe file's GPTQ block size (absent otherwise: a work folder of an earlier version still resumes)
+          ...(run.recipe.gptq.blockSize === undefined ? {} : { gptq_block_size: run.recipe.gptq.blockSize }),
         },
       },
       opts.restart ?? false,
@@ -105,7 +110,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     if (work.resume) opts.onProgress?.({ kind: "resume", layer: work.resume.layer, layers: N, folder: work.dir });
     // GPTQ workers boot in their own threads while layer 0 calibrates, instead of when the first
     // large layer is quantized (the pool is kept across layers and closed at the end)
-    const poolSize = method === "gptq" ? gptqPoolSize(largestLayerWork(model, isTarget), opts.workers) : 0;
+    const poolSize = method !== "rtn" ? gptqPoolSize(largestLayerWork(model, byGptq), opts.workers) : 0;
     if (poolSize > 0) void sharedGptqPool(poolSize);
 
     const streamed: StreamModel = { model, source, mapping, config };
@@ -152,7 +157,8 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       const prefix = `model.layers.${i}`;
       const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
       for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
-      const observers = method === "gptq" ? attachHessianObservers(layer, (n) => targets.linears.has(n), prefix, statistics) : null;
+      const gptqHere = [...targets.linears.keys()].some(byGptq);
+      const observers = gptqHere ? attachHessianObservers(layer, (n) => targets.linears.has(n) && byGptq(n), prefix, statistics) : null;
       // static activation scales: the input of each Linear whose scheme has them
       const staticInputs = new Map([...targets.linears].filter(([n]) => hasStaticActivationScales(schemeOf(n))));
       const absMax = staticInputs.size > 0 ? attachInputAbsMax(staticInputs) : null;
@@ -176,9 +182,9 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       }
       if (absMax) targets.inputAbsMax = absMax.stats;
       opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
-      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, schemeOf, method, scaleDType, {
-        dampening: opts.dampening ?? 0.01,
-        blockSize: 128,
+      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, schemeOf, methodOf, scaleDType, {
+        dampening,
+        blockSize: run.recipe.gptq.blockSize ?? 128,
         warn,
         layerLabel: `layer ${i}`,
         workers: opts.workers,
@@ -237,7 +243,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       recipe: recipeReport(run),
       method,
       group_size: scheme.weights.groupSize,
-      actorder: method === "gptq" ? scheme.weights.actorder : null,
+      actorder: run.recipe.entries[0]?.method === "gptq" ? scheme.weights.actorder : null,
       dataset: { name: path.basename(datasetFile), sha256: datasetSha },
       num_samples: samples.length,
       tokens,

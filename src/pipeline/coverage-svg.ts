@@ -44,5 +44,11 @@ export async function coverageSvg(layers: Record<string, LayerCoverage>, opts: {
   const view = new vega.View(vega.parse(vl.compile(spec).spec), { renderer: "none" });
   const svg = await view.toSVG();
   view.finalize();
-  return svg;
+  // vega numbers gradients by a counter global to the process: number them per picture, so that
+  // the same coverage gives the same bytes however many pictures the process drew before
+  const ids = new Map<string, string>();
+  return svg.replace(/gradient_\d+/g, (id) => {
+    if (!ids.has(id)) ids.set(id, `gradient_${ids.size}`);
+    return ids.get(id) as string;
+  });
 }

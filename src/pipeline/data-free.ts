@@ -17,7 +17,7 @@ import { type LayerPlan, type Plan, plan } from "./plan.js";
 import { freeDiskBytes } from "./plan-report.js";
 import { Linear } from "../nn/layers.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
-import { recipeName } from "../quantization/recipe.js";
+import { recipeMethod, recipeName } from "../quantization/recipe.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { safePoint } from "../util/interrupt.js";
 import { storedName } from "../models/stored-layers.js";
@@ -136,7 +136,7 @@ function dataFreeReport(run: Run, modelSha: string, layers: LayerReport[]): Ones
     data_free: true,
     scheme: recipeName(run.recipe),
     recipe: recipeReport(run),
-    method: run.method,
+    method: recipeMethod(run.recipe),
     group_size: run.scheme.weights.groupSize,
     actorder: null,
     dataset: null,
@@ -192,10 +192,10 @@ function progressCounter(run: Run, writer: ShardedWriter): (source: string) => v
  * beside the process itself.
  */
 async function assertFits(run: Run): Promise<Plan> {
-  const { opts, model, family, config, ck, recipe, schemeOf } = run;
+  const { opts, model, family, config, ck, recipe, schemeOf, methodOf } = run;
   const p = await plan(
-    { ...opts, model: run.modelDir, method: run.method },
-    { samples: [], opened: { family, config, ck, model, recipe, schemeOf } },
+    { ...opts, model: run.modelDir },
+    { samples: [], opened: { family, config, ck, model, recipe, schemeOf, methodOf } },
   );
   const disk = p.disk.output + p.disk.shard_assembly;
   const free = freeDiskBytes(run.out.target) + workFolderBytes(run.out.target);

@@ -1,8 +1,7 @@
 import { ONESHOT_OPTIONS, checkOptions } from "./options.js";
-import { UsageError } from "../errors.js";
 import type { Seed } from "../util/numpy-random.js";
-import { parseRecipe, schemeValues } from "../quantization/recipe.js";
-import type { Method } from "./quantize-layer.js";
+import type { Method } from "../quantization/recipe.js";
+import { recipeOf } from "./recipe-options.js";
 import { closeSharedGptqPool } from "../quantization/gptq-pool.js";
 import type { LayerReport, OneshotReport } from "./report.js";
 import type { CheckpointStage } from "./work-folder.js";
@@ -17,7 +16,10 @@ export interface OneshotOptions {
   dataset?: string;
   /** a scheme for every Linear ("W4A16"), or a recipe: "PATTERN=SCHEME" entries (and at most one bare scheme for the rest) */
   scheme?: string | string[];
-  method?: Method;
+  /** the method of every Linear (default gptq), or also "PATTERN=METHOD" entries: the method of the scheme entry of that PATTERN */
+  method?: Method | string[];
+  /** an llm-compressor recipe file (YAML or JSON): QuantizationModifier and GPTQModifier stages; excludes scheme, method, groupSize, actorder, dampening */
+  recipe?: string;
   groupSize?: number;
   numSamples?: number;
   maxSeqLength?: number;
@@ -91,11 +93,9 @@ export interface OneshotResult {
 export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResult> {
   const t0 = performance.now();
   const opts = checkOptions("oneshot", ONESHOT_OPTIONS, options) as OneshotOptions;
-  const method: Method = opts.method ?? "gptq";
-  if (method !== "gptq" && method !== "rtn") throw new UsageError(`unknown method "${String(method)}" (gptq or rtn)`);
-  const recipe = parseRecipe(schemeValues(opts.scheme), { groupSize: opts.groupSize, actorder: opts.actorder });
-  const dataFree = recipe.entries.every((e) => !needsData(method, e.scheme)) && !opts.calibrate;
-  const run = openRun(opts, method, recipe, dataFree);
+  const recipe = recipeOf(opts);
+  const dataFree = recipe.entries.every((e) => !needsData(e.method, e.scheme)) && !opts.calibrate;
+  const run = openRun(opts, recipe, dataFree);
   try {
     return dataFree ? await dataFreeRun(run, t0) : await calibratedRun(run, t0);
   } finally {

@@ -26,7 +26,12 @@ export const ONESHOT_OPTIONS = z.strictObject({
       error: "expected string (a scheme) or a non-empty array of strings (SCHEME or PATTERN=SCHEME)",
     })
     .optional(),
-  method: z.enum(["gptq", "rtn"]).optional(),
+  method: z
+    .union([z.enum(["gptq", "rtn"]), z.array(z.string()).min(1)], {
+      error: 'expected "gptq" or "rtn", or a non-empty array of strings (METHOD or PATTERN=METHOD)',
+    })
+    .optional(),
+  recipe: path.optional(),
   groupSize: count.optional(),
   numSamples: count.optional(),
   maxSeqLength: z.number().int().min(2).optional(),

@@ -13,7 +13,7 @@ import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
 import { oneWeightSets } from "../models/fused.js";
 import { Linear } from "../nn/layers.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
-import { type Recipe, recipeName } from "../quantization/recipe.js";
+import { type Recipe, recipeMethod, recipeName } from "../quantization/recipe.js";
 import type { LayerPlan, Plan } from "./plan.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
 import { scaleDTypeOf } from "./preflight.js";
@@ -117,7 +117,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
   return {
     model: path.basename(path.resolve(o.modelDir)),
     scheme: recipeName(o.recipe),
-    method: opts.method ?? "rtn",
+    method: recipeMethod(o.recipe),
     samples: 0,
     tokens: 0,
     layers,

@@ -21,7 +21,8 @@ import { asTokenMixer } from "../nn/attention.js";
 import { asMoeBlock } from "../nn/moe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
-import { type Recipe, parseRecipe, recipeName, schemeValues } from "../quantization/recipe.js";
+import { type Recipe, recipeMethod, recipeName } from "../quantization/recipe.js";
+import { recipeOf } from "./recipe-options.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
@@ -30,7 +31,7 @@ import { resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
 import { dataFreePlan } from "./plan-data-free.js";
-import type { Method } from "./quantize-layer.js";
+import type { Method } from "../quantization/recipe.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
 export function needsData(method: Method, scheme: Scheme): boolean {
@@ -138,22 +139,23 @@ export interface KnownForPlan {
     model: CausalLM;
     recipe: Recipe;
     schemeOf: (linear: string) => Scheme | null;
+    methodOf: (linear: string) => Method;
   };
 }
 
 export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}): Promise<Plan> {
   const modelDir = opts.model ?? BUNDLED_MODEL;
-  const method = opts.method ?? "gptq";
-  const recipe = known.opened?.recipe ?? parseRecipe(schemeValues(opts.scheme), { groupSize: opts.groupSize, actorder: opts.actorder });
-  const dataFree = recipe.entries.every((e) => !needsData(method, e.scheme)) && !opts.calibrate;
-  const { family, config, ck, model, schemeOf } =
+  const recipe = known.opened?.recipe ?? recipeOf(opts);
+  const method = recipeMethod(recipe);
+  const dataFree = recipe.entries.every((e) => !needsData(e.method, e.scheme)) && !opts.calibrate;
+  const { family, config, ck, model, schemeOf, methodOf } =
     known.opened ??
     (() => {
       // the data-free path reads any checkpoint (an unknown model_type from names and shapes)
       const { family, config } = readModelConfig(modelDir, dataFree ? { generic: () => undefined } : {});
       const model = family.build(config);
-      const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
-      const { schemeOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, () => undefined);
+      const ignore = [...family.defaultIgnore, ...(opts.ignore ?? []), ...recipe.ignore];
+      const { schemeOf, methodOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, () => undefined);
       return {
         family,
         config,
@@ -165,9 +167,11 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         model,
         recipe,
         schemeOf,
+        methodOf,
       };
     })();
   const isTarget = (n: string): boolean => schemeOf(n) !== null;
+  const byGptq = (n: string): boolean => isTarget(n) && methodOf(n) === "gptq";
   if (dataFree)
     return dataFreePlan(
       opts,
@@ -193,7 +197,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const K = config.numExpertsPerTok;
   const allExperts = opts.calibrateAllExperts ?? true;
   const routerAware =
-    method === "gptq" &&
+    method !== "rtn" &&
     isRouterAware({
       statistics: parseExpertStatistics(opts.expertStatistics ?? "uniform"),
       routedWeight: parseRoutedWeight(opts.routedWeight ?? "one"),
@@ -242,7 +246,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     let gptq = 0;
     let hessians = 0;
     for (const [n, l] of linears) {
-      const target = isTarget(n) && method === "gptq";
+      const target = byGptq(n);
       if (expertLinears.has(l)) continue;
       // members of a fused group after the first read the first's input: its Gram product serves them
       const gram = target && !sharesInput.has(n) ? 2 * T * l.inFeatures ** 2 : 0;
@@ -259,10 +263,10 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       const ex = block.routedExperts()[0];
       const Im = ex ? ex.gate.outFeatures : 0;
       const gateName = linears.find(([, l]) => l === ex?.gate)?.[0];
-      const expertTarget = gateName !== undefined && isTarget(gateName);
+      const expertTarget = gateName !== undefined && byGptq(gateName);
       const rowsGateUp = allExperts ? T * E : T * K;
       calibrate += 2 * rowsGateUp * H * 2 * Im + 2 * T * K * Im * H;
-      if (method === "gptq" && expertTarget) {
+      if (expertTarget) {
         calibrate += allExperts ? 2 * T * H * H + 2 * T * E * Im * Im : 2 * T * K * (2 * H * H + Im * Im);
         if (routerAware) calibrate += 2 * T * K * (H * H + Im * Im);
         const gateUpPreps = routerAware || !allExperts ? E : 1;
@@ -279,9 +283,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     const batch = Math.max(maxS, BATCH_TOKENS);
     activations += 4 * 3 * batch * Math.max(H, heads * headDim) + 4 * heads * maxS * batch;
     const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
-    const workers = method === "gptq" ? gptqPoolSize(weights) : 0;
+    const workers = method !== "rtn" ? gptqPoolSize(weights) : 0;
     const maxIn = Math.max(1, ...linears.map(([, l]) => l.inFeatures));
-    const gptqBytes = method === "gptq" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
+    const gptqBytes = method !== "rtn" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
     const memory = {
       parameters: params + read,
       outputs: weights + 2 * write,

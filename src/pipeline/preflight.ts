@@ -2,7 +2,7 @@
  * What oneshot checks before any calibration work: the group size against every target Linear,
  * and the input's tensors the model does not use.
  */
-import { type Recipe, schemeOfLinear } from "../quantization/recipe.js";
+import { type Method, type Recipe, type RecipeEntry, entryOfLinear } from "../quantization/recipe.js";
 import type { ModelConfig } from "../models/family.js";
 import { inStoredOnlyLayer } from "../models/stored-layers.js";
 import { WeightMappingError, UsageError } from "../errors.js";
@@ -60,23 +60,28 @@ export function resolveRecipe(
   model: AnyModule,
   explicitGroupSize: boolean,
   warn: (m: string) => void,
-): { entryOf: Map<string, number>; schemes: Scheme[]; schemeOf: (linear: string) => Scheme | null } {
+): {
+  entryOf: Map<string, number>;
+  schemes: Scheme[];
+  schemeOf: (linear: string) => Scheme | null;
+  methodOf: (linear: string) => Method;
+} {
   const entryOf = new Map<string, number>();
   for (const [n, m] of model.namedModules()) {
     if (!(m instanceof Linear)) continue;
-    const s = schemeOfLinear(recipe, ignore, n);
-    if (s)
-      entryOf.set(
-        n,
-        recipe.entries.findIndex((e) => e.scheme === s),
-      );
+    const e = entryOfLinear(recipe, ignore, n);
+    if (e) entryOf.set(n, recipe.entries.indexOf(e));
   }
   const schemes = recipe.entries.map((e, k) => fitGroupSize(e.scheme, model, (n) => entryOf.get(n) === k, explicitGroupSize, warn));
   const schemeOf = (n: string): Scheme | null => {
     const k = entryOf.get(n);
     return k === undefined ? null : (schemes[k] as Scheme);
   };
-  return { entryOf, schemes, schemeOf };
+  const methodOf = (n: string): Method => {
+    const k = entryOf.get(n);
+    return k === undefined ? "rtn" : (recipe.entries[k] as RecipeEntry).method;
+  };
+  return { entryOf, schemes, schemeOf, methodOf };
 }
 
 /** A seed as JSON: a number while it is exact as one, else its decimal digits. */

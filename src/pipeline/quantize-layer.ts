@@ -10,7 +10,8 @@ import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
 import { firstNonFiniteF32 } from "../io/safetensors.js";
 
-export type Method = "gptq" | "rtn";
+export type { Method } from "../quantization/recipe.js";
+import type { Method } from "../quantization/recipe.js";
 
 export interface Fallback {
   module: string;
@@ -98,7 +99,7 @@ function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
 export async function quantizeLayerLinears(
   t: LayerTargets,
   schemeOf: (linear: string) => Scheme,
-  method: Method,
+  methodOf: (linear: string) => Method,
   scaleDType: ScaleDType,
   opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string; workers?: number },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
@@ -132,7 +133,7 @@ export async function quantizeLayerLinears(
   const groups = new Map<Float32Array, Map<Scheme, [string, Linear][]>>();
   for (const [name, lin] of t.linears) {
     const stats = t.hessians.get(name);
-    if (method !== "gptq") continue;
+    if (methodOf(name) !== "gptq") continue;
     if (!stats || stats.rows === 0) {
       fallbacks.push({ module: name, reason: "no-calibration-rows", action: "round-to-nearest" });
       done.set(name, rtn(name, lin));

@@ -25,8 +25,18 @@ export interface OneshotReport {
   data_free: boolean;
   /** the scheme, or the recipe's entries as PATTERNS=SCHEME */
   scheme: string;
-  /** the --scheme values as given, and each entry as resolved: its targets, scheme and how many Linears it quantized */
-  recipe: { given: string[]; entries: { targets: string[]; scheme: string; linears: number }[] };
+  /**
+   * the --scheme and --method values (or --recipe FILE) as given, a recipe file's text, its ignore
+   * lists and GPTQ settings, and each entry as resolved: its targets, scheme, method and how many
+   * Linears it quantized
+   */
+  recipe: {
+    given: string[];
+    file_text?: string;
+    ignore: string[];
+    gptq: { dampening?: number; blockSize?: number };
+    entries: { targets: string[]; scheme: string; method: string; linears: number }[];
+  };
   method: string;
   group_size: number | null;
   actorder: string | null;

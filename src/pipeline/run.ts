@@ -37,7 +37,6 @@ export interface Run {
   opts: OneshotOptions;
   modelDir: string;
   datasetFile: string;
-  method: Method;
   /** the recipe as given (one entry per scheme) */
   recipe: Recipe;
   /** the first entry's scheme, its group size fitted (the only one unless the recipe mixes schemes) */
@@ -46,6 +45,8 @@ export interface Run {
   schemes: readonly Scheme[];
   /** a Linear's scheme, its group size fitted (null: left unquantized) */
   schemeOf: (linear: string) => Scheme | null;
+  /** a quantized Linear's method (its recipe entry's) */
+  methodOf: (linear: string) => Method;
   family: ModelFamily;
   config: ModelConfig;
   ck: Checkpoint;
@@ -76,14 +77,14 @@ function defaultOutput(modelDir: string, recipe: Recipe): string {
  * Open a run: refuse bad options, models and ignore lists before any work, take the output's
  * lock and temporary folder. On any failure after that the output is aborted before rethrowing.
  */
-export function openRun(opts: OneshotOptions, method: Method, recipe: Recipe, dataFree: boolean): Run {
+export function openRun(opts: OneshotOptions, recipe: Recipe, dataFree: boolean): Run {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const datasetFile = opts.dataset ?? BUNDLED_DATASET;
   const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
   validatePatterns(opts.ignore ?? []);
   // the data-free path reads any checkpoint; an unknown model_type only there, from names and shapes
   const { family, config } = readModelConfig(modelDir, dataFree ? { generic: warn } : {});
-  const ignore = [...family.defaultIgnore, ...(opts.ignore ?? [])];
+  const ignore = [...family.defaultIgnore, ...(opts.ignore ?? []), ...recipe.ignore];
   // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) and compressed-tensors checkpoints are read decoded
   const stored = sourceQuantization(config.raw, `${modelDir}/config.json`);
   const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, recipe), {
@@ -100,7 +101,6 @@ export function openRun(opts: OneshotOptions, method: Method, recipe: Recipe, da
       opts,
       modelDir,
       datasetFile,
-      method,
       out,
       warn,
     };
@@ -110,9 +110,8 @@ export function openRun(opts: OneshotOptions, method: Method, recipe: Recipe, da
   }
 }
 
-type Checked = Omit<Run, "opts" | "modelDir" | "datasetFile" | "method" | "out" | "warn">;
+type Checked = Omit<Run, "opts" | "modelDir" | "datasetFile" | "out" | "warn">;
 
-/** Refuse a recipe entry that matches no Linear (a mistyped pattern would otherwise leave its Linears silently unquantized or in another group). */
 /**
  * An entry that matches no Linear is refused (a pattern's typo), except the default (a bare SCHEME:
  * "the rest"), which other entries may have left empty: it is then said and written nowhere.
@@ -165,14 +164,14 @@ function preflight(
     .namedModules()
     .filter(([, m]) => m instanceof Linear)
     .map(([n]) => n);
-  const { entryOf, schemes: fitted, schemeOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, warn);
+  const { entryOf, schemes: fitted, schemeOf, methodOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, warn);
   const isTarget = (n: string): boolean => entryOf.has(n);
   const ignored = [...allLinears.filter((n) => !isTarget(n)), ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape)];
   assertEntriesUsed(recipe, entryOf, allLinears, warn);
-  for (const p of opts.ignore ?? [])
+  for (const p of [...(opts.ignore ?? []), ...recipe.ignore])
     if (!allLinears.some((n) => matchesAny(n, [p])))
       warn(
-        `--ignore ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
+        `${recipe.ignore.includes(p) ? "the recipe's ignore" : "--ignore"} ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
       );
   const fused = family.fusedGroups(allLinears);
   const entryName = (n: string): string => {
@@ -195,6 +194,7 @@ function preflight(
     scheme,
     schemes: fitted,
     schemeOf,
+    methodOf,
     family,
     config,
     ck,
@@ -266,9 +266,13 @@ export function recipeReport(run: Run): OneshotReport["recipe"] {
     const k = run.schemes.indexOf(run.schemeOf(n) as Scheme);
     counts[k] = (counts[k] ?? 0) + 1;
   }
+  const r = run.recipe;
   return {
-    given: run.recipe.given,
-    entries: run.recipe.entries.map((e, k) => ({ targets: e.targets, scheme: e.scheme.name, linears: counts[k] as number })),
+    given: r.given,
+    ...(r.text === undefined ? {} : { file_text: r.text }),
+    ignore: r.ignore,
+    gptq: r.gptq,
+    entries: r.entries.map((e, k) => ({ targets: e.targets, scheme: e.scheme.name, method: e.method, linears: counts[k] as number })),
   };
 }
 
@@ -283,10 +287,16 @@ export async function finishRun(run: Run, report: OneshotReport): Promise<string
   const ignored = run.ignored.map((n) => storedName(n, config));
   // exact names as stored (a Qwen3.5 checkpoint's model.language_model.*); patterns and the class as given
   const used = recipeReport(run).entries.map((e) => e.linears > 0);
-  const groups = run.recipe.entries.flatMap((e, k) => {
+  // one config group per distinct written scheme: entries that differ only in method share one
+  const groups: { targets: string[]; scheme: Scheme; actorder: Scheme["weights"]["actorder"] }[] = [];
+  run.recipe.entries.forEach((e, k) => {
+    if (!used[k]) return;
     const scheme = run.schemes[k] as Scheme;
     const targets = e.targets.map((t) => (t.startsWith("re:") || t === "Linear" ? t : storedName(t, config)));
-    return used[k] ? [{ targets, scheme, actorder: run.method === "gptq" ? scheme.weights.actorder : null }] : [];
+    const actorder = e.method === "gptq" ? scheme.weights.actorder : null;
+    const same = groups.find((g) => g.actorder === actorder && JSON.stringify(g.scheme) === JSON.stringify(scheme));
+    if (same) same.targets.push(...targets);
+    else groups.push({ targets, scheme, actorder });
   });
   const qc = groupsConfig(groups, ignored);
   out.writeFile("config.json", `${JSON.stringify({ ...config.raw, quantization_config: qc }, null, 2)}\n`);

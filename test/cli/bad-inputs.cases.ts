@@ -12,6 +12,22 @@ import { TRUST_CASES } from "./bad-inputs.trust.js";
 import { ROUND2_CASES } from "./bad-inputs.round2.js";
 import { FP8_CASES } from "./bad-inputs.fp8.js";
 
+/** A small oneshot of the bundled model with a recipe file (no --method: the file gives it). */
+const withRecipe = (d: string, file: string, extra: string[] = []): string[] => [
+  "oneshot",
+  "--model",
+  TINY,
+  "--recipe",
+  file,
+  "--num-samples",
+  "1",
+  "--max-seq-length",
+  "8",
+  "--output",
+  path.join(d, "out"),
+  ...extra,
+];
+
 export { type BadInputCase, CLI, cleanupCase, runCase, snapshot } from "./bad-inputs.fixtures.js";
 
 export const BAD_INPUTS: BadInputCase[] = [
@@ -258,6 +274,40 @@ export const BAD_INPUTS: BadInputCase[] = [
     exitCode: 2,
     message:
       /--scheme re:\.\*expert\\\.\\d\+\.\*=NVFP4A16 matches no Linear layer that is quantized \(names look like model\.layers\.\d+\.mlp\.experts\.0\./,
+  },
+  {
+    name: "unknown method",
+    setup: (d) => quick(TINY, d, ["--method", "awq"]),
+    exitCode: 2,
+    message: /--method "awq": unknown method "awq" \(gptq or rtn\)/,
+  },
+  {
+    name: "a --method PATTERN=METHOD whose pattern no --scheme entry has",
+    setup: (d) => quick(TINY, d, ["--scheme", "re:.*experts.*=NVFP4A16", "--method", "re:.*attn.*=rtn"]),
+    exitCode: 2,
+    message: /--method re:\.\*attn\.\*=rtn: no --scheme entry has the pattern re:\.\*attn\.\*/,
+  },
+  {
+    name: "a recipe file with a modifier moecal does not run",
+    setup: (d) => withRecipe(d, path.join(ROOT, "test", "fixtures", "recipes", "recipe_gptq_awq.yaml")),
+    exitCode: 2,
+    message:
+      /--recipe .*recipe_gptq_awq\.yaml: quant_stage\.quant_modifiers\.AWQModifier: moecal does not run AWQModifier \(it runs QuantizationModifier and GPTQModifier\)/,
+  },
+  {
+    name: "a recipe file that is not YAML",
+    setup: (d) => {
+      fs.writeFileSync(path.join(d, "r.yaml"), "quant_stage:\n  quant_modifiers: [\n");
+      return withRecipe(d, path.join(d, "r.yaml"));
+    },
+    exitCode: 2,
+    message: /--recipe .*r\.yaml: not valid YAML/,
+  },
+  {
+    name: "a recipe file beside --scheme",
+    setup: (d) => withRecipe(d, path.join(ROOT, "test", "fixtures", "recipes", "flagship_nvfp4_fp8_block.yaml"), ["--scheme", "W8A16"]),
+    exitCode: 2,
+    message: /the recipe file .* gives the schemes, methods and GPTQ settings; do not pass scheme beside it/,
   },
   {
     name: "a --scheme recipe that splits q/k/v between schemes",

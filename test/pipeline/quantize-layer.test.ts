@@ -46,12 +46,18 @@ async function run(workers: string): Promise<{ results: QuantizedLinear[]; linea
     let total = 0;
     for (const l of linears.values()) total += l.weight.size;
     assert.ok(total >= GPTQ_WORKER_MIN_WEIGHTS, "the layer must be large enough for the worker path");
-    const { results, fallbacks } = await quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, () => W4A16, "gptq", "BF16", {
-      dampening: 0.01,
-      blockSize: 128,
-      warn: () => undefined,
-      layerLabel: "layer 1",
-    });
+    const { results, fallbacks } = await quantizeLayerLinears(
+      { linears, hessians, inputAbsMax: new Map() },
+      () => W4A16,
+      () => "gptq",
+      "BF16",
+      {
+        dampening: 0.01,
+        blockSize: 128,
+        warn: () => undefined,
+        layerLabel: "layer 1",
+      },
+    );
     assert.deepEqual(fallbacks, []);
     return { results, linears };
   } finally {
@@ -98,7 +104,7 @@ test("a Hessian that is not positive definite after damping: round-to-nearest fo
   const { results, fallbacks } = await quantizeLayerLinears(
     { linears: new Map([["experts.0.up_proj", lin]]), hessians: new Map([["experts.0.up_proj", s]]), inputAbsMax: new Map() },
     () => W4A16_G8,
-    "gptq",
+    () => "gptq",
     "BF16",
     { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
   );
@@ -125,7 +131,7 @@ test("a static-activation Linear that saw no rows takes the largest input scale 
       ]),
     },
     () => FP8,
-    "rtn",
+    () => "rtn",
     "F32",
     { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
   );
@@ -145,12 +151,18 @@ test("a GPTQ job that fails on a worker reaches the caller as its typed error, w
     const scheme = resolveScheme("W4A16");
     scheme.weights.groupSize = 48;
     await assert.rejects(
-      quantizeLayerLinears({ linears, hessians, inputAbsMax: new Map() }, () => scheme, "gptq", "BF16", {
-        dampening: 0.01,
-        blockSize: 128,
-        warn: () => undefined,
-        layerLabel: "layer 1",
-      }),
+      quantizeLayerLinears(
+        { linears, hessians, inputAbsMax: new Map() },
+        () => scheme,
+        () => "gptq",
+        "BF16",
+        {
+          dampening: 0.01,
+          blockSize: 128,
+          warn: () => undefined,
+          layerLabel: "layer 1",
+        },
+      ),
       (e: unknown) => e instanceof UsageError && /group size 48 does not divide the input size 1024/.test(e.message),
     );
   } finally {

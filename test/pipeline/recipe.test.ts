@@ -18,7 +18,7 @@ import { groupFor, parseQuantizationConfig, requiredSuffixes } from "../../src/i
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { parseRecipe, schemeOfLinear } from "../../src/quantization/recipe.js";
 import { UsageError } from "../../src/errors.js";
-import { ROOT, TINY, cliIn, evalKl } from "../helpers.js";
+import { ROOT, TINY, cliIn, evalKl, filesDiffering } from "../helpers.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-recipe-"));
 const FAMILIES: [string, string][] = [
@@ -81,6 +81,14 @@ for (const [family, model] of FAMILIES)
         ["FP8_DYNAMIC", f2.get("float-quantized")?.length ?? 0],
       ],
     );
+    // the same recipe as an llm-compressor recipe file writes the same checkpoint
+    const yaml = path.join(tmp, `${family}.yaml`);
+    fs.writeFileSync(
+      yaml,
+      `q_stage:\n  q_modifiers:\n    QuantizationModifier:\n      scheme: {NVFP4A16: ['${EXPERTS}'], FP8_DYNAMIC: ['${ATTENTION}']}\n`,
+    );
+    const fromFile = (await oneshot({ model, recipe: yaml, output: path.join(tmp, `${family}-file`), warn: () => undefined })).output;
+    assert.deepEqual(filesDiffering(two, fromFile), []);
     const three = await run(model, ["W4A16", `${EXPERTS}=NVFP4A16`, `${O_PROJ}=W8A16`], path.join(tmp, `${family}-three`), "gptq");
     const f3 = resolveOutput(three);
     const packed = f3.get("pack-quantized") ?? [];

@@ -2,7 +2,8 @@
  * A oneshot run for the resume tests, in its own process: `node resume-child.js OUTPUT [LAYER STAGE] [--num-samples N] [--model DIR] [--restart]`
  * runs the bundled model's (or DIR's) oneshot (GPTQ, 4 samples x 32 tokens) and, given LAYER and STAGE,
  * kills itself with SIGKILL at that point of that layer's checkpoint. Prints each progress event as a JSON line.
- * `--quick` runs what the bad-input cases' `quick` arguments run instead (RTN, 1 bundled sample of 8 tokens).
+ * `--quick` runs what the bad-input cases' `quick` arguments run instead (RTN, 1 bundled sample of 8 tokens);
+ * `--recipe FILE` runs that recipe file (its schemes and methods) instead of W4A16 GPTQ.
  */
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
@@ -20,7 +21,7 @@ await oneshot({
   numSamples: quick ? 1 : Number(flag("--num-samples") ?? 4),
   maxSeqLength: quick ? 8 : 32,
   dataset: quick ? undefined : path.join(TEXT, "eval-json.jsonl"),
-  method: quick ? "rtn" : "gptq",
+  ...(flag("--recipe") ? { recipe: flag("--recipe") } : { method: quick ? ("rtn" as const) : ("gptq" as const) }),
   calibrate: true,
   restart: process.argv.includes("--restart"),
   warn: () => undefined,

@@ -84,6 +84,20 @@ for (const family of ["qwen3_moe", "deepseek_v3-fp8", "qwen3_5_moe"]) {
   });
 }
 
+test("a recipe run (GPTQ NVFP4 experts, round-to-nearest FP8_BLOCK attention) killed after layer 1's state resumes to the same bytes", () => {
+  const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
+  const recipe = path.join(ROOT, "test", "fixtures", "recipes", "flagship_nvfp4_fp8_block.yaml");
+  const whole = path.join(tmp, "recipe-whole");
+  const out = path.join(tmp, "recipe-killed");
+  assert.equal(run([whole, "--model", model, "--recipe", recipe]).status, 0);
+  assert.equal(run([out, "1", "state", "--model", model, "--recipe", recipe]).signal, "SIGKILL");
+  const again = run([out, "--model", model, "--recipe", recipe]);
+  assert.equal(again.status, 0, String(again.stderr));
+  assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
+  const want = files(whole);
+  for (const [f, bytes] of want) assert.ok(bytes.equals(files(out).get(f) as Buffer), `${f} differs`);
+});
+
 test("files half-written when the process died (temporaries beside the state) do not change the resumed output", () => {
   const out = path.join(tmp, "half-written");
   assert.equal(run([out, "1", "state"]).signal, "SIGKILL");
