@@ -207,7 +207,8 @@ export function quantizationConfig(scheme: Scheme, ignore: string[], actorderUse
 /**
  * compressed-tensors' quantization_config with a config group per scheme (`group_0`, ... in order,
  * each with its targets and its format); the top-level format is the groups' when they share one,
- * else "mixed-precision" (as compressed-tensors writes a checkpoint of several formats).
+ * else "mixed-precision" (as compressed-tensors writes a checkpoint of several formats:
+ * quantization/quant_config.py `from_pretrained` and `merge` at ac8e2ba).
  */
 export function groupsConfig(
   groups: readonly { targets: readonly string[]; scheme: Scheme; actorder: ActOrder }[],

@@ -65,7 +65,7 @@ async function run(model: string, scheme: string[], out: string, method: "rtn" |
 }
 
 for (const [family, model] of FAMILIES)
-  test(`${family}: a two-group recipe (data-free) and a three-group one (GPTQ) resolve as compressed-tensors resolves them; inspect clean`, async () => {
+  test(`${family}: a two-group recipe (data-free) and a three-group one (GPTQ), on the command line and as recipe files, resolve as compressed-tensors resolves them; inspect clean`, async () => {
     const two = await run(model, [`${EXPERTS}=NVFP4A16`, `${ATTENTION}=FP8_DYNAMIC`], path.join(tmp, `${family}-two`), "rtn");
     const f2 = resolveOutput(two);
     assert.ok((f2.get("nvfp4-pack-quantized") ?? []).every((m) => /experts\.\d+\./.test(m)));
@@ -90,6 +90,20 @@ for (const [family, model] of FAMILIES)
     const fromFile = (await oneshot({ model, recipe: yaml, output: path.join(tmp, `${family}-file`), warn: () => undefined })).output;
     assert.deepEqual(filesDiffering(two, fromFile), []);
     const three = await run(model, ["W4A16", `${EXPERTS}=NVFP4A16`, `${O_PROJ}=W8A16`], path.join(tmp, `${family}-three`), "gptq");
+    const yaml3 = path.join(tmp, `${family}-three.yaml`);
+    fs.writeFileSync(
+      yaml3,
+      `q_stage:\n  q_modifiers:\n    GPTQModifier:\n      scheme: {W4A16: [Linear], NVFP4A16: ['${EXPERTS}'], W8A16: ['${O_PROJ}']}\n`,
+    );
+    const threeFile = await oneshot({
+      model,
+      recipe: yaml3,
+      numSamples: 2,
+      maxSeqLength: 16,
+      output: path.join(tmp, `${family}-three-file`),
+      warn: () => undefined,
+    });
+    assert.deepEqual(filesDiffering(three, threeFile.output), []);
     const f3 = resolveOutput(three);
     const packed = f3.get("pack-quantized") ?? [];
     assert.ok(
