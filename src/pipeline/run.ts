@@ -174,9 +174,13 @@ function preflight(
         `${recipe.ignore.includes(p) ? "the recipe's ignore" : "--ignore"} ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
       );
   const fused = family.fusedGroups(allLinears);
+  // one written config group per fused module: entries of one scheme but another method write two
+  const mixedMethods = new Set(recipe.entries.map((e) => e.method)).size > 1;
   const entryName = (n: string): string => {
     const k = entryOf.get(n);
-    return k === undefined ? "unquantized" : (recipe.entries[k] as RecipeEntry).scheme.name;
+    if (k === undefined) return "unquantized";
+    const e = recipe.entries[k] as RecipeEntry;
+    return mixedMethods ? `${e.scheme.name} by ${e.method}` : e.scheme.name;
   };
   if (opts.vllmCheck ?? true) assertNoFusedSplit(fusedSchemeConflicts(fused, entryName));
   const targets = new Set(allLinears.filter(isTarget));

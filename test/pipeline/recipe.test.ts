@@ -176,6 +176,12 @@ test("refused before any work: a fused module split between groups, an entry tha
     /splits \d+ module\(s\) that vLLM fuses.*model\.layers\.\d+\.self_attn.*W8A16: q_proj; W4A16: k_proj, v_proj/,
   );
   await refused(["W4A16", "re:.*nothing_here=W8A16"], /--scheme re:\.\*nothing_here=W8A16 matches no Linear layer that is quantized/);
+  await assert.rejects(
+    oneshot({ model, scheme: ["W4A16", "re:.*down_proj=W4A16"], method: ["re:.*down_proj=rtn"], output: path.join(tmp, "refused") }),
+    (e: unknown) =>
+      e instanceof UsageError && /experts: .* W4A16 by gptq: experts\.0\.gate_proj.*; W4A16 by rtn: experts\.0\.down_proj/.test(e.message),
+    "one scheme by two methods writes two config groups: vLLM's fused experts take one",
+  );
   await refused(["=W8A16"], /the pattern before "=" is empty/);
   await refused(["re:.*=W5A16"], /unknown scheme "W5A16"/);
   await refused(["re:(=W4A16"], /not a valid regular expression/);
