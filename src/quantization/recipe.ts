@@ -9,7 +9,7 @@
  */
 import { UsageError } from "../errors.js";
 import { schemeFor } from "./match.js";
-import { type Scheme, type SchemeOverrides, resolveScheme } from "./scheme.js";
+import { type Scheme, type SchemeOverrides, hasFixedGroups, resolveScheme } from "./scheme.js";
 
 /** GPTQ, or round-to-nearest (llm-compressor's GPTQModifier and QuantizationModifier). */
 export type Method = "gptq" | "rtn";
@@ -98,8 +98,13 @@ export function parseRecipe(values: readonly string[], overrides: SchemeOverride
   }
   const rules = values.map((v): RecipeRule => {
     const [target, name] = splitEntry(v, "--scheme", "re:.*mlp\\.experts\\..*=NVFP4A16");
-    return { target, scheme: resolveScheme(name, overrides), method: fallback };
+    // in a recipe of several schemes, --group-size sizes those whose groups may be resized
+    const w = resolveScheme(name).weights;
+    const sized = values.length === 1 || (w.strategy === "group" && !hasFixedGroups(w));
+    return { target, scheme: resolveScheme(name, sized ? overrides : { ...overrides, groupSize: undefined }), method: fallback };
   });
+  if (overrides.groupSize !== undefined && !rules.some((r) => r.scheme.weights.groupSize === overrides.groupSize))
+    resolveScheme((rules[0] as RecipeRule).scheme.name, overrides);
   for (const [target, method] of perTarget) {
     const rule = rules.find((r) => r.target === target);
     if (!rule)

@@ -140,6 +140,12 @@ test("overlapping targets: an exact name before a regex before the class, as com
     [["re:a", "re:b"]],
     "one group per scheme",
   );
+  // --group-size sizes the entries whose groups may be resized; none: refused
+  assert.deepEqual(
+    parseRecipe(["W4A16", "re:a=FP8_BLOCK"], { groupSize: 32 }).entries.map((e) => e.scheme.weights.groupSize),
+    [32, null],
+  );
+  assert.throws(() => parseRecipe(["re:a=NVFP4A16", "re:b=FP8_BLOCK"], { groupSize: 32 }), /NVFP4A16 has groups of 16 by definition/);
 });
 
 test("a default the other entries leave empty is said, and no config group is written for it", async () => {
