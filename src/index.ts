@@ -31,6 +31,9 @@ export type { ExpertStatistics, ExpertStatisticsOptions, RoutedWeight } from "./
 export { trackCoverage } from "./calibration/coverage.js";
 export type { Coverage, LayerCoverage } from "./calibration/coverage.js";
 export * from "./quantization/scheme.js";
+export { parseRecipe, recipeName } from "./quantization/recipe.js";
+export type { Method, Recipe, RecipeEntry } from "./quantization/recipe.js";
+export { readRecipeFile } from "./quantization/recipe-file.js";
 export { gptqQuantize, rtnQuantize } from "./quantization/gptq.js";
 export { computeQParams, dequantize } from "./quantization/params.js";
 export type { QuantizedWeight, QParams, ScaleDType } from "./quantization/params.js";

@@ -10,6 +10,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { readRecipeFile } from "../../src/quantization/recipe-file.js";
+import * as moecal from "../../src/index.js";
 import { UsageError } from "../../src/errors.js";
 import { ROOT } from "../helpers.js";
 
@@ -29,6 +30,11 @@ const entries = (f: string) =>
     group: e.scheme.weights.groupSize,
     actorder: e.scheme.weights.actorder,
   }));
+
+test("the package exports the recipe reader and parser", () => {
+  assert.equal(moecal.readRecipeFile, readRecipeFile);
+  assert.equal(moecal.parseRecipe(["re:.*experts.*=NVFP4A16"], {}, ["rtn"]).entries[0]?.method, "rtn");
+});
 
 test("llm-compressor's own recipes: FP8 dynamic config groups and the NVFP4 / FP8 mixed one resolve to presets", () => {
   const fp8 = readRecipeFile(path.join(RECIPES, "recipe_fp8_dynamic.yaml"));
