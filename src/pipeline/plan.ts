@@ -10,18 +10,16 @@ import path from "node:path";
 import { getEngine } from "../engine/index.js";
 import { Tensor } from "../engine/tensor.js";
 import { isRouterAware, parseExpertStatistics, parseRoutedWeight } from "../calibration/expert-statistics.js";
-import type { Checkpoint } from "../io/checkpoint.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
 import { inStoredOnlyLayer } from "../models/stored-layers.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
-import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
 import { asTokenMixer } from "../nn/attention.js";
 import { asMoeBlock } from "../nn/moe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
-import { type Recipe, recipeMethod, recipeName } from "../quantization/recipe.js";
+import { recipeMethod, recipeName } from "../quantization/recipe.js";
 import { recipeOf } from "./recipe-options.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import type { OneshotOptions } from "./oneshot.js";
@@ -30,7 +28,7 @@ import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
 import { resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
-import { dataFreePlan } from "./plan-data-free.js";
+import { type OpenedForPlan, dataFreePlan } from "./plan-data-free.js";
 import type { Method } from "../quantization/recipe.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
@@ -132,15 +130,7 @@ export interface KnownForPlan {
   gemmGflops?: number;
   samples?: number[][];
   /** the model's family, config, checkpoint headers and module tree (weights not loaded), and each Linear's scheme with its group size fitted (null: unquantized) */
-  opened?: {
-    family: ModelFamily;
-    config: ModelConfig;
-    ck: Checkpoint;
-    model: CausalLM;
-    recipe: Recipe;
-    schemeOf: (linear: string) => Scheme | null;
-    methodOf: (linear: string) => Method;
-  };
+  opened?: Omit<OpenedForPlan, "modelDir"> & { methodOf: (linear: string) => Method };
 }
 
 export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}): Promise<Plan> {
