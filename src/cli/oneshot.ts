@@ -6,7 +6,7 @@ import { formatPlan, freeDiskBytes } from "../pipeline/plan-report.js";
 import { formatSummary } from "../pipeline/report.js";
 import { SCHEME_NAMES } from "../quantization/scheme.js";
 import { DEFAULT_STATISTICS, ROUTED_WEIGHTS, formatExpertStatistics } from "../calibration/expert-statistics.js";
-import { boolOption, intOption, seedOption, sizeOption } from "./options.js";
+import { boolOption, intOption, minSizeOption, seedOption, sizeOption } from "./options.js";
 import { progressPrinter } from "./progress.js";
 
 interface OneshotCliOptions {
@@ -117,7 +117,7 @@ export function registerOneshot(program: Command): void {
     .option(
       "--max-shard-size <size>",
       "largest output shard (bytes, or K/M/G/T; at least 1M; default 2G); a data-free run resumes after its last finished shard",
-      sizeOption,
+      minSizeOption("--max-shard-size", "1M"),
     )
     .option("--quiet", "no progress output")
     .action(async (o: OneshotCliOptions) => {

@@ -39,3 +39,12 @@ export function sizeOption(value: string): number {
     throw e;
   }
 }
+
+/** A size of at least `min` bytes, the option named in the error (`min` as the user would write it). */
+export function minSizeOption(name: string, min: string): (value: string) => number {
+  return (value) => {
+    const n = sizeOption(value);
+    if (n < parseBytes(min)) throw new InvalidArgumentError(`${name} must be at least ${min}, got "${value}"`);
+    return n;
+  };
+}

@@ -276,6 +276,12 @@ export const BAD_INPUTS: BadInputCase[] = [
       /--scheme re:\.\*expert\\\.\\d\+\.\*=NVFP4A16 matches no Linear layer that is quantized \(names look like model\.layers\.\d+\.mlp\.experts\.0\./,
   },
   {
+    name: "--max-shard-size below 1 MiB",
+    setup: (d) => quick(TINY, d, ["--max-shard-size", "1000"]),
+    exitCode: 2,
+    message: /--max-shard-size must be at least 1M, got "1000"/,
+  },
+  {
     name: "unknown method",
     setup: (d) => quick(TINY, d, ["--method", "awq"]),
     exitCode: 2,
