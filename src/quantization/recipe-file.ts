@@ -98,7 +98,9 @@ function modifierRules(name: string, args: Dict, where: string): { rules: Recipe
       const scheme = schemeOfGroup(group, at, actorder(existing, `${at}.weights.actorder`));
       for (const target of strings(group.targets, `${at}.targets`)) rules.push({ target, scheme, method });
     }
-  } else throw new UsageError(`${where}: gives neither scheme nor config_groups, so it quantizes nothing`);
+  } else if (args.scheme !== undefined || args.config_groups !== undefined)
+    throw new UsageError(`${where}: scheme must be a preset name or {PRESET: targets}, config_groups a mapping of groups`);
+  else throw new UsageError(`${where}: gives neither scheme nor config_groups, so it quantizes nothing`);
   return { rules, ignore };
 }
 

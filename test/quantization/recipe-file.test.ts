@@ -101,6 +101,7 @@ test("refused, naming the field: other modifiers, fields moecal does not impleme
   );
   refused(mod("      scheme: W4A16\n      config_groups: {}\n"), /give either scheme or config_groups/);
   refused(mod("      targets: [Linear]\n"), /gives neither scheme nor config_groups/);
+  refused(mod("      scheme: 4\n"), /scheme must be a preset name or \{PRESET: targets\}/);
   refused(mod("      scheme: W5A16\n"), /GPTQModifier\.scheme: unknown scheme "W5A16"/);
   refused(
     mod("      config_groups:\n        g: {targets: [Linear], weights: {num_bits: 4, strategy: channel, observer: mse}}\n"),
