@@ -12,8 +12,8 @@ import { progressPrinter } from "./progress.js";
 interface OneshotCliOptions {
   model: string;
   dataset?: string;
-  scheme: string[];
-  method: string[];
+  scheme?: string[];
+  method?: string[];
   recipe?: string;
   groupSize?: number;
   numSamples: number;
@@ -21,7 +21,7 @@ interface OneshotCliOptions {
   calibrateAllExperts: boolean;
   expertStatistics: string;
   routedWeight: string;
-  ignore: string[];
+  ignore?: string[];
   vllmCheck: boolean;
   seed?: bigint;
   output?: string;
@@ -35,22 +35,27 @@ interface OneshotCliOptions {
   maxShardSize?: number;
 }
 
+/** A repeatable option's values (none given: undefined, shown as no default in --help). */
+const collect = (v: string, acc: string[] = []): string[] => [...acc, v];
+
 /** The options oneshot and plan share (plan reads them to predict the run). */
 function runOptions(cmd: Command): Command {
   return cmd
-    .option("--model <dir>", "Hugging Face checkpoint folder (afmoe, qwen3_moe, mixtral, glm4_moe)", BUNDLED_MODEL)
+    .option(
+      "--model <dir>",
+      "Hugging Face checkpoint folder (a family of the README's Supported table; data-free: any checkpoint)",
+      BUNDLED_MODEL,
+    )
     .option("--dataset <file>", "calibration data: JSON lines (text or messages) or .txt (default: the bundled prose samples)")
     .option(
       "--scheme <scheme>",
       `quantization scheme for every Linear (${SCHEME_NAMES.join(", ")}; default W4A16), or PATTERN=SCHEME for the Linears PATTERN matches (an exact name or re:REGEX; repeatable: a recipe of several schemes, resolved as compressed-tensors resolves config groups)`,
-      (v: string, acc: string[]) => [...acc, v],
-      [] as string[],
+      collect,
     )
     .option(
       "--method <method>",
       "weight quantization: gptq (default) or rtn for every Linear, or PATTERN=METHOD for the --scheme entry given with that PATTERN (repeatable)",
-      (v: string, acc: string[]) => [...acc, v],
-      [] as string[],
+      collect,
     )
     .option(
       "--recipe <file>",
@@ -70,12 +75,7 @@ function runOptions(cmd: Command): Command {
         .choices([...ROUTED_WEIGHTS])
         .default(DEFAULT_STATISTICS.routedWeight),
     )
-    .option(
-      "--ignore <name>",
-      "Linear to leave unquantized: NAME or re:PATTERN (repeatable)",
-      (v: string, acc: string[]) => [...acc, v],
-      [] as string[],
-    )
+    .option("--ignore <name>", "Linear to leave unquantized: NAME or re:PATTERN (repeatable)", collect)
     .option("--no-vllm-check", "allow an ignore list that splits a module vLLM fuses (q/k/v, gate/up, a layer's experts)")
     .option(
       "--seed <n>",
@@ -98,8 +98,8 @@ function runOptions(cmd: Command): Command {
 function recipeOptions<T extends Pick<OneshotCliOptions, "scheme" | "method" | "actorder">>(o: T) {
   return {
     ...o,
-    scheme: o.scheme.length ? o.scheme : undefined,
-    method: o.method.length ? o.method : undefined,
+    scheme: o.scheme,
+    method: o.method,
     actorder: o.actorder === undefined ? undefined : o.actorder === "none" ? null : ("static" as const),
   };
 }
