@@ -16,6 +16,12 @@ import { Tensor, numel } from "./tensor.js";
 import { giveBuffer, takeFloats } from "./scratch.js";
 import { type NodeSpec, type ValueSpec, encodeModel } from "./onnx-proto.js";
 
+// onnxruntime (since 1.29) starts a telemetry client with its first session, which writes
+// $TMPDIR/.ses and $TMPDIR/mat-debug-<pid>.log: files outside the folders a run names. Its
+// ORT_DISABLE_TELEMETRY switch, read when the first session is made, turns it off (a user's own
+// setting is kept).
+process.env.ORT_DISABLE_TELEMETRY ??= "1";
+
 /** Number of intra-op threads: MOECAL_THREADS, else every core. */
 export function engineThreads(): number {
   const env = Number(process.env.MOECAL_THREADS);
