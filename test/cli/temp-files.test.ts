@@ -13,7 +13,7 @@ import { ROOT, TEXT } from "../helpers.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 
-test("oneshot and eval write nothing into the temporary folder (onnxruntime's telemetry files included)", () => {
+test("oneshot (calibrated and data-free), eval, plan and inspect write nothing into the temporary folder (onnxruntime's telemetry files included)", () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-temp-files-"));
   const tmpdir = path.join(dir, "tmp");
   fs.mkdirSync(tmpdir);
@@ -24,6 +24,9 @@ test("oneshot and eval write nothing into the temporary folder (onnxruntime's te
     assert.equal(r.status, 0, r.stderr);
   };
   run("oneshot", "--num-samples", "2", "--max-seq-length", "16", "--workers", "2", "--output", "out", "--quiet");
+  run("oneshot", "--method", "rtn", "--scheme", "NVFP4A16", "--workers", "2", "--output", "free", "--quiet");
   run("eval", "--model", "out", "--dataset", path.join(TEXT, "eval-prose.jsonl"), "--num-samples", "1", "--quiet");
+  run("plan", "--num-samples", "2");
+  run("inspect", "free");
   assert.deepEqual(fs.readdirSync(tmpdir), []);
 });
