@@ -11,7 +11,7 @@ import { getEngine } from "../engine/index.js";
 import { Tensor } from "../engine/tensor.js";
 import { isRouterAware, parseExpertStatistics, parseRoutedWeight } from "../calibration/expert-statistics.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
-import { inStoredOnlyLayer } from "../models/stored-layers.js";
+import { inStoredOnlyLayer, storedName } from "../models/stored-layers.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
 import { Linear } from "../nn/layers.js";
@@ -145,7 +145,14 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       const { family, config } = readModelConfig(modelDir, dataFree ? { generic: () => undefined } : {});
       const model = family.build(config);
       const ignore = [...family.defaultIgnore, ...(opts.ignore ?? []), ...recipe.ignore];
-      const { schemeOf, methodOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, () => undefined);
+      const { schemeOf, methodOf } = resolveRecipe(
+        recipe,
+        ignore,
+        model,
+        opts.groupSize !== undefined,
+        () => undefined,
+        (n) => storedName(n, config),
+      );
       return {
         family,
         config,

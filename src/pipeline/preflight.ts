@@ -8,7 +8,7 @@ import { inStoredOnlyLayer } from "../models/stored-layers.js";
 import { WeightMappingError, UsageError } from "../errors.js";
 import { Linear } from "../nn/layers.js";
 import type { AnyModule } from "../nn/module.js";
-import { type Scheme, hasFixedGroups } from "../quantization/scheme.js";
+import { type Scheme, hasFixedGroups, matchesAny } from "../quantization/scheme.js";
 import type { Seed } from "../util/numpy-random.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import type { ScaleDType } from "../quantization/params.js";
@@ -60,6 +60,7 @@ export function resolveRecipe(
   model: AnyModule,
   explicitGroupSize: boolean,
   warn: (m: string) => void,
+  stored: (linear: string) => string = (n) => n,
 ): {
   entryOf: Map<string, number>;
   schemes: Scheme[];
@@ -69,7 +70,10 @@ export function resolveRecipe(
   const entryOf = new Map<string, number>();
   for (const [n, m] of model.namedModules()) {
     if (!(m instanceof Linear)) continue;
-    const e = entryOfLinear(recipe, ignore, n);
+    // targets as written into the config, which compressed-tensors and vLLM match against the
+    // checkpoint's names (Qwen3.5's model.language_model.*); the ignore list by either name
+    if (matchesAny(n, ignore)) continue;
+    const e = entryOfLinear(recipe, ignore, stored(n));
     if (e) entryOf.set(n, recipe.entries.indexOf(e));
   }
   const schemes = recipe.entries.map((e, k) => fitGroupSize(e.scheme, model, (n) => entryOf.get(n) === k, explicitGroupSize, warn));

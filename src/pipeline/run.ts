@@ -164,10 +164,20 @@ function preflight(
     .namedModules()
     .filter(([, m]) => m instanceof Linear)
     .map(([n]) => n);
-  const { entryOf, schemes: fitted, schemeOf, methodOf } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, warn);
+  const {
+    entryOf,
+    schemes: fitted,
+    schemeOf,
+    methodOf,
+  } = resolveRecipe(recipe, ignore, model, opts.groupSize !== undefined, warn, (n) => storedName(n, config));
   const isTarget = (n: string): boolean => entryOf.has(n);
   const ignored = [...allLinears.filter((n) => !isTarget(n)), ...storedOnlyLinears(mapping.unexpected, config, (n) => ck.info(n).shape)];
-  assertEntriesUsed(recipe, entryOf, allLinears, warn);
+  assertEntriesUsed(
+    recipe,
+    entryOf,
+    allLinears.map((n) => storedName(n, config)),
+    warn,
+  );
   for (const p of [...(opts.ignore ?? []), ...recipe.ignore])
     if (!allLinears.some((n) => matchesAny(n, [p])))
       warn(

@@ -170,6 +170,18 @@ test("a default the other entries leave empty is said, and no config group is wr
   );
 });
 
+test("Qwen3.5: patterns match the checkpoint's names (model.language_model.*), as vLLM matches the written config", async () => {
+  const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_5_moe");
+  const out = await run(model, ["re:model\\.language_model\\.layers\\.\\d+\\.self_attn\\..*=W8A16"], path.join(tmp, "q35-stored"), "rtn");
+  assert.ok((resolveOutput(out).get("pack-quantized") ?? []).some((m) => /^model\.language_model\.layers\.\d+\.self_attn\./.test(m)));
+  await assert.rejects(
+    run(model, ["re:model\\.layers\\.\\d+\\.self_attn\\..*=W8A16"], path.join(tmp, "q35-presented"), "rtn"),
+    (e: unknown) =>
+      e instanceof UsageError &&
+      /matches no Linear layer that is quantized \(names look like model\.language_model\.layers\./.test(e.message),
+  );
+});
+
 test("refused before any work: a fused module split between groups, an entry that matches nothing, a malformed or unknown entry", async () => {
   const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
   const refused = async (scheme: string[], message: RegExp): Promise<void> => {
