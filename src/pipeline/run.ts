@@ -185,6 +185,9 @@ function preflight(
       );
   const fused = family.fusedGroups(allLinears);
   // one written config group per fused module: entries of one scheme but another method write two
+  // (GPTQ's actorder "static", round-to-nearest's null), and vLLM requires the groups of a fused
+  // MoE's experts.0.gate_proj/up_proj/down_proj to be equal (vllm 8a95a68,
+  // compressed_tensors_moe.py get_moe_method: "All MoE projections need to have same quantization scheme")
   const mixedMethods = new Set(recipe.entries.map((e) => e.method)).size > 1;
   const entryName = (n: string): string => {
     const k = entryOf.get(n);
