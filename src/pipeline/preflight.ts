@@ -15,6 +15,7 @@ import type { ScaleDType } from "../quantization/params.js";
 import type { CausalLM } from "../models/family.js";
 import { requiredSuffixes } from "../io/compressed-tensors.js";
 import { NumericalError } from "../errors.js";
+import type { FusedGroup } from "../models/fused.js";
 
 /**
  * Check the group size against every target Linear's input size before any work. Without an
@@ -182,4 +183,36 @@ export function assertNoFusedSplit(conflicts: readonly string[]): void {
   throw new UsageError(
     `the ignore list or the --scheme recipe splits ${conflicts.length} module(s) that vLLM fuses, so vLLM could not load the result (give all members of each one scheme, or ignore all or none, or pass --no-vllm-check): ${conflicts[0]}${rest}`,
   );
+}
+
+/**
+ * vLLM finds a fused MoE module's scheme under `<module>.0.gate_proj`, `.0.up_proj` and
+ * `.0.down_proj`, whatever the checkpoint calls its experts (vllm 8a95a68,
+ * compressed_tensors_moe.py `get_moe_method`). Refuse a recipe or ignore list under which those
+ * names resolve, by the written config, otherwise than the quantized experts themselves (exact
+ * names, or patterns on Mixtral's w1/w3/w2): vLLM would load them with another scheme, or none.
+ */
+export function assertMoeLookup(
+  fused: readonly FusedGroup[],
+  entryName: (linear: string) => string,
+  lookedUp: (name: string) => string,
+  stored: (name: string) => string,
+): void {
+  const problems: string[] = [];
+  for (const g of fused) {
+    if (!g.module.endsWith(".experts") || g.members.length === 0) continue;
+    const actual = entryName(g.members[0] as string);
+    // experts left unquantized: vLLM's side of that is not checked here (see docs/quantization.md)
+    if (actual === "unquantized") continue;
+    const looked = ["gate_proj", "up_proj", "down_proj"].map((p) => [p, lookedUp(`${g.module}.0.${p}`)] as const);
+    const off = looked.filter(([, e]) => e !== actual);
+    if (off.length)
+      problems.push(
+        `${stored(g.module)}: vLLM looks its scheme up under experts.0.gate_proj/up_proj/down_proj, which the targets give ${off.map(([p, e]) => `${p}: ${e}`).join(", ")}, but its experts are ${actual}`,
+      );
+  }
+  if (problems.length)
+    throw new UsageError(
+      `${problems[0]}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ""}; give the experts a pattern that matches those names too (e.g. re:.*experts\\..*), or pass --no-vllm-check`,
+    );
 }

@@ -16,18 +16,18 @@ import { type ModelFiles, modelFiles } from "../io/model-files.js";
 import { Linear } from "../nn/layers.js";
 import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
 import { type WeightMapping, assertMappingComplete } from "../nn/weights.js";
-import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
+import { type FusedGroup, fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
 import type { CausalLM, ModelConfig, ModelFamily } from "../models/family.js";
 import { servingProblems } from "../export/vllm-support.js";
 import { readModelConfig } from "../models/registry.js";
 import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
 import { type Scheme, groupsConfig, matchesAny, validatePatterns } from "../quantization/scheme.js";
-import type { Recipe, RecipeEntry } from "../quantization/recipe.js";
+import { type Recipe, type RecipeEntry, entryOfLinear } from "../quantization/recipe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import type { Method } from "./quantize-layer.js";
 import { type OneshotReport, writeReportFiles } from "./report.js";
-import { assertNoFusedSplit, checkUnexpectedTensors, resolveRecipe, scaleDTypeOf } from "./preflight.js";
+import { assertMoeLookup, assertNoFusedSplit, checkUnexpectedTensors, resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { inStoredOnlyLayer, storedName, storedOnlyLinears } from "../models/stored-layers.js";
 import { safePoint } from "../util/interrupt.js";
 import type { OneshotOptions } from "./oneshot.js";
@@ -135,6 +135,37 @@ function assertEntriesUsed(
   });
 }
 
+/**
+ * What vLLM needs to load the result, checked before any work: every module it fuses on one
+ * written config group, and a fused MoE's scheme found under the names vLLM looks it up by.
+ */
+function assertVllmLoads(
+  recipe: Recipe,
+  entryOf: ReadonlyMap<string, number>,
+  fused: readonly FusedGroup[],
+  ignored: readonly string[],
+  config: ModelConfig,
+): void {
+  // one written config group per fused module: entries of one scheme but another method write two
+  // (GPTQ's actorder "static", round-to-nearest's null), and vLLM requires the groups of a fused
+  // MoE's experts.0.gate_proj/up_proj/down_proj to be equal (vllm 8a95a68,
+  // compressed_tensors_moe.py get_moe_method: "All MoE projections need to have same quantization scheme")
+  const mixedMethods = new Set(recipe.entries.map((e) => e.method)).size > 1;
+  const label = (e: RecipeEntry | null): string =>
+    e === null ? "unquantized" : mixedMethods ? `${e.scheme.name} by ${e.method}` : e.scheme.name;
+  const entryName = (n: string): string => {
+    const k = entryOf.get(n);
+    return label(k === undefined ? null : (recipe.entries[k] as RecipeEntry));
+  };
+  assertNoFusedSplit(fusedSchemeConflicts(fused, entryName));
+  // a name vLLM looks up, resolved as vLLM resolves it against the config written: the ignore
+  // list as exact names, then the recipe's targets
+  const written = new Set(ignored.map((n) => storedName(n, config)));
+  const lookedUp = (n: string): string =>
+    label(written.has(storedName(n, config)) ? null : entryOfLinear(recipe, [], storedName(n, config)));
+  assertMoeLookup(fused, entryName, lookedUp, (n) => storedName(n, config));
+}
+
 function preflight(
   opts: OneshotOptions,
   { modelDir, stored }: { modelDir: string; stored: SourceQuantization },
@@ -184,18 +215,7 @@ function preflight(
         `${recipe.ignore.includes(p) ? "the recipe's ignore" : "--ignore"} ${p} matches no Linear layer of the model (names look like ${allLinears.find((n) => n.includes(".experts.")) ?? allLinears[0]}; re: patterns match from the start)`,
       );
   const fused = family.fusedGroups(allLinears);
-  // one written config group per fused module: entries of one scheme but another method write two
-  // (GPTQ's actorder "static", round-to-nearest's null), and vLLM requires the groups of a fused
-  // MoE's experts.0.gate_proj/up_proj/down_proj to be equal (vllm 8a95a68,
-  // compressed_tensors_moe.py get_moe_method: "All MoE projections need to have same quantization scheme")
-  const mixedMethods = new Set(recipe.entries.map((e) => e.method)).size > 1;
-  const entryName = (n: string): string => {
-    const k = entryOf.get(n);
-    if (k === undefined) return "unquantized";
-    const e = recipe.entries[k] as RecipeEntry;
-    return mixedMethods ? `${e.scheme.name} by ${e.method}` : e.scheme.name;
-  };
-  if (opts.vllmCheck ?? true) assertNoFusedSplit(fusedSchemeConflicts(fused, entryName));
+  if (opts.vllmCheck ?? true) assertVllmLoads(recipe, entryOf, fused, ignored, config);
   const targets = new Set(allLinears.filter(isTarget));
   checkUnexpectedTensors(mapping.unexpected, config, targets, modelDir, warn);
   assertPassThroughFinite(ck, mapping, targets, modelDir);

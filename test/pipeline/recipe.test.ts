@@ -200,6 +200,20 @@ test("refused before any work: a fused module split between groups, an entry tha
       e instanceof UsageError && /experts: .* W4A16 by gptq: experts\.0\.gate_proj.*; W4A16 by rtn: experts\.0\.down_proj/.test(e.message),
     "one scheme by two methods writes two config groups: vLLM's fused experts take one",
   );
+  // vLLM finds Mixtral's fused experts under experts.0.gate_proj/up_proj/down_proj, not w1/w3/w2
+  await assert.rejects(
+    oneshot({
+      model: path.join(ROOT, "test", "fixtures", "tiny-mixtral"),
+      scheme: ["re:.*experts\\.\\d+\\.w[123]$=NVFP4A16"],
+      method: "rtn",
+      output: path.join(tmp, "refused"),
+    }),
+    (e: unknown) =>
+      e instanceof UsageError &&
+      /block_sparse_moe\.experts: vLLM looks its scheme up under experts\.0\.gate_proj\/up_proj\/down_proj, which the targets give gate_proj: unquantized/.test(
+        e.message,
+      ),
+  );
   await refused(["=W8A16"], /the pattern before "=" is empty/);
   await refused(["re:.*=W5A16"], /unknown scheme "W5A16"/);
   await refused(["re:(=W4A16"], /not a valid regular expression/);
