@@ -5,7 +5,7 @@ import { type DType, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { ModelConfig, ModelFamily } from "../models/family.js";
 import { readModelConfig } from "../models/registry.js";
 import { expectedTensors, layoutProblems } from "./layout.js";
-import { inStoredOnlyLayer, presentedName, storedOnlyLinears } from "../models/stored-layers.js";
+import { inStoredOnlyLayer, storedName, storedOnlyLinears } from "../models/stored-layers.js";
 import { fusedSchemeConflicts, oneWeightSets } from "../models/fused.js";
 import { MoecalError, UsageError } from "../errors.js";
 import { type QuantFormat, matchesAny } from "../quantization/scheme.js";
@@ -69,7 +69,7 @@ export function inspectCheckpoint(dir: string): InspectReport {
       return report;
     }
     const parsed = parseQuantizationConfig(qc, path.join(dir, "config.json"));
-    cfg = { ...parsed, ignore: parsed.ignore.map((n) => presentedName(n, c)) };
+    cfg = { ...parsed, storedName: (n) => storedName(n, c) };
   } catch (e) {
     // a folder that cannot even be opened is reported, not thrown: that is what an audit is for
     if (!(e instanceof MoecalError)) throw e;
@@ -159,7 +159,8 @@ export function inspectCheckpoint(dir: string): InspectReport {
     if (p !== null && linears.has(p) && !modules.has(p)) {
       report.ignored++;
       unquantized.push(p);
-      if (!matchesAny(p, cfg.ignore)) problems.push(`${p}: Linear left unquantized but not named in quantization_config.ignore`);
+      if (!matchesAny(storedName(p, config), cfg.ignore))
+        problems.push(`${p}: Linear left unquantized but not named in quantization_config.ignore`);
       if (ck.has(`${p}.weight`) && values.every((x) => x === 0)) problems.push(`${p}: every weight is zero`);
     }
   }

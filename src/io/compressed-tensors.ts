@@ -96,7 +96,13 @@ function argsFrom(a: z.infer<typeof argsSchema>): QuantArgs {
 
 export interface ParsedQuantConfig {
   groups: QuantConfigGroup[];
+  /** as written: the checkpoint's names and patterns over them */
   ignore: string[];
+  /**
+   * a model name's name in the checkpoint (Qwen3.5's model.language_model.*), which the config's
+   * targets and ignore list are matched against, as compressed-tensors and vLLM match them
+   */
+  storedName?: (name: string) => string;
 }
 
 /** Validate config.json's `quantization_config` (compressed-tensors); a bad field is named. */
@@ -157,7 +163,7 @@ export function parseQuantizationConfig(qc: unknown, where: string): ParsedQuant
 
 /** The config group that applies to Linear `name`, by compressed-tensors' rule (exact name, then regex, then class: quantization/match.ts). */
 export function groupFor(cfg: ParsedQuantConfig, name: string): QuantConfigGroup | null {
-  return schemeFor(cfg.groups, cfg.ignore, name);
+  return schemeFor(cfg.groups, cfg.ignore, cfg.storedName ? cfg.storedName(name) : name);
 }
 
 const SUFFIXES = [

@@ -56,8 +56,8 @@ export function openCheckpoint(
   if (q.kind === "compressed-tensors" && layout.decodeQuantized) {
     // the config names stored modules; the checkpoint presents them under the model's names
     const p = layout.modelPrefix;
-    const ignore = q.config.ignore.map((n) => (p && n.startsWith(p) ? `model.${n.slice(p.length)}` : n));
-    ck.presentDecoded((raw) => new CompressedTensorsWeights(raw, { ...q.config, ignore }, q.dtype));
+    const stored = (n: string): string => (p && n.startsWith("model.") ? `${p}${n.slice("model.".length)}` : n);
+    ck.presentDecoded((raw) => new CompressedTensorsWeights(raw, { ...q.config, storedName: stored }, q.dtype));
     return ck;
   }
   if (q.kind === "none")

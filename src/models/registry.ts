@@ -6,7 +6,7 @@ import { ConfigError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
 import { type ParsedQuantConfig, compressedTensorsSource } from "../io/compressed-tensors.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
-import { inStoredOnlyLayer, presentedName } from "./stored-layers.js";
+import { inStoredOnlyLayer, storedName } from "./stored-layers.js";
 import { readConfigJson } from "../io/json.js";
 import { type TensorSource, checkpointSource } from "../io/tensor-source.js";
 import { type WeightMapping, assertMappingComplete, loadParameters } from "../nn/weights.js";
@@ -90,8 +90,7 @@ export function openModel(dir: string, opts: { load?: boolean } = {}): LoadedMod
   const stored = sourceQuantization(config.raw, `${dir}/config.json`);
   const checkpoint = openCheckpoint(dir, stored, { modelPrefix: config.storedModelPrefix, keep: (n) => inStoredOnlyLayer(n, config) });
   // the config's exact names are the stored ones; the model reads them under its own
-  const quantization =
-    stored.kind === "compressed-tensors" ? { ...stored.config, ignore: stored.config.ignore.map((n) => presentedName(n, config)) } : null;
+  const quantization = stored.kind === "compressed-tensors" ? { ...stored.config, storedName: (n: string) => storedName(n, config) } : null;
   const ct = quantization ? compressedTensorsSource(checkpoint, quantization) : null;
   const source = ct ?? checkpointSource(checkpoint);
   const model = family.build(config);

@@ -31,9 +31,3 @@ export function storedName(name: string, config: ModelConfig): string {
   const p = config.storedModelPrefix;
   return p && name.startsWith("model.") && !inStoredOnlyLayer(name, config) ? `${p}${name.slice("model.".length)}` : name;
 }
-
-/** The model's name for a stored name (storedName's inverse); a `re:` pattern is left as it is. */
-export function presentedName(name: string, config: ModelConfig): string {
-  const p = config.storedModelPrefix;
-  return p && name.startsWith(p) ? `model.${name.slice(p.length)}` : name;
-}

@@ -174,6 +174,10 @@ test("Qwen3.5: patterns match the checkpoint's names (model.language_model.*), a
   const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_5_moe");
   const out = await run(model, ["re:model\\.language_model\\.layers\\.\\d+\\.self_attn\\..*=W8A16"], path.join(tmp, "q35-stored"), "rtn");
   assert.ok((resolveOutput(out).get("pack-quantized") ?? []).some((m) => /^model\.language_model\.layers\.\d+\.self_attn\./.test(m)));
+  // inspect, the loader and eval resolve the written patterns against the checkpoint's names too
+  assert.deepEqual(inspectCheckpoint(out).problems, []);
+  const kl = evalKl(cliIn(tmp), out, model);
+  assert.ok(kl > 0 && kl < 0.5, `KL ${kl}`);
   await assert.rejects(
     run(model, ["re:model\\.layers\\.\\d+\\.self_attn\\..*=W8A16"], path.join(tmp, "q35-presented"), "rtn"),
     (e: unknown) =>
