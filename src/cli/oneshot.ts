@@ -94,14 +94,9 @@ function runOptions(cmd: Command): Command {
     );
 }
 
-/** The recipe options as the library takes them: unset when not given (a recipe file refuses them beside it). */
-function recipeOptions<T extends Pick<OneshotCliOptions, "scheme" | "method" | "actorder">>(o: T) {
-  return {
-    ...o,
-    scheme: o.scheme,
-    method: o.method,
-    actorder: o.actorder === undefined ? undefined : o.actorder === "none" ? null : ("static" as const),
-  };
+/** The options as the library takes them: --actorder unset when not given (a recipe file refuses it beside it). */
+function recipeOptions<T extends Pick<OneshotCliOptions, "actorder">>(o: T) {
+  return { ...o, actorder: o.actorder === undefined ? undefined : o.actorder === "none" ? null : ("static" as const) };
 }
 
 export function registerOneshot(program: Command): void {

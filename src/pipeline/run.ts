@@ -23,7 +23,7 @@ import { readModelConfig } from "../models/registry.js";
 import { OutputFolder } from "../export/output.js";
 import type { ScaleDType } from "../quantization/params.js";
 import { type Scheme, groupsConfig, matchesAny, validatePatterns } from "../quantization/scheme.js";
-import { type Recipe, type RecipeEntry, entryOfLinear } from "../quantization/recipe.js";
+import { type Recipe, type RecipeEntry, entryOfLinear, recipeMethod } from "../quantization/recipe.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import type { Method } from "./quantize-layer.js";
 import { type OneshotReport, writeReportFiles } from "./report.js";
@@ -150,7 +150,7 @@ function assertVllmLoads(
   // (GPTQ's actorder "static", round-to-nearest's null), and vLLM requires the groups of a fused
   // MoE's experts.0.gate_proj/up_proj/down_proj to be equal (vllm 8a95a68,
   // compressed_tensors_moe.py get_moe_method: "All MoE projections need to have same quantization scheme")
-  const mixedMethods = new Set(recipe.entries.map((e) => e.method)).size > 1;
+  const mixedMethods = recipeMethod(recipe) === "mixed";
   const label = (e: RecipeEntry | null): string =>
     e === null ? "unquantized" : mixedMethods ? `${e.scheme.name} by ${e.method}` : e.scheme.name;
   const entryName = (n: string): string => {
@@ -161,8 +161,10 @@ function assertVllmLoads(
   // a name vLLM looks up, resolved as vLLM resolves it against the config written: the ignore
   // list as exact names, then the recipe's targets
   const written = new Set(ignored.map((n) => storedName(n, config)));
-  const lookedUp = (n: string): string =>
-    label(written.has(storedName(n, config)) ? null : entryOfLinear(recipe, [], storedName(n, config)));
+  const lookedUp = (n: string): string => {
+    const stored = storedName(n, config);
+    return label(written.has(stored) ? null : entryOfLinear(recipe, [], stored));
+  };
   assertMoeLookup(fused, entryName, lookedUp, (n) => storedName(n, config));
 }
 

@@ -42,11 +42,7 @@ function strings(v: unknown, where: string): string[] {
   const list = typeof v === "string" ? [v] : v;
   if (!Array.isArray(list) || !list.every((t) => typeof t === "string"))
     throw new UsageError(`${where}: expected a name or a list of names, got ${JSON.stringify(v)}`);
-  try {
-    validatePatterns(list);
-  } catch (cause) {
-    throw new UsageError(`${where}: ${(cause as Error).message}`, { cause });
-  }
+  validatePatterns(list, `${where}: pattern`);
   return list;
 }
 

@@ -9,7 +9,7 @@
  */
 import { UsageError } from "../errors.js";
 import { schemeFor } from "./match.js";
-import { type Scheme, type SchemeOverrides, hasFixedGroups, resolveScheme } from "./scheme.js";
+import { type Scheme, type SchemeOverrides, hasFixedGroups, resolveScheme, validatePatterns } from "./scheme.js";
 
 /** GPTQ, or round-to-nearest (llm-compressor's GPTQModifier and QuantizationModifier). */
 export type Method = "gptq" | "rtn";
@@ -53,12 +53,7 @@ function splitEntry(v: string, option: string, example: string): [string, string
   const eq = v.lastIndexOf("=");
   const target = eq < 0 ? "Linear" : v.slice(0, eq);
   if (target === "") throw new UsageError(`${option} "${v}": the pattern before "=" is empty (PATTERN=VALUE, e.g. '${example}')`);
-  if (target.startsWith("re:"))
-    try {
-      new RegExp(target.slice(3));
-    } catch (cause) {
-      throw new UsageError(`${option} "${v}": ${target} is not a valid regular expression (${(cause as Error).message})`, { cause });
-    }
+  validatePatterns([target], `${option} "${v}": pattern`);
   return [target, eq < 0 ? v : v.slice(eq + 1)];
 }
 
@@ -139,7 +134,7 @@ export function isUniform(recipe: Recipe): boolean {
 /** The recipe as moecal.json's `scheme` names it: the scheme, or each entry as PATTERNS=SCHEME (with :METHOD when entries differ in it). */
 export function recipeName(recipe: Recipe): string {
   if (isUniform(recipe)) return (recipe.entries[0] as RecipeEntry).scheme.name;
-  const mixed = new Set(recipe.entries.map((e) => e.method)).size > 1;
+  const mixed = recipeMethod(recipe) === "mixed";
   return recipe.entries.map((e) => `${e.targets.join(",")}=${e.scheme.name}${mixed ? `:${e.method}` : ""}`).join(" ");
 }
 

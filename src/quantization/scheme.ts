@@ -160,13 +160,13 @@ export function matchesAny(name: string, patterns: readonly string[]): boolean {
   return patterns.some((p) => matchName(name, p));
 }
 
-export function validatePatterns(patterns: readonly string[]): void {
+export function validatePatterns(patterns: readonly string[], what = "ignore pattern"): void {
   for (const p of patterns) {
     if (!p.startsWith("re:")) continue;
     try {
       new RegExp(p.slice(3));
     } catch (cause) {
-      throw new UsageError(`ignore pattern "${p}" is not a valid regular expression (${(cause as Error).message})`, { cause });
+      throw new UsageError(`${what} "${p}" is not a valid regular expression (${(cause as Error).message})`, { cause });
     }
   }
 }

@@ -14,6 +14,7 @@ import { UsageError } from "../../src/errors.js";
 const W4A16 = resolveScheme("W4A16");
 const W4A16_G8 = resolveScheme("W4A16", { groupSize: 8 });
 const FP8 = resolveScheme("FP8");
+const OPTS = { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" };
 
 /** 8 Linears [512, 1024] sharing one Hessian (4M weights: large enough for worker threads) and one [256, 256] with its own. */
 async function layer(): Promise<{ linears: Map<string, Linear>; hessians: Map<string, HessianStats> }> {
@@ -51,12 +52,7 @@ async function run(workers: string): Promise<{ results: QuantizedLinear[]; linea
       () => W4A16,
       () => "gptq",
       "BF16",
-      {
-        dampening: 0.01,
-        blockSize: 128,
-        warn: () => undefined,
-        layerLabel: "layer 1",
-      },
+      OPTS,
     );
     assert.deepEqual(fallbacks, []);
     return { results, linears };
@@ -106,7 +102,7 @@ test("a Hessian that is not positive definite after damping: round-to-nearest fo
     () => W4A16_G8,
     () => "gptq",
     "BF16",
-    { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
+    OPTS,
   );
   assert.deepEqual(fallbacks, [{ module: "experts.0.up_proj", reason: "cholesky-failed", action: "round-to-nearest" }]);
   const rtn = rtnQuantize(original, 4, n, resolveScheme("W4A16", { groupSize: 8 }).weights, "BF16", "x");
@@ -133,7 +129,7 @@ test("a static-activation Linear that saw no rows takes the largest input scale 
     () => FP8,
     () => "rtn",
     "F32",
-    { dampening: 0.01, blockSize: 128, warn: () => undefined, layerLabel: "layer 1" },
+    OPTS,
   );
   assert.deepEqual(fallbacks, [
     { module: "experts.1.up_proj", reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" },
@@ -156,12 +152,7 @@ test("a GPTQ job that fails on a worker reaches the caller as its typed error, w
         () => scheme,
         () => "gptq",
         "BF16",
-        {
-          dampening: 0.01,
-          blockSize: 128,
-          warn: () => undefined,
-          layerLabel: "layer 1",
-        },
+        OPTS,
       ),
       (e: unknown) => e instanceof UsageError && /group size 48 does not divide the input size 1024/.test(e.message),
     );
