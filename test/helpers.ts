@@ -147,3 +147,21 @@ export function filesDiffering(a: string, b: string): string[] {
   );
   return names.filter((f) => !fs.readFileSync(path.join(a, f)).equals(fs.readFileSync(path.join(b, f))));
 }
+
+/** Every file of a folder (subfolders too), by relative name, as bytes. */
+function folderFiles(dir: string): Map<string, Buffer> {
+  return new Map(
+    fs
+      .readdirSync(dir, { recursive: true, encoding: "utf8" })
+      .filter((f) => fs.statSync(path.join(dir, f)).isFile())
+      .map((f) => [f, fs.readFileSync(path.join(dir, f))]),
+  );
+}
+
+/** Two output folders hold the same files, byte for byte. */
+export function assertSameFiles(out: string, reference: string): void {
+  const want = folderFiles(reference);
+  const got = folderFiles(out);
+  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
+  for (const [f, bytes] of want) assert.ok(bytes.equals(got.get(f) as Buffer), `${f} differs`);
+}

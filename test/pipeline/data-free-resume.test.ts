@@ -11,7 +11,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ROOT } from "../helpers.js";
+import { ROOT, assertSameFiles } from "../helpers.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "data-free-child.js");
@@ -27,18 +27,6 @@ const lines = (stdout: unknown): Record<string, unknown>[] =>
     .split("\n")
     .filter(Boolean)
     .map((l) => JSON.parse(l) as Record<string, unknown>);
-
-/** Every file of a folder, by name, as bytes. */
-function files(dir: string): Map<string, Buffer> {
-  return new Map(fs.readdirSync(dir).map((f) => [f, fs.readFileSync(path.join(dir, f))]));
-}
-
-function assertSameFiles(out: string, reference: string): void {
-  const want = files(reference);
-  const got = files(out);
-  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
-  for (const [f, bytes] of want) assert.ok(bytes.equals(got.get(f) as Buffer), `${f} differs`);
-}
 
 const reference = path.join(tmp, "reference");
 

@@ -10,7 +10,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ROOT } from "../helpers.js";
+import { ROOT, assertSameFiles } from "../helpers.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import { WorkFolder } from "../../src/pipeline/work-folder.js";
 
@@ -25,16 +25,6 @@ const events = (stdout: string): { kind: string; layer: number }[] =>
     .split("\n")
     .filter(Boolean)
     .map((l) => JSON.parse(l) as { kind: string; layer: number });
-
-/** Every file of a folder, by relative name, as bytes. */
-function files(dir: string): Map<string, Buffer> {
-  return new Map(
-    fs
-      .readdirSync(dir, { recursive: true, encoding: "utf8" })
-      .filter((f) => fs.statSync(path.join(dir, f)).isFile())
-      .map((f) => [f, fs.readFileSync(path.join(dir, f))]),
-  );
-}
 
 const reference = path.join(tmp, "reference");
 
@@ -59,10 +49,7 @@ for (const [layer, stage, resumesAfter] of [
     const again = run([out]);
     assert.equal(again.status, 0, String(again.stderr));
     assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: resumesAfter });
-    const want = files(reference);
-    const got = files(out);
-    assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
-    for (const [f, bytes] of want) assert.ok(bytes.equals(got.get(f) as Buffer), `${f} differs`);
+    assertSameFiles(out, reference);
     assert.equal(fs.existsSync(workOf(out)), false, "work folder removed after success");
   });
 }
@@ -79,8 +66,7 @@ for (const family of ["qwen3_moe", "deepseek_v3-fp8", "qwen3_5_moe"]) {
     const again = run([out, "--model", model]);
     assert.equal(again.status, 0, String(again.stderr));
     assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
-    const want = files(whole);
-    for (const [f, bytes] of want) assert.ok(bytes.equals(files(out).get(f) as Buffer), `${f} differs`);
+    assertSameFiles(out, whole);
   });
 }
 
@@ -94,8 +80,7 @@ test("a recipe run (GPTQ NVFP4 experts, round-to-nearest FP8_BLOCK attention) ki
   const again = run([out, "--model", model, "--recipe", recipe]);
   assert.equal(again.status, 0, String(again.stderr));
   assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
-  const want = files(whole);
-  for (const [f, bytes] of want) assert.ok(bytes.equals(files(out).get(f) as Buffer), `${f} differs`);
+  assertSameFiles(out, whole);
 });
 
 test("files half-written when the process died (temporaries beside the state) do not change the resumed output", () => {
@@ -109,7 +94,7 @@ test("files half-written when the process died (temporaries beside the state) do
   const again = run([out]);
   assert.equal(again.status, 0, String(again.stderr));
   assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
-  for (const [f, bytes] of files(reference)) assert.ok(bytes.equals(files(out).get(f) as Buffer), `${f} differs`);
+  assertSameFiles(out, reference);
 });
 
 test("a rerun with other inputs refuses to resume and says what differs; --restart discards the old state", () => {
