@@ -66,14 +66,19 @@ export function newFastState(): FastState {
  * order, slot-major pairs).
  */
 export async function allExpertsFast(
-  flat: Tensor,
-  topScores: Tensor,
-  selected: Int32Array,
-  experts: readonly SwiGluExpert[],
+  s: {
+    flat: Tensor;
+    topScores: Tensor;
+    selectedExperts: Int32Array;
+    experts: readonly SwiGluExpert[];
+    first?: number;
+    fastState: FastState;
+  },
   plan: FastPlan,
-  state: FastState,
   routed: Tensor,
 ): Promise<void> {
+  const { flat, topScores, selectedExperts: selected, experts, fastState: state } = s;
+  const first = s.first ?? 0;
   const engine = getEngine();
   const [T, H] = [flat.dim(0), flat.dim(1)];
   const K = topScores.dim(1);
@@ -93,7 +98,7 @@ export async function allExpertsFast(
       for (const o of plan.gateUp[e] as FastPathObserver[]) if (o.routedWeight) o.shareRouted(r.gateUp);
       for (const o of plan.down[e] as FastPathObserver[]) if (o.routedWeight) o.shareRouted(r.down);
     }
-  const pairs = experts.map((_, e) => routedPairs(selected, T, K, e));
+  const pairs = experts.map((_, e) => routedPairs(selected, T, K, first + e));
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
   const act = new Float32Array(Im * chunk);
   const downGram = new Float32Array(Im * Im);

@@ -9,7 +9,7 @@
 import type { Tensor } from "../engine/tensor.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { Module } from "../nn/module.js";
-import { routeWeights, routedPairs } from "../nn/moe.js";
+import { routeWeights, routedOverride, routedPairs } from "../nn/moe.js";
 import { type FastState, type SwiGluExpert, allExpertsFast, fastPlan } from "./fast-path.js";
 import { withRowRouting } from "./expert-statistics.js";
 
@@ -21,22 +21,32 @@ export interface RoutedStep {
   /** [T, K] selected expert indices */
   selectedExperts: Int32Array;
   experts: readonly (SwiGluExpert & Module<Tensor, Tensor>)[];
+  /** the block's index of `experts[0]` (a group of a layer's experts; 0 for all of them) */
+  first?: number;
   calibrateAllExperts: boolean;
   fastPath: boolean;
   fastState: FastState;
 }
 
-/** Add every expert's weighted routed rows into `routed` [T, H], experts in order, pairs slot-major (the seed's order). */
+/** Add every expert's weighted routed rows into `routed` [T, H], experts in order, pairs slot-major (the seed's order), or run the override in force (nn/moe.ts). */
 export async function addRoutedExperts(s: RoutedStep, routed: Tensor): Promise<void> {
+  const o = routedOverride();
+  if (o) return o(s, routed);
+  await calibrateExperts(s, routed);
+}
+
+/** The routed step of calibration itself: the experts of `s` (a whole block's, or a group of them) on their tokens, statistics observed. */
+export async function calibrateExperts(s: RoutedStep, routed: Tensor): Promise<void> {
+  const first = s.first ?? 0;
   const T = s.flat.dim(0);
   const K = s.topScores.dim(1);
   const plan = s.calibrateAllExperts && s.fastPath ? fastPlan(s.experts) : null;
   if (plan) {
-    await allExpertsFast(s.flat, s.topScores, s.selectedExperts, s.experts, plan, s.fastState, routed);
+    await allExpertsFast(s, plan, routed);
     return;
   }
   for (const [e, expert] of s.experts.entries()) {
-    const { tokens, slots } = routedPairs(s.selectedExperts, T, K, e);
+    const { tokens, slots } = routedPairs(s.selectedExperts, T, K, first + e);
     const weights = routeWeights(s.topScores, tokens, slots);
     // observers of the expert's Linears learn which of its input rows are routed to it
     const out = s.calibrateAllExperts

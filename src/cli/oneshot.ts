@@ -28,6 +28,7 @@ interface OneshotCliOptions {
   overwrite?: boolean;
   restart?: boolean;
   maxMemory?: number;
+  expertGroupSize?: number;
   actorder?: string;
   quiet?: boolean;
   calibrate?: boolean;
@@ -91,6 +92,16 @@ function runOptions(cmd: Command): Command {
       "--workers <n>",
       "worker threads that quantize (data-free) or run GPTQ; 0 runs them on the main thread (default: one per core)",
       intOption("--workers", 0),
+    )
+    .option(
+      "--max-memory <size>",
+      "memory the run may use (bytes, or K/M/G/T; default: the available memory): an MoE layer larger than it runs in expert groups that fit; a run that cannot fit is refused before it starts",
+      sizeOption,
+    )
+    .option(
+      "--expert-group-size <n>",
+      "run each MoE layer's routed experts N at a time (default: the whole layer when it fits in --max-memory, else the largest group that does); the output is the same bytes",
+      intOption("--expert-group-size"),
     );
 }
 
@@ -104,11 +115,6 @@ export function registerOneshot(program: Command): void {
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")
     .option("--restart", "discard the finished layers an interrupted run to this output left, instead of resuming after them")
-    .option(
-      "--max-memory <size>",
-      "refuse to start when the plan's peak memory exceeds this (bytes, or K/M/G/T; default: the available memory)",
-      sizeOption,
-    )
     .option(
       "--max-shard-size <size>",
       "largest output shard (bytes, or K/M/G/T; at least 1M; default 2G); a data-free run resumes after its last finished shard",

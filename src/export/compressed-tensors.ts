@@ -63,10 +63,7 @@ export function quantizedLinearTensors(
     shape: scaleShape,
     bytes: encodeFloats(new Float32Array(scaleVals), scaleDType),
   };
-  const extra: NamedRaw[] =
-    inputScale === null
-      ? []
-      : [{ name: `${name}.input_scale`, dtype: scaleDType, shape: [1], bytes: encodeFloats(new Float32Array([inputScale]), scaleDType) }];
+  const extra: NamedRaw[] = inputScale === null ? [] : [inputScaleTensor(name, format, scaleDType, inputScale)];
   if (format === "pack-quantized") {
     const b = args.numBits;
     const packed = packRows(q.codes, out, inF, b);
@@ -99,8 +96,7 @@ function nvfp4Tensors(name: string, q: QuantizedWeight, inputGlobalScale: number
     { name: `${name}.weight_scale`, dtype: "F8_E4M3", shape: [out, params.groups], bytes: fp8Bytes(nv.groupScale) },
     { name: `${name}.weight_global_scale`, dtype: "F32", shape: [1], bytes: bytesOf(Float32Array.of(nv.globalScale[0] as number)) },
   ];
-  if (inputGlobalScale !== null)
-    tensors.push({ name: `${name}.input_global_scale`, dtype: "F32", shape: [1], bytes: bytesOf(Float32Array.of(inputGlobalScale)) });
+  if (inputGlobalScale !== null) tensors.push(inputScaleTensor(name, "nvfp4-pack-quantized", "F32", inputGlobalScale));
   return tensors;
 }
 
@@ -116,12 +112,13 @@ function blockTensors(name: string, q: QuantizedWeight, scaleDType: ScaleDType, 
     { name: `${name}.weight`, dtype: "F8_E4M3", shape: [out, inF], bytes: bytesOf(q.codes) },
     { name: `${name}.weight_scale`, dtype: scaleDType, shape: [rowBlocks, params.groups], bytes: encodeFloats(scales, scaleDType) },
   ];
-  if (inputScale !== null)
-    tensors.push({
-      name: `${name}.input_scale`,
-      dtype: scaleDType,
-      shape: [1],
-      bytes: encodeFloats(Float32Array.of(inputScale), scaleDType),
-    });
+  if (inputScale !== null) tensors.push(inputScaleTensor(name, "float-quantized", scaleDType, inputScale));
   return tensors;
+}
+
+/** A Linear's static input scale tensor: NVFP4's input global scale (F32), else FP8's or INT8's input scale (in the scale dtype). */
+export function inputScaleTensor(name: string, format: QuantFormat, scaleDType: ScaleDType, value: number): NamedRaw {
+  if (format === "nvfp4-pack-quantized")
+    return { name: `${name}.input_global_scale`, dtype: "F32", shape: [1], bytes: bytesOf(Float32Array.of(value)) };
+  return { name: `${name}.input_scale`, dtype: scaleDType, shape: [1], bytes: encodeFloats(Float32Array.of(value), scaleDType) };
 }

@@ -4,9 +4,9 @@
  * routing decisions of its router (the experts each token was sent to).
  */
 import { Tensor } from "../engine/tensor.js";
-import { softmaxRowInPlace, topkIndices } from "../engine/ops.js";
+import { gatherRows, indexAddWeighted, softmaxRowInPlace, topkIndices } from "../engine/ops.js";
 import type { Linear } from "./layers.js";
-import type { AnyModule } from "./module.js";
+import type { AnyModule, Module } from "./module.js";
 
 export interface MoeExpert {
   readonly gate: Linear;
@@ -78,4 +78,65 @@ export function softmaxTopK(logits: Tensor, K: number, normalize: boolean): Soft
     if (normalize) for (let k = 0; k < K; k++) top[t * K + k] = Math.fround((top[t * K + k] as number) / sum);
   }
   return { topScores: new Tensor(top, [T, K]), selectedExperts };
+}
+
+/** What an MoE block's routed step is given: its input tokens and the router's decisions. */
+export interface RoutedInput {
+  /** [T, H] the block's input tokens */
+  readonly flat: Tensor;
+  /** [T, K] combine weights of the selected experts */
+  readonly topScores: Tensor;
+  /** [T, K] selected expert indices */
+  readonly selectedExperts: Int32Array;
+}
+
+/**
+ * Replaces the routed-expert step of every MoE block called while it is set (served and
+ * calibration blocks alike): `routed` [T, H] arrives zero and holds the routed sum when it returns.
+ * The expert-group executor uses it to stream a block's input out and its routed sum back in.
+ */
+export type RoutedOverride = (input: RoutedInput, routed: Tensor) => Promise<void>;
+
+let override: RoutedOverride | null = null;
+
+/** Run `fn` with every MoE block's routed step replaced by `o`. */
+export async function withRoutedOverride<T>(o: RoutedOverride, fn: () => Promise<T>): Promise<T> {
+  const previous = override;
+  override = o;
+  try {
+    return await fn();
+  } finally {
+    override = previous;
+  }
+}
+
+/** The override in force, if any (calibration modules check it too). */
+export function routedOverride(): RoutedOverride | null {
+  return override;
+}
+
+/** The served routed step of a block: each expert on its routed tokens, or the override in force. */
+export async function addServedExperts(input: RoutedInput, experts: readonly Module<Tensor, Tensor>[], routed: Tensor): Promise<void> {
+  if (override) return override(input, routed);
+  await servedExperts(input, experts, 0, routed);
+}
+
+/**
+ * Experts `first`, `first + 1`, ... (the block's indices) each on its routed tokens, their weighted
+ * outputs added into `routed` in expert order (pairs slot-major): the one order of the routed sum,
+ * whether a layer runs whole or one expert group at a time.
+ */
+export async function servedExperts(
+  input: RoutedInput,
+  experts: readonly Module<Tensor, Tensor>[],
+  first: number,
+  routed: Tensor,
+): Promise<void> {
+  const T = input.flat.dim(0);
+  const K = input.topScores.dim(1);
+  for (const [i, expert] of experts.entries()) {
+    const { tokens, slots } = routedPairs(input.selectedExperts, T, K, first + i);
+    if (tokens.length === 0) continue;
+    indexAddWeighted(routed, tokens, await expert.call(gatherRows(input.flat, tokens)), routeWeights(input.topScores, tokens, slots));
+  }
 }

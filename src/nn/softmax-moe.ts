@@ -3,11 +3,10 @@
  * logits are softmaxed over all experts, the top K kept (renormalised to sum 1 where the family
  * says so), and the routed SwiGLU experts' outputs weighted by them. No shared expert.
  */
-import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import { Tensor } from "../engine/tensor.js";
 import { Linear } from "./layers.js";
 import { Module, ModuleList } from "./module.js";
-import { type MoeBlock, type MoeExpert, type MoeRouting, type SoftmaxRouting, routeWeights, routedPairs, softmaxTopK } from "./moe.js";
+import { type MoeBlock, type MoeExpert, type MoeRouting, type SoftmaxRouting, addServedExperts, softmaxTopK } from "./moe.js";
 
 export interface SoftmaxMoeShape {
   hidden: number;
@@ -61,12 +60,7 @@ export abstract class SoftmaxMoeBlock<X extends ExpertModule> extends SoftmaxMoe
 
   async forward(hidden: Tensor): Promise<Tensor> {
     const { flat, routing, routed } = await this.route(hidden);
-    const T = flat.dim(0);
-    for (const [e, expert] of this.experts.items().entries()) {
-      const { tokens, slots } = routedPairs(routing.selectedExperts, T, this.shape.topK, e);
-      if (tokens.length === 0) continue;
-      indexAddWeighted(routed, tokens, await expert.call(gatherRows(flat, tokens)), routeWeights(routing.topScores, tokens, slots));
-    }
+    await addServedExperts({ flat, ...routing }, this.experts.items(), routed);
     return routed.reshape(hidden.shape);
   }
 }

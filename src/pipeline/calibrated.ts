@@ -9,7 +9,6 @@ import { Tensor } from "../engine/tensor.js";
 import { asUsageError } from "../errors.js";
 import { sha256File } from "../io/hash.js";
 import { withMoeCalibration } from "../calibration/context.js";
-import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
 import {
   DEFAULT_STATISTICS,
   type ExpertStatisticsOptions,
@@ -17,22 +16,29 @@ import {
   parseExpertStatistics,
   parseRoutedWeight,
 } from "../calibration/expert-statistics.js";
-import { trackCoverage } from "../calibration/coverage.js";
+import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import type { NamedRaw } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
-import { Linear } from "../nn/layers.js";
 import { assertFinite } from "../nn/weights.js";
-import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
-import { type LayerTargets, gptqPoolSize, quantizeLayerLinears } from "./quantize-layer.js";
+import { gptqPoolSize, warnFallbacks } from "./quantize-layer.js";
 import { sharedGptqPool } from "../quantization/gptq-pool.js";
-import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
 import { recipeMethod, recipeName } from "../quantization/recipe.js";
 import { type OneshotReport, layerSummary } from "./report.js";
-import { assertComplete, largestLayerWork, seedForJson } from "./preflight.js";
+import { largestLayerWork, seedForJson } from "./preflight.js";
+import {
+  type LayerOutcome,
+  type LayerSteps,
+  type PartResult,
+  inLinearOrder,
+  layerOutputTensors,
+  observeAndQuantize,
+  quantizedTensors,
+} from "./layer-steps.js";
+import { groupedLayer } from "./expert-groups.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
-import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
+import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
 import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { plan } from "./plan.js";
 import { checkPlan, freeDiskBytes } from "./plan-report.js";
@@ -42,9 +48,7 @@ import type { OneshotResult } from "./oneshot.js";
 
 export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult> {
   const { opts, modelDir, datasetFile, methodOf, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
-  const { scaleDType, sharedGlobalScale } = run;
   const scheme = run.scheme;
-  const schemeOf = (n: string): Scheme => run.schemeOf(n) as Scheme;
   const method = recipeMethod(run.recipe);
   const byGptq = (n: string): boolean => isTarget(n) && methodOf(n) === "gptq";
   const dampening = run.recipe.gptq.dampening ?? opts.dampening ?? 0.01;
@@ -148,49 +152,50 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
           a = b;
         }
     };
+    const steps: LayerSteps = {
+      run,
+      statistics,
+      calibrateAllExperts,
+      fastPath: opts.fastPath ?? true,
+      gptq: { dampening, blockSize: run.recipe.gptq.blockSize ?? 128 },
+      samples: samples.length,
+      eachInput,
+    };
     for (let i = state.layer + 1; i < N; i++) {
-      await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
+      opts.onProgress?.({ kind: "layer", layer: i, layers: N });
+      const groupSize = thePlan.layers[i]?.expert_groups?.size ?? null;
+      if (groupSize !== null) {
+        const r = await groupedLayer(steps, { i, groupSize, work: layerWork, state, last: i === N - 1 });
+        finishLayer(i, r.part, r.coverage, r.tensors, r.next);
+        r.clean();
+      } else await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
     }
     async function quantizeLayer(i: number): Promise<void> {
       const layer = model.model.layers.at(i);
-      opts.onProgress?.({ kind: "layer", layer: i, layers: N });
       const prefix = `model.layers.${i}`;
-      const targets: LayerTargets = { linears: new Map(), hessians: new Map(), inputAbsMax: new Map(), sharedGlobalScale };
-      for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && isTarget(n)) targets.linears.set(n, m);
-      const gptqHere = [...targets.linears.keys()].some(byGptq);
-      const observers = gptqHere ? attachHessianObservers(layer, (n) => targets.linears.has(n) && byGptq(n), prefix, statistics) : null;
-      // static activation scales: the input of each Linear whose scheme has them
-      const staticInputs = new Map([...targets.linears].filter(([n]) => hasStaticActivationScales(schemeOf(n))));
-      const absMax = staticInputs.size > 0 ? attachInputAbsMax(staticInputs) : null;
       const tracker = trackCoverage(layer, prefix);
       opts.onProgress?.({ kind: "phase", layer: i, phase: "calibrate" });
+      let part: PartResult;
       try {
-        await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
-          await eachInput(i, async (h, done, tokens) => {
-            await l.call(h);
-            opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
-          });
-        });
+        part = await observeAndQuantize(
+          steps,
+          layer,
+          i,
+          () => true,
+          async () => {
+            await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
+              await eachInput(i, async (h, done, tokens) => {
+                await l.call(h);
+                opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
+              });
+            });
+            opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
+          },
+        );
       } finally {
         tracker.remove();
-        observers?.remove();
-        absMax?.remove();
       }
-      if (observers) {
-        targets.hessians = observers.stats;
-        for (const [n, st] of observers.stats) if (st.allTokenFallback) state.allTokenFallbacks.push(n);
-      }
-      if (absMax) targets.inputAbsMax = absMax.stats;
-      opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
-      const { results, fallbacks: fb } = await quantizeLayerLinears(targets, schemeOf, methodOf, scaleDType, {
-        dampening,
-        blockSize: run.recipe.gptq.blockSize ?? 128,
-        warn,
-        layerLabel: `layer ${i}`,
-        workers: opts.workers,
-      });
-      state.fallbacks.push(...fb);
-      targets.hessians.clear();
+      const { results, fallbacks, allTokenFallbacks } = inLinearOrder(layer, i, part);
       // the last layer's outputs feed only unquantized modules (norm, lm_head): no propagation needed
       const next = i < N - 1 ? layerWork.hiddenWriter(i) : null;
       if (next) {
@@ -208,29 +213,24 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
         }
       }
       opts.onProgress?.({ kind: "phase", layer: i, phase: "write" });
-      const quantizedByWeight = new Map(results.map((r) => [`${r.name}.weight`, r]));
-      const layerTensors: NamedRaw[] = [];
-      for (const [n] of layer.namedParameters(prefix)) {
-        const q = quantizedByWeight.get(n);
-        if (q) {
-          const tensors = quantizedLinearTensors(q.name, q.weight, schemeOf(q.name).format, scaleDType, q.inputScale);
-          assertComplete(
-            q.name,
-            tensors.map((t) => t.name),
-            schemeOf(q.name),
-          );
-          layerTensors.push(...tensors);
-        } else {
-          const src = mapping.sources.get(n) ?? n;
-          if (!layerTensors.some((t) => t.name === src)) layerTensors.push({ name: src, ...ck.readRaw(src) });
-        }
-      }
+      const byName = new Map(results.map((r) => [r.name, r]));
+      const layerTensors = layerOutputTensors(run, layer, i, (n) => {
+        const q = byName.get(n);
+        return q ? quantizedTensors(run, q) : null;
+      });
       const cov = tracker.coverage.layers[String(i)] ?? null;
+      finishLayer(i, { results, fallbacks, allTokenFallbacks }, cov, layerTensors, next);
+    }
+    /** Record a finished layer in the state and the work folder. */
+    function finishLayer(i: number, part: LayerOutcome, cov: LayerCoverage | null, tensors: NamedRaw[], next: HiddenWriter | null): void {
+      warnFallbacks(warn, `layer ${i}`, part.fallbacks);
+      state.fallbacks.push(...part.fallbacks);
+      state.allTokenFallbacks.push(...part.allTokenFallbacks);
       if (cov) state.coverage[String(i)] = cov;
-      const summary = layerSummary(i, cov, results, fb);
+      const summary = layerSummary(i, cov, part.results, part.fallbacks);
       state.layers.push(summary);
       state.layer = i;
-      layerWork.saveLayer(state, layerTensors, next, opts.onCheckpoint && ((stage) => opts.onCheckpoint?.(stage, i)));
+      layerWork.saveLayer(state, tensors, next, opts.onCheckpoint && ((stage) => opts.onCheckpoint?.(stage, i)));
       opts.onProgress?.({ kind: "layer-done", layer: i, summary });
     }
     // the output, assembled from the finished layers in one order whether or not the run was resumed

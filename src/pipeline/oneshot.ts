@@ -48,8 +48,13 @@ export interface OneshotOptions {
   onProgress?: (e: ProgressEvent) => void;
   /** discard the work folder of an earlier run to this output instead of resuming it */
   restart?: boolean;
-  /** refuse to start when the plan's peak memory exceeds this many bytes (default: the machine's available memory) */
+  /**
+   * bytes the run may use (default: the machine's available memory): an MoE layer whose plan exceeds
+   * it runs in the largest expert groups that fit; a run that cannot fit is refused before it starts
+   */
   maxMemory?: number;
+  /** run each MoE layer's routed experts this many at a time (default: whole layers when they fit in maxMemory); the same bytes either way */
+  expertGroupSize?: number;
   /** called inside each layer's checkpoint (tests stop the process there) */
   onCheckpoint?: (stage: CheckpointStage, layer: number) => void;
   warn?: (message: string) => void;
@@ -69,7 +74,11 @@ export type ProgressEvent =
   /** `tokens`: tokens of the samples done so far in this phase */
   | { kind: "samples"; layer: number; phase: "calibrate" | "propagate"; done: number; total: number; tokens: number }
   | { kind: "layer-done"; layer: number; summary: LayerReport }
+  /** a group of routed experts, [first, end), starts (a layer larger than memory) */
+  | { kind: "expert-group"; layer: number; group: number; groups: number; first: number; end: number }
   | { kind: "resume"; layer: number; layers: number; folder: string }
+  /** layer `layer` resumes after `done` of its `groups` expert groups */
+  | { kind: "resume-groups"; layer: number; done: number; groups: number }
   /** data-free: resuming after output shards an earlier run finished */
   | { kind: "resume-shards"; shards: number; folder: string }
   /** data-free: source bytes of the tensors written so far (`resumed` of them by an earlier run), of `total` */

@@ -51,6 +51,7 @@ export const ONESHOT_OPTIONS = z.strictObject({
   onProgress: callback.optional(),
   restart: flag.optional(),
   maxMemory: z.number().int().positive().optional(),
+  expertGroupSize: count.optional(),
   onCheckpoint: callback.optional(),
   warn: callback.optional(),
   calibrate: flag.optional(),

@@ -104,6 +104,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
       write_bytes: write,
       memory,
       peak_memory_bytes: peak,
+      expert_groups: null,
       flops: { calibrate: 0, propagate: 0, gptq: 0 },
       seconds,
     });

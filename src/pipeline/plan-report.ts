@@ -25,7 +25,11 @@ export function planSummary(p: Plan): string {
   const df = p.data_free;
   if (df)
     return `plan (data-free, ${df.workers} worker thread(s)): peak memory ${size(p.peak_memory_bytes)} (a job's weights per worker and one ahead: ${size((df.workers + 1) * df.job_bytes)}; flat in the model's size), disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${size(df.source_bytes)} of source weights, ${p.layers.length} layers)`;
-  return `plan: peak memory ${size(p.peak_memory_bytes)}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
+  const grouped = p.layers.filter((l) => l.expert_groups);
+  const groups = grouped.length
+    ? `, ${grouped.length} MoE layer(s) in groups of ${[...new Set(grouped.map((l) => l.expert_groups?.size))].join("/")} experts (whole: ${size(Math.max(...grouped.map((l) => l.expert_groups?.whole_peak_memory_bytes ?? 0)))})`
+    : "";
+  return `plan: peak memory ${size(p.peak_memory_bytes)}${groups}, disk ${size(p.disk_bytes)} (output ${size(p.disk.output)}, resume state ${size(p.disk.resume_state)}, shard assembly ${size(p.disk.shard_assembly)}), about ${time(p.seconds)} (${p.layers.length} layers, ${p.tokens} tokens, engine ${p.gemm_gflops.toFixed(0)} GFLOP/s)`;
 }
 
 /** The plan per layer and in total, as text. */
@@ -46,11 +50,13 @@ export function formatPlan(p: Plan): string {
     `${p.model}: ${p.scheme} ${p.method}, ${p.samples} samples / ${p.tokens} tokens`,
     "layer  kind   read       write      peak memory  (hidden states, Hessians, GPTQ)   GFLOP calib / propagate / GPTQ   time",
   ];
+  if (p.layers.some((l) => l.expert_groups))
+    lines.splice(1, 0, "(moe/N: the layer's routed experts run N at a time, to fit in --max-memory or as --expert-group-size asks)");
   for (const l of p.layers) {
     const m = l.memory;
     const g = (f: number): string => (f / 1e9).toFixed(1);
     lines.push(
-      `${String(l.layer).padStart(5)}  ${(l.moe ? "moe" : "dense").padEnd(5)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  (${size(m.hidden_states)}, ${size(m.hessians)}, ${size(m.gptq + m.workers)})  ${g(l.flops.calibrate)} / ${g(l.flops.propagate)} / ${g(l.flops.gptq)}  ${time(l.seconds)}`,
+      `${String(l.layer).padStart(5)}  ${(l.moe ? (l.expert_groups ? `moe/${l.expert_groups.size}` : "moe") : "dense").padEnd(5)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  (${size(m.hidden_states)}, ${size(m.hessians)}, ${size(m.gptq + m.workers)})  ${g(l.flops.calibrate)} / ${g(l.flops.propagate)} / ${g(l.flops.gptq)}  ${time(l.seconds)}`,
     );
   }
   lines.push(planSummary(p));
@@ -60,11 +66,11 @@ export function formatPlan(p: Plan): string {
 const SHRINKS: Record<keyof LayerPlan["memory"], string> = {
   outputs: "no option (one layer's quantized tensors must fit in memory)",
   hidden_states: "fewer --num-samples or a shorter --max-seq-length",
-  hessians: "--method rtn (no Hessians)",
+  hessians: "--method rtn (no Hessians), or a smaller --expert-group-size in an MoE layer",
   gptq: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS) or --method rtn",
   workers: "fewer GPTQ worker threads (MOECAL_GPTQ_WORKERS)",
   activations: "a shorter --max-seq-length",
-  parameters: "no option (one layer's weights must fit in memory)",
+  parameters: "a smaller --expert-group-size in an MoE layer (one layer's other weights must fit in memory)",
   retained: "no option (the previous layer's weights stay until the garbage collector frees them)",
 };
 

@@ -16,7 +16,8 @@ import { loadTokenizer } from "../io/tokenizer.js";
 import { readModelConfig } from "../models/registry.js";
 import { Linear } from "../nn/layers.js";
 import { asTokenMixer } from "../nn/attention.js";
-import { asMoeBlock } from "../nn/moe.js";
+import { type MoeExpert, asMoeBlock } from "../nn/moe.js";
+import type { AnyModule } from "../nn/module.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../paths.js";
 import { type Scheme, hasStaticActivationScales } from "../quantization/scheme.js";
 import { recipeMethod, recipeName } from "../quantization/recipe.js";
@@ -30,6 +31,8 @@ import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
 import { type OpenedForPlan, dataFreePlan } from "./plan-data-free.js";
 import type { Method } from "../quantization/recipe.js";
+import { type ExpertGroups, type PerExpert, planExpertGroups } from "./plan-groups.js";
+import { availableMemory } from "../util/memory.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
 export function needsData(method: Method, scheme: Scheme): boolean {
@@ -75,6 +78,8 @@ export interface LayerPlan {
     retained: number;
   };
   peak_memory_bytes: number;
+  /** an MoE layer run in groups of routed experts (the memory above is the grouped run's); null: run whole */
+  expert_groups: ExpertGroups | null;
   flops: { calibrate: number; propagate: number; gptq: number };
   seconds: number;
 }
@@ -221,6 +226,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const pieceBuffer = Math.min(PIECE_BYTES, Math.max(0, ...copied));
   /** the previous layer's weights: unloaded, but freed only when the garbage collector runs */
   let previousWeights = 0;
+  let groupedDisk = 0;
   for (let i = 0; i < config.numHiddenLayers; i++) {
     const prefix = `model.layers.${i}`;
     const layer = model.getSubmodule(prefix);
@@ -255,6 +261,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       }
     }
     let activations = 0;
+    let perExpert: PerExpert | null = null;
     if (block) {
       const E = block.numRoutedExperts;
       const ex = block.routedExperts()[0];
@@ -270,6 +277,10 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + gateUpPreps * H ** 3;
         hessians += 4 * (gateUpPreps * H * H + E * Im * Im) * (routerAware ? 2 : 1);
       }
+      perExpert = expertMemory(layer, prefix, ex, gateName !== undefined && isTarget(gateName), (m, p) =>
+        layerBytes(m, p, ck, schemeOf, scaleDtype),
+      );
+      if (expertTarget) perExpert.hessians = 4 * ((allExperts && !routerAware ? 0 : H * H) + Im * Im) * (routerAware ? 2 : 1);
       propagate += 2 * T * K * 3 * H * Im;
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
@@ -304,23 +315,35 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       (last ? 0 : PLAN_MODEL.secondsPerSample.propagate * samples.length + propagate / (rate * e.propagate)) +
       gptq / (rate * e.gptq * Math.max(1, Math.min(workers, gptqWorkerCount()))) +
       (3 * write) / PLAN_MODEL.ioBytesPerSecond;
-    layers.push({
+    const lp: LayerPlan = {
       layer: i,
       moe: block !== null,
       read_bytes: read,
       write_bytes: write,
       memory,
       peak_memory_bytes: peak,
+      expert_groups: null,
       flops: { calibrate, propagate: i < config.numHiddenLayers - 1 ? propagate : 0, gptq },
       seconds,
-    });
+    };
+    if (block && perExpert) {
+      // the streamed calls a group reads (input and routing, a routed sum) and writes, a batch at a time
+      const stream = 4 * 3 * batch * (H + 2 * K);
+      planExpertGroups(lp, block.numRoutedExperts, perExpert, stream, {
+        maxMemory: opts.maxMemory ?? availableMemory(),
+        ...(opts.expertGroupSize === undefined ? {} : { expertGroupSize: opts.expertGroupSize }),
+      });
+      // on disk: both streams of calls, two routed sums, and the group files beside the layer's
+      if (lp.expert_groups) groupedDisk = Math.max(groupedDisk, 8 * T * (H + 2 * K) + 8 * T * H + write);
+    }
+    layers.push(lp);
     output += write;
     maxLayerFile += write;
   }
   // the tensors copied unchanged
   output += copied.reduce((a, b) => a + b, 0);
   // every layer's file, and the hidden states a layer reads and writes (two at a time)
-  const resumeState = maxLayerFile + 2 * 4 * T * H;
+  const resumeState = maxLayerFile + 2 * 4 * T * H + groupedDisk;
   const largestLayerFile = Math.max(0, ...layers.map((l) => l.write_bytes));
   const phases = {
     embed: (4 + 4 + 4 + 4) * maxS * H,
@@ -352,4 +375,19 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
  */
 export function processBaseline(): number {
   return Math.max(PLAN_MODEL.baselineBytes, process.memoryUsage().rss + PLAN_MODEL.runtimeBytes);
+}
+
+/** What one routed expert (the first; all are alike) adds to its layer's memory: its weights as read and in float32, its codes when quantized. */
+function expertMemory(
+  layer: AnyModule,
+  prefix: string,
+  expert: MoeExpert | undefined,
+  quantized: boolean,
+  bytes: (module: AnyModule, prefix: string) => { read: number; params: number },
+): PerExpert {
+  const name = expert ? layer.namedModules(prefix).find(([, m]) => (m as unknown) === expert)?.[0] : undefined;
+  if (!expert || name === undefined) return { parameters: 0, hessians: 0, outputs: 0 };
+  const { read, params } = bytes(expert as unknown as AnyModule, name);
+  const codes = [expert.gate, expert.up, expert.down].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
+  return { parameters: params + read, hessians: 0, outputs: quantized ? codes : 0 };
 }

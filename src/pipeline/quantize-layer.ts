@@ -94,14 +94,14 @@ function sliceResult(r: GptqResult, rowStart: number, rows: number): Quantized {
  * Cholesky and are quantized stacked, GPTQ_STACK_ROWS rows at a time (rows are independent
  * given the Hessian). A Linear that saw no calibration rows falls back to round-to-nearest
  * (GPTQ) or to its siblings' largest input scale (static activations); every fallback is
- * returned, and warned once per layer.
+ * returned (and warned, when `warn` is given).
  */
 export async function quantizeLayerLinears(
   t: LayerTargets,
   schemeOf: (linear: string) => Scheme,
   methodOf: (linear: string) => Method,
   scaleDType: ScaleDType,
-  opts: { dampening: number; blockSize: number; warn: (msg: string) => void; layerLabel: string; workers?: number },
+  opts: { dampening: number; blockSize: number; warn?: (msg: string) => void; layerLabel: string; workers?: number },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
@@ -246,35 +246,44 @@ export async function quantizeLayerLinears(
     await closeSharedGptqPool(); // jobs may still run there; the next layer starts a fresh pool
     throw failure.error;
   }
-  const siblingMax = Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
+  const siblingMax = siblingAbsMax(t);
   const results: QuantizedLinear[] = [];
   for (const [name, lin] of t.linears) {
     const q = done.get(name) ?? rtn(name, lin);
     const rows = t.hessians.get(name)?.rows ?? t.inputAbsMax.get(name)?.rows ?? 0;
     let inputScale: number | null = null;
-    const ia = schemeOf(name).inputActivations;
-    if (hasStaticActivationScales(schemeOf(name)) && ia) {
+    if (hasStaticActivationScales(schemeOf(name))) {
       const a = t.inputAbsMax.get(name);
-      let absmax = a && a.rows > 0 ? a.absmax : siblingMax;
       if (!a || a.rows === 0)
         fallbacks.push({ module: name, reason: "no-activation-rows", action: "largest input scale of the layer's other Linears" });
-      if (isNvfp4(ia)) inputScale = nvfp4GlobalScale(absmax, scaleDType);
-      else {
-        if (!(absmax > 0)) absmax = 1;
-        inputScale = roundScale(Math.fround(absmax / FP8_E4M3_MAX), scaleDType);
-      }
+      inputScale = staticInputScale(schemeOf(name), a && a.rows > 0 ? a.absmax : siblingMax, scaleDType);
     }
     assertValidQParams(q.weight, `${opts.layerLabel}: ${name}`);
     lin.parameter("weight").value = new Tensor(q.dequantized ?? dequantize(q.weight), [lin.outFeatures, lin.inFeatures]);
     results.push({ name, weight: q.weight, inputScale, loss: q.loss, rows });
   }
-  if (fallbacks.length > 0) {
-    const names = [...new Set(fallbacks.map((f) => f.module))];
-    opts.warn(
-      `${opts.layerLabel}: ${names.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`,
-    );
-  }
+  if (opts.warn) warnFallbacks(opts.warn, opts.layerLabel, fallbacks);
   return { results, fallbacks };
+}
+
+/** One warning naming the Linears of a layer that fell back (none: no warning). */
+export function warnFallbacks(warn: (msg: string) => void, layerLabel: string, fallbacks: readonly Fallback[]): void {
+  if (fallbacks.length === 0) return;
+  const names = [...new Set(fallbacks.map((f) => f.module))];
+  warn(
+    `${layerLabel}: ${names.length} Linear layer(s) saw no calibration rows or failed GPTQ and fell back: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`,
+  );
+}
+
+/** The static input scale (FP8, INT8) or input global scale (NVFP4) of a Linear whose inputs reached `absmax`. */
+export function staticInputScale(scheme: Scheme, absmax: number, scaleDType: ScaleDType): number {
+  if (scheme.inputActivations && isNvfp4(scheme.inputActivations)) return nvfp4GlobalScale(absmax, scaleDType);
+  return roundScale(Math.fround((absmax > 0 ? absmax : 1) / FP8_E4M3_MAX), scaleDType);
+}
+
+/** The largest input magnitude over the Linears of `t` that saw rows (0: none did): a Linear that saw none takes it. */
+export function siblingAbsMax(t: Pick<LayerTargets, "inputAbsMax">): number {
+  return Math.max(0, ...[...t.inputAbsMax.values()].filter((v) => v.rows > 0).map((v) => v.absmax));
 }
 
 /**

@@ -65,7 +65,12 @@ function median(xs: number[]): number {
   return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 }
 
-export function layerSummary(layer: number, cov: LayerCoverage | null, results: QuantizedLinear[], fallbacks: Fallback[]): LayerReport {
+export function layerSummary(
+  layer: number,
+  cov: LayerCoverage | null,
+  results: readonly Pick<QuantizedLinear, "loss">[],
+  fallbacks: Fallback[],
+): LayerReport {
   return {
     layer,
     min_routed: cov ? Math.min(...cov.routed) : null,

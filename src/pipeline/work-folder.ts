@@ -20,8 +20,11 @@ import { type WorkManifest, type WorkState, differences, shapeProblem, stateProb
 
 export type { WorkManifest, WorkState } from "./work-manifest.js";
 
-/** Points inside a layer's checkpoint (calibrated), or after an output shard's file and its record (data-free), for tests that stop the process there. */
-export type CheckpointStage = "tensors" | "hidden" | "state" | "shard-file" | "shard";
+/**
+ * Points inside a layer's checkpoint (calibrated), inside an expert group's (its tensors, its routed
+ * sums, its state), or after an output shard's file and its record (data-free), for tests that stop the process there.
+ */
+export type CheckpointStage = "tensors" | "hidden" | "state" | "group-tensors" | "group-sums" | "group" | "shard-file" | "shard";
 
 /** Calibration samples are read back from the work folder in groups of at most this many tokens (their memory: 4 H bytes per token). */
 export const HIDDEN_CHUNK_TOKENS = 65536;
@@ -369,6 +372,11 @@ export class WorkFolder {
     writeAtomic(path.join(this.dir, STATE), [Buffer.from(JSON.stringify(state))]);
     stop?.("state");
     fs.rmSync(this.hiddenFile(i - 1), { force: true });
+  }
+
+  /** Save the state as it is (inside a layer run in expert groups: what makes the folder one a rerun resumes from). */
+  saveState(state: WorkState): void {
+    writeAtomic(path.join(this.dir, STATE), [Buffer.from(JSON.stringify(state))]);
   }
 
   /** The quantized and copied tensors of layer `i`, in the order they were recorded. */

@@ -132,9 +132,10 @@ const quick = (out: string, extra: string[] = []): string[] => [
 
 test("a second run to an output another run is writing is refused while the first runs; the lock goes with the first", async () => {
   const out = path.join(tmp, "out-locked");
+  // long enough that it still runs when the second starts, on a loaded machine too (it is stopped below)
   const first = spawn(
     process.execPath,
-    [cli, "oneshot", "--model", model, "--method", "rtn", "--calibrate", "--num-samples", "4", "--max-seq-length", "32", "--output", out],
+    [cli, "oneshot", "--model", model, "--method", "rtn", "--calibrate", "--num-samples", "64", "--max-seq-length", "128", "--output", out],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";

@@ -4,11 +4,11 @@
  */
 import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
-import { add, gatherRows, indexAddWeighted, rmsNorm, sigmoidScalar, softmaxRowInPlace, topkIndices } from "../../engine/ops.js";
+import { add, rmsNorm, sigmoidScalar, softmaxRowInPlace, topkIndices } from "../../engine/ops.js";
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
-import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
+import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
 import { causalAttention, toHeads } from "../../nn/attention.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
@@ -142,15 +142,8 @@ export class AfmoeMoE extends AfmoeMoEBlock {
   }
 
   async forward(hidden: Tensor): Promise<Tensor> {
-    const K = this.config.numExpertsPerTok;
-    const { flat, T, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
-    const experts = this.experts.items();
-    for (let e = 0; e < experts.length; e++) {
-      const { tokens, slots } = routedPairs(selectedExperts, T, K, e);
-      if (tokens.length === 0) continue;
-      const out = await (experts[e] as AfmoeMLP).call(gatherRows(flat, tokens));
-      indexAddWeighted(routed, tokens, out, routeWeights(topScores, tokens, slots));
-    }
+    const { flat, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
+    await addServedExperts({ flat, topScores, selectedExperts }, this.experts.items(), routed);
     return add(shared, routed).reshape(hidden.shape);
   }
 }

@@ -3,13 +3,13 @@
  * (sigmoid scores, a selection-only correction bias, group-limited top-k, routed_scaling_factor,
  * shared experts) and partial-RoPE attention. Exact semantics: transformers' modeling_glm4_moe.py.
  */
-import { add, gatherRows, indexAddWeighted, sigmoidScalar } from "../../engine/ops.js";
+import { add, sigmoidScalar } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
 import { Linear } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module, ModuleList } from "../../nn/module.js";
-import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
+import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
 import type { Glm4MoeBlockConfig, Glm4MoeConfig } from "./config.js";
 import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal-lm.js";
 
@@ -141,12 +141,7 @@ export class Glm4MoeMoE extends Glm4MoeBlockBase {
 
   async forward(hidden: Tensor): Promise<Tensor> {
     const { flat, routing, shared, routed } = await this.routeAndShare(hidden);
-    const T = flat.dim(0);
-    for (const [e, expert] of this.experts.items().entries()) {
-      const { tokens, slots } = routedPairs(routing.selectedExperts, T, this.config.numExpertsPerTok, e);
-      if (tokens.length === 0) continue;
-      indexAddWeighted(routed, tokens, await expert.call(gatherRows(flat, tokens)), routeWeights(routing.topScores, tokens, slots));
-    }
+    await addServedExperts({ flat, topScores: routing.topScores, selectedExperts: routing.selectedExperts }, this.experts.items(), routed);
     return add(routed, shared).reshape(hidden.shape);
   }
 }

@@ -4,12 +4,12 @@
  * (`block_sparse_moe`, Mixtral's expert names w1 / w3 / w2) routed by sigmoid scores with a
  * selection-only correction bias, always renormalised. Exact semantics: ../shared/spec/minimax_m2.md.
  */
-import { gatherRows, indexAddWeighted, sigmoidScalar, topkIndices } from "../../engine/ops.js";
+import { sigmoidScalar, topkIndices } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
 import { Linear } from "../../nn/layers.js";
 import { Module, ModuleList } from "../../nn/module.js";
-import { type MoeBlock, type MoeRouting, routeWeights, routedPairs } from "../../nn/moe.js";
+import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
 import { DecoderForCausalLM, DecoderModel, PreNormDecoderLayer } from "../causal-lm.js";
 import { MixtralBlockSparseTop2MLP } from "../mixtral/modeling.js";
 import type { MiniMaxM2Config } from "./config.js";
@@ -92,12 +92,7 @@ export class MiniMaxM2SparseMoeBlock extends MiniMaxM2BlockBase {
 
   async forward(hidden: Tensor): Promise<Tensor> {
     const { flat, routing, routed } = await this.routeInput(hidden);
-    const T = flat.dim(0);
-    for (const [e, expert] of this.experts.items().entries()) {
-      const { tokens, slots } = routedPairs(routing.selectedExperts, T, this.config.numExpertsPerTok, e);
-      if (tokens.length === 0) continue;
-      indexAddWeighted(routed, tokens, await expert.call(gatherRows(flat, tokens)), routeWeights(routing.topScores, tokens, slots));
-    }
+    await addServedExperts({ flat, topScores: routing.topScores, selectedExperts: routing.selectedExperts }, this.experts.items(), routed);
     return routed.reshape(hidden.shape);
   }
 }

@@ -1,0 +1,359 @@
+/**
+ * An MoE layer larger than memory, run one group of routed experts at a time.
+ *
+ * 1. The non-expert part: one pass over the calibration inputs with only the layer's other weights
+ *    loaded observes them (attention, router, shared experts) while the MoE block's input and
+ *    routing stream to the work folder (its routed step overridden: nn/moe.ts); they are quantized.
+ * 2. A second pass, through the quantized non-expert part, streams the block's input and routing
+ *    as propagation sees them.
+ * 3. Per group of experts: its weights loaded; the streamed calibration calls replayed through the
+ *    group (the same calls, chunks and code as the whole layer: calibrateExperts) for its
+ *    statistics; the group quantized and its tensors written; its routed outputs, from the quantized
+ *    weights, added to the routed sums of the groups before it (experts in order: servedExperts);
+ *    state saved; weights freed. A killed run resumes after the last saved group.
+ * 4. A last pass runs the layer with each call's routed sum read back, for the next layer's input.
+ *
+ * Every statistic and sum is taken in the whole layer's order, so the output is byte-identical to
+ * the layer run whole (test/pipeline/expert-groups.test.ts).
+ */
+import fs from "node:fs";
+import { Tensor } from "../engine/tensor.js";
+import { CheckpointFormatError } from "../errors.js";
+import { withMoeCalibration } from "../calibration/context.js";
+import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
+import { newFastState } from "../calibration/fast-path.js";
+import { calibrateExperts } from "../calibration/routed-experts.js";
+import { SafetensorsFile } from "../io/safetensors.js";
+import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
+import type { DecoderLayer } from "../models/family.js";
+import { type RoutedInput, asMoeBlock, servedExperts, withRoutedOverride } from "../nn/moe.js";
+import type { Module } from "../nn/module.js";
+import type { SwiGluExpert } from "../calibration/fast-path.js";
+import { assertFinite, loadParameters, unloadParameters } from "../nn/weights.js";
+import { checkStop } from "../util/interrupt.js";
+import {
+  type LayerOutcome,
+  type LayerSteps,
+  type PartResult,
+  inLinearOrder,
+  layerOutputTensors,
+  observeAndQuantize,
+  quantizedTensors,
+  schemeOfTarget,
+} from "./layer-steps.js";
+import { staticInputScale } from "./quantize-layer.js";
+import { inputScaleTensor } from "../export/compressed-tensors.js";
+import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
+import { type GroupState, readGroupState, writeGroupState } from "./group-state.js";
+import { type CheckpointStage, type HiddenWriter, type WorkFolder, type WorkState, openPrivate, writeAtomic } from "./work-folder.js";
+
+type Expert = SwiGluExpert & Module<Tensor, Tensor>;
+
+/** The layer's MoE block: its experts in order, the module name of each, and each expert parameter's expert. */
+function moeOf(
+  layer: DecoderLayer,
+  prefix: string,
+): { experts: Expert[]; expertOf: Map<string, number>; linearExpert: Map<string, number> } {
+  const found = layer.namedModules(prefix).find(([, m]) => asMoeBlock(m) !== null);
+  const block = found ? asMoeBlock(found[1]) : null;
+  if (!block) throw new CheckpointFormatError(`${prefix} has no MoE block to run in expert groups`);
+  const experts = block.routedExperts() as Expert[];
+  const index = new Map<unknown, number>(experts.map((e, k) => [e, k]));
+  const expertOf = new Map<string, number>();
+  const linearExpert = new Map<string, number>();
+  for (const [n, m] of layer.namedModules(prefix)) {
+    const e = index.get(m);
+    if (e === undefined) continue;
+    for (const [p] of m.namedParameters(n)) expertOf.set(p, e);
+    for (const [l] of m.namedModules(n)) if (l !== n) linearExpert.set(l, e);
+  }
+  return { experts, expertOf, linearExpert };
+}
+
+export interface GroupedLayerResult {
+  part: LayerOutcome;
+  coverage: LayerCoverage | null;
+  tensors: NamedRaw[];
+  next: HiddenWriter | null;
+  /** remove the layer's group files (after the layer is saved) */
+  clean(): void;
+}
+
+/** Run layer `i` in groups of `groupSize` experts (a resumed layer keeps the group size it started with). */
+export async function groupedLayer(
+  steps: LayerSteps,
+  job: { i: number; groupSize: number; work: WorkFolder; state: WorkState; last: boolean },
+): Promise<GroupedLayerResult> {
+  const { run } = steps;
+  const { i, work } = job;
+  const prefix = `model.layers.${i}`;
+  const layer = run.model.model.layers.at(i);
+  const { experts, expertOf, linearExpert } = moeOf(layer, prefix);
+  const files = groupFiles(work.dir, i);
+  const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
+  const progress = run.opts.onProgress;
+  const E = experts.length;
+  const gs: GroupState = readGroupState(files, i, E, job.last) ?? {
+    layer: i,
+    group_size: Math.min(job.groupSize, E),
+    done: 0,
+    seen: new Array<number>(E).fill(0),
+    results: [],
+    fallbacks: [],
+    all_token_fallbacks: [],
+    absmax: 0,
+  };
+  const size = gs.group_size;
+  const groups = Math.ceil(E / size);
+  if (gs.done > 0) progress?.({ kind: "resume-groups", layer: i, done: gs.done, groups });
+  const stop = (stage: CheckpointStage): void => run.opts.onCheckpoint?.(stage, i);
+  loadParameters(run.model, run.source, run.mapping, (n) => inLayer(n) && !expertOf.has(n));
+  try {
+    // 1. the non-expert part, observed and quantized; the block's calibration calls streamed
+    progress?.({ kind: "phase", layer: i, phase: "calibrate" });
+    const tracker = trackCoverage(layer, prefix);
+    let nonExpert: PartResult;
+    try {
+      nonExpert = await observeAndQuantize(
+        steps,
+        layer,
+        i,
+        (n) => !linearExpert.has(n),
+        () => streamCalls(steps, layer, i, files.calibrate, true),
+      );
+    } finally {
+      tracker.remove();
+    }
+    const routed = tracker.coverage.layers[String(i)]?.routed ?? null;
+    // 2. the block's calls as propagation sees them (not needed after the last layer)
+    if (!job.last) {
+      progress?.({ kind: "phase", layer: i, phase: "propagate" });
+      await streamCalls(steps, layer, i, files.propagate, false);
+    }
+    // 3. the groups not done yet
+    for (let g = gs.done; g < groups; g++) {
+      const [a, b] = [g * size, Math.min(E, (g + 1) * size)];
+      progress?.({ kind: "expert-group", layer: i, group: g, groups, first: a, end: b });
+      await runGroup(steps, { i, layer, experts, expertOf, linearExpert, files, gs, a, b, last: job.last, stop });
+      gs.done = g + 1;
+      writeGroupState(files, gs);
+      // a state.json beside the group state makes the folder one a rerun resumes from
+      work.saveState(job.state);
+      stop("group");
+      if (g > 0) fs.rmSync(files.routed(g), { force: true });
+    }
+    // 4. the layer's output, each call's routed sum read back
+    let next: HiddenWriter | null = null;
+    if (!job.last) {
+      progress?.({ kind: "phase", layer: i, phase: "propagate" });
+      next = work.hiddenWriter(i);
+      try {
+        await finalPass(steps, layer, i, files.routed(groups), next);
+      } catch (e) {
+        next.abandon();
+        throw e;
+      }
+    }
+    progress?.({ kind: "phase", layer: i, phase: "write" });
+    const tensors = assembleLayer(steps, layer, i, nonExpert, gs, files);
+    const part = inLinearOrder(layer, i, {
+      results: [...nonExpert.results, ...gs.results],
+      fallbacks: [...nonExpert.fallbacks, ...gs.fallbacks],
+      allTokenFallbacks: [...nonExpert.allTokenFallbacks, ...gs.all_token_fallbacks],
+    });
+    return {
+      part,
+      coverage: routed ? { routed, seen: gs.seen } : null,
+      tensors,
+      next,
+      clean: () => {
+        for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state]) fs.rmSync(f, { force: true });
+        for (let g = 0; g < groups; g++) fs.rmSync(files.tensors(g), { force: true });
+      },
+    };
+  } finally {
+    unloadParameters(run.model, inLayer);
+  }
+}
+
+/** One pass over the layer's inputs with the MoE block's routed step replaced by writing its calls to `file`. */
+async function streamCalls(steps: LayerSteps, layer: DecoderLayer, i: number, file: string, calibrate: boolean): Promise<void> {
+  const w = streamWriter(file);
+  try {
+    const pass = (l: DecoderLayer): Promise<void> =>
+      withRoutedOverride(
+        async (input) => w.append(input),
+        () =>
+          steps.eachInput(i, async (h, done, tokens) => {
+            await l.call(h);
+            const phase = calibrate ? "calibrate" : "propagate";
+            steps.run.opts.onProgress?.({ kind: "samples", layer: i, phase, done, total: steps.samples, tokens });
+          }),
+      );
+    if (calibrate)
+      await withMoeCalibration(
+        layer,
+        { calibrateAllExperts: steps.calibrateAllExperts, config: steps.run.config, fastPath: steps.fastPath },
+        pass,
+      );
+    else await pass(layer);
+    w.commit();
+  } catch (e) {
+    w.abandon();
+    throw e;
+  }
+}
+
+interface GroupJob {
+  i: number;
+  layer: DecoderLayer;
+  experts: Expert[];
+  expertOf: Map<string, number>;
+  linearExpert: Map<string, number>;
+  files: ReturnType<typeof groupFiles>;
+  gs: GroupState;
+  a: number;
+  b: number;
+  last: boolean;
+  stop: (stage: CheckpointStage) => void;
+}
+
+/** Experts [a, b): load, observe over the streamed calibration calls, quantize, write, add their routed outputs. */
+async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
+  const { run } = steps;
+  const inGroup = (e: number | undefined): boolean => e !== undefined && e >= j.a && e < j.b;
+  const params = (n: string): boolean => inGroup(j.expertOf.get(n));
+  loadParameters(run.model, run.source, run.mapping, params);
+  try {
+    const members = j.experts.slice(j.a, j.b);
+    const fastState = newFastState();
+    const tracker = trackCoverage(j.layer, `model.layers.${j.i}`);
+    let part: PartResult;
+    try {
+      part = await observeAndQuantize(
+        steps,
+        j.layer,
+        j.i,
+        (n) => inGroup(j.linearExpert.get(n)),
+        async () => {
+          for await (const input of streamRecords(j.files.calibrate)) {
+            checkStop();
+            const step = {
+              ...input,
+              experts: members,
+              first: j.a,
+              calibrateAllExperts: steps.calibrateAllExperts,
+              fastPath: steps.fastPath,
+              fastState,
+            };
+            await calibrateExperts(step, Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]));
+          }
+        },
+      );
+    } finally {
+      tracker.remove();
+    }
+    const seen = tracker.coverage.layers[String(j.i)]?.seen ?? [];
+    for (let e = j.a; e < j.b; e++) j.gs.seen[e] = (j.gs.seen[e] as number) + (seen[e] ?? 0);
+    const g = j.a / j.gs.group_size;
+    const tensors = part.results.map((q) => ({ name: q.name, tensors: quantizedTensors(run, q) }));
+    writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flatMap((t) => t.tensors)));
+    j.stop("group-tensors");
+    if (!j.last) await addGroupSums(j, members, g);
+    j.stop("group-sums");
+    for (const [k, q] of part.results.entries()) {
+      const names = (tensors[k] as { tensors: NamedRaw[] }).tensors.map((t) => t.name);
+      j.gs.results.push({ name: q.name, expert: j.linearExpert.get(q.name) as number, loss: q.loss, tensors: names });
+    }
+    j.gs.fallbacks.push(...part.fallbacks);
+    j.gs.all_token_fallbacks.push(...part.allTokenFallbacks);
+    j.gs.absmax = Math.max(j.gs.absmax, part.absMax);
+  } finally {
+    unloadParameters(run.model, params);
+  }
+}
+
+/** The routed sums after group g: those after the groups before it, plus this group's experts on their routed tokens. */
+async function addGroupSums(j: GroupJob, members: Expert[], g: number): Promise<void> {
+  const w = streamWriter(j.files.routed(g + 1));
+  try {
+    const before = g > 0 ? streamRecords(j.files.routed(g)) : null;
+    for await (const input of streamRecords(j.files.propagate)) {
+      checkStop();
+      const prev = before ? await before.next() : null;
+      if (prev?.done) throw new CheckpointFormatError(`${j.files.routed(g)}: fewer calls than ${j.files.propagate}`);
+      const sum = prev ? (prev.value as RoutedInput).flat : Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]);
+      await servedExperts(input, members, j.a, sum);
+      w.append(sum);
+    }
+    await before?.return(undefined);
+    w.commit();
+  } catch (e) {
+    w.abandon();
+    throw e;
+  }
+}
+
+/** The layer over its inputs once more, each MoE call's routed sum read back instead of computed: the next layer's inputs. */
+async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: number, sumsFile: string, next: HiddenWriter): Promise<void> {
+  const sums = streamRecords(sumsFile);
+  const progress = steps.run.opts.onProgress;
+  try {
+    await withRoutedOverride(
+      async (input, routed) => {
+        const r = await sums.next();
+        if (r.done || r.value.flat.size !== routed.size || r.value.flat.dim(0) !== input.flat.dim(0))
+          throw new CheckpointFormatError(`${sumsFile}: its calls do not match the layer's; rerun with --restart`);
+        routed.data.set(r.value.flat.data);
+      },
+      () =>
+        steps.eachInput(i, async (h, done, tokens) => {
+          const out = await layer.call(h);
+          assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
+          next.append(out);
+          progress?.({ kind: "samples", layer: i, phase: "propagate", done, total: steps.samples, tokens });
+        }),
+    );
+  } finally {
+    await sums.return(undefined);
+  }
+}
+
+/**
+ * The layer's output tensors in its parameter order: the non-expert part's from memory, each
+ * group's read back from its file. A static-activation Linear that saw no rows takes the largest
+ * input scale of the whole layer, known only now: its input scale is written here.
+ */
+function assembleLayer(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  nonExpert: PartResult,
+  gs: GroupState,
+  files: ReturnType<typeof groupFiles>,
+): NamedRaw[] {
+  const { run } = steps;
+  const layerMax = Math.max(nonExpert.absMax, gs.absmax);
+  const noRows = new Set([...nonExpert.fallbacks, ...gs.fallbacks].filter((f) => f.reason === "no-activation-rows").map((f) => f.module));
+  const scaleOf = (name: string): number => staticInputScale(schemeOfTarget(run)(name), layerMax, run.scaleDType);
+  const quantized = new Map<string, () => NamedRaw[]>();
+  for (const q of nonExpert.results)
+    quantized.set(q.name, () => quantizedTensors(run, noRows.has(q.name) ? { ...q, inputScale: scaleOf(q.name) } : q));
+  const opened = new Map<number, SafetensorsFile>();
+  const fileOf = (g: number): SafetensorsFile => {
+    let f = opened.get(g);
+    if (!f) {
+      fs.closeSync(openPrivate(files.tensors(g)).fd); // a regular file, not a link
+      f = SafetensorsFile.open(files.tensors(g));
+      opened.set(g, f);
+    }
+    return f;
+  };
+  for (const r of gs.results) {
+    const g = Math.floor(r.expert / gs.group_size);
+    const format = schemeOfTarget(run)(r.name).format;
+    const scale = noRows.has(r.name) ? inputScaleTensor(r.name, format, run.scaleDType, scaleOf(r.name)) : null;
+    quantized.set(r.name, () => r.tensors.map((n) => (n === scale?.name ? scale : { name: n, ...fileOf(g).readRaw(n) })));
+  }
+  return layerOutputTensors(run, layer, i, (n) => quantized.get(n)?.() ?? null);
+}

@@ -1,0 +1,142 @@
+/**
+ * The steps a layer's work is made of, whether the layer runs whole or its routed experts one group
+ * at a time (expert-groups.ts): observe a set of the layer's Linears during a pass, quantize them,
+ * and turn the results into the layer's output tensors, always in the layer's own Linear order.
+ */
+import type { Tensor } from "../engine/tensor.js";
+import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
+import type { ExpertStatisticsOptions } from "../calibration/expert-statistics.js";
+import { quantizedLinearTensors } from "../export/compressed-tensors.js";
+import type { NamedRaw } from "../io/writer.js";
+import type { DecoderLayer } from "../models/family.js";
+import { Linear } from "../nn/layers.js";
+import { hasStaticActivationScales } from "../quantization/scheme.js";
+import type { Scheme } from "../quantization/scheme.js";
+import { assertComplete } from "./preflight.js";
+import { type Fallback, type LayerTargets, type QuantizedLinear, quantizeLayerLinears, siblingAbsMax } from "./quantize-layer.js";
+import type { Run } from "./run.js";
+
+/** What a layer's steps share: the run, how expert statistics are kept, GPTQ's settings, and the layer's inputs. */
+export interface LayerSteps {
+  run: Run;
+  statistics: ExpertStatisticsOptions;
+  calibrateAllExperts: boolean;
+  fastPath: boolean;
+  gptq: { dampening: number; blockSize: number };
+  /** calibration samples (for progress) */
+  samples: number;
+  /** layer `i`'s calibration inputs, batch by batch, with the samples and tokens done so far */
+  eachInput(i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>): Promise<void>;
+}
+
+/** The quantized Linears of (part of) a layer, what fell back, and which expert Linears kept all-token statistics. */
+export interface PartResult {
+  results: QuantizedLinear[];
+  fallbacks: Fallback[];
+  allTokenFallbacks: string[];
+  /** the largest input magnitude of its static-activation Linears that saw rows (0: none) */
+  absMax: number;
+}
+
+export const schemeOfTarget =
+  (run: Run) =>
+  (n: string): Scheme =>
+    run.schemeOf(n) as Scheme;
+
+/**
+ * Observe the target Linears of `layer` that `include` names while `pass` runs (Hessians for GPTQ,
+ * input maxima for static activation scales), then quantize them: their weights become the
+ * dequantized values, so what runs after sees the quantization error.
+ */
+export async function observeAndQuantize(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  include: (linear: string) => boolean,
+  pass: () => Promise<void>,
+): Promise<PartResult> {
+  const { run } = steps;
+  const prefix = `model.layers.${i}`;
+  const schemeOf = schemeOfTarget(run);
+  const byGptq = (n: string): boolean => run.isTarget(n) && run.methodOf(n) === "gptq";
+  const targets: LayerTargets = {
+    linears: new Map(),
+    hessians: new Map(),
+    inputAbsMax: new Map(),
+    sharedGlobalScale: run.sharedGlobalScale,
+  };
+  for (const [n, m] of layer.namedModules(prefix)) if (m instanceof Linear && run.isTarget(n) && include(n)) targets.linears.set(n, m);
+  const gptqHere = [...targets.linears.keys()].some(byGptq);
+  const observers = gptqHere ? attachHessianObservers(layer, (n) => targets.linears.has(n) && byGptq(n), prefix, steps.statistics) : null;
+  const staticInputs = new Map([...targets.linears].filter(([n]) => hasStaticActivationScales(schemeOf(n))));
+  const absMax = staticInputs.size > 0 ? attachInputAbsMax(staticInputs) : null;
+  try {
+    await pass();
+  } finally {
+    observers?.remove();
+    absMax?.remove();
+  }
+  const allTokenFallbacks: string[] = [];
+  if (observers) {
+    targets.hessians = observers.stats;
+    for (const [n, st] of observers.stats) if (st.allTokenFallback) allTokenFallbacks.push(n);
+  }
+  if (absMax) targets.inputAbsMax = absMax.stats;
+  const { results, fallbacks } = await quantizeLayerLinears(targets, schemeOf, run.methodOf, run.scaleDType, {
+    ...steps.gptq,
+    layerLabel: `layer ${i}`,
+    workers: run.opts.workers,
+  });
+  targets.hessians.clear();
+  return { results, fallbacks, allTokenFallbacks, absMax: siblingAbsMax(targets) };
+}
+
+/** What a finished layer reports: each quantized Linear's GPTQ loss, what fell back, which expert Linears kept all-token statistics. */
+export interface LayerOutcome {
+  results: readonly { name: string; loss: number }[];
+  fallbacks: Fallback[];
+  allTokenFallbacks: string[];
+}
+
+/** `r`'s lists in the order of the layer's Linears (results, fallbacks and all-token fallbacks alike), whatever order the parts came in. */
+export function inLinearOrder<R extends LayerOutcome>(layer: DecoderLayer, i: number, r: R): R {
+  const order = new Map(layer.namedModules(`model.layers.${i}`).map(([n], k) => [n, k]));
+  const at = (n: string): number => order.get(n) ?? -1;
+  return {
+    ...r,
+    results: [...r.results].sort((a, b) => at(a.name) - at(b.name)),
+    fallbacks: [...r.fallbacks].sort((a, b) => at(a.module) - at(b.module)),
+    allTokenFallbacks: [...r.allTokenFallbacks].sort((a, b) => at(a) - at(b)),
+  };
+}
+
+/** A quantized Linear's output tensors, checked complete. */
+export function quantizedTensors(run: Run, q: QuantizedLinear): NamedRaw[] {
+  const scheme = schemeOfTarget(run)(q.name);
+  const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, run.scaleDType, q.inputScale);
+  assertComplete(
+    q.name,
+    tensors.map((t) => t.name),
+    scheme,
+  );
+  return tensors;
+}
+
+/**
+ * The layer's output tensors in the order of its parameters: a quantized Linear's tensors (from
+ * `quantized`, by Linear name), every other parameter's source tensor copied unchanged, once.
+ */
+export function layerOutputTensors(run: Run, layer: DecoderLayer, i: number, quantized: (linear: string) => NamedRaw[] | null): NamedRaw[] {
+  const out: NamedRaw[] = [];
+  const copied = new Set<string>();
+  for (const [n] of layer.namedParameters(`model.layers.${i}`)) {
+    const q = n.endsWith(".weight") ? quantized(n.slice(0, -".weight".length)) : null;
+    if (q) out.push(...q);
+    else {
+      const src = run.mapping.sources.get(n) ?? n;
+      if (!copied.has(src)) out.push({ name: src, ...run.ck.readRaw(src) });
+      copied.add(src);
+    }
+  }
+  return out;
+}

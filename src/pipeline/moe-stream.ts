@@ -1,0 +1,113 @@
+/**
+ * An MoE block's calls streamed to the work folder while a layer runs one expert group at a time:
+ * per call of the block, its input tokens [T, H] and the router's decisions (combine weights and
+ * expert indices, [T, K]), or a routed sum [T, H] alone (K = 0). Records are read back in the order
+ * they were written, so every group replays exactly the calls, and chunks, of the whole layer.
+ *
+ * A record: three little-endian int32 (T, H, K), then T*H float32, T*K float32, T*K int32.
+ * Files are private, written to a temporary and renamed when complete (work-folder.ts).
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { Tensor } from "../engine/tensor.js";
+import { CheckpointFormatError } from "../errors.js";
+import type { RoutedInput } from "../nn/moe.js";
+import { writeAll } from "../io/writer.js";
+import { RESTART, createPrivate, openPrivate } from "./work-folder.js";
+
+export interface StreamWriter {
+  append(r: RoutedInput | Tensor): void;
+  commit(): void;
+  abandon(): void;
+}
+
+const bytesOf = (a: Float32Array | Int32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/** Write records to `file` (through `file`.tmp; `commit` makes it visible). */
+export function streamWriter(file: string): StreamWriter {
+  const tmp = `${file}.tmp`;
+  const fd = createPrivate(tmp);
+  let open = true;
+  const close = (): void => {
+    if (open) fs.closeSync(fd);
+    open = false;
+  };
+  return {
+    append: (r) => {
+      const flat = r instanceof Tensor ? r : r.flat;
+      const [T, H] = [flat.dim(0), flat.dim(1)];
+      const K = r instanceof Tensor ? 0 : r.topScores.dim(1);
+      try {
+        writeAll(fd, bytesOf(Int32Array.of(T, H, K)), tmp);
+        writeAll(fd, bytesOf(flat.data), tmp);
+        if (!(r instanceof Tensor)) {
+          writeAll(fd, bytesOf(r.topScores.data), tmp);
+          writeAll(fd, bytesOf(r.selectedExperts), tmp);
+        }
+      } catch (e) {
+        close();
+        throw e;
+      }
+    },
+    commit: () => {
+      fs.fsyncSync(fd);
+      close();
+      fs.renameSync(tmp, file);
+    },
+    abandon: () => {
+      close();
+      fs.rmSync(tmp, { force: true });
+    },
+  };
+}
+
+function readExactly(fd: number, n: number, pos: number, file: string): Uint8Array {
+  const buf = new Uint8Array(n);
+  let done = 0;
+  while (done < n) {
+    const got = fs.readSync(fd, buf, done, n - done, pos + done);
+    if (got === 0) throw new CheckpointFormatError(`${file}: ended early; ${RESTART}`);
+    done += got;
+  }
+  return buf;
+}
+
+/** The records of `file`, in order: routed inputs (K > 0) or tensors [T, H] (K = 0). */
+export async function* streamRecords(file: string): AsyncGenerator<RoutedInput> {
+  const { fd, size } = openPrivate(file);
+  try {
+    let pos = 0;
+    while (pos < size) {
+      const head = new Int32Array(readExactly(fd, 12, pos, file).buffer);
+      const [T, H, K] = [head[0] as number, head[1] as number, head[2] as number];
+      if (!(T >= 0 && H > 0 && K >= 0) || pos + 12 + 4 * T * (H + 2 * K) > size)
+        throw new CheckpointFormatError(`${file}: damaged record at byte ${pos}; ${RESTART}`);
+      pos += 12;
+      const flat = new Float32Array(readExactly(fd, 4 * T * H, pos, file).buffer);
+      pos += 4 * T * H;
+      const scores = new Float32Array(readExactly(fd, 4 * T * K, pos, file).buffer);
+      pos += 4 * T * K;
+      const selected = new Int32Array(readExactly(fd, 4 * T * K, pos, file).buffer);
+      pos += 4 * T * K;
+      yield { flat: new Tensor(flat, [T, H]), topScores: new Tensor(scores, [T, K]), selectedExperts: selected };
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Files of layer `i`'s expert groups in a work folder. */
+export function groupFiles(dir: string, i: number) {
+  return {
+    /** the block's calls during calibration (original weights) */
+    calibrate: path.join(dir, `moe-${i}-calibrate.bin`),
+    /** the block's calls during propagation (the non-expert part quantized) */
+    propagate: path.join(dir, `moe-${i}-propagate.bin`),
+    /** the routed sums after `done` groups (none before the first) */
+    routed: (done: number) => path.join(dir, `moe-${i}-routed-${done}.bin`),
+    /** the tensors of group `g` */
+    tensors: (g: number) => path.join(dir, `layer-${i}-group-${g}.safetensors`),
+    /** the state of the layer's groups */
+    state: path.join(dir, `layer-${i}-groups.json`),
+  };
+}

@@ -1,0 +1,49 @@
+/**
+ * Resume inside an MoE layer run in expert groups: oneshot killed (SIGKILL) after a group's tensors,
+ * its routed sums or its state resumes after the last group saved, and the output is byte-identical
+ * to an uninterrupted run of the layers whole.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { ROOT, assertSameFiles } from "../helpers.js";
+
+const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-groups-resume-"));
+const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
+const events = (stdout: string): Record<string, unknown>[] =>
+  stdout
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+const reference = path.join(tmp, "whole");
+
+test("reference: the bundled model's layers run whole", () => {
+  const r = run([reference]);
+  assert.equal(r.status, 0, String(r.stderr));
+});
+
+// the bundled model: layer 0 dense, layers 1-3 MoE with 16 experts, here in groups of 5 (5, 5, 5, 1)
+for (const [layer, stage, k, resume] of [
+  [1, "group", 1, { layer: 1, done: 2 }],
+  [1, "group-tensors", 2, { layer: 1, done: 2 }],
+  [2, "group-sums", 0, null],
+  [3, "group", 3, { layer: 3, done: 4 }],
+] as const) {
+  test(`SIGKILL in layer ${layer} after group ${k}'s ${stage === "group" ? "state" : stage.slice(6)}: the rerun resumes ${resume ? `after ${resume.done} groups` : "at the layer's start"} and writes the whole layers' bytes`, () => {
+    const out = path.join(tmp, `killed-${layer}-${stage}-${k}`);
+    const args = [out, "--expert-group-size", "5"];
+    const killed = run([...args.slice(0, 1), String(layer), stage, ...args.slice(1), "--kill-at-group", String(k)]);
+    assert.equal(killed.signal, "SIGKILL", String(killed.stderr));
+    const again = run(args);
+    assert.equal(again.status, 0, String(again.stderr));
+    const resumed = events(String(again.stdout)).find((e) => e.kind === "resume-groups");
+    if (resume) assert.deepEqual(resumed, { kind: "resume-groups", ...resume, groups: 4 });
+    else assert.equal(resumed, undefined);
+    assertSameFiles(out, reference);
+  });
+}
