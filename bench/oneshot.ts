@@ -18,6 +18,7 @@ import { type EndToEnd, measure, moonlightSetup, nanoSetup, qwen35Setup, qwen3Se
 import { Tensor } from "../src/engine/tensor.js";
 import { openServed } from "../src/pipeline/serving.js";
 import { loadParameters } from "../src/nn/weights.js";
+import { benchExpertGroups, expertGroupsRows, recordExpertGroups } from "./expert-groups.js";
 
 /** The large GEMM shapes' best ~40 ms window over `rounds` rounds (the bench's GEMM rate). */
 export async function gemmRate(engine: OrtEngine, rounds = 3): Promise<number> {
@@ -58,7 +59,13 @@ async function mixerSeconds(model: string, module: string, batch: number, seq: n
  * Qwen3-30B-A3B-shaped one (16 x 512), a 2-layer Moonlight-16B-A3B-shaped DeepSeek-V3 stored in
  * FP8 blocks (16 x 512) and a 2-layer Qwen3.5-35B-A3B-shaped hybrid (16 x 512); `only` names a subset.
  */
-export async function benchOneshot(work: string, log: (s: string) => void, only: readonly string[] = []): Promise<OneshotBench[]> {
+export async function benchOneshot(
+  work: string,
+  log: (s: string) => void,
+  only: readonly string[] = [],
+  none = false,
+): Promise<OneshotBench[]> {
+  if (none) return [];
   const engine = new OrtEngine();
   const runs: OneshotBench[] = [];
   const { data } = nanoSetup(work, { model: false });
@@ -146,11 +153,25 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-oneshot-"));
   const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:oneshot: ${s}\n`);
   try {
-    const runs = await benchOneshot(work, log, process.argv.slice(2));
-    recordOneshot(runs);
-    console.log("| run | time, memory | work, rate |");
-    console.log("|---|---|---|");
-    for (const l of oneshotRows(runs)) console.log(l);
+    const only = process.argv.slice(2);
+    const groups = only.length === 0 || only.includes("expert_groups");
+    const runs = await benchOneshot(
+      work,
+      log,
+      only.filter((n) => n !== "expert_groups"),
+      only.length > 0 && only.every((n) => n === "expert_groups"),
+    );
+    if (runs.length > 0) {
+      recordOneshot(runs);
+      console.log("| run | time, memory | work, rate |");
+      console.log("|---|---|---|");
+      for (const l of oneshotRows(runs)) console.log(l);
+    }
+    if (groups) {
+      const r = await benchExpertGroups(work, log);
+      recordExpertGroups(r);
+      for (const l of expertGroupsRows(r)) console.log(l);
+    }
   } catch (e) {
     if (e instanceof MoecalError) process.stderr.write(`${e.message}\n`);
     throw e;

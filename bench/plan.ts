@@ -25,7 +25,7 @@ export interface EndToEnd {
   peak_rss_mb: number;
   /** seconds per phase, summed over layers (plus "setup": before the first layer, "assemble": after the last) */
   phases: Record<string, number>;
-  planned: { seconds: number; peak_memory_mb: number; gemm_gflops: number; flops: number };
+  planned: { seconds: number; peak_memory_mb: number; gemm_gflops: number; flops: number; expert_group_size: number | null };
   /** planned / measured */
   plan_ratio: { seconds: number; peak_memory: number };
 }
@@ -44,7 +44,9 @@ export function phaseSeconds(stderr: string, wallSeconds: number): Record<string
   let current = "setup";
   let since = events[0]?.t ?? 0;
   for (const e of events) {
-    const phase = /^layer \d+\/\d+: (calibrate|quantize|propagate|write)$/.exec(e.text)?.[1];
+    const phase =
+      /^layer \d+\/\d+: (calibrate|quantize|propagate|write)$/.exec(e.text)?.[1] ??
+      (/^layer \d+\/\d+: experts \d+-\d+ \(group/.test(e.text) ? "expert groups" : undefined);
     const done = /^layer \d+\/\d+: \d+ Linear quantized/.test(e.text);
     if (!phase && !done) continue;
     add(current, e.t - since);
@@ -67,7 +69,7 @@ export function measure(name: string, model: string, args: string[], out: string
     peak_memory_bytes: number;
     gemm_gflops: number;
     tokens: number;
-    layers: { flops: Record<string, number> }[];
+    layers: { flops: Record<string, number>; expert_groups: { size: number } | null }[];
   };
   const run = spawnSync(process.execPath, [cli, "oneshot", ...common, "--output", out, "--overwrite"], {
     encoding: "utf8",
@@ -83,7 +85,13 @@ export function measure(name: string, model: string, args: string[], out: string
     seconds: timing.wallSeconds,
     peak_rss_mb: timing.peakRssMb,
     phases: phaseSeconds(run.stderr, timing.wallSeconds),
-    planned: { seconds: p.seconds, peak_memory_mb: p.peak_memory_bytes / 1024 ** 2, gemm_gflops: p.gemm_gflops, flops },
+    planned: {
+      seconds: p.seconds,
+      peak_memory_mb: p.peak_memory_bytes / 1024 ** 2,
+      gemm_gflops: p.gemm_gflops,
+      flops,
+      expert_group_size: p.layers.find((l) => l.expert_groups)?.expert_groups?.size ?? null,
+    },
     plan_ratio: { seconds: p.seconds / timing.wallSeconds, peak_memory: p.peak_memory_bytes / 1024 ** 2 / timing.peakRssMb },
   };
 }

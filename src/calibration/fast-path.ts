@@ -48,13 +48,18 @@ export function fastPlan(experts: readonly SwiGluExpert[]): FastPlan | null {
 /** Per calibration module: the input statistics shared by every gate/up projection. */
 export interface FastState {
   sharedGateUp: GramAccumulator | null;
+  /**
+   * the shared gate/up statistics are complete (every call seen): later experts share them without
+   * adding to them (the groups of a layer run in expert groups, after the first)
+   */
+  gateUpComplete: boolean;
   /** per expert, router-aware statistics only: the routed rows of gate/up (shared by both) and of down */
   routed: { gateUp: RoutedGram; down: RoutedGram }[] | null;
 }
 
 /** A fresh per-block state. */
 export function newFastState(): FastState {
-  return { sharedGateUp: null, routed: null };
+  return { sharedGateUp: null, gateUpComplete: false, routed: null };
 }
 
 /**
@@ -106,7 +111,7 @@ export async function allExpertsFast(
     const c1 = Math.min(T, c0 + chunk);
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
-    if (state.sharedGateUp) await state.sharedGateUp.add(Xc);
+    if (state.sharedGateUp && !state.gateUpComplete) await state.sharedGateUp.add(Xc);
     for (const o of gateUpObservers) {
       o.rows(Tc, null);
       o.values?.(Xc);

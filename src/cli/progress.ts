@@ -181,6 +181,14 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
         line(`resuming after layer ${e.layer + 1}/${e.layers} (finished layers kept in ${e.folder})`);
         runBar?.update(layer, { info: etaText() });
         break;
+      case "resume-groups":
+        line(`layer ${e.layer + 1}/${layers}: resuming after ${e.done}/${e.groups} expert groups`);
+        break;
+      case "expert-group":
+        phaseStart = now();
+        layerBar?.update(0, { label: `layer ${e.layer + 1} experts ${e.first}-${e.end - 1}`, info: `group ${e.group + 1}/${e.groups}` });
+        if (!tty) line(`layer ${e.layer + 1}/${layers}: experts ${e.first}-${e.end - 1} (group ${e.group + 1}/${e.groups})`);
+        break;
       case "resume-shards":
         line(`resuming after ${e.shards} finished output shard(s) (kept in ${e.folder})`);
         break;

@@ -10,6 +10,36 @@ export interface NamedRaw extends RawTensor {
   name: string;
 }
 
+/** A tensor whose bytes are read only when they are written (a layer assembled from files, one tensor in memory at a time). */
+export interface LazyRaw extends Omit<RawTensor, "bytes"> {
+  name: string;
+  read(): Uint8Array;
+}
+
+/** `encodeSafetensors` for tensors in memory or read when their turn comes: the header, then each tensor's bytes. */
+export function* encodeSafetensorsLazy(tensors: readonly (NamedRaw | LazyRaw)[]): Generator<Uint8Array> {
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  for (const t of tensors) {
+    const n = numel(t.shape) * DTYPE_BYTES[t.dtype];
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + n] };
+    offset += n;
+  }
+  let json = JSON.stringify(header);
+  while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  yield len;
+  yield Buffer.from(json, "utf8");
+  for (const t of tensors) {
+    const bytes = "bytes" in t ? t.bytes : t.read();
+    const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
+    if (bytes.byteLength !== expected)
+      throw new InternalError(`tensor "${t.name}": ${bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+    yield bytes;
+  }
+}
+
 /** Serialise tensors into one safetensors buffer (header padded to 8 bytes). */
 export function encodeSafetensors(tensors: NamedRaw[], metadata?: Record<string, string>): Buffer[] {
   const header: Record<string, unknown> = {};

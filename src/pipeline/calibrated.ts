@@ -17,7 +17,7 @@ import {
   parseRoutedWeight,
 } from "../calibration/expert-statistics.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
-import type { NamedRaw } from "../io/writer.js";
+import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { assertFinite } from "../nn/weights.js";
 import { MOECAL_VERSION } from "../paths.js";
@@ -222,7 +222,13 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       finishLayer(i, { results, fallbacks, allTokenFallbacks }, cov, layerTensors, next);
     }
     /** Record a finished layer in the state and the work folder. */
-    function finishLayer(i: number, part: LayerOutcome, cov: LayerCoverage | null, tensors: NamedRaw[], next: HiddenWriter | null): void {
+    function finishLayer(
+      i: number,
+      part: LayerOutcome,
+      cov: LayerCoverage | null,
+      tensors: (NamedRaw | LazyRaw)[],
+      next: HiddenWriter | null,
+    ): void {
       warnFallbacks(warn, `layer ${i}`, part.fallbacks);
       state.fallbacks.push(...part.fallbacks);
       state.allTokenFallbacks.push(...part.allTokenFallbacks);

@@ -21,10 +21,10 @@ import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
-import { newFastState } from "../calibration/fast-path.js";
+import { type FastState, newFastState } from "../calibration/fast-path.js";
 import { calibrateExperts } from "../calibration/routed-experts.js";
 import { SafetensorsFile } from "../io/safetensors.js";
-import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
+import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { type RoutedInput, asMoeBlock, servedExperts, withRoutedOverride } from "../nn/moe.js";
 import type { Module } from "../nn/module.js";
@@ -41,7 +41,7 @@ import {
   quantizedTensors,
   schemeOfTarget,
 } from "./layer-steps.js";
-import { staticInputScale } from "./quantize-layer.js";
+import { type PrepCache, staticInputScale } from "./quantize-layer.js";
 import { inputScaleTensor } from "../export/compressed-tensors.js";
 import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
 import { type GroupState, readGroupState, writeGroupState } from "./group-state.js";
@@ -73,7 +73,7 @@ function moeOf(
 export interface GroupedLayerResult {
   part: LayerOutcome;
   coverage: LayerCoverage | null;
-  tensors: NamedRaw[];
+  tensors: (NamedRaw | LazyRaw)[];
   next: HiddenWriter | null;
   /** remove the layer's group files (after the layer is saved) */
   clean(): void;
@@ -103,8 +103,7 @@ export async function groupedLayer(
     all_token_fallbacks: [],
     absmax: 0,
   };
-  const size = gs.group_size;
-  const groups = Math.ceil(E / size);
+  const groups = Math.ceil(E / gs.group_size);
   if (gs.done > 0) progress?.({ kind: "resume-groups", layer: i, done: gs.done, groups });
   const stop = (stage: CheckpointStage): void => run.opts.onCheckpoint?.(stage, i);
   loadParameters(run.model, run.source, run.mapping, (n) => inLayer(n) && !expertOf.has(n));
@@ -131,17 +130,7 @@ export async function groupedLayer(
       await streamCalls(steps, layer, i, files.propagate, false);
     }
     // 3. the groups not done yet
-    for (let g = gs.done; g < groups; g++) {
-      const [a, b] = [g * size, Math.min(E, (g + 1) * size)];
-      progress?.({ kind: "expert-group", layer: i, group: g, groups, first: a, end: b });
-      await runGroup(steps, { i, layer, experts, expertOf, linearExpert, files, gs, a, b, last: job.last, stop });
-      gs.done = g + 1;
-      writeGroupState(files, gs);
-      // a state.json beside the group state makes the folder one a rerun resumes from
-      work.saveState(job.state);
-      stop("group");
-      if (g > 0) fs.rmSync(files.routed(g), { force: true });
-    }
+    await runGroups(steps, { i, layer, experts, expertOf, linearExpert, files, gs, last: job.last, stop }, job);
     // 4. the layer's output, each call's routed sum read back
     let next: HiddenWriter | null = null;
     if (!job.last) {
@@ -155,16 +144,14 @@ export async function groupedLayer(
       }
     }
     progress?.({ kind: "phase", layer: i, phase: "write" });
-    const tensors = assembleLayer(steps, layer, i, nonExpert, gs, files);
-    const part = inLinearOrder(layer, i, {
-      results: [...nonExpert.results, ...gs.results],
-      fallbacks: [...nonExpert.fallbacks, ...gs.fallbacks],
-      allTokenFallbacks: [...nonExpert.allTokenFallbacks, ...gs.all_token_fallbacks],
-    });
     return {
-      part,
+      part: inLinearOrder(layer, i, {
+        results: [...nonExpert.results, ...gs.results],
+        fallbacks: [...nonExpert.fallbacks, ...gs.fallbacks],
+        allTokenFallbacks: [...nonExpert.allTokenFallbacks, ...gs.all_token_fallbacks],
+      }),
       coverage: routed ? { routed, seen: gs.seen } : null,
-      tensors,
+      tensors: assembleLayer(steps, layer, i, nonExpert, gs, files),
       next,
       clean: () => {
         for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state]) fs.rmSync(f, { force: true });
@@ -173,6 +160,38 @@ export async function groupedLayer(
     };
   } finally {
     unloadParameters(run.model, inLayer);
+  }
+}
+
+/** What every group of a layer shares. */
+interface LayerJob {
+  i: number;
+  layer: DecoderLayer;
+  experts: Expert[];
+  expertOf: Map<string, number>;
+  linearExpert: Map<string, number>;
+  files: ReturnType<typeof groupFiles>;
+  gs: GroupState;
+  last: boolean;
+  stop: (stage: CheckpointStage) => void;
+}
+
+/** The groups of the layer not done yet, in order, each saved when done (its state, and a state.json a rerun resumes from). */
+async function runGroups(steps: LayerSteps, l: LayerJob, job: { work: WorkFolder; state: WorkState }): Promise<void> {
+  const E = l.experts.length;
+  const size = l.gs.group_size;
+  const groups = Math.ceil(E / size);
+  const fastState = newFastState();
+  const preps: PrepCache = new Map();
+  for (let g = l.gs.done; g < groups; g++) {
+    const [a, b] = [g * size, Math.min(E, (g + 1) * size)];
+    steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
+    await runGroup(steps, { ...l, a, b, fastState, preps });
+    l.gs.done = g + 1;
+    writeGroupState(l.files, l.gs);
+    job.work.saveState(job.state);
+    l.stop("group");
+    if (g > 0) fs.rmSync(l.files.routed(g), { force: true });
   }
 }
 
@@ -204,18 +223,13 @@ async function streamCalls(steps: LayerSteps, layer: DecoderLayer, i: number, fi
   }
 }
 
-interface GroupJob {
-  i: number;
-  layer: DecoderLayer;
-  experts: Expert[];
-  expertOf: Map<string, number>;
-  linearExpert: Map<string, number>;
-  files: ReturnType<typeof groupFiles>;
-  gs: GroupState;
+interface GroupJob extends LayerJob {
   a: number;
   b: number;
-  last: boolean;
-  stop: (stage: CheckpointStage) => void;
+  /** the layer's fast-path state, kept across its groups */
+  fastState: FastState;
+  /** GPTQ preparations of Hessians the groups share */
+  preps: PrepCache;
 }
 
 /** Experts [a, b): load, observe over the streamed calibration calls, quantize, write, add their routed outputs. */
@@ -226,7 +240,10 @@ async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
   loadParameters(run.model, run.source, run.mapping, params);
   try {
     const members = j.experts.slice(j.a, j.b);
-    const fastState = newFastState();
+    // the gate/up statistics every expert shares (all-token statistics) are summed by the first group
+    // and shared by the later ones, as is their GPTQ preparation; per-expert statistics are the group's own
+    const fastState = j.fastState;
+    fastState.routed = null;
     const tracker = trackCoverage(j.layer, `model.layers.${j.i}`);
     let part: PartResult;
     try {
@@ -248,7 +265,9 @@ async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
             };
             await calibrateExperts(step, Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]));
           }
+          fastState.gateUpComplete = fastState.sharedGateUp !== null;
         },
+        j.preps,
       );
     } finally {
       tracker.remove();
@@ -331,12 +350,12 @@ function assembleLayer(
   nonExpert: PartResult,
   gs: GroupState,
   files: ReturnType<typeof groupFiles>,
-): NamedRaw[] {
+): (NamedRaw | LazyRaw)[] {
   const { run } = steps;
   const layerMax = Math.max(nonExpert.absMax, gs.absmax);
   const noRows = new Set([...nonExpert.fallbacks, ...gs.fallbacks].filter((f) => f.reason === "no-activation-rows").map((f) => f.module));
   const scaleOf = (name: string): number => staticInputScale(schemeOfTarget(run)(name), layerMax, run.scaleDType);
-  const quantized = new Map<string, () => NamedRaw[]>();
+  const quantized = new Map<string, () => (NamedRaw | LazyRaw)[]>();
   for (const q of nonExpert.results)
     quantized.set(q.name, () => quantizedTensors(run, noRows.has(q.name) ? { ...q, inputScale: scaleOf(q.name) } : q));
   const opened = new Map<number, SafetensorsFile>();
@@ -353,7 +372,14 @@ function assembleLayer(
     const g = Math.floor(r.expert / gs.group_size);
     const format = schemeOfTarget(run)(r.name).format;
     const scale = noRows.has(r.name) ? inputScaleTensor(r.name, format, run.scaleDType, scaleOf(r.name)) : null;
-    quantized.set(r.name, () => r.tensors.map((n) => (n === scale?.name ? scale : { name: n, ...fileOf(g).readRaw(n) })));
+    quantized.set(r.name, () =>
+      r.tensors.map((n): NamedRaw | LazyRaw => {
+        if (n === scale?.name) return scale;
+        const info = fileOf(g).tensors.get(n);
+        if (!info) throw new CheckpointFormatError(`${files.tensors(g)}: no tensor "${n}"; rerun with --restart`);
+        return { name: n, dtype: info.dtype, shape: info.shape, read: () => fileOf(g).readRaw(n).bytes };
+      }),
+    );
   }
   return layerOutputTensors(run, layer, i, (n) => quantized.get(n)?.() ?? null);
 }

@@ -26,6 +26,9 @@ export interface GroupState {
 
 type Files = ReturnType<typeof groupFiles>;
 
+/** Largest group state read back (a result and its tensor names per expert Linear). */
+const MAX_BYTES = 256 * 1024 ** 2;
+
 export function writeGroupState(files: Files, s: GroupState): void {
   writeAtomic(files.state, [Buffer.from(JSON.stringify(s))]);
 }
@@ -50,26 +53,34 @@ function problem(s: Partial<GroupState>, i: number, E: number): string | null {
   return null;
 }
 
+/** The first file a state of `done` groups needs that is missing or not a regular file, and why. */
+function absentFile(files: Files, done: number, last: boolean): string | null {
+  const needed = [...Array.from({ length: done }, (_, g) => files.tensors(g)), ...(done > 0 && !last ? [files.routed(done)] : [])];
+  for (const f of needed) {
+    const st = lstatOrNull(f);
+    if (!st) return `${f} is missing`;
+    if (!st.isFile()) return `${f} is not a regular file (moecal never follows links in its work folder)`;
+  }
+  return null;
+}
+
 /** The saved state of layer `i`'s groups, checked against the files beside it (routed sums unless `last`); null when there is none. */
 export function readGroupState(files: Files, i: number, E: number, last: boolean): GroupState | null {
   if (!lstatOrNull(files.state)) return null;
   const { fd, size } = openPrivate(files.state);
-  let s: GroupState;
+  let s: unknown;
   try {
+    if (size > MAX_BYTES) throw new Error(`${size} bytes, more than a group state holds`);
     const buf = Buffer.alloc(size);
     fs.readSync(fd, buf, 0, size, 0);
-    s = JSON.parse(buf.toString("utf8")) as GroupState;
+    s = JSON.parse(buf.toString("utf8"));
   } catch (cause) {
     throw new CheckpointFormatError(`${files.state}: not a group state moecal wrote (${(cause as Error).message}); ${RESTART}`, { cause });
   } finally {
     fs.closeSync(fd);
   }
-  const why = problem(s, i, E);
-  const missing = [
-    ...Array.from({ length: s.done ?? 0 }, (_, g) => files.tensors(g)),
-    ...(s.done > 0 && !last ? [files.routed(s.done)] : []),
-  ].filter((f) => !lstatOrNull(f)?.isFile());
-  if (why || missing.length > 0)
-    throw new CheckpointFormatError(`the work folder is damaged: ${files.state}: ${why ?? `${missing[0]} is missing`}; ${RESTART}`);
-  return s;
+  const state = typeof s === "object" && s !== null && !Array.isArray(s) ? (s as GroupState) : null;
+  const damage = state ? (problem(state, i, E) ?? absentFile(files, state.done, last)) : "not a JSON object";
+  if (damage) throw new CheckpointFormatError(`the work folder is damaged: ${files.state}: ${damage}; ${RESTART}`);
+  return state;
 }

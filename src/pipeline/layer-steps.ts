@@ -7,13 +7,20 @@ import type { Tensor } from "../engine/tensor.js";
 import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
 import type { ExpertStatisticsOptions } from "../calibration/expert-statistics.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
-import type { NamedRaw } from "../io/writer.js";
+import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
 import { hasStaticActivationScales } from "../quantization/scheme.js";
 import type { Scheme } from "../quantization/scheme.js";
 import { assertComplete } from "./preflight.js";
-import { type Fallback, type LayerTargets, type QuantizedLinear, quantizeLayerLinears, siblingAbsMax } from "./quantize-layer.js";
+import {
+  type Fallback,
+  type LayerTargets,
+  type PrepCache,
+  type QuantizedLinear,
+  quantizeLayerLinears,
+  siblingAbsMax,
+} from "./quantize-layer.js";
 import type { Run } from "./run.js";
 
 /** What a layer's steps share: the run, how expert statistics are kept, GPTQ's settings, and the layer's inputs. */
@@ -54,6 +61,7 @@ export async function observeAndQuantize(
   i: number,
   include: (linear: string) => boolean,
   pass: () => Promise<void>,
+  preps?: PrepCache,
 ): Promise<PartResult> {
   const { run } = steps;
   const prefix = `model.layers.${i}`;
@@ -86,6 +94,7 @@ export async function observeAndQuantize(
     ...steps.gptq,
     layerLabel: `layer ${i}`,
     workers: run.opts.workers,
+    ...(preps ? { preps } : {}),
   });
   targets.hessians.clear();
   return { results, fallbacks, allTokenFallbacks, absMax: siblingAbsMax(targets) };
@@ -126,8 +135,13 @@ export function quantizedTensors(run: Run, q: QuantizedLinear): NamedRaw[] {
  * The layer's output tensors in the order of its parameters: a quantized Linear's tensors (from
  * `quantized`, by Linear name), every other parameter's source tensor copied unchanged, once.
  */
-export function layerOutputTensors(run: Run, layer: DecoderLayer, i: number, quantized: (linear: string) => NamedRaw[] | null): NamedRaw[] {
-  const out: NamedRaw[] = [];
+export function layerOutputTensors(
+  run: Run,
+  layer: DecoderLayer,
+  i: number,
+  quantized: (linear: string) => (NamedRaw | LazyRaw)[] | null,
+): (NamedRaw | LazyRaw)[] {
+  const out: (NamedRaw | LazyRaw)[] = [];
   const copied = new Set<string>();
   for (const [n] of layer.namedParameters(`model.layers.${i}`)) {
     const q = n.endsWith(".weight") ? quantized(n.slice(0, -".weight".length)) : null;

@@ -28,10 +28,10 @@ import { gptqPoolSize } from "./quantize-layer.js";
 import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
 import { resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
-import { copiedBytes, layerBytes } from "./plan-bytes.js";
+import { bytesOf, copiedBytes, layerBytes } from "./plan-bytes.js";
 import { type OpenedForPlan, dataFreePlan } from "./plan-data-free.js";
 import type { Method } from "../quantization/recipe.js";
-import { type ExpertGroups, type PerExpert, planExpertGroups } from "./plan-groups.js";
+import { type ExpertGroups, type ExpertsOfLayer, type PerExpert, fitRetainedGroups, planExpertGroups } from "./plan-groups.js";
 import { availableMemory } from "../util/memory.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
@@ -227,6 +227,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   /** the previous layer's weights: unloaded, but freed only when the garbage collector runs */
   let previousWeights = 0;
   let groupedDisk = 0;
+  const maxMemory = opts.maxMemory ?? availableMemory();
+  /** each MoE layer as planned whole, and its experts (for the groups' sizes) */
+  const grouped = new Map<number, { whole: LayerPlan; x: ExpertsOfLayer }>();
   for (let i = 0; i < config.numHiddenLayers; i++) {
     const prefix = `model.layers.${i}`;
     const layer = model.getSubmodule(prefix);
@@ -261,7 +264,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       }
     }
     let activations = 0;
-    let perExpert: PerExpert | null = null;
+    let experts: Omit<ExpertsOfLayer, "gptq" | "stream"> | null = null;
     if (block) {
       const E = block.numRoutedExperts;
       const ex = block.routedExperts()[0];
@@ -273,14 +276,18 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       if (expertTarget) {
         calibrate += allExperts ? 2 * T * H * H + 2 * T * E * Im * Im : 2 * T * K * (2 * H * H + Im * Im);
         if (routerAware) calibrate += 2 * T * K * (H * H + Im * Im);
-        const gateUpPreps = routerAware || !allExperts ? E : 1;
-        gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + gateUpPreps * H ** 3;
-        hessians += 4 * (gateUpPreps * H * H + E * Im * Im) * (routerAware ? 2 : 1);
+        const preps = gateUpPreps(allExperts, routerAware, E);
+        gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + preps * H ** 3;
+        hessians += 4 * (preps * H * H + E * Im * Im) * (routerAware ? 2 : 1);
       }
-      perExpert = expertMemory(layer, prefix, ex, gateName !== undefined && isTarget(gateName), (m, p) =>
+      const per = expertMemory(layer, prefix, ex, gateName !== undefined && isTarget(gateName), (m, p) =>
         layerBytes(m, p, ck, schemeOf, scaleDtype),
       );
-      if (expertTarget) perExpert.hessians = 4 * ((allExperts && !routerAware ? 0 : H * H) + Im * Im) * (routerAware ? 2 : 1);
+      if (expertTarget) per.hessians = 4 * ((allExperts && !routerAware ? 0 : H * H) + Im * Im) * (routerAware ? 2 : 1);
+      const expertHessians = expertTarget ? 4 * (gateUpPreps(allExperts, routerAware, E) * H * H + E * Im * Im) * (routerAware ? 2 : 1) : 0;
+      // the gate/up Gram product the experts share, and (in groups) its GPTQ preparation kept for every group: Hinv twice
+      const sharedGram = expertHessians - E * per.hessians;
+      experts = { count: E, per, shared: 3 * sharedGram };
       propagate += 2 * T * K * 3 * H * Im;
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
@@ -291,9 +298,13 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     const batch = Math.max(maxS, BATCH_TOKENS);
     activations += 4 * 3 * batch * Math.max(H, heads * headDim) + 4 * heads * maxS * batch;
     const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
-    const workers = method !== "rtn" ? gptqPoolSize(weights) : 0;
-    const maxIn = Math.max(1, ...linears.map(([, l]) => l.inFeatures));
-    const gptqBytes = method !== "rtn" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
+    const workers = method !== "rtn" ? gptqPoolSize(weights, opts.workers) : 0;
+    /** GPTQ's scratch per worker at the widest of `ls` */
+    const gptqAt = (ls: [string, Linear][]): number => {
+      const maxIn = Math.max(1, ...ls.map(([, l]) => l.inFeatures));
+      return method !== "rtn" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
+    };
+    const gptqBytes = gptqAt(linears);
     const memory = {
       parameters: params + read,
       outputs: weights + 2 * write,
@@ -326,13 +337,20 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       flops: { calibrate, propagate: i < config.numHiddenLayers - 1 ? propagate : 0, gptq },
       seconds,
     };
-    if (block && perExpert) {
+    if (experts) {
+      const gptq = {
+        nonExpert: gptqAt(linears.filter(([, l]) => !expertLinears.has(l))),
+        expert: gptqAt(linears.filter(([, l]) => expertLinears.has(l))),
+      };
       // the streamed calls a group reads (input and routing, a routed sum) and writes, a batch at a time
-      const stream = 4 * 3 * batch * (H + 2 * K);
-      planExpertGroups(lp, block.numRoutedExperts, perExpert, stream, {
-        maxMemory: opts.maxMemory ?? availableMemory(),
+      const x: ExpertsOfLayer = { ...experts, gptq, stream: 4 * 3 * batch * (H + 2 * K) };
+      grouped.set(i, { whole: structuredClone(lp), x });
+      planExpertGroups(lp, x, {
+        maxMemory,
         ...(opts.expertGroupSize === undefined ? {} : { expertGroupSize: opts.expertGroupSize }),
       });
+      // what the next layer may find not yet collected is the last group's weights, not every expert's
+      if (lp.expert_groups) previousWeights -= (experts.count - lp.expert_groups.size) * experts.per.parameters;
       // on disk: both streams of calls, two routed sums, and the group files beside the layer's
       if (lp.expert_groups) groupedDisk = Math.max(groupedDisk, 8 * T * (H + 2 * K) + 8 * T * H + write);
     }
@@ -340,14 +358,23 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     output += write;
     maxLayerFile += write;
   }
+  if (opts.expertGroupSize === undefined) fitRetainedGroups(layers, grouped, maxMemory);
   // the tensors copied unchanged
   output += copied.reduce((a, b) => a + b, 0);
   // every layer's file, and the hidden states a layer reads and writes (two at a time)
   const resumeState = maxLayerFile + 2 * 4 * T * H + groupedDisk;
-  const largestLayerFile = Math.max(0, ...layers.map((l) => l.write_bytes));
+  // a finished layer's tensors are read back one at a time: at most a weight's codes (a byte per value) or a tensor copied unchanged
+  const largestTensor = Math.max(
+    0,
+    ...model.namedParameters().map(([n, p]) => {
+      const linear = n.endsWith(".weight") ? n.slice(0, -".weight".length) : null;
+      const codes = linear !== null && isTarget(linear) ? p.shape.reduce((a, b) => a * b, 1) : 0;
+      return Math.max(codes, ck.has(n) ? bytesOf(ck.info(n).dtype, ck.info(n).shape) : 0);
+    }),
+  );
   const phases = {
     embed: (4 + 4 + 4 + 4) * maxS * H,
-    assemble: largestLayerFile + pieceBuffer + Math.min(PIECE_BYTES, output),
+    assemble: largestTensor + pieceBuffer + Math.min(PIECE_BYTES, output),
   };
   const assembly = Math.min(output, opts.maxShardBytes ?? DEFAULT_SHARD_BYTES);
   return {
@@ -377,17 +404,23 @@ export function processBaseline(): number {
   return Math.max(PLAN_MODEL.baselineBytes, process.memoryUsage().rss + PLAN_MODEL.runtimeBytes);
 }
 
+/** Gate/up Hessians of a layer's experts: one shared Gram product for all-token statistics, else one per expert. */
+function gateUpPreps(allExperts: boolean, routerAware: boolean, E: number): number {
+  return routerAware || !allExperts ? E : 1;
+}
+
 /** What one routed expert (the first; all are alike) adds to its layer's memory: its weights as read and in float32, its codes when quantized. */
 function expertMemory(
   layer: AnyModule,
   prefix: string,
   expert: MoeExpert | undefined,
   quantized: boolean,
-  bytes: (module: AnyModule, prefix: string) => { read: number; params: number },
+  bytes: (module: AnyModule, prefix: string) => { read: number; write: number; params: number },
 ): PerExpert {
   const name = expert ? layer.namedModules(prefix).find(([, m]) => (m as unknown) === expert)?.[0] : undefined;
   if (!expert || name === undefined) return { parameters: 0, hessians: 0, outputs: 0 };
-  const { read, params } = bytes(expert as unknown as AnyModule, name);
+  const { read, write, params } = bytes(expert as unknown as AnyModule, name);
   const codes = [expert.gate, expert.up, expert.down].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
-  return { parameters: params + read, hessians: 0, outputs: quantized ? codes : 0 };
+  // its codes, and its output tensors held twice while its group's file is written
+  return { parameters: params + read, hessians: 0, outputs: (quantized ? codes : 0) + 2 * write };
 }

@@ -40,6 +40,9 @@ export interface LayerTargets {
   sharedGlobalScale?: readonly (readonly string[])[];
 }
 
+/** GPTQ preparations of shared Hessians (by the Hessian array, then the activation order), reused by later calls. */
+export type PrepCache = Map<Float32Array, Map<string, GptqJob["prep"]>>;
+
 /** Layers with fewer GPTQ weights than this are quantized on the main thread (starting workers costs more than it saves there). */
 export const GPTQ_WORKER_MIN_WEIGHTS = 4 * 1024 * 1024;
 
@@ -101,7 +104,7 @@ export async function quantizeLayerLinears(
   schemeOf: (linear: string) => Scheme,
   methodOf: (linear: string) => Method,
   scaleDType: ScaleDType,
-  opts: { dampening: number; blockSize: number; warn?: (msg: string) => void; layerLabel: string; workers?: number },
+  opts: { dampening: number; blockSize: number; warn?: (msg: string) => void; layerLabel: string; workers?: number; preps?: PrepCache },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
@@ -163,7 +166,10 @@ export async function quantizeLayerLinears(
       let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
       if (members.length > 1) {
         try {
-          prep = sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening));
+          const key = String(scheme.weights.actorder);
+          const cached = opts.preps?.get(H)?.get(key);
+          prep = cached ?? sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening));
+          if (opts.preps && !cached) opts.preps.set(H, (opts.preps.get(H) ?? new Map()).set(key, prep));
         } catch (e) {
           if (!(e instanceof NumericalError)) throw e;
           choleskyFallback(members);

@@ -15,7 +15,7 @@ import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, IoError, UsageError } from "../errors.js";
 import { SafetensorsFile } from "../io/safetensors.js";
-import { type NamedRaw, encodeSafetensors, writeAll } from "../io/writer.js";
+import { type LazyRaw, type NamedRaw, encodeSafetensorsLazy, writeAll } from "../io/writer.js";
 import { type WorkManifest, type WorkState, differences, shapeProblem, stateProblem } from "./work-manifest.js";
 
 export type { WorkManifest, WorkState } from "./work-manifest.js";
@@ -85,7 +85,7 @@ export interface HiddenWriter {
 }
 
 /** Write a file atomically: a private temporary sibling, fsync, rename, fsync of the folder. */
-export function writeAtomic(file: string, parts: readonly Uint8Array[]): void {
+export function writeAtomic(file: string, parts: Iterable<Uint8Array>): void {
   const tmp = `${file}.tmp`;
   try {
     const fd = createPrivate(tmp);
@@ -363,9 +363,9 @@ export class WorkFolder {
    * made visible now; none after the last layer), then the state; the previous layer's hidden
    * states are deleted afterwards.
    */
-  saveLayer(state: WorkState, tensors: NamedRaw[], hidden: HiddenWriter | null, stop?: (stage: CheckpointStage) => void): void {
+  saveLayer(state: WorkState, tensors: (NamedRaw | LazyRaw)[], hidden: HiddenWriter | null, stop?: (stage: CheckpointStage) => void): void {
     const i = state.layer;
-    writeAtomic(this.layerFile(i), encodeSafetensors(tensors));
+    writeAtomic(this.layerFile(i), encodeSafetensorsLazy(tensors));
     stop?.("tensors");
     hidden?.commit();
     stop?.("hidden");
@@ -379,11 +379,11 @@ export class WorkFolder {
     writeAtomic(path.join(this.dir, STATE), [Buffer.from(JSON.stringify(state))]);
   }
 
-  /** The quantized and copied tensors of layer `i`, in the order they were recorded. */
-  layerTensors(i: number): NamedRaw[] {
+  /** The quantized and copied tensors of layer `i`, in the order they were recorded, each read when it is asked for. */
+  *layerTensors(i: number): Generator<NamedRaw> {
     fs.closeSync(openPrivate(this.layerFile(i)).fd); // a regular file, not a link
     const f = SafetensorsFile.open(this.layerFile(i));
-    return [...f.tensors.keys()].map((n) => ({ name: n, ...f.readRaw(n) }));
+    for (const n of f.tensors.keys()) yield { name: n, ...f.readRaw(n) };
   }
 
   /** Whether a layer has finished (in this run or an earlier one). */

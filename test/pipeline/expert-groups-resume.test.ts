@@ -47,3 +47,31 @@ for (const [layer, stage, k, resume] of [
     assertSameFiles(out, reference);
   });
 }
+
+test("a damaged group state, or a link planted in place of a group's file, is refused naming the file; --restart starts over", () => {
+  const out = path.join(tmp, "damaged");
+  const args = [out, "--expert-group-size", "5"];
+  assert.equal(run([...args.slice(0, 1), "1", "group", ...args.slice(1), "--kill-at-group", "1"]).signal, "SIGKILL");
+  const work = path.join(tmp, ".damaged.moecal-work");
+  const state = path.join(work, "layer-1-groups.json");
+  const saved = fs.readFileSync(state);
+  fs.writeFileSync(state, "{ not json");
+  const bad = run(args);
+  assert.equal(bad.status, 1, String(bad.stderr));
+  assert.match(String(bad.stderr), /layer-1-groups\.json: not a group state moecal wrote .*--restart/);
+  fs.writeFileSync(state, saved);
+  // the routed sums after two groups, replaced by a link to a file outside the work folder
+  const sums = path.join(work, "moe-1-routed-2.bin");
+  const outside = path.join(tmp, "outside.bin");
+  const before = fs.readFileSync(sums);
+  fs.copyFileSync(sums, outside);
+  fs.rmSync(sums);
+  fs.symlinkSync(outside, sums);
+  const linked = run(args);
+  assert.equal(linked.status, 1, String(linked.stderr));
+  assert.match(String(linked.stderr), /moe-1-routed-2\.bin is not a regular file \(moecal never follows links in its work folder\)/);
+  assert.ok(fs.readFileSync(outside).equals(before), "the link's target untouched");
+  const restarted = run([...args, "--restart"]);
+  assert.equal(restarted.status, 0, String(restarted.stderr));
+  assertSameFiles(out, reference);
+});
