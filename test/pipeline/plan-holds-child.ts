@@ -1,6 +1,6 @@
 /**
- * One oneshot run for the plan-holds test, in its own process: `node plan-holds-child.js MODEL SCHEME OUTPUT`
- * (GPTQ, 4 samples x 32 tokens). Where this process may create a memory cgroup (root, cgroup v1 or
+ * One oneshot run for the plan-holds test, in its own process: `node plan-holds-child.js MODEL SCHEME OUTPUT [GROUP]`
+ * (GPTQ, 4 samples x 32 tokens; MoE layers GROUP experts at a time when given). Where this process may create a memory cgroup (root, cgroup v1 or
  * v2), it moves itself into one and, once the plan is known, limits it to the plan + 10%: a run
  * over its plan is killed by the kernel. Prints {"plan": bytes, "peak": bytes, "limited": bool}.
  */
@@ -9,7 +9,7 @@ import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { peakRssBytes } from "../../src/util/memory.js";
 
-const [model, scheme, output] = process.argv.slice(2) as [string, string, string];
+const [model, scheme, output, group] = process.argv.slice(2) as [string, string, string, string | undefined];
 
 /** A memory cgroup of this process's own, with a setter for its limit, or null where none can be made. */
 function ownCgroup(): ((bytes: number) => void) | null {
@@ -50,6 +50,7 @@ await oneshot({
   output,
   numSamples: 4,
   maxSeqLength: 32,
+  ...(group ? { expertGroupSize: Number(group) } : {}),
   warn: () => undefined,
   onProgress: (e) => {
     if (e.kind !== "plan") return;
