@@ -48,7 +48,7 @@ export function formatPlan(p: Plan): string {
   }
   const lines = [
     `${p.model}: ${p.scheme} ${p.method}, ${p.samples} samples / ${p.tokens} tokens`,
-    "layer  kind   read       write      peak memory  (hidden states, Hessians, GPTQ)   GFLOP calib / propagate / GPTQ   time",
+    "layer  kind     read       write      peak memory  (hidden states, Hessians, GPTQ)   GFLOP calib / propagate / GPTQ   time",
   ];
   if (p.layers.some((l) => l.expert_groups))
     lines.splice(1, 0, "(moe/N: the layer's routed experts run N at a time, to fit in --max-memory or as --expert-group-size asks)");
@@ -56,7 +56,7 @@ export function formatPlan(p: Plan): string {
     const m = l.memory;
     const g = (f: number): string => (f / 1e9).toFixed(1);
     lines.push(
-      `${String(l.layer).padStart(5)}  ${(l.moe ? (l.expert_groups ? `moe/${l.expert_groups.size}` : "moe") : "dense").padEnd(5)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  (${size(m.hidden_states)}, ${size(m.hessians)}, ${size(m.gptq + m.workers)})  ${g(l.flops.calibrate)} / ${g(l.flops.propagate)} / ${g(l.flops.gptq)}  ${time(l.seconds)}`,
+      `${String(l.layer).padStart(5)}  ${(l.moe ? (l.expert_groups ? `moe/${l.expert_groups.size}` : "moe") : "dense").padEnd(7)}  ${size(l.read_bytes).padStart(9)}  ${size(l.write_bytes).padStart(9)}  ${size(l.peak_memory_bytes).padStart(11)}  (${size(m.hidden_states)}, ${size(m.hessians)}, ${size(m.gptq + m.workers)})  ${g(l.flops.calibrate)} / ${g(l.flops.propagate)} / ${g(l.flops.gptq)}  ${time(l.seconds)}`,
     );
   }
   lines.push(planSummary(p));
