@@ -12,8 +12,7 @@ import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
 import type { RoutedInput } from "../nn/moe.js";
-import { writeAll } from "../io/writer.js";
-import { RESTART, createPrivate, openPrivate } from "./work-folder.js";
+import { RESTART, openPrivate, privateWriter } from "./work-folder.js";
 
 export interface StreamWriter {
   append(r: RoutedInput | Tensor): void;
@@ -25,39 +24,19 @@ const bytesOf = (a: Float32Array | Int32Array): Uint8Array => new Uint8Array(a.b
 
 /** Write records to `file` (through `file`.tmp; `commit` makes it visible). */
 export function streamWriter(file: string): StreamWriter {
-  const tmp = `${file}.tmp`;
-  const fd = createPrivate(tmp);
-  let open = true;
-  const close = (): void => {
-    if (open) fs.closeSync(fd);
-    open = false;
-  };
+  const w = privateWriter(file);
   return {
     append: (r) => {
       const flat = r instanceof Tensor ? r : r.flat;
-      const [T, H] = [flat.dim(0), flat.dim(1)];
-      const K = r instanceof Tensor ? 0 : r.topScores.dim(1);
-      try {
-        writeAll(fd, bytesOf(Int32Array.of(T, H, K)), tmp);
-        writeAll(fd, bytesOf(flat.data), tmp);
-        if (!(r instanceof Tensor)) {
-          writeAll(fd, bytesOf(r.topScores.data), tmp);
-          writeAll(fd, bytesOf(r.selectedExperts), tmp);
-        }
-      } catch (e) {
-        close();
-        throw e;
+      w.write(bytesOf(Int32Array.of(flat.dim(0), flat.dim(1), r instanceof Tensor ? 0 : r.topScores.dim(1))));
+      w.write(bytesOf(flat.data));
+      if (!(r instanceof Tensor)) {
+        w.write(bytesOf(r.topScores.data));
+        w.write(bytesOf(r.selectedExperts));
       }
     },
-    commit: () => {
-      fs.fsyncSync(fd);
-      close();
-      fs.renameSync(tmp, file);
-    },
-    abandon: () => {
-      close();
-      fs.rmSync(tmp, { force: true });
-    },
+    commit: w.commit,
+    abandon: w.abandon,
   };
 }
 

@@ -84,6 +84,44 @@ export interface HiddenWriter {
   abandon(): void;
 }
 
+/** A file of the work folder written in parts: to a private temporary sibling; `commit` makes it visible (fsync, rename, fsync of the folder). */
+export interface PrivateWriter {
+  write(bytes: Uint8Array): void;
+  commit(): void;
+  /** close and delete the temporary file (the run failed) */
+  abandon(): void;
+}
+
+export function privateWriter(file: string): PrivateWriter {
+  const tmp = `${file}.tmp`;
+  const fd = createPrivate(tmp);
+  let open = true;
+  const close = (): void => {
+    if (open) fs.closeSync(fd);
+    open = false;
+  };
+  return {
+    write: (bytes) => {
+      try {
+        writeAll(fd, bytes, tmp);
+      } catch (e) {
+        close();
+        throw e;
+      }
+    },
+    commit: () => {
+      fs.fsyncSync(fd);
+      close();
+      fs.renameSync(tmp, file);
+      syncFolder(path.dirname(file));
+    },
+    abandon: () => {
+      close();
+      fs.rmSync(tmp, { force: true });
+    },
+  };
+}
+
 /** Write a file atomically: a private temporary sibling, fsync, rename, fsync of the folder. */
 export function writeAtomic(file: string, parts: Iterable<Uint8Array>): void {
   const tmp = `${file}.tmp`;
@@ -285,33 +323,11 @@ export class WorkFolder {
    * `saveLayer` does for a layer's, between its tensors and its state.
    */
   hiddenWriter(i: number): HiddenWriter {
-    const file = this.hiddenFile(i);
-    const tmp = `${file}.tmp`;
-    const fd = createPrivate(tmp);
-    let open = true;
-    const close = (): void => {
-      if (open) fs.closeSync(fd);
-      open = false;
-    };
+    const w = privateWriter(this.hiddenFile(i));
     return {
-      append: (t) => {
-        try {
-          writeAll(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), tmp);
-        } catch (e) {
-          close();
-          throw e;
-        }
-      },
-      commit: () => {
-        fs.fsyncSync(fd);
-        close();
-        fs.renameSync(tmp, file);
-        syncFolder(this.dir);
-      },
-      abandon: () => {
-        close();
-        fs.rmSync(tmp, { force: true });
-      },
+      append: (t) => w.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)),
+      commit: w.commit,
+      abandon: w.abandon,
     };
   }
 
