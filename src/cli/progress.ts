@@ -178,7 +178,11 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
         break;
       case "resume":
         layer = e.layer + 1;
-        line(`resuming after layer ${e.layer + 1}/${e.layers} (finished layers kept in ${e.folder})`);
+        line(
+          e.layer < 0
+            ? `resuming inside layer 1/${e.layers} (its finished expert groups kept in ${e.folder})`
+            : `resuming after layer ${e.layer + 1}/${e.layers} (finished layers kept in ${e.folder})`,
+        );
         runBar?.update(layer, { info: etaText() });
         break;
       case "resume-groups":

@@ -43,7 +43,8 @@ const LAYER_REPORT = z.strictObject({
 });
 
 const STATE_SCHEMA = z.strictObject({
-  layer: z.number().int().nonnegative(),
+  /** the last finished layer (-1: none yet, the state saved inside layer 0 run in expert groups) */
+  layer: z.number().int().min(-1),
   layers: z.array(LAYER_REPORT),
   coverage: z.record(z.string(), z.strictObject({ routed: z.array(z.number()), seen: z.array(z.number()) })),
   fallbacks: z.array(

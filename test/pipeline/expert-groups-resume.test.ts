@@ -48,6 +48,21 @@ for (const [layer, stage, k, resume] of [
   });
 }
 
+test("qwen3_moe, whose layer 0 is an MoE layer: SIGKILL after its first group's state resumes inside layer 0 and writes the whole layers' bytes", () => {
+  const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
+  const whole = path.join(tmp, "qwen3-whole");
+  assert.equal(run([whole, "--model", model]).status, 0);
+  const out = path.join(tmp, "qwen3-killed");
+  const args = ["--model", model, "--expert-group-size", "3"];
+  assert.equal(run([out, "0", "group", ...args, "--kill-at-group", "0"]).signal, "SIGKILL");
+  const again = run([out, ...args]);
+  assert.equal(again.status, 0, String(again.stderr));
+  const ev = events(String(again.stdout));
+  assert.deepEqual(ev[0], { kind: "resume", layer: -1 });
+  assert.deepEqual(ev[1], { kind: "resume-groups", layer: 0, done: 1, groups: 3 });
+  assertSameFiles(out, whole);
+});
+
 test("a damaged group state, or a link planted in place of a group's file, is refused naming the file; --restart starts over", () => {
   const out = path.join(tmp, "damaged");
   const args = [out, "--expert-group-size", "5"];
