@@ -8,9 +8,10 @@
  *    as propagation sees them.
  * 3. Per group of experts: its weights loaded; the streamed calibration calls replayed through the
  *    group (the same calls, chunks and code as the whole layer: calibrateExperts) for its
- *    statistics; the group quantized and its tensors written; its routed outputs, from the quantized
- *    weights, added to the routed sums of the groups before it (experts in order: servedExperts);
- *    state saved; weights freed. A killed run resumes after the last saved group.
+ *    statistics; the group quantized, its tensors and its result written (files named by the group,
+ *    all a later step needs of it), its weights freed. Then its routed outputs, from the weights its
+ *    file holds, are added to the routed sums of the groups before it (experts in order:
+ *    servedExperts), and the layer's state is saved. A killed run resumes after the last saved group.
  * 4. A last pass runs the layer with each call's routed sum read back, for the next layer's input.
  *
  * Every statistic and sum is taken in the whole layer's order, so the output is byte-identical to
@@ -29,22 +30,23 @@ import type { DecoderLayer } from "../models/family.js";
 import { type RoutedInput, asMoeBlock, servedExperts, withRoutedOverride } from "../nn/moe.js";
 import type { Module } from "../nn/module.js";
 import type { SwiGluExpert } from "../calibration/fast-path.js";
-import { assertFinite, loadParameters, unloadParameters } from "../nn/weights.js";
+import { loadParameters, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
 import {
   type LayerOutcome,
   type LayerSteps,
   type PartResult,
   inLinearOrder,
-  layerOutputTensors,
   observeAndQuantize,
   quantizedTensors,
   schemeOfTarget,
 } from "./layer-steps.js";
-import { type PrepCache, staticInputScale } from "./quantize-layer.js";
-import { inputScaleTensor } from "../export/compressed-tensors.js";
+import type { PrepCache } from "./quantize-layer.js";
 import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
-import { type GroupState, readGroupState, writeGroupState } from "./group-state.js";
+import { assembleLayer, finalPass } from "./group-output.js";
+import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
+import { loadQuantizedWeights } from "./group-weights.js";
+import { Linear } from "../nn/layers.js";
 import { type CheckpointStage, type HiddenWriter, type WorkFolder, type WorkState, openPrivate, writeAtomic } from "./work-folder.js";
 
 type Expert = SwiGluExpert & Module<Tensor, Tensor>;
@@ -93,16 +95,7 @@ export async function groupedLayer(
   const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
   const progress = run.opts.onProgress;
   const E = experts.length;
-  const gs: GroupState = readGroupState(files, i, E, job.last) ?? {
-    layer: i,
-    group_size: Math.min(job.groupSize, E),
-    done: 0,
-    seen: new Array<number>(E).fill(0),
-    results: [],
-    fallbacks: [],
-    all_token_fallbacks: [],
-    absmax: 0,
-  };
+  const gs: GroupState = readGroupState(files, i, E, job.last) ?? { layer: i, group_size: Math.min(job.groupSize, E), done: 0 };
   const groups = Math.ceil(E / gs.group_size);
   if (gs.done > 0) progress?.({ kind: "resume-groups", layer: i, done: gs.done, groups });
   const stop = (stage: CheckpointStage): void => run.opts.onCheckpoint?.(stage, i);
@@ -144,18 +137,22 @@ export async function groupedLayer(
       }
     }
     progress?.({ kind: "phase", layer: i, phase: "write" });
+    const done = Array.from({ length: groups }, (_, g) =>
+      readGroupResult(files, g, g * gs.group_size, Math.min(E, (g + 1) * gs.group_size)),
+    );
+    const seen = done.flatMap((r) => r.seen);
     return {
       part: inLinearOrder(layer, i, {
-        results: [...nonExpert.results, ...gs.results],
-        fallbacks: [...nonExpert.fallbacks, ...gs.fallbacks],
-        allTokenFallbacks: [...nonExpert.allTokenFallbacks, ...gs.all_token_fallbacks],
+        results: [...nonExpert.results, ...done.flatMap((r) => r.results)],
+        fallbacks: [...nonExpert.fallbacks, ...done.flatMap((r) => r.fallbacks)],
+        allTokenFallbacks: [...nonExpert.allTokenFallbacks, ...done.flatMap((r) => r.all_token_fallbacks)],
       }),
-      coverage: routed ? { routed, seen: gs.seen } : null,
-      tensors: assembleLayer(steps, layer, i, nonExpert, gs, files),
+      coverage: routed ? { routed, seen } : null,
+      tensors: assembleLayer(steps, layer, i, nonExpert, done, files),
       next,
       clean: () => {
         for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state]) fs.rmSync(f, { force: true });
-        for (let g = 0; g < groups; g++) fs.rmSync(files.tensors(g), { force: true });
+        for (let g = 0; g < groups; g++) for (const f of [files.tensors(g), files.result(g)]) fs.rmSync(f, { force: true });
       },
     };
   } finally {
@@ -232,8 +229,21 @@ interface GroupJob extends LayerJob {
   preps: PrepCache;
 }
 
-/** Experts [a, b): load, observe over the streamed calibration calls, quantize, write, add their routed outputs. */
+/**
+ * Experts [a, b): the group's own work, whose tensors and result files are all that later steps need
+ * of it (its weights loaded, observed over the streamed calibration calls, quantized, written,
+ * freed); then, but for the last layer, its routed outputs added to the sums, from its file.
+ */
 async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
+  const g = j.a / j.gs.group_size;
+  await quantizeGroup(steps, j, g);
+  j.stop("group-tensors");
+  if (!j.last) await addGroupSums(steps, j, g);
+  j.stop("group-sums");
+}
+
+/** Load, observe, quantize and write experts [a, b); their weights are freed when it returns. */
+async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
   const { run } = steps;
   const inGroup = (e: number | undefined): boolean => e !== undefined && e >= j.a && e < j.b;
   const params = (n: string): boolean => inGroup(j.expertOf.get(n));
@@ -273,27 +283,55 @@ async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
       tracker.remove();
     }
     const seen = tracker.coverage.layers[String(j.i)]?.seen ?? [];
-    for (let e = j.a; e < j.b; e++) j.gs.seen[e] = (j.gs.seen[e] as number) + (seen[e] ?? 0);
-    const g = j.a / j.gs.group_size;
-    const tensors = part.results.map((q) => ({ name: q.name, tensors: quantizedTensors(run, q) }));
-    writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flatMap((t) => t.tensors)));
-    j.stop("group-tensors");
-    if (!j.last) await addGroupSums(j, members, g);
-    j.stop("group-sums");
-    for (const [k, q] of part.results.entries()) {
-      const names = (tensors[k] as { tensors: NamedRaw[] }).tensors.map((t) => t.name);
-      j.gs.results.push({ name: q.name, expert: j.linearExpert.get(q.name) as number, loss: q.loss, tensors: names });
-    }
-    j.gs.fallbacks.push(...part.fallbacks);
-    j.gs.all_token_fallbacks.push(...part.allTokenFallbacks);
-    j.gs.absmax = Math.max(j.gs.absmax, part.absMax);
+    const tensors = part.results.map((q) => quantizedTensors(run, q));
+    writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flat()));
+    writeGroupResult(j.files, g, {
+      first: j.a,
+      end: j.b,
+      results: part.results.map((q, k) => ({
+        name: q.name,
+        expert: j.linearExpert.get(q.name) as number,
+        loss: q.loss,
+        tensors: (tensors[k] as NamedRaw[]).map((t) => t.name),
+      })),
+      fallbacks: part.fallbacks,
+      all_token_fallbacks: part.allTokenFallbacks,
+      seen: Array.from({ length: j.b - j.a }, (_, k) => seen[j.a + k] ?? 0),
+      absmax: part.absMax,
+    });
   } finally {
     unloadParameters(run.model, params);
   }
 }
 
-/** The routed sums after group g: those after the groups before it, plus this group's experts on their routed tokens. */
-async function addGroupSums(j: GroupJob, members: Expert[], g: number): Promise<void> {
+/**
+ * The routed sums after group g: those after the groups before it, plus this group's experts on
+ * their routed tokens, with the weights its file holds (dequantized as written) and the source's
+ * for any it left unquantized.
+ */
+async function addGroupSums(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
+  const { run } = steps;
+  const result = readGroupResult(j.files, g, j.a, j.b);
+  const quantized = new Map(result.results.map((r) => [r.name, r.tensors]));
+  const members = j.experts.slice(j.a, j.b);
+  const inGroup = (n: string): boolean => {
+    const e = j.expertOf.get(n);
+    return e !== undefined && e >= j.a && e < j.b;
+  };
+  const linears = new Map<string, Linear>();
+  for (const [n, m] of j.layer.namedModules(`model.layers.${j.i}`)) if (m instanceof Linear && quantized.has(n)) linears.set(n, m);
+  const fromSource = (n: string): boolean => inGroup(n) && !quantized.has(n.slice(0, -".weight".length));
+  loadParameters(run.model, run.source, run.mapping, fromSource);
+  try {
+    fs.closeSync(openPrivate(j.files.tensors(g)).fd); // a regular file, not a link
+    loadQuantizedWeights(SafetensorsFile.open(j.files.tensors(g)), linears, schemeOfTarget(run), (n) => quantized.get(n) ?? []);
+    await sumGroup(j, members, g);
+  } finally {
+    unloadParameters(run.model, inGroup);
+  }
+}
+
+async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void> {
   const w = streamWriter(j.files.routed(g + 1));
   try {
     const before = g > 0 ? streamRecords(j.files.routed(g)) : null;
@@ -311,75 +349,4 @@ async function addGroupSums(j: GroupJob, members: Expert[], g: number): Promise<
     w.abandon();
     throw e;
   }
-}
-
-/** The layer over its inputs once more, each MoE call's routed sum read back instead of computed: the next layer's inputs. */
-async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: number, sumsFile: string, next: HiddenWriter): Promise<void> {
-  const sums = streamRecords(sumsFile);
-  const progress = steps.run.opts.onProgress;
-  try {
-    await withRoutedOverride(
-      async (input, routed) => {
-        const r = await sums.next();
-        if (r.done || r.value.flat.size !== routed.size || r.value.flat.dim(0) !== input.flat.dim(0))
-          throw new CheckpointFormatError(`${sumsFile}: its calls do not match the layer's; rerun with --restart`);
-        routed.data.set(r.value.flat.data);
-      },
-      () =>
-        steps.eachInput(i, async (h, done, tokens) => {
-          const out = await layer.call(h);
-          assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
-          next.append(out);
-          progress?.({ kind: "samples", layer: i, phase: "propagate", done, total: steps.samples, tokens });
-        }),
-    );
-  } finally {
-    await sums.return(undefined);
-  }
-}
-
-/**
- * The layer's output tensors in its parameter order: the non-expert part's from memory, each
- * group's read back from its file. A static-activation Linear that saw no rows takes the largest
- * input scale of the whole layer, known only now: its input scale is written here.
- */
-function assembleLayer(
-  steps: LayerSteps,
-  layer: DecoderLayer,
-  i: number,
-  nonExpert: PartResult,
-  gs: GroupState,
-  files: ReturnType<typeof groupFiles>,
-): (NamedRaw | LazyRaw)[] {
-  const { run } = steps;
-  const layerMax = Math.max(nonExpert.absMax, gs.absmax);
-  const noRows = new Set([...nonExpert.fallbacks, ...gs.fallbacks].filter((f) => f.reason === "no-activation-rows").map((f) => f.module));
-  const scaleOf = (name: string): number => staticInputScale(schemeOfTarget(run)(name), layerMax, run.scaleDType);
-  const quantized = new Map<string, () => (NamedRaw | LazyRaw)[]>();
-  for (const q of nonExpert.results)
-    quantized.set(q.name, () => quantizedTensors(run, noRows.has(q.name) ? { ...q, inputScale: scaleOf(q.name) } : q));
-  const opened = new Map<number, SafetensorsFile>();
-  const fileOf = (g: number): SafetensorsFile => {
-    let f = opened.get(g);
-    if (!f) {
-      fs.closeSync(openPrivate(files.tensors(g)).fd); // a regular file, not a link
-      f = SafetensorsFile.open(files.tensors(g));
-      opened.set(g, f);
-    }
-    return f;
-  };
-  for (const r of gs.results) {
-    const g = Math.floor(r.expert / gs.group_size);
-    const format = schemeOfTarget(run)(r.name).format;
-    const scale = noRows.has(r.name) ? inputScaleTensor(r.name, format, run.scaleDType, scaleOf(r.name)) : null;
-    quantized.set(r.name, () =>
-      r.tensors.map((n): NamedRaw | LazyRaw => {
-        if (n === scale?.name) return scale;
-        const info = fileOf(g).tensors.get(n);
-        if (!info) throw new CheckpointFormatError(`${files.tensors(g)}: no tensor "${n}"; rerun with --restart`);
-        return { name: n, dtype: info.dtype, shape: info.shape, read: () => fileOf(g).readRaw(n).bytes };
-      }),
-    );
-  }
-  return layerOutputTensors(run, layer, i, (n) => quantized.get(n)?.() ?? null);
 }

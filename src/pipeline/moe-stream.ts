@@ -86,6 +86,8 @@ export function groupFiles(dir: string, i: number) {
     routed: (done: number) => path.join(dir, `moe-${i}-routed-${done}.bin`),
     /** the tensors of group `g` */
     tensors: (g: number) => path.join(dir, `layer-${i}-group-${g}.safetensors`),
+    /** what group `g` did (written after its tensors: the group's work is done when it exists) */
+    result: (g: number) => path.join(dir, `layer-${i}-group-${g}.json`),
     /** the state of the layer's groups */
     state: path.join(dir, `layer-${i}-groups.json`),
   };

@@ -1,0 +1,90 @@
+/**
+ * The end of an MoE layer run in expert groups (expert-groups.ts): its output hidden states, from a
+ * pass with each MoE call's routed sum read back, and its output tensors, in its parameter order,
+ * read one at a time from the groups' files.
+ */
+import fs from "node:fs";
+import { CheckpointFormatError } from "../errors.js";
+import { inputScaleTensor } from "../export/compressed-tensors.js";
+import { SafetensorsFile } from "../io/safetensors.js";
+import type { LazyRaw, NamedRaw } from "../io/writer.js";
+import type { DecoderLayer } from "../models/family.js";
+import { withRoutedOverride } from "../nn/moe.js";
+import { assertFinite } from "../nn/weights.js";
+import type { GroupResult } from "./group-state.js";
+import { type LayerSteps, type PartResult, layerOutputTensors, quantizedTensors, schemeOfTarget } from "./layer-steps.js";
+import { type groupFiles, streamRecords } from "./moe-stream.js";
+import { staticInputScale } from "./quantize-layer.js";
+import { type HiddenWriter, openPrivate } from "./work-folder.js";
+
+/** The layer over its inputs once more, each MoE call's routed sum read back instead of computed: the next layer's inputs. */
+export async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: number, sumsFile: string, next: HiddenWriter): Promise<void> {
+  const sums = streamRecords(sumsFile);
+  const progress = steps.run.opts.onProgress;
+  try {
+    await withRoutedOverride(
+      async (input, routed) => {
+        const r = await sums.next();
+        if (r.done || r.value.flat.size !== routed.size || r.value.flat.dim(0) !== input.flat.dim(0))
+          throw new CheckpointFormatError(`${sumsFile}: its calls do not match the layer's; rerun with --restart`);
+        routed.data.set(r.value.flat.data);
+      },
+      () =>
+        steps.eachInput(i, async (h, done, tokens) => {
+          const out = await layer.call(h);
+          assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
+          next.append(out);
+          progress?.({ kind: "samples", layer: i, phase: "propagate", done, total: steps.samples, tokens });
+        }),
+    );
+  } finally {
+    await sums.return(undefined);
+  }
+}
+
+/**
+ * The layer's output tensors in its parameter order: the non-expert part's from memory, each
+ * group's read back from its file. A static-activation Linear that saw no rows takes the largest
+ * input scale of the whole layer, known only now: its input scale is written here.
+ */
+export function assembleLayer(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  nonExpert: PartResult,
+  groups: readonly GroupResult[],
+  files: ReturnType<typeof groupFiles>,
+): (NamedRaw | LazyRaw)[] {
+  const { run } = steps;
+  const layerMax = Math.max(nonExpert.absMax, ...groups.map((r) => r.absmax));
+  const noRows = new Set(
+    [...nonExpert.fallbacks, ...groups.flatMap((r) => r.fallbacks)].filter((f) => f.reason === "no-activation-rows").map((f) => f.module),
+  );
+  const scaleOf = (name: string): number => staticInputScale(schemeOfTarget(run)(name), layerMax, run.scaleDType);
+  const quantized = new Map<string, () => (NamedRaw | LazyRaw)[]>();
+  for (const q of nonExpert.results)
+    quantized.set(q.name, () => quantizedTensors(run, noRows.has(q.name) ? { ...q, inputScale: scaleOf(q.name) } : q));
+  for (const [g, group] of groups.entries()) {
+    let file: SafetensorsFile | null = null;
+    const fileOf = (): SafetensorsFile => {
+      if (!file) {
+        fs.closeSync(openPrivate(files.tensors(g)).fd); // a regular file, not a link
+        file = SafetensorsFile.open(files.tensors(g));
+      }
+      return file;
+    };
+    for (const r of group.results) {
+      const format = schemeOfTarget(run)(r.name).format;
+      const scale = noRows.has(r.name) ? inputScaleTensor(r.name, format, run.scaleDType, scaleOf(r.name)) : null;
+      quantized.set(r.name, () =>
+        r.tensors.map((n): NamedRaw | LazyRaw => {
+          if (n === scale?.name) return scale;
+          const info = fileOf().tensors.get(n);
+          if (!info) throw new CheckpointFormatError(`${files.tensors(g)}: no tensor "${n}"; rerun with --restart`);
+          return { name: n, dtype: info.dtype, shape: info.shape, read: () => fileOf().readRaw(n).bytes };
+        }),
+      );
+    }
+  }
+  return layerOutputTensors(run, layer, i, (n) => quantized.get(n)?.() ?? null);
+}
