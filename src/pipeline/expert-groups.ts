@@ -8,10 +8,10 @@
  *    as propagation sees them.
  * 3. Per group of experts: its weights loaded; the streamed calibration calls replayed through the
  *    group (the same calls, chunks and code as the whole layer: calibrateExperts) for its
- *    statistics; the group quantized, its tensors and its result written (files named by the group,
- *    all a later step needs of it), its weights freed. Then its routed outputs, from the weights its
- *    file holds, are added to the routed sums of the groups before it (experts in order:
- *    servedExperts), and the layer's state is saved. A killed run resumes after the last saved group.
+ *    statistics; the group quantized, its tensors and its result written (files named by the group);
+ *    its routed outputs, from the quantized weights, added to the routed sums of the groups before
+ *    it (experts in order: servedExperts); its weights freed; the layer's state saved. A killed run
+ *    resumes after the last saved group.
  * 4. A last pass runs the layer with each call's routed sum read back, for the next layer's input.
  *
  * Every statistic and sum is taken in the whole layer's order, so the output is byte-identical to
@@ -24,7 +24,6 @@ import { withMoeCalibration } from "../calibration/context.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import { type FastState, newFastState } from "../calibration/fast-path.js";
 import { calibrateExperts } from "../calibration/routed-experts.js";
-import { SafetensorsFile } from "../io/safetensors.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { type RoutedInput, asMoeBlock, servedExperts, withRoutedOverride } from "../nn/moe.js";
@@ -32,22 +31,12 @@ import type { Module } from "../nn/module.js";
 import type { SwiGluExpert } from "../calibration/fast-path.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
-import {
-  type LayerOutcome,
-  type LayerSteps,
-  type PartResult,
-  inLinearOrder,
-  observeAndQuantize,
-  quantizedTensors,
-  schemeOfTarget,
-} from "./layer-steps.js";
+import { type LayerOutcome, type LayerSteps, type PartResult, inLinearOrder, observeAndQuantize, quantizedTensors } from "./layer-steps.js";
 import type { PrepCache } from "./quantize-layer.js";
 import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
 import { assembleLayer, finalPass } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
-import { loadQuantizedWeights } from "./group-weights.js";
-import { Linear } from "../nn/layers.js";
-import { type CheckpointStage, type HiddenWriter, type WorkFolder, type WorkState, openPrivate, writeAtomic } from "./work-folder.js";
+import { type CheckpointStage, type HiddenWriter, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
 
 type Expert = SwiGluExpert & Module<Tensor, Tensor>;
 
@@ -230,107 +219,87 @@ interface GroupJob extends LayerJob {
 }
 
 /**
- * Experts [a, b): the group's own work, whose tensors and result files are all that later steps need
- * of it (its weights loaded, observed over the streamed calibration calls, quantized, written,
- * freed); then, but for the last layer, its routed outputs added to the sums, from its file.
+ * Experts [a, b): their weights loaded, observed over the streamed calibration calls, quantized, and
+ * written as the group's tensors and result (files named by the group); then, but for the last
+ * layer, their routed outputs (from the quantized weights) added to the sums; their weights freed.
  */
 async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
-  const g = j.a / j.gs.group_size;
-  await quantizeGroup(steps, j, g);
-  j.stop("group-tensors");
-  if (!j.last) await addGroupSums(steps, j, g);
-  j.stop("group-sums");
-}
-
-/** Load, observe, quantize and write experts [a, b); their weights are freed when it returns. */
-async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
   const { run } = steps;
-  const inGroup = (e: number | undefined): boolean => e !== undefined && e >= j.a && e < j.b;
-  const params = (n: string): boolean => inGroup(j.expertOf.get(n));
+  const g = j.a / j.gs.group_size;
+  const params = (n: string): boolean => {
+    const e = j.expertOf.get(n);
+    return e !== undefined && e >= j.a && e < j.b;
+  };
   loadParameters(run.model, run.source, run.mapping, params);
   try {
-    const members = j.experts.slice(j.a, j.b);
-    // the gate/up statistics every expert shares (all-token statistics) are summed by the first group
-    // and shared by the later ones, as is their GPTQ preparation; per-expert statistics are the group's own
-    const fastState = j.fastState;
-    fastState.routed = null;
-    const tracker = trackCoverage(j.layer, `model.layers.${j.i}`);
-    let part: PartResult;
-    try {
-      part = await observeAndQuantize(
-        steps,
-        j.layer,
-        j.i,
-        (n) => inGroup(j.linearExpert.get(n)),
-        async () => {
-          for await (const input of streamRecords(j.files.calibrate)) {
-            checkStop();
-            const step = {
-              ...input,
-              experts: members,
-              first: j.a,
-              calibrateAllExperts: steps.calibrateAllExperts,
-              fastPath: steps.fastPath,
-              fastState,
-            };
-            await calibrateExperts(step, Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]));
-          }
-          fastState.gateUpComplete = fastState.sharedGateUp !== null;
-        },
-        j.preps,
-      );
-    } finally {
-      tracker.remove();
-    }
-    const seen = tracker.coverage.layers[String(j.i)]?.seen ?? [];
-    const tensors = part.results.map((q) => quantizedTensors(run, q));
-    writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flat()));
-    writeGroupResult(j.files, g, {
-      first: j.a,
-      end: j.b,
-      results: part.results.map((q, k) => ({
-        name: q.name,
-        expert: j.linearExpert.get(q.name) as number,
-        loss: q.loss,
-        tensors: (tensors[k] as NamedRaw[]).map((t) => t.name),
-      })),
-      fallbacks: part.fallbacks,
-      all_token_fallbacks: part.allTokenFallbacks,
-      seen: Array.from({ length: j.b - j.a }, (_, k) => seen[j.a + k] ?? 0),
-      absmax: part.absMax,
-    });
+    await quantizeGroup(steps, j, g);
+    j.stop("group-tensors");
+    if (!j.last) await sumGroup(j, j.experts.slice(j.a, j.b), g);
+    j.stop("group-sums");
   } finally {
     unloadParameters(run.model, params);
   }
 }
 
-/**
- * The routed sums after group g: those after the groups before it, plus this group's experts on
- * their routed tokens, with the weights its file holds (dequantized as written) and the source's
- * for any it left unquantized.
- */
-async function addGroupSums(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
+/** Observe, quantize and write experts [a, b) (loaded): their weights become the dequantized values. */
+async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
   const { run } = steps;
-  const result = readGroupResult(j.files, g, j.a, j.b);
-  const quantized = new Map(result.results.map((r) => [r.name, r.tensors]));
   const members = j.experts.slice(j.a, j.b);
-  const inGroup = (n: string): boolean => {
-    const e = j.expertOf.get(n);
-    return e !== undefined && e >= j.a && e < j.b;
-  };
-  const linears = new Map<string, Linear>();
-  for (const [n, m] of j.layer.namedModules(`model.layers.${j.i}`)) if (m instanceof Linear && quantized.has(n)) linears.set(n, m);
-  const fromSource = (n: string): boolean => inGroup(n) && !quantized.has(n.slice(0, -".weight".length));
-  loadParameters(run.model, run.source, run.mapping, fromSource);
+  // the gate/up statistics every expert shares (all-token statistics) are summed by the first group
+  // and shared by the later ones, as is their GPTQ preparation; per-expert statistics are the group's own
+  const fastState = j.fastState;
+  fastState.routed = null;
+  const tracker = trackCoverage(j.layer, `model.layers.${j.i}`);
+  let part: PartResult;
   try {
-    fs.closeSync(openPrivate(j.files.tensors(g)).fd); // a regular file, not a link
-    loadQuantizedWeights(SafetensorsFile.open(j.files.tensors(g)), linears, schemeOfTarget(run), (n) => quantized.get(n) ?? []);
-    await sumGroup(j, members, g);
+    part = await observeAndQuantize(
+      steps,
+      j.layer,
+      j.i,
+      (n) => {
+        const e = j.linearExpert.get(n);
+        return e !== undefined && e >= j.a && e < j.b;
+      },
+      async () => {
+        for await (const input of streamRecords(j.files.calibrate)) {
+          checkStop();
+          const step = {
+            ...input,
+            experts: members,
+            first: j.a,
+            calibrateAllExperts: steps.calibrateAllExperts,
+            fastPath: steps.fastPath,
+            fastState,
+          };
+          await calibrateExperts(step, Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]));
+        }
+        fastState.gateUpComplete = fastState.sharedGateUp !== null;
+      },
+      j.preps,
+    );
   } finally {
-    unloadParameters(run.model, inGroup);
+    tracker.remove();
   }
+  const seen = tracker.coverage.layers[String(j.i)]?.seen ?? [];
+  const tensors = part.results.map((q) => quantizedTensors(run, q));
+  writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flat()));
+  writeGroupResult(j.files, g, {
+    first: j.a,
+    end: j.b,
+    results: part.results.map((q, k) => ({
+      name: q.name,
+      expert: j.linearExpert.get(q.name) as number,
+      loss: q.loss,
+      tensors: (tensors[k] as NamedRaw[]).map((t) => t.name),
+    })),
+    fallbacks: part.fallbacks,
+    all_token_fallbacks: part.allTokenFallbacks,
+    seen: Array.from({ length: j.b - j.a }, (_, k) => seen[j.a + k] ?? 0),
+    absmax: part.absMax,
+  });
 }
 
+/** The routed sums after group g: those after the groups before it, plus this group's experts on their routed tokens. */
 async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void> {
   const w = streamWriter(j.files.routed(g + 1));
   try {
