@@ -36,7 +36,7 @@ import type { PrepCache } from "./quantize-layer.js";
 import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
 import { assembleLayer, finalPass } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
-import { type CheckpointStage, type HiddenWriter, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
+import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
 
 type Expert = SwiGluExpert & Module<Tensor, Tensor>;
 
@@ -307,7 +307,7 @@ async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void
     for await (const input of streamRecords(j.files.propagate)) {
       checkStop();
       const prev = before ? await before.next() : null;
-      if (prev?.done) throw new CheckpointFormatError(`${j.files.routed(g)}: fewer calls than ${j.files.propagate}`);
+      if (prev?.done) throw new CheckpointFormatError(`${j.files.routed(g)}: fewer calls than ${j.files.propagate}; ${RESTART}`);
       const sum = prev ? (prev.value as RoutedInput).flat : Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]);
       await servedExperts(input, members, j.a, sum);
       w.append(sum);

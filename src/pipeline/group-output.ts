@@ -15,7 +15,7 @@ import type { GroupResult } from "./group-state.js";
 import { type LayerSteps, type PartResult, layerOutputTensors, quantizedTensors, schemeOfTarget } from "./layer-steps.js";
 import { type groupFiles, streamRecords } from "./moe-stream.js";
 import { staticInputScale } from "./quantize-layer.js";
-import { type HiddenWriter, openPrivate } from "./work-folder.js";
+import { type HiddenWriter, RESTART, openPrivate } from "./work-folder.js";
 
 /** The layer over its inputs once more, each MoE call's routed sum read back instead of computed: the next layer's inputs. */
 export async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: number, sumsFile: string, next: HiddenWriter): Promise<void> {
@@ -26,7 +26,7 @@ export async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: numbe
       async (input, routed) => {
         const r = await sums.next();
         if (r.done || r.value.flat.size !== routed.size || r.value.flat.dim(0) !== input.flat.dim(0))
-          throw new CheckpointFormatError(`${sumsFile}: its calls do not match the layer's; rerun with --restart`);
+          throw new CheckpointFormatError(`${sumsFile}: its calls do not match the layer's; ${RESTART}`);
         routed.data.set(r.value.flat.data);
       },
       () =>
@@ -80,7 +80,7 @@ export function assembleLayer(
         r.tensors.map((n): NamedRaw | LazyRaw => {
           if (n === scale?.name) return scale;
           const info = fileOf().tensors.get(n);
-          if (!info) throw new CheckpointFormatError(`${files.tensors(g)}: no tensor "${n}"; rerun with --restart`);
+          if (!info) throw new CheckpointFormatError(`${files.tensors(g)}: no tensor "${n}"; ${RESTART}`);
           return { name: n, dtype: info.dtype, shape: info.shape, read: () => fileOf().readRaw(n).bytes };
         }),
       );
