@@ -3,10 +3,9 @@
  * pass with each MoE call's routed sum read back, and its output tensors, in its parameter order,
  * read one at a time from the groups' files.
  */
-import fs from "node:fs";
 import { CheckpointFormatError } from "../errors.js";
 import { inputScaleTensor } from "../export/compressed-tensors.js";
-import { SafetensorsFile } from "../io/safetensors.js";
+import type { SafetensorsFile } from "../io/safetensors.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { withRoutedOverride } from "../nn/moe.js";
@@ -15,7 +14,7 @@ import type { GroupResult } from "./group-state.js";
 import { type LayerSteps, type PartResult, layerOutputTensors, quantizedTensors, schemeOfTarget } from "./layer-steps.js";
 import { type groupFiles, streamRecords } from "./moe-stream.js";
 import { staticInputScale } from "./quantize-layer.js";
-import { type HiddenWriter, RESTART, openPrivate } from "./work-folder.js";
+import { type HiddenWriter, RESTART, openPrivateSafetensors } from "./work-folder.js";
 
 /** The layer over its inputs once more, each MoE call's routed sum read back instead of computed: the next layer's inputs. */
 export async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: number, sumsFile: string, next: HiddenWriter): Promise<void> {
@@ -68,8 +67,7 @@ export function assembleLayer(
     let file: SafetensorsFile | null = null;
     const fileOf = (): SafetensorsFile => {
       if (!file) {
-        fs.closeSync(openPrivate(files.tensors(g)).fd); // a regular file, not a link
-        file = SafetensorsFile.open(files.tensors(g));
+        file = openPrivateSafetensors(files.tensors(g));
       }
       return file;
     };

@@ -5,11 +5,10 @@
  * saved after each group (the group size it started with and the groups done). A rerun of the same
  * command resumes after the last group saved, with the same group size.
  */
-import fs from "node:fs";
 import { CheckpointFormatError } from "../errors.js";
 import type { Fallback } from "./quantize-layer.js";
 import type { groupFiles } from "./moe-stream.js";
-import { RESTART, lstatOrNull, openPrivate, writeAtomic } from "./work-folder.js";
+import { RESTART, lstatOrNull, readPrivateText, writeAtomic } from "./work-folder.js";
 
 export interface GroupState {
   layer: number;
@@ -34,9 +33,6 @@ export interface GroupResult {
 
 type Files = ReturnType<typeof groupFiles>;
 
-/** Largest group state or result read back. */
-const MAX_BYTES = 256 * 1024 ** 2;
-
 export function writeGroupState(files: Files, s: GroupState): void {
   writeAtomic(files.state, [Buffer.from(JSON.stringify(s))]);
 }
@@ -47,17 +43,12 @@ export function writeGroupResult(files: Files, g: number, r: GroupResult): void 
 
 /** A JSON object moecal wrote in the work folder, read without following links. */
 function readJson(file: string, what: string): Record<string, unknown> {
-  const { fd, size } = openPrivate(file);
+  const text = readPrivateText(file, what);
   let v: unknown;
   try {
-    if (size > MAX_BYTES) throw new Error(`${size} bytes, more than a ${what} holds`);
-    const buf = Buffer.alloc(size);
-    fs.readSync(fd, buf, 0, size, 0);
-    v = JSON.parse(buf.toString("utf8"));
+    v = JSON.parse(text);
   } catch (cause) {
     throw new CheckpointFormatError(`${file}: not a ${what} moecal wrote (${(cause as Error).message}); ${RESTART}`, { cause });
-  } finally {
-    fs.closeSync(fd);
   }
   if (typeof v !== "object" || v === null || Array.isArray(v))
     throw new CheckpointFormatError(`${file}: not a ${what} moecal wrote (not a JSON object); ${RESTART}`);

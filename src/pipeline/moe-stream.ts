@@ -10,7 +10,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
-import { CheckpointFormatError } from "../errors.js";
+import { CheckpointFormatError, asFormatError } from "../errors.js";
+import { readAt } from "../io/files.js";
 import type { RoutedInput } from "../nn/moe.js";
 import { RESTART, openPrivate, privateWriter } from "./work-folder.js";
 
@@ -40,14 +41,10 @@ export function streamWriter(file: string): StreamWriter {
   };
 }
 
-function readExactly(fd: number, n: number, pos: number, file: string): Uint8Array {
+/** `n` bytes of `file` at `pos`. */
+function readBytes(fd: number, n: number, pos: number, file: string): Uint8Array {
   const buf = new Uint8Array(n);
-  let done = 0;
-  while (done < n) {
-    const got = fs.readSync(fd, buf, done, n - done, pos + done);
-    if (got === 0) throw new CheckpointFormatError(`${file}: ended early; ${RESTART}`);
-    done += got;
-  }
+  readAt(fd, file, buf, pos, asFormatError);
   return buf;
 }
 
@@ -57,16 +54,16 @@ export async function* streamRecords(file: string): AsyncGenerator<RoutedInput> 
   try {
     let pos = 0;
     while (pos < size) {
-      const head = new Int32Array(readExactly(fd, 12, pos, file).buffer);
+      const head = new Int32Array(readBytes(fd, 12, pos, file).buffer);
       const [T, H, K] = [head[0] as number, head[1] as number, head[2] as number];
       if (!(T >= 0 && H > 0 && K >= 0) || pos + 12 + 4 * T * (H + 2 * K) > size)
         throw new CheckpointFormatError(`${file}: damaged record at byte ${pos}; ${RESTART}`);
       pos += 12;
-      const flat = new Float32Array(readExactly(fd, 4 * T * H, pos, file).buffer);
+      const flat = new Float32Array(readBytes(fd, 4 * T * H, pos, file).buffer);
       pos += 4 * T * H;
-      const scores = new Float32Array(readExactly(fd, 4 * T * K, pos, file).buffer);
+      const scores = new Float32Array(readBytes(fd, 4 * T * K, pos, file).buffer);
       pos += 4 * T * K;
-      const selected = new Int32Array(readExactly(fd, 4 * T * K, pos, file).buffer);
+      const selected = new Int32Array(readBytes(fd, 4 * T * K, pos, file).buffer);
       pos += 4 * T * K;
       yield { flat: new Tensor(flat, [T, H]), topScores: new Tensor(scores, [T, K]), selectedExperts: selected };
     }

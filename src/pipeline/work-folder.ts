@@ -13,7 +13,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
-import { CheckpointFormatError, IoError, UsageError } from "../errors.js";
+import { CheckpointFormatError, IoError, UsageError, asFormatError } from "../errors.js";
+import { readAt } from "../io/files.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensorsLazy, writeAll } from "../io/writer.js";
 import { type WorkManifest, type WorkState, differences, shapeProblem, stateProblem } from "./work-manifest.js";
@@ -141,19 +142,29 @@ export function writeAtomic(file: string, parts: Iterable<Uint8Array>): void {
   }
 }
 
-/** A manifest or state file, parsed and checked for the shape moecal writes. */
-export function readChecked<T>(file: string, kind: "manifest" | "state" | "shards"): T {
+/** A safetensors file of the work folder, opened once it is known to be a regular file, not a link. */
+export function openPrivateSafetensors(file: string): SafetensorsFile {
+  fs.closeSync(openPrivate(file).fd);
+  return SafetensorsFile.open(file);
+}
+
+/** The text of a small file of the work folder (a manifest or a state), read without following links. */
+export function readPrivateText(file: string, what: string): string {
   const { fd, size } = openPrivate(file);
-  let text: string;
   try {
     if (size > MAX_STATE_BYTES)
-      throw new CheckpointFormatError(`${file}: ${size} bytes, more than a work state holds (${MAX_STATE_BYTES}); ${RESTART}`);
+      throw new CheckpointFormatError(`${file}: ${size} bytes, more than a ${what} holds (${MAX_STATE_BYTES}); ${RESTART}`);
     const buf = Buffer.alloc(size);
-    if (size > 0) fs.readSync(fd, buf, 0, size, 0);
-    text = buf.toString("utf8");
+    readAt(fd, file, buf, 0, asFormatError);
+    return buf.toString("utf8");
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** A manifest or state file, parsed and checked for the shape moecal writes. */
+export function readChecked<T>(file: string, kind: "manifest" | "state" | "shards"): T {
+  const text = readPrivateText(file, "work state");
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -397,8 +408,7 @@ export class WorkFolder {
 
   /** The quantized and copied tensors of layer `i`, in the order they were recorded, each read when it is asked for. */
   *layerTensors(i: number): Generator<NamedRaw> {
-    fs.closeSync(openPrivate(this.layerFile(i)).fd); // a regular file, not a link
-    const f = SafetensorsFile.open(this.layerFile(i));
+    const f = openPrivateSafetensors(this.layerFile(i));
     for (const n of f.tensors.keys()) yield { name: n, ...f.readRaw(n) };
   }
 
