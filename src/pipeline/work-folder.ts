@@ -363,12 +363,7 @@ export class WorkFolder {
         while (s1 < lengths.length && (s1 === s0 || tokens + (lengths[s1] as number) <= maxTokens)) tokens += lengths[s1++] as number;
         const buf = new Float32Array(tokens * H);
         const bytes = new Uint8Array(buf.buffer);
-        let done = 0;
-        while (done < bytes.byteLength) {
-          const n = fs.readSync(fd, bytes, done, bytes.byteLength - done, pos + done);
-          if (n === 0) throw new CheckpointFormatError(`${file}: ended early`);
-          done += n;
-        }
+        readAt(fd, file, bytes, pos, asFormatError);
         pos += bytes.byteLength;
         const chunk: Tensor[] = [];
         let off = 0;
