@@ -16,9 +16,16 @@ export interface LazyRaw extends Omit<RawTensor, "bytes"> {
   read(): Uint8Array;
 }
 
-/** `encodeSafetensors` for tensors in memory or read when their turn comes: the header, then each tensor's bytes. */
-export function* encodeSafetensorsLazy(tensors: readonly (NamedRaw | LazyRaw)[]): Generator<Uint8Array> {
+/**
+ * A safetensors header for tensors laid out in this order: the 8-byte little-endian length, then the
+ * JSON (padded with spaces to 8 bytes), each tensor's data offsets from its dtype and shape.
+ */
+export function safetensorsHeader(
+  tensors: readonly Pick<NamedRaw, "name" | "dtype" | "shape">[],
+  metadata?: Record<string, string>,
+): [Buffer, Buffer] {
   const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
   let offset = 0;
   for (const t of tensors) {
     const n = numel(t.shape) * DTYPE_BYTES[t.dtype];
@@ -29,35 +36,32 @@ export function* encodeSafetensorsLazy(tensors: readonly (NamedRaw | LazyRaw)[])
   while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  yield len;
-  yield Buffer.from(json, "utf8");
+  return [len, Buffer.from(json, "utf8")];
+}
+
+function checkBytes(t: Pick<NamedRaw, "name" | "dtype" | "shape">, bytes: Uint8Array): void {
+  const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
+  if (bytes.byteLength !== expected)
+    throw new InternalError(`tensor "${t.name}": ${bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+}
+
+/** `encodeSafetensors` for tensors in memory or read when their turn comes: the header, then each tensor's bytes. */
+export function* encodeSafetensorsLazy(tensors: readonly (NamedRaw | LazyRaw)[]): Generator<Uint8Array> {
+  yield* safetensorsHeader(tensors);
   for (const t of tensors) {
     const bytes = "bytes" in t ? t.bytes : t.read();
-    const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
-    if (bytes.byteLength !== expected)
-      throw new InternalError(`tensor "${t.name}": ${bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
+    checkBytes(t, bytes);
     yield bytes;
   }
 }
 
 /** Serialise tensors into one safetensors buffer (header padded to 8 bytes). */
 export function encodeSafetensors(tensors: NamedRaw[], metadata?: Record<string, string>): Buffer[] {
-  const header: Record<string, unknown> = {};
-  if (metadata) header.__metadata__ = metadata;
-  let offset = 0;
-  for (const t of tensors) {
-    const expected = numel(t.shape) * DTYPE_BYTES[t.dtype];
-    if (t.bytes.byteLength !== expected) {
-      throw new InternalError(`tensor "${t.name}": ${t.bytes.byteLength} bytes, but [${t.shape.join(", ")}] ${t.dtype} needs ${expected}`);
-    }
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.bytes.byteLength] };
-    offset += t.bytes.byteLength;
-  }
-  let json = JSON.stringify(header);
-  while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  return [len, Buffer.from(json, "utf8"), ...tensors.map((t) => Buffer.from(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength))];
+  for (const t of tensors) checkBytes(t, t.bytes);
+  return [
+    ...safetensorsHeader(tensors, metadata),
+    ...tensors.map((t) => Buffer.from(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength)),
+  ];
 }
 
 export function writeSafetensors(file: string, tensors: NamedRaw[], metadata?: Record<string, string>): void {
@@ -197,16 +201,7 @@ export class ShardedWriter {
     const scratch = this.scratchPath;
     fs.closeSync(this.scratchFd);
     this.scratchFd = null;
-    const header: Record<string, unknown> = { __metadata__: this.metadata };
-    let offset = 0;
-    for (const t of this.pending) {
-      header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.length] };
-      offset += t.length;
-    }
-    let json = JSON.stringify(header);
-    while ((8 + Buffer.byteLength(json)) % 8 !== 0) json += " ";
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+    const [len, json] = safetensorsHeader(this.pending, this.metadata);
     const index = this.shards.length;
     const tmp = path.join(this.dir, `.shard-${index}.tmp`);
     const out = createFresh(tmp);
@@ -214,7 +209,7 @@ export class ShardedWriter {
     let release = (): void => undefined;
     try {
       writeAll(out, len, tmp);
-      writeAll(out, Buffer.from(json, "utf8"), tmp);
+      writeAll(out, json, tmp);
       const bufBytes = Math.min(COPY_CHUNK, Math.max(1, this.pendingBytes));
       const buf = Buffer.from(takeBuffer(bufBytes), 0, bufBytes);
       release = () => giveBuffer(buf.buffer);

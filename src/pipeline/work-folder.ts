@@ -104,15 +104,18 @@ export function privateWriter(file: string): PrivateWriter {
   return {
     write: (bytes) => {
       try {
-        writeAll(fd, bytes, tmp);
+        writeAll(fd, bytes, file);
       } catch (e) {
         close();
         throw e;
       }
     },
     commit: () => {
-      fs.fsyncSync(fd);
-      close();
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        close();
+      }
       fs.renameSync(tmp, file);
       syncFolder(path.dirname(file));
     },
@@ -125,17 +128,10 @@ export function privateWriter(file: string): PrivateWriter {
 
 /** Write a file atomically: a private temporary sibling, fsync, rename, fsync of the folder. */
 export function writeAtomic(file: string, parts: Iterable<Uint8Array>): void {
-  const tmp = `${file}.tmp`;
   try {
-    const fd = createPrivate(tmp);
-    try {
-      for (const p of parts) writeAll(fd, p, file);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-    syncFolder(path.dirname(file));
+    const w = privateWriter(file);
+    for (const p of parts) w.write(p);
+    w.commit();
   } catch (cause) {
     if (cause instanceof IoError) throw cause;
     throw new IoError(`${file}: write failed (${(cause as Error).message})`, { cause });
