@@ -121,8 +121,9 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     const H = (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
     const lengths = samples.map((s) => s.length);
     const layerWork = work;
-    // hidden states live in the work folder, not in memory: the embeddings (layer 0's input) first
-    if (state.layer < 0) {
+    // hidden states live in the work folder, not in memory: the embeddings (layer 0's input) first;
+    // a run resumed inside layer 0 (run in expert groups) has them already (the work folder checked them)
+    if (!work.resume) {
       const w = work.hiddenWriter(-1);
       await withEmbeddings(streamed, async () => {
         for (const ids of samples) w.append(await model.model.embed({ ids: Int32Array.from(ids), shape: [1, ids.length] }));

@@ -273,20 +273,22 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       const expertTarget = gateName !== undefined && byGptq(gateName);
       const rowsGateUp = allExperts ? T * E : T * K;
       calibrate += 2 * rowsGateUp * H * 2 * Im + 2 * T * K * Im * H;
-      if (expertTarget) {
-        calibrate += allExperts ? 2 * T * H * H + 2 * T * E * Im * Im : 2 * T * K * (2 * H * H + Im * Im);
-        if (routerAware) calibrate += 2 * T * K * (H * H + Im * Im);
-        const preps = gateUpPreps(allExperts, routerAware, E);
-        gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + preps * H ** 3;
-        hessians += 4 * (preps * H * H + E * Im * Im) * (routerAware ? 2 : 1);
-      }
       const per = expertMemory(layer, prefix, ex, gateName !== undefined && isTarget(gateName), (m, p) =>
         layerBytes(m, p, ck, schemeOf, scaleDtype),
       );
-      if (expertTarget) per.hessians = 4 * ((allExperts && !routerAware ? 0 : H * H) + Im * Im) * (routerAware ? 2 : 1);
-      const expertHessians = expertTarget ? 4 * (gateUpPreps(allExperts, routerAware, E) * H * H + E * Im * Im) * (routerAware ? 2 : 1) : 0;
-      // the gate/up Gram product the experts share, and (in groups) its GPTQ preparation kept for every group: Hinv twice
-      const sharedGram = expertHessians - E * per.hessians;
+      // the gate/up Gram product the experts share (the seed's statistics over every token), else one per expert
+      let sharedGram = 0;
+      if (expertTarget) {
+        calibrate += allExperts ? 2 * T * H * H + 2 * T * E * Im * Im : 2 * T * K * (2 * H * H + Im * Im);
+        if (routerAware) calibrate += 2 * T * K * (H * H + Im * Im);
+        const shared = allExperts && !routerAware;
+        gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + (shared ? 1 : E) * H ** 3;
+        const copies = routerAware ? 2 : 1;
+        per.hessians = 4 * ((shared ? 0 : H * H) + Im * Im) * copies;
+        sharedGram = shared ? 4 * H * H : 0;
+        hessians += sharedGram + E * per.hessians;
+      }
+      // in groups, the shared Gram product's GPTQ preparation is kept for every group too: Hinv twice
       experts = { count: E, per, shared: 3 * sharedGram };
       propagate += 2 * T * K * 3 * H * Im;
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
@@ -402,11 +404,6 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
  */
 export function processBaseline(): number {
   return Math.max(PLAN_MODEL.baselineBytes, process.memoryUsage().rss + PLAN_MODEL.runtimeBytes);
-}
-
-/** Gate/up Hessians of a layer's experts: one shared Gram product for all-token statistics, else one per expert. */
-function gateUpPreps(allExperts: boolean, routerAware: boolean, E: number): number {
-  return routerAware || !allExperts ? E : 1;
 }
 
 /** What one routed expert (the first; all are alike) adds to its layer's memory: its weights as read and in float32, its codes when quantized. */
