@@ -165,3 +165,12 @@ export function assertSameFiles(out: string, reference: string): void {
   assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
   for (const [f, bytes] of want) assert.ok(bytes.equals(got.get(f) as Buffer), `${f} differs`);
 }
+
+/** A child process's stdout of one JSON object per line, parsed (progress events the test children print). */
+export function jsonLines(stdout: unknown): Record<string, unknown>[] {
+  return String(stdout)
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}

@@ -218,6 +218,9 @@ interface GroupJob extends LayerJob {
   preps: PrepCache;
 }
 
+/** Whether expert `e` (of a parameter or Linear; undefined: none) is one of the group's. */
+const inGroup = (j: GroupJob, e: number | undefined): boolean => e !== undefined && e >= j.a && e < j.b;
+
 /**
  * Experts [a, b): their weights loaded, observed over the streamed calibration calls, quantized, and
  * written as the group's tensors and result (files named by the group); then, but for the last
@@ -226,10 +229,7 @@ interface GroupJob extends LayerJob {
 async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
   const { run } = steps;
   const g = j.a / j.gs.group_size;
-  const params = (n: string): boolean => {
-    const e = j.expertOf.get(n);
-    return e !== undefined && e >= j.a && e < j.b;
-  };
+  const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
   loadParameters(run.model, run.source, run.mapping, params);
   try {
     await quantizeGroup(steps, j, g);
@@ -256,10 +256,7 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
       steps,
       j.layer,
       j.i,
-      (n) => {
-        const e = j.linearExpert.get(n);
-        return e !== undefined && e >= j.a && e < j.b;
-      },
+      (n) => inGroup(j, j.linearExpert.get(n)),
       async () => {
         for await (const input of streamRecords(j.files.calibrate)) {
           checkStop();

@@ -11,7 +11,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ROOT, assertSameFiles } from "../helpers.js";
+import { ROOT, assertSameFiles, jsonLines } from "../helpers.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "data-free-child.js");
@@ -21,20 +21,13 @@ const model = randomModel({ output: path.join(tmp, "model"), layers: 10 }).outpu
 const run = (args: string[]): ReturnType<typeof spawnSync> =>
   spawnSync(process.execPath, [child, ...args, "--model", model], { encoding: "utf8" });
 const workOf = (out: string): string => path.join(path.dirname(out), `.${path.basename(out)}.moecal-work`);
-const lines = (stdout: unknown): Record<string, unknown>[] =>
-  String(stdout)
-    .trim()
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-
 const reference = path.join(tmp, "reference");
 
 test("an uninterrupted data-free run writes several shards, counts every source byte and leaves no work folder", () => {
   const r = run([reference, "--workers", "0"]);
   assert.equal(r.status, 0, String(r.stderr));
   assert.ok(fs.readdirSync(reference).filter((f) => f.endsWith(".safetensors")).length >= 4, "at least 4 shards");
-  const last = lines(r.stdout).at(-1) as { kind: string; done: number; total: number; resumed: number };
+  const last = jsonLines(r.stdout).at(-1) as { kind: string; done: number; total: number; resumed: number };
   assert.equal(last.kind, "bytes");
   const source = fs
     .readdirSync(model)
@@ -57,7 +50,7 @@ for (const [stage, shard, workers, resumed] of [
     assert.equal(fs.existsSync(out), false, "no output");
     const again = run([out, "--workers", workers]);
     assert.equal(again.status, 0, String(again.stderr));
-    const events = lines(again.stdout);
+    const events = jsonLines(again.stdout);
     if (resumed > 0) {
       assert.deepEqual(events[0], { kind: "resume-shards", shards: resumed });
       assert.ok((events.at(-1) as { resumed: number }).resumed > 0, "bytes written before count as resumed");
@@ -85,7 +78,7 @@ test("a rerun with another scheme is refused naming it; --restart starts over; a
   assert.ok(fs.existsSync(path.join(workOf(out), "shards.json")), "the shards are kept");
   const restarted = run([out, "--scheme", "W4A16", "--restart"]);
   assert.equal(restarted.status, 0, String(restarted.stderr));
-  assert.equal(lines(restarted.stdout)[0]?.kind, "bytes", "started afresh");
+  assert.equal(jsonLines(restarted.stdout)[0]?.kind, "bytes", "started afresh");
 });
 
 test("a recorded shard that was truncated, or replaced by a link, is named and nothing is written", () => {

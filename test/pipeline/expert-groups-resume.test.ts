@@ -9,17 +9,11 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ROOT, assertSameFiles } from "../helpers.js";
+import { ROOT, assertSameFiles, jsonLines } from "../helpers.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-groups-resume-"));
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
-const events = (stdout: string): Record<string, unknown>[] =>
-  stdout
-    .trim()
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
 const reference = path.join(tmp, "whole");
 
 test("reference: the bundled model's layers run whole", () => {
@@ -41,7 +35,7 @@ for (const [layer, stage, k, resume] of [
     assert.equal(killed.signal, "SIGKILL", String(killed.stderr));
     const again = run(args);
     assert.equal(again.status, 0, String(again.stderr));
-    const resumed = events(String(again.stdout)).find((e) => e.kind === "resume-groups");
+    const resumed = jsonLines(again.stdout).find((e) => e.kind === "resume-groups");
     if (resume) assert.deepEqual(resumed, { kind: "resume-groups", ...resume, groups: 4 });
     else assert.equal(resumed, undefined);
     assertSameFiles(out, reference);
@@ -57,7 +51,7 @@ test("qwen3_moe, whose layer 0 is an MoE layer: SIGKILL after its first group's 
   assert.equal(run([out, "0", "group", ...args, "--kill-at-group", "0"]).signal, "SIGKILL");
   const again = run([out, ...args]);
   assert.equal(again.status, 0, String(again.stderr));
-  const ev = events(String(again.stdout));
+  const ev = jsonLines(again.stdout);
   assert.deepEqual(ev[0], { kind: "resume", layer: -1 });
   assert.deepEqual(ev[1], { kind: "resume-groups", layer: 0, done: 1, groups: 3 });
   assertSameFiles(out, whole);

@@ -10,7 +10,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ROOT, assertSameFiles } from "../helpers.js";
+import { ROOT, assertSameFiles, jsonLines } from "../helpers.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import { WorkFolder } from "../../src/pipeline/work-folder.js";
 
@@ -19,12 +19,6 @@ const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-resume-"));
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
 const workOf = (out: string): string => path.join(path.dirname(out), `.${path.basename(out)}.moecal-work`);
-const events = (stdout: string): { kind: string; layer: number }[] =>
-  stdout
-    .trim()
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as { kind: string; layer: number });
 
 const reference = path.join(tmp, "reference");
 
@@ -48,7 +42,7 @@ for (const [layer, stage, resumesAfter] of [
     assert.ok(fs.existsSync(path.join(workOf(out), "state.json")) || layer === 0, "state kept");
     const again = run([out]);
     assert.equal(again.status, 0, String(again.stderr));
-    assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: resumesAfter });
+    assert.deepEqual(jsonLines(again.stdout)[0], { kind: "resume", layer: resumesAfter });
     assertSameFiles(out, reference);
     assert.equal(fs.existsSync(workOf(out)), false, "work folder removed after success");
   });
@@ -65,7 +59,7 @@ for (const family of ["qwen3_moe", "deepseek_v3-fp8", "qwen3_5_moe"]) {
     assert.equal(run([out, "1", "state", "--model", model]).signal, "SIGKILL");
     const again = run([out, "--model", model]);
     assert.equal(again.status, 0, String(again.stderr));
-    assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
+    assert.deepEqual(jsonLines(again.stdout)[0], { kind: "resume", layer: 1 });
     assertSameFiles(out, whole);
   });
 }
@@ -79,7 +73,7 @@ test("a recipe run (GPTQ NVFP4 experts, round-to-nearest FP8_BLOCK attention) ki
   assert.equal(run([out, "1", "state", "--model", model, "--recipe", recipe]).signal, "SIGKILL");
   const again = run([out, "--model", model, "--recipe", recipe]);
   assert.equal(again.status, 0, String(again.stderr));
-  assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
+  assert.deepEqual(jsonLines(again.stdout)[0], { kind: "resume", layer: 1 });
   assertSameFiles(out, whole);
 });
 
@@ -93,7 +87,7 @@ test("files half-written when the process died (temporaries beside the state) do
   fs.writeFileSync(path.join(work, "state.json.tmp"), "{");
   const again = run([out]);
   assert.equal(again.status, 0, String(again.stderr));
-  assert.deepEqual(events(String(again.stdout))[0], { kind: "resume", layer: 1 });
+  assert.deepEqual(jsonLines(again.stdout)[0], { kind: "resume", layer: 1 });
   assertSameFiles(out, reference);
 });
 
@@ -109,7 +103,7 @@ test("a rerun with other inputs refuses to resume and says what differs; --resta
   assert.ok(fs.existsSync(path.join(workOf(out), "state.json")), "the old state is kept");
   const restarted = run([out, "--num-samples", "3", "--restart"]);
   assert.equal(restarted.status, 0, String(restarted.stderr));
-  assert.equal(events(String(restarted.stdout))[0]?.kind, "layer-done", "started from layer 0");
+  assert.equal(jsonLines(restarted.stdout)[0]?.kind, "layer-done", "started from layer 0");
   assert.equal(fs.existsSync(workOf(out)), false);
 });
 
