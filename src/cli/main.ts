@@ -12,6 +12,7 @@ import { registerCoverage } from "./coverage.js";
 import { registerEval } from "./eval.js";
 import { registerRandomModel } from "./random-model.js";
 import { registerInspect } from "./inspect.js";
+import { registerWorker } from "./worker.js";
 
 /** Build the `moecal` program. Commands only parse options and call library functions. */
 export function buildProgram(): Command {
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerRandomModel(program);
   registerInspect(program);
+  registerWorker(program);
   return program;
 }
 

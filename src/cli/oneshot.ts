@@ -8,6 +8,8 @@ import { SCHEME_NAMES } from "../quantization/scheme.js";
 import { DEFAULT_STATISTICS, ROUTED_WEIGHTS, formatExpertStatistics } from "../calibration/expert-statistics.js";
 import { boolOption, intOption, minSizeOption, seedOption, sizeOption } from "./options.js";
 import { progressPrinter } from "./progress.js";
+import { natsConnection, natsOptions } from "./worker.js";
+import { UsageError } from "../errors.js";
 
 interface OneshotCliOptions {
   model: string;
@@ -34,6 +36,16 @@ interface OneshotCliOptions {
   calibrate?: boolean;
   workers?: number;
   maxShardSize?: number;
+}
+
+/** oneshot's options for a distributed run. */
+interface NatsCliOptions {
+  nats?: string;
+  jobTimeout?: number;
+  natsCreds?: string;
+  natsTlsCa?: string;
+  natsTlsCert?: string;
+  natsTlsKey?: string;
 }
 
 /** A repeatable option's values (none given: undefined, shown as no default in --help). */
@@ -111,7 +123,9 @@ function recipeOptions<T extends Pick<OneshotCliOptions, "actorder">>(o: T) {
 }
 
 export function registerOneshot(program: Command): void {
-  runOptions(program.command("oneshot").description("calibrate (every expert) and quantize a model; write a compressed-tensors checkpoint"))
+  const cmd = runOptions(
+    program.command("oneshot").description("calibrate (every expert) and quantize a model; write a compressed-tensors checkpoint"),
+  )
     .option("--output <dir>", "output folder (default ./<model folder>-<scheme>)")
     .option("--overwrite", "replace an existing output folder")
     .option("--restart", "discard the finished layers an interrupted run to this output left, instead of resuming after them")
@@ -121,17 +135,29 @@ export function registerOneshot(program: Command): void {
       minSizeOption("--max-shard-size", "1M"),
     )
     .option("--quiet", "no progress output")
-    .action(async (o: OneshotCliOptions) => {
-      const progress = o.quiet ? undefined : progressPrinter(process.stderr);
-      const { quiet: _quiet, maxShardSize, ...run } = o;
-      const result = await oneshot({
-        ...recipeOptions(run),
-        maxShardBytes: maxShardSize,
-        onProgress: progress,
-        warn: (m) => process.stderr.write(`warning: ${m}\n`),
-      }).finally(() => progress?.stop());
-      process.stdout.write(`${formatSummary(result.report, result.output, result)}\n`);
-    });
+    .option(
+      "--nats <url>",
+      "run MoE layers' expert groups as jobs for `moecal worker` processes on this NATS JetStream server (same output bytes)",
+    )
+    .option(
+      "--job-timeout <seconds>",
+      "with --nats: seconds without a sign of life from a job's worker before the job goes to another (default 60)",
+      intOption("--job-timeout"),
+    );
+  natsOptions(cmd).action(async (o: OneshotCliOptions & NatsCliOptions) => {
+    const progress = o.quiet ? undefined : progressPrinter(process.stderr);
+    const { quiet: _quiet, maxShardSize, nats, jobTimeout, natsCreds, natsTlsCa, natsTlsCert, natsTlsKey, ...run } = o;
+    if (!nats && (jobTimeout || natsCreds || natsTlsCa || natsTlsCert || natsTlsKey))
+      throw new UsageError("--job-timeout and --nats-* options need --nats URL");
+    const result = await oneshot({
+      ...recipeOptions(run),
+      ...(nats ? { nats: { ...natsConnection(nats, o), jobTimeout } } : {}),
+      maxShardBytes: maxShardSize,
+      onProgress: progress,
+      warn: (m) => process.stderr.write(`warning: ${m}\n`),
+    }).finally(() => progress?.stop());
+    process.stdout.write(`${formatSummary(result.report, result.output, result)}\n`);
+  });
 }
 
 export function registerPlan(program: Command): void {

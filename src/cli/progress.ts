@@ -193,6 +193,14 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
         layerBar?.update(0, { label: `layer ${e.layer + 1} experts ${e.first}-${e.end - 1}`, info: `group ${e.group + 1}/${e.groups}` });
         if (!tty) line(`layer ${e.layer + 1}/${layers}: experts ${e.first}-${e.end - 1} (group ${e.group + 1}/${e.groups})`);
         break;
+      case "group-jobs":
+        line(
+          `layer ${e.layer + 1}/${layers}: ${e.queued} expert group job(s) queued for the workers${e.done ? ` (${e.done} done before)` : ""}`,
+        );
+        break;
+      case "group-job-done":
+        line(`layer ${e.layer + 1}/${layers}: group ${e.group + 1} done by ${e.worker} in ${e.seconds.toFixed(1)} s`);
+        break;
       case "resume-shards":
         line(`resuming after ${e.shards} finished output shard(s) (kept in ${e.folder})`);
         break;

@@ -9,13 +9,7 @@ import { Tensor } from "../engine/tensor.js";
 import { asUsageError } from "../errors.js";
 import { sha256File } from "../io/hash.js";
 import { withMoeCalibration } from "../calibration/context.js";
-import {
-  DEFAULT_STATISTICS,
-  type ExpertStatisticsOptions,
-  formatExpertStatistics,
-  parseExpertStatistics,
-  parseRoutedWeight,
-} from "../calibration/expert-statistics.js";
+import { formatExpertStatistics } from "../calibration/expert-statistics.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
@@ -35,6 +29,7 @@ import {
   layerOutputTensors,
   observeAndQuantize,
   quantizedTensors,
+  stepSettings,
 } from "./layer-steps.js";
 import { groupedLayer } from "./expert-groups.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
@@ -45,20 +40,20 @@ import { checkPlan, freeDiskBytes } from "./plan-report.js";
 import { availableMemory, peakRssBytes } from "../util/memory.js";
 import { type Run, finishRun, modelHash, recipeReport, writeCheckpoint } from "./run.js";
 import type { OneshotResult } from "./oneshot.js";
+import { type Coordinator, openCoordinator } from "../distributed/coordinator.js";
+import { runManifest } from "../distributed/run-manifest.js";
 
 export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult> {
   const { opts, modelDir, datasetFile, methodOf, family, config, ck, source, model, mapping, ignore, isTarget, warn, out } = run;
   const scheme = run.scheme;
   const method = recipeMethod(run.recipe);
   const byGptq = (n: string): boolean => isTarget(n) && methodOf(n) === "gptq";
-  const dampening = run.recipe.gptq.dampening ?? opts.dampening ?? 0.01;
+  const settings = stepSettings(run);
+  const { calibrateAllExperts, statistics } = settings;
+  const dampening = settings.gptq.dampening;
   let work: WorkFolder | undefined;
+  let remote: Coordinator | undefined;
   try {
-    const calibrateAllExperts = opts.calibrateAllExperts ?? true;
-    const statistics: ExpertStatisticsOptions = {
-      statistics: opts.expertStatistics === undefined ? DEFAULT_STATISTICS.statistics : parseExpertStatistics(opts.expertStatistics),
-      routedWeight: opts.routedWeight === undefined ? DEFAULT_STATISTICS.routedWeight : parseRoutedWeight(opts.routedWeight),
-    };
     const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
     const tokenizer = loadTokenizer(modelDir);
     const samples = loadTokenizedSamples(datasetFile, tokenizer, {
@@ -109,6 +104,10 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       opts.restart ?? false,
       N,
     );
+    if (opts.nats) {
+      const manifest = runManifest(opts, { modelDir, modelSha, workDir: work.dir, recipeText: run.recipe.text });
+      remote = await openCoordinator(opts.nats, manifest, { fresh: !work.resume, onProgress: opts.onProgress });
+    }
     const state: WorkState = work.resume ?? { layer: -1, layers: [], coverage: {}, fallbacks: [], allTokenFallbacks: [] };
     opts.onProgress?.({ kind: "start", layers: N, samples: samples.length, tokens });
     if (work.resume) opts.onProgress?.({ kind: "resume", layer: work.resume.layer, layers: N, folder: work.dir });
@@ -155,18 +154,17 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     };
     const steps: LayerSteps = {
       run,
-      statistics,
-      calibrateAllExperts,
-      fastPath: opts.fastPath ?? true,
-      gptq: { dampening, blockSize: run.recipe.gptq.blockSize ?? 128 },
+      ...settings,
       samples: samples.length,
       eachInput,
     };
     for (let i = state.layer + 1; i < N; i++) {
       opts.onProgress?.({ kind: "layer", layer: i, layers: N });
-      const groupSize = thePlan.layers[i]?.expert_groups?.size ?? null;
-      if (groupSize !== null) {
-        const r = await groupedLayer(steps, { i, groupSize, work: layerWork, state, last: i === N - 1 });
+      const lp = thePlan.layers[i];
+      // distributed: every MoE layer in groups (the plan's, or the default number of jobs)
+      if (lp?.expert_groups || (remote && lp?.moe)) {
+        const groupSize = lp?.expert_groups?.size ?? null;
+        const r = await groupedLayer(steps, { i, groupSize, work: layerWork, state, last: i === N - 1, remote });
         finishLayer(i, r.part, r.coverage, r.tensors, r.next);
         r.clean();
       } else await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
@@ -267,10 +265,12 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       fallbacks: state.fallbacks,
       layers: state.layers,
     };
+    await remote?.close();
     const output = await finishRun(run, report);
     work.remove();
     return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: peakRssBytes() / 1024 ** 2 };
   } catch (e) {
+    await remote?.close().catch(() => undefined);
     out.abort();
     // finished layers are kept for a rerun of the same command; a run that finished none leaves nothing
     if (work?.hasFinishedLayers) warn(`the finished layers are kept in ${work.dir}: rerun the same command to resume after them`);

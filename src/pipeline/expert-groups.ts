@@ -19,7 +19,7 @@
  */
 import fs from "node:fs";
 import { Tensor } from "../engine/tensor.js";
-import { CheckpointFormatError } from "../errors.js";
+import { CheckpointFormatError, UsageError } from "../errors.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import { type FastState, newFastState } from "../calibration/fast-path.js";
@@ -31,12 +31,30 @@ import type { Module } from "../nn/module.js";
 import type { SwiGluExpert } from "../calibration/fast-path.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
-import { type LayerOutcome, type LayerSteps, type PartResult, inLinearOrder, observeAndQuantize, quantizedTensors } from "./layer-steps.js";
+import {
+  type LayerOutcome,
+  type LayerSteps,
+  type PartResult,
+  inLinearOrder,
+  observeAndQuantize,
+  quantizedTensors,
+  schemeOfTarget,
+} from "./layer-steps.js";
+import { loadQuantizedWeights } from "./group-weights.js";
+import { Linear } from "../nn/layers.js";
 import type { PrepCache } from "./quantize-layer.js";
 import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
 import { assembleLayer, finalPass } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
-import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
+import {
+  type CheckpointStage,
+  type HiddenWriter,
+  RESTART,
+  type WorkFolder,
+  type WorkState,
+  openPrivateSafetensors,
+  writeAtomic,
+} from "./work-folder.js";
 
 type Expert = SwiGluExpert & Module<Tensor, Tensor>;
 
@@ -70,10 +88,13 @@ export interface GroupedLayerResult {
   clean(): void;
 }
 
-/** Run layer `i` in groups of `groupSize` experts (a resumed layer keeps the group size it started with). */
+/** Jobs per MoE layer of a distributed run when neither the plan nor --expert-group-size sizes its groups. */
+export const DEFAULT_JOB_GROUPS = 8;
+
+/** Run layer `i` in groups of `groupSize` experts (null: DEFAULT_JOB_GROUPS groups; a resumed layer keeps the group size it started with). */
 export async function groupedLayer(
   steps: LayerSteps,
-  job: { i: number; groupSize: number; work: WorkFolder; state: WorkState; last: boolean },
+  job: { i: number; groupSize: number | null; work: WorkFolder; state: WorkState; last: boolean; remote?: GroupExecutor },
 ): Promise<GroupedLayerResult> {
   const { run } = steps;
   const { i, work } = job;
@@ -84,7 +105,8 @@ export async function groupedLayer(
   const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
   const progress = run.opts.onProgress;
   const E = experts.length;
-  const gs: GroupState = readGroupState(files, i, E, job.last) ?? { layer: i, group_size: Math.min(job.groupSize, E), done: 0 };
+  const size = job.groupSize ?? Math.ceil(E / DEFAULT_JOB_GROUPS);
+  const gs: GroupState = readGroupState(files, i, E, job.last) ?? { layer: i, group_size: Math.min(size, E), done: 0 };
   const groups = Math.ceil(E / gs.group_size);
   if (gs.done > 0) progress?.({ kind: "resume-groups", layer: i, done: gs.done, groups });
   const stop = (stage: CheckpointStage): void => run.opts.onCheckpoint?.(stage, i);
@@ -162,17 +184,47 @@ interface LayerJob {
   stop: (stage: CheckpointStage) => void;
 }
 
-/** The groups of the layer not done yet, in order, each saved when done (its state, and a state.json a rerun resumes from). */
-async function runGroups(steps: LayerSteps, l: LayerJob, job: { work: WorkFolder; state: WorkState }): Promise<void> {
+/**
+ * Another executor of a layer's expert groups (workers on NATS: distributed/coordinator.ts): it has
+ * each group's tensors and result files written, in any order, by `quantizeGroupJob`.
+ */
+export interface GroupExecutor {
+  quantize(layer: number, groups: readonly GroupSpan[]): Promise<void>;
+}
+
+/** Group `group` of a layer: experts [first, end), `size` experts a group. */
+export interface GroupSpan {
+  group: number;
+  first: number;
+  end: number;
+  size: number;
+}
+
+/**
+ * The groups of the layer not done yet, in order, each saved when done (its state, and a state.json
+ * a rerun resumes from). With a GroupExecutor, the groups are quantized there first, all at once,
+ * and their routed outputs are then added here in order, from the weights their files hold.
+ */
+async function runGroups(
+  steps: LayerSteps,
+  l: LayerJob,
+  job: { work: WorkFolder; state: WorkState; remote?: GroupExecutor },
+): Promise<void> {
   const E = l.experts.length;
   const size = l.gs.group_size;
   const groups = Math.ceil(E / size);
   const fastState = newFastState();
   const preps: PrepCache = new Map();
-  for (let g = l.gs.done; g < groups; g++) {
-    const [a, b] = [g * size, Math.min(E, (g + 1) * size)];
+  const spans = Array.from({ length: groups - l.gs.done }, (_, k) => {
+    const g = l.gs.done + k;
+    return { group: g, first: g * size, end: Math.min(E, (g + 1) * size), size };
+  });
+  if (job.remote && spans.length > 0) await job.remote.quantize(l.i, spans);
+  for (const { group: g, first: a, end: b } of spans) {
     steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
-    await runGroup(steps, { ...l, a, b, fastState, preps });
+    const j = { ...l, a, b, fastState, preps };
+    if (job.remote) await addGroupSums(steps, j, g);
+    else await runGroup(steps, j);
     l.gs.done = g + 1;
     writeGroupState(l.files, l.gs);
     job.work.saveState(job.state);
@@ -314,5 +366,62 @@ async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void
   } catch (e) {
     w.abandon();
     throw e;
+  }
+}
+
+/**
+ * Group g's routed outputs, the group quantized by another process, added to the sums: its weights
+ * read back from its tensors file (dequantized as written: GPTQ's own values bit for bit), the
+ * source's for what it left unquantized.
+ */
+async function addGroupSums(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
+  const { run } = steps;
+  const result = readGroupResult(j.files, g, j.a, j.b);
+  if (j.last) return;
+  const quantized = new Map(result.results.map((r) => [r.name, r.tensors]));
+  const linears = new Map<string, Linear>();
+  for (const [n, m] of j.layer.namedModules(`model.layers.${j.i}`)) if (m instanceof Linear && quantized.has(n)) linears.set(n, m);
+  const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
+  loadParameters(run.model, run.source, run.mapping, (n) => params(n) && !quantized.has(n.slice(0, -".weight".length)));
+  try {
+    loadQuantizedWeights(openPrivateSafetensors(j.files.tensors(g)), linears, schemeOfTarget(run), (n) => quantized.get(n) ?? []);
+    await sumGroup(j, j.experts.slice(j.a, j.b), g);
+    j.stop("group-sums");
+  } finally {
+    unloadParameters(run.model, params);
+  }
+}
+
+/**
+ * One group's own work, for a worker process: experts [first, end) of layer `i` loaded, observed over
+ * the layer's calibration calls streamed to the work folder `dir`, quantized, and their tensors and
+ * result written there (files named by the group: a job done twice writes the same bytes).
+ */
+export async function quantizeGroupJob(steps: LayerSteps, dir: string, i: number, span: GroupSpan): Promise<void> {
+  const { run } = steps;
+  const layer = run.model.model.layers.at(i);
+  const moe = moeOf(layer, `model.layers.${i}`);
+  const E = moe.experts.length;
+  if (span.first !== span.group * span.size || span.end !== Math.min(E, span.first + span.size))
+    throw new UsageError(`layer ${i} has ${E} experts: group ${span.group} of ${span.size} is not experts ${span.first}-${span.end - 1}`);
+  const j: GroupJob = {
+    i,
+    layer,
+    ...moe,
+    files: groupFiles(dir, i),
+    gs: { layer: i, group_size: span.size, done: 0 },
+    last: false,
+    stop: () => undefined,
+    a: span.first,
+    b: span.end,
+    fastState: newFastState(),
+    preps: new Map(),
+  };
+  const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
+  loadParameters(run.model, run.source, run.mapping, params);
+  try {
+    await quantizeGroup(steps, j, span.group);
+  } finally {
+    unloadParameters(run.model, params);
   }
 }

@@ -5,7 +5,12 @@
  */
 import type { Tensor } from "../engine/tensor.js";
 import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
-import type { ExpertStatisticsOptions } from "../calibration/expert-statistics.js";
+import {
+  DEFAULT_STATISTICS,
+  type ExpertStatisticsOptions,
+  parseExpertStatistics,
+  parseRoutedWeight,
+} from "../calibration/expert-statistics.js";
 import { quantizedLinearTensors } from "../export/compressed-tensors.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
@@ -21,11 +26,11 @@ import {
   quantizeLayerLinears,
   siblingAbsMax,
 } from "./quantize-layer.js";
-import type { Run } from "./run.js";
+import type { RunModel } from "./run.js";
 
 /** What a layer's steps share: the run, how expert statistics are kept, GPTQ's settings, and the layer's inputs. */
 export interface LayerSteps {
-  run: Run;
+  run: RunModel;
   statistics: ExpertStatisticsOptions;
   calibrateAllExperts: boolean;
   fastPath: boolean;
@@ -34,6 +39,20 @@ export interface LayerSteps {
   samples: number;
   /** layer `i`'s calibration inputs, batch by batch, with the samples and tokens done so far */
   eachInput(i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>): Promise<void>;
+}
+
+/** What the run's options make of a layer's steps (a distributed worker derives the same from the run's manifest). */
+export function stepSettings(run: RunModel): Pick<LayerSteps, "statistics" | "calibrateAllExperts" | "fastPath" | "gptq"> {
+  const { opts } = run;
+  return {
+    statistics: {
+      statistics: opts.expertStatistics === undefined ? DEFAULT_STATISTICS.statistics : parseExpertStatistics(opts.expertStatistics),
+      routedWeight: opts.routedWeight === undefined ? DEFAULT_STATISTICS.routedWeight : parseRoutedWeight(opts.routedWeight),
+    },
+    calibrateAllExperts: opts.calibrateAllExperts ?? true,
+    fastPath: opts.fastPath ?? true,
+    gptq: { dampening: run.recipe.gptq.dampening ?? opts.dampening ?? 0.01, blockSize: run.recipe.gptq.blockSize ?? 128 },
+  };
 }
 
 /** The quantized Linears of (part of) a layer, what fell back, and which expert Linears kept all-token statistics. */
@@ -46,7 +65,7 @@ export interface PartResult {
 }
 
 export const schemeOfTarget =
-  (run: Run) =>
+  (run: RunModel) =>
   (n: string): Scheme =>
     run.schemeOf(n) as Scheme;
 
@@ -120,7 +139,7 @@ export function inLinearOrder<R extends LayerOutcome>(layer: DecoderLayer, i: nu
 }
 
 /** A quantized Linear's output tensors, checked complete. */
-export function quantizedTensors(run: Run, q: QuantizedLinear): NamedRaw[] {
+export function quantizedTensors(run: RunModel, q: QuantizedLinear): NamedRaw[] {
   const scheme = schemeOfTarget(run)(q.name);
   const tensors = quantizedLinearTensors(q.name, q.weight, scheme.format, run.scaleDType, q.inputScale);
   assertComplete(
@@ -136,7 +155,7 @@ export function quantizedTensors(run: Run, q: QuantizedLinear): NamedRaw[] {
  * `quantized`, by Linear name), every other parameter's source tensor copied unchanged, once.
  */
 export function layerOutputTensors(
-  run: Run,
+  run: RunModel,
   layer: DecoderLayer,
   i: number,
   quantized: (linear: string) => (NamedRaw | LazyRaw)[] | null,

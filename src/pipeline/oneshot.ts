@@ -10,6 +10,8 @@ import { openRun } from "./run.js";
 import { calibratedRun } from "./calibrated.js";
 import { dataFreeRun } from "./data-free.js";
 import { needsData } from "./plan.js";
+import type { NatsOptions } from "../distributed/nats.js";
+import { UsageError } from "../errors.js";
 
 export interface OneshotOptions {
   model?: string;
@@ -65,6 +67,12 @@ export interface OneshotOptions {
   calibrate?: boolean;
   /** worker threads that quantize (data-free) or run GPTQ; default one per core (GPTQ: MOECAL_GPTQ_WORKERS when set) */
   workers?: number;
+  /**
+   * run each MoE layer's expert groups as jobs for `moecal worker` processes on a NATS JetStream
+   * server (docs/distributed.md); the output is the same bytes. `jobTimeout`: seconds without a sign
+   * of life from a job's worker before the job goes to another (default 60)
+   */
+  nats?: NatsOptions & { jobTimeout?: number };
 }
 
 export type ProgressEvent =
@@ -77,6 +85,10 @@ export type ProgressEvent =
   /** a group of routed experts, [first, end), starts (a layer larger than memory) */
   | { kind: "expert-group"; layer: number; group: number; groups: number; first: number; end: number }
   | { kind: "resume"; layer: number; layers: number; folder: string }
+  /** distributed: layer `layer`'s expert groups queued for the workers (`done` of them were done before, by an earlier coordinator's workers) */
+  | { kind: "group-jobs"; layer: number; queued: number; done: number }
+  /** distributed: a worker finished a group (its files are in the work folder) */
+  | { kind: "group-job-done"; layer: number; group: number; worker: string; seconds: number }
   /** layer `layer` resumes after `done` of its `groups` expert groups */
   | { kind: "resume-groups"; layer: number; done: number; groups: number }
   /** data-free: resuming after output shards an earlier run finished */
@@ -104,6 +116,8 @@ export async function oneshot(options: OneshotOptions = {}): Promise<OneshotResu
   const opts = checkOptions("oneshot", ONESHOT_OPTIONS, options) as OneshotOptions;
   const recipe = recipeOf(opts);
   const dataFree = recipe.entries.every((e) => !needsData(e.method, e.scheme)) && !opts.calibrate;
+  if (dataFree && opts.nats)
+    throw new UsageError("--nats distributes calibrated runs' expert groups; this run is data-free (add --calibrate to run it calibrated)");
   const run = openRun(opts, recipe, dataFree);
   try {
     return dataFree ? await dataFreeRun(run, t0) : await calibratedRun(run, t0);

@@ -56,6 +56,16 @@ export const ONESHOT_OPTIONS = z.strictObject({
   warn: callback.optional(),
   calibrate: flag.optional(),
   workers: z.number().int().min(0).max(1024).optional(),
+  nats: z
+    .strictObject({
+      url: z.string().min(1),
+      creds: path.optional(),
+      tlsCa: path.optional(),
+      tlsCert: path.optional(),
+      tlsKey: path.optional(),
+      jobTimeout: count.optional(),
+    })
+    .optional(),
 });
 
 export const EVAL_OPTIONS = z.strictObject({

@@ -73,37 +73,50 @@ function defaultOutput(modelDir: string, recipe: Recipe): string {
   return path.resolve(`${path.basename(path.resolve(modelDir))}-${recipe.entries.map((e) => e.scheme.name).join("-")}`);
 }
 
-/**
- * Open a run: refuse bad options, models and ignore lists before any work, take the output's
- * lock and temporary folder. On any failure after that the output is aborted before rethrowing.
- */
-export function openRun(opts: OneshotOptions, recipe: Recipe, dataFree: boolean): Run {
+/** A run's model side: everything of a Run but its output folder (a distributed worker opens only this). */
+export type RunModel = Omit<Run, "out">;
+
+/** The model's config and family read, and the run's inputs named (nothing else opened yet). */
+function readInputs(opts: OneshotOptions, dataFree: boolean) {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const datasetFile = opts.dataset ?? BUNDLED_DATASET;
   const warn = opts.warn ?? ((m: string) => process.emitWarning(m));
   validatePatterns(opts.ignore ?? []);
   // the data-free path reads any checkpoint; an unknown model_type only there, from names and shapes
   const { family, config } = readModelConfig(modelDir, dataFree ? { generic: warn } : {});
+  return { modelDir, datasetFile, warn, family, config };
+}
+
+/** The rest of the model side, every check of it made before any work. */
+function openInputs(opts: OneshotOptions, recipe: Recipe, inputs: ReturnType<typeof readInputs>): RunModel {
+  const { modelDir, family, config, warn } = inputs;
   const ignore = [...family.defaultIgnore, ...(opts.ignore ?? []), ...recipe.ignore];
   // FP8 block-scaled sources (DeepSeek-V3, Kimi-K2) and compressed-tensors checkpoints are read decoded
   const stored = sourceQuantization(config.raw, `${modelDir}/config.json`);
-  const out = new OutputFolder(opts.output ?? defaultOutput(modelDir, recipe), {
+  return { ...preflight(opts, { modelDir, stored }, family, config, ignore, recipe, warn), ...inputs, opts };
+}
+
+/** The model, its mapping and the fitted recipe, checked as a run checks them, without an output. */
+export function openModel(opts: OneshotOptions, recipe: Recipe): RunModel {
+  return openInputs(opts, recipe, readInputs(opts, false));
+}
+
+/**
+ * Open a run: refuse bad options, models and ignore lists before any work, take the output's
+ * lock and temporary folder. On any failure after that the output is aborted before rethrowing.
+ */
+export function openRun(opts: OneshotOptions, recipe: Recipe, dataFree: boolean): Run {
+  const inputs = readInputs(opts, dataFree);
+  const out = new OutputFolder(opts.output ?? defaultOutput(inputs.modelDir, recipe), {
     overwrite: opts.overwrite,
     inputs: [
-      { what: "model", path: modelDir },
-      { what: "dataset", path: datasetFile },
+      { what: "model", path: inputs.modelDir },
+      { what: "dataset", path: inputs.datasetFile },
     ],
-    warn,
+    warn: inputs.warn,
   });
   try {
-    return {
-      ...preflight(opts, { modelDir, stored }, family, config, ignore, recipe, warn),
-      opts,
-      modelDir,
-      datasetFile,
-      out,
-      warn,
-    };
+    return { ...openInputs(opts, recipe, inputs), out };
   } catch (e) {
     out.abort();
     throw e;
@@ -316,7 +329,7 @@ export function recipeReport(run: Run): OneshotReport["recipe"] {
 }
 
 /** The model's content hash (config.json, the index and every weight file): it names the model in moecal.json. */
-export function modelHash(run: Run): string {
+export function modelHash(run: RunModel): string {
   return checkpointHash(run.modelDir, run.ck.weightFiles(), asFormatError);
 }
 

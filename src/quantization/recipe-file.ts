@@ -141,6 +141,11 @@ export function readRecipeFile(file: string): Recipe {
   } catch (cause) {
     throw new UsageError(`--recipe ${file}: cannot read it (${(cause as Error).message})`, { cause });
   }
+  return recipeFromText(file, text);
+}
+
+/** The recipe the text of `file` holds (a distributed worker gets the text from the run's manifest). */
+export function recipeFromText(file: string, text: string): Recipe {
   let doc: unknown;
   try {
     // PyYAML's safe_load reads YAML 1.1, as llm-compressor does; JSON is YAML

@@ -1,0 +1,120 @@
+/**
+ * The coordinator's side of a distributed run (`oneshot --nats`): the layer loop runs here as in a
+ * local run, and each MoE layer's expert groups go to the workers as jobs. A job's result is its
+ * files in the shared work folder and a key `<run>.done.<layer>.<group>` in the bucket; a rerun
+ * of the same command finds the groups done there (and their files) and does not queue them again.
+ */
+import { jetstream } from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { MoecalError } from "../errors.js";
+import type { GroupExecutor, GroupSpan } from "../pipeline/expert-groups.js";
+import { readGroupResult } from "../pipeline/group-state.js";
+import { groupFiles } from "../pipeline/moe-stream.js";
+import type { ProgressEvent } from "../pipeline/oneshot.js";
+import { lstatOrNull } from "../pipeline/work-folder.js";
+import { BUCKET, CONSUMER, MAX_DELIVER, type NatsOptions, STREAM, connectNats, ensureQueue, jobSubject, openBucket } from "./nats.js";
+import { type RunManifest, runId } from "./run-manifest.js";
+import { type GroupJobMessage, doneKey } from "./jobs.js";
+
+/** A job that failed in a worker (its error's code and message, the worker named): the run stops with it. */
+export class RemoteJobError extends MoecalError {}
+
+export interface Coordinator extends GroupExecutor {
+  close(): Promise<void>;
+}
+
+/**
+ * Connect, make the queue and bucket when missing, and put the run's manifest (`fresh`: a new work
+ * folder, so the run's earlier job states and queued jobs are purged first).
+ */
+export async function openCoordinator(
+  nats: NatsOptions & { jobTimeout?: number },
+  manifest: RunManifest,
+  o: { fresh: boolean; onProgress?: (e: ProgressEvent) => void },
+): Promise<Coordinator> {
+  const nc = await connectNats(nats);
+  try {
+    const jsm = await ensureQueue(nc, nats.jobTimeout ?? 60);
+    const kv = await openBucket(nc);
+    const id = runId(manifest);
+    if (o.fresh) {
+      await jsm.streams.purge(`KV_${BUCKET}`, { filter: `$KV.${BUCKET}.${id}.>` });
+      await jsm.streams.purge(STREAM, { filter: jobSubject(id) });
+    }
+    await kv.put(`${id}.manifest`, JSON.stringify(manifest));
+    return {
+      quantize: (layer, spans) => runJobs(nc, kv, { id, layer, spans, workDir: manifest.work_dir, onProgress: o.onProgress }),
+      close: () => nc.drain(),
+    };
+  } catch (e) {
+    await nc.close();
+    throw e;
+  }
+}
+
+/** Whether group `s` of `layer` has its files in the work folder, complete (a result that reads back, beside a tensors file). */
+function filesDone(workDir: string, layer: number, s: GroupSpan): boolean {
+  const files = groupFiles(workDir, layer);
+  if (!lstatOrNull(files.tensors(s.group))?.isFile()) return false;
+  try {
+    readGroupResult(files, s.group, s.first, s.end);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Queue the layer's groups not done yet, and wait until every one is (or one fails, or is given up after MAX_DELIVER deliveries). */
+async function runJobs(
+  nc: NatsConnection,
+  kv: KV,
+  r: { id: string; layer: number; spans: readonly GroupSpan[]; workDir: string; onProgress?: (e: ProgressEvent) => void },
+): Promise<void> {
+  const { id, layer } = r;
+  const pending = new Map<number, GroupSpan>();
+  for (const s of r.spans)
+    if (!((await kv.get(doneKey(id, layer, s.group)))?.operation === "PUT" && filesDone(r.workDir, layer, s))) pending.set(s.group, s);
+  r.onProgress?.({ kind: "group-jobs", layer, queued: pending.size, done: r.spans.length - pending.size });
+  if (pending.size === 0) return;
+  const watcher = await kv.watch({ key: `${id}.*.${layer}.*` });
+  const advisories = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${STREAM}.${CONSUMER}`);
+  let given_up: Error | null = null;
+  const bySeq = new Map<number, number>();
+  void (async () => {
+    for await (const m of advisories) {
+      const g = bySeq.get((m.json() as { stream_seq: number }).stream_seq);
+      if (g === undefined) continue;
+      given_up = new RemoteJobError(
+        "E_JOB_GIVEN_UP",
+        `layer ${layer} expert group ${g}: the job was delivered ${MAX_DELIVER} times and no worker finished it (workers died or ran past --job-timeout); see the workers' logs`,
+      );
+      watcher.stop();
+    }
+  })();
+  try {
+    const js = jetstream(nc);
+    for (const s of pending.values()) {
+      const job: GroupJobMessage = { run: id, layer, ...s };
+      const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${layer}.${s.group}` });
+      bySeq.set(ack.seq, s.group);
+    }
+    for await (const e of watcher) {
+      if (e.operation !== "PUT") continue;
+      const [, state, , group] = e.key.split(".");
+      const g = Number(group);
+      if (!pending.has(g)) continue;
+      const v = JSON.parse(e.string()) as { worker: string; seconds?: number; code?: string; message?: string };
+      if (state === "failed")
+        throw new RemoteJobError(v.code ?? "E_JOB", `layer ${layer} expert group ${g}, in worker ${v.worker}: ${v.message ?? "failed"}`);
+      if (!filesDone(r.workDir, layer, pending.get(g) as GroupSpan)) continue;
+      pending.delete(g);
+      r.onProgress?.({ kind: "group-job-done", layer, group: g, worker: v.worker, seconds: v.seconds ?? 0 });
+      if (pending.size === 0) break;
+    }
+    if (given_up) throw given_up;
+  } finally {
+    watcher.stop();
+    advisories.unsubscribe();
+  }
+}
