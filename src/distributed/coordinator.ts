@@ -75,8 +75,8 @@ async function runJobs(
   const pending = new Map<number, GroupSpan>();
   for (const s of r.spans)
     if (!((await kv.get(doneKey(id, layer, s.group)))?.operation === "PUT" && filesDone(r.workDir, layer, s))) pending.set(s.group, s);
-  r.onProgress?.({ kind: "group-jobs", layer, queued: pending.size, done: r.spans.length - pending.size });
-  if (pending.size === 0) return;
+  const progress = (): void => r.onProgress?.({ kind: "group-jobs", layer, queued: pending.size, done: r.spans.length - pending.size });
+  if (pending.size === 0) return progress();
   const watcher = await kv.watch({ key: `${id}.*.${layer}.*` });
   const advisories = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${STREAM}.${CONSUMER}`);
   let given_up: Error | null = null;
@@ -99,6 +99,7 @@ async function runJobs(
       const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${layer}.${s.group}` });
       bySeq.set(ack.seq, s.group);
     }
+    progress();
     for await (const e of watcher) {
       if (e.operation !== "PUT") continue;
       const [, state, , group] = e.key.split(".");
