@@ -12,12 +12,18 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ROOT, TEXT, assertSameFiles } from "../helpers.js";
+import { asFormatError } from "../../src/errors.js";
 import { NATS_SKIP, type NatsServer, startNats } from "./nats-server.js";
 
 const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-distributed-"));
 const server: NatsServer | null = NATS_SKIP ? null : await startNats(path.join(tmp, "jetstream"));
-after(() => server?.stop());
+/** Every process a test started: killed at the end, so that a failed test leaves none behind. */
+const live: ChildProcess[] = [];
+after(async () => {
+  for (const p of live) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+  await server?.stop();
+});
 const skip = NATS_SKIP;
 
 /** A fixture model copied into the shared folder (workers read only there). */
@@ -46,6 +52,7 @@ interface Proc {
 /** A moecal process; `onLine` sees each line of its stdout and stderr as it comes. */
 function moecal(args: string[], onLine?: (line: string, p: Proc) => void): Proc {
   const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  live.push(proc);
   const p: Proc = {
     proc,
     out: [],
@@ -69,14 +76,17 @@ function moecal(args: string[], onLine?: (line: string, p: Proc) => void): Proc 
   return p;
 }
 
-const worker = (onLine?: (line: string, p: Proc) => void): Proc =>
-  moecal(["worker", "--nats", server?.url ?? "", "--shared-dir", path.join(tmp, "shared"), "--json", "--workers", "0"], onLine);
+/** A worker; `onEvent` sees each of its JSON events as it comes. */
+const worker = (onEvent?: (e: Record<string, unknown>, p: Proc) => void): Proc =>
+  moecal(["worker", "--nats", server?.url ?? "", "--shared-dir", path.join(tmp, "shared"), "--json", "--workers", "0"], (line, p) => {
+    if (line.startsWith("{")) onEvent?.(JSON.parse(line) as Record<string, unknown>, p);
+  });
 
 /** Stop workers (SIGTERM) and return their JSON events. */
 async function stopAll(workers: Proc[]): Promise<Record<string, unknown>[]> {
   for (const w of workers) w.proc.kill("SIGTERM");
   await Promise.all(workers.map((w) => w.exit));
-  return workers.flatMap((w) => w.out.filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
+  return workers.flatMap((w) => w.out.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>));
 }
 
 /** The local run's output, the reference every distributed run must equal byte for byte. */
@@ -115,3 +125,135 @@ for (const [fixture, extra, counts] of [
       assertSameFiles(out, reference);
     });
 }
+
+test("a worker killed (SIGKILL) mid-job: the server redelivers its job after --job-timeout to another worker, and the output is the local run's bytes", {
+  skip,
+}, async () => {
+  // jobs of 1.5-2.5 s here: 8 experts of 512 x 1024 over 512 tokens, and their GPTQ
+  const { randomModel } = await import("../../src/pipeline/random-model.js");
+  const model = randomModel({
+    output: path.join(tmp, "shared", "wide"),
+    like: path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe"),
+    layers: 2,
+    set: ["hidden_size=512", "moe_intermediate_size=1024", "num_experts=16", "head_dim=128"],
+  }).output;
+  const args = ["--model", model, ...RUN.slice(0, 2), "--num-samples", "8", "--max-seq-length", "64"];
+  const reference = local("wide", args);
+  const workers: Proc[] = [];
+  let killed: Record<string, unknown> | null = null;
+  workers.push(
+    worker((e, p) => {
+      if (e.kind !== "job-start" || killed) return;
+      p.proc.kill("SIGKILL");
+      killed = e;
+      workers.push(worker());
+    }),
+  );
+  const out = path.join(tmp, "shared", "wide-killed-worker");
+  const c = coordinator(out, [...args, "--expert-group-size", "8"]);
+  const { code } = await c.exit;
+  const first = workers[0] as Proc;
+  const events = await stopAll(workers.slice(1));
+  assert.equal(code, 0, c.err.join("\n"));
+  assert.equal((await first.exit).signal, "SIGKILL");
+  assert.ok(killed, "the first worker started a job");
+  const k = killed as Record<string, unknown>;
+  assert.ok(!first.out.some((l) => l.includes('"job-done"')), "the killed worker finished no job");
+  const again = events.find((e) => e.kind === "job-start" && e.layer === k.layer && e.group === k.group);
+  assert.ok(again, `another worker took layer ${k.layer} group ${k.group}`);
+  assert.ok((again.delivery as number) >= 2, `redelivered (delivery ${again.delivery})`);
+  assertSameFiles(out, reference);
+});
+
+test("the coordinator killed (SIGKILL) while its jobs run: the same command resumes, takes the groups the workers finished from the bucket, and writes the local run's bytes", {
+  skip,
+}, async () => {
+  const args = ["--model", shared("tiny-qwen3_moe"), ...RUN, "--expert-group-size", "3"];
+  const reference = local("tiny-qwen3_moe-2", args);
+  const done: Record<string, unknown>[] = [];
+  const workers = [1, 2].map(() =>
+    worker((e) => {
+      if (e.kind === "job-done") done.push(e);
+    }),
+  );
+  const out = path.join(tmp, "shared", "killed-coordinator");
+  const first = coordinator(out, args, (line, p) => {
+    if (/layer 2\/3: 3 expert group job\(s\) queued/.test(line)) p.proc.kill("SIGKILL");
+  });
+  assert.equal((await first.exit).signal, "SIGKILL", first.err.join("\n"));
+  // the workers finish layer 1's three groups without the coordinator
+  for (const t0 = Date.now(); done.filter((e) => e.layer === 1).length < 3; await new Promise((r) => setTimeout(r, 50)))
+    assert.ok(Date.now() - t0 < 60_000, `the workers finished layer 1's groups (done: ${JSON.stringify(done)})`);
+  const before = done.length;
+  const again = coordinator(out, args);
+  const { code } = await again.exit;
+  await stopAll(workers);
+  assert.equal(code, 0, again.err.join("\n"));
+  assert.ok(
+    again.err.some((l) => /resuming after layer 1\/3/.test(l)),
+    again.err.join("\n"),
+  );
+  assert.ok(
+    again.err.some((l) => /layer 2\/3: 0 expert group job\(s\) queued for the workers \(3 done before\)/.test(l)),
+    again.err.join("\n"),
+  );
+  assert.ok(
+    done.slice(before).every((e) => e.layer === 2),
+    "no group of layer 1 was done again",
+  );
+  assertSameFiles(out, reference);
+});
+
+test("a worker refuses a run started by another moecal version, a run whose model differs on its host, and a run outside its --shared-dir (exit 2, naming why)", {
+  skip,
+}, async () => {
+  const { connectNats, openBucket, ensureQueue, jobSubject, STREAM } = await import("../../src/distributed/nats.js");
+  const { runManifest, runId } = await import("../../src/distributed/run-manifest.js");
+  const { MOECAL_VERSION } = await import("../../src/paths.js");
+  const { checkpointHash } = await import("../../src/io/hash.js");
+  const model = shared("tiny-qwen3_moe");
+  const sha = checkpointHash(model, ["model.safetensors"], asFormatError);
+  const workDir = path.join(tmp, "shared", "refused-work");
+  const outside = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-outside-"));
+  fs.mkdirSync(workDir, { recursive: true });
+  const nc = await connectNats({ url: server?.url ?? "" });
+  try {
+    const jsm = await ensureQueue(nc, 3);
+    const kv = await openBucket(nc);
+    const base = runManifest({}, { modelDir: model, modelSha: sha, workDir });
+    for (const [manifest, why] of [
+      [
+        { ...base, moecal_version: "0.0.1" },
+        new RegExp(`started by moecal 0\\.0\\.1 .*this worker is moecal ${MOECAL_VERSION.replace(/\./g, "\\.")}`),
+      ],
+      [{ ...base, model_sha256: "0".repeat(64) }, /the model at .* on this host is not the coordinator's/],
+      [{ ...base, work_dir: outside }, /its work folder .* is outside --shared-dir/],
+    ] as const) {
+      const id = runId(manifest);
+      await kv.put(`${id}.manifest`, JSON.stringify(manifest));
+      await jsm.streams.purge(STREAM);
+      const { jetstream } = await import("@nats-io/jetstream");
+      await jetstream(nc).publish(jobSubject(id), JSON.stringify({ run: id, layer: 0, group: 0, first: 0, end: 3, size: 3 }));
+      const w = worker();
+      const { code } = await w.exit;
+      assert.equal(code, 2, w.err.join("\n"));
+      assert.match(w.err.join("\n"), why);
+      assert.ok(!fs.readdirSync(workDir).length && !fs.readdirSync(outside).length, "nothing was written");
+    }
+    await jsm.streams.purge(STREAM);
+  } finally {
+    await nc.close();
+  }
+});
+
+test("--nats refuses a data-free run, and --job-timeout or --nats-* without --nats is a usage error", () => {
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, [CLI, "oneshot", "--quiet", "--output", path.join(tmp, "refused"), ...args], { encoding: "utf8" });
+  const dataFree = run(["--method", "rtn", "--nats", "nats://127.0.0.1:1"]);
+  assert.equal(dataFree.status, 2, dataFree.stderr);
+  assert.match(dataFree.stderr, /--nats distributes calibrated runs.*data-free.*--calibrate/);
+  const alone = run(["--job-timeout", "5"]);
+  assert.equal(alone.status, 2, alone.stderr);
+  assert.match(alone.stderr, /--job-timeout and --nats-\* options need --nats URL/);
+  assert.ok(!fs.existsSync(path.join(tmp, "refused")));
+});
