@@ -14,7 +14,7 @@ import { matchesAny } from "../src/quantization/scheme.js";
 import { type LayerPlan, plan } from "../src/pipeline/plan.js";
 
 /** DeepSeek-V3's config.json fields that shape a layer (deepseek-ai/DeepSeek-V3), one MoE layer. */
-const DEEPSEEK_V3: Record<string, unknown> = {
+export const DEEPSEEK_V3: Record<string, unknown> = {
   architectures: ["DeepseekV3ForCausalLM"],
   model_type: "deepseek_v3",
   vocab_size: 129280,
@@ -63,8 +63,12 @@ const KIMI_K2: Record<string, unknown> = {
   routed_scaling_factor: 2.827,
 };
 
-/** A checkpoint of `config`'s shapes in `dir`: FP8 blocks and their float32 scales for the layer's Linears, BF16 elsewhere; data a sparse hole. */
-function headerOnly(dir: string, config: Record<string, unknown>): void {
+/**
+ * A checkpoint of `config`'s shapes in `dir`: FP8 blocks and their float32 scales for the layers'
+ * Linears when the config says so (quantization_config), BF16 elsewhere; data a sparse hole.
+ */
+export function headerOnly(dir: string, config: Record<string, unknown>): void {
+  const fp8 = config.quantization_config !== undefined;
   fs.mkdirSync(dir, { recursive: true });
   const family = familyFor(config, "projection config");
   const model = family.build(family.parseConfig(config, "projection config"));
@@ -73,7 +77,7 @@ function headerOnly(dir: string, config: Record<string, unknown>): void {
   const scales: [string, DType, number[]][] = [];
   for (const [name, p] of model.namedParameters()) {
     const module = name.slice(0, -".weight".length);
-    if (name.startsWith("model.layers.") && p.shape.length === 2 && !matchesAny(module, family.defaultIgnore)) {
+    if (fp8 && name.startsWith("model.layers.") && p.shape.length === 2 && !matchesAny(module, family.defaultIgnore)) {
       tensors.push([name, "F8_E4M3", p.shape]);
       scales.push([`${module}.weight_scale_inv`, "F32", p.shape.map((d) => Math.ceil(d / 128))]);
     } else tensors.push([name, name.endsWith("correction_bias") ? "F32" : "BF16", p.shape]);

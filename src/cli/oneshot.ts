@@ -9,6 +9,7 @@ import { DEFAULT_STATISTICS, ROUTED_WEIGHTS, formatExpertStatistics } from "../c
 import { boolOption, intOption, minSizeOption, seedOption, sizeOption } from "./options.js";
 import { progressPrinter } from "./progress.js";
 import { natsConnection, natsOptions } from "./worker.js";
+import { distributedPlan, formatDistributed } from "../pipeline/plan-distributed.js";
 import { UsageError } from "../errors.js";
 
 interface OneshotCliOptions {
@@ -168,11 +169,20 @@ export function registerPlan(program: Command): void {
   )
     .option("--output <dir>", "output folder the run would write (for the free disk space)")
     .option("--json", "print the plan as JSON")
-    .action(async (o: OneshotCliOptions & { json?: boolean }) => {
-      const { json: _json, maxShardSize, ...run } = o;
+    .option(
+      "--nats-workers <n>",
+      "also estimate a distributed run (oneshot --nats) with N `moecal worker` processes (--workers stays the GPTQ threads of each)",
+      intOption("--nats-workers"),
+    )
+    .action(async (o: OneshotCliOptions & { json?: boolean; natsWorkers?: number }) => {
+      const { json: _json, maxShardSize, natsWorkers, ...run } = o;
       const p = await plan({ ...recipeOptions(run), maxShardBytes: maxShardSize });
       const free = freeDiskBytes(o.output ?? process.cwd());
-      if (o.json) process.stdout.write(`${JSON.stringify({ ...p, free_disk_bytes: free }, null, 2)}\n`);
-      else process.stdout.write(`${formatPlan(p)}\nfree disk where the output goes: ${(free / 1024 ** 3).toFixed(1)} GiB\n`);
+      const d = natsWorkers === undefined ? null : distributedPlan(p, { workers: natsWorkers, threads: o.workers });
+      if (o.json) process.stdout.write(`${JSON.stringify({ ...p, free_disk_bytes: free, ...(d ? { distributed: d } : {}) }, null, 2)}\n`);
+      else
+        process.stdout.write(
+          `${formatPlan(p)}\nfree disk where the output goes: ${(free / 1024 ** 3).toFixed(1)} GiB\n${d ? `${formatDistributed(d)}\n` : ""}`,
+        );
     });
 }

@@ -48,12 +48,12 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
   const scheme = run.scheme;
   const method = recipeMethod(run.recipe);
   const byGptq = (n: string): boolean => isTarget(n) && methodOf(n) === "gptq";
-  const settings = stepSettings(run);
-  const { calibrateAllExperts, statistics } = settings;
-  const dampening = settings.gptq.dampening;
   let work: WorkFolder | undefined;
   let remote: Coordinator | undefined;
   try {
+    const settings = stepSettings(run);
+    const { calibrateAllExperts, statistics } = settings;
+    const dampening = settings.gptq.dampening;
     const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
     const tokenizer = loadTokenizer(modelDir);
     const samples = loadTokenizedSamples(datasetFile, tokenizer, {

@@ -105,6 +105,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
       memory,
       peak_memory_bytes: peak,
       expert_groups: null,
+      experts: null,
       flops: { calibrate: 0, propagate: 0, gptq: 0 },
       seconds,
     });

@@ -20,6 +20,9 @@ export interface PerExpert {
   parameters: number;
   hessians: number;
   outputs: number;
+  /** its bytes as read and as written (not memory: what a distributed run moves) */
+  read: number;
+  write: number;
 }
 
 /** A layer's routed experts as the plan counts them. */

@@ -58,6 +58,23 @@ export const PLAN_MODEL = {
   workerBytes: 45 * 1024 ** 2,
 } as const;
 
+/** The routed experts' part of a layer's plan. */
+export interface ExpertWork {
+  count: number;
+  /** their calibration arithmetic (every expert on its rows), of which `shared_flops` is the gate/up Gram product they share */
+  calibrate_flops: number;
+  shared_flops: number;
+  gptq_flops: number;
+  /** their routed outputs in propagation (the routed sums) */
+  routed_flops: number;
+  /** their weights: how many, as read and as written */
+  weights: number;
+  read_bytes: number;
+  write_bytes: number;
+  /** the layer's MoE calls streamed to the work folder: each token's input, expert ids and weights */
+  stream_bytes: number;
+}
+
 export interface LayerPlan {
   layer: number;
   moe: boolean;
@@ -80,6 +97,8 @@ export interface LayerPlan {
   peak_memory_bytes: number;
   /** an MoE layer run in groups of routed experts (the memory above is the grouped run's); null: run whole */
   expert_groups: ExpertGroups | null;
+  /** an MoE layer's routed experts, the share of its work and bytes a distributed run's jobs take (plan-distributed.ts) */
+  experts: ExpertWork | null;
   flops: { calibrate: number; propagate: number; gptq: number };
   seconds: number;
 }
@@ -265,7 +284,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     }
     let activations = 0;
     let experts: Omit<ExpertsOfLayer, "gptq" | "stream"> | null = null;
+    let expertWork: ExpertWork | null = null;
     if (block) {
+      const before = { calibrate, gptq };
       const E = block.numRoutedExperts;
       const ex = block.routedExperts()[0];
       const Im = ex ? ex.gate.outFeatures : 0;
@@ -291,6 +312,17 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       // in groups, the shared Gram product's GPTQ preparation is kept for every group too: Hinv twice
       experts = { count: E, per, shared: 3 * sharedGram };
       propagate += 2 * T * K * 3 * H * Im;
+      expertWork = {
+        count: E,
+        calibrate_flops: calibrate - before.calibrate,
+        shared_flops: expertTarget && allExperts && !routerAware ? 2 * T * H * H : 0,
+        gptq_flops: gptq - before.gptq,
+        routed_flops: 2 * T * K * 3 * H * Im,
+        weights: E * 3 * H * Im,
+        read_bytes: E * per.read,
+        write_bytes: E * per.write,
+        stream_bytes: 4 * T * (H + 2 * K),
+      };
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
     }
@@ -336,6 +368,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       memory,
       peak_memory_bytes: peak,
       expert_groups: null,
+      experts: expertWork,
       flops: { calibrate, propagate: i < config.numHiddenLayers - 1 ? propagate : 0, gptq },
       seconds,
     };
@@ -415,9 +448,9 @@ function expertMemory(
   bytes: (module: AnyModule, prefix: string) => { read: number; write: number; params: number },
 ): PerExpert {
   const name = expert ? layer.namedModules(prefix).find(([, m]) => (m as unknown) === expert)?.[0] : undefined;
-  if (!expert || name === undefined) return { parameters: 0, hessians: 0, outputs: 0 };
+  if (!expert || name === undefined) return { parameters: 0, hessians: 0, outputs: 0, read: 0, write: 0 };
   const { read, write, params } = bytes(expert as unknown as AnyModule, name);
   const codes = [expert.gate, expert.up, expert.down].reduce((a, l) => a + l.inFeatures * l.outFeatures, 0);
   // its codes, and its output tensors held twice while its group's file is written
-  return { parameters: params + read, hessians: 0, outputs: (quantized ? codes : 0) + 2 * write };
+  return { parameters: params + read, hessians: 0, outputs: (quantized ? codes : 0) + 2 * write, read, write };
 }

@@ -1,0 +1,107 @@
+/**
+ * What a distributed run (`oneshot --nats`, docs/distributed.md) of a plan would take with N
+ * workers: per MoE layer, the coordinator's part (the layer's non-expert work as in a local run,
+ * the two extra passes of a grouped layer, the routed sums from the groups' files) and the groups'
+ * jobs, a wave of N at a time, each recomputing the gate/up Gram product the experts share; and the
+ * bytes each layer moves through the shared file system. Rates are the plan's (PLAN_MODEL, the GEMM
+ * rate it measured), taken as each worker's: a worker on a faster host only shortens its jobs.
+ */
+import { UsageError } from "../errors.js";
+import { gptqWorkerCount } from "../quantization/gptq-pool.js";
+import { DEFAULT_JOB_GROUPS } from "./expert-groups.js";
+import { type LayerPlan, PLAN_MODEL, type Plan } from "./plan.js";
+
+/** Dequantized weights a second the coordinator reads back from the groups' files (TypeScript unpacking, measured on the bench model: docs/distributed.md). */
+export const DEQUANT_WEIGHTS_PER_SECOND = 27e6;
+
+export interface DistributedLayer {
+  layer: number;
+  /** jobs (expert groups) */
+  groups: number;
+  /** one job's seconds, and the layer's jobs' wall time on `workers` workers */
+  job_seconds: number;
+  jobs_seconds: number;
+  coordinator_seconds: number;
+  seconds: number;
+  /** through the shared file system: the streamed calls each job reads, the experts' weights read and written, the groups' files read back */
+  moved_bytes: number;
+}
+
+export interface DistributedPlan {
+  workers: number;
+  /** GPTQ threads per worker the estimate assumed */
+  threads: number;
+  layers: DistributedLayer[];
+  seconds: number;
+  moved_bytes: number;
+  /** the same run on one machine (the plan's estimate), for comparison */
+  local_seconds: number;
+}
+
+/** The distributed estimate of `p` with `workers` workers of `threads` GPTQ threads each (default: this machine's). */
+export function distributedPlan(p: Plan, o: { workers: number; threads?: number }): DistributedPlan {
+  if (!Number.isInteger(o.workers) || o.workers < 1) throw new UsageError(`workers must be an integer >= 1, got ${String(o.workers)}`);
+  if (p.data_free) throw new UsageError("a data-free run is not distributed (oneshot --nats runs calibrated MoE layers)");
+  const threads = o.threads ?? gptqWorkerCount();
+  const layers = p.layers.flatMap((l) => (l.experts ? [distributedLayer(p, l, o.workers, threads)] : []));
+  const saved = layers.reduce((a, d) => a + (p.layers[d.layer] as LayerPlan).seconds - d.seconds, 0);
+  return {
+    workers: o.workers,
+    threads,
+    layers,
+    seconds: p.seconds - saved,
+    moved_bytes: layers.reduce((a, d) => a + d.moved_bytes, 0),
+    local_seconds: p.seconds,
+  };
+}
+
+function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: number): DistributedLayer {
+  const x = l.experts as NonNullable<LayerPlan["experts"]>;
+  const rate = p.gemm_gflops * 1e9;
+  const e = PLAN_MODEL.efficiency;
+  const size = l.expert_groups?.size ?? Math.ceil(x.count / DEFAULT_JOB_GROUPS);
+  const groups = Math.ceil(x.count / size);
+  const io = PLAN_MODEL.ioBytesPerSecond;
+  // the experts' own work, as the local plan counts it, split into groups; each job reads the
+  // streamed calls and its experts' weights, recomputes the shared Gram product, writes its tensors
+  const expertSeconds = (x.calibrate_flops - x.shared_flops) / (rate * e.calibrate) + x.gptq_flops / (rate * e.gptq * Math.max(1, threads));
+  const job =
+    expertSeconds / groups + x.shared_flops / (rate * e.calibrate) + (x.stream_bytes + (x.read_bytes + x.write_bytes) / groups) / io;
+  const jobs = Math.ceil(groups / workers) * job;
+  // the coordinator: the layer without its experts' work, one more pass through the non-expert
+  // part (the streamed propagation calls), the routed sums from the dequantized group files
+  const propagate = l.flops.propagate / (rate * e.propagate) + PLAN_MODEL.secondsPerSample.propagate * p.samples;
+  const coordinator =
+    l.seconds -
+    (x.calibrate_flops / (rate * e.calibrate) + x.gptq_flops / (rate * e.gptq * Math.max(1, threads))) +
+    (l.flops.propagate > 0 ? propagate : 0) +
+    x.weights / DEQUANT_WEIGHTS_PER_SECOND +
+    (2 * x.stream_bytes + 2 * x.write_bytes) / io;
+  return {
+    layer: l.layer,
+    groups,
+    job_seconds: job,
+    jobs_seconds: jobs,
+    coordinator_seconds: coordinator,
+    seconds: coordinator + jobs,
+    moved_bytes: groups * x.stream_bytes + x.read_bytes + 3 * x.write_bytes,
+  };
+}
+
+const GB = 1024 ** 3;
+const size = (b: number): string => (b >= GB ? `${(b / GB).toFixed(2)} GiB` : `${(b / 1024 ** 2).toFixed(1)} MiB`);
+const time = (s: number): string =>
+  s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`;
+
+/** The estimate as text: per MoE layer, then in total. */
+export function formatDistributed(d: DistributedPlan): string {
+  return [
+    `distributed (oneshot --nats) with ${d.workers} worker(s) of ${d.threads} GPTQ thread(s), per MoE layer:`,
+    "layer  jobs  a job      jobs' wall  coordinator  moved",
+    ...d.layers.map(
+      (l) =>
+        `${String(l.layer).padStart(5)}  ${String(l.groups).padStart(4)}  ${time(l.job_seconds).padStart(9)}  ${time(l.jobs_seconds).padStart(10)}  ${time(l.coordinator_seconds).padStart(11)}  ${size(l.moved_bytes)}`,
+    ),
+    `about ${time(d.seconds)} (on one machine: ${time(d.local_seconds)}); ${size(d.moved_bytes)} through the shared folder`,
+  ].join("\n");
+}
