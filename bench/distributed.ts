@@ -10,8 +10,9 @@
  * them shared: two workers contend with each other, so the 2-worker run shows correctness, not speed.
  *
  * Projected: header-only checkpoints of one MoE layer of each model (bench/layer-projection.ts),
- * planned for 512 samples x 2048 tokens at this machine's GEMM rate, scaled by the model's MoE layers.
- * Writes bench/results.json (`distributed`).
+ * planned for 512 samples x 2048 tokens at this machine's GEMM rate, for N = 8 to 128 workers with
+ * groups of ceil(E / N) experts (a job per worker). `-- projection` runs only this part. Writes
+ * bench/results.json (`distributed`).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -147,8 +148,18 @@ interface Projection {
   model: string;
   moe_layers: number;
   tokens: number;
-  /** per MoE layer, by worker count: the estimate's seconds and bytes moved */
-  per_layer: { workers: number; seconds: number; job_seconds: number; jobs: number; moved_gib: number }[];
+  /** the GEMM rate the plan measured on this machine (GFLOP/s): its seconds are at this rate */
+  gemm_gflops: number;
+  /** per MoE layer, by worker count (groups of ceil(E / N) experts: a job per worker): the estimate's seconds and bytes moved */
+  per_layer: {
+    workers: number;
+    group_size: number;
+    jobs: number;
+    seconds: number;
+    job_seconds: number;
+    coordinator_seconds: number;
+    moved_gib: number;
+  }[];
   /** one machine, per MoE layer */
   local_seconds: number;
 }
@@ -181,13 +192,32 @@ async function projected(work: string): Promise<Projection[]> {
     log(`projection: ${name}`);
     const dir = path.join(work, name);
     headerOnly(dir, config);
-    const p = await plan({ model: dir, dataset: data, numSamples: 512, maxSeqLength: 2048, workers: 16, maxMemory: 2 ** 50 });
-    const per_layer = [8, 32, 64].map((workers) => {
-      const d = distributedPlan(p, { workers, threads: 16 }).layers[0];
+    const opts = { model: dir, dataset: data, numSamples: 512, maxSeqLength: 2048, workers: 16, maxMemory: 2 ** 50 };
+    const local = await plan(opts);
+    const E = local.layers[0]?.experts?.count ?? 1;
+    const per_layer: Projection["per_layer"] = [];
+    for (const workers of [8, 32, 64, 128]) {
+      const size = Math.max(1, Math.ceil(E / workers));
+      const d = distributedPlan(await plan({ ...opts, expertGroupSize: size }), { workers, threads: 16 }).layers[0];
       if (!d) throw new MoecalError("E_BENCH", `${name}: no MoE layer planned`);
-      return { workers, seconds: d.seconds, job_seconds: d.job_seconds, jobs: d.groups, moved_gib: d.moved_bytes / 1024 ** 3 };
+      per_layer.push({
+        workers,
+        group_size: size,
+        jobs: d.groups,
+        seconds: d.seconds,
+        job_seconds: d.job_seconds,
+        coordinator_seconds: d.coordinator_seconds,
+        moved_gib: d.moved_bytes / 1024 ** 3,
+      });
+    }
+    out.push({
+      model: name,
+      moe_layers: layers,
+      tokens: local.tokens,
+      gemm_gflops: local.gemm_gflops,
+      per_layer,
+      local_seconds: local.layers[0]?.seconds ?? 0,
     });
-    out.push({ model: name, moe_layers: layers, tokens: p.tokens, per_layer, local_seconds: p.layers[0]?.seconds ?? 0 });
     fs.rmSync(dir, { recursive: true, force: true });
   }
   return out;
@@ -196,9 +226,12 @@ async function projected(work: string): Promise<Projection[]> {
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-distributed-"));
 try {
   const { data } = nanoSetup(work, { model: false });
-  const result = { date: new Date().toISOString(), ...(await measured(work, data)), projections: await projected(work) };
   const file = path.join(PACKAGE_ROOT, "bench", "results.json");
   const base = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>) : {};
+  // `-- projection`: the projections only, the last measured runs kept
+  const only = process.argv.includes("projection");
+  const runs = only ? ((base.distributed ?? {}) as Record<string, unknown>) : await measured(work, data);
+  const result = { ...runs, date: new Date().toISOString(), projections: await projected(work) };
   fs.writeFileSync(file, `${JSON.stringify({ ...base, distributed: result }, null, 2)}\n`);
   process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
 } finally {

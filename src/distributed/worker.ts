@@ -19,8 +19,9 @@ import { quantizeGroupJob } from "../pipeline/expert-groups.js";
 import { type LayerSteps, stepSettings } from "../pipeline/layer-steps.js";
 import type { OneshotOptions } from "../pipeline/oneshot.js";
 import { recipeOf } from "../pipeline/recipe-options.js";
-import { openModel } from "../pipeline/run.js";
+import { openRunModel } from "../pipeline/run.js";
 import { checkStop } from "../util/interrupt.js";
+import { WORKER_OPTIONS, checkOptions } from "../pipeline/options.js";
 import { type GroupJobMessage, doneKey, failedKey, parseJob } from "./jobs.js";
 import { CONSUMER, type NatsOptions, STREAM, connectNats, openBucket } from "./nats.js";
 import { type RunManifest, checkManifest } from "./run-manifest.js";
@@ -51,7 +52,8 @@ interface OpenedRun {
 }
 
 /** Serve jobs until the process is stopped (a signal), or a run's manifest is refused (the error says why). */
-export async function runWorker(o: WorkerOptions): Promise<never> {
+export async function runWorker(options: WorkerOptions): Promise<never> {
+  const o = checkOptions("runWorker", WORKER_OPTIONS, options) as WorkerOptions;
   const name = `${os.hostname()}:${process.pid}`;
   const nc = await connectNats(o.nats);
   try {
@@ -164,7 +166,7 @@ function openManifestRun(text: string, id: string, o: WorkerOptions): OpenedRun 
     warn: o.warn ?? (() => undefined),
   };
   const recipe = manifest.recipe ? recipeFromText(manifest.recipe.file, manifest.recipe.text) : recipeOf(opts);
-  const run = openModel(opts, recipe);
+  const run = openRunModel(opts, recipe);
   const sha = checkpointHash(run.modelDir, run.ck.weightFiles(), asFormatError);
   if (sha !== manifest.model_sha256)
     throw new UsageError(

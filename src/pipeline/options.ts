@@ -68,6 +68,15 @@ export const ONESHOT_OPTIONS = z.strictObject({
     .optional(),
 });
 
+/** runWorker's options (distributed/worker.ts). */
+export const WORKER_OPTIONS = z.strictObject({
+  nats: ONESHOT_OPTIONS.shape.nats.unwrap().omit({ jobTimeout: true }),
+  sharedDir: z.string().min(1),
+  workers: z.number().int().min(0).max(1024).optional(),
+  onEvent: callback.optional(),
+  warn: callback.optional(),
+});
+
 export const EVAL_OPTIONS = z.strictObject({
   model: path,
   reference: z.union([path, z.custom<object>((v) => typeof v === "object" && v !== null, "expected reference logits")]).optional(),

@@ -95,6 +95,8 @@ const time = (s: number): string =>
 
 /** The estimate as text: per MoE layer, then in total. */
 export function formatDistributed(d: DistributedPlan): string {
+  const most = Math.max(0, ...d.layers.map((l) => l.groups));
+  const idle = most > 0 && most < d.workers ? most : 0;
   return [
     `distributed (oneshot --nats) with ${d.workers} worker(s) of ${d.threads} GPTQ thread(s), per MoE layer:`,
     "layer  jobs  a job      jobs' wall  coordinator  moved",
@@ -103,5 +105,6 @@ export function formatDistributed(d: DistributedPlan): string {
         `${String(l.layer).padStart(5)}  ${String(l.groups).padStart(4)}  ${time(l.job_seconds).padStart(9)}  ${time(l.jobs_seconds).padStart(10)}  ${time(l.coordinator_seconds).padStart(11)}  ${size(l.moved_bytes)}`,
     ),
     `about ${time(d.seconds)} (on one machine: ${time(d.local_seconds)}); ${size(d.moved_bytes)} through the shared folder`,
+    ...(idle ? [`${d.workers} workers, at most ${idle} jobs a layer: --expert-group-size gives each worker a job (N experts a job)`] : []),
   ].join("\n");
 }

@@ -97,7 +97,7 @@ function openInputs(opts: OneshotOptions, recipe: Recipe, inputs: ReturnType<typ
 }
 
 /** The model, its mapping and the fitted recipe, checked as a run checks them, without an output. */
-export function openModel(opts: OneshotOptions, recipe: Recipe): RunModel {
+export function openRunModel(opts: OneshotOptions, recipe: Recipe): RunModel {
   return openInputs(opts, recipe, readInputs(opts, false));
 }
 

@@ -1,0 +1,89 @@
+/** The distributed estimate (`plan --nats-workers N`): its jobs, waves, bytes, and its argument checks. */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import path from "node:path";
+import { UsageError } from "../../src/errors.js";
+import { plan } from "../../src/pipeline/plan.js";
+import { distributedPlan } from "../../src/pipeline/plan-distributed.js";
+import { runWorker } from "../../src/distributed/worker.js";
+import { ROOT, TEXT } from "../helpers.js";
+
+const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
+const base = { model, dataset: path.join(TEXT, "eval-json.jsonl"), numSamples: 4, maxSeqLength: 32 };
+
+test("each MoE layer's experts become its jobs: 8 groups by default, the plan's groups when given; N workers run them in waves of N", async () => {
+  const p = await plan(base);
+  const one = distributedPlan(p, { workers: 1, threads: 1 });
+  const many = distributedPlan(p, { workers: 8, threads: 1 });
+  // qwen3_moe's 3 layers are MoE, 8 experts each: 8 jobs of one expert
+  assert.deepEqual(
+    one.layers.map((l) => [l.layer, l.groups]),
+    [
+      [0, 8],
+      [1, 8],
+      [2, 8],
+    ],
+  );
+  for (const [k, l] of one.layers.entries()) {
+    const m = many.layers[k] as (typeof many.layers)[number];
+    assert.ok(Math.abs(l.jobs_seconds - 8 * l.job_seconds) < 1e-9 * l.jobs_seconds, "one worker runs 8 waves");
+    assert.ok(Math.abs(m.jobs_seconds - m.job_seconds) < 1e-12, "8 workers run one wave");
+    assert.equal(m.coordinator_seconds, l.coordinator_seconds);
+  }
+  assert.ok(many.seconds < one.seconds);
+  const grouped = distributedPlan(await plan({ ...base, expertGroupSize: 3 }), { workers: 2, threads: 1 });
+  assert.deepEqual(
+    grouped.layers.map((l) => l.groups),
+    [3, 3, 3],
+  );
+  assert.ok(
+    grouped.layers.every((l) => Math.abs(l.jobs_seconds - 2 * l.job_seconds) < 1e-9 * l.jobs_seconds),
+    "3 jobs on 2 workers: two waves",
+  );
+});
+
+test("bytes moved per layer: the streamed calls once per job, the experts' weights read once, their output written once and read back twice", async () => {
+  const p = await plan(base);
+  const d = distributedPlan(p, { workers: 2 });
+  const [H, K] = [64, 2];
+  for (const l of d.layers) {
+    const x = p.layers[l.layer]?.experts;
+    assert.ok(x);
+    assert.equal(x.stream_bytes, 4 * p.tokens * (H + 2 * K));
+    assert.equal(l.moved_bytes, l.groups * x.stream_bytes + x.read_bytes + 3 * x.write_bytes);
+    assert.ok(x.read_bytes > 0 && x.write_bytes > 0 && x.write_bytes < x.read_bytes, "W4A16 writes less than BF16 reads");
+  }
+  assert.equal(
+    d.moved_bytes,
+    d.layers.reduce((a, l) => a + l.moved_bytes, 0),
+  );
+});
+
+test("bad arguments are usage errors naming them: workers < 1, a data-free plan, runWorker's unknown or missing options", async () => {
+  const p = await plan(base);
+  assert.throws(
+    () => distributedPlan(p, { workers: 0 }),
+    (e: unknown) => e instanceof UsageError && /workers must be an integer >= 1/.test(e.message),
+  );
+  const dataFree = await plan({ ...base, method: "rtn" });
+  assert.throws(() => distributedPlan(dataFree, { workers: 2 }), /data-free run is not distributed/);
+  await assert.rejects(
+    runWorker({ nats: { url: "nats://127.0.0.1:1" }, sharedDir: "/tmp", worker: 2 } as never),
+    (e: unknown) => e instanceof UsageError && /runWorker: unknown option "worker"/.test(e.message),
+  );
+  await assert.rejects(runWorker({ nats: { url: "nats://127.0.0.1:1" } } as never), /runWorker: .*sharedDir/);
+});
+
+test("plan --nats-workers N prints the estimate, and adds it to --json", () => {
+  const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+  const args = ["plan", "--model", model, "--dataset", base.dataset, "--num-samples", "4", "--max-seq-length", "32", "--nats-workers", "4"];
+  const text = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
+  assert.equal(text.status, 0, text.stderr);
+  assert.match(text.stdout, /distributed \(oneshot --nats\) with 4 worker\(s\)/);
+  assert.match(text.stdout, /through the shared folder/);
+  const json = spawnSync(process.execPath, [cli, ...args, "--json"], { encoding: "utf8" });
+  const d = (JSON.parse(json.stdout) as { distributed: { workers: number; layers: unknown[] } }).distributed;
+  assert.equal(d.workers, 4);
+  assert.equal(d.layers.length, 3);
+});
