@@ -20,7 +20,7 @@ import os from "node:os";
 import path from "node:path";
 import { MoecalError } from "../src/errors.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
-import { plan } from "../src/pipeline/plan.js";
+import { measureGemm, plan } from "../src/pipeline/plan.js";
 import { type DistributedPlan, distributedPlan } from "../src/pipeline/plan-distributed.js";
 import { runFromSummary } from "../src/pipeline/report.js";
 import { startNats } from "../test/distributed/nats-server.js";
@@ -184,6 +184,8 @@ function longDataset(work: string): string {
 
 async function projected(work: string): Promise<Projection[]> {
   const data = longDataset(work);
+  // one GEMM rate for every plan, so that the worker counts compare (each plan would measure its own)
+  const known = { gemmGflops: await measureGemm() };
   const out: Projection[] = [];
   for (const [name, config, layers] of [
     ["DeepSeek-V3", DEEPSEEK_V3, 58],
@@ -191,14 +193,15 @@ async function projected(work: string): Promise<Projection[]> {
   ] as const) {
     log(`projection: ${name}`);
     const dir = path.join(work, name);
-    headerOnly(dir, config);
+    // two MoE layers: the first is one with propagation (any but the last)
+    headerOnly(dir, { ...config, num_hidden_layers: 2 });
     const opts = { model: dir, dataset: data, numSamples: 512, maxSeqLength: 2048, workers: 16, maxMemory: 2 ** 50 };
-    const local = await plan(opts);
+    const local = await plan(opts, known);
     const E = local.layers[0]?.experts?.count ?? 1;
     const per_layer: Projection["per_layer"] = [];
     for (const workers of [8, 32, 64, 128]) {
       const size = Math.max(1, Math.ceil(E / workers));
-      const d = distributedPlan(await plan({ ...opts, expertGroupSize: size }), { workers, threads: 16 }).layers[0];
+      const d = distributedPlan(await plan({ ...opts, expertGroupSize: size }, known), { workers, threads: 16 }).layers[0];
       if (!d) throw new MoecalError("E_BENCH", `${name}: no MoE layer planned`);
       per_layer.push({
         workers,

@@ -44,7 +44,7 @@ export async function openCoordinator(
     }
     await kv.put(`${id}.manifest`, JSON.stringify(manifest));
     return {
-      quantize: (layer, spans) => runJobs(nc, kv, { id, layer, spans, workDir: manifest.work_dir, onProgress: o.onProgress }),
+      quantize: (layer, spans, sums) => runJobs(nc, kv, { id, layer, spans, sums, workDir: manifest.work_dir, onProgress: o.onProgress }),
       close: () => nc.drain(),
     };
   } catch (e) {
@@ -53,10 +53,10 @@ export async function openCoordinator(
   }
 }
 
-/** Whether group `s` of `layer` has its files in the work folder, complete (a result that reads back, beside a tensors file). */
-function filesDone(workDir: string, layer: number, s: GroupSpan): boolean {
+/** Whether group `s` of `layer` has its files in the work folder, complete (a result that reads back, beside a tensors file and, with `sums`, its routed rows). */
+function filesDone(workDir: string, layer: number, s: GroupSpan, sums: boolean): boolean {
   const files = groupFiles(workDir, layer);
-  if (!lstatOrNull(files.tensors(s.group))?.isFile()) return false;
+  for (const f of [files.tensors(s.group), ...(sums ? [files.rows(s.group)] : [])]) if (!lstatOrNull(f)?.isFile()) return false;
   try {
     readGroupResult(files, s.group, s.first, s.end);
     return true;
@@ -69,12 +69,13 @@ function filesDone(workDir: string, layer: number, s: GroupSpan): boolean {
 async function runJobs(
   nc: NatsConnection,
   kv: KV,
-  r: { id: string; layer: number; spans: readonly GroupSpan[]; workDir: string; onProgress?: (e: ProgressEvent) => void },
+  r: { id: string; layer: number; spans: readonly GroupSpan[]; sums: boolean; workDir: string; onProgress?: (e: ProgressEvent) => void },
 ): Promise<void> {
   const { id, layer } = r;
   const pending = new Map<number, GroupSpan>();
   for (const s of r.spans)
-    if (!((await kv.get(doneKey(id, layer, s.group)))?.operation === "PUT" && filesDone(r.workDir, layer, s))) pending.set(s.group, s);
+    if (!((await kv.get(doneKey(id, layer, s.group)))?.operation === "PUT" && filesDone(r.workDir, layer, s, r.sums)))
+      pending.set(s.group, s);
   const progress = (): void => r.onProgress?.({ kind: "group-jobs", layer, queued: pending.size, done: r.spans.length - pending.size });
   if (pending.size === 0) return progress();
   const watcher = await kv.watch({ key: `${id}.*.${layer}.*` });
@@ -95,7 +96,7 @@ async function runJobs(
   try {
     const js = jetstream(nc);
     for (const s of pending.values()) {
-      const job: GroupJobMessage = { run: id, layer, ...s };
+      const job: GroupJobMessage = { run: id, layer, ...s, sums: r.sums };
       const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${layer}.${s.group}` });
       bySeq.set(ack.seq, s.group);
     }
@@ -108,7 +109,7 @@ async function runJobs(
       const v = JSON.parse(e.string()) as { worker: string; seconds?: number; code?: string; message?: string };
       if (state === "failed")
         throw new RemoteJobError(v.code ?? "E_JOB", `layer ${layer} expert group ${g}, in worker ${v.worker}: ${v.message ?? "failed"}`);
-      if (!filesDone(r.workDir, layer, pending.get(g) as GroupSpan)) continue;
+      if (!filesDone(r.workDir, layer, pending.get(g) as GroupSpan, r.sums)) continue;
       pending.delete(g);
       r.onProgress?.({ kind: "group-job-done", layer, group: g, worker: v.worker, seconds: v.seconds ?? 0 });
       if (pending.size === 0) break;

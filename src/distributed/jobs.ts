@@ -1,8 +1,8 @@
 /**
  * A job on the queue, and the keys its outcome is put under. A group job names its run, layer and
  * experts [first, end) (group `group` of `size`); its result is the group's files in the run's work
- * folder, named by the group, so a job done twice (redelivered) writes the same bytes to the same
- * names and cannot count twice.
+ * folder (its tensors, its result, and but in the last layer its routed rows), named by the group,
+ * so a job done twice (redelivered) writes the same bytes to the same names and cannot count twice.
  */
 import { z } from "zod";
 
@@ -13,6 +13,8 @@ const GROUP_JOB = z.strictObject({
   first: z.number().int().nonnegative(),
   end: z.number().int().positive(),
   size: z.number().int().positive(),
+  /** also write the group's routed rows over the layer's propagation calls (every layer but the last) */
+  sums: z.boolean(),
 });
 
 export type GroupJobMessage = z.infer<typeof GROUP_JOB>;

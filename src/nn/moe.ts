@@ -122,6 +122,52 @@ export async function addServedExperts(input: RoutedInput, experts: readonly Mod
 }
 
 /**
+ * What servedExperts adds, as rows: experts `first`, `first + 1`, ... each on its routed tokens, each
+ * pair's weighted output (its slot-major pairs, expert after expert). A group's share of the routed
+ * sum, computed where its weights are; addRoutedRows adds it elsewhere, bit for bit servedExperts' sum.
+ */
+export async function routedRows(input: RoutedInput, experts: readonly Module<Tensor, Tensor>[], first: number): Promise<Tensor> {
+  const [T, H] = [input.flat.dim(0), input.flat.dim(1)];
+  const K = input.topScores.dim(1);
+  const parts: Float32Array[] = [];
+  for (const [i, expert] of experts.entries()) {
+    const { tokens, slots } = routedPairs(input.selectedExperts, T, K, first + i);
+    if (tokens.length === 0) continue;
+    const y = (await expert.call(gatherRows(input.flat, tokens))).data;
+    const w = routeWeights(input.topScores, tokens, slots);
+    const v = new Float32Array(tokens.length * H);
+    for (let r = 0; r < tokens.length; r++) {
+      const wr = w[r] as number;
+      for (let j = 0; j < H; j++) v[r * H + j] = Math.fround((y[r * H + j] as number) * wr);
+    }
+    parts.push(v);
+  }
+  const out = new Float32Array(parts.reduce((a, v) => a + v.length, 0));
+  let at = 0;
+  for (const v of parts) {
+    out.set(v, at);
+    at += v.length;
+  }
+  return new Tensor(out, [out.length / H, H]);
+}
+
+/** Add `rows` (routedRows of `count` experts from `first`) into `routed`, in servedExperts' order; false when their number does not match the call's. */
+export function addRoutedRows(input: RoutedInput, count: number, first: number, routed: Tensor, rows: Tensor): boolean {
+  const [T, H] = [input.flat.dim(0), input.flat.dim(1)];
+  const K = input.topScores.dim(1);
+  const pairs = Array.from({ length: count }, (_, i) => routedPairs(input.selectedExperts, T, K, first + i).tokens);
+  if (rows.dim(1) !== H || pairs.reduce((a, t) => a + t.length, 0) !== rows.dim(0)) return false;
+  const [dst, src] = [routed.data, rows.data];
+  let at = 0;
+  for (const tokens of pairs)
+    for (const t of tokens) {
+      for (let j = 0; j < H; j++) dst[t * H + j] = (dst[t * H + j] as number) + (src[at * H + j] as number);
+      at++;
+    }
+  return true;
+}
+
+/**
  * Experts `first`, `first + 1`, ... (the block's indices) each on its routed tokens, their weighted
  * outputs added into `routed` in expert order (pairs slot-major): the one order of the routed sum,
  * whether a layer runs whole or one expert group at a time.

@@ -26,35 +26,17 @@ import { type FastState, newFastState } from "../calibration/fast-path.js";
 import { calibrateExperts } from "../calibration/routed-experts.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
-import { type RoutedInput, asMoeBlock, servedExperts, withRoutedOverride } from "../nn/moe.js";
+import { type RoutedInput, addRoutedRows, asMoeBlock, routedRows, servedExperts, withRoutedOverride } from "../nn/moe.js";
 import type { Module } from "../nn/module.js";
 import type { SwiGluExpert } from "../calibration/fast-path.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
-import {
-  type LayerOutcome,
-  type LayerSteps,
-  type PartResult,
-  inLinearOrder,
-  observeAndQuantize,
-  quantizedTensors,
-  schemeOfTarget,
-} from "./layer-steps.js";
-import { loadQuantizedWeights } from "./group-weights.js";
-import { Linear } from "../nn/layers.js";
+import { type LayerOutcome, type LayerSteps, type PartResult, inLinearOrder, observeAndQuantize, quantizedTensors } from "./layer-steps.js";
 import type { PrepCache } from "./quantize-layer.js";
 import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
 import { assembleLayer, finalPass } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
-import {
-  type CheckpointStage,
-  type HiddenWriter,
-  RESTART,
-  type WorkFolder,
-  type WorkState,
-  openPrivateSafetensors,
-  writeAtomic,
-} from "./work-folder.js";
+import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
 
 type Expert = SwiGluExpert & Module<Tensor, Tensor>;
 
@@ -163,7 +145,7 @@ export async function groupedLayer(
       next,
       clean: () => {
         for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state]) fs.rmSync(f, { force: true });
-        for (let g = 0; g < groups; g++) for (const f of [files.tensors(g), files.result(g)]) fs.rmSync(f, { force: true });
+        for (let g = 0; g < groups; g++) for (const f of [files.tensors(g), files.result(g), files.rows(g)]) fs.rmSync(f, { force: true });
       },
     };
   } finally {
@@ -189,7 +171,8 @@ interface LayerJob {
  * each group's tensors and result files written, in any order, by `quantizeGroupJob`.
  */
 export interface GroupExecutor {
-  quantize(layer: number, groups: readonly GroupSpan[]): Promise<void>;
+  /** `sums`: the groups' routed rows too (every layer but the last) */
+  quantize(layer: number, groups: readonly GroupSpan[], sums: boolean): Promise<void>;
 }
 
 /** Group `group` of a layer: experts [first, end), `size` experts a group. */
@@ -219,17 +202,25 @@ async function runGroups(
     const g = l.gs.done + k;
     return { group: g, first: g * size, end: Math.min(E, (g + 1) * size), size };
   });
-  if (job.remote && spans.length > 0) await job.remote.quantize(l.i, spans);
-  for (const { group: g, first: a, end: b } of spans) {
-    steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
-    const j = { ...l, a, b, fastState, preps };
-    if (job.remote) await addGroupSums(steps, j, g);
-    else await runGroup(steps, j);
-    l.gs.done = g + 1;
+  const saved = (done: number): void => {
+    const from = l.gs.done;
+    l.gs.done = done;
     writeGroupState(l.files, l.gs);
     job.work.saveState(job.state);
     l.stop("group");
-    if (g > 0) fs.rmSync(l.files.routed(g), { force: true });
+    if (from > 0) fs.rmSync(l.files.routed(from), { force: true });
+  };
+  if (job.remote && spans.length > 0) {
+    await job.remote.quantize(l.i, spans, !l.last);
+    await addRemoteSums(l, spans);
+    saved(groups);
+    for (const s of spans) fs.rmSync(l.files.rows(s.group), { force: true });
+    return;
+  }
+  for (const { group: g, first: a, end: b } of spans) {
+    steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
+    await runGroup(steps, { ...l, a, b, fastState, preps });
+    saved(g + 1);
   }
 }
 
@@ -370,25 +361,54 @@ async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void
 }
 
 /**
- * Group g's routed outputs, the group quantized by another process, added to the sums: its weights
- * read back from its tensors file (dequantized as written: GPTQ's own values bit for bit), the
- * source's for what it left unquantized.
+ * The routed outputs of groups quantized by other processes, added to the sums in one pass over the
+ * propagation calls: per call, the sums of the groups before them, then each group's rows (its job's
+ * routedRows) in group order, each in servedExperts' order: the whole layer's sum, bit for bit.
  */
-async function addGroupSums(steps: LayerSteps, j: GroupJob, g: number): Promise<void> {
-  const { run } = steps;
-  const result = readGroupResult(j.files, g, j.a, j.b);
-  if (j.last) return;
-  const quantized = new Map(result.results.map((r) => [r.name, r.tensors]));
-  const linears = new Map<string, Linear>();
-  for (const [n, m] of j.layer.namedModules(`model.layers.${j.i}`)) if (m instanceof Linear && quantized.has(n)) linears.set(n, m);
-  const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
-  loadParameters(run.model, run.source, run.mapping, (n) => params(n) && !quantized.has(n.slice(0, -".weight".length)));
+async function addRemoteSums(l: LayerJob, spans: readonly GroupSpan[]): Promise<void> {
+  for (const s of spans) readGroupResult(l.files, s.group, s.first, s.end);
+  if (l.last) return;
+  const from = (spans[0] as GroupSpan).group;
+  const w = streamWriter(l.files.routed(from + spans.length));
+  const before = from > 0 ? streamRecords(l.files.routed(from)) : null;
+  const rows = spans.map((s) => streamRecords(l.files.rows(s.group)));
   try {
-    loadQuantizedWeights(openPrivateSafetensors(j.files.tensors(g)), linears, schemeOfTarget(run), (n) => quantized.get(n) ?? []);
-    await sumGroup(j, j.experts.slice(j.a, j.b), g);
-    j.stop("group-sums");
+    for await (const input of streamRecords(l.files.propagate)) {
+      checkStop();
+      const prev = before ? await before.next() : null;
+      if (prev?.done) throw new CheckpointFormatError(`${l.files.routed(from)}: fewer calls than ${l.files.propagate}; ${RESTART}`);
+      const sum = prev ? (prev.value as RoutedInput).flat : Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]);
+      for (const [k, s] of spans.entries()) {
+        const r = await (rows[k] as AsyncGenerator<RoutedInput>).next();
+        if (r.done || !addRoutedRows(input, s.end - s.first, s.first, sum, r.value.flat))
+          throw new CheckpointFormatError(`${l.files.rows(s.group)}: its rows do not match the calls of ${l.files.propagate}; ${RESTART}`);
+      }
+      w.append(sum);
+    }
+    w.commit();
+    l.stop("group-sums");
+  } catch (e) {
+    w.abandon();
+    throw e;
   } finally {
-    unloadParameters(run.model, params);
+    await before?.return(undefined);
+    for (const r of rows) await r.return(undefined);
+  }
+}
+
+/** A group's weighted routed outputs over the propagation calls, for the process that adds the sums (experts loaded and quantized). */
+async function writeRoutedRows(j: GroupJob, g: number): Promise<void> {
+  const w = streamWriter(j.files.rows(g));
+  try {
+    const members = j.experts.slice(j.a, j.b);
+    for await (const input of streamRecords(j.files.propagate)) {
+      checkStop();
+      w.append(await routedRows(input, members, j.a));
+    }
+    w.commit();
+  } catch (e) {
+    w.abandon();
+    throw e;
   }
 }
 
@@ -397,7 +417,7 @@ async function addGroupSums(steps: LayerSteps, j: GroupJob, g: number): Promise<
  * the layer's calibration calls streamed to the work folder `dir`, quantized, and their tensors and
  * result written there (files named by the group: a job done twice writes the same bytes).
  */
-export async function quantizeGroupJob(steps: LayerSteps, dir: string, i: number, span: GroupSpan): Promise<void> {
+export async function quantizeGroupJob(steps: LayerSteps, dir: string, i: number, span: GroupSpan & { sums: boolean }): Promise<void> {
   const { run } = steps;
   const layer = run.model.model.layers.at(i);
   const moe = moeOf(layer, `model.layers.${i}`);
@@ -421,6 +441,7 @@ export async function quantizeGroupJob(steps: LayerSteps, dir: string, i: number
   loadParameters(run.model, run.source, run.mapping, params);
   try {
     await quantizeGroup(steps, j, span.group);
+    if (span.sums) await writeRoutedRows(j, span.group);
   } finally {
     unloadParameters(run.model, params);
   }

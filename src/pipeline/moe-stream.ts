@@ -81,6 +81,8 @@ export function groupFiles(dir: string, i: number) {
     propagate: path.join(dir, `moe-${i}-propagate.bin`),
     /** the routed sums after `done` groups (none before the first) */
     routed: (done: number) => path.join(dir, `moe-${i}-routed-${done}.bin`),
+    /** group `g`'s weighted routed outputs per propagation call (routedRows), when another process quantized it */
+    rows: (g: number) => path.join(dir, `moe-${i}-rows-${g}.bin`),
     /** the tensors of group `g` */
     tensors: (g: number) => path.join(dir, `layer-${i}-group-${g}.safetensors`),
     /** what group `g` did (written after its tensors: the group's work is done when it exists) */

@@ -1,18 +1,15 @@
 /**
  * What a distributed run (`oneshot --nats`, docs/distributed.md) of a plan would take with N
- * workers: per MoE layer, the coordinator's part (the layer's non-expert work as in a local run,
- * the two extra passes of a grouped layer, the routed sums from the groups' files) and the groups'
- * jobs, a wave of N at a time, each recomputing the gate/up Gram product the experts share; and the
- * bytes each layer moves through the shared file system. Rates are the plan's (PLAN_MODEL, the GEMM
+ * workers: per MoE layer, the coordinator's part (the layer's non-expert work as in a local run, the
+ * extra pass of a grouped layer, adding the groups' routed rows to the sums) and the groups' jobs, a
+ * wave of N at a time, each recomputing the gate/up Gram product the experts share; and the bytes
+ * each layer moves through the shared file system. Rates are the plan's (PLAN_MODEL, the GEMM
  * rate it measured), taken as each worker's: a worker on a faster host only shortens its jobs.
  */
 import { UsageError } from "../errors.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { DEFAULT_JOB_GROUPS } from "./expert-groups.js";
 import { type LayerPlan, PLAN_MODEL, type Plan } from "./plan.js";
-
-/** Dequantized weights a second the coordinator reads back from the groups' files (TypeScript unpacking, measured on the bench model: docs/distributed.md). */
-export const DEQUANT_WEIGHTS_PER_SECOND = 27e6;
 
 export interface DistributedLayer {
   layer: number;
@@ -62,21 +59,28 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
   const size = l.expert_groups?.size ?? Math.ceil(x.count / DEFAULT_JOB_GROUPS);
   const groups = Math.ceil(x.count / size);
   const io = PLAN_MODEL.ioBytesPerSecond;
-  // the experts' own work, as the local plan counts it, split into groups; each job reads the
-  // streamed calls and its experts' weights, recomputes the shared Gram product, writes its tensors
-  const expertSeconds = (x.calibrate_flops - x.shared_flops) / (rate * e.calibrate) + x.gptq_flops / (rate * e.gptq * Math.max(1, threads));
+  // but in the last layer: the propagation calls streamed (read by every job), the routed rows
+  // (each routed pair's weighted output: written by the jobs, read by the coordinator) and the sums
+  const last = l.flops.propagate === 0;
+  const propagation = last ? 0 : x.stream_bytes;
+  const rows = last ? 0 : x.routed_rows_bytes;
+  const gptq = x.gptq_flops / (rate * e.gptq * Math.max(1, threads));
+  // a job: its share of the experts' arithmetic (its routed outputs included), the shared Gram
+  // product recomputed, the streamed calls read, its weights read and tensors written
+  const routed = last ? 0 : x.routed_flops / (rate * e.propagate);
   const job =
-    expertSeconds / groups + x.shared_flops / (rate * e.calibrate) + (x.stream_bytes + (x.read_bytes + x.write_bytes) / groups) / io;
+    ((x.calibrate_flops - x.shared_flops) / (rate * e.calibrate) + gptq + routed) / groups +
+    x.shared_flops / (rate * e.calibrate) +
+    (x.stream_bytes + propagation + (x.read_bytes + x.write_bytes + rows) / groups) / io;
   const jobs = Math.ceil(groups / workers) * job;
-  // the coordinator: the layer without its experts' work, one more pass through the non-expert
-  // part (the streamed propagation calls), the routed sums from the dequantized group files
-  const propagate = l.flops.propagate / (rate * e.propagate) + PLAN_MODEL.secondsPerSample.propagate * p.samples;
+  // the coordinator: the layer without its experts' work, one more pass through the non-expert part
+  // (the streamed propagation calls), and one pass adding every group's rows to the sums
+  const propagate = last ? 0 : l.flops.propagate / (rate * e.propagate) + PLAN_MODEL.secondsPerSample.propagate * p.samples;
   const coordinator =
     l.seconds -
-    (x.calibrate_flops / (rate * e.calibrate) + x.gptq_flops / (rate * e.gptq * Math.max(1, threads))) +
-    (l.flops.propagate > 0 ? propagate : 0) +
-    x.weights / DEQUANT_WEIGHTS_PER_SECOND +
-    (2 * x.stream_bytes + 2 * x.write_bytes) / io;
+    (x.calibrate_flops / (rate * e.calibrate) + gptq + routed) +
+    propagate +
+    (last ? 0 : (propagation + rows + 2 * x.sums_bytes) / io);
   return {
     layer: l.layer,
     groups,
@@ -84,7 +88,7 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
     jobs_seconds: jobs,
     coordinator_seconds: coordinator,
     seconds: coordinator + jobs,
-    moved_bytes: groups * x.stream_bytes + x.read_bytes + 3 * x.write_bytes,
+    moved_bytes: groups * (x.stream_bytes + propagation) + x.read_bytes + 2 * x.write_bytes + 2 * rows,
   };
 }
 

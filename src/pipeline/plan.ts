@@ -73,6 +73,9 @@ export interface ExpertWork {
   write_bytes: number;
   /** the layer's MoE calls streamed to the work folder: each token's input, expert ids and weights */
   stream_bytes: number;
+  /** each routed pair's weighted output (a distributed job's routed rows), and the routed sums */
+  routed_rows_bytes: number;
+  sums_bytes: number;
 }
 
 export interface LayerPlan {
@@ -322,6 +325,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         read_bytes: E * per.read,
         write_bytes: E * per.write,
         stream_bytes: 4 * T * (H + 2 * K),
+        routed_rows_bytes: 4 * T * K * H,
+        sums_bytes: 4 * T * H,
       };
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);

@@ -233,7 +233,7 @@ test("a worker refuses a run started by another moecal version, a run whose mode
       await kv.put(`${id}.manifest`, JSON.stringify(manifest));
       await jsm.streams.purge(STREAM);
       const { jetstream } = await import("@nats-io/jetstream");
-      await jetstream(nc).publish(jobSubject(id), JSON.stringify({ run: id, layer: 0, group: 0, first: 0, end: 3, size: 3 }));
+      await jetstream(nc).publish(jobSubject(id), JSON.stringify({ run: id, layer: 0, group: 0, first: 0, end: 3, size: 3, sums: true }));
       const w = worker();
       const { code } = await w.exit;
       assert.equal(code, 2, w.err.join("\n"));
@@ -256,4 +256,29 @@ test("--nats refuses a data-free run, and --job-timeout or --nats-* without --na
   assert.equal(alone.status, 2, alone.stderr);
   assert.match(alone.stderr, /--job-timeout and --nats-\* options need --nats URL/);
   assert.ok(!fs.existsSync(path.join(tmp, "refused")));
+});
+
+test("a job that fails on a bad file (a link planted in the work folder) stops the run with the worker's error, naming the file; nothing is written", {
+  skip,
+}, async () => {
+  const args = ["--model", shared("tiny-qwen3_moe"), ...RUN, "--expert-group-size", "3"];
+  const out = path.join(tmp, "shared", "bad-job");
+  const work = path.join(tmp, "shared", ".bad-job.moecal-work");
+  const stream = path.join(work, "moe-0-calibrate.bin");
+  const workers: Proc[] = [];
+  const c = coordinator(out, args, (line) => {
+    if (!/layer 1\/3: 3 expert group job\(s\) queued/.test(line)) return;
+    // the layer's streamed calls, replaced by a link to a copy outside the work folder, before any worker reads them
+    const outside = path.join(tmp, "outside-calibrate.bin");
+    fs.copyFileSync(stream, outside);
+    fs.rmSync(stream);
+    fs.symlinkSync(outside, stream);
+    workers.push(worker());
+  });
+  const { code } = await c.exit;
+  await stopAll(workers);
+  const err = c.err.join("\n");
+  assert.equal(code, 1, err);
+  assert.match(err, /layer 0 expert group \d, in worker [^:]+:\d+: .*moe-0-calibrate\.bin.*link/);
+  assert.ok(!fs.existsSync(out), "no output");
 });

@@ -43,7 +43,7 @@ test("each MoE layer's experts become its jobs: 8 groups by default, the plan's 
   );
 });
 
-test("bytes moved per layer: the streamed calls once per job, the experts' weights read once, their output written once and read back twice", async () => {
+test("bytes moved per layer: both streams of calls once per job, the experts' weights read once, their tensors written and read back once, their routed rows written and read once (none of the last two streams in the last layer)", async () => {
   const p = await plan(base);
   const d = distributedPlan(p, { workers: 2 });
   const [H, K] = [64, 2];
@@ -51,7 +51,12 @@ test("bytes moved per layer: the streamed calls once per job, the experts' weigh
     const x = p.layers[l.layer]?.experts;
     assert.ok(x);
     assert.equal(x.stream_bytes, 4 * p.tokens * (H + 2 * K));
-    assert.equal(l.moved_bytes, l.groups * x.stream_bytes + x.read_bytes + 3 * x.write_bytes);
+    assert.equal(x.routed_rows_bytes, 4 * p.tokens * K * H);
+    const last = l.layer === 2;
+    const expected = last
+      ? l.groups * x.stream_bytes + x.read_bytes + 2 * x.write_bytes
+      : l.groups * 2 * x.stream_bytes + x.read_bytes + 2 * x.write_bytes + 2 * x.routed_rows_bytes;
+    assert.equal(l.moved_bytes, expected);
     assert.ok(x.read_bytes > 0 && x.write_bytes > 0 && x.write_bytes < x.read_bytes, "W4A16 writes less than BF16 reads");
   }
   assert.equal(
