@@ -25,7 +25,7 @@ import { type DistributedPlan, distributedPlan } from "../src/pipeline/plan-dist
 import { runFromSummary } from "../src/pipeline/report.js";
 import { startNats } from "../test/distributed/nats-server.js";
 import { DEEPSEEK_V3, headerOnly } from "./layer-projection.js";
-import { nanoSetup } from "./plan.js";
+import { nanoSetup, proseDataset } from "./plan.js";
 
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:distributed: ${s}\n`);
@@ -164,26 +164,9 @@ interface Projection {
   local_seconds: number;
 }
 
-/** 512 samples of at least 2048 tokens each (the bundled prose, concatenated). */
-function longDataset(work: string): string {
-  const texts = fs
-    .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => (JSON.parse(l) as { text: string }).text);
-  const lines: string[] = [];
-  for (let i = 0; lines.length < 512; i++) {
-    let t = "";
-    for (let j = i; Buffer.byteLength(t) < 14_000; j++) t += (t ? " " : "") + texts[j % texts.length];
-    lines.push(JSON.stringify({ text: t }));
-  }
-  const file = path.join(work, "long-2048.jsonl");
-  fs.writeFileSync(file, `${lines.join("\n")}\n`);
-  return file;
-}
-
 async function projected(work: string): Promise<Projection[]> {
-  const data = longDataset(work);
+  // 512 samples of at least 2048 tokens each
+  const data = proseDataset(path.join(work, "long-2048.jsonl"), 512, 14_000);
   // one GEMM rate for every plan, so that the worker counts compare (each plan would measure its own)
   const known = { gemmGflops: await measureGemm() };
   const out: Projection[] = [];

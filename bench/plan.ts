@@ -191,6 +191,23 @@ export function qwen35Setup(work: string): string {
 }
 
 /** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
+/** A dataset of `count` samples of at least `bytes` bytes each: the bundled prose, concatenated. */
+export function proseDataset(file: string, count: number, bytes: number): string {
+  const texts = fs
+    .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { text: string }).text);
+  const lines: string[] = [];
+  for (let i = 0; lines.length < count; i++) {
+    let t = "";
+    for (let j = i; Buffer.byteLength(t) < bytes; j++) t += (t ? " " : "") + texts[j % texts.length];
+    lines.push(JSON.stringify({ text: t }));
+  }
+  fs.writeFileSync(file, `${lines.join("\n")}\n`);
+  return file;
+}
+
 export function nanoSetup(work: string, opts: { model?: boolean } = {}): { model: string; data: string } {
   const model = path.join(work, "nano4");
   if (opts.model ?? true)
@@ -208,20 +225,7 @@ export function nanoSetup(work: string, opts: { model?: boolean } = {}): { model
       },
       ["--layers", "4"],
     );
-  const texts = fs
-    .readFileSync(path.join(PACKAGE_ROOT, "data", "calib-prose.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => (JSON.parse(l) as { text: string }).text);
-  const long: string[] = [];
-  for (let i = 0; long.length < 64; i++) {
-    let t = "";
-    for (let j = i; Buffer.byteLength(t) < 600; j++) t += (t ? " " : "") + texts[j % texts.length];
-    long.push(JSON.stringify({ text: t }));
-  }
-  const data = path.join(work, "long.jsonl");
-  fs.writeFileSync(data, `${long.join("\n")}\n`);
-  return { model, data };
+  return { model, data: proseDataset(path.join(work, "long.jsonl"), 64, 600) };
 }
 
 async function main(): Promise<void> {

@@ -8,7 +8,7 @@ import { jetstream } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { MoecalError } from "../errors.js";
-import type { GroupExecutor, GroupSpan } from "../pipeline/expert-groups.js";
+import type { GroupExecutor, GroupSpan } from "../pipeline/remote-groups.js";
 import { readGroupResult } from "../pipeline/group-state.js";
 import { groupFiles } from "../pipeline/moe-stream.js";
 import type { ProgressEvent } from "../pipeline/oneshot.js";

@@ -14,6 +14,9 @@
  *    resumes after the last saved group.
  * 4. A last pass runs the layer with each call's routed sum read back, for the next layer's input.
  *
+ * With a GroupExecutor (remote-groups.ts: workers on NATS), step 3 is its jobs' (quantizeGroupJob,
+ * which also writes the group's routed rows), and the coordinator adds every group's rows at once.
+ *
  * Every statistic and sum is taken in the whole layer's order, so the output is byte-identical to
  * the layer run whole (test/pipeline/expert-groups.test.ts).
  */
@@ -26,7 +29,8 @@ import { type FastState, newFastState } from "../calibration/fast-path.js";
 import { calibrateExperts } from "../calibration/routed-experts.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
-import { type RoutedInput, addRoutedRows, asMoeBlock, routedRows, servedExperts, withRoutedOverride } from "../nn/moe.js";
+import { type RoutedInput, asMoeBlock, routedRows, servedExperts, withRoutedOverride } from "../nn/moe.js";
+import { type GroupExecutor, type GroupSpan, addRemoteSums } from "./remote-groups.js";
 import type { Module } from "../nn/module.js";
 import type { SwiGluExpert } from "../calibration/fast-path.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
@@ -164,23 +168,6 @@ interface LayerJob {
   gs: GroupState;
   last: boolean;
   stop: (stage: CheckpointStage) => void;
-}
-
-/**
- * Another executor of a layer's expert groups (workers on NATS: distributed/coordinator.ts): it has
- * each group's tensors and result files written, in any order, by `quantizeGroupJob`.
- */
-export interface GroupExecutor {
-  /** `sums`: the groups' routed rows too (every layer but the last) */
-  quantize(layer: number, groups: readonly GroupSpan[], sums: boolean): Promise<void>;
-}
-
-/** Group `group` of a layer: experts [first, end), `size` experts a group. */
-export interface GroupSpan {
-  group: number;
-  first: number;
-  end: number;
-  size: number;
 }
 
 /**
@@ -357,42 +344,6 @@ async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void
   } catch (e) {
     w.abandon();
     throw e;
-  }
-}
-
-/**
- * The routed outputs of groups quantized by other processes, added to the sums in one pass over the
- * propagation calls: per call, the sums of the groups before them, then each group's rows (its job's
- * routedRows) in group order, each in servedExperts' order: the whole layer's sum, bit for bit.
- */
-async function addRemoteSums(l: LayerJob, spans: readonly GroupSpan[]): Promise<void> {
-  for (const s of spans) readGroupResult(l.files, s.group, s.first, s.end);
-  if (l.last) return;
-  const from = (spans[0] as GroupSpan).group;
-  const w = streamWriter(l.files.routed(from + spans.length));
-  const before = from > 0 ? streamRecords(l.files.routed(from)) : null;
-  const rows = spans.map((s) => streamRecords(l.files.rows(s.group)));
-  try {
-    for await (const input of streamRecords(l.files.propagate)) {
-      checkStop();
-      const prev = before ? await before.next() : null;
-      if (prev?.done) throw new CheckpointFormatError(`${l.files.routed(from)}: fewer calls than ${l.files.propagate}; ${RESTART}`);
-      const sum = prev ? (prev.value as RoutedInput).flat : Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]);
-      for (const [k, s] of spans.entries()) {
-        const r = await (rows[k] as AsyncGenerator<RoutedInput>).next();
-        if (r.done || !addRoutedRows(input, s.end - s.first, s.first, sum, r.value.flat))
-          throw new CheckpointFormatError(`${l.files.rows(s.group)}: its rows do not match the calls of ${l.files.propagate}; ${RESTART}`);
-      }
-      w.append(sum);
-    }
-    w.commit();
-    l.stop("group-sums");
-  } catch (e) {
-    w.abandon();
-    throw e;
-  } finally {
-    await before?.return(undefined);
-    for (const r of rows) await r.return(undefined);
   }
 }
 

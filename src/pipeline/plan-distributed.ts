@@ -75,7 +75,9 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
   const jobs = Math.ceil(groups / workers) * job;
   // the coordinator: the layer without its experts' work, one more pass through the non-expert part
   // (the streamed propagation calls), and one pass adding every group's rows to the sums
-  const propagate = last ? 0 : l.flops.propagate / (rate * e.propagate) + PLAN_MODEL.secondsPerSample.propagate * p.samples;
+  const propagate = last
+    ? 0
+    : (l.flops.propagate - x.routed_flops) / (rate * e.propagate) + PLAN_MODEL.secondsPerSample.propagate * p.samples;
   const coordinator =
     l.seconds -
     (x.calibrate_flops / (rate * e.calibrate) + gptq + routed) +
