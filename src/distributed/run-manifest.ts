@@ -94,8 +94,7 @@ export function checkManifest(text: string, id: string, sharedDir: string): RunM
     throw new UsageError(
       `run ${id}: its manifest's field "${r.error.issues[0]?.path.join(".")}" is not what moecal ${MOECAL_VERSION} writes`,
     );
-  const root = realOrNull(sharedDir);
-  if (root === null) throw new UsageError(`--shared-dir ${sharedDir}: no such folder`);
+  const root = sharedRoot(sharedDir);
   for (const [what, p] of [
     ["model", r.data.model_dir],
     ["work folder", r.data.work_dir],
@@ -106,6 +105,13 @@ export function checkManifest(text: string, id: string, sharedDir: string): RunM
       throw new UsageError(`run ${id}: its ${what} ${p} is outside --shared-dir ${sharedDir}; this worker reads and writes only there`);
   }
   return r.data;
+}
+
+/** The shared folder, resolved (links included); a usage error when it is not a folder. */
+export function sharedRoot(sharedDir: string): string {
+  const root = realOrNull(sharedDir);
+  if (root === null || !fs.statSync(root).isDirectory()) throw new UsageError(`--shared-dir ${sharedDir}: no such folder`);
+  return root;
 }
 
 function realOrNull(p: string): string | null {

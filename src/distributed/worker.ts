@@ -24,7 +24,7 @@ import { checkStop } from "../util/interrupt.js";
 import { WORKER_OPTIONS, checkOptions } from "../pipeline/options.js";
 import { type GroupJobMessage, doneKey, failedKey, parseJob } from "./jobs.js";
 import { CONSUMER, type NatsOptions, STREAM, connectNats, openBucket } from "./nats.js";
-import { type RunManifest, checkManifest } from "./run-manifest.js";
+import { type RunManifest, checkManifest, sharedRoot } from "./run-manifest.js";
 
 export interface WorkerOptions {
   nats: NatsOptions;
@@ -54,6 +54,7 @@ interface OpenedRun {
 /** Serve jobs until the process is stopped (a signal), or a run's manifest is refused (the error says why). */
 export async function runWorker(options: WorkerOptions): Promise<never> {
   const o = checkOptions("runWorker", WORKER_OPTIONS, options) as WorkerOptions;
+  sharedRoot(o.sharedDir);
   const name = `${os.hostname()}:${process.pid}`;
   const nc = await connectNats(o.nats);
   try {

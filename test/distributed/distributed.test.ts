@@ -246,12 +246,16 @@ test("a worker refuses a run started by another moecal version, a run whose mode
   }
 });
 
-test("--nats refuses a data-free run, and --job-timeout or --nats-* without --nats is a usage error", () => {
+test("--nats refuses a data-free run and a server that is not there (its password not printed), and --job-timeout or --nats-* without --nats is a usage error", () => {
   const run = (args: string[]) =>
     spawnSync(process.execPath, [CLI, "oneshot", "--quiet", "--output", path.join(tmp, "refused"), ...args], { encoding: "utf8" });
   const dataFree = run(["--method", "rtn", "--nats", "nats://127.0.0.1:1"]);
   assert.equal(dataFree.status, 2, dataFree.stderr);
   assert.match(dataFree.stderr, /--nats distributes calibrated runs.*data-free.*--calibrate/);
+  const away = run(["--nats", "nats://user:secret@127.0.0.1:1", "--num-samples", "1", "--max-seq-length", "8"]);
+  assert.equal(away.status, 2, away.stderr);
+  assert.match(away.stderr, /--nats nats:\/\/user:\*\*\*@127\.0\.0\.1:1: cannot connect/);
+  assert.doesNotMatch(away.stderr, /secret/, "the password is not printed");
   const alone = run(["--job-timeout", "5"]);
   assert.equal(alone.status, 2, alone.stderr);
   assert.match(alone.stderr, /--job-timeout and --nats-\* options need --nats URL/);

@@ -78,6 +78,15 @@ test("bad arguments are usage errors naming them: workers < 1, a data-free plan,
     (e: unknown) => e instanceof UsageError && /runWorker: unknown option "worker"/.test(e.message),
   );
   await assert.rejects(runWorker({ nats: { url: "nats://127.0.0.1:1" } } as never), /runWorker: .*sharedDir/);
+  // the shared folder is checked before connecting
+  await assert.rejects(
+    runWorker({ nats: { url: "nats://127.0.0.1:1" }, sharedDir: path.join(ROOT, "no-such-folder") }),
+    /--shared-dir .*no-such-folder: no such folder/,
+  );
+  await assert.rejects(
+    runWorker({ nats: { url: "nats://127.0.0.1:1" }, sharedDir: ROOT }),
+    (e: unknown) => e instanceof UsageError && /--nats nats:\/\/127\.0\.0\.1:1: cannot connect/.test(e.message),
+  );
 });
 
 test("plan --nats-workers N prints the estimate, and adds it to --json", () => {
