@@ -45,6 +45,8 @@ export async function openCoordinator(
     await kv.put(`${id}.manifest`, JSON.stringify(manifest));
     return {
       quantize: (layer, spans, sums) => runJobs(nc, kv, { id, layer, spans, sums, workDir: manifest.work_dir, onProgress: o.onProgress }),
+      // each idle worker holds one pull request on the consumer
+      idleWorkers: async () => (await jsm.consumers.info(STREAM, CONSUMER)).num_waiting,
       close: () => nc.drain(),
     };
   } catch (e) {

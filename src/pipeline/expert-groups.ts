@@ -74,10 +74,15 @@ export interface GroupedLayerResult {
   clean(): void;
 }
 
-/** Jobs per MoE layer of a distributed run when neither the plan nor --expert-group-size sizes its groups. */
+/** Jobs per MoE layer of a distributed run when neither the plan nor --expert-group-size sizes its groups, at the least. */
 export const DEFAULT_JOB_GROUPS = 8;
 
-/** Run layer `i` in groups of `groupSize` experts (null: DEFAULT_JOB_GROUPS groups; a resumed layer keeps the group size it started with). */
+/** The group size of a distributed run's layer of `E` experts by default: a job for each of the `idle` workers, and at least DEFAULT_JOB_GROUPS jobs. */
+export function jobGroupSize(E: number, idle: number): number {
+  return Math.max(1, Math.ceil(E / Math.max(DEFAULT_JOB_GROUPS, idle)));
+}
+
+/** Run layer `i` in groups of `groupSize` experts (null: jobGroupSize; a resumed layer keeps the group size it started with). */
 export async function groupedLayer(
   steps: LayerSteps,
   job: { i: number; groupSize: number | null; work: WorkFolder; state: WorkState; last: boolean; remote?: GroupExecutor },
@@ -91,7 +96,7 @@ export async function groupedLayer(
   const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
   const progress = run.opts.onProgress;
   const E = experts.length;
-  const size = job.groupSize ?? Math.ceil(E / DEFAULT_JOB_GROUPS);
+  const size = job.groupSize ?? jobGroupSize(E, (await job.remote?.idleWorkers()) ?? 0);
   const gs: GroupState = readGroupState(files, i, E, job.last) ?? { layer: i, group_size: Math.min(size, E), done: 0 };
   const groups = Math.ceil(E / gs.group_size);
   if (gs.done > 0) progress?.({ kind: "resume-groups", layer: i, done: gs.done, groups });

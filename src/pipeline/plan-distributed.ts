@@ -8,7 +8,7 @@
  */
 import { UsageError } from "../errors.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
-import { DEFAULT_JOB_GROUPS } from "./expert-groups.js";
+import { jobGroupSize } from "./expert-groups.js";
 import { type LayerPlan, PLAN_MODEL, type Plan } from "./plan.js";
 
 export interface DistributedLayer {
@@ -56,7 +56,7 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
   const x = l.experts as NonNullable<LayerPlan["experts"]>;
   const rate = p.gemm_gflops * 1e9;
   const e = PLAN_MODEL.efficiency;
-  const size = l.expert_groups?.size ?? Math.ceil(x.count / DEFAULT_JOB_GROUPS);
+  const size = l.expert_groups?.size ?? jobGroupSize(x.count, workers);
   const groups = Math.ceil(x.count / size);
   const io = PLAN_MODEL.ioBytesPerSecond;
   // but in the last layer: the propagation calls streamed (read by every job), the routed rows

@@ -18,6 +18,8 @@ import { type CheckpointStage, RESTART } from "./work-folder.js";
 export interface GroupExecutor {
   /** `sums`: the groups' routed rows too (every layer but the last) */
   quantize(layer: number, groups: readonly GroupSpan[], sums: boolean): Promise<void>;
+  /** workers waiting for a job now (a layer's default groups give each one) */
+  idleWorkers(): Promise<number>;
 }
 
 /** Group `group` of a layer: experts [first, end), `size` experts a group. */

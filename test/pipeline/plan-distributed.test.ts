@@ -6,11 +6,26 @@ import path from "node:path";
 import { UsageError } from "../../src/errors.js";
 import { plan } from "../../src/pipeline/plan.js";
 import { distributedPlan } from "../../src/pipeline/plan-distributed.js";
+import { jobGroupSize } from "../../src/pipeline/expert-groups.js";
 import { runWorker } from "../../src/distributed/worker.js";
 import { ROOT, TEXT } from "../helpers.js";
 
 const model = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
 const base = { model, dataset: path.join(TEXT, "eval-json.jsonl"), numSamples: 4, maxSeqLength: 32 };
+
+test("a layer's default groups: a job for each idle worker, at least 8 jobs, at least one expert a job", () => {
+  assert.deepEqual(
+    [
+      [256, 0],
+      [256, 8],
+      [256, 32],
+      [256, 100],
+      [256, 300],
+      [8, 3],
+    ].map(([E, idle]) => jobGroupSize(E as number, idle as number)),
+    [32, 32, 8, 3, 1, 1],
+  );
+});
 
 test("each MoE layer's experts become its jobs: 8 groups by default, the plan's groups when given; N workers run them in waves of N", async () => {
   const p = await plan(base);
