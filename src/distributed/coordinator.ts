@@ -1,7 +1,7 @@
 /**
  * The coordinator's side of a distributed run (`oneshot --nats`): the layer loop runs here as in a
  * local run, and each MoE layer's expert groups go to the workers as jobs. A job's result is its
- * files in the shared work folder and a key `<run>.done.<layer>.<group>` in the bucket; a rerun
+ * files in the shared work folder and a key `<run>.done.<layer>.<group>-<first>-<end>` in the bucket; a rerun
  * of the same command finds the groups done there (and their files) and does not queue them again.
  */
 import { jetstream } from "@nats-io/jetstream";
@@ -15,7 +15,7 @@ import type { ProgressEvent } from "../pipeline/oneshot.js";
 import { lstatOrNull } from "../pipeline/work-folder.js";
 import { BUCKET, CONSUMER, MAX_DELIVER, type NatsOptions, STREAM, connectNats, ensureQueue, jobSubject, openBucket } from "./nats.js";
 import { type RunManifest, runId } from "./run-manifest.js";
-import { type GroupJobMessage, doneKey } from "./jobs.js";
+import { type GroupJobMessage, doneKey, groupToken } from "./jobs.js";
 
 /** A job that failed in a worker (its error's code and message, the worker named): the run stops with it. */
 export class RemoteJobError extends MoecalError {}
@@ -76,8 +76,7 @@ async function runJobs(
   const { id, layer } = r;
   const pending = new Map<number, GroupSpan>();
   for (const s of r.spans)
-    if (!((await kv.get(doneKey(id, layer, s.group)))?.operation === "PUT" && filesDone(r.workDir, layer, s, r.sums)))
-      pending.set(s.group, s);
+    if (!((await kv.get(doneKey(id, layer, s)))?.operation === "PUT" && filesDone(r.workDir, layer, s, r.sums))) pending.set(s.group, s);
   const progress = (): void => r.onProgress?.({ kind: "group-jobs", layer, queued: pending.size, done: r.spans.length - pending.size });
   if (pending.size === 0) return progress();
   const watcher = await kv.watch({ key: `${id}.*.${layer}.*` });
@@ -99,19 +98,20 @@ async function runJobs(
     const js = jetstream(nc);
     for (const s of pending.values()) {
       const job: GroupJobMessage = { run: id, layer, ...s, sums: r.sums };
-      const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${layer}.${s.group}` });
+      const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${layer}.${groupToken(s)}` });
       bySeq.set(ack.seq, s.group);
     }
     progress();
     for await (const e of watcher) {
       if (e.operation !== "PUT") continue;
-      const [, state, , group] = e.key.split(".");
-      const g = Number(group);
-      if (!pending.has(g)) continue;
+      const [, state, , token] = e.key.split(".");
+      const g = Number(token?.split("-")[0]);
+      const span = pending.get(g);
+      if (!span || token !== groupToken(span)) continue;
       const v = JSON.parse(e.string()) as { worker: string; seconds?: number; code?: string; message?: string };
       if (state === "failed")
         throw new RemoteJobError(v.code ?? "E_JOB", `layer ${layer} expert group ${g}, in worker ${v.worker}: ${v.message ?? "failed"}`);
-      if (!filesDone(r.workDir, layer, pending.get(g) as GroupSpan, r.sums)) continue;
+      if (!filesDone(r.workDir, layer, span, r.sums)) continue;
       pending.delete(g);
       r.onProgress?.({ kind: "group-job-done", layer, group: g, worker: v.worker, seconds: v.seconds ?? 0 });
       if (pending.size === 0) break;

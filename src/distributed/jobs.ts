@@ -29,7 +29,11 @@ export function parseJob(data: string): GroupJobMessage | null {
   }
 }
 
+/** A group's last key token: its number and experts (`2-16-24`), so that groups of another size (a run resumed with other groups) never answer for it. */
+export const groupToken = (s: { group: number; first: number; end: number }): string => `${s.group}-${s.first}-${s.end}`;
 /** Set by the worker once the group's files are written: { worker, seconds }. */
-export const doneKey = (run: string, layer: number, group: number): string => `${run}.done.${layer}.${group}`;
+export const doneKey = (run: string, layer: number, s: { group: number; first: number; end: number }): string =>
+  `${run}.done.${layer}.${groupToken(s)}`;
 /** Set by the worker when the job failed: { worker, code, message }; the coordinator stops the run with it. */
-export const failedKey = (run: string, layer: number, group: number): string => `${run}.failed.${layer}.${group}`;
+export const failedKey = (run: string, layer: number, s: { group: number; first: number; end: number }): string =>
+  `${run}.failed.${layer}.${groupToken(s)}`;

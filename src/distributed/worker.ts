@@ -104,7 +104,7 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
     return;
   }
   const at = { run: job.run, layer: job.layer, group: job.group };
-  if ((await c.kv.get(doneKey(job.run, job.layer, job.group)))?.operation === "PUT") {
+  if ((await c.kv.get(doneKey(job.run, job.layer, job)))?.operation === "PUT") {
     m.ack();
     c.o.onEvent?.({ kind: "job-skipped", ...at });
     return;
@@ -119,7 +119,7 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
       throw new UsageError(`the model has ${run.steps.run.config.numHiddenLayers} layers, the job is for layer ${job.layer}`);
     await quantizeGroupJob(run.steps, run.manifest.work_dir, job.layer, job);
     const seconds = (performance.now() - t0) / 1000;
-    await c.kv.put(doneKey(job.run, job.layer, job.group), JSON.stringify({ worker: c.name, seconds }));
+    await c.kv.put(doneKey(job.run, job.layer, job), JSON.stringify({ worker: c.name, seconds }));
     m.ack();
     c.o.onEvent?.({ kind: "job-done", ...at, seconds });
   } catch (e) {
@@ -129,7 +129,7 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
       throw e;
     }
     // a bad input (file, option): the run fails with it, in the coordinator
-    await c.kv.put(failedKey(job.run, job.layer, job.group), JSON.stringify({ worker: c.name, code: e.code, message: e.message }));
+    await c.kv.put(failedKey(job.run, job.layer, job), JSON.stringify({ worker: c.name, code: e.code, message: e.message }));
     m.term();
     c.o.onEvent?.({ kind: "job-failed", ...at, code: e.code, message: e.message });
   } finally {

@@ -203,6 +203,8 @@ async function runGroups(
     if (from > 0) fs.rmSync(l.files.routed(from), { force: true });
   };
   if (job.remote && spans.length > 0) {
+    // the group size kept before the jobs run: a coordinator killed while they run resumes with the same groups
+    writeGroupState(l.files, l.gs);
     await job.remote.quantize(l.i, spans, !l.last);
     await addRemoteSums(l, spans);
     saved(groups);

@@ -165,7 +165,7 @@ test("a worker killed (SIGKILL) mid-job: the server redelivers its job after --j
   assertSameFiles(out, reference);
 });
 
-test("the coordinator killed (SIGKILL) while its jobs run: the same command resumes, takes the groups the workers finished from the bucket, and writes the local run's bytes", {
+test("the coordinator killed (SIGKILL) while its jobs run: rerun (even with another --expert-group-size), it resumes with the layer's groups, takes those the workers finished from the bucket, and writes the local run's bytes", {
   skip,
 }, async () => {
   const args = ["--model", shared("tiny-qwen3_moe"), ...RUN, "--expert-group-size", "3"];
@@ -185,7 +185,8 @@ test("the coordinator killed (SIGKILL) while its jobs run: the same command resu
   for (const t0 = Date.now(); done.filter((e) => e.layer === 1).length < 3; await new Promise((r) => setTimeout(r, 50)))
     assert.ok(Date.now() - t0 < 60_000, `the workers finished layer 1's groups (done: ${JSON.stringify(done)})`);
   const before = done.length;
-  const again = coordinator(out, args);
+  // another group size asked for: the layer keeps the groups it queued (saved before its jobs ran)
+  const again = coordinator(out, [...args.slice(0, -1), "4"]);
   const { code } = await again.exit;
   await stopAll(workers);
   assert.equal(code, 0, again.err.join("\n"));
