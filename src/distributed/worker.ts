@@ -117,7 +117,8 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
   try {
     if (job.layer >= run.steps.run.config.numHiddenLayers)
       throw new UsageError(`the model has ${run.steps.run.config.numHiddenLayers} layers, the job is for layer ${job.layer}`);
-    await quantizeGroupJob(run.steps, run.manifest.work_dir, job.layer, job);
+    // temporaries named by the worker: a redelivered job may run beside this one, on another host
+    await quantizeGroupJob(run.steps, run.manifest.work_dir, job.layer, { ...job, tag: c.name.replace(/[^A-Za-z0-9_-]/g, "_") });
     const seconds = (performance.now() - t0) / 1000;
     await c.kv.put(doneKey(job.run, job.layer, job), JSON.stringify({ worker: c.name, seconds }));
     m.ack();

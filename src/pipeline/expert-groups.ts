@@ -205,6 +205,7 @@ async function runGroups(
   if (job.remote && spans.length > 0) {
     // the group size kept before the jobs run: a coordinator killed while they run resumes with the same groups
     writeGroupState(l.files, l.gs);
+    job.work.saveState(job.state);
     await job.remote.quantize(l.i, spans, !l.last);
     await addRemoteSums(l, spans);
     saved(groups);
@@ -253,6 +254,8 @@ interface GroupJob extends LayerJob {
   fastState: FastState;
   /** GPTQ preparations of Hessians the groups share */
   preps: PrepCache;
+  /** a worker's own temporary names for the group's files (privateWriter's tag) */
+  tag?: string;
 }
 
 /** Whether expert `e` (of a parameter or Linear; undefined: none) is one of the group's. */
@@ -316,21 +319,26 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
   }
   const seen = tracker.coverage.layers[String(j.i)]?.seen ?? [];
   const tensors = part.results.map((q) => quantizedTensors(run, q));
-  writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flat()));
-  writeGroupResult(j.files, g, {
-    first: j.a,
-    end: j.b,
-    results: part.results.map((q, k) => ({
-      name: q.name,
-      expert: j.linearExpert.get(q.name) as number,
-      loss: q.loss,
-      tensors: (tensors[k] as NamedRaw[]).map((t) => t.name),
-    })),
-    fallbacks: part.fallbacks,
-    all_token_fallbacks: part.allTokenFallbacks,
-    seen: Array.from({ length: j.b - j.a }, (_, k) => seen[j.a + k] ?? 0),
-    absmax: part.absMax,
-  });
+  writeAtomic(j.files.tensors(g), encodeSafetensors(tensors.flat()), j.tag);
+  writeGroupResult(
+    j.files,
+    g,
+    {
+      first: j.a,
+      end: j.b,
+      results: part.results.map((q, k) => ({
+        name: q.name,
+        expert: j.linearExpert.get(q.name) as number,
+        loss: q.loss,
+        tensors: (tensors[k] as NamedRaw[]).map((t) => t.name),
+      })),
+      fallbacks: part.fallbacks,
+      all_token_fallbacks: part.allTokenFallbacks,
+      seen: Array.from({ length: j.b - j.a }, (_, k) => seen[j.a + k] ?? 0),
+      absmax: part.absMax,
+    },
+    j.tag,
+  );
 }
 
 /** The routed sums after group g: those after the groups before it, plus this group's experts on their routed tokens. */
@@ -356,7 +364,7 @@ async function sumGroup(j: GroupJob, members: Expert[], g: number): Promise<void
 
 /** A group's weighted routed outputs over the propagation calls, for the process that adds the sums (experts loaded and quantized). */
 async function writeRoutedRows(j: GroupJob, g: number): Promise<void> {
-  const w = streamWriter(j.files.rows(g));
+  const w = streamWriter(j.files.rows(g), j.tag);
   try {
     const members = j.experts.slice(j.a, j.b);
     for await (const input of streamRecords(j.files.propagate)) {
@@ -375,7 +383,12 @@ async function writeRoutedRows(j: GroupJob, g: number): Promise<void> {
  * the layer's calibration calls streamed to the work folder `dir`, quantized, and their tensors and
  * result written there (files named by the group: a job done twice writes the same bytes).
  */
-export async function quantizeGroupJob(steps: LayerSteps, dir: string, i: number, span: GroupSpan & { sums: boolean }): Promise<void> {
+export async function quantizeGroupJob(
+  steps: LayerSteps,
+  dir: string,
+  i: number,
+  span: GroupSpan & { sums: boolean; tag: string },
+): Promise<void> {
   const { run } = steps;
   const layer = run.model.model.layers.at(i);
   const moe = moeOf(layer, `model.layers.${i}`);
@@ -394,6 +407,7 @@ export async function quantizeGroupJob(steps: LayerSteps, dir: string, i: number
     b: span.end,
     fastState: newFastState(),
     preps: new Map(),
+    tag: span.tag,
   };
   const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
   loadParameters(run.model, run.source, run.mapping, params);

@@ -37,8 +37,8 @@ export function writeGroupState(files: Files, s: GroupState): void {
   writeAtomic(files.state, [Buffer.from(JSON.stringify(s))]);
 }
 
-export function writeGroupResult(files: Files, g: number, r: GroupResult): void {
-  writeAtomic(files.result(g), [Buffer.from(JSON.stringify(r))]);
+export function writeGroupResult(files: Files, g: number, r: GroupResult, tag?: string): void {
+  writeAtomic(files.result(g), [Buffer.from(JSON.stringify(r))], tag);
 }
 
 /** A JSON object moecal wrote in the work folder, read without following links. */

@@ -23,9 +23,9 @@ export interface StreamWriter {
 
 const bytesOf = (a: Float32Array | Int32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-/** Write records to `file` (through `file`.tmp; `commit` makes it visible). */
-export function streamWriter(file: string): StreamWriter {
-  const w = privateWriter(file);
+/** Write records to `file` (through a temporary; `commit` makes it visible; `tag`: privateWriter's). */
+export function streamWriter(file: string, tag?: string): StreamWriter {
+  const w = privateWriter(file, tag);
   return {
     append: (r) => {
       const flat = r instanceof Tensor ? r : r.flat;

@@ -93,8 +93,10 @@ export interface PrivateWriter {
   abandon(): void;
 }
 
-export function privateWriter(file: string): PrivateWriter {
-  const tmp = `${file}.tmp`;
+export function privateWriter(file: string, tag?: string): PrivateWriter {
+  // a writer's own temporary name, when several processes may write the same file at once (a
+  // redelivered job beside the slow one): not one a resumed run's clean-up of ".tmp" removes
+  const tmp = tag === undefined ? `${file}.tmp` : `${file}.${tag}.part`;
   const fd = createPrivate(tmp);
   let open = true;
   const close = (): void => {
@@ -127,9 +129,9 @@ export function privateWriter(file: string): PrivateWriter {
 }
 
 /** Write a file atomically: a private temporary sibling, fsync, rename, fsync of the folder. */
-export function writeAtomic(file: string, parts: Iterable<Uint8Array>): void {
+export function writeAtomic(file: string, parts: Iterable<Uint8Array>, tag?: string): void {
   try {
-    const w = privateWriter(file);
+    const w = privateWriter(file, tag);
     for (const p of parts) w.write(p);
     w.commit();
   } catch (cause) {

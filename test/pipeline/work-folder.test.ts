@@ -72,3 +72,20 @@ test("a resume and --restart on a nearly full disk: the old work folder's space 
     spawnSync("umount", [mnt]);
   }
 });
+
+test("two writers of one work file with their own tags (a redelivered job beside the slow one) each put a whole file in place, never a mix", async () => {
+  const { privateWriter } = await import("../../src/pipeline/work-folder.js");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-writers-"));
+  const file = path.join(dir, "layer-1-group-0.json");
+  const [a, b] = [privateWriter(file, "host-a_1"), privateWriter(file, "host-b_2")];
+  a.write(Buffer.from("aaaa"));
+  b.write(Buffer.from("bbbb"));
+  a.write(Buffer.from("AAAA"));
+  a.commit();
+  assert.equal(fs.readFileSync(file, "utf8"), "aaaaAAAA");
+  b.write(Buffer.from("BBBB"));
+  b.commit();
+  assert.equal(fs.readFileSync(file, "utf8"), "bbbbBBBB");
+  assert.deepEqual(fs.readdirSync(dir), ["layer-1-group-0.json"], "no temporary left");
+  fs.rmSync(dir, { recursive: true });
+});
