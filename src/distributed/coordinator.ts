@@ -4,6 +4,7 @@
  * files in the shared work folder and a key `<run>.done.<layer>.<group>-<first>-<end>` in the bucket; a rerun
  * of the same command finds the groups done there (and their files) and does not queue them again.
  */
+import { randomBytes } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -15,7 +16,7 @@ import type { ProgressEvent } from "../pipeline/oneshot.js";
 import { lstatOrNull } from "../pipeline/work-folder.js";
 import { BUCKET, CONSUMER, MAX_DELIVER, type NatsOptions, STREAM, connectNats, ensureQueue, jobSubject, openBucket } from "./nats.js";
 import { type RunManifest, runId } from "./run-manifest.js";
-import { type GroupJobMessage, doneKey, groupToken } from "./jobs.js";
+import { type GroupJobMessage, doneKey, failedKey, groupToken } from "./jobs.js";
 
 /** A job that failed in a worker (its error's code and message, the worker named): the run stops with it. */
 export class RemoteJobError extends MoecalError {}
@@ -43,8 +44,12 @@ export async function openCoordinator(
       await jsm.streams.purge(STREAM, { filter: jobSubject(id) });
     }
     await kv.put(`${id}.manifest`, JSON.stringify(manifest));
+    // this coordinator's message ids: the server's de-duplication guards its own retries, never a
+    // later coordinator's queueing (a job a purge or a restart needs queued again)
+    const session = randomBytes(6).toString("hex");
     return {
-      quantize: (layer, spans, sums) => runJobs(nc, kv, { id, layer, spans, sums, workDir: manifest.work_dir, onProgress: o.onProgress }),
+      quantize: (layer, spans, sums) =>
+        runJobs(nc, kv, { id, session, layer, spans, sums, workDir: manifest.work_dir, onProgress: o.onProgress }),
       // each idle worker holds one pull request on the consumer
       idleWorkers: async () => (await jsm.consumers.info(STREAM, CONSUMER)).num_waiting,
       close: () => nc.drain(),
@@ -71,7 +76,15 @@ function filesDone(workDir: string, layer: number, s: GroupSpan, sums: boolean):
 async function runJobs(
   nc: NatsConnection,
   kv: KV,
-  r: { id: string; layer: number; spans: readonly GroupSpan[]; sums: boolean; workDir: string; onProgress?: (e: ProgressEvent) => void },
+  r: {
+    id: string;
+    session: string;
+    layer: number;
+    spans: readonly GroupSpan[];
+    sums: boolean;
+    workDir: string;
+    onProgress?: (e: ProgressEvent) => void;
+  },
 ): Promise<void> {
   const { id, layer } = r;
   const pending = new Map<number, GroupSpan>();
@@ -79,6 +92,8 @@ async function runJobs(
     if (!((await kv.get(doneKey(id, layer, s)))?.operation === "PUT" && filesDone(r.workDir, layer, s, r.sums))) pending.set(s.group, s);
   const progress = (): void => r.onProgress?.({ kind: "group-jobs", layer, queued: pending.size, done: r.spans.length - pending.size });
   if (pending.size === 0) return progress();
+  // a failure an earlier coordinator saw is not this one's: its job is queued again
+  for (const s of pending.values()) await kv.purge(failedKey(id, layer, s));
   const watcher = await kv.watch({ key: `${id}.*.${layer}.*` });
   const advisories = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${STREAM}.${CONSUMER}`);
   let given_up: Error | null = null;
@@ -98,7 +113,7 @@ async function runJobs(
     const js = jetstream(nc);
     for (const s of pending.values()) {
       const job: GroupJobMessage = { run: id, layer, ...s, sums: r.sums };
-      const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${layer}.${groupToken(s)}` });
+      const ack = await js.publish(jobSubject(id), JSON.stringify(job), { msgID: `${id}.${r.session}.${layer}.${groupToken(s)}` });
       bySeq.set(ack.seq, s.group);
     }
     progress();
@@ -117,6 +132,8 @@ async function runJobs(
       if (pending.size === 0) break;
     }
     if (given_up) throw given_up;
+    if (pending.size > 0)
+      throw new RemoteJobError("E_NATS", `layer ${layer}: the connection to the NATS server closed with ${pending.size} job(s) not done`);
   } finally {
     watcher.stop();
     advisories.unsubscribe();
