@@ -60,13 +60,12 @@ export async function runWorker(options: WorkerOptions): Promise<never> {
   try {
     const consumer = await waitForQueue(nc);
     const kv = await openBucket(nc);
-    const ackWaitMs = ((await consumer.info()).config.ack_wait ?? 30e9) / 1e6;
     const runs = new Map<string, OpenedRun>();
     o.onEvent?.({ kind: "ready", worker: name });
     for (;;) {
       checkStop();
       const m = await consumer.next({ expires: 2000 });
-      if (m) await handle(m, { kv, runs, name, ackWaitMs, o });
+      if (m) await handle(m, { kv, runs, name, consumer, o });
     }
   } finally {
     await closeSharedGptqPool();
@@ -92,7 +91,7 @@ interface Context {
   kv: KV;
   runs: Map<string, OpenedRun>;
   name: string;
-  ackWaitMs: number;
+  consumer: Consumer;
   o: WorkerOptions;
 }
 
@@ -112,7 +111,9 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
   const run = await openedRun(m, job, c);
   if (!run) return;
   c.o.onEvent?.({ kind: "job-start", ...at, first: job.first, end: job.end, delivery: m.info.deliveryCount });
-  const beat = setInterval(() => m.working(), Math.max(250, c.ackWaitMs / 3));
+  // alive every third of the ack timeout the latest coordinator set (--job-timeout)
+  const ackWaitMs = ((await c.consumer.info()).config.ack_wait ?? 60e9) / 1e6;
+  const beat = setInterval(() => m.working(), Math.max(250, ackWaitMs / 3));
   const t0 = performance.now();
   try {
     if (job.layer >= run.steps.run.config.numHiddenLayers)
