@@ -45,9 +45,11 @@ export async function connectNats(o: NatsOptions): Promise<NatsConnection> {
           ...(o.tlsKey ? { keyFile: file("tls-key", o.tlsKey) } : {}),
         }
       : undefined;
+  const { server, user, pass } = credentialsOf(o.url);
   try {
     return await connect({
-      servers: o.url,
+      servers: server,
+      ...(user ? { user, pass } : {}),
       name: `moecal-${process.pid}`,
       ...(o.creds ? { authenticator: credsAuthenticator(fs.readFileSync(file("creds", o.creds))) } : {}),
       ...(tls ? { tls } : {}),
@@ -56,6 +58,13 @@ export async function connectNats(o: NatsOptions): Promise<NatsConnection> {
   } catch (cause) {
     throw new UsageError(`--nats ${redacted(o.url)}: cannot connect (${(cause as Error).message})`, { cause });
   }
+}
+
+/** The URL without its user:password@, and those (the client takes them as options). */
+function credentialsOf(url: string): { server: string; user: string; pass: string } {
+  const m = /^([a-z]+:\/\/)([^:@/]*)(?::([^@/]*))?@(.*)$/.exec(url);
+  if (!m) return { server: url, user: "", pass: "" };
+  return { server: `${m[1]}${m[4]}`, user: decodeURIComponent(m[2] ?? ""), pass: decodeURIComponent(m[3] ?? "") };
 }
 
 /** A server URL as printed: without a password. */

@@ -287,3 +287,81 @@ test("a job that fails on a bad file (a link planted in the work folder) stops t
   assert.match(err, /layer 0 expert group \d, in worker [^:]+:\d+: .*moe-0-calibrate\.bin.*link/);
   assert.ok(!fs.existsSync(out), "no output");
 });
+
+/** A CA and a server certificate for 127.0.0.1 in `dir` (openssl), or null where openssl is not installed. */
+function certificates(dir: string): { ca: string; cert: string; key: string } | null {
+  const sh = (args: string[]): boolean => spawnSync("openssl", args, { cwd: dir, stdio: "ignore" }).status === 0;
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, "san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  const ok =
+    sh([
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+      "-days",
+      "2",
+      "-subj",
+      "/CN=moecal test CA",
+    ]) &&
+    sh(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]) &&
+    sh([
+      "x509",
+      "-req",
+      "-in",
+      "server.csr",
+      "-CA",
+      "ca.pem",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      "server.pem",
+      "-days",
+      "2",
+      "-extfile",
+      "san.cnf",
+    ]);
+  return ok ? { ca: path.join(dir, "ca.pem"), cert: path.join(dir, "server.pem"), key: path.join(dir, "server.key") } : null;
+}
+
+test("a server with TLS and a password: coordinator and worker connect with the URL's user and --nats-tls-ca, the run writes the local bytes; without the CA a worker cannot connect (exit 2)", {
+  skip,
+}, async (t) => {
+  const certs = certificates(path.join(tmp, "tls"));
+  if (!certs) return t.skip("openssl is not installed");
+  const secure = await startNats(
+    path.join(tmp, "jetstream-tls"),
+    ["--tls", "--tlscert", certs.cert, "--tlskey", certs.key, "--user", "moecal", "--pass", "s3cret"],
+    "tls",
+  );
+  try {
+    const url = secure.url.replace("tls://", "tls://moecal:s3cret@");
+    const args = ["--model", shared("tiny-qwen3_moe"), ...RUN, "--expert-group-size", "3"];
+    const bare = moecal(["worker", "--nats", url, "--shared-dir", path.join(tmp, "shared")]);
+    const refused = await bare.exit;
+    assert.equal(refused.code, 2, bare.err.join("\n"));
+    assert.match(bare.err.join("\n"), /cannot connect/);
+    assert.doesNotMatch(bare.err.join("\n"), /s3cret/);
+    const reference = local("tiny-qwen3_moe-2", args);
+    const tls = ["--nats", url, "--nats-tls-ca", certs.ca];
+    const w = moecal(["worker", ...tls, "--shared-dir", path.join(tmp, "shared"), "--json", "--workers", "0"]);
+    const out = path.join(tmp, "shared", "over-tls");
+    const c = moecal(["oneshot", ...args, "--output", out, ...tls]);
+    const { code } = await c.exit;
+    const events = await stopAll([w]);
+    assert.equal(code, 0, c.err.join("\n"));
+    assert.ok(
+      events.some((e) => e.kind === "job-done"),
+      "the worker did jobs over TLS",
+    );
+    assertSameFiles(out, reference);
+  } finally {
+    await secure.stop();
+  }
+});

@@ -37,11 +37,14 @@ export interface NatsServer {
   stop(): Promise<void>;
 }
 
-/** Start a JetStream server on a free loopback port with its store under `dir`; resolves once it is ready. */
-export async function startNats(dir: string): Promise<NatsServer> {
+/**
+ * Start a JetStream server on a free loopback port with its store under `dir`; resolves once it is
+ * ready. `extra`: more nats-server arguments (TLS, a user); `scheme`: the URL's (tls with TLS).
+ */
+export async function startNats(dir: string, extra: string[] = [], scheme = "nats"): Promise<NatsServer> {
   if (NATS_BINARY === null) throw new Error(String(NATS_SKIP));
   const port = await freePort();
-  const proc: ChildProcess = spawn(NATS_BINARY, ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", dir], {
+  const proc: ChildProcess = spawn(NATS_BINARY, ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", dir, ...extra], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   await new Promise<void>((resolve, reject) => {
@@ -57,7 +60,7 @@ export async function startNats(dir: string): Promise<NatsServer> {
     proc.once("exit", (code) => reject(new Error(`nats-server exited (${code}):\n${log}`)));
   });
   return {
-    url: `nats://127.0.0.1:${port}`,
+    url: `${scheme}://127.0.0.1:${port}`,
     stop: () =>
       new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve();
