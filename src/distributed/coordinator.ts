@@ -14,7 +14,7 @@ import { readGroupResult } from "../pipeline/group-state.js";
 import { groupFiles } from "../pipeline/moe-stream.js";
 import type { ProgressEvent } from "../pipeline/oneshot.js";
 import { lstatOrNull } from "../pipeline/work-folder.js";
-import { BUCKET, CONSUMER, MAX_DELIVER, type NatsOptions, STREAM, connectNats, ensureQueue, jobSubject, openBucket } from "./nats.js";
+import { BUCKET, CONSUMER, MAX_DELIVER, STREAM, ensureQueue, jobSubject, openBucket } from "./nats.js";
 import { type RunManifest, runId } from "./run-manifest.js";
 import { type GroupJobMessage, doneKey, failedKey, groupToken } from "./jobs.js";
 
@@ -26,17 +26,17 @@ export interface Coordinator extends GroupExecutor {
 }
 
 /**
- * Connect, make the queue and bucket when missing, and put the run's manifest (`fresh`: a new work
- * folder, so the run's earlier job states and queued jobs are purged first).
+ * On a connection (connectNats: made before the run's other work, so a wrong URL is said at once),
+ * make the queue and bucket when missing, and put the run's manifest (`fresh`: a new work folder,
+ * so the run's earlier job states and queued jobs are purged first). Closing it closes the connection.
  */
 export async function openCoordinator(
-  nats: NatsOptions & { jobTimeout?: number },
+  nc: NatsConnection,
   manifest: RunManifest,
-  o: { fresh: boolean; onProgress?: (e: ProgressEvent) => void },
+  o: { jobTimeout?: number; fresh: boolean; onProgress?: (e: ProgressEvent) => void },
 ): Promise<Coordinator> {
-  const nc = await connectNats(nats);
   try {
-    const jsm = await ensureQueue(nc, nats.jobTimeout ?? 60);
+    const jsm = await ensureQueue(nc, o.jobTimeout ?? 60);
     const kv = await openBucket(nc);
     const id = runId(manifest);
     if (o.fresh) {

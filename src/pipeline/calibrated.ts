@@ -41,6 +41,8 @@ import { availableMemory, peakRssBytes } from "../util/memory.js";
 import { type Run, finishRun, modelHash, recipeReport, writeCheckpoint } from "./run.js";
 import type { OneshotResult } from "./oneshot.js";
 import { type Coordinator, openCoordinator } from "../distributed/coordinator.js";
+import { connectNats } from "../distributed/nats.js";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { runManifest } from "../distributed/run-manifest.js";
 
 export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult> {
@@ -50,7 +52,10 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
   const byGptq = (n: string): boolean => isTarget(n) && methodOf(n) === "gptq";
   let work: WorkFolder | undefined;
   let remote: Coordinator | undefined;
+  let link: NatsConnection | undefined;
   try {
+    // a distributed run connects first: a wrong URL or credentials are said before any work
+    if (opts.nats) link = await connectNats(opts.nats);
     const settings = stepSettings(run);
     const { calibrateAllExperts, statistics } = settings;
     const dampening = settings.gptq.dampening;
@@ -104,9 +109,13 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       opts.restart ?? false,
       N,
     );
-    if (opts.nats) {
+    if (link) {
       const manifest = runManifest(opts, { modelDir, modelSha, workDir: work.dir, recipeText: run.recipe.text });
-      remote = await openCoordinator(opts.nats, manifest, { fresh: !work.resume, onProgress: opts.onProgress });
+      remote = await openCoordinator(link, manifest, {
+        jobTimeout: opts.nats?.jobTimeout,
+        fresh: !work.resume,
+        onProgress: opts.onProgress,
+      });
     }
     const state: WorkState = work.resume ?? { layer: -1, layers: [], coverage: {}, fallbacks: [], allTokenFallbacks: [] };
     opts.onProgress?.({ kind: "start", layers: N, samples: samples.length, tokens });
@@ -270,7 +279,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     work.remove();
     return { output, report, wallSeconds: (performance.now() - t0) / 1000, peakRssMb: peakRssBytes() / 1024 ** 2 };
   } catch (e) {
-    await remote?.close().catch(() => undefined);
+    await (remote ?? link)?.close().catch(() => undefined);
     out.abort();
     // finished layers are kept for a rerun of the same command; a run that finished none leaves nothing
     if (work?.hasFinishedLayers) warn(`the finished layers are kept in ${work.dir}: rerun the same command to resume after them`);
