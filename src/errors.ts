@@ -47,6 +47,12 @@ export class UsageError extends MoecalError {
   }
 }
 
+/**
+ * A distributed run's job failed in a worker, or could not be done (its error's code and message,
+ * the worker named; E_USAGE a usage error): the run stops with it.
+ */
+export class RemoteJobError extends MoecalError {}
+
 /** Reading or writing a file failed (disk full, permissions, a file that vanished). */
 export class IoError extends MoecalError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { MoecalError } from "../errors.js";
+import { RemoteJobError } from "../errors.js";
 import type { GroupExecutor, GroupSpan } from "../pipeline/remote-groups.js";
 import { readGroupResult } from "../pipeline/group-state.js";
 import { groupFiles } from "../pipeline/moe-stream.js";
@@ -17,9 +17,6 @@ import { lstatOrNull } from "../pipeline/work-folder.js";
 import { BUCKET, CONSUMER, MAX_DELIVER, STREAM, ensureQueue, jobSubject, openBucket } from "./nats.js";
 import { type RunManifest, runId } from "./run-manifest.js";
 import { type GroupJobMessage, doneKey, failedKey, groupToken } from "./jobs.js";
-
-/** A job that failed in a worker (its error's code and message, the worker named): the run stops with it. */
-export class RemoteJobError extends MoecalError {}
 
 export interface Coordinator extends GroupExecutor {
   close(): Promise<void>;

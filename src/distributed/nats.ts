@@ -68,7 +68,7 @@ function credentialsOf(url: string): { server: string; user: string; pass: strin
 }
 
 /** A server URL as printed: without a password. */
-export function redacted(url: string): string {
+function redacted(url: string): string {
   return url.replace(/\/\/([^:@/]*):[^@/]*@/, "//$1:***@");
 }
 
