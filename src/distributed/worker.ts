@@ -8,18 +8,16 @@
  * the run's --job-timeout. While a job runs the worker tells the server it is alive.
  */
 import os from "node:os";
-import { type Consumer, type JsMsg, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { type Consumer, type JsMsg, jetstream } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { InternalError, InterruptedError, MoecalError, UsageError } from "../errors.js";
-import { checkpointHash } from "../io/hash.js";
-import { asFormatError } from "../errors.js";
 import { closeSharedGptqPool } from "../quantization/gptq-pool.js";
 import { recipeFromText } from "../quantization/recipe-file.js";
 import { quantizeGroupJob } from "../pipeline/expert-groups.js";
 import { type LayerSteps, stepSettings } from "../pipeline/layer-steps.js";
 import type { OneshotOptions } from "../pipeline/oneshot.js";
 import { recipeOf } from "../pipeline/recipe-options.js";
-import { openRunModel } from "../pipeline/run.js";
+import { modelHash, openRunModel } from "../pipeline/run.js";
 import { checkStop } from "../util/interrupt.js";
 import { WORKER_OPTIONS, checkOptions } from "../pipeline/options.js";
 import { type GroupJobMessage, doneKey, failedKey, parseJob } from "./jobs.js";
@@ -73,12 +71,10 @@ export async function runWorker(options: WorkerOptions): Promise<never> {
   }
 }
 
-/** The workers' consumer, once a coordinator has made it (workers may start first). */
+/** The workers' consumer, once a coordinator has made it (workers may start first; `get` fails until then). */
 async function waitForQueue(nc: Awaited<ReturnType<typeof connectNats>>): Promise<Consumer> {
-  const jsm = await jetstreamManager(nc);
   for (;;) {
     try {
-      await jsm.consumers.info(STREAM, CONSUMER);
       return await jetstream(nc).consumers.get(STREAM, CONSUMER);
     } catch {
       checkStop();
@@ -170,7 +166,7 @@ function openManifestRun(text: string, id: string, o: WorkerOptions): OpenedRun 
   };
   const recipe = manifest.recipe ? recipeFromText(manifest.recipe.file, manifest.recipe.text) : recipeOf(opts);
   const run = openRunModel(opts, recipe);
-  const sha = checkpointHash(run.modelDir, run.ck.weightFiles(), asFormatError);
+  const sha = modelHash(run);
   if (sha !== manifest.model_sha256)
     throw new UsageError(
       `run ${id}: the model at ${manifest.model_dir} on this host is not the coordinator's (content hash ${sha.slice(0, 12)}, the run's ${manifest.model_sha256.slice(0, 12)})`,

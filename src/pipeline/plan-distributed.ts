@@ -10,6 +10,7 @@ import { UsageError } from "../errors.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { jobGroupSize } from "./expert-groups.js";
 import { type LayerPlan, PLAN_MODEL, type Plan } from "./plan.js";
+import { size, time } from "./plan-report.js";
 
 export interface DistributedLayer {
   layer: number;
@@ -56,10 +57,10 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
   const x = l.experts as NonNullable<LayerPlan["experts"]>;
   const rate = p.gemm_gflops * 1e9;
   const e = PLAN_MODEL.efficiency;
-  const size = l.expert_groups?.size ?? jobGroupSize(x.count, workers);
-  const groups = Math.ceil(x.count / size);
+  const groupSize = l.expert_groups?.size ?? jobGroupSize(x.count, workers);
+  const groups = Math.ceil(x.count / groupSize);
   const io = PLAN_MODEL.ioBytesPerSecond;
-  // but in the last layer: the propagation calls streamed (read by every job), the routed rows
+  // in every layer but the last: the propagation calls streamed (read by every job), the routed rows
   // (each routed pair's weighted output: written by the jobs, read by the coordinator) and the sums
   const last = l.flops.propagate === 0;
   const propagation = last ? 0 : x.stream_bytes;
@@ -93,11 +94,6 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
     moved_bytes: groups * (x.stream_bytes + propagation) + x.read_bytes + 2 * x.write_bytes + 2 * rows,
   };
 }
-
-const GB = 1024 ** 3;
-const size = (b: number): string => (b >= GB ? `${(b / GB).toFixed(2)} GiB` : `${(b / 1024 ** 2).toFixed(1)} MiB`);
-const time = (s: number): string =>
-  s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`;
 
 /** The estimate as text: per MoE layer, then in total. */
 export function formatDistributed(d: DistributedPlan): string {

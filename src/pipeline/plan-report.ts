@@ -16,8 +16,10 @@ export function freeDiskBytes(dir: string): number {
 }
 
 const GB = 1024 ** 3;
-const size = (b: number): string => (b >= GB ? `${(b / GB).toFixed(2)} GiB` : `${(b / 1024 ** 2).toFixed(1)} MiB`);
-const time = (s: number): string =>
+/** Bytes as a plan prints them (MiB or GiB). */
+export const size = (b: number): string => (b >= GB ? `${(b / GB).toFixed(2)} GiB` : `${(b / 1024 ** 2).toFixed(1)} MiB`);
+/** Seconds as a plan prints them (s, min or h). */
+export const time = (s: number): string =>
   s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(1)} s`;
 
 /** The plan in one line (oneshot prints it at start). */
