@@ -15,6 +15,8 @@ import { GramAccumulator, LatestInputGram } from "./gram.js";
 export class HessianStats {
   /** rows through the Linear's own hook; created on first use (the fast path's gate/up projections never need one: 2E x in^2 floats) */
   private ownAcc: GramAccumulator | null = null;
+  /** the sum of the shards of own rows ended so far (endShard), each added whole; null: none ended */
+  private ended: GramAccumulator | null = null;
   private readonly shared = new Set<GramAccumulator>();
   private cache: { H: Float32Array; rows: number } | null = null;
   /** routed rows of an expert Linear (router-aware statistics only) */
@@ -36,6 +38,25 @@ export class HessianStats {
     return this.routedAcc;
   }
 
+  /**
+   * End a shard of this Linear's own rows: their sum is added, whole, to the sum of the shards before
+   * it. A run sums the non-expert Linears' rows shard by shard, so that shards summed by other
+   * processes (a distributed run's token-shard jobs) add up to the same bits, in shard order.
+   */
+  endShard(): void {
+    const part = this.ownAcc;
+    if (!part || part.rows === 0) return;
+    if (!this.ended) {
+      this.ended = part;
+      this.ownAcc = null;
+    } else {
+      this.ended.addGram(part.G, part.rows);
+      part.G.fill(0);
+      part.rows = 0;
+    }
+    this.cache = null;
+  }
+
   shareWith(acc: GramAccumulator): void {
     this.shared.add(acc);
     this.cache = null;
@@ -46,7 +67,7 @@ export class HessianStats {
   }
 
   get rows(): number {
-    let n = this.ownAcc?.rows ?? 0;
+    let n = (this.ownAcc?.rows ?? 0) + (this.ended?.rows ?? 0);
     for (const s of this.shared) n += s.rows;
     return n;
   }
@@ -69,6 +90,12 @@ export class HessianStats {
 
   /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
   private allTokenH(): Float32Array {
+    // the shard open now ends: own rows are the ended shards' sum from here on
+    this.endShard();
+    if (this.ended) {
+      this.ownAcc = this.ended;
+      this.ended = null;
+    }
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
     const parts = [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);
@@ -139,6 +166,8 @@ export function fastObserversOf(lin: Linear): FastPathObserver[] | null {
 
 export interface HessianObservers {
   stats: Map<string, HessianStats>;
+  /** end the current shard of the own rows of every observed Linear `sharded` names (HessianStats.endShard) */
+  endShard(sharded: (name: string) => boolean): void;
   /** remove every hook */
   remove(): void;
 }
@@ -183,6 +212,9 @@ export function attachHessianObservers(
   }
   return {
     stats,
+    endShard: (sharded) => {
+      for (const [n, s] of stats) if (sharded(n)) s.endShard();
+    },
     remove: () => {
       for (const r of removers) r();
     },

@@ -32,6 +32,7 @@ interface OneshotCliOptions {
   restart?: boolean;
   maxMemory?: number;
   expertGroupSize?: number;
+  shardTokens?: number;
   actorder?: string;
   quiet?: boolean;
   calibrate?: boolean;
@@ -115,6 +116,11 @@ function runOptions(cmd: Command): Command {
       "--expert-group-size <n>",
       "run each MoE layer's routed experts N at a time (default: the whole layer when it fits in --max-memory, else the largest group that does); the output is the same bytes",
       intOption("--expert-group-size"),
+    )
+    .option(
+      "--shard-tokens <n>",
+      "tokens per calibration shard, whole samples (default 65536): the unit layer inputs are read in, non-expert statistics summed by, and a distributed run's token-shard job; another size gives slightly other bytes",
+      intOption("--shard-tokens"),
     );
 }
 

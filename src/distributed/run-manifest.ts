@@ -30,6 +30,7 @@ const JOB_OPTIONS = ONESHOT_OPTIONS.pick({
   vllmCheck: true,
   actorder: true,
   dampening: true,
+  shardTokens: true,
 });
 
 const MANIFEST = z.strictObject({

@@ -33,7 +33,7 @@ import {
 } from "./layer-steps.js";
 import { groupedLayer } from "./expert-groups.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
-import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
+import { BATCH_TOKENS, DEFAULT_SHARD_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
 import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { plan } from "./plan.js";
 import { checkPlan, freeDiskBytes } from "./plan-report.js";
@@ -59,6 +59,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     const settings = stepSettings(run);
     const { calibrateAllExperts, statistics } = settings;
     const dampening = settings.gptq.dampening;
+    const shardTokens = opts.shardTokens ?? DEFAULT_SHARD_TOKENS;
     const maxSeqLength = seqLengthFor(opts.maxSeqLength, config.maxPositionEmbeddings);
     const tokenizer = loadTokenizer(modelDir);
     const samples = loadTokenizedSamples(datasetFile, tokenizer, {
@@ -104,6 +105,8 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
           dampening,
           // a recipe file's GPTQ block size (absent otherwise: a work folder of an earlier version still resumes)
           ...(run.recipe.gptq.blockSize === undefined ? {} : { gptq_block_size: run.recipe.gptq.blockSize }),
+          // the shard size, unless the default (likewise)
+          ...(shardTokens === DEFAULT_SHARD_TOKENS ? {} : { shard_tokens: shardTokens }),
         },
       },
       opts.restart ?? false,
@@ -139,14 +142,14 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       w.commit();
     }
     /**
-     * The samples' inputs of layer `i`, read back in chunks: consecutive samples of one length
-     * as one batch [B, S, H] of at most BATCH_TOKENS tokens (a view, no copy), with the number
-     * of samples and of tokens up to and including it.
+     * The samples' inputs of layer `i`, read back in shards of whole samples of at most
+     * --shard-tokens tokens: consecutive samples of one length as one batch [B, S, H] of at most
+     * BATCH_TOKENS tokens (a view, no copy), with the number of samples and of tokens up to and including it.
      */
-    const eachInput = async (i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>): Promise<void> => {
+    const eachInput: LayerSteps["eachInput"] = async (i, each, endShard) => {
       let done = 0;
       let tokens = 0;
-      for await (const chunk of layerWork.hiddenChunks(i - 1, lengths, H, HIDDEN_CHUNK_TOKENS))
+      for await (const chunk of layerWork.hiddenChunks(i - 1, lengths, H, shardTokens)) {
         for (let a = 0; a < chunk.length; ) {
           const first = chunk[a] as Tensor;
           const S = first.dim(1);
@@ -160,6 +163,8 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
           await each(h, done, tokens);
           a = b;
         }
+        endShard?.();
+      }
     };
     const steps: LayerSteps = {
       run,
@@ -190,12 +195,16 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
           layer,
           i,
           () => true,
-          async () => {
+          async ({ endShard }) => {
             await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
-              await eachInput(i, async (h, done, tokens) => {
-                await l.call(h);
-                opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
-              });
+              await eachInput(
+                i,
+                async (h, done, tokens) => {
+                  await l.call(h);
+                  opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
+                },
+                endShard,
+              );
             });
             opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });
           },

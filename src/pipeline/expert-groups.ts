@@ -113,7 +113,7 @@ export async function groupedLayer(
         layer,
         i,
         (n) => !linearExpert.has(n),
-        () => streamCalls(steps, layer, i, files.calibrate, true),
+        ({ endShard }) => streamCalls(steps, layer, i, files.calibrate, true, endShard),
       );
     } finally {
       tracker.remove();
@@ -220,18 +220,29 @@ async function runGroups(
 }
 
 /** One pass over the layer's inputs with the MoE block's routed step replaced by writing its calls to `file`. */
-async function streamCalls(steps: LayerSteps, layer: DecoderLayer, i: number, file: string, calibrate: boolean): Promise<void> {
+async function streamCalls(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  file: string,
+  calibrate: boolean,
+  endShard?: () => void,
+): Promise<void> {
   const w = streamWriter(file);
   try {
     const pass = (l: DecoderLayer): Promise<void> =>
       withRoutedOverride(
         async (input) => w.append(input),
         () =>
-          steps.eachInput(i, async (h, done, tokens) => {
-            await l.call(h);
-            const phase = calibrate ? "calibrate" : "propagate";
-            steps.run.opts.onProgress?.({ kind: "samples", layer: i, phase, done, total: steps.samples, tokens });
-          }),
+          steps.eachInput(
+            i,
+            async (h, done, tokens) => {
+              await l.call(h);
+              const phase = calibrate ? "calibrate" : "propagate";
+              steps.run.opts.onProgress?.({ kind: "samples", layer: i, phase, done, total: steps.samples, tokens });
+            },
+            endShard,
+          ),
       );
     if (calibrate)
       await withMoeCalibration(

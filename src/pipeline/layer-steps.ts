@@ -4,7 +4,8 @@
  * and turn the results into the layer's output tensors, always in the layer's own Linear order.
  */
 import type { Tensor } from "../engine/tensor.js";
-import { attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
+import { type HessianStats, type InputAbsMax, attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
+import { asMoeBlock } from "../nn/moe.js";
 import {
   DEFAULT_STATISTICS,
   type ExpertStatisticsOptions,
@@ -37,8 +38,11 @@ export interface LayerSteps {
   gptq: { dampening: number; blockSize: number };
   /** calibration samples (for progress) */
   samples: number;
-  /** layer `i`'s calibration inputs, batch by batch, with the samples and tokens done so far */
-  eachInput(i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>): Promise<void>;
+  /**
+   * Layer `i`'s calibration inputs, batch by batch, with the samples and tokens done so far; they come
+   * in shards of whole samples (--shard-tokens), and `endShard` is called after each.
+   */
+  eachInput(i: number, each: (h: Tensor, done: number, tokens: number) => Promise<void>, endShard?: () => void): Promise<void>;
 }
 
 /** What the run's options make of a layer's steps (a distributed worker derives the same from the run's manifest). */
@@ -69,6 +73,25 @@ export const schemeOfTarget =
   (n: string): Scheme =>
     run.schemeOf(n) as Scheme;
 
+/** The Linears of the layer's routed experts, by name (a dense layer has none). */
+export function routedExpertLinears(layer: DecoderLayer, prefix: string): Set<string> {
+  const experts = new Set<unknown>(layer.namedModules(prefix).flatMap(([, m]) => asMoeBlock(m)?.routedExperts() ?? []));
+  const names = new Set<string>();
+  for (const [n, m] of layer.namedModules(prefix))
+    if (experts.has(m)) for (const [l, lm] of m.namedModules(n)) if (lm instanceof Linear) names.add(l);
+  return names;
+}
+
+/** What a pass over a layer's inputs tells its observers. */
+export interface PassObservers {
+  /** a shard of the inputs ended: the non-expert Linears' sums of it are added whole (HessianStats.endShard) */
+  endShard(): void;
+  /** the GPTQ statistics being taken, by Linear (empty: none) */
+  hessians: ReadonlyMap<string, HessianStats>;
+  /** the input maxima being taken, by Linear (static activation scales; empty: none) */
+  inputAbsMax: ReadonlyMap<string, InputAbsMax>;
+}
+
 /**
  * Observe the target Linears of `layer` that `include` names while `pass` runs (Hessians for GPTQ,
  * input maxima for static activation scales), then quantize them: their weights become the
@@ -79,7 +102,7 @@ export async function observeAndQuantize(
   layer: DecoderLayer,
   i: number,
   include: (linear: string) => boolean,
-  pass: () => Promise<void>,
+  pass: (o: PassObservers) => Promise<void>,
   preps?: PrepCache,
 ): Promise<PartResult> {
   const { run } = steps;
@@ -97,8 +120,13 @@ export async function observeAndQuantize(
   const observers = gptqHere ? attachHessianObservers(layer, (n) => targets.linears.has(n) && byGptq(n), prefix, steps.statistics) : null;
   const staticInputs = new Map([...targets.linears].filter(([n]) => hasStaticActivationScales(schemeOf(n))));
   const absMax = staticInputs.size > 0 ? attachInputAbsMax(staticInputs) : null;
+  const experts = routedExpertLinears(layer, prefix);
   try {
-    await pass();
+    await pass({
+      endShard: () => observers?.endShard((n) => !experts.has(n)),
+      hessians: observers?.stats ?? new Map(),
+      inputAbsMax: absMax?.stats ?? new Map(),
+    });
   } finally {
     observers?.remove();
     absMax?.remove();

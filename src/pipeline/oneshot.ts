@@ -57,6 +57,12 @@ export interface OneshotOptions {
   maxMemory?: number;
   /** run each MoE layer's routed experts this many at a time (default: whole layers when they fit in maxMemory); the same bytes either way */
   expertGroupSize?: number;
+  /**
+   * tokens per calibration shard, whole samples (default 65536): layer inputs are read in shards, the
+   * non-expert Linears' statistics are summed shard by shard, and a distributed run gives each shard
+   * of a layer to a job; another size gives slightly other bytes (float32 sums in another order)
+   */
+  shardTokens?: number;
   /** called inside each layer's checkpoint (tests stop the process there) */
   onCheckpoint?: (stage: CheckpointStage, layer: number) => void;
   warn?: (message: string) => void;

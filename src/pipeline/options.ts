@@ -52,6 +52,8 @@ export const ONESHOT_OPTIONS = z.strictObject({
   restart: flag.optional(),
   maxMemory: z.number().int().positive().optional(),
   expertGroupSize: count.optional(),
+  /** tokens per calibration shard (whole samples): the order the non-expert statistics are summed in, and a distributed run's token-shard job */
+  shardTokens: count.optional(),
   onCheckpoint: callback.optional(),
   warn: callback.optional(),
   calibrate: flag.optional(),

@@ -25,7 +25,7 @@ import { recipeOf } from "./recipe-options.js";
 import { loadTokenizedSamples } from "./dataset.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
-import { BATCH_TOKENS, HIDDEN_CHUNK_TOKENS } from "./work-folder.js";
+import { BATCH_TOKENS, DEFAULT_SHARD_TOKENS } from "./work-folder.js";
 import { resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { bytesOf, copiedBytes, layerBytes } from "./plan-bytes.js";
@@ -250,6 +250,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   let previousWeights = 0;
   let groupedDisk = 0;
   const maxMemory = opts.maxMemory ?? availableMemory();
+  const shardTokens = opts.shardTokens ?? DEFAULT_SHARD_TOKENS;
   /** each MoE layer as planned whole, and its experts (for the groups' sizes) */
   const grouped = new Map<number, { whole: LayerPlan; x: ExpertsOfLayer }>();
   for (let i = 0; i < config.numHiddenLayers; i++) {
@@ -282,7 +283,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       propagate += 2 * T * l.inFeatures * l.outFeatures;
       if (target) {
         gptq += 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
-        hessians += 4 * l.inFeatures ** 2;
+        // summed shard by shard: the open shard's sum beside the ended shards' (more than one shard)
+        hessians += 4 * l.inFeatures ** 2 * (T > shardTokens ? 2 : 1);
       }
     }
     let activations = 0;
@@ -332,7 +334,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
     }
     // samples are read back from the work folder in chunks; one sample's output is held at a time
-    const hidden = 4 * H * (Math.min(T, HIDDEN_CHUNK_TOKENS) + maxS);
+    const hidden = 4 * H * (Math.min(T, shardTokens) + maxS);
     // a batch of equal-length samples holds at most max(S, BATCH_TOKENS) tokens
     const batch = Math.max(maxS, BATCH_TOKENS);
     activations += 4 * 3 * batch * Math.max(H, heads * headDim) + 4 * heads * maxS * batch;

@@ -27,8 +27,12 @@ export type { WorkManifest, WorkState } from "./work-manifest.js";
  */
 export type CheckpointStage = "tensors" | "hidden" | "state" | "group-tensors" | "group-sums" | "group" | "shard-file" | "shard";
 
-/** Calibration samples are read back from the work folder in groups of at most this many tokens (their memory: 4 H bytes per token). */
-export const HIDDEN_CHUNK_TOKENS = 65536;
+/**
+ * Calibration samples are read back from the work folder in shards of whole samples of at most this
+ * many tokens by default (--shard-tokens; their memory: 4 H bytes per token). A shard is also the
+ * unit the non-expert Linears' statistics are summed by, and a distributed run's token-shard job.
+ */
+export const DEFAULT_SHARD_TOKENS = 65536;
 
 /**
  * Consecutive samples of one length go through a layer together, up to this many tokens: larger

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type Engine, ReferenceEngine, getEngine, setEngine } from "../../src/engine/index.js";
-import type { Tensor } from "../../src/engine/tensor.js";
+import { Tensor } from "../../src/engine/tensor.js";
 import { attachHessianObservers } from "../../src/calibration/observers.js";
 import { Linear } from "../../src/nn/layers.js";
 import { Module } from "../../src/nn/module.js";
@@ -58,4 +58,30 @@ test("Linears reading the same tensor share one Gram product; each Hessian is st
   } finally {
     setEngine(previous);
   }
+});
+
+test("own rows summed shard by shard: each shard's sum added whole, in shard order (not the running sum); unsharded Linears keep the running sum", async () => {
+  const m = new ThreeReaders();
+  for (const [, p] of m.namedParameters()) p.value = randn(p.shape, 5);
+  const a = m.child<Linear>("q");
+  const b = m.child<Linear>("o");
+  const obs = attachHessianObservers(m, () => true);
+  // Gram products 1, then 2^-24 twice: shard by shard 1 + (2^-24 + 2^-24) = 1 + 2^-23; running (1 + 2^-24) + 2^-24 = 1
+  const rows = [1, 2 ** -12].map((v) => new Tensor(new Float32Array(6).fill(v), [1, 6]));
+  await a.call(rows[0] as Tensor);
+  await b.call(rows[0] as Tensor);
+  obs.endShard((n) => n === "q");
+  for (let k = 0; k < 2; k++) {
+    await a.call(rows[1] as Tensor);
+    await b.call(rows[1] as Tensor);
+  }
+  obs.endShard((n) => n === "q");
+  // every element of the 6 x 6 Gram sums is the same
+  assert.deepEqual(new Set(obs.stats.get("q")?.H ?? []), new Set([2 * (1 + 2 ** -23)]));
+  assert.deepEqual(new Set(obs.stats.get("o")?.H ?? []), new Set([2]));
+  assert.equal(obs.stats.get("q")?.rows, 3);
+  // a shard left open is ended when the Hessian is read
+  await a.call(rows[1] as Tensor);
+  assert.equal(obs.stats.get("q")?.rows, 4);
+  obs.remove();
 });

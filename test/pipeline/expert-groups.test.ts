@@ -72,6 +72,7 @@ const OPTIONS: [string, OneshotOptions][] = [
   // 3 tokens reach at most 6 of 8 experts: the others take the whole layer's largest input scale
   ["FP8 with routed tokens only (experts without rows)", { scheme: "FP8", calibrateAllExperts: false, numSamples: 1, maxSeqLength: 3 }],
   ["without the fast path", { fastPath: false }],
+  ["shards of 24 tokens (the non-expert statistics summed shard by shard)", { shardTokens: 24 }],
   ["a recipe of two schemes", { scheme: ["re:.*experts.*=W4A16", "W8A16"] }],
   ["the routed experts left unquantized", { ignore: ["re:.*mlp\\.experts\\..*"] }],
 ];
