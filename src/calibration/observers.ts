@@ -89,13 +89,19 @@ export class HessianStats {
   }
 
   /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
-  private allTokenH(): Float32Array {
-    // the shard open now ends: own rows are the ended shards' sum from here on
+  /** The sum of the own rows, every shard ended (a token-shard job's result, which another process adds to its own). */
+  ownSum(): GramAccumulator | null {
     this.endShard();
     if (this.ended) {
       this.ownAcc = this.ended;
       this.ended = null;
     }
+    return this.ownAcc;
+  }
+
+  private allTokenH(): Float32Array {
+    // the shard open now ends: own rows are the ended shards' sum from here on
+    this.ownSum();
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
     const parts = [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);

@@ -201,6 +201,14 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
       case "group-job-done":
         line(`layer ${e.layer + 1}/${layers}: group ${e.group + 1} done by ${e.worker} in ${e.seconds.toFixed(1)} s`);
         break;
+      case "shard-jobs":
+        line(
+          `layer ${e.layer + 1}/${layers}: ${e.queued} token shard job(s) queued for the workers (${e.phase})${e.done ? ` (${e.done} done before)` : ""}`,
+        );
+        break;
+      case "shard-job-done":
+        line(`layer ${e.layer + 1}/${layers}: token shard ${e.shard + 1} (${e.phase}) done by ${e.worker} in ${e.seconds.toFixed(1)} s`);
+        break;
       case "resume-shards":
         line(`resuming after ${e.shards} finished output shard(s) (kept in ${e.folder})`);
         break;

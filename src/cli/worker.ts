@@ -33,13 +33,13 @@ function describe(e: WorkerEvent): string {
     case "ready":
       return `worker ${e.worker}: waiting for jobs`;
     case "job-start":
-      return `run ${e.run} layer ${e.layer} group ${e.group} (experts ${e.first}-${e.end - 1})${e.delivery > 1 ? `, delivery ${e.delivery}` : ""}`;
+      return `run ${e.run} layer ${e.layer} ${e.what}${e.delivery > 1 ? `, delivery ${e.delivery}` : ""}`;
     case "job-done":
-      return `run ${e.run} layer ${e.layer} group ${e.group}: done in ${e.seconds.toFixed(1)} s`;
+      return `run ${e.run} layer ${e.layer} job ${e.job}: done in ${e.seconds.toFixed(1)} s`;
     case "job-skipped":
-      return `run ${e.run} layer ${e.layer} group ${e.group}: already done by another worker`;
+      return `run ${e.run} layer ${e.layer} job ${e.job}: already done by another worker`;
     case "job-failed":
-      return `run ${e.run} layer ${e.layer} group ${e.group}: failed [${e.code}]: ${e.message}`;
+      return `run ${e.run} layer ${e.layer} job ${e.job}: failed [${e.code}]: ${e.message}`;
     case "job-dropped":
       return `dropped: ${e.reason}`;
   }

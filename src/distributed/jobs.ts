@@ -1,39 +1,79 @@
 /**
- * A job on the queue, and the keys its outcome is put under. A group job names its run, layer and
- * experts [first, end) (group `group` of `size`); its result is the group's files in the run's work
- * folder (its tensors, its result, and but in the last layer its routed rows), named by the group,
- * so a job done twice (redelivered) writes the same bytes to the same names and cannot count twice.
+ * A job on the queue, and the keys its outcome is put under. Each names its run and layer, and one
+ * of a layer's work units: a token shard of its non-expert part in one phase (token-shards.ts), or
+ * the expert group [first, end) (group `group` of `size`). Its result is files in the run's work
+ * folder named by the unit, so a job done twice (redelivered) writes the same bytes to the same
+ * names and cannot count twice.
  */
 import { z } from "zod";
 
+const RUN = z.string().regex(/^[0-9a-f]{16}$/);
+const index = z.number().int().nonnegative();
+
 const GROUP_JOB = z.strictObject({
-  run: z.string().regex(/^[0-9a-f]{16}$/),
-  layer: z.number().int().nonnegative(),
-  group: z.number().int().nonnegative(),
-  first: z.number().int().nonnegative(),
+  kind: z.literal("group"),
+  run: RUN,
+  layer: index,
+  group: index,
+  first: index,
   end: z.number().int().positive(),
   size: z.number().int().positive(),
   /** also write the group's routed rows over the layer's propagation calls (every layer but the last) */
   sums: z.boolean(),
+  /** the layer's calls are in this many token-shard files (0: one file) */
+  shards: index,
 });
 
-export type GroupJobMessage = z.infer<typeof GROUP_JOB>;
+const SHARD_JOB = z.strictObject({
+  kind: z.literal("shard"),
+  run: RUN,
+  layer: index,
+  phase: z.enum(["calibrate", "propagate", "output"]),
+  shard: index,
+  /** tokens before the shard's first sample */
+  offset: index,
+  /** its samples' lengths */
+  lengths: z.array(z.number().int().positive()).min(1),
+  /** output phase: the sums file of `done` groups, the shard's first call at byte `at` */
+  routed: z.strictObject({ done: index, at: index }).optional(),
+  /** output phase: the coordinator session whose outputs file (layer-inputs.ts slotsFileOf) it writes into */
+  slots: z
+    .string()
+    .regex(/^[0-9a-f]{12}$/)
+    .optional(),
+});
+
+const JOB = z.discriminatedUnion("kind", [GROUP_JOB, SHARD_JOB]);
+
+export type JobMessage = z.infer<typeof JOB>;
 
 /** The job a message holds, or null when it is not one this version reads. */
-export function parseJob(data: string): GroupJobMessage | null {
+export function parseJob(data: string): JobMessage | null {
   try {
-    const r = GROUP_JOB.safeParse(JSON.parse(data));
+    const r = JOB.safeParse(JSON.parse(data));
     return r.success ? r.data : null;
   } catch {
     return null;
   }
 }
 
-/** A group's last key token: its number and experts (`2-16-24`), so that groups of another size (a run resumed with other groups) never answer for it. */
-export const groupToken = (s: { group: number; first: number; end: number }): string => `${s.group}-${s.first}-${s.end}`;
-/** Set by the worker once the group's files are written: { worker, seconds }. */
-export const doneKey = (run: string, layer: number, s: { group: number; first: number; end: number }): string =>
-  `${run}.done.${layer}.${groupToken(s)}`;
+/**
+ * A job's last key token, unique in its layer: a group's number and experts (`g2-16-24`: groups of
+ * another size, a run resumed with other groups, never answer for it), a shard's phase and number (`calibrate-3`; an
+ * output shard's also its coordinator's session, whose outputs file it writes into).
+ */
+export function jobToken(
+  j: { kind: "group"; group: number; first: number; end: number } | { kind: "shard"; phase: string; shard: number; slots?: string },
+): string {
+  return j.kind === "group" ? `g${j.group}-${j.first}-${j.end}` : `${j.phase}-${j.shard}${j.slots ? `-${j.slots}` : ""}`;
+}
+
+/** What a job does, in words (progress and errors). */
+export function jobLabel(j: JobMessage): string {
+  return j.kind === "group" ? `expert group ${j.group} (experts ${j.first}-${j.end - 1})` : `token shard ${j.shard} (${j.phase})`;
+}
+
+/** Set by the worker once the job's files are written: { worker, seconds }. */
+export const doneKey = (run: string, layer: number, token: string): string => `${run}.done.${layer}.${token}`;
 /** Set by the worker when the job failed: { worker, code, message }; the coordinator stops the run with it. */
-export const failedKey = (run: string, layer: number, s: { group: number; first: number; end: number }): string =>
-  `${run}.failed.${layer}.${groupToken(s)}`;
+export const failedKey = (run: string, layer: number, token: string): string => `${run}.failed.${layer}.${token}`;

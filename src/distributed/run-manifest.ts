@@ -15,7 +15,7 @@ import { ONESHOT_OPTIONS } from "../pipeline/options.js";
 import type { OneshotOptions } from "../pipeline/oneshot.js";
 
 /** Bumped when a job's or the manifest's meaning changes. */
-const PROTOCOL = 1;
+const PROTOCOL = 2;
 
 /** The options of a run that decide what a group job writes (the rest stay with the coordinator). */
 const JOB_OPTIONS = ONESHOT_OPTIONS.pick({

@@ -2,9 +2,9 @@
  * A worker (`moecal worker --nats URL --shared-dir DIR`): takes jobs from the queue one at a time.
  * For each, it reads the run's manifest (once per run: refused, and the worker stops, when it was
  * made by another moecal version, names paths outside --shared-dir, or the model there has another
- * content hash), quantizes the expert group from the model and the layer's streamed calibration
- * calls, writes the group's files to the run's work folder, puts the job's done key, and only then
- * acknowledges it. A worker killed mid-job never acknowledges: the server redelivers the job after
+ * content hash), does the job (a token shard of a layer's non-expert part: token-shards.ts; an expert
+ * group: quantized from the model and the layer's streamed calibration calls), writes its files to
+ * the run's work folder, puts the job's done key, and only then acknowledges it. A worker killed mid-job never acknowledges: the server redelivers the job after
  * the run's --job-timeout. While a job runs the worker tells the server it is alive.
  */
 import os from "node:os";
@@ -20,7 +20,8 @@ import { recipeOf } from "../pipeline/recipe-options.js";
 import { modelHash, openRunModel } from "../pipeline/run.js";
 import { checkStop } from "../util/interrupt.js";
 import { WORKER_OPTIONS, checkOptions } from "../pipeline/options.js";
-import { type GroupJobMessage, doneKey, failedKey, parseJob } from "./jobs.js";
+import { type JobMessage, doneKey, failedKey, jobLabel, jobToken, parseJob } from "./jobs.js";
+import { tokenShardJob } from "../pipeline/token-shards.js";
 import { CONSUMER, type NatsOptions, STREAM, connectNats, openBucket } from "./nats.js";
 import { type RunManifest, checkManifest, sharedRoot } from "./run-manifest.js";
 
@@ -36,11 +37,12 @@ export interface WorkerOptions {
 
 export type WorkerEvent =
   | { kind: "ready"; worker: string }
-  | { kind: "job-start"; run: string; layer: number; group: number; first: number; end: number; delivery: number }
-  | { kind: "job-done"; run: string; layer: number; group: number; seconds: number }
-  /** a redelivered job whose group another worker finished meanwhile */
-  | { kind: "job-skipped"; run: string; layer: number; group: number }
-  | { kind: "job-failed"; run: string; layer: number; group: number; code: string; message: string }
+  /** `job`: its key token (jobs.ts jobToken), `what`: the work in words */
+  | { kind: "job-start"; run: string; layer: number; job: string; what: string; delivery: number }
+  | { kind: "job-done"; run: string; layer: number; job: string; seconds: number }
+  /** a redelivered job another worker finished meanwhile */
+  | { kind: "job-skipped"; run: string; layer: number; job: string }
+  | { kind: "job-failed"; run: string; layer: number; job: string; code: string; message: string }
   /** a message that is not a job this version reads, or of a run whose manifest is gone: dropped */
   | { kind: "job-dropped"; reason: string };
 
@@ -98,15 +100,16 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
     c.o.onEvent?.({ kind: "job-dropped", reason: `message ${m.seq} is not a job moecal's protocol reads` });
     return;
   }
-  const at = { run: job.run, layer: job.layer, group: job.group };
-  if ((await c.kv.get(doneKey(job.run, job.layer, job)))?.operation === "PUT") {
+  const token = jobToken(job);
+  const at = { run: job.run, layer: job.layer, job: token };
+  if ((await c.kv.get(doneKey(job.run, job.layer, token)))?.operation === "PUT") {
     m.ack();
     c.o.onEvent?.({ kind: "job-skipped", ...at });
     return;
   }
   const run = await openedRun(m, job, c);
   if (!run) return;
-  c.o.onEvent?.({ kind: "job-start", ...at, first: job.first, end: job.end, delivery: m.info.deliveryCount });
+  c.o.onEvent?.({ kind: "job-start", ...at, what: jobLabel(job), delivery: m.info.deliveryCount });
   // alive every third of the ack timeout the latest coordinator set (--job-timeout)
   const ackWaitMs = ((await c.consumer.info()).config.ack_wait ?? 60e9) / 1e6;
   const beat = setInterval(() => m.working(), Math.max(250, ackWaitMs / 3));
@@ -115,9 +118,11 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
     if (job.layer >= run.steps.run.config.numHiddenLayers)
       throw new UsageError(`the model has ${run.steps.run.config.numHiddenLayers} layers, the job is for layer ${job.layer}`);
     // temporaries named by the worker: a redelivered job may run beside this one, on another host
-    await quantizeGroupJob(run.steps, run.manifest.work_dir, job.layer, { ...job, tag: c.name.replace(/[^A-Za-z0-9_-]/g, "_") });
+    const tag = c.name.replace(/[^A-Za-z0-9_-]/g, "_");
+    if (job.kind === "group") await quantizeGroupJob(run.steps, run.manifest.work_dir, job.layer, { ...job, tag });
+    else await tokenShardJob(run.steps, run.manifest.work_dir, job.layer, { ...job, tag });
     const seconds = (performance.now() - t0) / 1000;
-    await c.kv.put(doneKey(job.run, job.layer, job), JSON.stringify({ worker: c.name, seconds }));
+    await c.kv.put(doneKey(job.run, job.layer, token), JSON.stringify({ worker: c.name, seconds }));
     m.ack();
     c.o.onEvent?.({ kind: "job-done", ...at, seconds });
   } catch (e) {
@@ -127,7 +132,7 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
       throw e;
     }
     // a bad input (file, option): the run fails with it, in the coordinator
-    await c.kv.put(failedKey(job.run, job.layer, job), JSON.stringify({ worker: c.name, code: e.code, message: e.message }));
+    await c.kv.put(failedKey(job.run, job.layer, token), JSON.stringify({ worker: c.name, code: e.code, message: e.message }));
     m.term();
     c.o.onEvent?.({ kind: "job-failed", ...at, code: e.code, message: e.message });
   } finally {
@@ -136,7 +141,7 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
 }
 
 /** The run of `job`, opened on its first job: null when its manifest is gone (the job is dropped); a refused manifest stops the worker. */
-async function openedRun(m: JsMsg, job: GroupJobMessage, c: Context): Promise<OpenedRun | null> {
+async function openedRun(m: JsMsg, job: JobMessage, c: Context): Promise<OpenedRun | null> {
   const known = c.runs.get(job.run);
   if (known) return known;
   const entry = await c.kv.get(`${job.run}.manifest`);
@@ -175,8 +180,9 @@ function openManifestRun(text: string, id: string, o: WorkerOptions): OpenedRun 
     run,
     ...stepSettings(run),
     samples: 0,
+    shards: [],
     eachInput: () => {
-      throw new InternalError("a worker's group job has no layer inputs (it replays the streamed calls)");
+      throw new InternalError("a worker's job reads its own layer inputs (a token shard) or replays the streamed calls (a group)");
     },
   };
   return { manifest, steps };

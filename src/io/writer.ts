@@ -74,11 +74,11 @@ export function writeSafetensors(file: string, tensors: NamedRaw[], metadata?: R
   }
 }
 
-/** Write all of `buf` at the file's position (a write may take part of it); a failure names `file`. */
-export function writeAll(fd: number, buf: Uint8Array, file: string): void {
+/** Write all of `buf` at the file's position, or at `position` (a write may take part of it); a failure names `file`. */
+export function writeAll(fd: number, buf: Uint8Array, file: string, position?: number): void {
   let done = 0;
   try {
-    while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done);
+    while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position === undefined ? null : position + done);
   } catch (cause) {
     throw new IoError(`${file}: write failed (${(cause as Error).message})`, { cause });
   }

@@ -4,8 +4,6 @@
  * the work folder (a crash costs at most one layer), the output assembled at the end.
  */
 import path from "node:path";
-import { checkStop } from "../util/interrupt.js";
-import { Tensor } from "../engine/tensor.js";
 import { asUsageError } from "../errors.js";
 import { sha256File } from "../io/hash.js";
 import { withMoeCalibration } from "../calibration/context.js";
@@ -33,7 +31,8 @@ import {
 } from "./layer-steps.js";
 import { groupedLayer } from "./expert-groups.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
-import { BATCH_TOKENS, DEFAULT_SHARD_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
+import { eachInShards, inputShards } from "./layer-inputs.js";
+import { DEFAULT_SHARD_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
 import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { plan } from "./plan.js";
 import { checkPlan, freeDiskBytes } from "./plan-report.js";
@@ -146,30 +145,13 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
      * --shard-tokens tokens: consecutive samples of one length as one batch [B, S, H] of at most
      * BATCH_TOKENS tokens (a view, no copy), with the number of samples and of tokens up to and including it.
      */
-    const eachInput: LayerSteps["eachInput"] = async (i, each, endShard) => {
-      let done = 0;
-      let tokens = 0;
-      for await (const chunk of layerWork.hiddenChunks(i - 1, lengths, H, shardTokens)) {
-        for (let a = 0; a < chunk.length; ) {
-          const first = chunk[a] as Tensor;
-          const S = first.dim(1);
-          let b = a + 1;
-          while (b < chunk.length && (chunk[b] as Tensor).dim(1) === S && (b - a + 1) * S <= BATCH_TOKENS) b++;
-          const B = b - a;
-          const h = B === 1 ? first : new Tensor(new Float32Array(first.data.buffer, first.data.byteOffset, B * S * H), [B, S, H]);
-          done += B;
-          tokens += B * S;
-          checkStop();
-          await each(h, done, tokens);
-          a = b;
-        }
-        endShard?.();
-      }
-    };
+    const eachInput: LayerSteps["eachInput"] = (i, each, endShard) =>
+      eachInShards(layerWork.hiddenChunks(i - 1, lengths, H, shardTokens), each, endShard);
     const steps: LayerSteps = {
       run,
       ...settings,
       samples: samples.length,
+      shards: inputShards(lengths, shardTokens),
       eachInput,
     };
     for (let i = state.layer + 1; i < N; i++) {
@@ -244,7 +226,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       part: LayerOutcome,
       cov: LayerCoverage | null,
       tensors: (NamedRaw | LazyRaw)[],
-      next: HiddenWriter | null,
+      next: Pick<HiddenWriter, "commit"> | null,
     ): void {
       warnFallbacks(warn, `layer ${i}`, part.fallbacks);
       state.fallbacks.push(...part.fallbacks);

@@ -14,7 +14,7 @@
  *    resumes after the last saved group.
  * 4. A last pass runs the layer with each call's routed sum read back, for the next layer's input.
  *
- * With a GroupExecutor (remote-groups.ts: workers on NATS), step 3 is its jobs' (quantizeGroupJob,
+ * With a RemoteExecutor (remote-groups.ts: workers on NATS), step 3 is its jobs' (quantizeGroupJob,
  * which also writes the group's routed rows), and the coordinator adds every group's rows at once.
  *
  * Every statistic and sum is taken in the whole layer's order, so the output is byte-identical to
@@ -23,53 +23,38 @@
 import fs from "node:fs";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, UsageError } from "../errors.js";
-import { withMoeCalibration } from "../calibration/context.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import { type FastState, newFastState } from "../calibration/fast-path.js";
 import { calibrateExperts } from "../calibration/routed-experts.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
-import { type RoutedInput, asMoeBlock, routedRows, servedExperts, withRoutedOverride } from "../nn/moe.js";
-import { type GroupExecutor, type GroupSpan, addRemoteSums } from "./remote-groups.js";
-import type { Module } from "../nn/module.js";
-import type { SwiGluExpert } from "../calibration/fast-path.js";
+import { type RoutedInput, routedRows, servedExperts } from "../nn/moe.js";
+import { type RemoteExecutor, type GroupSpan, addRemoteSums } from "./remote-groups.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
-import { type LayerOutcome, type LayerSteps, type PartResult, inLinearOrder, observeAndQuantize, quantizedTensors } from "./layer-steps.js";
+import {
+  type Expert,
+  type LayerOutcome,
+  type LayerSteps,
+  type PartResult,
+  inLinearOrder,
+  moeOf,
+  observeAndQuantize,
+  quantizedTensors,
+} from "./layer-steps.js";
 import type { PrepCache } from "./quantize-layer.js";
-import { groupFiles, streamRecords, streamWriter } from "./moe-stream.js";
+import { callFiles, callRecords, groupFiles, streamCalls, streamRecords, streamWriter } from "./moe-stream.js";
+import { batchCount } from "./layer-inputs.js";
+import { addShardStats, hiddenSizeOf, writeNonExpert } from "./token-shards.js";
 import { assembleLayer, finalPass } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
 import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
-
-type Expert = SwiGluExpert & Module<Tensor, Tensor>;
-
-/** The layer's MoE block: its experts in order, the module name of each, and each expert parameter's expert. */
-function moeOf(
-  layer: DecoderLayer,
-  prefix: string,
-): { experts: Expert[]; expertOf: Map<string, number>; linearExpert: Map<string, number> } {
-  const found = layer.namedModules(prefix).find(([, m]) => asMoeBlock(m) !== null);
-  const block = found ? asMoeBlock(found[1]) : null;
-  if (!block) throw new CheckpointFormatError(`${prefix} has no MoE block to run in expert groups`);
-  const experts = block.routedExperts() as Expert[];
-  const index = new Map<unknown, number>(experts.map((e, k) => [e, k]));
-  const expertOf = new Map<string, number>();
-  const linearExpert = new Map<string, number>();
-  for (const [n, m] of layer.namedModules(prefix)) {
-    const e = index.get(m);
-    if (e === undefined) continue;
-    for (const [p] of m.namedParameters(n)) expertOf.set(p, e);
-    for (const [l] of m.namedModules(n)) if (l !== n) linearExpert.set(l, e);
-  }
-  return { experts, expertOf, linearExpert };
-}
 
 export interface GroupedLayerResult {
   part: LayerOutcome;
   coverage: LayerCoverage | null;
   tensors: (NamedRaw | LazyRaw)[];
-  next: HiddenWriter | null;
+  next: Pick<HiddenWriter, "commit"> | null;
   /** remove the layer's group files (after the layer is saved) */
   clean(): void;
 }
@@ -85,7 +70,7 @@ export function jobGroupSize(E: number, idle: number): number {
 /** Run layer `i` in groups of `groupSize` experts (null: jobGroupSize; a resumed layer keeps the group size it started with). */
 export async function groupedLayer(
   steps: LayerSteps,
-  job: { i: number; groupSize: number | null; work: WorkFolder; state: WorkState; last: boolean; remote?: GroupExecutor },
+  job: { i: number; groupSize: number | null; work: WorkFolder; state: WorkState; last: boolean; remote?: RemoteExecutor },
 ): Promise<GroupedLayerResult> {
   const { run } = steps;
   const { i, work } = job;
@@ -107,37 +92,40 @@ export async function groupedLayer(
     progress?.({ kind: "phase", layer: i, phase: "calibrate" });
     const tracker = trackCoverage(layer, prefix);
     let nonExpert: PartResult;
+    // distributed: the layer's token shards are jobs, their statistics added here in shard order
+    const { remote } = job;
+    const shards = remote ? steps.shards : [];
+    const routedOf = (): number[] | null => tracker.coverage.layers[String(i)]?.routed ?? null;
     try {
       nonExpert = await observeAndQuantize(
         steps,
         layer,
         i,
         (n) => !linearExpert.has(n),
-        ({ endShard }) => streamCalls(steps, layer, i, files.calibrate, true, endShard),
+        remote
+          ? async (o) => {
+              await remote.shards(i, "calibrate", shards);
+              for (const s of shards) addShardStats(files, s, o, routedOf());
+            }
+          : ({ endShard }) => streamCalls(steps, layer, i, { file: files.calibrate, calibrate: true }, endShard),
       );
     } finally {
       tracker.remove();
     }
-    const routed = tracker.coverage.layers[String(i)]?.routed ?? null;
+    const routed = routedOf();
     // 2. the block's calls as propagation sees them (not needed after the last layer)
     if (!job.last) {
       progress?.({ kind: "phase", layer: i, phase: "propagate" });
-      await streamCalls(steps, layer, i, files.propagate, false);
+      if (remote) {
+        writeNonExpert(files, layer, prefix, nonExpert.results);
+        await remote.shards(i, "propagate", shards);
+      } else await streamCalls(steps, layer, i, { file: files.propagate, calibrate: false });
     }
     // 3. the groups not done yet
-    await runGroups(steps, { i, layer, experts, expertOf, linearExpert, files, gs, last: job.last, stop }, job);
+    const l: LayerJob = { i, layer, experts, expertOf, linearExpert, files, gs, last: job.last, stop, shards: shards.length };
+    await runGroups(steps, l, job);
     // 4. the layer's output, each call's routed sum read back
-    let next: HiddenWriter | null = null;
-    if (!job.last) {
-      progress?.({ kind: "phase", layer: i, phase: "propagate" });
-      next = work.hiddenWriter(i);
-      try {
-        await finalPass(steps, layer, i, files.routed(groups), next);
-      } catch (e) {
-        next.abandon();
-        throw e;
-      }
-    }
+    const next = job.last ? null : await layerOutput(steps, l, work, remote);
     progress?.({ kind: "phase", layer: i, phase: "write" });
     const done = Array.from({ length: groups }, (_, g) =>
       readGroupResult(files, g, g * gs.group_size, Math.min(E, (g + 1) * gs.group_size)),
@@ -153,7 +141,11 @@ export async function groupedLayer(
       tensors: assembleLayer(steps, layer, i, nonExpert, done, files),
       next,
       clean: () => {
-        for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state]) fs.rmSync(f, { force: true });
+        for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state, files.nonExpert])
+          fs.rmSync(f, { force: true });
+        for (const { shard: k } of shards)
+          for (const f of [files.calls("calibrate", k), files.calls("propagate", k), files.shardStats(k), files.shardResult(k)])
+            fs.rmSync(f, { force: true });
         for (let g = 0; g < groups; g++) for (const f of [files.tensors(g), files.result(g), files.rows(g)]) fs.rmSync(f, { force: true });
       },
     };
@@ -173,17 +165,52 @@ interface LayerJob {
   gs: GroupState;
   last: boolean;
   stop: (stage: CheckpointStage) => void;
+  /** the layer's calls are in this many shard files (a distributed run's token shards; 0: one file) */
+  shards: number;
+}
+
+/**
+ * The layer's outputs, the next layer's inputs (written; committed with the layer): from a pass with
+ * each call's routed sum read back, here or by token-shard jobs (each at its shard's place).
+ */
+async function layerOutput(
+  steps: LayerSteps,
+  l: LayerJob,
+  work: WorkFolder,
+  remote?: RemoteExecutor,
+): Promise<Pick<HiddenWriter, "commit">> {
+  const groups = Math.ceil(l.experts.length / l.gs.group_size);
+  steps.run.opts.onProgress?.({ kind: "phase", layer: l.i, phase: "propagate" });
+  const H = hiddenSizeOf(steps.run.model);
+  const tokens = steps.shards.reduce((a, s) => a + s.lengths.reduce((x, y) => x + y, 0), 0);
+  const next = remote ? work.hiddenSlots(l.i, tokens, H, remote.session) : work.hiddenWriter(l.i);
+  try {
+    if (remote) {
+      // shard k's sums start after the records of the calls before it: 12 bytes and T H floats each
+      let calls = 0;
+      const jobs = steps.shards.map((s) => {
+        const at = 12 * calls + 4 * H * s.offset;
+        calls += batchCount(s);
+        return { ...s, routed: { done: groups, at } };
+      });
+      await remote.shards(l.i, "output", jobs);
+    } else await finalPass(steps, l.layer, l.i, { file: l.files.routed(groups) }, next as HiddenWriter);
+  } catch (e) {
+    next.abandon();
+    throw e;
+  }
+  return next;
 }
 
 /**
  * The groups of the layer not done yet, in order, each saved when done (its state, and a state.json
- * a rerun resumes from). With a GroupExecutor, the groups are quantized there first, all at once,
+ * a rerun resumes from). With a RemoteExecutor, the groups are quantized there first, all at once,
  * and their routed outputs are then added here in order, from the weights their files hold.
  */
 async function runGroups(
   steps: LayerSteps,
   l: LayerJob,
-  job: { work: WorkFolder; state: WorkState; remote?: GroupExecutor },
+  job: { work: WorkFolder; state: WorkState; remote?: RemoteExecutor },
 ): Promise<void> {
   const E = l.experts.length;
   const size = l.gs.group_size;
@@ -206,8 +233,8 @@ async function runGroups(
     // the group size kept before the jobs run: a coordinator killed while they run resumes with the same groups
     writeGroupState(l.files, l.gs);
     job.work.saveState(job.state);
-    await job.remote.quantize(l.i, spans, !l.last);
-    await addRemoteSums(l, spans);
+    await job.remote.quantize(l.i, spans, { sums: !l.last, shards: l.shards });
+    await addRemoteSums(l, spans, l.shards);
     saved(groups);
     for (const s of spans) fs.rmSync(l.files.rows(s.group), { force: true });
     return;
@@ -216,45 +243,6 @@ async function runGroups(
     steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
     await runGroup(steps, { ...l, a, b, fastState, preps });
     saved(g + 1);
-  }
-}
-
-/** One pass over the layer's inputs with the MoE block's routed step replaced by writing its calls to `file`. */
-async function streamCalls(
-  steps: LayerSteps,
-  layer: DecoderLayer,
-  i: number,
-  file: string,
-  calibrate: boolean,
-  endShard?: () => void,
-): Promise<void> {
-  const w = streamWriter(file);
-  try {
-    const pass = (l: DecoderLayer): Promise<void> =>
-      withRoutedOverride(
-        async (input) => w.append(input),
-        () =>
-          steps.eachInput(
-            i,
-            async (h, done, tokens) => {
-              await l.call(h);
-              const phase = calibrate ? "calibrate" : "propagate";
-              steps.run.opts.onProgress?.({ kind: "samples", layer: i, phase, done, total: steps.samples, tokens });
-            },
-            endShard,
-          ),
-      );
-    if (calibrate)
-      await withMoeCalibration(
-        layer,
-        { calibrateAllExperts: steps.calibrateAllExperts, config: steps.run.config, fastPath: steps.fastPath },
-        pass,
-      );
-    else await pass(layer);
-    w.commit();
-  } catch (e) {
-    w.abandon();
-    throw e;
   }
 }
 
@@ -309,7 +297,7 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
       j.i,
       (n) => inGroup(j, j.linearExpert.get(n)),
       async () => {
-        for await (const input of streamRecords(j.files.calibrate)) {
+        for await (const input of callRecords(callFiles(j.files, "calibrate", j.shards))) {
           checkStop();
           const step = {
             ...input,
@@ -378,7 +366,7 @@ async function writeRoutedRows(j: GroupJob, g: number): Promise<void> {
   const w = streamWriter(j.files.rows(g), j.tag);
   try {
     const members = j.experts.slice(j.a, j.b);
-    for await (const input of streamRecords(j.files.propagate)) {
+    for await (const input of callRecords(callFiles(j.files, "propagate", j.shards))) {
       checkStop();
       w.append(await routedRows(input, members, j.a));
     }
@@ -398,7 +386,7 @@ export async function quantizeGroupJob(
   steps: LayerSteps,
   dir: string,
   i: number,
-  span: GroupSpan & { sums: boolean; tag: string },
+  span: GroupSpan & { sums: boolean; shards: number; tag: string },
 ): Promise<void> {
   const { run } = steps;
   const layer = run.model.model.layers.at(i);
@@ -414,6 +402,7 @@ export async function quantizeGroupJob(
     gs: { layer: i, group_size: span.size, done: 0 },
     last: false,
     stop: () => undefined,
+    shards: span.shards,
     a: span.first,
     b: span.end,
     fastState: newFastState(),

@@ -16,16 +16,25 @@ import { type groupFiles, streamRecords } from "./moe-stream.js";
 import { staticInputScale } from "./quantize-layer.js";
 import { type HiddenWriter, RESTART, openPrivateSafetensors } from "./work-folder.js";
 
-/** The layer over its inputs once more, each MoE call's routed sum read back instead of computed: the next layer's inputs. */
-export async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: number, sumsFile: string, next: HiddenWriter): Promise<void> {
-  const sums = streamRecords(sumsFile);
+/**
+ * The layer over its inputs once more, each MoE call's routed sum read back from `sums.file` (from
+ * byte `sums.at`: a token shard's first call) instead of computed: the next layer's inputs.
+ */
+export async function finalPass(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  sums: { file: string; at?: number },
+  next: Pick<HiddenWriter, "append">,
+): Promise<void> {
+  const records = streamRecords(sums.file, sums.at ?? 0);
   const progress = steps.run.opts.onProgress;
   try {
     await withRoutedOverride(
       async (input, routed) => {
-        const r = await sums.next();
+        const r = await records.next();
         if (r.done || r.value.flat.size !== routed.size || r.value.flat.dim(0) !== input.flat.dim(0))
-          throw new CheckpointFormatError(`${sumsFile}: its calls do not match the layer's; ${RESTART}`);
+          throw new CheckpointFormatError(`${sums.file}: its calls do not match the layer's; ${RESTART}`);
         routed.data.set(r.value.flat.data);
       },
       () =>
@@ -37,7 +46,7 @@ export async function finalPass(steps: LayerSteps, layer: DecoderLayer, i: numbe
         }),
     );
   } finally {
-    await sums.return(undefined);
+    await records.return(undefined);
   }
 }
 

@@ -6,6 +6,10 @@
 import type { Tensor } from "../engine/tensor.js";
 import { type HessianStats, type InputAbsMax, attachHessianObservers, attachInputAbsMax } from "../calibration/observers.js";
 import { asMoeBlock } from "../nn/moe.js";
+import type { InputShard } from "./layer-inputs.js";
+import type { Module } from "../nn/module.js";
+import type { SwiGluExpert } from "../calibration/fast-path.js";
+import { CheckpointFormatError } from "../errors.js";
 import {
   DEFAULT_STATISTICS,
   type ExpertStatisticsOptions,
@@ -38,6 +42,8 @@ export interface LayerSteps {
   gptq: { dampening: number; blockSize: number };
   /** calibration samples (for progress) */
   samples: number;
+  /** the shards of the layers' inputs (--shard-tokens; a worker's: none, its job names its shard) */
+  shards: readonly InputShard[];
   /**
    * Layer `i`'s calibration inputs, batch by batch, with the samples and tokens done so far; they come
    * in shards of whole samples (--shard-tokens), and `endShard` is called after each.
@@ -73,6 +79,29 @@ export const schemeOfTarget =
   (n: string): Scheme =>
     run.schemeOf(n) as Scheme;
 
+export type Expert = SwiGluExpert & Module<Tensor, Tensor>;
+
+/** The layer's MoE block: its experts in order, the module name of each, and each expert parameter's expert. */
+export function moeOf(
+  layer: DecoderLayer,
+  prefix: string,
+): { experts: Expert[]; expertOf: Map<string, number>; linearExpert: Map<string, number> } {
+  const found = layer.namedModules(prefix).find(([, m]) => asMoeBlock(m) !== null);
+  const block = found ? asMoeBlock(found[1]) : null;
+  if (!block) throw new CheckpointFormatError(`${prefix} has no MoE block to run in expert groups`);
+  const experts = block.routedExperts() as Expert[];
+  const index = new Map<unknown, number>(experts.map((e, k) => [e, k]));
+  const expertOf = new Map<string, number>();
+  const linearExpert = new Map<string, number>();
+  for (const [n, m] of layer.namedModules(prefix)) {
+    const e = index.get(m);
+    if (e === undefined) continue;
+    for (const [p] of m.namedParameters(n)) expertOf.set(p, e);
+    for (const [l] of m.namedModules(n)) if (l !== n) linearExpert.set(l, e);
+  }
+  return { experts, expertOf, linearExpert };
+}
+
 /** The Linears of the layer's routed experts, by name (a dense layer has none). */
 export function routedExpertLinears(layer: DecoderLayer, prefix: string): Set<string> {
   const experts = new Set<unknown>(layer.namedModules(prefix).flatMap(([, m]) => asMoeBlock(m)?.routedExperts() ?? []));
@@ -92,19 +121,23 @@ export interface PassObservers {
   inputAbsMax: ReadonlyMap<string, InputAbsMax>;
 }
 
+/** The statistics a pass took of a layer's target Linears, and which expert Linears kept all-token statistics. */
+export interface Observed {
+  targets: LayerTargets;
+  allTokenFallbacks: string[];
+}
+
 /**
- * Observe the target Linears of `layer` that `include` names while `pass` runs (Hessians for GPTQ,
- * input maxima for static activation scales), then quantize them: their weights become the
- * dequantized values, so what runs after sees the quantization error.
+ * Observe the target Linears of `layer` that `include` names while `pass` runs: Hessians for GPTQ,
+ * input maxima for static activation scales.
  */
-export async function observeAndQuantize(
+export async function observeLayer(
   steps: LayerSteps,
   layer: DecoderLayer,
   i: number,
   include: (linear: string) => boolean,
   pass: (o: PassObservers) => Promise<void>,
-  preps?: PrepCache,
-): Promise<PartResult> {
+): Promise<Observed> {
   const { run } = steps;
   const prefix = `model.layers.${i}`;
   const schemeOf = schemeOfTarget(run);
@@ -137,7 +170,24 @@ export async function observeAndQuantize(
     for (const [n, st] of observers.stats) if (st.allTokenFallback) allTokenFallbacks.push(n);
   }
   if (absMax) targets.inputAbsMax = absMax.stats;
-  const { results, fallbacks } = await quantizeLayerLinears(targets, schemeOf, run.methodOf, run.scaleDType, {
+  return { targets, allTokenFallbacks };
+}
+
+/**
+ * Observe the target Linears of `layer` that `include` names while `pass` runs (observeLayer), then
+ * quantize them: their weights become the dequantized values, so what runs after sees the quantization error.
+ */
+export async function observeAndQuantize(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  include: (linear: string) => boolean,
+  pass: (o: PassObservers) => Promise<void>,
+  preps?: PrepCache,
+): Promise<PartResult> {
+  const { run } = steps;
+  const { targets, allTokenFallbacks } = await observeLayer(steps, layer, i, include, pass);
+  const { results, fallbacks } = await quantizeLayerLinears(targets, schemeOfTarget(run), run.methodOf, run.scaleDType, {
     ...steps.gptq,
     layerLabel: `layer ${i}`,
     workers: run.opts.workers,

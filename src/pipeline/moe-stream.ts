@@ -12,7 +12,10 @@ import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { readAt } from "../io/files.js";
-import type { RoutedInput } from "../nn/moe.js";
+import { type RoutedInput, withRoutedOverride } from "../nn/moe.js";
+import { withMoeCalibration } from "../calibration/context.js";
+import type { DecoderLayer } from "../models/family.js";
+import type { LayerSteps } from "./layer-steps.js";
 import { RESTART, openPrivate, privateWriter } from "./work-folder.js";
 
 export interface StreamWriter {
@@ -48,11 +51,11 @@ function readBytes(fd: number, n: number, pos: number, file: string): Uint8Array
   return buf;
 }
 
-/** The records of `file`, in order: routed inputs (K > 0) or tensors [T, H] (K = 0). */
-export async function* streamRecords(file: string): AsyncGenerator<RoutedInput> {
+/** The records of `file`, in order, from byte `from` (a record's start): routed inputs (K > 0) or tensors [T, H] (K = 0). */
+export async function* streamRecords(file: string, from = 0): AsyncGenerator<RoutedInput> {
   const { fd, size } = openPrivate(file);
   try {
-    let pos = 0;
+    let pos = from;
     while (pos < size) {
       const head = new Int32Array(readBytes(fd, 12, pos, file).buffer);
       const [T, H, K] = [head[0] as number, head[1] as number, head[2] as number];
@@ -89,5 +92,67 @@ export function groupFiles(dir: string, i: number) {
     result: (g: number) => path.join(dir, `layer-${i}-group-${g}.json`),
     /** the state of the layer's groups */
     state: path.join(dir, `layer-${i}-groups.json`),
+    /** a distributed run's token-shard jobs: the block's calls of shard `k` (calibrate: original weights; propagate: the non-expert part quantized) */
+    calls: (kind: "calibrate" | "propagate", k: number) => path.join(dir, `moe-${i}-${kind}-s${k}.bin`),
+    /** the routed sums of shard `k`'s propagation calls */
+    routedShard: (k: number) => path.join(dir, `moe-${i}-routed-s${k}.bin`),
+    /** shard `k`'s sums of the non-expert Linears' input Gram products */
+    shardStats: (k: number) => path.join(dir, `layer-${i}-shard-${k}.safetensors`),
+    /** what shard `k` saw (rows, input maxima, routed tokens; written after its statistics) */
+    shardResult: (k: number) => path.join(dir, `layer-${i}-shard-${k}.json`),
+    /** the quantized non-expert Linears' weights (dequantized, float32), for the propagation shards */
+    nonExpert: path.join(dir, `layer-${i}-non-expert.safetensors`),
   };
+}
+
+/** The files of a layer's calls of `kind`: one (a local run), or one per shard (`shards` > 0: a distributed run's token-shard jobs). */
+export function callFiles(files: ReturnType<typeof groupFiles>, kind: "calibrate" | "propagate", shards: number): string[] {
+  return shards === 0 ? [files[kind]] : Array.from({ length: shards }, (_, k) => files.calls(kind, k));
+}
+
+/** The records of `list`'s files, one file after another. */
+export async function* callRecords(list: readonly string[]): AsyncGenerator<RoutedInput> {
+  for (const f of list) yield* streamRecords(f);
+}
+
+/**
+ * One pass over the layer's inputs with the MoE block's routed step replaced by writing its calls to
+ * `to.file` (`calibrate`: inside the calibration context; `tag`: privateWriter's).
+ */
+export async function streamCalls(
+  steps: LayerSteps,
+  layer: DecoderLayer,
+  i: number,
+  to: { file: string; calibrate: boolean; tag?: string },
+  endShard?: () => void,
+): Promise<void> {
+  const { calibrate } = to;
+  const w = streamWriter(to.file, to.tag);
+  try {
+    const pass = (l: DecoderLayer): Promise<void> =>
+      withRoutedOverride(
+        async (input) => w.append(input),
+        () =>
+          steps.eachInput(
+            i,
+            async (h, done, tokens) => {
+              await l.call(h);
+              const phase = calibrate ? "calibrate" : "propagate";
+              steps.run.opts.onProgress?.({ kind: "samples", layer: i, phase, done, total: steps.samples, tokens });
+            },
+            endShard,
+          ),
+      );
+    if (calibrate)
+      await withMoeCalibration(
+        layer,
+        { calibrateAllExperts: steps.calibrateAllExperts, config: steps.run.config, fastPath: steps.fastPath },
+        pass,
+      );
+    else await pass(layer);
+    w.commit();
+  } catch (e) {
+    w.abandon();
+    throw e;
+  }
 }

@@ -95,6 +95,10 @@ export type ProgressEvent =
   | { kind: "group-jobs"; layer: number; queued: number; done: number }
   /** distributed: a worker finished a group (its files are in the work folder) */
   | { kind: "group-job-done"; layer: number; group: number; worker: string; seconds: number }
+  /** distributed: layer `layer`'s token shards queued for the workers, for one phase of its non-expert part */
+  | { kind: "shard-jobs"; layer: number; phase: "calibrate" | "propagate" | "output"; queued: number; done: number }
+  /** distributed: a worker finished a token shard of the layer's non-expert part */
+  | { kind: "shard-job-done"; layer: number; phase: "calibrate" | "propagate" | "output"; shard: number; worker: string; seconds: number }
   /** layer `layer` resumes after `done` of its `groups` expert groups */
   | { kind: "resume-groups"; layer: number; done: number; groups: number }
   /** data-free: resuming after output shards an earlier run finished */

@@ -12,11 +12,12 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { Tensor } from "../engine/tensor.js";
+import type { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, IoError, UsageError, asFormatError } from "../errors.js";
 import { readAt } from "../io/files.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensorsLazy, writeAll } from "../io/writer.js";
+import { hiddenFileOf, inputShards, readShard, slotsFileOf } from "./layer-inputs.js";
 import { type WorkManifest, type WorkState, differences, shapeProblem, stateProblem } from "./work-manifest.js";
 
 export type { WorkManifest, WorkState } from "./work-manifest.js";
@@ -283,7 +284,8 @@ export class WorkFolder {
       const state = readChecked<WorkState>(stateFile, "state");
       this.assertConsistent(state, layers);
       // temporaries of the run that stopped are garbage (and their space the run's own)
-      for (const f of fs.readdirSync(this.dir)) if (f.endsWith(".tmp")) fs.rmSync(path.join(this.dir, f), { force: true });
+      for (const f of fs.readdirSync(this.dir))
+        if (f.endsWith(".tmp") || f.endsWith(".slots")) fs.rmSync(path.join(this.dir, f), { force: true });
       this.resume = state;
       open.add(this.dir);
       return;
@@ -327,7 +329,7 @@ export class WorkFolder {
 
   /** The hidden states after layer `i` (-1: the embeddings, the input of layer 0). */
   private hiddenFile(i: number): string {
-    return path.join(this.dir, i < 0 ? "embeddings.bin" : `hidden-${i}.bin`);
+    return hiddenFileOf(this.dir, i);
   }
 
   /**
@@ -346,40 +348,48 @@ export class WorkFolder {
 
   /**
    * The hidden states after layer `i` (-1: the embeddings), [1, S, H] per sample of the given
-   * lengths, read from disk in groups of samples of at most `maxTokens` tokens.
+   * lengths, read from disk in shards of whole samples of at most `maxTokens` tokens.
    */
   async *hiddenChunks(i: number, lengths: readonly number[], H: number, maxTokens: number): AsyncGenerator<Tensor[]> {
     const file = this.hiddenFile(i);
     const expected = lengths.reduce((a, b) => a + b, 0) * H * 4;
     if (!lstatOrNull(file)) throw new CheckpointFormatError(`${file}: missing; ${RESTART}`);
     const { fd, size } = openPrivate(file);
-    if (size !== expected) {
-      fs.closeSync(fd);
-      throw new CheckpointFormatError(`${file}: ${size} bytes, expected ${expected}; ${RESTART}`);
-    }
     try {
-      let pos = 0;
-      for (let s0 = 0; s0 < lengths.length; ) {
-        let s1 = s0;
-        let tokens = 0;
-        while (s1 < lengths.length && (s1 === s0 || tokens + (lengths[s1] as number) <= maxTokens)) tokens += lengths[s1++] as number;
-        const buf = new Float32Array(tokens * H);
-        const bytes = new Uint8Array(buf.buffer);
-        readAt(fd, file, bytes, pos, asFormatError);
-        pos += bytes.byteLength;
-        const chunk: Tensor[] = [];
-        let off = 0;
-        for (let s = s0; s < s1; s++) {
-          const S = lengths[s] as number;
-          chunk.push(new Tensor(buf.subarray(off, off + S * H), [1, S, H]));
-          off += S * H;
-        }
-        yield chunk;
-        s0 = s1;
-      }
+      if (size !== expected) throw new CheckpointFormatError(`${file}: ${size} bytes, expected ${expected}; ${RESTART}`);
+      for (const s of inputShards(lengths, maxTokens)) yield readShard(fd, file, s, H);
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /**
+   * The hidden states after layer `i`, written by other processes (token-shard jobs) at their
+   * shards' places into a preallocated private file (layer-inputs.ts slotsFileOf) of `tokens`
+   * tokens; `commit` makes it the layer's outputs (fsync, rename), as `saveLayer` does.
+   */
+  hiddenSlots(i: number, tokens: number, H: number, session: string): Pick<HiddenWriter, "commit" | "abandon"> {
+    const tmp = slotsFileOf(this.dir, i, session);
+    const fd = createPrivate(tmp);
+    try {
+      fs.ftruncateSync(fd, 4 * H * tokens);
+    } finally {
+      fs.closeSync(fd);
+    }
+    const file = this.hiddenFile(i);
+    return {
+      commit: () => {
+        const { fd: f } = openPrivate(tmp);
+        try {
+          fs.fsyncSync(f);
+        } finally {
+          fs.closeSync(f);
+        }
+        fs.renameSync(tmp, file);
+        syncFolder(this.dir);
+      },
+      abandon: () => fs.rmSync(tmp, { force: true }),
+    };
   }
 
   /**
@@ -387,7 +397,12 @@ export class WorkFolder {
    * made visible now; none after the last layer), then the state; the previous layer's hidden
    * states are deleted afterwards.
    */
-  saveLayer(state: WorkState, tensors: (NamedRaw | LazyRaw)[], hidden: HiddenWriter | null, stop?: (stage: CheckpointStage) => void): void {
+  saveLayer(
+    state: WorkState,
+    tensors: (NamedRaw | LazyRaw)[],
+    hidden: Pick<HiddenWriter, "commit"> | null,
+    stop?: (stage: CheckpointStage) => void,
+  ): void {
     const i = state.layer;
     writeAtomic(this.layerFile(i), encodeSafetensorsLazy(tensors));
     stop?.("tensors");

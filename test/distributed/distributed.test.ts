@@ -102,8 +102,9 @@ const coordinator = (out: string, args: string[], onLine?: (line: string, p: Pro
   moecal(["oneshot", ...args, "--output", out, "--nats", server?.url ?? "", "--job-timeout", "3"], onLine);
 
 for (const [fixture, extra, counts] of [
-  ["tiny-qwen3_moe", ["--expert-group-size", "3"], [1, 2, 3]],
-  ["tiny-deepseek_v3-fp8", [], [2]],
+  // shards of at most 40 tokens: the samples of up to 32 tokens in several token-shard jobs
+  ["tiny-qwen3_moe", ["--expert-group-size", "3", "--shard-tokens", "40"], [1, 2, 3]],
+  ["tiny-deepseek_v3-fp8", ["--shard-tokens", "48"], [2]],
   ["tiny-glm4_moe", ["--recipe", recipe], [2]],
 ] as const) {
   for (const n of counts)
@@ -118,10 +119,16 @@ for (const [fixture, extra, counts] of [
       const { code } = await c.exit;
       const events = await stopAll(workers);
       assert.equal(code, 0, c.err.join("\n"));
-      const queued = c.err.filter((l) => /expert group job\(s\) queued/.test(l));
-      assert.ok(queued.length > 0, "the coordinator queued jobs");
-      const jobs = queued.reduce((a, l) => a + Number(/: (\d+) expert group/.exec(l)?.[1]), 0);
-      assert.equal(events.filter((e) => e.kind === "job-done").length, jobs, "every job was done by a worker");
+      const queued = (what: string): number =>
+        c.err.reduce((a, l) => a + Number(new RegExp(`: (\\d+) ${what} job\\(s\\) queued`).exec(l)?.[1] ?? 0), 0);
+      const [groups, shards] = [queued("expert group"), queued("token shard")];
+      assert.ok(groups > 0 && shards > 0, `the coordinator queued expert group and token shard jobs: ${c.err.join("\n")}`);
+      if (extra.includes("--shard-tokens"))
+        assert.ok(
+          c.err.some((l) => /: [2-9]\d* token shard job\(s\) queued/.test(l)),
+          "several token shards a phase",
+        );
+      assert.equal(events.filter((e) => e.kind === "job-done").length, groups + shards, "every job was done by a worker");
       assertSameFiles(out, reference);
     });
 }
@@ -143,7 +150,8 @@ test("a worker killed (SIGKILL) mid-job: the server redelivers its job after --j
   let killed: Record<string, unknown> | null = null;
   workers.push(
     worker((e, p) => {
-      if (e.kind !== "job-start" || killed) return;
+      // an expert group's job (seconds; a token shard's here takes milliseconds)
+      if (e.kind !== "job-start" || killed || !String(e.job).startsWith("g")) return;
       p.proc.kill("SIGKILL");
       killed = e;
       workers.push(worker());
@@ -158,9 +166,11 @@ test("a worker killed (SIGKILL) mid-job: the server redelivers its job after --j
   assert.equal((await first.exit).signal, "SIGKILL");
   assert.ok(killed, "the first worker started a job");
   const k = killed as Record<string, unknown>;
-  assert.ok(!first.out.some((l) => l.includes('"job-done"')), "the killed worker finished no job");
-  const again = events.find((e) => e.kind === "job-start" && e.layer === k.layer && e.group === k.group);
-  assert.ok(again, `another worker took layer ${k.layer} group ${k.group}`);
+  const doneBy = (p: Proc): Record<string, unknown>[] =>
+    p.out.filter((l) => l.includes('"job-done"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.ok(!doneBy(first).some((e) => e.layer === k.layer && e.job === k.job), "the killed worker did not finish its job");
+  const again = events.find((e) => e.kind === "job-start" && e.layer === k.layer && e.job === k.job);
+  assert.ok(again, `another worker took layer ${k.layer} job ${k.job}`);
   assert.ok((again.delivery as number) >= 2, `redelivered (delivery ${again.delivery})`);
   assertSameFiles(out, reference);
 });
@@ -173,7 +183,7 @@ test("the coordinator killed (SIGKILL) while its jobs run: rerun (even with anot
   const done: Record<string, unknown>[] = [];
   const workers = [1, 2].map(() =>
     worker((e) => {
-      if (e.kind === "job-done") done.push(e);
+      if (e.kind === "job-done" && String(e.job).startsWith("g")) done.push(e);
     }),
   );
   const out = path.join(tmp, "shared", "killed-coordinator");
@@ -234,7 +244,10 @@ test("a worker refuses a run started by another moecal version, a run whose mode
       await kv.put(`${id}.manifest`, JSON.stringify(manifest));
       await jsm.streams.purge(STREAM);
       const { jetstream } = await import("@nats-io/jetstream");
-      await jetstream(nc).publish(jobSubject(id), JSON.stringify({ run: id, layer: 0, group: 0, first: 0, end: 3, size: 3, sums: true }));
+      await jetstream(nc).publish(
+        jobSubject(id),
+        JSON.stringify({ kind: "group", run: id, layer: 0, group: 0, first: 0, end: 3, size: 3, sums: true, shards: 0 }),
+      );
       const w = worker();
       const { code } = await w.exit;
       assert.equal(code, 2, w.err.join("\n"));
@@ -269,22 +282,22 @@ test("a job that fails on a bad file (a link planted in the work folder) stops t
   const args = ["--model", shared("tiny-qwen3_moe"), ...RUN, "--expert-group-size", "3"];
   const out = path.join(tmp, "shared", "bad-job");
   const work = path.join(tmp, "shared", ".bad-job.moecal-work");
-  const stream = path.join(work, "moe-0-calibrate.bin");
+  const inputs = path.join(work, "embeddings.bin");
   const workers: Proc[] = [];
   const c = coordinator(out, args, (line) => {
-    if (!/layer 1\/3: 3 expert group job\(s\) queued/.test(line)) return;
-    // the layer's streamed calls, replaced by a link to a copy outside the work folder, before any worker reads them
-    const outside = path.join(tmp, "outside-calibrate.bin");
-    fs.copyFileSync(stream, outside);
-    fs.rmSync(stream);
-    fs.symlinkSync(outside, stream);
+    if (!/layer 1\/3: \d+ token shard job\(s\) queued for the workers \(calibrate\)/.test(line)) return;
+    // the layer's inputs, replaced by a link to a copy outside the work folder, before any worker reads them
+    const outside = path.join(tmp, "outside-embeddings.bin");
+    fs.copyFileSync(inputs, outside);
+    fs.rmSync(inputs);
+    fs.symlinkSync(outside, inputs);
     workers.push(worker());
   });
   const { code } = await c.exit;
   await stopAll(workers);
   const err = c.err.join("\n");
   assert.equal(code, 1, err);
-  assert.match(err, /layer 0 expert group \d, in worker [^:]+:\d+: .*moe-0-calibrate\.bin.*link/);
+  assert.match(err, /layer 0 token shard 0 \(calibrate\), in worker [^:]+:\d+: .*embeddings\.bin.*link/);
   assert.ok(!fs.existsSync(out), "no output");
 });
 
