@@ -209,6 +209,9 @@ export function progressPrinter(stream: NodeJS.WriteStream, opts: { now?: () => 
       case "shard-job-done":
         line(`layer ${e.layer + 1}/${layers}: token shard ${e.shard + 1} (${e.phase}) done by ${e.worker} in ${e.seconds.toFixed(1)} s`);
         break;
+      case "gptq-job-done":
+        line(`layer ${e.layer + 1}/${layers}: GPTQ of ${e.linear} done by ${e.worker} in ${e.seconds.toFixed(1)} s`);
+        break;
       case "resume-shards":
         line(`resuming after ${e.shards} finished output shard(s) (kept in ${e.folder})`);
         break;

@@ -13,6 +13,7 @@ import { RemoteJobError } from "../errors.js";
 import type { GroupSpan, RemoteExecutor, ShardJob } from "../pipeline/remote-groups.js";
 import { type ShardPhase, readShardResult } from "../pipeline/token-shards.js";
 import { readGroupResult } from "../pipeline/group-state.js";
+import { gptqFiles } from "../pipeline/gptq-jobs.js";
 import { groupFiles } from "../pipeline/moe-stream.js";
 import type { ProgressEvent } from "../pipeline/oneshot.js";
 import { lstatOrNull } from "../pipeline/work-folder.js";
@@ -55,6 +56,7 @@ export async function openCoordinator(
           layer,
           shards.map((s) => shardJob(run, layer, phase, s)),
         ),
+      gptq: (layer, n, linear) => runJobs(run, layer, [gptqJobOf(run, layer, n, linear)]),
       quantize: (layer, spans, g) =>
         runJobs(
           run,
@@ -140,6 +142,15 @@ function shardJob(r: CoordinatedRun, layer: number, phase: ShardPhase, s: ShardJ
   };
 }
 
+/** GPTQ job `n` of `layer`: done when its result is there. */
+function gptqJobOf(r: CoordinatedRun, layer: number, n: number, linear: string): Job {
+  return {
+    message: { kind: "gptq", run: r.id, layer, n, linear },
+    filesDone: () => present([gptqFiles(r.workDir, layer, n).result]),
+    finished: (worker, seconds) => r.onProgress?.({ kind: "gptq-job-done", layer, linear, worker, seconds }),
+  };
+}
+
 /** Queue the layer's jobs not done yet, and wait until every one is (or one fails, or is given up after MAX_DELIVER deliveries). */
 async function runJobs(r: CoordinatedRun, layer: number, jobs: readonly Job[]): Promise<void> {
   const { id, kv } = r;
@@ -151,7 +162,8 @@ async function runJobs(r: CoordinatedRun, layer: number, jobs: readonly Job[]): 
   const first = jobs[0]?.message;
   const progress = (): void => {
     const counts = { layer, queued: pending.size, done: jobs.length - pending.size };
-    r.onProgress?.(first?.kind === "shard" ? { kind: "shard-jobs", phase: first.phase, ...counts } : { kind: "group-jobs", ...counts });
+    if (first?.kind === "shard") r.onProgress?.({ kind: "shard-jobs", phase: first.phase, ...counts });
+    else if (first?.kind === "group") r.onProgress?.({ kind: "group-jobs", ...counts });
   };
   if (pending.size === 0) return progress();
   // a failure an earlier coordinator saw is not this one's, nor is a done key without files: the job is queued again

@@ -1,7 +1,7 @@
 /**
  * A job on the queue, and the keys its outcome is put under. Each names its run and layer, and one
- * of a layer's work units: a token shard of its non-expert part in one phase (token-shards.ts), or
- * the expert group [first, end) (group `group` of `size`). Its result is files in the run's work
+ * of a layer's work units: a token shard of its non-expert part in one phase (token-shards.ts), the
+ * expert group [first, end) (group `group` of `size`), or the GPTQ of a non-expert Linear (gptq-jobs.ts). Its result is files in the run's work
  * folder named by the unit, so a job done twice (redelivered) writes the same bytes to the same
  * names and cannot count twice.
  */
@@ -43,7 +43,17 @@ const SHARD_JOB = z.strictObject({
     .optional(),
 });
 
-const JOB = z.discriminatedUnion("kind", [GROUP_JOB, SHARD_JOB]);
+const GPTQ_JOB = z.strictObject({
+  kind: z.literal("gptq"),
+  run: RUN,
+  layer: index,
+  /** the job's number in the layer (its files: gptq-jobs.ts) */
+  n: index,
+  /** the Linear quantized (its scheme is the worker's run's) */
+  linear: z.string().min(1),
+});
+
+const JOB = z.discriminatedUnion("kind", [GROUP_JOB, SHARD_JOB, GPTQ_JOB]);
 
 export type JobMessage = z.infer<typeof JOB>;
 
@@ -60,17 +70,19 @@ export function parseJob(data: string): JobMessage | null {
 /**
  * A job's last key token, unique in its layer: a group's number and experts (`g2-16-24`: groups of
  * another size, a run resumed with other groups, never answer for it), a shard's phase and number (`calibrate-3`; an
- * output shard's also its coordinator's session, whose outputs file it writes into).
+ * output shard's also its coordinator's session, whose outputs file it writes into), a GPTQ job's number (`q2`).
  */
-export function jobToken(
-  j: { kind: "group"; group: number; first: number; end: number } | { kind: "shard"; phase: string; shard: number; slots?: string },
-): string {
-  return j.kind === "group" ? `g${j.group}-${j.first}-${j.end}` : `${j.phase}-${j.shard}${j.slots ? `-${j.slots}` : ""}`;
+export function jobToken(j: JobMessage): string {
+  if (j.kind === "group") return `g${j.group}-${j.first}-${j.end}`;
+  if (j.kind === "gptq") return `q${j.n}`;
+  return `${j.phase}-${j.shard}${j.slots ? `-${j.slots}` : ""}`;
 }
 
 /** What a job does, in words (progress and errors). */
 export function jobLabel(j: JobMessage): string {
-  return j.kind === "group" ? `expert group ${j.group} (experts ${j.first}-${j.end - 1})` : `token shard ${j.shard} (${j.phase})`;
+  if (j.kind === "group") return `expert group ${j.group} (experts ${j.first}-${j.end - 1})`;
+  if (j.kind === "gptq") return `GPTQ of ${j.linear}`;
+  return `token shard ${j.shard} (${j.phase})`;
 }
 
 /** Set by the worker once the job's files are written: { worker, seconds }. */

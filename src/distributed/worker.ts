@@ -2,8 +2,9 @@
  * A worker (`moecal worker --nats URL --shared-dir DIR`): takes jobs from the queue one at a time.
  * For each, it reads the run's manifest (once per run: refused, and the worker stops, when it was
  * made by another moecal version, names paths outside --shared-dir, or the model there has another
- * content hash), does the job (a token shard of a layer's non-expert part: token-shards.ts; an expert
- * group: quantized from the model and the layer's streamed calibration calls), writes its files to
+ * content hash), does the job (a token shard of a layer's non-expert part: token-shards.ts; the GPTQ
+ * of a non-expert Linear: gptq-jobs.ts; an expert group: quantized from the model and the layer's
+ * streamed calibration calls), writes its files to
  * the run's work folder, puts the job's done key, and only then acknowledges it. A worker killed mid-job never acknowledges: the server redelivers the job after
  * the run's --job-timeout. While a job runs the worker tells the server it is alive.
  */
@@ -22,6 +23,7 @@ import { checkStop } from "../util/interrupt.js";
 import { WORKER_OPTIONS, checkOptions } from "../pipeline/options.js";
 import { type JobMessage, doneKey, failedKey, jobLabel, jobToken, parseJob } from "./jobs.js";
 import { tokenShardJob } from "../pipeline/token-shards.js";
+import { gptqJob } from "../pipeline/gptq-jobs.js";
 import { CONSUMER, type NatsOptions, STREAM, connectNats, openBucket } from "./nats.js";
 import { type RunManifest, checkManifest, sharedRoot } from "./run-manifest.js";
 
@@ -119,8 +121,10 @@ async function handle(m: JsMsg, c: Context): Promise<void> {
       throw new UsageError(`the model has ${run.steps.run.config.numHiddenLayers} layers, the job is for layer ${job.layer}`);
     // temporaries named by the worker: a redelivered job may run beside this one, on another host
     const tag = c.name.replace(/[^A-Za-z0-9_-]/g, "_");
-    if (job.kind === "group") await quantizeGroupJob(run.steps, run.manifest.work_dir, job.layer, { ...job, tag });
-    else await tokenShardJob(run.steps, run.manifest.work_dir, job.layer, { ...job, tag });
+    const dir = run.manifest.work_dir;
+    if (job.kind === "group") await quantizeGroupJob(run.steps, dir, job.layer, { ...job, tag });
+    else if (job.kind === "gptq") await gptqJob(run.steps, dir, job.layer, { ...job, tag });
+    else await tokenShardJob(run.steps, dir, job.layer, { ...job, tag });
     const seconds = (performance.now() - t0) / 1000;
     await c.kv.put(doneKey(job.run, job.layer, token), JSON.stringify({ worker: c.name, seconds }));
     m.ack();

@@ -46,6 +46,7 @@ import type { PrepCache } from "./quantize-layer.js";
 import { callFiles, callRecords, groupFiles, streamCalls, streamRecords, streamWriter } from "./moe-stream.js";
 import { batchCount } from "./layer-inputs.js";
 import { addShardStats, hiddenSizeOf, writeNonExpert } from "./token-shards.js";
+import { remoteGptqPool, removeGptqFiles } from "./gptq-jobs.js";
 import { assembleLayer, finalPass } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
 import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
@@ -108,6 +109,7 @@ export async function groupedLayer(
               for (const s of shards) addShardStats(files, s, o, routedOf());
             }
           : ({ endShard }) => streamCalls(steps, layer, i, { file: files.calibrate, calibrate: true }, endShard),
+        remote ? { pool: remoteGptqPool(work.dir, i, (n, linear) => remote.gptq(i, n, linear)) } : {},
       );
     } finally {
       tracker.remove();
@@ -143,6 +145,7 @@ export async function groupedLayer(
       clean: () => {
         for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state, files.nonExpert])
           fs.rmSync(f, { force: true });
+        removeGptqFiles(work.dir, i);
         for (const { shard: k } of shards)
           for (const f of [files.calls("calibrate", k), files.calls("propagate", k), files.shardStats(k), files.shardResult(k)])
             fs.rmSync(f, { force: true });
@@ -311,7 +314,7 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
         }
         fastState.gateUpComplete = fastState.sharedGateUp !== null;
       },
-      j.preps,
+      { preps: j.preps },
     );
   } finally {
     tracker.remove();

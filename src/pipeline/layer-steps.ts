@@ -23,14 +23,7 @@ import { Linear } from "../nn/layers.js";
 import { hasStaticActivationScales } from "../quantization/scheme.js";
 import type { Scheme } from "../quantization/scheme.js";
 import { assertComplete } from "./preflight.js";
-import {
-  type Fallback,
-  type LayerTargets,
-  type PrepCache,
-  type QuantizedLinear,
-  quantizeLayerLinears,
-  siblingAbsMax,
-} from "./quantize-layer.js";
+import { type Fallback, type LayerTargets, type QuantizedLinear, quantizeLayerLinears, siblingAbsMax } from "./quantize-layer.js";
 import type { RunModel } from "./run.js";
 
 /** What a layer's steps share: the run, how expert statistics are kept, GPTQ's settings, and the layer's inputs. */
@@ -183,7 +176,7 @@ export async function observeAndQuantize(
   i: number,
   include: (linear: string) => boolean,
   pass: (o: PassObservers) => Promise<void>,
-  preps?: PrepCache,
+  where: Pick<Parameters<typeof quantizeLayerLinears>[4], "preps" | "pool"> = {},
 ): Promise<PartResult> {
   const { run } = steps;
   const { targets, allTokenFallbacks } = await observeLayer(steps, layer, i, include, pass);
@@ -191,7 +184,7 @@ export async function observeAndQuantize(
     ...steps.gptq,
     layerLabel: `layer ${i}`,
     workers: run.opts.workers,
-    ...(preps ? { preps } : {}),
+    ...where,
   });
   targets.hessians.clear();
   return { results, fallbacks, allTokenFallbacks, absMax: siblingAbsMax(targets) };

@@ -99,6 +99,8 @@ export type ProgressEvent =
   | { kind: "shard-jobs"; layer: number; phase: "calibrate" | "propagate" | "output"; queued: number; done: number }
   /** distributed: a worker finished a token shard of the layer's non-expert part */
   | { kind: "shard-job-done"; layer: number; phase: "calibrate" | "propagate" | "output"; shard: number; worker: string; seconds: number }
+  /** distributed: a worker quantized a non-expert Linear of the layer (GPTQ) */
+  | { kind: "gptq-job-done"; layer: number; linear: string; worker: string; seconds: number }
   /** layer `layer` resumes after `done` of its `groups` expert groups */
   | { kind: "resume-groups"; layer: number; done: number; groups: number }
   /** data-free: resuming after output shards an earlier run finished */

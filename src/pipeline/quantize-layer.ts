@@ -4,7 +4,7 @@ import { NumericalError } from "../errors.js";
 import type { HessianStats } from "../calibration/observers.js";
 import type { Linear } from "../nn/layers.js";
 import { type GptqResult, prepareGptq, rtnQuantize, sharedPrep } from "../quantization/gptq.js";
-import { type GptqJob, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
+import { type GptqJob, type GptqPool, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
 import { type QuantizedWeight, type ScaleDType, absMax, dequantize, nvfp4GlobalScale, roundScale } from "../quantization/params.js";
 import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
@@ -104,7 +104,16 @@ export async function quantizeLayerLinears(
   schemeOf: (linear: string) => Scheme,
   methodOf: (linear: string) => Method,
   scaleDType: ScaleDType,
-  opts: { dampening: number; blockSize: number; warn?: (msg: string) => void; layerLabel: string; workers?: number; preps?: PrepCache },
+  opts: {
+    dampening: number;
+    blockSize: number;
+    warn?: (msg: string) => void;
+    layerLabel: string;
+    workers?: number;
+    preps?: PrepCache;
+    /** where GPTQ jobs run (default: the process's threads; a distributed run's: workers, gptq-jobs.ts) */
+    pool?: Pick<GptqPool, "submit">;
+  },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
   const done = new Map<string, Quantized>();
@@ -151,7 +160,7 @@ export async function quantizeLayerLinears(
   // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
   let work = 0;
   for (const byScheme of groups.values()) for (const members of byScheme.values()) for (const [, lin] of members) work += lin.weight.size;
-  const pool = await sharedGptqPool(gptqPoolSize(work, opts.workers));
+  const pool = opts.pool ?? (await sharedGptqPool(gptqPoolSize(work, opts.workers)));
   const jobs: Promise<void>[] = [];
   /** the first job failure that is not a failed factorisation: no job is submitted after it, and it is thrown once all have ended */
   let failure: { error: unknown } | null = null;

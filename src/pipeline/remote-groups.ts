@@ -16,13 +16,16 @@ import { type CheckpointStage, RESTART } from "./work-folder.js";
 
 /**
  * Another executor of a layer's jobs (workers on NATS: distributed/coordinator.ts): it has each
- * token shard's files written by `tokenShardJob`, and each group's by `quantizeGroupJob`, in any order.
+ * token shard's files written by `tokenShardJob`, each GPTQ job's by `gptqJob`, and each group's by
+ * `quantizeGroupJob`, in any order.
  */
 export interface RemoteExecutor {
   /** names the layer outputs file its output jobs write into (layer-inputs.ts slotsFileOf): an earlier executor's jobs never write into it */
   session: string;
   /** token-shard jobs of one phase (each shard of the layer's inputs; for the output phase, where its routed sums start) */
   shards(layer: number, phase: ShardPhase, shards: readonly ShardJob[]): Promise<void>;
+  /** GPTQ job `n` of the layer, of `linear` (its inputs and result: gptq-jobs.ts) */
+  gptq(layer: number, n: number, linear: string): Promise<void>;
   /** `sums`: the groups' routed rows too (every layer but the last); `shards`: the layer's calls are in that many shard files (0: one file) */
   quantize(layer: number, groups: readonly GroupSpan[], o: { sums: boolean; shards: number }): Promise<void>;
   /** workers waiting for a job now (a layer's default groups give each one) */
