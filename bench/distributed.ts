@@ -4,14 +4,14 @@
  * Qwen3-235B-A22B on N hosts.
  *
  * Measured: a model of an MoE layer (H 2048, 128 experts top-8, Im 512) and a dense layer, 16
- * samples x 512 tokens; run local, then with 1 and with 2 workers (each its own process, one GPTQ
+ * samples x 512 tokens in shards of 4 samples; run local, then with 1 and with 2 workers (each its own process, one GPTQ
  * thread; nats-server on loopback, the test helper's), same bytes checked; each job's seconds from
  * the workers' events, the coordinator's from its own wall time. This machine has 2 vCPUs, one of
  * them shared: two workers contend with each other, so the 2-worker run shows correctness, not speed.
  *
  * Projected: header-only checkpoints of one MoE layer of each model (bench/layer-projection.ts),
  * planned for 512 samples x 2048 tokens at this machine's GEMM rate, for N = 8 to 128 workers with
- * groups of ceil(E / N) experts (a job per worker). `-- projection` runs only this part. Writes
+ * groups of ceil(E / N) experts and shards of ceil(512 / N) samples (a job of each kind per worker). `-- projection` runs only this part. Writes
  * bench/results.json (`distributed`).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -58,7 +58,8 @@ const QWEN3_235B: Record<string, unknown> = {
 interface Measured {
   workers: number;
   seconds: number;
-  job_seconds: number[];
+  /** each job's seconds, by kind: expert groups, token shards by phase, the other Linears' GPTQ */
+  job_seconds: Record<string, number[]>;
   same_bytes: boolean;
   planned: DistributedPlan;
 }
@@ -105,24 +106,30 @@ async function measured(work: string, data: string): Promise<{ local_seconds: nu
     ...Object.entries(set).flatMap(([k, v]) => ["--set", `${k}=${v}`]),
   ]);
   if (gen.status !== 0) throw new MoecalError("E_BENCH", `random-model failed: ${String(gen.stderr)}`);
-  const args = ["--dataset", data, "--num-samples", "16", "--max-seq-length", "512", "--workers", "1"];
+  // shards of 4 samples: 4 token-shard jobs a phase
+  const args = ["--dataset", data, "--num-samples", "16", "--max-seq-length", "512", "--workers", "1", "--shard-tokens", "2048"];
   log("local run (a minute or two)");
   const local = path.join(work, "local");
   const local_seconds = oneshot(model, args, local);
   const server = await startNats(path.join(work, "jetstream"));
-  const p = await plan({ model, dataset: data, numSamples: 16, maxSeqLength: 512, workers: 1 });
+  const p = await plan({ model, dataset: data, numSamples: 16, maxSeqLength: 512, workers: 1, shardTokens: 2048 });
   const runs: Measured[] = [];
   try {
     for (const n of [1, 2]) {
       log(`distributed run with ${n} worker(s)`);
       const workers: ChildProcess[] = [];
-      const jobs: number[] = [];
+      const jobs: Record<string, number[]> = {};
       for (let k = 0; k < n; k++) {
         const w = spawn(process.execPath, [cli, "worker", "--nats", server.url, "--shared-dir", work, "--json", "--workers", "1"], {
           stdio: ["ignore", "pipe", "ignore"],
         });
         w.stdout?.on("data", (d: Buffer) => {
-          for (const l of String(d).split("\n")) if (l.includes('"job-done"')) jobs.push((JSON.parse(l) as { seconds: number }).seconds);
+          for (const l of String(d).split("\n")) {
+            if (!l.includes('"job-done"')) continue;
+            const e = JSON.parse(l) as { job: string; seconds: number };
+            const kind = e.job.startsWith("g") ? "group" : e.job.startsWith("q") ? "gptq" : (e.job.split("-")[0] as string);
+            (jobs[kind] ??= []).push(e.seconds);
+          }
         });
         workers.push(w);
       }
@@ -155,6 +162,10 @@ interface Projection {
     workers: number;
     group_size: number;
     jobs: number;
+    /** token shards a phase (--shard-tokens: a shard per worker), one shard's three phases, the other Linears' GPTQ jobs' wall */
+    shards: number;
+    shard_seconds: number;
+    gptq_seconds: number;
     seconds: number;
     job_seconds: number;
     coordinator_seconds: number;
@@ -184,12 +195,17 @@ async function projected(work: string): Promise<Projection[]> {
     const per_layer: Projection["per_layer"] = [];
     for (const workers of [8, 32, 64, 128]) {
       const size = Math.max(1, Math.ceil(E / workers));
-      const d = distributedPlan(await plan({ ...opts, expertGroupSize: size }, known), { workers, threads: 16 }).layers[0];
+      // a shard of whole samples per worker
+      const shardTokens = 2048 * Math.ceil(512 / workers);
+      const d = distributedPlan(await plan({ ...opts, expertGroupSize: size, shardTokens }, known), { workers, threads: 16 }).layers[0];
       if (!d) throw new MoecalError("E_BENCH", `${name}: no MoE layer planned`);
       per_layer.push({
         workers,
         group_size: size,
         jobs: d.groups,
+        shards: d.shards,
+        shard_seconds: d.shard_seconds,
+        gptq_seconds: d.gptq_seconds,
         seconds: d.seconds,
         job_seconds: d.job_seconds,
         coordinator_seconds: d.coordinator_seconds,

@@ -122,6 +122,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
     method: recipeMethod(o.recipe),
     samples: 0,
     tokens: 0,
+    shards: 0,
     layers,
     peak_memory_bytes: Math.max(process.baseline + DATA_FREE_MODEL.buffers, ...layers.map((l) => l.peak_memory_bytes)),
     phases: { embed: 0, assemble: DATA_FREE_MODEL.buffers },

@@ -26,6 +26,7 @@ import { loadTokenizedSamples } from "./dataset.js";
 import type { OneshotOptions } from "./oneshot.js";
 import { gptqPoolSize } from "./quantize-layer.js";
 import { BATCH_TOKENS, DEFAULT_SHARD_TOKENS } from "./work-folder.js";
+import { inputShards } from "./layer-inputs.js";
 import { resolveRecipe, scaleDTypeOf } from "./preflight.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { bytesOf, copiedBytes, layerBytes } from "./plan-bytes.js";
@@ -76,6 +77,10 @@ export interface ExpertWork {
   /** each routed pair's weighted output (a distributed job's routed rows), and the routed sums */
   routed_rows_bytes: number;
   sums_bytes: number;
+  /** the layer's other Linears (attention, router, shared experts): their GPTQ, the largest one's, and their Hessians' bytes */
+  other_gptq_flops: number;
+  other_gptq_max_flops: number;
+  other_hessian_bytes: number;
 }
 
 export interface LayerPlan {
@@ -112,6 +117,8 @@ export interface Plan {
   method: string;
   samples: number;
   tokens: number;
+  /** shards of the calibration samples (--shard-tokens): a distributed run's token-shard jobs per phase */
+  shards: number;
   layers: LayerPlan[];
   peak_memory_bytes: number;
   /**
@@ -274,6 +281,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     let propagate = calibrate;
     let gptq = 0;
     let hessians = 0;
+    let gptqMax = 0;
     for (const [n, l] of linears) {
       const target = byGptq(n);
       if (expertLinears.has(l)) continue;
@@ -282,7 +290,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       calibrate += 2 * T * l.inFeatures * l.outFeatures + gram;
       propagate += 2 * T * l.inFeatures * l.outFeatures;
       if (target) {
-        gptq += 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
+        const own = 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
+        gptq += own;
+        gptqMax = Math.max(gptqMax, own);
         // summed shard by shard: the open shard's sum beside the ended shards' (more than one shard)
         hessians += 4 * l.inFeatures ** 2 * (T > shardTokens ? 2 : 1);
       }
@@ -291,7 +301,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     let experts: Omit<ExpertsOfLayer, "gptq" | "stream"> | null = null;
     let expertWork: ExpertWork | null = null;
     if (block) {
-      const before = { calibrate, gptq };
+      const before = { calibrate, gptq, hessians };
       const E = block.numRoutedExperts;
       const ex = block.routedExperts()[0];
       const Im = ex ? ex.gate.outFeatures : 0;
@@ -329,6 +339,10 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         stream_bytes: 4 * T * (H + 2 * K),
         routed_rows_bytes: 4 * T * K * H,
         sums_bytes: 4 * T * H,
+        other_gptq_flops: before.gptq,
+        other_gptq_max_flops: gptqMax,
+        // a shard's statistics hold one copy (the memory above, two beside more than one shard)
+        other_hessian_bytes: T > shardTokens ? before.hessians / 2 : before.hessians,
       };
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
@@ -425,6 +439,10 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     method,
     samples: samples.length,
     tokens: T,
+    shards: inputShards(
+      samples.map((s) => s.length),
+      shardTokens,
+    ).length,
     layers,
     peak_memory_bytes: Math.max(...layers.map((l) => l.peak_memory_bytes), baseline + Math.max(phases.embed, phases.assemble)),
     phases,

@@ -27,7 +27,7 @@ test("a layer's default groups: a job for each idle worker, at least 8 jobs, at 
   );
 });
 
-test("each MoE layer's experts become its jobs: 8 groups by default, the plan's groups when given; N workers run them in waves of N", async () => {
+test("each MoE layer's experts become its jobs: 8 groups by default, the plan's groups when given; its token shards (--shard-tokens) and other Linears' GPTQ jobs too; N workers run them in waves of N", async () => {
   const p = await plan(base);
   const one = distributedPlan(p, { workers: 1, threads: 1 });
   const many = distributedPlan(p, { workers: 8, threads: 1 });
@@ -40,11 +40,20 @@ test("each MoE layer's experts become its jobs: 8 groups by default, the plan's 
       [2, 8],
     ],
   );
+  const close = (a: number, b: number): boolean => Math.abs(a - b) <= 1e-9 * Math.max(a, b);
   for (const [k, l] of one.layers.entries()) {
     const m = many.layers[k] as (typeof many.layers)[number];
-    assert.ok(Math.abs(l.jobs_seconds - 8 * l.job_seconds) < 1e-9 * l.jobs_seconds, "one worker runs 8 waves");
-    assert.ok(Math.abs(m.jobs_seconds - m.job_seconds) < 1e-12, "8 workers run one wave");
+    assert.equal(l.shards, 1, "4 samples of 32 tokens: one shard of 65536");
+    assert.ok(close(l.jobs_seconds, l.shard_seconds + l.gptq_seconds + 8 * l.job_seconds), "one worker runs 8 group waves");
+    assert.ok(close(m.jobs_seconds, m.shard_seconds + m.gptq_seconds + m.job_seconds), "8 workers run one wave");
+    assert.ok(m.gptq_seconds <= l.gptq_seconds && m.gptq_seconds > 0, "the other Linears' GPTQ jobs in parallel");
     assert.equal(m.coordinator_seconds, l.coordinator_seconds);
+  }
+  // shards of 32 tokens: a shard per sample, 4 a phase; 2 workers run them in 2 waves
+  const sharded = distributedPlan(await plan({ ...base, shardTokens: 32 }), { workers: 2, threads: 1 });
+  for (const l of sharded.layers) {
+    assert.equal(l.shards, 4);
+    assert.ok(close(l.jobs_seconds, 2 * l.shard_seconds + l.gptq_seconds + 4 * l.job_seconds));
   }
   assert.ok(many.seconds < one.seconds);
   const grouped = distributedPlan(await plan({ ...base, expertGroupSize: 3 }), { workers: 2, threads: 1 });
@@ -53,12 +62,12 @@ test("each MoE layer's experts become its jobs: 8 groups by default, the plan's 
     [3, 3, 3],
   );
   assert.ok(
-    grouped.layers.every((l) => Math.abs(l.jobs_seconds - 2 * l.job_seconds) < 1e-9 * l.jobs_seconds),
+    grouped.layers.every((l) => close(l.jobs_seconds, l.shard_seconds + l.gptq_seconds + 2 * l.job_seconds)),
     "3 jobs on 2 workers: two waves",
   );
 });
 
-test("bytes moved per layer: both streams of calls once per job, the experts' weights read once, their tensors written and read back once, their routed rows written and read once (none of the last two streams in the last layer)", async () => {
+test("bytes moved per layer: both streams of calls once per group job, the experts' weights read once, their tensors written and read back once, their routed rows written and read once (none of the last two streams in the last layer); each shard's inputs, calls, statistics and outputs", async () => {
   const p = await plan(base);
   const d = distributedPlan(p, { workers: 2 });
   const [H, K] = [64, 2];
@@ -68,10 +77,16 @@ test("bytes moved per layer: both streams of calls once per job, the experts' we
     assert.equal(x.stream_bytes, 4 * p.tokens * (H + 2 * K));
     assert.equal(x.routed_rows_bytes, 4 * p.tokens * K * H);
     const last = l.layer === 2;
-    const expected = last
+    const groups = last
       ? l.groups * x.stream_bytes + x.read_bytes + 2 * x.write_bytes
       : l.groups * 2 * x.stream_bytes + x.read_bytes + 2 * x.write_bytes + 2 * x.routed_rows_bytes;
-    assert.equal(l.moved_bytes, expected);
+    // the layer's inputs (4 T H: as large as its sums): read by calibrate, propagate and output shards, the
+    // routed sums read and the outputs written by the output shards; calls written by calibrate and propagate;
+    // the other Linears' statistics written and read per shard, their Hessians written and read once (GPTQ jobs)
+    const hidden = 4 * p.tokens * H;
+    const shards = last ? hidden + x.stream_bytes + 4 * x.other_hessian_bytes : 5 * hidden + 2 * x.stream_bytes + 4 * x.other_hessian_bytes;
+    assert.equal(l.moved_bytes, groups + shards);
+    assert.ok(x.other_hessian_bytes > 0, "attention's Hessians");
     assert.ok(x.read_bytes > 0 && x.write_bytes > 0 && x.write_bytes < x.read_bytes, "W4A16 writes less than BF16 reads");
   }
   assert.equal(
