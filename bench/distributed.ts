@@ -128,7 +128,7 @@ async function measured(work: string, data: string): Promise<{ local_seconds: nu
             if (!l.includes('"job-done"')) continue;
             const e = JSON.parse(l) as { job: string; seconds: number };
             const kind = e.job.startsWith("g") ? "group" : e.job.startsWith("q") ? "gptq" : (e.job.split("-")[0] as string);
-            (jobs[kind] ??= []).push(e.seconds);
+            jobs[kind] = [...(jobs[kind] ?? []), e.seconds];
           }
         });
         workers.push(w);
