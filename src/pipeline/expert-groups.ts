@@ -44,10 +44,9 @@ import {
 } from "./layer-steps.js";
 import type { PrepCache } from "./quantize-layer.js";
 import { callFiles, callRecords, groupFiles, streamCalls, streamRecords, streamWriter } from "./moe-stream.js";
-import { batchCount } from "./layer-inputs.js";
-import { addShardStats, hiddenSizeOf, writeNonExpert } from "./token-shards.js";
+import { addShardStats, writeNonExpert } from "./token-shards.js";
 import { remoteGptqPool, removeGptqFiles } from "./gptq-jobs.js";
-import { assembleLayer, finalPass } from "./group-output.js";
+import { assembleLayer, layerOutput } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
 import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
 
@@ -127,7 +126,7 @@ export async function groupedLayer(
     const l: LayerJob = { i, layer, experts, expertOf, linearExpert, files, gs, last: job.last, stop, shards: shards.length };
     await runGroups(steps, l, job);
     // 4. the layer's output, each call's routed sum read back
-    const next = job.last ? null : await layerOutput(steps, l, work, remote);
+    const next = job.last ? null : await layerOutput(steps, { ...l, groups }, work, remote);
     progress?.({ kind: "phase", layer: i, phase: "write" });
     const done = Array.from({ length: groups }, (_, g) =>
       readGroupResult(files, g, g * gs.group_size, Math.min(E, (g + 1) * gs.group_size)),
@@ -170,39 +169,6 @@ interface LayerJob {
   stop: (stage: CheckpointStage) => void;
   /** the layer's calls are in this many shard files (a distributed run's token shards; 0: one file) */
   shards: number;
-}
-
-/**
- * The layer's outputs, the next layer's inputs (written; committed with the layer): from a pass with
- * each call's routed sum read back, here or by token-shard jobs (each at its shard's place).
- */
-async function layerOutput(
-  steps: LayerSteps,
-  l: LayerJob,
-  work: WorkFolder,
-  remote?: RemoteExecutor,
-): Promise<Pick<HiddenWriter, "commit">> {
-  const groups = Math.ceil(l.experts.length / l.gs.group_size);
-  steps.run.opts.onProgress?.({ kind: "phase", layer: l.i, phase: "propagate" });
-  const H = hiddenSizeOf(steps.run.model);
-  const tokens = steps.shards.reduce((a, s) => a + s.lengths.reduce((x, y) => x + y, 0), 0);
-  const next = remote ? work.hiddenSlots(l.i, tokens, H, remote.session) : work.hiddenWriter(l.i);
-  try {
-    if (remote) {
-      // shard k's sums start after the records of the calls before it: 12 bytes and T H floats each
-      let calls = 0;
-      const jobs = steps.shards.map((s) => {
-        const at = 12 * calls + 4 * H * s.offset;
-        calls += batchCount(s);
-        return { ...s, routed: { done: groups, at } };
-      });
-      await remote.shards(l.i, "output", jobs);
-    } else await finalPass(steps, l.layer, l.i, { file: l.files.routed(groups) }, next as HiddenWriter);
-  } catch (e) {
-    next.abandon();
-    throw e;
-  }
-  return next;
 }
 
 /**

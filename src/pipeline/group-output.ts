@@ -14,7 +14,9 @@ import type { GroupResult } from "./group-state.js";
 import { type LayerSteps, type PartResult, layerOutputTensors, quantizedTensors, schemeOfTarget } from "./layer-steps.js";
 import { type groupFiles, streamRecords } from "./moe-stream.js";
 import { staticInputScale } from "./quantize-layer.js";
-import { type HiddenWriter, RESTART, openPrivateSafetensors } from "./work-folder.js";
+import { type HiddenWriter, RESTART, type WorkFolder, openPrivateSafetensors } from "./work-folder.js";
+import { hiddenSizeOf, hiddenSlots, tokensIn, withSumsAt } from "./layer-inputs.js";
+import type { RemoteExecutor } from "./remote-groups.js";
 
 /**
  * The layer over its inputs once more, each MoE call's routed sum read back from `sums.file` (from
@@ -48,6 +50,40 @@ export async function finalPass(
   } finally {
     await records.return(undefined);
   }
+}
+
+/**
+ * The layer's outputs, the next layer's inputs (written; committed with the layer): from a pass with
+ * each call's routed sum read back from the sums file of all `l.groups` groups, here, or by a
+ * RemoteExecutor's output shard jobs, each written at its shard's place.
+ */
+export async function layerOutput(
+  steps: LayerSteps,
+  l: { i: number; layer: DecoderLayer; groups: number; files: ReturnType<typeof groupFiles> },
+  work: WorkFolder,
+  remote?: RemoteExecutor,
+): Promise<Pick<HiddenWriter, "commit">> {
+  steps.run.opts.onProgress?.({ kind: "phase", layer: l.i, phase: "propagate" });
+  if (!remote) {
+    const next = work.hiddenWriter(l.i);
+    try {
+      await finalPass(steps, l.layer, l.i, { file: l.files.routed(l.groups) }, next);
+    } catch (e) {
+      next.abandon();
+      throw e;
+    }
+    return next;
+  }
+  const H = hiddenSizeOf(steps.run.model);
+  const slots = hiddenSlots(work.dir, l.i, { tokens: tokensIn(steps.shards), H }, remote.session);
+  try {
+    const jobs = withSumsAt(steps.shards, H).map(({ at, ...s }) => ({ ...s, routed: { done: l.groups, at } }));
+    await remote.shards(l.i, "output", jobs);
+  } catch (e) {
+    slots.abandon();
+    throw e;
+  }
+  return slots;
 }
 
 /**

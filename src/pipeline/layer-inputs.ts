@@ -12,7 +12,8 @@ import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { readAt } from "../io/files.js";
 import { writeAll } from "../io/writer.js";
 import { checkStop } from "../util/interrupt.js";
-import { BATCH_TOKENS, RESTART, openPrivate } from "./work-folder.js";
+import type { AnyModule } from "../nn/module.js";
+import { BATCH_TOKENS, type HiddenWriter, RESTART, createPrivate, openPrivate, syncFolder } from "./work-folder.js";
 
 /** A shard of the calibration samples: `lengths` of consecutive samples, `offset` tokens before the first. */
 export interface InputShard {
@@ -121,6 +122,61 @@ export async function eachInShards(
     }
     endShard?.();
   }
+}
+
+/** The hidden size of a model (its embeddings' width). */
+export function hiddenSizeOf(model: AnyModule): number {
+  return (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
+}
+
+/** The tokens of `shards`. */
+export const tokensIn = (shards: readonly InputShard[]): number => shards.reduce((a, s) => a + tokensOf(s), 0);
+
+/**
+ * Each shard with where its calls' routed sums start in a sums file (the stream records of the
+ * layer's calls in order: 12 bytes and T H floats a call): the output jobs of a layer.
+ */
+export function withSumsAt(shards: readonly InputShard[], H: number): (InputShard & { at: number })[] {
+  let calls = 0;
+  return shards.map((s) => {
+    const at = 12 * calls + 4 * H * s.offset;
+    calls += batchCount(s);
+    return { ...s, at };
+  });
+}
+
+/**
+ * The hidden states after layer `i` in the work folder `dir`, written by other processes (output
+ * shard jobs) at their shards' places into a preallocated private file of `tokens` tokens named by
+ * the coordinator's `session`; `commit` makes it the layer's outputs (fsync, rename), as a
+ * HiddenWriter's does.
+ */
+export function hiddenSlots(
+  dir: string,
+  i: number,
+  size: { tokens: number; H: number },
+  session: string,
+): Pick<HiddenWriter, "commit" | "abandon"> {
+  const tmp = slotsFileOf(dir, i, session);
+  const fd = createPrivate(tmp);
+  try {
+    fs.ftruncateSync(fd, 4 * size.H * size.tokens);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return {
+    commit: () => {
+      const { fd: f } = openPrivate(tmp);
+      try {
+        fs.fsyncSync(f);
+      } finally {
+        fs.closeSync(f);
+      }
+      fs.renameSync(tmp, hiddenFileOf(dir, i));
+      syncFolder(dir);
+    },
+    abandon: () => fs.rmSync(tmp, { force: true }),
+  };
 }
 
 /** The temporary file a layer's outputs are written into, shard by shard, by other processes (the jobs of the coordinator session `session`). */

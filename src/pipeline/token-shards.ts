@@ -20,9 +20,8 @@ import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
-import type { AnyModule } from "../nn/module.js";
 import { finalPass } from "./group-output.js";
-import { type InputShard, eachInShards, readHiddenShard, writeHiddenShard } from "./layer-inputs.js";
+import { type InputShard, eachInShards, hiddenSizeOf, readHiddenShard, writeHiddenShard } from "./layer-inputs.js";
 import { type LayerSteps, type PassObservers, moeOf, observeLayer } from "./layer-steps.js";
 import { groupFiles, streamCalls } from "./moe-stream.js";
 import { RESTART, openPrivateSafetensors, readPrivateText, writeAtomic } from "./work-folder.js";
@@ -41,11 +40,6 @@ const SHARD_RESULT = z.strictObject({
   routed: z.array(count),
 });
 type ShardResult = z.infer<typeof SHARD_RESULT>;
-
-/** The hidden size of a model (its embeddings' width). */
-export function hiddenSizeOf(model: AnyModule): number {
-  return (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
-}
 
 /**
  * One token-shard job: the non-expert part of layer `i` loaded (for the later phases, with the

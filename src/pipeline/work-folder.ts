@@ -17,7 +17,7 @@ import { CheckpointFormatError, IoError, UsageError, asFormatError } from "../er
 import { readAt } from "../io/files.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { type LazyRaw, type NamedRaw, encodeSafetensorsLazy, writeAll } from "../io/writer.js";
-import { hiddenFileOf, inputShards, readShard, slotsFileOf } from "./layer-inputs.js";
+import { hiddenFileOf, inputShards, readShard } from "./layer-inputs.js";
 import { type WorkManifest, type WorkState, differences, shapeProblem, stateProblem } from "./work-manifest.js";
 
 export type { WorkManifest, WorkState } from "./work-manifest.js";
@@ -48,7 +48,7 @@ const MAX_STATE_BYTES = 256 * 1024 * 1024;
 export const RESTART = "rerun with --restart to discard the work folder and start over";
 
 /** fsync a folder, so a rename in it survives a power loss. */
-function syncFolder(dir: string): void {
+export function syncFolder(dir: string): void {
   const fd = fs.openSync(dir, "r");
   try {
     fs.fsyncSync(fd);
@@ -361,35 +361,6 @@ export class WorkFolder {
     } finally {
       fs.closeSync(fd);
     }
-  }
-
-  /**
-   * The hidden states after layer `i`, written by other processes (token-shard jobs) at their
-   * shards' places into a preallocated private file (layer-inputs.ts slotsFileOf) of `tokens`
-   * tokens; `commit` makes it the layer's outputs (fsync, rename), as `saveLayer` does.
-   */
-  hiddenSlots(i: number, tokens: number, H: number, session: string): Pick<HiddenWriter, "commit" | "abandon"> {
-    const tmp = slotsFileOf(this.dir, i, session);
-    const fd = createPrivate(tmp);
-    try {
-      fs.ftruncateSync(fd, 4 * H * tokens);
-    } finally {
-      fs.closeSync(fd);
-    }
-    const file = this.hiddenFile(i);
-    return {
-      commit: () => {
-        const { fd: f } = openPrivate(tmp);
-        try {
-          fs.fsyncSync(f);
-        } finally {
-          fs.closeSync(f);
-        }
-        fs.renameSync(tmp, file);
-        syncFolder(this.dir);
-      },
-      abandon: () => fs.rmSync(tmp, { force: true }),
-    };
   }
 
   /**
