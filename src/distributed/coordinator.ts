@@ -113,8 +113,8 @@ function groupJob(r: CoordinatedRun, layer: number, s: GroupSpan, g: { sums: boo
 }
 
 /**
- * Token shard `s`'s job in `phase`: calibrate is done when its calls and statistics read back,
- * propagate when its calls are there. An output shard writes into this coordinator's own outputs
+ * Token shard `s`'s job in `phase`: calibrate is done when its statistics read back (an MoE layer's
+ * calls are written before them), propagate when its calls are there. An output shard writes into this coordinator's own outputs
  * file (named by its session), which an earlier coordinator's jobs never saw: it is always done again.
  */
 function shardJob(r: CoordinatedRun, layer: number, phase: ShardPhase, s: ShardJob): Job {
@@ -134,7 +134,7 @@ function shardJob(r: CoordinatedRun, layer: number, phase: ShardPhase, s: ShardJ
     message,
     filesDone: () =>
       phase === "calibrate"
-        ? present([files.calls("calibrate", shard), files.shardStats(shard)], () => readShardResult(files, shard))
+        ? present([files.shardStats(shard)], () => readShardResult(files, shard))
         : phase === "propagate"
           ? present([files.calls("propagate", shard)])
           : null,

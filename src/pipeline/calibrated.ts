@@ -30,6 +30,7 @@ import {
   stepSettings,
 } from "./layer-steps.js";
 import { groupedLayer } from "./expert-groups.js";
+import { shardedLayer } from "./sharded-layer.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
 import { eachInShards, inputShards } from "./layer-inputs.js";
 import { DEFAULT_SHARD_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
@@ -162,6 +163,11 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
         const groupSize = lp?.expert_groups?.size ?? null;
         const r = await groupedLayer(steps, { i, groupSize, work: layerWork, state, last: i === N - 1, remote });
         finishLayer(i, r.part, r.coverage, r.tensors, r.next);
+        r.clean();
+      } else if (remote) {
+        // distributed: a dense layer's token shards and GPTQ are jobs too
+        const r = await shardedLayer(steps, { i, work: layerWork, last: i === N - 1, remote });
+        finishLayer(i, r.part, null, r.tensors, r.next);
         r.clean();
       } else await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
     }

@@ -3,6 +3,7 @@
  * pass with each MoE call's routed sum read back, and its output tensors, in its parameter order,
  * read one at a time from the groups' files.
  */
+import type { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError } from "../errors.js";
 import { inputScaleTensor } from "../export/compressed-tensors.js";
 import type { SafetensorsFile } from "../io/safetensors.js";
@@ -17,6 +18,13 @@ import { staticInputScale } from "./quantize-layer.js";
 import { type HiddenWriter, RESTART, type WorkFolder, openPrivateSafetensors } from "./work-folder.js";
 import { hiddenSizeOf, hiddenSlots, tokensIn, withSumsAt } from "./layer-inputs.js";
 import type { RemoteExecutor } from "./remote-groups.js";
+
+/** The layer's outputs of a batch, checked finite. */
+export async function checkedOutput(layer: DecoderLayer, i: number, h: Tensor): Promise<Tensor> {
+  const out = await layer.call(h);
+  assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
+  return out;
+}
 
 /**
  * The layer over its inputs once more, each MoE call's routed sum read back from `sums.file` (from
@@ -41,9 +49,7 @@ export async function finalPass(
       },
       () =>
         steps.eachInput(i, async (h, done, tokens) => {
-          const out = await layer.call(h);
-          assertFinite(out, `layer ${i}: output hidden states (calibration data through the quantized layer)`);
-          next.append(out);
+          next.append(await checkedOutput(layer, i, h));
           progress?.({ kind: "samples", layer: i, phase: "propagate", done, total: steps.samples, tokens });
         }),
     );
@@ -74,11 +80,27 @@ export async function layerOutput(
     }
     return next;
   }
+  return remoteOutput(steps, l.i, work, remote, l.groups);
+}
+
+/**
+ * Layer `i`'s outputs written by a RemoteExecutor's output shard jobs into a preallocated file: an
+ * MoE layer's with each call's routed sum read back from the sums file of `groups` groups, a dense
+ * layer's (`groups` null) as they come.
+ */
+export async function remoteOutput(
+  steps: LayerSteps,
+  i: number,
+  work: WorkFolder,
+  remote: RemoteExecutor,
+  groups: number | null,
+): Promise<Pick<HiddenWriter, "commit">> {
   const H = hiddenSizeOf(steps.run.model);
-  const slots = hiddenSlots(work.dir, l.i, { tokens: tokensIn(steps.shards), H }, remote.session);
+  const slots = hiddenSlots(work.dir, i, { tokens: tokensIn(steps.shards), H }, remote.session);
   try {
-    const jobs = withSumsAt(steps.shards, H).map(({ at, ...s }) => ({ ...s, routed: { done: l.groups, at } }));
-    await remote.shards(l.i, "output", jobs);
+    const jobs =
+      groups === null ? steps.shards : withSumsAt(steps.shards, H).map(({ at, ...s }) => ({ ...s, routed: { done: groups, at } }));
+    await remote.shards(i, "output", jobs);
   } catch (e) {
     slots.abandon();
     throw e;

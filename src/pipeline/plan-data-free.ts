@@ -100,6 +100,7 @@ export function dataFreePlan(opts: OneshotOptions, o: OpenedForPlan, process: { 
     layers.push({
       layer: i,
       moe,
+      non_expert: { input_bytes: 0, gptq_flops: 0, gptq_max_flops: 0, hessian_bytes: 0 },
       read_bytes: read,
       write_bytes: write,
       memory,

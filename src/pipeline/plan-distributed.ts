@@ -1,9 +1,10 @@
 /**
  * What a distributed run (`oneshot --nats`, docs/distributed.md) of a plan would take with N
- * workers: per MoE layer, its jobs, a wave of N at a time (token shards of the non-expert part in
- * three phases, the other Linears' GPTQ, the expert groups, each recomputing the gate/up Gram
- * product the experts share), the coordinator's own part (adding the shards' statistics and the
- * groups' routed rows, writing the layer), and the bytes each layer moves through the shared file system. Rates are the plan's (PLAN_MODEL, the GEMM
+ * workers: per layer, its jobs, a wave of N at a time (token shards of the non-expert part in
+ * three phases, or a dense layer's two; the non-expert Linears' GPTQ; an MoE layer's expert groups,
+ * each recomputing the gate/up Gram product the experts share), the coordinator's own part (adding
+ * the shards' statistics and the groups' routed rows, writing the layer), and the bytes each layer
+ * moves through the shared file system. Rates are the plan's (PLAN_MODEL, the GEMM
  * rate it measured), taken as each worker's: a worker on a faster host only shortens its jobs.
  */
 import { UsageError } from "../errors.js";
@@ -14,7 +15,7 @@ import { size, time } from "./plan-report.js";
 
 export interface DistributedLayer {
   layer: number;
-  /** expert group jobs */
+  /** expert group jobs (0: a dense layer) */
   groups: number;
   /** token-shard jobs a phase of the non-expert part (calibrate; but in the last layer, propagate and output too) */
   shards: number;
@@ -48,7 +49,7 @@ export function distributedPlan(p: Plan, o: { workers: number; threads?: number 
   if (!Number.isInteger(o.workers) || o.workers < 1) throw new UsageError(`workers must be an integer >= 1, got ${String(o.workers)}`);
   if (p.data_free) throw new UsageError("a data-free run is not distributed (oneshot --nats runs calibrated MoE layers)");
   const threads = o.threads ?? gptqWorkerCount();
-  const layers = p.layers.flatMap((l) => (l.experts ? [distributedLayer(p, l, o.workers, threads)] : []));
+  const layers = p.layers.map((l) => distributedLayer(p, l, o.workers, threads));
   const saved = layers.reduce((a, d) => a + (p.layers[d.layer] as LayerPlan).seconds - d.seconds, 0);
   return {
     workers: o.workers,
@@ -61,14 +62,57 @@ export function distributedPlan(p: Plan, o: { workers: number; threads?: number 
 }
 
 function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: number): DistributedLayer {
-  const x = l.experts as NonNullable<LayerPlan["experts"]>;
+  const x = l.experts;
+  const ne = l.non_expert;
   const rate = p.gemm_gflops * 1e9;
   const e = PLAN_MODEL.efficiency;
+  const io = PLAN_MODEL.ioBytesPerSecond;
+  const waves = (n: number): number => Math.ceil(n / workers);
+  const last = l.flops.propagate === 0;
+  const g = x ? groupJobs(p, l, x, workers, threads) : { groups: 0, job: 0, propagation: 0, rows: 0, moved: 0 };
+  // a token shard: its share of the non-expert part's passes; calibrate reads its inputs and writes its
+  // statistics (and an MoE layer's calls), propagate (an MoE layer's) reads its inputs and writes its
+  // calls, output reads its inputs (and an MoE layer's routed sums) and writes its outputs
+  const S = Math.max(1, p.shards);
+  const sample = PLAN_MODEL.secondsPerSample;
+  const hidden = ne.input_bytes;
+  const stream = x?.stream_bytes ?? 0;
+  const calibrate = (l.flops.calibrate - (x?.calibrate_flops ?? 0)) / (rate * e.calibrate) + sample.calibrate * p.samples;
+  const propagate = last ? 0 : (l.flops.propagate - (x?.routed_flops ?? 0)) / (rate * e.propagate) + sample.propagate * p.samples;
+  const passes = x ? 2 : 1;
+  const outputIo = x ? 3 * hidden + hidden + g.propagation : 2 * hidden;
+  const shard = (calibrate + (hidden + stream) / io) / S + ne.hessian_bytes / io + (last ? 0 : (passes * propagate + outputIo / io) / S);
+  // the non-expert Linears' GPTQ, a job each: the largest bounds the wall; their Hessians written and read
+  const gptq = Math.max(ne.gptq_max_flops, ne.gptq_flops / workers) / (rate * e.gptq) + (2 * ne.hessian_bytes) / io;
+  const jobs = waves(S) * shard + gptq + waves(g.groups) * g.job;
+  // the coordinator: every shard's statistics read, an MoE layer's routed rows read and sums written, the layer written
+  const coordinator =
+    PLAN_MODEL.secondsPerLayer +
+    (S * ne.hessian_bytes + (last || !x ? 0 : g.propagation + g.rows + 2 * x.sums_bytes) + 3 * l.write_bytes) / io;
+  const shardBytes = hidden + stream + 2 * S * ne.hessian_bytes + (last ? 0 : outputIo);
+  return {
+    layer: l.layer,
+    groups: g.groups,
+    shards: S,
+    job_seconds: g.job,
+    shard_seconds: shard,
+    gptq_seconds: gptq,
+    jobs_seconds: jobs,
+    coordinator_seconds: coordinator,
+    seconds: coordinator + jobs,
+    moved_bytes: g.moved + shardBytes + 2 * ne.hessian_bytes,
+  };
+}
+
+/** An MoE layer's expert group jobs: how many, one's seconds, and what they move. */
+function groupJobs(p: Plan, l: LayerPlan, x: NonNullable<LayerPlan["experts"]>, workers: number, threads: number) {
+  const rate = p.gemm_gflops * 1e9;
+  const e = PLAN_MODEL.efficiency;
+  const io = PLAN_MODEL.ioBytesPerSecond;
   const groupSize = l.expert_groups?.size ?? jobGroupSize(x.count, workers);
   const groups = Math.ceil(x.count / groupSize);
-  const io = PLAN_MODEL.ioBytesPerSecond;
   // in every layer but the last: the propagation calls streamed (read by every group job), the routed
-  // rows (each routed pair's weighted output: written by the jobs, read by the coordinator) and the sums
+  // rows (each routed pair's weighted output: written by the jobs, read by the coordinator)
   const last = l.flops.propagate === 0;
   const propagation = last ? 0 : x.stream_bytes;
   const rows = last ? 0 : x.routed_rows_bytes;
@@ -80,38 +124,8 @@ function distributedLayer(p: Plan, l: LayerPlan, workers: number, threads: numbe
     ((x.calibrate_flops - x.shared_flops) / (rate * e.calibrate) + gptq + routed) / groups +
     x.shared_flops / (rate * e.calibrate) +
     (x.stream_bytes + propagation + (x.read_bytes + x.write_bytes + rows) / groups) / io;
-  // a token shard: its share of the non-expert part's passes; calibrate reads its inputs and writes its
-  // calls and statistics, propagate reads its inputs and writes its calls, output reads its inputs and
-  // routed sums and writes its outputs (the layer's hidden states are as large as its sums)
-  const S = Math.max(1, p.shards);
-  const sample = PLAN_MODEL.secondsPerSample;
-  const hidden = x.sums_bytes;
-  const calibrate = (l.flops.calibrate - x.calibrate_flops) / (rate * e.calibrate) + sample.calibrate * p.samples;
-  const propagate = last ? 0 : (l.flops.propagate - x.routed_flops) / (rate * e.propagate) + sample.propagate * p.samples;
-  const shard =
-    (calibrate + (hidden + x.stream_bytes) / io) / S +
-    x.other_hessian_bytes / io +
-    (last ? 0 : (2 * propagate + (hidden + propagation) / io + (3 * hidden) / io) / S);
-  // the other Linears' GPTQ, a job each: the largest bounds the wall; their Hessians written and read
-  const otherGptq = Math.max(x.other_gptq_max_flops, x.other_gptq_flops / workers) / (rate * e.gptq) + (2 * x.other_hessian_bytes) / io;
-  const waves = (n: number): number => Math.ceil(n / workers);
-  const jobs = waves(S) * shard + otherGptq + waves(groups) * job;
-  const coordinator =
-    PLAN_MODEL.secondsPerLayer + (S * x.other_hessian_bytes + (last ? 0 : propagation + rows + 2 * x.sums_bytes) + 3 * l.write_bytes) / io;
-  const shardBytes = hidden + x.stream_bytes + 2 * S * x.other_hessian_bytes + (last ? 0 : 4 * hidden + propagation);
-  return {
-    layer: l.layer,
-    groups,
-    shards: S,
-    job_seconds: job,
-    shard_seconds: shard,
-    gptq_seconds: otherGptq,
-    jobs_seconds: jobs,
-    coordinator_seconds: coordinator,
-    seconds: coordinator + jobs,
-    moved_bytes:
-      groups * (x.stream_bytes + propagation) + x.read_bytes + 2 * x.write_bytes + 2 * rows + shardBytes + 2 * x.other_hessian_bytes,
-  };
+  const moved = groups * (x.stream_bytes + propagation) + x.read_bytes + 2 * x.write_bytes + 2 * rows;
+  return { groups, job, propagation, rows, moved };
 }
 
 /** The estimate as text: per MoE layer, then in total. */
@@ -119,7 +133,7 @@ export function formatDistributed(d: DistributedPlan): string {
   const most = Math.max(0, ...d.layers.map((l) => l.groups));
   const idle = most > 0 && most < d.workers ? most : 0;
   return [
-    `distributed (oneshot --nats) with ${d.workers} worker(s) of ${d.threads} GPTQ thread(s), per MoE layer:`,
+    `distributed (oneshot --nats) with ${d.workers} worker(s) of ${d.threads} GPTQ thread(s), per layer:`,
     "layer  shards  a shard    groups  a group    jobs' wall  coordinator  moved",
     ...d.layers.map(
       (l) =>

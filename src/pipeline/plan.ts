@@ -77,10 +77,15 @@ export interface ExpertWork {
   /** each routed pair's weighted output (a distributed job's routed rows), and the routed sums */
   routed_rows_bytes: number;
   sums_bytes: number;
-  /** the layer's other Linears (attention, router, shared experts): their GPTQ, the largest one's, and their Hessians' bytes */
-  other_gptq_flops: number;
-  other_gptq_max_flops: number;
-  other_hessian_bytes: number;
+}
+
+/** A layer's Linears outside its routed experts (attention, router, shared experts; a dense layer's all): their GPTQ, the largest one's, and their Hessians' bytes (one copy each). */
+export interface NonExpertWork {
+  /** the layer's inputs, 4 T H bytes (as large as its outputs) */
+  input_bytes: number;
+  gptq_flops: number;
+  gptq_max_flops: number;
+  hessian_bytes: number;
 }
 
 export interface LayerPlan {
@@ -107,6 +112,7 @@ export interface LayerPlan {
   expert_groups: ExpertGroups | null;
   /** an MoE layer's routed experts, the share of its work and bytes a distributed run's jobs take (plan-distributed.ts) */
   experts: ExpertWork | null;
+  non_expert: NonExpertWork;
   flops: { calibrate: number; propagate: number; gptq: number };
   seconds: number;
 }
@@ -297,11 +303,18 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         hessians += 4 * l.inFeatures ** 2 * (T > shardTokens ? 2 : 1);
       }
     }
+    // one copy each (the memory above counts two beside more than one shard)
+    const nonExpert: NonExpertWork = {
+      input_bytes: 4 * T * H,
+      gptq_flops: gptq,
+      gptq_max_flops: gptqMax,
+      hessian_bytes: T > shardTokens ? hessians / 2 : hessians,
+    };
     let activations = 0;
     let experts: Omit<ExpertsOfLayer, "gptq" | "stream"> | null = null;
     let expertWork: ExpertWork | null = null;
     if (block) {
-      const before = { calibrate, gptq, hessians };
+      const before = { calibrate, gptq };
       const E = block.numRoutedExperts;
       const ex = block.routedExperts()[0];
       const Im = ex ? ex.gate.outFeatures : 0;
@@ -339,10 +352,6 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         stream_bytes: 4 * T * (H + 2 * K),
         routed_rows_bytes: 4 * T * K * H,
         sums_bytes: 4 * T * H,
-        other_gptq_flops: before.gptq,
-        other_gptq_max_flops: gptqMax,
-        // a shard's statistics hold one copy (the memory above, two beside more than one shard)
-        other_hessian_bytes: T > shardTokens ? before.hessians / 2 : before.hessians,
       };
       // the fast path's per-chunk buffers: gate/up products and the activation of one expert
       activations = 4 * 3 * Im * Math.min(Math.max(maxS, BATCH_TOKENS), 2048);
@@ -390,6 +399,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       peak_memory_bytes: peak,
       expert_groups: null,
       experts: expertWork,
+      non_expert: nonExpert,
       flops: { calibrate, propagate: i < config.numHiddenLayers - 1 ? propagate : 0, gptq },
       seconds,
     };

@@ -20,9 +20,9 @@ import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
-import { finalPass } from "./group-output.js";
+import { checkedOutput, finalPass } from "./group-output.js";
 import { type InputShard, eachInShards, hiddenSizeOf, readHiddenShard, writeHiddenShard } from "./layer-inputs.js";
-import { type LayerSteps, type PassObservers, moeOf, observeLayer } from "./layer-steps.js";
+import { type LayerSteps, type PassObservers, moeOf, observeLayer, routedExpertLinears } from "./layer-steps.js";
 import { groupFiles, streamCalls } from "./moe-stream.js";
 import { RESTART, openPrivateSafetensors, readPrivateText, writeAtomic } from "./work-folder.js";
 
@@ -44,7 +44,8 @@ type ShardResult = z.infer<typeof SHARD_RESULT>;
 /**
  * One token-shard job: the non-expert part of layer `i` loaded (for the later phases, with the
  * coordinator's quantized weights), run over shard `s` of the layer's inputs in the work folder `dir`.
- * `routedAt`: for the output phase, where the shard's routed sums start in the sums file of `done` groups.
+ * `routed`: for an MoE layer's output phase, where the shard's routed sums start in the sums file of
+ * `done` groups. A dense layer is all non-expert: its calibrate and output shards run it whole.
  */
 export async function tokenShardJob(
   steps: LayerSteps,
@@ -55,7 +56,10 @@ export async function tokenShardJob(
   const { run } = steps;
   const layer = run.model.model.layers.at(i);
   const prefix = `model.layers.${i}`;
-  const { expertOf, linearExpert } = moeOf(layer, prefix);
+  const moe = routedExpertLinears(layer, prefix).size > 0;
+  const { expertOf, linearExpert } = moe
+    ? moeOf(layer, prefix)
+    : { expertOf: new Map<string, number>(), linearExpert: new Map<string, number>() };
   const files = groupFiles(dir, i);
   const H = hiddenSizeOf(run.model);
   const inputs = readHiddenShard(dir, i - 1, s, H);
@@ -67,14 +71,16 @@ export async function tokenShardJob(
   const params = (n: string): boolean => n.startsWith(`${prefix}.`) && !expertOf.has(n);
   loadParameters(run.model, run.source, run.mapping, params);
   try {
-    if (s.phase === "calibrate") return await calibrateShard(shardSteps, layer, i, files, { ...s, linearExpert });
+    if (s.phase === "calibrate") return await calibrateShard(shardSteps, layer, i, files, { ...s, linearExpert, moe });
     loadNonExpert(layer, prefix, files.nonExpert);
     if (s.phase === "propagate")
       return await streamCalls(shardSteps, layer, i, { file: files.calls("propagate", s.shard), calibrate: false, tag: s.tag });
     const { routed, slots } = s;
-    if (!routed || !slots) throw new UsageError(`layer ${i} shard ${s.shard}: an output job names no routed sums or outputs file`);
+    if ((moe && !routed) || !slots) throw new UsageError(`layer ${i} shard ${s.shard}: an output job names no routed sums or outputs file`);
     const out: Tensor[] = [];
-    await finalPass(shardSteps, layer, i, { file: files.routed(routed.done), at: routed.at }, { append: (t) => out.push(t) });
+    const append = (t: Tensor): void => void out.push(t);
+    if (routed) await finalPass(shardSteps, layer, i, { file: files.routed(routed.done), at: routed.at }, { append });
+    else await shardSteps.eachInput(i, async (h) => append(await checkedOutput(layer, i, h)));
     writeHiddenShard(dir, i, { ...s, slots }, H, out);
   } finally {
     unloadParameters(run.model, params);
@@ -89,7 +95,7 @@ async function calibrateShard(
   layer: DecoderLayer,
   i: number,
   files: Files,
-  s: InputShard & { tag: string; linearExpert: Map<string, number> },
+  s: InputShard & { tag: string; linearExpert: Map<string, number>; moe: boolean },
 ): Promise<void> {
   const tracker = trackCoverage(layer, `model.layers.${i}`);
   let targets: Awaited<ReturnType<typeof observeLayer>>["targets"];
@@ -99,7 +105,10 @@ async function calibrateShard(
       layer,
       i,
       (n) => !s.linearExpert.has(n),
-      () => streamCalls(steps, layer, i, { file: files.calls("calibrate", s.shard), calibrate: true, tag: s.tag }),
+      () =>
+        s.moe
+          ? streamCalls(steps, layer, i, { file: files.calls("calibrate", s.shard), calibrate: true, tag: s.tag })
+          : steps.eachInput(i, async (h) => void (await layer.call(h))),
     ));
   } finally {
     tracker.remove();

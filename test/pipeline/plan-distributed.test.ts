@@ -67,6 +67,24 @@ test("each MoE layer's experts become its jobs: 8 groups by default, the plan's 
   );
 });
 
+test("a dense layer (DeepSeek-V3's first) is its token shards and GPTQ jobs: no groups, no routed streams", async () => {
+  const p = await plan({ ...base, model: path.join(ROOT, "test", "fixtures", "tiny-deepseek_v3-fp8") });
+  const d = distributedPlan(p, { workers: 2, threads: 1 });
+  const dense = d.layers[0];
+  assert.ok(dense && p.layers[0]?.experts === null, "layer 0 is dense");
+  assert.equal(dense.groups, 0);
+  assert.ok(dense.gptq_seconds > 0 && dense.shard_seconds > 0);
+  assert.ok(Math.abs(dense.jobs_seconds - (dense.shard_seconds + dense.gptq_seconds)) <= 1e-9 * dense.jobs_seconds);
+  // its inputs read by the calibrate and output shards, its outputs written; its statistics once, its Hessians once
+  const ne = p.layers[0]?.non_expert;
+  assert.ok(ne);
+  assert.equal(dense.moved_bytes, 3 * ne.input_bytes + 4 * ne.hessian_bytes);
+  assert.deepEqual(
+    d.layers.map((l) => l.groups > 0),
+    [false, true, true],
+  );
+});
+
 test("bytes moved per layer: both streams of calls once per group job, the experts' weights read once, their tensors written and read back once, their routed rows written and read once (none of the last two streams in the last layer); each shard's inputs, calls, statistics and outputs", async () => {
   const p = await plan(base);
   const d = distributedPlan(p, { workers: 2 });
@@ -84,9 +102,10 @@ test("bytes moved per layer: both streams of calls once per group job, the exper
     // routed sums read and the outputs written by the output shards; calls written by calibrate and propagate;
     // the other Linears' statistics written and read per shard, their Hessians written and read once (GPTQ jobs)
     const hidden = 4 * p.tokens * H;
-    const shards = last ? hidden + x.stream_bytes + 4 * x.other_hessian_bytes : 5 * hidden + 2 * x.stream_bytes + 4 * x.other_hessian_bytes;
+    const hess = p.layers[l.layer]?.non_expert.hessian_bytes ?? 0;
+    const shards = last ? hidden + x.stream_bytes + 4 * hess : 5 * hidden + 2 * x.stream_bytes + 4 * hess;
     assert.equal(l.moved_bytes, groups + shards);
-    assert.ok(x.other_hessian_bytes > 0, "attention's Hessians");
+    assert.ok(hess > 0, "attention's Hessians");
     assert.ok(x.read_bytes > 0 && x.write_bytes > 0 && x.write_bytes < x.read_bytes, "W4A16 writes less than BF16 reads");
   }
   assert.equal(
