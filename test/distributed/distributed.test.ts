@@ -184,7 +184,7 @@ test("a worker killed (SIGKILL) mid-job: the server redelivers its job after --j
   assertSameFiles(out, reference);
 });
 
-test("the coordinator killed (SIGKILL) while its jobs run: rerun (even with another --expert-group-size), it resumes with the layer's groups, takes those the workers finished from the bucket, and writes the local run's bytes", {
+test("the coordinator killed (SIGKILL) while its jobs run: rerun (even with another --expert-group-size), it resumes with the layer's groups, takes the shards, GPTQ jobs and groups the workers finished from the bucket, and writes the local run's bytes", {
   skip,
 }, async () => {
   const args = ["--model", shared("tiny-qwen3_moe"), ...RUN, "--expert-group-size", "3"];
@@ -217,6 +217,17 @@ test("the coordinator killed (SIGKILL) while its jobs run: rerun (even with anot
     again.err.some((l) => /layer 2\/3: 0 expert group job\(s\) queued for the workers \(3 done before\)/.test(l)),
     again.err.join("\n"),
   );
+  // the layer's token shards and GPTQ jobs finished before its groups were queued: taken from the
+  // bucket too, but its output shards, which write into the new coordinator's own file
+  for (const phase of ["calibrate", "propagate"])
+    assert.ok(
+      again.err.some((l) =>
+        new RegExp(`layer 2/3: 0 token shard job\\(s\\) queued for the workers \\(${phase}\\) \\(1 done before\\)`).test(l),
+      ),
+      again.err.join("\n"),
+    );
+  assert.ok(again.err.some((l) => /layer 2\/3: 1 token shard job\(s\) queued for the workers \(output\)$/.test(l)));
+  assert.ok(!again.err.some((l) => /layer 2\/3: GPTQ of /.test(l)), "no GPTQ job of layer 2 was done again");
   assert.ok(
     done.slice(before).every((e) => e.layer === 2),
     "no group of layer 1 was done again",
