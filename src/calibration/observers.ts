@@ -88,7 +88,6 @@ export class HessianStats {
     return this.routedAcc && this.rows > 0 ? this.routedAcc.combine(base, this.rows, this.statistics.statistics) : base;
   }
 
-  /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
   /** The sum of the own rows, every shard ended (a token-shard job's result, which another process adds to its own). */
   ownSum(): GramAccumulator | null {
     this.endShard();
@@ -99,6 +98,7 @@ export class HessianStats {
     return this.ownAcc;
   }
 
+  /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
   private allTokenH(): Float32Array {
     // the shard open now ends: own rows are the ended shards' sum from here on
     this.ownSum();

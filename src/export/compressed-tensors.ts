@@ -1,12 +1,10 @@
 import { f32ToBf16, f32ToF16, f32ToFp8e4m3 } from "../engine/dtype.js";
 import type { DType } from "../io/safetensors.js";
-import type { NamedRaw } from "../io/writer.js";
+import { type NamedRaw, bytesOf } from "../io/writer.js";
 import { packColumns, packFp4, packRows } from "../quantization/pack.js";
 import { InternalError } from "../errors.js";
 import type { QuantizedWeight, ScaleDType } from "../quantization/params.js";
 import type { QuantFormat } from "../quantization/scheme.js";
-
-const bytesOf = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** Values (already representable in dtype) as raw bytes of that dtype. */
 function encodeFloats(values: Float32Array, dtype: ScaleDType): Uint8Array {

@@ -74,6 +74,9 @@ export function writeSafetensors(file: string, tensors: NamedRaw[], metadata?: R
   }
 }
 
+/** The bytes of a typed array (a view, no copy). */
+export const bytesOf = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
 /** Write all of `buf` at the file's position, or at `position` (a write may take part of it); a failure names `file`. */
 export function writeAll(fd: number, buf: Uint8Array, file: string, position?: number): void {
   let done = 0;

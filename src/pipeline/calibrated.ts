@@ -24,15 +24,14 @@ import {
   type LayerSteps,
   type PartResult,
   inLinearOrder,
-  layerOutputTensors,
   observeAndQuantize,
-  quantizedTensors,
   stepSettings,
+  wholeLayerTensors,
 } from "./layer-steps.js";
 import { groupedLayer } from "./expert-groups.js";
 import { shardedLayer } from "./sharded-layer.js";
 import { type StreamModel, withEmbeddings, withParameters } from "./stream.js";
-import { eachInShards, inputShards } from "./layer-inputs.js";
+import { eachInShards, hiddenSizeOf, inputShards } from "./layer-inputs.js";
 import { DEFAULT_SHARD_TOKENS, type HiddenWriter, WorkFolder, type WorkState, workFolderBytes } from "./work-folder.js";
 import { samplesHash, tokenizerIdentity } from "./work-manifest.js";
 import { plan } from "./plan.js";
@@ -129,7 +128,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     if (poolSize > 0) void sharedGptqPool(poolSize);
 
     const streamed: StreamModel = { model, source, mapping, config };
-    const H = (model.namedParameters().find(([n]) => n === "model.embed_tokens.weight")?.[1].shape[1] ?? 0) as number;
+    const H = hiddenSizeOf(model);
     const lengths = samples.map((s) => s.length);
     const layerWork = work;
     // hidden states live in the work folder, not in memory: the embeddings (layer 0's input) first;
@@ -218,11 +217,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
         }
       }
       opts.onProgress?.({ kind: "phase", layer: i, phase: "write" });
-      const byName = new Map(results.map((r) => [r.name, r]));
-      const layerTensors = layerOutputTensors(run, layer, i, (n) => {
-        const q = byName.get(n);
-        return q ? quantizedTensors(run, q) : null;
-      });
+      const layerTensors = wholeLayerTensors(run, layer, i, results);
       const cov = tracker.coverage.layers[String(i)] ?? null;
       finishLayer(i, { results, fallbacks, allTokenFallbacks }, cov, layerTensors, next);
     }

@@ -44,8 +44,7 @@ import {
 } from "./layer-steps.js";
 import type { PrepCache } from "./quantize-layer.js";
 import { callFiles, callRecords, groupFiles, streamCalls, streamRecords, streamWriter } from "./moe-stream.js";
-import { addShardStats, writeNonExpert } from "./token-shards.js";
-import { remoteGptqPool, removeGptqFiles } from "./gptq-jobs.js";
+import { remoteCalibration, removeShardFiles, writeNonExpert } from "./token-shards.js";
 import { assembleLayer, layerOutput } from "./group-output.js";
 import { type GroupState, readGroupResult, readGroupState, writeGroupResult, writeGroupState } from "./group-state.js";
 import { type CheckpointStage, type HiddenWriter, RESTART, type WorkFolder, type WorkState, writeAtomic } from "./work-folder.js";
@@ -96,19 +95,15 @@ export async function groupedLayer(
     const { remote } = job;
     const shards = remote ? steps.shards : [];
     const routedOf = (): number[] | null => tracker.coverage.layers[String(i)]?.routed ?? null;
+    const jobs = remote ? remoteCalibration(remote, i, work.dir, shards, routedOf) : null;
     try {
       nonExpert = await observeAndQuantize(
         steps,
         layer,
         i,
         (n) => !linearExpert.has(n),
-        remote
-          ? async (o) => {
-              await remote.shards(i, "calibrate", shards);
-              for (const s of shards) addShardStats(files, s, o, routedOf());
-            }
-          : ({ endShard }) => streamCalls(steps, layer, i, { file: files.calibrate, calibrate: true }, endShard),
-        remote ? { pool: remoteGptqPool(work.dir, i, (n, linear) => remote.gptq(i, n, linear)) } : {},
+        jobs?.pass ?? (({ endShard }) => streamCalls(steps, layer, i, { file: files.calibrate, calibrate: true }, endShard)),
+        jobs ? { pool: jobs.pool } : {},
       );
     } finally {
       tracker.remove();
@@ -142,12 +137,8 @@ export async function groupedLayer(
       tensors: assembleLayer(steps, layer, i, nonExpert, done, files),
       next,
       clean: () => {
-        for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state, files.nonExpert])
-          fs.rmSync(f, { force: true });
-        removeGptqFiles(work.dir, i);
-        for (const { shard: k } of shards)
-          for (const f of [files.calls("calibrate", k), files.calls("propagate", k), files.shardStats(k), files.shardResult(k)])
-            fs.rmSync(f, { force: true });
+        for (const f of [files.calibrate, files.propagate, files.routed(groups), files.state]) fs.rmSync(f, { force: true });
+        removeShardFiles(work.dir, i, shards);
         for (let g = 0; g < groups; g++) for (const f of [files.tensors(g), files.result(g), files.rows(g)]) fs.rmSync(f, { force: true });
       },
     };

@@ -1,7 +1,7 @@
 import type { Tensor } from "../engine/tensor.js";
 import { FORWARD_OPTIONS, checkOptions } from "./options.js";
 import { SafetensorsFile, rawToInts } from "../io/safetensors.js";
-import { writeSafetensors, type NamedRaw } from "../io/writer.js";
+import { bytesOf, writeSafetensors, type NamedRaw } from "../io/writer.js";
 import { writeFileAtomic } from "../io/atomic.js";
 import { UsageError } from "../errors.js";
 import { assertSafeOutput } from "../export/output.js";
@@ -14,7 +14,7 @@ export interface ForwardFileOptions {
 }
 
 function f32Raw(name: string, t: Tensor): NamedRaw {
-  return { name, dtype: "F32", shape: [...t.shape], bytes: new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength) };
+  return { name, dtype: "F32", shape: [...t.shape], bytes: bytesOf(t.data) };
 }
 
 /** Read `input_ids` [B, S] from a safetensors file, run the model, write logits and hidden states (F32). */

@@ -7,14 +7,13 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { NumericalError } from "../errors.js";
-import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
+import { CheckpointFormatError, NumericalError } from "../errors.js";
+import { type NamedRaw, bytesOf, encodeSafetensors } from "../io/writer.js";
 import type { SafetensorsFile } from "../io/safetensors.js";
 import type { GptqResult } from "../quantization/gptq.js";
 import { type GptqJob, type GptqPool, runGptqJob } from "../quantization/gptq-pool.js";
 import type { QParams } from "../quantization/params.js";
 import type { LayerSteps } from "./layer-steps.js";
-import { CheckpointFormatError } from "../errors.js";
 import { RESTART, openPrivateSafetensors, writeAtomic } from "./work-folder.js";
 
 /** A GPTQ job's files in the work folder `dir`: its inputs (written by the coordinator) and its result (by the worker). */
@@ -27,11 +26,12 @@ export function removeGptqFiles(dir: string, i: number): void {
   for (const f of fs.readdirSync(dir)) if (f.startsWith(`layer-${i}-gptq-`)) fs.rmSync(path.join(dir, f), { force: true });
 }
 
-const f32 = (name: string, a: Float32Array, shape: number[]): NamedRaw => ({
+/** A typed array as a tensor to write (its bytes, not copied). */
+const raw = (name: string, dtype: NamedRaw["dtype"], a: ArrayBufferView, shape: number[]): NamedRaw => ({
   name,
-  dtype: "F32",
+  dtype,
   shape,
-  bytes: new Uint8Array(a.buffer, a.byteOffset, a.byteLength),
+  bytes: bytesOf(a),
 });
 
 /**
@@ -47,8 +47,8 @@ export function remoteGptqPool(dir: string, i: number, run: (n: number, linear: 
       const n = count++;
       const files = gptqFiles(dir, i, n);
       const { hessian, inF } = job.prep;
-      const tensors = [f32("weight", job.weight, [job.out, inF]), f32("hessian", hessian, [inF, inF])];
-      if (job.globalScale) tensors.push(f32("global_scale", job.globalScale, [job.out]));
+      const tensors = [raw("weight", "F32", job.weight, [job.out, inF]), raw("hessian", "F32", hessian, [inF, inF])];
+      if (job.globalScale) tensors.push(raw("global_scale", "F32", job.globalScale, [job.out]));
       writeAtomic(files.inputs, encodeSafetensors(tensors, { name: job.name, dampening: JSON.stringify(job.prep.dampening) }));
       return { result: run(n, job.name).then(() => readGptqResult(files.result, job)) };
     },
@@ -91,12 +91,6 @@ export async function gptqJob(steps: LayerSteps, dir: string, i: number, j: { n:
 
 function resultTensors(r: GptqResult): NamedRaw[] {
   const { codes, params, out, inF } = r.weight;
-  const raw = (name: string, dtype: NamedRaw["dtype"], a: ArrayBufferView, shape: number[]): NamedRaw => ({
-    name,
-    dtype,
-    shape,
-    bytes: new Uint8Array(a.buffer, a.byteOffset, a.byteLength),
-  });
   const g = params.groups;
   return [
     raw("codes", codes instanceof Int8Array ? "I8" : "U8", codes, [out, inF]),

@@ -10,7 +10,7 @@ import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { readAt } from "../io/files.js";
-import { writeAll } from "../io/writer.js";
+import { bytesOf, writeAll } from "../io/writer.js";
 import { checkStop } from "../util/interrupt.js";
 import type { AnyModule } from "../nn/module.js";
 import { BATCH_TOKENS, type HiddenWriter, RESTART, createPrivate, openPrivate, syncFolder } from "./work-folder.js";
@@ -201,7 +201,7 @@ export function writeHiddenShard(dir: string, i: number, s: InputShard & { slots
     if (!st.isFile() || st.size < end) throw new CheckpointFormatError(`${file}: not the layer's preallocated outputs; ${RESTART}`);
     let pos = 4 * H * s.offset;
     for (const t of out) {
-      const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+      const bytes = bytesOf(t.data);
       writeAll(fd, bytes, file, pos);
       pos += bytes.byteLength;
     }

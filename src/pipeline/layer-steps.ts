@@ -74,14 +74,25 @@ export const schemeOfTarget =
 
 export type Expert = SwiGluExpert & Module<Tensor, Tensor>;
 
-/** The layer's MoE block: its experts in order, the module name of each, and each expert parameter's expert. */
-export function moeOf(
-  layer: DecoderLayer,
-  prefix: string,
-): { experts: Expert[]; expertOf: Map<string, number>; linearExpert: Map<string, number> } {
+/** A layer's routed experts in order, each expert parameter's expert, and each expert submodule's (its Linears'). */
+export interface LayerExperts {
+  experts: Expert[];
+  expertOf: Map<string, number>;
+  linearExpert: Map<string, number>;
+}
+
+/** The layer's MoE block's experts (a layer run in expert groups has one). */
+export function moeOf(layer: DecoderLayer, prefix: string): LayerExperts {
+  const moe = expertsOf(layer, prefix);
+  if (!moe) throw new CheckpointFormatError(`${prefix} has no MoE block to run in expert groups`);
+  return moe;
+}
+
+/** The layer's routed experts, or null for a dense layer. */
+export function expertsOf(layer: DecoderLayer, prefix: string): LayerExperts | null {
   const found = layer.namedModules(prefix).find(([, m]) => asMoeBlock(m) !== null);
   const block = found ? asMoeBlock(found[1]) : null;
-  if (!block) throw new CheckpointFormatError(`${prefix} has no MoE block to run in expert groups`);
+  if (!block) return null;
   const experts = block.routedExperts() as Expert[];
   const index = new Map<unknown, number>(experts.map((e, k) => [e, k]));
   const expertOf = new Map<string, number>();
@@ -93,15 +104,6 @@ export function moeOf(
     for (const [l] of m.namedModules(n)) if (l !== n) linearExpert.set(l, e);
   }
   return { experts, expertOf, linearExpert };
-}
-
-/** The Linears of the layer's routed experts, by name (a dense layer has none). */
-export function routedExpertLinears(layer: DecoderLayer, prefix: string): Set<string> {
-  const experts = new Set<unknown>(layer.namedModules(prefix).flatMap(([, m]) => asMoeBlock(m)?.routedExperts() ?? []));
-  const names = new Set<string>();
-  for (const [n, m] of layer.namedModules(prefix))
-    if (experts.has(m)) for (const [l, lm] of m.namedModules(n)) if (lm instanceof Linear) names.add(l);
-  return names;
 }
 
 /** What a pass over a layer's inputs tells its observers. */
@@ -146,10 +148,10 @@ export async function observeLayer(
   const observers = gptqHere ? attachHessianObservers(layer, (n) => targets.linears.has(n) && byGptq(n), prefix, steps.statistics) : null;
   const staticInputs = new Map([...targets.linears].filter(([n]) => hasStaticActivationScales(schemeOf(n))));
   const absMax = staticInputs.size > 0 ? attachInputAbsMax(staticInputs) : null;
-  const experts = routedExpertLinears(layer, prefix);
+  const experts = expertsOf(layer, prefix)?.linearExpert;
   try {
     await pass({
-      endShard: () => observers?.endShard((n) => !experts.has(n)),
+      endShard: () => observers?.endShard((n) => !experts?.has(n)),
       hessians: observers?.stats ?? new Map(),
       inputAbsMax: absMax?.stats ?? new Map(),
     });
@@ -219,6 +221,20 @@ export function quantizedTensors(run: RunModel, q: QuantizedLinear): NamedRaw[] 
     scheme,
   );
   return tensors;
+}
+
+/** The output tensors of a layer quantized whole (`results`: its quantized Linears), in the order of its parameters. */
+export function wholeLayerTensors(
+  run: RunModel,
+  layer: DecoderLayer,
+  i: number,
+  results: readonly QuantizedLinear[],
+): (NamedRaw | LazyRaw)[] {
+  const byName = new Map(results.map((r) => [r.name, r]));
+  return layerOutputTensors(run, layer, i, (n) => {
+    const q = byName.get(n);
+    return q ? quantizedTensors(run, q) : null;
+  });
 }
 
 /**

@@ -12,6 +12,7 @@ import path from "node:path";
 import { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { readAt } from "../io/files.js";
+import { bytesOf } from "../io/writer.js";
 import { type RoutedInput, withRoutedOverride } from "../nn/moe.js";
 import { withMoeCalibration } from "../calibration/context.js";
 import type { DecoderLayer } from "../models/family.js";
@@ -23,8 +24,6 @@ export interface StreamWriter {
   commit(): void;
   abandon(): void;
 }
-
-const bytesOf = (a: Float32Array | Int32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** Write records to `file` (through a temporary; `commit` makes it visible; `tag`: privateWriter's). */
 export function streamWriter(file: string, tag?: string): StreamWriter {
@@ -94,8 +93,6 @@ export function groupFiles(dir: string, i: number) {
     state: path.join(dir, `layer-${i}-groups.json`),
     /** a distributed run's token-shard jobs: the block's calls of shard `k` (calibrate: original weights; propagate: the non-expert part quantized) */
     calls: (kind: "calibrate" | "propagate", k: number) => path.join(dir, `moe-${i}-${kind}-s${k}.bin`),
-    /** the routed sums of shard `k`'s propagation calls */
-    routedShard: (k: number) => path.join(dir, `moe-${i}-routed-s${k}.bin`),
     /** shard `k`'s sums of the non-expert Linears' input Gram products */
     shardStats: (k: number) => path.join(dir, `layer-${i}-shard-${k}.safetensors`),
     /** what shard `k` saw (rows, input maxima, routed tokens; written after its statistics) */

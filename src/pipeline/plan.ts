@@ -299,17 +299,12 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         const own = 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
         gptq += own;
         gptqMax = Math.max(gptqMax, own);
-        // summed shard by shard: the open shard's sum beside the ended shards' (more than one shard)
-        hessians += 4 * l.inFeatures ** 2 * (T > shardTokens ? 2 : 1);
+        hessians += 4 * l.inFeatures ** 2;
       }
     }
-    // one copy each (the memory above counts two beside more than one shard)
-    const nonExpert: NonExpertWork = {
-      input_bytes: 4 * T * H,
-      gptq_flops: gptq,
-      gptq_max_flops: gptqMax,
-      hessian_bytes: T > shardTokens ? hessians / 2 : hessians,
-    };
+    const nonExpert: NonExpertWork = { input_bytes: 4 * T * H, gptq_flops: gptq, gptq_max_flops: gptqMax, hessian_bytes: hessians };
+    // summed shard by shard: the open shard's sums beside the ended shards' (more than one shard)
+    if (T > shardTokens) hessians *= 2;
     let activations = 0;
     let experts: Omit<ExpertsOfLayer, "gptq" | "stream"> | null = null;
     let expertWork: ExpertWork | null = null;

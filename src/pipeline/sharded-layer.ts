@@ -4,22 +4,13 @@
  * statistics are added here in shard order, a GPTQ job for each Linear, and, but after the last
  * layer, output shards that write the next layer's inputs. The bytes are the local run's.
  */
-import fs from "node:fs";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
-import { remoteGptqPool, removeGptqFiles } from "./gptq-jobs.js";
 import { remoteOutput } from "./group-output.js";
-import {
-  type LayerOutcome,
-  type LayerSteps,
-  inLinearOrder,
-  layerOutputTensors,
-  observeAndQuantize,
-  quantizedTensors,
-} from "./layer-steps.js";
+import { type LayerOutcome, type LayerSteps, inLinearOrder, observeAndQuantize, wholeLayerTensors } from "./layer-steps.js";
 import { groupFiles } from "./moe-stream.js";
 import type { RemoteExecutor } from "./remote-groups.js";
-import { addShardStats, writeNonExpert } from "./token-shards.js";
+import { remoteCalibration, removeShardFiles, writeNonExpert } from "./token-shards.js";
 import type { HiddenWriter, WorkFolder } from "./work-folder.js";
 
 /** Run dense layer `i` as jobs of `remote`: what it did, its output tensors, the next layer's inputs (null after the last). */
@@ -37,17 +28,8 @@ export async function shardedLayer(
   loadParameters(run.model, run.source, run.mapping, inLayer);
   try {
     progress?.({ kind: "phase", layer: i, phase: "calibrate" });
-    const part = await observeAndQuantize(
-      steps,
-      layer,
-      i,
-      () => true,
-      async (o) => {
-        await remote.shards(i, "calibrate", steps.shards);
-        for (const s of steps.shards) addShardStats(files, s, o, null);
-      },
-      { pool: remoteGptqPool(work.dir, i, (n, linear) => remote.gptq(i, n, linear)) },
-    );
+    const jobs = remoteCalibration(remote, i, work.dir, steps.shards);
+    const part = await observeAndQuantize(steps, layer, i, () => true, jobs.pass, { pool: jobs.pool });
     let next: Pick<HiddenWriter, "commit"> | null = null;
     if (!job.last) {
       progress?.({ kind: "phase", layer: i, phase: "propagate" });
@@ -56,21 +38,11 @@ export async function shardedLayer(
     }
     progress?.({ kind: "phase", layer: i, phase: "write" });
     const { results, fallbacks, allTokenFallbacks } = inLinearOrder(layer, i, part);
-    const byName = new Map(results.map((r) => [r.name, r]));
-    const tensors = layerOutputTensors(run, layer, i, (n) => {
-      const q = byName.get(n);
-      return q ? quantizedTensors(run, q) : null;
-    });
     return {
       part: { results, fallbacks, allTokenFallbacks },
-      tensors,
+      tensors: wholeLayerTensors(run, layer, i, results),
       next,
-      clean: () => {
-        fs.rmSync(files.nonExpert, { force: true });
-        for (const { shard: k } of steps.shards)
-          for (const f of [files.calls("calibrate", k), files.shardStats(k), files.shardResult(k)]) fs.rmSync(f, { force: true });
-        removeGptqFiles(work.dir, i);
-      },
+      clean: () => removeShardFiles(work.dir, i, steps.shards),
     };
   } finally {
     unloadParameters(run.model, inLayer);

@@ -12,17 +12,21 @@
  * its own shards' (HessianStats.endShard): the same bits. Files are named by the shard, so a job
  * done twice writes the same bytes to the same names.
  */
+import fs from "node:fs";
 import { z } from "zod";
+import type { GptqPool } from "../quantization/gptq-pool.js";
+import { remoteGptqPool, removeGptqFiles } from "./gptq-jobs.js";
+import type { RemoteExecutor } from "./remote-groups.js";
 import type { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, UsageError } from "../errors.js";
 import { trackCoverage } from "../calibration/coverage.js";
-import { type NamedRaw, encodeSafetensors } from "../io/writer.js";
+import { type NamedRaw, bytesOf, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
 import { loadParameters, unloadParameters } from "../nn/weights.js";
 import { checkedOutput, finalPass } from "./group-output.js";
 import { type InputShard, eachInShards, hiddenSizeOf, readHiddenShard, writeHiddenShard } from "./layer-inputs.js";
-import { type LayerSteps, type PassObservers, moeOf, observeLayer, routedExpertLinears } from "./layer-steps.js";
+import { type LayerSteps, type PassObservers, expertsOf, observeLayer } from "./layer-steps.js";
 import { groupFiles, streamCalls } from "./moe-stream.js";
 import { RESTART, openPrivateSafetensors, readPrivateText, writeAtomic } from "./work-folder.js";
 
@@ -56,10 +60,10 @@ export async function tokenShardJob(
   const { run } = steps;
   const layer = run.model.model.layers.at(i);
   const prefix = `model.layers.${i}`;
-  const moe = routedExpertLinears(layer, prefix).size > 0;
-  const { expertOf, linearExpert } = moe
-    ? moeOf(layer, prefix)
-    : { expertOf: new Map<string, number>(), linearExpert: new Map<string, number>() };
+  const experts = expertsOf(layer, prefix);
+  const moe = experts !== null;
+  const expertOf = experts?.expertOf ?? new Map<string, number>();
+  const linearExpert = experts?.linearExpert ?? new Map<string, number>();
   const files = groupFiles(dir, i);
   const H = hiddenSizeOf(run.model);
   const inputs = readHiddenShard(dir, i - 1, s, H);
@@ -86,8 +90,6 @@ export async function tokenShardJob(
     unloadParameters(run.model, params);
   }
 }
-
-const bytesOf = (a: Float32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** Observe the non-expert Linears over the shard (its MoE calls streamed), and write what they saw. */
 async function calibrateShard(
@@ -161,12 +163,15 @@ export function addShardStats(files: Files, s: InputShard, o: PassObservers, rou
     throw new CheckpointFormatError(`the work folder is damaged: ${file}: ${why}; ${RESTART}`);
   };
   const f = openPrivateSafetensors(file);
+  // Linears that share one written sum (q, k, v) come one after another: it is read once for them
+  let last = null as { name: string; G: Float32Array } | null;
   for (const [n, st] of o.hessians) {
     const rows = r.rows[n] ?? damaged(`no rows of ${n}`);
     if (rows === 0) continue;
-    const G = f.readF32(r.same_as[n] ?? n);
-    if (G.size !== st.inFeatures ** 2) damaged(`the Gram sums of ${n} are not ${st.inFeatures} x ${st.inFeatures}`);
-    st.own.addGram(G.data, rows);
+    const name = r.same_as[n] ?? n;
+    if (last?.name !== name) last = { name, G: f.readF32(name).data };
+    if (last.G.length !== st.inFeatures ** 2) damaged(`the Gram sums of ${n} are not ${st.inFeatures} x ${st.inFeatures}`);
+    st.own.addGram(last.G, rows);
   }
   o.endShard();
   for (const [n, a] of o.inputAbsMax) {
@@ -178,6 +183,38 @@ export function addShardStats(files: Files, s: InputShard, o: PassObservers, rou
     if (r.routed.length !== routed.length) damaged(`its routed tokens name ${r.routed.length} experts, not ${routed.length}`);
     for (const [e, c] of r.routed.entries()) routed[e] = (routed[e] as number) + c;
   }
+}
+
+/**
+ * The coordinator's side of a layer's calibrate shards and GPTQ jobs: the pass that has the shards
+ * run and adds their statistics to its observers in shard order (and the tokens they routed to each
+ * expert to `routed()`), and the GPTQ pool whose jobs the workers run.
+ */
+export function remoteCalibration(
+  remote: RemoteExecutor,
+  i: number,
+  dir: string,
+  shards: readonly InputShard[],
+  routed: () => number[] | null = () => null,
+): { pass: (o: PassObservers) => Promise<void>; pool: Pick<GptqPool, "submit"> } {
+  const files = groupFiles(dir, i);
+  return {
+    pass: async (o) => {
+      await remote.shards(i, "calibrate", shards);
+      for (const s of shards) addShardStats(files, s, o, routed());
+    },
+    pool: remoteGptqPool(dir, i, (n, linear) => remote.gptq(i, n, linear)),
+  };
+}
+
+/** Remove layer `i`'s token-shard and GPTQ job files from the work folder `dir` (after the layer is saved). */
+export function removeShardFiles(dir: string, i: number, shards: readonly InputShard[]): void {
+  const files = groupFiles(dir, i);
+  fs.rmSync(files.nonExpert, { force: true });
+  for (const { shard: k } of shards)
+    for (const f of [files.calls("calibrate", k), files.calls("propagate", k), files.shardStats(k), files.shardResult(k)])
+      fs.rmSync(f, { force: true });
+  removeGptqFiles(dir, i);
 }
 
 /** The quantized non-expert Linears' weights (dequantized float32), for the propagation and output shards. */

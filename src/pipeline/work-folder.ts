@@ -16,7 +16,7 @@ import type { Tensor } from "../engine/tensor.js";
 import { CheckpointFormatError, IoError, UsageError, asFormatError } from "../errors.js";
 import { readAt } from "../io/files.js";
 import { SafetensorsFile } from "../io/safetensors.js";
-import { type LazyRaw, type NamedRaw, encodeSafetensorsLazy, writeAll } from "../io/writer.js";
+import { type LazyRaw, type NamedRaw, bytesOf, encodeSafetensorsLazy, writeAll } from "../io/writer.js";
 import { hiddenFileOf, inputShards, readShard } from "./layer-inputs.js";
 import { type WorkManifest, type WorkState, differences, shapeProblem, stateProblem } from "./work-manifest.js";
 
@@ -340,7 +340,7 @@ export class WorkFolder {
   hiddenWriter(i: number): HiddenWriter {
     const w = privateWriter(this.hiddenFile(i));
     return {
-      append: (t) => w.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)),
+      append: (t) => w.write(bytesOf(t.data)),
       commit: w.commit,
       abandon: w.abandon,
     };
