@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
@@ -17,6 +18,21 @@ export const ROOT = path.resolve(here, here.includes(`${path.sep}dist${path.sep}
 export const TINY = path.join(ROOT, "models", "tiny-afmoe");
 export const GOLDEN = path.join(ROOT, "test", "fixtures", "golden");
 export const TEXT = path.join(ROOT, "test", "fixtures", "text");
+
+const tempDirs: string[] = [];
+/**
+ * A fresh folder under the system's temporary folder, removed when this test file's process exits
+ * (node --test runs each file in a process of its own): a run of the suite leaves nothing behind.
+ */
+export function tempDir(prefix: string): string {
+  if (tempDirs.length === 0)
+    process.on("exit", () => {
+      for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+    });
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(d);
+  return d;
+}
 
 export function golden(name: string): SafetensorsFile {
   return SafetensorsFile.open(path.join(GOLDEN, name));

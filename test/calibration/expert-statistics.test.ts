@@ -7,7 +7,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import {
@@ -25,7 +24,7 @@ import { Tensor } from "../../src/engine/tensor.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { openServed } from "../../src/pipeline/serving.js";
 import { UsageError } from "../../src/errors.js";
-import { GOLDEN, ROOT, TEXT, TINY, assertClose } from "../helpers.js";
+import { GOLDEN, ROOT, TEXT, TINY, assertClose, tempDir } from "../helpers.js";
 
 const FAMILIES = [
   { type: "afmoe", dir: TINY, golden: GOLDEN, block: "mlp", gate: "gate_proj", down: "down_proj" },
@@ -218,7 +217,7 @@ test("the settings parse and bad ones are usage errors naming the option", () =>
 });
 
 test("oneshot records the statistics and the experts that kept all-token statistics in moecal.json; the CLI refuses a bad setting with exit 2", async () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-stats-"));
+  const tmp = tempDir("moecal-stats-");
   const { report } = await oneshot({
     scheme: "W4A16",
     groupSize: 32,

@@ -1,7 +1,5 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import type { AfmoeMoE } from "../../src/models/afmoe/index.js";
 import { CalibrationAfmoeMoE } from "../../src/calibration/afmoe.js";
@@ -12,7 +10,7 @@ import { trackCoverage } from "../../src/calibration/coverage.js";
 import { withMoeCalibration } from "../../src/calibration/context.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { TEXT, TINY, assertClose, golden, goldenInts, openAfmoe } from "../helpers.js";
+import { TEXT, TINY, assertClose, golden, goldenInts, openAfmoe, tempDir } from "../helpers.js";
 
 const g = golden("moe-layer1.safetensors");
 const x = g.readF32("x");
@@ -56,7 +54,7 @@ test("a user's hook on an expert Linear forces the per-expert path and sees that
 });
 
 test("oneshot on the bundled model: fast and per-expert paths give the same coverage and (>= 99.5%) the same GPTQ codes", async () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-fast-"));
+  const tmp = tempDir("moecal-fast-");
   const common = {
     scheme: "W4A16",
     groupSize: 32,

@@ -1,12 +1,11 @@
 /** Shared by the bad-input cases: model copies, header edits, datasets, and running a case. */
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { type NamedRaw, writeSafetensors } from "../../src/io/writer.js";
 import { f32ToBf16 } from "../../src/engine/dtype.js";
-import { ROOT, TINY } from "../helpers.js";
+import { ROOT, TINY, tempDir } from "../helpers.js";
 
 export const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -157,7 +156,7 @@ export const EXPERT = "model.layers.1.mlp.experts.3.gate_proj";
 /** Whether this machine lets us mount a small tmpfs (root, and a sandbox that allows it). */
 export function canMountTmpfs(): string | null {
   if (process.getuid?.() !== 0) return "needs root to mount a small tmpfs";
-  const probe = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-mount-"));
+  const probe = tempDir("moecal-mount-");
   const r = spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", probe]);
   if (r.status === 0) spawnSync("umount", [probe]);
   fs.rmSync(probe, { recursive: true, force: true });

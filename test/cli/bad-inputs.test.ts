@@ -1,11 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { BAD_INPUTS, cleanupCase, runCase } from "./bad-inputs.cases.js";
+import { tempDir } from "../helpers.js";
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bad-"));
+const root = tempDir("moecal-bad-");
 
 for (const [i, c] of BAD_INPUTS.entries()) {
   const skip = c.available?.() ?? false;

@@ -1,16 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { SafetensorsFile } from "../../src/io/safetensors.js";
-import { GOLDEN, ROOT, assertClose, golden } from "../helpers.js";
+import { GOLDEN, ROOT, assertClose, golden, tempDir } from "../helpers.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 
 test("moecal forward on the golden ids writes logits and hidden states matching the reference", () => {
-  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "moecal-fwd-")), "out.safetensors");
+  const out = path.join(tempDir("moecal-fwd-"), "out.safetensors");
   const r = spawnSync(process.execPath, [cli, "forward", "--input-ids", path.join(GOLDEN, "forward.safetensors"), "--output", out], {
     encoding: "utf8",
   });

@@ -6,15 +6,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { ROOT, TEXT } from "../helpers.js";
+import { ROOT, TEXT, tempDir } from "../helpers.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 
 test("oneshot (calibrated and data-free), eval, plan and inspect write nothing into the temporary folder (onnxruntime's telemetry files included)", () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-temp-files-"));
+  const dir = tempDir("moecal-temp-files-");
   const tmpdir = path.join(dir, "tmp");
   fs.mkdirSync(tmpdir);
   const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: tmpdir };

@@ -9,14 +9,13 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { ROOT, TEXT, assertSameFiles } from "../helpers.js";
+import { ROOT, TEXT, assertSameFiles, tempDir } from "../helpers.js";
 import { asFormatError } from "../../src/errors.js";
 import { NATS_SKIP, type NatsServer, startNats } from "./nats-server.js";
 
 const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-distributed-"));
+const tmp = tempDir("moecal-distributed-");
 const server: NatsServer | null = NATS_SKIP ? null : await startNats(path.join(tmp, "jetstream"));
 /** Every process a test started: killed at the end, so that a failed test leaves none behind. */
 const live: ChildProcess[] = [];
@@ -245,7 +244,7 @@ test("a worker refuses a run started by another moecal version, a run whose mode
   const model = shared("tiny-qwen3_moe");
   const sha = checkpointHash(model, ["model.safetensors"], asFormatError);
   const workDir = path.join(tmp, "shared", "refused-work");
-  const outside = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-outside-"));
+  const outside = tempDir("moecal-outside-");
   fs.mkdirSync(workDir, { recursive: true });
   const nc = await connectNats({ url: server?.url ?? "" });
   try {

@@ -6,8 +6,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -16,9 +14,9 @@ import { rtnQuantize } from "../../src/quantization/gptq.js";
 import { absMax, dequantize, nvfp4GlobalScale } from "../../src/quantization/params.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
-import { TEXT, TINY, mutatedCopy, openAfmoe } from "../helpers.js";
+import { TEXT, TINY, mutatedCopy, openAfmoe, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-float-"));
+const tmp = tempDir("moecal-float-");
 const nvfp4 = path.join(tmp, "nvfp4");
 const block = path.join(tmp, "block");
 const mxfp4 = path.join(tmp, "mxfp4");

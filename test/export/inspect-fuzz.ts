@@ -6,12 +6,12 @@
  * left it valid. Shared by the bounded test (npm test) and `npm run fuzz`.
  */
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import fc from "fast-check";
 import { InternalError, MoecalError } from "../../src/errors.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
+import { tempDir } from "../helpers.js";
 
 type Mutation =
   | { kind: "header"; tensor: number; field: "dtype" | "shape" | "data_offsets"; value: unknown }
@@ -104,7 +104,7 @@ interface Base {
 let base: Promise<Base> | null = null;
 function clean(): Promise<Base> {
   base ??= (async () => {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-inspect-fuzz-"));
+    const root = tempDir("moecal-inspect-fuzz-");
     const src = path.join(root, "clean");
     await oneshot({
       scheme: "W4A16_ASYM",

@@ -1,7 +1,5 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
@@ -9,9 +7,9 @@ import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import type { NamedRaw } from "../../src/io/writer.js";
 import { f32ToBf16 } from "../../src/engine/dtype.js";
-import { ROOT, TINY, mutatedCopy } from "../helpers.js";
+import { ROOT, TINY, mutatedCopy, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-inspect-"));
+const tmp = tempDir("moecal-inspect-");
 const clean = path.join(tmp, "clean");
 const E = "model.layers.2.mlp.experts.5.gate_proj";
 

@@ -1,14 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { rawToInts } from "../../src/io/safetensors.js";
-import { TINY, TEXT } from "../helpers.js";
+import { TINY, TEXT, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-rtn-"));
+const tmp = tempDir("moecal-rtn-");
 const output = path.join(tmp, "out");
 
 /** The spec's formula, written out again independently of src/quantization. */

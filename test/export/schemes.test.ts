@@ -1,14 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { SCHEME_NAMES, type SchemeName } from "../../src/quantization/scheme.js";
-import { TEXT, TINY, golden, goldenInts, openAfmoe } from "../helpers.js";
+import { TEXT, TINY, golden, goldenInts, openAfmoe, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-schemes-"));
+const tmp = tempDir("moecal-schemes-");
 const g = golden("forward.safetensors");
 const ids = { ids: Int32Array.from(goldenInts(g, "input_ids")), shape: [2, 96] };
 const refLogits = g.readF32("logits").data;

@@ -1,12 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { vllmServingProblems } from "../../src/export/vllm-support.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
-import { TEXT } from "../helpers.js";
+import { TEXT, tempDir } from "../helpers.js";
 
 const qwen30b = { module: "model.layers.0.mlp.experts", hidden: 2048, intermediate: 768 };
 const odd = { module: "model.layers.0.mlp.experts", hidden: 2048, intermediate: 96 };
@@ -37,7 +35,7 @@ test("oneshot warns when vLLM could not load the result: FP8_BLOCK on the bundle
     numSamples: 1,
     maxSeqLength: 16,
     dataset: path.join(TEXT, "eval-json.jsonl"),
-    output: path.join(fs.mkdtempSync(path.join(os.tmpdir(), "moecal-vllm-")), "out"),
+    output: path.join(tempDir("moecal-vllm-"), "out"),
     warn: (m) => void warnings.push(m),
   });
   assert.ok(

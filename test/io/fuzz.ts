@@ -5,15 +5,15 @@
  * Shared by the bounded test (npm test) and the long run (npm run fuzz).
  */
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import fc from "fast-check";
 import { SafetensorsFile, DTYPE_BYTES } from "../../src/io/safetensors.js";
 import { encodeSafetensors } from "../../src/io/writer.js";
 import { MoecalError } from "../../src/errors.js";
 import { numel } from "../../src/engine/tensor.js";
+import { tempDir } from "../helpers.js";
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-fuzz-"));
+const dir = tempDir("moecal-fuzz-");
 let counter = 0;
 
 function base(): Buffer {

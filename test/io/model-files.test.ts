@@ -1,14 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { modelFiles } from "../../src/io/model-files.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { CheckpointFormatError } from "../../src/errors.js";
-import { TINY } from "../helpers.js";
+import { TINY, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-model-files-"));
+const tmp = tempDir("moecal-model-files-");
 
 /** The bundled model with remote code named by auto_map, as published trust_remote_code checkpoints ship. */
 function withRemoteCode(name: string): { dir: string; config: Record<string, unknown> } {

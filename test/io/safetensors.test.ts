@@ -1,15 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { SafetensorsFile } from "../../src/io/safetensors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { ShardedWriter, encodeSafetensors, writeSafetensors } from "../../src/io/writer.js";
 import { CheckpointFormatError } from "../../src/errors.js";
-import { TINY } from "../helpers.js";
+import { TINY, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-st-"));
+const tmp = tempDir("moecal-st-");
 
 /** A file from a raw header object and data bytes. */
 function fileWith(name: string, header: unknown, data: Uint8Array, headerText?: string): string {

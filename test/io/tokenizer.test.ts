@@ -1,10 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
-import { TINY } from "../helpers.js";
+import { TINY, tempDir } from "../helpers.js";
 
 test("byte-level tokenizer: BOS then the UTF-8 bytes", () => {
   const t = loadTokenizer(TINY);
@@ -15,7 +14,7 @@ test("byte-level tokenizer: BOS then the UTF-8 bytes", () => {
 
 /** A copy of the bundled tokenizer with tokenizer_config.json changed, and extra files. */
 function tokenizerDir(patch: Record<string, unknown>, files: Record<string, string> = {}): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-tok-"));
+  const d = tempDir("moecal-tok-");
   fs.copyFileSync(path.join(TINY, "tokenizer.json"), path.join(d, "tokenizer.json"));
   const cfg = { ...(JSON.parse(fs.readFileSync(path.join(TINY, "tokenizer_config.json"), "utf8")) as Record<string, unknown>), ...patch };
   fs.writeFileSync(path.join(d, "tokenizer_config.json"), JSON.stringify(cfg));

@@ -8,7 +8,6 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { Tensor } from "../../src/engine/tensor.js";
 import { bf16ToF32, f32ToBf16, fp8e4m3ToF32 } from "../../src/engine/dtype.js";
@@ -24,12 +23,12 @@ import { oneshot } from "../../src/pipeline/oneshot.js";
 import { plan } from "../../src/pipeline/plan.js";
 import { openServed } from "../../src/pipeline/serving.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
-import { ROOT, TEXT, assertClose, cliIn, evalKl, fixtureCopy, relErr } from "../helpers.js";
+import { ROOT, TEXT, assertClose, cliIn, evalKl, fixtureCopy, relErr, tempDir } from "../helpers.js";
 
 const BF16 = path.join(ROOT, "test", "fixtures", "tiny-deepseek_v3");
 const FP8 = path.join(ROOT, "test", "fixtures", "tiny-deepseek_v3-fp8");
 const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-deepseek-"));
+const tmp = tempDir("moecal-deepseek-");
 const ids = (f: SafetensorsFile): Int32Array => Int32Array.from(rawToInts(f.readRaw("input_ids"), "input_ids"));
 
 test("FP8 block-scaled source: forward within 1e-5 of its golden on the dequantized weights (7% away from the BF16 model's)", async () => {

@@ -7,7 +7,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { ConfigError } from "../../src/errors.js";
 import { SafetensorsFile, rawToInts } from "../../src/io/safetensors.js";
@@ -15,11 +14,11 @@ import { parseMiniMaxM2Config } from "../../src/models/minimax_m2/config.js";
 import { miniMaxM2FusedGroups } from "../../src/models/minimax_m2/quant-defaults.js";
 import { Linear } from "../../src/nn/layers.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, assertClose, cliIn, evalKl, fixtureCopy, relErr } from "../helpers.js";
+import { ROOT, assertClose, cliIn, evalKl, fixtureCopy, relErr, tempDir } from "../helpers.js";
 
 const BF16 = path.join(ROOT, "test", "fixtures", "tiny-minimax_m2");
 const FP8 = path.join(ROOT, "test", "fixtures", "tiny-minimax_m2-fp8");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-minimax-"));
+const tmp = tempDir("moecal-minimax-");
 
 test("FP8 source as published: forward within 1e-5 of its golden on the dequantized weights (6% away from the BF16 model's)", async () => {
   const fwd = SafetensorsFile.open(path.join(FP8, "golden", "forward.safetensors"));

@@ -8,7 +8,6 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { ConfigError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -16,14 +15,14 @@ import { parseQwen3NextConfig, parseQwen3_5MoeConfig } from "../../src/models/qw
 import { qwen3NextFusedGroups } from "../../src/models/qwen3_next/quant-defaults.js";
 import { Linear } from "../../src/nn/layers.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, assertClose, cliIn, evalKl, fixtureCopy } from "../helpers.js";
+import { ROOT, assertClose, cliIn, evalKl, fixtureCopy, tempDir } from "../helpers.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import type { Qwen3NextGatedDeltaNet } from "../../src/models/qwen3_next/gated-deltanet.js";
 
 const NEXT = path.join(ROOT, "test", "fixtures", "tiny-qwen3_next");
 const Q35 = path.join(ROOT, "test", "fixtures", "tiny-qwen3_5_moe");
 const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-qwen3-next-"));
+const tmp = tempDir("moecal-qwen3-next-");
 
 test("Qwen3.5's fused 3-D experts read as per-expert weights: expert e's gate_proj is rows [0, Im) of gate_up_proj[e], up_proj rows [Im, 2Im), down_proj down_proj[e]", () => {
   const raw = Checkpoint.open(Q35);

@@ -1,11 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { evaluate } from "../../src/pipeline/eval.js";
-import { TEXT, TINY } from "../helpers.js";
+import { TEXT, TINY, tempDir } from "../helpers.js";
 
 /**
  * The pipeline issue's experiment on the bundled model: only routed experts quantized, W4A16
@@ -17,7 +15,7 @@ import { TEXT, TINY } from "../helpers.js";
  * routed-only run reports its fallbacks.
  */
 test("every expert calibrated: no fallback and lower KL than routed-only on arithmetic and JSON; routed-only reports its fallbacks", async () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-all-routed-"));
+  const tmp = tempDir("moecal-all-routed-");
   const ignore = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.layers\\.0\\.mlp\\..*"];
   const kl: Record<string, Record<string, number>> = {};
   const fallbacks: Record<string, number> = {};

@@ -1,13 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import { measureCoverage } from "../../src/pipeline/coverage.js";
-import { TINY, golden, goldenDataset, goldenInts } from "../helpers.js";
+import { TINY, golden, goldenDataset, goldenInts, tempDir } from "../helpers.js";
 
 test("coverage, streamed layer by layer, reproduces the reference's routed counts of layer 1 on the golden inputs", async () => {
-  const { file, batch, seq } = goldenDataset(fs.mkdtempSync(path.join(os.tmpdir(), "moecal-coverage-")));
+  const { file, batch, seq } = goldenDataset(tempDir("moecal-coverage-"));
   const want = goldenInts(golden("moe-layer1.safetensors"), "routed_counts");
   for (const calibrateAllExperts of [true, false]) {
     const c = await measureCoverage({ model: TINY, dataset: file, maxSeqLength: seq, calibrateAllExperts });

@@ -9,13 +9,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { ROOT, assertSameFiles, jsonLines } from "../helpers.js";
+import { ROOT, assertSameFiles, jsonLines, tempDir } from "../helpers.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "data-free-child.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-data-free-resume-"));
+const tmp = tempDir("moecal-data-free-resume-");
 // the bundled model's shape, 10 layers deep: its W8A16 output fills 5 shards of 1 MiB
 const model = randomModel({ output: path.join(tmp, "model"), layers: 10 }).output;
 const run = (args: string[]): ReturnType<typeof spawnSync> =>

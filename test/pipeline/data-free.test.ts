@@ -6,11 +6,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { oneshot } from "../../src/pipeline/oneshot.js";
-import { ROOT, TINY, fixtureCopy } from "../helpers.js";
+import { ROOT, TINY, fixtureCopy, tempDir } from "../helpers.js";
 import { MoecalError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { openCheckpoint, sourceQuantization } from "../../src/io/source-format.js";
@@ -18,7 +17,7 @@ import { readConfigJson } from "../../src/io/json.js";
 import { openModel } from "../../src/models/registry.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-data-free-"));
+const tmp = tempDir("moecal-data-free-");
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const DATA_FREE = ["W4A16", "W4A16_ASYM", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16"];
 const FAMILIES: [string, string][] = [

@@ -1,14 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { loadTokenizedSamples, readRawSamples } from "../../src/pipeline/dataset.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { UsageError } from "../../src/errors.js";
-import { TINY } from "../helpers.js";
+import { TINY, tempDir } from "../helpers.js";
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-ds-"));
+const dir = tempDir("moecal-ds-");
 const tok = loadTokenizer(TINY);
 function file(name: string, content: string): string {
   const f = path.join(dir, name);

@@ -1,16 +1,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { evaluate, klStats, referenceLogits } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { rawToF32 } from "../../src/io/safetensors.js";
-import { ROOT, TEXT, TINY, golden, goldenDataset, openAfmoe } from "../helpers.js";
+import { ROOT, TEXT, TINY, golden, goldenDataset, openAfmoe, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-eval-"));
+const tmp = tempDir("moecal-eval-");
 const fwd = golden("forward.safetensors");
 const { file: dataset, ids, seq: S } = goldenDataset(tmp);
 const V = 260;

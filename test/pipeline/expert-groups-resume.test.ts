@@ -7,12 +7,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { ROOT, assertSameFiles, jsonLines } from "../helpers.js";
+import { ROOT, assertSameFiles, jsonLines, tempDir } from "../helpers.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-groups-resume-"));
+const tmp = tempDir("moecal-groups-resume-");
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
 const reference = path.join(tmp, "whole");
 

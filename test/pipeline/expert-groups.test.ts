@@ -5,7 +5,6 @@
  */
 import { test } from "node:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import type { OneshotOptions } from "../../src/pipeline/oneshot.js";
@@ -13,9 +12,9 @@ import { type LayerPlan, type Plan, plan } from "../../src/pipeline/plan.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
 import { UsageError } from "../../src/errors.js";
 import assert from "node:assert/strict";
-import { ROOT, TINY, assertSameFiles } from "../helpers.js";
+import { ROOT, TINY, assertSameFiles, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-groups-"));
+const tmp = tempDir("moecal-groups-");
 const FAMILIES: [string, string][] = [
   ["afmoe", TINY],
   ...["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3-fp8", "minimax_m2", "qwen3_next", "qwen3_5_moe"].map(

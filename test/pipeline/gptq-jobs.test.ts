@@ -6,14 +6,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import { gptqFiles, gptqJob, remoteGptqPool } from "../../src/pipeline/gptq-jobs.js";
 import type { LayerSteps } from "../../src/pipeline/layer-steps.js";
 import { type GptqJob, runGptqJob } from "../../src/quantization/gptq-pool.js";
 import { type Scheme, resolveScheme } from "../../src/quantization/scheme.js";
 import { NumericalError } from "../../src/errors.js";
-import { golden } from "../helpers.js";
+import { golden, tempDir } from "../helpers.js";
 
 const g = golden("gptq-layer1-expert0-gate_proj.safetensors");
 const W = g.readF32("weight").data;
@@ -29,7 +27,7 @@ for (const [what, scheme, globalScale] of [
   ["NVFP4 (row global scales)", resolveScheme("NVFP4"), new Float32Array(64).fill(448 * 6)],
 ] as const)
   test(`a GPTQ job done by a worker gives the coordinator's own result, bit for bit: ${what}`, async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-gptq-jobs-"));
+    const dir = tempDir("moecal-gptq-jobs-");
     const job = (hessian: Float32Array): GptqJob => ({
       weight: W.slice(),
       out: 64,

@@ -1,13 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawn, spawnSync } from "node:child_process";
-import { ROOT } from "../helpers.js";
+import { ROOT, tempDir } from "../helpers.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-interrupt-"));
+const tmp = tempDir("moecal-interrupt-");
 const model = path.join(tmp, "model");
 const made = spawnSync(
   process.execPath,

@@ -1,17 +1,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import type { OneshotReport } from "../../src/pipeline/report.js";
-import { TEXT, TINY, relErr } from "../helpers.js";
+import { TEXT, TINY, relErr, tempDir } from "../helpers.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { compressedTensorsSource, parseQuantizationConfig } from "../../src/io/compressed-tensors.js";
 import { UsageError } from "../../src/errors.js";
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-oneshot-"));
+const tmp = tempDir("moecal-oneshot-");
 const ROUTED_EXPERTS_ONLY = ["re:.*self_attn.*", "re:.*shared_experts.*", "re:^model\\.layers\\.0\\.mlp\\..*"];
 
 test("routed-only calibration: experts without tokens fall back to RTN, are warned once per layer and recorded; all-experts needs none", async () => {

@@ -5,7 +5,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { UsageError } from "../../src/errors.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
@@ -17,8 +16,9 @@ import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { loadTokenizedSamples } from "../../src/pipeline/dataset.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { BUNDLED_DATASET, BUNDLED_MODEL } from "../../src/paths.js";
+import { tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-options-"));
+const tmp = tempDir("moecal-options-");
 const out = path.join(tmp, "out");
 const base = { method: "rtn", numSamples: 1, maxSeqLength: 8, output: out } as const;
 

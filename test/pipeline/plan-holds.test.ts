@@ -7,15 +7,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { ROOT, TINY } from "../helpers.js";
+import { ROOT, TINY, tempDir } from "../helpers.js";
 import { SCHEME_NAMES } from "../../src/quantization/scheme.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "plan-holds-child.js");
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-plan-holds-"));
+const tmp = tempDir("moecal-plan-holds-");
 
 function randomModel(name: string, set: string[]): string {
   const out = path.join(tmp, name);

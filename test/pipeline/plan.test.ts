@@ -6,17 +6,16 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { plan } from "../../src/pipeline/plan.js";
 import { checkPlan, parseBytes } from "../../src/pipeline/plan-report.js";
 import { runFromSummary } from "../../src/pipeline/report.js";
-import { ROOT, TEXT, TINY } from "../helpers.js";
+import { ROOT, TEXT, TINY, tempDir } from "../helpers.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-plan-"));
+const tmp = tempDir("moecal-plan-");
 const args = ["--dataset", path.join(TEXT, "eval-prose.jsonl"), "--num-samples", "16", "--max-seq-length", "128"];
 
 test("plan vs a run on the bundled model: bytes read and written exactly, work per phase, peak memory within 25% of the run's", async () => {

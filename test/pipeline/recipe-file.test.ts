@@ -8,14 +8,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { UsageError } from "../../src/errors.js";
-import { ROOT, cliIn, filesDiffering } from "../helpers.js";
+import { ROOT, cliIn, filesDiffering, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-recipe-file-run-"));
+const tmp = tempDir("moecal-recipe-file-run-");
 const RECIPES = path.join(ROOT, "test", "fixtures", "recipes");
 const QWEN = path.join(ROOT, "test", "fixtures", "tiny-qwen3_moe");
 const EXPERTS = "re:.*experts\\.\\d+\\..*";

@@ -10,7 +10,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -18,9 +17,9 @@ import { groupFor, parseQuantizationConfig, requiredSuffixes } from "../../src/i
 import { inspectCheckpoint } from "../../src/export/inspect.js";
 import { parseRecipe, schemeOfLinear } from "../../src/quantization/recipe.js";
 import { UsageError } from "../../src/errors.js";
-import { ROOT, TINY, cliIn, evalKl, filesDiffering } from "../helpers.js";
+import { ROOT, TINY, cliIn, evalKl, filesDiffering, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-recipe-"));
+const tmp = tempDir("moecal-recipe-");
 const FAMILIES: [string, string][] = [
   ["afmoe", TINY],
   ...["qwen3_moe", "mixtral", "glm4_moe", "deepseek_v3-fp8", "minimax_m2", "qwen3_next", "qwen3_5_moe"].map(

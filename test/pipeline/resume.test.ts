@@ -8,15 +8,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { ROOT, assertSameFiles, jsonLines } from "../helpers.js";
+import { ROOT, assertSameFiles, jsonLines, tempDir } from "../helpers.js";
 import { Tensor } from "../../src/engine/tensor.js";
 import { WorkFolder } from "../../src/pipeline/work-folder.js";
 
 const MANIFEST = { moecal_version: "t", model_sha256: "m", tokenizer: {}, dataset_sha256: "d", samples_sha256: "s", options: {} };
 const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-resume-"));
+const tmp = tempDir("moecal-resume-");
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
 const workOf = (out: string): string => path.join(path.dirname(out), `.${path.basename(out)}.moecal-work`);
 

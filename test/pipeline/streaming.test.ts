@@ -2,15 +2,14 @@ import { test } from "node:test";
 import { runFromSummary } from "../../src/pipeline/report.js";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { ROOT, openAfmoe } from "../helpers.js";
+import { ROOT, openAfmoe, tempDir } from "../helpers.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-stream-"));
+const tmp = tempDir("moecal-stream-");
 /** A layer shape whose float32 weights (~53 MB a layer) dominate the process's baseline memory. */
 const SHAPE = [
   "--set",

@@ -18,9 +18,9 @@ import { CheckpointFormatError } from "../../src/errors.js";
 import { isInside } from "../../src/io/files.js";
 import { numpyPermutation } from "../../src/util/numpy-random.js";
 import { AfmoeForCausalLM, mapAfmoeWeights, parseAfmoeConfig } from "../../src/models/afmoe/index.js";
-import { ROOT, TINY } from "../helpers.js";
+import { ROOT, TINY, tempDir } from "../helpers.js";
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-trust-"));
+const tmp = tempDir("moecal-trust-");
 const quiet = { method: "rtn" as const, numSamples: 1, maxSeqLength: 8, warn: (): void => undefined };
 
 function modelCopy(name: string): string {

@@ -7,13 +7,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { ROOT } from "../helpers.js";
+import { ROOT, tempDir } from "../helpers.js";
 import { canMountTmpfs } from "../cli/bad-inputs.fixtures.js";
 
 const child = path.join(ROOT, "dist", "test", "pipeline", "resume-child.js");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-work-"));
+const tmp = tempDir("moecal-work-");
 const run = (args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, [child, ...args], { encoding: "utf8" });
 const workOf = (out: string): string => path.join(path.dirname(out), `.${path.basename(out)}.moecal-work`);
 
@@ -75,7 +74,7 @@ test("a resume and --restart on a nearly full disk: the old work folder's space 
 
 test("two writers of one work file with their own tags (a redelivered job beside the slow one) each put a whole file in place, never a mix", async () => {
   const { privateWriter } = await import("../../src/pipeline/work-folder.js");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-writers-"));
+  const dir = tempDir("moecal-writers-");
   const file = path.join(dir, "layer-1-group-0.json");
   const [a, b] = [privateWriter(file, "host-a_1"), privateWriter(file, "host-b_2")];
   a.write(Buffer.from("aaaa"));

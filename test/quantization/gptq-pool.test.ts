@@ -1,14 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { closeSharedGptqPool, gptqPool, runGptqJob, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { prepareGptq } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
 import { NumericalError } from "../../src/errors.js";
-import { golden } from "../helpers.js";
+import { golden, tempDir } from "../helpers.js";
 
 const g = golden("gptq-layer1-expert0-gate_proj.safetensors");
 const W = g.readF32("weight").data;
@@ -66,7 +65,7 @@ test("the shared pool is kept between calls, and its idle workers do not keep th
     const r = await job.result;
     console.log("codes", r.weight.codes.length);
   `;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-pool-"));
+  const dir = tempDir("moecal-pool-");
   const file = path.join(dir, "child.mjs");
   fs.writeFileSync(file, script);
   const child = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 60_000 });

@@ -7,15 +7,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { readRecipeFile } from "../../src/quantization/recipe-file.js";
 import * as moecal from "../../src/index.js";
 import { UsageError } from "../../src/errors.js";
-import { ROOT } from "../helpers.js";
+import { ROOT, tempDir } from "../helpers.js";
 
 const RECIPES = path.join(ROOT, "test", "fixtures", "recipes");
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-recipe-file-"));
+const tmp = tempDir("moecal-recipe-file-");
 let n = 0;
 function file(text: string, ext = "yaml"): string {
   const f = path.join(tmp, `r${n++}.${ext}`);
