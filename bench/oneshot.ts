@@ -31,9 +31,14 @@ export async function gemmRate(engine: OrtEngine, rounds = 3): Promise<number> {
 export interface OneshotBench extends EndToEnd {
   /** the engine's GEMM rate measured just before this run, GFLOP/s */
   gemm_gflops: number;
+  /** the same, measured just after it */
+  gemm_after_gflops: number;
   /** the plan's counted work / seconds, GFLOP/s */
   gflops: number;
+  /** against the GEMM rate measured before the run */
   fraction_of_gemm: number;
+  /** against the GEMM rate measured after it */
+  fraction_of_gemm_after: number;
   flops_formula: string;
   /** Qwen3.5: the Gated DeltaNet layer's forward, timed alone on the run's token shape, x 2 passes (calibrate, propagate) / the run's seconds */
   gated_deltanet_share?: number;
@@ -88,6 +93,8 @@ export async function benchOneshot(
       ["--dataset", data, "--num-samples", samples, "--max-seq-length", "512"],
       path.join(work, `${name}-out`),
     );
+    log(`${name}: engine GEMM rate again`);
+    const after = await gemmRate(engine);
     const gflops = e.planned.flops / e.seconds / 1e9;
     const hybrid = name.startsWith("qwen3_5")
       ? { gated_deltanet_share: (2 * (await mixerSeconds(model, "model.layers.0.linear_attn", Number(samples), 512))) / e.seconds }
@@ -95,8 +102,10 @@ export async function benchOneshot(
     runs.push({
       ...e,
       gemm_gflops: gemm,
+      gemm_after_gflops: after,
       gflops,
       fraction_of_gemm: gflops / gemm,
+      fraction_of_gemm_after: gflops / after,
       flops_formula: "docs/performance.md#the-plans-model",
       ...hybrid,
     });
@@ -133,7 +142,9 @@ export function recordOneshot(runs: OneshotBench[], results?: Record<string, unk
       peak_rss_mb: r.peak_rss_mb,
       flops: r.planned.flops,
       gemm_gflops: r.gemm_gflops,
+      gemm_after_gflops: r.gemm_after_gflops,
       fraction_of_gemm: r.fraction_of_gemm,
+      fraction_of_gemm_after: r.fraction_of_gemm_after,
       phases: r.phases,
     })),
   });
@@ -145,8 +156,22 @@ export function recordOneshot(runs: OneshotBench[], results?: Record<string, unk
 export function oneshotRows(runs: OneshotBench[]): string[] {
   return runs.map(
     (r) =>
-      `| oneshot ${r.name}, ${r.tokens} tokens | ${r.seconds.toFixed(1)} s, peak RSS ${r.peak_rss_mb.toFixed(0)} MB | ${(r.planned.flops / 1e12).toFixed(2)} TFLOP, ${r.gflops.toFixed(1)} GFLOP/s = ${r.fraction_of_gemm.toFixed(2)} of the GEMM rate (${r.gemm_gflops.toFixed(1)}) |`,
+      `| oneshot ${r.name}, ${r.tokens} tokens | ${r.seconds.toFixed(1)} s, peak RSS ${r.peak_rss_mb.toFixed(0)} MB | ${(r.planned.flops / 1e12).toFixed(2)} TFLOP, ${r.gflops.toFixed(1)} GFLOP/s = ${r.fraction_of_gemm.toFixed(2)} / ${r.fraction_of_gemm_after.toFixed(2)} of the GEMM rate before / after (${r.gemm_gflops.toFixed(1)} / ${r.gemm_after_gflops.toFixed(1)}) |`,
   );
+}
+
+/** Per model, the fractions of its last `n` recorded runs (bench/oneshot-runs.json) and their spread. */
+function spreadLines(names: string[], n: number): string[] {
+  const history = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, "bench", "oneshot-runs.json"), "utf8")) as {
+    commit: string | null;
+    runs: { name: string; fraction_of_gemm: number; fraction_of_gemm_after?: number }[];
+  }[];
+  return names.map((name) => {
+    const last = history.flatMap((h) => h.runs.filter((r) => r.name === name).map((r) => ({ ...r, commit: h.commit }))).slice(-n);
+    const worst = last.map((r) => Math.min(r.fraction_of_gemm, r.fraction_of_gemm_after ?? r.fraction_of_gemm));
+    const list = last.map((r) => `${r.fraction_of_gemm.toFixed(2)}/${(r.fraction_of_gemm_after ?? Number.NaN).toFixed(2)} (${r.commit})`);
+    return `${name}, last ${last.length} run(s), fraction before/after: ${list.join(", ")}; lowest ${Math.min(...worst).toFixed(2)}, spread ${(Math.max(...worst) - Math.min(...worst)).toFixed(2)}`;
+  });
 }
 
 async function main(): Promise<void> {
@@ -166,6 +191,11 @@ async function main(): Promise<void> {
       console.log("| run | time, memory | work, rate |");
       console.log("|---|---|---|");
       for (const l of oneshotRows(runs)) console.log(l);
+      for (const l of spreadLines(
+        runs.map((r) => r.name),
+        3,
+      ))
+        console.log(l);
     }
     if (groups) {
       const r = await benchExpertGroups(work, log);

@@ -2,8 +2,9 @@
  * `npm run bench:profile -- MODEL DATASET [SAMPLES]`: where oneshot's seconds go, per layer and
  * phase: the time inside each kind of engine call (the engine's methods wrapped with timers, named
  * by their caller) and the rest, outside the engine (TypeScript work, I/O, waiting for the GPTQ
- * workers, which run their own engines). Samples of 512 tokens (default 16). docs/performance.md
- * has a profile taken with it.
+ * workers, which run their own engines). Samples of 512 tokens (default 16). Then, from V8's
+ * sampling profiles of every thread (the run is repeated under `node --cpu-prof`), the items
+ * outside the engine by function. docs/performance.md has profiles taken with it.
  */
 import fs from "node:fs";
 import os from "node:os";
@@ -11,6 +12,8 @@ import path from "node:path";
 import { getEngine } from "../src/engine/index.js";
 import { oneshot } from "../src/pipeline/oneshot.js";
 import { UsageError } from "../src/errors.js";
+import { spawnSync } from "node:child_process";
+import { itemsTable, threadItems } from "./cpu-profile.js";
 
 type EngineMethod = "linear" | "matmul" | "gram" | "subtractProduct" | "swiglu" | "swigluExpert";
 
@@ -25,9 +28,28 @@ function label(method: EngineMethod, stack: string): string {
   return method === "swiglu" ? "SwiGLU (hooked MLPs)" : "other products (q/k/v/o, router, MLPs with hooks)";
 }
 
+/** The same run under `node --cpu-prof`, every thread's items outside the engine printed. */
+function sampled(args: string[]): void {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-cpu-profile-"));
+  try {
+    const r = spawnSync(process.execPath, ["--cpu-prof", "--cpu-prof-dir", dir, process.argv[1] as string, ...args], {
+      stdio: ["ignore", "ignore", "inherit"],
+      env: { ...process.env, MOECAL_PROFILE_SAMPLED: "1" },
+    });
+    if (r.status !== 0) throw new UsageError(`the sampled run failed (exit ${r.status})`);
+    const threads = fs.readdirSync(dir).map((f) => threadItems(path.join(dir, f)));
+    console.log("\nSampled (V8 profiles, 1 ms), per thread, largest first:\n");
+    for (const t of threads.sort((a, b) => b.seconds - a.seconds)) for (const l of itemsTable(t, 0.1)) console.log(l);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
-  const [model, dataset, samples = "16"] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const [model, dataset, samples = "16"] = args;
   if (!model || !dataset) throw new UsageError("usage: npm run bench:profile -- MODEL DATASET [SAMPLES]");
+  const wasSampled = process.env.MOECAL_PROFILE_SAMPLED === "1";
   const engine = getEngine() as unknown as Record<EngineMethod, (...a: unknown[]) => Promise<unknown>>;
   let phase = "setup";
   const inEngine = new Map<string, Map<string, number>>();
@@ -75,6 +97,7 @@ async function main(): Promise<void> {
     const list = [...parts, ["outside the engine", ms - engineMs] as [string, number]].map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`);
     console.log(`| ${p} | ${(ms / 1000).toFixed(2)} | ${list.join("; ")} |`);
   }
+  if (!wasSampled) sampled(args);
 }
 
 await main();

@@ -55,11 +55,13 @@ export interface FastState {
   gateUpComplete: boolean;
   /** per expert, router-aware statistics only: the routed rows of gate/up (shared by both) and of down */
   routed: { gateUp: RoutedGram; down: RoutedGram }[] | null;
+  /** per expert: the Gram sum of its down_proj inputs, added to inside the engine, shared by the observers that want it */
+  down: GramAccumulator[] | null;
 }
 
 /** A fresh per-block state. */
 export function newFastState(): FastState {
-  return { sharedGateUp: null, gateUpComplete: false, routed: null };
+  return { sharedGateUp: null, gateUpComplete: false, routed: null, down: null };
 }
 
 /**
@@ -97,6 +99,10 @@ export async function allExpertsFast(
   if (rw && !state.routed)
     state.routed = experts.map((ex) => ({ gateUp: new RoutedGram(H, rw), down: new RoutedGram(ex.down.inFeatures, rw) }));
   const routedGrams = rw ? state.routed : null;
+  state.down ??= experts.map((ex) => new GramAccumulator(ex.down.inFeatures));
+  const downSums = state.down;
+  for (let e = 0; e < E; e++)
+    for (const o of plan.down[e] as FastPathObserver[]) if (o.wantsGram) o.shareWith(downSums[e] as GramAccumulator);
   if (routedGrams)
     for (let e = 0; e < E; e++) {
       const r = routedGrams[e] as { gateUp: RoutedGram; down: RoutedGram };
@@ -106,14 +112,13 @@ export async function allExpertsFast(
   const pairs = experts.map((_, e) => routedPairs(selected, T, K, first + e));
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
   const act = new Float32Array(Im * chunk);
-  const downGram = new Float32Array(Im * Im);
   for (let c0 = 0; c0 < T; c0 += chunk) {
     const c1 = Math.min(T, c0 + chunk);
     const Tc = c1 - c0;
     const Xc = new Tensor(flat.data.subarray(c0 * H, c1 * H), [Tc, H]);
     if (state.sharedGateUp && !state.gateUpComplete) await state.sharedGateUp.add(Xc);
     for (const o of gateUpObservers) {
-      o.rows(Tc, null);
+      o.rows(Tc);
       o.values?.(Xc);
     }
     for (let e = 0; e < E; e++) await expert(e, Xc, Tc, c0, c1);
@@ -123,14 +128,15 @@ export async function allExpertsFast(
   async function expert(e: number, Xc: Tensor, Tc: number, c0: number, c1: number): Promise<void> {
     const ex = experts[e] as SwiGluExpert;
     const obs = plan.down[e] as FastPathObserver[];
-    const wantsGram = obs.some((o) => o.wantsGram);
-    // expert e's down_proj inputs A [Tc, Im] and, when observed, A^T A: one engine step
+    const sum = obs.some((o) => o.wantsGram) ? (downSums[e] as GramAccumulator) : null;
+    // expert e's down_proj inputs A [Tc, Im] and, when observed, A^T A added to its sum: one engine step
     const A = await engine.swigluExpert(Xc, ex.gate.weight, ex.up.weight, {
       act: act.subarray(0, Im * Tc),
-      ...(wantsGram ? { gram: downGram } : {}),
+      ...(sum ? { gram: sum.G, addGram: true } : {}),
     });
+    if (sum) sum.rows += Tc;
     for (const o of obs) {
-      o.rows(Tc, o.wantsGram ? downGram : null);
+      o.rows(Tc);
       o.values?.(A);
     }
     // routed rows of this chunk: gather A's rows, down_proj, weight, add

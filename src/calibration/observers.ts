@@ -136,8 +136,8 @@ export interface FastPathObserver {
   readonly routedWeight: RoutedGram["routedWeight"] | null;
   /** this Linear's routed rows go to an accumulator (shared by an expert's gate and up) */
   shareRouted(acc: RoutedGram): void;
-  /** `n` rows reached the Linear; `gram` is their x^T x when wantsGram */
-  rows(n: number, gram: Float32Array | null): void;
+  /** `n` rows reached the Linear (their Gram sum, when wanted, is in the accumulator it shares) */
+  rows(n: number): void;
   /** the rows' statistics go to an accumulator shared with other Linears of the block */
   shareWith(acc: GramAccumulator): void;
   /** the rows themselves [n, in], for observers of their values (static activation scales) */
@@ -208,9 +208,7 @@ export function attachHessianObservers(
       registerFastAwareHook(m, hook, {
         wantsGram: true,
         routedWeight: routerAware ? statistics.routedWeight : null,
-        rows: (n, gram) => {
-          if (gram) s.own.addGram(gram, n);
-        },
+        rows: () => undefined,
         shareWith: (acc) => s.shareWith(acc),
         shareRouted: (acc) => s.shareRouted(acc),
       }),

@@ -29,7 +29,8 @@ export interface Engine {
    * One SwiGLU expert's down_proj inputs and their statistics in one step (the all-experts
    * calibration pass runs it for every expert on every token): a = silu(x wGate^T) * (x wUp^T)
    * [M, I] into `out.act`, a^T a [I, I] into `out.gram` when given, and a times down^T
-   * [M, H] (down [H, I]) into `out.down.out` when given (a whole SwiGLU MLP). Returns a.
+   * [M, H] (down [H, I]) into `out.down.out` when given (a whole SwiGLU MLP); with `out.addGram`,
+   * a^T a is added to `out.gram` instead (a running sum over calls, kept inside the engine). Returns a.
    */
   swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor>;
 }
@@ -38,6 +39,8 @@ export interface Engine {
 export interface SwigluExpertOut {
   act: Float32Array;
   gram?: Float32Array;
+  /** add a^T a to `gram` (float32, one row chunk at a time) instead of writing it */
+  addGram?: boolean;
   down?: { weight: Tensor; out: Float32Array };
 }
 

@@ -188,26 +188,27 @@ export class OrtEngine implements Engine {
 
   /**
    * Gate and up products, SwiGLU, the Gram product of the result and the down product as one
-   * session run: the intermediate products never leave the runtime. Inputs taller than ROW_CHUNK go through in
-   * row chunks (as `linear`), each chunk's Gram product added in float32.
+   * session run: the intermediate products never leave the runtime. Inputs taller than ROW_CHUNK
+   * go through in row chunks (as `linear`). The Gram product of every chunk but the first (all of
+   * them with `addGram`) is added to the sum so far inside the session (its Add node reads the sum
+   * as input C), into scratch memory that is then copied over the sum.
    */
   async swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor> {
     const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
     const { act, gram, down } = out;
     const k = x.dim(1);
     if (m === 0 || i === 0 || k === 0) {
-      gram?.fill(0);
+      if (!out.addGram) gram?.fill(0);
       down?.out.fill(0);
       return new Tensor(act.fill(0), [m, i]);
     }
-    const s = await this.swigluSession(gram !== undefined, down !== undefined);
     const h = down?.weight.dim(0) ?? 0;
-    // in row chunks, each chunk's Gram product goes to scratch memory and is added
-    const part = gram && m > ROW_CHUNK ? takeFloats(i * i) : gram;
-    if (part !== gram) gram?.fill(0);
+    const sum = gram && (out.addGram || m > ROW_CHUNK) ? takeFloats(i * i) : null;
     try {
       for (let r0 = 0; r0 < m; r0 += ROW_CHUNK) {
         const r1 = Math.min(m, r0 + ROW_CHUNK);
+        const adding = gram !== undefined && (r0 > 0 || out.addGram === true);
+        const s = await this.swigluSession(gram !== undefined, down !== undefined, adding);
         const feeds: Record<string, ort.Tensor> = {
           X: new ort.Tensor("float32", x.data.subarray(r0 * k, r1 * k), [r1 - r0, k]),
           WG: new ort.Tensor("float32", wGate.data, [...wGate.shape]),
@@ -215,27 +216,30 @@ export class OrtEngine implements Engine {
           ONE: new ort.Tensor("float32", ONE, [1]),
         };
         const fetches: Record<string, ort.Tensor> = { A: new ort.Tensor("float32", act.subarray(r0 * i, r1 * i), [r1 - r0, i]) };
-        if (part) fetches.Y = new ort.Tensor("float32", part, [i, i]);
+        if (gram) fetches.Y = new ort.Tensor("float32", adding ? (sum as Float32Array) : gram, [i, i]);
+        if (adding) feeds.C = new ort.Tensor("float32", gram as Float32Array, [i, i]);
         if (down) {
           feeds.WD = new ort.Tensor("float32", down.weight.data, [h, i]);
           fetches.D = new ort.Tensor("float32", down.out.subarray(r0 * h, r1 * h), [r1 - r0, h]);
         }
         await native(() => s.run(feeds, fetches));
-        if (gram && part !== gram) for (let j = 0; j < gram.length; j++) gram[j] = (gram[j] as number) + (part?.[j] as number);
+        if (adding) gram?.set(sum as Float32Array);
       }
     } finally {
-      if (part && part !== gram) giveBuffer(part.buffer);
+      if (sum) giveBuffer(sum.buffer);
     }
     return new Tensor(act, [m, i]);
   }
 
-  private swigluSession(withGram: boolean, withDown: boolean): Promise<ort.InferenceSession> {
-    return this.session(`swigluExpert${withGram ? "+gram" : ""}${withDown ? "+down" : ""}`, () => ({
+  private swigluSession(withGram: boolean, withDown: boolean, addGram: boolean): Promise<ort.InferenceSession> {
+    const gram = withGram ? (addGram ? "+gram+C" : "+gram") : "";
+    return this.session(`swigluExpert${gram}${withDown ? "+down" : ""}`, () => ({
       nodes: [
         { opType: "Gemm", inputs: ["X", "WG"], outputs: ["G"], intAttributes: { transB: 1 } },
         { opType: "Gemm", inputs: ["X", "WU"], outputs: ["U"], intAttributes: { transB: 1 } },
         ...swigluNodes("G", "U", "A"),
-        ...(withGram ? gramNodes("A", "Y") : []),
+        ...(withGram && addGram ? [...gramNodes("A", "P"), { opType: "Add", inputs: ["P", "C"], outputs: ["Y"] }] : []),
+        ...(withGram && !addGram ? gramNodes("A", "Y") : []),
         ...(withDown ? [{ opType: "Gemm", inputs: ["A", "WD"], outputs: ["D"], intAttributes: { transB: 1 } }] : []),
       ],
       inputs: [
@@ -243,6 +247,7 @@ export class OrtEngine implements Engine {
         { name: "WG", dims: ["i", "k"] },
         { name: "WU", dims: ["i", "k"] },
         { name: "ONE", dims: [1] },
+        ...(withGram && addGram ? [{ name: "C", dims: ["i", "i"] }] : []),
         ...(withDown ? [{ name: "WD", dims: ["h", "i"] }] : []),
       ],
       outputs: [

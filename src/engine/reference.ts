@@ -69,7 +69,10 @@ export class ReferenceEngine implements Engine {
   async swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor> {
     const { m, i } = checkSwigluExpert(x, wGate, wUp, out);
     const a = new Tensor(swiglu(await this.linear(x, wGate), await this.linear(x, wUp), out.act).data, [m, i]);
-    if (out.gram) await this.gram(a, out.gram);
+    if (out.gram && out.addGram) {
+      const g = (await this.gram(a)).data;
+      for (let j = 0; j < g.length; j++) out.gram[j] = (out.gram[j] as number) + (g[j] as number);
+    } else if (out.gram) await this.gram(a, out.gram);
     if (out.down) await this.linear(a, out.down.weight, out.down.out);
     return a;
   }

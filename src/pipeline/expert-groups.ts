@@ -248,6 +248,7 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
   // and shared by the later ones, as is their GPTQ preparation; per-expert statistics are the group's own
   const fastState = j.fastState;
   fastState.routed = null;
+  fastState.down = null;
   const tracker = trackCoverage(j.layer, `model.layers.${j.i}`);
   let part: PartResult;
   try {

@@ -118,3 +118,20 @@ test("swigluExpert (gate, up, SwiGLU and the Gram product in one session) matche
   assert.equal(g.data, buf);
   assertClose("gram into a buffer", g, await ref.gram(x), 1e-6);
 });
+
+test("swigluExpert with addGram adds each call's Gram product to the sum inside the engine (also in row chunks), as the reference", async () => {
+  const wg = randn([12, 24], 32);
+  const wu = randn([12, 24], 33);
+  const sum = new Float32Array(144).fill(0.5);
+  const want = new Float32Array(144).fill(0.5);
+  for (const m of [5, 1100, 0, 7]) {
+    const x = randn([m, 24], 40 + m);
+    await ort.swigluExpert(x, wg, wu, { act: new Float32Array(m * 12), gram: sum, addGram: true });
+    await ref.swigluExpert(x, wg, wu, { act: new Float32Array(m * 12), gram: want, addGram: true });
+    assertClose(`running Gram sum after ${m} rows`, sum, want, 1e-5);
+  }
+  // the sum holds 0.5 + every call's product: not the last call's alone
+  const last = new Float32Array(144);
+  await ref.swigluExpert(randn([7, 24], 47), wg, wu, { act: new Float32Array(84), gram: last });
+  assert.ok(Math.abs((sum[0] as number) - (last[0] as number)) > 1, "the earlier calls' products are in the sum");
+});
