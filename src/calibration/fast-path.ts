@@ -1,5 +1,6 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
+import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
 import { type MoeExpert, routeWeights, routedPairs } from "../nn/moe.js";
@@ -147,9 +148,17 @@ export async function allExpertsFast(
     const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
     const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
     const local = Int32Array.from(tk, (t) => t - c0);
-    const out = await engine.linear(gatherRows(A, local), ex.down.weight);
+    // the routed rows and their down_proj outputs in scratch memory, reused expert after expert
+    const rowsBuf = takeFloats(local.length * Im);
+    const outBuf = takeFloats(local.length * H);
     const weights = routeWeights(topScores, tk, sl);
-    indexAddWeighted(routed, tk, out, weights);
+    try {
+      const out = await engine.linear(gatherRows(A, local, rowsBuf), ex.down.weight, outBuf);
+      indexAddWeighted(routed, tk, out, weights);
+    } finally {
+      giveBuffer(rowsBuf.buffer);
+      giveBuffer(outBuf.buffer);
+    }
     const r = routedGrams?.[e];
     if (r) {
       // router-aware statistics: the routed rows of this chunk, apart from the all-token ones

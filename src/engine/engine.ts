@@ -13,8 +13,8 @@ export interface Engine {
    * receives the result (M * N floats): reusing a buffer avoids the page faults of a fresh one.
    */
   linear(x: Tensor, w: Tensor, out?: Float32Array): Promise<Tensor>;
-  /** a [..., M, K] times b [..., K, N] with equal batch dimensions: [..., M, N]. */
-  matmul(a: Tensor, b: Tensor): Promise<Tensor>;
+  /** a [..., M, K] times b [..., K, N] with equal batch dimensions: [..., M, N], into `out` when given. */
+  matmul(a: Tensor, b: Tensor, out?: Float32Array): Promise<Tensor>;
   /** x [M, K] transposed times x: [K, K], into `out` when given. */
   gram(x: Tensor, out?: Float32Array): Promise<Tensor>;
   /** c [M, N] -= a [M, K] times b [K, N], in place. */

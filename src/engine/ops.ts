@@ -112,10 +112,11 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   return new Tensor(out, x.shape);
 }
 
-/** Rows of x [T, H] at the given indices: [n, H]. */
-export function gatherRows(x: Tensor, rows: ArrayLike<number>): Tensor {
+/** Rows of x [T, H] at the given indices: [n, H], into `into` (n * H floats) when given. */
+export function gatherRows(x: Tensor, rows: ArrayLike<number>, into?: Float32Array): Tensor {
   const h = x.dim(-1);
-  const out = new Float32Array(rows.length * h);
+  const out = into ?? new Float32Array(rows.length * h);
+  if (out.length !== rows.length * h) throw new InternalError(`gatherRows: ${out.length} floats given, ${rows.length * h} needed`);
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i] as number;
     out.set(x.data.subarray(r * h, (r + 1) * h), i * h);

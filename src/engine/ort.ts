@@ -122,10 +122,10 @@ export class OrtEngine implements Engine {
     return this.rowChunked(s, { name: "X", t: x }, { name: "W", t: w }, n, into);
   }
 
-  async matmul(a: Tensor, b: Tensor): Promise<Tensor> {
+  async matmul(a: Tensor, b: Tensor, into?: Float32Array): Promise<Tensor> {
     const { batch, m, k, n } = checkMatmul(a, b);
     const outShape = [...batch, m, n];
-    if (numel(outShape) === 0 || k === 0) return Tensor.zeros(outShape);
+    if (numel(outShape) === 0 || k === 0) return new Tensor(checkOut(into, numel(outShape)).fill(0), outShape);
     const rank = a.shape.length;
     const s = await this.session(`matmul${rank}`, () => {
       const bd = sym("b", rank - 2);
@@ -138,8 +138,8 @@ export class OrtEngine implements Engine {
         outputs: [{ name: "Y", dims: [...bd, "m", "n"] }],
       };
     });
-    if (rank === 2) return this.rowChunked(s, { name: "A", t: a }, { name: "B", t: b }, n);
-    return this.run(s, { A: a, B: b }, outShape);
+    if (rank === 2) return this.rowChunked(s, { name: "A", t: a }, { name: "B", t: b }, n, into);
+    return this.run(s, { A: a, B: b }, outShape, checkOut(into, numel(outShape)));
   }
 
   /** c -= a b as one Gemm (alpha -1, beta 1, C = c); the result is copied back into c. */

@@ -34,10 +34,10 @@ export class ReferenceEngine implements Engine {
     return new Tensor(out, [m, n]);
   }
 
-  async matmul(a: Tensor, b: Tensor): Promise<Tensor> {
+  async matmul(a: Tensor, b: Tensor, into?: Float32Array): Promise<Tensor> {
     const { batch, m, k, n } = checkMatmul(a, b);
     const nb = numel(batch);
-    const out = new Float32Array(nb * m * n);
+    const out = checkOut(into, nb * m * n);
     const acc = new Float64Array(n);
     for (let bi = 0; bi < nb; bi++) {
       const ao = bi * m * k;

@@ -3,6 +3,7 @@ import { getEngine } from "../engine/index.js";
 import { rmsNorm, softmaxRowInPlace } from "../engine/ops.js";
 import { applyRopeInPlace } from "./rope.js";
 import { Tensor } from "../engine/tensor.js";
+import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { Linear, RMSNorm } from "./layers.js";
 import { Module } from "./module.js";
 
@@ -75,14 +76,14 @@ export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Fl
   const group = nH / nKV;
   const inv = a.scale ?? 1 / Math.sqrt(D);
   const ctx = new Float32Array(B * nH * S * Dv);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < nH; h++) {
-      const bh = b * nH + h;
-      const kv = b * nKV + Math.floor(h / group);
-      const head = (x: Float32Array, i: number, d = D): Tensor => new Tensor(x.subarray(i * S * d, (i + 1) * S * d), [S, d]);
+  // one head's scores at a time, in scratch memory reused head after head
+  const scoresBuf = takeFloats(S * S);
+  const head = (x: Float32Array, i: number, d = D): Tensor => new Tensor(x.subarray(i * S * d, (i + 1) * S * d), [S, d]);
+  try {
+    for (let bh = 0; bh < B * nH; bh++) {
+      const kv = Math.floor(bh / nH) * nKV + Math.floor((bh % nH) / group);
       // scores = q k^T (one Gemm per head: faster in onnxruntime than a batched MatMul with K = D)
-      const scores = await engine.linear(head(qh, bh), head(kh, kv));
-      const sd = scores.data;
+      const sd = (await engine.linear(head(qh, bh), head(kh, kv), scoresBuf)).data;
       for (let i = 0; i < S; i++) {
         // keys lo..i are visible (causal; a window also drops keys at or before i - window)
         const row = i * S;
@@ -92,9 +93,10 @@ export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Fl
         sd.fill(0, row, row + lo);
         sd.fill(0, row + i + 1, row + S);
       }
-      const o = await engine.matmul(scores, head(vh, kv, Dv));
-      ctx.set(o.data, bh * S * Dv);
+      await engine.matmul(new Tensor(sd, [S, S]), head(vh, kv, Dv), ctx.subarray(bh * S * Dv, (bh + 1) * S * Dv));
     }
+  } finally {
+    giveBuffer(scoresBuf.buffer);
   }
   return ctx;
 }

@@ -1,5 +1,6 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
+import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { Linear } from "./layers.js";
 import { Module } from "./module.js";
 import type { MoeExpert } from "./moe.js";
@@ -49,9 +50,12 @@ export async function swigluForward(e: MoeExpert, x: Tensor): Promise<Tensor> {
     return down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
   const rows = x.size / gate.inFeatures;
   const out = new Float32Array(rows * down.outFeatures);
-  await getEngine().swigluExpert(x.reshape([rows, gate.inFeatures]), gate.weight, up.weight, {
-    act: new Float32Array(rows * gate.outFeatures),
-    down: { weight: down.weight, out },
-  });
+  // the activations stay inside this step: scratch memory
+  const act = takeFloats(rows * gate.outFeatures);
+  try {
+    await getEngine().swigluExpert(x.reshape([rows, gate.inFeatures]), gate.weight, up.weight, { act, down: { weight: down.weight, out } });
+  } finally {
+    giveBuffer(act.buffer);
+  }
   return new Tensor(out, [...x.shape.slice(0, -1), down.outFeatures]);
 }
