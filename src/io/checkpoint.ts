@@ -3,6 +3,7 @@ import { CheckpointFormatError, asFormatError } from "../errors.js";
 import { confinedFile, entryExists } from "./files.js";
 import { readJsonObject } from "./json.js";
 import type { Tensor } from "../engine/tensor.js";
+import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import { type Fp8BlockFormat, Fp8BlockWeights, type Fp8Stored, fp8BlockRows } from "./fp8-blocks.js";
 import { DTYPE_BYTES, LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName, rawToF32 } from "./safetensors.js";
 
@@ -215,7 +216,17 @@ export class Checkpoint {
 
   /** A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to the torch_dtype). */
   readF32(name: string): Tensor {
-    return this.decoded?.has(name) ? this.decoded.readF32(name) : rawToF32(this.rawRead(name), `${this.dir}: tensor "${name}"`);
+    if (this.decoded?.has(name)) return this.decoded.readF32(name);
+    // the stored bytes are converted into a new array: they are read into reused scratch memory
+    const v = this.views.get(name);
+    const info = v?.info ?? this.file(name).info(name);
+    const buf = takeBuffer(info.end - info.begin);
+    try {
+      const raw = (v?.file ?? this.file(name)).readRawOf(info, new Uint8Array(buf, 0, info.end - info.begin));
+      return rawToF32(raw, `${this.dir}: tensor "${name}"`);
+    } finally {
+      giveBuffer(buf);
+    }
   }
 
   /** Name of the file holding `name`, relative to the folder. */

@@ -223,9 +223,11 @@ export class SafetensorsFile {
     return this.readRawOf(this.info(name));
   }
 
-  /** The bytes `t` describes (a tensor of this file's header, or a view of part of one). */
-  readRawOf(t: TensorInfo): RawTensor {
-    const bytes = new Uint8Array(t.end - t.begin);
+  /** The bytes `t` describes (a tensor of this file's header, or a view of part of one), into `into` when given (exactly as many bytes). */
+  readRawOf(t: TensorInfo, into?: Uint8Array): RawTensor {
+    if (into && into.length !== t.end - t.begin)
+      throw new InternalError(`readRawOf: ${into.length} bytes given, ${t.end - t.begin} needed`);
+    const bytes = into ?? new Uint8Array(t.end - t.begin);
     const { fd } = openRegular(this.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
     try {
       readAt(fd, this.file, bytes, this.dataStart + t.begin, asFormatError);

@@ -1,5 +1,5 @@
 import { Tensor } from "../engine/tensor.js";
-import { giveBuffer, takeBuffer } from "../engine/scratch.js";
+import { giveBuffer, takeBuffer, takeFloats } from "../engine/scratch.js";
 import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverseFast } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
@@ -86,30 +86,37 @@ export async function prepareGptq(
   name: string,
   dampening = 0.01,
 ): Promise<GptqPrep> {
-  const H = new Float32Array(hessian);
-  const dead = new Uint8Array(inF);
-  for (let i = 0; i < inF; i++) {
-    if (H[i * inF + i] === 0) {
-      H[i * inF + i] = 1;
-      dead[i] = 1;
+  // the Hessian's copy and its permuted, damped form stay here: scratch memory (fresh memory costs page faults)
+  const H = takeFloats(inF * inF);
+  const Hp = takeFloats(inF * inF);
+  try {
+    H.set(hessian);
+    const dead = new Uint8Array(inF);
+    for (let i = 0; i < inF; i++) {
+      if (H[i * inF + i] === 0) {
+        H[i * inF + i] = 1;
+        dead[i] = 1;
+      }
     }
+    const perm = Int32Array.from({ length: inF }, (_, i) => i);
+    if (actorder === "static") {
+      const diag = Float64Array.from({ length: inF }, (_, i) => H[i * inF + i] as number);
+      perm.sort((a, b) => (diag[b] as number) - (diag[a] as number) || a - b);
+    }
+    for (let i = 0; i < inF; i++)
+      for (let j = 0; j < inF; j++) Hp[i * inF + j] = H[(perm[i] as number) * inF + (perm[j] as number)] as number;
+    let mean = 0;
+    for (let i = 0; i < inF; i++) mean += Hp[i * inF + i] as number;
+    mean = Math.fround(mean / inF);
+    for (let i = 0; i < inF; i++) Hp[i * inF + i] = Math.fround((Hp[i * inF + i] as number) + dampening * mean);
+    const Hinv = await upperCholeskyOfInverseFast(Hp, inF, `${name}: damped Hessian`);
+    const HinvT = new Float32Array(inF * inF);
+    for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
+    return { inF, dead, perm, Hinv, HinvT };
+  } finally {
+    giveBuffer(H.buffer);
+    giveBuffer(Hp.buffer);
   }
-  const perm = Int32Array.from({ length: inF }, (_, i) => i);
-  if (actorder === "static") {
-    const diag = Float64Array.from({ length: inF }, (_, i) => H[i * inF + i] as number);
-    perm.sort((a, b) => (diag[b] as number) - (diag[a] as number) || a - b);
-  }
-  const Hp = new Float32Array(inF * inF);
-  for (let i = 0; i < inF; i++)
-    for (let j = 0; j < inF; j++) Hp[i * inF + j] = H[(perm[i] as number) * inF + (perm[j] as number)] as number;
-  let mean = 0;
-  for (let i = 0; i < inF; i++) mean += Hp[i * inF + i] as number;
-  mean = Math.fround(mean / inF);
-  for (let i = 0; i < inF; i++) Hp[i * inF + i] = Math.fround((Hp[i * inF + i] as number) + dampening * mean);
-  const Hinv = await upperCholeskyOfInverseFast(Hp, inF, `${name}: damped Hessian`);
-  const HinvT = new Float32Array(inF * inF);
-  for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
-  return { inF, dead, perm, Hinv, HinvT };
 }
 
 /**
