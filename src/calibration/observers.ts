@@ -121,7 +121,9 @@ const doubled = new WeakMap<GramAccumulator, { rows: number; H: Float32Array }>(
 function doubledView(acc: GramAccumulator): Float32Array {
   const d = doubled.get(acc);
   if (d && d.rows === acc.rows) return d.H;
-  const H = acc.G.map((v) => 2 * v);
+  const G = acc.G;
+  const H = new Float32Array(G.length);
+  for (let i = 0; i < G.length; i++) H[i] = 2 * (G[i] as number);
   doubled.set(acc, { rows: acc.rows, H });
   return H;
 }
