@@ -8,7 +8,6 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { CalibrationQwen3MoeSparseMoeBlock } from "../../src/calibration/qwen3-moe.js";
 import { CalibrationMixtralSparseMoeBlock } from "../../src/calibration/mixtral.js";
@@ -35,7 +34,7 @@ import { evaluate } from "../../src/pipeline/eval.js";
 import { oneshot } from "../../src/pipeline/oneshot.js";
 import { plan } from "../../src/pipeline/plan.js";
 import { openServed } from "../../src/pipeline/serving.js";
-import { ROOT, TEXT, assertClose, assertIntsEqual, fixtureCopy, relErr } from "../helpers.js";
+import { ROOT, TEXT, assertClose, assertIntsEqual, fixtureCopy, relErr, tempDir } from "../helpers.js";
 import { SCHEME_NAMES } from "../../src/quantization/scheme.js";
 
 interface FamilyCase {
@@ -189,7 +188,7 @@ for (const fc of CASES) {
   const model = loaded.model;
   const moe = model.getSubmodule(`model.layers.1.${fc.block}`) as RoutedBlock;
   const x = g.readF32("x");
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `moecal-${fc.modelType}-`));
+  const tmp = tempDir(`moecal-${fc.modelType}-`);
 
   test(`${fc.modelType} forward: logits and every layer's hidden states within 1e-5 of the reference`, async () => {
     const out = await model.call({ ids: { ids: Int32Array.from(ints(fwd, "input_ids")), shape: [2, 48] }, outputHiddenStates: true });
