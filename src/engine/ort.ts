@@ -238,8 +238,8 @@ export class OrtEngine implements Engine {
         { opType: "Gemm", inputs: ["X", "WG"], outputs: ["G"], intAttributes: { transB: 1 } },
         { opType: "Gemm", inputs: ["X", "WU"], outputs: ["U"], intAttributes: { transB: 1 } },
         ...swigluNodes("G", "U", "A"),
-        ...(withGram && addGram ? [...gramNodes("A", "P"), { opType: "Add", inputs: ["P", "C"], outputs: ["Y"] }] : []),
-        ...(withGram && !addGram ? gramNodes("A", "Y") : []),
+        ...(withGram ? gramNodes("A", addGram ? "P" : "Y") : []),
+        ...(withGram && addGram ? [{ opType: "Add", inputs: ["P", "C"], outputs: ["Y"] }] : []),
         ...(withDown ? [{ opType: "Gemm", inputs: ["A", "WD"], outputs: ["D"], intAttributes: { transB: 1 } }] : []),
       ],
       inputs: [

@@ -182,9 +182,11 @@ export class Checkpoint {
     return this.views.get(name)?.info ?? this.file(name).info(name);
   }
 
-  private rawRead(name: string): RawTensor {
+  /** The stored bytes of `name`, into `into` when given (exactly as many bytes). */
+  private rawRead(name: string, into?: Uint8Array): RawTensor {
     const v = this.views.get(name);
-    return v ? v.file.readRawOf(v.info) : this.file(name).readRaw(name);
+    const f = v?.file ?? this.file(name);
+    return f.readRawOf(v?.info ?? f.info(name), into);
   }
 
   info(name: string): TensorInfo {
@@ -218,12 +220,10 @@ export class Checkpoint {
   readF32(name: string): Tensor {
     if (this.decoded?.has(name)) return this.decoded.readF32(name);
     // the stored bytes are converted into a new array: they are read into reused scratch memory
-    const v = this.views.get(name);
-    const info = v?.info ?? this.file(name).info(name);
+    const info = this.rawInfo(name);
     const buf = takeBuffer(info.end - info.begin);
     try {
-      const raw = (v?.file ?? this.file(name)).readRawOf(info, new Uint8Array(buf, 0, info.end - info.begin));
-      return rawToF32(raw, `${this.dir}: tensor "${name}"`);
+      return rawToF32(this.rawRead(name, new Uint8Array(buf, 0, info.end - info.begin)), `${this.dir}: tensor "${name}"`);
     } finally {
       giveBuffer(buf);
     }

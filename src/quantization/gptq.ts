@@ -86,25 +86,22 @@ export async function prepareGptq(
   name: string,
   dampening = 0.01,
 ): Promise<GptqPrep> {
-  // the Hessian's copy and its permuted, damped form stay here: scratch memory (fresh memory costs page faults)
-  const H = takeFloats(inF * inF);
+  // the permuted, damped Hessian stays here: scratch memory (fresh memory costs page faults)
   const Hp = takeFloats(inF * inF);
   try {
-    H.set(hessian);
-    const dead = new Uint8Array(inF);
-    for (let i = 0; i < inF; i++) {
-      if (H[i * inF + i] === 0) {
-        H[i * inF + i] = 1;
-        dead[i] = 1;
-      }
-    }
+    // a dead column's diagonal counts as 1 (its weights are zeroed)
+    const dead = Uint8Array.from({ length: inF }, (_, i) => (hessian[i * inF + i] === 0 ? 1 : 0));
+    const diagOf = (i: number): number => (dead[i] ? 1 : (hessian[i * inF + i] as number));
     const perm = Int32Array.from({ length: inF }, (_, i) => i);
     if (actorder === "static") {
-      const diag = Float64Array.from({ length: inF }, (_, i) => H[i * inF + i] as number);
+      const diag = Float64Array.from({ length: inF }, (_, i) => diagOf(i));
       perm.sort((a, b) => (diag[b] as number) - (diag[a] as number) || a - b);
     }
-    for (let i = 0; i < inF; i++)
-      for (let j = 0; j < inF; j++) Hp[i * inF + j] = H[(perm[i] as number) * inF + (perm[j] as number)] as number;
+    for (let i = 0; i < inF; i++) {
+      const row = (perm[i] as number) * inF;
+      for (let j = 0; j < inF; j++) Hp[i * inF + j] = hessian[row + (perm[j] as number)] as number;
+      Hp[i * inF + i] = diagOf(perm[i] as number);
+    }
     let mean = 0;
     for (let i = 0; i < inF; i++) mean += Hp[i * inF + i] as number;
     mean = Math.fround(mean / inF);
@@ -114,7 +111,6 @@ export async function prepareGptq(
     for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
     return { inF, dead, perm, Hinv, HinvT };
   } finally {
-    giveBuffer(H.buffer);
     giveBuffer(Hp.buffer);
   }
 }
