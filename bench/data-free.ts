@@ -19,6 +19,7 @@ import { runFromSummary } from "../src/pipeline/report.js";
 import { plan } from "../src/pipeline/plan.js";
 import { nanoSetup, qwen3Setup } from "./plan.js";
 
+/** The `moecal` command. Measured runs start it as a shell does, so that its first line (the allocator setting) applies as for a user. */
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 /** worker threads of the default run: one per core */
 const CORES = os.availableParallelism();
@@ -54,7 +55,7 @@ function readRate(dir: string): number {
 }
 
 function oneshot(model: string, args: string[], out: string): { seconds: number; peakRssMb: number } {
-  const r = spawnSync(process.execPath, [cli, "oneshot", "--model", model, "--method", "rtn", "--output", out, "--overwrite", ...args], {
+  const r = spawnSync(cli, ["oneshot", "--model", model, "--method", "rtn", "--output", out, "--overwrite", ...args], {
     encoding: "utf8",
     maxBuffer: 64 * 1024 ** 2,
   });

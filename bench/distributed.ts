@@ -27,6 +27,7 @@ import { startNats } from "../test/distributed/nats-server.js";
 import { DEEPSEEK_V3, headerOnly } from "./layer-projection.js";
 import { nanoSetup, proseDataset } from "./plan.js";
 
+/** The `moecal` command. Measured runs start it as a shell does, so that its first line (the allocator setting) applies as for a user. */
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:distributed: ${s}\n`);
 
@@ -65,7 +66,7 @@ interface Measured {
 }
 
 function oneshot(model: string, args: string[], out: string, extra: string[] = []): number {
-  const r = spawnSync(process.execPath, [cli, "oneshot", "--model", model, ...args, "--output", out, "--overwrite", ...extra], {
+  const r = spawnSync(cli, ["oneshot", "--model", model, ...args, "--output", out, "--overwrite", ...extra], {
     encoding: "utf8",
     maxBuffer: 64 * 1024 ** 2,
   });
@@ -120,7 +121,7 @@ async function measured(work: string, data: string): Promise<{ local_seconds: nu
       const workers: ChildProcess[] = [];
       const jobs: Record<string, number[]> = {};
       for (let k = 0; k < n; k++) {
-        const w = spawn(process.execPath, [cli, "worker", "--nats", server.url, "--shared-dir", work, "--json", "--workers", "1"], {
+        const w = spawn(cli, ["worker", "--nats", server.url, "--shared-dir", work, "--json", "--workers", "1"], {
           stdio: ["ignore", "pipe", "ignore"],
         });
         w.stdout?.on("data", (d: Buffer) => {

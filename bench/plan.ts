@@ -14,6 +14,7 @@ import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { QWEN3_5_MOE_FAMILY } from "../src/models/qwen3_next/family.js";
 
+/** The `moecal` command. Measured runs start it as a shell does, so that its first line (the allocator setting) applies as for a user. */
 const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 
 export interface EndToEnd {
@@ -71,7 +72,7 @@ export function measure(name: string, model: string, args: string[], out: string
     tokens: number;
     layers: { flops: Record<string, number>; expert_groups: { size: number } | null }[];
   };
-  const run = spawnSync(process.execPath, [cli, "oneshot", ...common, "--output", out, "--overwrite"], {
+  const run = spawnSync(cli, ["oneshot", ...common, "--output", out, "--overwrite"], {
     encoding: "utf8",
     maxBuffer: 64 * 1024 ** 2,
   });

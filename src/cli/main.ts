@@ -1,4 +1,6 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node
+// The `moecal` command asks glibc's malloc for transparent huge pages (a setting of your own in
+// GLIBC_TUNABLES comes after it and wins): docs/performance.md, "Fresh memory".
 import { Command, CommanderError } from "commander";
 import { InternalError, InterruptedError, MoecalError } from "../errors.js";
 import { releaseWorkFolders } from "../pipeline/work-folder.js";
