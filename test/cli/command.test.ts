@@ -17,7 +17,7 @@ const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 function started(callerTunables: string | undefined): { tunables: string; stdout: string } {
   const dir = tempDir("moecal-command-");
   const preload = path.join(dir, "print-env.cjs");
-  fs.writeFileSync(preload, "process.stderr.write(`GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES}\\n`);\n");
+  fs.writeFileSync(preload, 'process.stderr.write("GLIBC_TUNABLES=" + process.env.GLIBC_TUNABLES + "\\n");\n');
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: `--require ${preload}` };
   if (callerTunables === undefined) delete env.GLIBC_TUNABLES;
   else env.GLIBC_TUNABLES = callerTunables;
