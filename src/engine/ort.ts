@@ -142,7 +142,7 @@ export class OrtEngine implements Engine {
     return this.run(s, { A: a, B: b }, outShape, checkOut(into, numel(outShape)));
   }
 
-  /** c -= a b as one Gemm (alpha -1, beta 1, C = c); the result is copied back into c. */
+  /** c -= a b as one Gemm (alpha -1, beta 1, C = c), written over c. */
   async subtractProduct(c: Tensor, a: Tensor, b: Tensor): Promise<void> {
     const { m, k, n } = checkSubtractProduct(c, a, b);
     if (m === 0 || n === 0 || k === 0) return;
@@ -155,13 +155,8 @@ export class OrtEngine implements Engine {
       ],
       outputs: [{ name: "Y", dims: ["m", "n"] }],
     }));
-    const buf = takeFloats(m * n);
-    try {
-      const y = await this.run(s, { A: a, B: b, C: c }, [m, n], buf);
-      c.data.set(y.data);
-    } finally {
-      giveBuffer(buf.buffer);
-    }
+    // Y is C's own array: the Gemm copies C into Y (here onto itself), then adds the product
+    await this.run(s, { A: a, B: b, C: c }, [m, n], c.data);
   }
 
   /**

@@ -8,7 +8,9 @@ import {
   type QParams,
   type QuantizedWeight,
   type ScaleDType,
+  RNE_SHIFT,
   computeQParams,
+  dequantizeInto,
   intRange,
   quantizeFp4,
   quantizeFp8,
@@ -167,7 +169,6 @@ export async function gptqWithPrep(
   }
   const isInt = args.type === "int";
   const codesT = isInt ? new Int8Array(takeBuffer(inF * out), 0, inF * out) : new Uint8Array(takeBuffer(inF * out), 0, inF * out);
-  const err = new Float32Array(out);
   const rowLoss = new Float64Array(out);
   const bs = Math.min(blockSize, inF);
   const ErrBlock = new Float32Array(takeBuffer(4 * bs * out), 0, bs * out); // [count, out]
@@ -186,6 +187,7 @@ export async function gptqWithPrep(
       await engine.subtractProduct(new Tensor(Wt.subarray(a * out, b * out), [b - a, out]), h, err);
     }
   };
+  const refs: ColumnRefs = { Wt, codesT, errs: ErrBlock, rowLoss, scaleT, zpT, out };
   try {
     for (let i1 = 0; i1 < inF; i1 += blockSize) {
       const i2 = Math.min(i1 + blockSize, inF);
@@ -197,12 +199,10 @@ export async function gptqWithPrep(
         for (let col = s1; col < s2; col++) {
           const d = Hinv[col * inF + col] as number;
           const g = Math.floor((perm[col] as number) / groupSize) * out;
-          const sc = scaleT.subarray(g, g + out);
-          const zp = zpT.subarray(g, g + out);
-          if (isInt) quantizeColumnInt(Wt, codesT as Int8Array, err, rowLoss, sc, zp, col * out, out, d, args.numBits);
-          else quantizeColumnFloat(Wt, codesT as Uint8Array, err, rowLoss, sc, col * out, out, d, args.numBits === 4);
-          ErrBlock.set(err, (col - i1) * out);
-          spreadError(Wt, err, out, Hinv, col * inF, col + 1, s2);
+          const eo = (col - i1) * out; // the column's error, straight into the block's
+          if (isInt) quantizeColumnInt(refs, col * out, g, eo, d, args.numBits);
+          else quantizeColumnFloat(refs, col * out, g, eo, d, args.numBits === 4);
+          spreadError(Wt, ErrBlock, eo, out, Hinv, col * inF, col + 1, s2);
         }
         await update(ErrBlock.subarray((s1 - i1) * out, (s2 - i1) * out), s1, s2 - s1, s2, i2);
       }
@@ -211,23 +211,18 @@ export async function gptqWithPrep(
     let loss = 0;
     for (let r = 0; r < out; r++) loss += rowLoss[r] as number;
     if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
-    // back to row-major and the original column order
-    const Wq = into ?? new Float32Array(out * inF);
+    // the codes back to row-major and the original column order; the dequantized weight from them
+    // (the values the column loop wrote are these, bit for bit)
     const codes = isInt ? new Int8Array(out * inF) : new Uint8Array(out * inF);
     for (let r0 = 0; r0 < out; r0 += TILE) {
       const r1 = Math.min(out, r0 + TILE);
       for (let j0 = 0; j0 < inF; j0 += TILE) {
         const j1 = Math.min(inF, j0 + TILE);
-        for (let r = r0; r < r1; r++) {
-          for (let j = j0; j < j1; j++) {
-            const i = (pos[j] as number) * out + r;
-            Wq[r * inF + j] = Wt[i] as number;
-            codes[r * inF + j] = codesT[i] as number;
-          }
-        }
+        for (let r = r0; r < r1; r++) for (let j = j0; j < j1; j++) codes[r * inF + j] = codesT[(pos[j] as number) * out + r] as number;
       }
     }
-    return { weight: { args, out, inF, codes, params }, dequantized: Wq, loss, rowLoss };
+    const weight = { args, out, inF, codes, params };
+    return { weight, dequantized: dequantizeInto(weight, into ?? new Float32Array(out * inF)), loss, rowLoss };
   } finally {
     for (const a of [Wt, ErrBlock, HT, codesT]) giveBuffer(a.buffer);
   }
@@ -262,73 +257,75 @@ export function rtnQuantize(
   return { args, out, inF, codes: quantizeWithParams(weight, out, inF, args, params), params };
 }
 
-/** W[:, j] -= err * Hinv[col, j] for j in [from, to) (column-major W): the error of one column spread over the next. */
-function spreadError(Wt: Float32Array, err: Float32Array, out: number, Hinv: Float32Array, hrow: number, from: number, to: number): void {
+/** W[:, j] -= err * Hinv[col, j] for j in [from, to) (column-major W; the error at errs[eo:eo+out]): the error of one column spread over the next. */
+function spreadError(
+  Wt: Float32Array,
+  errs: Float32Array,
+  eo: number,
+  out: number,
+  Hinv: Float32Array,
+  hrow: number,
+  from: number,
+  to: number,
+): void {
   for (let j = from; j < to; j++) {
     const h = Hinv[hrow + j] as number;
     const wj = j * out;
-    for (let r = 0; r < out; r++) Wt[wj + r] = (Wt[wj + r] as number) - (err[r] as number) * h;
+    for (let r = 0; r < out; r++) Wt[wj + r] = (Wt[wj + r] as number) - (errs[eo + r] as number) * h;
   }
 }
 
+/** What the column loop reads and writes: column-major weight and codes, the block's errors, scales and zero points [groups, out]. */
+interface ColumnRefs {
+  Wt: Float32Array;
+  codesT: Int8Array | Uint8Array;
+  errs: Float32Array;
+  rowLoss: Float64Array;
+  scaleT: Float32Array;
+  zpT: Float32Array;
+  out: number;
+}
+
 /**
- * Quantize column `wc` (int) in place: codes, dequantized values, the error scaled by 1/d and
- * the loss (w - q)^2 / d^2 / 2, per row. Rounding half to even, as torch.round.
+ * Quantize the column at `wc` (int) in place: codes, dequantized values, the error scaled by 1/d
+ * (into errs at `eo`) and the loss (w - q)^2 / d^2 / 2, per row; `g`: the offset of the column's
+ * group in scaleT / zpT. Rounding half to even, as torch.round (RNE_SHIFT).
  */
-function quantizeColumnInt(
-  Wt: Float32Array,
-  codesT: Int8Array,
-  err: Float32Array,
-  rowLoss: Float64Array,
-  scale: Float32Array,
-  zp: Float32Array,
-  wc: number,
-  out: number,
-  d: number,
-  bits: number,
-): void {
+function quantizeColumnInt(c: ColumnRefs, wc: number, g: number, eo: number, d: number, bits: number): void {
+  const { Wt, errs, rowLoss, scaleT, zpT, out } = c;
+  const codesT = c.codesT as Int8Array;
   const { qmin, qmax } = intRange(bits);
   const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
     const w = Wt[wc + r] as number;
-    const s = scale[r] as number;
-    const z = zp[r] as number;
-    const x = Math.fround(w / s);
-    let c = Math.round(x); // halves go up; make them even
-    if (c - x === 0.5 && (c & 1) !== 0) c -= 1;
-    c += z;
-    c = c < qmin ? qmin : Math.min(c, qmax);
-    codesT[wc + r] = c;
-    const q = Math.fround((c - z) * s);
-    Wt[wc + r] = q;
-    const e = w - q;
-    err[r] = Math.fround(Math.fround(e) / d);
+    const s = scaleT[g + r] as number;
+    const z = zpT[g + r] as number;
+    let q = Math.fround(w / s) + RNE_SHIFT - RNE_SHIFT + z;
+    // biome-ignore lint/complexity/useMathMinMax: two compares keep this hot loop free of calls
+    q = q < qmin ? qmin : q > qmax ? qmax : q;
+    codesT[wc + r] = q;
+    const dq = Math.fround((q - z) * s);
+    Wt[wc + r] = dq;
+    const e = w - dq;
+    errs[eo + r] = Math.fround(e) / d;
     rowLoss[r] = (rowLoss[r] as number) + (e * e) / d2;
   }
 }
 
 /** The same for FP8 (e4m3fn codes) or FP4 (e2m1 codes). */
-function quantizeColumnFloat(
-  Wt: Float32Array,
-  codesT: Uint8Array,
-  err: Float32Array,
-  rowLoss: Float64Array,
-  scale: Float32Array,
-  wc: number,
-  out: number,
-  d: number,
-  fp4: boolean,
-): void {
+function quantizeColumnFloat(c: ColumnRefs, wc: number, g: number, eo: number, d: number, fp4: boolean): void {
+  const { Wt, errs, rowLoss, scaleT, out } = c;
+  const codesT = c.codesT as Uint8Array;
   const d2 = 2 * d * d;
   for (let r = 0; r < out; r++) {
     const w = Wt[wc + r] as number;
-    const s = scale[r] as number;
-    const c = fp4 ? quantizeFp4(w, s) : quantizeFp8(w, s);
-    codesT[wc + r] = c;
-    const q = Math.fround((fp4 ? fp4e2m1ToF32(c) : fp8e4m3ToF32(c)) * s);
-    Wt[wc + r] = q;
-    const e = w - q;
-    err[r] = Math.fround(Math.fround(e) / d);
+    const s = scaleT[g + r] as number;
+    const q = fp4 ? quantizeFp4(w, s) : quantizeFp8(w, s);
+    codesT[wc + r] = q;
+    const dq = Math.fround((fp4 ? fp4e2m1ToF32(q) : fp8e4m3ToF32(q)) * s);
+    Wt[wc + r] = dq;
+    const e = w - dq;
+    errs[eo + r] = Math.fround(e) / d;
     rowLoss[r] = (rowLoss[r] as number) + (e * e) / d2;
   }
 }

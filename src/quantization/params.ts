@@ -358,8 +358,8 @@ function intCodes(W: Float32Array, codes: Int8Array, c0: number, c1: number, s: 
   }
 }
 
-/** 1.5 * 2^52: see intCodes. */
-const RNE_SHIFT = 6755399441055744;
+/** 1.5 * 2^52: x + RNE_SHIFT - RNE_SHIFT rounds a double to an integer, ties to even (see intCodes). */
+export const RNE_SHIFT = 6755399441055744;
 
 /** The value of a code: integer, FP8 E4M3 byte or FP4 E2M1 nibble, by the weight's type. */
 export function codeValue(args: QuantArgs): (code: number) => number {
@@ -369,15 +369,22 @@ export function codeValue(args: QuantArgs): (code: number) => number {
 
 /** Dequantized float32 weight [out, in]. */
 export function dequantize(q: QuantizedWeight): Float32Array {
+  return dequantizeInto(q, new Float32Array(q.out * q.inF));
+}
+
+/** The dequantized weight [out, in] written into `W`: (value(code) - zero point) x scale, rounded to float32. */
+export function dequantizeInto(q: QuantizedWeight, W: Float32Array): Float32Array {
   const { out, inF, params: p, codes } = q;
-  const W = new Float32Array(out * inF);
-  const value = codeValue(q.args);
+  const value = q.args.type === "int" ? null : codeValue(q.args);
   for (let r = 0; r < out; r++) {
-    for (let c = 0; c < inF; c++) {
-      const gi = r * p.groups + Math.floor(c / p.groupSize);
+    for (let g = 0; g < p.groups; g++) {
+      const gi = r * p.groups + g;
       const s = p.scale[gi] as number;
-      const code = codes[r * inF + c] as number;
-      W[r * inF + c] = Math.fround((value(code) - (p.zeroPoint ? (p.zeroPoint[gi] as number) : 0)) * s);
+      const z = p.zeroPoint ? (p.zeroPoint[gi] as number) : 0;
+      const c0 = r * inF + g * p.groupSize;
+      const c1 = r * inF + Math.min(inF, (g + 1) * p.groupSize);
+      if (value === null) for (let i = c0; i < c1; i++) W[i] = Math.fround(((codes[i] as number) - z) * s);
+      else for (let i = c0; i < c1; i++) W[i] = Math.fround((value(codes[i] as number) - z) * s);
     }
   }
   return W;
