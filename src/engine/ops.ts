@@ -9,8 +9,9 @@ export function sigmoidScalar(x: number): number {
 
 export function silu(x: Tensor): Tensor {
   const out = new Float32Array(x.size);
+  const xd = x.data;
   for (let i = 0; i < out.length; i++) {
-    const v = x.data[i] as number;
+    const v = xd[i] as number;
     out[i] = v / (1 + Math.exp(-v));
   }
   return new Tensor(out, x.shape);
@@ -18,7 +19,8 @@ export function silu(x: Tensor): Tensor {
 
 export function sigmoid(x: Tensor): Tensor {
   const out = new Float32Array(x.size);
-  for (let i = 0; i < out.length; i++) out[i] = sigmoidScalar(x.data[i] as number);
+  const xd = x.data;
+  for (let i = 0; i < out.length; i++) out[i] = sigmoidScalar(xd[i] as number);
   return new Tensor(out, x.shape);
 }
 
@@ -29,7 +31,8 @@ function sameShape(a: Tensor, b: Tensor, op: string): void {
 export function add(a: Tensor, b: Tensor): Tensor {
   sameShape(a, b, "add");
   const out = new Float32Array(a.size);
-  for (let i = 0; i < out.length; i++) out[i] = (a.data[i] as number) + (b.data[i] as number);
+  const [ad, bd] = [a.data, b.data];
+  for (let i = 0; i < out.length; i++) out[i] = (ad[i] as number) + (bd[i] as number);
   return new Tensor(out, a.shape);
 }
 
@@ -37,9 +40,10 @@ export function add(a: Tensor, b: Tensor): Tensor {
 export function swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Tensor {
   sameShape(gate, up, "swiglu");
   const out = into ?? new Float32Array(gate.size);
+  const [gd, ud] = [gate.data, up.data];
   for (let i = 0; i < out.length; i++) {
-    const g = gate.data[i] as number;
-    out[i] = (g / (1 + Math.exp(-g))) * (up.data[i] as number);
+    const g = gd[i] as number;
+    out[i] = (g / (1 + Math.exp(-g))) * (ud[i] as number);
   }
   return new Tensor(out, gate.shape);
 }
@@ -74,6 +78,7 @@ export function topkIndices(x: Tensor, k: number): Int32Array {
   const rows = x.size / n;
   const out = new Int32Array(rows * k);
   const order = new Int32Array(n);
+  const xd = x.data;
   for (let r = 0; r < rows; r++) {
     const base = r * n;
     for (let i = 0; i < n; i++) order[i] = i;
@@ -81,8 +86,8 @@ export function topkIndices(x: Tensor, k: number): Int32Array {
     for (let j = 0; j < k; j++) {
       let best = j;
       for (let i = j + 1; i < n; i++) {
-        const vi = x.data[base + (order[i] as number)] as number;
-        const vb = x.data[base + (order[best] as number)] as number;
+        const vi = xd[base + (order[i] as number)] as number;
+        const vb = xd[base + (order[best] as number)] as number;
         if (vi > vb || (vi === vb && (order[i] as number) < (order[best] as number))) best = i;
       }
       const t = order[j] as number;
@@ -99,15 +104,16 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   const n = weight.size;
   if (x.dim(-1) !== n) throw new InternalError(`rmsNorm: last dimension ${x.dim(-1)} != weight size ${n}`);
   const out = new Float32Array(x.size);
-  for (let r = 0; r < x.size / n; r++) {
-    const base = r * n;
+  // the arrays in locals: the loops then run about twice as fast (docs/performance.md)
+  const [xd, wd] = [x.data, weight.data];
+  for (let base = 0; base < xd.length; base += n) {
     let ss = 0;
     for (let i = 0; i < n; i++) {
-      const v = x.data[base + i] as number;
+      const v = xd[base + i] as number;
       ss += v * v;
     }
     const inv = 1 / Math.sqrt(Math.fround(ss / n) + eps);
-    for (let i = 0; i < n; i++) out[base + i] = Math.fround((x.data[base + i] as number) * inv) * (weight.data[i] as number);
+    for (let i = 0; i < n; i++) out[base + i] = Math.fround((xd[base + i] as number) * inv) * (wd[i] as number);
   }
   return new Tensor(out, x.shape);
 }
@@ -127,12 +133,13 @@ export function gatherRows(x: Tensor, rows: ArrayLike<number>, into?: Float32Arr
 /** target[rows[i]] += src[i] * weights[i] for src [n, H] (index_add_ with per-row weights). */
 export function indexAddWeighted(target: Tensor, rows: ArrayLike<number>, src: Tensor, weights: ArrayLike<number>): void {
   const h = target.dim(-1);
+  const [td, sd] = [target.data, src.data];
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i] as number;
     const w = weights[i] as number;
     for (let j = 0; j < h; j++) {
-      const v = Math.fround((src.data[i * h + j] as number) * w);
-      target.data[r * h + j] = (target.data[r * h + j] as number) + v;
+      const v = Math.fround((sd[i * h + j] as number) * w);
+      td[r * h + j] = (td[r * h + j] as number) + v;
     }
   }
 }

@@ -198,13 +198,14 @@ export class AfmoeAttention extends Module {
     });
     const gate = await this.lin("gate_proj").call(x);
     const o = new Float32Array(B * S * nH * D);
+    const gd = gate.data;
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < nH; h++) {
         const bh = b * nH + h;
         for (let s = 0; s < S; s++) {
           const oo = ((b * S + s) * nH + h) * D;
           for (let d = 0; d < D; d++) {
-            o[oo + d] = (ctx[(bh * S + s) * D + d] as number) * sigmoidScalar(gate.data[oo + d] as number);
+            o[oo + d] = (ctx[(bh * S + s) * D + d] as number) * sigmoidScalar(gd[oo + d] as number);
           }
         }
       }
