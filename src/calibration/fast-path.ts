@@ -3,7 +3,7 @@ import { getEngine } from "../engine/index.js";
 import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
-import { type MoeExpert, routeWeights, routedPairs } from "../nn/moe.js";
+import { type MoeExpert, routeWeights, routedPairsOf } from "../nn/moe.js";
 import { type FastPathObserver, fastObserversOf } from "./observers.js";
 import { RoutedGram, type RoutedWeight } from "./expert-statistics.js";
 import { GramAccumulator } from "./gram.js";
@@ -110,7 +110,7 @@ export async function allExpertsFast(
       for (const o of plan.gateUp[e] as FastPathObserver[]) if (o.routedWeight) o.shareRouted(r.gateUp);
       for (const o of plan.down[e] as FastPathObserver[]) if (o.routedWeight) o.shareRouted(r.down);
     }
-  const pairs = experts.map((_, e) => routedPairs(selected, T, K, first + e));
+  const pairs = routedPairsOf(selected, T, K, first, E);
   const chunk = Math.min(T, FAST_TOKENS_PER_CHUNK);
   const act = new Float32Array(Im * chunk);
   for (let c0 = 0; c0 < T; c0 += chunk) {

@@ -9,7 +9,7 @@
 import type { Tensor } from "../engine/tensor.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { Module } from "../nn/module.js";
-import { routeWeights, routedOverride, routedPairs } from "../nn/moe.js";
+import { routeWeights, routedOverride, routedPairsOf } from "../nn/moe.js";
 import { type FastState, type SwiGluExpert, allExpertsFast, fastPlan } from "./fast-path.js";
 import { withRowRouting } from "./expert-statistics.js";
 
@@ -45,8 +45,9 @@ export async function calibrateExperts(s: RoutedStep, routed: Tensor): Promise<v
     await allExpertsFast(s, plan, routed);
     return;
   }
+  const pairs = routedPairsOf(s.selectedExperts, T, K, first, s.experts.length);
   for (const [e, expert] of s.experts.entries()) {
-    const { tokens, slots } = routedPairs(s.selectedExperts, T, K, first + e);
+    const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
     const weights = routeWeights(s.topScores, tokens, slots);
     // observers of the expert's Linears learn which of its input rows are routed to it
     const out = s.calibrateAllExperts

@@ -34,21 +34,36 @@ export function asMoeBlock(m: AnyModule): (AnyModule & MoeBlock) | null {
 }
 
 /**
- * For expert e: the (slot, token) pairs that selected it, slot-major then token order
- * (torch.where over the [K, T] one-hot mask, as the seed does).
+ * For experts first, first + 1, ..., first + count - 1: the (slot, token) pairs that selected each,
+ * slot-major then token order (torch.where over the [K, T] one-hot mask, as the seed does), in one
+ * pass over `selected` for all of them.
  */
-export function routedPairs(selected: Int32Array, T: number, K: number, expert: number): { tokens: Int32Array; slots: Int32Array } {
-  const tokens: number[] = [];
-  const slots: number[] = [];
+export function routedPairsOf(
+  selected: Int32Array,
+  T: number,
+  K: number,
+  first: number,
+  count: number,
+): { tokens: Int32Array; slots: Int32Array }[] {
+  const n = new Int32Array(count);
+  for (let i = 0; i < T * K; i++) {
+    const e = (selected[i] as number) - first;
+    if (e >= 0 && e < count) n[e] = (n[e] as number) + 1;
+  }
+  const pairs = Array.from(n, (c) => ({ tokens: new Int32Array(c), slots: new Int32Array(c) }));
+  const at = new Int32Array(count);
   for (let k = 0; k < K; k++) {
     for (let t = 0; t < T; t++) {
-      if (selected[t * K + k] === expert) {
-        tokens.push(t);
-        slots.push(k);
-      }
+      const e = (selected[t * K + k] as number) - first;
+      if (e < 0 || e >= count) continue;
+      const p = pairs[e] as { tokens: Int32Array; slots: Int32Array };
+      const j = at[e] as number;
+      p.tokens[j] = t;
+      p.slots[j] = k;
+      at[e] = j + 1;
     }
   }
-  return { tokens: Int32Array.from(tokens), slots: Int32Array.from(slots) };
+  return pairs;
 }
 
 export function routeWeights(topScores: Tensor, tokens: Int32Array, slots: Int32Array): Float32Array {
@@ -130,8 +145,9 @@ export async function routedRows(input: RoutedInput, experts: readonly Module<Te
   const [T, H] = [input.flat.dim(0), input.flat.dim(1)];
   const K = input.topScores.dim(1);
   const parts: Float32Array[] = [];
+  const pairs = routedPairsOf(input.selectedExperts, T, K, first, experts.length);
   for (const [i, expert] of experts.entries()) {
-    const { tokens, slots } = routedPairs(input.selectedExperts, T, K, first + i);
+    const { tokens, slots } = pairs[i] as { tokens: Int32Array; slots: Int32Array };
     if (tokens.length === 0) continue;
     const y = (await expert.call(gatherRows(input.flat, tokens))).data;
     const w = routeWeights(input.topScores, tokens, slots);
@@ -155,7 +171,7 @@ export async function routedRows(input: RoutedInput, experts: readonly Module<Te
 export function addRoutedRows(input: RoutedInput, count: number, first: number, routed: Tensor, rows: Tensor): boolean {
   const [T, H] = [input.flat.dim(0), input.flat.dim(1)];
   const K = input.topScores.dim(1);
-  const pairs = Array.from({ length: count }, (_, i) => routedPairs(input.selectedExperts, T, K, first + i).tokens);
+  const pairs = routedPairsOf(input.selectedExperts, T, K, first, count).map((p) => p.tokens);
   if (rows.dim(1) !== H || pairs.reduce((a, t) => a + t.length, 0) !== rows.dim(0)) return false;
   const [dst, src] = [routed.data, rows.data];
   let at = 0;
@@ -180,8 +196,9 @@ export async function servedExperts(
 ): Promise<void> {
   const T = input.flat.dim(0);
   const K = input.topScores.dim(1);
+  const pairs = routedPairsOf(input.selectedExperts, T, K, first, experts.length);
   for (const [i, expert] of experts.entries()) {
-    const { tokens, slots } = routedPairs(input.selectedExperts, T, K, first + i);
+    const { tokens, slots } = pairs[i] as { tokens: Int32Array; slots: Int32Array };
     if (tokens.length === 0) continue;
     indexAddWeighted(routed, tokens, await expert.call(gatherRows(input.flat, tokens)), routeWeights(input.topScores, tokens, slots));
   }
