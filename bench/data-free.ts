@@ -19,8 +19,8 @@ import { runFromSummary } from "../src/pipeline/report.js";
 import { plan } from "../src/pipeline/plan.js";
 import { nanoSetup, qwen3Setup } from "./plan.js";
 
-/** The `moecal` command. Measured runs start it as a shell does, so that its first line (the allocator setting) applies as for a user. */
-const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
+/** The `moecal` command (its launcher, so that the allocator setting applies as for a user). */
+const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "moecal.js");
 /** worker threads of the default run: one per core */
 const CORES = os.availableParallelism();
 

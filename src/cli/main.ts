@@ -1,6 +1,4 @@
-#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node
-// The `moecal` command asks glibc's malloc for transparent huge pages (a setting of your own in
-// GLIBC_TUNABLES comes after it and wins): docs/performance.md, "Fresh memory".
+#!/usr/bin/env node
 import { Command, CommanderError } from "commander";
 import { InternalError, InterruptedError, MoecalError } from "../errors.js";
 import { releaseWorkFolders } from "../pipeline/work-folder.js";
@@ -97,6 +95,12 @@ for (const [signal, n] of Object.entries(SIGNALS)) {
     process.stderr.write(`\n${interruptedMessage(signal as NodeJS.Signals, kept)}`);
     process.exit(128 + n);
   });
+}
+
+// started by the `moecal` command (moecal.ts): stop when it goes, as if its SIGKILL had reached us
+if (process.env.MOECAL_LAUNCHED === "1" && process.connected) {
+  process.on("disconnect", () => process.kill(process.pid, "SIGKILL"));
+  process.channel?.unref();
 }
 
 process.exitCode = await main(process.argv);

@@ -1,40 +1,117 @@
 /**
- * The `moecal` command as a shell starts it (the file run as a program, through its first line):
- * it runs, and it sets glibc's malloc to transparent huge pages (docs/performance.md, "Fresh
- * memory"), with a GLIBC_TUNABLES of the caller's after it, so that the caller's setting wins.
+ * The `moecal` command (dist/src/cli/moecal.js, run as a program through its first line): on Linux
+ * it runs the CLI in a child whose glibc malloc asks for transparent huge pages (docs/performance.md,
+ * "Fresh memory"), a GLIBC_TUNABLES of the caller's after that setting so that the caller's wins; it
+ * passes signals on, exits as the child does, and the child stops when the command is killed.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { MOECAL_VERSION } from "../../src/paths.js";
 import { ROOT, tempDir } from "../helpers.js";
 
-const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
+const command = path.join(ROOT, "dist", "src", "cli", "moecal.js");
+const linux = process.platform === "linux";
 
-/** GLIBC_TUNABLES as the command's process sees it (a preloaded script prints it), and the command's stdout. */
-function started(callerTunables: string | undefined): { tunables: string; stdout: string } {
-  const dir = tempDir("moecal-command-");
-  const preload = path.join(dir, "print-env.cjs");
-  fs.writeFileSync(preload, 'process.stderr.write("GLIBC_TUNABLES=" + process.env.GLIBC_TUNABLES + "\\n");\n');
+/** An environment whose every node process prints a line "moecal-process PID LAUNCHED GLIBC_TUNABLES" to stderr when it starts. */
+function reportingEnv(callerTunables: string | undefined): NodeJS.ProcessEnv {
+  const preload = path.join(tempDir("moecal-command-"), "report.cjs");
+  const line = '"moecal-process " + process.pid + " " + process.env.MOECAL_LAUNCHED + " " + process.env.GLIBC_TUNABLES + "\\n"';
+  fs.writeFileSync(preload, `process.stderr.write(${line});\n`);
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: `--require ${preload}` };
+  delete env.MOECAL_LAUNCHED;
   if (callerTunables === undefined) delete env.GLIBC_TUNABLES;
   else env.GLIBC_TUNABLES = callerTunables;
-  const r = spawnSync(cli, ["--version"], { encoding: "utf8", env });
-  assert.equal(r.status, 0, r.stderr);
-  const line = r.stderr.split("\n").find((l) => l.startsWith("GLIBC_TUNABLES="));
-  assert.ok(line, r.stderr);
-  return { tunables: line.slice("GLIBC_TUNABLES=".length), stdout: r.stdout.trim() };
+  return env;
 }
 
-test("the moecal command runs through its first line and asks glibc's malloc for transparent huge pages", () => {
-  const { tunables, stdout } = started(undefined);
-  assert.equal(stdout, MOECAL_VERSION);
-  assert.equal(tunables.split(":")[0], "glibc.malloc.hugetlb=1");
+/** The processes the reporting preload saw: pid, whether the command launched it, its GLIBC_TUNABLES. */
+function processes(stderr: string): { pid: number; launched: boolean; tunables: string }[] {
+  return stderr
+    .split("\n")
+    .filter((l) => l.startsWith("moecal-process "))
+    .map((l) => {
+      const [, pid, launched, tunables] = l.split(" ");
+      return { pid: Number(pid), launched: launched === "1", tunables: tunables as string };
+    });
+}
+
+test("the moecal command runs through its first line; on Linux its CLI process asks glibc's malloc for transparent huge pages", () => {
+  const r = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv(undefined) });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), MOECAL_VERSION);
+  const cli = processes(r.stderr).filter((p) => p.launched);
+  assert.equal(cli.length, linux ? 1 : 0, r.stderr);
+  if (linux) assert.equal(cli[0]?.tunables, "glibc.malloc.hugetlb=1");
 });
 
-test("a GLIBC_TUNABLES of the caller's comes after the command's setting, so it wins", () => {
-  const { tunables } = started("glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2");
-  assert.deepEqual(tunables.split(":"), ["glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2"]);
+test("a GLIBC_TUNABLES of the caller's comes after the command's setting; one that names hugetlb itself is left as it is", {
+  skip: !linux,
+}, () => {
+  const after = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv("glibc.malloc.arena_max=2") });
+  assert.equal(after.status, 0, after.stderr);
+  assert.deepEqual(
+    processes(after.stderr)
+      .filter((p) => p.launched)
+      .map((p) => p.tunables),
+    ["glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"],
+  );
+  const own = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv("glibc.malloc.hugetlb=0") });
+  assert.equal(own.status, 0, own.stderr);
+  assert.equal(own.stdout.trim(), MOECAL_VERSION);
+  assert.deepEqual(
+    processes(own.stderr).map((p) => [p.launched, p.tunables]),
+    [[false, "glibc.malloc.hugetlb=0"]],
+  );
+});
+
+/** `moecal oneshot` on the bundled model, started through the command; resolves once its CLI process has begun calibrating. */
+function startedOneshot(dir: string): Promise<{ child: ChildProcess; cliPid: number; stderr: () => string }> {
+  const child = spawn(command, ["oneshot", "--num-samples", "8", "--output", path.join(dir, "out")], {
+    cwd: dir,
+    env: reportingEnv(undefined),
+  });
+  let err = "";
+  return new Promise((resolve, reject) => {
+    child.stderr?.on("data", (d: Buffer) => {
+      err += d.toString();
+      const cli = processes(err).find((p) => p.launched);
+      if (cli && /calibrat/.test(err)) resolve({ child, cliPid: cli.pid, stderr: () => err });
+    });
+    child.on("exit", () => reject(new Error(`oneshot ended before calibrating:\n${err}`)));
+  });
+}
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+test("SIGTERM to the command reaches its CLI process, which stops cleanly; the command exits as it does (143)", {
+  skip: !linux,
+}, async () => {
+  const dir = tempDir("moecal-command-term-");
+  const { child, stderr } = await startedOneshot(dir);
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  child.kill("SIGTERM");
+  assert.equal(await exited, 143, stderr());
+  assert.match(stderr(), /interrupted \(SIGTERM\)/);
+  assert.ok(!fs.existsSync(path.join(dir, "out")));
+});
+
+test("the command killed (SIGKILL): its CLI process stops too, before it writes anything", { skip: !linux }, async () => {
+  const dir = tempDir("moecal-command-kill-");
+  const { child, cliPid } = await startedOneshot(dir);
+  child.kill("SIGKILL");
+  const t0 = Date.now();
+  while (alive(cliPid) && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(!alive(cliPid), `the CLI process ${cliPid} still runs 20 s after the command was killed`);
+  // a CLI process that went on would have finished the run (a few seconds) and written the output
+  assert.ok(!fs.existsSync(path.join(dir, "out")), "the CLI process went on and wrote the output");
 });
