@@ -3,7 +3,7 @@ import { getEngine } from "../engine/index.js";
 import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
-import { type MoeExpert, routeWeights, routedPairsOf } from "../nn/moe.js";
+import { type MoeExpert, type RoutedPairs, routeWeights, routedPairsOf } from "../nn/moe.js";
 import { type FastPathObserver, fastObserversOf } from "./observers.js";
 import { RoutedGram, type RoutedWeight } from "./expert-statistics.js";
 import { GramAccumulator } from "./gram.js";
@@ -141,7 +141,7 @@ export async function allExpertsFast(
       o.values?.(A);
     }
     // routed rows of this chunk: gather A's rows, down_proj, weight, add
-    const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
+    const { tokens, slots } = pairs[e] as RoutedPairs;
     const sel: number[] = [];
     for (let i = 0; i < tokens.length; i++) if ((tokens[i] as number) >= c0 && (tokens[i] as number) < c1) sel.push(i);
     if (sel.length === 0) return;

@@ -9,7 +9,7 @@
 import type { Tensor } from "../engine/tensor.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { Module } from "../nn/module.js";
-import { routeWeights, routedOverride, routedPairsOf } from "../nn/moe.js";
+import { type RoutedPairs, routeWeights, routedOverride, routedPairsOf } from "../nn/moe.js";
 import { type FastState, type SwiGluExpert, allExpertsFast, fastPlan } from "./fast-path.js";
 import { withRowRouting } from "./expert-statistics.js";
 
@@ -47,7 +47,7 @@ export async function calibrateExperts(s: RoutedStep, routed: Tensor): Promise<v
   }
   const pairs = routedPairsOf(s.selectedExperts, T, K, first, s.experts.length);
   for (const [e, expert] of s.experts.entries()) {
-    const { tokens, slots } = pairs[e] as { tokens: Int32Array; slots: Int32Array };
+    const { tokens, slots } = pairs[e] as RoutedPairs;
     const weights = routeWeights(s.topScores, tokens, slots);
     // observers of the expert's Linears learn which of its input rows are routed to it
     const out = s.calibrateAllExperts

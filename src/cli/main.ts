@@ -3,7 +3,7 @@ import { Command, CommanderError } from "commander";
 import { InternalError, InterruptedError, MoecalError } from "../errors.js";
 import { releaseWorkFolders } from "../pipeline/work-folder.js";
 import { committedOutputs, releaseActiveOutputs } from "../export/output.js";
-import { nativeWorkInFlight, requestStop, stopRequested } from "../util/interrupt.js";
+import { STOP_SIGNALS, nativeWorkInFlight, requestStop, stopRequested } from "../util/interrupt.js";
 import { restoreTerminal } from "./progress.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { registerForward } from "./forward.js";
@@ -34,9 +34,6 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Each stops the run: the temporary output and the output's lock are removed, the exit code is 128 + the signal's number. */
-const SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
-
 /** What an interrupted process tells the user: what was written, what was kept. */
 function interruptedMessage(signal: NodeJS.Signals, kept: readonly string[]): string {
   const done = committedOutputs();
@@ -52,7 +49,7 @@ export async function main(argv: string[]): Promise<number> {
     // the stop came once the commit had begun (or after it): the output is complete, and the exit says it was interrupted
     if (stopped) {
       process.stderr.write(`\n${interruptedMessage(stopped, [])}`);
-      return 128 + SIGNALS[stopped as keyof typeof SIGNALS];
+      return 128 + STOP_SIGNALS[stopped as keyof typeof STOP_SIGNALS];
     }
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
@@ -60,7 +57,7 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (e instanceof InterruptedError) {
       process.stderr.write(`\n${interruptedMessage(e.signal, releaseWorkFolders())}`);
-      return 128 + SIGNALS[e.signal as keyof typeof SIGNALS];
+      return 128 + STOP_SIGNALS[e.signal as keyof typeof STOP_SIGNALS];
     }
     if (e instanceof InternalError) {
       process.stderr.write(
@@ -85,7 +82,7 @@ export async function main(argv: string[]): Promise<number> {
  * onnxruntime call, no GPTQ job) the process stops at once: the temporary output and lock are
  * removed, a work folder without a finished layer too, and the terminal is restored.
  */
-for (const [signal, n] of Object.entries(SIGNALS)) {
+for (const [signal, n] of Object.entries(STOP_SIGNALS)) {
   process.on(signal, () => {
     requestStop(signal as NodeJS.Signals);
     if (nativeWorkInFlight()) return;

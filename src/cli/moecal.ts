@@ -9,6 +9,7 @@
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { STOP_SIGNALS } from "../util/interrupt.js";
 
 const own = process.env.GLIBC_TUNABLES;
 if (process.platform !== "linux" || (own ?? "").includes("glibc.malloc.hugetlb")) {
@@ -23,7 +24,7 @@ if (process.platform !== "linux" || (own ?? "").includes("glibc.malloc.hugetlb")
       env,
     },
   );
-  const signals = ["SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM"] as const;
+  const signals = Object.keys(STOP_SIGNALS) as NodeJS.Signals[];
   const pass = (s: NodeJS.Signals): void => void child.kill(s);
   for (const s of signals) process.on(s, pass);
   child.on("error", (e) => {

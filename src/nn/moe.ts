@@ -33,18 +33,18 @@ export function asMoeBlock(m: AnyModule): (AnyModule & MoeBlock) | null {
     : null;
 }
 
+/** The (slot, token) pairs routed to one expert. */
+export interface RoutedPairs {
+  tokens: Int32Array;
+  slots: Int32Array;
+}
+
 /**
  * For experts first, first + 1, ..., first + count - 1: the (slot, token) pairs that selected each,
  * slot-major then token order (torch.where over the [K, T] one-hot mask, as the seed does), in one
  * pass over `selected` for all of them.
  */
-export function routedPairsOf(
-  selected: Int32Array,
-  T: number,
-  K: number,
-  first: number,
-  count: number,
-): { tokens: Int32Array; slots: Int32Array }[] {
+export function routedPairsOf(selected: Int32Array, T: number, K: number, first: number, count: number): RoutedPairs[] {
   const n = new Int32Array(count);
   for (let i = 0; i < T * K; i++) {
     const e = (selected[i] as number) - first;
@@ -56,7 +56,7 @@ export function routedPairsOf(
     for (let t = 0; t < T; t++) {
       const e = (selected[t * K + k] as number) - first;
       if (e < 0 || e >= count) continue;
-      const p = pairs[e] as { tokens: Int32Array; slots: Int32Array };
+      const p = pairs[e] as RoutedPairs;
       const j = at[e] as number;
       p.tokens[j] = t;
       p.slots[j] = k;
@@ -147,7 +147,7 @@ export async function routedRows(input: RoutedInput, experts: readonly Module<Te
   const parts: Float32Array[] = [];
   const pairs = routedPairsOf(input.selectedExperts, T, K, first, experts.length);
   for (const [i, expert] of experts.entries()) {
-    const { tokens, slots } = pairs[i] as { tokens: Int32Array; slots: Int32Array };
+    const { tokens, slots } = pairs[i] as RoutedPairs;
     if (tokens.length === 0) continue;
     const y = (await expert.call(gatherRows(input.flat, tokens))).data;
     const w = routeWeights(input.topScores, tokens, slots);
@@ -198,7 +198,7 @@ export async function servedExperts(
   const K = input.topScores.dim(1);
   const pairs = routedPairsOf(input.selectedExperts, T, K, first, experts.length);
   for (const [i, expert] of experts.entries()) {
-    const { tokens, slots } = pairs[i] as { tokens: Int32Array; slots: Int32Array };
+    const { tokens, slots } = pairs[i] as RoutedPairs;
     if (tokens.length === 0) continue;
     indexAddWeighted(routed, tokens, await expert.call(gatherRows(input.flat, tokens)), routeWeights(input.topScores, tokens, slots));
   }

@@ -7,6 +7,9 @@
  */
 import { InterruptedError } from "../errors.js";
 
+/** The signals that stop a run (the CLI's handlers), with their numbers: the exit code is 128 + the number. */
+export const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
+
 let requested: NodeJS.Signals | null = null;
 let busy = 0;
 
