@@ -40,7 +40,7 @@ export interface LayerTargets {
   sharedGlobalScale?: readonly (readonly string[])[];
 }
 
-/** GPTQ preparations of shared Hessians (by the Hessian array, then the activation order), reused by later calls. */
+/** GPTQ preparations of shared Hessians (by the Hessian array, then the activation order and block size), reused by later calls. */
 export type PrepCache = Map<Float32Array, Map<string, GptqJob["prep"]>>;
 
 /** Layers with fewer GPTQ weights than this are quantized on the main thread (starting workers costs more than it saves there). */
@@ -175,9 +175,10 @@ export async function quantizeLayerLinears(
       let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
       if (members.length > 1) {
         try {
-          const key = String(scheme.weights.actorder);
+          const key = `${scheme.weights.actorder}/${opts.blockSize}`;
           const cached = opts.preps?.get(H)?.get(key);
-          prep = cached ?? sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening));
+          prep =
+            cached ?? sharedPrep(await prepareGptq(H, firstLin.inFeatures, scheme.weights.actorder, first, opts.dampening, opts.blockSize));
           if (opts.preps && !cached) opts.preps.set(H, (opts.preps.get(H) ?? new Map()).set(key, prep));
         } catch (e) {
           if (!(e instanceof NumericalError)) throw e;

@@ -1,4 +1,5 @@
 import os from "node:os";
+import { InternalError } from "../errors.js";
 import { WorkerPool } from "../util/worker-pool.js";
 import { type GptqPrep, type GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
 import type { ScaleDType } from "./params.js";
@@ -69,6 +70,9 @@ export async function closeSharedGptqPool(): Promise<void> {
  * The job owns its weight array: the dequantized result is written over it.
  */
 export async function runGptqJob(j: GptqJob): Promise<GptqResult> {
-  const prep = "hessian" in j.prep ? await prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening) : j.prep;
-  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.blockSize, j.weight, j.globalScale);
+  const prep =
+    "hessian" in j.prep ? await prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening, j.blockSize) : j.prep;
+  if (prep.blockSize !== j.blockSize)
+    throw new InternalError(`${j.name}: GPTQ job of block size ${j.blockSize} given a preparation for ${prep.blockSize}`);
+  return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.weight, j.globalScale);
 }

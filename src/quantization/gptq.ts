@@ -53,8 +53,32 @@ export interface GptqPrep {
   perm: Int32Array;
   /** upper Cholesky factor of inverse(damped permuted H), float32 [inF, inF] */
   Hinv: Float32Array;
-  /** its transpose (rows of HinvT are columns of Hinv), for the block updates */
-  HinvT: Float32Array;
+  /** columns per block (the recipe's block_size) */
+  blockSize: number;
+  /** the operands of the block updates, cut from Hinv once for every Linear sharing it (hinvPanels) */
+  panels: Float32Array;
+}
+
+/**
+ * For each block of `blockSize` columns [i1, i2) in turn, Hinv[i1:i2, i2:inF] transposed: a
+ * [inF - i2, i2 - i1] panel, the left operand of the block's update of the later columns, in one
+ * array (block after block). About half of Hinv's size.
+ */
+export function hinvPanels(Hinv: Float32Array, inF: number, blockSize: number): Float32Array {
+  let size = 0;
+  for (let i1 = 0; i1 < inF; i1 += blockSize) size += (inF - Math.min(inF, i1 + blockSize)) * (Math.min(inF, i1 + blockSize) - i1);
+  const panels = new Float32Array(size);
+  let off = 0;
+  for (let i1 = 0; i1 < inF; i1 += blockSize) {
+    const i2 = Math.min(inF, i1 + blockSize);
+    const count = i2 - i1;
+    for (let k = 0; k < count; k++) {
+      const row = (i1 + k) * inF;
+      for (let j = i2; j < inF; j++) panels[off + (j - i2) * count + k] = Hinv[row + j] as number;
+    }
+    off += (inF - i2) * count;
+  }
+  return panels;
 }
 
 /**
@@ -72,14 +96,15 @@ export function sharedPrep(p: GptqPrep): GptqPrep {
     dead: share(p.dead, (b) => new Uint8Array(b)),
     perm: share(p.perm, (b) => new Int32Array(b)),
     Hinv: share(p.Hinv, (b) => new Float32Array(b)),
-    HinvT: share(p.HinvT, (b) => new Float32Array(b)),
+    blockSize: p.blockSize,
+    panels: share(p.panels, (b) => new Float32Array(b)),
   };
 }
 
 /**
  * Dead columns, column order (actorder "static": descending diag(H)), damping
- * (`dampening` x mean diag) and Hinv = upper Cholesky of inverse(H).
- * Throws NumericalError when the damped H is not positive definite.
+ * (`dampening` x mean diag), Hinv = upper Cholesky of inverse(H) and its panels for blocks of
+ * `blockSize` columns. Throws NumericalError when the damped H is not positive definite.
  */
 export async function prepareGptq(
   hessian: Float32Array,
@@ -87,6 +112,7 @@ export async function prepareGptq(
   actorder: QuantArgs["actorder"],
   name: string,
   dampening = 0.01,
+  blockSize = 128,
 ): Promise<GptqPrep> {
   // the permuted, damped Hessian stays here: scratch memory (fresh memory costs page faults)
   const Hp = takeFloats(inF * inF);
@@ -109,9 +135,7 @@ export async function prepareGptq(
     mean = Math.fround(mean / inF);
     for (let i = 0; i < inF; i++) Hp[i * inF + i] = Math.fround((Hp[i * inF + i] as number) + dampening * mean);
     const Hinv = await upperCholeskyOfInverseFast(Hp, inF, `${name}: damped Hessian`);
-    const HinvT = new Float32Array(inF * inF);
-    for (let i = 0; i < inF; i++) for (let j = i; j < inF; j++) HinvT[j * inF + i] = Hinv[i * inF + j] as number;
-    return { inF, dead, perm, Hinv, HinvT };
+    return { inF, dead, perm, Hinv, blockSize, panels: hinvPanels(Hinv, inF, blockSize) };
   } finally {
     giveBuffer(Hp.buffer);
   }
@@ -134,11 +158,10 @@ export async function gptqWithPrep(
   args: QuantArgs,
   dtype: ScaleDType,
   name: string,
-  blockSize = 128,
   into?: Float32Array,
   globalScale?: Float32Array,
 ): Promise<GptqResult> {
-  const { inF, dead, perm, Hinv, HinvT } = prep;
+  const { inF, dead, perm, Hinv, blockSize, panels } = prep;
   const params: QParams = computeQParams(weight, out, inF, args, dtype, name, globalScale);
   const { groups, groupSize } = params;
   // column-major permuted weight Wt [inF, out]: a column's values are contiguous; each column
@@ -172,30 +195,29 @@ export async function gptqWithPrep(
   const rowLoss = new Float64Array(out);
   const bs = Math.min(blockSize, inF);
   const ErrBlock = new Float32Array(takeBuffer(4 * bs * out), 0, bs * out); // [count, out]
-  const HT = new Float32Array(takeBuffer(4 * inF * bs), 0, inF * bs);
+  const left = new Float32Array(SUB * bs); // a sub-block's rows of Hinv within its block, transposed
+  const HT = new Float32Array(UPDATE_COLUMNS * bs); // a block update's part of its panel
   const engine = getEngine();
-  /** W[:, from:to] -= Err[:, cols] @ Hinv[cols, from:to], through the engine (transposed). */
-  const update = async (ErrT: Float32Array, c0: number, count: number, from: number, to: number): Promise<void> => {
-    if (to <= from) return;
-    const rest = to - from;
-    // Hinv[c0:c0+count, from:to] transposed
-    for (let j = 0; j < rest; j++) HT.set(HinvT.subarray((from + j) * inF + c0, (from + j) * inF + c0 + count), j * count);
-    const err = new Tensor(ErrT, [count, out]);
-    for (let a = from; a < to; a += UPDATE_COLUMNS) {
-      const b = Math.min(to, a + UPDATE_COLUMNS);
-      const h = new Tensor(HT.subarray((a - from) * count, (b - from) * count), [b - a, count]);
-      await engine.subtractProduct(new Tensor(Wt.subarray(a * out, b * out), [b - a, out]), h, err);
-    }
-  };
   const refs: ColumnRefs = { Wt, codesT, errs: ErrBlock, rowLoss, scaleT, zpT, out };
   try {
+    let panel = 0; // where the block's panel starts in `panels`
     for (let i1 = 0; i1 < inF; i1 += blockSize) {
       const i2 = Math.min(i1 + blockSize, inF);
       const count = i2 - i1;
-      // lazy sub-blocks: column-by-column updates stay inside SUB columns; the rest of the block
-      // and the later columns get their update as matrix products
+      // lazy sub-blocks: column-by-column updates stay inside SUB columns; a sub-block receives the
+      // errors of the block's earlier columns in one matrix product just before it is quantized
       for (let s1 = i1; s1 < i2; s1 += SUB) {
         const s2 = Math.min(s1 + SUB, i2);
+        const k = s1 - i1;
+        if (k > 0) {
+          // W[:, s1:s2] -= Err[:, i1:s1] @ Hinv[i1:s1, s1:s2] (transposed: Wt rows, Hinv columns)
+          for (let c = 0; c < s2 - s1; c++) for (let e = 0; e < k; e++) left[c * k + e] = Hinv[(i1 + e) * inF + s1 + c] as number;
+          await engine.subtractProduct(
+            new Tensor(Wt.subarray(s1 * out, s2 * out), [s2 - s1, out]),
+            new Tensor(left.subarray(0, (s2 - s1) * k), [s2 - s1, k]),
+            new Tensor(ErrBlock.subarray(0, k * out), [k, out]),
+          );
+        }
         for (let col = s1; col < s2; col++) {
           const d = Hinv[col * inF + col] as number;
           const g = Math.floor((perm[col] as number) / groupSize) * out;
@@ -204,9 +226,17 @@ export async function gptqWithPrep(
           else quantizeColumnFloat(refs, col * out, g, eo, d, args.numBits === 4);
           spreadError(Wt, ErrBlock, eo, out, Hinv, col * inF, col + 1, s2);
         }
-        await update(ErrBlock.subarray((s1 - i1) * out, (s2 - i1) * out), s1, s2 - s1, s2, i2);
       }
-      await update(ErrBlock.subarray(0, count * out), i1, count, i2, inF);
+      // W[:, i2:] -= Err[:, i1:i2] @ Hinv[i1:i2, i2:], UPDATE_COLUMNS later columns per engine call
+      const err = new Tensor(ErrBlock.subarray(0, count * out), [count, out]);
+      for (let a = i2; a < inF; a += UPDATE_COLUMNS) {
+        const b = Math.min(inF, a + UPDATE_COLUMNS);
+        // a copy: the panels may be shared memory, which onnxruntime does not take
+        const h = HT.subarray(0, (b - a) * count);
+        h.set(panels.subarray(panel + (a - i2) * count, panel + (b - i2) * count));
+        await engine.subtractProduct(new Tensor(Wt.subarray(a * out, b * out), [b - a, out]), new Tensor(h, [b - a, count]), err);
+      }
+      panel += (inF - i2) * count;
     }
     let loss = 0;
     for (let r = 0; r < out; r++) loss += rowLoss[r] as number;
@@ -224,7 +254,7 @@ export async function gptqWithPrep(
     const weight = { args, out, inF, codes, params };
     return { weight, dequantized: dequantizeInto(weight, into ?? new Float32Array(out * inF)), loss, rowLoss };
   } finally {
-    for (const a of [Wt, ErrBlock, HT, codesT]) giveBuffer(a.buffer);
+    for (const a of [Wt, ErrBlock, codesT]) giveBuffer(a.buffer);
   }
 }
 
@@ -239,8 +269,8 @@ export async function gptqQuantize(
   name: string,
   opts: GptqOptions = {},
 ): Promise<GptqResult> {
-  const prep = await prepareGptq(hessian, inF, args.actorder, name, opts.dampening ?? 0.01);
-  return gptqWithPrep(weight, out, prep, args, dtype, name, opts.blockSize ?? 128, undefined, opts.globalScale);
+  const prep = await prepareGptq(hessian, inF, args.actorder, name, opts.dampening ?? 0.01, opts.blockSize ?? 128);
+  return gptqWithPrep(weight, out, prep, args, dtype, name, undefined, opts.globalScale);
 }
 
 /** Round to nearest with min-max parameters. */

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { gptqQuantize, gptqWithPrep, prepareGptq, rtnQuantize } from "../../src/quantization/gptq.js";
+import { gptqQuantize, gptqWithPrep, hinvPanels, prepareGptq, rtnQuantize } from "../../src/quantization/gptq.js";
 import { upperCholeskyOfInverse } from "../../src/engine/linalg.js";
 import { randn } from "../rand.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
@@ -55,12 +55,39 @@ test("GPTQ above the blocked-factorization size: codes equal those from a float6
   for (let i = 0; i < n; i++) Hp[i * n + i] = Math.fround((Hp[i * n + i] as number) + 0.01 * mean);
   const Hinv = new Float32Array(upperCholeskyOfInverse(Hp, n));
   assertClose("Hinv (blocked vs float64)", prep.Hinv, Hinv, 1e-5);
-  const HinvT = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) HinvT[j * n + i] = Hinv[i * n + j] as number;
   const a = await gptqWithPrep(Wn, rows, prep, args, "BF16", "big");
-  const b = await gptqWithPrep(Wn, rows, { ...prep, Hinv, HinvT }, args, "BF16", "big");
+  const b = await gptqWithPrep(Wn, rows, { ...prep, Hinv, panels: hinvPanels(Hinv, n, prep.blockSize) }, args, "BF16", "big");
   let same = 0;
   for (const [i, v] of a.weight.codes.entries()) same += v === b.weight.codes[i] ? 1 : 0;
   assert.ok(same / a.weight.codes.length >= 0.999, `only ${same} of ${a.weight.codes.length} codes match`);
   assertIntsEqual("scales", a.weight.params.scale, b.weight.params.scale);
+});
+
+test("Hinv's panels: each block's rows of Hinv over the later columns, transposed, block after block", () => {
+  const n = 10;
+  const Hinv = Float32Array.from({ length: n * n }, (_, i) => i);
+  const p = hinvPanels(Hinv, n, 4); // blocks [0,4), [4,8), [8,10)
+  const expect: number[] = [];
+  for (const [i1, i2] of [
+    [0, 4],
+    [4, 8],
+    [8, 10],
+  ] as const)
+    for (let j = i2; j < n; j++) for (let k = i1; k < i2; k++) expect.push(k * n + j);
+  assert.deepEqual([...p], expect);
+});
+
+test("GPTQ's result does not depend on the block size beyond float rounding (blocks of 32, 48 and 128 columns, one partial)", async () => {
+  const args = resolveScheme("W4A16", { groupSize: 32, actorder: "static" }).weights;
+  const codes = [];
+  for (const blockSize of [32, 48, 128]) {
+    const r = await gptqQuantize(W, out, inF, H, args, "BF16", "gate_proj", { dampening: 0.01, blockSize });
+    codes.push(r.weight.codes);
+  }
+  const [a, ...rest] = codes as [Int8Array | Uint8Array, ...(Int8Array | Uint8Array)[]];
+  for (const b of rest) {
+    let same = 0;
+    for (const [i, v] of a.entries()) same += b[i] === v ? 1 : 0;
+    assert.ok(same / a.length >= 0.999, `only ${same} of ${a.length} codes match`);
+  }
 });
