@@ -332,7 +332,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         sharedGram = shared ? 4 * H * H : 0;
         hessians += sharedGram + E * per.hessians;
       }
-      // in groups, the shared Gram product's GPTQ preparation is kept for every group too: Hinv twice
+      // in groups, the shared Gram product's GPTQ preparation is kept for every group too: Hinv and its
+      // block panels (counted as a second Hinv; the panels are about half of one)
       experts = { count: E, per, shared: 3 * sharedGram };
       propagate += 2 * T * K * 3 * H * Im;
       expertWork = {
