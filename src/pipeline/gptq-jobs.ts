@@ -70,11 +70,10 @@ export async function gptqJob(steps: LayerSteps, dir: string, i: number, j: { n:
   const job: GptqJob = {
     weight: weight.data,
     out,
-    prep: { hessian: hessian.data, inF, dampening: Number(JSON.parse(f.metadata.dampening ?? "null")) },
+    prep: { hessian: hessian.data, inF, dampening: Number(JSON.parse(f.metadata.dampening ?? "null")), blockSize: steps.gptq.blockSize },
     args: scheme.weights,
     dtype: run.scaleDType,
     name,
-    blockSize: steps.gptq.blockSize,
     ...(f.tensors.has("global_scale") ? { globalScale: f.readF32("global_scale").data } : {}),
   };
   let r: GptqResult;

@@ -172,7 +172,7 @@ export async function quantizeLayerLinears(
       const [first, firstLin] = members[0] as [string, Linear];
       assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
       // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
-      let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening };
+      let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening, blockSize: opts.blockSize };
       if (members.length > 1) {
         try {
           const key = `${scheme.weights.actorder}/${opts.blockSize}`;
@@ -225,7 +225,6 @@ export async function quantizeLayerLinears(
             args: scheme.weights,
             dtype: scaleDType,
             name: label,
-            blockSize: opts.blockSize,
           };
         });
         jobs.push(

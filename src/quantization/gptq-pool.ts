@@ -1,5 +1,4 @@
 import os from "node:os";
-import { InternalError } from "../errors.js";
 import { WorkerPool } from "../util/worker-pool.js";
 import { type GptqPrep, type GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
 import type { ScaleDType } from "./params.js";
@@ -8,12 +7,11 @@ import type { QuantArgs } from "./scheme.js";
 export interface GptqJob {
   weight: Float32Array;
   out: number;
-  /** a prepared Hessian (shared by several jobs), or the Hessian to prepare in the worker */
-  prep: GptqPrep | { hessian: Float32Array; inF: number; dampening: number };
+  /** a prepared Hessian (shared by several jobs; its block size is the job's), or the Hessian to prepare in the worker */
+  prep: GptqPrep | { hessian: Float32Array; inF: number; dampening: number; blockSize: number };
   args: QuantArgs;
   dtype: ScaleDType;
   name: string;
-  blockSize: number;
   /** NVFP4: each row's global scale */
   globalScale?: Float32Array;
 }
@@ -70,9 +68,7 @@ export async function closeSharedGptqPool(): Promise<void> {
  * The job owns its weight array: the dequantized result is written over it.
  */
 export async function runGptqJob(j: GptqJob): Promise<GptqResult> {
-  const prep =
-    "hessian" in j.prep ? await prepareGptq(j.prep.hessian, j.prep.inF, j.args.actorder, j.name, j.prep.dampening, j.blockSize) : j.prep;
-  if (prep.blockSize !== j.blockSize)
-    throw new InternalError(`${j.name}: GPTQ job of block size ${j.blockSize} given a preparation for ${prep.blockSize}`);
+  const p = j.prep;
+  const prep = "hessian" in p ? await prepareGptq(p.hessian, p.inF, j.args.actorder, j.name, p.dampening, p.blockSize) : p;
   return gptqWithPrep(j.weight, j.out, prep, j.args, j.dtype, j.name, j.weight, j.globalScale);
 }

@@ -31,11 +31,10 @@ for (const [what, scheme, globalScale] of [
     const job = (hessian: Float32Array): GptqJob => ({
       weight: W.slice(),
       out: 64,
-      prep: { hessian, inF: 128, dampening: 0.01 },
+      prep: { hessian, inF: 128, dampening: 0.01, blockSize: 128 },
       args: scheme.weights,
       dtype: "BF16",
       name: NAME,
-      blockSize: 128,
       ...(globalScale ? { globalScale: globalScale.slice() } : {}),
     });
     const local = await runGptqJob(job(H.slice()));

@@ -22,16 +22,15 @@ test("GPTQ on worker threads gives the main thread's codes and scales; failures 
     args,
     dtype: "BF16" as const,
     name: "gate_proj",
-    blockSize: 128,
   });
-  const local = await runGptqJob(job({ hessian: H.slice(), inF: 128, dampening: 0.01 }));
+  const local = await runGptqJob(job({ hessian: H.slice(), inF: 128, dampening: 0.01, blockSize: 128 }));
   const pool = gptqPool(2);
   try {
     const shared = await prepareGptq(H, 128, args.actorder, "gate_proj");
     const a = await pool.submit(() => job(shared));
-    const b = await pool.submit(() => job({ hessian: H.slice(), inF: 128, dampening: 0.01 }));
+    const b = await pool.submit(() => job({ hessian: H.slice(), inF: 128, dampening: 0.01, blockSize: 128 }));
     const bad = await pool.submit(() =>
-      job({ hessian: new Float32Array(128 * 128).map((_, i) => (i % 129 === 0 ? -1 : 0)), inF: 128, dampening: 0.01 }),
+      job({ hessian: new Float32Array(128 * 128).map((_, i) => (i % 129 === 0 ? -1 : 0)), inF: 128, dampening: 0.01, blockSize: 128 }),
     );
     for (const r of [await a.result, await b.result]) {
       assert.deepEqual(r.weight.params.scale, local.weight.params.scale);
@@ -61,7 +60,7 @@ test("the shared pool is kept between calls, and its idle workers do not keep th
     const hessian = new Float32Array(n * n).map((_, i) => (i % (n + 1) === 0 ? 2 : 0));
     const weight = new Float32Array(out * n).map((_, i) => Math.sin(i));
     const args = { numBits: 4, type: "int", symmetric: true, strategy: "group", groupSize: 32, dynamic: false, actorder: null };
-    const job = await pool.submit(() => ({ weight, out, prep: { hessian, inF: n, dampening: 0.01 }, args, dtype: "F32", name: "x", blockSize: 128 }));
+    const job = await pool.submit(() => ({ weight, out, prep: { hessian, inF: n, dampening: 0.01, blockSize: 128 }, args, dtype: "F32", name: "x" }));
     const r = await job.result;
     console.log("codes", r.weight.codes.length);
   `;
