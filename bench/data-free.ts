@@ -17,10 +17,8 @@ import { PIECE_BYTES } from "../src/io/writer.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { runFromSummary } from "../src/pipeline/report.js";
 import { plan } from "../src/pipeline/plan.js";
-import { nanoSetup, qwen3Setup } from "./plan.js";
+import { cli, nanoSetup, qwen3Setup } from "./plan.js";
 
-/** The `moecal` command (its launcher, so that the allocator setting applies as for a user). */
-const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "moecal.js");
 /** worker threads of the default run: one per core */
 const CORES = os.availableParallelism();
 

@@ -25,10 +25,8 @@ import { type DistributedPlan, distributedPlan } from "../src/pipeline/plan-dist
 import { runFromSummary } from "../src/pipeline/report.js";
 import { startNats } from "../test/distributed/nats-server.js";
 import { DEEPSEEK_V3, headerOnly } from "./layer-projection.js";
-import { nanoSetup, proseDataset } from "./plan.js";
+import { cli, nanoSetup, proseDataset } from "./plan.js";
 
-/** The `moecal` command (its launcher, so that the allocator setting applies as for a user). */
-const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "moecal.js");
 const log = (s: string): void => void process.stderr.write(`${new Date().toISOString()} bench:distributed: ${s}\n`);
 
 /** Qwen3-235B-A22B's config.json fields that shape a layer (Qwen/Qwen3-235B-A22B, BF16), one layer. */

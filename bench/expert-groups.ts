@@ -13,10 +13,9 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { MoecalError } from "../src/errors.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
-import { type EndToEnd, measure, nanoSetup } from "./plan.js";
+import { type EndToEnd, cli, measure, nanoSetup } from "./plan.js";
 import { type LayerProjection, projectLayers } from "./layer-projection.js";
 
-const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "main.js");
 const LIMIT = "3G";
 const LIMIT_MB = 3 * 1024;
 

@@ -14,8 +14,8 @@ import { PACKAGE_ROOT } from "../src/paths.js";
 import { MoecalError } from "../src/errors.js";
 import { QWEN3_5_MOE_FAMILY } from "../src/models/qwen3_next/family.js";
 
-/** The `moecal` command (its launcher, so that the allocator setting applies as for a user). */
-const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "moecal.js");
+/** The `moecal` command (its launcher, so that the allocator setting applies as for a user): every bench starts this. */
+export const cli = path.join(PACKAGE_ROOT, "dist", "src", "cli", "moecal.js");
 
 export interface EndToEnd {
   name: string;
