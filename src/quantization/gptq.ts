@@ -37,7 +37,7 @@ export interface GptqResult {
   rowLoss: Float64Array;
 }
 
-/** Columns whose updates are applied one by one before a matrix product takes over (8 and 4 ran the same, 16 slower: docs/performance.md). */
+/** Columns whose updates are applied one by one before a matrix product takes over (chosen by measurement: docs/performance.md). */
 const SUB = 8;
 /** Columns per engine call in the block updates (how it was chosen: docs/performance.md, "Measurements behind the code"). */
 const UPDATE_COLUMNS = 256;
