@@ -2,8 +2,8 @@ import type { Tensor } from "./tensor.js";
 import { InternalError } from "../errors.js";
 
 /**
- * The matrix products models and quantizers use, and SwiGLU. Everything else (element-wise ops,
- * norms, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
+ * The matrix products models and quantizers use, SwiGLU and RMSNorm. Everything else
+ * (element-wise ops, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
  * `OrtEngine` is the fast path and is tested against it.
  */
 export interface Engine {
@@ -33,6 +33,11 @@ export interface Engine {
    * a^T a is added to `out.gram` instead (a running sum over calls, kept inside the engine). Returns a.
    */
   swigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: SwigluExpertOut): Promise<Tensor>;
+  /**
+   * RMSNorm over the last dimension: x * rsqrt(mean(x^2) + eps) * weight (weight [n], x [..., n]),
+   * same shape; into `out` when given.
+   */
+  rmsNorm(x: Tensor, weight: Tensor, eps: number, out?: Float32Array): Promise<Tensor>;
 }
 
 /** Where `swigluExpert` writes (see there). */
@@ -90,6 +95,14 @@ export function checkSwigluExpert(x: Tensor, wGate: Tensor, wUp: Tensor, out: Sw
     throw new InternalError(`swigluExpert: down [${d.shape.join(", ")}] does not take ${n} inputs`);
   if (d) checkOut(out.down?.out, m * d.dim(0));
   return { m, i: n };
+}
+
+/** The norm's width (x's last dimension, the weight's size). */
+export function checkRmsNorm(x: Tensor, weight: Tensor): number {
+  const n = weight.size;
+  if (x.shape.length === 0 || x.dim(-1) !== n)
+    throw new InternalError(`rmsNorm: last dimension of [${x.shape.join(", ")}] != weight size ${n}`);
+  return n;
 }
 
 export function checkSwiglu(gate: Tensor, up: Tensor): number {

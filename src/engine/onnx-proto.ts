@@ -1,6 +1,7 @@
 /**
- * A minimal ONNX ModelProto encoder: enough to express one-node graphs (MatMul, Gemm) with
- * symbolic dimensions, so that one onnxruntime session serves every shape of an operation.
+ * A minimal ONNX ModelProto encoder: enough to express small graphs of standard nodes (products,
+ * element-wise and reduction nodes) with symbolic dimensions, so that one onnxruntime session
+ * serves every shape of an operation.
  * Field numbers follow onnx/onnx.proto.
  */
 
@@ -68,6 +69,7 @@ export interface NodeSpec {
   outputs: string[];
   intAttributes?: Record<string, number>;
   floatAttributes?: Record<string, number>;
+  intListAttributes?: Record<string, number[]>;
 }
 
 function valueInfo(w: ProtoWriter, v: ValueSpec): void {
@@ -102,6 +104,13 @@ export function encodeModel(name: string, nodes: NodeSpec[], inputs: ValueSpec[]
         }
         for (const [attr, value] of Object.entries(node.floatAttributes ?? {})) {
           n.message(5, (a) => a.string(1, attr).float(2, value).int(20, 1)); // AttributeProto FLOAT
+        }
+        for (const [attr, values] of Object.entries(node.intListAttributes ?? {})) {
+          n.message(5, (a) => {
+            a.string(1, attr);
+            for (const v of values) a.int(8, v);
+            a.int(20, 7); // AttributeProto INTS
+          });
         }
       });
     }

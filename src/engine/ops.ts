@@ -100,10 +100,9 @@ export function topkIndices(x: Tensor, k: number): Int32Array {
 }
 
 /** RMSNorm over the last dimension: x * rsqrt(mean(x^2) + eps) * weight. */
-export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Float32Array = new Float32Array(x.size)): Tensor {
   const n = weight.size;
   if (x.dim(-1) !== n) throw new InternalError(`rmsNorm: last dimension ${x.dim(-1)} != weight size ${n}`);
-  const out = new Float32Array(x.size);
   // the arrays in locals, not read from the tensors on every element (docs/performance.md)
   const [xd, wd] = [x.data, weight.data];
   for (let base = 0; base < xd.length; base += n) {

@@ -7,6 +7,7 @@ import {
   checkLinear,
   checkMatmul,
   checkOut,
+  checkRmsNorm,
   checkSubtractProduct,
   checkSwiglu,
   checkSwigluExpert,
@@ -251,6 +252,42 @@ export class OrtEngine implements Engine {
         ...(withDown ? [{ name: "D", dims: ["m", "h"] }] : []),
       ],
     }));
+  }
+
+  /**
+   * RMSNorm over the last dimension, in float32 as PyTorch computes it (sum of squares, mean, eps,
+   * square root, reciprocal, then the two products), vectorized on every intra-op thread.
+   */
+  async rmsNorm(x: Tensor, weight: Tensor, eps: number, into?: Float32Array): Promise<Tensor> {
+    const n = checkRmsNorm(x, weight);
+    const out = checkOut(into, x.size);
+    if (x.size === 0) return new Tensor(out, x.shape);
+    const s = await this.session("rmsNorm", () => ({
+      nodes: [
+        { opType: "ReduceSumSquare", inputs: ["X"], outputs: ["SS"], intListAttributes: { axes: [1] }, intAttributes: { keepdims: 1 } },
+        { opType: "Div", inputs: ["SS", "N"], outputs: ["MS"] },
+        { opType: "Add", inputs: ["MS", "EPS"], outputs: ["V"] },
+        { opType: "Sqrt", inputs: ["V"], outputs: ["SD"] },
+        { opType: "Reciprocal", inputs: ["SD"], outputs: ["R"] },
+        { opType: "Mul", inputs: ["X", "R"], outputs: ["XN"] },
+        { opType: "Mul", inputs: ["XN", "W"], outputs: ["Y"] },
+      ],
+      inputs: [
+        { name: "X", dims: ["m", "n"] },
+        { name: "W", dims: ["n"] },
+        { name: "N", dims: [1] },
+        { name: "EPS", dims: [1] },
+      ],
+      outputs: [{ name: "Y", dims: ["m", "n"] }],
+    }));
+    const feeds = {
+      X: new Tensor(x.data, [x.size / n, n]),
+      W: new Tensor(weight.data, [n]),
+      N: new Tensor(new Float32Array([n]), [1]),
+      EPS: new Tensor(new Float32Array([eps]), [1]),
+    };
+    await this.run(s, feeds, [x.size / n, n], out);
+    return new Tensor(out, x.shape);
   }
 
   /** x^T x as an explicit transpose and a product (MLAS runs a transposed left operand slower). */

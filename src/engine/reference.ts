@@ -4,12 +4,13 @@ import {
   checkLinear,
   checkMatmul,
   checkOut,
+  checkRmsNorm,
   checkSubtractProduct,
   checkSwiglu,
   checkSwigluExpert,
   type SwigluExpertOut,
 } from "./engine.js";
-import { swiglu } from "./ops.js";
+import { rmsNorm, swiglu } from "./ops.js";
 import { Tensor, numel } from "./tensor.js";
 
 /**
@@ -54,6 +55,11 @@ export class ReferenceEngine implements Engine {
       }
     }
     return new Tensor(out, [...batch, m, n]);
+  }
+
+  async rmsNorm(x: Tensor, weight: Tensor, eps: number, into?: Float32Array): Promise<Tensor> {
+    checkRmsNorm(x, weight);
+    return rmsNorm(x, weight, eps, checkOut(into, x.size));
   }
 
   async swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Promise<Tensor> {

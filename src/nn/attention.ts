@@ -1,6 +1,6 @@
 /** The attention core shared by every family: causal (optionally windowed) grouped-query softmax attention. */
 import { getEngine } from "../engine/index.js";
-import { rmsNorm, softmaxRowInPlace } from "../engine/ops.js";
+import { softmaxRowInPlace } from "../engine/ops.js";
 import { applyRopeInPlace } from "./rope.js";
 import { Tensor } from "../engine/tensor.js";
 import { giveBuffer, takeFloats } from "../engine/scratch.js";
@@ -151,13 +151,13 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
     const [B, S] = [x.dim(0), x.dim(1)];
     const lin = (n: string): Linear => this.child(n);
     // per head: rows of D; over all heads: one row of heads * D per token
-    const norm = (t: Tensor, heads: number, n: string): Tensor => {
+    const norm = async (t: Tensor, heads: number, n: string): Promise<Tensor> => {
       if (eps === null) return t;
       const width = this.opts.qkNormAllHeads ? heads * D : D;
-      return rmsNorm(t.reshape([t.size / width, width]), this.child<RMSNorm>(n).param("weight"), eps);
+      return getEngine().rmsNorm(t.reshape([t.size / width, width]), this.child<RMSNorm>(n).param("weight"), eps);
     };
-    const q = norm(await lin("q_proj").call(x), nH, "q_norm");
-    const k = norm(await lin("k_proj").call(x), nKV, "k_norm");
+    const q = await norm(await lin("q_proj").call(x), nH, "q_norm");
+    const k = await norm(await lin("k_proj").call(x), nKV, "k_norm");
     const v = await lin("v_proj").call(x);
     // the projections' outputs are fresh arrays: rotate them in place
     const R = this.opts.rotaryDim ?? D;

@@ -1,6 +1,5 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
-import { rmsNorm } from "../engine/ops.js";
 import { InternalError, UsageError } from "../errors.js";
 import { Module } from "./module.js";
 
@@ -51,7 +50,7 @@ export class RMSNorm extends Module {
   }
 
   async forward(x: Tensor): Promise<Tensor> {
-    return rmsNorm(x, this.param("weight"), this.eps);
+    return getEngine().rmsNorm(x, this.param("weight"), this.eps);
   }
 }
 

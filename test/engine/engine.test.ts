@@ -135,3 +135,32 @@ test("swigluExpert with addGram adds each call's Gram product to the sum inside 
   await ref.swigluExpert(randn([7, 24], 47), wg, wu, { act: new Float32Array(84), gram: last });
   assert.ok(Math.abs((sum[0] as number) - (last[0] as number)) > 1, "the earlier calls' products are in the sum");
 });
+
+test("onnxruntime rmsNorm (float32, as PyTorch) matches the reference (float64 sums) row by row, keeps the shape, writes into a given buffer", async () => {
+  for (const [shape, eps] of [
+    [[2, 3, 64], 1e-6],
+    [[300, 1024], 1e-5],
+    [[5, 7], 0.5],
+  ] as const) {
+    const n = shape[shape.length - 1] as number;
+    const x = randn([...shape], n, 3);
+    x.data.fill(0, 0, n); // an all-zero row: zeros, not NaN
+    const w = randn([n], n + 1);
+    const r = await ref.rmsNorm(x, w, eps);
+    const buf = new Float32Array(x.size);
+    const y = await ort.rmsNorm(x, w, eps, buf);
+    assert.equal(y.data, buf);
+    assert.deepEqual(y.shape, [...shape]);
+    assert.ok(y.data.subarray(0, n).every((v) => v === 0));
+    let worst = 0;
+    for (let i = 0; i < x.size; i++) {
+      const e = Math.abs((y.data[i] as number) - (r.data[i] as number)) / Math.max(Math.abs(r.data[i] as number), 1e-30);
+      worst = Math.max(worst, e);
+    }
+    // float32 sums of squares against float64 ones: within a few float32 roundings
+    assert.ok(worst <= 3e-6, `rmsNorm [${shape.join(", ")}]: relative error ${worst}`);
+  }
+  const empty = await ort.rmsNorm(randn([0, 8], 1), randn([8], 2), 1e-6);
+  assert.deepEqual(empty.shape, [0, 8]);
+  await assert.rejects(ort.rmsNorm(randn([2, 3], 1), randn([4], 2), 1e-6), /rmsNorm: last dimension/);
+});

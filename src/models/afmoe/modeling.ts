@@ -4,7 +4,8 @@
  */
 import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
-import { add, rmsNorm, sigmoidScalar, softmaxRowInPlace, topkIndices } from "../../engine/ops.js";
+import { getEngine } from "../../engine/index.js";
+import { add, sigmoidScalar, softmaxRowInPlace, topkIndices } from "../../engine/ops.js";
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
@@ -180,8 +181,17 @@ export class AfmoeAttention extends Module {
     const c = this.config;
     const [B, S] = [x.dim(0), x.dim(1)];
     const { numAttentionHeads: nH, numKeyValueHeads: nKV, headDim: D } = c;
-    const q = rmsNorm((await this.lin("q_proj").call(x)).reshape([B * S * nH, D]), this.norm("q_norm").param("weight"), c.rmsNormEps);
-    const k = rmsNorm((await this.lin("k_proj").call(x)).reshape([B * S * nKV, D]), this.norm("k_norm").param("weight"), c.rmsNormEps);
+    const engine = getEngine();
+    const q = await engine.rmsNorm(
+      (await this.lin("q_proj").call(x)).reshape([B * S * nH, D]),
+      this.norm("q_norm").param("weight"),
+      c.rmsNormEps,
+    );
+    const k = await engine.rmsNorm(
+      (await this.lin("k_proj").call(x)).reshape([B * S * nKV, D]),
+      this.norm("k_norm").param("weight"),
+      c.rmsNormEps,
+    );
     const v = await this.lin("v_proj").call(x);
     if (this.sliding) {
       applyRopeInPlace(q.data, B, S, nH, D, c.ropeTheta);

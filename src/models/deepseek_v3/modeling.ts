@@ -4,8 +4,8 @@
  * with a selection-only correction bias, group-limited top-k, shared experts). Exact semantics:
  * ../shared/spec/deepseek_v3.md (transformers' modeling_deepseek_v3.py, vLLM's deepseek_v2.py).
  */
-import { rmsNorm } from "../../engine/ops.js";
 import { Tensor } from "../../engine/tensor.js";
+import { getEngine } from "../../engine/index.js";
 import { type TokenMixer, causalAttention, fromHeads } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { Module } from "../../nn/module.js";
@@ -88,7 +88,9 @@ export class DeepseekV3Attention extends Module<Tensor, Tensor> implements Token
     const latent = new Float32Array(B * S * rkv);
     for (let t = 0; t < B * S; t++) latent.set(ckv.subarray(t * (rkv + dr), t * (rkv + dr) + rkv), t * rkv);
     const norm = this.child<RMSNorm>("kv_a_layernorm");
-    const kv = (await this.lin("kv_b_proj").call(rmsNorm(new Tensor(latent, [B, S, rkv]), norm.param("weight"), norm.eps))).data;
+    const kv = (
+      await this.lin("kv_b_proj").call(await getEngine().rmsNorm(new Tensor(latent, [B, S, rkv]), norm.param("weight"), norm.eps))
+    ).data;
     const tables = ropeTables(this.rope.invFreq, S, this.rope.attentionFactor);
     // head-major q and k [B * nH, S, dq] (nope part, then the rotated rope part) and v [B * nH, S, dv]
     const qh = new Float32Array(B * nH * S * dq);

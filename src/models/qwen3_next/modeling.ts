@@ -4,9 +4,10 @@
  * softmax-routed MoE block with a sigmoid-gated shared expert. Exact semantics:
  * ../shared/spec/qwen3_next.md.
  */
-import { add, rmsNorm, sigmoidScalar } from "../../engine/ops.js";
+import { add, sigmoidScalar } from "../../engine/ops.js";
 import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
+import { getEngine } from "../../engine/index.js";
 import { type TokenMixer, causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
@@ -21,7 +22,7 @@ export class Qwen3NextRMSNorm extends RMSNorm {
   override readonly className = "Qwen3NextRMSNorm";
 
   override async forward(x: Tensor): Promise<Tensor> {
-    return rmsNorm(
+    return getEngine().rmsNorm(
       x,
       new Tensor(
         this.param("weight").data.map((w) => 1 + w),
