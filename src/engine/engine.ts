@@ -2,8 +2,8 @@ import type { Tensor } from "./tensor.js";
 import { InternalError } from "../errors.js";
 
 /**
- * The matrix products models and quantizers use, SwiGLU and RMSNorm. Everything else
- * (element-wise ops, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
+ * The matrix products models and quantizers use, SwiGLU, RMSNorm and the sigmoid gate. Everything
+ * else (element-wise ops, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
  * `OrtEngine` is the fast path and is tested against it.
  */
 export interface Engine {
@@ -38,6 +38,8 @@ export interface Engine {
    * same shape; into `out` when given.
    */
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out?: Float32Array): Promise<Tensor>;
+  /** x * sigmoid(gate) element-wise (an attention output gate), x's shape; into `out` when given. */
+  sigmoidGate(x: Tensor, gate: Tensor, out?: Float32Array): Promise<Tensor>;
 }
 
 /** Where `swigluExpert` writes (see there). */
@@ -109,6 +111,12 @@ export function checkSwiglu(gate: Tensor, up: Tensor): number {
   if (gate.size !== up.size)
     throw new InternalError(`swiglu: gate [${gate.shape.join(", ")}] and up [${up.shape.join(", ")}] differ in size`);
   return gate.size;
+}
+
+export function checkSigmoidGate(x: Tensor, gate: Tensor): number {
+  if (x.size !== gate.size)
+    throw new InternalError(`sigmoidGate: x [${x.shape.join(", ")}] and gate [${gate.shape.join(", ")}] differ in size`);
+  return x.size;
 }
 
 export function checkSubtractProduct(c: Tensor, a: Tensor, b: Tensor): { m: number; k: number; n: number } {

@@ -8,6 +8,7 @@ import {
   checkMatmul,
   checkOut,
   checkRmsNorm,
+  checkSigmoidGate,
   checkSubtractProduct,
   checkSwiglu,
   checkSwigluExpert,
@@ -287,6 +288,29 @@ export class OrtEngine implements Engine {
       EPS: new Tensor(new Float32Array([eps]), [1]),
     };
     await this.run(s, feeds, [x.size / n, n], out);
+    return new Tensor(out, x.shape);
+  }
+
+  /** x * sigmoid(g) = x / (1 + exp(-g)), through MLAS's exp as `swiglu` (not its approximate Sigmoid). */
+  async sigmoidGate(x: Tensor, gate: Tensor, into?: Float32Array): Promise<Tensor> {
+    const n = checkSigmoidGate(x, gate);
+    const out = checkOut(into, n);
+    if (n === 0) return new Tensor(out, x.shape);
+    const s = await this.session("sigmoidGate", () => ({
+      nodes: [
+        { opType: "Neg", inputs: ["G"], outputs: ["NG"] },
+        { opType: "Exp", inputs: ["NG"], outputs: ["E"] },
+        { opType: "Add", inputs: ["E", "ONE"], outputs: ["DEN"] },
+        { opType: "Div", inputs: ["X", "DEN"], outputs: ["Y"] },
+      ],
+      inputs: [
+        { name: "X", dims: ["n"] },
+        { name: "G", dims: ["n"] },
+        { name: "ONE", dims: [1] },
+      ],
+      outputs: [{ name: "Y", dims: ["n"] }],
+    }));
+    await this.run(s, { X: new Tensor(x.data, [n]), G: new Tensor(gate.data, [n]), ONE: new Tensor(ONE, [1]) }, [n], out);
     return new Tensor(out, x.shape);
   }
 

@@ -5,12 +5,13 @@ import {
   checkMatmul,
   checkOut,
   checkRmsNorm,
+  checkSigmoidGate,
   checkSubtractProduct,
   checkSwiglu,
   checkSwigluExpert,
   type SwigluExpertOut,
 } from "./engine.js";
-import { rmsNorm, swiglu } from "./ops.js";
+import { rmsNorm, sigmoidScalar, swiglu } from "./ops.js";
 import { Tensor, numel } from "./tensor.js";
 
 /**
@@ -60,6 +61,12 @@ export class ReferenceEngine implements Engine {
   async rmsNorm(x: Tensor, weight: Tensor, eps: number, into?: Float32Array): Promise<Tensor> {
     checkRmsNorm(x, weight);
     return rmsNorm(x, weight, eps, checkOut(into, x.size));
+  }
+
+  async sigmoidGate(x: Tensor, gate: Tensor, into?: Float32Array): Promise<Tensor> {
+    const out = checkOut(into, checkSigmoidGate(x, gate));
+    for (let i = 0; i < out.length; i++) out[i] = (x.data[i] as number) * sigmoidScalar(gate.data[i] as number);
+    return new Tensor(out, x.shape);
   }
 
   async swiglu(gate: Tensor, up: Tensor, into?: Float32Array): Promise<Tensor> {

@@ -164,3 +164,21 @@ test("onnxruntime rmsNorm (float32, as PyTorch) matches the reference (float64 s
   assert.deepEqual(empty.shape, [0, 8]);
   await assert.rejects(ort.rmsNorm(randn([2, 3], 1), randn([4], 2), 1e-6), /rmsNorm: last dimension/);
 });
+
+test("onnxruntime sigmoidGate (x * sigmoid(g)) matches the reference, also far into both tails, keeps x's shape, writes into a given buffer", async () => {
+  const x = randn([3, 4, 500], 21, 2);
+  const g = randn([12, 500], 22, 4);
+  g.data.set([-100, -30, -17, -5, 0, 5, 17, 30, 100, -0.0], 0);
+  const buf = new Float32Array(6000);
+  const y = await ort.sigmoidGate(x, g, buf);
+  assert.equal(y.data, buf);
+  assert.deepEqual(y.shape, [3, 4, 500]);
+  const r = await ref.sigmoidGate(x, g);
+  let worst = 0;
+  for (let i = 0; i < 6000; i++) {
+    const e = Math.abs((y.data[i] as number) - (r.data[i] as number)) / Math.max(Math.abs(r.data[i] as number), 1e-30);
+    worst = Math.max(worst, e);
+  }
+  assert.ok(worst <= 1e-6, `sigmoidGate: relative error ${worst}`);
+  await assert.rejects(ort.sigmoidGate(randn([2, 3], 1), randn([5], 2)), /sigmoidGate: x \[2, 3\] and gate \[5\] differ in size/);
+});

@@ -10,7 +10,7 @@ import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
 import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
-import { causalAttention, toHeads } from "../../nn/attention.js";
+import { causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
@@ -207,20 +207,8 @@ export class AfmoeAttention extends Module {
       window: this.sliding ? c.slidingWindow : null,
     });
     const gate = await this.lin("gate_proj").call(x);
-    const o = new Float32Array(B * S * nH * D);
-    const gd = gate.data;
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < nH; h++) {
-        const bh = b * nH + h;
-        for (let s = 0; s < S; s++) {
-          const oo = ((b * S + s) * nH + h) * D;
-          for (let d = 0; d < D; d++) {
-            o[oo + d] = (ctx[(bh * S + s) * D + d] as number) * sigmoidScalar(gd[oo + d] as number);
-          }
-        }
-      }
-    }
-    return this.lin("o_proj").call(new Tensor(o, [B, S, nH * D]));
+    const o = new Tensor(fromHeads(ctx, B, S, nH, D), [B, S, nH * D]);
+    return this.lin("o_proj").call(await engine.sigmoidGate(o, gate));
   }
 }
 

@@ -128,9 +128,8 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> implements TokenM
       D,
       window: null,
     });
-    const o = fromHeads(ctx, B, S, nH, D);
-    for (let i = 0; i < o.length; i++) o[i] = (o[i] as number) * sigmoidScalar(gate[i] as number);
-    return lin("o_proj").call(new Tensor(o, [B, S, nH * D]));
+    const o = new Tensor(fromHeads(ctx, B, S, nH, D), [B, S, nH * D]);
+    return lin("o_proj").call(await getEngine().sigmoidGate(o, new Tensor(gate, o.shape)));
   }
 }
 
