@@ -2,8 +2,8 @@ import type { Tensor } from "./tensor.js";
 import { InternalError } from "../errors.js";
 
 /**
- * The matrix products models and quantizers use, SwiGLU, RMSNorm and the sigmoid gate. Everything
- * else (element-wise ops, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
+ * The matrix products models and quantizers use, SwiGLU, RMSNorm, the sigmoid gate and an attention
+ * head. Everything else (element-wise ops, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
  * `OrtEngine` is the fast path and is tested against it.
  */
 export interface Engine {
@@ -40,6 +40,12 @@ export interface Engine {
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out?: Float32Array): Promise<Tensor>;
   /** x * sigmoid(gate) element-wise (an attention output gate), x's shape; into `out` when given. */
   sigmoidGate(x: Tensor, gate: Tensor, out?: Float32Array): Promise<Tensor>;
+  /**
+   * One attention head: softmax(q k^T * scale + mask) v, rows of q [M, D] against keys k [S, D]
+   * and values v [S, Dv]; `mask` [M, S] is added to the scores (0 for a visible key, -Infinity for
+   * a hidden one; every row sees at least one key). [M, Dv], into `out` when given.
+   */
+  attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, out?: Float32Array): Promise<Tensor>;
 }
 
 /** Where `swigluExpert` writes (see there). */
@@ -111,6 +117,21 @@ export function checkSwiglu(gate: Tensor, up: Tensor): number {
   if (gate.size !== up.size)
     throw new InternalError(`swiglu: gate [${gate.shape.join(", ")}] and up [${up.shape.join(", ")}] differ in size`);
   return gate.size;
+}
+
+export function checkAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor): { m: number; s: number; dv: number } {
+  const ok =
+    q.shape.length === 2 &&
+    k.shape.length === 2 &&
+    v.shape.length === 2 &&
+    q.dim(1) === k.dim(1) &&
+    v.dim(0) === k.dim(0) &&
+    mask.size === q.dim(0) * k.dim(0);
+  if (!ok)
+    throw new InternalError(
+      `attention: q [${q.shape.join(", ")}], k [${k.shape.join(", ")}], v [${v.shape.join(", ")}] and mask [${mask.shape.join(", ")}] do not fit`,
+    );
+  return { m: q.dim(0), s: k.dim(0), dv: v.dim(1) };
 }
 
 export function checkSigmoidGate(x: Tensor, gate: Tensor): number {

@@ -3,6 +3,7 @@ import { native } from "../util/interrupt.js";
 import * as ort from "onnxruntime-node";
 import {
   type Engine,
+  checkAttention,
   checkGram,
   checkLinear,
   checkMatmul,
@@ -312,6 +313,32 @@ export class OrtEngine implements Engine {
     }));
     await this.run(s, { X: new Tensor(x.data, [n]), G: new Tensor(gate.data, [n]), ONE: new Tensor(ONE, [1]) }, [n], out);
     return new Tensor(out, x.shape);
+  }
+
+  /** One attention head as one session run: Gemm for q k^T, the scale and mask, Softmax, MatMul with v. */
+  async attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, into?: Float32Array): Promise<Tensor> {
+    const { m, s: keys, dv } = checkAttention(q, k, v, mask);
+    const out = checkOut(into, m * dv);
+    if (m === 0 || dv === 0) return new Tensor(out, [m, dv]);
+    const s = await this.session("attention", () => ({
+      nodes: [
+        { opType: "Gemm", inputs: ["Q", "K"], outputs: ["QK"], intAttributes: { transB: 1 } },
+        { opType: "Mul", inputs: ["QK", "SCALE"], outputs: ["SC"] },
+        { opType: "Add", inputs: ["SC", "MASK"], outputs: ["L"] },
+        { opType: "Softmax", inputs: ["L"], outputs: ["P"] },
+        { opType: "MatMul", inputs: ["P", "V"], outputs: ["Y"] },
+      ],
+      inputs: [
+        { name: "Q", dims: ["m", "d"] },
+        { name: "K", dims: ["s", "d"] },
+        { name: "V", dims: ["s", "dv"] },
+        { name: "MASK", dims: ["m", "s"] },
+        { name: "SCALE", dims: [1] },
+      ],
+      outputs: [{ name: "Y", dims: ["m", "dv"] }],
+    }));
+    const feeds = { Q: q, K: k, V: v, MASK: new Tensor(mask.data, [m, keys]), SCALE: new Tensor(new Float32Array([scale]), [1]) };
+    return this.run(s, feeds, [m, dv], out);
   }
 
   /** x^T x as an explicit transpose and a product (MLAS runs a transposed left operand slower). */

@@ -1,5 +1,6 @@
 import {
   type Engine,
+  checkAttention,
   checkGram,
   checkLinear,
   checkMatmul,
@@ -88,6 +89,33 @@ export class ReferenceEngine implements Engine {
     } else if (out.gram) await this.gram(a, out.gram);
     if (out.down) await this.linear(a, out.down.weight, out.down.out);
     return a;
+  }
+
+  async attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, into?: Float32Array): Promise<Tensor> {
+    const { m, s, dv } = checkAttention(q, k, v, mask);
+    const d = q.dim(1);
+    const out = checkOut(into, m * dv);
+    const p = new Float64Array(s);
+    const acc = new Float64Array(dv);
+    for (let i = 0; i < m; i++) {
+      let max = -Infinity;
+      for (let j = 0; j < s; j++) {
+        let dot = 0;
+        for (let c = 0; c < d; c++) dot += (q.data[i * d + c] as number) * (k.data[j * d + c] as number);
+        p[j] = dot * scale + (mask.data[i * s + j] as number);
+        max = Math.max(max, p[j] as number);
+      }
+      let sum = 0;
+      for (let j = 0; j < s; j++) {
+        p[j] = Math.exp((p[j] as number) - max);
+        sum += p[j] as number;
+      }
+      acc.fill(0);
+      for (let j = 0; j < s; j++)
+        for (let c = 0; c < dv; c++) acc[c] = (acc[c] as number) + ((p[j] as number) / sum) * (v.data[j * dv + c] as number);
+      out.set(acc, i * dv);
+    }
+    return new Tensor(out, [m, dv]);
   }
 
   async gram(x: Tensor, into?: Float32Array): Promise<Tensor> {

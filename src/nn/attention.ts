@@ -1,9 +1,7 @@
 /** The attention core shared by every family: causal (optionally windowed) grouped-query softmax attention. */
 import { getEngine } from "../engine/index.js";
-import { softmaxRowInPlace } from "../engine/ops.js";
 import { applyRopeInPlace } from "./rope.js";
 import { Tensor } from "../engine/tensor.js";
-import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { Linear, RMSNorm } from "./layers.js";
 import { Module } from "./module.js";
 
@@ -74,31 +72,27 @@ export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Fl
   const Dv = a.Dv ?? D;
   const engine = getEngine();
   const group = nH / nKV;
-  const inv = a.scale ?? 1 / Math.sqrt(D);
+  const scale = a.scale ?? 1 / Math.sqrt(D);
   const ctx = new Float32Array(B * nH * S * Dv);
-  // one head's scores at a time, in scratch memory reused head after head
-  const scoresBuf = takeFloats(S * S);
+  const mask = causalMask(S, window);
   const head = (x: Float32Array, i: number, d = D): Tensor => new Tensor(x.subarray(i * S * d, (i + 1) * S * d), [S, d]);
-  try {
-    for (let bh = 0; bh < B * nH; bh++) {
-      const kv = Math.floor(bh / nH) * nKV + Math.floor((bh % nH) / group);
-      // scores = q k^T (one Gemm per head: faster in onnxruntime than a batched MatMul with K = D)
-      const sd = (await engine.linear(head(qh, bh), head(kh, kv), scoresBuf)).data;
-      for (let i = 0; i < S; i++) {
-        // keys lo..i are visible (causal; a window also drops keys at or before i - window)
-        const row = i * S;
-        const lo = window === null ? 0 : Math.max(0, i - window + 1);
-        for (let j = lo; j <= i; j++) sd[row + j] = (sd[row + j] as number) * inv;
-        softmaxRowInPlace(sd, row + lo, i - lo + 1);
-        sd.fill(0, row, row + lo);
-        sd.fill(0, row + i + 1, row + S);
-      }
-      await engine.matmul(new Tensor(sd, [S, S]), head(vh, kv, Dv), ctx.subarray(bh * S * Dv, (bh + 1) * S * Dv));
-    }
-  } finally {
-    giveBuffer(scoresBuf.buffer);
+  for (let bh = 0; bh < B * nH; bh++) {
+    const kv = Math.floor(bh / nH) * nKV + Math.floor((bh % nH) / group);
+    await engine.attention(head(qh, bh), head(kh, kv), head(vh, kv, Dv), mask, scale, ctx.subarray(bh * S * Dv, (bh + 1) * S * Dv));
   }
   return ctx;
+}
+
+/** The latest mask made, kept for the next call (every layer of a batch has the same length). */
+let lastMask: { S: number; window: number | null; mask: Tensor } | null = null;
+
+/** [S, S]: 0 where query i sees key j (j <= i, and j > i - window with a window), else -Infinity. */
+export function causalMask(S: number, window: number | null): Tensor {
+  if (lastMask?.S === S && lastMask.window === window) return lastMask.mask;
+  const m = new Float32Array(S * S).fill(Number.NEGATIVE_INFINITY);
+  for (let i = 0; i < S; i++) m.fill(0, i * S + (window === null ? 0 : Math.max(0, i - window + 1)), i * S + i + 1);
+  lastMask = { S, window, mask: new Tensor(m, [S, S]) };
+  return lastMask.mask;
 }
 
 export interface RopeAttentionOptions {

@@ -182,3 +182,22 @@ test("onnxruntime sigmoidGate (x * sigmoid(g)) matches the reference, also far i
   assert.ok(worst <= 1e-6, `sigmoidGate: relative error ${worst}`);
   await assert.rejects(ort.sigmoidGate(randn([2, 3], 1), randn([5], 2)), /sigmoidGate: x \[2, 3\] and gate \[5\] differ in size/);
 });
+
+test("onnxruntime attention (one head: q k^T, scale, additive mask, softmax, times v) matches the reference, causal and windowed", async () => {
+  const { causalMask } = await import("../../src/nn/attention.js");
+  const S = 37;
+  const q = randn([S, 16], 31, 2);
+  const k = randn([S, 16], 32, 2);
+  const v = randn([S, 24], 33);
+  for (const window of [null, 5]) {
+    const mask = causalMask(S, window);
+    const buf = new Float32Array(S * 24);
+    const y = await ort.attention(q, k, v, mask, 0.3, buf);
+    assert.equal(y.data, buf);
+    assert.deepEqual(y.shape, [S, 24]);
+    assertClose(`attention (window ${window})`, y, await ref.attention(q, k, v, mask, 0.3), 1e-6);
+    // the first query sees only the first key: its output is that key's value
+    assertClose("first row", y.data.subarray(0, 24), v.data.subarray(0, 24), 1e-6);
+  }
+  await assert.rejects(ort.attention(q, k, randn([S - 1, 24], 1), causalMask(S, null), 1), /attention: .* do not fit/);
+});
