@@ -7,10 +7,24 @@ const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
 export function bf16ToF32(bits: Uint16Array): Float32Array {
+  return bf16ToF32Checked(bits).data;
+}
+
+/**
+ * The same, and whether every value is finite, found in the same pass: a bf16 value is NaN or
+ * infinite when its exponent bits (0x7f80) are all set, that is when adding 0x80 to them carries
+ * into bit 15.
+ */
+export function bf16ToF32Checked(bits: Uint16Array): { data: Float32Array; finite: boolean } {
   const out = new Float32Array(bits.length);
   const o = new Uint32Array(out.buffer);
-  for (let i = 0; i < bits.length; i++) o[i] = (bits[i] as number) << 16;
-  return out;
+  let carry = 0;
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i] as number;
+    o[i] = b << 16;
+    carry |= (b & 0x7f80) + 0x80;
+  }
+  return { data: out, finite: (carry & 0x8000) === 0 };
 }
 
 export function f32ToBf16Bits(x: number): number {

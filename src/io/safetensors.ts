@@ -3,7 +3,7 @@ import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import { CheckpointFormatError, InternalError, asFormatError } from "../errors.js";
 import { openRegular, readAt } from "./files.js";
 import { Tensor, numel } from "../engine/tensor.js";
-import { bf16ToF32, f16ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
+import { bf16ToF32Checked, f16ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
 
 /** Limits on what is read from disk before trusting it. */
 export const LIMITS = {
@@ -302,6 +302,17 @@ function view<T>(bytes: Uint8Array, width: number, ctor: new (b: ArrayBuffer, o:
   return new ctor(aligned.buffer as ArrayBuffer, aligned.byteOffset, aligned.byteLength / width);
 }
 
+/** Arrays rawToF32 made from bf16 values it found finite while converting them, until asked (convertedFinite). */
+const convertedFiniteArrays = new WeakSet<Float32Array>();
+
+/**
+ * Whether `values` came from rawToF32 and were found finite there (a load then need not look
+ * again). Answers once: an array may be written after it is loaded, so a later check reads it.
+ */
+export function convertedFinite(values: Float32Array): boolean {
+  return convertedFiniteArrays.delete(values);
+}
+
 export function rawToF32(raw: RawTensor, where: string): Tensor {
   const b = raw.bytes;
   let data: Float32Array;
@@ -309,9 +320,12 @@ export function rawToF32(raw: RawTensor, where: string): Tensor {
     case "F32":
       data = new Float32Array(view(b, 4, Float32Array));
       break;
-    case "BF16":
-      data = bf16ToF32(view(b, 2, Uint16Array));
+    case "BF16": {
+      const c = bf16ToF32Checked(view(b, 2, Uint16Array));
+      data = c.data;
+      if (c.finite) convertedFiniteArrays.add(data);
       break;
+    }
     case "F16":
       data = f16ToF32(view(b, 2, Uint16Array));
       break;

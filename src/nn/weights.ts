@@ -2,7 +2,7 @@
 import { type Tensor, numel } from "../engine/tensor.js";
 import { NumericalError, WeightMappingError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
-import { firstNonFiniteF32 } from "../io/safetensors.js";
+import { convertedFinite, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { TensorSource } from "../io/tensor-source.js";
 import type { AnyModule } from "./module.js";
 
@@ -65,6 +65,7 @@ export function assertMappingComplete(m: WeightMapping, where: string): void {
 }
 
 export function assertFinite(t: Tensor, where: string): void {
+  if (convertedFinite(t.data)) return;
   const i = firstNonFiniteF32(t.data);
   if (i >= 0)
     throw new NumericalError(`${where}: value ${t.data[i]} at flat index ${i} (of ${t.size}); the checkpoint holds non-finite weights`);

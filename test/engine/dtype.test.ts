@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   bf16ToF32,
+  bf16ToF32Checked,
   f16ToF32,
   f32ToBf16,
   f32ToBf16Bits,
@@ -21,6 +22,19 @@ test("bf16: exact values, round to nearest even, NaN kept", () => {
   assert.ok(Number.isNaN(bf16ToF32(new Uint16Array([f32ToBf16Bits(NaN)]))[0]));
   const xs = new Float32Array([0, 1.5, -3.25, 65280, 1e-20]);
   assert.deepEqual([...bf16ToF32(f32ToBf16(xs))].slice(0, 4), [0, 1.5, -3.25, 65280]);
+});
+
+test("bf16 to float32 finds a non-finite value in the same pass (NaN, either infinity), and only those", () => {
+  // the largest finite values of both signs, a subnormal, zeros: finite
+  const finite = new Uint16Array([0x7f7f, 0xff7f, 0x0001, 0x8000, 0x0000, 0x3f80]);
+  const c = bf16ToF32Checked(finite);
+  assert.equal(c.finite, true);
+  assert.deepEqual([...c.data], [...bf16ToF32(finite)]);
+  for (const bad of [0x7f80, 0xff80, 0x7fc0, 0xffff, 0x7f81]) {
+    const bits = new Uint16Array(1000).fill(0x3f80);
+    bits[617] = bad;
+    assert.equal(bf16ToF32Checked(bits).finite, false, `0x${bad.toString(16)}`);
+  }
 });
 
 test("f16: exact values, subnormals, overflow to infinity, ties to even", () => {
