@@ -10,7 +10,6 @@ import {
   type ScaleDType,
   RNE_SHIFT,
   computeQParams,
-  dequantizeInto,
   intRange,
   quantizeFp4,
   quantizeFp8,
@@ -241,18 +240,23 @@ export async function gptqWithPrep(
     let loss = 0;
     for (let r = 0; r < out; r++) loss += rowLoss[r] as number;
     if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
-    // the codes back to row-major and the original column order; the dequantized weight from them
-    // (the values the column loop wrote are these, bit for bit)
+    // the codes and the dequantized values the column loop wrote (those dequantizeInto computes
+    // from the codes, bit for bit) back to row-major and the original column order
     const codes = isInt ? new Int8Array(out * inF) : new Uint8Array(out * inF);
+    const dequantized = into ?? new Float32Array(out * inF);
     for (let r0 = 0; r0 < out; r0 += TILE) {
       const r1 = Math.min(out, r0 + TILE);
       for (let j0 = 0; j0 < inF; j0 += TILE) {
         const j1 = Math.min(inF, j0 + TILE);
-        for (let r = r0; r < r1; r++) for (let j = j0; j < j1; j++) codes[r * inF + j] = codesT[(pos[j] as number) * out + r] as number;
+        for (let r = r0; r < r1; r++)
+          for (let j = j0; j < j1; j++) {
+            const at = (pos[j] as number) * out + r;
+            codes[r * inF + j] = codesT[at] as number;
+            dequantized[r * inF + j] = Wt[at] as number;
+          }
       }
     }
-    const weight = { args, out, inF, codes, params };
-    return { weight, dequantized: dequantizeInto(weight, into ?? new Float32Array(out * inF)), loss, rowLoss };
+    return { weight: { args, out, inF, codes, params }, dequantized, loss, rowLoss };
   } finally {
     for (const a of [Wt, ErrBlock, codesT]) giveBuffer(a.buffer);
   }
