@@ -11,13 +11,15 @@ export function bf16ToF32(bits: Uint16Array): Float32Array {
 }
 
 /**
- * The same, and whether every value is finite, found in the same pass: a bf16 value is NaN or
- * infinite when its exponent bits (0x7f80) are all set, that is when adding 0x80 to them carries
- * into bit 15.
+ * The same (into `out` when given), and whether every value is finite, found in the same pass: a
+ * bf16 value is NaN or infinite when its exponent bits (0x7f80) are all set, that is when adding
+ * 0x80 to them carries into bit 15.
  */
-export function bf16ToF32Checked(bits: Uint16Array): { data: Float32Array; finite: boolean } {
-  const out = new Float32Array(bits.length);
-  const o = new Uint32Array(out.buffer);
+export function bf16ToF32Checked(
+  bits: Uint16Array,
+  out: Float32Array = new Float32Array(bits.length),
+): { data: Float32Array; finite: boolean } {
+  const o = new Uint32Array(out.buffer, out.byteOffset, bits.length);
   let carry = 0;
   for (let i = 0; i < bits.length; i++) {
     const b = bits[i] as number;

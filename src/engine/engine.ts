@@ -2,9 +2,9 @@ import type { Tensor } from "./tensor.js";
 import { InternalError } from "../errors.js";
 
 /**
- * The matrix products models and quantizers use, SwiGLU, RMSNorm, the sigmoid gate and an attention
- * head. Everything else (element-wise ops, top-k) is plain TypeScript in ops.ts. `ReferenceEngine` is the living reference;
- * `OrtEngine` is the fast path and is tested against it.
+ * The matrix products models and quantizers use, SwiGLU, RMSNorm, the sigmoid gate and an
+ * attention head. Everything else (element-wise ops, top-k) is plain TypeScript in ops.ts.
+ * `ReferenceEngine` is the living reference; `OrtEngine` is the fast path and is tested against it.
  */
 export interface Engine {
   readonly name: string;

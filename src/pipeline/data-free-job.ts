@@ -6,6 +6,7 @@
  */
 import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { Tensor } from "../engine/tensor.js";
+import { bf16ToF32Checked } from "../engine/dtype.js";
 import { type StoredTensor, storedToF32 } from "../io/checkpoint.js";
 import type { NamedRaw } from "../io/writer.js";
 import { assertFinite } from "../nn/weights.js";
@@ -70,14 +71,7 @@ function decode(m: DataFreeMember, where: string): Float32Array {
   const raw = "raw" in m.stored ? m.stored.raw : null;
   if (raw?.dtype === "BF16" && raw.bytes.byteOffset % 2 === 0) {
     const bits = new Uint16Array(raw.bytes.buffer, raw.bytes.byteOffset, n);
-    const o = new Uint32Array(w.buffer, 0, n);
-    let inf = 0;
-    for (let i = 0; i < n; i++) {
-      const b = bits[i] as number;
-      o[i] = b << 16;
-      inf |= ((b & 0x7f80) + 0x80) & 0x8000;
-    }
-    if (inf !== 0) assertFinite(new Tensor(w, [m.out, m.inF]), where);
+    if (!bf16ToF32Checked(bits, w).finite) assertFinite(new Tensor(w, [m.out, m.inF]), where);
     return w;
   }
   w.set(storedToF32(m.stored, where));
