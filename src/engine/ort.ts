@@ -36,6 +36,9 @@ const ONE = new Float32Array([1]);
 /** Rows of the left operand per onnxruntime call for 2-D products. */
 const ROW_CHUNK = 1024;
 
+/** Attention scores per session run at most (floats of each [rows, S] intermediate: 16 MB). */
+const ATTENTION_SCORES = 1 << 22;
+
 interface OpSpec {
   nodes: NodeSpec[];
   inputs: ValueSpec[];
@@ -315,9 +318,14 @@ export class OrtEngine implements Engine {
     return new Tensor(out, x.shape);
   }
 
-  /** One attention head as one session run: Gemm for q k^T, the scale and mask, Softmax, MatMul with v. */
+  /**
+   * One attention head as session runs of Gemm for q k^T, the scale and mask, Softmax and MatMul
+   * with v; long sequences in row chunks, so that each of the session's [rows, S] intermediate
+   * arrays stays within ATTENTION_SCORES floats.
+   */
   async attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, into?: Float32Array): Promise<Tensor> {
     const { m, s: keys, dv } = checkAttention(q, k, v, mask);
+    const d = q.dim(1);
     const out = checkOut(into, m * dv);
     if (m === 0 || dv === 0) return new Tensor(out, [m, dv]);
     const s = await this.session("attention", () => ({
@@ -337,8 +345,20 @@ export class OrtEngine implements Engine {
       ],
       outputs: [{ name: "Y", dims: ["m", "dv"] }],
     }));
-    const feeds = { Q: q, K: k, V: v, MASK: new Tensor(mask.data, [m, keys]), SCALE: new Tensor(new Float32Array([scale]), [1]) };
-    return this.run(s, feeds, [m, dv], out);
+    const SCALE = new Tensor(new Float32Array([scale]), [1]);
+    const rows = Math.max(1, Math.floor(ATTENTION_SCORES / keys));
+    for (let r0 = 0; r0 < m; r0 += rows) {
+      const r1 = Math.min(m, r0 + rows);
+      const feeds = {
+        Q: new Tensor(q.data.subarray(r0 * d, r1 * d), [r1 - r0, d]),
+        K: k,
+        V: v,
+        MASK: new Tensor(mask.data.subarray(r0 * keys, r1 * keys), [r1 - r0, keys]),
+        SCALE,
+      };
+      await this.run(s, feeds, [r1 - r0, dv], out.subarray(r0 * dv, r1 * dv));
+    }
+    return new Tensor(out, [m, dv]);
   }
 
   /** x^T x as an explicit transpose and a product (MLAS runs a transposed left operand slower). */

@@ -83,16 +83,11 @@ export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Fl
   return ctx;
 }
 
-/** The latest mask made, kept for the next call (every layer of a batch has the same length). */
-let lastMask: { S: number; window: number | null; mask: Tensor } | null = null;
-
 /** [S, S]: 0 where query i sees key j (j <= i, and j > i - window with a window), else -Infinity. */
 export function causalMask(S: number, window: number | null): Tensor {
-  if (lastMask?.S === S && lastMask.window === window) return lastMask.mask;
   const m = new Float32Array(S * S).fill(Number.NEGATIVE_INFINITY);
   for (let i = 0; i < S; i++) m.fill(0, i * S + (window === null ? 0 : Math.max(0, i - window + 1)), i * S + i + 1);
-  lastMask = { S, window, mask: new Tensor(m, [S, S]) };
-  return lastMask.mask;
+  return new Tensor(m, [S, S]);
 }
 
 export interface RopeAttentionOptions {

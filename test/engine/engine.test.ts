@@ -200,4 +200,9 @@ test("onnxruntime attention (one head: q k^T, scale, additive mask, softmax, tim
     assertClose("first row", y.data.subarray(0, 24), v.data.subarray(0, 24), 1e-6);
   }
   await assert.rejects(ort.attention(q, k, randn([S - 1, 24], 1), causalMask(S, null), 1), /attention: .* do not fit/);
+  // a long sequence goes through in row chunks (2^22 scores a run): 2,100 rows in two
+  const L = 2100;
+  const [ql, kl, vl] = [randn([L, 8], 34), randn([L, 8], 35), randn([L, 8], 36)];
+  const long = causalMask(L, 700);
+  assertClose("attention in row chunks", await ort.attention(ql, kl, vl, long, 0.5), await ref.attention(ql, kl, vl, long, 0.5), 1e-6);
 });
