@@ -301,12 +301,7 @@ export class OrtEngine implements Engine {
     const out = checkOut(into, n);
     if (n === 0) return new Tensor(out, x.shape);
     const s = await this.session("sigmoidGate", () => ({
-      nodes: [
-        { opType: "Neg", inputs: ["G"], outputs: ["NG"] },
-        { opType: "Exp", inputs: ["NG"], outputs: ["E"] },
-        { opType: "Add", inputs: ["E", "ONE"], outputs: ["DEN"] },
-        { opType: "Div", inputs: ["X", "DEN"], outputs: ["Y"] },
-      ],
+      nodes: [...sigmoidDenominatorNodes("G", "Y"), { opType: "Div", inputs: ["X", "Y_den"], outputs: ["Y"] }],
       inputs: [
         { name: "X", dims: ["n"] },
         { name: "G", dims: ["n"] },
@@ -378,11 +373,18 @@ export class OrtEngine implements Engine {
 /** Nodes of y = silu(g) * u = g * u / (1 + exp(-g)) (input ONE holds 1). */
 function swigluNodes(g: string, u: string, y: string): NodeSpec[] {
   return [
+    ...sigmoidDenominatorNodes(g, y),
+    { opType: "Mul", inputs: [g, u], outputs: [`${y}_gu`] },
+    { opType: "Div", inputs: [`${y}_gu`, `${y}_den`], outputs: [y] },
+  ];
+}
+
+/** Nodes of `${y}_den` = 1 + exp(-g), the denominator of sigmoid(g) through MLAS's exp (input ONE holds 1). */
+function sigmoidDenominatorNodes(g: string, y: string): NodeSpec[] {
+  return [
     { opType: "Neg", inputs: [g], outputs: [`${y}_neg`] },
     { opType: "Exp", inputs: [`${y}_neg`], outputs: [`${y}_exp`] },
     { opType: "Add", inputs: [`${y}_exp`, "ONE"], outputs: [`${y}_den`] },
-    { opType: "Mul", inputs: [g, u], outputs: [`${y}_gu`] },
-    { opType: "Div", inputs: [`${y}_gu`, `${y}_den`], outputs: [y] },
   ];
 }
 
