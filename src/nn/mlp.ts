@@ -2,7 +2,7 @@ import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
 import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { Linear } from "./layers.js";
-import { Module } from "./module.js";
+import { type AnyModule, Module } from "./module.js";
 import type { MoeExpert } from "./moe.js";
 
 /** SwiGLU MLP: down(silu(gate(x)) * up(x)), under Hugging Face's names gate_proj, up_proj, down_proj. */
@@ -38,6 +38,10 @@ export class SwiGluMLP extends Module<Tensor, Tensor> implements MoeExpert {
   async forward(x: Tensor): Promise<Tensor> {
     return swigluForward(this, x);
   }
+
+  forwardInto(x: Tensor, out: Float32Array): Promise<Tensor | null> {
+    return plainSwigluInto(this, x, out);
+  }
 }
 
 /**
@@ -46,10 +50,27 @@ export class SwiGluMLP extends Module<Tensor, Tensor> implements MoeExpert {
  */
 export async function swigluForward(e: MoeExpert, x: Tensor): Promise<Tensor> {
   const { gate, up, down } = e;
-  if (gate.hookCount + up.hookCount + down.hookCount > 0 || gate.hasBias || up.hasBias || down.hasBias)
-    return down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
+  if (!plainLinears(e)) return down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
+  return oneStep(e, x, new Float32Array((x.size / gate.inFeatures) * down.outFeatures));
+}
+
+/** No hook on the Linears (a hook must see its Linear called) and no bias. */
+function plainLinears({ gate, up, down }: MoeExpert): boolean {
+  return gate.hookCount + up.hookCount + down.hookCount === 0 && !gate.hasBias && !up.hasBias && !down.hasBias;
+}
+
+/**
+ * An expert module's output written into `out` (the caller's memory, e.g. scratch it consumes at
+ * once), when nothing hooks the module or its Linears and they have no bias; null otherwise (the
+ * caller then calls the module).
+ */
+export async function plainSwigluInto(e: MoeExpert & Pick<AnyModule, "hookCount">, x: Tensor, out: Float32Array): Promise<Tensor | null> {
+  return e.hookCount === 0 && plainLinears(e) ? oneStep(e, x, out) : null;
+}
+
+/** down(silu(gate(x)) * up(x)) as one engine step, into `out`. */
+async function oneStep({ gate, up, down }: MoeExpert, x: Tensor, out: Float32Array): Promise<Tensor> {
   const rows = x.size / gate.inFeatures;
-  const out = new Float32Array(rows * down.outFeatures);
   // the activations stay inside this step: scratch memory
   const act = takeFloats(rows * gate.outFeatures);
   try {

@@ -5,6 +5,7 @@
  */
 import { Tensor } from "../engine/tensor.js";
 import { gatherRows, indexAddWeighted, softmaxRowInPlace, topkIndices } from "../engine/ops.js";
+import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import type { Linear } from "./layers.js";
 import type { AnyModule, Module } from "./module.js";
 
@@ -31,6 +32,14 @@ export function asMoeBlock(m: AnyModule): (AnyModule & MoeBlock) | null {
   return typeof (m as Partial<MoeBlock>).routedExperts === "function" && typeof (m as Partial<MoeBlock>).onRouting === "function"
     ? (m as AnyModule & MoeBlock)
     : null;
+}
+
+/**
+ * An expert that can write its output into the caller's memory; null when it must be called as a
+ * module instead (something hooks it, and a hook may keep its input).
+ */
+export interface IntoExpert {
+  forwardInto(x: Tensor, out: Float32Array): Promise<Tensor | null>;
 }
 
 /** The (slot, token) pairs routed to one expert. */
@@ -194,12 +203,27 @@ export async function servedExperts(
   first: number,
   routed: Tensor,
 ): Promise<void> {
-  const T = input.flat.dim(0);
+  const [T, H] = [input.flat.dim(0), input.flat.dim(1)];
   const K = input.topScores.dim(1);
   const pairs = routedPairsOf(input.selectedExperts, T, K, first, experts.length);
   for (const [i, expert] of experts.entries()) {
     const { tokens, slots } = pairs[i] as RoutedPairs;
     if (tokens.length === 0) continue;
-    indexAddWeighted(routed, tokens, await expert.call(gatherRows(input.flat, tokens)), routeWeights(input.topScores, tokens, slots));
+    const weights = routeWeights(input.topScores, tokens, slots);
+    const into = (expert as Partial<IntoExpert>).forwardInto?.bind(expert);
+    if (!into) {
+      indexAddWeighted(routed, tokens, await expert.call(gatherRows(input.flat, tokens)), weights);
+      continue;
+    }
+    // an expert that writes into given memory: its rows and output in scratch memory, reused expert after expert
+    const rows = takeFloats(tokens.length * H);
+    const out = takeFloats(tokens.length * routed.dim(1));
+    try {
+      const x = gatherRows(input.flat, tokens, rows);
+      indexAddWeighted(routed, tokens, (await into(x, out)) ?? (await expert.call(new Tensor(new Float32Array(rows), x.shape))), weights);
+    } finally {
+      giveBuffer(rows.buffer);
+      giveBuffer(out.buffer);
+    }
   }
 }

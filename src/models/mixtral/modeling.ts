@@ -5,7 +5,7 @@
 import type { Tensor } from "../../engine/tensor.js";
 import { RopeAttention } from "../../nn/attention.js";
 import { Linear } from "../../nn/layers.js";
-import { swigluForward } from "../../nn/mlp.js";
+import { plainSwigluInto, swigluForward } from "../../nn/mlp.js";
 import { Module } from "../../nn/module.js";
 import type { MoeExpert } from "../../nn/moe.js";
 import { SoftmaxMoeBlock, type SoftmaxMoeShape } from "../../nn/softmax-moe.js";
@@ -35,6 +35,10 @@ export class MixtralBlockSparseTop2MLP extends Module<Tensor, Tensor> implements
 
   async forward(x: Tensor): Promise<Tensor> {
     return swigluForward(this, x);
+  }
+
+  forwardInto(x: Tensor, out: Float32Array): Promise<Tensor | null> {
+    return plainSwigluInto(this, x, out);
   }
 }
 
