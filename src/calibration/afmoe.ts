@@ -55,7 +55,8 @@ export class CalibrationAfmoeMoE extends AfmoeMoEBlock implements MoECalibration
       routed,
     );
     // Step 5: shared + routed
-    return add(shared, routed).reshape(hidden.shape);
+    // the routed sum is this call's own array: the block's output is written over it
+    return add(shared, routed, routed.data).reshape(hidden.shape);
   }
 
   restore(original: AnyModule): AnyModule {

@@ -28,9 +28,10 @@ function sameShape(a: Tensor, b: Tensor, op: string): void {
   if (a.size !== b.size) throw new InternalError(`${op}: shapes [${a.shape.join(", ")}] and [${b.shape.join(", ")}] differ`);
 }
 
-export function add(a: Tensor, b: Tensor): Tensor {
+/** a + b, into `into` when given (which may be a's or b's own array: each value is read before its sum is written). */
+export function add(a: Tensor, b: Tensor, into?: Float32Array): Tensor {
   sameShape(a, b, "add");
-  const out = new Float32Array(a.size);
+  const out = into ?? new Float32Array(a.size);
   const [ad, bd] = [a.data, b.data];
   for (let i = 0; i < out.length; i++) out[i] = (ad[i] as number) + (bd[i] as number);
   return new Tensor(out, a.shape);

@@ -5,16 +5,36 @@
  */
 const freeBuffers: ArrayBuffer[] = [];
 
-/** A buffer of at least `bytes` bytes, reused when one is free. */
+/** Buffers the pool keeps at most (the most recently given back). */
+const KEPT = 12;
+
+/** A buffer of at least `bytes` bytes: the smallest free one that is large enough, else a new one. */
 export function takeBuffer(bytes: number): ArrayBuffer {
-  const i = freeBuffers.findIndex((b) => b.byteLength >= bytes);
-  return i >= 0 ? (freeBuffers.splice(i, 1)[0] as ArrayBuffer) : new ArrayBuffer(bytes);
+  let best = -1;
+  for (let i = 0; i < freeBuffers.length; i++) {
+    const n = (freeBuffers[i] as ArrayBuffer).byteLength;
+    if (n >= bytes && (best < 0 || n < (freeBuffers[best] as ArrayBuffer).byteLength)) best = i;
+  }
+  return best >= 0 ? (freeBuffers.splice(best, 1)[0] as ArrayBuffer) : new ArrayBuffer(bytes);
 }
 
-/** Hand a buffer back (the pool keeps the 8 most recent). */
+/** Hand a buffer back (the pool keeps the KEPT most recent). */
 export function giveBuffer(b: ArrayBufferLike): void {
   freeBuffers.push(b as ArrayBuffer);
-  if (freeBuffers.length > 8) freeBuffers.shift();
+  if (freeBuffers.length > KEPT) freeBuffers.shift();
+}
+
+/** Run `fn` with scratch arrays of `sizes` floats, given back when it ends (also when it throws). */
+export async function withFloats<N extends readonly number[], T>(
+  sizes: N,
+  fn: (bufs: { [K in keyof N]: Float32Array }) => Promise<T>,
+): Promise<T> {
+  const bufs = sizes.map((n) => takeFloats(n)) as { [K in keyof N]: Float32Array };
+  try {
+    return await fn(bufs);
+  } finally {
+    for (const b of bufs) giveBuffer(b.buffer);
+  }
 }
 
 /** `n` floats of scratch memory (give back its `.buffer`). */

@@ -1,13 +1,14 @@
 /** The attention core shared by every family: causal (optionally windowed) grouped-query softmax attention. */
 import { getEngine } from "../engine/index.js";
 import { applyRopeInPlace } from "./rope.js";
-import { Tensor } from "../engine/tensor.js";
+import { Tensor, numel } from "../engine/tensor.js";
+import { withFloats } from "../engine/scratch.js";
 import { Linear, RMSNorm } from "./layers.js";
 import { Module } from "./module.js";
 
-/** [B, S, heads, D] (token-major) to [B * heads, S, D] (head-major). */
-export function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
-  const out = new Float32Array(B * heads * S * D);
+/** [B, S, heads, D] (token-major) to [B * heads, S, D] (head-major), into `into` when given. */
+export function toHeads(x: Float32Array, B: number, S: number, heads: number, D: number, into?: Float32Array): Float32Array {
+  const out = into ?? new Float32Array(B * heads * S * D);
   for (let b = 0; b < B; b++) {
     for (let s = 0; s < S; s++) {
       for (let h = 0; h < heads; h++) {
@@ -19,9 +20,9 @@ export function toHeads(x: Float32Array, B: number, S: number, heads: number, D:
   return out;
 }
 
-/** [B * heads, S, D] (head-major) back to [B, S, heads * D] (token-major). */
-export function fromHeads(x: Float32Array, B: number, S: number, heads: number, D: number): Float32Array {
-  const out = new Float32Array(B * S * heads * D);
+/** [B * heads, S, D] (head-major) back to [B, S, heads * D] (token-major), into `into` when given. */
+export function fromHeads(x: Float32Array, B: number, S: number, heads: number, D: number, into?: Float32Array): Float32Array {
+  const out = into ?? new Float32Array(B * S * heads * D);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < heads; h++) {
       for (let s = 0; s < S; s++) {
@@ -65,15 +66,21 @@ export interface AttentionShape {
 /**
  * softmax(q k^T * scale) v per head (scale D^-0.5 unless given), causal, with query head h reading
  * key/value head floor(h / (nH / nKV)). Inputs and output are head-major ([B * heads, S, D]; values
- * and output [B * heads, S, Dv]).
+ * and output [B * heads, S, Dv]; into `into` when given).
  */
-export async function causalAttention(qh: Float32Array, kh: Float32Array, vh: Float32Array, a: AttentionShape): Promise<Float32Array> {
+export async function causalAttention(
+  qh: Float32Array,
+  kh: Float32Array,
+  vh: Float32Array,
+  a: AttentionShape,
+  into?: Float32Array,
+): Promise<Float32Array> {
   const { B, S, nH, nKV, D, window } = a;
   const Dv = a.Dv ?? D;
   const engine = getEngine();
   const group = nH / nKV;
   const scale = a.scale ?? 1 / Math.sqrt(D);
-  const ctx = new Float32Array(B * nH * S * Dv);
+  const ctx = into ?? new Float32Array(B * nH * S * Dv);
   const mask = causalMask(S, window);
   const head = (x: Float32Array, i: number, d = D): Tensor => new Tensor(x.subarray(i * S * d, (i + 1) * S * d), [S, d]);
   for (let bh = 0; bh < B * nH; bh++) {
@@ -139,27 +146,45 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
     const { heads: nH, kvHeads: nKV, headDim: D, qkNormEps: eps } = this.opts;
     const [B, S] = [x.dim(0), x.dim(1)];
     const lin = (n: string): Linear => this.child(n);
-    // per head: rows of D; over all heads: one row of heads * D per token
-    const norm = async (t: Tensor, heads: number, n: string): Promise<Tensor> => {
-      if (eps === null) return t;
-      const width = this.opts.qkNormAllHeads ? heads * D : D;
-      return getEngine().rmsNorm(t.reshape([t.size / width, width]), this.child<RMSNorm>(n).param("weight"), eps);
-    };
-    const q = await norm(await lin("q_proj").call(x), nH, "q_norm");
-    const k = await norm(await lin("k_proj").call(x), nKV, "k_norm");
-    const v = await lin("v_proj").call(x);
-    // the projections' outputs are fresh arrays: rotate them in place
-    const R = this.opts.rotaryDim ?? D;
-    applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta, R);
-    applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);
-    const ctx = await causalAttention(toHeads(q.data, B, S, nH, D), toHeads(k.data, B, S, nKV, D), toHeads(v.data, B, S, nKV, D), {
-      B,
-      S,
-      nH,
-      nKV,
-      D,
-      window: this.opts.window,
+    const [nq, nk] = [B * S * nH * D, B * S * nKV * D];
+    // q and k after their norms, the head-major copies and the context are used only here: scratch memory
+    return withFloats([nq, nk, nq, nk, nk, nq] as const, async ([qn, kn, qh, kh, vh, ctx]) => {
+      // per head: rows of D; over all heads: one row of heads * D per token
+      const norm = async (t: Tensor, heads: number, n: string, into: Float32Array | undefined): Promise<Tensor> => {
+        if (eps === null) return t;
+        const width = this.opts.qkNormAllHeads ? heads * D : D;
+        return getEngine().rmsNorm(t.reshape([t.size / width, width]), this.child<RMSNorm>(n).param("weight"), eps, into);
+      };
+      const q = await norm(await lin("q_proj").call(x), nH, "q_norm", qn);
+      const k = await norm(await lin("k_proj").call(x), nKV, "k_norm", kn);
+      const v = await lin("v_proj").call(x);
+      // rotated in place: the norms' scratch outputs, or the projections' fresh arrays
+      const R = this.opts.rotaryDim ?? D;
+      applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta, R);
+      applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);
+      const shape = { B, S, nH, nKV, D, window: this.opts.window };
+      await causalAttention(
+        toHeads(q.data, B, S, nH, D, qh),
+        toHeads(k.data, B, S, nKV, D, kh),
+        toHeads(v.data, B, S, nKV, D, vh),
+        shape,
+        ctx,
+      );
+      return callOnFilled(lin("o_proj"), [B, S, nH * D], async (into) => fromHeads(ctx, B, S, nH, D, into));
     });
-    return lin("o_proj").call(new Tensor(fromHeads(ctx, B, S, nH, D), [B, S, nH * D]));
   }
+}
+
+/**
+ * `next` called on the input [shape] that `fill` writes into the array it is given: scratch memory
+ * while nothing hooks `next`, which then reads its input only during the call; a fresh array (fill
+ * is given none) when something does, as a hook may keep its input.
+ */
+export async function callOnFilled(
+  next: Linear,
+  shape: number[],
+  fill: (into: Float32Array | undefined) => Promise<Float32Array>,
+): Promise<Tensor> {
+  if (next.hookCount > 0) return next.call(new Tensor(await fill(undefined), shape));
+  return withFloats([numel(shape)] as const, async ([buf]) => next.call(new Tensor(await fill(buf), shape)));
 }

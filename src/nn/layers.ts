@@ -1,5 +1,7 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
+import { add } from "../engine/ops.js";
+import { withFloats } from "../engine/scratch.js";
 import { InternalError, UsageError } from "../errors.js";
 import { Module } from "./module.js";
 
@@ -52,6 +54,12 @@ export class RMSNorm extends Module {
   async forward(x: Tensor): Promise<Tensor> {
     return getEngine().rmsNorm(x, this.param("weight"), this.eps);
   }
+}
+
+/** x + norm(y), with norm's output in scratch memory unless something hooks the norm (a hook may keep its output). */
+export async function addNormed(x: Tensor, norm: RMSNorm, y: Tensor): Promise<Tensor> {
+  if (norm.hookCount > 0) return add(x, await norm.call(y));
+  return withFloats([y.size] as const, async ([buf]) => add(x, await getEngine().rmsNorm(y, norm.param("weight"), norm.eps, buf)));
 }
 
 /** Token ids to rows of `weight` [vocab, dim]. Input: ids with their batch shape. */

@@ -5,12 +5,13 @@
 import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";
+import { withFloats } from "../../engine/scratch.js";
 import { add, sigmoidScalar, softmaxRowInPlace, topkIndices } from "../../engine/ops.js";
 import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
-import { Linear, RMSNorm, type TokenIds } from "../../nn/layers.js";
+import { Linear, RMSNorm, type TokenIds, addNormed } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
 import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
-import { causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
+import { callOnFilled, causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
@@ -145,7 +146,8 @@ export class AfmoeMoE extends AfmoeMoEBlock {
   async forward(hidden: Tensor): Promise<Tensor> {
     const { flat, topScores, selectedExperts, shared, routed } = await this.routeAndShare(hidden);
     await addServedExperts({ flat, topScores, selectedExperts }, this.experts.items(), routed);
-    return add(shared, routed).reshape(hidden.shape);
+    // the routed sum is this call's own array: the block's output is written over it
+    return add(shared, routed, routed.data).reshape(hidden.shape);
   }
 }
 
@@ -182,33 +184,38 @@ export class AfmoeAttention extends Module {
     const [B, S] = [x.dim(0), x.dim(1)];
     const { numAttentionHeads: nH, numKeyValueHeads: nKV, headDim: D } = c;
     const engine = getEngine();
-    const q = await engine.rmsNorm(
-      (await this.lin("q_proj").call(x)).reshape([B * S * nH, D]),
-      this.norm("q_norm").param("weight"),
-      c.rmsNormEps,
-    );
-    const k = await engine.rmsNorm(
-      (await this.lin("k_proj").call(x)).reshape([B * S * nKV, D]),
-      this.norm("k_norm").param("weight"),
-      c.rmsNormEps,
-    );
-    const v = await this.lin("v_proj").call(x);
-    if (this.sliding) {
-      applyRopeInPlace(q.data, B, S, nH, D, c.ropeTheta);
-      applyRopeInPlace(k.data, B, S, nKV, D, c.ropeTheta);
-    }
-    // per head contiguous: qh [B*nH, S, D]; kh, vh [B*nKV, S, D]
-    const ctx = await causalAttention(toHeads(q.data, B, S, nH, D), toHeads(k.data, B, S, nKV, D), toHeads(v.data, B, S, nKV, D), {
-      B,
-      S,
-      nH,
-      nKV,
-      D,
-      window: this.sliding ? c.slidingWindow : null,
+    const [nq, nk] = [B * S * nH * D, B * S * nKV * D];
+    // q and k after their norms, the head-major copies, the context and its token-major form are used only here: scratch memory
+    return withFloats([nq, nk, nq, nk, nk, nq, nq] as const, async ([qn, kn, qh, kh, vh, ctx, o]) => {
+      const q = await engine.rmsNorm(
+        (await this.lin("q_proj").call(x)).reshape([B * S * nH, D]),
+        this.norm("q_norm").param("weight"),
+        c.rmsNormEps,
+        qn,
+      );
+      const k = await engine.rmsNorm(
+        (await this.lin("k_proj").call(x)).reshape([B * S * nKV, D]),
+        this.norm("k_norm").param("weight"),
+        c.rmsNormEps,
+        kn,
+      );
+      const v = await this.lin("v_proj").call(x);
+      if (this.sliding) {
+        applyRopeInPlace(q.data, B, S, nH, D, c.ropeTheta);
+        applyRopeInPlace(k.data, B, S, nKV, D, c.ropeTheta);
+      }
+      const shape = { B, S, nH, nKV, D, window: this.sliding ? c.slidingWindow : null };
+      await causalAttention(
+        toHeads(q.data, B, S, nH, D, qh),
+        toHeads(k.data, B, S, nKV, D, kh),
+        toHeads(v.data, B, S, nKV, D, vh),
+        shape,
+        ctx,
+      );
+      const gate = await this.lin("gate_proj").call(x);
+      const context = new Tensor(fromHeads(ctx, B, S, nH, D, o), [B, S, nH * D]);
+      return callOnFilled(this.lin("o_proj"), [B, S, nH * D], async (into) => (await engine.sigmoidGate(context, gate, into)).data);
     });
-    const gate = await this.lin("gate_proj").call(x);
-    const o = new Tensor(fromHeads(ctx, B, S, nH, D), [B, S, nH * D]);
-    return this.lin("o_proj").call(await engine.sigmoidGate(o, gate));
   }
 }
 
@@ -239,9 +246,9 @@ export class AfmoeDecoderLayer extends Module {
 
   async forward(h: Tensor): Promise<Tensor> {
     const attn = await this.sub("self_attn").call(await this.sub("input_layernorm").call(h));
-    const h1 = add(h, await this.sub("post_attention_layernorm").call(attn));
+    const h1 = await addNormed(h, this.child("post_attention_layernorm"), attn);
     const mlp = await this.child<Module>("mlp").call(await this.sub("pre_mlp_layernorm").call(h1));
-    return add(h1, await this.sub("post_mlp_layernorm").call(mlp));
+    return addNormed(h1, this.child("post_mlp_layernorm"), mlp);
   }
 }
 

@@ -1,0 +1,71 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Tensor } from "../../src/engine/tensor.js";
+import { giveBuffer, takeBuffer } from "../../src/engine/scratch.js";
+import { RopeAttention } from "../../src/nn/attention.js";
+import { RMSNorm, addNormed } from "../../src/nn/layers.js";
+
+/** Fixed pseudo-random values in [-0.5, 0.5). */
+function values(n: number, seed: number): Float32Array {
+  let s = seed;
+  return Float32Array.from({ length: n }, () => {
+    s = (s * 1103515245 + 12345) % 2147483648;
+    return s / 2147483648 - 0.5;
+  });
+}
+
+function attention(): RopeAttention {
+  const a = new RopeAttention({ hidden: 16, heads: 4, kvHeads: 2, headDim: 4, ropeTheta: 10000, qkNormEps: 1e-6, window: null });
+  let seed = 3;
+  for (const [, p] of a.namedParameters())
+    p.value = new Tensor(
+      values(
+        p.shape.reduce((x, y) => x * y, 1),
+        seed++,
+      ),
+      p.shape,
+    );
+  return a;
+}
+
+test("attention: o_proj's input in scratch memory gives what a hooked o_proj is given, and a hook keeps its own input", async () => {
+  const a = attention();
+  const x1 = new Tensor(values(2 * 5 * 16, 11), [2, 5, 16]);
+  const x2 = new Tensor(values(2 * 5 * 16, 12), [2, 5, 16]);
+  const plain = [await a.call(x1), await a.call(x2)];
+  const o = a.getSubmodule("o_proj");
+  const kept: { x: Tensor; copy: Float32Array }[] = [];
+  const remove = o.registerForwardHook((_m, x) => void kept.push({ x: x as Tensor, copy: Float32Array.from((x as Tensor).data) }));
+  const hooked = [await a.call(x1), await a.call(x2)];
+  remove();
+  assert.deepEqual(hooked[0]?.data, plain[0]?.data);
+  assert.deepEqual(hooked[1]?.data, plain[1]?.data);
+  // the first call's input, kept by the hook, is unchanged by the second call
+  assert.equal(kept.length, 2);
+  for (const k of kept) assert.deepEqual(k.x.data, k.copy);
+  assert.notDeepEqual(kept[0]?.copy, kept[1]?.copy);
+});
+
+test("addNormed: x + norm(y) alike with and without a hook on the norm, and a kept output stays", async () => {
+  const norm = new RMSNorm(8, 1e-6);
+  (norm.namedParameters()[0] as [string, { value: Tensor | null }])[1].value = new Tensor(values(8, 5), [8]);
+  const x = new Tensor(values(24, 6), [3, 8]);
+  const y = new Tensor(values(24, 7), [3, 8]);
+  const plain = await addNormed(x, norm, y);
+  const kept: Tensor[] = [];
+  const remove = norm.registerForwardHook((_m, _in, out) => void kept.push(out as Tensor));
+  const hooked = await addNormed(x, norm, y);
+  const copy = Float32Array.from((kept[0] as Tensor).data);
+  await addNormed(x, norm, new Tensor(values(24, 8), [3, 8]));
+  remove();
+  assert.deepEqual(hooked.data, plain.data);
+  assert.deepEqual((kept[0] as Tensor).data, copy);
+});
+
+test("scratch memory: the smallest free buffer that is large enough", () => {
+  const [big, small] = [takeBuffer(1 << 20), takeBuffer(1 << 12)];
+  giveBuffer(big);
+  giveBuffer(small);
+  assert.equal(takeBuffer(1 << 10), small);
+  assert.equal(takeBuffer(1 << 10) === big, true);
+});
