@@ -71,7 +71,7 @@ export function newFastState(): FastState {
  * and up products [Tc, H] x [H, Im] (token-major: docs/performance.md), SwiGLU and the Gram
  * product of the result for down_proj (its inputs differ); down_proj outputs only for the
  * routed rows. Adds the weighted routed outputs into `routed` in the seed's order (experts in
- * order, slot-major pairs).
+ * order, slot-major pairs); with `routed` null, only the statistics (no down_proj products).
  */
 export async function allExpertsFast(
   s: {
@@ -83,7 +83,7 @@ export async function allExpertsFast(
     fastState: FastState;
   },
   plan: FastPlan,
-  routed: Tensor,
+  routed: Tensor | null,
 ): Promise<void> {
   const { flat, topScores, selectedExperts: selected, experts, fastState: state } = s;
   const first = s.first ?? 0;
@@ -140,7 +140,9 @@ export async function allExpertsFast(
       o.rows(Tc);
       o.values?.(A);
     }
-    // routed rows of this chunk: gather A's rows, down_proj, weight, add
+    // routed rows of this chunk: gather A's rows, down_proj, weight, add (and router-aware statistics)
+    const r = routedGrams?.[e];
+    if (!routed && !r) return;
     const { tokens, slots } = pairs[e] as RoutedPairs;
     const sel: number[] = [];
     for (let i = 0; i < tokens.length; i++) if ((tokens[i] as number) >= c0 && (tokens[i] as number) < c1) sel.push(i);
@@ -148,18 +150,19 @@ export async function allExpertsFast(
     const tk = Int32Array.from(sel, (pi) => tokens[pi] as number);
     const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
     const local = Int32Array.from(tk, (t) => t - c0);
-    // the routed rows and their down_proj outputs in scratch memory, reused expert after expert
-    const rowsBuf = takeFloats(local.length * Im);
-    const outBuf = takeFloats(local.length * H);
     const weights = routeWeights(topScores, tk, sl);
-    try {
-      const out = await engine.linear(gatherRows(A, local, rowsBuf), ex.down.weight, outBuf);
-      indexAddWeighted(routed, tk, out, weights);
-    } finally {
-      giveBuffer(rowsBuf.buffer);
-      giveBuffer(outBuf.buffer);
+    if (routed) {
+      // the routed rows and their down_proj outputs in scratch memory, reused expert after expert
+      const rowsBuf = takeFloats(local.length * Im);
+      const outBuf = takeFloats(local.length * H);
+      try {
+        const out = await engine.linear(gatherRows(A, local, rowsBuf), ex.down.weight, outBuf);
+        indexAddWeighted(routed, tk, out, weights);
+      } finally {
+        giveBuffer(rowsBuf.buffer);
+        giveBuffer(outBuf.buffer);
+      }
     }
-    const r = routedGrams?.[e];
     if (r) {
       // router-aware statistics: the routed rows of this chunk, apart from the all-token ones
       const inChunk = { rows: local, weights };

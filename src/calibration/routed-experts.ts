@@ -28,15 +28,35 @@ export interface RoutedStep {
   fastState: FastState;
 }
 
+let statisticsOnly = false;
+
+/**
+ * Run `fn` with the routed sums of MoE calibration modules left out (they stay zero): for a pass
+ * that only takes statistics and discards the layer's output (a later pass through the quantized
+ * layer makes the next layer's inputs), so the routed down_proj products are not computed.
+ */
+export async function withoutRoutedSums<T>(fn: () => Promise<T>): Promise<T> {
+  const previous = statisticsOnly;
+  statisticsOnly = true;
+  try {
+    return await fn();
+  } finally {
+    statisticsOnly = previous;
+  }
+}
+
 /** Add every expert's weighted routed rows into `routed` [T, H], experts in order, pairs slot-major (the seed's order), or run the override in force (nn/moe.ts). */
 export async function addRoutedExperts(s: RoutedStep, routed: Tensor): Promise<void> {
   const o = routedOverride();
   if (o) return o(s, routed);
-  await calibrateExperts(s, routed);
+  await calibrateExperts(s, statisticsOnly ? null : routed);
 }
 
-/** The routed step of calibration itself: the experts of `s` (a whole block's, or a group of them) on their tokens, statistics observed. */
-export async function calibrateExperts(s: RoutedStep, routed: Tensor): Promise<void> {
+/**
+ * The routed step of calibration itself: the experts of `s` (a whole block's, or a group of them)
+ * on their tokens, statistics observed; their weighted routed rows added into `routed` unless it is null.
+ */
+export async function calibrateExperts(s: RoutedStep, routed: Tensor | null): Promise<void> {
   const first = s.first ?? 0;
   const T = s.flat.dim(0);
   const K = s.topScores.dim(1);
@@ -53,6 +73,6 @@ export async function calibrateExperts(s: RoutedStep, routed: Tensor): Promise<v
     const out = s.calibrateAllExperts
       ? gatherRows(await withRowRouting({ rows: tokens, weights }, () => expert.call(s.flat)), tokens)
       : await withRowRouting({ rows: Int32Array.from(tokens, (_, i) => i), weights }, () => expert.call(gatherRows(s.flat, tokens)));
-    if (tokens.length > 0) indexAddWeighted(routed, tokens, out, weights);
+    if (routed && tokens.length > 0) indexAddWeighted(routed, tokens, out, weights);
   }
 }

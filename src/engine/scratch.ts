@@ -5,8 +5,10 @@
  */
 const freeBuffers: ArrayBuffer[] = [];
 
-/** Buffers the pool keeps at most (the most recently given back). */
+/** Buffers the pool keeps at most (the most recently given back)... */
 const KEPT = 12;
+/** ...and bytes (the plan counts them, pipeline/plan.ts). */
+export const SCRATCH_KEPT_BYTES = 256 * 1024 ** 2;
 
 /** A buffer of at least `bytes` bytes: the smallest free one that is large enough, else a new one. */
 export function takeBuffer(bytes: number): ArrayBuffer {
@@ -18,10 +20,11 @@ export function takeBuffer(bytes: number): ArrayBuffer {
   return best >= 0 ? (freeBuffers.splice(best, 1)[0] as ArrayBuffer) : new ArrayBuffer(bytes);
 }
 
-/** Hand a buffer back (the pool keeps the KEPT most recent). */
+/** Hand a buffer back (the pool keeps the most recent, at most KEPT and SCRATCH_KEPT_BYTES). */
 export function giveBuffer(b: ArrayBufferLike): void {
   freeBuffers.push(b as ArrayBuffer);
-  if (freeBuffers.length > KEPT) freeBuffers.shift();
+  let bytes = freeBuffers.reduce((a, f) => a + f.byteLength, 0);
+  while (freeBuffers.length > KEPT || bytes > SCRATCH_KEPT_BYTES) bytes -= (freeBuffers.shift() as ArrayBuffer).byteLength;
 }
 
 /** Run `fn` with scratch arrays of `sizes` floats, given back when it ends (also when it throws). */

@@ -7,6 +7,7 @@ import path from "node:path";
 import { asUsageError } from "../errors.js";
 import { sha256File } from "../io/hash.js";
 import { withMoeCalibration } from "../calibration/context.js";
+import { withoutRoutedSums } from "../calibration/routed-experts.js";
 import { formatExpertStatistics } from "../calibration/expert-statistics.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
@@ -183,14 +184,18 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
           i,
           () => true,
           async ({ endShard }) => {
-            await withMoeCalibration(layer, { calibrateAllExperts, config, fastPath: opts.fastPath ?? true }, async (l) => {
-              await eachInput(
-                i,
-                async (h, done, tokens) => {
-                  await l.call(h);
-                  opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
-                },
-                endShard,
+            // the pass only takes statistics: its output is discarded (propagation makes the next layer's inputs)
+            const moe = { calibrateAllExperts, config, fastPath: opts.fastPath ?? true };
+            await withMoeCalibration(layer, moe, async (l) => {
+              await withoutRoutedSums(() =>
+                eachInput(
+                  i,
+                  async (h, done, tokens) => {
+                    await l.call(h);
+                    opts.onProgress?.({ kind: "samples", layer: i, phase: "calibrate", done, total: samples.length, tokens });
+                  },
+                  endShard,
+                ),
               );
             });
             opts.onProgress?.({ kind: "phase", layer: i, phase: "quantize" });

@@ -268,7 +268,7 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
             fastPath: steps.fastPath,
             fastState,
           };
-          await calibrateExperts(step, Tensor.zeros([input.flat.dim(0), input.flat.dim(1)]));
+          await calibrateExperts(step, null);
         }
         fastState.gateUpComplete = fastState.sharedGateUp !== null;
       },

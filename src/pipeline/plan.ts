@@ -6,6 +6,7 @@
  * machine are in docs/performance.md ("The plan's model").
  */
 import { DEFAULT_SHARD_BYTES, PIECE_BYTES } from "../io/writer.js";
+import { SCRATCH_KEPT_BYTES } from "../engine/scratch.js";
 import path from "node:path";
 import { getEngine } from "../engine/index.js";
 import { Tensor } from "../engine/tensor.js";
@@ -104,7 +105,7 @@ export interface LayerPlan {
     workers: number;
     /** codes (a byte per quantized weight) and the layer's output tensors, held twice while its file is written */
     outputs: number;
-    /** the previous layer's weights (unloaded, not yet collected) and the scratch pool's piece buffer */
+    /** the previous layer's weights (unloaded, not yet collected), the scratch pool's piece buffer and the attention's scratch arrays */
     retained: number;
   };
   peak_memory_bytes: number;
@@ -316,7 +317,9 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       const gateName = linears.find(([, l]) => l === ex?.gate)?.[0];
       const expertTarget = gateName !== undefined && byGptq(gateName);
       const rowsGateUp = allExperts ? T * E : T * K;
-      calibrate += 2 * rowsGateUp * H * 2 * Im + 2 * T * K * Im * H;
+      // with every expert on every token, the routed down_proj products are left out of calibration (its
+      // output is discarded); an expert on its routed rows only computes them in its own call
+      calibrate += 2 * rowsGateUp * H * 2 * Im + (allExperts ? 0 : 2 * T * K * Im * H);
       const per = expertMemory(layer, prefix, ex, gateName !== undefined && isTarget(gateName), (m, p) =>
         layerBytes(m, p, ck, schemeOf, scaleDtype),
       );
@@ -357,6 +360,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     // a batch of equal-length samples holds at most max(S, BATCH_TOKENS) tokens
     const batch = Math.max(maxS, BATCH_TOKENS);
     activations += 4 * 3 * batch * Math.max(H, heads * headDim) + 4 * heads * maxS * batch;
+    // the attention's scratch arrays (q, k, v twice, the context twice), kept by the pool after it
+    const scratch = Math.min(SCRATCH_KEPT_BYTES, 4 * 7 * batch * heads * headDim);
     const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
     const workers = method !== "rtn" ? gptqPoolSize(weights, opts.workers) : 0;
     /** GPTQ's scratch per worker at the widest of `ls` */
@@ -373,7 +378,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       hessians,
       gptq: gptqBytes,
       workers: workers * PLAN_MODEL.workerBytes,
-      retained: previousWeights + pieceBuffer,
+      retained: previousWeights + pieceBuffer + scratch,
     };
     previousWeights = params + read;
     const peak = baseline + Object.values(memory).reduce((a, b) => a + b, 0);
