@@ -90,6 +90,21 @@ export async function causalAttention(
   return ctx;
 }
 
+/** causalAttention of token-major q, k, v ([B, S, heads * D]) through their head-major copies in `into`, into its `ctx`. */
+export async function attendTokenMajor(
+  t: { q: Float32Array; k: Float32Array; v: Float32Array },
+  a: AttentionShape,
+  into: { qh: Float32Array; kh: Float32Array; vh: Float32Array; ctx: Float32Array },
+): Promise<Float32Array> {
+  const { B, S, nH, nKV, D } = a;
+  const [qh, kh, vh] = [
+    toHeads(t.q, B, S, nH, D, into.qh),
+    toHeads(t.k, B, S, nKV, D, into.kh),
+    toHeads(t.v, B, S, nKV, a.Dv ?? D, into.vh),
+  ];
+  return causalAttention(qh, kh, vh, a, into.ctx);
+}
+
 /** [S, S]: 0 where query i sees key j (j <= i, and j > i - window with a window), else -Infinity. */
 export function causalMask(S: number, window: number | null): Tensor {
   const m = new Float32Array(S * S).fill(Number.NEGATIVE_INFINITY);
@@ -163,13 +178,7 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
       applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta, R);
       applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);
       const shape = { B, S, nH, nKV, D, window: this.opts.window };
-      await causalAttention(
-        toHeads(q.data, B, S, nH, D, qh),
-        toHeads(k.data, B, S, nKV, D, kh),
-        toHeads(v.data, B, S, nKV, D, vh),
-        shape,
-        ctx,
-      );
+      await attendTokenMajor({ q: q.data, k: k.data, v: v.data }, shape, { qh, kh, vh, ctx });
       return callOnFilled(lin("o_proj"), [B, S, nH * D], async (into) => fromHeads(ctx, B, S, nH, D, into));
     });
   }
