@@ -52,14 +52,19 @@ export class RMSNorm extends Module {
   }
 
   async forward(x: Tensor): Promise<Tensor> {
-    return getEngine().rmsNorm(x, this.param("weight"), this.eps);
+    return this.forwardInto(x);
+  }
+
+  /** The norm of x, into `into` when given (what forward computes: a subclass's own norm overrides this). */
+  forwardInto(x: Tensor, into?: Float32Array): Promise<Tensor> {
+    return getEngine().rmsNorm(x, this.param("weight"), this.eps, into);
   }
 }
 
 /** x + norm(y), with norm's output in scratch memory unless something hooks the norm (a hook may keep its output). */
 export async function addNormed(x: Tensor, norm: RMSNorm, y: Tensor): Promise<Tensor> {
   if (norm.hookCount > 0) return add(x, await norm.call(y));
-  return withFloats([y.size] as const, async ([buf]) => add(x, await getEngine().rmsNorm(y, norm.param("weight"), norm.eps, buf)));
+  return withFloats([y.size] as const, async ([buf]) => add(x, await norm.forwardInto(y, buf)));
 }
 
 /** Token ids to rows of `weight` [vocab, dim]. Input: ids with their batch shape. */

@@ -4,6 +4,8 @@ import { Tensor } from "../../src/engine/tensor.js";
 import { giveBuffer, takeBuffer } from "../../src/engine/scratch.js";
 import { RopeAttention } from "../../src/nn/attention.js";
 import { RMSNorm, addNormed } from "../../src/nn/layers.js";
+import { add } from "../../src/engine/ops.js";
+import { Qwen3NextRMSNorm } from "../../src/models/qwen3_next/modeling.js";
 
 /** Fixed pseudo-random values in [-0.5, 0.5). */
 function values(n: number, seed: number): Float32Array {
@@ -68,4 +70,17 @@ test("scratch memory: the smallest free buffer that is large enough", () => {
   giveBuffer(small);
   assert.equal(takeBuffer(1 << 10), small);
   assert.equal(takeBuffer(1 << 10) === big, true);
+});
+
+test("addNormed: a norm subclass's own norm (Qwen3-Next's 1 + weight) with and without a hook", async () => {
+  const norm = new Qwen3NextRMSNorm(8, 1e-6);
+  (norm.namedParameters()[0] as [string, { value: Tensor | null }])[1].value = new Tensor(values(8, 9), [8]);
+  const x = new Tensor(values(24, 10), [3, 8]);
+  const y = new Tensor(values(24, 11), [3, 8]);
+  const plain = await addNormed(x, norm, y);
+  const remove = norm.registerForwardHook(() => undefined);
+  const hooked = await addNormed(x, norm, y);
+  remove();
+  assert.deepEqual(plain.data, hooked.data);
+  assert.deepEqual(plain.data, add(x, await norm.call(y)).data);
 });

@@ -21,7 +21,7 @@ import { Qwen3NextGatedDeltaNet } from "./gated-deltanet.js";
 export class Qwen3NextRMSNorm extends RMSNorm {
   override readonly className = "Qwen3NextRMSNorm";
 
-  override async forward(x: Tensor): Promise<Tensor> {
+  override forwardInto(x: Tensor, into?: Float32Array): Promise<Tensor> {
     return getEngine().rmsNorm(
       x,
       new Tensor(
@@ -29,6 +29,7 @@ export class Qwen3NextRMSNorm extends RMSNorm {
         [this.dim],
       ),
       this.eps,
+      into,
     );
   }
 }
