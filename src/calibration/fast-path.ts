@@ -1,6 +1,6 @@
 import { Tensor } from "../engine/tensor.js";
 import { getEngine } from "../engine/index.js";
-import { giveBuffer, takeFloats } from "../engine/scratch.js";
+import { withFloats } from "../engine/scratch.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
 import { type MoeExpert, type RoutedPairs, routeWeights, routedPairsOf } from "../nn/moe.js";
@@ -151,18 +151,11 @@ export async function allExpertsFast(
     const sl = Int32Array.from(sel, (pi) => slots[pi] as number);
     const local = Int32Array.from(tk, (t) => t - c0);
     const weights = routeWeights(topScores, tk, sl);
-    if (routed) {
+    if (routed)
       // the routed rows and their down_proj outputs in scratch memory, reused expert after expert
-      const rowsBuf = takeFloats(local.length * Im);
-      const outBuf = takeFloats(local.length * H);
-      try {
-        const out = await engine.linear(gatherRows(A, local, rowsBuf), ex.down.weight, outBuf);
-        indexAddWeighted(routed, tk, out, weights);
-      } finally {
-        giveBuffer(rowsBuf.buffer);
-        giveBuffer(outBuf.buffer);
-      }
-    }
+      await withFloats([local.length * Im, local.length * H] as const, async ([rows, out]) => {
+        indexAddWeighted(routed, tk, await engine.linear(gatherRows(A, local, rows), ex.down.weight, out), weights);
+      });
     if (r) {
       // router-aware statistics: the routed rows of this chunk, apart from the all-token ones
       const inChunk = { rows: local, weights };

@@ -5,7 +5,7 @@
  */
 import { Tensor } from "../engine/tensor.js";
 import { gatherRows, indexAddWeighted, softmaxRowInPlace, topkIndices } from "../engine/ops.js";
-import { giveBuffer, takeFloats } from "../engine/scratch.js";
+import { withFloats } from "../engine/scratch.js";
 import type { Linear } from "./layers.js";
 import type { AnyModule, Module } from "./module.js";
 
@@ -216,14 +216,9 @@ export async function servedExperts(
       continue;
     }
     // an expert that writes into given memory: its rows and output in scratch memory, reused expert after expert
-    const rows = takeFloats(tokens.length * H);
-    const out = takeFloats(tokens.length * routed.dim(1));
-    try {
+    await withFloats([tokens.length * H, tokens.length * routed.dim(1)] as const, async ([rows, out]) => {
       const x = gatherRows(input.flat, tokens, rows);
       indexAddWeighted(routed, tokens, (await into(x, out)) ?? (await expert.call(new Tensor(new Float32Array(rows), x.shape))), weights);
-    } finally {
-      giveBuffer(rows.buffer);
-      giveBuffer(out.buffer);
-    }
+    });
   }
 }
