@@ -1,21 +1,11 @@
 import { Tensor } from "../engine/tensor.js";
-import { giveBuffer, takeBuffer, takeFloats } from "../engine/scratch.js";
+import { giveBuffer, takeFloats } from "../engine/scratch.js";
 import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverseFast } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
 import type { QuantArgs } from "./scheme.js";
-import {
-  type QParams,
-  type QuantizedWeight,
-  type ScaleDType,
-  RNE_SHIFT,
-  computeQParams,
-  intRange,
-  quantizeFp4,
-  quantizeFp8,
-  quantizeWithParams,
-} from "./params.js";
-import { fp4e2m1ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
+import { type QParams, type QuantizedWeight, type ScaleDType, computeQParams, quantizeWithParams } from "./params.js";
+import { fromColumns, quantizeColumn, releaseColumns, takeColumnArrays, toColumns } from "./gptq-columns.js";
 
 export interface GptqOptions {
   /** fraction of mean(diag(H)) added to the diagonal (default 0.01) */
@@ -40,8 +30,6 @@ export interface GptqResult {
 const SUB = 8;
 /** Columns per engine call in the block updates (how it was chosen: docs/performance.md, "Measurements behind the code"). */
 const UPDATE_COLUMNS = 256;
-/** Rows and columns per tile when transposing between row- and column-major. */
-const TILE = 32;
 
 /** What GPTQ derives from a Hessian alone: shared by every Linear with the same H. */
 export interface GptqPrep {
@@ -163,42 +151,15 @@ export async function gptqWithPrep(
   const { inF, dead, perm, Hinv, blockSize, panels } = prep;
   const params: QParams = computeQParams(weight, out, inF, args, dtype, name, globalScale);
   const { groups, groupSize } = params;
-  // column-major permuted weight Wt [inF, out]: a column's values are contiguous; each column
-  // is replaced by its dequantized values once it is quantized
-  const Wt = new Float32Array(takeBuffer(4 * inF * out), 0, inF * out);
-  const pos = new Int32Array(inF); // pos[j]: where original column j is processed
-  for (let c = 0; c < inF; c++) pos[perm[c] as number] = c;
-  // blocked transposes: a tile's reads and writes stay within a few cache lines per row
-  for (let r0 = 0; r0 < out; r0 += TILE) {
-    const r1 = Math.min(out, r0 + TILE);
-    for (let j0 = 0; j0 < inF; j0 += TILE) {
-      const j1 = Math.min(inF, j0 + TILE);
-      for (let j = j0; j < j1; j++) {
-        const wc = (pos[j] as number) * out;
-        if (dead[j]) Wt.fill(0, wc + r0, wc + r1);
-        else for (let r = r0; r < r1; r++) Wt[wc + r] = weight[r * inF + j] as number;
-      }
-    }
-  }
-  // scales and zero points by group, transposed: [groups, out]
-  const scaleT = new Float32Array(groups * out);
-  const zpT = new Float32Array(groups * out);
-  for (let r = 0; r < out; r++) {
-    for (let g = 0; g < groups; g++) {
-      scaleT[g * out + r] = params.scale[r * groups + g] as number;
-      zpT[g * out + r] = params.zeroPoint ? (params.zeroPoint[r * groups + g] as number) : 0;
-    }
-  }
   const isInt = args.type === "int";
-  const codesT = isInt ? new Int8Array(takeBuffer(inF * out), 0, inF * out) : new Uint8Array(takeBuffer(inF * out), 0, inF * out);
-  const rowLoss = new Float64Array(out);
   const bs = Math.min(blockSize, inF);
-  const ErrBlock = new Float32Array(takeBuffer(4 * bs * out), 0, bs * out); // [count, out]
+  const cols = takeColumnArrays(out, inF, groups, bs, isInt, perm);
   const left = new Float32Array(SUB * bs); // a sub-block's rows of Hinv within its block, transposed
   const HT = new Float32Array(UPDATE_COLUMNS * bs); // a block update's part of its panel
   const engine = getEngine();
-  const refs: ColumnRefs = { Wt, codesT, errs: ErrBlock, rowLoss, scaleT, zpT, out };
+  const { Wt, errs: ErrBlock, rowLoss } = cols;
   try {
+    toColumns(cols, weight, dead, params);
     let panel = 0; // where the block's panel starts in `panels`
     for (let i1 = 0; i1 < inF; i1 += blockSize) {
       const i2 = Math.min(i1 + blockSize, inF);
@@ -217,14 +178,9 @@ export async function gptqWithPrep(
             new Tensor(ErrBlock.subarray(0, k * out), [k, out]),
           );
         }
-        for (let col = s1; col < s2; col++) {
-          const d = Hinv[col * inF + col] as number;
-          const g = Math.floor((perm[col] as number) / groupSize) * out;
-          const eo = (col - i1) * out; // the column's error, straight into the block's
-          if (isInt) quantizeColumnInt(refs, col * out, g, eo, d, args.numBits);
-          else quantizeColumnFloat(refs, col * out, g, eo, d, args.numBits === 4);
-          spreadError(Wt, ErrBlock, eo, out, Hinv, col * inF, col + 1, s2);
-        }
+        // each column's error goes straight into the block's errors
+        for (let col = s1; col < s2; col++)
+          quantizeColumn(cols, args, Hinv, col, Math.floor((perm[col] as number) / groupSize), col - i1, s2);
       }
       // W[:, i2:] -= Err[:, i1:i2] @ Hinv[i1:i2, i2:], UPDATE_COLUMNS later columns per engine call
       const err = new Tensor(ErrBlock.subarray(0, count * out), [count, out]);
@@ -241,24 +197,11 @@ export async function gptqWithPrep(
     for (let r = 0; r < out; r++) loss += rowLoss[r] as number;
     if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
     // the codes and the dequantized values the column loop wrote (those dequantizeInto computes
-    // from the codes, bit for bit) back to row-major and the original column order
-    const codes = isInt ? new Int8Array(out * inF) : new Uint8Array(out * inF);
-    const dequantized = into ?? new Float32Array(out * inF);
-    for (let r0 = 0; r0 < out; r0 += TILE) {
-      const r1 = Math.min(out, r0 + TILE);
-      for (let j0 = 0; j0 < inF; j0 += TILE) {
-        const j1 = Math.min(inF, j0 + TILE);
-        for (let r = r0; r < r1; r++)
-          for (let j = j0; j < j1; j++) {
-            const at = (pos[j] as number) * out + r;
-            codes[r * inF + j] = codesT[at] as number;
-            dequantized[r * inF + j] = Wt[at] as number;
-          }
-      }
-    }
-    return { weight: { args, out, inF, codes, params }, dequantized, loss, rowLoss };
+    // from the codes, bit for bit)
+    const { codes, dequantized } = fromColumns(cols, isInt, into);
+    return { weight: { args, out, inF, codes, params }, dequantized, loss, rowLoss: rowLoss.slice() };
   } finally {
-    for (const a of [Wt, ErrBlock, codesT]) giveBuffer(a.buffer);
+    releaseColumns(cols);
   }
 }
 
@@ -289,77 +232,4 @@ export function rtnQuantize(
 ): QuantizedWeight {
   const params = computeQParams(weight, out, inF, args, dtype, name, globalScale);
   return { args, out, inF, codes: quantizeWithParams(weight, out, inF, args, params), params };
-}
-
-/** W[:, j] -= err * Hinv[col, j] for j in [from, to) (column-major W; the error at errs[eo:eo+out]): the error of one column spread over the next. */
-function spreadError(
-  Wt: Float32Array,
-  errs: Float32Array,
-  eo: number,
-  out: number,
-  Hinv: Float32Array,
-  hrow: number,
-  from: number,
-  to: number,
-): void {
-  for (let j = from; j < to; j++) {
-    const h = Hinv[hrow + j] as number;
-    const wj = j * out;
-    for (let r = 0; r < out; r++) Wt[wj + r] = (Wt[wj + r] as number) - (errs[eo + r] as number) * h;
-  }
-}
-
-/** What the column loop reads and writes: column-major weight and codes, the block's errors, scales and zero points [groups, out]. */
-interface ColumnRefs {
-  Wt: Float32Array;
-  codesT: Int8Array | Uint8Array;
-  errs: Float32Array;
-  rowLoss: Float64Array;
-  scaleT: Float32Array;
-  zpT: Float32Array;
-  out: number;
-}
-
-/**
- * Quantize the column at `wc` (int) in place: codes, dequantized values, the error scaled by 1/d
- * (into errs at `eo`) and the loss (w - q)^2 / d^2 / 2, per row; `g`: the offset of the column's
- * group in scaleT / zpT. Rounding half to even, as torch.round (RNE_SHIFT).
- */
-function quantizeColumnInt(c: ColumnRefs, wc: number, g: number, eo: number, d: number, bits: number): void {
-  const { Wt, errs, rowLoss, scaleT, zpT, out } = c;
-  const codesT = c.codesT as Int8Array;
-  const { qmin, qmax } = intRange(bits);
-  const d2 = 2 * d * d;
-  for (let r = 0; r < out; r++) {
-    const w = Wt[wc + r] as number;
-    const s = scaleT[g + r] as number;
-    const z = zpT[g + r] as number;
-    let q = Math.fround(w / s) + RNE_SHIFT - RNE_SHIFT + z;
-    // biome-ignore lint/complexity/useMathMinMax: two compares keep this hot loop free of calls
-    q = q < qmin ? qmin : q > qmax ? qmax : q;
-    codesT[wc + r] = q;
-    const dq = Math.fround((q - z) * s);
-    Wt[wc + r] = dq;
-    const e = w - dq;
-    errs[eo + r] = Math.fround(e) / d;
-    rowLoss[r] = (rowLoss[r] as number) + (e * e) / d2;
-  }
-}
-
-/** The same for FP8 (e4m3fn codes) or FP4 (e2m1 codes). */
-function quantizeColumnFloat(c: ColumnRefs, wc: number, g: number, eo: number, d: number, fp4: boolean): void {
-  const { Wt, errs, rowLoss, scaleT, out } = c;
-  const codesT = c.codesT as Uint8Array;
-  const d2 = 2 * d * d;
-  for (let r = 0; r < out; r++) {
-    const w = Wt[wc + r] as number;
-    const s = scaleT[g + r] as number;
-    const q = fp4 ? quantizeFp4(w, s) : quantizeFp8(w, s);
-    codesT[wc + r] = q;
-    const dq = Math.fround((fp4 ? fp4e2m1ToF32(q) : fp8e4m3ToF32(q)) * s);
-    Wt[wc + r] = dq;
-    const e = w - dq;
-    errs[eo + r] = Math.fround(e) / d;
-    rowLoss[r] = (rowLoss[r] as number) + (e * e) / d2;
-  }
 }
