@@ -54,6 +54,12 @@ export const op = {
   i32ShrU: [0x76],
   i32GeU: [0x4f],
   i32Load: [0x28, 2, 0],
+  f64Store: [0x39, 3, 0],
+  f32Min: [0x96],
+  f32Max: [0x97],
+  f64PromoteF32: [0xbb],
+  select: [0x1b],
+  i32GtU: [0x4b],
   /** block and loop without results; br / brIf name the enclosing construct by depth */
   block: [0x02, 0x40],
   loop: [0x03, 0x40],
@@ -61,6 +67,7 @@ export const op = {
   br: (depth: number): Instr => [0x0c, ...uleb(depth)],
   brIf: (depth: number): Instr => [0x0d, ...uleb(depth)],
   vLoad: simd(0x00, ...MEM),
+  vZero: simd(0x0c, ...Array<number>(16).fill(0)),
   vStore: simd(0x0b, ...MEM),
   vLoad32Zero: simd(0x5c, ...MEM),
   vLoad64Splat: simd(0x0a, ...MEM),
@@ -76,6 +83,11 @@ export const op = {
   f32x4Div: simd(0xe7),
   f32x4Min: simd(0xe8),
   f32x4Max: simd(0xe9),
+  /** b < a ? b : a, lane by lane (a NaN in b is skipped) */
+  f32x4Pmin: simd(0xea),
+  /** a < b ? b : a */
+  f32x4Pmax: simd(0xeb),
+  f32x4ExtractLane: (lane: number): Instr => simd(0x1f, lane),
   f32x4Nearest: simd(0x6a),
   f64x2Add: simd(0xf0),
   f64x2Sub: simd(0xf1),

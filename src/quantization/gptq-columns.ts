@@ -7,8 +7,18 @@
  */
 import { fp4e2m1ToF32, fp8e4m3ToF32 } from "../engine/dtype.js";
 import { giveBuffer, SCRATCH_KEPT_BYTES, takeBuffer } from "../engine/scratch.js";
-import { type QParams, RNE_SHIFT, intRange, quantizeFp4, quantizeFp8 } from "./params.js";
-import type { QuantArgs } from "./scheme.js";
+import {
+  type QParams,
+  RNE_SHIFT,
+  type ScaleDType,
+  computeQParams,
+  groupLayout,
+  intRange,
+  paramsFromExtremes,
+  quantizeFp4,
+  quantizeFp8,
+} from "./params.js";
+import { type QuantArgs, isMxfp4, isNvfp4 } from "./scheme.js";
 import { SIMD_MAX_BYTES, type SimdColumns, giveColumns, takeColumns } from "./gptq-simd.js";
 
 /** Rows and columns per tile of the JavaScript transposes. */
@@ -37,7 +47,7 @@ export interface Columns {
   pos: Int32Array;
   simd: {
     c: SimdColumns;
-    at: Record<"src" | "Wt" | "codesT" | "codes" | "errs" | "scaleT" | "zpT" | "rowLoss" | "hs" | "cols", number>;
+    at: Record<"mins" | "maxs" | "src" | "Wt" | "codesT" | "codes" | "errs" | "scaleT" | "zpT" | "rowLoss" | "hs" | "cols", number>;
     hs: Float64Array;
   } | null;
 }
@@ -55,6 +65,8 @@ export function takeColumnArrays(
   for (let c = 0; c < inF; c++) pos[perm[c] as number] = c;
   const n = out * inF;
   const sizes = {
+    mins: 8 * groups * out,
+    maxs: 8 * groups * out,
     src: 4 * n,
     Wt: 4 * n,
     codesT: n,
@@ -110,34 +122,65 @@ export function releaseColumns(c: Columns): void {
   else for (const a of [c.Wt, c.errs, c.codesT]) giveBuffer(a.buffer);
 }
 
-/** The weight [out, inF] into Wt (dead columns zero), and the scales and zero points transposed. */
-export function toColumns(c: Columns, weight: Float32Array, dead: Uint8Array, params: QParams): void {
-  const { out, inF, Wt, pos, simd } = c;
-  if (simd) {
-    simd.c.f32(simd.at.src, out * inF).set(weight.subarray(0, out * inF));
-    const cols = new Int32Array(simd.c.memory.buffer, simd.at.cols, inF);
-    for (let j = 0; j < inF; j++) cols[j] = simd.at.Wt + 4 * out * (pos[j] as number);
-    simd.c.kernels.transposeIn(simd.at.src, 4 * inF, 4 * out, simd.at.cols);
-    for (let j = 0; j < inF; j++) if (dead[j]) Wt.fill(0, (pos[j] as number) * out, (pos[j] as number) * out + out);
-  } else {
-    // blocked: a tile's reads and writes stay within a few cache lines per row
-    for (let r0 = 0; r0 < out; r0 += TILE) {
-      const r1 = Math.min(out, r0 + TILE);
-      for (let j0 = 0; j0 < inF; j0 += TILE) {
-        const j1 = Math.min(inF, j0 + TILE);
-        for (let j = j0; j < j1; j++) {
-          const wc = (pos[j] as number) * out;
-          if (dead[j]) Wt.fill(0, wc + r0, wc + r1);
-          else for (let r = r0; r < r1; r++) Wt[wc + r] = weight[r * inF + j] as number;
-        }
-      }
-    }
+/** What GPTQ quantizes: the weight [out, inF], its dead columns (zeroed), and how (computeQParams's arguments). */
+export interface ColumnsInput {
+  weight: Float32Array;
+  dead: Uint8Array;
+  args: QuantArgs;
+  dtype: ScaleDType;
+  name: string;
+  globalScale?: Float32Array | undefined;
+}
+
+/**
+ * The weight into Wt, its quantization parameters (computeQParams's, returned) and their scales
+ * and zero points transposed. With the SIMD loops the weight is copied into their memory and
+ * transposed there, and min-max groups a multiple of 4 wide take their extremes there too.
+ */
+export function toColumns(c: Columns, input: ColumnsInput): QParams {
+  const { weight, args, dtype, name, globalScale } = input;
+  const { out, inF, simd } = c;
+  if (simd) simd.c.f32(simd.at.src, out * inF).set(weight.subarray(0, out * inF));
+  const { groups, groupSize } = groupLayout(args, inF, name);
+  let params: QParams;
+  if (!simd || isNvfp4(args) || isMxfp4(args) || groupSize % 4 !== 0)
+    params = computeQParams(weight, out, inF, args, dtype, name, globalScale);
+  else {
+    const { at } = simd;
+    simd.c.kernels.groupExtremes(at.src, out, 4 * inF, 4 * groupSize, at.mins, at.maxs);
+    const extremes = (a: number): Float64Array => new Float64Array(simd.c.memory.buffer, a, out * groups);
+    params = paramsFromExtremes(extremes(at.mins), extremes(at.maxs), out, groups, groupSize, args, dtype, name);
   }
-  const { groups } = params;
+  transposeIn(c, weight, input.dead);
   for (let r = 0; r < out; r++) {
     for (let g = 0; g < groups; g++) {
       c.scaleT[g * out + r] = params.scale[r * groups + g] as number;
       c.zpT[g * out + r] = params.zeroPoint ? (params.zeroPoint[r * groups + g] as number) : 0;
+    }
+  }
+  return params;
+}
+
+/** The weight [out, inF] into Wt (dead columns zero; with the SIMD loops, from its copy in their memory). */
+function transposeIn(c: Columns, weight: Float32Array, dead: Uint8Array): void {
+  const { out, inF, Wt, pos, simd } = c;
+  if (simd) {
+    const cols = new Int32Array(simd.c.memory.buffer, simd.at.cols, inF);
+    for (let j = 0; j < inF; j++) cols[j] = simd.at.Wt + 4 * out * (pos[j] as number);
+    simd.c.kernels.transposeIn(simd.at.src, 4 * inF, 4 * out, simd.at.cols);
+    for (let j = 0; j < inF; j++) if (dead[j]) Wt.fill(0, (pos[j] as number) * out, (pos[j] as number) * out + out);
+    return;
+  }
+  // blocked: a tile's reads and writes stay within a few cache lines per row
+  for (let r0 = 0; r0 < out; r0 += TILE) {
+    const r1 = Math.min(out, r0 + TILE);
+    for (let j0 = 0; j0 < inF; j0 += TILE) {
+      const j1 = Math.min(inF, j0 + TILE);
+      for (let j = j0; j < j1; j++) {
+        const wc = (pos[j] as number) * out;
+        if (dead[j]) Wt.fill(0, wc + r0, wc + r1);
+        else for (let r = r0; r < r1; r++) Wt[wc + r] = weight[r * inF + j] as number;
+      }
     }
   }
 }

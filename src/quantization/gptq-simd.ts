@@ -227,6 +227,43 @@ const transposeOut = kernel(
   },
 );
 
+/**
+ * groupExtremes: each group's min (clamped to <= 0) and max (>= 0) of the row-major weight at
+ * src (`rows` rows of `rowBytes`, groups of `groupBytes`, the last one possibly shorter), NaN
+ * skipped, as float64 [rows, groups] at mins and maxs: computeQParams's loop.
+ */
+const groupExtremes = kernel(
+  "groupExtremes",
+  { src: I32, rows: I32, rowBytes: I32, groupBytes: I32, mins: I32, maxs: I32 },
+  ["r", "gb", "len", "i", "gp", "o", "mn", "mx", "v"],
+  ["r", "gb", "len", "i", "gp", "o"],
+  (x) => {
+    const reduce = (v: number, pick: Instr, dst: number): Instr[] => [
+      ...[get(dst), get(x.o), i32Add],
+      ...[get(v), op.f32x4ExtractLane(0), get(v), op.f32x4ExtractLane(1), pick, get(v), op.f32x4ExtractLane(2), pick],
+      ...[get(v), op.f32x4ExtractLane(3), pick, op.f64PromoteF32, op.f64Store],
+    ];
+    return [
+      [i32(0), set(x.o)],
+      forLoop(x.r, x.rows, 1, [
+        [get(x.src), get(x.r), get(x.rowBytes), i32Mul, i32Add, set(x.gp)],
+        forLoop(x.gb, x.rowBytes, 0, [
+          // the group's length: groupBytes, or what is left of the row
+          [get(x.groupBytes), get(x.rowBytes), get(x.gb), op.i32Sub, get(x.rowBytes), get(x.gb), op.i32Sub, get(x.groupBytes)],
+          [op.i32GtU, op.select, set(x.len), op.vZero, set(x.mn), op.vZero, set(x.mx)],
+          forLoop(x.i, x.len, 16, [
+            [get(x.gp), get(x.gb), i32Add, get(x.i), i32Add, vLoad, set(x.v)],
+            [get(x.mn), get(x.v), op.f32x4Pmin, set(x.mn), get(x.mx), get(x.v), op.f32x4Pmax, set(x.mx)],
+          ]),
+          reduce(x.mn, op.f32Min, x.mins),
+          reduce(x.mx, op.f32Max, x.maxs),
+          [get(x.o), i32(8), i32Add, set(x.o), get(x.gb), get(x.len), i32Add, set(x.gb)],
+        ]),
+      ]),
+    ];
+  },
+);
+
 interface Kernels {
   quantSpreadInt(
     wc: number,
@@ -245,6 +282,7 @@ interface Kernels {
   ): void;
   spread(wc: number, errs: number, bytes: number, hs: number, count: number): void;
   transposeIn(src: number, inBytes: number, outBytes: number, cols: number): void;
+  groupExtremes(src: number, rows: number, rowBytes: number, groupBytes: number, mins: number, maxs: number): void;
   transposeOut(dst: number, codes: number, inBytes: number, outBytes: number, cols: number, wt: number, codesT: number): void;
 }
 
@@ -263,7 +301,7 @@ export class SimdColumns {
   readonly kernels: Kernels;
 
   constructor() {
-    compiled ??= new WebAssembly.Module(wasmModule([quantSpreadInt, spread, transposeIn, transposeOut]));
+    compiled ??= new WebAssembly.Module(wasmModule([quantSpreadInt, spread, transposeIn, transposeOut, groupExtremes]));
     this.kernels = new WebAssembly.Instance(compiled, { env: { memory: this.memory } }).exports as unknown as Kernels;
   }
 

@@ -4,7 +4,7 @@ import { getEngine } from "../engine/index.js";
 import { upperCholeskyOfInverseFast } from "../engine/linalg.js";
 import { NumericalError } from "../errors.js";
 import type { QuantArgs } from "./scheme.js";
-import { type QParams, type QuantizedWeight, type ScaleDType, computeQParams, quantizeWithParams } from "./params.js";
+import { type QuantizedWeight, type ScaleDType, computeQParams, groupLayout, quantizeWithParams } from "./params.js";
 import { fromColumns, quantizeColumn, releaseColumns, takeColumnArrays, toColumns } from "./gptq-columns.js";
 
 export interface GptqOptions {
@@ -149,17 +149,16 @@ export async function gptqWithPrep(
   globalScale?: Float32Array,
 ): Promise<GptqResult> {
   const { inF, dead, perm, Hinv, blockSize, panels } = prep;
-  const params: QParams = computeQParams(weight, out, inF, args, dtype, name, globalScale);
-  const { groups, groupSize } = params;
   const isInt = args.type === "int";
   const bs = Math.min(blockSize, inF);
-  const cols = takeColumnArrays(out, inF, groups, bs, isInt, perm);
+  const cols = takeColumnArrays(out, inF, groupLayout(args, inF, name).groups, bs, isInt, perm);
   const left = new Float32Array(SUB * bs); // a sub-block's rows of Hinv within its block, transposed
   const HT = new Float32Array(UPDATE_COLUMNS * bs); // a block update's part of its panel
   const engine = getEngine();
   const { Wt, errs: ErrBlock, rowLoss } = cols;
   try {
-    toColumns(cols, weight, dead, params);
+    const params = toColumns(cols, { weight, dead, args, dtype, name, globalScale });
+    const { groupSize } = params;
     let panel = 0; // where the block's panel starts in `panels`
     for (let i1 = 0; i1 < inF; i1 += blockSize) {
       const i2 = Math.min(i1 + blockSize, inF);

@@ -54,7 +54,7 @@ export interface QParams {
   nvfp4?: { groupScale: Float32Array; globalScale: Float32Array };
 }
 
-function groupLayout(args: QuantArgs, inF: number, name: string): { groups: number; groupSize: number } {
+export function groupLayout(args: QuantArgs, inF: number, name: string): { groups: number; groupSize: number } {
   if (args.strategy === "group" || args.strategy === "tensor_group") {
     const g = args.groupSize ?? inF;
     if (inF % g !== 0) throw new UsageError(`${name}: group size ${g} does not divide the input size ${inF}`);
@@ -103,8 +103,6 @@ export function computeQParams(
   if (isMxfp4(args)) return mxfp4Params(W, out, inF, groupSize);
   if (isNvfp4(args))
     return nvfp4Params(W, out, inF, groupSize, dtype, globalScale ?? new Float32Array(out).fill(nvfp4GlobalScale(absMax(W), dtype)));
-  const scale = new Float32Array(out * groups);
-  const zeroPoint = args.type === "int" && !args.symmetric ? new Int32Array(out * groups) : null;
   const mins = new Float64Array(out * groups);
   const maxs = new Float64Array(out * groups);
   for (let r = 0; r < out; r++) {
@@ -122,6 +120,26 @@ export function computeQParams(
       maxs[r * groups + g] = mx;
     }
   }
+  return paramsFromExtremes(mins, maxs, out, groups, groupSize, args, dtype, name);
+}
+
+/**
+ * computeQParams's min-max parameters from each group's extremes (NaN skipped, min clamped to
+ * <= 0 and max to >= 0; [out, groups], overwritten): blocks and tensors take the extremes of
+ * their groups, then the scales and zero points.
+ */
+export function paramsFromExtremes(
+  mins: Float64Array,
+  maxs: Float64Array,
+  out: number,
+  groups: number,
+  groupSize: number,
+  args: QuantArgs,
+  dtype: ScaleDType,
+  name: string,
+): QParams {
+  const scale = new Float32Array(out * groups);
+  const zeroPoint = args.type === "int" && !args.symmetric ? new Int32Array(out * groups) : null;
   if (args.strategy === "block") blockExtremes(mins, maxs, out, groups, args.blockStructure?.[0] ?? out);
   if (args.strategy === "tensor") {
     let mn = 0;

@@ -2,13 +2,14 @@
  * GPTQ's WebAssembly SIMD loops (quantization/gptq-simd.ts) against the JavaScript ones they
  * replace: the same bits for every scheme GPTQ runs (codes, dequantized weight, scales, loss per
  * row), with actorder and a dead column; ties at half a step and clamped values column by column;
- * rows that are not a multiple of 4 take the JavaScript loops and agree with the SIMD ones.
+ * rows that are not a multiple of 4 take the JavaScript loops and agree with the SIMD ones; group
+ * extremes (the min-max scales' input) as computeQParams finds them.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type GptqResult, gptqWithPrep, prepareGptq } from "../../src/quantization/gptq.js";
 import { quantizeColumn, releaseColumns, setSimdColumns, takeColumnArrays, toColumns } from "../../src/quantization/gptq-columns.js";
-import { computeQParams } from "../../src/quantization/params.js";
+import { giveColumns, takeColumns } from "../../src/quantization/gptq-simd.js";
 import { type SchemeName, resolveScheme } from "../../src/quantization/scheme.js";
 import { randn } from "../rand.js";
 
@@ -100,11 +101,10 @@ test("one int column: ties at half a step round to even, values past the range c
     const W = new Float32Array(out * inF);
     for (let r = 0; r < out; r++) for (let j = 0; j < inF; j++) W[r * inF + j] = (r - 10 + 0.5) * 0.125 + (j === 0 ? 0 : 0.01 * j);
     W[5 * inF] = -0.25 * 0.125;
-    const params = computeQParams(W, out, inF, args, "BF16", name);
     const run = (): Uint8Array[] => {
-      const c = takeColumnArrays(out, inF, params.groups, inF, true, perm);
+      const c = takeColumnArrays(out, inF, 1, inF, true, perm);
       try {
-        toColumns(c, W, new Uint8Array(inF), params);
+        toColumns(c, { weight: W, dead: new Uint8Array(inF), args, dtype: "BF16", name });
         c.scaleT.fill(0.125); // every w / s of column 0 exact
         c.zpT.fill(name === "W4A16_ASYM" ? 3 : 0);
         quantizeColumn(c, args, Hinv, 0, 0, 0, inF);
@@ -117,5 +117,41 @@ test("one int column: ties at half a step round to even, values past the range c
     for (const [i, what] of ["weight", "codes", "errors", "loss"].entries()) assert.deepEqual(r.simd[i], r.js[i], `${name}: ${what}`);
     if (name === "W4A16")
       assert.deepEqual([...new Int8Array((r.simd[1] as Uint8Array).buffer)], [-8, -8, -8, -6, -6, 0, -4, -2, -2, 0, 0, 2, 2, 4, 4, 6]);
+  }
+});
+
+test("group extremes in SIMD: NaN skipped, -0 never a minimum, a shorter last group, as computeQParams's loop", () => {
+  const [out, inF, groupSize] = [3, 40, 16]; // groups of 16, 16 and 8
+  const c = takeColumns();
+  try {
+    const [mins, maxs, src] = c.layout([8 * out * 3, 8 * out * 3, 4 * out * inF]) as [number, number, number];
+    const W = c.f32(src, out * inF);
+    for (let i = 0; i < W.length; i++) W[i] = Math.sin(i * 1.7) * (i % 7);
+    W.fill(Number.NaN, 5, 9);
+    W.fill(-0, inF, 2 * inF); // row 1: only zeros, negative
+    W[2 * inF + 33] = Number.NaN;
+    c.kernels.groupExtremes(src, out, 4 * inF, 4 * groupSize, mins, maxs);
+    const expect = (pick: (v: number, m: number) => boolean): number[] => {
+      const e: number[] = [];
+      for (let r = 0; r < out; r++)
+        for (let g0 = 0; g0 < inF; g0 += groupSize) {
+          let m = 0;
+          for (let j = g0; j < Math.min(inF, g0 + groupSize); j++) if (pick(W[r * inF + j] as number, m)) m = W[r * inF + j] as number;
+          e.push(m);
+        }
+      return e;
+    };
+    const got = (a: number): number[] => [...new Float64Array(c.memory.buffer, a, out * 3)];
+    assert.deepEqual(
+      got(mins),
+      expect((v, m) => v < m),
+    );
+    assert.deepEqual(
+      got(maxs),
+      expect((v, m) => v > m),
+    );
+    assert.ok(Object.is(got(mins)[3], 0), "row 1's minimum is +0");
+  } finally {
+    giveColumns(c, 0);
   }
 });
