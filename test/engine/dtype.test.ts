@@ -30,11 +30,30 @@ test("bf16 to float32 finds a non-finite value in the same pass (NaN, either inf
   const c = bf16ToF32Checked(finite);
   assert.equal(c.finite, true);
   assert.deepEqual([...c.data], [...bf16ToF32(finite)]);
-  for (const bad of [0x7f80, 0xff80, 0x7fc0, 0xffff, 0x7f81]) {
-    const bits = new Uint16Array(1000).fill(0x3f80);
-    bits[617] = bad;
-    assert.equal(bf16ToF32Checked(bits).finite, false, `0x${bad.toString(16)}`);
-  }
+  // two values a word where aligned: a bad value in either half, an unaligned view, an odd tail
+  const words = new Uint16Array(1002);
+  for (const [offset, length] of [
+    [0, 1000],
+    [1, 1000],
+    [0, 1001],
+    [1, 1001],
+  ] as const)
+    for (const at of [616, 617, length - 1])
+      for (const bad of [0x7f80, 0xff80, 0x7fc0, 0xffff, 0x7f81]) {
+        words.fill(0x3f80).fill(0xff7f, offset, offset + 9);
+        const bits = words.subarray(offset, offset + length);
+        bits[at] = bad;
+        const r = bf16ToF32Checked(bits);
+        const what = `0x${bad.toString(16)} at ${at} of ${length}, offset ${offset}`;
+        assert.equal(r.finite, false, what);
+        assert.deepEqual(
+          new Uint32Array(r.data.buffer),
+          Uint32Array.from(bits, (b) => b << 16),
+          what,
+        );
+        bits[at] = 0x7f7f;
+        assert.equal(bf16ToF32Checked(bits).finite, true, what);
+      }
 });
 
 test("f16: exact values, subnormals, overflow to infinity, ties to even", () => {
