@@ -364,10 +364,15 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     const scratch = Math.min(SCRATCH_KEPT_BYTES, 4 * 7 * batch * heads * headDim);
     const weights = linears.filter(([n]) => isTarget(n)).reduce((a, [, l]) => a + l.inFeatures * l.outFeatures, 0);
     const workers = method !== "rtn" ? gptqPoolSize(weights, opts.workers) : 0;
-    /** GPTQ's scratch per worker at the widest of `ls` */
+    /**
+     * GPTQ's memory per worker at the widest of `ls`: the Hessian's preparation (4 in^2 floats),
+     * and 16 bytes per value of its largest job (2,048 rows stacked, or one larger Linear): the
+     * job's weight, its copy and column-major copy in the SIMD loops' memory, the codes twice
+     */
     const gptqAt = (ls: [string, Linear][]): number => {
       const maxIn = Math.max(1, ...ls.map(([, l]) => l.inFeatures));
-      return method !== "rtn" ? Math.max(1, workers) * 4 * (4 * maxIn * maxIn + 3 * 2048 * maxIn) : 0;
+      const values = Math.max(...ls.map(([, l]) => Math.max(2048, l.outFeatures) * l.inFeatures));
+      return method !== "rtn" ? Math.max(1, workers) * (16 * maxIn * maxIn + 16 * values) : 0;
     };
     const gptqBytes = gptqAt(linears);
     const memory = {

@@ -79,9 +79,9 @@ export function takeColumnArrays(
     cols: 4 * inF,
   };
   const total = Object.values(sizes).reduce((a, b) => a + b + 16, 0);
-  if (simdEnabled && out % 4 === 0 && inF % 4 === 0 && total <= SIMD_MAX_BYTES) {
-    const c = takeColumns();
-    const addrs = c.layout(Object.values(sizes));
+  const c = simdEnabled && out % 4 === 0 && inF % 4 === 0 && total <= SIMD_MAX_BYTES ? takeColumns() : null;
+  const addrs = c ? layoutOrNull(c, Object.values(sizes)) : null;
+  if (c && addrs) {
     const at = Object.fromEntries(Object.keys(sizes).map((k, i) => [k, addrs[i] as number])) as NonNullable<Columns["simd"]>["at"];
     const buf = c.memory.buffer;
     const codesT = isInt ? new Int8Array(buf, at.codesT, n) : new Uint8Array(buf, at.codesT, n);
@@ -115,6 +115,17 @@ export function takeColumnArrays(
     pos,
     simd: null,
   };
+}
+
+/** The memory laid out, or null (and the memory given back) when it cannot grow that far: the JavaScript loops take the job. */
+function layoutOrNull(c: SimdColumns, bytes: number[]): number[] | null {
+  try {
+    return c.layout(bytes);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    giveColumns(c, 0);
+    return null;
+  }
 }
 
 export function releaseColumns(c: Columns): void {
