@@ -330,7 +330,7 @@ export function takeColumns(): SimdColumns {
   return free.pop() ?? new SimdColumns();
 }
 
-/** Hand one back; kept for the next job unless it holds more than `keepBytes`. */
+/** Hand one back; kept for the next job (one per thread) unless it holds more than `keepBytes`. */
 export function giveColumns(c: SimdColumns, keepBytes: number): void {
-  if (c.memory.buffer.byteLength <= keepBytes && free.length < 2) free.push(c);
+  if (c.memory.buffer.byteLength <= keepBytes && free.length === 0) free.push(c);
 }
