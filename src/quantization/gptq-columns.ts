@@ -85,18 +85,17 @@ export function takeColumnArrays(
     const at = Object.fromEntries(Object.keys(sizes).map((k, i) => [k, addrs[i] as number])) as NonNullable<Columns["simd"]>["at"];
     const buf = c.memory.buffer;
     const codesT = isInt ? new Int8Array(buf, at.codesT, n) : new Uint8Array(buf, at.codesT, n);
-    const view = (k: keyof typeof at, len: number): Float32Array => new Float32Array(buf, at[k], len);
     const rowLoss = new Float64Array(buf, at.rowLoss, out).fill(0);
     const hs = new Float64Array(buf, at.hs, blockColumns);
     return {
       out,
       inF,
-      Wt: view("Wt", n),
+      Wt: c.f32(at.Wt, n),
       codesT,
-      errs: view("errs", blockColumns * out),
+      errs: c.f32(at.errs, blockColumns * out),
       rowLoss,
-      scaleT: view("scaleT", groups * out),
-      zpT: view("zpT", groups * out),
+      scaleT: c.f32(at.scaleT, groups * out),
+      zpT: c.f32(at.zpT, groups * out),
       pos,
       simd: { c, at, hs },
     };
@@ -197,10 +196,10 @@ function transposeIn(c: Columns, weight: Float32Array, dead: Uint8Array): void {
 }
 
 /** The codes and the dequantized values back to row-major and the original column order. */
-export function fromColumns(c: Columns, isInt: boolean, into?: Float32Array): { codes: Int8Array | Uint8Array; dequantized: Float32Array } {
+export function fromColumns(c: Columns, into?: Float32Array): { codes: Int8Array | Uint8Array; dequantized: Float32Array } {
   const { out, inF, Wt, codesT, pos, simd } = c;
   const n = out * inF;
-  const codes = isInt ? new Int8Array(n) : new Uint8Array(n);
+  const codes = codesT instanceof Int8Array ? new Int8Array(n) : new Uint8Array(n);
   const dequantized = into ?? new Float32Array(n);
   if (simd) {
     const { at } = simd;

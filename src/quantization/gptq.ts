@@ -149,9 +149,8 @@ export async function gptqWithPrep(
   globalScale?: Float32Array,
 ): Promise<GptqResult> {
   const { inF, dead, perm, Hinv, blockSize, panels } = prep;
-  const isInt = args.type === "int";
   const bs = Math.min(blockSize, inF);
-  const cols = takeColumnArrays(out, inF, groupLayout(args, inF, name).groups, bs, isInt, perm);
+  const cols = takeColumnArrays(out, inF, groupLayout(args, inF, name).groups, bs, args.type === "int", perm);
   const left = new Float32Array(SUB * bs); // a sub-block's rows of Hinv within its block, transposed
   const HT = new Float32Array(UPDATE_COLUMNS * bs); // a block update's part of its panel
   const engine = getEngine();
@@ -197,7 +196,7 @@ export async function gptqWithPrep(
     if (!Number.isFinite(loss)) throw new NumericalError(`${name}: GPTQ produced a non-finite error`);
     // the codes and the dequantized values the column loop wrote (those dequantizeInto computes
     // from the codes, bit for bit)
-    const { codes, dequantized } = fromColumns(cols, isInt, into);
+    const { codes, dequantized } = fromColumns(cols, into);
     return { weight: { args, out, inF, codes, params }, dequantized, loss, rowLoss: rowLoss.slice() };
   } finally {
     releaseColumns(cols);
