@@ -48,12 +48,17 @@ test("attention: o_proj's input in scratch memory gives what a hooked o_proj is 
   assert.notDeepEqual(kept[0]?.copy, kept[1]?.copy);
 });
 
+/** `norm` with weight values(8, seed); x and y [3, 8] from the next two seeds; addNormed(x, norm, y) without hooks. */
+async function normedCase(norm: RMSNorm, seed: number): Promise<{ x: Tensor; y: Tensor; plain: Tensor }> {
+  (norm.namedParameters()[0] as [string, { value: Tensor | null }])[1].value = new Tensor(values(8, seed), [8]);
+  const x = new Tensor(values(24, seed + 1), [3, 8]);
+  const y = new Tensor(values(24, seed + 2), [3, 8]);
+  return { x, y, plain: await addNormed(x, norm, y) };
+}
+
 test("addNormed: x + norm(y) alike with and without a hook on the norm, and a kept output stays", async () => {
   const norm = new RMSNorm(8, 1e-6);
-  (norm.namedParameters()[0] as [string, { value: Tensor | null }])[1].value = new Tensor(values(8, 5), [8]);
-  const x = new Tensor(values(24, 6), [3, 8]);
-  const y = new Tensor(values(24, 7), [3, 8]);
-  const plain = await addNormed(x, norm, y);
+  const { x, y, plain } = await normedCase(norm, 5);
   const kept: Tensor[] = [];
   const remove = norm.registerForwardHook((_m, _in, out) => void kept.push(out as Tensor));
   const hooked = await addNormed(x, norm, y);
@@ -74,10 +79,7 @@ test("scratch memory: the smallest free buffer that is large enough", () => {
 
 test("addNormed: a norm subclass's own norm (Qwen3-Next's 1 + weight) with and without a hook", async () => {
   const norm = new Qwen3NextRMSNorm(8, 1e-6);
-  (norm.namedParameters()[0] as [string, { value: Tensor | null }])[1].value = new Tensor(values(8, 9), [8]);
-  const x = new Tensor(values(24, 10), [3, 8]);
-  const y = new Tensor(values(24, 11), [3, 8]);
-  const plain = await addNormed(x, norm, y);
+  const { x, y, plain } = await normedCase(norm, 9);
   const remove = norm.registerForwardHook(() => undefined);
   const hooked = await addNormed(x, norm, y);
   remove();
