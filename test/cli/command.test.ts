@@ -1,8 +1,10 @@
 /**
- * The `moecal` command (dist/src/cli/moecal.js, run as a program through its first line): on Linux
- * it runs the CLI in a child whose glibc malloc asks for transparent huge pages (docs/performance.md,
- * "Fresh memory"), a GLIBC_TUNABLES of the caller's after that setting so that the caller's wins; it
- * passes signals on, exits as the child does, and the child stops when the command is killed.
+ * The `moecal` command (dist/src/cli/moecal.js, run as a program through its first line): it runs
+ * the CLI in a child started with V8's garbage collection on one thread (`--single-threaded-gc`,
+ * before the caller's own node flags) and, on Linux, glibc malloc asking for transparent huge pages
+ * (docs/performance.md), a GLIBC_TUNABLES of the caller's after that setting so that the caller's
+ * wins; it passes signals on, exits as the child does, and the child stops when the command is
+ * killed.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -15,10 +17,11 @@ import { ROOT, tempDir } from "../helpers.js";
 const command = path.join(ROOT, "dist", "src", "cli", "moecal.js");
 const linux = process.platform === "linux";
 
-/** An environment whose every node process prints a line "moecal-process PID LAUNCHED GLIBC_TUNABLES" to stderr when it starts. */
+/** An environment whose every node process prints a line "moecal-process PID LAUNCHED GLIBC_TUNABLES EXECARGV" to stderr when it starts. */
 function reportingEnv(callerTunables: string | undefined): NodeJS.ProcessEnv {
   const preload = path.join(tempDir("moecal-command-"), "report.cjs");
-  const line = '"moecal-process " + process.pid + " " + process.env.MOECAL_LAUNCHED + " " + process.env.GLIBC_TUNABLES + "\\n"';
+  const line =
+    '"moecal-process " + process.pid + " " + process.env.MOECAL_LAUNCHED + " " + process.env.GLIBC_TUNABLES + " " + JSON.stringify(process.execArgv) + "\\n"';
   fs.writeFileSync(preload, `process.stderr.write(${line});\n`);
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: `--require ${preload}` };
   delete env.MOECAL_LAUNCHED;
@@ -27,43 +30,64 @@ function reportingEnv(callerTunables: string | undefined): NodeJS.ProcessEnv {
   return env;
 }
 
-/** The processes the reporting preload saw: pid, whether the command launched it, its GLIBC_TUNABLES. */
-function processes(stderr: string): { pid: number; launched: boolean; tunables: string }[] {
+/** The processes the reporting preload saw: pid, whether the command launched it, its GLIBC_TUNABLES and node flags. */
+function processes(stderr: string): { pid: number; launched: boolean; tunables: string; flags: string[] }[] {
   return stderr
     .split("\n")
     .filter((l) => l.startsWith("moecal-process "))
     .map((l) => {
-      const [, pid, launched, tunables] = l.split(" ");
-      return { pid: Number(pid), launched: launched === "1", tunables: tunables as string };
+      const [, pid, launched, tunables, flags] = l.split(" ");
+      return { pid: Number(pid), launched: launched === "1", tunables: tunables as string, flags: JSON.parse(flags as string) as string[] };
     });
 }
 
-test("the moecal command runs through its first line; on Linux its CLI process asks glibc's malloc for transparent huge pages", () => {
+/** `moecal --version` started as `node FLAGS moecal.js`: the processes that ran. */
+function version(flags: string[], callerTunables: string | undefined): ReturnType<typeof processes> {
+  const r = spawnSync(process.execPath, [...flags, command, "--version"], { encoding: "utf8", env: reportingEnv(callerTunables) });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), MOECAL_VERSION);
+  return processes(r.stderr);
+}
+
+test("the moecal command runs through its first line; its CLI process collects garbage on its own thread and, on Linux, asks glibc's malloc for transparent huge pages", () => {
   const r = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv(undefined) });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), MOECAL_VERSION);
   const cli = processes(r.stderr).filter((p) => p.launched);
-  assert.equal(cli.length, linux ? 1 : 0, r.stderr);
-  if (linux) assert.equal(cli[0]?.tunables, "glibc.malloc.hugetlb=1");
+  assert.equal(cli.length, 1, r.stderr);
+  assert.deepEqual(cli[0]?.flags, ["--single-threaded-gc"]);
+  assert.equal(cli[0]?.tunables, linux ? "glibc.malloc.hugetlb=1" : "undefined");
+});
+
+test("the caller's node flags go to the CLI process after the command's; one that names the garbage collection's setting replaces it; with both settings given the CLI runs in the command's process", () => {
+  const launched = (flags: string[]): string[][] =>
+    version(flags, undefined)
+      .filter((p) => p.launched)
+      .map((p) => p.flags);
+  assert.deepEqual(launched(["--stack-size=2000"]), [["--single-threaded-gc", "--stack-size=2000"]]);
+  assert.deepEqual(launched(["--no-single-threaded-gc"]), linux ? [["--no-single-threaded-gc"]] : []);
+  const tunables = linux ? "glibc.malloc.hugetlb=0" : undefined;
+  assert.deepEqual(
+    version(["--single-threaded-gc"], tunables).map((p) => [p.launched, p.flags]),
+    [[false, ["--single-threaded-gc"]]],
+  );
 });
 
 test("a GLIBC_TUNABLES of the caller's comes after the command's setting; one that names hugetlb itself is left as it is", {
   skip: !linux,
 }, () => {
-  const after = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv("glibc.malloc.arena_max=2") });
-  assert.equal(after.status, 0, after.stderr);
   assert.deepEqual(
-    processes(after.stderr)
+    version([], "glibc.malloc.arena_max=2")
       .filter((p) => p.launched)
       .map((p) => p.tunables),
     ["glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"],
   );
-  const own = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv("glibc.malloc.hugetlb=0") });
-  assert.equal(own.status, 0, own.stderr);
-  assert.equal(own.stdout.trim(), MOECAL_VERSION);
   assert.deepEqual(
-    processes(own.stderr).map((p) => [p.launched, p.tunables]),
-    [[false, "glibc.malloc.hugetlb=0"]],
+    version([], "glibc.malloc.hugetlb=0").map((p) => [p.launched, p.tunables]),
+    [
+      [false, "glibc.malloc.hugetlb=0"],
+      [true, "glibc.malloc.hugetlb=0"],
+    ],
   );
 });
 
