@@ -162,18 +162,18 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
     const [B, S] = [x.dim(0), x.dim(1)];
     const lin = (n: string): Linear => this.child(n);
     const [nq, nk] = [B * S * nH * D, B * S * nKV * D];
-    // q and k after their norms, the head-major copies and the context are used only here: scratch memory
-    return withFloats([nq, nk, nq, nk, nk, nq] as const, async ([qn, kn, qh, kh, vh, ctx]) => {
+    // the projections, q and k after their norms, the head-major copies and the context are used only here: scratch memory
+    return withFloats([nq, nk, nk, nq, nk, nq, nk, nk, nq] as const, async ([qp, kp, vp, qn, kn, qh, kh, vh, ctx]) => {
       // per head: rows of D; over all heads: one row of heads * D per token
       const norm = async (t: Tensor, heads: number, n: string, into: Float32Array | undefined): Promise<Tensor> => {
         if (eps === null) return t;
         const width = this.opts.qkNormAllHeads ? heads * D : D;
         return getEngine().rmsNorm(t.reshape([t.size / width, width]), this.child<RMSNorm>(n).param("weight"), eps, into);
       };
-      const q = await norm(await lin("q_proj").call(x), nH, "q_norm", qn);
-      const k = await norm(await lin("k_proj").call(x), nKV, "k_norm", kn);
-      const v = await lin("v_proj").call(x);
-      // rotated in place: the norms' scratch outputs, or the projections' fresh arrays
+      const q = await norm(await lin("q_proj").callInto(x, qp), nH, "q_norm", qn);
+      const k = await norm(await lin("k_proj").callInto(x, kp), nKV, "k_norm", kn);
+      const v = await lin("v_proj").callInto(x, vp);
+      // rotated in place: the norms' scratch outputs, the projections' scratch, or (a forward hook on them) their fresh arrays
       const R = this.opts.rotaryDim ?? D;
       applyRopeInPlace(q.data, B, S, nH, D, this.opts.ropeTheta, R);
       applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);

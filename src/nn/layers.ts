@@ -25,11 +25,25 @@ export class Linear extends Module {
     return this.param("weight");
   }
 
-  async forward(x: Tensor): Promise<Tensor> {
+  forward(x: Tensor): Promise<Tensor> {
+    return this.project(x);
+  }
+
+  /**
+   * `call` with the output written into `into` (memory the caller owns, e.g. scratch it consumes
+   * before giving it back) when no forward hook sees the output: the pre-hooks run as in `call`
+   * and see the input only. With a forward hook, or a subclass's own forward, it is `call`.
+   */
+  async callInto(x: Tensor, into: Float32Array): Promise<Tensor> {
+    if (this.postHookCount > 0 || this.forward !== Linear.prototype.forward) return this.call(x);
+    return this.project(await this.runPreHooks(x), into);
+  }
+
+  private async project(x: Tensor, into?: Float32Array): Promise<Tensor> {
     const k = x.dim(-1);
     if (k !== this.inFeatures) throw new InternalError(`Linear: input has ${k} features, expected ${this.inFeatures}`);
     const rows = x.size / k;
-    const y = await getEngine().linear(x.reshape([rows, k]), this.weight);
+    const y = await getEngine().linear(x.reshape([rows, k]), this.weight, into);
     if (this.hasBias) {
       const b = this.param("bias").data;
       const n = this.outFeatures;

@@ -32,17 +32,23 @@ export abstract class Module<I = Tensor, O = Tensor> {
   abstract forward(input: I): Promise<O>;
 
   async call(input: I): Promise<O> {
-    let x = input;
-    for (const h of this.preHooks.values()) {
-      const r = await h(this as AnyModule, x);
-      if (r !== undefined) x = r as I;
-    }
+    const x = await this.runPreHooks(input);
     let y: O = await this.forward(x);
     for (const h of this.postHooks.values()) {
       const r = await h(this as AnyModule, x, y);
       if (r !== undefined) y = r as O;
     }
     return y;
+  }
+
+  /** The pre-hooks on `input`, as `call` runs them: the input forward is given. */
+  protected async runPreHooks(input: I): Promise<I> {
+    let x = input;
+    for (const h of this.preHooks.values()) {
+      const r = await h(this as AnyModule, x);
+      if (r !== undefined) x = r as I;
+    }
+    return x;
   }
 
   /** Register a hook run before forward; it may return a replacement input. Returns its remover. */
@@ -61,6 +67,11 @@ export abstract class Module<I = Tensor, O = Tensor> {
 
   get hookCount(): number {
     return this.preHooks.size + this.postHooks.size;
+  }
+
+  /** Forward hooks only: they see the output (and may keep it). */
+  get postHookCount(): number {
+    return this.postHooks.size;
   }
 
   protected addModule<M extends AnyModule>(name: string, module: M): M {

@@ -185,28 +185,29 @@ export class AfmoeAttention extends Module {
     const { numAttentionHeads: nH, numKeyValueHeads: nKV, headDim: D } = c;
     const engine = getEngine();
     const [nq, nk] = [B * S * nH * D, B * S * nKV * D];
-    // q and k after their norms, the head-major copies, the context and its token-major form are used only here: scratch memory
-    return withFloats([nq, nk, nq, nk, nk, nq, nq] as const, async ([qn, kn, qh, kh, vh, ctx, o]) => {
+    // the projections, q and k after their norms, the head-major copies, the context and its token-major form are used only here: scratch memory
+    const sizes = [nq, nk, nk, nq, nq, nk, nq, nk, nk, nq, nq] as const;
+    return withFloats(sizes, async ([qp, kp, vp, gp, qn, kn, qh, kh, vh, ctx, o]) => {
       const q = await engine.rmsNorm(
-        (await this.lin("q_proj").call(x)).reshape([B * S * nH, D]),
+        (await this.lin("q_proj").callInto(x, qp)).reshape([B * S * nH, D]),
         this.norm("q_norm").param("weight"),
         c.rmsNormEps,
         qn,
       );
       const k = await engine.rmsNorm(
-        (await this.lin("k_proj").call(x)).reshape([B * S * nKV, D]),
+        (await this.lin("k_proj").callInto(x, kp)).reshape([B * S * nKV, D]),
         this.norm("k_norm").param("weight"),
         c.rmsNormEps,
         kn,
       );
-      const v = await this.lin("v_proj").call(x);
+      const v = await this.lin("v_proj").callInto(x, vp);
       if (this.sliding) {
         applyRopeInPlace(q.data, B, S, nH, D, c.ropeTheta);
         applyRopeInPlace(k.data, B, S, nKV, D, c.ropeTheta);
       }
       const shape = { B, S, nH, nKV, D, window: this.sliding ? c.slidingWindow : null };
       await attendTokenMajor({ q: q.data, k: k.data, v: v.data }, shape, { qh, kh, vh, ctx });
-      const gate = await this.lin("gate_proj").call(x);
+      const gate = await this.lin("gate_proj").callInto(x, gp);
       const context = new Tensor(fromHeads(ctx, B, S, nH, D, o), [B, S, nH * D]);
       return callOnFilled(this.lin("o_proj"), [B, S, nH * D], async (into) => (await engine.sigmoidGate(context, gate, into)).data);
     });
