@@ -9,8 +9,8 @@
  * - On Linux, glibc malloc asking for transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
  *   A GLIBC_TUNABLES of the caller's comes after it, so the caller's setting wins; one that already
  *   names hugetlb is left as it is.
- * When the caller's flags and setting already say both, the CLI runs in this process. Signals are passed on,
- * the child's exit is this process's, and the child stops when this process goes.
+ * When the caller's flags and setting already say both, the CLI runs in this process. Signals are
+ * passed on, the child's exit is this process's, and the child stops when this process goes.
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
