@@ -2,32 +2,34 @@
 /**
  * The `moecal` command. It runs the CLI (main.ts) in a child process started with what a run
  * needs from the process itself, read only when a process starts (docs/performance.md):
- * - V8's garbage collection on the thread that needs it (`--single-threaded-gc`): its background
- *   threads would otherwise take cores from onnxruntime's, which use every core. A caller's node
- *   flag that names it replaces it (`node --no-single-threaded-gc moecal ...`); the caller's other
- *   node flags follow it.
+ * - Two of V8's garbage collection threads off (`--no-parallel-scavenge --no-concurrent-sweeping`):
+ *   they took cores from onnxruntime's, which use every core. Concurrent marking stays: without it
+ *   garbage is freed later and the peak memory rises. A node flag of the caller's that names one
+ *   of the two replaces it (`node --parallel-scavenge moecal ...`); the caller's other node flags
+ *   follow them.
  * - On Linux, glibc malloc asking for transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
  *   A GLIBC_TUNABLES of the caller's comes after it, so the caller's setting wins; one that already
  *   names hugetlb is left as it is.
- * When the caller's flags and setting already say both, the CLI runs in this process. Signals are
+ * When the caller's flags and setting already say all of it, the CLI runs in this process. Signals are
  * passed on, the child's exit is this process's, and the child stops when this process goes.
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { STOP_SIGNALS } from "../util/interrupt.js";
 
-const GC_FLAG = "--single-threaded-gc";
+const gcFlags = ["parallel-scavenge", "concurrent-sweeping"]
+  .filter((name) => !process.execArgv.some((a) => a.replace(/_/g, "-").replace(/^--no-/, "--") === `--${name}`))
+  .map((name) => `--no-${name}`);
 const own = process.env.GLIBC_TUNABLES;
 const tunables = process.platform === "linux" && !(own ?? "").includes("glibc.malloc.hugetlb");
-const gcFlag = !process.execArgv.some((a) => /^--(no-)?single[-_]threaded[-_]gc$/.test(a));
-if (!tunables && !gcFlag) {
+if (!tunables && gcFlags.length === 0) {
   await import("./main.js");
 } else {
   const env: NodeJS.ProcessEnv = { ...process.env, MOECAL_LAUNCHED: "1" };
   if (tunables) env.GLIBC_TUNABLES = own ? `glibc.malloc.hugetlb=1:${own}` : "glibc.malloc.hugetlb=1";
   const child = spawn(
     process.execPath,
-    [...(gcFlag ? [GC_FLAG] : []), ...process.execArgv, fileURLToPath(new URL("./main.js", import.meta.url)), ...process.argv.slice(2)],
+    [...gcFlags, ...process.execArgv, fileURLToPath(new URL("./main.js", import.meta.url)), ...process.argv.slice(2)],
     {
       stdio: ["inherit", "inherit", "inherit", "ipc"],
       env,

@@ -1,7 +1,7 @@
 /**
  * The `moecal` command (dist/src/cli/moecal.js, run as a program through its first line): it runs
- * the CLI in a child started with V8's garbage collection on one thread (`--single-threaded-gc`,
- * before the caller's own node flags) and, on Linux, glibc malloc asking for transparent huge pages
+ * the CLI in a child started without two of V8's garbage collection threads (before the caller's
+ * own node flags) and, on Linux, glibc malloc asking for transparent huge pages
  * (docs/performance.md), a GLIBC_TUNABLES of the caller's after that setting so that the caller's
  * wins; it passes signals on, exits as the child does, and the child stops when the command is
  * killed.
@@ -16,6 +16,8 @@ import { ROOT, tempDir } from "../helpers.js";
 
 const command = path.join(ROOT, "dist", "src", "cli", "moecal.js");
 const linux = process.platform === "linux";
+/** The V8 flags the command gives its CLI process. */
+const GC_FLAGS = ["--no-parallel-scavenge", "--no-concurrent-sweeping"];
 
 /** An environment whose every node process prints a line "moecal-process PID LAUNCHED GLIBC_TUNABLES EXECARGV" to stderr when it starts. */
 function reportingEnv(callerTunables: string | undefined): NodeJS.ProcessEnv {
@@ -49,27 +51,31 @@ function version(flags: string[], callerTunables: string | undefined): ReturnTyp
   return processes(r.stderr);
 }
 
-test("the moecal command runs through its first line; its CLI process collects garbage on its own thread and, on Linux, asks glibc's malloc for transparent huge pages", () => {
+test("the moecal command runs through its first line; its CLI process runs without V8's parallel scavenges and concurrent sweeping and, on Linux, asks glibc's malloc for transparent huge pages", () => {
   const r = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv(undefined) });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), MOECAL_VERSION);
   const cli = processes(r.stderr).filter((p) => p.launched);
   assert.equal(cli.length, 1, r.stderr);
-  assert.deepEqual(cli[0]?.flags, ["--single-threaded-gc"]);
+  assert.deepEqual(cli[0]?.flags, GC_FLAGS);
   assert.equal(cli[0]?.tunables, linux ? "glibc.malloc.hugetlb=1" : "undefined");
 });
 
-test("the caller's node flags go to the CLI process after the command's; one that names the garbage collection's setting replaces it; with both settings given the CLI runs in the command's process", () => {
+test("the caller's node flags go to the CLI process after the command's; one that names a garbage collection setting replaces it; with every setting given the CLI runs in the command's process", () => {
   const launched = (flags: string[]): string[][] =>
     version(flags, undefined)
       .filter((p) => p.launched)
       .map((p) => p.flags);
-  assert.deepEqual(launched(["--stack-size=2000"]), [["--single-threaded-gc", "--stack-size=2000"]]);
-  assert.deepEqual(launched(["--no-single-threaded-gc"]), linux ? [["--no-single-threaded-gc"]] : []);
+  assert.deepEqual(launched(["--stack-size=2000"]), [[...GC_FLAGS, "--stack-size=2000"]]);
+  assert.deepEqual(launched(["--parallel_scavenge"]), [["--no-concurrent-sweeping", "--parallel_scavenge"]]);
+  assert.deepEqual(
+    launched(["--parallel-scavenge", "--concurrent-sweeping"]),
+    linux ? [["--parallel-scavenge", "--concurrent-sweeping"]] : [],
+  );
   const tunables = linux ? "glibc.malloc.hugetlb=0" : undefined;
   assert.deepEqual(
-    version(["--single-threaded-gc"], tunables).map((p) => [p.launched, p.flags]),
-    [[false, ["--single-threaded-gc"]]],
+    version(GC_FLAGS, tunables).map((p) => [p.launched, p.flags]),
+    [[false, GC_FLAGS]],
   );
 });
 
