@@ -2,16 +2,17 @@
 /**
  * The `moecal` command. It runs the CLI (main.ts) in a child process started with what a run
  * needs from the process itself, read only when a process starts (docs/performance.md):
- * - Two of V8's garbage collection threads off (`--no-parallel-scavenge --no-concurrent-sweeping`):
- *   they took cores from onnxruntime's, which use every core. Concurrent marking stays: without it
- *   garbage is freed later and the peak memory rises. A node flag of the caller's that names one
- *   of the two replaces it (`node --parallel-scavenge moecal ...`); the caller's other node flags
- *   follow them.
+ * - Two of V8's garbage collection threads off (`--no-parallel-scavenge`,
+ *   `--no-concurrent-sweeping`): they took cores from onnxruntime's, which use every core.
+ *   Concurrent marking stays: without it garbage is freed later and the peak memory rises. A node
+ *   flag of the caller's that names one of the two replaces it (`node --parallel-scavenge moecal
+ *   ...`); the caller's other node flags follow them.
  * - On Linux, glibc malloc asking for transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
- *   A GLIBC_TUNABLES of the caller's comes after it, so the caller's setting wins; one that already
- *   names hugetlb is left as it is.
- * When the caller's flags and setting already say all of it, the CLI runs in this process. Signals are
- * passed on, the child's exit is this process's, and the child stops when this process goes.
+ *   A GLIBC_TUNABLES of the caller's comes after it, so the caller's setting wins; one that
+ *   already names hugetlb is left as it is.
+ * When the caller's flags and setting already say all of it, the CLI runs in this process.
+ * Signals are passed on, the child's exit is this process's, and the child stops when this
+ * process goes.
  */
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
