@@ -15,10 +15,14 @@ import { UsageError } from "../src/errors.js";
 import { spawnSync } from "node:child_process";
 import { itemsTable, threadItems } from "./cpu-profile.js";
 
-type EngineMethod = "linear" | "matmul" | "gram" | "subtractProduct" | "swiglu" | "swigluExpert";
+const METHODS = ["linear", "matmul", "gram", "subtractProduct", "swiglu", "swigluExpert", "attention", "rmsNorm", "sigmoidGate"] as const;
+type EngineMethod = (typeof METHODS)[number];
 
 /** What an engine call is for, from the method and its caller's stack. */
 function label(method: EngineMethod, stack: string): string {
+  if (method === "attention") return "attention heads (scores, softmax, values)";
+  if (method === "rmsNorm") return "RMSNorm";
+  if (method === "sigmoidGate") return "sigmoid gates";
   const fast = stack.includes("fast-path");
   if (method === "swigluExpert")
     return fast ? "experts: gate/up, SwiGLU, down_proj Gram (all tokens)" : "SwiGLU MLPs (dense, shared, routed)";
@@ -54,7 +58,7 @@ async function main(): Promise<void> {
   let phase = "setup";
   const inEngine = new Map<string, Map<string, number>>();
   // the sampled run is not timed call by call: its stack traces and timers would be in the samples
-  for (const m of wasSampled ? [] : (["linear", "matmul", "gram", "subtractProduct", "swiglu", "swigluExpert"] as const)) {
+  for (const m of wasSampled ? [] : METHODS) {
     const f = engine[m].bind(engine);
     engine[m] = async (...a: unknown[]) => {
       const key = label(m, new Error().stack ?? "");

@@ -65,8 +65,11 @@ export interface AttentionShape {
 
 /**
  * softmax(q k^T * scale) v per head (scale D^-0.5 unless given), causal, with query head h reading
- * key/value head floor(h / (nH / nKV)). Inputs and output are head-major ([B * heads, S, D]; values
- * and output [B * heads, S, Dv]; into `into` when given).
+ * key/value head floor(h / group), group = nH / nKV. Inputs and output are head-major by key/value
+ * head: q [B * nKV, S, group, D] (toHeads(q, B, S, nKV, group * D) of token-major q), k
+ * [B * nKV, S, D], v [B * nKV, S, Dv], the output like q [B * nKV, S, group, Dv] (into `into` when
+ * given). The query heads of a group go through together, and in blocks of rows, each against
+ * only the keys some row of it sees (causalBlocks): the scores a mask would hide are not computed.
  */
 export async function causalAttention(
   qh: Float32Array,
@@ -81,16 +84,29 @@ export async function causalAttention(
   const group = nH / nKV;
   const scale = a.scale ?? 1 / Math.sqrt(D);
   const ctx = into ?? new Float32Array(B * nH * S * Dv);
-  const mask = causalMask(S, window);
-  const head = (x: Float32Array, i: number, d = D): Tensor => new Tensor(x.subarray(i * S * d, (i + 1) * S * d), [S, d]);
-  for (let bh = 0; bh < B * nH; bh++) {
-    const kv = Math.floor(bh / nH) * nKV + Math.floor((bh % nH) / group);
-    await engine.attention(head(qh, bh), head(kh, kv), head(vh, kv, Dv), mask, scale, ctx.subarray(bh * S * Dv, (bh + 1) * S * Dv));
+  for (const { r0, r1, k0 } of causalBlocks(S, window)) {
+    const rows = (r1 - r0) * group;
+    // the block's mask (the same for every key/value head) in scratch memory
+    await withFloats([rows * (r1 - k0)] as const, async ([m]) => {
+      const mask = new Tensor(maskRows(window, group, r0, r1, k0, m), [rows, r1 - k0]);
+      for (let kv = 0; kv < B * nKV; kv++) {
+        const at = (x: Float32Array, d: number, from: number): Float32Array => x.subarray((kv * S + from) * d, (kv * S + r1) * d);
+        const [q, k, v] = [
+          new Tensor(at(qh, group * D, r0), [rows, D]),
+          new Tensor(at(kh, D, k0), [r1 - k0, D]),
+          new Tensor(at(vh, Dv, k0), [r1 - k0, Dv]),
+        ];
+        await engine.attention(q, k, v, mask, scale, at(ctx, group * Dv, r0));
+      }
+    });
   }
   return ctx;
 }
 
-/** causalAttention of token-major q, k, v ([B, S, heads * D]) through their head-major copies in `into`, into its `ctx`. */
+/**
+ * causalAttention of token-major q, k, v ([B, S, heads * D]) through their head-major copies in
+ * `into`, into its `ctx`; token-major again with fromHeads(ctx, B, S, nKV, (nH / nKV) * Dv).
+ */
 export async function attendTokenMajor(
   t: { q: Float32Array; k: Float32Array; v: Float32Array },
   a: AttentionShape,
@@ -98,7 +114,7 @@ export async function attendTokenMajor(
 ): Promise<Float32Array> {
   const { B, S, nH, nKV, D } = a;
   const [qh, kh, vh] = [
-    toHeads(t.q, B, S, nH, D, into.qh),
+    toHeads(t.q, B, S, nKV, (nH / nKV) * D, into.qh),
     toHeads(t.k, B, S, nKV, D, into.kh),
     toHeads(t.v, B, S, nKV, a.Dv ?? D, into.vh),
   ];
@@ -107,9 +123,36 @@ export async function attendTokenMajor(
 
 /** [S, S]: 0 where query i sees key j (j <= i, and j > i - window with a window), else -Infinity. */
 export function causalMask(S: number, window: number | null): Tensor {
-  const m = new Float32Array(S * S).fill(Number.NEGATIVE_INFINITY);
-  for (let i = 0; i < S; i++) m.fill(0, i * S + (window === null ? 0 : Math.max(0, i - window + 1)), i * S + i + 1);
-  return new Tensor(m, [S, S]);
+  return new Tensor(maskRows(window, 1, 0, S, 0, new Float32Array(S * S)), [S, S]);
+}
+
+/** Query tokens per attention call of causalAttention (times the query heads of a group). */
+export const ATTENTION_ROWS = 64;
+
+/**
+ * The query tokens of a causal (windowed) attention over S tokens in blocks of ATTENTION_ROWS:
+ * tokens [r0, r1) see keys [k0, r1) at most (k0: the window's start for token r0, 0 without a
+ * window); the keys before k0 are hidden from every token of the block.
+ */
+export function causalBlocks(S: number, window: number | null): { r0: number; r1: number; k0: number }[] {
+  const blocks: { r0: number; r1: number; k0: number }[] = [];
+  for (let r0 = 0; r0 < S; r0 += ATTENTION_ROWS)
+    blocks.push({ r0, r1: Math.min(S, r0 + ATTENTION_ROWS), k0: window === null ? 0 : Math.max(0, r0 - window + 1) });
+  return blocks;
+}
+
+/** causalMask's rows [r0, r1), each `group` times, and its columns [k0, r1): [(r1 - r0) * group, r1 - k0] into `m`. */
+function maskRows(window: number | null, group: number, r0: number, r1: number, k0: number, m: Float32Array): Float32Array {
+  const n = r1 - k0;
+  m.fill(Number.NEGATIVE_INFINITY, 0, (r1 - r0) * group * n);
+  for (let i = r0; i < r1; i++) {
+    const from = window === null ? 0 : Math.max(0, i - window + 1);
+    for (let g = 0; g < group; g++) {
+      const row = ((i - r0) * group + g) * n;
+      m.fill(0, row + from - k0, row + i - k0 + 1);
+    }
+  }
+  return m;
 }
 
 export interface RopeAttentionOptions {
@@ -179,7 +222,7 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
       applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);
       const shape = { B, S, nH, nKV, D, window: this.opts.window };
       await attendTokenMajor({ q: q.data, k: k.data, v: v.data }, shape, { qh, kh, vh, ctx });
-      return callOnFilled(lin("o_proj"), [B, S, nH * D], async (into) => fromHeads(ctx, B, S, nH, D, into));
+      return callOnFilled(lin("o_proj"), [B, S, nH * D], async (into) => fromHeads(ctx, B, S, nKV, (nH / nKV) * D, into));
     });
   }
 }

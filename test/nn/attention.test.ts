@@ -86,3 +86,48 @@ test("addNormed: a norm subclass's own norm (Qwen3-Next's 1 + weight) with and w
   assert.deepEqual(plain.data, hooked.data);
   assert.deepEqual(plain.data, add(x, await norm.call(y)).data);
 });
+
+test("causalAttention: grouped query heads in blocks of rows, each against the keys it can see, give each head's attention over the whole causal mask", async () => {
+  const { ReferenceEngine } = await import("../../src/engine/index.js");
+  const { ATTENTION_ROWS, causalAttention, causalBlocks, causalMask, toHeads, fromHeads } = await import("../../src/nn/attention.js");
+  const ref = new ReferenceEngine();
+  const [B, nH, nKV, D, Dv] = [2, 6, 2, 8, 5];
+  const S = 2 * ATTENTION_ROWS + 22;
+  const q = values(B * S * nH * D, 41);
+  const k = values(B * S * nKV * D, 42);
+  const v = values(B * S * nKV * Dv, 43);
+  const head = (x: Float32Array, heads: number, d: number, b: number, h: number): Tensor => {
+    const out = new Float32Array(S * d);
+    for (let s = 0; s < S; s++) out.set(x.subarray(((b * S + s) * heads + h) * d, ((b * S + s) * heads + h + 1) * d), s * d);
+    return new Tensor(out, [S, d]);
+  };
+  // windows shorter than a block, longer than one, and none
+  for (const window of [5, ATTENTION_ROWS + 9, null]) {
+    const blocks = causalBlocks(S, window);
+    assert.equal(blocks.length, 3);
+    if (window !== null) assert.ok((blocks[2]?.k0 ?? 0) > 0, "a windowed block leaves out the keys before its window");
+    const ctx = await causalAttention(toHeads(q, B, S, nKV, (nH / nKV) * D), toHeads(k, B, S, nKV, D), toHeads(v, B, S, nKV, Dv), {
+      B,
+      S,
+      nH,
+      nKV,
+      D,
+      Dv,
+      window,
+      scale: 0.4,
+    });
+    const got = fromHeads(ctx, B, S, nKV, (nH / nKV) * Dv);
+    const mask = causalMask(S, window);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < nH; h++) {
+        const kv = Math.floor(h / (nH / nKV));
+        const want = await ref.attention(head(q, nH, D, b, h), head(k, nKV, D, b, kv), head(v, nKV, Dv, b, kv), mask, 0.4);
+        const mine = head(got, nH, Dv, b, h);
+        for (let i = 0; i < want.size; i++)
+          assert.ok(
+            Math.abs((mine.data[i] as number) - (want.data[i] as number)) <= 1e-5,
+            `window ${window}, batch ${b}, head ${h}, value ${i}: ${mine.data[i]} vs ${want.data[i]}`,
+          );
+      }
+  }
+});

@@ -208,7 +208,7 @@ export class AfmoeAttention extends Module {
       const shape = { B, S, nH, nKV, D, window: this.sliding ? c.slidingWindow : null };
       await attendTokenMajor({ q: q.data, k: k.data, v: v.data }, shape, { qh, kh, vh, ctx });
       const gate = await this.lin("gate_proj").callInto(x, gp);
-      const context = new Tensor(fromHeads(ctx, B, S, nH, D, o), [B, S, nH * D]);
+      const context = new Tensor(fromHeads(ctx, B, S, nKV, (nH / nKV) * D, o), [B, S, nH * D]);
       return callOnFilled(this.lin("o_proj"), [B, S, nH * D], async (into) => (await engine.sigmoidGate(context, gate, into)).data);
     });
   }

@@ -121,7 +121,7 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> implements TokenM
     const v = (await lin("v_proj").call(x)).data;
     applyRopeInPlace(q, B, S, nH, D, this.config.ropeTheta, this.config.rotaryDim);
     applyRopeInPlace(k, B, S, nKV, D, this.config.ropeTheta, this.config.rotaryDim);
-    const ctx = await causalAttention(toHeads(q, B, S, nH, D), toHeads(k, B, S, nKV, D), toHeads(v, B, S, nKV, D), {
+    const ctx = await causalAttention(toHeads(q, B, S, nKV, (nH / nKV) * D), toHeads(k, B, S, nKV, D), toHeads(v, B, S, nKV, D), {
       B,
       S,
       nH,
@@ -129,7 +129,7 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> implements TokenM
       D,
       window: null,
     });
-    const o = new Tensor(fromHeads(ctx, B, S, nH, D), [B, S, nH * D]);
+    const o = new Tensor(fromHeads(ctx, B, S, nKV, (nH / nKV) * D), [B, S, nH * D]);
     return lin("o_proj").call(await getEngine().sigmoidGate(o, new Tensor(gate, o.shape)));
   }
 }
