@@ -1,5 +1,5 @@
 import type { AnyModule } from "../nn/module.js";
-import { registerFastAwareHook } from "./observers.js";
+import { registerFastAwareHook } from "./fast-observers.js";
 import type { Tensor } from "../engine/tensor.js";
 import { type MoeRouting, asMoeBlock } from "../nn/moe.js";
 

@@ -4,7 +4,7 @@ import { withFloats } from "../engine/scratch.js";
 import { gatherRows, indexAddWeighted } from "../engine/ops.js";
 import type { AnyModule } from "../nn/module.js";
 import { type MoeExpert, type RoutedPairs, routeWeights, routedPairsOf } from "../nn/moe.js";
-import { type FastPathObserver, fastObserversOf } from "./observers.js";
+import { type FastPathObserver, fastObserversOf } from "./fast-observers.js";
 import { RoutedGram, type RoutedWeight } from "./expert-statistics.js";
 import { GramAccumulator } from "./gram.js";
 import { InternalError } from "../errors.js";

@@ -3,6 +3,7 @@ import type { AnyModule } from "../nn/module.js";
 import { Linear } from "../nn/layers.js";
 import { type ExpertStatisticsOptions, RoutedGram, SEED_STATISTICS, currentRowRouting, isRouterAware } from "./expert-statistics.js";
 import { GramAccumulator, LatestInputGram } from "./gram.js";
+import { registerFastAwareHook } from "./fast-observers.js";
 
 /**
  * GPTQ statistics of one Linear: H = sum over its input rows x of 2 x x^T (float32), and the
@@ -128,50 +129,6 @@ function doubledView(acc: GramAccumulator): Float32Array {
   return H;
 }
 
-/**
- * An observer a fast path can feed without calling the Linear: it says whether it needs the
- * Gram product of the rows, and takes rows (and the Gram product) or a shared accumulator.
- */
-export interface FastPathObserver {
-  readonly wantsGram: boolean;
-  /** the routed weight when the observer keeps routed rows apart (router-aware statistics), else null */
-  readonly routedWeight: RoutedGram["routedWeight"] | null;
-  /** this Linear's routed rows go to an accumulator (shared by an expert's gate and up) */
-  shareRouted(acc: RoutedGram): void;
-  /** `n` rows reached the Linear (their Gram sum, when wanted, is in the accumulator it shares) */
-  rows(n: number): void;
-  /** the rows' statistics go to an accumulator shared with other Linears of the block */
-  shareWith(acc: GramAccumulator): void;
-  /** the rows themselves [n, in], for observers of their values (static activation scales) */
-  values?(x: Tensor): void;
-}
-
-const fastObservers = new WeakMap<Linear, Set<FastPathObserver>>();
-
-/** Register a hook together with its fast-path twin; returns the remover of both. */
-export function registerFastAwareHook(lin: Linear, hook: (x: Tensor) => void | Promise<void>, fast: FastPathObserver): () => void {
-  const removeHook = lin.registerForwardPreHook(async (_m, x) => {
-    await hook(x);
-  });
-  let set = fastObservers.get(lin);
-  if (!set) {
-    set = new Set();
-    fastObservers.set(lin, set);
-  }
-  set.add(fast);
-  return () => {
-    removeHook();
-    set?.delete(fast);
-  };
-}
-
-/** The fast-path observers of a Linear, or null when it also has hooks a fast path cannot feed. */
-export function fastObserversOf(lin: Linear): FastPathObserver[] | null {
-  const set = fastObservers.get(lin);
-  const n = set?.size ?? 0;
-  return lin.hookCount === n ? [...(set ?? [])] : null;
-}
-
 export interface HessianObservers {
   stats: Map<string, HessianStats>;
   /** end the current shard of the own rows of every observed Linear `sharded` names (HessianStats.endShard) */
@@ -211,6 +168,7 @@ export function attachHessianObservers(
         wantsGram: true,
         routedWeight: routerAware ? statistics.routedWeight : null,
         rows: () => undefined,
+        own: () => s.own,
         shareWith: (acc) => s.shareWith(acc),
         shareRouted: (acc) => s.shareRouted(acc),
       }),

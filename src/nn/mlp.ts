@@ -45,13 +45,28 @@ export class SwiGluMLP extends Module<Tensor, Tensor> implements MoeExpert {
 }
 
 /**
+ * A SwiGLU MLP whose Linears are watched, as one step that feeds what watches them instead of
+ * calling them; null when something watching them needs the calls. Calibration's observers set it
+ * (calibration/fast-observers.ts): what they watch, only they know.
+ */
+export type ObservedStep = (e: MoeExpert, x: Tensor) => Promise<Tensor | null>;
+
+let observedStep: ObservedStep | null = null;
+
+export function setObservedStep(step: ObservedStep): void {
+  observedStep = step;
+}
+
+/**
  * down(silu(gate(x)) * up(x)) of any SwiGLU expert as one engine step when nothing hooks its
- * Linears (a hook must see its Linear called) and they have no bias.
+ * Linears (a hook must see its Linear called) and they have no bias, or when the observed step
+ * can feed the hooks; else Linear by Linear.
  */
 export async function swigluForward(e: MoeExpert, x: Tensor): Promise<Tensor> {
   const { gate, up, down } = e;
-  if (!plainLinears(e)) return down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
-  return oneStep(e, x, new Float32Array((x.size / gate.inFeatures) * down.outFeatures));
+  if (plainLinears(e)) return oneStep(e, x, new Float32Array((x.size / gate.inFeatures) * down.outFeatures));
+  const observed = observedStep ? await observedStep(e, x) : null;
+  return observed ?? down.call(await getEngine().swiglu(await gate.call(x), await up.call(x)));
 }
 
 /** No hook on the Linears (a hook must see its Linear called) and no bias. */

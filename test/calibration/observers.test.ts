@@ -85,3 +85,73 @@ test("own rows summed shard by shard: each shard's sum added whole, in shard ord
   assert.equal(obs.stats.get("q")?.rows, 4);
   obs.remove();
 });
+
+test("a watched SwiGLU MLP runs as one engine step: its output, Hessians, row counts and input maxima are those of the Linear-by-Linear calls; another hook keeps the calls", async () => {
+  const { SwiGluMLP } = await import("../../src/nn/mlp.js");
+  const { attachInputAbsMax } = await import("../../src/calibration/observers.js");
+  const mlp = new SwiGluMLP(12, 20);
+  let seed = 21;
+  for (const [, p] of mlp.namedParameters()) p.value = randn(p.shape, seed++, 0.3);
+  const xs = [randn([2, 7, 12], 31), randn([5, 12], 32)];
+  // a plain hook (not a fast-path observer) sees each Linear called on its inputs
+  const seen: string[] = [];
+  const inputs = new Map<string, Tensor[]>();
+  const removers = ["gate_proj", "up_proj", "down_proj"].map((n) =>
+    mlp.getSubmodule(n).registerForwardPreHook((_m, x) => {
+      seen.push(n);
+      inputs.set(n, [...(inputs.get(n) ?? []), x as Tensor]);
+    }),
+  );
+  const called: Tensor[] = [];
+  for (const x of xs) called.push(await mlp.call(x));
+  for (const r of removers) r();
+  assert.deepEqual(seen, ["gate_proj", "up_proj", "down_proj", "gate_proj", "up_proj", "down_proj"]);
+  const ref = new ReferenceEngine();
+  const expected = new Map<string, Float32Array>();
+  for (const [n, list] of inputs) {
+    const w = n === "down_proj" ? 20 : 12;
+    const H = new Float32Array(w * w);
+    for (const x of list) {
+      const g = await ref.gram(x.reshape([x.size / w, w]));
+      for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (g.data[i] as number);
+    }
+    expected.set(n, H);
+  }
+  // with only the observers: one swigluExpert step per call, no Linear product
+  const previous = getEngine();
+  const calls = { linear: 0, swigluExpert: 0 };
+  const counting: Engine = Object.assign(Object.create(previous) as Engine, {
+    linear: (...a: Parameters<Engine["linear"]>) => {
+      calls.linear++;
+      return previous.linear(...a);
+    },
+    swigluExpert: (...a: Parameters<Engine["swigluExpert"]>) => {
+      calls.swigluExpert++;
+      return previous.swigluExpert(...a);
+    },
+  });
+  const obs = attachHessianObservers(mlp, () => true);
+  const absmax = attachInputAbsMax(new Map([["down_proj", mlp.down_proj]]));
+  setEngine(counting);
+  const out: Tensor[] = [];
+  try {
+    for (const x of xs) out.push(await mlp.call(x));
+  } finally {
+    setEngine(previous);
+    obs.remove();
+    absmax.remove();
+  }
+  assert.deepEqual(calls, { linear: 0, swigluExpert: 2 });
+  for (const [i, y] of out.entries()) {
+    assert.deepEqual(y.shape, called[i]?.shape);
+    assertClose(`output ${i}`, y, called[i] as Tensor, 1e-5);
+  }
+  for (const [n, H] of expected) {
+    assert.equal(obs.stats.get(n)?.rows, 19, `${n}: rows`);
+    assertClose(`${n}: Hessian`, obs.stats.get(n)?.H as Float32Array, H, 1e-5);
+  }
+  let m = 0;
+  for (const x of inputs.get("down_proj") ?? []) for (const v of x.data) m = Math.max(m, Math.abs(v));
+  assert.equal(absmax.stats.get("down_proj")?.rows, 19);
+  assert.ok(Math.abs((absmax.stats.get("down_proj")?.absmax ?? 0) - m) <= 1e-6 * m, "the down_proj inputs' largest magnitude");
+});
