@@ -155,7 +155,7 @@ async function openedRun(m: JsMsg, job: JobMessage, c: Context): Promise<OpenedR
     return null;
   }
   try {
-    const run = openManifestRun(entry.string(), job.run, c.o);
+    const run = await openManifestRun(entry.string(), job.run, c.o);
     c.runs.set(job.run, run);
     return run;
   } catch (e) {
@@ -165,7 +165,7 @@ async function openedRun(m: JsMsg, job: JobMessage, c: Context): Promise<OpenedR
 }
 
 /** The run a manifest describes, opened as the coordinator opened it, refused unless this worker may and can take its jobs. */
-function openManifestRun(text: string, id: string, o: WorkerOptions): OpenedRun {
+async function openManifestRun(text: string, id: string, o: WorkerOptions): Promise<OpenedRun> {
   const manifest = checkManifest(text, id, o.sharedDir);
   const opts: OneshotOptions = {
     ...manifest.options,
@@ -175,7 +175,7 @@ function openManifestRun(text: string, id: string, o: WorkerOptions): OpenedRun 
   };
   const recipe = manifest.recipe ? recipeFromText(manifest.recipe.file, manifest.recipe.text) : recipeOf(opts);
   const run = openRunModel(opts, recipe);
-  const sha = modelHash(run);
+  const sha = await modelHash(run);
   if (sha !== manifest.model_sha256)
     throw new UsageError(
       `run ${id}: the model at ${manifest.model_dir} on this host is not the coordinator's (content hash ${sha.slice(0, 12)}, the run's ${manifest.model_sha256.slice(0, 12)})`,

@@ -1,7 +1,9 @@
 import { createHash } from "node:crypto";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import type { ErrorFactory } from "../errors.js";
+import { type ErrorFactory, asFormatError } from "../errors.js";
+import { WorkerPool } from "../util/worker-pool.js";
 import { openRegular } from "./files.js";
 import { INDEX_FILE } from "./checkpoint.js";
 
@@ -27,16 +29,46 @@ export function sha256File(file: string, err: ErrorFactory): string {
   }
 }
 
+/** Checkpoints of at least this many bytes have their files hashed on worker threads, several at once. */
+const PARALLEL_HASH_BYTES = 256 * 1024 ** 2;
+
+/** A file to hash on a worker thread; a bad file is a checkpoint format error, as checkpointHash reports it. */
+export const HASH_KIND = {
+  what: "hash",
+  script: new URL("./hash-worker.js", import.meta.url),
+  run: async (file: string): Promise<string> => sha256File(file, asFormatError),
+  transfer: (): ArrayBuffer[] => [],
+};
+
+/**
+ * Worker threads to hash `files` of `bytes` in all: one per core and at most one per file (SHA-256
+ * of one file is sequential, a checkpoint's shards are not), none below `parallelFrom` bytes.
+ */
+export function hashWorkers(files: number, bytes: number, parallelFrom = PARALLEL_HASH_BYTES): number {
+  return bytes < parallelFrom ? 0 : Math.min(files, os.availableParallelism());
+}
+
 /**
  * A checkpoint folder's content hash: SHA-256 over the lines `<file name>\t<SHA-256 of the file>\n`
  * for config.json, the index (if any) and every weight file, in name order. It names the model
- * in moecal.json without revealing where it lay on the user's disk.
+ * in moecal.json without revealing where it lay on the user's disk. A large checkpoint's files are
+ * hashed on worker threads (hashWorkers; `parallelFrom`: tests); a bad file is a CheckpointFormatError.
  */
-export function checkpointHash(dir: string, weightFiles: readonly string[], err: ErrorFactory): string {
+export async function checkpointHash(dir: string, weightFiles: readonly string[], parallelFrom = PARALLEL_HASH_BYTES): Promise<string> {
   const names = ["config.json", ...(fs.existsSync(path.join(dir, INDEX_FILE)) ? [INDEX_FILE] : []), ...weightFiles]
     .filter((f, i, a) => a.indexOf(f) === i)
     .sort();
-  const h = createHash("sha256");
-  for (const f of names) h.update(`${f}\t${sha256File(path.join(dir, f), err)}\n`);
-  return h.digest("hex");
+  const files = names.map((f) => path.join(dir, f));
+  const bytes = files.reduce((a, f) => a + (fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0), 0);
+  const pool = new WorkerPool(hashWorkers(files.length, bytes, parallelFrom), HASH_KIND);
+  try {
+    const jobs: Promise<string>[] = [];
+    for (const f of files) jobs.push((await pool.submit(() => f)).result);
+    const sums = await Promise.all(jobs);
+    const h = createHash("sha256");
+    for (const [i, f] of names.entries()) h.update(`${f}\t${sums[i]}\n`);
+    return h.digest("hex");
+  } finally {
+    await pool.close();
+  }
 }

@@ -78,7 +78,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
     opts.onProgress?.({ kind: "plan", plan: thePlan });
     const datasetSha = sha256File(datasetFile, asUsageError);
     // the model's content hash names it in moecal.json and identifies the run for a resume
-    const modelSha = modelHash(run);
+    const modelSha = await modelHash(run);
     const N = config.numHiddenLayers;
     work = new WorkFolder(
       out.target,

@@ -73,7 +73,7 @@ export async function dataFreeRun(run: Run, t0: number): Promise<OneshotResult> 
   try {
     const thePlan = await assertFits(run);
     opts.onProgress?.({ kind: "plan", plan: thePlan });
-    const modelSha = modelHash(run);
+    const modelSha = await modelHash(run);
     log = openLog(run, modelSha);
     const shards = [...log.done];
     const journal = log;

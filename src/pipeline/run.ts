@@ -329,8 +329,8 @@ export function recipeReport(run: Run): OneshotReport["recipe"] {
 }
 
 /** The model's content hash (config.json, the index and every weight file): it names the model in moecal.json. */
-export function modelHash(run: RunModel): string {
-  return checkpointHash(run.modelDir, run.ck.weightFiles(), asFormatError);
+export function modelHash(run: RunModel): Promise<string> {
+  return checkpointHash(run.modelDir, run.ck.weightFiles());
 }
 
 /** Write config.json, the companion files and the report, then commit the output (the last point a stop is honoured before). */

@@ -11,7 +11,6 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { ROOT, TEXT, assertSameFiles, tempDir } from "../helpers.js";
-import { asFormatError } from "../../src/errors.js";
 import { NATS_SKIP, type NatsServer, startNats } from "./nats-server.js";
 
 const CLI = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -242,7 +241,7 @@ test("a worker refuses a run started by another moecal version, a run whose mode
   const { MOECAL_VERSION } = await import("../../src/paths.js");
   const { checkpointHash } = await import("../../src/io/hash.js");
   const model = shared("tiny-qwen3_moe");
-  const sha = checkpointHash(model, ["model.safetensors"], asFormatError);
+  const sha = await checkpointHash(model, ["model.safetensors"]);
   const workDir = path.join(tmp, "shared", "refused-work");
   const outside = tempDir("moecal-outside-");
   fs.mkdirSync(workDir, { recursive: true });
