@@ -216,14 +216,17 @@ export class Checkpoint {
     return this.decoded?.has(name) ? this.decoded.stored(name) : { raw: this.rawRead(name) };
   }
 
-  /** A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to the torch_dtype). */
-  readF32(name: string): Tensor {
+  /**
+   * A floating tensor in float32 (an FP8 block weight: its exact dequantized values, not rounded to
+   * the torch_dtype), into `into` where rawToF32 can, else a new array.
+   */
+  readF32(name: string, into?: Float32Array): Tensor {
     if (this.decoded?.has(name)) return this.decoded.readF32(name);
-    // the stored bytes are converted into a new array: they are read into reused scratch memory
+    // the stored bytes are read into reused scratch memory, then converted
     const info = this.rawInfo(name);
     const buf = takeBuffer(info.end - info.begin);
     try {
-      return rawToF32(this.rawRead(name, new Uint8Array(buf, 0, info.end - info.begin)), `${this.dir}: tensor "${name}"`);
+      return rawToF32(this.rawRead(name, new Uint8Array(buf, 0, info.end - info.begin)), `${this.dir}: tensor "${name}"`, into);
     } finally {
       giveBuffer(buf);
     }

@@ -313,17 +313,25 @@ export function convertedFinite(values: Float32Array): boolean {
   return convertedFiniteArrays.delete(values);
 }
 
-export function rawToF32(raw: RawTensor, where: string): Tensor {
+/**
+ * A floating tensor's raw values in float32. BF16 and F32 values go into `into` when it is given and
+ * has their number of values (memory written before costs no page faults); other dtypes, and an
+ * `into` of another size, into a new array.
+ */
+export function rawToF32(raw: RawTensor, where: string, into?: Float32Array): Tensor {
   const b = raw.bytes;
+  const n = numel(raw.shape);
+  const out = into?.length === n ? into : undefined;
   let data: Float32Array;
   switch (raw.dtype) {
     case "F32":
-      data = new Float32Array(view(b, 4, Float32Array));
+      data = out ? (out.set(view(b, 4, Float32Array)), out) : new Float32Array(view(b, 4, Float32Array));
       break;
     case "BF16": {
-      const c = bf16ToF32Checked(view(b, 2, Uint16Array));
+      const c = bf16ToF32Checked(view(b, 2, Uint16Array), out);
       data = c.data;
       if (c.finite) convertedFiniteArrays.add(data);
+      else convertedFiniteArrays.delete(data);
       break;
     }
     case "F16":

@@ -7,7 +7,8 @@ export interface TensorSource {
   readonly dir: string;
   names(): string[];
   shapeOf(name: string): number[];
-  readF32(name: string): Tensor;
+  /** float32 values, into `into` where the source can (a new array otherwise: check the result's data) */
+  readF32(name: string, into?: Float32Array): Tensor;
   /** rows of a 2-D tensor by index, as float32 [rows.length, columns] (reading only those rows), where the source can */
   readRowsF32?(name: string, rows: Int32Array): Tensor;
 }
@@ -17,7 +18,7 @@ export function checkpointSource(ck: Checkpoint): TensorSource {
     dir: ck.dir,
     names: () => ck.names(),
     shapeOf: (n) => ck.info(n).shape,
-    readF32: (n) => ck.readF32(n),
+    readF32: (n, into) => ck.readF32(n, into),
     readRowsF32: (n, rows) => rawToF32(ck.readRowsRaw(n, rows), `${ck.dir}: tensor "${n}"`),
   };
 }

@@ -72,8 +72,43 @@ export function assertFinite(t: Tensor, where: string): void {
 }
 
 /**
- * Load parameters of `root` (named with `prefix`) whose names pass `filter` from `source`.
- * Checks shapes and finiteness; returns the number of tensors loaded.
+ * Float32 arrays of unloaded parameters, for the next load of parameters of the same sizes (a
+ * model's layers): memory written before costs no page faults. Only arrays a load with this
+ * recycler made, and that their parameter still holds when unloaded, come back, and only until the
+ * next load: the one who streams the layers passes it where nothing else keeps a loaded array past
+ * its unload.
+ */
+export class WeightRecycler {
+  private readonly free = new Map<number, Float32Array[]>();
+  private readonly made = new WeakSet<Float32Array>();
+
+  /** A free array of `n` floats, if any. */
+  take(n: number): Float32Array | undefined {
+    return this.free.get(n)?.pop();
+  }
+
+  /** `a` was loaded through this recycler. */
+  loaded(a: Float32Array): void {
+    this.made.add(a);
+  }
+
+  /** Let go of the free arrays a load did not take (another layer's sizes are not kept for later). */
+  dropFree(): void {
+    this.free.clear();
+  }
+
+  /** `a`'s parameter was unloaded: free it for the next load, if this recycler made it. */
+  give(a: Float32Array): void {
+    if (!this.made.delete(a)) return;
+    const list = this.free.get(a.length) ?? [];
+    list.push(a);
+    this.free.set(a.length, list);
+  }
+}
+
+/**
+ * Load parameters of `root` (named with `prefix`) whose names pass `filter` from `source`, into
+ * the recycler's free arrays when given. Checks shapes and finiteness; returns the number of tensors loaded.
  */
 export function loadParameters(
   root: AnyModule,
@@ -81,23 +116,35 @@ export function loadParameters(
   mapping: WeightMapping,
   filter: (name: string) => boolean = () => true,
   prefix = "",
+  recycler?: WeightRecycler,
 ): number {
   let n = 0;
   for (const [name, p] of root.namedParameters(prefix)) {
     if (!filter(name)) continue;
     const src = mapping.sources.get(name);
     if (!src) throw new WeightMappingError(`${source.dir}: no tensor for parameter "${name}"`);
-    const t = source.readF32(src);
+    const t = source.readF32(src, recycler?.take(numel(p.shape)));
     if (numel(t.shape) !== numel(p.shape))
       throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${t.size} values, "${name}" needs ${numel(p.shape)}`);
     assertFinite(t, `${source.dir}: tensor "${src}"`);
     p.value = t.reshape(p.shape);
+    recycler?.loaded(t.data);
     n++;
   }
+  recycler?.dropFree();
   return n;
 }
 
-/** Drop loaded parameter values (to stream a model layer by layer). */
-export function unloadParameters(root: AnyModule, filter: (name: string) => boolean = () => true, prefix = ""): void {
-  for (const [name, p] of root.namedParameters(prefix)) if (filter(name)) p.value = null;
+/** Drop loaded parameter values (to stream a model layer by layer); the recycler, when given, gets back the arrays it loaded. */
+export function unloadParameters(
+  root: AnyModule,
+  filter: (name: string) => boolean = () => true,
+  prefix = "",
+  recycler?: WeightRecycler,
+): void {
+  for (const [name, p] of root.namedParameters(prefix)) {
+    if (!filter(name)) continue;
+    if (p.value && recycler) recycler.give(p.value.data);
+    p.value = null;
+  }
 }

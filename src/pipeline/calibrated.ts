@@ -12,7 +12,7 @@ import { formatExpertStatistics } from "../calibration/expert-statistics.js";
 import { type LayerCoverage, trackCoverage } from "../calibration/coverage.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import { loadTokenizer } from "../io/tokenizer.js";
-import { assertFinite } from "../nn/weights.js";
+import { WeightRecycler, assertFinite } from "../nn/weights.js";
 import { MOECAL_VERSION } from "../paths.js";
 import { loadTokenizedSamples, seqLengthFor } from "./dataset.js";
 import { gptqPoolSize, warnFallbacks } from "./quantize-layer.js";
@@ -155,6 +155,8 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
       shards: inputShards(lengths, shardTokens),
       eachInput,
     };
+    // a layer's weights go into the arrays of the layer before: nothing here keeps them past the layer
+    const recycler = new WeightRecycler();
     for (let i = state.layer + 1; i < N; i++) {
       opts.onProgress?.({ kind: "layer", layer: i, layers: N });
       const lp = thePlan.layers[i];
@@ -169,7 +171,7 @@ export async function calibratedRun(run: Run, t0: number): Promise<OneshotResult
         const r = await shardedLayer(steps, { i, work: layerWork, last: i === N - 1, remote });
         finishLayer(i, r.part, null, r.tensors, r.next);
         r.clean();
-      } else await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i));
+      } else await withParameters(streamed, `model.layers.${i}`, () => quantizeLayer(i), recycler);
     }
     async function quantizeLayer(i: number): Promise<void> {
       const layer = model.model.layers.at(i);
