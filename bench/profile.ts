@@ -4,7 +4,9 @@
  * by their caller) and the rest, outside the engine (TypeScript work, I/O, waiting for the GPTQ
  * workers, which run their own engines). Samples of 512 tokens (default 16). Then, from V8's
  * sampling profiles of every thread (the run is repeated under `node --cpu-prof`), the items
- * outside the engine by function. docs/performance.md has profiles taken with it.
+ * outside the engine by function. docs/performance.md has profiles taken with it. `npm run
+ * bench:profile` starts it as the `moecal` command starts the CLI (src/cli/moecal.ts: V8's flags,
+ * glibc's huge pages), so that the profile is of the process a user runs.
  */
 import fs from "node:fs";
 import os from "node:os";
@@ -36,7 +38,7 @@ function label(method: EngineMethod, stack: string): string {
 function sampled(args: string[]): void {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-cpu-profile-"));
   try {
-    const r = spawnSync(process.execPath, ["--cpu-prof", "--cpu-prof-dir", dir, process.argv[1] as string, ...args], {
+    const r = spawnSync(process.execPath, [...process.execArgv, "--cpu-prof", "--cpu-prof-dir", dir, process.argv[1] as string, ...args], {
       stdio: ["ignore", "ignore", "inherit"],
       env: { ...process.env, MOECAL_PROFILE_SAMPLED: "1" },
     });
