@@ -324,9 +324,12 @@ export function rawToF32(raw: RawTensor, where: string, into?: Float32Array): Te
   const out = into?.length === n ? into : undefined;
   let data: Float32Array;
   switch (raw.dtype) {
-    case "F32":
-      data = out ? (out.set(view(b, 4, Float32Array)), out) : new Float32Array(view(b, 4, Float32Array));
+    case "F32": {
+      const v = view(b, 4, Float32Array);
+      out?.set(v);
+      data = out ?? new Float32Array(v);
       break;
+    }
     case "BF16": {
       const c = bf16ToF32Checked(view(b, 2, Uint16Array), out);
       data = c.data;

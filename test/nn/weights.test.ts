@@ -89,3 +89,21 @@ test("WeightRecycler: non-finite values loaded into a recycled array that held f
     },
   );
 });
+
+test("rawToF32 writes BF16 and F32 values into a given array of their size, and into a new one otherwise", () => {
+  const values = Float32Array.from([1.5, -2, 0.25, 3]);
+  const raws = [
+    { dtype: "F32" as const, shape: [2, 2], bytes: new Uint8Array(values.buffer.slice(0)) },
+    { dtype: "BF16" as const, shape: [2, 2], bytes: new Uint8Array(f32ToBf16(values).buffer) },
+  ];
+  for (const raw of raws) {
+    const into = new Float32Array(4).fill(9);
+    const t = rawToF32(raw, raw.dtype, into);
+    assert.equal(t.data, into, raw.dtype);
+    assert.deepEqual([...t.data], [...values]);
+    const other = new Float32Array(3);
+    const u = rawToF32(raw, raw.dtype, other);
+    assert.notEqual(u.data, other);
+    assert.deepEqual([...u.data], [...values]);
+  }
+});
