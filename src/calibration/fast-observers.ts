@@ -34,6 +34,13 @@ export interface FastPathObserver {
 
 const fastObservers = new WeakMap<Linear, Set<FastPathObserver>>();
 
+/**
+ * The widest down_proj input the one-step MLP takes (its Gram product [I, I], 64 MiB at 4,096):
+ * the session adds the product to the sum through an intermediate as large, so a wider MLP (a
+ * DeepSeek-V3 dense layer's 18,432) keeps the calls, whose Gram product goes straight into its buffer.
+ */
+const STEP_MAX_INTERMEDIATE = 4096;
+
 /** Register a hook together with its fast-path twin; returns the remover of both. */
 export function registerFastAwareHook(lin: Linear, hook: (x: Tensor) => void | Promise<void>, fast: FastPathObserver): () => void {
   setObservedStep(observedSwiglu);
@@ -64,13 +71,20 @@ export function fastObserversOf(lin: Linear): FastPathObserver[] | null {
  * product of x once for the gate and up observers (as their hooks would add it), then gate and up
  * products, SwiGLU, the down product, and the Gram product of the down_proj inputs added to the
  * down observer's own sum inside the engine. Null (call the Linears) inside an expert call with
- * routed rows to keep apart, with biases, with no rows, or with any other hook.
+ * routed rows to keep apart, with biases, with no rows, wider than STEP_MAX_INTERMEDIATE, or with
+ * any other hook.
  */
 async function observedSwiglu({ gate, up, down }: MoeExpert, x: Tensor): Promise<Tensor | null> {
   const gateUp = [fastObserversOf(gate), fastObserversOf(up)];
   const downObs = fastObserversOf(down);
   const rows = x.size / gate.inFeatures;
-  const unfit = gate.hasBias || up.hasBias || down.hasBias || rows === 0 || currentRowRouting() !== undefined;
+  const unfit =
+    gate.hasBias ||
+    up.hasBias ||
+    down.hasBias ||
+    rows === 0 ||
+    gate.outFeatures > STEP_MAX_INTERMEDIATE ||
+    currentRowRouting() !== undefined;
   if (unfit || !downObs || gateUp.some((o) => o === null)) return null;
   const inputs = (gateUp as FastPathObserver[][]).flat();
   const all = [...inputs, ...downObs];
@@ -81,8 +95,8 @@ async function observedSwiglu({ gate, up, down }: MoeExpert, x: Tensor): Promise
   const [k, im] = [gate.inFeatures, gate.outFeatures];
   const x2 = x.reshape([rows, k]);
   const out = new Float32Array(rows * down.outFeatures);
-  await withFloats([rows * im, k * k] as const, async ([act, product]) => {
-    const sums = inputs.filter((o) => o.wantsGram).map((o) => (o.own as () => GramAccumulator)());
+  const sums = inputs.filter((o) => o.wantsGram).map((o) => (o.own as () => GramAccumulator)());
+  await withFloats([rows * im, sums.length > 0 ? k * k : 0] as const, async ([act, product]) => {
     if (sums.length > 0) {
       const g = (await getEngine().gram(x2, product)).data;
       for (const acc of sums) acc.addGram(g, rows);

@@ -155,3 +155,32 @@ test("a watched SwiGLU MLP runs as one engine step: its output, Hessians, row co
   assert.equal(absmax.stats.get("down_proj")?.rows, 19);
   assert.ok(Math.abs((absmax.stats.get("down_proj")?.absmax ?? 0) - m) <= 1e-6 * m, "the down_proj inputs' largest magnitude");
 });
+
+test("a watched SwiGLU MLP wider than 4,096 keeps its Linear calls (the one step's Gram sum would need a copy as large)", async () => {
+  const { SwiGluMLP } = await import("../../src/nn/mlp.js");
+  const mlp = new SwiGluMLP(4, 4097);
+  let seed = 51;
+  for (const [, p] of mlp.namedParameters()) p.value = randn(p.shape, seed++, 0.3);
+  const previous = getEngine();
+  const calls = { linear: 0, swigluExpert: 0 };
+  const counting: Engine = Object.assign(Object.create(previous) as Engine, {
+    linear: (...a: Parameters<Engine["linear"]>) => {
+      calls.linear++;
+      return previous.linear(...a);
+    },
+    swigluExpert: (...a: Parameters<Engine["swigluExpert"]>) => {
+      calls.swigluExpert++;
+      return previous.swigluExpert(...a);
+    },
+  });
+  const obs = attachHessianObservers(mlp, () => true);
+  setEngine(counting);
+  try {
+    await mlp.call(randn([3, 4], 52));
+  } finally {
+    setEngine(previous);
+    obs.remove();
+  }
+  assert.deepEqual(calls, { linear: 3, swigluExpert: 0 });
+  assert.equal(obs.stats.get("down_proj")?.rows, 3);
+});
