@@ -86,6 +86,22 @@ test("own rows summed shard by shard: each shard's sum added whole, in shard ord
   obs.remove();
 });
 
+/** `engine` with its `linear` and `swigluExpert` calls counted. */
+function countingProducts(engine: Engine): { counting: Engine; calls: { linear: number; swigluExpert: number } } {
+  const calls = { linear: 0, swigluExpert: 0 };
+  const counting: Engine = Object.assign(Object.create(engine) as Engine, {
+    linear: (...a: Parameters<Engine["linear"]>) => {
+      calls.linear++;
+      return engine.linear(...a);
+    },
+    swigluExpert: (...a: Parameters<Engine["swigluExpert"]>) => {
+      calls.swigluExpert++;
+      return engine.swigluExpert(...a);
+    },
+  });
+  return { counting, calls };
+}
+
 test("a watched SwiGLU MLP runs as one engine step: its output, Hessians, row counts and input maxima are those of the Linear-by-Linear calls; another hook keeps the calls", async () => {
   const { SwiGluMLP } = await import("../../src/nn/mlp.js");
   const { attachInputAbsMax } = await import("../../src/calibration/observers.js");
@@ -119,17 +135,7 @@ test("a watched SwiGLU MLP runs as one engine step: its output, Hessians, row co
   }
   // with only the observers: one swigluExpert step per call, no Linear product
   const previous = getEngine();
-  const calls = { linear: 0, swigluExpert: 0 };
-  const counting: Engine = Object.assign(Object.create(previous) as Engine, {
-    linear: (...a: Parameters<Engine["linear"]>) => {
-      calls.linear++;
-      return previous.linear(...a);
-    },
-    swigluExpert: (...a: Parameters<Engine["swigluExpert"]>) => {
-      calls.swigluExpert++;
-      return previous.swigluExpert(...a);
-    },
-  });
+  const { counting, calls } = countingProducts(previous);
   const obs = attachHessianObservers(mlp, () => true);
   const absmax = attachInputAbsMax(new Map([["down_proj", mlp.down_proj]]));
   setEngine(counting);
@@ -162,17 +168,7 @@ test("a watched SwiGLU MLP wider than 4,096 keeps its Linear calls (the one step
   let seed = 51;
   for (const [, p] of mlp.namedParameters()) p.value = randn(p.shape, seed++, 0.3);
   const previous = getEngine();
-  const calls = { linear: 0, swigluExpert: 0 };
-  const counting: Engine = Object.assign(Object.create(previous) as Engine, {
-    linear: (...a: Parameters<Engine["linear"]>) => {
-      calls.linear++;
-      return previous.linear(...a);
-    },
-    swigluExpert: (...a: Parameters<Engine["swigluExpert"]>) => {
-      calls.swigluExpert++;
-      return previous.swigluExpert(...a);
-    },
-  });
+  const { counting, calls } = countingProducts(previous);
   const obs = attachHessianObservers(mlp, () => true);
   setEngine(counting);
   try {
