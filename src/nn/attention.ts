@@ -104,13 +104,13 @@ export async function causalAttention(
 }
 
 /**
- * causalAttention of token-major q, k, v ([B, S, heads * D]) through their head-major copies in
- * `into`, into its `ctx`; token-major again with fromHeads(ctx, B, S, nKV, (nH / nKV) * Dv).
+ * causalAttention of token-major q, k, v ([B, S, heads * D]) through their head-major copies (in
+ * `into` when given), into its `ctx`; tokenMajorContext makes it token-major again.
  */
 export async function attendTokenMajor(
   t: { q: Float32Array; k: Float32Array; v: Float32Array },
   a: AttentionShape,
-  into: { qh: Float32Array; kh: Float32Array; vh: Float32Array; ctx: Float32Array },
+  into: Partial<{ qh: Float32Array; kh: Float32Array; vh: Float32Array; ctx: Float32Array }> = {},
 ): Promise<Float32Array> {
   const { B, S, nH, nKV, D } = a;
   const [qh, kh, vh] = [
@@ -119,6 +119,11 @@ export async function attendTokenMajor(
     toHeads(t.v, B, S, nKV, a.Dv ?? D, into.vh),
   ];
   return causalAttention(qh, kh, vh, a, into.ctx);
+}
+
+/** causalAttention's output [B * nKV, S, group, Dv] token-major: [B, S, nH * Dv], into `into` when given. */
+export function tokenMajorContext(ctx: Float32Array, a: AttentionShape, into?: Float32Array): Float32Array {
+  return fromHeads(ctx, a.B, a.S, a.nKV, (a.nH / a.nKV) * (a.Dv ?? a.D), into);
 }
 
 /** [S, S]: 0 where query i sees key j (j <= i, and j > i - window with a window), else -Infinity. */
@@ -222,7 +227,7 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
       applyRopeInPlace(k.data, B, S, nKV, D, this.opts.ropeTheta, R);
       const shape = { B, S, nH, nKV, D, window: this.opts.window };
       await attendTokenMajor({ q: q.data, k: k.data, v: v.data }, shape, { qh, kh, vh, ctx });
-      return callOnFilled(lin("o_proj"), [B, S, nH * D], async (into) => fromHeads(ctx, B, S, nKV, (nH / nKV) * D, into));
+      return callOnFilled(lin("o_proj"), [B, S, nH * D], async (into) => tokenMajorContext(ctx, shape, into));
     });
   }
 }

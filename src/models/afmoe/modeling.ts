@@ -11,7 +11,7 @@ import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Linear, RMSNorm, type TokenIds, addNormed } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
 import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
-import { attendTokenMajor, callOnFilled, fromHeads } from "../../nn/attention.js";
+import { attendTokenMajor, callOnFilled, tokenMajorContext } from "../../nn/attention.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
@@ -208,7 +208,7 @@ export class AfmoeAttention extends Module {
       const shape = { B, S, nH, nKV, D, window: this.sliding ? c.slidingWindow : null };
       await attendTokenMajor({ q: q.data, k: k.data, v: v.data }, shape, { qh, kh, vh, ctx });
       const gate = await this.lin("gate_proj").callInto(x, gp);
-      const context = new Tensor(fromHeads(ctx, B, S, nKV, (nH / nKV) * D, o), [B, S, nH * D]);
+      const context = new Tensor(tokenMajorContext(ctx, shape, o), [B, S, nH * D]);
       return callOnFilled(this.lin("o_proj"), [B, S, nH * D], async (into) => (await engine.sigmoidGate(context, gate, into)).data);
     });
   }

@@ -6,7 +6,7 @@
  */
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";
-import { type TokenMixer, causalAttention, fromHeads } from "../../nn/attention.js";
+import { type TokenMixer, causalAttention, tokenMajorContext } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { Module } from "../../nn/module.js";
 import { ropeFrequencies, ropeTables, rotateAt, yarnMscale } from "../../nn/rope.js";
@@ -113,8 +113,9 @@ export class DeepseekV3Attention extends Module<Tensor, Tensor> implements Token
         }
       }
     }
-    const ctx = await causalAttention(qh, kh, vh, { B, S, nH, nKV: nH, D: dq, Dv: dv, window: null, scale: this.softmaxScale });
-    return this.lin("o_proj").call(new Tensor(fromHeads(ctx, B, S, nH, dv), [B, S, nH * dv]));
+    const shape = { B, S, nH, nKV: nH, D: dq, Dv: dv, window: null, scale: this.softmaxScale };
+    const ctx = await causalAttention(qh, kh, vh, shape);
+    return this.lin("o_proj").call(new Tensor(tokenMajorContext(ctx, shape), [B, S, nH * dv]));
   }
 }
 

@@ -8,7 +8,7 @@ import { add, sigmoidScalar } from "../../engine/ops.js";
 import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";
-import { type TokenMixer, causalAttention, fromHeads, toHeads } from "../../nn/attention.js";
+import { type TokenMixer, attendTokenMajor, tokenMajorContext } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module } from "../../nn/module.js";
@@ -121,15 +121,9 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> implements TokenM
     const v = (await lin("v_proj").call(x)).data;
     applyRopeInPlace(q, B, S, nH, D, this.config.ropeTheta, this.config.rotaryDim);
     applyRopeInPlace(k, B, S, nKV, D, this.config.ropeTheta, this.config.rotaryDim);
-    const ctx = await causalAttention(toHeads(q, B, S, nKV, (nH / nKV) * D), toHeads(k, B, S, nKV, D), toHeads(v, B, S, nKV, D), {
-      B,
-      S,
-      nH,
-      nKV,
-      D,
-      window: null,
-    });
-    const o = new Tensor(fromHeads(ctx, B, S, nKV, (nH / nKV) * D), [B, S, nH * D]);
+    const shape = { B, S, nH, nKV, D, window: null };
+    const ctx = await attendTokenMajor({ q, k, v }, shape);
+    const o = new Tensor(tokenMajorContext(ctx, shape), [B, S, nH * D]);
     return lin("o_proj").call(await getEngine().sigmoidGate(o, new Tensor(gate, o.shape)));
   }
 }
