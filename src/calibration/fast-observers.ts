@@ -87,15 +87,12 @@ async function observedSwiglu({ gate, up, down }: MoeExpert, x: Tensor): Promise
     currentRowRouting() !== undefined;
   if (unfit || !downObs || gateUp.some((o) => o === null)) return null;
   const inputs = (gateUp as FastPathObserver[][]).flat();
-  const all = [...inputs, ...downObs];
-  // each watching observer either takes the Gram product into its own sum, or wants none
-  if (all.some((o) => o.wantsGram && !o.own)) return null;
-  const downSums = downObs.filter((o) => o.wantsGram).map((o) => (o.own as () => GramAccumulator)());
-  if (downSums.length > 1) return null;
+  const sums = ownSums(inputs);
+  const downSums = ownSums(downObs);
+  if (!sums || !downSums || downSums.length > 1) return null;
   const [k, im] = [gate.inFeatures, gate.outFeatures];
   const x2 = x.reshape([rows, k]);
   const out = new Float32Array(rows * down.outFeatures);
-  const sums = inputs.filter((o) => o.wantsGram).map((o) => (o.own as () => GramAccumulator)());
   await withFloats([rows * im, sums.length > 0 ? k * k : 0] as const, async ([act, product]) => {
     if (sums.length > 0) {
       const g = (await getEngine().gram(x2, product)).data;
@@ -118,4 +115,15 @@ async function observedSwiglu({ gate, up, down }: MoeExpert, x: Tensor): Promise
     }
   });
   return new Tensor(out, [...x.shape.slice(0, -1), down.outFeatures]);
+}
+
+/** The own sums of the observers that want the Gram product; null when one of them has none (it needs its hook). */
+function ownSums(observers: readonly FastPathObserver[]): GramAccumulator[] | null {
+  const sums: GramAccumulator[] = [];
+  for (const o of observers) {
+    if (!o.wantsGram) continue;
+    if (!o.own) return null;
+    sums.push(o.own());
+  }
+  return sums;
 }
