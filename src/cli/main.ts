@@ -100,4 +100,15 @@ if (process.env.MOECAL_LAUNCHED === "1" && process.connected) {
   process.channel?.unref();
 }
 
-process.exitCode = await main(process.argv);
+/** Resolves once everything written to `stream` so far has been handed to the system. */
+const flushed = (stream: NodeJS.WriteStream): Promise<void> => new Promise((resolve) => stream.write("", () => resolve()));
+
+/**
+ * Exit here rather than let the event loop drain: a natural exit first closes the signal
+ * handlers (their default action returns) and then tears down worker threads and onnxruntime,
+ * so a signal in those last milliseconds killed a run that had finished. `process.exit` keeps
+ * the handlers installed to the end, where a late signal is ignored.
+ */
+const code = await main(process.argv);
+await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+process.exit(code);

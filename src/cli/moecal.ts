@@ -44,8 +44,10 @@ if (!tunables && gcFlags.length === 0) {
     process.exit(70);
   });
   child.on("exit", (code, signal) => {
+    if (code !== null) process.exit(code);
+    // die of the child's signal: without a listener its default action returns (only then, so a
+    // signal arriving while this process exits is passed to nothing rather than killing it)
     for (const s of signals) process.off(s, pass);
-    if (signal) process.kill(process.pid, signal);
-    else process.exit(code ?? 1);
+    process.kill(process.pid, signal ?? "SIGKILL");
   });
 }

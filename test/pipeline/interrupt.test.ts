@@ -196,25 +196,36 @@ test("SIGINT before the first layer finished: the work folder (embeddings of the
 
 test("SIGINT at any moment (onnxruntime calls and GPTQ jobs in flight) stops at a safe point: exit 130, never an abort in native code", async () => {
   const out = path.join(tmp, "out-native");
-  for (const delay of [0, 400, 900, 1500, 2200]) {
+  // counted from the first line (the plan: the signal handlers are installed by then), and from the
+  // last layer's line, when the output is assembled, committed and the process exits (a signal in
+  // its last milliseconds once killed it: 9 of 60 sends 150-290 ms after that line)
+  const first = /./;
+  const last = /layer 8\/8: \d+ Linear quantized/;
+  const sends: [RegExp, number][] = [
+    [first, 0],
+    [first, 400],
+    [first, 900],
+    [first, 1500],
+    [last, 120],
+    [last, 180],
+    [last, 240],
+  ];
+  for (const [at, delay] of sends) {
     const child = spawn(
       process.execPath,
       [cli, "oneshot", "--model", model, "--num-samples", "4", "--max-seq-length", "32", "--output", out, "--restart"],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     let stderr = "";
+    let timer: NodeJS.Timeout | undefined;
     child.stderr.on("data", (d: Buffer) => {
       stderr += d.toString();
-    });
-    // counted from the first line (the plan): the signal handlers are installed by then
-    let timer: NodeJS.Timeout | undefined;
-    child.stderr.once("data", () => {
-      timer = setTimeout(() => child.kill("SIGINT"), delay);
+      if (!timer && at.test(stderr)) timer = setTimeout(() => child.kill("SIGINT"), delay);
     });
     const [code, sig] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on("exit", (c, s) => resolve([c, s])));
     clearTimeout(timer);
-    assert.equal(sig, null, `killed by ${sig} after ${delay} ms: ${stderr}`);
-    assert.ok(code === 130 || code === 0, `exit ${code} after ${delay} ms: ${stderr}`);
+    assert.equal(sig, null, `killed by ${sig} ${delay} ms after ${at}: ${stderr}`);
+    assert.ok(code === 130 || code === 0, `exit ${code} ${delay} ms after ${at}: ${stderr}`);
     assert.doesNotMatch(stderr, /Napi|Aborted|internal error/);
     if (code === 130) assert.equal(fs.existsSync(out), false);
     fs.rmSync(out, { recursive: true, force: true });
