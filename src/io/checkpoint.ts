@@ -5,7 +5,16 @@ import { readJsonObject } from "./json.js";
 import type { Tensor } from "../engine/tensor.js";
 import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import { type Fp8BlockFormat, Fp8BlockWeights, type Fp8Stored, fp8BlockRows } from "./fp8-blocks.js";
-import { DTYPE_BYTES, LIMITS, type RawTensor, SafetensorsFile, type TensorInfo, isPlainTensorName, rawToF32 } from "./safetensors.js";
+import {
+  DTYPE_BYTES,
+  LIMITS,
+  type RawTensor,
+  SafetensorsFile,
+  type StoredLocation,
+  type TensorInfo,
+  isPlainTensorName,
+  rawToF32,
+} from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
 const SINGLE_FILE = "model.safetensors";
@@ -230,6 +239,14 @@ export class Checkpoint {
     } finally {
       giveBuffer(buf);
     }
+  }
+
+  /** Where `name`'s bytes lie in its file, or null for a weight this checkpoint decodes (FP8 blocks). */
+  locate(name: string): StoredLocation | null {
+    if (this.decoded?.has(name)) return null;
+    const v = this.views.get(name);
+    const f = v?.file ?? this.file(name);
+    return f.locationOf(v?.info ?? f.info(name));
   }
 
   /** Name of the file holding `name`, relative to the folder. */

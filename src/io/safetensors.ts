@@ -85,6 +85,14 @@ export interface TensorInfo {
   end: number;
 }
 
+/** A stored tensor's place on disk: its file, the position of its bytes, their type and shape. */
+export interface StoredLocation {
+  file: string;
+  position: number;
+  dtype: DType;
+  shape: number[];
+}
+
 export interface RawTensor {
   dtype: DType;
   shape: number[];
@@ -216,6 +224,11 @@ export class SafetensorsFile {
     const t = this.tensors.get(name);
     if (!t) throw new CheckpointFormatError(`${this.file}: no tensor named "${name}"`);
     return t;
+  }
+
+  /** Where the bytes `t` describes lie: this file and their position in it (a reader on another thread opens it itself). */
+  locationOf(t: TensorInfo): StoredLocation {
+    return { file: this.file, position: this.dataStart + t.begin, dtype: t.dtype, shape: t.shape };
   }
 
   /** The tensor's bytes, read from disk now (a shard that vanished or shrank since it was opened is named). */

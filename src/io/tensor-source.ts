@@ -1,6 +1,6 @@
 import type { Tensor } from "../engine/tensor.js";
 import type { Checkpoint } from "./checkpoint.js";
-import { rawToF32 } from "./safetensors.js";
+import { type StoredLocation, rawToF32 } from "./safetensors.js";
 
 /** A tensor source: a float32 tensor by checkpoint name (plain checkpoints or dequantizing loaders). */
 export interface TensorSource {
@@ -11,6 +11,8 @@ export interface TensorSource {
   readF32(name: string, into?: Float32Array): Tensor;
   /** rows of a 2-D tensor by index, as float32 [rows.length, columns] (reading only those rows), where the source can */
   readRowsF32?(name: string, rows: Int32Array): Tensor;
+  /** where a tensor's bytes lie, for a reader on another thread (loadParametersAsync), or null where the source must decode it */
+  locate?(name: string): StoredLocation | null;
 }
 
 export function checkpointSource(ck: Checkpoint): TensorSource {
@@ -20,5 +22,6 @@ export function checkpointSource(ck: Checkpoint): TensorSource {
     shapeOf: (n) => ck.info(n).shape,
     readF32: (n, into) => ck.readF32(n, into),
     readRowsF32: (n, rows) => rawToF32(ck.readRowsRaw(n, rows), `${ck.dir}: tensor "${n}"`),
+    locate: (n) => ck.locate(n),
   };
 }

@@ -1,10 +1,11 @@
 /** Loading a checkpoint's tensors into a module tree's parameters, whatever the model family. */
-import { type Tensor, numel } from "../engine/tensor.js";
+import { Tensor, numel } from "../engine/tensor.js";
 import { NumericalError, WeightMappingError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
-import { convertedFinite, firstNonFiniteF32 } from "../io/safetensors.js";
+import { LOAD_JOB_DTYPES, sharedLoadPool } from "../io/load-pool.js";
+import { DTYPE_BYTES, convertedFinite, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { TensorSource } from "../io/tensor-source.js";
-import type { AnyModule } from "./module.js";
+import type { AnyModule, Parameter } from "./module.js";
 
 export interface WeightMapping {
   /** model parameter name -> checkpoint tensor name */
@@ -106,6 +107,25 @@ export class WeightRecycler {
   }
 }
 
+/** The checkpoint tensor a parameter loads from. */
+function sourceOf(mapping: WeightMapping, source: TensorSource, name: string): string {
+  const src = mapping.sources.get(name);
+  if (!src) throw new WeightMappingError(`${source.dir}: no tensor for parameter "${name}"`);
+  return src;
+}
+
+function assertSize(source: TensorSource, src: string, values: number, name: string, p: Parameter): void {
+  if (values !== numel(p.shape))
+    throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${values} values, "${name}" needs ${numel(p.shape)}`);
+}
+
+/** `t` as `p`'s value, checked finite unless its reader found it so. */
+function place(p: Parameter, t: Tensor, where: string, finite: boolean, recycler?: WeightRecycler): void {
+  if (!finite) assertFinite(t, where);
+  p.value = t.reshape(p.shape);
+  recycler?.loaded(t.data);
+}
+
 /**
  * Load parameters of `root` (named with `prefix`) whose names pass `filter` from `source`, into
  * the recycler's free arrays when given. Checks shapes and finiteness; returns the number of tensors loaded.
@@ -121,18 +141,66 @@ export function loadParameters(
   let n = 0;
   for (const [name, p] of root.namedParameters(prefix)) {
     if (!filter(name)) continue;
-    const src = mapping.sources.get(name);
-    if (!src) throw new WeightMappingError(`${source.dir}: no tensor for parameter "${name}"`);
+    const src = sourceOf(mapping, source, name);
     const t = source.readF32(src, recycler?.take(numel(p.shape)));
-    if (numel(t.shape) !== numel(p.shape))
-      throw new WeightMappingError(`${source.dir}: tensor "${src}" has ${t.size} values, "${name}" needs ${numel(p.shape)}`);
-    assertFinite(t, `${source.dir}: tensor "${src}"`);
-    p.value = t.reshape(p.shape);
-    recycler?.loaded(t.data);
+    assertSize(source, src, t.size, name, p);
+    place(p, t, `${source.dir}: tensor "${src}"`, false, recycler);
     n++;
   }
   recycler?.dropFree();
   return n;
+}
+
+/** Stored bytes from which loadParametersAsync reads on worker threads (below: as loadParameters). */
+export const PARALLEL_LOAD_BYTES = 64 * 1024 ** 2;
+
+/**
+ * loadParameters with the tensors read and converted on worker threads (load-pool.ts), several at
+ * once, when the source can say where they lie and they hold at least `parallelFrom` bytes; the
+ * same checks and errors, the same values. A recycled array moves to a worker and back.
+ */
+export async function loadParametersAsync(
+  root: AnyModule,
+  source: TensorSource,
+  mapping: WeightMapping,
+  filter: (name: string) => boolean = () => true,
+  prefix = "",
+  recycler?: WeightRecycler,
+  parallelFrom = PARALLEL_LOAD_BYTES,
+): Promise<number> {
+  const params = root.namedParameters(prefix).filter(([name]) => filter(name));
+  const located = params.map(([name, p]) => {
+    const src = sourceOf(mapping, source, name);
+    const at = source.locate?.(src) ?? null;
+    return { name, p, src, at: at && LOAD_JOB_DTYPES.has(at.dtype) ? at : null };
+  });
+  const bytes = located.reduce((a, { at }) => a + (at ? numel(at.shape) * DTYPE_BYTES[at.dtype] : 0), 0);
+  if (bytes < parallelFrom) return loadParameters(root, source, mapping, filter, prefix, recycler);
+  const pool = sharedLoadPool();
+  const jobs: Promise<void>[] = [];
+  try {
+    for (const { name, p, src, at } of located) {
+      const where = `${source.dir}: tensor "${src}"`;
+      const spare = recycler?.take(numel(p.shape));
+      if (!at) {
+        const t = source.readF32(src, spare);
+        assertSize(source, src, t.size, name, p);
+        place(p, t, where, false, recycler);
+        continue;
+      }
+      assertSize(source, src, numel(at.shape), name, p);
+      // only an array that is its whole buffer can move to a worker
+      const into = spare && spare.byteOffset === 0 && spare.byteLength === spare.buffer.byteLength ? spare : undefined;
+      const { result } = await pool.submit(() => ({ at, into }));
+      jobs.push(result.then((r) => place(p, new Tensor(r.data, at.shape), where, r.finite, recycler)));
+    }
+  } finally {
+    // no job is left running when one fails or a check throws
+    await Promise.allSettled(jobs);
+  }
+  await Promise.all(jobs);
+  recycler?.dropFree();
+  return params.length;
 }
 
 /** Drop loaded parameter values (to stream a model layer by layer); the recycler, when given, gets back the arrays it loaded. */

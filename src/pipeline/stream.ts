@@ -8,7 +8,7 @@ import type { Tensor } from "../engine/tensor.js";
 import { UsageError } from "../errors.js";
 import type { DecoderLayer } from "../models/family.js";
 import type { LoadedModel } from "../models/registry.js";
-import { type WeightRecycler, assertFinite, loadParameters, unloadParameters } from "../nn/weights.js";
+import { type WeightRecycler, assertFinite, loadParametersAsync, unloadParameters } from "../nn/weights.js";
 import { Embedding } from "../nn/layers.js";
 
 /** Tokens per chunk of samples: a chunk's hidden states take tokens x hidden_size x 4 bytes (1 GiB at hidden 1024). */
@@ -39,7 +39,7 @@ export type StreamModel = Pick<LoadedModel, "model" | "source" | "mapping" | "co
  * recycler, into the arrays of the parameters unloaded before (WeightRecycler: nothing may keep one).
  */
 export async function withParameters<T>(m: StreamModel, prefix: string, run: () => Promise<T>, recycler?: WeightRecycler): Promise<T> {
-  loadParameters(m.model, m.source, m.mapping, named(prefix), "", recycler);
+  await loadParametersAsync(m.model, m.source, m.mapping, named(prefix), "", recycler);
   try {
     return await run();
   } finally {

@@ -1,0 +1,83 @@
+/**
+ * A layer's stored weights read and converted to float32 on worker threads. A new float32 array
+ * costs page faults on its first write, on this project's machine more than the conversion itself
+ * (docs/performance.md); one thread converting a Qwen3-30B-A3B layer's 600 million values took
+ * seconds that every core can share. Each job reads one tensor's bytes from its file, opened as
+ * the calling thread opens it, in pieces, into an array the worker makes or one handed over (a
+ * recycled one, moved to the worker and back).
+ */
+import fs from "node:fs";
+import os from "node:os";
+import { bf16ToF32Checked } from "../engine/dtype.js";
+import { giveBuffer, takeBuffer } from "../engine/scratch.js";
+import { numel } from "../engine/tensor.js";
+import { asFormatError } from "../errors.js";
+import { WorkerPool } from "../util/worker-pool.js";
+import { openRegular, readAt } from "./files.js";
+import { LIMITS, type StoredLocation, firstNonFiniteF32 } from "./safetensors.js";
+
+export interface LoadJob {
+  at: StoredLocation;
+  /** an array of the tensor's size to fill (its whole buffer moves to the worker), else the worker makes one */
+  into?: Float32Array;
+}
+
+export interface LoadResult {
+  data: Float32Array;
+  /** every value is finite */
+  finite: boolean;
+}
+
+/** The stored types a load job converts (the others are converted by the caller, as before). */
+export const LOAD_JOB_DTYPES: ReadonlySet<string> = new Set(["BF16", "F32"]);
+
+/** Stored bytes read at a time: what a worker holds besides the array it fills. */
+const PIECE_BYTES = 16 * 1024 ** 2;
+
+/** Read and convert one stored tensor (on a worker thread, or here). */
+export async function runLoadJob({ at, into }: LoadJob): Promise<LoadResult> {
+  const n = numel(at.shape);
+  const data = into?.length === n ? into : new Float32Array(n);
+  const { fd } = openRegular(at.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
+  try {
+    if (at.dtype === "F32") {
+      readAt(fd, at.file, new Uint8Array(data.buffer, data.byteOffset, 4 * n), at.position, asFormatError);
+      return { data, finite: firstNonFiniteF32(data) < 0 };
+    }
+    const buf = takeBuffer(Math.min(PIECE_BYTES, 2 * n));
+    let finite = true;
+    try {
+      const per = buf.byteLength >> 1;
+      for (let i = 0; i < n; i += per) {
+        const m = Math.min(per, n - i);
+        readAt(fd, at.file, new Uint8Array(buf, 0, 2 * m), at.position + 2 * i, asFormatError);
+        finite = bf16ToF32Checked(new Uint16Array(buf, 0, m), data.subarray(i, i + m)).finite && finite;
+      }
+    } finally {
+      giveBuffer(buf);
+    }
+    return { data, finite };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export const LOAD_KIND = {
+  what: "weight loading",
+  script: new URL("./load-worker.js", import.meta.url),
+  run: runLoadJob,
+  transfer: (job: LoadJob): ArrayBuffer[] => (job.into ? [job.into.buffer as ArrayBuffer] : []),
+};
+
+/** Worker threads for loading: one per core, at most 8 (reading and page faults stop scaling before the cores do). */
+export function loadWorkers(): number {
+  return Math.min(os.availableParallelism(), 8);
+}
+
+let shared: WorkerPool<LoadJob, LoadResult> | null = null;
+
+/** The process's loading workers, started on first use and kept (an idle worker does not hold the process open). */
+export function sharedLoadPool(): WorkerPool<LoadJob, LoadResult> {
+  shared ??= new WorkerPool(loadWorkers(), LOAD_KIND);
+  return shared;
+}
