@@ -3,23 +3,25 @@
  * costs page faults on its first write, on this project's machine more than the conversion itself
  * (docs/performance.md); one thread converting a Qwen3-30B-A3B layer's 600 million values took
  * seconds that every core can share. Each job reads one tensor's bytes from its file, opened as
- * the calling thread opens it, in pieces, into an array the worker makes or one handed over (a
- * recycled one, moved to the worker and back).
+ * the calling thread opens it, in pieces, into the array the job moves to the worker and back.
+ * The caller makes that array (or recycles one): made on a worker thread, the arrays of a
+ * Qwen3-30B-A3B-shaped run took twice the page faults (glibc's huge pages apply to the main
+ * thread's allocations here) and the layer after them wrote its files slower.
  */
 import fs from "node:fs";
 import os from "node:os";
 import { bf16ToF32Checked } from "../engine/dtype.js";
 import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import { numel } from "../engine/tensor.js";
-import { asFormatError } from "../errors.js";
+import { InternalError, asFormatError } from "../errors.js";
 import { WorkerPool } from "../util/worker-pool.js";
 import { openRegular, readAt } from "./files.js";
 import { LIMITS, type StoredLocation, firstNonFiniteF32 } from "./safetensors.js";
 
 export interface LoadJob {
   at: StoredLocation;
-  /** an array of the tensor's size to fill (its whole buffer moves to the worker), else the worker makes one */
-  into?: Float32Array;
+  /** the array to fill, of the tensor's size (its whole buffer moves to the worker and back) */
+  into: Float32Array;
 }
 
 export interface LoadResult {
@@ -37,7 +39,8 @@ const PIECE_BYTES = 16 * 1024 ** 2;
 /** Read and convert one stored tensor (on a worker thread, or here). */
 export async function runLoadJob({ at, into }: LoadJob): Promise<LoadResult> {
   const n = numel(at.shape);
-  const data = into?.length === n ? into : new Float32Array(n);
+  if (into.length !== n) throw new InternalError(`load job: ${into.length} floats given for ${n} values`);
+  const data = into;
   const { fd } = openRegular(at.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
   try {
     if (at.dtype === "F32") {
@@ -66,7 +69,7 @@ export const LOAD_KIND = {
   what: "weight loading",
   script: new URL("./load-worker.js", import.meta.url),
   run: runLoadJob,
-  transfer: (job: LoadJob): ArrayBuffer[] => (job.into ? [job.into.buffer as ArrayBuffer] : []),
+  transfer: (job: LoadJob): ArrayBuffer[] => [job.into.buffer as ArrayBuffer],
 };
 
 /** Worker threads for loading: one per core, at most 8 (reading and page faults stop scaling before the cores do). */

@@ -189,8 +189,9 @@ export async function loadParametersAsync(
         continue;
       }
       assertSize(source, src, numel(at.shape), name, p);
-      // only an array that is its whole buffer can move to a worker
-      const into = spare && spare.byteOffset === 0 && spare.byteLength === spare.buffer.byteLength ? spare : undefined;
+      // made here, not on the worker (load-pool.ts); only an array that is its whole buffer can move
+      const into =
+        spare && spare.byteOffset === 0 && spare.byteLength === spare.buffer.byteLength ? spare : new Float32Array(numel(p.shape));
       const { result } = await pool.submit(() => ({ at, into }));
       jobs.push(result.then((r) => place(p, new Tensor(r.data, at.shape), where, r.finite, recycler)));
     }
