@@ -126,6 +126,13 @@ function place(p: Parameter, t: Tensor, where: string, finite: boolean, recycler
   recycler?.loaded(t.data);
 }
 
+/** One parameter read on this thread (into `spare` where the source can), checked and placed. */
+function loadHere(source: TensorSource, src: string, name: string, p: Parameter, spare?: Float32Array, recycler?: WeightRecycler): void {
+  const t = source.readF32(src, spare);
+  assertSize(source, src, t.size, name, p);
+  place(p, t, `${source.dir}: tensor "${src}"`, false, recycler);
+}
+
 /**
  * Load parameters of `root` (named with `prefix`) whose names pass `filter` from `source`, into
  * the recycler's free arrays when given. Checks shapes and finiteness; returns the number of tensors loaded.
@@ -141,10 +148,7 @@ export function loadParameters(
   let n = 0;
   for (const [name, p] of root.namedParameters(prefix)) {
     if (!filter(name)) continue;
-    const src = sourceOf(mapping, source, name);
-    const t = source.readF32(src, recycler?.take(numel(p.shape)));
-    assertSize(source, src, t.size, name, p);
-    place(p, t, `${source.dir}: tensor "${src}"`, false, recycler);
+    loadHere(source, sourceOf(mapping, source, name), name, p, recycler?.take(numel(p.shape)), recycler);
     n++;
   }
   recycler?.dropFree();
@@ -180,12 +184,9 @@ export async function loadParametersAsync(
   const jobs: Promise<void>[] = [];
   try {
     for (const { name, p, src, at } of located) {
-      const where = `${source.dir}: tensor "${src}"`;
       const spare = recycler?.take(numel(p.shape));
       if (!at) {
-        const t = source.readF32(src, spare);
-        assertSize(source, src, t.size, name, p);
-        place(p, t, where, false, recycler);
+        loadHere(source, src, name, p, spare, recycler);
         continue;
       }
       assertSize(source, src, numel(at.shape), name, p);
@@ -193,7 +194,7 @@ export async function loadParametersAsync(
       const into =
         spare && spare.byteOffset === 0 && spare.byteLength === spare.buffer.byteLength ? spare : new Float32Array(numel(p.shape));
       const { result } = await pool.submit(() => ({ at, into }));
-      jobs.push(result.then((r) => place(p, new Tensor(r.data, at.shape), where, r.finite, recycler)));
+      jobs.push(result.then((r) => place(p, new Tensor(r.data, at.shape), `${source.dir}: tensor "${src}"`, r.finite, recycler)));
     }
   } finally {
     // no job is left running when one fails or a check throws
