@@ -5,6 +5,7 @@ import type { Checkpoint } from "../io/checkpoint.js";
 import { LOAD_JOB_DTYPES, sharedLoadPool } from "../io/load-pool.js";
 import { DTYPE_BYTES, convertedFinite, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { TensorSource } from "../io/tensor-source.js";
+import { ownsBuffer } from "../util/worker-pool.js";
 import type { AnyModule, Parameter } from "./module.js";
 
 export interface WeightMapping {
@@ -191,8 +192,7 @@ export async function loadParametersAsync(
       }
       assertSize(source, src, numel(at.shape), name, p);
       // made here, not on the worker (load-pool.ts); only an array that is its whole buffer can move
-      const into =
-        spare && spare.byteOffset === 0 && spare.byteLength === spare.buffer.byteLength ? spare : new Float32Array(numel(p.shape));
+      const into = spare && ownsBuffer(spare) ? spare : new Float32Array(numel(p.shape));
       const { result } = await pool.submit(() => ({ at, into }));
       jobs.push(result.then((r) => place(p, new Tensor(r.data, at.shape), `${source.dir}: tensor "${src}"`, r.finite, recycler)));
     }

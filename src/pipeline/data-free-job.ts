@@ -16,6 +16,7 @@ import { type ScaleDType, absMax, nvfp4GlobalScale } from "../quantization/param
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
 import { assertComplete } from "./preflight.js";
 import { assertValidQParams } from "./quantize-layer.js";
+import { ownsBuffer } from "../util/worker-pool.js";
 
 export interface DataFreeMember {
   /** the Linear's module name */
@@ -82,17 +83,16 @@ function decode(m: DataFreeMember, where: string): Float32Array {
 /** The buffers a view owns whole (those can move between threads; a view into a larger buffer is copied instead). */
 export function ownedBuffers(views: readonly Uint8Array[]): ArrayBuffer[] {
   const seen = new Set<ArrayBuffer>();
-  for (const v of views)
-    if (v.byteOffset === 0 && v.byteLength === v.buffer.byteLength && v.buffer instanceof ArrayBuffer) seen.add(v.buffer);
+  for (const v of views) if (ownsBuffer(v) && v.buffer instanceof ArrayBuffer) seen.add(v.buffer);
   return [...seen];
 }
 
 /** A stored tensor whose bytes own their buffer (a slice where they are a view into a larger one: a shared read buffer must not move). */
 export function owned(t: StoredTensor): StoredTensor {
-  const own = (u: Uint8Array): Uint8Array => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? u : u.slice());
+  const own = (u: Uint8Array): Uint8Array => (ownsBuffer(u) ? u : u.slice());
   if ("raw" in t) return { raw: { ...t.raw, bytes: own(t.raw.bytes) } };
   const f = t.fp8;
   const codes = own(f.codes);
-  const scaleInv = f.scaleInv.byteOffset === 0 && f.scaleInv.byteLength === f.scaleInv.buffer.byteLength ? f.scaleInv : f.scaleInv.slice();
+  const scaleInv = ownsBuffer(f.scaleInv) ? f.scaleInv : f.scaleInv.slice();
   return { fp8: { ...f, codes, scaleInv } };
 }

@@ -27,6 +27,11 @@ export interface PoolKind<J, R> {
   transfer: (job: J) => ArrayBuffer[];
 }
 
+/** `v` is its whole buffer: the buffer can move to another thread (a view into a larger one would take the rest along). */
+export function ownsBuffer(v: ArrayBufferView): boolean {
+  return v.byteOffset === 0 && v.byteLength === v.buffer.byteLength;
+}
+
 type Reply<R> = { id: number; result: R } | { id: number; error: { name: string; code: string; message: string } };
 
 export class WorkerPool<J, R> {
