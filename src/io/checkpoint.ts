@@ -163,6 +163,7 @@ export class Checkpoint {
       names: () => this.storedNames(),
       info: (n: string) => this.rawInfo(n),
       readRaw: (n) => this.rawRead(n),
+      locate: (n) => this.rawLocate(n),
     });
   }
 
@@ -230,7 +231,7 @@ export class Checkpoint {
    * the torch_dtype), into `into` where rawToF32 can, else a new array.
    */
   readF32(name: string, into?: Float32Array): Tensor {
-    if (this.decoded?.has(name)) return this.decoded.readF32(name);
+    if (this.decoded?.has(name)) return this.decoded.readF32(name, into);
     // the stored bytes are read into reused scratch memory, then converted
     const info = this.rawInfo(name);
     const buf = takeBuffer(info.end - info.begin);
@@ -241,9 +242,13 @@ export class Checkpoint {
     }
   }
 
-  /** Where `name`'s bytes lie in its file, or null for a weight this checkpoint decodes (FP8 blocks). */
+  /** Where `name`'s bytes lie in its file (an FP8 block weight's codes, with its scales), or null for a weight decoded otherwise. */
   locate(name: string): StoredLocation | null {
-    if (this.decoded?.has(name)) return null;
+    if (this.decoded?.has(name)) return this.decoded.locate?.(name) ?? null;
+    return this.rawLocate(name);
+  }
+
+  private rawLocate(name: string): StoredLocation {
     const v = this.views.get(name);
     const f = v?.file ?? this.file(name);
     return f.locationOf(v?.info ?? f.info(name));
@@ -261,6 +266,8 @@ export interface RawAccess {
   names(): string[];
   info(name: string): TensorInfo;
   readRaw(name: string): RawTensor;
+  /** where the stored bytes lie (null: where a reader on another thread cannot open them) */
+  locate?(name: string): StoredLocation | null;
 }
 
 /**
@@ -275,12 +282,15 @@ export interface DecodedWeights {
   /** `name` is a companion tensor, not presented */
   hides(name: string): boolean;
   info(name: string): TensorInfo;
-  readF32(name: string): Tensor;
+  /** float32 values, into `into` where the presenter can */
+  readF32(name: string, into?: Float32Array): Tensor;
   readRaw(name: string): RawTensor;
   rawChunks(name: string, chunkBytes: number): Generator<Uint8Array>;
   readRowsRaw(name: string, rows: Int32Array): RawTensor;
   /** the weight as stored, for decoding on another thread (storedToF32) */
   stored(name: string): StoredTensor;
+  /** where the weight lies, for a reader on another thread (Checkpoint.locate), where the presenter's form allows */
+  locate?(name: string): StoredLocation | null;
 }
 
 /** A tensor as a checkpoint stores it (Checkpoint.readStored). */

@@ -15,6 +15,7 @@ import { giveBuffer, takeBuffer } from "../engine/scratch.js";
 import { numel } from "../engine/tensor.js";
 import { InternalError, asFormatError } from "../errors.js";
 import { WorkerPool } from "../util/worker-pool.js";
+import { decodeFp8Rows } from "./fp8-blocks.js";
 import { openRegular, readAt } from "./files.js";
 import { LIMITS, type StoredLocation, firstNonFiniteF32 } from "./safetensors.js";
 
@@ -30,8 +31,10 @@ export interface LoadResult {
   finite: boolean;
 }
 
-/** The stored types a load job converts (the others are converted by the caller, as before). */
-export const LOAD_JOB_DTYPES: ReadonlySet<string> = new Set(["BF16", "F32"]);
+/** Whether a load job reads the tensor at `at` (BF16, F32, FP8 blocks; the others are converted by the caller, as before). */
+export function loadJobReads(at: StoredLocation): boolean {
+  return at.dtype === "BF16" || at.dtype === "F32" || (at.dtype === "F8_E4M3" && at.blocks !== undefined && at.shape.length === 2);
+}
 
 /** Stored bytes read at a time: what a worker holds besides the array it fills. */
 const PIECE_BYTES = 16 * 1024 ** 2;
@@ -39,7 +42,7 @@ const PIECE_BYTES = 16 * 1024 ** 2;
 /** Read and convert one stored tensor (on a worker thread, or here). */
 export async function runLoadJob({ at, into }: LoadJob): Promise<LoadResult> {
   const n = numel(at.shape);
-  if (into.length !== n) throw new InternalError(`load job: ${into.length} floats given for ${n} values`);
+  if (into.length !== n || !loadJobReads(at)) throw new InternalError(`load job: ${into.length} floats given for ${n} ${at.dtype} values`);
   const data = into;
   const { fd } = openRegular(at.file, LIMITS.maxFileBytes, asFormatError, "safetensors file");
   try {
@@ -47,22 +50,50 @@ export async function runLoadJob({ at, into }: LoadJob): Promise<LoadResult> {
       readAt(fd, at.file, new Uint8Array(data.buffer, data.byteOffset, 4 * n), at.position, asFormatError);
       return { data, finite: firstNonFiniteF32(data) < 0 };
     }
-    const buf = takeBuffer(Math.min(PIECE_BYTES, 2 * n));
-    let finite = true;
-    try {
-      const per = buf.byteLength >> 1;
-      for (let i = 0; i < n; i += per) {
-        const m = Math.min(per, n - i);
-        readAt(fd, at.file, new Uint8Array(buf, 0, 2 * m), at.position + 2 * i, asFormatError);
-        finite = bf16ToF32Checked(new Uint16Array(buf, 0, m), data.subarray(i, i + m)).finite && finite;
-      }
-    } finally {
-      giveBuffer(buf);
-    }
-    return { data, finite };
+    return { data, finite: at.blocks ? readFp8Blocks(fd, at, at.blocks, data) : readBf16(fd, at, data) };
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** `at`'s bf16 values into `data`, a piece at a time; whether all are finite. */
+function readBf16(fd: number, at: StoredLocation, data: Float32Array): boolean {
+  const n = data.length;
+  const buf = takeBuffer(Math.min(PIECE_BYTES, 2 * n));
+  let finite = true;
+  try {
+    const per = buf.byteLength >> 1;
+    for (let i = 0; i < n; i += per) {
+      const m = Math.min(per, n - i);
+      readAt(fd, at.file, new Uint8Array(buf, 0, 2 * m), at.position + 2 * i, asFormatError);
+      finite = bf16ToF32Checked(new Uint16Array(buf, 0, m), data.subarray(i, i + m)).finite && finite;
+    }
+  } finally {
+    giveBuffer(buf);
+  }
+  return finite;
+}
+
+/** `at`'s FP8 codes decoded by their block scales into `data`, whole rows at a time; whether all are finite. */
+function readFp8Blocks(fd: number, at: StoredLocation, blocks: NonNullable<StoredLocation["blocks"]>, data: Float32Array): boolean {
+  const inF = at.shape[1] as number;
+  const rowsPer = Math.max(1, Math.floor(PIECE_BYTES / inF));
+  const buf = takeBuffer(Math.min(rowsPer * inF, data.length));
+  let finite = true;
+  try {
+    for (let r = 0; r * inF < data.length; r += rowsPer) {
+      const i = r * inF;
+      const m = Math.min(rowsPer * inF, data.length - i);
+      const codes = new Uint8Array(buf, 0, m);
+      readAt(fd, at.file, codes, at.position + i, asFormatError);
+      const piece = data.subarray(i, i + m);
+      decodeFp8Rows(codes, r, blocks.scaleInv, inF, blocks.size, piece);
+      finite = firstNonFiniteF32(piece) < 0 && finite;
+    }
+  } finally {
+    giveBuffer(buf);
+  }
+  return finite;
 }
 
 export const LOAD_KIND = {

@@ -91,6 +91,8 @@ export interface StoredLocation {
   position: number;
   dtype: DType;
   shape: number[];
+  /** F8_E4M3 codes of a weight stored in FP8 blocks (fp8-blocks.ts): its float32 scale per block of `size` (rows, columns) */
+  blocks?: { scaleInv: Float32Array; size: readonly [number, number] };
 }
 
 export interface RawTensor {

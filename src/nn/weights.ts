@@ -2,7 +2,7 @@
 import { Tensor, numel } from "../engine/tensor.js";
 import { NumericalError, WeightMappingError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
-import { LOAD_JOB_DTYPES, sharedLoadPool } from "../io/load-pool.js";
+import { loadJobReads, sharedLoadPool } from "../io/load-pool.js";
 import { DTYPE_BYTES, convertedFinite, firstNonFiniteF32 } from "../io/safetensors.js";
 import type { TensorSource } from "../io/tensor-source.js";
 import { ownsBuffer } from "../util/worker-pool.js";
@@ -177,7 +177,7 @@ export async function loadParametersAsync(
   const located = params.map(([name, p]) => {
     const src = sourceOf(mapping, source, name);
     const at = source.locate?.(src) ?? null;
-    return { name, p, src, at: at && LOAD_JOB_DTYPES.has(at.dtype) ? at : null };
+    return { name, p, src, at: at && loadJobReads(at) ? at : null };
   });
   const bytes = located.reduce((a, { at }) => a + (at ? numel(at.shape) * DTYPE_BYTES[at.dtype] : 0), 0);
   if (bytes < parallelFrom) return loadParameters(root, source, mapping, filter, prefix, recycler);

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { f32ToBf16 } from "../../src/engine/dtype.js";
+import { f32ToBf16, fp8e4m3ToF32 } from "../../src/engine/dtype.js";
 import type { Tensor } from "../../src/engine/tensor.js";
 import { CheckpointFormatError, NumericalError, WeightMappingError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -19,9 +19,11 @@ const BIG = 3000;
 
 class Two extends Module<Tensor, Tensor> {
   readonly className = "Two";
-  constructor(big: number, small: [number, number]) {
+  /** `a` square of `big`, or [out, in] */
+  constructor(big: number | [number, number], small: [number, number]) {
     super();
-    this.addModule("a", new Linear(big, big));
+    const [out, inF] = typeof big === "number" ? [big, big] : big;
+    this.addModule("a", new Linear(inF, out));
     this.addModule("b", new Linear(small[1], small[0]));
   }
   async forward(x: Tensor): Promise<Tensor> {
@@ -114,4 +116,71 @@ test("loadParametersAsync: a non-finite value, a wrong size and a shard cut shor
   const short = await failure(() => loadParametersAsync(new Two(2, [3, 4]), checkpointSource(cut), same, () => true, "", undefined, 0));
   assert.ok(short instanceof CheckpointFormatError);
   assert.match(short.message, /model\.safetensors: ended after \d+ bytes/);
+});
+
+/** A checkpoint of FP8 block weights (codes, scales per 128 x 128 block), presented dequantized as DeepSeek-V3's are. */
+function fp8Checkpoint(name: string, weights: { name: string; shape: [number, number]; codes: Uint8Array }[]): Checkpoint {
+  const tensors = weights.flatMap(({ name: n, shape, codes }) => [
+    { name: n, dtype: "F8_E4M3" as const, shape, bytes: codes },
+    f32(n.replace(/\.weight$/, ".weight_scale_inv"), [Math.ceil(shape[0] / 128), Math.ceil(shape[1] / 128)], blockScales(shape)),
+  ]);
+  const ck = checkpoint(name, tensors);
+  ck.presentFp8Blocks({ block: [128, 128], dtype: "BF16" });
+  return ck;
+}
+
+/** A weight's scales, one per 128 x 128 block, positive. */
+const blockScales = ([out, inF]: [number, number]): Float32Array =>
+  values(Math.ceil(out / 128) * Math.ceil(inF / 128), 7).map((v) => 0.001 + Math.abs(v) * 0.01);
+
+/** FP8 codes: every byte but the NaN codes (0x7f, 0xff), in a pattern that crosses blocks. */
+const fp8Codes = (n: number): Uint8Array =>
+  Uint8Array.from({ length: n }, (_, i) => {
+    const b = ((i * 2654435761) >>> 13) & 0xff;
+    return (b & 0x7f) === 0x7f ? b ^ 1 : b;
+  });
+
+test("loadParametersAsync of FP8 block weights on worker threads: each code's value times its block's scale (the definition), in pieces of whole rows that start inside a block", async () => {
+  // 3,000 columns: a 16 MiB piece is 5,592 rows, not a multiple of the 128-row blocks; the last block column is 56 wide
+  const [out, inF] = [6000, 3000];
+  const ck = fp8Checkpoint("fp8", [
+    { name: "a.weight", shape: [out, inF], codes: fp8Codes(out * inF) },
+    { name: "b.weight", shape: [3, 4], codes: fp8Codes(12) },
+  ]);
+  const src = checkpointSource(ck);
+  assert.equal(src.locate?.("a.weight")?.dtype, "F8_E4M3");
+  const pooled = new Two([out, inF], [3, 4]);
+  assert.equal(await loadParametersAsync(pooled, src, same, () => true, "", undefined, 0), 2);
+  const scales = blockScales([out, inF]);
+  const want = Float32Array.from(fp8Codes(out * inF), (b, i) => {
+    const [r, c] = [Math.floor(i / inF), i % inF];
+    return fp8e4m3ToF32(b) * (scales[Math.floor(r / 128) * Math.ceil(inF / 128) + Math.floor(c / 128)] as number);
+  });
+  assert.equal(firstDifference(pooled.getSubmodule("a").param("weight").data, want), -1);
+  const sync = new Two([out, inF], [3, 4]);
+  loadParameters(sync, src, same);
+  sameValues(pooled, sync);
+});
+
+test("loadParametersAsync of FP8 block weights: a NaN code fails as loadParameters fails, naming the tensor", async () => {
+  const codes = fp8Codes(12);
+  codes[7] = 0x7f;
+  const ck = fp8Checkpoint("fp8-nan", [
+    { name: "a.weight", shape: [2, 2], codes: fp8Codes(4) },
+    { name: "b.weight", shape: [3, 4], codes },
+  ]);
+  const src = checkpointSource(ck);
+  const message = async (load: () => unknown): Promise<string> => {
+    try {
+      await load();
+    } catch (e) {
+      assert.ok(e instanceof NumericalError, String(e));
+      return e.message;
+    }
+    assert.fail("the load did not fail");
+  };
+  const sync = await message(() => loadParameters(new Two(2, [3, 4]), src, same));
+  const pooled = await message(() => loadParametersAsync(new Two(2, [3, 4]), src, same, () => true, "", undefined, 0));
+  assert.equal(pooled, sync);
+  assert.match(pooled, /tensor "b\.weight": value NaN at flat index 7/);
 });
