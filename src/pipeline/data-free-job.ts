@@ -75,7 +75,8 @@ function decode(m: DataFreeMember, where: string): Float32Array {
     if (!bf16ToF32Checked(bits, w).finite) assertFinite(new Tensor(w, [m.out, m.inF]), where);
     return w;
   }
-  w.set(storedToF32(m.stored, where));
+  const v = storedToF32(m.stored, where, w);
+  if (v !== w) w.set(v);
   assertFinite(new Tensor(w, [m.out, m.inF]), where);
   return w;
 }
