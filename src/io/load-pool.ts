@@ -39,6 +39,9 @@ export function loadJobReads(at: StoredLocation): boolean {
 /** Stored bytes read at a time: what a worker holds besides the array it fills. */
 const PIECE_BYTES = 16 * 1024 ** 2;
 
+/** A loading worker's memory once it has read a full piece: the piece and its isolate (two took 59 MiB here). */
+export const LOAD_WORKER_BYTES = PIECE_BYTES + 16 * 1024 ** 2;
+
 /** Read and convert one stored tensor (on a worker thread, or here). */
 export async function runLoadJob({ at, into }: LoadJob): Promise<LoadResult> {
   const n = numel(at.shape);

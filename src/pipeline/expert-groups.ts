@@ -30,7 +30,7 @@ import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js"
 import type { DecoderLayer } from "../models/family.js";
 import { type RoutedInput, routedRows, servedExperts } from "../nn/moe.js";
 import { type RemoteExecutor, type GroupSpan, addRemoteSums } from "./remote-groups.js";
-import { loadParameters, unloadParameters } from "../nn/weights.js";
+import { loadParametersAsync, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
 import {
   type Expert,
@@ -85,7 +85,7 @@ export async function groupedLayer(
   const groups = Math.ceil(E / gs.group_size);
   if (gs.done > 0) progress?.({ kind: "resume-groups", layer: i, done: gs.done, groups });
   const stop = (stage: CheckpointStage): void => run.opts.onCheckpoint?.(stage, i);
-  loadParameters(run.model, run.source, run.mapping, (n) => inLayer(n) && !expertOf.has(n));
+  await loadParametersAsync(run.model, run.source, run.mapping, (n) => inLayer(n) && !expertOf.has(n));
   try {
     // 1. the non-expert part, observed and quantized; the block's calibration calls streamed
     progress?.({ kind: "phase", layer: i, phase: "calibrate" });
@@ -229,7 +229,7 @@ async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
   const { run } = steps;
   const g = j.a / j.gs.group_size;
   const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
-  loadParameters(run.model, run.source, run.mapping, params);
+  await loadParametersAsync(run.model, run.source, run.mapping, params);
   try {
     await quantizeGroup(steps, j, g);
     j.stop("group-tensors");
@@ -371,7 +371,7 @@ export async function quantizeGroupJob(
     tag: span.tag,
   };
   const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
-  loadParameters(run.model, run.source, run.mapping, params);
+  await loadParametersAsync(run.model, run.source, run.mapping, params);
   try {
     await quantizeGroup(steps, j, span.group);
     if (span.sums) await writeRoutedRows(j, span.group);

@@ -35,6 +35,8 @@ import { type OpenedForPlan, dataFreePlan } from "./plan-data-free.js";
 import type { Method } from "../quantization/recipe.js";
 import { type ExpertGroups, type ExpertsOfLayer, type PerExpert, fitRetainedGroups, planExpertGroups } from "./plan-groups.js";
 import { availableMemory } from "../util/memory.js";
+import { LOAD_WORKER_BYTES, loadWorkers } from "../io/load-pool.js";
+import { PARALLEL_LOAD_BYTES } from "../nn/weights.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
 export function needsData(method: Method, scheme: Scheme): boolean {
@@ -102,6 +104,7 @@ export interface LayerPlan {
     activations: number;
     hessians: number;
     gptq: number;
+    /** GPTQ's worker threads, and the loading workers (nn/weights.ts) from the first layer large enough to start them */
     workers: number;
     /** codes (a byte per quantized weight) and the layer's output tensors, held twice while its file is written */
     outputs: number;
@@ -262,6 +265,8 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
   const pieceBuffer = Math.min(PIECE_BYTES, Math.max(0, ...copied));
   /** the previous layer's weights: unloaded, but freed only when the garbage collector runs */
   let previousWeights = 0;
+  /** the loading workers, once a layer's weights are enough to start them (they stay) */
+  let loading = 0;
   let groupedDisk = 0;
   const maxMemory = opts.maxMemory ?? availableMemory();
   const shardTokens = opts.shardTokens ?? DEFAULT_SHARD_TOKENS;
@@ -375,6 +380,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       return method !== "rtn" ? Math.max(1, workers) * (16 * maxIn * maxIn + 16 * values) : 0;
     };
     const gptqBytes = gptqAt(linears);
+    if (read >= PARALLEL_LOAD_BYTES) loading = loadWorkers() * LOAD_WORKER_BYTES;
     const memory = {
       parameters: params + read,
       outputs: weights + 2 * write,
@@ -382,7 +388,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       activations,
       hessians,
       gptq: gptqBytes,
-      workers: workers * PLAN_MODEL.workerBytes,
+      workers: workers * PLAN_MODEL.workerBytes + loading,
       retained: previousWeights + pieceBuffer + scratch,
     };
     previousWeights = params + read;

@@ -4,7 +4,7 @@
  * statistics are added here in shard order, a GPTQ job for each Linear, and, but after the last
  * layer, output shards that write the next layer's inputs. The bytes are the local run's.
  */
-import { loadParameters, unloadParameters } from "../nn/weights.js";
+import { loadParametersAsync, unloadParameters } from "../nn/weights.js";
 import type { LazyRaw, NamedRaw } from "../io/writer.js";
 import { remoteOutput } from "./group-output.js";
 import { type LayerOutcome, type LayerSteps, inLinearOrder, observeAndQuantize, wholeLayerTensors } from "./layer-steps.js";
@@ -25,7 +25,7 @@ export async function shardedLayer(
   const files = groupFiles(work.dir, i);
   const progress = run.opts.onProgress;
   const inLayer = (n: string): boolean => n.startsWith(`${prefix}.`);
-  loadParameters(run.model, run.source, run.mapping, inLayer);
+  await loadParametersAsync(run.model, run.source, run.mapping, inLayer);
   try {
     progress?.({ kind: "phase", layer: i, phase: "calibrate" });
     const jobs = remoteCalibration(remote, i, work.dir, steps.shards);

@@ -23,7 +23,7 @@ import { trackCoverage } from "../calibration/coverage.js";
 import { type NamedRaw, bytesOf, encodeSafetensors } from "../io/writer.js";
 import type { DecoderLayer } from "../models/family.js";
 import { Linear } from "../nn/layers.js";
-import { loadParameters, unloadParameters } from "../nn/weights.js";
+import { loadParametersAsync, unloadParameters } from "../nn/weights.js";
 import { checkedOutput, finalPass } from "./group-output.js";
 import { type InputShard, eachInShards, hiddenSizeOf, readHiddenShard, writeHiddenShard } from "./layer-inputs.js";
 import { type LayerSteps, type PassObservers, expertsOf, observeLayer } from "./layer-steps.js";
@@ -73,7 +73,7 @@ export async function tokenShardJob(
     eachInput: (_, each, endShard) => eachInShards([inputs], each, endShard),
   };
   const params = (n: string): boolean => n.startsWith(`${prefix}.`) && !expertOf.has(n);
-  loadParameters(run.model, run.source, run.mapping, params);
+  await loadParametersAsync(run.model, run.source, run.mapping, params);
   try {
     if (s.phase === "calibrate") return await calibrateShard(shardSteps, layer, i, files, { ...s, linearExpert, moe });
     loadNonExpert(layer, prefix, files.nonExpert);
