@@ -4,7 +4,14 @@ import { NumericalError } from "../errors.js";
 import type { HessianStats } from "../calibration/observers.js";
 import type { Linear } from "../nn/layers.js";
 import { type GptqResult, prepareGptq, rtnQuantize, sharedPrep } from "../quantization/gptq.js";
-import { type GptqJob, type GptqPool, closeSharedGptqPool, gptqWorkerCount, sharedGptqPool } from "../quantization/gptq-pool.js";
+import {
+  type GptqJob,
+  type GptqPool,
+  closeSharedGptqPool,
+  gptqWorkerCount,
+  renewSharedGptqPool,
+  sharedGptqPool,
+} from "../quantization/gptq-pool.js";
 import { type QuantizedWeight, type ScaleDType, absMax, dequantize, nvfp4GlobalScale, roundScale } from "../quantization/params.js";
 import { type Scheme, hasStaticActivationScales, isNvfp4 } from "../quantization/scheme.js";
 import { FP8_E4M3_MAX } from "../engine/dtype.js";
@@ -261,6 +268,8 @@ export async function quantizeLayerLinears(
     await closeSharedGptqPool(); // jobs may still run there; the next layer starts a fresh pool
     throw failure.error;
   }
+  // the next layer's GPTQ does not find this one's memory in the workers
+  await renewSharedGptqPool(pool);
   const siblingMax = siblingAbsMax(t);
   const results: QuantizedLinear[] = [];
   for (const [name, lin] of t.linears) {

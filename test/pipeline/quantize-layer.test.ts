@@ -4,7 +4,7 @@ import { Linear } from "../../src/nn/layers.js";
 import { HessianStats } from "../../src/calibration/observers.js";
 import { GramAccumulator } from "../../src/calibration/gram.js";
 import { GPTQ_WORKER_MIN_WEIGHTS, type QuantizedLinear, quantizeLayerLinears } from "../../src/pipeline/quantize-layer.js";
-import { closeSharedGptqPool } from "../../src/quantization/gptq-pool.js";
+import { closeSharedGptqPool, gptqPool, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { dequantize } from "../../src/quantization/params.js";
 import { rtnQuantize } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
@@ -83,6 +83,42 @@ test("a layer's GPTQ on worker threads equals the main thread's; every Linear en
     let same = 0;
     for (const [k, c] of a.weight.codes.entries()) same += c === b.weight.codes[k] ? 1 : 0;
     assert.ok(same / a.weight.codes.length >= 0.999, `${a.name}: only ${same} of ${a.weight.codes.length} codes equal`);
+  }
+});
+
+test("after a layer's GPTQ on the shared worker pool, that pool is replaced by fresh workers of the same number (a worker's memory does not reach the next layer)", async () => {
+  const before = process.env.MOECAL_GPTQ_WORKERS;
+  process.env.MOECAL_GPTQ_WORKERS = "2";
+  try {
+    const { linears, hessians } = await layer();
+    const used = await sharedGptqPool(2);
+    await quantizeLayerLinears(
+      { linears, hessians, inputAbsMax: new Map() },
+      () => W4A16,
+      () => "gptq",
+      "BF16",
+      OPTS,
+    );
+    const next = await sharedGptqPool(2);
+    assert.notEqual(next, used, "the layer's pool is still the shared one");
+    assert.equal(next.size, 2);
+    // a pool the caller gave is left as it is
+    const own = await sharedGptqPool(2);
+    const { linears: l2, hessians: h2 } = await layer();
+    const given = gptqPool(1);
+    await quantizeLayerLinears(
+      { linears: l2, hessians: h2, inputAbsMax: new Map() },
+      () => W4A16,
+      () => "gptq",
+      "BF16",
+      { ...OPTS, pool: given },
+    );
+    await given.close();
+    assert.equal(await sharedGptqPool(2), own);
+  } finally {
+    if (before === undefined) delete process.env.MOECAL_GPTQ_WORKERS;
+    else process.env.MOECAL_GPTQ_WORKERS = before;
+    await closeSharedGptqPool();
   }
 });
 
