@@ -49,13 +49,16 @@ export function needsData(method: Method, scheme: Scheme): boolean {
  * resident memory besides the parts counted.
  */
 export const PLAN_MODEL = {
-  /** of the GEMM rate; GPTQ's per worker thread */
-  efficiency: { calibrate: 0.64, propagate: 0.39, gptq: 0.11 },
+  /**
+   * of the GEMM rate the plan measures (a small product, slower than a run's larger ones, so a phase
+   * can reach 1); GPTQ's per worker thread. Refitted 2026-12-05 on three bench:oneshot runs (9fb2f7a).
+   */
+  efficiency: { calibrate: 1.0, propagate: 0.8, gptq: 0.3 },
   secondsPerLayer: 0.15,
-  /** per sample and layer: the JavaScript-side work a sample costs besides its arithmetic */
-  secondsPerSample: { calibrate: 0.048, propagate: 0.031 },
+  /** per sample and layer: the JavaScript-side work a sample costs besides its arithmetic (calibration's: none left to fit) */
+  secondsPerSample: { calibrate: 0, propagate: 0.022 },
   /** the work folder's layer files written and read back, and the output written: 3 x the output's bytes */
-  ioBytesPerSecond: 50e6,
+  ioBytesPerSecond: 200e6,
   baselineBytes: 180 * 1024 ** 2,
   /** what a process grows by once it runs, beyond its size when it plans (onnxruntime's sessions and arenas, compiled code) */
   runtimeBytes: 48 * 1024 ** 2,
