@@ -299,7 +299,7 @@ export type StoredTensor = { raw: RawTensor } | { fp8: Fp8Stored };
 /** A stored tensor in float32, as Checkpoint.readF32 reads it, into `into` where it can (its size; check the result); `where` names it in errors. */
 export function storedToF32(t: StoredTensor, where: string, into?: Float32Array): Float32Array {
   if (!("fp8" in t)) return rawToF32(t.raw, where, into).data;
-  return fp8BlockRows(t.fp8, 0, t.fp8.out, into?.length === t.fp8.out * t.fp8.inF ? into : undefined);
+  return fp8BlockRows(t.fp8, 0, t.fp8.out, into);
 }
 
 function readIndex(file: string, shown: string): Record<string, string> {

@@ -69,10 +69,14 @@ export interface Fp8Stored {
   block: readonly [number, number];
 }
 
-/** Rows [r0, r1) of an FP8 weight in float32: each code's value times its block's scale (exact in float32), into `into` when given. */
+/**
+ * Rows [r0, r1) of an FP8 weight in float32: each code's value times its block's scale (exact in
+ * float32), into `into` when it has their number of values (as rawToF32), else into a new array.
+ */
 export function fp8BlockRows(w: Fp8Stored, r0: number, r1: number, into?: Float32Array): Float32Array {
   const end = Math.min(r1, w.out);
-  const out = into ?? new Float32Array((end - r0) * w.inF);
+  const n = (end - r0) * w.inF;
+  const out = into?.length === n ? into : new Float32Array(n);
   decodeFp8Rows(w.codes.subarray(r0 * w.inF, end * w.inF), r0, w.scaleInv, w.inF, w.block, out);
   return out;
 }
@@ -80,7 +84,7 @@ export function fp8BlockRows(w: Fp8Stored, r0: number, r1: number, into?: Float3
 /**
  * FP8 codes of whole rows from row `r0` on, decoded into `out` (as many values): each code's value
  * times its block's scale, the float32 product (a store rounds it as Math.fround would). One scale a
- * block's run of columns, not a division a value: 1.9 ns a value here against 5.1 (docs/performance.md).
+ * block's run of columns, not index arithmetic a value (docs/performance.md, FP8 block weights).
  */
 export function decodeFp8Rows(
   codes: Uint8Array,
@@ -184,10 +188,9 @@ export class Fp8BlockWeights implements DecodedWeights {
     return rawToF32(this.raw.readRaw(scaleName), `${this.raw.dir}: tensor "${scaleName}"`).data;
   }
 
-  /** float32 values, into `into` when given (of the weight's size) */
+  /** float32 values, into `into` when it has their number (else a new array, as Checkpoint.readF32 says) */
   readF32(name: string, into?: Float32Array): Tensor {
     const w = this.blocks(name);
-    if (into && into.length !== w.out * w.inF) throw new InternalError(`readF32: ${into.length} floats given for "${name}"`);
     return new Tensor(fp8BlockRows(w, 0, w.out, into), [w.out, w.inF]);
   }
 

@@ -39,7 +39,7 @@ export function loadJobReads(at: StoredLocation): boolean {
 /** Stored bytes read at a time: what a worker holds besides the array it fills. */
 const PIECE_BYTES = 16 * 1024 ** 2;
 
-/** A loading worker's memory once it has read a full piece: the piece and its isolate (two took 59 MiB here). */
+/** A loading worker's memory once it has read a full piece: the piece and its isolate (measured: docs/performance.md). */
 export const LOAD_WORKER_BYTES = PIECE_BYTES + 16 * 1024 ** 2;
 
 /** Read and convert one stored tensor (on a worker thread, or here). */

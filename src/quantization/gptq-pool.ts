@@ -59,13 +59,12 @@ export async function sharedGptqPool(size: number): Promise<GptqPool> {
 /**
  * Replace the shared pool's workers by fresh ones of the same number, when `pool` is the shared pool
  * (its jobs ended): a worker keeps the WebAssembly memory its largest job grew (it never shrinks)
- * and, idle, the garbage of its last jobs. After a Moonlight-shaped dense layer (an 11,264-wide
- * down_proj) that was 2.6 GB the next layer carried (docs/performance.md). The new workers start
- * while the caller goes on.
+ * and, idle, the garbage of its last jobs, which the plan counts in that layer only (measured:
+ * docs/performance.md). The new workers start while the caller goes on.
  */
 export async function renewSharedGptqPool(pool: object): Promise<void> {
-  const size = shared?.size ?? 0;
-  if (pool !== shared) return;
+  if (shared === null || pool !== shared) return;
+  const { size } = shared;
   await closeSharedGptqPool();
   shared = gptqPool(size);
 }

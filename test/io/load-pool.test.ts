@@ -160,6 +160,11 @@ test("loadParametersAsync of FP8 block weights on worker threads: each code's va
   const sync = new Two([out, inF], [3, 4]);
   loadParameters(sync, src, same);
   sameValues(pooled, sync);
+  // an array of another size is not filled (a new one is made, as for BF16), so a size error stays the mapping's
+  const wrong = new Float32Array(5);
+  const read = src.readF32("b.weight", wrong);
+  assert.notEqual(read.data, wrong);
+  assert.equal(firstDifference(read.data, sync.getSubmodule("b").param("weight").data), -1);
 });
 
 test("loadParametersAsync of FP8 block weights: a NaN code fails as loadParameters fails, naming the tensor", async () => {
