@@ -1,12 +1,11 @@
 /**
- * A layer's stored weights read and converted to float32 on worker threads. A new float32 array
- * costs page faults on its first write, on this project's machine more than the conversion itself
- * (docs/performance.md); one thread converting a Qwen3-30B-A3B layer's 600 million values took
- * seconds that every core can share. Each job reads one tensor's bytes from its file, opened as
- * the calling thread opens it, in pieces, into the array the job moves to the worker and back.
- * The caller makes that array (or recycles one): made on a worker thread, the arrays of a
- * Qwen3-30B-A3B-shaped run took twice the page faults (glibc's huge pages apply to the main
- * thread's allocations here) and the layer after them wrote its files slower.
+ * A layer's stored weights read and converted to float32 on worker threads (BF16, F32, FP8 blocks).
+ * A new float32 array costs page faults on its first write, on this project's machine more than
+ * the conversion itself, and one thread converting a large MoE layer takes seconds that every core
+ * can share (docs/performance.md). Each job reads one tensor's bytes from its file, opened as the
+ * calling thread opens it, in pieces, into the array the job moves to the worker and back. The
+ * caller makes that array (or recycles one): arrays made on a worker thread took more page faults
+ * (glibc's huge pages apply to the main thread's allocations here).
  */
 import fs from "node:fs";
 import os from "node:os";
