@@ -11,7 +11,8 @@ import { BUNDLED_MODEL } from "../src/paths.js";
 import { DTYPE_BYTES, type DType } from "../src/io/safetensors.js";
 import { familyFor } from "../src/models/registry.js";
 import { matchesAny } from "../src/quantization/scheme.js";
-import { type LayerPlan, plan } from "../src/pipeline/plan.js";
+import { plan } from "../src/pipeline/plan.js";
+import type { LayerPlan } from "../src/pipeline/plan-types.js";
 
 /** DeepSeek-V3's config.json fields that shape a layer (deepseek-ai/DeepSeek-V3), one MoE layer. */
 export const DEEPSEEK_V3: Record<string, unknown> = {

@@ -5,7 +5,7 @@ import { recipeOf } from "./recipe-options.js";
 import { closeSharedGptqPool } from "../quantization/gptq-pool.js";
 import type { LayerReport, OneshotReport } from "./report.js";
 import type { CheckpointStage } from "./work-folder.js";
-import type { Plan } from "./plan.js";
+import type { Plan } from "./plan-types.js";
 import { openRun } from "./run.js";
 import { calibratedRun } from "./calibrated.js";
 import { dataFreeRun } from "./data-free.js";

@@ -14,7 +14,7 @@ import { oneWeightSets } from "../models/fused.js";
 import { Linear } from "../nn/layers.js";
 import { type Scheme, isNvfp4 } from "../quantization/scheme.js";
 import { type Recipe, recipeMethod, recipeName } from "../quantization/recipe.js";
-import type { LayerPlan, Plan } from "./plan.js";
+import type { LayerPlan, Plan } from "./plan-types.js";
 import { copiedBytes, layerBytes } from "./plan-bytes.js";
 import { scaleDTypeOf } from "./preflight.js";
 import type { OneshotOptions } from "./oneshot.js";

@@ -10,7 +10,8 @@
 import { UsageError } from "../errors.js";
 import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { jobGroupSize } from "./expert-groups.js";
-import { type LayerPlan, PLAN_MODEL, type Plan } from "./plan.js";
+import { PLAN_MODEL } from "./plan-model.js";
+import type { LayerPlan, Plan } from "./plan-types.js";
 import { size, time } from "./plan-report.js";
 
 export interface DistributedLayer {

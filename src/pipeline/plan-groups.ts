@@ -5,7 +5,7 @@
  * the gate/up Gram product the experts share, GPTQ at the experts' widths, the streamed calls).
  * Its peak is the larger phase's; the group size is the largest whose phase fits the memory limit.
  */
-import type { LayerPlan } from "./plan.js";
+import type { LayerPlan } from "./plan-types.js";
 
 export interface ExpertGroups {
   /** experts per group (the last group may hold fewer) */

@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { UsageError } from "../errors.js";
-import type { LayerPlan, Plan } from "./plan.js";
+import type { LayerPlan, Plan } from "./plan-types.js";
 
 /** Free bytes on the file system holding `dir` (or its nearest existing parent). */
 export function freeDiskBytes(dir: string): number {

@@ -8,8 +8,6 @@
 import { DEFAULT_SHARD_BYTES, PIECE_BYTES } from "../io/writer.js";
 import { SCRATCH_KEPT_BYTES } from "../engine/scratch.js";
 import path from "node:path";
-import { getEngine } from "../engine/index.js";
-import { Tensor } from "../engine/tensor.js";
 import { isRouterAware, parseExpertStatistics, parseRoutedWeight } from "../calibration/expert-statistics.js";
 import { openCheckpoint, sourceQuantization } from "../io/source-format.js";
 import { inStoredOnlyLayer, storedName } from "../models/stored-layers.js";
@@ -33,145 +31,18 @@ import { gptqWorkerCount } from "../quantization/gptq-pool.js";
 import { bytesOf, copiedBytes, layerBytes } from "./plan-bytes.js";
 import { type OpenedForPlan, dataFreePlan } from "./plan-data-free.js";
 import type { Method } from "../quantization/recipe.js";
-import { type ExpertGroups, type ExpertsOfLayer, type PerExpert, fitRetainedGroups, planExpertGroups } from "./plan-groups.js";
+import { type ExpertsOfLayer, type PerExpert, fitRetainedGroups, planExpertGroups } from "./plan-groups.js";
 import { availableMemory } from "../util/memory.js";
 import { LOAD_WORKER_BYTES, loadWorkers } from "../io/load-pool.js";
 import { PARALLEL_LOAD_BYTES } from "../nn/weights.js";
+import { PLAN_MODEL, measureGemm, processBaseline } from "./plan-model.js";
+import type { ExpertWork, LayerPlan, NonExpertWork, Plan } from "./plan-types.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
 export function needsData(method: Method, scheme: Scheme): boolean {
   return method === "gptq" || hasStaticActivationScales(scheme);
 }
 
-/**
- * Fitted on this project's 2-vCPU machine (docs/performance.md): the fraction of the engine's GEMM
- * rate each phase reaches, the fixed cost per layer and per sample and layer, and the process's
- * resident memory besides the parts counted.
- */
-export const PLAN_MODEL = {
-  /**
-   * of the GEMM rate the plan measures (a small product, slower than a run's larger ones, so a phase
-   * can reach 1); GPTQ's per worker thread. Refitted 2026-12-05 on three bench:oneshot runs (9fb2f7a).
-   */
-  efficiency: { calibrate: 1.0, propagate: 0.8, gptq: 0.3 },
-  secondsPerLayer: 0.15,
-  /** per sample and layer: the JavaScript-side work a sample costs besides its arithmetic (calibration's: none left to fit) */
-  secondsPerSample: { calibrate: 0, propagate: 0.022 },
-  /** the work folder's layer files written and read back, and the output written: 3 x the output's bytes */
-  ioBytesPerSecond: 200e6,
-  baselineBytes: 180 * 1024 ** 2,
-  /** what a process grows by once it runs, beyond its size when it plans (onnxruntime's sessions and arenas, compiled code) */
-  runtimeBytes: 48 * 1024 ** 2,
-  workerBytes: 45 * 1024 ** 2,
-} as const;
-
-/** The routed experts' part of a layer's plan. */
-export interface ExpertWork {
-  count: number;
-  /** their calibration arithmetic (every expert on its rows), of which `shared_flops` is the gate/up Gram product they share */
-  calibrate_flops: number;
-  shared_flops: number;
-  gptq_flops: number;
-  /** their routed outputs in propagation (the routed sums) */
-  routed_flops: number;
-  /** their weights: how many, as read and as written */
-  weights: number;
-  read_bytes: number;
-  write_bytes: number;
-  /** the layer's MoE calls streamed to the work folder: each token's input, expert ids and weights */
-  stream_bytes: number;
-  /** each routed pair's weighted output (a distributed job's routed rows), and the routed sums */
-  routed_rows_bytes: number;
-  sums_bytes: number;
-}
-
-/** A layer's Linears outside its routed experts (attention, router, shared experts; a dense layer's all): their GPTQ, the largest one's, and their Hessians' bytes (one copy each). */
-export interface NonExpertWork {
-  /** the layer's inputs, 4 T H bytes (as large as its outputs) */
-  input_bytes: number;
-  gptq_flops: number;
-  gptq_max_flops: number;
-  hessian_bytes: number;
-}
-
-export interface LayerPlan {
-  layer: number;
-  moe: boolean;
-  read_bytes: number;
-  write_bytes: number;
-  /** bytes by part; their sum and the baseline make the layer's peak */
-  memory: {
-    /** the layer's weights in float32 and as read (the checkpoint's bytes) */
-    parameters: number;
-    hidden_states: number;
-    activations: number;
-    hessians: number;
-    gptq: number;
-    /** GPTQ's worker threads, and the loading workers (nn/weights.ts) from the first layer large enough to start them */
-    workers: number;
-    /** codes (a byte per quantized weight) and the layer's output tensors, held twice while its file is written */
-    outputs: number;
-    /** the previous layer's weights (unloaded, not yet collected), the scratch pool's piece buffer and the attention's scratch arrays */
-    retained: number;
-  };
-  peak_memory_bytes: number;
-  /** an MoE layer run in groups of routed experts (the memory above is the grouped run's); null: run whole */
-  expert_groups: ExpertGroups | null;
-  /** an MoE layer's routed experts, the share of its work and bytes a distributed run's jobs take (plan-distributed.ts) */
-  experts: ExpertWork | null;
-  non_expert: NonExpertWork;
-  flops: { calibrate: number; propagate: number; gptq: number };
-  seconds: number;
-}
-
-export interface Plan {
-  model: string;
-  scheme: string;
-  method: string;
-  samples: number;
-  tokens: number;
-  /** shards of the calibration samples (--shard-tokens): a distributed run's token-shard jobs per phase */
-  shards: number;
-  layers: LayerPlan[];
-  peak_memory_bytes: number;
-  /**
-   * memory of the steps outside the layers, beside the process's own: embedding the samples (one
-   * sample's rows as read and in float32, its output and the copy on its way to the work folder:
-   * never the whole table) and assembling the output (one layer's file read back at a time, the
-   * piece buffer of tensors copied unchanged, the shard's copy buffer)
-   */
-  phases: { embed: number; assemble: number };
-  /** the process itself (Node.js and onnxruntime): its size now plus what it grows by once it runs, at least PLAN_MODEL's baseline */
-  baseline_bytes: number;
-  /**
-   * output plus the resume state at its largest (every layer file and two layers' hidden states)
-   * plus the shard being assembled (its data is spooled to a temporary file, then copied behind its header)
-   */
-  disk_bytes: number;
-  disk: { output: number; resume_state: number; shard_assembly: number };
-  seconds: number;
-  /** the engine's GEMM rate measured for the estimate (GFLOP/s; 0 for a data-free run, which does no products) */
-  gemm_gflops: number;
-  /** a data-free run: its worker threads, the bytes one job holds at most, the source bytes read; null for a calibrated run */
-  data_free: { workers: number; job_bytes: number; source_bytes: number } | null;
-}
-
-/** GFLOP/s of the engine's Linear on a [512, 1024] x [1024, 1024] product, best of a few (about 0.2 s). */
-export async function measureGemm(): Promise<number> {
-  const e = getEngine();
-  const x = new Tensor(new Float32Array(512 * 1024).fill(0.5), [512, 1024]);
-  const w = new Tensor(new Float32Array(1024 * 1024).fill(0.25), [1024, 1024]);
-  await e.linear(x, w);
-  let best = Infinity;
-  for (let r = 0; r < 5; r++) {
-    const t0 = performance.now();
-    await e.linear(x, w);
-    best = Math.min(best, (performance.now() - t0) / 1000);
-  }
-  return (2 * 512 * 1024 * 1024) / best / 1e9;
-}
-
-/** The plan of `oneshot(opts)`: nothing is read but headers, config and dataset. */
 /** What a caller (oneshot) has already opened or computed, so the plan does not do it again. */
 export interface KnownForPlan {
   gemmGflops?: number;
@@ -180,6 +51,7 @@ export interface KnownForPlan {
   opened?: Omit<OpenedForPlan, "modelDir"> & { methodOf: (linear: string) => Method };
 }
 
+/** The plan of `oneshot(opts)`: nothing is read but headers, config and dataset. */
 export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}): Promise<Plan> {
   const modelDir = opts.model ?? BUNDLED_MODEL;
   const recipe = known.opened?.recipe ?? recipeOf(opts);
@@ -478,15 +350,6 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     gemm_gflops: rate / 1e9,
     data_free: null,
   };
-}
-
-/**
- * The memory of the process itself while it runs: its resident size now plus what it grows by
- * (PLAN_MODEL.runtimeBytes), at least PLAN_MODEL.baselineBytes. Measured rather than fixed: Node.js
- * 22 and 24 start 10-20 MB larger than 20, which a fixed baseline fitted on 20 missed.
- */
-export function processBaseline(): number {
-  return Math.max(PLAN_MODEL.baselineBytes, process.memoryUsage().rss + PLAN_MODEL.runtimeBytes);
 }
 
 /** What one routed expert (the first; all are alike) adds to its layer's memory: its weights as read and in float32, its codes when quantized. */
