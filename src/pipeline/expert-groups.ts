@@ -30,7 +30,7 @@ import { type LazyRaw, type NamedRaw, encodeSafetensors } from "../io/writer.js"
 import type { DecoderLayer } from "../models/family.js";
 import { type RoutedInput, routedRows, servedExperts } from "../nn/moe.js";
 import { type RemoteExecutor, type GroupSpan, addRemoteSums } from "./remote-groups.js";
-import { loadParametersAsync, unloadParameters } from "../nn/weights.js";
+import { WeightRecycler, loadParametersAsync, unloadParameters } from "../nn/weights.js";
 import { checkStop } from "../util/interrupt.js";
 import {
   type Expert,
@@ -177,6 +177,8 @@ async function runGroups(
   const groups = Math.ceil(E / size);
   const fastState = newFastState();
   const preps: PrepCache = new Map();
+  // a group loads into the arrays of the group before (nothing keeps a group's weights past its unload)
+  const recycler = new WeightRecycler();
   const spans = Array.from({ length: groups - l.gs.done }, (_, k) => {
     const g = l.gs.done + k;
     return { group: g, first: g * size, end: Math.min(E, (g + 1) * size), size };
@@ -201,7 +203,7 @@ async function runGroups(
   }
   for (const { group: g, first: a, end: b } of spans) {
     steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
-    await runGroup(steps, { ...l, a, b, fastState, preps });
+    await runGroup(steps, { ...l, a, b, fastState, preps, recycler });
     saved(g + 1);
   }
 }
@@ -215,6 +217,8 @@ interface GroupJob extends LayerJob {
   preps: PrepCache;
   /** a worker's own temporary names for the group's files (privateWriter's tag) */
   tag?: string;
+  /** the arrays of the layer's groups before, for this one's weights */
+  recycler?: WeightRecycler;
 }
 
 /** Whether expert `e` (of a parameter or Linear; undefined: none) is one of the group's. */
@@ -229,14 +233,14 @@ async function runGroup(steps: LayerSteps, j: GroupJob): Promise<void> {
   const { run } = steps;
   const g = j.a / j.gs.group_size;
   const params = (n: string): boolean => inGroup(j, j.expertOf.get(n));
-  await loadParametersAsync(run.model, run.source, run.mapping, params);
+  await loadParametersAsync(run.model, run.source, run.mapping, params, "", j.recycler);
   try {
     await quantizeGroup(steps, j, g);
     j.stop("group-tensors");
     if (!j.last) await sumGroup(j, j.experts.slice(j.a, j.b), g);
     j.stop("group-sums");
   } finally {
-    unloadParameters(run.model, params);
+    unloadParameters(run.model, params, "", j.recycler);
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * An MoE layer run one expert group at a time writes the bytes of the layer run whole: every
  * family, GPTQ and a static-activation scheme, group sizes 1 and 3 (which divides no family's expert
- * count); moecal.json and coverage.svg included.
+ * count); moecal.json and coverage.svg included. A group's weights load into the arrays of the group before.
  */
 import { test } from "node:test";
 import fs from "node:fs";
@@ -12,6 +12,7 @@ import { plan } from "../../src/pipeline/plan.js";
 import type { LayerPlan, Plan } from "../../src/pipeline/plan-types.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
 import { UsageError } from "../../src/errors.js";
+import { WeightRecycler } from "../../src/nn/weights.js";
 import assert from "node:assert/strict";
 import { ROOT, TINY, assertSameFiles, tempDir } from "../helpers.js";
 
@@ -58,11 +59,30 @@ for (const [family, model] of FAMILIES)
     const whole = await run(`${family}-whole`, { model });
     assert.deepEqual(whole.groups, []);
     for (const g of [1, 3]) {
-      const grouped = await run(`${family}-g${g}`, { model, expertGroupSize: g });
+      const { result: grouped, reused } = await countingReuse(() => run(`${family}-g${g}`, { model, expertGroupSize: g }));
       assertGroups(grouped.groups, model, g);
       assertSameFiles(grouped.output, whole.output);
+      // each group after a layer's first loads into the arrays of the group before it
+      const later = grouped.groups.filter((s) => !s.includes(":0-")).length;
+      assert.ok(reused >= later, `${reused} arrays reused over ${later} groups after the first`);
     }
   });
+
+/** Run `f`, counting the float32 arrays weight loads took from a WeightRecycler. */
+async function countingReuse<T>(f: () => Promise<T>): Promise<{ result: T; reused: number }> {
+  const take = WeightRecycler.prototype.take;
+  let reused = 0;
+  WeightRecycler.prototype.take = function (this: WeightRecycler, n: number) {
+    const a = take.call(this, n);
+    if (a) reused++;
+    return a;
+  };
+  try {
+    return { result: await f(), reused };
+  } finally {
+    WeightRecycler.prototype.take = take;
+  }
+}
 
 const OPTIONS: [string, OneshotOptions][] = [
   ["NVFP4 (static input global scales, shared global scales)", { scheme: "NVFP4" }],
