@@ -3,7 +3,8 @@
  * replace: the same bits for every scheme GPTQ runs (codes, dequantized weight, scales, loss per
  * row), with actorder and a dead column; ties at half a step and clamped values column by column;
  * rows that are not a multiple of 4 take the JavaScript loops and agree with the SIMD ones; group
- * extremes (the min-max scales' input) as computeQParams finds them.
+ * extremes (the min-max scales' input) as computeQParams finds them; a memory that cannot grow
+ * leaves a job to the JavaScript loops.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -154,4 +155,33 @@ test("group extremes in SIMD: NaN skipped, -0 never a minimum, a shorter last gr
   } finally {
     giveColumns(c, 0);
   }
+});
+
+test("a WebAssembly memory that cannot grow leaves the job to the JavaScript loops, with their bits; the next job takes the SIMD loops again", async () => {
+  const [out, inF] = [36, 128];
+  const H = hessian(inF, 51, 5);
+  const W = randn([out, inF], 52, 0.02).data;
+  const args = resolveScheme("W4A16", { groupSize: 32 }).weights;
+  const prep = await prepareGptq(H, inF, args.actorder, "grow");
+  const { js } = await both(() => gptqWithPrep(W, out, prep, args, "BF16", "grow"));
+  // the thread's kept memory is in use: the job lays out a new one, which must grow
+  const held = takeColumns();
+  const grow = WebAssembly.Memory.prototype.grow;
+  let tries = 0;
+  WebAssembly.Memory.prototype.grow = () => {
+    tries++;
+    throw new RangeError("WebAssembly.Memory.grow(): Maximum memory size exceeded");
+  };
+  let r: GptqResult;
+  try {
+    r = await gptqWithPrep(W, out, prep, args, "BF16", "grow");
+  } finally {
+    WebAssembly.Memory.prototype.grow = grow;
+    giveColumns(held, Number.POSITIVE_INFINITY);
+  }
+  assert.ok(tries > 0, "the memory was asked to grow");
+  assertSame("without memory to grow", r, js);
+  const c = takeColumnArrays(out, inF, 4, 8, true, prep.perm);
+  assert.ok(c.simd !== null, "a later job takes the SIMD loops");
+  releaseColumns(c);
 });
