@@ -203,7 +203,7 @@ async function runGroups(
   }
   for (const { group: g, first: a, end: b } of spans) {
     steps.run.opts.onProgress?.({ kind: "expert-group", layer: l.i, group: g, groups, first: a, end: b });
-    await runGroup(steps, { ...l, a, b, fastState, preps, recycler });
+    await runGroup(steps, { ...l, a, b, fastState, preps, recycler, keepWorkers: b < E });
     saved(g + 1);
   }
 }
@@ -219,6 +219,8 @@ interface GroupJob extends LayerJob {
   tag?: string;
   /** the arrays of the layer's groups before, for this one's weights */
   recycler?: WeightRecycler;
+  /** a later group of the layer follows in this process: GPTQ's workers are kept for it (the same widths) */
+  keepWorkers?: boolean;
 }
 
 /** Whether expert `e` (of a parameter or Linear; undefined: none) is one of the group's. */
@@ -276,7 +278,7 @@ async function quantizeGroup(steps: LayerSteps, j: GroupJob, g: number): Promise
         }
         fastState.gateUpComplete = fastState.sharedGateUp !== null;
       },
-      { preps: j.preps },
+      { preps: j.preps, keepWorkers: j.keepWorkers === true },
     );
   } finally {
     tracker.remove();

@@ -178,7 +178,7 @@ export async function observeAndQuantize(
   i: number,
   include: (linear: string) => boolean,
   pass: (o: PassObservers) => Promise<void>,
-  where: Pick<Parameters<typeof quantizeLayerLinears>[4], "preps" | "pool"> = {},
+  where: Pick<Parameters<typeof quantizeLayerLinears>[4], "preps" | "pool" | "keepWorkers"> = {},
 ): Promise<PartResult> {
   const { run } = steps;
   const { targets, allTokenFallbacks } = await observeLayer(steps, layer, i, include, pass);

@@ -120,6 +120,11 @@ export async function quantizeLayerLinears(
     preps?: PrepCache;
     /** where GPTQ jobs run (default: the process's threads; a distributed run's: workers, gptq-jobs.ts) */
     pool?: Pick<GptqPool, "submit">;
+    /**
+     * the caller's next GPTQ call has these Linears' widths (the next expert group of a layer): the
+     * shared pool's workers are kept for it rather than renewed
+     */
+    keepWorkers?: boolean;
   },
 ): Promise<{ results: QuantizedLinear[]; fallbacks: Fallback[] }> {
   const fallbacks: Fallback[] = [];
@@ -269,7 +274,7 @@ export async function quantizeLayerLinears(
     throw failure.error;
   }
   // the next layer's GPTQ does not find this one's memory in the workers
-  await renewSharedGptqPool(pool);
+  if (!opts.keepWorkers) await renewSharedGptqPool(pool);
   const siblingMax = siblingAbsMax(t);
   const results: QuantizedLinear[] = [];
   for (const [name, lin] of t.linears) {

@@ -86,7 +86,7 @@ test("a layer's GPTQ on worker threads equals the main thread's; every Linear en
   }
 });
 
-test("after a layer's GPTQ on the shared worker pool, that pool is replaced by fresh workers of the same number (a worker's memory does not reach the next layer)", async () => {
+test("after a layer's GPTQ on the shared worker pool, that pool is replaced by fresh workers of the same number (a worker's memory does not reach the next layer), unless the caller keeps them for a call of the same widths", async () => {
   const before = process.env.MOECAL_GPTQ_WORKERS;
   process.env.MOECAL_GPTQ_WORKERS = "2";
   try {
@@ -102,6 +102,16 @@ test("after a layer's GPTQ on the shared worker pool, that pool is replaced by f
     const next = await sharedGptqPool(2);
     assert.notEqual(next, used, "the layer's pool is still the shared one");
     assert.equal(next.size, 2);
+    // a caller whose next call has the same widths (the layer's next expert group) keeps the workers
+    const { linears: l1, hessians: h1 } = await layer();
+    await quantizeLayerLinears(
+      { linears: l1, hessians: h1, inputAbsMax: new Map() },
+      () => W4A16,
+      () => "gptq",
+      "BF16",
+      { ...OPTS, keepWorkers: true },
+    );
+    assert.equal(await sharedGptqPool(2), next, "the workers were renewed though kept for the next call");
     // a pool the caller gave is left as it is
     const own = await sharedGptqPool(2);
     const { linears: l2, hessians: h2 } = await layer();
