@@ -20,6 +20,28 @@ function forLoop(x: number, limit: number, step: number, statements: readonly In
   ].flat();
 }
 
+/** for (x = start; x < limit; x += step) { statements } (`x`, `start`, `limit`: local indices) */
+function forFrom(x: number, start: number, limit: number, step: number, statements: readonly Instr[][]): Instr[] {
+  return [
+    [get(start), set(x), op.block, op.loop],
+    [get(x), get(limit), op.i32GeU, op.brIf(1)],
+    ...statements,
+    [get(x), i32(step), i32Add, set(x), op.br(0), op.end, op.end],
+  ].flat();
+}
+
+/**
+ * Bytes of a row the transposes take at a time: the pages of the columns a tile reads or writes
+ * stay few however long the columns (docs/performance.md, "Measurements behind the code").
+ */
+const TILE_IN = 64;
+const TILE_OUT = 1024;
+
+/** end = min(start + bytes, limit) (locals start, limit, end) */
+function tileEnd(start: number, bytes: number, limit: number, end: number): Instr[] {
+  return [get(start), i32(bytes), i32Add, set(end), get(limit), get(end), get(end), get(limit), op.i32GtU, op.select, set(end)];
+}
+
 /** A kernel: parameter names and types, then local names (v128 unless in `ints`); `body` gets every index by name. */
 function kernel<P extends string, L extends string>(
   name: string,
@@ -163,20 +185,22 @@ const K4 = [0, 1, 2, 3] as const;
 const transposeIn = kernel(
   "transposeIn",
   { src: I32, inBytes: I32, outBytes: I32, cols: I32 },
-  ["rb", "jb", "rowp", "sp", "a", "b", "c", "d", "t0", "t1", "t2", "t3"],
-  ["rb", "jb", "rowp", "sp"],
+  ["rb", "jb", "rowp", "sp", "j0", "jEnd", "a", "b", "c", "d", "t0", "t1", "t2", "t3"],
+  ["rb", "jb", "rowp", "sp", "j0", "jEnd"],
   (x) => {
     const rows = [x.a, x.b, x.c, x.d] as const;
     const t = [x.t0, x.t1, x.t2, x.t3] as const;
     return [
-      [get(x.src), set(x.rowp)],
-      forLoop(x.rb, x.outBytes, 16, [
-        forLoop(x.jb, x.inBytes, 16, [
-          ...K4.map((k) => [...plusRows(x.rowp, x.jb, x.inBytes, k), vLoad, set(rows[k])]),
-          ...transpose4(rows, t),
-          ...K4.map((k) => [...columnAddress(x.cols, x.jb, x.rb, k), ...columnOf(k, t), vStore]),
+      forLoop(x.j0, x.inBytes, TILE_IN, [
+        [...tileEnd(x.j0, TILE_IN, x.inBytes, x.jEnd), get(x.src), set(x.rowp)],
+        forLoop(x.rb, x.outBytes, 16, [
+          forFrom(x.jb, x.j0, x.jEnd, 16, [
+            ...K4.map((k) => [...plusRows(x.rowp, x.jb, x.inBytes, k), vLoad, set(rows[k])]),
+            ...transpose4(rows, t),
+            ...K4.map((k) => [...columnAddress(x.cols, x.jb, x.rb, k), ...columnOf(k, t), vStore]),
+          ]),
+          [get(x.rowp), get(x.inBytes), i32(2), i32Shl, i32Add, set(x.rowp)],
         ]),
-        [get(x.rowp), get(x.inBytes), i32(2), i32Shl, i32Add, set(x.rowp)],
       ]),
     ];
   },
@@ -192,36 +216,39 @@ const BYTE_TRANSPOSE = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
 const transposeOut = kernel(
   "transposeOut",
   { dst: I32, codes: I32, inBytes: I32, outBytes: I32, cols: I32, wt: I32, codesT: I32 },
-  ["rb", "jb", "rowp", "crow", "inF", "p0", "p1", "p2", "p3", "a", "b", "c", "d", "t0", "t1", "t2", "t3", "v"],
-  ["rb", "jb", "rowp", "crow", "inF", "p0", "p1", "p2", "p3"],
+  ["rb", "jb", "rowp", "crow", "inF", "p0", "p1", "p2", "p3", "j0", "jEnd", "a", "b", "c", "d", "t0", "t1", "t2", "t3", "v"],
+  ["rb", "jb", "rowp", "crow", "inF", "p0", "p1", "p2", "p3", "j0", "jEnd"],
   (x) => {
     const ps = [x.p0, x.p1, x.p2, x.p3] as const;
     const cols = [x.a, x.b, x.c, x.d] as const;
     const t = [x.t0, x.t1, x.t2, x.t3] as const;
     const codeAt = (k: number): Instr[] => [get(ps[k] as number), get(x.wt), op.i32Sub, i32(2), i32ShrU, get(x.codesT), i32Add];
     return [
-      [get(x.dst), set(x.rowp), get(x.codes), set(x.crow), get(x.inBytes), i32(2), i32ShrU, set(x.inF)],
-      forLoop(x.rb, x.outBytes, 16, [
-        forLoop(x.jb, x.inBytes, 16, [
-          ...K4.map((k) => [...columnAddress(x.cols, x.jb, x.rb, k), tee(ps[k]), vLoad, set(cols[k])]),
-          ...transpose4(cols, t),
-          ...K4.map((k) => [...plusRows(x.rowp, x.jb, x.inBytes, k), ...columnOf(k, t), vStore]),
-          // the codes: four columns' 4 bytes into one vector, transposed, a row's 4 bytes each
-          [...codeAt(0), op.vLoad32Zero, set(x.v)],
-          ...[1, 2, 3].map((k) => [...codeAt(k), get(x.v), op.vLoad32Lane(k), set(x.v)]),
-          [get(x.v), get(x.v), shuffle(BYTE_TRANSPOSE), set(x.v)],
-          ...K4.map((k) => [
-            get(x.crow),
-            get(x.jb),
-            i32(2),
-            i32ShrU,
-            i32Add,
-            ...(k > 0 ? [get(x.inF), i32(k), i32Mul, i32Add] : []),
-            get(x.v),
-            op.vStore32Lane(k),
+      [get(x.inBytes), i32(2), i32ShrU, set(x.inF)],
+      forLoop(x.j0, x.inBytes, TILE_OUT, [
+        [...tileEnd(x.j0, TILE_OUT, x.inBytes, x.jEnd), get(x.dst), set(x.rowp), get(x.codes), set(x.crow)],
+        forLoop(x.rb, x.outBytes, 16, [
+          forFrom(x.jb, x.j0, x.jEnd, 16, [
+            ...K4.map((k) => [...columnAddress(x.cols, x.jb, x.rb, k), tee(ps[k]), vLoad, set(cols[k])]),
+            ...transpose4(cols, t),
+            ...K4.map((k) => [...plusRows(x.rowp, x.jb, x.inBytes, k), ...columnOf(k, t), vStore]),
+            // the codes: four columns' 4 bytes into one vector, transposed, a row's 4 bytes each
+            [...codeAt(0), op.vLoad32Zero, set(x.v)],
+            ...[1, 2, 3].map((k) => [...codeAt(k), get(x.v), op.vLoad32Lane(k), set(x.v)]),
+            [get(x.v), get(x.v), shuffle(BYTE_TRANSPOSE), set(x.v)],
+            ...K4.map((k) => [
+              get(x.crow),
+              get(x.jb),
+              i32(2),
+              i32ShrU,
+              i32Add,
+              ...(k > 0 ? [get(x.inF), i32(k), i32Mul, i32Add] : []),
+              get(x.v),
+              op.vStore32Lane(k),
+            ]),
           ]),
+          [get(x.rowp), get(x.inBytes), i32(2), i32Shl, i32Add, set(x.rowp), get(x.crow), get(x.inBytes), i32Add, set(x.crow)],
         ]),
-        [get(x.rowp), get(x.inBytes), i32(2), i32Shl, i32Add, set(x.rowp), get(x.crow), get(x.inBytes), i32Add, set(x.crow)],
       ]),
     ];
   },

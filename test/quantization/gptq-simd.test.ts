@@ -185,3 +185,17 @@ test("a WebAssembly memory that cannot grow leaves the job to the JavaScript loo
   assert.ok(c.simd !== null, "a later job takes the SIMD loops");
   releaseColumns(c);
 });
+
+test("the SIMD transposes go in tiles of columns: 300 columns (a last tile of each transpose partial) give the JavaScript loops' bits", async () => {
+  const [out, inF] = [40, 300];
+  const H = hessian(inF, 61, 11);
+  const W = randn([out, inF], 62, 0.02).data;
+  for (const args of [
+    resolveScheme("W4A16", { groupSize: 20 }).weights,
+    { ...resolveScheme("W8A16", { groupSize: 60 }).weights, actorder: "static" as const },
+  ]) {
+    const prep = await prepareGptq(H, inF, args.actorder, "tiles", 0.01, 64);
+    const r = await both(() => gptqWithPrep(W, out, prep, args, "BF16", "tiles"));
+    assertSame(`${args.numBits} bits`, r.simd, r.js);
+  }
+});
