@@ -59,11 +59,6 @@ export class LayerClock {
   }
 }
 
-/**
- * Progress of `label` in uniform steps (eval's and coverage's layer passes): a live bar with
- * elapsed time and ETA on a terminal, else a timestamped line at most every `every` seconds and
- * at the end.
- */
 /** A progress callback and `stop`, which ends a live display (call it however the run ends: its redraw timer keeps the process alive). */
 export type Printer<A extends unknown[]> = ((...args: A) => void) & { stop(): void };
 
@@ -88,6 +83,11 @@ export function restoreTerminal(stream: NodeJS.WriteStream = process.stderr): vo
   if (stream.isTTY === true) stream.write("\x1b[?25h\x1b[?7h");
 }
 
+/**
+ * Progress of `label` in uniform steps (eval's and coverage's layer passes): a live bar with
+ * elapsed time and ETA on a terminal, else a timestamped line at most every `every` seconds and
+ * at the end.
+ */
 export function stepsPrinter(
   stream: NodeJS.WriteStream,
   label: string,

@@ -401,7 +401,6 @@ export function firstNonFiniteF32(values: Float32Array): number {
   });
 }
 
-/** Flat index of the first NaN or infinity in a floating tensor's raw bytes (-1 if none, or not floating). */
 /** firstNonFinite over a tensor given in pieces (rawChunks): the flat index of the first NaN or infinity, or -1. */
 export function firstNonFiniteIn(dtype: DType, pieces: Iterable<Uint8Array>): number {
   const size = DTYPE_BYTES[dtype];
@@ -414,6 +413,7 @@ export function firstNonFiniteIn(dtype: DType, pieces: Iterable<Uint8Array>): nu
   return -1;
 }
 
+/** Flat index of the first NaN or infinity in a floating tensor's raw bytes (-1 if none, or not floating). */
 export function firstNonFinite(raw: RawTensor): number {
   const b = raw.bytes;
   switch (raw.dtype) {

@@ -124,18 +124,18 @@ interface PendingEntry {
   length: number;
 }
 
-/**
- * Writes tensors as they come into shards of at most `maxShardBytes` (a single larger tensor
- * gets its own shard), then names them model-0000i-of-0000N.safetensors and writes the index.
- * Tensor data goes to disk at once (a scratch file per shard, prefixed with the header when
- * the shard is complete), so memory does not grow with the model.
- */
 /** Tensors copied or scanned unchanged go through memory in pieces of at most this many bytes. */
 export const PIECE_BYTES = 16 * 1024 ** 2;
 
 /** Largest output shard by default (as Hugging Face's save_pretrained cuts them). */
 export const DEFAULT_SHARD_BYTES = 2 * 1024 ** 3;
 
+/**
+ * Writes tensors as they come into shards of at most `maxShardBytes` (a single larger tensor
+ * gets its own shard), then names them model-0000i-of-0000N.safetensors and writes the index.
+ * Tensor data goes to disk at once (a scratch file per shard, prefixed with the header when
+ * the shard is complete), so memory does not grow with the model.
+ */
 export class ShardedWriter {
   private pending: PendingEntry[] = [];
   private pendingBytes = 0;

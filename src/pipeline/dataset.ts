@@ -152,10 +152,6 @@ export function encodeTruncated(tokenizer: LoadedTokenizer, text: string, n: num
 }
 
 /**
- * Tokenized calibration samples: each sample alone (BOS + text), truncated to maxSeqLength;
- * samples with no text are skipped. No usable sample is an error.
- */
-/**
  * The tokens per sample a run uses: `requested`, else min(2048, max_position_embeddings); one
  * longer than the model's positions is refused (the model was never trained on them), by every
  * command alike.
@@ -166,6 +162,10 @@ export function seqLengthFor(requested: number | undefined, maxPositions: number
   return n;
 }
 
+/**
+ * Tokenized calibration samples: each sample alone (BOS + text), truncated to maxSeqLength;
+ * samples with no text are skipped. No usable sample is an error.
+ */
 export function loadTokenizedSamples(file: string, tokenizer: LoadedTokenizer, options: SampleOptions): number[][] {
   if (typeof file !== "string") throw new UsageError(`loadTokenizedSamples: the dataset path must be a string, got ${typeof file}`);
   const opts = checkOptions("loadTokenizedSamples", SAMPLE_OPTIONS, options);
