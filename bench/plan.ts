@@ -191,7 +191,6 @@ export function qwen35Setup(work: string): string {
   return model;
 }
 
-/** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
 /** A dataset of `count` samples of at least `bytes` bytes each: the bundled prose, concatenated. */
 export function proseDataset(file: string, count: number, bytes: number): string {
   const texts = fs
@@ -209,6 +208,7 @@ export function proseDataset(file: string, count: number, bytes: number): string
   return file;
 }
 
+/** A 4-layer Nano-shaped random model and 64 prose samples of at least 512 tokens, in `work`. */
 export function nanoSetup(work: string, opts: { model?: boolean } = {}): { model: string; data: string } {
   const model = path.join(work, "nano4");
   if (opts.model ?? true)
