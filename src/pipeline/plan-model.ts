@@ -14,9 +14,10 @@ import { Tensor } from "../engine/tensor.js";
 export const PLAN_MODEL = {
   /**
    * of the GEMM rate the plan measures (a small product, slower than a run's larger ones, so a phase
-   * can reach 1); GPTQ's per worker thread. Refitted 2026-12-05 on three bench:oneshot runs (9fb2f7a).
+   * can reach 1); GPTQ's per worker thread. Refitted 2026-12-05 on three bench:oneshot runs (9fb2f7a);
+   * GPTQ's halved with its work count (gptqFlops, which counted twice the block updates before).
    */
-  efficiency: { calibrate: 1.0, propagate: 0.8, gptq: 0.3 },
+  efficiency: { calibrate: 1.0, propagate: 0.8, gptq: 0.15 },
   secondsPerLayer: 0.15,
   /** per sample and layer: the JavaScript-side work a sample costs besides its arithmetic (calibration's: none left to fit) */
   secondsPerSample: { calibrate: 0, propagate: 0.022 },
@@ -50,4 +51,18 @@ export async function measureGemm(): Promise<number> {
  */
 export function processBaseline(): number {
   return Math.max(PLAN_MODEL.baselineBytes, process.memoryUsage().rss + PLAN_MODEL.runtimeBytes);
+}
+
+/**
+ * GPTQ's arithmetic for a Linear of `inF` inputs and `out` outputs: each block's errors against
+ * the columns after it, within the block and beyond, add up to out x inF x (inF - 1) (a product
+ * 2 m k n each); the plan counts out x inF^2.
+ */
+export function gptqFlops(out: number, inF: number): number {
+  return out * inF * inF;
+}
+
+/** Preparing a Hessian of `inF` columns for GPTQ: its Cholesky factor and that factor's inverse (inF^3 / 3 and inF^3 / 6 multiply-adds). */
+export function gptqPrepFlops(inF: number): number {
+  return inF ** 3;
 }

@@ -35,7 +35,7 @@ import { type ExpertsOfLayer, type PerExpert, fitRetainedGroups, planExpertGroup
 import { availableMemory } from "../util/memory.js";
 import { LOAD_WORKER_BYTES, loadWorkers } from "../io/load-pool.js";
 import { PARALLEL_LOAD_BYTES } from "../nn/weights.js";
-import { PLAN_MODEL, measureGemm, processBaseline } from "./plan-model.js";
+import { PLAN_MODEL, gptqFlops, gptqPrepFlops, measureGemm, processBaseline } from "./plan-model.js";
 import type { ExpertWork, LayerPlan, NonExpertWork, Plan } from "./plan-types.js";
 
 /** Whether a run needs calibration data: GPTQ (Hessians), or a scheme with static activation scales (FP8's input scale, NVFP4's input global scale). */
@@ -177,7 +177,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       calibrate += 2 * T * l.inFeatures * l.outFeatures + gram;
       propagate += 2 * T * l.inFeatures * l.outFeatures;
       if (target) {
-        const own = 2 * l.outFeatures * l.inFeatures ** 2 + l.inFeatures ** 3;
+        const own = gptqFlops(l.outFeatures, l.inFeatures) + gptqPrepFlops(l.inFeatures);
         gptq += own;
         gptqMax = Math.max(gptqMax, own);
         hessians += 4 * l.inFeatures ** 2;
@@ -209,7 +209,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
         calibrate += allExperts ? 2 * T * H * H + 2 * T * E * Im * Im : 2 * T * K * (2 * H * H + Im * Im);
         if (routerAware) calibrate += 2 * T * K * (H * H + Im * Im);
         const shared = allExperts && !routerAware;
-        gptq += E * (2 * 2 * Im * H * H + 2 * H * Im * Im + Im ** 3) + (shared ? 1 : E) * H ** 3;
+        gptq += E * (2 * gptqFlops(Im, H) + gptqFlops(H, Im) + gptqPrepFlops(Im)) + (shared ? 1 : E) * gptqPrepFlops(H);
         const copies = routerAware ? 2 : 1;
         per.hessians = 4 * ((shared ? 0 : H * H) + Im * Im) * copies;
         sharedGram = shared ? 4 * H * H : 0;

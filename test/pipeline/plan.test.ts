@@ -1,6 +1,7 @@
 /**
  * The plan against a real run on the bundled model: exact byte counts (weights read, tensors
- * written), the work per phase, the peak memory near the run's, and oneshot's refusals.
+ * written), the work per phase, the peak memory near the run's, and oneshot's refusals; its GPTQ
+ * work against the products a GPTQ call runs.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -13,6 +14,11 @@ import { checkPlan, parseBytes } from "../../src/pipeline/plan-report.js";
 import { runFromSummary } from "../../src/pipeline/report.js";
 import { ROOT, TEXT, TINY, tempDir } from "../helpers.js";
 import { randomModel } from "../../src/pipeline/random-model.js";
+import { gptqFlops } from "../../src/pipeline/plan-model.js";
+import { getEngine } from "../../src/engine/index.js";
+import { gptqWithPrep, prepareGptq } from "../../src/quantization/gptq.js";
+import { resolveScheme } from "../../src/quantization/scheme.js";
+import { randn } from "../rand.js";
 
 const cli = path.join(ROOT, "dist", "src", "cli", "main.js");
 const tmp = tempDir("moecal-plan-");
@@ -119,4 +125,29 @@ test("the data-free plan: no data read, the bytes a run writes exactly, memory f
   assert.match(text.stdout, /plan \(data-free, 0 worker thread\(s\)\)/);
   const calibrated = spawnSync(process.execPath, [cli, "plan", "--method", "rtn", "--calibrate", ...args], { encoding: "utf8" });
   assert.match(calibrated.stdout, /^plan: peak memory/m);
+});
+
+test("the plan's GPTQ work for a Linear is the arithmetic a GPTQ call does: its products and the column spreads in its sub-blocks, out x in x (in - 1)", async () => {
+  const [out, inF] = [64, 384];
+  const H = randn([inF, inF], 71, 0.01).data;
+  for (let i = 0; i < inF; i++) for (let j = 0; j < i; j++) H[i * inF + j] = H[j * inF + i] as number;
+  for (let i = 0; i < inF; i++) H[i * inF + i] = inF;
+  const args = resolveScheme("W4A16", { groupSize: 128 }).weights;
+  const prep = await prepareGptq(H, inF, args.actorder, "count", 0.01, 128);
+  const engine = getEngine();
+  const subtract = engine.subtractProduct;
+  let products = 0;
+  engine.subtractProduct = (c, a, b) => {
+    products += 2 * (a.shape[0] as number) * (a.shape[1] as number) * (b.shape[1] as number);
+    return subtract.call(engine, c, a, b);
+  };
+  try {
+    await gptqWithPrep(randn([out, inF], 72, 0.02).data, out, prep, args, "BF16", "count");
+  } finally {
+    engine.subtractProduct = subtract;
+  }
+  // each column's error spread over the later columns of its 8-column sub-block: 28 pairs, 2 out each
+  const spreads = (inF / 8) * 28 * 2 * out;
+  assert.equal(products + spreads, out * inF * (inF - 1));
+  assert.equal(gptqFlops(out, inF), out * inF * inF);
 });
