@@ -10,25 +10,23 @@ import { F32, F64, I32, type Instr, V128, type ValType, type WasmFunction, lanes
 
 const { get, set, tee, i32, i32Add, i32Mul, i32Shl, i32ShrU, vLoad, vStore, shuffle } = op;
 
-/** for (x = 0; x < limit; x += step) { statements } (`x`, `limit`: local indices) */
-function forLoop(x: number, limit: number, step: number, statements: readonly Instr[][]): Instr[] {
+/** for (x = first; x < limit; x += step) { statements } (`x`, `limit`: local indices; `first`: the instruction giving x's first value) */
+function loopFrom(x: number, first: Instr, limit: number, step: number, statements: readonly Instr[][]): Instr[] {
   return [
-    [i32(0), set(x), op.block, op.loop],
+    [first, set(x), op.block, op.loop],
     [get(x), get(limit), op.i32GeU, op.brIf(1)],
     ...statements,
     [get(x), i32(step), i32Add, set(x), op.br(0), op.end, op.end],
   ].flat();
 }
 
+/** for (x = 0; x < limit; x += step) { statements } (`x`, `limit`: local indices) */
+const forLoop = (x: number, limit: number, step: number, statements: readonly Instr[][]): Instr[] =>
+  loopFrom(x, i32(0), limit, step, statements);
+
 /** for (x = start; x < limit; x += step) { statements } (`x`, `start`, `limit`: local indices) */
-function forFrom(x: number, start: number, limit: number, step: number, statements: readonly Instr[][]): Instr[] {
-  return [
-    [get(start), set(x), op.block, op.loop],
-    [get(x), get(limit), op.i32GeU, op.brIf(1)],
-    ...statements,
-    [get(x), i32(step), i32Add, set(x), op.br(0), op.end, op.end],
-  ].flat();
-}
+const forFrom = (x: number, start: number, limit: number, step: number, statements: readonly Instr[][]): Instr[] =>
+  loopFrom(x, get(start), limit, step, statements);
 
 /**
  * Bytes of a row the transposes take at a time: the pages of the columns a tile reads or writes
