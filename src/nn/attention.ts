@@ -36,12 +36,12 @@ export function fromHeads(x: Float32Array, B: number, S: number, heads: number, 
 
 /**
  * A token mixer that says how much floating-point work it does beyond its Linear layers, for the
- * plan: softmax attention's scores and values grow with the square of each sequence's length, a
- * linear-attention recurrence with its length.
+ * plan: softmax attention's scores and values grow with the (query, key) pairs it scores
+ * (attentionPairs), a linear-attention recurrence with each sequence's length.
  */
 export interface TokenMixer {
-  /** work for sequences of total length `tokens` whose squared lengths sum to `sumSquares` */
-  mixingFlops(tokens: number, sumSquares: number): number;
+  /** work for sequences of these lengths */
+  mixingFlops(lengths: readonly number[]): number;
 }
 
 /** `m` as a TokenMixer, or null. */
@@ -146,6 +146,16 @@ export function causalBlocks(S: number, window: number | null): { r0: number; r1
   return blocks;
 }
 
+/** The (query, key) pairs causalAttention scores over a sequence of S tokens: each block's rows against the keys [k0, r1). */
+export function attentionPairs(S: number, window: number | null): number {
+  return causalBlocks(S, window).reduce((a, { r0, r1, k0 }) => a + (r1 - r0) * (r1 - k0), 0);
+}
+
+/** attentionPairs over sequences of these lengths. */
+export function sumPairs(lengths: readonly number[], window: number | null): number {
+  return lengths.reduce((a, S) => a + attentionPairs(S, window), 0);
+}
+
 /** causalMask's rows [r0, r1), each `group` times, and its columns [k0, r1): [(r1 - r0) * group, r1 - k0] into `m`. */
 function maskRows(window: number | null, group: number, r0: number, r1: number, k0: number, m: Float32Array): Float32Array {
   const n = r1 - k0;
@@ -200,9 +210,9 @@ export class RopeAttention extends Module<Tensor, Tensor> implements TokenMixer 
     }
   }
 
-  /** q k^T and p v: 4 S^2 D per head (a window bounds S^2 from above) */
-  mixingFlops(_tokens: number, sumSquares: number): number {
-    return 4 * sumSquares * this.opts.heads * this.opts.headDim;
+  /** q k^T and p v: 4 D per head and (query, key) pair scored */
+  mixingFlops(lengths: readonly number[]): number {
+    return 4 * this.opts.heads * this.opts.headDim * sumPairs(lengths, this.opts.window);
   }
 
   async forward(x: Tensor): Promise<Tensor> {

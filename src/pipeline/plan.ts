@@ -102,7 +102,7 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
       shuffleSeed: opts.seed ?? 42,
     });
   const T = samples.reduce((a, s) => a + s.length, 0);
-  const sumS2 = samples.reduce((a, s) => a + s.length * s.length, 0);
+  const lengths = samples.map((s) => s.length);
   const maxS = Math.max(1, ...samples.map((s) => s.length));
   // a vision-language config keeps the text model's fields under text_config (Hugging Face's convention)
   const raw = ((config.raw.text_config as object | undefined) ?? config.raw) as Record<string, number | undefined>;
@@ -158,13 +158,13 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     const block = moe?.[1] ?? null;
     const expertLinears = new Set(block ? block.routedExperts().flatMap((e) => [e.gate, e.up, e.down]) : []);
     const { read, write, params } = layerBytes(layer, prefix, ck, schemeOf, scaleDtype);
-    // floating-point work: products 2 T in out; Gram sums 2 rows in^2; the token mixer's own work (attention
-    // scores and values 4 sum(S^2) heads headDim, a linear recurrence per token), as its module reports it
+    // floating-point work: products 2 T in out; Gram sums 2 rows in^2; the token mixer's own work (attention's
+    // scores and values, 4 heads headDim a (query, key) pair it scores; a linear recurrence per token), as its module reports it
     const mixers = layer
       .namedModules()
       .map(([, m]) => asTokenMixer(m))
       .filter((m) => m !== null);
-    let calibrate = mixers.length ? mixers.reduce((a, m) => a + m.mixingFlops(T, sumS2), 0) : 4 * sumS2 * heads * headDim;
+    let calibrate = mixers.reduce((a, m) => a + m.mixingFlops(lengths), 0);
     let propagate = calibrate;
     let gptq = 0;
     let hessians = 0;

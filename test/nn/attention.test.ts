@@ -131,3 +131,30 @@ test("causalAttention: grouped query heads in blocks of rows, each against the k
       }
   }
 });
+
+test("attentionPairs: the (query, key) pairs causalAttention's engine calls score, per query head, windowed or not; at least the causal ones, at most S^2", async () => {
+  const { getEngine } = await import("../../src/engine/index.js");
+  const { ATTENTION_ROWS, attentionPairs, causalAttention, sumPairs } = await import("../../src/nn/attention.js");
+  const [nH, nKV, D] = [4, 2, 8];
+  const engine = getEngine();
+  const attend = engine.attention;
+  for (const S of [1, ATTENTION_ROWS, 2 * ATTENTION_ROWS + 22])
+    for (const window of [5, ATTENTION_ROWS + 9, null]) {
+      let pairs = 0;
+      engine.attention = (q, k, v, mask, scale, into) => {
+        pairs += (q.dim(0) * k.dim(0)) / (nH / nKV);
+        return attend.call(engine, q, k, v, mask, scale, into);
+      };
+      try {
+        const x = values(S * nH * D, 51);
+        await causalAttention(x, values(S * nKV * D, 52), values(S * nKV * D, 53), { B: 1, S, nH, nKV, D, window });
+      } finally {
+        engine.attention = attend;
+      }
+      // per key/value head, its query heads' rows: the pairs of one query head
+      assert.equal(attentionPairs(S, window), pairs / nKV, `S ${S}, window ${window}`);
+      const causal = Array.from({ length: S }, (_, i) => (window === null ? i + 1 : Math.min(i + 1, window))).reduce((a, b) => a + b, 0);
+      assert.ok(pairs / nKV >= causal && pairs / nKV <= S * S, `S ${S}, window ${window}: ${pairs / nKV} pairs`);
+    }
+  assert.equal(sumPairs([3, 70], null), attentionPairs(3, null) + attentionPairs(70, null));
+});

@@ -11,7 +11,7 @@ import { type AnyModule, Module, ModuleList } from "../../nn/module.js";
 import { Linear, RMSNorm, type TokenIds, addNormed } from "../../nn/layers.js";
 import { type AfmoeConfig, isMoeLayer } from "./config.js";
 import { type MoeBlock, type MoeRouting, addServedExperts } from "../../nn/moe.js";
-import { attendTokenMajor, callOnFilled, tokenMajorContext } from "../../nn/attention.js";
+import { type TokenMixer, attendTokenMajor, callOnFilled, sumPairs, tokenMajorContext } from "../../nn/attention.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { DecoderForCausalLM, DecoderModel } from "../causal-lm.js";
 
@@ -152,7 +152,7 @@ export class AfmoeMoE extends AfmoeMoEBlock {
 }
 
 /** Grouped-query attention with q/k RMSNorm, RoPE on sliding layers only, and a sigmoid output gate. */
-export class AfmoeAttention extends Module {
+export class AfmoeAttention extends Module implements TokenMixer {
   readonly className = "AfmoeAttention";
   readonly sliding: boolean;
 
@@ -170,6 +170,12 @@ export class AfmoeAttention extends Module {
     this.addModule("gate_proj", new Linear(H, nH * D));
     this.addModule("q_norm", new RMSNorm(D, config.rmsNormEps));
     this.addModule("k_norm", new RMSNorm(D, config.rmsNormEps));
+  }
+
+  /** q k^T and p v: 4 D per head and (query, key) pair scored (a sliding layer's within its window) */
+  mixingFlops(lengths: readonly number[]): number {
+    const c = this.config;
+    return 4 * c.numAttentionHeads * c.headDim * sumPairs(lengths, this.sliding ? c.slidingWindow : null);
   }
 
   private lin(name: string): Linear {

@@ -6,7 +6,7 @@
  */
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";
-import { type TokenMixer, causalAttention, tokenMajorContext } from "../../nn/attention.js";
+import { type TokenMixer, causalAttention, sumPairs, tokenMajorContext } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { Module } from "../../nn/module.js";
 import { ropeFrequencies, ropeTables, rotateAt, yarnMscale } from "../../nn/rope.js";
@@ -65,10 +65,10 @@ export class DeepseekV3Attention extends Module<Tensor, Tensor> implements Token
     return this.child(n);
   }
 
-  /** q k^T over dn + dr dims and p v over dv: 2 S^2 (dq + dv) per head */
-  mixingFlops(_tokens: number, sumSquares: number): number {
+  /** q k^T over dn + dr dims and p v over dv: 2 (dq + dv) per head and (query, key) pair scored */
+  mixingFlops(lengths: readonly number[]): number {
     const c = this.config;
-    return 2 * sumSquares * c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim + c.vHeadDim);
+    return 2 * c.numAttentionHeads * (c.qkNopeHeadDim + c.qkRopeHeadDim + c.vHeadDim) * sumPairs(lengths, null);
   }
 
   /** [B, S, nH * dq] queries. */

@@ -61,8 +61,9 @@ export class Qwen3NextGatedDeltaNet extends Module<Tensor, Tensor> implements To
    * the state update (6 dk dv), K K^T and Q K^T (4 CHUNK dk), T B and P U (4 CHUNK dv): linear in
    * the length.
    */
-  mixingFlops(tokens: number): number {
+  mixingFlops(lengths: readonly number[]): number {
     const { nV, dk, dv, C, Kc } = this.dims;
+    const tokens = lengths.reduce((a, S) => a + S, 0);
     return tokens * (2 * Kc * C + nV * (6 * dk * dv + 4 * CHUNK * (dk + dv)));
   }
 

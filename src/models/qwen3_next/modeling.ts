@@ -8,7 +8,7 @@ import { add, sigmoidScalar } from "../../engine/ops.js";
 import { applyRopeInPlace } from "../../nn/rope.js";
 import { Tensor } from "../../engine/tensor.js";
 import { getEngine } from "../../engine/index.js";
-import { type TokenMixer, attendTokenMajor, tokenMajorContext } from "../../nn/attention.js";
+import { type TokenMixer, attendTokenMajor, sumPairs, tokenMajorContext } from "../../nn/attention.js";
 import { Linear, RMSNorm } from "../../nn/layers.js";
 import { SwiGluMLP } from "../../nn/mlp.js";
 import { Module } from "../../nn/module.js";
@@ -98,9 +98,9 @@ export class Qwen3NextAttention extends Module<Tensor, Tensor> implements TokenM
     this.addModule("k_norm", new Qwen3NextRMSNorm(D, config.rmsNormEps));
   }
 
-  /** q k^T and p v: 4 S^2 D per head */
-  mixingFlops(_tokens: number, sumSquares: number): number {
-    return 4 * sumSquares * this.config.numAttentionHeads * this.config.headDim;
+  /** q k^T and p v: 4 D per head and (query, key) pair scored */
+  mixingFlops(lengths: readonly number[]): number {
+    return 4 * this.config.numAttentionHeads * this.config.headDim * sumPairs(lengths, null);
   }
 
   async forward(x: Tensor): Promise<Tensor> {
