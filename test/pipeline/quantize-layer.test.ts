@@ -39,28 +39,40 @@ async function layer(): Promise<{ linears: Map<string, Linear>; hessians: Map<st
   return { linears, hessians };
 }
 
-async function run(workers: string): Promise<{ results: QuantizedLinear[]; linears: Map<string, Linear> }> {
+/** `fn` with MOECAL_GPTQ_WORKERS set to `workers`; the variable restored and the shared pool closed after. */
+async function withGptqWorkers<T>(workers: string, fn: () => Promise<T>): Promise<T> {
   const before = process.env.MOECAL_GPTQ_WORKERS;
   process.env.MOECAL_GPTQ_WORKERS = workers;
   try {
-    const { linears, hessians } = await layer();
-    let total = 0;
-    for (const l of linears.values()) total += l.weight.size;
-    assert.ok(total >= GPTQ_WORKER_MIN_WEIGHTS, "the layer must be large enough for the worker path");
-    const { results, fallbacks } = await quantizeLayerLinears(
-      { linears, hessians, inputAbsMax: new Map() },
-      () => W4A16,
-      () => "gptq",
-      "BF16",
-      OPTS,
-    );
-    assert.deepEqual(fallbacks, []);
-    return { results, linears };
+    return await fn();
   } finally {
     if (before === undefined) delete process.env.MOECAL_GPTQ_WORKERS;
     else process.env.MOECAL_GPTQ_WORKERS = before;
     await closeSharedGptqPool();
   }
+}
+
+/** quantizeLayerLinears of a layer() with W4A16 GPTQ for every Linear. */
+function quantizeW4A16(l: Awaited<ReturnType<typeof layer>>, opts: Parameters<typeof quantizeLayerLinears>[4] = OPTS) {
+  return quantizeLayerLinears(
+    { ...l, inputAbsMax: new Map() },
+    () => W4A16,
+    () => "gptq",
+    "BF16",
+    opts,
+  );
+}
+
+function run(workers: string): Promise<{ results: QuantizedLinear[]; linears: Map<string, Linear> }> {
+  return withGptqWorkers(workers, async () => {
+    const l = await layer();
+    let total = 0;
+    for (const lin of l.linears.values()) total += lin.weight.size;
+    assert.ok(total >= GPTQ_WORKER_MIN_WEIGHTS, "the layer must be large enough for the worker path");
+    const { results, fallbacks } = await quantizeW4A16(l);
+    assert.deepEqual(fallbacks, []);
+    return { results, linears: l.linears };
+  });
 }
 
 test("a layer's GPTQ on worker threads equals the main thread's; every Linear ends with its own dequantized weights", async () => {
@@ -87,49 +99,23 @@ test("a layer's GPTQ on worker threads equals the main thread's; every Linear en
 });
 
 test("after a layer's GPTQ on the shared worker pool, that pool is replaced by fresh workers of the same number (a worker's memory does not reach the next layer), unless the caller keeps them for a call of the same widths", async () => {
-  const before = process.env.MOECAL_GPTQ_WORKERS;
-  process.env.MOECAL_GPTQ_WORKERS = "2";
-  try {
-    const { linears, hessians } = await layer();
+  await withGptqWorkers("2", async () => {
+    const l = await layer();
     const used = await sharedGptqPool(2);
-    await quantizeLayerLinears(
-      { linears, hessians, inputAbsMax: new Map() },
-      () => W4A16,
-      () => "gptq",
-      "BF16",
-      OPTS,
-    );
+    await quantizeW4A16(l);
     const next = await sharedGptqPool(2);
     assert.notEqual(next, used, "the layer's pool is still the shared one");
     assert.equal(next.size, 2);
     // a caller whose next call has the same widths (the layer's next expert group) keeps the workers
-    const { linears: l1, hessians: h1 } = await layer();
-    await quantizeLayerLinears(
-      { linears: l1, hessians: h1, inputAbsMax: new Map() },
-      () => W4A16,
-      () => "gptq",
-      "BF16",
-      { ...OPTS, keepWorkers: true },
-    );
+    await quantizeW4A16(await layer(), { ...OPTS, keepWorkers: true });
     assert.equal(await sharedGptqPool(2), next, "the workers were renewed though kept for the next call");
     // a pool the caller gave is left as it is
     const own = await sharedGptqPool(2);
-    const { linears: l2, hessians: h2 } = await layer();
     const given = gptqPool(1);
-    await quantizeLayerLinears(
-      { linears: l2, hessians: h2, inputAbsMax: new Map() },
-      () => W4A16,
-      () => "gptq",
-      "BF16",
-      { ...OPTS, pool: given },
-    );
+    await quantizeW4A16(await layer(), { ...OPTS, pool: given });
     await given.close();
     assert.equal(await sharedGptqPool(2), own);
-  } finally {
-    if (before === undefined) delete process.env.MOECAL_GPTQ_WORKERS;
-    else process.env.MOECAL_GPTQ_WORKERS = before;
-    await closeSharedGptqPool();
-  }
+  });
 });
 
 test("a Hessian that is not positive definite after damping: round-to-nearest for that Linear, recorded as cholesky-failed", async () => {
@@ -185,9 +171,7 @@ test("a static-activation Linear that saw no rows takes the largest input scale 
 });
 
 test("a GPTQ job that fails on a worker reaches the caller as its typed error, while later jobs wait for a worker (no unhandled rejection)", async () => {
-  const before = process.env.MOECAL_GPTQ_WORKERS;
-  process.env.MOECAL_GPTQ_WORKERS = "2";
-  try {
+  await withGptqWorkers("2", async () => {
     const { linears, hessians } = await layer();
     // a group size that divides no input: every job fails inside its worker, the first while later ones are still queued
     const scheme = resolveScheme("W4A16");
@@ -202,9 +186,5 @@ test("a GPTQ job that fails on a worker reaches the caller as its typed error, w
       ),
       (e: unknown) => e instanceof UsageError && /group size 48 does not divide the input size 1024/.test(e.message),
     );
-  } finally {
-    if (before === undefined) delete process.env.MOECAL_GPTQ_WORKERS;
-    else process.env.MOECAL_GPTQ_WORKERS = before;
-    await closeSharedGptqPool();
-  }
+  });
 });
