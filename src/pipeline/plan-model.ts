@@ -14,8 +14,8 @@ import { Tensor } from "../engine/tensor.js";
 export const PLAN_MODEL = {
   /**
    * of the GEMM rate the plan measures (a small product, slower than a run's larger ones, so a phase
-   * can reach 1); GPTQ's per worker thread. Refitted 2026-12-05 on three bench:oneshot runs (9fb2f7a);
-   * GPTQ's halved with its work count (gptqFlops, which counted twice the block updates before).
+   * can reach 1); GPTQ's per worker thread, of the work gptqFlops counts. The fits: docs/performance.md
+   * ("How well the plan predicts", "The plan counted GPTQ's work twice").
    */
   efficiency: { calibrate: 1.0, propagate: 0.8, gptq: 0.15 },
   secondsPerLayer: 0.15,
