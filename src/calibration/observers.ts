@@ -99,13 +99,28 @@ export class HessianStats {
     return this.ownAcc;
   }
 
+  /**
+   * What `H` is made of, without making it: Linears whose `H` is one array have one key (the
+   * accumulator they share, or the routed rows they share), so that GPTQ can group them before any
+   * Hessian is made (quantize-layer.ts checks that a group's arrays are one).
+   */
+  hessianKey(): object {
+    if (this.routedAcc && this.routedAcc.rows > 0 && this.rows > 0) return this.routedAcc;
+    const parts = this.allTokenParts();
+    return parts.length === 1 && parts[0] !== this.ownAcc ? (parts[0] as GramAccumulator) : this;
+  }
+
+  /** The Gram sums with rows that make the all-token Hessian (the shard open now ends: own rows are the ended shards' sum from here on). */
+  private allTokenParts(): GramAccumulator[] {
+    this.ownSum();
+    return [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);
+  }
+
   /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
   private allTokenH(): Float32Array {
-    // the shard open now ends: own rows are the ended shards' sum from here on
-    this.ownSum();
+    const parts = this.allTokenParts();
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
-    const parts = [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);
     let H: Float32Array;
     if (parts.length === 1 && parts[0] !== this.ownAcc) H = doubledView(parts[0] as GramAccumulator);
     else {

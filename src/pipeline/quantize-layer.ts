@@ -1,6 +1,6 @@
 import { Tensor } from "../engine/tensor.js";
 import { checkStop } from "../util/interrupt.js";
-import { NumericalError } from "../errors.js";
+import { InternalError, NumericalError } from "../errors.js";
 import type { HessianStats } from "../calibration/observers.js";
 import type { Linear } from "../nn/layers.js";
 import { type GptqResult, prepareGptq, rtnQuantize, sharedPrep } from "../quantization/gptq.js";
@@ -153,8 +153,9 @@ export async function quantizeLayerLinears(
       done.set(name, rtn(name, lin));
     }
   };
-  // GPTQ groups: Linears sharing one Hessian array and one scheme
-  const groups = new Map<Float32Array, Map<Scheme, [string, Linear][]>>();
+  // GPTQ groups: Linears sharing one Hessian and one scheme (each group's Hessian is made when its
+  // jobs are submitted, so that the first jobs start while the main thread makes the later ones)
+  const groups = new Map<object, Map<Scheme, [string, Linear][]>>();
   for (const [name, lin] of t.linears) {
     const stats = t.hessians.get(name);
     if (methodOf(name) !== "gptq") continue;
@@ -163,8 +164,9 @@ export async function quantizeLayerLinears(
       done.set(name, rtn(name, lin));
       continue;
     }
-    const byScheme = groups.get(stats.H) ?? new Map<Scheme, [string, Linear][]>();
-    groups.set(stats.H, byScheme);
+    const key = stats.hessianKey();
+    const byScheme = groups.get(key) ?? new Map<Scheme, [string, Linear][]>();
+    groups.set(key, byScheme);
     const g = byScheme.get(schemeOf(name));
     if (g) g.push([name, lin]);
     else byScheme.set(schemeOf(name), [[name, lin]]);
@@ -179,9 +181,10 @@ export async function quantizeLayerLinears(
   // stacking buffers, recycled between jobs: fresh ones cost page faults (~400 MB per Nano layer)
   const freeStacks: Float32Array[] = [];
   try {
-    for (const [H, scheme, members] of [...groups].flatMap(([H, byScheme]) => [...byScheme].map(([sc, m]) => [H, sc, m] as const))) {
+    for (const [scheme, members] of [...groups.values()].flatMap((byScheme) => [...byScheme])) {
       if (failure) break;
       const [first, firstLin] = members[0] as [string, Linear];
+      const H = sharedHessian(t, members);
       assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
       // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
       let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening, blockSize: opts.blockSize };
@@ -331,6 +334,15 @@ function globalScales(t: LayerTargets, dtype: ScaleDType, schemeOf: (linear: str
     }
   }
   return g;
+}
+
+/** The one Hessian array of a GPTQ group (Linears grouped by `HessianStats.hessianKey`). */
+function sharedHessian(t: LayerTargets, members: readonly [string, Linear][]): Float32Array {
+  const arrays = members.map(([name]) => (t.hessians.get(name) as HessianStats).H);
+  const H = arrays[0] as Float32Array;
+  if (arrays.some((a) => a !== H))
+    throw new InternalError(`GPTQ: ${members[0]?.[0]} and the Linears grouped with it have different Hessians`);
+  return H;
 }
 
 function assertFiniteStats(values: Float32Array, where: string): void {

@@ -4,7 +4,7 @@ import { Linear } from "../../src/nn/layers.js";
 import { HessianStats } from "../../src/calibration/observers.js";
 import { GramAccumulator } from "../../src/calibration/gram.js";
 import { GPTQ_WORKER_MIN_WEIGHTS, type QuantizedLinear, quantizeLayerLinears } from "../../src/pipeline/quantize-layer.js";
-import { closeSharedGptqPool, gptqPool, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
+import { type GptqJob, closeSharedGptqPool, gptqPool, runGptqJob, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { dequantize } from "../../src/quantization/params.js";
 import { rtnQuantize } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
@@ -187,4 +187,54 @@ test("a GPTQ job that fails on a worker reaches the caller as its typed error, w
       (e: unknown) => e instanceof UsageError && /group size 48 does not divide the input size 1024/.test(e.message),
     );
   });
+});
+
+test("a layer's first GPTQ job is submitted before the Hessians of its later groups are made; Linears sharing an accumulator share one group", async () => {
+  let made = 0;
+  /** HessianStats counting the Hessians asked of it */
+  class Counted extends HessianStats {
+    override get H(): Float32Array {
+      made++;
+      return super.H;
+    }
+  }
+  const linears = new Map<string, Linear>();
+  const hessians = new Map<string, HessianStats>();
+  const shared = new GramAccumulator(64);
+  await shared.add(randn([200, 64], 40));
+  for (const [i, name] of ["q_proj", "k_proj", "gate_proj", "up_proj"].entries()) {
+    const lin = new Linear(64, 32);
+    lin.parameter("weight").value = randn([32, 64], 41 + i, 0.02);
+    const s = new Counted(64);
+    if (i >= 2) s.shareWith(shared);
+    else await s.own.add(randn([200, 64], 50 + i));
+    linears.set(name, lin);
+    hessians.set(name, s);
+  }
+  assert.equal(hessians.get("gate_proj")?.hessianKey(), hessians.get("up_proj")?.hessianKey());
+  assert.notEqual(hessians.get("q_proj")?.hessianKey(), hessians.get("k_proj")?.hessianKey());
+  const madeAtSubmit: number[] = [];
+  const jobRows: number[] = [];
+  const pool = {
+    submit: async (make: () => GptqJob) => {
+      madeAtSubmit.push(made);
+      const job = make();
+      jobRows.push(job.out);
+      return { result: runGptqJob(job) };
+    },
+  };
+  const { fallbacks } = await quantizeLayerLinears(
+    { linears, hessians, inputAbsMax: new Map() },
+    () => W4A16_G8,
+    () => "gptq",
+    "BF16",
+    {
+      ...OPTS,
+      pool,
+    },
+  );
+  assert.deepEqual(fallbacks, []);
+  // q_proj's Hessian only (then k_proj's, then the one gate and up share, asked of both)
+  assert.deepEqual(madeAtSubmit, [1, 2, 4]);
+  assert.deepEqual(jobRows, [32, 32, 64], "gate and up are not one stacked job");
 });
