@@ -116,20 +116,41 @@ export class HessianStats {
     return [...(this.ownAcc ? [this.ownAcc] : []), ...this.shared].filter((a) => a.rows > 0);
   }
 
+  /**
+   * `H`'s values in a new array that nothing here keeps (a GPTQ job moves it to its worker): made
+   * from the sums directly when `H` is not made yet, rather than made, kept and copied.
+   */
+  takeH(): Float32Array {
+    const parts = this.allTokenParts();
+    const routed = this.routedAcc && this.routedAcc.rows > 0 && this.rows > 0;
+    if (routed || (this.cache && this.cache.rows === this.rows)) return this.H.slice();
+    const d = parts.length === 1 ? doubled.get(parts[0] as GramAccumulator) : undefined;
+    if (d && d.rows === (parts[0] as GramAccumulator).rows) return d.H.slice();
+    return allTokenSum(parts, this.ownAcc, this.inFeatures);
+  }
+
   /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
   private allTokenH(): Float32Array {
     const parts = this.allTokenParts();
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
-    let H: Float32Array;
-    if (parts.length === 1 && parts[0] !== this.ownAcc) H = doubledView(parts[0] as GramAccumulator);
-    else {
-      H = new Float32Array(this.inFeatures * this.inFeatures);
-      for (const p of parts) for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (p.G[i] as number);
-    }
+    const H =
+      parts.length === 1 && parts[0] !== this.ownAcc
+        ? doubledView(parts[0] as GramAccumulator)
+        : allTokenSum(parts, this.ownAcc, this.inFeatures);
     this.cache = { H, rows };
     return H;
   }
+}
+
+/** 2 x the sum of `parts` in a new array (a single part that is not `own`: 2 x its sum, as doubledView makes it). */
+function allTokenSum(parts: readonly GramAccumulator[], own: GramAccumulator | null, inFeatures: number): Float32Array {
+  const H = new Float32Array(inFeatures * inFeatures);
+  if (parts.length === 1 && parts[0] !== own) {
+    const G = (parts[0] as GramAccumulator).G;
+    for (let i = 0; i < G.length; i++) H[i] = 2 * (G[i] as number);
+  } else for (const p of parts) for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (p.G[i] as number);
+  return H;
 }
 
 /** One doubled copy per accumulator and row count, shared by every Linear that reads it. */
@@ -137,9 +158,7 @@ const doubled = new WeakMap<GramAccumulator, { rows: number; H: Float32Array }>(
 function doubledView(acc: GramAccumulator): Float32Array {
   const d = doubled.get(acc);
   if (d && d.rows === acc.rows) return d.H;
-  const G = acc.G;
-  const H = new Float32Array(G.length);
-  for (let i = 0; i < G.length; i++) H[i] = 2 * (G[i] as number);
+  const H = allTokenSum([acc], null, acc.inFeatures);
   doubled.set(acc, { rows: acc.rows, H });
   return H;
 }

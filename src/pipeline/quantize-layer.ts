@@ -184,10 +184,11 @@ export async function quantizeLayerLinears(
     for (const [scheme, members] of [...groups.values()].flatMap((byScheme) => [...byScheme])) {
       if (failure) break;
       const [first, firstLin] = members[0] as [string, Linear];
-      const H = sharedHessian(t, members);
+      // a Linear's own Hessian, in a new array its job takes along; a shared one is made once and kept
+      const H = members.length === 1 ? (t.hessians.get(first) as HessianStats).takeH() : sharedHessian(t, members);
       assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
       // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
-      let prep: GptqJob["prep"] = { hessian: H.slice(), inF: firstLin.inFeatures, dampening: opts.dampening, blockSize: opts.blockSize };
+      let prep: GptqJob["prep"] = { hessian: H, inF: firstLin.inFeatures, dampening: opts.dampening, blockSize: opts.blockSize };
       if (members.length > 1) {
         try {
           const key = `${scheme.weights.actorder}/${opts.blockSize}`;

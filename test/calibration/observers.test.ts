@@ -2,7 +2,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type Engine, ReferenceEngine, getEngine, setEngine } from "../../src/engine/index.js";
 import { Tensor } from "../../src/engine/tensor.js";
-import { attachHessianObservers } from "../../src/calibration/observers.js";
+import { HessianStats, attachHessianObservers } from "../../src/calibration/observers.js";
+import { GramAccumulator } from "../../src/calibration/gram.js";
 import { Linear } from "../../src/nn/layers.js";
 import { Module } from "../../src/nn/module.js";
 import { randn } from "../rand.js";
@@ -179,4 +180,33 @@ test("a watched SwiGLU MLP wider than 4,096 keeps its Linear calls (the one step
   }
   assert.deepEqual(calls, { linear: 3, swigluExpert: 0 });
   assert.equal(obs.stats.get("down_proj")?.rows, 3);
+});
+
+test("takeH: the values of H, bit for bit, in a new array (own rows, one shared sum, both; made before or not)", async () => {
+  const shared = new GramAccumulator(6);
+  await shared.add(randn([5, 6], 21));
+  const make = async (own: boolean, share: boolean): Promise<HessianStats> => {
+    const s = new HessianStats(6);
+    if (own) await s.own.add(randn([4, 6], 22));
+    if (share) s.shareWith(shared);
+    return s;
+  };
+  for (const [own, share] of [
+    [true, false],
+    [false, true],
+    [true, true],
+  ] as const) {
+    const taken = (await make(own, share)).takeH();
+    const s = await make(own, share);
+    const H = s.H;
+    assert.deepEqual(taken, H, `own ${own}, shared ${share}`);
+    const again = s.takeH();
+    assert.notEqual(again, H, "the kept H itself was given away");
+    assert.deepEqual(again, H);
+  }
+  // a doubled shared sum another Linear made already is copied, not made again
+  const first = await make(false, true);
+  const second = await make(false, true);
+  assert.notEqual(second.takeH(), first.H);
+  assert.deepEqual(second.takeH(), first.H);
 });

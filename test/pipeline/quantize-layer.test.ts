@@ -197,6 +197,10 @@ test("a layer's first GPTQ job is submitted before the Hessians of its later gro
       made++;
       return super.H;
     }
+    override takeH(): Float32Array {
+      made++;
+      return super.takeH();
+    }
   }
   const linears = new Map<string, Linear>();
   const hessians = new Map<string, HessianStats>();
