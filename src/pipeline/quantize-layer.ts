@@ -184,10 +184,10 @@ export async function quantizeLayerLinears(
     for (const [scheme, members] of [...groups.values()].flatMap((byScheme) => [...byScheme])) {
       if (failure) break;
       const [first, firstLin] = members[0] as [string, Linear];
-      // a Linear's own Hessian, in a new array its job takes along; a shared one is made once and kept
+      // a Linear's own Hessian is made into a new array its job takes along, and prepared there; one
+      // shared by several Linears is made once, kept, and prepared here
       const H = members.length === 1 ? (t.hessians.get(first) as HessianStats).takeH() : sharedHessian(t, members);
       assertFiniteStats(H, `${opts.layerLabel}: ${first}: calibration Hessian`);
-      // a Hessian shared by several Linears is prepared once here; a Linear's own, in its job
       let prep: GptqJob["prep"] = { hessian: H, inF: firstLin.inFeatures, dampening: opts.dampening, blockSize: opts.blockSize };
       if (members.length > 1) {
         try {
