@@ -86,7 +86,12 @@ export class HessianStats {
   /** The Hessian: 2 x the Gram sums, combined with the routed rows for router-aware statistics. */
   get H(): Float32Array {
     const base = this.allTokenH();
-    return this.routedAcc && this.rows > 0 ? this.routedAcc.combine(base, this.rows, this.statistics.statistics) : base;
+    return this.routesH() ? (this.routedAcc as RoutedGram).combine(base, this.rows, this.statistics.statistics) : base;
+  }
+
+  /** Whether `H` combines the all-token Hessian with routed rows (else it is the all-token one). */
+  private routesH(): boolean {
+    return this.routedAcc !== null && this.routedAcc.rows > 0 && this.rows > 0;
   }
 
   /** The sum of the own rows, every shard ended (a token-shard job's result, which another process adds to its own). */
@@ -105,9 +110,8 @@ export class HessianStats {
    * Hessian is made (quantize-layer.ts checks that a group's arrays are one).
    */
   hessianKey(): object {
-    if (this.routedAcc && this.routedAcc.rows > 0 && this.rows > 0) return this.routedAcc;
-    const parts = this.allTokenParts();
-    return parts.length === 1 && parts[0] !== this.ownAcc ? (parts[0] as GramAccumulator) : this;
+    if (this.routesH()) return this.routedAcc as RoutedGram;
+    return onlyShared(this.allTokenParts(), this.ownAcc) ?? this;
   }
 
   /** The Gram sums with rows that make the all-token Hessian (the shard open now ends: own rows are the ended shards' sum from here on). */
@@ -117,16 +121,11 @@ export class HessianStats {
   }
 
   /**
-   * `H`'s values in a new array that nothing here keeps (a GPTQ job moves it to its worker): made
-   * from the sums directly when `H` is not made yet, rather than made, kept and copied.
+   * `H`'s values in a new array that nothing here keeps (a GPTQ job moves it to its worker): the
+   * all-token Hessian made from the sums straight into it, rather than made, kept and copied.
    */
   takeH(): Float32Array {
-    const parts = this.allTokenParts();
-    const routed = this.routedAcc && this.routedAcc.rows > 0 && this.rows > 0;
-    if (routed || (this.cache && this.cache.rows === this.rows)) return this.H.slice();
-    const d = parts.length === 1 ? doubled.get(parts[0] as GramAccumulator) : undefined;
-    if (d && d.rows === (parts[0] as GramAccumulator).rows) return d.H.slice();
-    return allTokenSum(parts, this.ownAcc, this.inFeatures);
+    return this.routesH() ? this.H.slice() : allTokenSum(this.allTokenParts(), this.ownAcc, this.inFeatures);
   }
 
   /** 2 x (own + shared Gram sums); the same array object for every Linear sharing one accumulator only. */
@@ -134,20 +133,24 @@ export class HessianStats {
     const parts = this.allTokenParts();
     const rows = this.rows;
     if (this.cache && this.cache.rows === rows) return this.cache.H;
-    const H =
-      parts.length === 1 && parts[0] !== this.ownAcc
-        ? doubledView(parts[0] as GramAccumulator)
-        : allTokenSum(parts, this.ownAcc, this.inFeatures);
+    const one = onlyShared(parts, this.ownAcc);
+    const H = one ? doubledView(one) : allTokenSum(parts, this.ownAcc, this.inFeatures);
     this.cache = { H, rows };
     return H;
   }
 }
 
-/** 2 x the sum of `parts` in a new array (a single part that is not `own`: 2 x its sum, as doubledView makes it). */
+/** The one part when it is a shared sum (not `own`): the Hessian is then that sum's doubled copy, one for every Linear sharing it. */
+function onlyShared(parts: readonly GramAccumulator[], own: GramAccumulator | null): GramAccumulator | null {
+  return parts.length === 1 && parts[0] !== own ? (parts[0] as GramAccumulator) : null;
+}
+
+/** 2 x the sum of `parts` in a new array (a shared sum alone: 2 x its values, as doubledView makes them). */
 function allTokenSum(parts: readonly GramAccumulator[], own: GramAccumulator | null, inFeatures: number): Float32Array {
   const H = new Float32Array(inFeatures * inFeatures);
-  if (parts.length === 1 && parts[0] !== own) {
-    const G = (parts[0] as GramAccumulator).G;
+  const one = onlyShared(parts, own);
+  if (one) {
+    const G = one.G;
     for (let i = 0; i < G.length; i++) H[i] = 2 * (G[i] as number);
   } else for (const p of parts) for (let i = 0; i < H.length; i++) H[i] = (H[i] as number) + 2 * (p.G[i] as number);
   return H;

@@ -204,7 +204,7 @@ test("takeH: the values of H, bit for bit, in a new array (own rows, one shared 
     assert.notEqual(again, H, "the kept H itself was given away");
     assert.deepEqual(again, H);
   }
-  // a doubled shared sum another Linear made already is copied, not made again
+  // after another Linear made the shared sum's doubled copy: its values, in an array of its own
   const first = await make(false, true);
   const second = await make(false, true);
   assert.notEqual(second.takeH(), first.H);
