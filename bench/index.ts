@@ -8,7 +8,6 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { spawnSync } from "node:child_process";
 import { OrtEngine, Tensor } from "../src/engine/index.js";
 import { CalibrationAfmoeMoE } from "../src/calibration/afmoe.js";
 import { type HessianStats, attachHessianObservers } from "../src/calibration/observers.js";
@@ -20,6 +19,7 @@ import { gemmGflops, GEMM_SHAPES } from "./gemm.js";
 import { nanoBlock, torchPeer, writeBlock } from "./nano-block.js";
 import { timeGptqBlock } from "./gptq.js";
 import { benchOneshot, oneshotRows, recordOneshot } from "./oneshot.js";
+import { cpuFacts, peakRunner } from "./machine.js";
 import { benchDataFree } from "./data-free.js";
 import { type Qwen3BlockResult, benchQwen3Block, qwen3Rows } from "./qwen3-block.js";
 
@@ -27,25 +27,6 @@ const TOKENS = Number(process.env.BENCH_TOKENS ?? 2048);
 const QWEN3_TOKENS = Number(process.env.BENCH_QWEN3_TOKENS ?? 1024);
 const GEMM_ROUNDS = 4;
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "moecal-bench-"));
-
-/** bench/peak.c, compiled here: the best of `reps` FMA-loop windows on every core, GFLOP/s (null without gcc). */
-function peakRunner(): ((reps: number) => number | null) | null {
-  const exe = path.join(work, "peak");
-  const cc = spawnSync(
-    "gcc",
-    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", path.join(PACKAGE_ROOT, "bench", "peak.c"), "-o", exe],
-    { encoding: "utf8" },
-  );
-  if (cc.status !== 0) return null;
-  return (reps) => {
-    const r = spawnSync(exe, [String(reps)], {
-      encoding: "utf8",
-      env: { ...process.env, OMP_NUM_THREADS: String(os.availableParallelism()) },
-    });
-    const v = Number(r.stdout.trim());
-    return r.status === 0 && v > 0 ? v : null;
-  };
-}
 
 /** A timestamped line on stderr per stage: the whole bench takes many minutes. */
 function stage(text: string): void {
@@ -56,12 +37,11 @@ async function main(): Promise<void> {
   stage("engine GEMM rate and the machine's peak");
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
-    cpu: os.cpus()[0]?.model ?? null,
-    threads: os.availableParallelism(),
+    cpu: cpuFacts(),
   };
   // this machine's second vCPU is shared: its speed moves ~2x from minute to minute. The peak
   // and the GEMMs are measured alternately, each as its best ~40 ms window, over GEMM_ROUNDS rounds.
-  const runPeak = peakRunner();
+  const runPeak = peakRunner(work);
   const engine = new OrtEngine();
   let peak: number | null = null;
   const shapes: Record<string, number> = {};

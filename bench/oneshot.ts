@@ -19,6 +19,7 @@ import { Tensor } from "../src/engine/tensor.js";
 import { openServed } from "../src/pipeline/serving.js";
 import { loadParameters } from "../src/nn/weights.js";
 import { benchExpertGroups, expertGroupsRows, recordExpertGroups } from "./expert-groups.js";
+import { type CpuFacts, cpuFacts, cpuTicks, peakRunner, stealShare } from "./machine.js";
 
 /** The large GEMM shapes' best ~40 ms window over `rounds` rounds (the bench's GEMM rate). */
 export async function gemmRate(engine: OrtEngine, rounds = 3): Promise<number> {
@@ -40,6 +41,12 @@ export interface OneshotBench extends EndToEnd {
   /** against the GEMM rate measured after it */
   fraction_of_gemm_after: number;
   flops_formula: string;
+  /** the CPU, and its fp32 FMA peak on one thread and on all measured just before the run (null without gcc) */
+  cpu: CpuFacts;
+  peak_one_thread_gflops: number | null;
+  peak_all_threads_gflops: number | null;
+  /** the share of the machine's CPU time the hypervisor took during the run (null off Linux) */
+  steal_share: number | null;
   /** Qwen3.5: the Gated DeltaNet layer's forward, timed alone on the run's token shape, x 2 passes (calibrate, propagate) / the run's seconds */
   gated_deltanet_share?: number;
 }
@@ -72,6 +79,7 @@ export async function benchOneshot(
 ): Promise<OneshotBench[]> {
   if (none) return [];
   const engine = new OrtEngine();
+  const runPeak = peakRunner(work);
   const runs: OneshotBench[] = [];
   const { data } = nanoSetup(work, { model: false });
   const setups: [string, () => string, string][] = [
@@ -84,15 +92,19 @@ export async function benchOneshot(
   if (unknown.length) throw new MoecalError("E_BENCH", `unknown run(s) ${unknown.join(", ")} (${setups.map(([s]) => s).join(", ")})`);
   const cases = setups.filter(([n]) => only.length === 0 || only.includes(n)).map(([n, setup, samples]) => [n, setup(), samples] as const);
   for (const [name, model, samples] of cases) {
-    log(`${name}: engine GEMM rate`);
+    log(`${name}: fp32 peak on one thread and on all, engine GEMM rate`);
+    const peakOne = runPeak ? runPeak(5, 1) : null;
+    const peakAll = runPeak ? runPeak(5) : null;
     const gemm = await gemmRate(engine);
     log(`${name}: oneshot, ${samples} x 512 tokens (minutes)`);
+    const ticks = cpuTicks();
     const e = measure(
       name,
       model,
       ["--dataset", data, "--num-samples", samples, "--max-seq-length", "512"],
       path.join(work, `${name}-out`),
     );
+    const steal = stealShare(ticks, cpuTicks());
     log(`${name}: engine GEMM rate again`);
     const after = await gemmRate(engine);
     const gflops = e.planned.flops / e.seconds / 1e9;
@@ -107,6 +119,10 @@ export async function benchOneshot(
       fraction_of_gemm: gflops / gemm,
       fraction_of_gemm_after: gflops / after,
       flops_formula: "docs/performance.md#the-plans-model",
+      cpu: cpuFacts(),
+      peak_one_thread_gflops: peakOne,
+      peak_all_threads_gflops: peakAll,
+      steal_share: steal,
       ...hybrid,
     });
     fs.rmSync(path.join(work, `${name}-out`), { recursive: true, force: true });
@@ -145,6 +161,10 @@ export function recordOneshot(runs: OneshotBench[], results?: Record<string, unk
       gemm_after_gflops: r.gemm_after_gflops,
       fraction_of_gemm: r.fraction_of_gemm,
       fraction_of_gemm_after: r.fraction_of_gemm_after,
+      cpu: r.cpu,
+      peak_one_thread_gflops: r.peak_one_thread_gflops,
+      peak_all_threads_gflops: r.peak_all_threads_gflops,
+      steal_share: r.steal_share,
       phases: r.phases,
     })),
   });
@@ -152,11 +172,18 @@ export function recordOneshot(runs: OneshotBench[], results?: Record<string, unk
   return merged;
 }
 
+/** The machine during a run, in words: CPU family/model, FMA peak one thread / all, steal. */
+function machineCell(r: OneshotBench): string {
+  const f = (v: number | null, d = 1): string => (v === null ? "-" : v.toFixed(d));
+  const steal = r.steal_share === null ? "-" : `${(100 * r.steal_share).toFixed(1)}%`;
+  return `family ${r.cpu.family ?? "-"} model ${r.cpu.model ?? "-"}, peak ${f(r.peak_one_thread_gflops)} / ${f(r.peak_all_threads_gflops)} GFLOP/s (1 / ${r.cpu.threads} threads), steal ${steal}`;
+}
+
 /** Markdown rows of the runs. */
 export function oneshotRows(runs: OneshotBench[]): string[] {
   return runs.map(
     (r) =>
-      `| oneshot ${r.name}, ${r.tokens} tokens | ${r.seconds.toFixed(1)} s, peak RSS ${r.peak_rss_mb.toFixed(0)} MB | ${(r.planned.flops / 1e12).toFixed(2)} TFLOP, ${r.gflops.toFixed(1)} GFLOP/s = ${r.fraction_of_gemm.toFixed(2)} / ${r.fraction_of_gemm_after.toFixed(2)} of the GEMM rate before / after (${r.gemm_gflops.toFixed(1)} / ${r.gemm_after_gflops.toFixed(1)}) |`,
+      `| oneshot ${r.name}, ${r.tokens} tokens | ${r.seconds.toFixed(1)} s, peak RSS ${r.peak_rss_mb.toFixed(0)} MB | ${(r.planned.flops / 1e12).toFixed(2)} TFLOP, ${r.gflops.toFixed(1)} GFLOP/s = ${r.fraction_of_gemm.toFixed(2)} / ${r.fraction_of_gemm_after.toFixed(2)} of the GEMM rate before / after (${r.gemm_gflops.toFixed(1)} / ${r.gemm_after_gflops.toFixed(1)}); ${machineCell(r)} |`,
   );
 }
 
@@ -192,7 +219,7 @@ async function main(): Promise<void> {
     );
     if (runs.length > 0) {
       recordOneshot(runs);
-      console.log("| run | time, memory | work, rate |");
+      console.log("| run | time, memory | work, rate; machine |");
       console.log("|---|---|---|");
       for (const l of oneshotRows(runs)) console.log(l);
       for (const l of spreadLines(
