@@ -187,21 +187,27 @@ export function oneshotRows(runs: OneshotBench[]): string[] {
   );
 }
 
+/** A run's host as the bench recorded it (CPU family and model), or null for a run recorded before it did. */
+const hostOf = (r: { cpu?: CpuFacts }): string | null => (r.cpu ? `family ${r.cpu.family} model ${r.cpu.model}` : null);
+
 /**
  * Per model, the fractions of its last `n` recorded runs (bench/oneshot-runs.json) that counted the
- * same work as its latest (a change of the plan's count, or of the tokens, starts a new series), and their spread.
+ * same work as its latest (a change of the plan's count, or of the tokens, starts a new series) on
+ * the same host (a run without a recorded host only with others without), and their spread.
  */
 function spreadLines(names: string[], n: number): string[] {
   const history = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, "bench", "oneshot-runs.json"), "utf8")) as {
     commit: string | null;
-    runs: { name: string; flops: number; fraction_of_gemm: number; fraction_of_gemm_after?: number }[];
+    runs: { name: string; flops: number; fraction_of_gemm: number; fraction_of_gemm_after?: number; cpu?: CpuFacts }[];
   }[];
   return names.map((name) => {
     const all = history.flatMap((h) => h.runs.filter((r) => r.name === name).map((r) => ({ ...r, commit: h.commit })));
-    const last = all.filter((r) => r.flops === all.at(-1)?.flops).slice(-n);
+    const latest = all.at(-1);
+    const host = latest ? hostOf(latest) : null;
+    const last = all.filter((r) => r.flops === latest?.flops && hostOf(r) === host).slice(-n);
     const worst = last.map((r) => Math.min(r.fraction_of_gemm, r.fraction_of_gemm_after ?? r.fraction_of_gemm));
     const list = last.map((r) => `${r.fraction_of_gemm.toFixed(2)}/${(r.fraction_of_gemm_after ?? Number.NaN).toFixed(2)} (${r.commit})`);
-    return `${name}, last ${last.length} run(s), fraction before/after: ${list.join(", ")}; lowest ${Math.min(...worst).toFixed(2)}, spread ${(Math.max(...worst) - Math.min(...worst)).toFixed(2)}`;
+    return `${name}, last ${last.length} run(s) on ${host ?? "an unrecorded host"}, fraction before/after: ${list.join(", ")}; lowest ${Math.min(...worst).toFixed(2)}, spread ${(Math.max(...worst) - Math.min(...worst)).toFixed(2)}`;
   });
 }
 
