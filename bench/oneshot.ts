@@ -3,7 +3,8 @@
  * models of served shapes, each as its own process, against the engine's GEMM rate measured in the
  * same run, just before each model. For each run: seconds, tokens, peak RSS, the model's
  * config.json, seconds per phase, the floating-point work the plan counts (formula in
- * docs/performance.md, "The plan's model") and the fraction of the GEMM rate reached end to end.
+ * docs/performance.md, "The plan's model"), the fraction of the GEMM rate reached end to end, and
+ * the machine (bench/machine.ts: CPU, FMA peak on one thread and on all, steal over the run).
  * Merges the result into bench/results.json (`oneshot`) and appends it to bench/oneshot-runs.json.
  */
 import fs from "node:fs";
@@ -174,7 +175,7 @@ export function recordOneshot(runs: OneshotBench[], results?: Record<string, unk
 
 /** The machine during a run, in words: CPU family/model, FMA peak one thread / all, steal. */
 function machineCell(r: OneshotBench): string {
-  const f = (v: number | null, d = 1): string => (v === null ? "-" : v.toFixed(d));
+  const f = (v: number | null): string => (v === null ? "-" : v.toFixed(1));
   const steal = r.steal_share === null ? "-" : `${(100 * r.steal_share).toFixed(1)}%`;
   return `family ${r.cpu.family ?? "-"} model ${r.cpu.model ?? "-"}, peak ${f(r.peak_one_thread_gflops)} / ${f(r.peak_all_threads_gflops)} GFLOP/s (1 / ${r.cpu.threads} threads), steal ${steal}`;
 }
