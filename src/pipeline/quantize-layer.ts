@@ -58,6 +58,8 @@ export function gptqPoolSize(weights: number, workers?: number): number {
   return weights >= GPTQ_WORKER_MIN_WEIGHTS ? gptqWorkerCount(workers) : 0;
 }
 
+const EMPTY: Float32Array = new Float32Array(0);
+
 /** Rows of Linears sharing one Hessian quantized together in one GPTQ pass. */
 const GPTQ_STACK_ROWS = 2048;
 
@@ -174,7 +176,12 @@ export async function quantizeLayerLinears(
   // GPTQ's column loop is single-threaded JavaScript: large layers go to worker threads
   let work = 0;
   for (const byScheme of groups.values()) for (const members of byScheme.values()) for (const [, lin] of members) work += lin.weight.size;
-  const pool = opts.pool ?? (await sharedGptqPool(gptqPoolSize(work, opts.workers)));
+  const own = opts.pool ? null : await sharedGptqPool(gptqPoolSize(work, opts.workers));
+  const pool = opts.pool ?? (own as GptqPool);
+  // the process's workers take their stacks in shared memory: a stack moved to a worker and back
+  // each job made V8 collect the whole heap every few jobs (docs/performance.md)
+  const newStack = (n: number): Float32Array =>
+    own && own.size > 0 ? new Float32Array(new SharedArrayBuffer(4 * n)) : new Float32Array(n);
   const jobs: Promise<void>[] = [];
   /** the first job failure that is not a failed factorisation: no job is submitted after it, and it is thrown once all have ended */
   let failure: { error: unknown } | null = null;
@@ -215,10 +222,11 @@ export async function quantizeLayerLinears(
         const jobPrep = prep;
         checkStop(); // a stop asked for: no further job starts; those running finish first
         // the stacked copy is made only when a worker is free to take it, in a recycled buffer
+        let stacked = EMPTY;
         const job = await pool.submit(() => {
           const n = rows * firstLin.inFeatures;
           const k = freeStacks.findIndex((b) => b.length === n);
-          const stacked = k >= 0 ? (freeStacks.splice(k, 1)[0] as Float32Array) : new Float32Array(n);
+          stacked = k >= 0 ? (freeStacks.splice(k, 1)[0] as Float32Array) : newStack(n);
           let off = 0;
           for (const [, lin] of batch) {
             stacked.set(lin.weight.data, off);
@@ -255,7 +263,8 @@ export async function quantizeLayerLinears(
                   done.set(name, { ...q, dequantized: lin.weight.data });
                   r0 += lin.outFeatures;
                 }
-                freeStacks.push(r.dequantized);
+                // a shared stack is the result's memory (kept as this thread's object); a moved one came back as the result
+                freeStacks.push(stacked.buffer instanceof SharedArrayBuffer ? stacked : r.dequantized);
               },
               (e: unknown) => {
                 if (e instanceof NumericalError) choleskyFallback(batch);

@@ -31,11 +31,13 @@ const GPTQ_KIND = {
   what: "GPTQ",
   script: new URL("./gptq-worker.js", import.meta.url),
   run: runGptqJob,
-  transfer: (job: GptqJob): ArrayBuffer[] => [
-    job.weight.buffer as ArrayBuffer,
-    ...("hessian" in job.prep ? [job.prep.hessian.buffer as ArrayBuffer] : []),
-  ],
+  transfer: (job: GptqJob): ArrayBuffer[] => movable([job.weight, ...("hessian" in job.prep ? [job.prep.hessian] : [])]),
 };
+
+/** The buffers of `arrays` that move to another thread: those in shared memory are seen there as they are. */
+export function movable(arrays: readonly ArrayBufferView[]): ArrayBuffer[] {
+  return arrays.flatMap((a) => (a.buffer instanceof SharedArrayBuffer ? [] : [a.buffer as ArrayBuffer]));
+}
 
 /** A GPTQ pool of `size` workers (0: jobs on this thread). */
 export function gptqPool(size = gptqWorkerCount()): GptqPool {

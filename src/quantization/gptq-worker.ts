@@ -4,18 +4,19 @@
  */
 import { OrtEngine, setEngine } from "../engine/index.js";
 import { serveJobs } from "../util/worker-pool.js";
-import { runGptqJob } from "./gptq-pool.js";
+import { movable, runGptqJob } from "./gptq-pool.js";
 
 setEngine(new OrtEngine(1));
 
 serveJobs(runGptqJob, (r) => {
   const p = r.weight.params;
-  return [
-    r.weight.codes.buffer,
-    p.scale.buffer,
-    r.dequantized.buffer,
-    r.rowLoss.buffer,
-    ...(p.zeroPoint ? [p.zeroPoint.buffer] : []),
-    ...(p.nvfp4 ? [p.nvfp4.groupScale.buffer] : []),
-  ] as ArrayBuffer[];
+  // the dequantized weight is the job's own (moved here, or shared memory)
+  return movable([
+    r.weight.codes,
+    p.scale,
+    r.dequantized,
+    r.rowLoss,
+    ...(p.zeroPoint ? [p.zeroPoint] : []),
+    ...(p.nvfp4 ? [p.nvfp4.groupScale] : []),
+  ]);
 });

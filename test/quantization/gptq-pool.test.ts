@@ -6,6 +6,7 @@ import { spawnSync } from "node:child_process";
 import { closeSharedGptqPool, gptqPool, runGptqJob, sharedGptqPool } from "../../src/quantization/gptq-pool.js";
 import { prepareGptq } from "../../src/quantization/gptq.js";
 import { resolveScheme } from "../../src/quantization/scheme.js";
+import { dequantize } from "../../src/quantization/params.js";
 import { NumericalError } from "../../src/errors.js";
 import { golden, tempDir } from "../helpers.js";
 
@@ -39,6 +40,45 @@ test("GPTQ on worker threads gives the main thread's codes and scales; failures 
       assert.ok(same / W.length >= 0.995, `${same} of ${W.length} codes equal`);
     }
     await assert.rejects(bad.result, (e: unknown) => e instanceof NumericalError && /not positive definite/.test(e.message));
+  } finally {
+    await pool.close();
+  }
+});
+
+test("a job's weight in shared memory is quantized in place on a worker, not moved: the caller's array holds the dequantized weight", async () => {
+  const local = await runGptqJob({
+    weight: W.slice(),
+    out: 64,
+    prep: { hessian: H.slice(), inF: 128, dampening: 0.01, blockSize: 128 },
+    args,
+    dtype: "BF16",
+    name: "gate_proj",
+  });
+  const weight = new Float32Array(new SharedArrayBuffer(4 * W.length));
+  weight.set(W);
+  const hessian = H.slice();
+  const pool = gptqPool(1);
+  try {
+    const job = await pool.submit(() => ({
+      weight,
+      out: 64,
+      prep: { hessian, inF: 128, dampening: 0.01, blockSize: 128 },
+      args,
+      dtype: "BF16" as const,
+      name: "gate_proj",
+    }));
+    const r = await job.result;
+    assert.equal(hessian.length, 0, "the Hessian (not shared) was moved to the worker");
+    assert.equal(weight.length, W.length, "the shared weight was not moved");
+    assert.deepEqual(r.dequantized, weight, "the result is the caller's shared array");
+    assert.deepEqual(weight, dequantize(r.weight), "the caller's array holds dequantize(codes)");
+    let near = 0;
+    for (const [i, v] of weight.entries()) near += Math.abs(v - (local.dequantized[i] as number)) <= 1e-6 ? 1 : 0;
+    assert.ok(near / W.length >= 0.995, `${near} of ${W.length} values as the main thread's`);
+    assert.ok(
+      weight.some((v, i) => v !== W[i]),
+      "the weight was left as it was",
+    );
   } finally {
     await pool.close();
   }
