@@ -246,13 +246,14 @@ export async function plan(opts: OneshotOptions = {}, known: KnownForPlan = {}):
     const workers = method !== "rtn" ? gptqPoolSize(weights, opts.workers) : 0;
     /**
      * GPTQ's memory per worker at the widest of `ls`: the Hessian's preparation (4 in^2 floats),
-     * and 16 bytes per value of its largest job (2,048 rows stacked, or one larger Linear): the
-     * job's weight, its copy and column-major copy in the SIMD loops' memory, the codes twice
+     * and 20 bytes per value of its largest job (2,048 rows stacked, or one larger Linear): the
+     * job's weight, its copy and column-major copy in the SIMD loops' memory, the codes twice, and
+     * the weight of the job queued behind it
      */
     const gptqAt = (ls: [string, Linear][]): number => {
       const maxIn = Math.max(1, ...ls.map(([, l]) => l.inFeatures));
       const values = Math.max(...ls.map(([, l]) => Math.max(2048, l.outFeatures) * l.inFeatures));
-      return method !== "rtn" ? Math.max(1, workers) * (16 * maxIn * maxIn + 16 * values) : 0;
+      return method !== "rtn" ? Math.max(1, workers) * (16 * maxIn * maxIn + 20 * values) : 0;
     };
     const gptqBytes = gptqAt(linears);
     if (read >= PARALLEL_LOAD_BYTES) loading = loadWorkers() * LOAD_WORKER_BYTES;

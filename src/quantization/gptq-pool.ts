@@ -32,6 +32,8 @@ const GPTQ_KIND = {
   script: new URL("./gptq-worker.js", import.meta.url),
   run: runGptqJob,
   transfer: (job: GptqJob): ArrayBuffer[] => movable([job.weight, ...("hessian" in job.prep ? [job.prep.hessian] : [])]),
+  // the next job waits in the worker: it starts without waiting for the main thread's reply handling and stacking
+  depth: 2,
 };
 
 /** The buffers of `arrays` that move to another thread: those in shared memory are seen there as they are. */

@@ -1,7 +1,8 @@
 /**
- * A pool of worker threads running one kind of job (GPTQ, data-free round-to-nearest): at most one
- * job per worker in flight; `submit` resolves when a worker is free to take the next job, so
- * callers build inputs lazily and memory stays bounded by the pool's size. A pool of size 0 runs
+ * A pool of worker threads running one kind of job (GPTQ, data-free round-to-nearest): at most
+ * `depth` jobs per worker in flight (the kind's; one by default), run one after the other;
+ * `submit` resolves when a worker has room for the next job, so callers build inputs lazily and
+ * memory stays bounded by the pool's size. A pool of size 0 runs
  * each job on the calling thread, one at a time. Errors keep their type across the thread boundary.
  */
 import { Worker, parentPort } from "node:worker_threads";
@@ -25,6 +26,8 @@ export interface PoolKind<J, R> {
   run: (job: J) => Promise<R>;
   /** the job's buffers moved (not copied) to the worker */
   transfer: (job: J) => ArrayBuffer[];
+  /** jobs a worker holds at once: the one it runs and those queued behind it, so that it starts the next without waiting for this thread (default 1) */
+  depth?: number;
 }
 
 /** `v` is its whole buffer: the buffer can move to another thread (a view into a larger one would take the rest along). */
@@ -39,6 +42,8 @@ export class WorkerPool<J, R> {
   private readonly idle: Worker[] = [];
   private readonly waiting: ((w: Worker) => void)[] = [];
   private readonly pending = new Map<number, { resolve: (r: R) => void; reject: (e: Error) => void }>();
+  /** jobs each worker holds */
+  private readonly held = new Map<Worker, number>();
   private nextId = 0;
   private previous: Promise<void> = Promise.resolve();
 
@@ -52,12 +57,16 @@ export class WorkerPool<J, R> {
       w.on("error", (e) => this.failAll(new InternalError(`${kind.what} worker failed: ${e.message}`, { cause: e })));
       w.unref(); // an idle worker does not keep the process alive; a busy one does (ref in submit)
       this.workers.push(w);
-      this.idle.push(w);
+      this.held.set(w, 0);
     }
+    // a free place in a worker's queue is the worker once more in `idle`; the workers alternate
+    for (let d = 0; d < (kind.depth ?? 1); d++) this.idle.push(...this.workers);
   }
 
   private onReply(w: Worker, reply: Reply<R>): void {
-    w.unref();
+    const held = (this.held.get(w) ?? 1) - 1;
+    this.held.set(w, held);
+    if (held === 0) w.unref();
     const p = this.pending.get(reply.id);
     this.pending.delete(reply.id);
     const next = this.waiting.shift();
@@ -100,6 +109,7 @@ export class WorkerPool<J, R> {
     const id = this.nextId++;
     const result = new Promise<R>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
+      this.held.set(w, (this.held.get(w) ?? 0) + 1);
       w.ref();
       w.postMessage({ id, job }, this.kind.transfer(job));
     });
@@ -119,9 +129,9 @@ export class WorkerPool<J, R> {
   }
 }
 
-/** A worker thread's loop: run each job with `run`, reply with its result (its buffers moved) or its error. */
+/** A worker thread's loop: run each job with `run`, one after the other in the order they came, reply with its result (its buffers moved) or its error. */
 export function serveJobs<J, R>(run: (job: J) => Promise<R>, transfer: (result: R) => ArrayBuffer[]): void {
-  parentPort?.on("message", async ({ id, job }: { id: number; job: J }) => {
+  const serve = async ({ id, job }: { id: number; job: J }): Promise<void> => {
     try {
       const result = await run(job);
       parentPort?.postMessage({ id, result } satisfies Reply<R>, transfer(result));
@@ -129,6 +139,11 @@ export function serveJobs<J, R>(run: (job: J) => Promise<R>, transfer: (result: 
       const error = { name: (e as Error).name, code: e instanceof MoecalError ? e.code : "E_INTERNAL", message: (e as Error).message };
       parentPort?.postMessage({ id, error } satisfies Reply<R>);
     }
+  };
+  // a job queued behind a running one starts when it ends (a job awaits the engine between its steps)
+  let queue = Promise.resolve();
+  parentPort?.on("message", (m: { id: number; job: J }) => {
+    queue = queue.then(() => serve(m));
   });
 }
 
