@@ -4,9 +4,12 @@
  * needs from the process itself, read only when a process starts (docs/performance.md):
  * - Two of V8's garbage collection threads off (`--no-parallel-scavenge`,
  *   `--no-concurrent-sweeping`): they took cores from onnxruntime's, which use every core.
- *   Concurrent marking stays: without it garbage is freed later and the peak memory rises. A node
- *   flag of the caller's that names one of the two replaces it (`node --parallel-scavenge moecal
- *   ...`); the caller's other node flags follow them.
+ *   Concurrent marking stays: without it garbage is freed later and the peak memory rises.
+ * - V8's JavaScript heap grown by 4x its live size between full collections
+ *   (`--heap-growing-percent=300`, V8's own largest factor): V8 chose 1.1x for a run's small heap
+ *   (tens of MB; the tensors are outside it) and so marked it nearly all the time.
+ * A node flag of the caller's that names one of these replaces it (`node --parallel-scavenge
+ * moecal ...`); the caller's other node flags follow them.
  * - On Linux, glibc malloc asking for transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
  *   A GLIBC_TUNABLES of the caller's comes after it, so the caller's setting wins; one that
  *   already names hugetlb is left as it is.
@@ -18,9 +21,10 @@ import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { STOP_SIGNALS } from "../util/interrupt.js";
 
-const gcFlags = ["parallel-scavenge", "concurrent-sweeping"]
-  .filter((name) => !process.execArgv.some((a) => a.replace(/_/g, "-").replace(/^--no-/, "--") === `--${name}`))
-  .map((name) => `--no-${name}`);
+const v8Flags = ["--no-parallel-scavenge", "--no-concurrent-sweeping", "--heap-growing-percent=300"];
+/** the setting a node flag names: --parallel_scavenge, --no-parallel-scavenge -> --parallel-scavenge; --heap-growing-percent=100 -> --heap-growing-percent */
+const setting = (flag: string): string => (flag.split("=")[0] as string).replace(/_/g, "-").replace(/^--no-/, "--");
+const gcFlags = v8Flags.filter((f) => !process.execArgv.some((a) => setting(a) === setting(f)));
 const own = process.env.GLIBC_TUNABLES;
 const tunables = process.platform === "linux" && !(own ?? "").includes("glibc.malloc.hugetlb");
 if (!tunables && gcFlags.length === 0) {

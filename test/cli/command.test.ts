@@ -1,7 +1,7 @@
 /**
  * The `moecal` command (dist/src/cli/moecal.js, run as a program through its first line): it runs
- * the CLI in a child started without two of V8's garbage collection threads (before the caller's
- * own node flags) and, on Linux, glibc malloc asking for transparent huge pages
+ * the CLI in a child started without two of V8's garbage collection threads and with a larger
+ * heap growing factor (before the caller's own node flags) and, on Linux, glibc malloc asking for transparent huge pages
  * (docs/performance.md), a GLIBC_TUNABLES of the caller's after that setting so that the caller's
  * wins; it passes signals on, exits as the child does, and the child stops when the command is
  * killed.
@@ -17,7 +17,7 @@ import { ROOT, tempDir } from "../helpers.js";
 const command = path.join(ROOT, "dist", "src", "cli", "moecal.js");
 const linux = process.platform === "linux";
 /** The V8 flags the command gives its CLI process. */
-const GC_FLAGS = ["--no-parallel-scavenge", "--no-concurrent-sweeping"];
+const GC_FLAGS = ["--no-parallel-scavenge", "--no-concurrent-sweeping", "--heap-growing-percent=300"];
 
 /** An environment whose every node process prints a line "moecal-process PID LAUNCHED GLIBC_TUNABLES EXECARGV" to stderr when it starts. */
 function reportingEnv(callerTunables: string | undefined): NodeJS.ProcessEnv {
@@ -51,7 +51,7 @@ function version(flags: string[], callerTunables: string | undefined): ReturnTyp
   return processes(r.stderr);
 }
 
-test("the moecal command runs through its first line; its CLI process runs without V8's parallel scavenges and concurrent sweeping and, on Linux, asks glibc's malloc for transparent huge pages", () => {
+test("the moecal command runs through its first line; its CLI process runs without V8's parallel scavenges and concurrent sweeping, with a heap growing factor of 4 and, on Linux, asks glibc's malloc for transparent huge pages", () => {
   const r = spawnSync(command, ["--version"], { encoding: "utf8", env: reportingEnv(undefined) });
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), MOECAL_VERSION);
@@ -67,10 +67,13 @@ test("the caller's node flags go to the CLI process after the command's; one tha
       .filter((p) => p.launched)
       .map((p) => p.flags);
   assert.deepEqual(launched(["--stack-size=2000"]), [[...GC_FLAGS, "--stack-size=2000"]]);
-  assert.deepEqual(launched(["--parallel_scavenge"]), [["--no-concurrent-sweeping", "--parallel_scavenge"]]);
+  assert.deepEqual(launched(["--parallel_scavenge"]), [["--no-concurrent-sweeping", "--heap-growing-percent=300", "--parallel_scavenge"]]);
+  assert.deepEqual(launched(["--heap_growing_percent=50"]), [
+    ["--no-parallel-scavenge", "--no-concurrent-sweeping", "--heap_growing_percent=50"],
+  ]);
   assert.deepEqual(
-    launched(["--parallel-scavenge", "--concurrent-sweeping"]),
-    linux ? [["--parallel-scavenge", "--concurrent-sweeping"]] : [],
+    launched(["--parallel-scavenge", "--concurrent-sweeping", "--heap-growing-percent=0"]),
+    linux ? [["--parallel-scavenge", "--concurrent-sweeping", "--heap-growing-percent=0"]] : [],
   );
   const tunables = linux ? "glibc.malloc.hugetlb=0" : undefined;
   assert.deepEqual(
