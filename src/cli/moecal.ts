@@ -2,14 +2,14 @@
 /**
  * The `moecal` command. It runs the CLI (main.ts) in a child process started with what a run
  * needs from the process itself, read only when a process starts (docs/performance.md):
- * - Two of V8's garbage collection threads off (`--no-parallel-scavenge`,
- *   `--no-concurrent-sweeping`): they took cores from onnxruntime's, which use every core.
- *   Concurrent marking stays: without it garbage is freed later and the peak memory rises.
- * - V8's JavaScript heap grown by 4x its live size between full collections
- *   (`--heap-growing-percent=300`, V8's own largest factor): V8 chose 1.1x for a run's small heap
- *   (tens of MB; the tensors are outside it) and so marked it nearly all the time.
- * A node flag of the caller's that names one of these replaces it (`node --parallel-scavenge
- * moecal ...`); the caller's other node flags follow them.
+ * - V8's garbage collection set for a run: two of its threads off (`--no-parallel-scavenge`,
+ *   `--no-concurrent-sweeping`), as they took cores from onnxruntime's, which use every core
+ *   (concurrent marking stays: without it garbage is freed later and the peak memory rises); its
+ *   JavaScript heap grown by 4x its live size between full collections
+ *   (`--heap-growing-percent=300`, V8's own largest factor), as V8 chose 1.1x for a run's small
+ *   heap (tens of MB; the tensors are outside it) and so marked it nearly all the time. A node
+ *   flag of the caller's that names one of these replaces it (`node --parallel-scavenge moecal
+ *   ...`); the caller's other node flags follow them.
  * - On Linux, glibc malloc asking for transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
  *   A GLIBC_TUNABLES of the caller's comes after it, so the caller's setting wins; one that
  *   already names hugetlb is left as it is.
