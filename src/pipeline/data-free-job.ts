@@ -81,13 +81,6 @@ function decode(m: DataFreeMember, where: string): Float32Array {
   return w;
 }
 
-/** The buffers a view owns whole (those can move between threads; a view into a larger buffer is copied instead). */
-export function ownedBuffers(views: readonly Uint8Array[]): ArrayBuffer[] {
-  const seen = new Set<ArrayBuffer>();
-  for (const v of views) if (ownsBuffer(v) && v.buffer instanceof ArrayBuffer) seen.add(v.buffer);
-  return [...seen];
-}
-
 /** A stored tensor whose bytes own their buffer (a slice where they are a view into a larger one: a shared read buffer must not move). */
 export function owned(t: StoredTensor): StoredTensor {
   const own = (u: Uint8Array): Uint8Array => (ownsBuffer(u) ? u : u.slice());

@@ -1,5 +1,5 @@
 import os from "node:os";
-import { WorkerPool } from "../util/worker-pool.js";
+import { WorkerPool, ownedBuffers } from "../util/worker-pool.js";
 import { type GptqPrep, type GptqResult, gptqWithPrep, prepareGptq } from "./gptq.js";
 import type { ScaleDType } from "./params.js";
 import type { QuantArgs } from "./scheme.js";
@@ -31,15 +31,10 @@ const GPTQ_KIND = {
   what: "GPTQ",
   script: new URL("./gptq-worker.js", import.meta.url),
   run: runGptqJob,
-  transfer: (job: GptqJob): ArrayBuffer[] => movable([job.weight, ...("hessian" in job.prep ? [job.prep.hessian] : [])]),
+  transfer: (job: GptqJob): ArrayBuffer[] => ownedBuffers([job.weight, ...("hessian" in job.prep ? [job.prep.hessian] : [])]),
   // the next job waits in the worker: it starts without waiting for the main thread's reply handling and stacking
   depth: 2,
 };
-
-/** The buffers of `arrays` that move to another thread: those in shared memory are seen there as they are. */
-export function movable(arrays: readonly ArrayBufferView[]): ArrayBuffer[] {
-  return arrays.flatMap((a) => (a.buffer instanceof SharedArrayBuffer ? [] : [a.buffer as ArrayBuffer]));
-}
 
 /** A GPTQ pool of `size` workers (0: jobs on this thread). */
 export function gptqPool(size = gptqWorkerCount()): GptqPool {

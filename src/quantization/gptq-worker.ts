@@ -3,15 +3,15 @@
  * onnxruntime engine, so the column loops of several Linears run on several cores at once.
  */
 import { OrtEngine, setEngine } from "../engine/index.js";
-import { serveJobs } from "../util/worker-pool.js";
-import { movable, runGptqJob } from "./gptq-pool.js";
+import { ownedBuffers, serveJobs } from "../util/worker-pool.js";
+import { runGptqJob } from "./gptq-pool.js";
 
 setEngine(new OrtEngine(1));
 
 serveJobs(runGptqJob, (r) => {
   const p = r.weight.params;
   // the dequantized weight is the job's own (moved here, or shared memory)
-  return movable([
+  return ownedBuffers([
     r.weight.codes,
     p.scale,
     r.dequantized,

@@ -35,6 +35,16 @@ export function ownsBuffer(v: ArrayBufferView): boolean {
   return v.byteOffset === 0 && v.byteLength === v.buffer.byteLength;
 }
 
+/**
+ * The buffers of `views` that move to another thread, each once: those a view owns whole (a view
+ * into a larger buffer is copied instead) and not shared memory (seen there as it is).
+ */
+export function ownedBuffers(views: readonly ArrayBufferView[]): ArrayBuffer[] {
+  const seen = new Set<ArrayBuffer>();
+  for (const v of views) if (ownsBuffer(v) && v.buffer instanceof ArrayBuffer) seen.add(v.buffer);
+  return [...seen];
+}
+
 type Reply<R> = { id: number; result: R } | { id: number; error: { name: string; code: string; message: string } };
 
 export class WorkerPool<J, R> {

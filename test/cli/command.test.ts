@@ -1,8 +1,8 @@
 /**
  * The `moecal` command (dist/src/cli/moecal.js, run as a program through its first line): it runs
  * the CLI in a child started without two of V8's garbage collection threads and with a larger
- * heap growing factor (before the caller's own node flags) and, on Linux, glibc malloc asking for transparent huge pages
- * (docs/performance.md), a GLIBC_TUNABLES of the caller's after that setting so that the caller's
+ * heap growing factor (before the caller's own node flags) and, on Linux, glibc malloc asking for
+ * transparent huge pages (docs/performance.md), a GLIBC_TUNABLES of the caller's after that setting so that the caller's
  * wins; it passes signals on, exits as the child does, and the child stops when the command is
  * killed.
  */
